@@ -1,0 +1,55 @@
+/**
+ * The `koala` command line: `koala info`, `koala gen`, `koala help`.
+ */
+import { transportInfo } from "../transport/index.js";
+
+const USAGE = `usage: koala <command> [options]
+
+commands:
+  info                      transports available here, what KOALA_TRANSPORT=auto picks and why
+  gen <protos…> --out DIR   generate TypeScript from .proto files (-I DIR adds an include path)
+  help                      this text
+`;
+
+/** Runs the command line; returns the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case "info":
+      return info(rest);
+    case "gen": {
+      const { runGen } = await import("../rpc/codegen/cli.js");
+      return runGen(rest);
+    }
+    case undefined:
+    case "help":
+    case "--help":
+    case "-h":
+      process.stdout.write(USAGE);
+      return command === undefined ? 2 : 0;
+    default:
+      process.stderr.write(`koala: unknown command "${command}"\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+function info(args: string[]): number {
+  const json = args.includes("--json");
+  const unknown = args.filter((a) => a !== "--json");
+  if (unknown.length > 0) {
+    process.stderr.write(`koala info: unknown argument ${unknown[0]}\n`);
+    return 2;
+  }
+  const i = transportInfo();
+  if (json) {
+    process.stdout.write(`${JSON.stringify(i, null, 2)}\n`);
+    return 0;
+  }
+  const lines = ["transports:"];
+  for (const t of i.transports) lines.push(`  ${t.name.padEnd(7)} ${t.available ? "available" : `unavailable: ${t.reason}`}`);
+  lines.push("");
+  lines.push(`KOALA_TRANSPORT=${process.env.KOALA_TRANSPORT ?? "auto"} (mode ${i.choice.mode})`);
+  lines.push(i.choice.transport === undefined ? `  no transport: ${i.choice.reason}` : `  host:port addresses use ${i.choice.transport}: ${i.choice.reason}`);
+  process.stdout.write(`${lines.join("\n")}\n`);
+  return i.choice.transport === undefined ? 1 : 0;
+}

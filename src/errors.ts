@@ -1,0 +1,186 @@
+/**
+ * The two error classes every layer shares.
+ *
+ * - {@link KoalaError}: an internal failure (transport, memory, configuration) with a stable
+ *   string code such as `KOALA_ERR_CONNECTION_REFUSED`. Code that reacts to a failure tests
+ *   `err.code`, never the message text.
+ * - {@link RpcError}: the failure of one call, with a gRPC status code number.
+ *
+ * Both answer `instanceof` through a `Symbol.for` brand, so an error made by one loaded copy
+ * of the package is still recognised by another copy (two versions in one dependency tree).
+ */
+
+/** gRPC status codes, numbered exactly as gRPC numbers them. */
+export enum Code {
+  OK = 0,
+  CANCELLED = 1,
+  UNKNOWN = 2,
+  INVALID_ARGUMENT = 3,
+  DEADLINE_EXCEEDED = 4,
+  NOT_FOUND = 5,
+  ALREADY_EXISTS = 6,
+  PERMISSION_DENIED = 7,
+  RESOURCE_EXHAUSTED = 8,
+  FAILED_PRECONDITION = 9,
+  ABORTED = 10,
+  OUT_OF_RANGE = 11,
+  UNIMPLEMENTED = 12,
+  INTERNAL = 13,
+  UNAVAILABLE = 14,
+  DATA_LOSS = 15,
+  UNAUTHENTICATED = 16,
+}
+
+/** Stable codes of {@link KoalaError}. Values are part of the public API and never change. */
+export const ErrorCode = {
+  /** A caller passed an option or argument that is not valid. */
+  INVALID_ARGUMENT: "KOALA_ERR_INVALID_ARGUMENT",
+  /** An address could not be parsed or names an unknown scheme. */
+  INVALID_ADDRESS: "KOALA_ERR_INVALID_ADDRESS",
+  /** The requested transport cannot be used here (the reason is in the message). */
+  TRANSPORT_UNAVAILABLE: "KOALA_ERR_TRANSPORT_UNAVAILABLE",
+  /** The native addon could not be loaded. */
+  ADDON_UNAVAILABLE: "KOALA_ERR_ADDON_UNAVAILABLE",
+  /** Nobody listens at the address. */
+  CONNECTION_REFUSED: "KOALA_ERR_CONNECTION_REFUSED",
+  /** The peer reset or dropped the connection. */
+  CONNECTION_RESET: "KOALA_ERR_CONNECTION_RESET",
+  /** The peer closed the connection in an orderly way. */
+  PEER_CLOSED: "KOALA_ERR_PEER_CLOSED",
+  /** This side closed the connection (or listener); operations after that fail with it. */
+  CLOSED: "KOALA_ERR_CLOSED",
+  /** Connecting took longer than allowed. */
+  CONNECT_TIMEOUT: "KOALA_ERR_CONNECT_TIMEOUT",
+  /** The host or path does not exist. */
+  HOST_NOT_FOUND: "KOALA_ERR_HOST_NOT_FOUND",
+  /** The address is already in use by another listener. */
+  ADDRESS_IN_USE: "KOALA_ERR_ADDRESS_IN_USE",
+  /** The operating system denied access (socket file permissions, privileged port). */
+  ACCESS_DENIED: "KOALA_ERR_ACCESS_DENIED",
+  /** The peer sent bytes that are not a valid frame. */
+  PROTOCOL: "KOALA_ERR_PROTOCOL",
+  /** A message is larger than the configured maximum. */
+  MESSAGE_TOO_LARGE: "KOALA_ERR_MESSAGE_TOO_LARGE",
+  /** A one-sided access fell outside the registered region. */
+  OUT_OF_BOUNDS: "KOALA_ERR_OUT_OF_BOUNDS",
+  /** A one-sided access needs a permission the region was not registered with. */
+  REMOTE_ACCESS_DENIED: "KOALA_ERR_REMOTE_ACCESS_DENIED",
+  /** The remote region is unknown or was deregistered. */
+  REGION_NOT_FOUND: "KOALA_ERR_REGION_NOT_FOUND",
+  /** A lease was used or released after it had been released. */
+  LEASE_RELEASED: "KOALA_ERR_LEASE_RELEASED",
+  /** The heap cannot satisfy an allocation within its limits. */
+  OUT_OF_MEMORY: "KOALA_ERR_OUT_OF_MEMORY",
+  /** An operating-system error with no more specific code. */
+  SYSTEM: "KOALA_ERR_SYSTEM",
+} as const;
+
+/** One of the values of {@link ErrorCode}. */
+export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+const koalaBrand = Symbol.for("koala-rpc.KoalaError");
+const rpcBrand = Symbol.for("koala-rpc.RpcError");
+
+/** An internal failure with a stable string code (see {@link ErrorCode}). */
+export class KoalaError extends Error {
+  /** Stable code, e.g. `KOALA_ERR_CONNECTION_REFUSED`. */
+  readonly code: ErrorCodeValue;
+
+  constructor(code: ErrorCodeValue, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    Object.defineProperty(this, koalaBrand, { value: true });
+  }
+
+  override get name(): string {
+    return "KoalaError";
+  }
+
+  /** True for a KoalaError from any loaded copy of koala-rpc. */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return typeof value === "object" && value !== null && koalaBrand in value;
+  }
+}
+
+/** Metadata of a call: lower-case keys, string values or, for keys ending in `-bin`, bytes. */
+export type MetadataInit = Record<string, string | Uint8Array | readonly (string | Uint8Array)[]>;
+
+/** The failure of one RPC, with a gRPC status code. */
+export class RpcError extends Error {
+  /** gRPC status code. */
+  readonly code: Code;
+  /** The message the failure was raised with, without the code prefix. */
+  readonly rawMessage: string;
+  /** Trailing metadata the server attached to the failure (empty when none). */
+  readonly metadata: MetadataInit;
+
+  constructor(code: Code, message: string, options?: { cause?: unknown; metadata?: MetadataInit }) {
+    super(`[${codeName(code)}] ${message}`, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.rawMessage = message;
+    this.metadata = options?.metadata ?? {};
+    Object.defineProperty(this, rpcBrand, { value: true });
+  }
+
+  override get name(): string {
+    return "RpcError";
+  }
+
+  /** True for an RpcError from any loaded copy of koala-rpc. */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return typeof value === "object" && value !== null && rpcBrand in value;
+  }
+
+  /**
+   * Turns anything thrown into an RpcError: an RpcError is returned as it is, a KoalaError is
+   * mapped by its code, an AbortError becomes CANCELLED, anything else UNKNOWN (or `fallback`).
+   */
+  static from(reason: unknown, fallback: Code = Code.UNKNOWN): RpcError {
+    if (reason instanceof RpcError) return reason;
+    if (reason instanceof KoalaError) return new RpcError(codeForKoalaError(reason.code), reason.message, { cause: reason });
+    if (reason instanceof Error) {
+      if (reason.name === "AbortError") return new RpcError(Code.CANCELLED, reason.message, { cause: reason });
+      if (reason.name === "TimeoutError") return new RpcError(Code.DEADLINE_EXCEEDED, reason.message, { cause: reason });
+      return new RpcError(fallback, reason.message, { cause: reason });
+    }
+    return new RpcError(fallback, String(reason), { cause: reason });
+  }
+}
+
+/** The name of a status code (`"DEADLINE_EXCEEDED"`), or `"CODE_<n>"` for a number outside the table. */
+export function codeName(code: number): string {
+  return Code[code] ?? `CODE_${code}`;
+}
+
+/** The gRPC status that a transport-level failure means for the calls it touches. */
+export function codeForKoalaError(code: ErrorCodeValue): Code {
+  switch (code) {
+    case ErrorCode.INVALID_ARGUMENT:
+    case ErrorCode.INVALID_ADDRESS:
+      return Code.INVALID_ARGUMENT;
+    case ErrorCode.MESSAGE_TOO_LARGE:
+    case ErrorCode.OUT_OF_MEMORY:
+      return Code.RESOURCE_EXHAUSTED;
+    case ErrorCode.CONNECT_TIMEOUT:
+      return Code.DEADLINE_EXCEEDED;
+    case ErrorCode.REMOTE_ACCESS_DENIED:
+    case ErrorCode.ACCESS_DENIED:
+      return Code.PERMISSION_DENIED;
+    case ErrorCode.OUT_OF_BOUNDS:
+      return Code.OUT_OF_RANGE;
+    case ErrorCode.REGION_NOT_FOUND:
+      return Code.NOT_FOUND;
+    case ErrorCode.PROTOCOL:
+    case ErrorCode.LEASE_RELEASED:
+      return Code.INTERNAL;
+    case ErrorCode.CLOSED:
+      return Code.CANCELLED;
+    default:
+      return Code.UNAVAILABLE;
+  }
+}
+
+/** Throws a KOALA_ERR_INVALID_ARGUMENT error naming `what` unless `ok` holds. */
+export function check(ok: boolean, what: string): asserts ok {
+  if (!ok) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, what);
+}
