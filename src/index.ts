@@ -1,0 +1,40 @@
+/**
+ * koala-rpc: fast RPC for Node.js over TCP, Unix sockets and RDMA.
+ *
+ * The one public entry. Layers: transport (src/transport), memory (src/mem), RPC core (src/rpc).
+ */
+export { Code, ErrorCode, KoalaError, RpcError, codeName } from "./errors.js";
+export type { ErrorCodeValue, MetadataInit } from "./errors.js";
+
+export { listen, connect, setupTransports, transportInfo, registerTransport, chooseTransport, parseAddress } from "./transport/index.js";
+export { registerRegion, encodeDescriptor, decodeDescriptor, DESCRIPTOR_BYTES } from "./transport/index.js";
+export type {
+  Address,
+  Connection,
+  Listener,
+  Transport,
+  TransportName,
+  TransportOptions,
+  RegionDescriptor,
+  RegisteredRegion,
+  RemoteAccess,
+} from "./transport/index.js";
+
+export { Metadata } from "./rpc/metadata.js";
+export type { MetadataValue } from "./rpc/metadata.js";
+export type { MessageType, MethodDefinition, MethodKind, ServiceDefinition } from "./rpc/definition.js";
+export { Channel, createChannel, createClient, closeClient, clientChannel } from "./rpc/client.js";
+export type { CallOptions, Client, ClientMethod, RequestInit } from "./rpc/client.js";
+export { Server, createServer } from "./rpc/server.js";
+export type {
+  CallContext,
+  ServiceImplementation,
+  MethodHandler,
+  UnaryHandler,
+  ServerStreamingHandler,
+  ClientStreamingHandler,
+  BidiStreamingHandler,
+} from "./rpc/server.js";
+export type { ChannelOptions, ServerOptions } from "./rpc/options.js";
+export { ProtoWriter, encodeMessage } from "./rpc/wire/writer.js";
+export { ProtoReader } from "./rpc/wire/reader.js";

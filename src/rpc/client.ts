@@ -1,0 +1,577 @@
+/**
+ * The client side: a Channel keeps one connection to an address (reconnecting for the next
+ * call after a loss), multiplexes calls over it and runs keepalive; `createClient` builds a
+ * typed client object from a service definition.
+ */
+import { Code, ErrorCode, KoalaError, RpcError, type MetadataInit } from "../errors.js";
+import { log } from "../log.js";
+import { connect } from "../transport/index.js";
+import type { Connection } from "../transport/types.js";
+import type { MessageType, MethodDefinition, MethodKind, ServiceDefinition } from "./definition.js";
+import { FrameFlag, FrameType, controlFrame, decodeFrame, type Frame } from "./frame.js";
+import { Metadata, decodeMetadata } from "./metadata.js";
+import { resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
+import { buildFrame, type EncodeSettings } from "./outgoing.js";
+import { IncomingStream, SendWindow } from "./stream.js";
+
+/** Per-call options. */
+export interface CallOptions {
+  /** Time the call may take, in milliseconds, sent to the server; exceeding it fails with DEADLINE_EXCEEDED. */
+  timeoutMs?: number;
+  /** Absolute deadline (a Date or epoch milliseconds); the earlier of this and `timeoutMs` counts. */
+  deadline?: Date | number;
+  /** Cancels the call when aborted (CANCELLED on the client; the server handler's signal aborts too). */
+  signal?: AbortSignal;
+  /** Request headers. */
+  metadata?: MetadataInit | Metadata;
+  /** Called with the response headers when they arrive. */
+  onHeader?: (headers: Metadata) => void;
+  /** Called with the response trailers when the call ends (also on failure). */
+  onTrailer?: (trailers: Metadata) => void;
+}
+
+/** A request message given to a client: the message type itself or any part of it. */
+export type RequestInit<I> = I | Partial<I>;
+
+/** The client function of one method, typed by its call kind. */
+export type ClientMethod<M> =
+  M extends MethodDefinition<infer I, infer O, infer K>
+    ? K extends "unary"
+      ? (request: RequestInit<I>, options?: CallOptions) => Promise<O>
+      : K extends "server_streaming"
+        ? (request: RequestInit<I>, options?: CallOptions) => AsyncIterable<O>
+        : K extends "client_streaming"
+          ? (requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>>, options?: CallOptions) => Promise<O>
+          : (requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>>, options?: CallOptions) => AsyncIterable<O>
+    : never;
+
+/** A typed client of service `S`: one function per method, named as in `S.methods`. */
+export type Client<S extends ServiceDefinition> = { readonly [K in keyof S["methods"]]: ClientMethod<S["methods"][K]> };
+
+const channelOf = new WeakMap<object, { channel: Channel; owned: boolean }>();
+
+/** One open call on a connection, as the connection sees it. */
+interface PendingCall {
+  onFrame(frame: Frame): void;
+  fail(error: RpcError): void;
+}
+
+/** One transport connection and the calls multiplexed on it. */
+class ClientConnection {
+  private readonly calls = new Map<number, PendingCall>();
+  private nextCallId = 1;
+  private readonly methodIds = new Map<string, number>();
+  private pingTimer: NodeJS.Timeout | undefined;
+  private pongDeadline: NodeJS.Timeout | undefined;
+  private pingSeq = 0;
+  /** Set by GOAWAY: no new calls go here. */
+  draining = false;
+  dead = false;
+
+  constructor(
+    readonly conn: Connection,
+    private readonly channel: Channel,
+  ) {
+    conn.onMessage((m) => this.onMessage(m));
+    void conn.closed.then((reason) => this.onClosed(reason));
+    const interval = channel.options.keepaliveIntervalMs;
+    if (interval > 0) {
+      this.pingTimer = setInterval(() => this.ping(), interval);
+      this.pingTimer.unref();
+    }
+  }
+
+  get usable(): boolean {
+    return !this.dead && !this.draining && !this.conn.isClosed && this.nextCallId < 0xffff_fff0;
+  }
+
+  /** Registers a call; returns its id and the method id (with `define` true the first time the path is used here). */
+  open(call: PendingCall, path: string): { callId: number; methodId: number; define: boolean } {
+    const callId = this.nextCallId++;
+    this.calls.set(callId, call);
+    let methodId = this.methodIds.get(path);
+    let define = false;
+    if (methodId === undefined) {
+      methodId = this.methodIds.size + 1;
+      this.methodIds.set(path, methodId);
+      define = true;
+    }
+    return { callId, methodId, define };
+  }
+
+  /** Forgets a finished call. */
+  finish(callId: number): void {
+    this.calls.delete(callId);
+    if (this.draining && this.calls.size === 0) this.conn.close();
+  }
+
+  send(parts: Uint8Array[]): boolean {
+    return this.conn.send(parts);
+  }
+
+  private ping(): void {
+    if (this.pongDeadline !== undefined || this.conn.isClosed) return;
+    try {
+      this.conn.send([controlFrame(FrameType.PING, 0, ++this.pingSeq)]);
+    } catch {
+      return;
+    }
+    this.pongDeadline = setTimeout(() => {
+      log("warn", "client", `no keepalive answer from ${this.conn.remoteAddress} within ${this.channel.options.keepaliveTimeoutMs} ms; closing`);
+      this.conn.close(new KoalaError(ErrorCode.CONNECTION_RESET, `keepalive: no answer within ${this.channel.options.keepaliveTimeoutMs} ms`));
+    }, this.channel.options.keepaliveTimeoutMs);
+    this.pongDeadline.unref();
+  }
+
+  private onMessage(message: Uint8Array): void {
+    let frame: Frame;
+    try {
+      frame = decodeFrame(message);
+    } catch (err) {
+      log("warn", "client", `closing connection to ${this.conn.remoteAddress}: ${(err as Error).message}`);
+      this.conn.close(err as Error);
+      return;
+    }
+    switch (frame.type) {
+      case FrameType.DATA:
+      case FrameType.STATUS:
+        this.calls.get(frame.callId)?.onFrame(frame);
+        return;
+      case FrameType.CREDIT:
+        this.calls.get(frame.callId)?.onFrame(frame);
+        return;
+      case FrameType.PING:
+        try {
+          this.conn.send([controlFrame(FrameType.PONG, 0, frame.arg)]);
+        } catch {
+          /* closing anyway */
+        }
+        return;
+      case FrameType.PONG:
+        if (this.pongDeadline !== undefined) clearTimeout(this.pongDeadline);
+        this.pongDeadline = undefined;
+        return;
+      case FrameType.GOAWAY:
+        this.draining = true;
+        log("debug", "client", `server ${this.conn.remoteAddress} is going away: ${frame.text}`);
+        for (const [id, call] of this.calls) {
+          if (id > frame.arg) call.fail(new RpcError(Code.UNAVAILABLE, `server is shutting down: ${frame.text || "going away"}`));
+        }
+        if (this.calls.size === 0) this.conn.close();
+        return;
+      default:
+        this.conn.close(new KoalaError(ErrorCode.PROTOCOL, `unexpected frame type ${frame.type} from the server`));
+    }
+  }
+
+  private onClosed(reason: KoalaError): void {
+    this.dead = true;
+    if (this.pingTimer !== undefined) clearInterval(this.pingTimer);
+    if (this.pongDeadline !== undefined) clearTimeout(this.pongDeadline);
+    if (this.calls.size === 0) return;
+    const err = new RpcError(Code.UNAVAILABLE, `connection to ${this.conn.remoteAddress} lost: ${reason.message}`, { cause: reason });
+    const calls = [...this.calls.values()];
+    this.calls.clear();
+    for (const c of calls) c.fail(err);
+  }
+}
+
+/**
+ * A client's link to one address: connects on first use, shares the connection among all
+ * calls and clients made from it, and reconnects for the next call after the connection is lost.
+ */
+export class Channel {
+  /** The resolved options. */
+  readonly options: ResolvedChannelOptions;
+  /** @internal encoding settings of this channel's calls */
+  readonly encode: EncodeSettings;
+  private current: ClientConnection | undefined;
+  private connecting: Promise<ClientConnection> | undefined;
+  private closed = false;
+  private readonly retired = new Set<ClientConnection>();
+
+  constructor(
+    /** The address calls go to. */
+    readonly address: string,
+    options?: ChannelOptions,
+  ) {
+    this.options = resolveChannelOptions(options);
+    this.encode = { maxMessageBytes: this.options.maxMessageBytes, externalBytesThreshold: this.options.externalBytesThreshold, alloc: undefined };
+  }
+
+  /** The connection for the next call, connecting if there is none (or it was lost). */
+  connection(): ClientConnection | Promise<ClientConnection> {
+    const c = this.current;
+    if (c !== undefined && c.usable) return c;
+    if (this.closed) return Promise.reject(new RpcError(Code.UNAVAILABLE, "the channel is closed"));
+    if (c !== undefined) {
+      this.current = undefined;
+      if (!c.dead) this.retired.add(c);
+    }
+    this.connecting ??= this.dial().finally(() => (this.connecting = undefined));
+    return this.connecting;
+  }
+
+  private async dial(): Promise<ClientConnection> {
+    let conn: Connection;
+    try {
+      conn = await connect(this.address, {
+        connectTimeoutMs: this.options.connectTimeoutMs,
+        ...transportOptionsFor(this.options.maxMessageBytes, this.options.transport),
+      });
+    } catch (err) {
+      throw new RpcError(Code.UNAVAILABLE, `cannot connect to ${this.address}: ${(err as Error).message}`, { cause: err });
+    }
+    if (this.closed) {
+      conn.close();
+      throw new RpcError(Code.UNAVAILABLE, "the channel is closed");
+    }
+    const cc = new ClientConnection(conn, this);
+    void conn.closed.then(() => {
+      if (this.current === cc) this.current = undefined;
+      this.retired.delete(cc);
+    });
+    this.current = cc;
+    return cc;
+  }
+
+  /** Connects now instead of at the first call. Rejects with UNAVAILABLE when the address cannot be reached. */
+  async ready(): Promise<void> {
+    await this.connection();
+  }
+
+  /** Closes the connection; calls still open on it fail with UNAVAILABLE. Later calls fail too. */
+  close(): void {
+    this.closed = true;
+    this.current?.conn.close();
+    for (const c of this.retired) c.conn.close();
+    this.current = undefined;
+  }
+}
+
+/** Creates a channel to `address` (see {@link ChannelOptions}). */
+export function createChannel(address: string, options?: ChannelOptions): Channel {
+  return new Channel(address, options);
+}
+
+/** Absolute deadline (epoch ms) from call options, or undefined. */
+function deadlineOf(options: CallOptions | undefined): number | undefined {
+  if (options === undefined) return undefined;
+  let d: number | undefined;
+  if (options.timeoutMs !== undefined) {
+    if (typeof options.timeoutMs !== "number" || !(options.timeoutMs >= 0)) {
+      throw new RpcError(Code.INVALID_ARGUMENT, `call option "timeoutMs" must be a number ≥ 0, got ${String(options.timeoutMs)}`);
+    }
+    d = Date.now() + options.timeoutMs;
+  }
+  if (options.deadline !== undefined) {
+    const abs = options.deadline instanceof Date ? options.deadline.getTime() : options.deadline;
+    if (typeof abs !== "number" || Number.isNaN(abs)) throw new RpcError(Code.INVALID_ARGUMENT, `call option "deadline" must be a Date or epoch milliseconds`);
+    d = d === undefined ? abs : Math.min(d, abs);
+  }
+  return d;
+}
+
+const CALL_OPTION_KEYS = new Set(["timeoutMs", "deadline", "signal", "metadata", "onHeader", "onTrailer"]);
+
+function checkCallOptions(options: CallOptions | undefined): void {
+  if (options === undefined) return;
+  if (typeof options !== "object" || options === null) throw new RpcError(Code.INVALID_ARGUMENT, "call options must be an object");
+  for (const k of Object.keys(options)) {
+    if (!CALL_OPTION_KEYS.has(k)) throw new RpcError(Code.INVALID_ARGUMENT, `unknown call option "${k}"; known: ${[...CALL_OPTION_KEYS].join(", ")}`);
+  }
+}
+
+/**
+ * The client half of one call. Sends the request side, receives the response side, and ends
+ * exactly once: with the response (unary / client streaming), at the end of the response
+ * stream, or with an RpcError.
+ */
+class ClientCall<I, O> implements PendingCall {
+  private cc: ClientConnection | undefined;
+  private callId = 0;
+  private done = false;
+  private timer: NodeJS.Timeout | undefined;
+  private abortListener: (() => void) | undefined;
+  private response: O | undefined;
+  private gotResponse = false;
+  private resolveUnary: ((o: O) => void) | undefined;
+  private rejectUnary: ((e: unknown) => void) | undefined;
+  /** Responses of a streaming response side. */
+  readonly stream: IncomingStream<O> | undefined;
+  /** Credits for the request side of a streaming request side. */
+  private readonly window: SendWindow | undefined;
+  private readonly deadline: number | undefined;
+
+  constructor(
+    private readonly channel: Channel,
+    private readonly method: MethodDefinition<I, O>,
+    private readonly options: CallOptions | undefined,
+  ) {
+    checkCallOptions(options);
+    this.deadline = deadlineOf(options);
+    const kind = method.kind;
+    const window = channel.options.streamWindowMessages;
+    if (kind === "server_streaming" || kind === "bidi_streaming") {
+      this.stream = new IncomingStream<O>(
+        Math.max(1, window >> 1),
+        (n) => this.sendControl(FrameType.CREDIT, n),
+        () => this.cancel(new RpcError(Code.CANCELLED, "the response stream was closed by the client")),
+      );
+    }
+    if (kind === "client_streaming" || kind === "bidi_streaming") this.window = new SendWindow(window);
+  }
+
+  /** Starts the call; `request` is the single request for unary and server-streaming calls. */
+  start(request: RequestInit<I> | undefined, requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>> | undefined): void {
+    const signal = this.options?.signal;
+    if (signal !== undefined) {
+      if (signal.aborted) {
+        this.end(new RpcError(Code.CANCELLED, `call cancelled: ${describeAbort(signal.reason)}`, { cause: signal.reason }));
+        return;
+      }
+      this.abortListener = () => this.cancel(new RpcError(Code.CANCELLED, `call cancelled: ${describeAbort(signal.reason)}`, { cause: signal.reason }));
+      signal.addEventListener("abort", this.abortListener, { once: true });
+    }
+    if (this.deadline !== undefined) {
+      const left = this.deadline - Date.now();
+      if (left <= 0) {
+        this.end(new RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded before the call started"));
+        return;
+      }
+      this.timer = setTimeout(() => this.cancel(new RpcError(Code.DEADLINE_EXCEEDED, `deadline exceeded after ${this.options?.timeoutMs ?? left} ms`)), left);
+    }
+    const c = this.channel.connection();
+    if (c instanceof ClientConnection) this.open(c, request, requests);
+    else
+      c.then(
+        (conn) => this.open(conn, request, requests),
+        (err: unknown) => this.end(RpcError.from(err, Code.UNAVAILABLE)),
+      );
+  }
+
+  private open(cc: ClientConnection, request: RequestInit<I> | undefined, requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>> | undefined): void {
+    if (this.done) return;
+    if (!cc.usable) {
+      // Lost between the lookup and now (a GOAWAY or a close in the meantime): try the next connection once.
+      const next = this.channel.connection();
+      if (next instanceof ClientConnection && next !== cc) return this.open(next, request, requests);
+      this.end(new RpcError(Code.UNAVAILABLE, `connection to ${this.channel.address} is not usable`));
+      return;
+    }
+    const { callId, methodId, define } = cc.open(this, this.method.path);
+    this.cc = cc;
+    this.callId = callId;
+    const md = this.options?.metadata;
+    const metadata = md === undefined ? undefined : md instanceof Metadata ? md : new Metadata(md);
+    const timeout = this.deadline === undefined ? 0 : Math.max(1, Math.min(0xffff_fff0, this.deadline - Date.now()));
+    let flags = define ? FrameFlag.DEFINE_METHOD : 0;
+    const single = requests === undefined;
+    if (single) flags |= FrameFlag.END_STREAM;
+    try {
+      const frame = buildFrame(
+        this.channel.encode,
+        FrameType.CALL,
+        flags,
+        callId,
+        methodId,
+        timeout,
+        metadata,
+        undefined,
+        define ? this.method.path : "",
+        single ? this.method.input : undefined,
+        single ? toMessage(this.method.input, request) : undefined,
+      );
+      cc.send(frame.parts);
+    } catch (err) {
+      this.end(RpcError.from(err, Code.INTERNAL), true);
+      return;
+    }
+    if (!single) void this.pump(requests);
+  }
+
+  /** Sends the request stream, honouring stream credits and the connection's backpressure. */
+  private async pump(requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>>): Promise<void> {
+    try {
+      for await (const r of requests as AsyncIterable<RequestInit<I>>) {
+        if (this.done) return;
+        await this.window!.take();
+        if (this.done) return;
+        const frame = buildFrame(this.channel.encode, FrameType.DATA, 0, this.callId, 0, 0, undefined, undefined, "", this.method.input, toMessage(this.method.input, r));
+        if (!this.cc!.send(frame.parts)) await this.cc!.conn.drain();
+      }
+      if (this.done) return;
+      this.cc!.send(buildFrame(this.channel.encode, FrameType.DATA, FrameFlag.END_STREAM, this.callId, 0, 0, undefined, undefined, "", undefined, undefined).parts);
+    } catch (err) {
+      if (this.done) return;
+      const e = err instanceof RpcError ? err : new RpcError(Code.CANCELLED, `request stream failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+      this.cancel(e);
+    }
+  }
+
+  private sendControl(type: FrameType, arg: number): void {
+    if (this.done || this.cc === undefined) return;
+    try {
+      this.cc.send([controlFrame(type, this.callId, arg)]);
+    } catch {
+      /* the connection is closing; the call fails through onClosed */
+    }
+  }
+
+  onFrame(frame: Frame): void {
+    if (this.done) return;
+    if (frame.type === FrameType.CREDIT) {
+      this.window?.add(frame.arg);
+      return;
+    }
+    try {
+      if ((frame.flags & FrameFlag.METADATA) !== 0 && frame.metadata !== undefined) this.options?.onHeader?.(decodeMetadata(frame.metadata));
+      if (frame.body !== undefined) {
+        const msg = this.method.output.decode(frame.body);
+        if (this.stream !== undefined) this.stream.push(msg);
+        else if (this.gotResponse) throw new RpcError(Code.INTERNAL, "server sent more than one response to a call that takes one");
+        else {
+          this.response = msg;
+          this.gotResponse = true;
+        }
+      }
+    } catch (err) {
+      const e = err instanceof RpcError ? err : new RpcError(Code.INTERNAL, `cannot decode ${this.method.output.typeName}: ${(err as Error).message}`, { cause: err });
+      this.cancel(e);
+      return;
+    }
+    if (frame.type === FrameType.STATUS) {
+      let trailers: Metadata | undefined;
+      try {
+        trailers = frame.trailers === undefined ? undefined : decodeMetadata(frame.trailers);
+      } catch (err) {
+        this.end(RpcError.from(err, Code.INTERNAL), true);
+        return;
+      }
+      if (trailers !== undefined || this.options?.onTrailer !== undefined) this.options?.onTrailer?.(trailers ?? new Metadata());
+      if (frame.arg === Code.OK) this.end(undefined, true);
+      else this.end(new RpcError(frame.arg as Code, frame.text, { metadata: trailers?.toRecord() ?? {} }), true);
+    }
+  }
+
+  fail(error: RpcError): void {
+    this.end(error, true);
+  }
+
+  /** Ends the call locally and tells the server. */
+  cancel(error: RpcError): void {
+    if (this.done) return;
+    this.sendControl(FrameType.CANCEL, error.code);
+    this.end(error, false);
+  }
+
+  private end(error: RpcError | undefined, fromServer = false): void {
+    if (this.done) return;
+    this.done = true;
+    void fromServer;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    if (this.abortListener !== undefined) this.options!.signal!.removeEventListener("abort", this.abortListener);
+    this.cc?.finish(this.callId);
+    this.window?.fail(error ?? new RpcError(Code.CANCELLED, "call ended"));
+    if (this.stream !== undefined) {
+      if (error === undefined) this.stream.end();
+      else this.stream.fail(error);
+    }
+    if (this.resolveUnary !== undefined) {
+      if (error !== undefined) this.rejectUnary!(error);
+      else if (!this.gotResponse) this.rejectUnary!(new RpcError(Code.INTERNAL, `server ended ${this.method.path} with OK but sent no response`));
+      else this.resolveUnary(this.response as O);
+    } else if (this.stream === undefined) {
+      // A unary-style call that ended before anyone awaited it: keep the outcome for result().
+      this.early = error ?? null;
+    }
+  }
+
+  private early: RpcError | null | undefined;
+
+  /** The single response of a unary or client-streaming call. */
+  result(): Promise<O> {
+    if (this.early !== undefined) {
+      if (this.early !== null) return Promise.reject(this.early);
+      return this.gotResponse ? Promise.resolve(this.response as O) : Promise.reject(new RpcError(Code.INTERNAL, `server ended ${this.method.path} with OK but sent no response`));
+    }
+    return new Promise<O>((resolve, reject) => {
+      this.resolveUnary = resolve;
+      this.rejectUnary = reject;
+    });
+  }
+}
+
+function describeAbort(reason: unknown): string {
+  if (reason instanceof Error) return reason.message;
+  return reason === undefined ? "aborted" : String(reason);
+}
+
+function toMessage<I>(type: MessageType<I>, init: RequestInit<I> | undefined): I {
+  return type.create(init as Partial<I>);
+}
+
+/** Starts one call of `method` on `channel`; what it returns depends on the call kind (see ClientMethod). */
+export function invoke(channel: Channel, method: MethodDefinition, input: unknown, options?: CallOptions): unknown {
+  const kind: MethodKind = method.kind;
+  let call: ClientCall<unknown, unknown>;
+  try {
+    call = new ClientCall(channel, method, options);
+  } catch (err) {
+    const e = RpcError.from(err, Code.INVALID_ARGUMENT);
+    if (kind === "unary" || kind === "client_streaming") return Promise.reject(e);
+    return failingStream(e);
+  }
+  switch (kind) {
+    case "unary":
+      call.start(input, undefined);
+      return call.result();
+    case "server_streaming":
+      call.start(input, undefined);
+      return call.stream;
+    case "client_streaming":
+      call.start(undefined, input as Iterable<unknown>);
+      return call.result();
+    default:
+      call.start(undefined, input as Iterable<unknown>);
+      return call.stream;
+  }
+}
+
+function failingStream(error: RpcError): AsyncIterable<never> {
+  return {
+    [Symbol.asyncIterator]: () => ({ next: () => Promise.reject(error) }),
+  };
+}
+
+/**
+ * Creates a typed client of `service`. `target` is an address (the client gets a channel of
+ * its own, closed by {@link closeClient}) or a Channel shared with other clients.
+ */
+export function createClient<S extends ServiceDefinition>(service: S, target: string | Channel, options?: ChannelOptions): Client<S> {
+  if (service === null || typeof service !== "object" || typeof service.methods !== "object") {
+    throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "createClient(): the first argument must be a service definition (generated, or from loadProto())");
+  }
+  const owned = typeof target === "string";
+  if (!owned && options !== undefined) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "createClient(): options go to createChannel() when a channel is given");
+  const channel = typeof target === "string" ? new Channel(target, options) : target;
+  const client: Record<string, unknown> = {};
+  for (const [name, method] of Object.entries(service.methods)) {
+    client[name] = (input: unknown, callOptions?: CallOptions) => invoke(channel, method, input, callOptions);
+  }
+  channelOf.set(client, { channel, owned });
+  return client as Client<S>;
+}
+
+/** The channel a client sends its calls on. */
+export function clientChannel(client: object): Channel {
+  const c = channelOf.get(client);
+  if (c === undefined) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "not a client made by createClient()");
+  return c.channel;
+}
+
+/** Closes a client: its own channel is closed; a shared channel is left to its owner. */
+export function closeClient(client: object): void {
+  const c = channelOf.get(client);
+  if (c !== undefined && c.owned) c.channel.close();
+}

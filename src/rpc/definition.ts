@@ -1,0 +1,44 @@
+/**
+ * Service definitions: what generated code and runtime-loaded `.proto` files both produce,
+ * and what clients and servers are built from.
+ */
+import type { ProtoWriter } from "./wire/writer.js";
+
+/** Encodes and decodes one message type. */
+export interface MessageType<T> {
+  /** Fully qualified protobuf name, e.g. `"helloworld.HelloRequest"`. */
+  readonly typeName: string;
+  /** Writes `message` into `writer`. */
+  encode(message: T, writer: ProtoWriter): void;
+  /** Decodes one whole message. `bytes` fields are views into `bytes`, not copies. Throws on malformed input. */
+  decode(bytes: Uint8Array): T;
+  /** A message with every field at its default value, then the fields of `init`. */
+  create(init?: Partial<T>): T;
+}
+
+/** The four call kinds. */
+export type MethodKind = "unary" | "server_streaming" | "client_streaming" | "bidi_streaming";
+
+/** One method of a service; `K` is its call kind, kept as a literal type so clients are typed per kind. */
+export interface MethodDefinition<I = any, O = any, K extends MethodKind = MethodKind> {
+  /** Name as written in the `.proto`, e.g. `"SayHello"`. */
+  readonly name: string;
+  /** Name of the client and handler function, e.g. `"sayHello"`. */
+  readonly localName: string;
+  /** `/package.Service/Method`, as gRPC writes it. */
+  readonly path: string;
+  /** Which of the four call kinds. */
+  readonly kind: K;
+  /** Request message type. */
+  readonly input: MessageType<I>;
+  /** Response message type. */
+  readonly output: MessageType<O>;
+}
+
+/** A service: its name and methods, keyed by local (camelCase) name. */
+export interface ServiceDefinition<M extends Record<string, MethodDefinition> = Record<string, MethodDefinition>> {
+  /** Fully qualified name, e.g. `"helloworld.Greeter"`. */
+  readonly typeName: string;
+  /** Methods by local name. */
+  readonly methods: M;
+}

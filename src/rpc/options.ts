@@ -1,0 +1,86 @@
+/** Options of channels, servers and calls, validated once into resolved objects. */
+import { boolean, custom, integer, resolveOptions, type OptionsSpec } from "../options.js";
+import type { TransportOptions } from "../transport/types.js";
+
+const MiB = 1024 * 1024;
+
+/** Options of a client channel (one logical connection to one address). */
+export interface ChannelOptions {
+  /** Largest request or response body, in bytes; larger ones fail with RESOURCE_EXHAUSTED. Default 4 MiB. */
+  maxMessageBytes?: number;
+  /** `bytes` fields at least this long are sent from the caller's memory without a copy, in bytes. Default 64 KiB. */
+  externalBytesThreshold?: number;
+  /** Interval between keepalive pings, in milliseconds; 0 turns them off. Default 30 000. */
+  keepaliveIntervalMs?: number;
+  /** Time a ping may go unanswered before the connection counts as dead, in milliseconds. Default 10 000. */
+  keepaliveTimeoutMs?: number;
+  /** Time allowed to connect, in milliseconds. Default 10 000. */
+  connectTimeoutMs?: number;
+  /** Messages a stream may send before the receiver grants more (flow control window). Default 64. */
+  streamWindowMessages?: number;
+  /** Options passed to the transport (see TransportOptions); `maxMessageBytes` defaults to 4× the RPC limit plus 64 KiB. */
+  transport?: TransportOptions;
+}
+
+/** Options of a server. */
+export interface ServerOptions {
+  /** Largest request or response body, in bytes; larger ones fail with RESOURCE_EXHAUSTED. Default 4 MiB. */
+  maxMessageBytes?: number;
+  /** `bytes` fields at least this long are sent without a copy, in bytes. Default 64 KiB. */
+  externalBytesThreshold?: number;
+  /** Interval between keepalive pings to each client, in milliseconds; 0 turns them off. Default 60 000. */
+  keepaliveIntervalMs?: number;
+  /** Time a ping may go unanswered before the client counts as gone, in milliseconds. Default 20 000. */
+  keepaliveTimeoutMs?: number;
+  /** Messages a stream may send before the receiver grants more. Default 64. */
+  streamWindowMessages?: number;
+  /** Calls one connection may have open at once; more are refused with RESOURCE_EXHAUSTED. Default 100 000. */
+  maxConcurrentCallsPerConnection?: number;
+  /** Options passed to the transport of every listener. */
+  transport?: TransportOptions;
+  /** Log handler failures (at warn level) besides sending them to the client. Default true. */
+  logHandlerErrors?: boolean;
+}
+
+const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
+
+const channelSpec: OptionsSpec<Required<ChannelOptions>> = {
+  maxMessageBytes: integer(4 * MiB, 1, 2 ** 31),
+  externalBytesThreshold: integer(64 * 1024, 0, Number.MAX_SAFE_INTEGER),
+  keepaliveIntervalMs: integer(30_000, 0, 2 ** 31 - 1),
+  keepaliveTimeoutMs: integer(10_000, 1, 2 ** 31 - 1),
+  connectTimeoutMs: integer(10_000, 1, 2 ** 31 - 1),
+  streamWindowMessages: integer(64, 1, 2 ** 20),
+  transport: custom<TransportOptions>({}, "an object of transport options", isObject),
+};
+
+const serverSpec: OptionsSpec<Required<ServerOptions>> = {
+  maxMessageBytes: integer(4 * MiB, 1, 2 ** 31),
+  externalBytesThreshold: integer(64 * 1024, 0, Number.MAX_SAFE_INTEGER),
+  keepaliveIntervalMs: integer(60_000, 0, 2 ** 31 - 1),
+  keepaliveTimeoutMs: integer(20_000, 1, 2 ** 31 - 1),
+  streamWindowMessages: integer(64, 1, 2 ** 20),
+  maxConcurrentCallsPerConnection: integer(100_000, 1, 2 ** 31 - 1),
+  transport: custom<TransportOptions>({}, "an object of transport options", isObject),
+  logHandlerErrors: boolean(true),
+};
+
+/** Resolved channel options. */
+export type ResolvedChannelOptions = Readonly<Required<ChannelOptions>>;
+/** Resolved server options. */
+export type ResolvedServerOptions = Readonly<Required<ServerOptions>>;
+
+/** Validates channel options. */
+export function resolveChannelOptions(input: unknown): ResolvedChannelOptions {
+  return resolveOptions("createChannel()", channelSpec, input);
+}
+
+/** Validates server options. */
+export function resolveServerOptions(input: unknown): ResolvedServerOptions {
+  return resolveOptions("createServer()", serverSpec, input);
+}
+
+/** Transport options for an RPC endpoint: room for a body at the RPC limit plus headers and metadata. */
+export function transportOptionsFor(rpcMaxMessageBytes: number, given: TransportOptions): TransportOptions {
+  return { maxMessageBytes: Math.min(0xffff_0000, rpcMaxMessageBytes * 4 + 64 * 1024), ...given };
+}

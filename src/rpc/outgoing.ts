@@ -1,0 +1,85 @@
+/**
+ * Building outgoing frames: header, sections and protobuf body written in place, the body
+ * encoded straight into the frame's memory (behind the header) and large `bytes` fields left
+ * as their own scatter-gather parts.
+ */
+import { Code, RpcError } from "../errors.js";
+import type { MessageType } from "./definition.js";
+import { FrameFlag, HEADER_BYTES, writeHeader, type FrameType } from "./frame.js";
+import { encodeMetadata, metadataLength, type Metadata } from "./metadata.js";
+import { encodeMessage } from "./wire/writer.js";
+
+/** How bodies are encoded: limits and where their memory comes from. */
+export interface EncodeSettings {
+  /** Largest body allowed, in bytes. */
+  maxMessageBytes: number;
+  /** `bytes` fields at least this long are sent as their own part, not copied. */
+  externalBytesThreshold: number;
+  /** Memory for a frame of `n` bytes; the returned release function is called once the transport is done with it. */
+  alloc: ((n: number) => Uint8Array) | undefined;
+}
+
+/** An encoded frame ready for `Connection.send`. */
+export interface OutgoingFrame {
+  parts: Uint8Array[];
+  /** Body length in bytes (0 without a body). */
+  bodyBytes: number;
+}
+
+const EMPTY: Uint8Array[] = [];
+
+/**
+ * Encodes a frame. `message`/`type` are optional (no body without them). Throws RpcError
+ * RESOURCE_EXHAUSTED when the body is over the limit, INTERNAL when encoding fails.
+ */
+export function buildFrame<T>(
+  settings: EncodeSettings,
+  frameType: FrameType,
+  flags: number,
+  callId: number,
+  arg: number,
+  arg2: number,
+  metadata: Metadata | undefined,
+  trailers: Metadata | undefined,
+  text: string,
+  type: MessageType<T> | undefined,
+  message: T | undefined,
+): OutgoingFrame {
+  const mdLen = metadata !== undefined && metadata.size > 0 ? metadataLength(metadata) : 0;
+  const trLen = trailers !== undefined && trailers.size > 0 ? metadataLength(trailers) : 0;
+  const textLen = text === "" ? 0 : Buffer.byteLength(text);
+  const headroom = HEADER_BYTES + mdLen + trLen + textLen;
+  if (mdLen > 0) flags |= FrameFlag.METADATA;
+  let parts: Uint8Array[];
+  let bodyBytes = 0;
+  if (type !== undefined) {
+    flags |= FrameFlag.MESSAGE;
+    try {
+      parts = encodeMessage(type, message as T, {
+        headroom,
+        ...(settings.alloc === undefined ? {} : { alloc: settings.alloc }),
+        externalBytesThreshold: settings.externalBytesThreshold,
+      });
+    } catch (err) {
+      throw new RpcError(Code.INTERNAL, `cannot encode ${type.typeName}: ${(err as Error).message}`, { cause: err });
+    }
+    for (const p of parts) bodyBytes += p.byteLength;
+    bodyBytes -= headroom;
+    if (bodyBytes > settings.maxMessageBytes) {
+      throw new RpcError(Code.RESOURCE_EXHAUSTED, `${type.typeName} of ${bodyBytes} bytes exceeds the limit of ${settings.maxMessageBytes} bytes (maxMessageBytes)`);
+    }
+  } else {
+    parts = [Buffer.allocUnsafe(headroom)];
+  }
+  const first = parts[0]!;
+  if (frameType === 3 /* STATUS */) arg2 = trLen;
+  writeHeader(first, frameType, flags, callId, arg, arg2, mdLen, textLen);
+  if (mdLen > 0 || trLen > 0 || textLen > 0) {
+    const buf = Buffer.from(first.buffer, first.byteOffset, headroom);
+    let at = HEADER_BYTES;
+    if (mdLen > 0) at = encodeMetadata(metadata!, buf, at);
+    if (trLen > 0) at = encodeMetadata(trailers!, buf, at);
+    if (textLen > 0) buf.write(text, at, "utf8");
+  }
+  return { parts: parts.length === 0 ? EMPTY : parts, bodyBytes };
+}

@@ -1,0 +1,143 @@
+/**
+ * Stream plumbing shared by clients and servers: the receiving queue handed to application
+ * code as an async iterable, and the sending window of message credits. Together they bound
+ * memory: a sender may have at most `window` messages unconsumed at the receiver.
+ */
+
+/**
+ * Messages received on one stream, read with `for await`. Every message taken by the reader
+ * counts towards a credit grant sent back to the sender (half a window at a time).
+ */
+export class IncomingStream<T> implements AsyncIterable<T> {
+  private readonly items: T[] = [];
+  private head = 0;
+  private ended = false;
+  private error: unknown;
+  private waiter: { resolve: (r: IteratorResult<T>) => void; reject: (e: unknown) => void } | undefined;
+  private consumed = 0;
+  private iterated = false;
+
+  /**
+   * @param grantEvery credits are returned once this many messages were taken
+   * @param grant sends `n` credits to the sender
+   * @param onReturn the reader stopped early (break / return): the call should be cancelled
+   */
+  constructor(
+    private readonly grantEvery: number,
+    private readonly grant: (n: number) => void,
+    private readonly onReturn: () => void,
+  ) {}
+
+  /** Adds a received message. */
+  push(value: T): void {
+    if (this.ended) return;
+    const w = this.waiter;
+    if (w !== undefined && this.head === this.items.length) {
+      this.waiter = undefined;
+      this.taken();
+      w.resolve({ value, done: false });
+    } else {
+      this.items.push(value);
+    }
+  }
+
+  /** The sender finished: the reader gets what is queued, then the end. */
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.wake();
+  }
+
+  /** The stream failed: the reader gets what is queued, then `error`. */
+  fail(error: unknown): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.error = error;
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    if (w === undefined) return;
+    this.waiter = undefined;
+    if (this.error !== undefined) w.reject(this.error);
+    else w.resolve({ value: undefined, done: true });
+  }
+
+  private taken(): void {
+    if (++this.consumed >= this.grantEvery && !this.ended) {
+      const n = this.consumed;
+      this.consumed = 0;
+      this.grant(n);
+    }
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<T> {
+    if (this.iterated) throw new Error("a stream can be iterated only once");
+    this.iterated = true;
+    return {
+      next: (): Promise<IteratorResult<T>> => {
+        if (this.head < this.items.length) {
+          const value = this.items[this.head]!;
+          this.items[this.head++] = undefined as T;
+          if (this.head === this.items.length) {
+            this.items.length = 0;
+            this.head = 0;
+          }
+          this.taken();
+          return Promise.resolve({ value, done: false });
+        }
+        if (this.ended) return this.error !== undefined ? Promise.reject(this.error) : Promise.resolve({ value: undefined, done: true });
+        return new Promise((resolve, reject) => (this.waiter = { resolve, reject }));
+      },
+      return: (): Promise<IteratorResult<T>> => {
+        if (!this.ended) {
+          this.ended = true;
+          this.items.length = 0;
+          this.head = 0;
+          this.onReturn();
+        }
+        return Promise.resolve({ value: undefined, done: true });
+      },
+    };
+  }
+}
+
+/** Credits of a sending stream: how many messages may still go out before the receiver grants more. */
+export class SendWindow {
+  private waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private failed: unknown;
+
+  constructor(private credits: number) {}
+
+  /** True when a message may be sent now (and takes its credit). */
+  tryTake(): boolean {
+    if (this.credits > 0) {
+      this.credits--;
+      return true;
+    }
+    return false;
+  }
+
+  /** Waits until a credit is free and takes it; rejects once the stream failed. */
+  async take(): Promise<void> {
+    if (this.failed !== undefined) throw this.failed;
+    if (this.tryTake()) return;
+    await new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  /** The receiver granted `n` more messages. */
+  add(n: number): void {
+    this.credits += n;
+    while (this.credits > 0 && this.waiters.length > 0) {
+      this.credits--;
+      this.waiters.shift()!.resolve();
+    }
+  }
+
+  /** The stream ended: waiting senders get `error`. */
+  fail(error: unknown): void {
+    this.failed ??= error;
+    for (const w of this.waiters.splice(0)) w.reject(error);
+  }
+}

@@ -1,0 +1,65 @@
+/**
+ * Incoming connections of a listener, handed to a callback, to `accept()` callers or to an
+ * async iterator, whichever the server uses.
+ */
+import { ErrorCode, KoalaError } from "../errors.js";
+import type { Connection } from "./types.js";
+
+/** Queue of accepted connections of one listener. */
+export class AcceptQueue implements AsyncIterable<Connection> {
+  private readonly ready: Connection[] = [];
+  private readonly waiters: { resolve: (c: Connection) => void; reject: (e: unknown) => void }[] = [];
+  private handler: ((c: Connection) => void) | null = null;
+  private closed = false;
+
+  /** True once closed. */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Hands over a new connection (closed at once when the listener is closed). */
+  push(connection: Connection): void {
+    if (this.closed) {
+      connection.close(new Error("the listener is closed"));
+      return;
+    }
+    if (this.handler !== null) this.handler(connection);
+    else if (this.waiters.length > 0) this.waiters.shift()!.resolve(connection);
+    else this.ready.push(connection);
+  }
+
+  /** Next connection; rejects with KOALA_ERR_CLOSED once closed. */
+  accept(): Promise<Connection> {
+    const c = this.ready.shift();
+    if (c !== undefined) return Promise.resolve(c);
+    if (this.closed) return Promise.reject(new KoalaError(ErrorCode.CLOSED, "the listener is closed"));
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  /** Sets the callback that takes every new connection (and those already waiting). */
+  setHandler(handler: ((c: Connection) => void) | null): void {
+    this.handler = handler;
+    if (handler !== null) for (let c = this.ready.shift(); c !== undefined; c = this.ready.shift()) handler(c);
+  }
+
+  /** Stops accepting: waiting `accept()` calls reject, iteration ends. Connections not yet taken are closed. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const err = new KoalaError(ErrorCode.CLOSED, "the listener is closed");
+    for (const w of this.waiters.splice(0)) w.reject(err);
+    for (const c of this.ready.splice(0)) c.close(new Error("the listener closed before the connection was accepted"));
+  }
+
+  /** Iterates incoming connections until the listener closes. */
+  async *[Symbol.asyncIterator](): AsyncIterator<Connection> {
+    for (;;) {
+      try {
+        yield await this.accept();
+      } catch (err) {
+        if (this.closed) return;
+        throw err;
+      }
+    }
+  }
+}

@@ -1,0 +1,139 @@
+/**
+ * The receive side shared by transports: delivers whole messages to a callback or to an
+ * async iterator, queues them while nobody reads (or while paused), and tells the transport
+ * when to stop and restart reading from the peer so that a slow reader slows the writer.
+ */
+import type { KoalaError } from "../errors.js";
+
+/** Receive-side queue of one connection. */
+export class Inbox implements AsyncIterable<Uint8Array> {
+  private readonly queue: Uint8Array[] = [];
+  private head = 0;
+  private receiver: ((message: Uint8Array) => void) | null = null;
+  private paused = false;
+  private delivering = false;
+  private closedWith: KoalaError | undefined;
+  private waiter: ((r: IteratorResult<Uint8Array>) => void) | undefined;
+  private waiterReject: ((e: unknown) => void) | undefined;
+  private iterating = false;
+  private orderlyEnd = true;
+
+  /**
+   * @param capacity messages queued before `onFull` is called
+   * @param onFull stop reading from the peer
+   * @param onRoom start reading from the peer again
+   */
+  constructor(
+    private readonly capacity: number,
+    private readonly onFull: () => void,
+    private readonly onRoom: () => void,
+  ) {}
+
+  /** Messages waiting to be delivered. */
+  get length(): number {
+    return this.queue.length - this.head;
+  }
+
+  /** Hands one received message to the reader, or queues it. */
+  push(message: Uint8Array): void {
+    if (this.closedWith !== undefined) return;
+    if (this.receiver !== null && !this.paused && this.length === 0 && !this.delivering) {
+      this.receiver(message);
+      return;
+    }
+    if (this.waiter !== undefined && !this.paused && this.length === 0) {
+      const w = this.waiter;
+      this.waiter = this.waiterReject = undefined;
+      w({ value: message, done: false });
+      return;
+    }
+    this.queue.push(message);
+    if (this.length === this.capacity) this.onFull();
+  }
+
+  /** Sets the callback receiver (null removes it). */
+  setReceiver(receiver: ((message: Uint8Array) => void) | null): void {
+    if (receiver !== null && this.iterating) throw new Error("onMessage() cannot be used while the connection is iterated with for await");
+    this.receiver = receiver;
+    this.flush();
+  }
+
+  /** Stops delivery until `resume()`. */
+  pause(): void {
+    this.paused = true;
+  }
+
+  /** Restarts delivery. */
+  resume(): void {
+    this.paused = false;
+    this.flush();
+    if (this.waiter !== undefined && this.length > 0) {
+      const w = this.waiter;
+      this.waiter = this.waiterReject = undefined;
+      w({ value: this.take(), done: false });
+    }
+  }
+
+  /** Ends delivery: queued messages are still delivered to a callback receiver; an iterator ends after them (`reason` only rejects a waiting iterator when the close was not orderly). */
+  close(reason: KoalaError, orderly: boolean): void {
+    if (this.closedWith !== undefined) return;
+    this.flush();
+    this.closedWith = reason;
+    this.orderlyEnd = orderly;
+    if (this.waiter !== undefined) {
+      const w = this.waiter;
+      const rej = this.waiterReject!;
+      this.waiter = this.waiterReject = undefined;
+      if (orderly) w({ value: undefined, done: true });
+      else rej(reason);
+    }
+  }
+
+  private take(): Uint8Array {
+    const m = this.queue[this.head]!;
+    this.queue[this.head++] = undefined as unknown as Uint8Array;
+    if (this.head === this.queue.length) {
+      this.queue.length = 0;
+      this.head = 0;
+    } else if (this.head > 1024 && this.head * 2 > this.queue.length) {
+      this.queue.splice(0, this.head);
+      this.head = 0;
+    }
+    if (this.length === this.capacity - 1 || (this.length === 0 && this.capacity === 1)) this.onRoom();
+    return m;
+  }
+
+  private flush(): void {
+    if (this.delivering) return;
+    this.delivering = true;
+    try {
+      while (this.receiver !== null && !this.paused && this.length > 0) this.receiver(this.take());
+    } finally {
+      this.delivering = false;
+    }
+  }
+
+  /** Iterates received messages; ends when the connection closes in order, throws its reason otherwise. */
+  [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+    if (this.receiver !== null) throw new Error("a connection with an onMessage() receiver cannot also be iterated");
+    if (this.iterating) throw new Error("a connection can be iterated only once at a time");
+    this.iterating = true;
+    return {
+      next: () => {
+        if (this.length > 0 && !this.paused) return Promise.resolve({ value: this.take(), done: false });
+        if (this.closedWith !== undefined) {
+          if (this.orderlyEnd) return Promise.resolve({ value: undefined, done: true });
+          return Promise.reject(this.closedWith);
+        }
+        return new Promise<IteratorResult<Uint8Array>>((resolve, reject) => {
+          this.waiter = resolve;
+          this.waiterReject = reject;
+        });
+      },
+      return: () => {
+        this.iterating = false;
+        return Promise.resolve({ value: undefined, done: true });
+      },
+    };
+  }
+}

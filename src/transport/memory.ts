@@ -1,0 +1,242 @@
+/**
+ * The in-process transport: a pair of connected endpoints in one process, with the same
+ * contract as the socket transports (message boundaries, size limit, backpressure, close
+ * reasons, one-sided access), for tests of the layers above. Addresses: `memory:<name>`.
+ */
+import { ErrorCode, KoalaError } from "../errors.js";
+import { formatAddress } from "./address.js";
+import { Inbox } from "./inbox.js";
+import { checkRemoteAccess, serveRemoteRead, serveRemoteWrite, type RegionDescriptor } from "./regions.js";
+import type { Address, Connection, Listener, ResolvedTransportOptions, Transport } from "./types.js";
+import { AcceptQueue } from "./accept-queue.js";
+
+const listeners = new Map<string, MemoryListener>();
+let nextPeerId = 1;
+
+class MemoryConnection implements Connection {
+  readonly transport = "memory" as const;
+  peer!: MemoryConnection;
+  private readonly inbox: Inbox;
+  /** Bytes this side sent that the peer's reader has not taken yet. */
+  private unread = 0;
+  private drainWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private closeReason: KoalaError | undefined;
+  private resolveClosed!: (r: KoalaError) => void;
+  readonly closed: Promise<KoalaError>;
+  /** Messages in flight to the peer, delivered on the next turn so sends stay asynchronous. */
+  private outbox: Uint8Array[] = [];
+  private flushScheduled = false;
+  private peerStopped = false;
+
+  constructor(
+    readonly localAddress: string,
+    readonly remoteAddress: string,
+    readonly options: ResolvedTransportOptions,
+  ) {
+    this.closed = new Promise((r) => (this.resolveClosed = r));
+    this.inbox = new Inbox(
+      options.receiveQueueMessages,
+      () => (this.peer.peerStopped = true),
+      () => {
+        this.peer.peerStopped = false;
+        this.peer.scheduleFlush();
+      },
+    );
+  }
+
+  get isClosed(): boolean {
+    return this.closeReason !== undefined;
+  }
+
+  get bufferedBytes(): number {
+    return this.unread;
+  }
+
+  send(parts: readonly Uint8Array[], onWritten?: () => void): boolean {
+    if (this.closeReason !== undefined) throw new KoalaError(ErrorCode.CLOSED, `send() on a closed connection: ${this.closeReason.message}`, { cause: this.closeReason });
+    let total = 0;
+    for (const p of parts) total += p.byteLength;
+    if (total > this.options.maxMessageBytes) {
+      throw new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `message of ${total} bytes exceeds maxMessageBytes (${this.options.maxMessageBytes})`);
+    }
+    // The copy stands in for the wire: the receiver must never see the sender's later changes.
+    const copy = new Uint8Array(total);
+    let at = 0;
+    for (const p of parts) {
+      copy.set(p, at);
+      at += p.byteLength;
+    }
+    onWritten?.();
+    this.unread += total;
+    this.outbox.push(copy);
+    this.scheduleFlush();
+    return this.unread <= this.options.highWaterMarkBytes;
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled || this.outbox.length === 0) return;
+    this.flushScheduled = true;
+    setImmediate(() => this.flush());
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    const peer = this.peer;
+    let i = 0;
+    while (i < this.outbox.length && !this.peerStopped && !peer.isClosed) {
+      const m = this.outbox[i++]!;
+      peer.deliver(m, this);
+    }
+    this.outbox.splice(0, i);
+    if (this.closeReason !== undefined && this.outbox.length === 0 && !peer.isClosed) {
+      // Orderly close: the peer sees the end after every message sent before it.
+      peer.terminate(new KoalaError(ErrorCode.PEER_CLOSED, "the peer closed the connection"), true);
+    }
+  }
+
+  private deliver(message: Uint8Array, from: MemoryConnection): void {
+    from.unread -= message.byteLength;
+    from.checkDrain();
+    this.inbox.push(message);
+  }
+
+  private checkDrain(): void {
+    if (this.drainWaiters.length > 0 && this.unread <= this.options.highWaterMarkBytes / 2) {
+      const ws = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of ws) w.resolve();
+    }
+  }
+
+  drain(): Promise<void> {
+    if (this.closeReason !== undefined) return Promise.reject(this.closeReason);
+    if (this.unread <= this.options.highWaterMarkBytes / 2) return Promise.resolve();
+    return new Promise((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
+  }
+
+  onMessage(receiver: ((message: Uint8Array) => void) | null): void {
+    this.inbox.setReceiver(receiver);
+  }
+
+  pause(): void {
+    this.inbox.pause();
+  }
+
+  resume(): void {
+    this.inbox.resume();
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+    return this.inbox[Symbol.asyncIterator]();
+  }
+
+  close(reason?: Error): void {
+    if (this.closeReason !== undefined) return;
+    if (reason === undefined) {
+      this.terminate(new KoalaError(ErrorCode.CLOSED, "the connection was closed by this side"), true);
+      this.scheduleFlush();
+      if (this.outbox.length === 0) setImmediate(() => this.flush());
+    } else {
+      this.terminate(new KoalaError(ErrorCode.CLOSED, `the connection was closed by this side: ${reason.message}`, { cause: reason }), false);
+      this.outbox = [];
+      if (!this.peer.isClosed) this.peer.terminate(new KoalaError(ErrorCode.CONNECTION_RESET, "the peer reset the connection"), false);
+    }
+  }
+
+  private terminate(reason: KoalaError, orderly: boolean): void {
+    if (this.closeReason !== undefined) return;
+    this.closeReason = reason;
+    this.inbox.close(reason, orderly);
+    const ws = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of ws) w.reject(reason);
+    this.resolveClosed(reason);
+  }
+
+  async read(region: RegionDescriptor, offset: number, length: number): Promise<Uint8Array> {
+    checkRemoteAccess(region, offset, length, false);
+    await this.roundTrip();
+    const r = serveRemoteRead(region.key, offset, length);
+    if (r instanceof KoalaError) throw r;
+    return r.slice();
+  }
+
+  async write(region: RegionDescriptor, offset: number, data: Uint8Array): Promise<void> {
+    checkRemoteAccess(region, offset, data.byteLength, true);
+    const copy = data.slice();
+    await this.roundTrip();
+    const err = serveRemoteWrite(region.key, offset, copy);
+    if (err !== undefined) throw err;
+  }
+
+  /** Stands in for the network round trip of a one-sided access; fails if either side is closed. */
+  private async roundTrip(): Promise<void> {
+    await new Promise<void>((r) => setImmediate(r));
+    if (this.closeReason !== undefined) throw this.closeReason;
+    if (this.peer.isClosed) throw new KoalaError(ErrorCode.PEER_CLOSED, "the peer closed the connection");
+  }
+}
+
+class MemoryListener implements Listener {
+  readonly transport = "memory" as const;
+  private readonly queue = new AcceptQueue();
+
+  constructor(
+    readonly address: string,
+    readonly name: string,
+    readonly options: ResolvedTransportOptions,
+  ) {}
+
+  accept(): Promise<Connection> {
+    return this.queue.accept();
+  }
+
+  onConnection(handler: ((connection: Connection) => void) | null): void {
+    this.queue.setHandler(handler);
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<Connection> {
+    return this.queue[Symbol.asyncIterator]();
+  }
+
+  incoming(connection: Connection): void {
+    this.queue.push(connection);
+  }
+
+  get isClosed(): boolean {
+    return this.queue.isClosed;
+  }
+
+  async close(): Promise<void> {
+    if (listeners.get(this.name) === this) listeners.delete(this.name);
+    this.queue.close();
+  }
+}
+
+/** The in-process transport. */
+export const memoryTransport: Transport = {
+  name: "memory",
+  unavailableReason: () => undefined,
+  async listen(address: Address, options: ResolvedTransportOptions): Promise<Listener> {
+    let name = address.path;
+    if (name.endsWith(":0")) name = `${name.slice(0, -2)}:${nextPeerId++}`;
+    if (listeners.has(name)) throw new KoalaError(ErrorCode.ADDRESS_IN_USE, `memory:${name} already has a listener`);
+    const listener = new MemoryListener(formatAddress("memory", "", 0, name), name, options);
+    listeners.set(name, listener);
+    return listener;
+  },
+  async connect(address: Address, options: ResolvedTransportOptions): Promise<Connection> {
+    await new Promise<void>((r) => setImmediate(r));
+    const listener = listeners.get(address.path);
+    if (listener === undefined || listener.isClosed) {
+      throw new KoalaError(ErrorCode.CONNECTION_REFUSED, `connection refused: nothing listens at ${address.uri}`);
+    }
+    const clientName = formatAddress("memory", "", 0, `client-${nextPeerId++}`);
+    const client = new MemoryConnection(clientName, listener.address, options);
+    const server = new MemoryConnection(listener.address, clientName, listener.options);
+    client.peer = server;
+    server.peer = client;
+    listener.incoming(server);
+    return client;
+  },
+};

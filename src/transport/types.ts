@@ -1,0 +1,130 @@
+/**
+ * The transport contract. A transport moves whole messages (never a byte stream) between two
+ * endpoints. Dialing (`Transport.connect`) is kept apart from the live `Connection`.
+ */
+import type { KoalaError } from "../errors.js";
+import type { RegionDescriptor } from "./regions.js";
+
+/** Names of the transports koala-rpc knows. */
+export type TransportName = "tcp" | "unix" | "rdma" | "memory";
+
+/** An address split into its parts; produced by `parseAddress`. */
+export interface Address {
+  /** Transport that serves this address. */
+  readonly transport: TransportName;
+  /** Host name or IP (tcp, rdma), empty otherwise. */
+  readonly host: string;
+  /** Port (tcp, rdma); 0 asks the system for a free one when listening. */
+  readonly port: number;
+  /** Socket path (unix) or name (memory), empty otherwise. */
+  readonly path: string;
+  /** The address written as a URI, e.g. `tcp://127.0.0.1:5000`. */
+  readonly uri: string;
+}
+
+/** Options shared by listeners and connections of every transport. */
+export interface TransportOptions {
+  /** Largest message accepted in either direction, in bytes. Default 64 MiB. */
+  maxMessageBytes?: number;
+  /** `send()` returns false once more than this many bytes wait to be written. Default 1 MiB. */
+  highWaterMarkBytes?: number;
+  /** Time allowed for `connect()` to complete, in milliseconds. Default 10 000. */
+  connectTimeoutMs?: number;
+  /** Messages the receive side buffers for a reader that has paused before it stops reading from the peer. Default 1024. */
+  receiveQueueMessages?: number;
+  /** Largest message copied into the per-tick coalescing buffer instead of written on its own, in bytes. Default 16 KiB. */
+  coalesceMaxBytes?: number;
+  /** Disable Nagle's algorithm on TCP sockets. Default true. */
+  noDelay?: boolean;
+}
+
+/** {@link TransportOptions} with every default filled in. */
+export type ResolvedTransportOptions = Readonly<Required<TransportOptions>>;
+
+/**
+ * A live, message-oriented connection.
+ *
+ * Closing: `closed` resolves (it never rejects) with the reason as a KoalaError whose code says
+ * who closed and why: `KOALA_ERR_CLOSED` for a local `close()`, `KOALA_ERR_PEER_CLOSED` for
+ * an orderly close by the peer, `KOALA_ERR_CONNECTION_RESET`, `KOALA_ERR_PROTOCOL`, ...
+ */
+export interface Connection extends AsyncIterable<Uint8Array> {
+  /** The transport this connection runs on. */
+  readonly transport: TransportName;
+  /** This end's address as a URI. */
+  readonly localAddress: string;
+  /** The other end's address as a URI. */
+  readonly remoteAddress: string;
+  /** The resolved options of this connection. */
+  readonly options: ResolvedTransportOptions;
+
+  /**
+   * Queues one message made of `parts`, sent back to back without being joined into one
+   * buffer. The parts must not change until the transport is done with them: `onWritten` is
+   * called then (at once when the transport copied them, e.g. into the coalescing buffer;
+   * after the operating system took them otherwise; on close when they were dropped): exactly
+   * once, so a caller can release the memory behind them there.
+   * Returns false when more than `highWaterMarkBytes` wait to be written: the caller should
+   * `await drain()` before sending more. Throws KOALA_ERR_CLOSED after close and
+   * KOALA_ERR_MESSAGE_TOO_LARGE for a message over `maxMessageBytes` (the connection stays up).
+   */
+  send(parts: readonly Uint8Array[], onWritten?: () => void): boolean;
+  /** Bytes queued by `send()` and not yet handed to the operating system or peer. */
+  readonly bufferedBytes: number;
+  /** Resolves once `bufferedBytes` has fallen to at most half the high-water mark; rejects with the close reason if the connection closes first. */
+  drain(): Promise<void>;
+
+  /**
+   * Sets the receiver, called once per whole message, in order. Messages that arrive while no
+   * receiver is set (or while paused) are queued, and reading from the peer stops once
+   * `receiveQueueMessages` are queued, so a slow reader slows the writer instead of growing memory.
+   * A received message stays valid after the callback returns.
+   * Setting a receiver and iterating with `for await` are exclusive.
+   */
+  onMessage(receiver: ((message: Uint8Array) => void) | null): void;
+  /** Stops delivering messages until `resume()`. */
+  pause(): void;
+  /** Delivers queued messages again. */
+  resume(): void;
+
+  /** Closes the connection: data already queued is flushed, then the connection ends. With `reason`, it is dropped at once and `closed` carries a KOALA_ERR_CLOSED error whose cause is `reason`. */
+  close(reason?: Error): void;
+  /** True once the connection is closed or closing. */
+  readonly isClosed: boolean;
+  /** Resolves with the reason once the connection is closed. Never rejects. */
+  readonly closed: Promise<KoalaError>;
+
+  /** Reads `length` bytes at `offset` of a region the peer registered (one-sided). */
+  read(region: RegionDescriptor, offset: number, length: number): Promise<Uint8Array>;
+  /** Writes `data` at `offset` of a region the peer registered with write access (one-sided). */
+  write(region: RegionDescriptor, offset: number, data: Uint8Array): Promise<void>;
+}
+
+/** Accepts incoming connections on one address. */
+export interface Listener extends AsyncIterable<Connection> {
+  /** The transport this listener runs on. */
+  readonly transport: TransportName;
+  /** The address actually bound, as a URI (a port of 0 is replaced by the real one). */
+  readonly address: string;
+  /** Resolves with the next incoming connection; rejects with KOALA_ERR_CLOSED once the listener is closed. */
+  accept(): Promise<Connection>;
+  /**
+   * Sets a callback for incoming connections, the fast path for servers. While it is set,
+   * `accept()` and iteration get nothing.
+   */
+  onConnection(handler: ((connection: Connection) => void) | null): void;
+  /** Stops accepting; connections already accepted stay open. */
+  close(): Promise<void>;
+}
+
+/** A datapath that can listen and dial addresses of its scheme. */
+export interface Transport {
+  /** Its name, which is also the URI scheme it serves. */
+  readonly name: TransportName;
+  /** Why the transport cannot be used on this machine, or undefined when it can. */
+  unavailableReason(): string | undefined;
+  /** Listens at `address`. */
+  listen(address: Address, options: ResolvedTransportOptions): Promise<Listener>;
+  /** Dials `address`. */
+  connect(address: Address, options: ResolvedTransportOptions): Promise<Connection>;
+}
