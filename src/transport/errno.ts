@@ -1,0 +1,41 @@
+/**
+ * The one place where operating-system errors become KoalaErrors with stable codes. The
+ * original error stays as `cause`; the message names what was being done and where.
+ */
+import { ErrorCode, KoalaError, type ErrorCodeValue } from "../errors.js";
+
+const byErrno: Record<string, ErrorCodeValue> = {
+  ECONNREFUSED: ErrorCode.CONNECTION_REFUSED,
+  ECONNRESET: ErrorCode.CONNECTION_RESET,
+  EPIPE: ErrorCode.CONNECTION_RESET,
+  ECONNABORTED: ErrorCode.CONNECTION_RESET,
+  ERR_STREAM_DESTROYED: ErrorCode.CONNECTION_RESET,
+  ETIMEDOUT: ErrorCode.CONNECT_TIMEOUT,
+  ENOTFOUND: ErrorCode.HOST_NOT_FOUND,
+  EAI_AGAIN: ErrorCode.HOST_NOT_FOUND,
+  ENOENT: ErrorCode.HOST_NOT_FOUND,
+  EHOSTUNREACH: ErrorCode.HOST_NOT_FOUND,
+  ENETUNREACH: ErrorCode.HOST_NOT_FOUND,
+  EADDRINUSE: ErrorCode.ADDRESS_IN_USE,
+  EADDRNOTAVAIL: ErrorCode.ADDRESS_IN_USE,
+  EACCES: ErrorCode.ACCESS_DENIED,
+  EPERM: ErrorCode.ACCESS_DENIED,
+};
+
+/** The errno string of a Node system error (`"ECONNRESET"`), if it has one. */
+export function errnoOf(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" ? code : undefined;
+}
+
+/**
+ * Maps a Node system error to a KoalaError. `context` says what failed, e.g.
+ * `"connect to tcp://127.0.0.1:5000"`. A KoalaError is returned unchanged.
+ */
+export function fromSystemError(err: unknown, context: string): KoalaError {
+  if (err instanceof KoalaError) return err;
+  const errno = errnoOf(err);
+  const code = (errno !== undefined ? byErrno[errno] : undefined) ?? ErrorCode.SYSTEM;
+  const detail = err instanceof Error ? err.message : String(err);
+  return new KoalaError(code, `${context}: ${detail}`, { cause: err });
+}
