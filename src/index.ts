@@ -36,5 +36,4 @@ export type {
   BidiStreamingHandler,
 } from "./rpc/server.js";
 export type { ChannelOptions, ServerOptions } from "./rpc/options.js";
-export { ProtoWriter, encodeMessage } from "./rpc/wire/writer.js";
-export { ProtoReader } from "./rpc/wire/reader.js";
+export * as wire from "./rpc/wire/index.js";

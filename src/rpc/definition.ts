@@ -2,15 +2,22 @@
  * Service definitions: what generated code and runtime-loaded `.proto` files both produce,
  * and what clients and servers are built from.
  */
-import type { ProtoWriter } from "./wire/writer.js";
+import type { ProtoReader } from "./wire/reader.js";
+import type { ProtoWriter, SizeCounter } from "./wire/writer.js";
 
 /** Encodes and decodes one message type. */
 export interface MessageType<T> {
   /** Fully qualified protobuf name, e.g. `"helloworld.HelloRequest"`. */
   readonly typeName: string;
-  /** Writes `message` into `writer`. */
-  encode(message: T, writer: ProtoWriter): void;
-  /** Decodes one whole message. `bytes` fields are views into `bytes`, not copies. Throws on malformed input. */
+  /** Encoded length of `message` in bytes; records nested lengths in `counter` (size pass). */
+  sizeOf(message: T, counter: SizeCounter): number;
+  /** Writes `message` (write pass, after `sizeOf` filled the writer's counter). */
+  write(message: T, writer: ProtoWriter): void;
+  /** Reads a message that ends at `end` in the reader's buffer. */
+  read(reader: ProtoReader, end: number): T;
+  /** Encodes `message` into one new buffer. */
+  encode(message: T): Uint8Array;
+  /** Decodes one whole message. `bytes` fields are views into `bytes`, not copies. Throws KOALA_ERR_PROTOCOL on malformed input. */
   decode(bytes: Uint8Array): T;
   /** A message with every field at its default value, then the fields of `init`. */
   create(init?: Partial<T>): T;

@@ -444,7 +444,9 @@ class SocketListener implements Listener {
     if (this.queue.isClosed) return;
     this.queue.close();
     for (const s of this.pending) s.destroy();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    // net.Server.close() stops accepting at once but reports "closed" only after every accepted
+    // connection ends; a listener's close must not wait for those (they stay open by contract).
+    this.server.close();
     if (this.unixPath !== undefined) {
       try {
         unlinkSync(this.unixPath);

@@ -1,0 +1,464 @@
+/**
+ * The code generator: `.proto` files (parsed by protobufjs) in, TypeScript out — one module
+ * per `.proto` file, with an interface and a static `MessageType` per message (no reflection
+ * at run time), a TypeScript enum per enum, and per service a `ServiceDefinition`, a typed
+ * client type and a handler type.
+ *
+ * Mapping: 64-bit integers → bigint; bytes → Uint8Array; enums → numeric TS enums; a message
+ * field → `T | undefined`; `optional` scalars → `T | undefined`; `repeated` → arrays (scalars
+ * packed); `map<K, V>` → a plain object keyed by the key's decimal or string form; a oneof →
+ * one field holding `{ case: "fieldName", value } | { case: undefined }`. Nested types are
+ * named `Outer_Inner`. Well-known types (google.protobuf.*) go to `google/protobuf/wkt.ts`.
+ */
+import { dirname, relative, resolve as resolvePath, isAbsolute, join } from "node:path";
+import { existsSync } from "node:fs";
+import protobuf from "protobufjs";
+import { ErrorCode, KoalaError } from "../../errors.js";
+
+/** Options of {@link generate}. */
+export interface GenerateOptions {
+  /** Folders searched for imported `.proto` files, in order, after the importing file's folder. Default none. */
+  includeDirs?: string[];
+  /** Module the generated code imports the runtime from; a relative path is relative to the output folder. Default `"koala-rpc"`. */
+  runtimeImport?: string;
+}
+
+interface Scalar {
+  ts: string;
+  def: string;
+  wt: number;
+  size: (v: string) => string;
+  write: string;
+  read: string;
+  packable: boolean;
+  isDefault: (v: string) => string;
+}
+
+const varint32 = (v: string) => `wire.varint32Size(${v})`;
+const varint64 = (v: string) => `wire.varint64Size(${v})`;
+const fixed = (n: number) => () => String(n);
+const num = (v: string) => `${v} === 0`;
+const big = (v: string) => `${v} === 0n`;
+
+const SCALARS: Record<string, Scalar> = {
+  double: { ts: "number", def: "0", wt: 1, size: fixed(8), write: "double", read: "double", packable: true, isDefault: (v) => `${v} === 0 && 1 / ${v} > 0` },
+  float: { ts: "number", def: "0", wt: 5, size: fixed(4), write: "float", read: "float", packable: true, isDefault: (v) => `${v} === 0 && 1 / ${v} > 0` },
+  int32: { ts: "number", def: "0", wt: 0, size: varint32, write: "int32", read: "int32", packable: true, isDefault: num },
+  uint32: { ts: "number", def: "0", wt: 0, size: varint32, write: "uint32", read: "uint32", packable: true, isDefault: num },
+  sint32: { ts: "number", def: "0", wt: 0, size: (v) => `wire.sint32Size(${v})`, write: "sint32", read: "sint32", packable: true, isDefault: num },
+  fixed32: { ts: "number", def: "0", wt: 5, size: fixed(4), write: "fixed32", read: "fixed32", packable: true, isDefault: num },
+  sfixed32: { ts: "number", def: "0", wt: 5, size: fixed(4), write: "sfixed32", read: "sfixed32", packable: true, isDefault: num },
+  int64: { ts: "bigint", def: "0n", wt: 0, size: varint64, write: "int64", read: "int64", packable: true, isDefault: big },
+  uint64: { ts: "bigint", def: "0n", wt: 0, size: varint64, write: "uint64", read: "uint64", packable: true, isDefault: big },
+  sint64: { ts: "bigint", def: "0n", wt: 0, size: (v) => `wire.sint64Size(${v})`, write: "sint64", read: "sint64", packable: true, isDefault: big },
+  fixed64: { ts: "bigint", def: "0n", wt: 1, size: fixed(8), write: "fixed64", read: "fixed64", packable: true, isDefault: big },
+  sfixed64: { ts: "bigint", def: "0n", wt: 1, size: fixed(8), write: "sfixed64", read: "sfixed64", packable: true, isDefault: big },
+  bool: { ts: "boolean", def: "false", wt: 0, size: fixed(1), write: "bool", read: "bool", packable: true, isDefault: (v) => `${v} === false` },
+  string: { ts: "string", def: '""', wt: 2, size: (v) => `wire.stringSize(${v})`, write: "string", read: "string", packable: false, isDefault: (v) => `${v} === ""` },
+  bytes: { ts: "Uint8Array", def: "wire.EMPTY_BYTES", wt: 2, size: (v) => `c.bytes(${v})`, write: "bytes", read: "bytes", packable: false, isDefault: (v) => `${v}.byteLength === 0` },
+};
+
+const ENUM_SCALAR = SCALARS.int32!;
+const WKT_FILE = "google/protobuf/wkt.proto";
+
+function fileOf(obj: protobuf.ReflectionObject): string {
+  if (obj.filename) return obj.filename;
+  if (obj.fullName.startsWith(".google.protobuf.")) return WKT_FILE;
+  return obj.parent ? fileOf(obj.parent) : "unknown.proto";
+}
+
+/** Local TypeScript name of a type: its path inside the package joined with `_`. */
+function tsName(obj: protobuf.ReflectionObject): string {
+  const parts: string[] = [];
+  let o: protobuf.ReflectionObject | null = obj;
+  while (o && (o instanceof protobuf.Type || o instanceof protobuf.Enum || o instanceof protobuf.Service)) {
+    parts.unshift(o.name);
+    o = o.parent;
+  }
+  return parts.join("_");
+}
+
+function lowerFirst(s: string): string {
+  return s.charAt(0).toLowerCase() + s.slice(1);
+}
+
+function outPath(protoFile: string, roots: string[]): string {
+  let rel = protoFile;
+  if (isAbsolute(protoFile)) {
+    const base = roots.find((r) => protoFile.startsWith(r + "/"));
+    rel = base ? relative(base, protoFile) : protoFile.split("/").pop()!;
+  }
+  return rel.replace(/\.proto$/, ".ts");
+}
+
+class FileGen {
+  readonly lines: string[] = [];
+  private readonly imports = new Map<string, Map<string, string>>();
+  private readonly local = new Set<string>();
+
+  constructor(
+    readonly out: string,
+    readonly runtime: string,
+    private readonly outOf: (obj: protobuf.ReflectionObject) => string,
+  ) {}
+
+  declare(name: string): void {
+    this.local.add(name);
+  }
+
+  /** The identifier for `obj` in this file, importing it when it lives elsewhere. */
+  ref(obj: protobuf.ReflectionObject): string {
+    const target = this.outOf(obj);
+    const name = tsName(obj);
+    if (target === this.out) return name;
+    let spec = relative(dirname(this.out), target).replace(/\.ts$/, ".js");
+    if (!spec.startsWith(".")) spec = `./${spec}`;
+    let names = this.imports.get(spec);
+    if (names === undefined) this.imports.set(spec, (names = new Map()));
+    let alias = names.get(name);
+    if (alias === undefined) {
+      alias = this.local.has(name) || [...this.imports.values()].some((m) => [...m.values()].includes(name)) ? `${name}$${this.imports.size}` : name;
+      names.set(name, alias);
+    }
+    return alias;
+  }
+
+  render(header: string, needsTypes: string[]): string {
+    const head = [header, `import { wire } from "${this.runtime}";`];
+    if (needsTypes.length > 0) head.push(`import type { ${needsTypes.join(", ")} } from "${this.runtime}";`);
+    for (const [spec, names] of [...this.imports].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      const list = [...names].map(([n, a]) => (n === a ? n : `${n} as ${a}`)).join(", ");
+      head.push(`import { ${list} } from "${spec}";`);
+    }
+    return `${head.join("\n")}\n\n${this.lines.join("\n")}\n`;
+  }
+}
+
+/**
+ * Generates TypeScript for `files`. Returns a map from output path (relative, `.ts`) to
+ * source text. Throws KOALA_ERR_INVALID_ARGUMENT naming the file and problem on bad input.
+ */
+export function generate(files: string[], options: GenerateOptions = {}): Map<string, string> {
+  const includeDirs = (options.includeDirs ?? []).map((d) => resolvePath(d));
+  const runtime = options.runtimeImport ?? "koala-rpc";
+  const root = new protobuf.Root();
+  const inputs = files.map((f) => resolvePath(f));
+  const roots = [...includeDirs, ...inputs.map((f) => dirname(f))];
+  root.resolvePath = (origin, target) => {
+    if (isAbsolute(target)) return target;
+    const candidates = [origin ? join(dirname(origin), target) : target, ...includeDirs.map((d) => join(d, target))];
+    return candidates.find((c) => existsSync(c)) ?? target;
+  };
+  try {
+    root.loadSync(inputs, { keepCase: false });
+    root.resolveAll();
+  } catch (err) {
+    throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `koala gen: ${(err as Error).message}`, { cause: err });
+  }
+
+  const byFile = new Map<string, protobuf.ReflectionObject[]>();
+  const collect = (ns: protobuf.NamespaceBase) => {
+    for (const o of ns.nestedArray) {
+      if (o instanceof protobuf.Type || o instanceof protobuf.Enum || o instanceof protobuf.Service) {
+        const f = fileOf(o);
+        if (!byFile.has(f)) byFile.set(f, []);
+        byFile.get(f)!.push(o);
+      }
+      if (o instanceof protobuf.Namespace || o instanceof protobuf.Type) collect(o);
+    }
+  };
+  collect(root);
+
+  const outOf = (obj: protobuf.ReflectionObject) => outPath(fileOf(obj), roots);
+  const result = new Map<string, string>();
+  for (const [file, objects] of byFile) {
+    const out = outPath(file, roots);
+    // A relative runtime module is relative to the output root: deeper files need more "../".
+    const depth = out.split("/").length - 1;
+    const fileRuntime = runtime.startsWith(".") ? `${"../".repeat(depth)}${runtime}`.replace(/^(\.\.\/)+\.\//, (m) => m.slice(0, -2)) : runtime;
+    const g = new FileGen(out, fileRuntime, outOf);
+    for (const o of objects) g.declare(tsName(o));
+    const types = new Set<string>();
+    for (const o of objects) {
+      if (o instanceof protobuf.Enum) genEnum(g, o);
+    }
+    for (const o of objects) {
+      if (o instanceof protobuf.Type) {
+        genMessage(g, o);
+        types.add("MessageType");
+      }
+    }
+    for (const o of objects) {
+      if (o instanceof protobuf.Service) {
+        genService(g, o);
+        types.add("MethodDefinition").add("ServiceDefinition").add("Client").add("ServiceImplementation");
+      }
+    }
+    const source = file === WKT_FILE ? "the well-known types (google/protobuf/*.proto)" : relative(roots.find((r) => file.startsWith(r + "/")) ?? dirname(file), file);
+    const header = `// Generated by koala gen from ${source}. Do not edit.`;
+    result.set(out, g.render(header, [...types].sort()));
+  }
+  return result;
+}
+
+function genEnum(g: FileGen, e: protobuf.Enum): void {
+  const name = tsName(e);
+  g.lines.push(`/** Enum ${e.fullName.slice(1)}. */`);
+  g.lines.push(`export enum ${name} {`);
+  for (const [k, v] of Object.entries(e.values)) g.lines.push(`  ${k} = ${v},`);
+  g.lines.push("}", "");
+}
+
+interface FieldInfo {
+  f: protobuf.Field;
+  name: string;
+  number: number;
+  scalar: Scalar | undefined;
+  message: protobuf.Type | undefined;
+  enumRef: string | undefined;
+  typeRef: string;
+  repeated: boolean;
+  map: protobuf.MapField | undefined;
+  optional: boolean;
+  oneof: string | undefined;
+}
+
+function fieldInfo(g: FileGen, f: protobuf.Field): FieldInfo {
+  f.resolve();
+  const rt = f.resolvedType;
+  const message = rt instanceof protobuf.Type ? rt : undefined;
+  const isEnum = rt instanceof protobuf.Enum;
+  const scalar = message ? undefined : isEnum ? ENUM_SCALAR : SCALARS[f.type];
+  if (!message && !scalar) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `koala gen: field ${f.fullName} has unsupported type ${f.type}`);
+  const oneofObj = f.partOf;
+  const synthetic = oneofObj !== null && oneofObj.fieldsArray.length === 1 && oneofObj.name.startsWith("_");
+  const enumRef = isEnum ? g.ref(rt!) : undefined;
+  return {
+    f,
+    name: f.name,
+    number: f.id,
+    scalar,
+    message,
+    enumRef,
+    typeRef: message ? g.ref(message) : enumRef ?? scalar!.ts,
+    repeated: f.repeated,
+    map: f instanceof protobuf.MapField ? f : undefined,
+    optional: synthetic,
+    oneof: oneofObj !== null && !synthetic ? oneofObj.name : undefined,
+  };
+}
+
+function tagBytes(n: number, wt: number): number {
+  const v = (n << 3) | wt;
+  return v < 0x80 ? 1 : v < 0x4000 ? 2 : v < 0x200000 ? 3 : v < 0x10000000 ? 4 : 5;
+}
+
+function mapKeyScalar(m: protobuf.MapField): Scalar {
+  return SCALARS[m.keyType]!;
+}
+
+function mapKeyTs(m: protobuf.MapField): string {
+  const k = mapKeyScalar(m);
+  return k.ts === "number" ? "number" : "string";
+}
+
+/** Expression turning an object key (a string) into the key field's value. */
+function keyFromProp(m: protobuf.MapField, k: string): string {
+  const s = mapKeyScalar(m);
+  if (s.ts === "bigint") return `BigInt(${k})`;
+  if (s.ts === "number") return `Number(${k})`;
+  if (s.ts === "boolean") return `${k} === "true"`;
+  return k;
+}
+
+function genMessage(g: FileGen, t: protobuf.Type): void {
+  const name = tsName(t);
+  const fields = t.fieldsArray.slice().sort((a, b) => a.id - b.id).map((f) => fieldInfo(g, f));
+  const oneofs = new Map<string, FieldInfo[]>();
+  for (const fi of fields) if (fi.oneof) (oneofs.get(fi.oneof) ?? oneofs.set(fi.oneof, []).get(fi.oneof)!).push(fi);
+
+  const valueTs = (fi: FieldInfo): string => {
+    if (fi.map) {
+      const v = fi.message ? g.ref(fi.message) : fi.typeRef;
+      return `{ [key: ${mapKeyTs(fi.map)}]: ${v} }`;
+    }
+    if (fi.repeated) return `${fi.typeRef}[]`;
+    return fi.typeRef;
+  };
+
+  // Interface.
+  g.lines.push(`/** Message ${t.fullName.slice(1)}. */`);
+  g.lines.push(`export interface ${name} {`);
+  const seenOneofs = new Set<string>();
+  for (const fi of fields) {
+    if (fi.oneof) {
+      if (seenOneofs.has(fi.oneof)) continue;
+      seenOneofs.add(fi.oneof);
+      const cases = oneofs.get(fi.oneof)!.map((o) => `{ case: "${o.name}"; value: ${o.typeRef} }`);
+      g.lines.push(`  ${fi.oneof}: ${cases.join(" | ")} | { case: undefined; value?: undefined };`);
+    } else if (fi.message && !fi.repeated && !fi.map) g.lines.push(`  ${fi.name}?: ${fi.typeRef} | undefined;`);
+    else if (fi.optional) g.lines.push(`  ${fi.name}?: ${fi.typeRef} | undefined;`);
+    else g.lines.push(`  ${fi.name}: ${valueTs(fi)};`);
+  }
+  g.lines.push("}", "");
+
+  // Defaults used by create() and read().
+  const defaults: string[] = [];
+  seenOneofs.clear();
+  for (const fi of fields) {
+    if (fi.oneof) {
+      if (!seenOneofs.has(fi.oneof)) defaults.push(`${fi.oneof}: { case: undefined }`);
+      seenOneofs.add(fi.oneof);
+    } else if (fi.map) defaults.push(`${fi.name}: {}`);
+    else if (fi.repeated) defaults.push(`${fi.name}: []`);
+    else if (fi.message || fi.optional) defaults.push(`${fi.name}: undefined`);
+    else defaults.push(`${fi.name}: ${fi.scalar!.def}`);
+  }
+
+  const S: string[] = []; // sizeOf body
+  const W: string[] = []; // write body
+  const R: string[] = []; // read cases
+  for (const fi of fields) genField(g, fi, S, W, R);
+
+  g.lines.push(`/** Encoding, decoding and defaults of {@link ${name}}. */`);
+  g.lines.push(`export const ${name}: MessageType<${name}> = {`);
+  g.lines.push(`  typeName: "${t.fullName.slice(1)}",`);
+  g.lines.push(`  create(init?: Partial<${name}>): ${name} {`);
+  g.lines.push(`    const m: ${name} = { ${defaults.join(", ")} };`);
+  g.lines.push(`    if (init !== undefined) {`);
+  seenOneofs.clear();
+  for (const fi of fields) {
+    if (fi.oneof) {
+      if (seenOneofs.has(fi.oneof)) continue;
+      seenOneofs.add(fi.oneof);
+      g.lines.push(`      if (init.${fi.oneof} !== undefined) m.${fi.oneof} = init.${fi.oneof};`);
+    } else if (fi.message && !fi.repeated && !fi.map) {
+      g.lines.push(`      if (init.${fi.name} !== undefined) m.${fi.name} = ${fi.typeRef}.create(init.${fi.name});`);
+    } else g.lines.push(`      if (init.${fi.name} !== undefined) m.${fi.name} = init.${fi.name};`);
+  }
+  g.lines.push(`    }`, `    return m;`, `  },`);
+  const usesC = S.some((l) => l.includes("c."));
+  g.lines.push(`  sizeOf(${S.length ? "m" : "_m"}: ${name}, ${usesC ? "c" : "_c"}: wire.SizeCounter): number {`);
+  g.lines.push(`    let n = 0;`, ...S.map((l) => `    ${l}`), `    return n;`, `  },`);
+  g.lines.push(`  write(${W.length ? "m" : "_m"}: ${name}, ${W.length ? "w" : "_w"}: wire.ProtoWriter): void {`, ...W.map((l) => `    ${l}`), `  },`);
+  g.lines.push(`  read(r: wire.ProtoReader, end: number): ${name} {`);
+  g.lines.push(`    const m: ${name} = { ${defaults.join(", ")} };`);
+  g.lines.push(`    while (r.pos < end) {`);
+  g.lines.push(`      const t = r.tag();`);
+  if (R.length > 0) {
+    g.lines.push(`      switch (t >>> 3) {`, ...R.map((l) => `        ${l}`), `      }`);
+  }
+  g.lines.push(`      r.skip(t & 7, t >>> 3);`, `    }`, `    return m;`, `  },`);
+  g.lines.push(`  encode(m: ${name}): Uint8Array {`, `    return wire.encodeToBytes(${name}, m);`, `  },`);
+  g.lines.push(`  decode(bytes: Uint8Array): ${name} {`, `    return wire.decodeWith(${name}, bytes);`, `  },`);
+  g.lines.push(`};`, "");
+}
+
+function genField(g: FileGen, fi: FieldInfo, S: string[], W: string[], R: string[]): void {
+  const n = fi.number;
+  void g;
+  if (fi.map) return genMap(fi, S, W, R);
+  const acc = fi.oneof ? `m.${fi.oneof}.value` : `m.${fi.name}`;
+  const guardOneof = fi.oneof ? `m.${fi.oneof}.case === "${fi.name}"` : undefined;
+  if (fi.message) {
+    const T = fi.typeRef;
+    const tb = tagBytes(n, 2);
+    if (fi.repeated) {
+      S.push(`for (const v of m.${fi.name}) { const i = c.slot(); const s = ${T}.sizeOf(v, c); c.setSlot(i, s); n += ${tb} + wire.varint32Size(s) + s; }`);
+      W.push(`for (const v of m.${fi.name}) { w.tag(${n}, 2).uint32(w.nextSize()); ${T}.write(v, w); }`);
+      R.push(`case ${n}: if ((t & 7) === 2) { const e = r.enter(); m.${fi.name}.push(${T}.read(r, e)); r.leave(e); continue; } break;`);
+    } else {
+      const cond = guardOneof ?? `${acc} !== undefined`;
+      S.push(`if (${cond}) { const i = c.slot(); const s = ${T}.sizeOf(${acc}, c); c.setSlot(i, s); n += ${tb} + wire.varint32Size(s) + s; }`);
+      W.push(`if (${cond}) { w.tag(${n}, 2).uint32(w.nextSize()); ${T}.write(${acc}, w); }`);
+      const assign = fi.oneof ? `m.${fi.oneof} = { case: "${fi.name}", value: ${T}.read(r, e) }` : `m.${fi.name} = ${T}.read(r, e)`;
+      R.push(`case ${n}: if ((t & 7) === 2) { const e = r.enter(); ${assign}; r.leave(e); continue; } break;`);
+    }
+    return;
+  }
+  const s = fi.scalar!;
+  const tb = tagBytes(n, s.wt);
+  if (fi.repeated) {
+    if (s.packable) {
+      const ptb = tagBytes(n, 2);
+      S.push(`if (m.${fi.name}.length > 0) { const i = c.slot(); let l = 0; for (const v of m.${fi.name}) l += ${s.size("v")}; c.setSlot(i, l); n += ${ptb} + wire.varint32Size(l) + l; }`);
+      W.push(`if (m.${fi.name}.length > 0) { w.tag(${n}, 2).uint32(w.nextSize()); for (const v of m.${fi.name}) w.${s.write}(v); }`);
+      R.push(
+        `case ${n}: if ((t & 7) === 2) { const e = r.lengthEnd(); while (r.pos < e) m.${fi.name}.push(r.${s.read}()); r.expectEnd(e); continue; } if ((t & 7) === ${s.wt}) { m.${fi.name}.push(r.${s.read}()); continue; } break;`,
+      );
+    } else {
+      S.push(`for (const v of m.${fi.name}) n += ${tb} + ${s.size("v")};`);
+      W.push(`for (const v of m.${fi.name}) w.tag(${n}, ${s.wt}).${s.write}(v);`);
+      R.push(`case ${n}: if ((t & 7) === ${s.wt}) { m.${fi.name}.push(r.${s.read}()); continue; } break;`);
+    }
+    return;
+  }
+  const cond = guardOneof ?? (fi.optional ? `${acc} !== undefined` : `!(${s.isDefault(acc)})`);
+  const val = fi.oneof ? `(${acc} as ${fi.typeRef})` : fi.optional ? `${acc}!` : acc;
+  S.push(`if (${cond}) n += ${tb} + ${s.size(val)};`);
+  W.push(`if (${cond}) w.tag(${n}, ${s.wt}).${s.write}(${val});`);
+  const read = fi.enumRef ? `r.${s.read}() as ${fi.enumRef}` : `r.${s.read}()`;
+  const assign = fi.oneof ? `m.${fi.oneof} = { case: "${fi.name}", value: ${read} }` : `m.${fi.name} = ${read}`;
+  R.push(`case ${n}: if ((t & 7) === ${s.wt}) { ${assign}; continue; } break;`);
+}
+
+function genMap(fi: FieldInfo, S: string[], W: string[], R: string[]): void {
+  const m = fi.map!;
+  const n = fi.number;
+  const k = mapKeyScalar(m);
+  const ktb = tagBytes(1, k.wt);
+  const key = keyFromProp(m, "k");
+  const ptb = tagBytes(n, 2);
+  const keyDefault = k.ts === "bigint" ? "0n" : k.ts === "number" ? "0" : k.ts === "boolean" ? "false" : '""';
+  const keyProp = k.ts === "string" ? "key" : "String(key)";
+  if (fi.message) {
+    const T = fi.typeRef;
+    S.push(
+      `for (const [k, v] of Object.entries(m.${fi.name})) { const i = c.slot(); const s = ${T}.sizeOf(v, c); c.setSlot(i, s); const e = ${ktb} + ${k.size(key)} + 1 + wire.varint32Size(s) + s; n += ${ptb} + wire.varint32Size(e) + e; }`,
+    );
+    W.push(
+      `for (const [k, v] of Object.entries(m.${fi.name})) { const s = w.nextSize(); const e = ${ktb} + ${k.size(key)} + 1 + wire.varint32Size(s) + s; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, 2).uint32(s); ${T}.write(v, w); }`,
+    );
+    R.push(
+      `case ${n}: if ((t & 7) === 2) { const e = r.enter(); let key: ${k.ts} = ${keyDefault}; let value: ${T} | undefined; while (r.pos < e) { const u = r.tag(); if (u === ${(1 << 3) | k.wt}) key = r.${k.read}(); else if (u === ${(2 << 3) | 2}) { const f = r.enter(); value = ${T}.read(r, f); r.leave(f); } else r.skip(u & 7, u >>> 3); } r.leave(e); m.${fi.name}[${keyProp}] = value ?? ${T}.create(); continue; } break;`,
+    );
+    return;
+  }
+  const v = fi.scalar!;
+  const sizeV = v.write === "bytes" ? (x: string) => `wire.bytesSize(${x})` : v.size;
+  const vtb = tagBytes(2, v.wt);
+  S.push(`for (const [k, v] of Object.entries(m.${fi.name})) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${v.size("v")}; n += ${ptb} + wire.varint32Size(e) + e; }`);
+  W.push(
+    `for (const [k, v] of Object.entries(m.${fi.name})) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${sizeV("v")}; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, ${v.wt}).${v.write}(v); }`,
+  );
+  const vts = fi.enumRef ?? v.ts;
+  const read = fi.enumRef ? `r.${v.read}() as ${fi.enumRef}` : `r.${v.read}()`;
+  R.push(
+    `case ${n}: if ((t & 7) === 2) { const e = r.enter(); let key: ${k.ts} = ${keyDefault}; let value: ${vts} = ${v.def}; while (r.pos < e) { const u = r.tag(); if (u === ${(1 << 3) | k.wt}) key = r.${k.read}(); else if (u === ${(2 << 3) | v.wt}) value = ${read}; else r.skip(u & 7, u >>> 3); } r.leave(e); m.${fi.name}[${keyProp}] = value; continue; } break;`,
+  );
+}
+
+function genService(g: FileGen, s: protobuf.Service): void {
+  const name = tsName(s);
+  const full = s.fullName.slice(1);
+  g.lines.push(`/** Service ${full}. */`);
+  g.lines.push(`export const ${name}Service = {`);
+  g.lines.push(`  typeName: "${full}",`);
+  g.lines.push(`  methods: {`);
+  for (const m of s.methodsArray) {
+    m.resolve();
+    const input = g.ref(m.resolvedRequestType!);
+    const output = g.ref(m.resolvedResponseType!);
+    const kind = m.requestStream ? (m.responseStream ? "bidi_streaming" : "client_streaming") : m.responseStream ? "server_streaming" : "unary";
+    const local = lowerFirst(m.name);
+    g.lines.push(
+      `    ${local}: { name: "${m.name}", localName: "${local}", path: "/${full}/${m.name}", kind: "${kind}", input: ${input}, output: ${output} } as MethodDefinition<${input}, ${output}, "${kind}">,`,
+    );
+  }
+  g.lines.push(`  },`);
+  g.lines.push(`} as const satisfies ServiceDefinition;`, "");
+  g.lines.push(`/** A typed client of ${full}. */`);
+  g.lines.push(`export type ${name}Client = Client<typeof ${name}Service>;`, "");
+  g.lines.push(`/** The handlers a server implements for ${full}. */`);
+  g.lines.push(`export type ${name}Handlers = ServiceImplementation<typeof ${name}Service>;`, "");
+}

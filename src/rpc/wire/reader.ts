@@ -1,0 +1,255 @@
+/**
+ * Protobuf decoding. `bytes` fields come out as views of the input (no copy); 64-bit integers
+ * as bigint. Malformed input — a truncated varint, a length past the end, an unknown wire
+ * type, nesting deeper than 100 — throws KOALA_ERR_PROTOCOL; it never loops or reads past
+ * the end.
+ */
+import { ErrorCode, KoalaError } from "../../errors.js";
+
+const MAX_DEPTH = 100;
+const utf8 = new TextDecoder("utf-8", { fatal: false });
+
+function malformed(why: string): KoalaError {
+  return new KoalaError(ErrorCode.PROTOCOL, `malformed protobuf: ${why}`);
+}
+
+/** Reads protobuf wire data from a Uint8Array. */
+export class ProtoReader {
+  /** Read position. */
+  pos: number;
+  /** End of the readable bytes. */
+  readonly end: number;
+  private depth = 0;
+
+  constructor(
+    /** The bytes being read. */
+    readonly buf: Uint8Array,
+    pos = 0,
+    end = buf.byteLength,
+  ) {
+    this.pos = pos;
+    this.end = end;
+  }
+
+  /** Unsigned 32-bit varint (longer varints are truncated to their low 32 bits, as protobuf does). */
+  uint32(): number {
+    const b = this.buf;
+    let p = this.pos;
+    const end = this.end;
+    if (p < end) {
+      const c = b[p]!;
+      if (c < 0x80) {
+        this.pos = p + 1;
+        return c;
+      }
+    }
+    let v = 0;
+    for (let shift = 0; shift < 70; shift += 7) {
+      if (p >= end) throw malformed("truncated varint");
+      const c = b[p++]!;
+      if (shift < 32) v |= (c & 0x7f) << shift;
+      if (c < 0x80) {
+        this.pos = p;
+        return v >>> 0;
+      }
+    }
+    throw malformed("varint longer than 10 bytes");
+  }
+
+  /** Signed 32-bit varint. */
+  int32(): number {
+    return this.uint32() | 0;
+  }
+
+  /** Zigzag 32-bit varint. */
+  sint32(): number {
+    const v = this.uint32();
+    return (v >>> 1) ^ -(v & 1);
+  }
+
+  /** 64-bit varint as an unsigned bigint. */
+  uint64(): bigint {
+    const b = this.buf;
+    let p = this.pos;
+    let lo = 0;
+    let hi = 0;
+    for (let i = 0; i < 10; i++) {
+      if (p >= this.end) throw malformed("truncated varint");
+      const c = b[p++]!;
+      const bits = c & 0x7f;
+      if (i < 4) lo |= bits << (7 * i);
+      else if (i === 4) {
+        lo |= (bits & 0x0f) << 28;
+        hi |= bits >>> 4;
+      } else hi |= bits << (7 * i - 32);
+      if (c < 0x80) {
+        this.pos = p;
+        return hi === 0 ? BigInt(lo >>> 0) : (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
+      }
+    }
+    throw malformed("varint longer than 10 bytes");
+  }
+
+  /** 64-bit varint as a signed bigint. */
+  int64(): bigint {
+    return BigInt.asIntN(64, this.uint64());
+  }
+
+  /** Zigzag 64-bit varint. */
+  sint64(): bigint {
+    const v = this.uint64();
+    return (v >> 1n) ^ -(v & 1n);
+  }
+
+  /** Boolean varint. */
+  bool(): boolean {
+    return this.uint32() !== 0;
+  }
+
+  private need(n: number): number {
+    const p = this.pos;
+    if (p + n > this.end) throw malformed(`needs ${n} more bytes at offset ${p}, only ${this.end - p} left`);
+    this.pos = p + n;
+    return p;
+  }
+
+  /** Little-endian unsigned 32 bits. */
+  fixed32(): number {
+    const p = this.need(4);
+    const b = this.buf;
+    return (b[p]! | (b[p + 1]! << 8) | (b[p + 2]! << 16)) + b[p + 3]! * 0x1000000;
+  }
+
+  /** Little-endian signed 32 bits. */
+  sfixed32(): number {
+    return this.fixed32() | 0;
+  }
+
+  /** Little-endian unsigned 64 bits. */
+  fixed64(): bigint {
+    const lo = this.fixed32();
+    const hi = this.fixed32();
+    return (BigInt(hi) << 32n) | BigInt(lo);
+  }
+
+  /** Little-endian signed 64 bits. */
+  sfixed64(): bigint {
+    return BigInt.asIntN(64, this.fixed64());
+  }
+
+  /** IEEE 754 single precision. */
+  float(): number {
+    const p = this.need(4);
+    return new DataView(this.buf.buffer, this.buf.byteOffset + p, 4).getFloat32(0, true);
+  }
+
+  /** IEEE 754 double precision. */
+  double(): number {
+    const p = this.need(8);
+    return new DataView(this.buf.buffer, this.buf.byteOffset + p, 8).getFloat64(0, true);
+  }
+
+  /** Reads a length prefix and checks it fits; returns the start of the value. */
+  private delimited(): [number, number] {
+    const n = this.uint32();
+    const start = this.need(n);
+    return [start, start + n];
+  }
+
+  /** Length-prefixed bytes, as a view of the input. */
+  bytes(): Uint8Array {
+    const [s, e] = this.delimited();
+    return this.buf.subarray(s, e);
+  }
+
+  /** Length-prefixed UTF-8 string. */
+  string(): string {
+    const [s, e] = this.delimited();
+    const b = this.buf;
+    if (e - s < 24) {
+      let out = "";
+      for (let i = s; i < e; i++) {
+        const c = b[i]!;
+        if (c >= 0x80) return utf8.decode(b.subarray(s, e));
+        out += String.fromCharCode(c);
+      }
+      return out;
+    }
+    return utf8.decode(b.subarray(s, e));
+  }
+
+  /** Reads a length prefix and returns where that value ends; the position stays at its start. */
+  lengthEnd(): number {
+    const n = this.uint32();
+    const e = this.pos + n;
+    if (e > this.end) throw malformed(`length ${n} at offset ${this.pos} runs past the end`);
+    return e;
+  }
+
+  /** Enters a nested message: returns where it ends. Fails past 100 levels. */
+  enter(): number {
+    const e = this.lengthEnd();
+    if (++this.depth > MAX_DEPTH) throw malformed(`messages nested deeper than ${MAX_DEPTH}`);
+    return e;
+  }
+
+  /** Checks that a packed field ended exactly at `end`. */
+  expectEnd(end: number): void {
+    if (this.pos !== end) throw malformed("a packed field overran its length");
+  }
+
+  /** Leaves a nested message entered with {@link enter}. */
+  leave(end: number): void {
+    if (this.pos !== end) throw malformed("a nested message overran its length");
+    this.depth--;
+  }
+
+  /** Skips a field value of wire type `wireType`. */
+  skip(wireType: number, field = 0): void {
+    switch (wireType) {
+      case 0:
+        this.uint64();
+        return;
+      case 1:
+        this.need(8);
+        return;
+      case 2:
+        this.delimited();
+        return;
+      case 5:
+        this.need(4);
+        return;
+      case 3: {
+        // Group: skip until its end tag.
+        if (++this.depth > MAX_DEPTH) throw malformed(`groups nested deeper than ${MAX_DEPTH}`);
+        for (;;) {
+          if (this.pos >= this.end) throw malformed("unterminated group");
+          const t = this.uint32();
+          if ((t & 7) === 4) {
+            if (t >>> 3 !== field) throw malformed("mismatched group end");
+            this.depth--;
+            return;
+          }
+          this.skip(t & 7, t >>> 3);
+        }
+      }
+      default:
+        throw malformed(`invalid wire type ${wireType}`);
+    }
+  }
+
+  /** Reads a tag, checking its field number. */
+  tag(): number {
+    const t = this.uint32();
+    if (t >>> 3 === 0) throw malformed("field number 0");
+    return t;
+  }
+}
+
+/** Decodes a whole message of `type` from `bytes`. */
+export function decodeWith<T>(type: { read(r: ProtoReader, end: number): T }, bytes: Uint8Array): T {
+  const r = new ProtoReader(bytes);
+  const m = type.read(r, bytes.byteLength);
+  if (r.pos !== bytes.byteLength) throw malformed("trailing bytes after the message");
+  return m;
+}
