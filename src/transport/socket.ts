@@ -13,7 +13,7 @@ import { ErrorCode, KoalaError } from "../errors.js";
 import { log } from "../log.js";
 import { AcceptQueue } from "./accept-queue.js";
 import { formatAddress } from "./address.js";
-import { fromSystemError } from "./errno.js";
+import { errnoOf, fromSystemError } from "./errno.js";
 import { FRAME_HEADER_BYTES, FrameDecoder, FrameKind, checkHello, helloFrame, writeFrameHeader } from "./framing.js";
 import { Inbox } from "./inbox.js";
 import { checkRemoteAccess, serveRemoteRead, serveRemoteWrite, type RegionDescriptor } from "./regions.js";
@@ -365,13 +365,15 @@ class SocketConnection implements Connection {
 
   /** Drops the connection at once (a reset where the transport has one). */
   private abort(reason: KoalaError): void {
+    if (this.reason !== undefined) return;
+    // Reset before recording the reason: end() would otherwise close with a FIN first.
+    if (this.transport === "tcp" && this.socket.readyState !== "opening") this.socket.resetAndDestroy();
+    else this.socket.destroy();
     this.end(reason, false);
     this.chunks.length = 0;
     for (const cb of this.chunkCallbacks.splice(0)) cb?.();
     this.batch = undefined;
     this.batchLen = 0;
-    if (this.transport === "tcp" && typeof this.socket.resetAndDestroy === "function" && this.socket.readyState !== "opening") this.socket.resetAndDestroy();
-    else this.socket.destroy();
   }
 
   /** Records the first reason the connection ended and fails everything waiting on it. */
@@ -460,7 +462,9 @@ class SocketListener implements Listener {
 async function listenSocket(transport: TransportName, address: Address, options: ResolvedTransportOptions): Promise<Listener> {
   const server = net.createServer({ noDelay: options.noDelay });
   if (transport === "unix") await removeStaleSocket(address);
-  const listenOptions = transport === "unix" ? { path: address.path } : { host: address.host, port: address.port };
+  // A deep backlog: a burst of clients must queue, not fail (a full unix backlog is EAGAIN).
+  const backlog = 4096;
+  const listenOptions = transport === "unix" ? { path: address.path, backlog } : { host: address.host, port: address.port, backlog };
   await new Promise<void>((resolve, reject) => {
     server.once("error", (err) => reject(fromSystemError(err, `listen on ${address.uri}`)));
     server.listen(listenOptions, () => resolve());
@@ -494,23 +498,19 @@ async function removeStaleSocket(address: Address): Promise<void> {
 }
 
 async function connectSocket(transport: TransportName, address: Address, options: ResolvedTransportOptions): Promise<Connection> {
-  const socket = transport === "unix" ? net.connect({ path: address.path }) : net.connect({ host: address.host, port: address.port, noDelay: options.noDelay });
   const started = Date.now();
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new KoalaError(ErrorCode.CONNECT_TIMEOUT, `connect to ${address.uri}: no answer within ${options.connectTimeoutMs} ms`));
-    }, options.connectTimeoutMs);
-    socket.once("connect", () => {
-      clearTimeout(timer);
-      socket.removeAllListeners("error");
-      resolve();
-    });
-    socket.once("error", (err) => {
-      clearTimeout(timer);
-      reject(fromSystemError(err, `connect to ${address.uri}`));
-    });
-  });
+  let socket: net.Socket;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      socket = await dial(transport, address, options, Math.max(1, options.connectTimeoutMs - (Date.now() - started)));
+      break;
+    } catch (err) {
+      // A unix listener whose backlog is full answers EAGAIN: wait a little and try again.
+      const again = (err as KoalaError).cause !== undefined && errnoOf((err as KoalaError).cause) === "EAGAIN";
+      if (!again || Date.now() - started > options.connectTimeoutMs) throw err;
+      await new Promise((r) => setTimeout(r, Math.min(50, 1 + attempt * 2)));
+    }
+  }
   const local = transport === "tcp" ? formatAddress("tcp", socket.localAddress ?? "?", socket.localPort ?? 0, "") : `${address.uri}#client`;
   const conn = new SocketConnection(socket, transport, options, local, address.uri);
   const left = Math.max(1, options.connectTimeoutMs - (Date.now() - started));
@@ -522,6 +522,25 @@ async function connectSocket(transport: TransportName, address: Address, options
     throw new KoalaError(e.code ?? ErrorCode.PROTOCOL, `connect to ${address.uri}: ${e.message}`, { cause: err });
   }
   return conn;
+}
+
+function dial(transport: TransportName, address: Address, options: ResolvedTransportOptions, timeoutMs: number): Promise<net.Socket> {
+  const socket = transport === "unix" ? net.connect({ path: address.path }) : net.connect({ host: address.host, port: address.port, noDelay: options.noDelay });
+  return new Promise<net.Socket>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new KoalaError(ErrorCode.CONNECT_TIMEOUT, `connect to ${address.uri}: no answer within ${options.connectTimeoutMs} ms`));
+    }, timeoutMs);
+    socket.once("connect", () => {
+      clearTimeout(timer);
+      socket.removeAllListeners("error");
+      resolve(socket);
+    });
+    socket.once("error", (err) => {
+      clearTimeout(timer);
+      reject(fromSystemError(err, `connect to ${address.uri}`));
+    });
+  });
 }
 
 /** The TCP transport (`tcp://host:port`). */
