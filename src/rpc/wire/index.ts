@@ -1,6 +1,6 @@
 /** The protobuf runtime that generated code calls: writer, reader and size helpers. */
 export { ProtoWriter, SizeCounter, encodeMessage, encodeToBytes, varint32Size, varint64Size, sint32Size, sint64Size, utf8Size, stringSize } from "./writer.js";
-export type { EncodeOptions } from "./writer.js";
+export type { EncodeOptions, Encodable } from "./writer.js";
 export { ProtoReader, decodeWith } from "./reader.js";
 
 /** The empty byte array shared by defaults (never written to). */

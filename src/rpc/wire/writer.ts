@@ -9,8 +9,6 @@
  * copied: their tag and length are written, and the caller's array becomes a part of its own
  * in the scatter-gather list that {@link encodeMessage} returns.
  */
-import type { MessageType } from "../definition.js";
-
 /** Bytes a varint takes for an unsigned 32-bit value (negative int32 values take 10). */
 export function varint32Size(v: number): number {
   if (v < 0) return 10;
@@ -289,6 +287,14 @@ export class ProtoWriter {
   }
 }
 
+/** What {@link encodeMessage} needs of a message type (generated types provide it). */
+export interface Encodable<T> {
+  /** Size pass. */
+  sizeOf(message: T, counter: SizeCounter): number;
+  /** Write pass. */
+  write(message: T, writer: ProtoWriter): void;
+}
+
 /** Options of {@link encodeMessage}. */
 export interface EncodeOptions {
   /** Bytes reserved at the start of the first part for the caller (e.g. a frame header). Default 0. */
@@ -306,7 +312,7 @@ const writer = new ProtoWriter();
  * Encodes `message` and returns the parts whose concatenation is `headroom` reserved bytes
  * followed by the protobuf encoding. The first part always starts with the headroom.
  */
-export function encodeMessage<T>(type: MessageType<T>, message: T, options?: EncodeOptions): Uint8Array[] {
+export function encodeMessage<T>(type: Encodable<T>, message: T, options?: EncodeOptions): Uint8Array[] {
   const headroom = options?.headroom ?? 0;
   counter.reset(options?.externalBytesThreshold ?? 64 * 1024);
   const size = type.sizeOf(message, counter);
@@ -319,6 +325,6 @@ export function encodeMessage<T>(type: MessageType<T>, message: T, options?: Enc
 }
 
 /** Encodes `message` into one new buffer (no headroom, nothing external). */
-export function encodeToBytes<T>(type: MessageType<T>, message: T): Uint8Array {
+export function encodeToBytes<T>(type: Encodable<T>, message: T): Uint8Array {
   return encodeMessage(type, message, { externalBytesThreshold: 0 })[0]!;
 }
