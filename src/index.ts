@@ -37,3 +37,7 @@ export type {
 } from "./rpc/server.js";
 export type { ChannelOptions, ServerOptions } from "./rpc/options.js";
 export * as wire from "./rpc/wire/index.js";
+export { loadProto, fromPackageDefinition } from "./rpc/proto-loader.js";
+export type { LoadProtoOptions } from "./rpc/proto-loader.js";
+export { generate } from "./rpc/codegen/generate.js";
+export type { GenerateOptions } from "./rpc/codegen/generate.js";

@@ -381,7 +381,9 @@ function genField(g: FileGen, fi: FieldInfo, S: string[], W: string[], R: string
   if (fi.repeated) {
     if (s.packable) {
       const ptb = tagBytes(n, 2);
-      S.push(`if (m.${fi.name}.length > 0) { const i = c.slot(); let l = 0; for (const v of m.${fi.name}) l += ${s.size("v")}; c.setSlot(i, l); n += ${ptb} + wire.varint32Size(l) + l; }`);
+      const fixedSize = s.size("v");
+      const total = /^\d+$/.test(fixedSize) ? `const l = m.${fi.name}.length * ${fixedSize};` : `let l = 0; for (const v of m.${fi.name}) l += ${fixedSize};`;
+      S.push(`if (m.${fi.name}.length > 0) { const i = c.slot(); ${total} c.setSlot(i, l); n += ${ptb} + wire.varint32Size(l) + l; }`);
       W.push(`if (m.${fi.name}.length > 0) { w.tag(${n}, 2).uint32(w.nextSize()); for (const v of m.${fi.name}) w.${s.write}(v); }`);
       R.push(
         `case ${n}: if ((t & 7) === 2) { const e = r.lengthEnd(); while (r.pos < e) m.${fi.name}.push(r.${s.read}()); r.expectEnd(e); continue; } if ((t & 7) === ${s.wt}) { m.${fi.name}.push(r.${s.read}()); continue; } break;`,
@@ -410,11 +412,13 @@ function genMap(fi: FieldInfo, S: string[], W: string[], R: string[]): void {
   const key = keyFromProp(m, "k");
   const ptb = tagBytes(n, 2);
   const keyDefault = k.ts === "bigint" ? "0n" : k.ts === "number" ? "0" : k.ts === "boolean" ? "false" : '""';
-  const keyProp = k.ts === "string" ? "key" : "String(key)";
+  const keyProp = k.ts === "string" || k.ts === "number" ? "key" : "String(key)";
+  // The size pass does not need the key when its size is fixed (bool keys).
+  const sizeEntry = /\bk\b/.test(k.size(key)) ? "[k, v]" : "[, v]";
   if (fi.message) {
     const T = fi.typeRef;
     S.push(
-      `for (const [k, v] of Object.entries(m.${fi.name})) { const i = c.slot(); const s = ${T}.sizeOf(v, c); c.setSlot(i, s); const e = ${ktb} + ${k.size(key)} + 1 + wire.varint32Size(s) + s; n += ${ptb} + wire.varint32Size(e) + e; }`,
+      `for (const ${sizeEntry} of Object.entries(m.${fi.name})) { const i = c.slot(); const s = ${T}.sizeOf(v, c); c.setSlot(i, s); const e = ${ktb} + ${k.size(key)} + 1 + wire.varint32Size(s) + s; n += ${ptb} + wire.varint32Size(e) + e; }`,
     );
     W.push(
       `for (const [k, v] of Object.entries(m.${fi.name})) { const s = w.nextSize(); const e = ${ktb} + ${k.size(key)} + 1 + wire.varint32Size(s) + s; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, 2).uint32(s); ${T}.write(v, w); }`,
@@ -427,7 +431,7 @@ function genMap(fi: FieldInfo, S: string[], W: string[], R: string[]): void {
   const v = fi.scalar!;
   const sizeV = v.write === "bytes" ? (x: string) => `wire.bytesSize(${x})` : v.size;
   const vtb = tagBytes(2, v.wt);
-  S.push(`for (const [k, v] of Object.entries(m.${fi.name})) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${v.size("v")}; n += ${ptb} + wire.varint32Size(e) + e; }`);
+  S.push(`for (const ${sizeEntry} of Object.entries(m.${fi.name})) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${v.size("v")}; n += ${ptb} + wire.varint32Size(e) + e; }`);
   W.push(
     `for (const [k, v] of Object.entries(m.${fi.name})) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${sizeV("v")}; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, ${v.wt}).${v.write}(v); }`,
   );

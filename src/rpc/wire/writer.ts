@@ -271,6 +271,13 @@ export class ProtoWriter {
     return this;
   }
 
+  /** Bytes copied as they are (already encoded protobuf, for run-time loaded types). */
+  raw(v: Uint8Array): this {
+    this.buf.set(v, this.pos);
+    this.pos += v.byteLength;
+    return this;
+  }
+
   /** Length-prefixed bytes; large ones become a part of their own instead of being copied. */
   bytes(v: Uint8Array): this {
     const n = v.byteLength;
