@@ -1,0 +1,72 @@
+/** Servers in other processes: killed mid-stream, and the examples run end to end over tcp and unix. */
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { execFile, fork } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { Code, RpcError, closeClient, createClient } from "../../src/index.js";
+import { EchoService } from "../fixtures/rpc/gen/echo.js";
+
+const root = new URL("../..", import.meta.url).pathname;
+const run = promisify(execFile);
+
+for (const kind of ["tcp", "unix"] as const) {
+  test(`a server killed mid-stream (${kind}): the stream fails UNAVAILABLE, the next call reconnects when a server is back`, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "koala-kill-"));
+    const address = kind === "tcp" ? "tcp://127.0.0.1:0" : `unix:${join(dir, "s.sock")}`;
+    const start = (addr: string) => {
+      const child = fork(join(root, "test/fixtures/rpc/echo-server.ts"), [addr], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
+      return { child, bound: new Promise<string>((r) => child.once("message", (m) => r((m as { address: string }).address))) };
+    };
+    const first = start(address);
+    const bound = await first.bound;
+    const client = createClient(EchoService, bound, { keepaliveIntervalMs: 0 });
+    let second: ReturnType<typeof start> | undefined;
+    try {
+      let got = 0;
+      const err = await (async () => {
+        for await (const _ of client.serverStream({ text: "long", count: 1_000_000 })) {
+          if (++got === 100) first.child.kill("SIGKILL");
+        }
+      })().catch((e: unknown) => e);
+      assert.ok(err instanceof RpcError, String(err));
+      assert.is((err as RpcError).code, Code.UNAVAILABLE);
+      assert.ok(got >= 100);
+      second = start(kind === "tcp" ? bound : address);
+      await second.bound;
+      assert.is((await client.unary({ text: "again" })).text, "again");
+    } finally {
+      closeClient(client);
+      first.child.kill("SIGKILL");
+      second?.child.kill("SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
+
+for (const transport of ["tcp", "unix"]) {
+  test(`examples run over ${transport}, chosen by KOALA_TRANSPORT alone`, async () => {
+    const env = { ...process.env, KOALA_TRANSPORT: transport, ADDRESS: `localhost:${40000 + Math.floor(Math.random() * 20000)}` };
+    const kv = await run(process.execPath, ["--import", "tsx", join(root, "examples/kv/main.ts")], { env, timeout: 60_000 });
+    assert.match(kv.stdout, new RegExp(`kv store listening on ${transport === "tcp" ? "tcp://localhost" : "unix:"}`));
+    assert.match(kv.stdout, /get fruit\/apple = green \(version 4\)/);
+    assert.match(kv.stdout, /watch: DELETE fruit\/kiwi v2/);
+    assert.match(kv.stdout, /get fruit\/kiwi: \[NOT_FOUND\]/);
+
+    const server = fork(join(root, "examples/hello/server.ts"), [], { execArgv: ["--import", "tsx"], env, stdio: ["ignore", "ignore", "inherit", "ipc"] });
+    try {
+      await new Promise((r) => server.once("message", r));
+      const hello = await run(process.execPath, ["--import", "tsx", join(root, "examples/hello/client.ts")], { env, timeout: 60_000 });
+      assert.match(hello.stdout, /unary: +Hello, koala!/);
+      assert.match(hello.stdout, /server streaming: Hello, koala! \/ Bonjour, koala!/);
+      assert.match(hello.stdout, /client streaming: Hello, Ana and Ben and Chen!/);
+      assert.match(hello.stdout, /bidi streaming: +Hello, Eli!/);
+    } finally {
+      server.kill();
+    }
+  });
+}
+
+test.run();
