@@ -233,8 +233,7 @@ export class Heap {
   private peak = 0;
   private leases = 0;
   private closed = false;
-  private readonly finalizer: FinalizationRegistry<LeakReport & { token: object }>;
-  private readonly tokens = new WeakMap<Lease, object>();
+  private readonly finalizer: FinalizationRegistry<LeakReport | number>;
 
   constructor(options?: HeapOptions) {
     this.opts = resolveOptions("createHeap()", spec, options);
@@ -242,8 +241,8 @@ export class Heap {
     const largest = this.classes[this.classes.length - 1]!.size;
     check(largest <= this.opts.slabBytes, `createHeap(): the largest size class (${largest}) must fit in a slab (${this.opts.slabBytes})`);
     this.finalizer = new FinalizationRegistry((r) => {
-      const { token: _token, ...report } = r;
-      this.opts.onLeak(report);
+      if (typeof r !== "number") this.opts.onLeak(r);
+      else this.opts.onLeak({ size: r, capacity: this.classFor(r)?.size ?? r });
     });
     for (const r of this.opts.registrars) this.registrars.push(r);
   }
@@ -289,13 +288,9 @@ export class Heap {
     this.inUse += size;
     if (this.inUse > this.peak) this.peak = this.inUse;
     this.leases++;
-    const token = {};
-    this.tokens.set(lease, token);
-    this.finalizer.register(
-      lease,
-      { token, size, capacity: slab.slotSize, ...(this.opts.trackLeaks === "stack" ? { allocatedAt: new Error().stack?.split("\n").slice(2, 6).join("\n") ?? "" } : {}) },
-      token,
-    );
+    // The lease is its own unregister token; a plain number as held value keeps this cheap.
+    const held = this.opts.trackLeaks === "stack" ? { size, capacity: slab.slotSize, allocatedAt: new Error().stack?.split("\n").slice(2, 6).join("\n") ?? "" } : size;
+    this.finalizer.register(lease, held, lease);
     return lease;
   }
 
@@ -331,8 +326,7 @@ export class Heap {
 
   /** @internal Returns a released lease's slot. */
   free(lease: Lease): void {
-    const token = this.tokens.get(lease);
-    if (token !== undefined) this.finalizer.unregister(token);
+    this.finalizer.unregister(lease);
     const slab = lease.slabRef;
     this.inUse -= lease.size;
     this.leases--;
@@ -409,4 +403,11 @@ export class Heap {
 /** Creates a heap (see {@link HeapOptions}). */
 export function createHeap(options?: HeapOptions): Heap {
   return new Heap(options);
+}
+
+let shared: Heap | undefined;
+
+/** The process-wide heap that clients and servers encode into unless given another. Created on first use. */
+export function sharedHeap(): Heap {
+  return (shared ??= new Heap({ maxBytes: 4 * 1024 * MiB }));
 }

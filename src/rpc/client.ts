@@ -10,8 +10,8 @@ import type { Connection } from "../transport/types.js";
 import type { MessageType, MethodDefinition, MethodKind, ServiceDefinition } from "./definition.js";
 import { FrameFlag, FrameType, controlFrame, decodeFrame, type Frame } from "./frame.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
-import { resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
-import { buildFrame, type EncodeSettings } from "./outgoing.js";
+import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
+import { buildFrame, encodeSettings, sendFrame, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
 import { IncomingStream, SendWindow } from "./stream.js";
 
 /** Per-call options. */
@@ -105,9 +105,11 @@ class ClientConnection {
     if (this.draining && this.calls.size === 0) this.conn.close();
   }
 
-  send(parts: Uint8Array[]): boolean {
-    return this.conn.send(parts);
+  send(frame: OutgoingFrame): boolean {
+    return sendFrame(this.sendParts, frame);
   }
+
+  private readonly sendParts = (parts: readonly Uint8Array[], onWritten?: () => void) => this.conn.send(parts, onWritten);
 
   private ping(): void {
     if (this.pongDeadline !== undefined || this.conn.isClosed) return;
@@ -196,7 +198,7 @@ export class Channel {
     options?: ChannelOptions,
   ) {
     this.options = resolveChannelOptions(options);
-    this.encode = { maxMessageBytes: this.options.maxMessageBytes, externalBytesThreshold: this.options.externalBytesThreshold, alloc: undefined };
+    this.encode = encodeSettings(this.options.maxMessageBytes, this.options.externalBytesThreshold, heapFor(options));
   }
 
   /** The connection for the next call, connecting if there is none (or it was lost). */
@@ -382,7 +384,7 @@ class ClientCall<I, O> implements PendingCall {
         single ? this.method.input : undefined,
         single ? toMessage(this.method.input, request) : undefined,
       );
-      cc.send(frame.parts);
+      cc.send(frame);
     } catch (err) {
       this.end(RpcError.from(err, Code.INTERNAL), true);
       return;
@@ -398,10 +400,10 @@ class ClientCall<I, O> implements PendingCall {
         await this.window!.take();
         if (this.done) return;
         const frame = buildFrame(this.channel.encode, FrameType.DATA, 0, this.callId, 0, 0, undefined, undefined, "", this.method.input, toMessage(this.method.input, r));
-        if (!this.cc!.send(frame.parts)) await this.cc!.conn.drain();
+        if (!this.cc!.send(frame)) await this.cc!.conn.drain();
       }
       if (this.done) return;
-      this.cc!.send(buildFrame(this.channel.encode, FrameType.DATA, FrameFlag.END_STREAM, this.callId, 0, 0, undefined, undefined, "", undefined, undefined).parts);
+      this.cc!.send(buildFrame(this.channel.encode, FrameType.DATA, FrameFlag.END_STREAM, this.callId, 0, 0, undefined, undefined, "", undefined, undefined));
     } catch (err) {
       if (this.done) return;
       const e = err instanceof RpcError ? err : new RpcError(Code.CANCELLED, `request stream failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
@@ -412,7 +414,7 @@ class ClientCall<I, O> implements PendingCall {
   private sendControl(type: FrameType, arg: number): void {
     if (this.done || this.cc === undefined) return;
     try {
-      this.cc.send([controlFrame(type, this.callId, arg)]);
+      this.cc.conn.send([controlFrame(type, this.callId, arg)]);
     } catch {
       /* the connection is closing; the call fails through onClosed */
     }

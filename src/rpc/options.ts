@@ -1,6 +1,7 @@
 /** Options of channels, servers and calls, validated once into resolved objects. */
 import { boolean, custom, integer, resolveOptions, type OptionsSpec } from "../options.js";
 import type { TransportOptions } from "../transport/types.js";
+import { Heap, sharedHeap } from "../mem/index.js";
 
 const MiB = 1024 * 1024;
 
@@ -20,6 +21,8 @@ export interface ChannelOptions {
   streamWindowMessages?: number;
   /** Options passed to the transport (see TransportOptions); `maxMessageBytes` defaults to 4× the RPC limit plus 64 KiB. */
   transport?: TransportOptions;
+  /** Heap requests are encoded into (see src/mem); null encodes into plain buffers. Default: the shared heap. */
+  heap?: Heap | null;
 }
 
 /** Options of a server. */
@@ -40,9 +43,13 @@ export interface ServerOptions {
   transport?: TransportOptions;
   /** Log handler failures (at warn level) besides sending them to the client. Default true. */
   logHandlerErrors?: boolean;
+  /** Heap responses are encoded into; null encodes into plain buffers. Default: the shared heap. */
+  heap?: Heap | null;
 }
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
+const isHeap = (v: unknown) => v === null || v instanceof Heap;
+
 
 const channelSpec: OptionsSpec<Required<ChannelOptions>> = {
   maxMessageBytes: integer(4 * MiB, 1, 2 ** 31),
@@ -52,6 +59,7 @@ const channelSpec: OptionsSpec<Required<ChannelOptions>> = {
   connectTimeoutMs: integer(10_000, 1, 2 ** 31 - 1),
   streamWindowMessages: integer(64, 1, 2 ** 20),
   transport: custom<TransportOptions>({}, "an object of transport options", isObject),
+  heap: custom<Heap | null>(null, "a Heap or null", isHeap),
 };
 
 const serverSpec: OptionsSpec<Required<ServerOptions>> = {
@@ -63,6 +71,7 @@ const serverSpec: OptionsSpec<Required<ServerOptions>> = {
   maxConcurrentCallsPerConnection: integer(100_000, 1, 2 ** 31 - 1),
   transport: custom<TransportOptions>({}, "an object of transport options", isObject),
   logHandlerErrors: boolean(true),
+  heap: custom<Heap | null>(null, "a Heap or null", isHeap),
 };
 
 /** Resolved channel options. */
@@ -78,6 +87,11 @@ export function resolveChannelOptions(input: unknown): ResolvedChannelOptions {
 /** Validates server options. */
 export function resolveServerOptions(input: unknown): ResolvedServerOptions {
   return resolveOptions("createServer()", serverSpec, input);
+}
+
+/** The heap an endpoint encodes into: the one given, none for null, the shared heap when the option is absent. */
+export function heapFor(given: { heap?: Heap | null } | undefined): Heap | null {
+  return given?.heap === undefined ? sharedHeap() : given.heap;
 }
 
 /** Transport options for an RPC endpoint: room for a body at the RPC limit plus headers and metadata. */

@@ -4,26 +4,45 @@
  * as their own scatter-gather parts.
  */
 import { Code, RpcError } from "../errors.js";
+import type { Heap, Lease } from "../mem/index.js";
 import type { MessageType } from "./definition.js";
 import { FrameFlag, HEADER_BYTES, writeHeader, type FrameType } from "./frame.js";
 import { encodeMetadata, metadataLength, type Metadata } from "./metadata.js";
-import { encodeMessage } from "./wire/writer.js";
+import { encodeParts } from "./wire/writer.js";
 
-/** How bodies are encoded: limits and where their memory comes from. */
+/** How bodies are encoded: limits and where their memory comes from (see {@link encodeSettings}). */
 export interface EncodeSettings {
   /** Largest body allowed, in bytes. */
   maxMessageBytes: number;
   /** `bytes` fields at least this long are sent as their own part, not copied. */
   externalBytesThreshold: number;
-  /** Memory for a frame of `n` bytes; the returned release function is called once the transport is done with it. */
+  /** Memory for a frame; undefined: plain buffers. */
   alloc: ((n: number) => Uint8Array) | undefined;
 }
+
+/** The lease taken by the last `alloc` of an {@link encodeSettings} allocator (encoding is synchronous). */
+let lastLease: Lease | undefined;
+
+/**
+ * Settings whose allocator encodes frames of at least {@link HEAP_MIN_BYTES} into leases of
+ * `heap` (null: plain buffers only). Smaller frames use plain pooled buffers: the transport
+ * copies them into its per-tick write batch at once, so a lease would only add cost.
+ */
+export function encodeSettings(maxMessageBytes: number, externalBytesThreshold: number, heap: Heap | null): EncodeSettings {
+  const alloc = heap === null ? undefined : (n: number) => (n < HEAP_MIN_BYTES ? Buffer.allocUnsafe(n) : (lastLease = heap.alloc(n)).bytes);
+  return { maxMessageBytes, externalBytesThreshold, alloc };
+}
+
+/** Frames from this size up are encoded into heap leases (the transports' coalescing limit). */
+export const HEAP_MIN_BYTES = 16 * 1024;
 
 /** An encoded frame ready for `Connection.send`. */
 export interface OutgoingFrame {
   parts: Uint8Array[];
   /** Body length in bytes (0 without a body). */
   bodyBytes: number;
+  /** Returns the frame's memory to the heap; pass it to `Connection.send` as `onWritten`. */
+  release: (() => void) | undefined;
 }
 
 const EMPTY: Uint8Array[] = [];
@@ -52,20 +71,21 @@ export function buildFrame<T>(
   if (mdLen > 0) flags |= FrameFlag.METADATA;
   let parts: Uint8Array[];
   let bodyBytes = 0;
+  let lease: Lease | undefined;
   if (type !== undefined) {
     flags |= FrameFlag.MESSAGE;
+    lastLease = undefined;
     try {
-      parts = encodeMessage(type, message as T, {
-        headroom,
-        ...(settings.alloc === undefined ? {} : { alloc: settings.alloc }),
-        externalBytesThreshold: settings.externalBytesThreshold,
-      });
+      parts = encodeParts(type, message as T, headroom, settings.alloc, settings.externalBytesThreshold);
+      lease = lastLease;
     } catch (err) {
+      releaseLease(lastLease);
       throw new RpcError(Code.INTERNAL, `cannot encode ${type.typeName}: ${(err as Error).message}`, { cause: err });
     }
     for (const p of parts) bodyBytes += p.byteLength;
     bodyBytes -= headroom;
     if (bodyBytes > settings.maxMessageBytes) {
+      releaseLease(lease);
       throw new RpcError(Code.RESOURCE_EXHAUSTED, `${type.typeName} of ${bodyBytes} bytes exceeds the limit of ${settings.maxMessageBytes} bytes (maxMessageBytes)`);
     }
   } else {
@@ -81,5 +101,20 @@ export function buildFrame<T>(
     if (trLen > 0) at = encodeMetadata(trailers!, buf, at);
     if (textLen > 0) buf.write(text, at, "utf8");
   }
-  return { parts: parts.length === 0 ? EMPTY : parts, bodyBytes };
+  const held = lease;
+  return { parts: parts.length === 0 ? EMPTY : parts, bodyBytes, release: held === undefined ? undefined : () => held.release() };
+}
+
+function releaseLease(lease: Lease | undefined): void {
+  if (lease !== undefined && !lease.released) lease.release();
+}
+
+/** Sends a frame on `send`, returning its memory if the send fails. */
+export function sendFrame(send: (parts: readonly Uint8Array[], onWritten?: () => void) => boolean, frame: OutgoingFrame): boolean {
+  try {
+    return send(frame.parts, frame.release);
+  } catch (err) {
+    frame.release?.();
+    throw err;
+  }
 }

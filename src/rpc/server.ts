@@ -10,8 +10,8 @@ import type { Connection, Listener } from "../transport/types.js";
 import type { MethodDefinition, ServiceDefinition } from "./definition.js";
 import { FrameFlag, FrameType, controlFrame, decodeFrame, type Frame } from "./frame.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
-import { resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
-import { buildFrame, type EncodeSettings } from "./outgoing.js";
+import { heapFor, resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
+import { buildFrame, encodeSettings, sendFrame, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
 import { IncomingStream, SendWindow } from "./stream.js";
 
 /** What a handler knows about its call. */
@@ -77,7 +77,7 @@ export class Server {
 
   constructor(options?: ServerOptions) {
     this.options = resolveServerOptions(options);
-    this.encode = { maxMessageBytes: this.options.maxMessageBytes, externalBytesThreshold: this.options.externalBytesThreshold, alloc: undefined };
+    this.encode = encodeSettings(this.options.maxMessageBytes, this.options.externalBytesThreshold, heapFor(options));
   }
 
   /** Adds the handlers of `service`. Every method needs a handler; an unknown name is an error. */
@@ -183,9 +183,11 @@ class ServerConnection {
     }
   }
 
-  send(parts: Uint8Array[]): boolean {
-    return this.conn.send(parts);
+  send(frame: OutgoingFrame): boolean {
+    return sendFrame(this.sendParts, frame);
   }
+
+  private readonly sendParts = (parts: readonly Uint8Array[], onWritten?: () => void) => this.conn.send(parts, onWritten);
 
   private ping(): void {
     if (this.pongDeadline !== undefined || this.conn.isClosed) return;
@@ -273,7 +275,7 @@ class ServerConnection {
   /** Sends a status for a call that never started. */
   private status(callId: number, code: Code, message: string): void {
     try {
-      this.conn.send(buildFrame(this.server.encode, FrameType.STATUS, 0, callId, code, 0, undefined, undefined, message, undefined, undefined).parts);
+      this.send(buildFrame(this.server.encode, FrameType.STATUS, 0, callId, code, 0, undefined, undefined, message, undefined, undefined));
     } catch {
       /* the connection is going away */
     }
@@ -292,7 +294,7 @@ class ServerConnection {
     if (this.conn.isClosed) return Promise.resolve();
     this.goaway = this.lastCallId;
     try {
-      this.conn.send(buildFrame(this.server.encode, FrameType.GOAWAY, 0, 0, this.lastCallId, 0, undefined, undefined, "server shutdown", undefined, undefined).parts);
+      this.send(buildFrame(this.server.encode, FrameType.GOAWAY, 0, 0, this.lastCallId, 0, undefined, undefined, "server shutdown", undefined, undefined));
     } catch {
       /* closing anyway */
     }
@@ -459,7 +461,7 @@ class ServerCall implements CallContext {
       this.fail(err);
       return;
     }
-    this.finish(frame.parts);
+    this.finish(frame);
   }
 
   private async streamOut(responses: AsyncIterable<unknown> | Iterable<unknown>): Promise<void> {
@@ -475,11 +477,10 @@ class ServerCall implements CallContext {
         const flags = this.headersSent ? 0 : FrameFlag.METADATA;
         const frame = buildFrame(this.sc.server.encode, FrameType.DATA, flags, this.id, 0, 0, this.headersSent ? undefined : this.headers, undefined, "", this.method.output, r.value);
         this.headersSent = true;
-        if (!this.sc.send(frame.parts)) await this.sc.conn.drain();
+        if (!this.sc.send(frame)) await this.sc.conn.drain();
       }
       if (this.done) return;
-      const frame = buildFrame(this.sc.server.encode, FrameType.STATUS, this.headersSent ? 0 : FrameFlag.METADATA, this.id, Code.OK, 0, this.headersSent ? undefined : this.headers, this.trailers, "", undefined, undefined);
-      this.finish(frame.parts);
+      this.finish(buildFrame(this.sc.server.encode, FrameType.STATUS, this.headersSent ? 0 : FrameFlag.METADATA, this.id, Code.OK, 0, this.headersSent ? undefined : this.headers, this.trailers, "", undefined, undefined));
     } catch (err) {
       this.fail(err);
     }
@@ -517,7 +518,7 @@ class ServerCall implements CallContext {
   private control(type: FrameType, arg: number): void {
     if (this.done) return;
     try {
-      this.sc.send([controlFrame(type, this.id, arg)]);
+      this.sc.conn.send([controlFrame(type, this.id, arg)]);
     } catch {
       /* closing */
     }
@@ -564,26 +565,34 @@ class ServerCall implements CallContext {
   private sendStatus(e: RpcError): void {
     const trailers = this.trailers ?? new Metadata();
     for (const [k, v] of new Metadata(e.metadata)) trailers.append(k, v);
-    let parts: Uint8Array[] | undefined;
+    let frame: OutgoingFrame;
     try {
-      parts = buildFrame(this.sc.server.encode, FrameType.STATUS, 0, this.id, e.code, 0, this.headersSent ? undefined : this.headers, trailers, e.rawMessage || codeName(e.code), undefined, undefined).parts;
+      frame = buildFrame(this.sc.server.encode, FrameType.STATUS, 0, this.id, e.code, 0, this.headersSent ? undefined : this.headers, trailers, e.rawMessage || codeName(e.code), undefined, undefined);
     } catch {
-      parts = buildFrame(this.sc.server.encode, FrameType.STATUS, 0, this.id, e.code, 0, undefined, undefined, e.rawMessage, undefined, undefined).parts;
+      // Headers or trailers that cannot be encoded must not hide the status itself.
+      frame = buildFrame(this.sc.server.encode, FrameType.STATUS, 0, this.id, e.code, 0, undefined, undefined, e.rawMessage, undefined, undefined);
     }
-    this.finish(parts);
+    this.finish(frame);
   }
 
-  private finish(parts: Uint8Array[] | undefined): void {
-    if (this.done) return;
+  private finish(frame: OutgoingFrame | undefined): void {
+    if (this.done) {
+      frame?.release?.();
+      return;
+    }
     this.done = true;
     if (this.timer !== undefined) clearTimeout(this.timer);
-    if (parts !== undefined && !this.sc.conn.isClosed) {
-      try {
-        this.sc.send(parts);
-      } catch (err) {
-        log("warn", "server", `cannot send the status of ${this.method.path}: ${(err as Error).message}`);
+    if (frame !== undefined) {
+      if (this.sc.conn.isClosed) frame.release?.();
+      else {
+        try {
+          this.sc.send(frame);
+        } catch (err) {
+          log("warn", "server", `cannot send the status of ${this.method.path}: ${(err as Error).message}`);
+        }
       }
     }
     this.sc.finish(this.id);
   }
+
 }

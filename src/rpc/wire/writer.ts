@@ -320,11 +320,15 @@ const writer = new ProtoWriter();
  * followed by the protobuf encoding. The first part always starts with the headroom.
  */
 export function encodeMessage<T>(type: Encodable<T>, message: T, options?: EncodeOptions): Uint8Array[] {
-  const headroom = options?.headroom ?? 0;
-  counter.reset(options?.externalBytesThreshold ?? 64 * 1024);
+  return encodeParts(type, message, options?.headroom ?? 0, options?.alloc, options?.externalBytesThreshold ?? 64 * 1024);
+}
+
+/** {@link encodeMessage} with positional arguments, for the per-message path (no options object). */
+export function encodeParts<T>(type: Encodable<T>, message: T, headroom: number, alloc: ((n: number) => Uint8Array) | undefined, externalBytesThreshold: number): Uint8Array[] {
+  counter.reset(externalBytesThreshold);
   const size = type.sizeOf(message, counter);
   const inline = headroom + size - counter.external;
-  const buf = options?.alloc === undefined ? Buffer.allocUnsafe(inline) : options.alloc(inline);
+  const buf = alloc === undefined ? Buffer.allocUnsafe(inline) : alloc(inline);
   // The writer and counter are shared: generated encoders are synchronous and never re-entered.
   writer.begin(buf, headroom, counter);
   type.write(message, writer);
