@@ -12,7 +12,7 @@ import { FrameFlag, FrameType, controlFrame, decodeFrame, type Frame } from "./f
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
 import { buildFrame, encodeSettings, sendFrame, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
-import { IncomingStream, SendWindow } from "./stream.js";
+import { IncomingStream, STREAM_GRANT_BYTES, SendWindow } from "./stream.js";
 
 /** Per-call options. */
 export interface CallOptions {
@@ -313,15 +313,14 @@ class ClientCall<I, O> implements PendingCall {
     checkCallOptions(options);
     this.deadline = deadlineOf(options);
     const kind = method.kind;
-    const window = channel.options.streamWindowMessages;
     if (kind === "server_streaming" || kind === "bidi_streaming") {
       this.stream = new IncomingStream<O>(
-        Math.max(1, window >> 1),
+        STREAM_GRANT_BYTES,
         (n) => this.sendControl(FrameType.CREDIT, n),
         () => this.cancel(new RpcError(Code.CANCELLED, "the response stream was closed by the client")),
       );
     }
-    if (kind === "client_streaming" || kind === "bidi_streaming") this.window = new SendWindow(window);
+    if (kind === "client_streaming" || kind === "bidi_streaming") this.window = new SendWindow();
   }
 
   /** Starts the call; `request` is the single request for unary and server-streaming calls. */
@@ -397,9 +396,12 @@ class ClientCall<I, O> implements PendingCall {
     try {
       for await (const r of requests as AsyncIterable<RequestInit<I>>) {
         if (this.done) return;
-        await this.window!.take();
-        if (this.done) return;
         const frame = buildFrame(this.channel.encode, FrameType.DATA, 0, this.callId, 0, 0, undefined, undefined, "", this.method.input, toMessage(this.method.input, r));
+        if (!this.window!.tryTake(frame.bodyBytes)) await this.window!.take(frame.bodyBytes).catch((err: unknown) => (frame.release?.(), Promise.reject(err)));
+        if (this.done) {
+          frame.release?.();
+          return;
+        }
         if (!this.cc!.send(frame)) await this.cc!.conn.drain();
       }
       if (this.done) return;
@@ -430,7 +432,7 @@ class ClientCall<I, O> implements PendingCall {
       if ((frame.flags & FrameFlag.METADATA) !== 0 && frame.metadata !== undefined) this.options?.onHeader?.(decodeMetadata(frame.metadata));
       if (frame.body !== undefined) {
         const msg = this.method.output.decode(frame.body);
-        if (this.stream !== undefined) this.stream.push(msg);
+        if (this.stream !== undefined) this.stream.push(msg, frame.body.byteLength);
         else if (this.gotResponse) throw new RpcError(Code.INTERNAL, "server sent more than one response to a call that takes one");
         else {
           this.response = msg;

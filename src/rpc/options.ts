@@ -17,8 +17,6 @@ export interface ChannelOptions {
   keepaliveTimeoutMs?: number;
   /** Time allowed to connect, in milliseconds. Default 10 000. */
   connectTimeoutMs?: number;
-  /** Messages a stream may send before the receiver grants more (flow control window). Default 64. */
-  streamWindowMessages?: number;
   /** Options passed to the transport (see TransportOptions); `maxMessageBytes` defaults to 4× the RPC limit plus 64 KiB. */
   transport?: TransportOptions;
   /** Heap requests are encoded into (see src/mem); null encodes into plain buffers. Default: the shared heap. */
@@ -35,8 +33,6 @@ export interface ServerOptions {
   keepaliveIntervalMs?: number;
   /** Time a ping may go unanswered before the client counts as gone, in milliseconds. Default 20 000. */
   keepaliveTimeoutMs?: number;
-  /** Messages a stream may send before the receiver grants more. Default 64. */
-  streamWindowMessages?: number;
   /** Calls one connection may have open at once; more are refused with RESOURCE_EXHAUSTED. Default 100 000. */
   maxConcurrentCallsPerConnection?: number;
   /** Options passed to the transport of every listener. */
@@ -57,7 +53,6 @@ const channelSpec: OptionsSpec<Required<ChannelOptions>> = {
   keepaliveIntervalMs: integer(30_000, 0, 2 ** 31 - 1),
   keepaliveTimeoutMs: integer(10_000, 1, 2 ** 31 - 1),
   connectTimeoutMs: integer(10_000, 1, 2 ** 31 - 1),
-  streamWindowMessages: integer(64, 1, 2 ** 20),
   transport: custom<TransportOptions>({}, "an object of transport options", isObject),
   heap: custom<Heap | null>(null, "a Heap or null", isHeap),
 };
@@ -67,7 +62,6 @@ const serverSpec: OptionsSpec<Required<ServerOptions>> = {
   externalBytesThreshold: integer(64 * 1024, 0, Number.MAX_SAFE_INTEGER),
   keepaliveIntervalMs: integer(60_000, 0, 2 ** 31 - 1),
   keepaliveTimeoutMs: integer(20_000, 1, 2 ** 31 - 1),
-  streamWindowMessages: integer(64, 1, 2 ** 20),
   maxConcurrentCallsPerConnection: integer(100_000, 1, 2 ** 31 - 1),
   transport: custom<TransportOptions>({}, "an object of transport options", isObject),
   logHandlerErrors: boolean(true),

@@ -12,7 +12,7 @@ import { FrameFlag, FrameType, controlFrame, decodeFrame, type Frame } from "./f
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
 import { buildFrame, encodeSettings, sendFrame, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
-import { IncomingStream, SendWindow } from "./stream.js";
+import { IncomingStream, STREAM_GRANT_BYTES, SendWindow } from "./stream.js";
 
 /** What a handler knows about its call. */
 export interface CallContext {
@@ -348,17 +348,16 @@ class ServerCall implements CallContext {
     this.mdBytes = frame.metadata;
     this.deadline = frame.arg2 === 0 ? undefined : Date.now() + frame.arg2;
     const kind = this.method.kind;
-    const window = sc.server.options.streamWindowMessages;
     if (kind === "client_streaming" || kind === "bidi_streaming") {
       this.requests = new IncomingStream(
-        Math.max(1, window >> 1),
+        STREAM_GRANT_BYTES,
         (n) => this.control(FrameType.CREDIT, n),
         () => {
           /* the handler stopped reading requests; the call goes on */
         },
       );
     }
-    if (kind === "server_streaming" || kind === "bidi_streaming") this.window = new SendWindow(window);
+    if (kind === "server_streaming" || kind === "bidi_streaming") this.window = new SendWindow();
   }
 
   get peer(): string {
@@ -405,7 +404,7 @@ class ServerCall implements CallContext {
         if (kind === "unary") this.unary(this.route.handler as UnaryHandler<unknown, unknown>, request);
         else void this.streamOut((this.route.handler as ServerStreamingHandler<unknown, unknown>)(request, this));
       } else {
-        if (frame.body !== undefined) this.requests!.push(this.decode(frame.body));
+        if (frame.body !== undefined) this.requests!.push(this.decode(frame.body), frame.body.byteLength);
         if ((frame.flags & FrameFlag.END_STREAM) !== 0) this.requests!.end();
         if (kind === "client_streaming") this.unary(this.route.handler as unknown as UnaryHandler<unknown, unknown>, this.requests!);
         else void this.streamOut((this.route.handler as BidiStreamingHandler<unknown, unknown>)(this.requests!, this));
@@ -472,10 +471,13 @@ class ServerCall implements CallContext {
         const r = await it.next();
         if (this.done) return;
         if (r.done === true) break;
-        await this.window!.take();
-        if (this.done) return;
         const flags = this.headersSent ? 0 : FrameFlag.METADATA;
         const frame = buildFrame(this.sc.server.encode, FrameType.DATA, flags, this.id, 0, 0, this.headersSent ? undefined : this.headers, undefined, "", this.method.output, r.value);
+        if (!this.window!.tryTake(frame.bodyBytes)) await this.window!.take(frame.bodyBytes).catch((err: unknown) => (frame.release?.(), Promise.reject(err)));
+        if (this.done) {
+          frame.release?.();
+          return;
+        }
         this.headersSent = true;
         if (!this.sc.send(frame)) await this.sc.conn.drain();
       }
@@ -496,7 +498,7 @@ class ServerCall implements CallContext {
         }
         if (frame.body !== undefined) {
           try {
-            this.requests.push(this.decode(frame.body));
+            this.requests.push(this.decode(frame.body), frame.body.byteLength);
           } catch (err) {
             this.fail(err);
             return;

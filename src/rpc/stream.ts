@@ -1,8 +1,14 @@
 /**
  * Stream plumbing shared by clients and servers: the receiving queue handed to application
- * code as an async iterable, and the sending window of message credits. Together they bound
- * memory: a sender may have at most `window` messages unconsumed at the receiver.
+ * code as an async iterable, and the sending window of byte credits. Together they bound
+ * memory: a sender may have at most {@link STREAM_WINDOW_BYTES} (plus one message) of body
+ * bytes unconsumed at the receiver, however small or large its messages.
  */
+
+/** The window every stream starts with, in body bytes: part of the protocol, the same on both sides. */
+export const STREAM_WINDOW_BYTES = 1024 * 1024;
+/** The receiver grants credit back once its reader consumed this many bytes. */
+export const STREAM_GRANT_BYTES = STREAM_WINDOW_BYTES / 4;
 
 /**
  * Messages received on one stream, read with `for await`. Every message taken by the reader
@@ -10,6 +16,7 @@
  */
 export class IncomingStream<T> implements AsyncIterable<T> {
   private readonly items: T[] = [];
+  private readonly sizes: number[] = [];
   private head = 0;
   private ended = false;
   private error: unknown;
@@ -18,8 +25,8 @@ export class IncomingStream<T> implements AsyncIterable<T> {
   private iterated = false;
 
   /**
-   * @param grantEvery credits are returned once this many messages were taken
-   * @param grant sends `n` credits to the sender
+   * @param grantEvery credits are returned once this many bytes were taken
+   * @param grant sends `n` bytes of credit to the sender
    * @param onReturn the reader stopped early (break / return): the call should be cancelled
    */
   constructor(
@@ -28,16 +35,17 @@ export class IncomingStream<T> implements AsyncIterable<T> {
     private readonly onReturn: () => void,
   ) {}
 
-  /** Adds a received message. */
-  push(value: T): void {
+  /** Adds a received message whose body was `bytes` long. */
+  push(value: T, bytes: number): void {
     if (this.ended) return;
     const w = this.waiter;
     if (w !== undefined && this.head === this.items.length) {
       this.waiter = undefined;
-      this.taken();
+      this.taken(bytes);
       w.resolve({ value, done: false });
     } else {
       this.items.push(value);
+      this.sizes.push(bytes);
     }
   }
 
@@ -64,8 +72,9 @@ export class IncomingStream<T> implements AsyncIterable<T> {
     else w.resolve({ value: undefined, done: true });
   }
 
-  private taken(): void {
-    if (++this.consumed >= this.grantEvery && !this.ended) {
+  private taken(bytes: number): void {
+    this.consumed += bytes;
+    if (this.consumed >= this.grantEvery && !this.ended) {
       const n = this.consumed;
       this.consumed = 0;
       this.grant(n);
@@ -79,12 +88,14 @@ export class IncomingStream<T> implements AsyncIterable<T> {
       next: (): Promise<IteratorResult<T>> => {
         if (this.head < this.items.length) {
           const value = this.items[this.head]!;
+          const bytes = this.sizes[this.head]!;
           this.items[this.head++] = undefined as T;
           if (this.head === this.items.length) {
             this.items.length = 0;
+            this.sizes.length = 0;
             this.head = 0;
           }
-          this.taken();
+          this.taken(bytes);
           return Promise.resolve({ value, done: false });
         }
         if (this.ended) return this.error !== undefined ? Promise.reject(this.error) : Promise.resolve({ value: undefined, done: true });
@@ -94,6 +105,7 @@ export class IncomingStream<T> implements AsyncIterable<T> {
         if (!this.ended) {
           this.ended = true;
           this.items.length = 0;
+          this.sizes.length = 0;
           this.head = 0;
           this.onReturn();
         }
@@ -103,36 +115,44 @@ export class IncomingStream<T> implements AsyncIterable<T> {
   }
 }
 
-/** Credits of a sending stream: how many messages may still go out before the receiver grants more. */
+/** Credits of a sending stream: how many body bytes may still go out before the receiver grants more. */
 export class SendWindow {
   private waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
   private failed: unknown;
+  private credits = STREAM_WINDOW_BYTES;
 
-  constructor(private credits: number) {}
-
-  /** True when a message may be sent now (and takes its credit). */
-  tryTake(): boolean {
-    if (this.credits > 0) {
-      this.credits--;
+  /**
+   * Takes `bytes` of credit when the window is open (credit left), which may overdraw it: a
+   * message larger than the window still goes out once the receiver caught up. False when
+   * the window is closed or the stream failed.
+   */
+  tryTake(bytes: number): boolean {
+    if (this.credits > 0 && this.failed === undefined) {
+      this.credits -= bytes;
       return true;
     }
     return false;
   }
 
-  /** Waits until a credit is free and takes it; rejects once the stream failed. */
-  async take(): Promise<void> {
-    if (this.failed !== undefined) throw this.failed;
-    if (this.tryTake()) return;
-    await new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+  /** Waits until the window opens, then takes `bytes`; rejects once the stream failed. Try {@link tryTake} first: it costs no promise. */
+  take(bytes: number): Promise<void> {
+    if (this.failed !== undefined) return Promise.reject(this.failed);
+    if (this.tryTake(bytes)) return Promise.resolve();
+    return new Promise<void>((resolve, reject) =>
+      this.waiters.push({
+        resolve: () => {
+          this.credits -= bytes;
+          resolve();
+        },
+        reject,
+      }),
+    );
   }
 
-  /** The receiver granted `n` more messages. */
+  /** The receiver granted `n` more bytes. */
   add(n: number): void {
     this.credits += n;
-    while (this.credits > 0 && this.waiters.length > 0) {
-      this.credits--;
-      this.waiters.shift()!.resolve();
-    }
+    while (this.credits > 0 && this.waiters.length > 0) this.waiters.shift()!.resolve();
   }
 
   /** The stream ended: waiting senders get `error`. */

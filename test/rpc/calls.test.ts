@@ -204,7 +204,7 @@ for (const kind of ["memory", "tcp", "unix"] as const) {
 
   s("a stream ends early from either side", async ({ client, o }) => {
     const replies: number[] = [];
-    for await (const r of client.serverStream({ text: "early", count: 1000, delayMs: 0 })) {
+    for await (const r of client.serverStream({ text: "early", count: 1_000_000, delayMs: 0 })) {
       replies.push(r.index);
       if (replies.length === 3) break;
     }
@@ -212,6 +212,17 @@ for (const kind of ["memory", "tcp", "unix"] as const) {
     await abortSeen(o, "early");
     const short = await collect(client.serverStream({ text: "short", count: 2 }));
     assert.is(short.length, 2);
+  });
+
+  s("a slow reader of a stream holds the server back (flow control bounds memory)", async ({ client, o }) => {
+    const payload = new Uint8Array(1000);
+    const it = client.serverStream({ text: "slow", count: 100_000, payload })[Symbol.asyncIterator]();
+    for (let i = 0; i < 10; i++) await it.next();
+    await sleep(200);
+    const produced = o.produced.get("slow") ?? 0;
+    // The window is 1 MiB of body bytes: about a thousand 1 KB replies, never the whole stream.
+    assert.ok(produced > 10 && produced < 2_000, `the server produced ${produced} replies for a reader that took 10`);
+    await it.return!();
   });
 
   s("10,000 concurrent unary calls on one connection are all answered correctly", async ({ client }) => {

@@ -14,11 +14,13 @@ export interface Observed {
   started: Set<string>;
   /** Resolvers waiting for a handler to see its abort. */
   waiters: Map<string, () => void>;
+  /** Replies a server-streaming handler has handed over, by request text. */
+  produced: Map<string, number>;
 }
 
 /** A fresh record of observations. */
 export function observe(): Observed {
-  return { aborted: new Map(), started: new Set(), waiters: new Map() };
+  return { aborted: new Map(), started: new Set(), waiters: new Map(), produced: new Map() };
 }
 
 /** Resolves once the handler of the call whose request text is `text` saw its signal abort. */
@@ -76,6 +78,7 @@ export function echoImpl(o: Observed): ServiceImplementation<typeof EchoService>
         if (i === 1) await pause(req.delayMs, ctx);
         if (ctx.signal.aborted) return;
         yield EchoReplyOf(reply(req, ctx, i));
+        o.produced.set(req.text, i + 1);
       }
       maybeFail(req);
     },
