@@ -9,6 +9,7 @@ import { connect } from "../transport/index.js";
 import type { Connection } from "../transport/types.js";
 import type { MessageType, MethodDefinition, MethodKind, ServiceDefinition } from "./definition.js";
 import { FrameFlag, FrameType, controlFrame, decodeFrame, type Frame } from "./frame.js";
+import { Keepalive } from "./keepalive.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
 import { buildFrame, encodeSettings, sendFrame, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
@@ -61,24 +62,18 @@ class ClientConnection {
   private readonly calls = new Map<number, PendingCall>();
   private nextCallId = 1;
   private readonly methodIds = new Map<string, number>();
-  private pingTimer: NodeJS.Timeout | undefined;
-  private pongDeadline: NodeJS.Timeout | undefined;
-  private pingSeq = 0;
+  private readonly keepalive: Keepalive;
   /** Set by GOAWAY: no new calls go here. */
   draining = false;
   dead = false;
 
   constructor(
     readonly conn: Connection,
-    private readonly channel: Channel,
+    channel: Channel,
   ) {
     conn.onMessage((m) => this.onMessage(m));
     void conn.closed.then((reason) => this.onClosed(reason));
-    const interval = channel.options.keepaliveIntervalMs;
-    if (interval > 0) {
-      this.pingTimer = setInterval(() => this.ping(), interval);
-      this.pingTimer.unref();
-    }
+    this.keepalive = new Keepalive(conn, channel.options.keepaliveIntervalMs, channel.options.keepaliveTimeoutMs, "server");
   }
 
   get usable(): boolean {
@@ -111,20 +106,6 @@ class ClientConnection {
 
   private readonly sendParts = (parts: readonly Uint8Array[], onWritten?: () => void) => this.conn.send(parts, onWritten);
 
-  private ping(): void {
-    if (this.pongDeadline !== undefined || this.conn.isClosed) return;
-    try {
-      this.conn.send([controlFrame(FrameType.PING, 0, ++this.pingSeq)]);
-    } catch {
-      return;
-    }
-    this.pongDeadline = setTimeout(() => {
-      log("warn", "client", `no keepalive answer from ${this.conn.remoteAddress} within ${this.channel.options.keepaliveTimeoutMs} ms; closing`);
-      this.conn.close(new KoalaError(ErrorCode.CONNECTION_RESET, `keepalive: no answer within ${this.channel.options.keepaliveTimeoutMs} ms`));
-    }, this.channel.options.keepaliveTimeoutMs);
-    this.pongDeadline.unref();
-  }
-
   private onMessage(message: Uint8Array): void {
     let frame: Frame;
     try {
@@ -143,15 +124,10 @@ class ClientConnection {
         this.calls.get(frame.callId)?.onFrame(frame);
         return;
       case FrameType.PING:
-        try {
-          this.conn.send([controlFrame(FrameType.PONG, 0, frame.arg)]);
-        } catch {
-          /* closing anyway */
-        }
+        this.keepalive.answer(frame.arg);
         return;
       case FrameType.PONG:
-        if (this.pongDeadline !== undefined) clearTimeout(this.pongDeadline);
-        this.pongDeadline = undefined;
+        this.keepalive.pong();
         return;
       case FrameType.GOAWAY:
         this.draining = true;
@@ -168,8 +144,7 @@ class ClientConnection {
 
   private onClosed(reason: KoalaError): void {
     this.dead = true;
-    if (this.pingTimer !== undefined) clearInterval(this.pingTimer);
-    if (this.pongDeadline !== undefined) clearTimeout(this.pongDeadline);
+    this.keepalive.stop();
     if (this.calls.size === 0) return;
     const err = new RpcError(Code.UNAVAILABLE, `connection to ${this.conn.remoteAddress} lost: ${reason.message}`, { cause: reason });
     const calls = [...this.calls.values()];

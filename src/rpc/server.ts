@@ -9,6 +9,7 @@ import { listen } from "../transport/index.js";
 import type { Connection, Listener } from "../transport/types.js";
 import type { MethodDefinition, ServiceDefinition } from "./definition.js";
 import { FrameFlag, FrameType, controlFrame, decodeFrame, type Frame } from "./frame.js";
+import { Keepalive } from "./keepalive.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
 import { buildFrame, encodeSettings, sendFrame, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
@@ -167,8 +168,7 @@ class ServerConnection {
   private lastCallId = 0;
   private goaway: number | undefined;
   private drained: (() => void) | undefined;
-  private pingTimer: NodeJS.Timeout | undefined;
-  private pongDeadline: NodeJS.Timeout | undefined;
+  private readonly keepalive: Keepalive;
 
   constructor(
     readonly server: Server,
@@ -176,11 +176,7 @@ class ServerConnection {
   ) {
     conn.onMessage((m) => this.onMessage(m));
     void conn.closed.then((reason) => this.onClosed(reason));
-    const interval = server.options.keepaliveIntervalMs;
-    if (interval > 0) {
-      this.pingTimer = setInterval(() => this.ping(), interval);
-      this.pingTimer.unref();
-    }
+    this.keepalive = new Keepalive(conn, server.options.keepaliveIntervalMs, server.options.keepaliveTimeoutMs, "client");
   }
 
   send(frame: OutgoingFrame): boolean {
@@ -188,20 +184,6 @@ class ServerConnection {
   }
 
   private readonly sendParts = (parts: readonly Uint8Array[], onWritten?: () => void) => this.conn.send(parts, onWritten);
-
-  private ping(): void {
-    if (this.pongDeadline !== undefined || this.conn.isClosed) return;
-    try {
-      this.conn.send([controlFrame(FrameType.PING, 0, 0)]);
-    } catch {
-      return;
-    }
-    this.pongDeadline = setTimeout(() => {
-      log("warn", "server", `client ${this.conn.remoteAddress} did not answer a keepalive ping; closing`);
-      this.conn.close(new KoalaError(ErrorCode.CONNECTION_RESET, "keepalive: the client did not answer"));
-    }, this.server.options.keepaliveTimeoutMs);
-    this.pongDeadline.unref();
-  }
 
   private onMessage(message: Uint8Array): void {
     let frame: Frame;
@@ -222,15 +204,10 @@ class ServerConnection {
         this.calls.get(frame.callId)?.onFrame(frame);
         return;
       case FrameType.PING:
-        try {
-          this.conn.send([controlFrame(FrameType.PONG, 0, frame.arg)]);
-        } catch {
-          /* closing */
-        }
+        this.keepalive.answer(frame.arg);
         return;
       case FrameType.PONG:
-        if (this.pongDeadline !== undefined) clearTimeout(this.pongDeadline);
-        this.pongDeadline = undefined;
+        this.keepalive.pong();
         return;
       default:
         this.conn.close(new KoalaError(ErrorCode.PROTOCOL, `unexpected frame type ${frame.type} from a client`));
@@ -312,8 +289,7 @@ class ServerConnection {
   }
 
   private onClosed(reason: KoalaError): void {
-    if (this.pingTimer !== undefined) clearInterval(this.pingTimer);
-    if (this.pongDeadline !== undefined) clearTimeout(this.pongDeadline);
+    this.keepalive.stop();
     const err = new RpcError(Code.CANCELLED, `client connection lost: ${reason.message}`, { cause: reason });
     for (const c of [...this.calls.values()]) c.abort(err, false);
     this.calls.clear();
