@@ -34,6 +34,7 @@ export type {
   ServerStreamingHandler,
   ClientStreamingHandler,
   BidiStreamingHandler,
+  ResponseInit,
 } from "./rpc/server.js";
 export type { ChannelOptions, ServerOptions } from "./rpc/options.js";
 export * as wire from "./rpc/wire/index.js";

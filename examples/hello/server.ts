@@ -3,25 +3,25 @@
  * localhost:50051; the transport from the address's scheme or from KOALA_TRANSPORT).
  */
 import { createServer, type ServiceImplementation } from "../../src/index.js";
-import { GreeterService, HelloReply } from "./gen/hello.js";
+import { GreeterService } from "./gen/hello.js";
 
 /** The greeter's handlers. */
 export const greeter: ServiceImplementation<typeof GreeterService> = {
   sayHello(req) {
-    return HelloReply.create({ message: `Hello, ${req.name}!`, payload: req.payload });
+    return { message: `Hello, ${req.name}!`, payload: req.payload };
   },
   async *sayHelloInLanguages(req) {
     for (const greeting of ["Hello", "Bonjour", "Hola", "Hallo", "Ciao", "Olá", "Kia ora"]) {
-      yield HelloReply.create({ message: `${greeting}, ${req.name}!` });
+      yield { message: `${greeting}, ${req.name}!` };
     }
   },
   async greetMany(requests) {
     const names: string[] = [];
     for await (const r of requests) names.push(r.name);
-    return HelloReply.create({ message: `Hello, ${names.join(" and ")}!` });
+    return { message: `Hello, ${names.join(" and ")}!` };
   },
   async *chat(requests) {
-    for await (const r of requests) yield HelloReply.create({ message: `Hello, ${r.name}!`, payload: r.payload });
+    for await (const r of requests) yield { message: `Hello, ${r.name}!`, payload: r.payload };
   },
 };
 

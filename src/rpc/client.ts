@@ -279,6 +279,8 @@ class ClientCall<I, O> implements PendingCall {
   /** Credits for the request side of a streaming request side. */
   private readonly window: SendWindow | undefined;
   private readonly deadline: number | undefined;
+  /** Outcome of a call that ended before `result()` was asked for: null for OK. */
+  private early: RpcError | null | undefined;
 
   constructor(
     private readonly channel: Channel,
@@ -360,7 +362,7 @@ class ClientCall<I, O> implements PendingCall {
       );
       cc.send(frame);
     } catch (err) {
-      this.end(RpcError.from(err, Code.INTERNAL), true);
+      this.end(RpcError.from(err, Code.INTERNAL));
       return;
     }
     if (!single) void this.pump(requests);
@@ -424,30 +426,29 @@ class ClientCall<I, O> implements PendingCall {
       try {
         trailers = frame.trailers === undefined ? undefined : decodeMetadata(frame.trailers);
       } catch (err) {
-        this.end(RpcError.from(err, Code.INTERNAL), true);
+        this.end(RpcError.from(err, Code.INTERNAL));
         return;
       }
       if (trailers !== undefined || this.options?.onTrailer !== undefined) this.options?.onTrailer?.(trailers ?? new Metadata());
-      if (frame.arg === Code.OK) this.end(undefined, true);
-      else this.end(new RpcError(frame.arg as Code, frame.text, { metadata: trailers?.toRecord() ?? {} }), true);
+      if (frame.arg === Code.OK) this.end(undefined);
+      else this.end(new RpcError(frame.arg as Code, frame.text, { metadata: trailers?.toRecord() ?? {} }));
     }
   }
 
   fail(error: RpcError): void {
-    this.end(error, true);
+    this.end(error);
   }
 
   /** Ends the call locally and tells the server. */
   cancel(error: RpcError): void {
     if (this.done) return;
     this.sendControl(FrameType.CANCEL, error.code);
-    this.end(error, false);
+    this.end(error);
   }
 
-  private end(error: RpcError | undefined, fromServer = false): void {
+  private end(error: RpcError | undefined): void {
     if (this.done) return;
     this.done = true;
-    void fromServer;
     if (this.timer !== undefined) clearTimeout(this.timer);
     if (this.abortListener !== undefined) this.options!.signal!.removeEventListener("abort", this.abortListener);
     this.cc?.finish(this.callId);
@@ -465,8 +466,6 @@ class ClientCall<I, O> implements PendingCall {
       this.early = error ?? null;
     }
   }
-
-  private early: RpcError | null | undefined;
 
   /** The single response of a unary or client-streaming call. */
   result(): Promise<O> {

@@ -35,14 +35,16 @@ export interface CallContext {
   readonly responseTrailers: Metadata;
 }
 
+/** A response a handler gives: the message type itself or any part of it (absent fields take their defaults). */
+export type ResponseInit<O> = O | Partial<O>;
 /** A unary handler. */
-export type UnaryHandler<I, O> = (request: I, context: CallContext) => Promise<O> | O;
+export type UnaryHandler<I, O> = (request: I, context: CallContext) => Promise<ResponseInit<O>> | ResponseInit<O>;
 /** A server-streaming handler. */
-export type ServerStreamingHandler<I, O> = (request: I, context: CallContext) => AsyncIterable<O> | Iterable<O>;
+export type ServerStreamingHandler<I, O> = (request: I, context: CallContext) => AsyncIterable<ResponseInit<O>> | Iterable<ResponseInit<O>>;
 /** A client-streaming handler. */
-export type ClientStreamingHandler<I, O> = (requests: AsyncIterable<I>, context: CallContext) => Promise<O> | O;
+export type ClientStreamingHandler<I, O> = (requests: AsyncIterable<I>, context: CallContext) => Promise<ResponseInit<O>> | ResponseInit<O>;
 /** A bidirectional-streaming handler. */
-export type BidiStreamingHandler<I, O> = (requests: AsyncIterable<I>, context: CallContext) => AsyncIterable<O> | Iterable<O>;
+export type BidiStreamingHandler<I, O> = (requests: AsyncIterable<I>, context: CallContext) => AsyncIterable<ResponseInit<O>> | Iterable<ResponseInit<O>>;
 
 /** The handler of one method, typed by its call kind. */
 export type MethodHandler<M> =
@@ -506,7 +508,7 @@ class ServerCall implements CallContext {
     this.abort(new RpcError(Code.DEADLINE_EXCEEDED, `deadline exceeded while running ${this.method.path}`), true);
   }
 
-  /** Ends the call without a response: aborts the handler's signal; with `tell`, sends the status. */
+  /** Ends the call without a response: aborts the handler's signal, stops its response iterator; with `tell`, sends the status. */
   abort(error: RpcError, tell: boolean): void {
     if (this.done) return;
     this.abortReason = error;
@@ -529,16 +531,12 @@ class ServerCall implements CallContext {
 
   private fail(err: unknown): void {
     if (this.done) return;
-    const e = RpcError.from(err);
     if (this.sc.server.options.logHandlerErrors && !(err instanceof RpcError)) {
       log("warn", "server", `${this.method.path} failed: ${(err as Error)?.stack ?? String(err)}`);
     }
-    this.abortReason = e;
-    this.controller?.abort(e);
-    this.requests?.fail(e);
-    this.window?.fail(e);
-    this.sendStatus(e);
+    this.abort(RpcError.from(err), true);
   }
+
 
   private sendStatus(e: RpcError): void {
     const trailers = this.trailers ?? new Metadata();

@@ -99,39 +99,39 @@ export const Everything: MessageType<Everything> = {
   },
   sizeOf(m: Everything, c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.fDouble === 0 && 1 / m.fDouble > 0)) n += 1 + 8;
-    if (!(m.fFloat === 0 && 1 / m.fFloat > 0)) n += 1 + 4;
-    if (!(m.fInt32 === 0)) n += 1 + wire.varint32Size(m.fInt32);
-    if (!(m.fInt64 === 0n)) n += 1 + wire.varint64Size(m.fInt64);
-    if (!(m.fUint32 === 0)) n += 1 + wire.varint32Size(m.fUint32);
-    if (!(m.fUint64 === 0n)) n += 1 + wire.varint64Size(m.fUint64);
-    if (!(m.fSint32 === 0)) n += 1 + wire.sint32Size(m.fSint32);
-    if (!(m.fSint64 === 0n)) n += 1 + wire.sint64Size(m.fSint64);
-    if (!(m.fFixed32 === 0)) n += 1 + 4;
-    if (!(m.fFixed64 === 0n)) n += 1 + 8;
-    if (!(m.fSfixed32 === 0)) n += 1 + 4;
-    if (!(m.fSfixed64 === 0n)) n += 1 + 8;
-    if (!(m.fBool === false)) n += 1 + 1;
-    if (!(m.fString === "")) n += 1 + wire.stringSize(m.fString);
-    if (!(m.fBytes.byteLength === 0)) n += 1 + c.bytes(m.fBytes);
-    if (!(m.color === 0)) n += 2 + wire.varint32Size(m.color);
+    if (m.fDouble !== undefined && !(m.fDouble === 0 && 1 / m.fDouble > 0)) n += 1 + 8;
+    if (m.fFloat !== undefined && !(m.fFloat === 0 && 1 / m.fFloat > 0)) n += 1 + 4;
+    if (m.fInt32 !== undefined && !(m.fInt32 === 0)) n += 1 + wire.varint32Size(m.fInt32);
+    if (m.fInt64 !== undefined && !(m.fInt64 === 0n)) n += 1 + wire.varint64Size(m.fInt64);
+    if (m.fUint32 !== undefined && !(m.fUint32 === 0)) n += 1 + wire.varint32Size(m.fUint32);
+    if (m.fUint64 !== undefined && !(m.fUint64 === 0n)) n += 1 + wire.varint64Size(m.fUint64);
+    if (m.fSint32 !== undefined && !(m.fSint32 === 0)) n += 1 + wire.sint32Size(m.fSint32);
+    if (m.fSint64 !== undefined && !(m.fSint64 === 0n)) n += 1 + wire.sint64Size(m.fSint64);
+    if (m.fFixed32 !== undefined && !(m.fFixed32 === 0)) n += 1 + 4;
+    if (m.fFixed64 !== undefined && !(m.fFixed64 === 0n)) n += 1 + 8;
+    if (m.fSfixed32 !== undefined && !(m.fSfixed32 === 0)) n += 1 + 4;
+    if (m.fSfixed64 !== undefined && !(m.fSfixed64 === 0n)) n += 1 + 8;
+    if (m.fBool !== undefined && !(m.fBool === false)) n += 1 + 1;
+    if (m.fString !== undefined && !(m.fString === "")) n += 1 + wire.stringSize(m.fString);
+    if (m.fBytes !== undefined && !(m.fBytes.byteLength === 0)) n += 1 + c.bytes(m.fBytes);
+    if (m.color !== undefined && !(m.color === 0)) n += 2 + wire.varint32Size(m.color);
     if (m.price !== undefined) { const i = c.slot(); const s = Money.sizeOf(m.price, c); c.setSlot(i, s); n += 2 + wire.varint32Size(s) + s; }
     if (m.nested !== undefined) { const i = c.slot(); const s = Everything_Nested.sizeOf(m.nested, c); c.setSlot(i, s); n += 2 + wire.varint32Size(s) + s; }
-    if (m.rInt32.length > 0) { const i = c.slot(); let l = 0; for (const v of m.rInt32) l += wire.varint32Size(v); c.setSlot(i, l); n += 2 + wire.varint32Size(l) + l; }
-    if (m.rSint64.length > 0) { const i = c.slot(); let l = 0; for (const v of m.rSint64) l += wire.sint64Size(v); c.setSlot(i, l); n += 2 + wire.varint32Size(l) + l; }
-    if (m.rDouble.length > 0) { const i = c.slot(); const l = m.rDouble.length * 8; c.setSlot(i, l); n += 2 + wire.varint32Size(l) + l; }
-    if (m.rBool.length > 0) { const i = c.slot(); const l = m.rBool.length * 1; c.setSlot(i, l); n += 2 + wire.varint32Size(l) + l; }
-    for (const v of m.rString) n += 2 + wire.stringSize(v);
-    for (const v of m.rBytes) n += 2 + c.bytes(v);
-    for (const v of m.rNested) { const i = c.slot(); const s = Everything_Nested.sizeOf(v, c); c.setSlot(i, s); n += 2 + wire.varint32Size(s) + s; }
-    if (m.rColor.length > 0) { const i = c.slot(); let l = 0; for (const v of m.rColor) l += wire.varint32Size(v); c.setSlot(i, l); n += 2 + wire.varint32Size(l) + l; }
-    for (const [k, v] of Object.entries(m.mStringInt32)) { const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(v); n += 2 + wire.varint32Size(e) + e; }
-    for (const [k, v] of Object.entries(m.mInt64String)) { const e = 1 + wire.varint64Size(BigInt(k)) + 1 + wire.stringSize(v); n += 2 + wire.varint32Size(e) + e; }
-    for (const [k, v] of Object.entries(m.mUint32Nested)) { const i = c.slot(); const s = Everything_Nested.sizeOf(v, c); c.setSlot(i, s); const e = 1 + wire.varint32Size(Number(k)) + 1 + wire.varint32Size(s) + s; n += 2 + wire.varint32Size(e) + e; }
-    for (const [, v] of Object.entries(m.mBoolBytes)) { const e = 1 + 1 + 1 + c.bytes(v); n += 2 + wire.varint32Size(e) + e; }
-    if (m.choice.case === "cText") n += 2 + wire.stringSize((m.choice.value as string));
-    if (m.choice.case === "cNumber") n += 2 + wire.varint64Size((m.choice.value as bigint));
-    if (m.choice.case === "cNested") { const i = c.slot(); const s = Everything_Nested.sizeOf(m.choice.value, c); c.setSlot(i, s); n += 2 + wire.varint32Size(s) + s; }
+    if (m.rInt32 !== undefined && m.rInt32.length > 0) { const i = c.slot(); let l = 0; for (const v of m.rInt32) l += wire.varint32Size(v); c.setSlot(i, l); n += 2 + wire.varint32Size(l) + l; }
+    if (m.rSint64 !== undefined && m.rSint64.length > 0) { const i = c.slot(); let l = 0; for (const v of m.rSint64) l += wire.sint64Size(v); c.setSlot(i, l); n += 2 + wire.varint32Size(l) + l; }
+    if (m.rDouble !== undefined && m.rDouble.length > 0) { const i = c.slot(); const l = m.rDouble.length * 8; c.setSlot(i, l); n += 2 + wire.varint32Size(l) + l; }
+    if (m.rBool !== undefined && m.rBool.length > 0) { const i = c.slot(); const l = m.rBool.length * 1; c.setSlot(i, l); n += 2 + wire.varint32Size(l) + l; }
+    if (m.rString !== undefined) for (const v of m.rString) n += 2 + wire.stringSize(v);
+    if (m.rBytes !== undefined) for (const v of m.rBytes) n += 2 + c.bytes(v);
+    if (m.rNested !== undefined) for (const v of m.rNested) { const i = c.slot(); const s = Everything_Nested.sizeOf(v, c); c.setSlot(i, s); n += 2 + wire.varint32Size(s) + s; }
+    if (m.rColor !== undefined && m.rColor.length > 0) { const i = c.slot(); let l = 0; for (const v of m.rColor) l += wire.varint32Size(v); c.setSlot(i, l); n += 2 + wire.varint32Size(l) + l; }
+    for (const [k, v] of Object.entries(m.mStringInt32 ?? {})) { const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(v); n += 2 + wire.varint32Size(e) + e; }
+    for (const [k, v] of Object.entries(m.mInt64String ?? {})) { const e = 1 + wire.varint64Size(BigInt(k)) + 1 + wire.stringSize(v); n += 2 + wire.varint32Size(e) + e; }
+    for (const [k, v] of Object.entries(m.mUint32Nested ?? {})) { const i = c.slot(); const s = Everything_Nested.sizeOf(v, c); c.setSlot(i, s); const e = 1 + wire.varint32Size(Number(k)) + 1 + wire.varint32Size(s) + s; n += 2 + wire.varint32Size(e) + e; }
+    for (const [, v] of Object.entries(m.mBoolBytes ?? {})) { const e = 1 + 1 + 1 + c.bytes(v); n += 2 + wire.varint32Size(e) + e; }
+    if (m.choice?.case === "cText") n += 2 + wire.stringSize((m.choice.value as string));
+    if (m.choice?.case === "cNumber") n += 2 + wire.varint64Size((m.choice.value as bigint));
+    if (m.choice?.case === "cNested") { const i = c.slot(); const s = Everything_Nested.sizeOf(m.choice.value, c); c.setSlot(i, s); n += 2 + wire.varint32Size(s) + s; }
     if (m.oInt32 !== undefined) n += 2 + wire.varint32Size(m.oInt32!);
     if (m.oString !== undefined) n += 2 + wire.stringSize(m.oString!);
     if (m.at !== undefined) { const i = c.slot(); const s = Timestamp.sizeOf(m.at, c); c.setSlot(i, s); n += 2 + wire.varint32Size(s) + s; }
@@ -141,39 +141,39 @@ export const Everything: MessageType<Everything> = {
     return n;
   },
   write(m: Everything, w: wire.ProtoWriter): void {
-    if (!(m.fDouble === 0 && 1 / m.fDouble > 0)) w.tag(1, 1).double(m.fDouble);
-    if (!(m.fFloat === 0 && 1 / m.fFloat > 0)) w.tag(2, 5).float(m.fFloat);
-    if (!(m.fInt32 === 0)) w.tag(3, 0).int32(m.fInt32);
-    if (!(m.fInt64 === 0n)) w.tag(4, 0).int64(m.fInt64);
-    if (!(m.fUint32 === 0)) w.tag(5, 0).uint32(m.fUint32);
-    if (!(m.fUint64 === 0n)) w.tag(6, 0).uint64(m.fUint64);
-    if (!(m.fSint32 === 0)) w.tag(7, 0).sint32(m.fSint32);
-    if (!(m.fSint64 === 0n)) w.tag(8, 0).sint64(m.fSint64);
-    if (!(m.fFixed32 === 0)) w.tag(9, 5).fixed32(m.fFixed32);
-    if (!(m.fFixed64 === 0n)) w.tag(10, 1).fixed64(m.fFixed64);
-    if (!(m.fSfixed32 === 0)) w.tag(11, 5).sfixed32(m.fSfixed32);
-    if (!(m.fSfixed64 === 0n)) w.tag(12, 1).sfixed64(m.fSfixed64);
-    if (!(m.fBool === false)) w.tag(13, 0).bool(m.fBool);
-    if (!(m.fString === "")) w.tag(14, 2).string(m.fString);
-    if (!(m.fBytes.byteLength === 0)) w.tag(15, 2).bytes(m.fBytes);
-    if (!(m.color === 0)) w.tag(16, 0).int32(m.color);
+    if (m.fDouble !== undefined && !(m.fDouble === 0 && 1 / m.fDouble > 0)) w.tag(1, 1).double(m.fDouble);
+    if (m.fFloat !== undefined && !(m.fFloat === 0 && 1 / m.fFloat > 0)) w.tag(2, 5).float(m.fFloat);
+    if (m.fInt32 !== undefined && !(m.fInt32 === 0)) w.tag(3, 0).int32(m.fInt32);
+    if (m.fInt64 !== undefined && !(m.fInt64 === 0n)) w.tag(4, 0).int64(m.fInt64);
+    if (m.fUint32 !== undefined && !(m.fUint32 === 0)) w.tag(5, 0).uint32(m.fUint32);
+    if (m.fUint64 !== undefined && !(m.fUint64 === 0n)) w.tag(6, 0).uint64(m.fUint64);
+    if (m.fSint32 !== undefined && !(m.fSint32 === 0)) w.tag(7, 0).sint32(m.fSint32);
+    if (m.fSint64 !== undefined && !(m.fSint64 === 0n)) w.tag(8, 0).sint64(m.fSint64);
+    if (m.fFixed32 !== undefined && !(m.fFixed32 === 0)) w.tag(9, 5).fixed32(m.fFixed32);
+    if (m.fFixed64 !== undefined && !(m.fFixed64 === 0n)) w.tag(10, 1).fixed64(m.fFixed64);
+    if (m.fSfixed32 !== undefined && !(m.fSfixed32 === 0)) w.tag(11, 5).sfixed32(m.fSfixed32);
+    if (m.fSfixed64 !== undefined && !(m.fSfixed64 === 0n)) w.tag(12, 1).sfixed64(m.fSfixed64);
+    if (m.fBool !== undefined && !(m.fBool === false)) w.tag(13, 0).bool(m.fBool);
+    if (m.fString !== undefined && !(m.fString === "")) w.tag(14, 2).string(m.fString);
+    if (m.fBytes !== undefined && !(m.fBytes.byteLength === 0)) w.tag(15, 2).bytes(m.fBytes);
+    if (m.color !== undefined && !(m.color === 0)) w.tag(16, 0).int32(m.color);
     if (m.price !== undefined) { w.tag(17, 2).uint32(w.nextSize()); Money.write(m.price, w); }
     if (m.nested !== undefined) { w.tag(18, 2).uint32(w.nextSize()); Everything_Nested.write(m.nested, w); }
-    if (m.rInt32.length > 0) { w.tag(20, 2).uint32(w.nextSize()); for (const v of m.rInt32) w.int32(v); }
-    if (m.rSint64.length > 0) { w.tag(21, 2).uint32(w.nextSize()); for (const v of m.rSint64) w.sint64(v); }
-    if (m.rDouble.length > 0) { w.tag(22, 2).uint32(w.nextSize()); for (const v of m.rDouble) w.double(v); }
-    if (m.rBool.length > 0) { w.tag(23, 2).uint32(w.nextSize()); for (const v of m.rBool) w.bool(v); }
-    for (const v of m.rString) w.tag(24, 2).string(v);
-    for (const v of m.rBytes) w.tag(25, 2).bytes(v);
-    for (const v of m.rNested) { w.tag(26, 2).uint32(w.nextSize()); Everything_Nested.write(v, w); }
-    if (m.rColor.length > 0) { w.tag(27, 2).uint32(w.nextSize()); for (const v of m.rColor) w.int32(v); }
-    for (const [k, v] of Object.entries(m.mStringInt32)) { const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(v); w.tag(30, 2).uint32(e).tag(1, 2).string(k).tag(2, 0).int32(v); }
-    for (const [k, v] of Object.entries(m.mInt64String)) { const e = 1 + wire.varint64Size(BigInt(k)) + 1 + wire.stringSize(v); w.tag(31, 2).uint32(e).tag(1, 0).int64(BigInt(k)).tag(2, 2).string(v); }
-    for (const [k, v] of Object.entries(m.mUint32Nested)) { const s = w.nextSize(); const e = 1 + wire.varint32Size(Number(k)) + 1 + wire.varint32Size(s) + s; w.tag(32, 2).uint32(e).tag(1, 0).uint32(Number(k)).tag(2, 2).uint32(s); Everything_Nested.write(v, w); }
-    for (const [k, v] of Object.entries(m.mBoolBytes)) { const e = 1 + 1 + 1 + wire.bytesSize(v); w.tag(33, 2).uint32(e).tag(1, 0).bool(k === "true").tag(2, 2).bytes(v); }
-    if (m.choice.case === "cText") w.tag(40, 2).string((m.choice.value as string));
-    if (m.choice.case === "cNumber") w.tag(41, 0).int64((m.choice.value as bigint));
-    if (m.choice.case === "cNested") { w.tag(42, 2).uint32(w.nextSize()); Everything_Nested.write(m.choice.value, w); }
+    if (m.rInt32 !== undefined && m.rInt32.length > 0) { w.tag(20, 2).uint32(w.nextSize()); for (const v of m.rInt32) w.int32(v); }
+    if (m.rSint64 !== undefined && m.rSint64.length > 0) { w.tag(21, 2).uint32(w.nextSize()); for (const v of m.rSint64) w.sint64(v); }
+    if (m.rDouble !== undefined && m.rDouble.length > 0) { w.tag(22, 2).uint32(w.nextSize()); for (const v of m.rDouble) w.double(v); }
+    if (m.rBool !== undefined && m.rBool.length > 0) { w.tag(23, 2).uint32(w.nextSize()); for (const v of m.rBool) w.bool(v); }
+    if (m.rString !== undefined) for (const v of m.rString) w.tag(24, 2).string(v);
+    if (m.rBytes !== undefined) for (const v of m.rBytes) w.tag(25, 2).bytes(v);
+    if (m.rNested !== undefined) for (const v of m.rNested) { w.tag(26, 2).uint32(w.nextSize()); Everything_Nested.write(v, w); }
+    if (m.rColor !== undefined && m.rColor.length > 0) { w.tag(27, 2).uint32(w.nextSize()); for (const v of m.rColor) w.int32(v); }
+    for (const [k, v] of Object.entries(m.mStringInt32 ?? {})) { const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(v); w.tag(30, 2).uint32(e).tag(1, 2).string(k).tag(2, 0).int32(v); }
+    for (const [k, v] of Object.entries(m.mInt64String ?? {})) { const e = 1 + wire.varint64Size(BigInt(k)) + 1 + wire.stringSize(v); w.tag(31, 2).uint32(e).tag(1, 0).int64(BigInt(k)).tag(2, 2).string(v); }
+    for (const [k, v] of Object.entries(m.mUint32Nested ?? {})) { const s = w.nextSize(); const e = 1 + wire.varint32Size(Number(k)) + 1 + wire.varint32Size(s) + s; w.tag(32, 2).uint32(e).tag(1, 0).uint32(Number(k)).tag(2, 2).uint32(s); Everything_Nested.write(v, w); }
+    for (const [k, v] of Object.entries(m.mBoolBytes ?? {})) { const e = 1 + 1 + 1 + wire.bytesSize(v); w.tag(33, 2).uint32(e).tag(1, 0).bool(k === "true").tag(2, 2).bytes(v); }
+    if (m.choice?.case === "cText") w.tag(40, 2).string((m.choice.value as string));
+    if (m.choice?.case === "cNumber") w.tag(41, 0).int64((m.choice.value as bigint));
+    if (m.choice?.case === "cNested") { w.tag(42, 2).uint32(w.nextSize()); Everything_Nested.write(m.choice.value, w); }
     if (m.oInt32 !== undefined) w.tag(50, 0).int32(m.oInt32!);
     if (m.oString !== undefined) w.tag(51, 2).string(m.oString!);
     if (m.at !== undefined) { w.tag(60, 2).uint32(w.nextSize()); Timestamp.write(m.at, w); }
@@ -259,14 +259,14 @@ export const Everything_Nested: MessageType<Everything_Nested> = {
   },
   sizeOf(m: Everything_Nested, c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.label === "")) n += 1 + wire.stringSize(m.label);
-    if (!(m.level === 0)) n += 1 + wire.varint32Size(m.level);
+    if (m.label !== undefined && !(m.label === "")) n += 1 + wire.stringSize(m.label);
+    if (m.level !== undefined && !(m.level === 0)) n += 1 + wire.varint32Size(m.level);
     if (m.child !== undefined) { const i = c.slot(); const s = Everything_Nested.sizeOf(m.child, c); c.setSlot(i, s); n += 1 + wire.varint32Size(s) + s; }
     return n;
   },
   write(m: Everything_Nested, w: wire.ProtoWriter): void {
-    if (!(m.label === "")) w.tag(1, 2).string(m.label);
-    if (!(m.level === 0)) w.tag(2, 0).int32(m.level);
+    if (m.label !== undefined && !(m.label === "")) w.tag(1, 2).string(m.label);
+    if (m.level !== undefined && !(m.level === 0)) w.tag(2, 0).int32(m.level);
     if (m.child !== undefined) { w.tag(3, 2).uint32(w.nextSize()); Everything_Nested.write(m.child, w); }
   },
   read(r: wire.ProtoReader, end: number): Everything_Nested {

@@ -21,13 +21,13 @@ export const HelloRequest: MessageType<HelloRequest> = {
   },
   sizeOf(m: HelloRequest, c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.name === "")) n += 1 + wire.stringSize(m.name);
-    if (!(m.payload.byteLength === 0)) n += 1 + c.bytes(m.payload);
+    if (m.name !== undefined && !(m.name === "")) n += 1 + wire.stringSize(m.name);
+    if (m.payload !== undefined && !(m.payload.byteLength === 0)) n += 1 + c.bytes(m.payload);
     return n;
   },
   write(m: HelloRequest, w: wire.ProtoWriter): void {
-    if (!(m.name === "")) w.tag(1, 2).string(m.name);
-    if (!(m.payload.byteLength === 0)) w.tag(2, 2).bytes(m.payload);
+    if (m.name !== undefined && !(m.name === "")) w.tag(1, 2).string(m.name);
+    if (m.payload !== undefined && !(m.payload.byteLength === 0)) w.tag(2, 2).bytes(m.payload);
   },
   read(r: wire.ProtoReader, end: number): HelloRequest {
     const m: HelloRequest = { name: "", payload: wire.EMPTY_BYTES };
@@ -68,13 +68,13 @@ export const HelloReply: MessageType<HelloReply> = {
   },
   sizeOf(m: HelloReply, c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.message === "")) n += 1 + wire.stringSize(m.message);
-    if (!(m.payload.byteLength === 0)) n += 1 + c.bytes(m.payload);
+    if (m.message !== undefined && !(m.message === "")) n += 1 + wire.stringSize(m.message);
+    if (m.payload !== undefined && !(m.payload.byteLength === 0)) n += 1 + c.bytes(m.payload);
     return n;
   },
   write(m: HelloReply, w: wire.ProtoWriter): void {
-    if (!(m.message === "")) w.tag(1, 2).string(m.message);
-    if (!(m.payload.byteLength === 0)) w.tag(2, 2).bytes(m.payload);
+    if (m.message !== undefined && !(m.message === "")) w.tag(1, 2).string(m.message);
+    if (m.payload !== undefined && !(m.payload.byteLength === 0)) w.tag(2, 2).bytes(m.payload);
   },
   read(r: wire.ProtoReader, end: number): HelloReply {
     const m: HelloReply = { message: "", payload: wire.EMPTY_BYTES };

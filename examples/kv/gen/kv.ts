@@ -33,16 +33,16 @@ export const Entry: MessageType<Entry> = {
   },
   sizeOf(m: Entry, c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.key === "")) n += 1 + wire.stringSize(m.key);
-    if (!(m.value.byteLength === 0)) n += 1 + c.bytes(m.value);
-    if (!(m.version === 0n)) n += 1 + wire.varint64Size(m.version);
+    if (m.key !== undefined && !(m.key === "")) n += 1 + wire.stringSize(m.key);
+    if (m.value !== undefined && !(m.value.byteLength === 0)) n += 1 + c.bytes(m.value);
+    if (m.version !== undefined && !(m.version === 0n)) n += 1 + wire.varint64Size(m.version);
     if (m.updatedAt !== undefined) { const i = c.slot(); const s = Timestamp.sizeOf(m.updatedAt, c); c.setSlot(i, s); n += 1 + wire.varint32Size(s) + s; }
     return n;
   },
   write(m: Entry, w: wire.ProtoWriter): void {
-    if (!(m.key === "")) w.tag(1, 2).string(m.key);
-    if (!(m.value.byteLength === 0)) w.tag(2, 2).bytes(m.value);
-    if (!(m.version === 0n)) w.tag(3, 0).uint64(m.version);
+    if (m.key !== undefined && !(m.key === "")) w.tag(1, 2).string(m.key);
+    if (m.value !== undefined && !(m.value.byteLength === 0)) w.tag(2, 2).bytes(m.value);
+    if (m.version !== undefined && !(m.version === 0n)) w.tag(3, 0).uint64(m.version);
     if (m.updatedAt !== undefined) { w.tag(4, 2).uint32(w.nextSize()); Timestamp.write(m.updatedAt, w); }
   },
   read(r: wire.ProtoReader, end: number): Entry {
@@ -84,11 +84,11 @@ export const GetRequest: MessageType<GetRequest> = {
   },
   sizeOf(m: GetRequest, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.key === "")) n += 1 + wire.stringSize(m.key);
+    if (m.key !== undefined && !(m.key === "")) n += 1 + wire.stringSize(m.key);
     return n;
   },
   write(m: GetRequest, w: wire.ProtoWriter): void {
-    if (!(m.key === "")) w.tag(1, 2).string(m.key);
+    if (m.key !== undefined && !(m.key === "")) w.tag(1, 2).string(m.key);
   },
   read(r: wire.ProtoReader, end: number): GetRequest {
     const m: GetRequest = { key: "" };
@@ -128,13 +128,13 @@ export const PutRequest: MessageType<PutRequest> = {
   },
   sizeOf(m: PutRequest, c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.key === "")) n += 1 + wire.stringSize(m.key);
-    if (!(m.value.byteLength === 0)) n += 1 + c.bytes(m.value);
+    if (m.key !== undefined && !(m.key === "")) n += 1 + wire.stringSize(m.key);
+    if (m.value !== undefined && !(m.value.byteLength === 0)) n += 1 + c.bytes(m.value);
     return n;
   },
   write(m: PutRequest, w: wire.ProtoWriter): void {
-    if (!(m.key === "")) w.tag(1, 2).string(m.key);
-    if (!(m.value.byteLength === 0)) w.tag(2, 2).bytes(m.value);
+    if (m.key !== undefined && !(m.key === "")) w.tag(1, 2).string(m.key);
+    if (m.value !== undefined && !(m.value.byteLength === 0)) w.tag(2, 2).bytes(m.value);
   },
   read(r: wire.ProtoReader, end: number): PutRequest {
     const m: PutRequest = { key: "", value: wire.EMPTY_BYTES };
@@ -173,11 +173,11 @@ export const DeleteRequest: MessageType<DeleteRequest> = {
   },
   sizeOf(m: DeleteRequest, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.key === "")) n += 1 + wire.stringSize(m.key);
+    if (m.key !== undefined && !(m.key === "")) n += 1 + wire.stringSize(m.key);
     return n;
   },
   write(m: DeleteRequest, w: wire.ProtoWriter): void {
-    if (!(m.key === "")) w.tag(1, 2).string(m.key);
+    if (m.key !== undefined && !(m.key === "")) w.tag(1, 2).string(m.key);
   },
   read(r: wire.ProtoReader, end: number): DeleteRequest {
     const m: DeleteRequest = { key: "" };
@@ -215,11 +215,11 @@ export const ListRequest: MessageType<ListRequest> = {
   },
   sizeOf(m: ListRequest, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.prefix === "")) n += 1 + wire.stringSize(m.prefix);
+    if (m.prefix !== undefined && !(m.prefix === "")) n += 1 + wire.stringSize(m.prefix);
     return n;
   },
   write(m: ListRequest, w: wire.ProtoWriter): void {
-    if (!(m.prefix === "")) w.tag(1, 2).string(m.prefix);
+    if (m.prefix !== undefined && !(m.prefix === "")) w.tag(1, 2).string(m.prefix);
   },
   read(r: wire.ProtoReader, end: number): ListRequest {
     const m: ListRequest = { prefix: "" };
@@ -257,11 +257,11 @@ export const WatchRequest: MessageType<WatchRequest> = {
   },
   sizeOf(m: WatchRequest, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.prefix === "")) n += 1 + wire.stringSize(m.prefix);
+    if (m.prefix !== undefined && !(m.prefix === "")) n += 1 + wire.stringSize(m.prefix);
     return n;
   },
   write(m: WatchRequest, w: wire.ProtoWriter): void {
-    if (!(m.prefix === "")) w.tag(1, 2).string(m.prefix);
+    if (m.prefix !== undefined && !(m.prefix === "")) w.tag(1, 2).string(m.prefix);
   },
   read(r: wire.ProtoReader, end: number): WatchRequest {
     const m: WatchRequest = { prefix: "" };
@@ -301,12 +301,12 @@ export const Event: MessageType<Event> = {
   },
   sizeOf(m: Event, c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.kind === 0)) n += 1 + wire.varint32Size(m.kind);
+    if (m.kind !== undefined && !(m.kind === 0)) n += 1 + wire.varint32Size(m.kind);
     if (m.entry !== undefined) { const i = c.slot(); const s = Entry.sizeOf(m.entry, c); c.setSlot(i, s); n += 1 + wire.varint32Size(s) + s; }
     return n;
   },
   write(m: Event, w: wire.ProtoWriter): void {
-    if (!(m.kind === 0)) w.tag(1, 0).int32(m.kind);
+    if (m.kind !== undefined && !(m.kind === 0)) w.tag(1, 0).int32(m.kind);
     if (m.entry !== undefined) { w.tag(2, 2).uint32(w.nextSize()); Entry.write(m.entry, w); }
   },
   read(r: wire.ProtoReader, end: number): Event {

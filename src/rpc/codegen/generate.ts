@@ -359,13 +359,13 @@ function genField(g: FileGen, fi: FieldInfo, S: string[], W: string[], R: string
   void g;
   if (fi.map) return genMap(fi, S, W, R);
   const acc = fi.oneof ? `m.${fi.oneof}.value` : `m.${fi.name}`;
-  const guardOneof = fi.oneof ? `m.${fi.oneof}.case === "${fi.name}"` : undefined;
+  const guardOneof = fi.oneof ? `m.${fi.oneof}?.case === "${fi.name}"` : undefined;
   if (fi.message) {
     const T = fi.typeRef;
     const tb = tagBytes(n, 2);
     if (fi.repeated) {
-      S.push(`for (const v of m.${fi.name}) { const i = c.slot(); const s = ${T}.sizeOf(v, c); c.setSlot(i, s); n += ${tb} + wire.varint32Size(s) + s; }`);
-      W.push(`for (const v of m.${fi.name}) { w.tag(${n}, 2).uint32(w.nextSize()); ${T}.write(v, w); }`);
+      S.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) { const i = c.slot(); const s = ${T}.sizeOf(v, c); c.setSlot(i, s); n += ${tb} + wire.varint32Size(s) + s; }`);
+      W.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) { w.tag(${n}, 2).uint32(w.nextSize()); ${T}.write(v, w); }`);
       R.push(`case ${n}: if ((t & 7) === 2) { const e = r.enter(); m.${fi.name}.push(${T}.read(r, e)); r.leave(e); continue; } break;`);
     } else {
       const cond = guardOneof ?? `${acc} !== undefined`;
@@ -383,19 +383,20 @@ function genField(g: FileGen, fi: FieldInfo, S: string[], W: string[], R: string
       const ptb = tagBytes(n, 2);
       const fixedSize = s.size("v");
       const total = /^\d+$/.test(fixedSize) ? `const l = m.${fi.name}.length * ${fixedSize};` : `let l = 0; for (const v of m.${fi.name}) l += ${fixedSize};`;
-      S.push(`if (m.${fi.name}.length > 0) { const i = c.slot(); ${total} c.setSlot(i, l); n += ${ptb} + wire.varint32Size(l) + l; }`);
-      W.push(`if (m.${fi.name}.length > 0) { w.tag(${n}, 2).uint32(w.nextSize()); for (const v of m.${fi.name}) w.${s.write}(v); }`);
+      S.push(`if (m.${fi.name} !== undefined && m.${fi.name}.length > 0) { const i = c.slot(); ${total} c.setSlot(i, l); n += ${ptb} + wire.varint32Size(l) + l; }`);
+      W.push(`if (m.${fi.name} !== undefined && m.${fi.name}.length > 0) { w.tag(${n}, 2).uint32(w.nextSize()); for (const v of m.${fi.name}) w.${s.write}(v); }`);
       R.push(
         `case ${n}: if ((t & 7) === 2) { const e = r.lengthEnd(); while (r.pos < e) m.${fi.name}.push(r.${s.read}()); r.expectEnd(e); continue; } if ((t & 7) === ${s.wt}) { m.${fi.name}.push(r.${s.read}()); continue; } break;`,
       );
     } else {
-      S.push(`for (const v of m.${fi.name}) n += ${tb} + ${s.size("v")};`);
-      W.push(`for (const v of m.${fi.name}) w.tag(${n}, ${s.wt}).${s.write}(v);`);
+      S.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) n += ${tb} + ${s.size("v")};`);
+      W.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) w.tag(${n}, ${s.wt}).${s.write}(v);`);
       R.push(`case ${n}: if ((t & 7) === ${s.wt}) { m.${fi.name}.push(r.${s.read}()); continue; } break;`);
     }
     return;
   }
-  const cond = guardOneof ?? (fi.optional ? `${acc} !== undefined` : `!(${s.isDefault(acc)})`);
+  // Encoders accept partial messages (a handler may return `{ message }` alone): absent = default.
+  const cond = guardOneof ?? (fi.optional ? `${acc} !== undefined` : `${acc} !== undefined && !(${s.isDefault(acc)})`);
   const val = fi.oneof ? `(${acc} as ${fi.typeRef})` : fi.optional ? `${acc}!` : acc;
   S.push(`if (${cond}) n += ${tb} + ${s.size(val)};`);
   W.push(`if (${cond}) w.tag(${n}, ${s.wt}).${s.write}(${val});`);
@@ -418,10 +419,10 @@ function genMap(fi: FieldInfo, S: string[], W: string[], R: string[]): void {
   if (fi.message) {
     const T = fi.typeRef;
     S.push(
-      `for (const ${sizeEntry} of Object.entries(m.${fi.name})) { const i = c.slot(); const s = ${T}.sizeOf(v, c); c.setSlot(i, s); const e = ${ktb} + ${k.size(key)} + 1 + wire.varint32Size(s) + s; n += ${ptb} + wire.varint32Size(e) + e; }`,
+      `for (const ${sizeEntry} of Object.entries(m.${fi.name} ?? {})) { const i = c.slot(); const s = ${T}.sizeOf(v, c); c.setSlot(i, s); const e = ${ktb} + ${k.size(key)} + 1 + wire.varint32Size(s) + s; n += ${ptb} + wire.varint32Size(e) + e; }`,
     );
     W.push(
-      `for (const [k, v] of Object.entries(m.${fi.name})) { const s = w.nextSize(); const e = ${ktb} + ${k.size(key)} + 1 + wire.varint32Size(s) + s; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, 2).uint32(s); ${T}.write(v, w); }`,
+      `for (const [k, v] of Object.entries(m.${fi.name} ?? {})) { const s = w.nextSize(); const e = ${ktb} + ${k.size(key)} + 1 + wire.varint32Size(s) + s; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, 2).uint32(s); ${T}.write(v, w); }`,
     );
     R.push(
       `case ${n}: if ((t & 7) === 2) { const e = r.enter(); let key: ${k.ts} = ${keyDefault}; let value: ${T} | undefined; while (r.pos < e) { const u = r.tag(); if (u === ${(1 << 3) | k.wt}) key = r.${k.read}(); else if (u === ${(2 << 3) | 2}) { const f = r.enter(); value = ${T}.read(r, f); r.leave(f); } else r.skip(u & 7, u >>> 3); } r.leave(e); m.${fi.name}[${keyProp}] = value ?? ${T}.create(); continue; } break;`,
@@ -431,9 +432,9 @@ function genMap(fi: FieldInfo, S: string[], W: string[], R: string[]): void {
   const v = fi.scalar!;
   const sizeV = v.write === "bytes" ? (x: string) => `wire.bytesSize(${x})` : v.size;
   const vtb = tagBytes(2, v.wt);
-  S.push(`for (const ${sizeEntry} of Object.entries(m.${fi.name})) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${v.size("v")}; n += ${ptb} + wire.varint32Size(e) + e; }`);
+  S.push(`for (const ${sizeEntry} of Object.entries(m.${fi.name} ?? {})) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${v.size("v")}; n += ${ptb} + wire.varint32Size(e) + e; }`);
   W.push(
-    `for (const [k, v] of Object.entries(m.${fi.name})) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${sizeV("v")}; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, ${v.wt}).${v.write}(v); }`,
+    `for (const [k, v] of Object.entries(m.${fi.name} ?? {})) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${sizeV("v")}; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, ${v.wt}).${v.write}(v); }`,
   );
   const vts = fi.enumRef ?? v.ts;
   const read = fi.enumRef ? `r.${v.read}() as ${fi.enumRef}` : `r.${v.read}()`;

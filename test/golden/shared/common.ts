@@ -30,15 +30,15 @@ export const Money: MessageType<Money> = {
   },
   sizeOf(m: Money, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.currency === "")) n += 1 + wire.stringSize(m.currency);
-    if (!(m.units === 0n)) n += 1 + wire.varint64Size(m.units);
-    if (!(m.nanos === 0)) n += 1 + wire.sint32Size(m.nanos);
+    if (m.currency !== undefined && !(m.currency === "")) n += 1 + wire.stringSize(m.currency);
+    if (m.units !== undefined && !(m.units === 0n)) n += 1 + wire.varint64Size(m.units);
+    if (m.nanos !== undefined && !(m.nanos === 0)) n += 1 + wire.sint32Size(m.nanos);
     return n;
   },
   write(m: Money, w: wire.ProtoWriter): void {
-    if (!(m.currency === "")) w.tag(1, 2).string(m.currency);
-    if (!(m.units === 0n)) w.tag(2, 0).int64(m.units);
-    if (!(m.nanos === 0)) w.tag(3, 0).sint32(m.nanos);
+    if (m.currency !== undefined && !(m.currency === "")) w.tag(1, 2).string(m.currency);
+    if (m.units !== undefined && !(m.units === 0n)) w.tag(2, 0).int64(m.units);
+    if (m.nanos !== undefined && !(m.nanos === 0)) w.tag(3, 0).sint32(m.nanos);
   },
   read(r: wire.ProtoReader, end: number): Money {
     const m: Money = { currency: "", units: 0n, nanos: 0 };

@@ -56,13 +56,13 @@ export const Timestamp: MessageType<Timestamp> = {
   },
   sizeOf(m: Timestamp, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.seconds === 0n)) n += 1 + wire.varint64Size(m.seconds);
-    if (!(m.nanos === 0)) n += 1 + wire.varint32Size(m.nanos);
+    if (m.seconds !== undefined && !(m.seconds === 0n)) n += 1 + wire.varint64Size(m.seconds);
+    if (m.nanos !== undefined && !(m.nanos === 0)) n += 1 + wire.varint32Size(m.nanos);
     return n;
   },
   write(m: Timestamp, w: wire.ProtoWriter): void {
-    if (!(m.seconds === 0n)) w.tag(1, 0).int64(m.seconds);
-    if (!(m.nanos === 0)) w.tag(2, 0).int32(m.nanos);
+    if (m.seconds !== undefined && !(m.seconds === 0n)) w.tag(1, 0).int64(m.seconds);
+    if (m.nanos !== undefined && !(m.nanos === 0)) w.tag(2, 0).int32(m.nanos);
   },
   read(r: wire.ProtoReader, end: number): Timestamp {
     const m: Timestamp = { seconds: 0n, nanos: 0 };
@@ -103,13 +103,13 @@ export const Duration: MessageType<Duration> = {
   },
   sizeOf(m: Duration, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.seconds === 0n)) n += 1 + wire.varint64Size(m.seconds);
-    if (!(m.nanos === 0)) n += 1 + wire.varint32Size(m.nanos);
+    if (m.seconds !== undefined && !(m.seconds === 0n)) n += 1 + wire.varint64Size(m.seconds);
+    if (m.nanos !== undefined && !(m.nanos === 0)) n += 1 + wire.varint32Size(m.nanos);
     return n;
   },
   write(m: Duration, w: wire.ProtoWriter): void {
-    if (!(m.seconds === 0n)) w.tag(1, 0).int64(m.seconds);
-    if (!(m.nanos === 0)) w.tag(2, 0).int32(m.nanos);
+    if (m.seconds !== undefined && !(m.seconds === 0n)) w.tag(1, 0).int64(m.seconds);
+    if (m.nanos !== undefined && !(m.nanos === 0)) w.tag(2, 0).int32(m.nanos);
   },
   read(r: wire.ProtoReader, end: number): Duration {
     const m: Duration = { seconds: 0n, nanos: 0 };
@@ -148,11 +148,11 @@ export const DoubleValue: MessageType<DoubleValue> = {
   },
   sizeOf(m: DoubleValue, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.value === 0 && 1 / m.value > 0)) n += 1 + 8;
+    if (m.value !== undefined && !(m.value === 0 && 1 / m.value > 0)) n += 1 + 8;
     return n;
   },
   write(m: DoubleValue, w: wire.ProtoWriter): void {
-    if (!(m.value === 0 && 1 / m.value > 0)) w.tag(1, 1).double(m.value);
+    if (m.value !== undefined && !(m.value === 0 && 1 / m.value > 0)) w.tag(1, 1).double(m.value);
   },
   read(r: wire.ProtoReader, end: number): DoubleValue {
     const m: DoubleValue = { value: 0 };
@@ -190,11 +190,11 @@ export const FloatValue: MessageType<FloatValue> = {
   },
   sizeOf(m: FloatValue, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.value === 0 && 1 / m.value > 0)) n += 1 + 4;
+    if (m.value !== undefined && !(m.value === 0 && 1 / m.value > 0)) n += 1 + 4;
     return n;
   },
   write(m: FloatValue, w: wire.ProtoWriter): void {
-    if (!(m.value === 0 && 1 / m.value > 0)) w.tag(1, 5).float(m.value);
+    if (m.value !== undefined && !(m.value === 0 && 1 / m.value > 0)) w.tag(1, 5).float(m.value);
   },
   read(r: wire.ProtoReader, end: number): FloatValue {
     const m: FloatValue = { value: 0 };
@@ -232,11 +232,11 @@ export const Int64Value: MessageType<Int64Value> = {
   },
   sizeOf(m: Int64Value, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.value === 0n)) n += 1 + wire.varint64Size(m.value);
+    if (m.value !== undefined && !(m.value === 0n)) n += 1 + wire.varint64Size(m.value);
     return n;
   },
   write(m: Int64Value, w: wire.ProtoWriter): void {
-    if (!(m.value === 0n)) w.tag(1, 0).int64(m.value);
+    if (m.value !== undefined && !(m.value === 0n)) w.tag(1, 0).int64(m.value);
   },
   read(r: wire.ProtoReader, end: number): Int64Value {
     const m: Int64Value = { value: 0n };
@@ -274,11 +274,11 @@ export const UInt64Value: MessageType<UInt64Value> = {
   },
   sizeOf(m: UInt64Value, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.value === 0n)) n += 1 + wire.varint64Size(m.value);
+    if (m.value !== undefined && !(m.value === 0n)) n += 1 + wire.varint64Size(m.value);
     return n;
   },
   write(m: UInt64Value, w: wire.ProtoWriter): void {
-    if (!(m.value === 0n)) w.tag(1, 0).uint64(m.value);
+    if (m.value !== undefined && !(m.value === 0n)) w.tag(1, 0).uint64(m.value);
   },
   read(r: wire.ProtoReader, end: number): UInt64Value {
     const m: UInt64Value = { value: 0n };
@@ -316,11 +316,11 @@ export const Int32Value: MessageType<Int32Value> = {
   },
   sizeOf(m: Int32Value, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.value === 0)) n += 1 + wire.varint32Size(m.value);
+    if (m.value !== undefined && !(m.value === 0)) n += 1 + wire.varint32Size(m.value);
     return n;
   },
   write(m: Int32Value, w: wire.ProtoWriter): void {
-    if (!(m.value === 0)) w.tag(1, 0).int32(m.value);
+    if (m.value !== undefined && !(m.value === 0)) w.tag(1, 0).int32(m.value);
   },
   read(r: wire.ProtoReader, end: number): Int32Value {
     const m: Int32Value = { value: 0 };
@@ -358,11 +358,11 @@ export const UInt32Value: MessageType<UInt32Value> = {
   },
   sizeOf(m: UInt32Value, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.value === 0)) n += 1 + wire.varint32Size(m.value);
+    if (m.value !== undefined && !(m.value === 0)) n += 1 + wire.varint32Size(m.value);
     return n;
   },
   write(m: UInt32Value, w: wire.ProtoWriter): void {
-    if (!(m.value === 0)) w.tag(1, 0).uint32(m.value);
+    if (m.value !== undefined && !(m.value === 0)) w.tag(1, 0).uint32(m.value);
   },
   read(r: wire.ProtoReader, end: number): UInt32Value {
     const m: UInt32Value = { value: 0 };
@@ -400,11 +400,11 @@ export const BoolValue: MessageType<BoolValue> = {
   },
   sizeOf(m: BoolValue, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.value === false)) n += 1 + 1;
+    if (m.value !== undefined && !(m.value === false)) n += 1 + 1;
     return n;
   },
   write(m: BoolValue, w: wire.ProtoWriter): void {
-    if (!(m.value === false)) w.tag(1, 0).bool(m.value);
+    if (m.value !== undefined && !(m.value === false)) w.tag(1, 0).bool(m.value);
   },
   read(r: wire.ProtoReader, end: number): BoolValue {
     const m: BoolValue = { value: false };
@@ -442,11 +442,11 @@ export const StringValue: MessageType<StringValue> = {
   },
   sizeOf(m: StringValue, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.value === "")) n += 1 + wire.stringSize(m.value);
+    if (m.value !== undefined && !(m.value === "")) n += 1 + wire.stringSize(m.value);
     return n;
   },
   write(m: StringValue, w: wire.ProtoWriter): void {
-    if (!(m.value === "")) w.tag(1, 2).string(m.value);
+    if (m.value !== undefined && !(m.value === "")) w.tag(1, 2).string(m.value);
   },
   read(r: wire.ProtoReader, end: number): StringValue {
     const m: StringValue = { value: "" };
@@ -484,11 +484,11 @@ export const BytesValue: MessageType<BytesValue> = {
   },
   sizeOf(m: BytesValue, c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.value.byteLength === 0)) n += 1 + c.bytes(m.value);
+    if (m.value !== undefined && !(m.value.byteLength === 0)) n += 1 + c.bytes(m.value);
     return n;
   },
   write(m: BytesValue, w: wire.ProtoWriter): void {
-    if (!(m.value.byteLength === 0)) w.tag(1, 2).bytes(m.value);
+    if (m.value !== undefined && !(m.value.byteLength === 0)) w.tag(1, 2).bytes(m.value);
   },
   read(r: wire.ProtoReader, end: number): BytesValue {
     const m: BytesValue = { value: wire.EMPTY_BYTES };

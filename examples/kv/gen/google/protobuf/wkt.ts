@@ -56,13 +56,13 @@ export const Timestamp: MessageType<Timestamp> = {
   },
   sizeOf(m: Timestamp, _c: wire.SizeCounter): number {
     let n = 0;
-    if (!(m.seconds === 0n)) n += 1 + wire.varint64Size(m.seconds);
-    if (!(m.nanos === 0)) n += 1 + wire.varint32Size(m.nanos);
+    if (m.seconds !== undefined && !(m.seconds === 0n)) n += 1 + wire.varint64Size(m.seconds);
+    if (m.nanos !== undefined && !(m.nanos === 0)) n += 1 + wire.varint32Size(m.nanos);
     return n;
   },
   write(m: Timestamp, w: wire.ProtoWriter): void {
-    if (!(m.seconds === 0n)) w.tag(1, 0).int64(m.seconds);
-    if (!(m.nanos === 0)) w.tag(2, 0).int32(m.nanos);
+    if (m.seconds !== undefined && !(m.seconds === 0n)) w.tag(1, 0).int64(m.seconds);
+    if (m.nanos !== undefined && !(m.nanos === 0)) w.tag(2, 0).int32(m.nanos);
   },
   read(r: wire.ProtoReader, end: number): Timestamp {
     const m: Timestamp = { seconds: 0n, nanos: 0 };
