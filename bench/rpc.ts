@@ -1,7 +1,7 @@
 /**
  * RPC benchmark: koala-rpc over tcp and unix beside @grpc/grpc-js and a raw net.Socket echo,
  * in one run on one machine, servers in child processes, interleaved rounds, medians, ratios.
- * `--quick` shortens every run; `--json FILE` saves the results.
+ * `--quick` shortens every run; `--rounds N` sets the rounds (default 3); `--json FILE` saves the results.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -16,7 +16,8 @@ import { RawClient } from "./lib/raw-client.js";
 const quick = process.argv.includes("--quick");
 const jsonAt = process.argv.indexOf("--json");
 const runMs = quick ? 300 : 1200;
-const rounds = quick ? 1 : 3;
+const roundsAt = process.argv.indexOf("--rounds");
+const rounds = roundsAt > 0 ? Math.max(1, Number(process.argv[roundsAt + 1])) : quick ? 1 : 3;
 const STREAM_WINDOW = 256;
 
 /** What every system offers the scenarios. */

@@ -1,7 +1,7 @@
 /**
  * Transport benchmark: message echo over tcp and unix, koala-rpc's transport beside a raw
  * net.Socket length-prefixed echo, in one run, interleaved, medians of several rounds.
- * `--quick` shortens every run; `--json FILE` saves the results.
+ * `--quick` shortens every run; `--rounds N` sets the rounds (default 3); `--json FILE` saves the results.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -13,7 +13,8 @@ import { RawClient } from "./lib/raw-client.js";
 const quick = process.argv.includes("--quick");
 const jsonAt = process.argv.indexOf("--json");
 const runMs = quick ? 300 : 1500;
-const rounds = quick ? 1 : 3;
+const roundsAt = process.argv.indexOf("--rounds");
+const rounds = roundsAt > 0 ? Math.max(1, Number(process.argv[roundsAt + 1])) : quick ? 1 : 3;
 
 /** koala transport client with in-order replies, like RawClient. */
 class KoalaClient {
