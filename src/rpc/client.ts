@@ -8,11 +8,11 @@ import { log } from "../log.js";
 import { connect } from "../transport/index.js";
 import type { Connection } from "../transport/types.js";
 import type { MessageType, MethodDefinition, MethodKind, ServiceDefinition } from "./definition.js";
-import { FrameFlag, FrameType, controlFrame, decodeFrame, type Frame } from "./frame.js";
-import { Keepalive } from "./keepalive.js";
+import { FrameFlag, FrameType, controlFrame, type Frame } from "./frame.js";
+import { RpcEndpoint } from "./endpoint.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
-import { buildFrame, encodeSettings, sendFrame, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
+import { buildFrame, encodeSettings, type EncodeSettings } from "./outgoing.js";
 import { IncomingStream, STREAM_GRANT_BYTES, SendWindow } from "./stream.js";
 
 /** Per-call options. */
@@ -58,22 +58,17 @@ interface PendingCall {
 }
 
 /** One transport connection and the calls multiplexed on it. */
-class ClientConnection {
+class ClientConnection extends RpcEndpoint {
   private readonly calls = new Map<number, PendingCall>();
   private nextCallId = 1;
   private readonly methodIds = new Map<string, number>();
-  private readonly keepalive: Keepalive;
   /** Set by GOAWAY: no new calls go here. */
   draining = false;
   dead = false;
 
-  constructor(
-    readonly conn: Connection,
-    channel: Channel,
-  ) {
-    conn.onMessage((m) => this.onMessage(m));
-    void conn.closed.then((reason) => this.onClosed(reason));
-    this.keepalive = new Keepalive(conn, channel.options.keepaliveIntervalMs, channel.options.keepaliveTimeoutMs, "server");
+  constructor(conn: Connection, channel: Channel) {
+    super(conn, channel.options, "client");
+    this.start();
   }
 
   get usable(): boolean {
@@ -100,35 +95,13 @@ class ClientConnection {
     if (this.draining && this.calls.size === 0) this.conn.close();
   }
 
-  send(frame: OutgoingFrame): boolean {
-    return sendFrame(this.sendParts, frame);
-  }
-
-  private readonly sendParts = (parts: readonly Uint8Array[], onWritten?: () => void) => this.conn.send(parts, onWritten);
-
-  private onMessage(message: Uint8Array): void {
-    let frame: Frame;
-    try {
-      frame = decodeFrame(message);
-    } catch (err) {
-      log("warn", "client", `closing connection to ${this.conn.remoteAddress}: ${(err as Error).message}`);
-      this.conn.close(err as Error);
-      return;
-    }
+  protected onFrame(frame: Frame): boolean {
     switch (frame.type) {
       case FrameType.DATA:
       case FrameType.STATUS:
-        this.calls.get(frame.callId)?.onFrame(frame);
-        return;
       case FrameType.CREDIT:
         this.calls.get(frame.callId)?.onFrame(frame);
-        return;
-      case FrameType.PING:
-        this.keepalive.answer(frame.arg);
-        return;
-      case FrameType.PONG:
-        this.keepalive.pong();
-        return;
+        return true;
       case FrameType.GOAWAY:
         this.draining = true;
         log("debug", "client", `server ${this.conn.remoteAddress} is going away: ${frame.text}`);
@@ -136,15 +109,14 @@ class ClientConnection {
           if (id > frame.arg) call.fail(new RpcError(Code.UNAVAILABLE, `server is shutting down: ${frame.text || "going away"}`));
         }
         if (this.calls.size === 0) this.conn.close();
-        return;
+        return true;
       default:
-        this.conn.close(new KoalaError(ErrorCode.PROTOCOL, `unexpected frame type ${frame.type} from the server`));
+        return false;
     }
   }
 
-  private onClosed(reason: KoalaError): void {
+  protected onClosed(reason: KoalaError): void {
     this.dead = true;
-    this.keepalive.stop();
     if (this.calls.size === 0) return;
     const err = new RpcError(Code.UNAVAILABLE, `connection to ${this.conn.remoteAddress} lost: ${reason.message}`, { cause: reason });
     const calls = [...this.calls.values()];

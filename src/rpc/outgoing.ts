@@ -108,13 +108,3 @@ export function buildFrame<T>(
 function releaseLease(lease: Lease | undefined): void {
   if (lease !== undefined && !lease.released) lease.release();
 }
-
-/** Sends a frame on `send`, returning its memory if the send fails. */
-export function sendFrame(send: (parts: readonly Uint8Array[], onWritten?: () => void) => boolean, frame: OutgoingFrame): boolean {
-  try {
-    return send(frame.parts, frame.release);
-  } catch (err) {
-    frame.release?.();
-    throw err;
-  }
-}

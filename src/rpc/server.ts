@@ -8,11 +8,11 @@ import { log } from "../log.js";
 import { listen } from "../transport/index.js";
 import type { Connection, Listener } from "../transport/types.js";
 import type { MethodDefinition, ServiceDefinition } from "./definition.js";
-import { FrameFlag, FrameType, controlFrame, decodeFrame, type Frame } from "./frame.js";
-import { Keepalive } from "./keepalive.js";
+import { FrameFlag, FrameType, controlFrame, type Frame } from "./frame.js";
+import { RpcEndpoint } from "./endpoint.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
-import { buildFrame, encodeSettings, sendFrame, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
+import { buildFrame, encodeSettings, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
 import { IncomingStream, STREAM_GRANT_BYTES, SendWindow } from "./stream.js";
 
 /** What a handler knows about its call. */
@@ -164,55 +164,33 @@ export function createServer(options?: ServerOptions): Server {
 }
 
 /** The server side of one connection. */
-class ServerConnection {
+class ServerConnection extends RpcEndpoint {
   private readonly calls = new Map<number, ServerCall>();
   private readonly methods = new Map<number, Route>();
   private lastCallId = 0;
   private goaway: number | undefined;
   private drained: (() => void) | undefined;
-  private readonly keepalive: Keepalive;
 
   constructor(
     readonly server: Server,
-    readonly conn: Connection,
+    conn: Connection,
   ) {
-    conn.onMessage((m) => this.onMessage(m));
-    void conn.closed.then((reason) => this.onClosed(reason));
-    this.keepalive = new Keepalive(conn, server.options.keepaliveIntervalMs, server.options.keepaliveTimeoutMs, "client");
+    super(conn, server.options, "server");
+    this.start();
   }
 
-  send(frame: OutgoingFrame): boolean {
-    return sendFrame(this.sendParts, frame);
-  }
-
-  private readonly sendParts = (parts: readonly Uint8Array[], onWritten?: () => void) => this.conn.send(parts, onWritten);
-
-  private onMessage(message: Uint8Array): void {
-    let frame: Frame;
-    try {
-      frame = decodeFrame(message);
-    } catch (err) {
-      log("warn", "server", `closing connection from ${this.conn.remoteAddress}: ${(err as Error).message}`);
-      this.conn.close(err as Error);
-      return;
-    }
+  protected onFrame(frame: Frame): boolean {
     switch (frame.type) {
       case FrameType.CALL:
         this.onCall(frame);
-        return;
+        return true;
       case FrameType.DATA:
       case FrameType.CANCEL:
       case FrameType.CREDIT:
         this.calls.get(frame.callId)?.onFrame(frame);
-        return;
-      case FrameType.PING:
-        this.keepalive.answer(frame.arg);
-        return;
-      case FrameType.PONG:
-        this.keepalive.pong();
-        return;
+        return true;
       default:
-        this.conn.close(new KoalaError(ErrorCode.PROTOCOL, `unexpected frame type ${frame.type} from a client`));
+        return false;
     }
   }
 
@@ -290,8 +268,7 @@ class ServerConnection {
     this.conn.close(error);
   }
 
-  private onClosed(reason: KoalaError): void {
-    this.keepalive.stop();
+  protected onClosed(reason: KoalaError): void {
     const err = new RpcError(Code.CANCELLED, `client connection lost: ${reason.message}`, { cause: reason });
     for (const c of [...this.calls.values()]) c.abort(err, false);
     this.calls.clear();
