@@ -20,6 +20,9 @@ export type {
   RemoteAccess,
 } from "./transport/index.js";
 
+export { Heap, Lease, createHeap, sharedHeap } from "./mem/index.js";
+export type { HeapOptions, HeapStats, ClassStats, LeakReport, MemoryRegistrar } from "./mem/index.js";
+
 export { Metadata } from "./rpc/metadata.js";
 export type { MetadataValue } from "./rpc/metadata.js";
 export type { MessageType, MethodDefinition, MethodKind, ServiceDefinition } from "./rpc/definition.js";
