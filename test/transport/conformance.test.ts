@@ -11,7 +11,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { connect, listen, registerRegion, encodeDescriptor, decodeDescriptor, KoalaError, type Connection, type Listener } from "../../src/index.js";
+import { connect, createHeap, listen, registerRegion, encodeDescriptor, decodeDescriptor, KoalaError, type Connection, type Listener } from "../../src/index.js";
 
 type Kind = "tcp" | "unix" | "memory";
 
@@ -247,6 +247,16 @@ for (const kind of ["tcp", "unix", "memory"] as const) {
     assert.is(await codeOf(c.read({ key: 12345, length: 10, access: "read" }, 0, 1)), "KOALA_ERR_REGION_NOT_FOUND");
     rw.deregister();
     assert.is(await codeOf(c.read(rwd, 0, 1)), "KOALA_ERR_REGION_NOT_FOUND", "deregistering revokes access");
+
+    // A heap lease can be registered too; releasing the lease revokes remote access.
+    const heap = createHeap();
+    const lease = heap.alloc(32);
+    lease.write(0, new TextEncoder().encode("leased bytes"));
+    const leased = registerRegion(lease, { access: "readwrite" });
+    cleanups.push(() => leased.deregister());
+    assert.is(new TextDecoder().decode(await c.read(leased.descriptor, 0, 12)), "leased bytes");
+    lease.release();
+    assert.is(await codeOf(c.read(leased.descriptor, 0, 1)), "KOALA_ERR_REGION_NOT_FOUND");
 
     // After every violation the connection still carries messages.
     const echo = nextMessage(server);
