@@ -18,3 +18,6 @@ server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p
   if (err) throw err;
   process.send!({ address: `127.0.0.1:${port}` });
 });
+
+// Exit with the parent (also lets --cpu-prof write its profile).
+process.on("disconnect", () => process.exit(0));

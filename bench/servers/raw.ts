@@ -52,3 +52,6 @@ const server = net.createServer((s) => {
 });
 if (address.startsWith("unix:")) server.listen(address.slice(5), () => process.send!({ address }));
 else server.listen(0, "127.0.0.1", () => process.send!({ address: `tcp://127.0.0.1:${(server.address() as net.AddressInfo).port}` }));
+
+// Exit with the parent (also lets --cpu-prof write its profile).
+process.on("disconnect", () => process.exit(0));

@@ -123,7 +123,9 @@ export class ProtoWriter {
   /** Ends writing: the parts whose concatenation is everything written. */
   finish(): Uint8Array[] {
     const parts = this.parts;
-    if (this.pos > this.partStart || parts.length === 0) parts.push(this.buf.subarray(this.partStart, this.pos));
+    // The buffer was sized exactly, so the common case is the whole buffer: no view to make.
+    if (this.partStart === 0 && this.pos === this.buf.byteLength) parts.push(this.buf);
+    else if (this.pos > this.partStart || parts.length === 0) parts.push(this.buf.subarray(this.partStart, this.pos));
     this.parts = [];
     this.buf = new Uint8Array(0);
     return parts;
