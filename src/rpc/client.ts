@@ -221,6 +221,9 @@ function deadlineOf(options: CallOptions | undefined): number | undefined {
   return d;
 }
 
+/** Longest delay a Node timer takes, in milliseconds. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 const CALL_OPTION_KEYS = new Set(["timeoutMs", "deadline", "signal", "metadata", "onHeader", "onTrailer"]);
 
 function checkCallOptions(options: CallOptions | undefined): void {
@@ -289,7 +292,8 @@ class ClientCall<I, O> implements PendingCall {
         this.end(new RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded before the call started"));
         return;
       }
-      this.timer = setTimeout(() => this.cancel(new RpcError(Code.DEADLINE_EXCEEDED, `deadline exceeded after ${this.options?.timeoutMs ?? left} ms`)), left);
+      // Node timers top out at 2^31-1 ms (~24.8 days; longer ones fire at once): beyond, no timer.
+      if (left <= MAX_TIMER_MS) this.timer = setTimeout(() => this.cancel(new RpcError(Code.DEADLINE_EXCEEDED, `deadline exceeded after ${this.options?.timeoutMs ?? left} ms`)), left);
     }
     const c = this.channel.connection();
     if (c instanceof ClientConnection) this.open(c, request, requests);

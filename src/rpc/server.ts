@@ -346,7 +346,9 @@ class ServerCall implements CallContext {
 
   run(frame: Frame): void {
     if (this.deadline !== undefined) {
-      this.timer = setTimeout(() => this.expire(), this.deadline - Date.now());
+      const left = this.deadline - Date.now();
+      // Node timers top out at 2^31-1 ms; a longer deadline needs no timer in practice.
+      if (left < 2 ** 31) this.timer = setTimeout(() => this.expire(), left);
     }
     try {
       if (this.mdBytes !== undefined) this.requestMetadata; // malformed metadata fails the call here, not in the handler

@@ -126,6 +126,9 @@ for (const kind of ["memory", "tcp", "unix"] as const) {
     assert.ok(reason instanceof RpcError);
     assert.ok([Code.DEADLINE_EXCEEDED, Code.CANCELLED].includes((reason as RpcError).code));
     await rejects(client.unary({ text: "past" }, { deadline: Date.now() - 1 }), Code.DEADLINE_EXCEEDED);
+    // Beyond what a Node timer can hold (~24.8 days) the deadline must not fire at once.
+    const far = await client.unary({ text: "far", delayMs: 20 }, { timeoutMs: 40 * 24 * 3600 * 1000 });
+    assert.is(far.text, "far");
   });
 
   s("cancel before the first response: CANCELLED, and the handler's signal aborts", async ({ client, o }) => {
