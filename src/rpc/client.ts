@@ -7,7 +7,7 @@ import { Code, ErrorCode, KoalaError, RpcError, type MetadataInit } from "../err
 import { log } from "../log.js";
 import { connect } from "../transport/index.js";
 import type { Connection } from "../transport/types.js";
-import type { MessageType, MethodDefinition, MethodKind, ServiceDefinition } from "./definition.js";
+import type { MethodDefinition, MethodKind, ServiceDefinition } from "./definition.js";
 import { FrameFlag, FrameType, controlFrame, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
@@ -334,7 +334,7 @@ class ClientCall<I, O> implements PendingCall {
         undefined,
         define ? this.method.path : "",
         single ? this.method.input : undefined,
-        single ? toMessage(this.method.input, request) : undefined,
+        single ? asMessage(request) : undefined,
       );
       cc.send(frame);
     } catch (err) {
@@ -349,7 +349,7 @@ class ClientCall<I, O> implements PendingCall {
     try {
       for await (const r of requests as AsyncIterable<RequestInit<I>>) {
         if (this.done) return;
-        const frame = buildFrame(this.channel.encode, FrameType.DATA, 0, this.callId, 0, 0, undefined, undefined, "", this.method.input, toMessage(this.method.input, r));
+        const frame = buildFrame(this.channel.encode, FrameType.DATA, 0, this.callId, 0, 0, undefined, undefined, "", this.method.input, asMessage(r));
         if (!this.window!.tryTake(frame.bodyBytes)) await this.window!.take(frame.bodyBytes).catch((err: unknown) => (frame.release?.(), Promise.reject(err)));
         if (this.done) {
           frame.release?.();
@@ -461,8 +461,9 @@ function describeAbort(reason: unknown): string {
   return reason === undefined ? "aborted" : String(reason);
 }
 
-function toMessage<I>(type: MessageType<I>, init: RequestInit<I> | undefined): I {
-  return type.create(init as Partial<I>);
+/** A request as given: encoders take partial messages (absent fields are defaults), so no copy is made. */
+function asMessage<I>(init: RequestInit<I> | undefined): I {
+  return (init ?? {}) as I;
 }
 
 /** Starts one call of `method` on `channel`; what it returns depends on the call kind (see ClientMethod). */
