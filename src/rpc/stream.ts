@@ -5,6 +5,8 @@
  * bytes unconsumed at the receiver, however small or large its messages.
  */
 
+import { Code, RpcError } from "../errors.js";
+
 /** The window every stream starts with, in body bytes: part of the protocol, the same on both sides. */
 export const STREAM_WINDOW_BYTES = 1024 * 1024;
 /** The receiver grants credit back once its reader consumed this many bytes. */
@@ -82,7 +84,7 @@ export class IncomingStream<T> implements AsyncIterable<T> {
   }
 
   [Symbol.asyncIterator](): AsyncIterator<T> {
-    if (this.iterated) throw new Error("a stream can be iterated only once");
+    if (this.iterated) throw new RpcError(Code.FAILED_PRECONDITION, "a stream can be iterated only once");
     this.iterated = true;
     return {
       next: (): Promise<IteratorResult<T>> => {

@@ -3,7 +3,7 @@
  * async iterator, queues them while nobody reads (or while paused), and tells the transport
  * when to stop and restart reading from the peer so that a slow reader slows the writer.
  */
-import type { KoalaError } from "../errors.js";
+import { ErrorCode, KoalaError } from "../errors.js";
 
 /** Receive-side queue of one connection. */
 export class Inbox implements AsyncIterable<Uint8Array> {
@@ -53,7 +53,7 @@ export class Inbox implements AsyncIterable<Uint8Array> {
 
   /** Sets the callback receiver (null removes it). */
   setReceiver(receiver: ((message: Uint8Array) => void) | null): void {
-    if (receiver !== null && this.iterating) throw new Error("onMessage() cannot be used while the connection is iterated with for await");
+    if (receiver !== null && this.iterating) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "onMessage() cannot be used while the connection is iterated with for await");
     this.receiver = receiver;
     this.flush();
   }
@@ -115,8 +115,8 @@ export class Inbox implements AsyncIterable<Uint8Array> {
 
   /** Iterates received messages; ends when the connection closes in order, throws its reason otherwise. */
   [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
-    if (this.receiver !== null) throw new Error("a connection with an onMessage() receiver cannot also be iterated");
-    if (this.iterating) throw new Error("a connection can be iterated only once at a time");
+    if (this.receiver !== null) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "a connection with an onMessage() receiver cannot also be iterated");
+    if (this.iterating) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "a connection can be iterated only once at a time");
     this.iterating = true;
     return {
       next: () => {
