@@ -19,6 +19,8 @@ export interface KeepaliveSettings {
 /** One RPC connection; subclasses handle the frames of their side. */
 export abstract class RpcEndpoint {
   private readonly keepalive: Keepalive;
+  /** Reused for every received frame: handlers finish with a frame before the next arrives and keep no reference to it. */
+  private readonly scratch: Frame = { type: FrameType.DATA, flags: 0, callId: 0, arg: 0, arg2: 0, metadata: undefined, trailers: undefined, text: "", body: undefined };
 
   /**
    * @param conn the transport connection
@@ -58,7 +60,7 @@ export abstract class RpcEndpoint {
   private receive(message: Uint8Array): void {
     let frame: Frame;
     try {
-      frame = decodeFrame(message);
+      frame = decodeFrame(message, this.scratch);
     } catch (err) {
       log("warn", this.side, `closing the connection with ${this.conn.remoteAddress}: ${(err as Error).message}`);
       this.conn.close(err as Error);

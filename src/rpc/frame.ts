@@ -74,8 +74,12 @@ function protocolError(why: string): KoalaError {
   return new KoalaError(ErrorCode.PROTOCOL, `malformed RPC frame: ${why}`);
 }
 
-/** Decodes one frame; throws KOALA_ERR_PROTOCOL naming what is wrong, never anything else. */
-export function decodeFrame(message: Uint8Array): Frame {
+/**
+ * Decodes one frame; throws KOALA_ERR_PROTOCOL naming what is wrong, never anything else.
+ * With `into`, fills and returns that object instead of a new one (for callers that finish with
+ * a frame before decoding the next, which saves an allocation per message).
+ */
+export function decodeFrame(message: Uint8Array, into?: Frame): Frame {
   const n = message.byteLength;
   if (n < HEADER_BYTES) throw protocolError(`${n} bytes is shorter than the ${HEADER_BYTES}-byte header`);
   const b = message;
@@ -104,7 +108,18 @@ export function decodeFrame(message: Uint8Array): Frame {
   const hasBody = (flags & FrameFlag.MESSAGE) !== 0;
   if (!hasBody && at !== n) throw protocolError(`${n - at} bytes of body without the MESSAGE flag`);
   if (type === FrameType.CALL && (flags & FrameFlag.DEFINE_METHOD) !== 0 && textLen === 0) throw protocolError("DEFINE_METHOD without a method path");
-  return { type: type as FrameType, flags, callId, arg, arg2, metadata, trailers, text, body: hasBody ? b.subarray(at) : undefined };
+  const body = hasBody ? b.subarray(at) : undefined;
+  if (into === undefined) return { type: type as FrameType, flags, callId, arg, arg2, metadata, trailers, text, body };
+  into.type = type as FrameType;
+  into.flags = flags;
+  into.callId = callId;
+  into.arg = arg;
+  into.arg2 = arg2;
+  into.metadata = metadata;
+  into.trailers = trailers;
+  into.text = text;
+  into.body = body;
+  return into;
 }
 
 function u32(b: Uint8Array, at: number): number {
