@@ -3,10 +3,10 @@
  * encoded straight into the frame's memory (behind the header) and large `bytes` fields left
  * as their own scatter-gather parts.
  */
-import { Code, RpcError } from "../errors.js";
+import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
 import type { Heap, Lease } from "../mem/index.js";
 import type { MessageType } from "./definition.js";
-import { FrameFlag, HEADER_BYTES, writeHeader, type FrameType } from "./frame.js";
+import { FrameFlag, FrameType, HEADER_BYTES, writeHeader } from "./frame.js";
 import { encodeMetadata, metadataLength, type Metadata } from "./metadata.js";
 import { encodeParts } from "./wire/writer.js";
 
@@ -45,8 +45,6 @@ export interface OutgoingFrame {
   release: (() => void) | undefined;
 }
 
-const EMPTY: Uint8Array[] = [];
-
 /**
  * Encodes a frame. `message`/`type` are optional (no body without them). Throws RpcError
  * RESOURCE_EXHAUSTED when the body is over the limit, INTERNAL when encoding fails.
@@ -76,23 +74,22 @@ export function buildFrame<T>(
     flags |= FrameFlag.MESSAGE;
     lastLease = undefined;
     try {
-      parts = encodeParts(type, message as T, headroom, settings.alloc, settings.externalBytesThreshold);
+      parts = encodeParts(type, message as T, headroom, settings.alloc, settings.externalBytesThreshold, settings.maxMessageBytes);
       lease = lastLease;
     } catch (err) {
       releaseLease(lastLease);
+      if (err instanceof KoalaError && err.code === ErrorCode.MESSAGE_TOO_LARGE) {
+        throw new RpcError(Code.RESOURCE_EXHAUSTED, `${type.typeName} of ${err.message} (maxMessageBytes)`, { cause: err });
+      }
       throw new RpcError(Code.INTERNAL, `cannot encode ${type.typeName}: ${(err as Error).message}`, { cause: err });
     }
     for (const p of parts) bodyBytes += p.byteLength;
     bodyBytes -= headroom;
-    if (bodyBytes > settings.maxMessageBytes) {
-      releaseLease(lease);
-      throw new RpcError(Code.RESOURCE_EXHAUSTED, `${type.typeName} of ${bodyBytes} bytes exceeds the limit of ${settings.maxMessageBytes} bytes (maxMessageBytes)`);
-    }
   } else {
     parts = [Buffer.allocUnsafe(headroom)];
   }
   const first = parts[0]!;
-  if (frameType === 3 /* STATUS */) arg2 = trLen;
+  if (frameType === FrameType.STATUS) arg2 = trLen;
   writeHeader(first, frameType, flags, callId, arg, arg2, mdLen, textLen);
   if (mdLen > 0 || trLen > 0 || textLen > 0) {
     const buf = Buffer.from(first.buffer, first.byteOffset, headroom);
@@ -102,7 +99,7 @@ export function buildFrame<T>(
     if (textLen > 0) buf.write(text, at, "utf8");
   }
   const held = lease;
-  return { parts: parts.length === 0 ? EMPTY : parts, bodyBytes, release: held === undefined ? undefined : () => held.release() };
+  return { parts, bodyBytes, release: held === undefined ? undefined : () => held.release() };
 }
 
 function releaseLease(lease: Lease | undefined): void {

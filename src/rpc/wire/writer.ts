@@ -9,6 +9,7 @@
  * copied: their tag and length are written, and the caller's array becomes a part of its own
  * in the scatter-gather list that {@link encodeMessage} returns.
  */
+import { ErrorCode, KoalaError } from "../../errors.js";
 /** Bytes a varint takes for an unsigned 32-bit value (negative int32 values take 10). */
 export function varint32Size(v: number): number {
   if (v < 0) return 10;
@@ -325,10 +326,19 @@ export function encodeMessage<T>(type: Encodable<T>, message: T, options?: Encod
   return encodeParts(type, message, options?.headroom ?? 0, options?.alloc, options?.externalBytesThreshold ?? 64 * 1024);
 }
 
-/** {@link encodeMessage} with positional arguments, for the per-message path (no options object). */
-export function encodeParts<T>(type: Encodable<T>, message: T, headroom: number, alloc: ((n: number) => Uint8Array) | undefined, externalBytesThreshold: number): Uint8Array[] {
+/** {@link encodeMessage} with positional arguments, for the per-message path (no options object); a message over `maxBytes` throws KOALA_ERR_MESSAGE_TOO_LARGE. */
+export function encodeParts<T>(
+  type: Encodable<T>,
+  message: T,
+  headroom: number,
+  alloc: ((n: number) => Uint8Array) | undefined,
+  externalBytesThreshold: number,
+  maxBytes = Infinity,
+): Uint8Array[] {
   counter.reset(externalBytesThreshold);
   const size = type.sizeOf(message, counter);
+  // Refused before any memory is taken for it.
+  if (size > maxBytes) throw new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `${size} bytes exceeds the limit of ${maxBytes} bytes`);
   const inline = headroom + size - counter.external;
   const buf = alloc === undefined ? Buffer.allocUnsafe(inline) : alloc(inline);
   // The writer and counter are shared: generated encoders are synchronous and never re-entered.
