@@ -382,7 +382,7 @@ class ClientCall<I, O> implements PendingCall {
       return;
     }
     try {
-      if ((frame.flags & FrameFlag.METADATA) !== 0 && frame.metadata !== undefined) this.options?.onHeader?.(decodeMetadata(frame.metadata));
+      if (frame.metadata !== undefined) this.options?.onHeader?.(decodeMetadata(frame.metadata));
       if (frame.body !== undefined) {
         const msg = this.method.output.decode(frame.body);
         if (this.stream !== undefined) this.stream.push(msg, frame.body.byteLength);

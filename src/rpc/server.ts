@@ -403,7 +403,7 @@ class ServerCall implements CallContext {
       frame = buildFrame(
         this.sc.server.encode,
         FrameType.STATUS,
-        this.headersSent ? 0 : FrameFlag.METADATA,
+        0,
         this.id,
         Code.OK,
         0,
@@ -428,8 +428,8 @@ class ServerCall implements CallContext {
         const r = await it.next();
         if (this.done) return;
         if (r.done === true) break;
-        const flags = this.headersSent ? 0 : FrameFlag.METADATA;
-        const frame = buildFrame(this.sc.server.encode, FrameType.DATA, flags, this.id, 0, 0, this.headersSent ? undefined : this.headers, undefined, "", this.method.output, r.value);
+        // The first response carries the headers (buildFrame flags the section when there is one).
+        const frame = buildFrame(this.sc.server.encode, FrameType.DATA, 0, this.id, 0, 0, this.headersSent ? undefined : this.headers, undefined, "", this.method.output, r.value);
         if (!this.window!.tryTake(frame.bodyBytes)) await this.window!.take(frame.bodyBytes).catch((err: unknown) => (frame.release?.(), Promise.reject(err)));
         if (this.done) {
           frame.release?.();
@@ -439,7 +439,7 @@ class ServerCall implements CallContext {
         if (!this.sc.send(frame)) await this.sc.conn.drain();
       }
       if (this.done) return;
-      this.finish(buildFrame(this.sc.server.encode, FrameType.STATUS, this.headersSent ? 0 : FrameFlag.METADATA, this.id, Code.OK, 0, this.headersSent ? undefined : this.headers, this.trailers, "", undefined, undefined));
+      this.finish(buildFrame(this.sc.server.encode, FrameType.STATUS, 0, this.id, Code.OK, 0, this.headersSent ? undefined : this.headers, this.trailers, "", undefined, undefined));
     } catch (err) {
       this.fail(err);
     }
