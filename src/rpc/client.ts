@@ -29,6 +29,11 @@ export interface CallOptions {
   onHeader?: (headers: Metadata) => void;
   /** Called with the response trailers when the call ends (also on failure). */
   onTrailer?: (trailers: Metadata) => void;
+  /**
+   * When the server cannot be reached, wait (until the deadline or cancellation) for the
+   * channel to connect instead of failing with UNAVAILABLE at once. Default false.
+   */
+  waitForReady?: boolean;
 }
 
 /** A request message given to a client: the message type itself or any part of it. */
@@ -138,6 +143,10 @@ export class Channel {
   private connecting: Promise<ClientConnection> | undefined;
   private closed = false;
   private readonly retired = new Set<ClientConnection>();
+  /** After a failed connect: no new attempt before this time (epoch ms); calls fail fast with `lastFailure`. */
+  private retryAt = 0;
+  private backoffMs: number;
+  private lastFailure: RpcError | undefined;
 
   constructor(
     /** The address calls go to. */
@@ -146,10 +155,15 @@ export class Channel {
   ) {
     this.options = resolveChannelOptions(options);
     this.encode = encodeSettings(this.options.maxMessageBytes, this.options.externalBytesThreshold, heapFor(options));
+    this.backoffMs = this.options.reconnectBackoffInitialMs;
   }
 
-  /** The connection for the next call, connecting if there is none (or it was lost). */
-  connection(): ClientConnection | Promise<ClientConnection> {
+  /**
+   * The connection for the next call, connecting if there is none (or it was lost). While a
+   * failed connect is backing off, fails at once with that failure — unless `waitForReady` is
+   * given: then it waits for the next attempts for as long as `waitForReady()` says.
+   */
+  connection(waitForReady?: () => boolean): ClientConnection | Promise<ClientConnection> {
     const c = this.current;
     if (c !== undefined && c.usable) return c;
     if (this.closed) return Promise.reject(new RpcError(Code.UNAVAILABLE, "the channel is closed"));
@@ -157,8 +171,14 @@ export class Channel {
       this.current = undefined;
       if (!c.dead) this.retired.add(c);
     }
+    const wait = this.retryAt - Date.now();
+    if (wait > 0 && this.connecting === undefined) {
+      if (waitForReady === undefined || !waitForReady()) return Promise.reject(this.lastFailure);
+      return new Promise<void>((r) => setTimeout(r, wait)).then(() => this.connection(waitForReady));
+    }
     this.connecting ??= this.dial().finally(() => (this.connecting = undefined));
-    return this.connecting;
+    if (waitForReady === undefined) return this.connecting;
+    return this.connecting.catch((err: unknown) => (waitForReady() && !this.closed ? this.connection(waitForReady) : Promise.reject(err)));
   }
 
   private async dial(): Promise<ClientConnection> {
@@ -169,8 +189,15 @@ export class Channel {
         ...transportOptionsFor(this.options.maxMessageBytes, this.options.transport),
       });
     } catch (err) {
-      throw new RpcError(Code.UNAVAILABLE, `cannot connect to ${this.address}: ${(err as Error).message}`, { cause: err });
+      // Back off, with jitter so that many clients do not retry in step.
+      const delay = Math.round(this.backoffMs * (0.8 + Math.random() * 0.4));
+      this.retryAt = Date.now() + delay;
+      this.backoffMs = Math.min(this.options.reconnectBackoffMaxMs, this.backoffMs * 1.6);
+      this.lastFailure = new RpcError(Code.UNAVAILABLE, `cannot connect to ${this.address}: ${(err as Error).message} (next attempt in ${delay} ms)`, { cause: err });
+      throw this.lastFailure;
     }
+    this.retryAt = 0;
+    this.backoffMs = this.options.reconnectBackoffInitialMs;
     if (this.closed) {
       conn.close();
       throw new RpcError(Code.UNAVAILABLE, "the channel is closed");
@@ -224,7 +251,7 @@ function deadlineOf(options: CallOptions | undefined): number | undefined {
 /** Longest delay a Node timer takes, in milliseconds. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
-const CALL_OPTION_KEYS = new Set(["timeoutMs", "deadline", "signal", "metadata", "onHeader", "onTrailer"]);
+const CALL_OPTION_KEYS = new Set(["timeoutMs", "deadline", "signal", "metadata", "onHeader", "onTrailer", "waitForReady"]);
 
 function checkCallOptions(options: CallOptions | undefined): void {
   if (options === undefined) return;
@@ -295,7 +322,7 @@ class ClientCall<I, O> implements PendingCall {
       // Node timers top out at 2^31-1 ms (~24.8 days; longer ones fire at once): beyond, no timer.
       if (left <= MAX_TIMER_MS) this.timer = setTimeout(() => this.cancel(new RpcError(Code.DEADLINE_EXCEEDED, `deadline exceeded after ${this.options?.timeoutMs ?? left} ms`)), left);
     }
-    const c = this.channel.connection();
+    const c = this.channel.connection(this.options?.waitForReady === true ? () => !this.done : undefined);
     if (c instanceof ClientConnection) this.open(c, request, requests);
     else
       c.then(

@@ -17,6 +17,10 @@ export interface ChannelOptions {
   keepaliveTimeoutMs?: number;
   /** Time allowed to connect, in milliseconds. Default 10 000. */
   connectTimeoutMs?: number;
+  /** First wait before connecting again after a failed connect, in milliseconds (grows 1.6× per failure, ±20% jitter). Default 100. */
+  reconnectBackoffInitialMs?: number;
+  /** Longest wait between connect attempts, in milliseconds. Default 5 000. */
+  reconnectBackoffMaxMs?: number;
   /** Options passed to the transport (see TransportOptions); `maxMessageBytes` defaults to 4× the RPC limit plus 64 KiB. */
   transport?: TransportOptions;
   /** Heap requests are encoded into (see src/mem); null encodes into plain buffers. Default: the shared heap. */
@@ -53,6 +57,8 @@ const channelSpec: OptionsSpec<Required<ChannelOptions>> = {
   keepaliveIntervalMs: integer(30_000, 0, 2 ** 31 - 1),
   keepaliveTimeoutMs: integer(10_000, 1, 2 ** 31 - 1),
   connectTimeoutMs: integer(10_000, 1, 2 ** 31 - 1),
+  reconnectBackoffInitialMs: integer(100, 0, 2 ** 31 - 1),
+  reconnectBackoffMaxMs: integer(5_000, 0, 2 ** 31 - 1),
   transport: custom<TransportOptions>({}, "an object of transport options", isObject),
   heap: custom<Heap | null>(null, "a Heap or null", isHeap),
 };

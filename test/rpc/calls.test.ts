@@ -248,7 +248,26 @@ for (const kind of ["memory", "tcp", "unix"] as const) {
       ctx.server = createServer();
       ctx.server.add(EchoService, echoImpl(ctx.o));
       await ctx.server.listen(address);
-      assert.is((await ctx.client.unary({ text: "back" })).text, "back");
+      // The failed connect above backs off: without waiting, calls fail fast until the next attempt.
+      await rejects(ctx.client.unary({ text: "too soon" }), Code.UNAVAILABLE, /next attempt in \d+ ms/);
+      assert.is((await ctx.client.unary({ text: "back" }, { waitForReady: true, timeoutMs: 5000 })).text, "back");
+    }
+  });
+
+  s("waitForReady waits for a server that is not there yet, until its deadline", async (ctx) => {
+    const address = ctx.address;
+    ctx.server.forceShutdown();
+    const late = createClient(EchoService, address, { reconnectBackoffInitialMs: 20, reconnectBackoffMaxMs: 50 });
+    try {
+      await rejects(late.unary({ text: "x" }, { waitForReady: true, timeoutMs: 150 }), Code.DEADLINE_EXCEEDED);
+      const pending = late.unary({ text: "patient" }, { waitForReady: true, timeoutMs: 5000 });
+      await sleep(100);
+      ctx.server = createServer();
+      ctx.server.add(EchoService, echoImpl(ctx.o));
+      await ctx.server.listen(address);
+      assert.is((await pending).text, "patient");
+    } finally {
+      closeClient(late);
     }
   });
 
