@@ -4,18 +4,8 @@ import v8 from "node:v8";
 import vm from "node:vm";
 import fc from "fast-check";
 import { createHeap, type Lease, type LeakReport, type MemoryRegistrar } from "../../src/mem/index.js";
-import { KoalaError } from "../../src/errors.js";
+import { thrownCode } from "../helpers.js";
 
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof KoalaError, String(err));
-    return (err as KoalaError).code;
-  }
-  assert.unreachable("expected an error");
-  return "";
-}
 
 function recorder() {
   const live = new Map<number, Uint8Array>();
@@ -80,7 +70,7 @@ test("each slab is registered once and deregistered when dropped or on close; la
   for (const l of leases) l.release();
   heap.close();
   assert.is(first.live.size, 0, "close deregisters everything");
-  assert.is(code(() => heap.alloc(1)), "KOALA_ERR_CLOSED");
+  assert.is(thrownCode(() => heap.alloc(1)), "KOALA_ERR_CLOSED");
 });
 
 test("double release, use after release and out-of-bounds access are errors", () => {
@@ -88,15 +78,15 @@ test("double release, use after release and out-of-bounds access are errors", ()
   const l = heap.alloc(16);
   l.write(0, new Uint8Array([1, 2, 3]));
   assert.equal([...l.read(0, 3)], [1, 2, 3]);
-  assert.is(code(() => l.read(10, 7)), "KOALA_ERR_OUT_OF_BOUNDS");
-  assert.is(code(() => l.write(15, new Uint8Array(2))), "KOALA_ERR_OUT_OF_BOUNDS");
-  assert.is(code(() => l.read(-1, 1)), "KOALA_ERR_OUT_OF_BOUNDS");
+  assert.is(thrownCode(() => l.read(10, 7)), "KOALA_ERR_OUT_OF_BOUNDS");
+  assert.is(thrownCode(() => l.write(15, new Uint8Array(2))), "KOALA_ERR_OUT_OF_BOUNDS");
+  assert.is(thrownCode(() => l.read(-1, 1)), "KOALA_ERR_OUT_OF_BOUNDS");
   l.release();
-  assert.is(code(() => l.release()), "KOALA_ERR_LEASE_RELEASED");
-  assert.is(code(() => l.bytes), "KOALA_ERR_LEASE_RELEASED");
-  assert.is(code(() => l.read(0, 1)), "KOALA_ERR_LEASE_RELEASED");
-  assert.is(code(() => l.write(0, new Uint8Array(1))), "KOALA_ERR_LEASE_RELEASED");
-  assert.is(code(() => l.retain()), "KOALA_ERR_LEASE_RELEASED");
+  assert.is(thrownCode(() => l.release()), "KOALA_ERR_LEASE_RELEASED");
+  assert.is(thrownCode(() => l.bytes), "KOALA_ERR_LEASE_RELEASED");
+  assert.is(thrownCode(() => l.read(0, 1)), "KOALA_ERR_LEASE_RELEASED");
+  assert.is(thrownCode(() => l.write(0, new Uint8Array(1))), "KOALA_ERR_LEASE_RELEASED");
+  assert.is(thrownCode(() => l.retain()), "KOALA_ERR_LEASE_RELEASED");
   assert.is(heap.stats().leases, 0, "the failed release changed nothing");
   const again = heap.alloc(16);
   const other = heap.alloc(16);
@@ -117,9 +107,9 @@ test("limits and options are checked", () => {
   const heap = createHeap({ slabBytes: 4096, sizeClasses: [4096], maxBytes: 8192 });
   heap.alloc(100);
   heap.alloc(100);
-  assert.is(code(() => heap.alloc(100)), "KOALA_ERR_OUT_OF_MEMORY");
-  assert.is(code(() => heap.alloc(0)), "KOALA_ERR_INVALID_ARGUMENT");
-  assert.is(code(() => heap.alloc(1.5)), "KOALA_ERR_INVALID_ARGUMENT");
+  assert.is(thrownCode(() => heap.alloc(100)), "KOALA_ERR_OUT_OF_MEMORY");
+  assert.is(thrownCode(() => heap.alloc(0)), "KOALA_ERR_INVALID_ARGUMENT");
+  assert.is(thrownCode(() => heap.alloc(1.5)), "KOALA_ERR_INVALID_ARGUMENT");
   assert.throws(() => createHeap({ slabByte: 1 } as never), /unknown option "slabByte" \(did you mean "slabBytes"\?\)/);
   assert.throws(() => createHeap({ sizeClasses: [64, 32] }), /sizeClasses/);
 });

@@ -1,8 +1,8 @@
 /** The socket framing decoder fed raw bytes, with no socket at all. */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { KoalaError } from "../../src/errors.js";
 import { FRAME_HEADER_BYTES, FrameDecoder, FrameKind, checkHello, helloFrame, writeFrameHeader } from "../../src/transport/framing.js";
+import { thrownCode } from "../helpers.js";
 
 function frame(kind: number, payload: Uint8Array): Buffer {
   const b = Buffer.alloc(FRAME_HEADER_BYTES + payload.length);
@@ -17,15 +17,6 @@ function collect(max = 1 << 20) {
   return { d, out };
 }
 
-function errorCode(fn: () => void): string {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof KoalaError, String(err));
-    return (err as KoalaError).code;
-  }
-  return "none";
-}
 
 const payloads = [new Uint8Array(0), new Uint8Array([1]), Uint8Array.from({ length: 200 }, (_, i) => i), new Uint8Array([7, 7, 7])];
 const stream = Buffer.concat([helloFrame(), ...payloads.map((p) => frame(FrameKind.MESSAGE, p))]);
@@ -84,8 +75,8 @@ test("size limit: exactly the maximum passes, one byte over fails at the header"
   assert.is(ok.out.length, 1);
   const over = collect(100);
   const header = frame(FrameKind.MESSAGE, new Uint8Array(101)).subarray(0, FRAME_HEADER_BYTES);
-  assert.is(errorCode(() => over.d.push(header)), "KOALA_ERR_MESSAGE_TOO_LARGE", "refused before any payload arrives");
-  assert.is(errorCode(() => over.d.push(new Uint8Array(1))), "KOALA_ERR_MESSAGE_TOO_LARGE", "a failed decoder stays failed");
+  assert.is(thrownCode(() => over.d.push(header)), "KOALA_ERR_MESSAGE_TOO_LARGE", "refused before any payload arrives");
+  assert.is(thrownCode(() => over.d.push(new Uint8Array(1))), "KOALA_ERR_MESSAGE_TOO_LARGE", "a failed decoder stays failed");
 });
 
 test("unknown kinds, reserved bits and a bad HELLO are protocol errors naming the problem", () => {
@@ -95,7 +86,7 @@ test("unknown kinds, reserved bits and a bad HELLO are protocol errors naming th
   const reserved = frame(FrameKind.MESSAGE, new Uint8Array(1));
   reserved[6] = 1;
   assert.throws(() => collect().d.push(reserved), /reserved header bytes/);
-  assert.is(errorCode(() => checkHello(new TextEncoder().encode("HELLO!!!"))), "KOALA_ERR_PROTOCOL");
+  assert.is(thrownCode(() => checkHello(new TextEncoder().encode("HELLO!!!"))), "KOALA_ERR_PROTOCOL");
   const v2 = helloFrame().subarray(8);
   v2[5] = 2;
   assert.throws(() => checkHello(v2), /version 2/);

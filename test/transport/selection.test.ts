@@ -2,22 +2,13 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { tmpdir } from "node:os";
-import { KoalaError } from "../../src/errors.js";
 import { parseAddress } from "../../src/transport/address.js";
 import { setupTransports } from "../../src/transport/index.js";
 import { chooseTransport, resolveAddress } from "../../src/transport/registry.js";
+import { thrownCode } from "../helpers.js";
 
 setupTransports();
 
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof KoalaError, String(err));
-    return (err as KoalaError).code;
-  }
-  return "none";
-}
 
 test("addresses of every form", () => {
   assert.equal(parseAddress("tcp://127.0.0.1:5000"), { scheme: "tcp", host: "127.0.0.1", port: 5000, path: "" });
@@ -34,7 +25,7 @@ test("addresses of every form", () => {
 
 test("malformed addresses name the problem", () => {
   for (const bad of ["", "tcp://host", "tcp://host:99999", "tcp://:80", "ftp://x:1", "unix:", "justahost", "tcp://[::1]80"]) {
-    assert.is(code(() => parseAddress(bad)), "KOALA_ERR_INVALID_ADDRESS", bad);
+    assert.is(thrownCode(() => parseAddress(bad)), "KOALA_ERR_INVALID_ADDRESS", bad);
   }
   assert.throws(() => parseAddress("ftp://x:1"), /unknown scheme "ftp:"/);
   assert.throws(() => parseAddress("tcp://host:99999"), /port must be 0\.\.65535/);
@@ -58,7 +49,7 @@ test("KOALA_TRANSPORT=unix maps host:port to a socket file; tcp is strict; an ex
 });
 
 test("an explicit rdma choice fails loudly with the reason; a bad value names the variable", () => {
-  assert.is(code(() => chooseTransport({ KOALA_TRANSPORT: "rdma" })), "KOALA_ERR_TRANSPORT_UNAVAILABLE");
+  assert.is(thrownCode(() => chooseTransport({ KOALA_TRANSPORT: "rdma" })), "KOALA_ERR_TRANSPORT_UNAVAILABLE");
   assert.throws(() => chooseTransport({ KOALA_TRANSPORT: "rdma" }), /rdma transport unavailable: /);
   assert.throws(() => resolveAddress("rdma://h:1", {}), /rdma transport unavailable/);
   assert.throws(() => chooseTransport({ KOALA_TRANSPORT: "infiniband" }), /KOALA_TRANSPORT="infiniband" is not one of auto, tcp, unix, rdma/);
