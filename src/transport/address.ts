@@ -93,12 +93,14 @@ export function formatAddress(transport: TransportName, host: string, port: numb
 
 /**
  * Gives a parsed address the transport `name`. A `host:port` address used over `unix` maps to
- * a socket file in the temporary folder named after host and port, so that switching
- * `KOALA_TRANSPORT` between tcp and unix needs no other change.
+ * a socket file in the temporary folder named after host and port (port 0: a fresh name), so
+ * that switching `KOALA_TRANSPORT` between tcp and unix needs no other change.
  */
 export function bindAddress(parsed: ParsedAddress, name: TransportName, written: string): Address {
   if (name === "unix" && parsed.path === "") {
-    const path = join(tmpdir(), `koala-${parsed.host.replace(/[^A-Za-z0-9.-]/g, "_")}-${parsed.port}.sock`);
+    // Port 0 means "any free one", as with TCP: a fresh file name, reported by the listener.
+    const port = parsed.port === 0 ? `0-${process.pid}-${Math.random().toString(36).slice(2, 10)}` : String(parsed.port);
+    const path = join(tmpdir(), `koala-${parsed.host.replace(/[^A-Za-z0-9.-]/g, "_")}-${port}.sock`);
     return { transport: "unix", host: "", port: 0, path, uri: formatAddress("unix", "", 0, path) };
   }
   if ((name === "tcp" || name === "rdma") && parsed.host === "") throw bad(written, `the ${name} transport needs host:port`);

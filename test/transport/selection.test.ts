@@ -43,6 +43,9 @@ test("KOALA_TRANSPORT=unix maps host:port to a socket file; tcp is strict; an ex
   const u = resolveAddress("localhost:50051", { KOALA_TRANSPORT: "unix" });
   assert.is(u.transport.name, "unix");
   assert.is(u.address.path, `${tmpdir()}/koala-localhost-50051.sock`);
+  const a = resolveAddress("localhost:0", { KOALA_TRANSPORT: "unix" }).address.path;
+  const b = resolveAddress("localhost:0", { KOALA_TRANSPORT: "unix" }).address.path;
+  assert.is.not(a, b, "port 0 picks a fresh socket file each time");
   assert.is(resolveAddress("koala://h:1", { KOALA_TRANSPORT: "tcp" }).transport.name, "tcp");
   assert.is(resolveAddress("tcp://h:1", { KOALA_TRANSPORT: "unix" }).transport.name, "tcp");
   assert.is(resolveAddress("unix:/x.sock", { KOALA_TRANSPORT: "tcp" }).transport.name, "unix");
