@@ -19,7 +19,8 @@ import { Inbox } from "./inbox.js";
 import { checkRemoteAccess, serveRemoteRead, serveRemoteWrite, type RegionDescriptor } from "./regions.js";
 import type { Address, Connection, Listener, ResolvedTransportOptions, Transport, TransportName } from "./types.js";
 
-const BATCH_MIN = 4096;
+// Below half of Buffer.poolSize, so a small batch comes from Node's buffer pool instead of a fresh allocation.
+const BATCH_MIN = 2048;
 const BATCH_MAX = 64 * 1024;
 
 interface PendingOp {
