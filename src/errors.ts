@@ -71,6 +71,8 @@ export const ErrorCode = {
   LEASE_RELEASED: "KOALA_ERR_LEASE_RELEASED",
   /** The heap cannot satisfy an allocation within its limits. */
   OUT_OF_MEMORY: "KOALA_ERR_OUT_OF_MEMORY",
+  /** The application's message receiver threw; that connection was closed. */
+  RECEIVER_FAILED: "KOALA_ERR_RECEIVER_FAILED",
   /** An operating-system error with no more specific code. */
   SYSTEM: "KOALA_ERR_SYSTEM",
 } as const;
@@ -172,6 +174,7 @@ export function codeForKoalaError(code: ErrorCodeValue): Code {
       return Code.NOT_FOUND;
     case ErrorCode.PROTOCOL:
     case ErrorCode.LEASE_RELEASED:
+    case ErrorCode.RECEIVER_FAILED:
       return Code.INTERNAL;
     case ErrorCode.CLOSED:
       return Code.CANCELLED;

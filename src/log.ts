@@ -1,7 +1,7 @@
 /**
  * Diagnostics. Every event is published on a `node:diagnostics_channel` channel named
- * `koala:<topic>` (subscribe to trace without touching output); `KOALA_LOG` (error, warn,
- * info, debug; default warn) also prints events at or above that level to stderr.
+ * `koala:<topic>` (subscribe to trace without touching output); `KOALA_LOG` (off, error,
+ * warn, info, debug; default warn) also prints events at or above that level to stderr.
  */
 import diagnostics from "node:diagnostics_channel";
 
@@ -23,7 +23,7 @@ let threshold: number | undefined;
 function currentThreshold(): number {
   if (threshold === undefined) {
     const v = (process.env.KOALA_LOG ?? "warn").toLowerCase();
-    threshold = v in rank ? rank[v as LogLevel] : rank.warn;
+    threshold = v === "off" ? -1 : v in rank ? rank[v as LogLevel] : rank.warn;
   }
   return threshold;
 }

@@ -22,12 +22,23 @@ export class Inbox implements AsyncIterable<Uint8Array> {
    * @param capacity messages queued before `onFull` is called
    * @param onFull stop reading from the peer
    * @param onRoom start reading from the peer again
+   * @param onReceiverError the receiver callback threw `error` (the transport closes the connection)
    */
   constructor(
     private readonly capacity: number,
     private readonly onFull: () => void,
     private readonly onRoom: () => void,
+    private readonly onReceiverError: (error: unknown) => void,
   ) {}
+
+  /** Calls the receiver; an exception from application code must not unwind into the transport. */
+  private deliver(receiver: (message: Uint8Array) => void, message: Uint8Array): void {
+    try {
+      receiver(message);
+    } catch (err) {
+      this.onReceiverError(err);
+    }
+  }
 
   /** Messages waiting to be delivered. */
   get length(): number {
@@ -38,7 +49,7 @@ export class Inbox implements AsyncIterable<Uint8Array> {
   push(message: Uint8Array): void {
     if (this.closedWith !== undefined) return;
     if (this.receiver !== null && !this.paused && this.length === 0 && !this.delivering) {
-      this.receiver(message);
+      this.deliver(this.receiver, message);
       return;
     }
     if (this.waiter !== undefined && !this.paused && this.length === 0) {
@@ -107,7 +118,7 @@ export class Inbox implements AsyncIterable<Uint8Array> {
     if (this.delivering) return;
     this.delivering = true;
     try {
-      while (this.receiver !== null && !this.paused && this.length > 0) this.receiver(this.take());
+      while (this.receiver !== null && !this.paused && this.length > 0) this.deliver(this.receiver, this.take());
     } finally {
       this.delivering = false;
     }

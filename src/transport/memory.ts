@@ -4,6 +4,7 @@
  * reasons, one-sided access), for tests of the layers above. Addresses: `memory:<name>`.
  */
 import { ErrorCode, KoalaError } from "../errors.js";
+import { log } from "../log.js";
 import { formatAddress } from "./address.js";
 import { Inbox } from "./inbox.js";
 import { checkRemoteAccess, serveRemoteRead, serveRemoteWrite, type RegionDescriptor } from "./regions.js";
@@ -40,6 +41,10 @@ class MemoryConnection implements Connection {
       () => {
         this.peer.peerStopped = false;
         this.peer.scheduleFlush();
+      },
+      (err) => {
+        log("error", "transport", `the message receiver of ${localAddress} threw; closing that connection: ${(err as Error)?.stack ?? String(err)}`);
+        this.drop(new KoalaError(ErrorCode.RECEIVER_FAILED, `the message receiver threw: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
       },
     );
   }
@@ -137,10 +142,16 @@ class MemoryConnection implements Connection {
       this.scheduleFlush();
       if (this.outbox.length === 0) setImmediate(() => this.flush());
     } else {
-      this.terminate(new KoalaError(ErrorCode.CLOSED, `the connection was closed by this side: ${reason.message}`, { cause: reason }), false);
-      this.outbox = [];
-      if (!this.peer.isClosed) this.peer.terminate(new KoalaError(ErrorCode.CONNECTION_RESET, "the peer reset the connection"), false);
+      this.drop(new KoalaError(ErrorCode.CLOSED, `the connection was closed by this side: ${reason.message}`, { cause: reason }));
     }
+  }
+
+  /** Drops the connection at once with `reason`; the peer sees a reset. */
+  private drop(reason: KoalaError): void {
+    if (this.closeReason !== undefined) return;
+    this.terminate(reason, false);
+    this.outbox = [];
+    if (!this.peer.isClosed) this.peer.terminate(new KoalaError(ErrorCode.CONNECTION_RESET, "the peer reset the connection"), false);
   }
 
   private terminate(reason: KoalaError, orderly: boolean): void {

@@ -63,7 +63,15 @@ class SocketConnection implements Connection {
     readonly remoteAddress: string,
   ) {
     this.closed = new Promise((r) => (this.resolveClosed = r));
-    this.inbox = new Inbox(options.receiveQueueMessages, () => socket.pause(), () => socket.resume());
+    this.inbox = new Inbox(
+      options.receiveQueueMessages,
+      () => socket.pause(),
+      () => socket.resume(),
+      (err) => {
+        log("error", "transport", `the message receiver of ${remoteAddress} threw; closing that connection: ${(err as Error)?.stack ?? String(err)}`);
+        this.abort(new KoalaError(ErrorCode.RECEIVER_FAILED, `the message receiver threw: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
+      },
+    );
     this.decoder = new FrameDecoder(options.maxMessageBytes, (kind, payload) => this.onFrame(kind, payload));
     if (transport === "tcp") socket.setNoDelay(options.noDelay);
     socket.on("data", (chunk: Buffer) => {

@@ -11,6 +11,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { resetLogLevel } from "../../src/log.js";
 import { connect, createHeap, listen, registerRegion, encodeDescriptor, decodeDescriptor, KoalaError, type Connection, type Listener } from "../../src/index.js";
 
 type Kind = "tcp" | "unix" | "memory";
@@ -262,6 +263,37 @@ for (const kind of ["tcp", "unix", "memory"] as const) {
     const echo = nextMessage(server);
     c.send([new Uint8Array([5])]);
     assert.equal([...(await echo)], [5]);
+  });
+
+  s("a receiver that throws closes only its own connection, with KOALA_ERR_RECEIVER_FAILED", async () => {
+    const saved = process.env.KOALA_LOG;
+    process.env.KOALA_LOG = "off"; // the error is logged with its stack; keep the test output clean
+    resetLogLevel();
+    try {
+      const l = track(await listen(addressFor(kind)));
+      const reasons: Promise<KoalaError>[] = [];
+      l.onConnection((c) => {
+        reasons.push(c.closed);
+        c.onMessage((m) => {
+          if (m[0] === 0xbb) throw new Error("handler bug");
+          c.send([m]);
+        });
+      });
+      const bad = track(await connect(l.address));
+      const good = track(await connect(l.address));
+      bad.send([new Uint8Array([0xbb])]);
+      assert.ok(["KOALA_ERR_CONNECTION_RESET", "KOALA_ERR_PEER_CLOSED"].includes((await bad.closed).code));
+      const reply = nextMessage(good);
+      good.send([new Uint8Array([1])]);
+      assert.equal([...(await reply)], [1], "other connections keep being served");
+      const own = await reasons[0]!;
+      assert.is(own.code, "KOALA_ERR_RECEIVER_FAILED");
+      assert.match(own.message, /handler bug/);
+    } finally {
+      if (saved === undefined) delete process.env.KOALA_LOG;
+      else process.env.KOALA_LOG = saved;
+      resetLogLevel();
+    }
   });
 
   s("listener: real address, accept(), for await, onConnection, close stops accepting only", async () => {
