@@ -48,8 +48,9 @@ for (const kind of ["tcp", "unix"] as const) {
 
 for (const transport of ["tcp", "unix"]) {
   test(`examples run over ${transport}, chosen by KOALA_TRANSPORT alone`, async () => {
-    const env = { ...process.env, KOALA_TRANSPORT: transport, ADDRESS: `localhost:${40000 + Math.floor(Math.random() * 20000)}` };
-    const hello = await run(process.execPath, ["--import", "tsx", join(root, "examples/hello/main.ts")], { env: { ...env, ADDRESS: "localhost:0" }, timeout: 60_000 });
+    // host:0 asks for any free port (tcp) or a fresh socket file (unix): nothing collides.
+    const env = { ...process.env, KOALA_TRANSPORT: transport, ADDRESS: "localhost:0" };
+    const hello = await run(process.execPath, ["--import", "tsx", join(root, "examples/hello/main.ts")], { env, timeout: 60_000 });
     assert.match(hello.stdout, new RegExp(`greeter listening on ${transport === "tcp" ? "tcp://localhost" : "unix:"}`));
     assert.match(hello.stdout, /client streaming: Hello, Ana and Ben and Chen!/);
     const kv = await run(process.execPath, ["--import", "tsx", join(root, "examples/kv/main.ts")], { env, timeout: 60_000 });
@@ -60,8 +61,9 @@ for (const transport of ["tcp", "unix"]) {
 
     const server = fork(join(root, "examples/hello/server.ts"), [], { execArgv: ["--import", "tsx"], env, stdio: ["ignore", "ignore", "inherit", "ipc"] });
     try {
-      await new Promise((r) => server.once("message", r));
-        const client = await run(process.execPath, ["--import", "tsx", join(root, "examples/hello/client.ts")], { env, timeout: 60_000 });
+      const { address } = await new Promise<{ address: string }>((r) => server.once("message", r as never));
+      assert.ok(address.startsWith(transport === "tcp" ? "tcp://" : "unix:"), address);
+      const client = await run(process.execPath, ["--import", "tsx", join(root, "examples/hello/client.ts")], { env: { ...env, ADDRESS: address }, timeout: 60_000 });
       assert.match(client.stdout, /unary: +Hello, koala!/);
       assert.match(client.stdout, /server streaming: Hello, koala! \/ Bonjour, koala!/);
       assert.match(client.stdout, /client streaming: Hello, Ana and Ben and Chen!/);
