@@ -1,3 +1,5 @@
 /** The memory layer: a heap of registered memory handing out leases. */
-export { Heap, Lease, createHeap, sharedHeap } from "./heap.js";
-export type { HeapOptions, HeapStats, ClassStats, LeakReport, MemoryRegistrar } from "./heap.js";
+export { Heap, createHeap, sharedHeap } from "./heap.js";
+export type { HeapOptions, HeapStats, ClassStats, LeakReport } from "./heap.js";
+export { Lease } from "./lease.js";
+export type { MemoryRegistrar } from "./slab.js";
