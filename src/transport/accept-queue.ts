@@ -3,6 +3,7 @@
  * async iterator, whichever the server uses.
  */
 import { ErrorCode, KoalaError } from "../errors.js";
+import { log } from "../log.js";
 import type { Connection } from "./types.js";
 
 /** Queue of accepted connections of one listener. */
@@ -23,9 +24,24 @@ export class AcceptQueue implements AsyncIterable<Connection> {
       connection.close(new Error("the listener is closed"));
       return;
     }
-    if (this.handler !== null) this.handler(connection);
+    if (this.handler !== null) this.handOver(this.handler, connection);
     else if (this.waiters.length > 0) this.waiters.shift()!.resolve(connection);
     else this.ready.push(connection);
+  }
+
+  /**
+   * Calls the connection handler. Application code that throws there must not unwind into the
+   * transport (where it would become an unhandled rejection): that one connection is closed.
+   */
+  private handOver(handler: (c: Connection) => void, connection: Connection): void {
+    try {
+      handler(connection);
+    } catch (err) {
+      log("error", "transport", `the onConnection handler threw; closing that connection: ${(err as Error)?.stack ?? String(err)}`);
+      connection.close(
+        new KoalaError(ErrorCode.RECEIVER_FAILED, `the onConnection handler threw: ${(err as Error)?.message ?? String(err)}`, { cause: err }),
+      );
+    }
   }
 
   /** Next connection; rejects with KOALA_ERR_CLOSED once closed. */
@@ -39,7 +55,7 @@ export class AcceptQueue implements AsyncIterable<Connection> {
   /** Sets the callback that takes every new connection (and those already waiting). */
   setHandler(handler: ((c: Connection) => void) | null): void {
     this.handler = handler;
-    if (handler !== null) for (let c = this.ready.shift(); c !== undefined; c = this.ready.shift()) handler(c);
+    if (handler !== null) for (let c = this.ready.shift(); c !== undefined; c = this.ready.shift()) this.handOver(handler, c);
   }
 
   /** Stops accepting: waiting `accept()` calls reject, iteration ends. Connections not yet taken are closed. */

@@ -34,6 +34,8 @@ function parseHostPort(address: string, rest: string): { host: string; port: num
     if (colon < 0) throw bad(address, "expected host:port");
     host = rest.slice(0, colon);
     portText = rest.slice(colon + 1);
+    // "::1:80" is itself an IPv6 address: without brackets the port cannot be told apart.
+    if (host.includes(":")) throw bad(address, "an IPv6 host must be written [host]:port");
   }
   if (host === "" || /[\s/]/.test(host)) throw bad(address, "missing or malformed host");
   if (!/^\d{1,5}$/.test(portText) || Number(portText) > 65535) throw bad(address, `port must be 0..65535, got ${JSON.stringify(portText)}`);

@@ -12,6 +12,8 @@ export class Inbox implements AsyncIterable<Uint8Array> {
   private receiver: ((message: Uint8Array) => void) | null = null;
   private paused = false;
   private delivering = false;
+  /** Set once the receiver threw: the connection is going down and nothing more is delivered. */
+  private failed = false;
   private closedWith: KoalaError | undefined;
   private waiter: ((r: IteratorResult<Uint8Array>) => void) | undefined;
   private waiterReject: ((e: unknown) => void) | undefined;
@@ -36,6 +38,10 @@ export class Inbox implements AsyncIterable<Uint8Array> {
     try {
       receiver(message);
     } catch (err) {
+      // A receiver that threw has lost track of the stream: later messages must not reach it.
+      this.failed = true;
+      this.queue.length = 0;
+      this.head = 0;
       this.onReceiverError(err);
     }
   }
@@ -47,7 +53,7 @@ export class Inbox implements AsyncIterable<Uint8Array> {
 
   /** Hands one received message to the reader, or queues it. */
   push(message: Uint8Array): void {
-    if (this.closedWith !== undefined) return;
+    if (this.closedWith !== undefined || this.failed) return;
     if (this.receiver !== null && !this.paused && this.length === 0 && !this.delivering) {
       this.deliver(this.receiver, message);
       return;
@@ -78,26 +84,39 @@ export class Inbox implements AsyncIterable<Uint8Array> {
   resume(): void {
     this.paused = false;
     this.flush();
-    if (this.waiter !== undefined && this.length > 0) {
-      const w = this.waiter;
-      this.waiter = this.waiterReject = undefined;
-      w({ value: this.take(), done: false });
+    if (this.waiter !== undefined) {
+      if (this.length > 0) {
+        const w = this.waiter;
+        this.waiter = this.waiterReject = undefined;
+        w({ value: this.take(), done: false });
+      } else if (this.closedWith !== undefined) {
+        this.finishWaiter();
+      }
     }
   }
 
-  /** Ends delivery: queued messages are still delivered to a callback receiver; an iterator ends after them (`reason` only rejects a waiting iterator when the close was not orderly). */
+  /**
+   * Ends delivery. Messages already queued are still delivered, to a callback receiver or to
+   * the iterator, in order (also after a pause, once resumed); then an iterator ends, or throws
+   * `reason` when the close was not orderly.
+   */
   close(reason: KoalaError, orderly: boolean): void {
     if (this.closedWith !== undefined) return;
     this.flush();
     this.closedWith = reason;
     this.orderlyEnd = orderly;
-    if (this.waiter !== undefined) {
-      const w = this.waiter;
-      const rej = this.waiterReject!;
-      this.waiter = this.waiterReject = undefined;
-      if (orderly) w({ value: undefined, done: true });
-      else rej(reason);
-    }
+    // A waiting iterator has nothing queued unless it is paused; then resume() hands the rest over.
+    if (this.waiter !== undefined && this.length === 0) this.finishWaiter();
+  }
+
+  /** Ends a waiting `next()` with the close: done for an orderly close, the reason otherwise. */
+  private finishWaiter(): void {
+    const w = this.waiter!;
+    const rej = this.waiterReject!;
+    this.waiter = this.waiterReject = undefined;
+    this.iterating = false;
+    if (this.orderlyEnd) w({ value: undefined, done: true });
+    else rej(this.closedWith);
   }
 
   private take(): Uint8Array {
@@ -110,7 +129,8 @@ export class Inbox implements AsyncIterable<Uint8Array> {
       this.queue.splice(0, this.head);
       this.head = 0;
     }
-    if (this.length === this.capacity - 1 || (this.length === 0 && this.capacity === 1)) this.onRoom();
+    // Reading stopped when the queue reached capacity; one free slot starts it again.
+    if (this.length === this.capacity - 1) this.onRoom();
     return m;
   }
 
@@ -118,7 +138,7 @@ export class Inbox implements AsyncIterable<Uint8Array> {
     if (this.delivering) return;
     this.delivering = true;
     try {
-      while (this.receiver !== null && !this.paused && this.length > 0) this.deliver(this.receiver, this.take());
+      while (this.receiver !== null && !this.paused && !this.failed && this.length > 0) this.deliver(this.receiver, this.take());
     } finally {
       this.delivering = false;
     }
@@ -132,7 +152,10 @@ export class Inbox implements AsyncIterable<Uint8Array> {
     return {
       next: () => {
         if (this.length > 0 && !this.paused) return Promise.resolve({ value: this.take(), done: false });
-        if (this.closedWith !== undefined) {
+        // Paused with messages queued: wait for resume() even when the connection is closed.
+        if (this.closedWith !== undefined && this.length === 0) {
+          // for await calls no return() after the last next(), so the iteration ends here.
+          this.iterating = false;
           if (this.orderlyEnd) return Promise.resolve({ value: undefined, done: true });
           return Promise.reject(this.closedWith);
         }

@@ -71,10 +71,11 @@ class MemoryConnection implements Connection {
       copy.set(p, at);
       at += p.byteLength;
     }
-    onWritten?.();
     this.unread += total;
     this.outbox.push(copy);
     this.scheduleFlush();
+    // After the message is queued: a callback that throws must not lose a message already accepted.
+    onWritten?.();
     return this.unread <= this.options.highWaterMarkBytes;
   }
 
@@ -102,6 +103,16 @@ class MemoryConnection implements Connection {
   private deliver(message: Uint8Array, from: MemoryConnection): void {
     from.unread -= message.byteLength;
     from.checkDrain();
+    if (message.byteLength > this.options.maxMessageBytes) {
+      // As a socket receiver does with an oversized frame: this side refuses it and drops the connection.
+      const err = new KoalaError(
+        ErrorCode.MESSAGE_TOO_LARGE,
+        `the peer sent a message of ${message.byteLength} bytes; the limit is ${this.options.maxMessageBytes} (maxMessageBytes)`,
+      );
+      log("warn", "transport", `closing ${this.remoteAddress}: ${err.message}`);
+      this.drop(err);
+      return;
+    }
     this.inbox.push(message);
   }
 
@@ -151,6 +162,7 @@ class MemoryConnection implements Connection {
     if (this.closeReason !== undefined) return;
     this.terminate(reason, false);
     this.outbox = [];
+    this.unread = 0;
     if (!this.peer.isClosed) this.peer.terminate(new KoalaError(ErrorCode.CONNECTION_RESET, "the peer reset the connection"), false);
   }
 
@@ -165,7 +177,11 @@ class MemoryConnection implements Connection {
   }
 
   async read(region: RegionDescriptor, offset: number, length: number): Promise<Uint8Array> {
+    this.checkOpen();
     checkRemoteAccess(region, offset, length, false);
+    if (length > this.options.maxMessageBytes) {
+      throw new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `a read of ${length} bytes exceeds maxMessageBytes (${this.options.maxMessageBytes})`);
+    }
     await this.roundTrip();
     const r = serveRemoteRead(region.key, offset, length);
     if (r instanceof KoalaError) throw r;
@@ -173,18 +189,29 @@ class MemoryConnection implements Connection {
   }
 
   async write(region: RegionDescriptor, offset: number, data: Uint8Array): Promise<void> {
+    this.checkOpen();
     checkRemoteAccess(region, offset, data.byteLength, true);
+    if (data.byteLength > this.options.maxMessageBytes) {
+      throw new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `a write of ${data.byteLength} bytes exceeds maxMessageBytes (${this.options.maxMessageBytes})`);
+    }
     const copy = data.slice();
     await this.roundTrip();
     const err = serveRemoteWrite(region.key, offset, copy);
     if (err !== undefined) throw err;
   }
 
-  /** Stands in for the network round trip of a one-sided access; fails if either side is closed. */
+  /** A one-sided access started after close fails with KOALA_ERR_CLOSED, as send() does. */
+  private checkOpen(): void {
+    if (this.closeReason !== undefined) {
+      throw new KoalaError(ErrorCode.CLOSED, `connection closed: ${this.closeReason.message}`, { cause: this.closeReason });
+    }
+  }
+
+  /** Stands in for the network round trip of a one-sided access; one in flight fails with the close reason. */
   private async roundTrip(): Promise<void> {
     await new Promise<void>((r) => setImmediate(r));
-    if (this.closeReason !== undefined) throw this.closeReason;
-    if (this.peer.isClosed) throw new KoalaError(ErrorCode.PEER_CLOSED, "the peer closed the connection");
+    const reason = this.closeReason ?? (this.peer.isClosed ? new KoalaError(ErrorCode.PEER_CLOSED, "the peer closed the connection") : undefined);
+    if (reason !== undefined) throw new KoalaError(reason.code, `connection closed: ${reason.message}`, { cause: reason });
   }
 }
 
