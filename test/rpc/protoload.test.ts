@@ -1,28 +1,145 @@
-/** .proto files loaded at run time (protobufjs, @grpc/proto-loader) serve and call like generated code. */
+/**
+ * .proto files loaded at run time (protobufjs reflection, @grpc/proto-loader): the fixture
+ * protos encode through loaded definitions exactly as through generated code, both ways, and
+ * loaded definitions serve and call like generated ones.
+ */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { join } from "node:path";
 import * as loader from "@grpc/proto-loader";
-import { Code, RpcError, closeClient, createClient, createServer, fromPackageDefinition, loadProto } from "../../src/index.js";
+import { Code, KoalaError, RpcError, closeClient, createClient, createServer, fromPackageDefinition, loadProto } from "../../src/index.js";
+import { encodeMessage } from "../../src/rpc/wire/writer.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
+import { Everything, Everything_Nested } from "../golden/everything.js";
 import { echoImpl, observe } from "./echo-service.js";
+import { thrownCode } from "../helpers.js";
 
-const proto = new URL("../fixtures/rpc/echo.proto", import.meta.url).pathname;
+const root = new URL("../..", import.meta.url).pathname;
+const echoProto = join(root, "test/fixtures/rpc/echo.proto");
+const everythingProto = join(root, "test/fixtures/protos/app/everything.proto");
+const include = join(root, "test/fixtures/protos/include");
 
 type Loose = Record<string, (...a: unknown[]) => any>;
 
+/** A message of the fixture in generated form, and the same message as protobufjs objects have it. */
+const generated = Everything.create({
+  fInt64: -(2n ** 60n),
+  fUint64: 2n ** 64n - 1n,
+  fSint32: -5,
+  fDouble: 0.5,
+  fString: "héllo",
+  fBytes: new Uint8Array([1, 2, 3]),
+  color: 2,
+  price: { currency: "EUR", units: 3n, nanos: -1 },
+  rSint64: [1n, -1n],
+  rNested: [{ label: "r", level: 1, child: undefined }],
+  mInt64String: { "-7": "minus seven" },
+  mBoolBytes: { true: new Uint8Array([9]) },
+  choice: { case: "cText", value: "chosen" },
+  oInt32: 0,
+  at: { seconds: 1n, nanos: 2 },
+  maybeName: { value: "name" },
+});
+const loose = {
+  fInt64: -(2n ** 60n),
+  fUint64: 2n ** 64n - 1n,
+  fSint32: -5,
+  fDouble: 0.5,
+  fString: "héllo",
+  fBytes: Buffer.from([1, 2, 3]),
+  color: 2,
+  price: { currency: "EUR", units: 3n, nanos: -1 },
+  rSint64: [1n, -1n],
+  rNested: [{ label: "r", level: 1 }],
+  mInt64String: { "-7": "minus seven" },
+  mBoolBytes: { true: Buffer.from([9]) },
+  cText: "chosen",
+  oInt32: 0,
+  at: { seconds: 1n, nanos: 2 },
+  maybeName: { value: "name" },
+};
+
+const hex = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("hex");
+
+test("loadProto: the fixture's services, and messages that interoperate byte for byte with generated code", () => {
+  const services = loadProto(everythingProto, { includeDirs: [include] });
+  const Kinds = services["app.v1.Kinds"]!;
+  assert.equal(
+    Object.values(Kinds.methods).map((m) => [m.localName, m.path, m.kind, m.input.typeName, m.output.typeName]),
+    [
+      ["unary", "/app.v1.Kinds/Unary", "unary", "app.v1.Everything", "app.v1.Everything"],
+      ["serverStream", "/app.v1.Kinds/ServerStream", "server_streaming", "app.v1.Everything", "app.v1.Everything"],
+      ["clientStream", "/app.v1.Kinds/ClientStream", "client_streaming", "app.v1.Everything", "google.protobuf.Empty"],
+      ["bidi", "/app.v1.Kinds/Bidi", "bidi_streaming", "app.v1.Everything.Nested", "app.v1.Everything.Nested"],
+    ],
+  );
+  const Loaded = Kinds.methods.unary!.input;
+  // Loaded → generated.
+  assert.is(hex(Loaded.encode(loose)), hex(Everything.encode(generated)));
+  // Generated → loaded: bigints, Buffers, every field present, the oneof named.
+  const back = Loaded.decode(Everything.encode(generated)) as Record<string, any>;
+  assert.is(back.fUint64, 2n ** 64n - 1n);
+  assert.is(back.fInt64, -(2n ** 60n));
+  assert.is(back.price.units, 3n);
+  assert.equal(back.rSint64, [1n, -1n]);
+  assert.equal(back.mInt64String, { "-7": "minus seven" });
+  assert.is(back.choice, "cText");
+  assert.is(back.cText, "chosen");
+  assert.is(back.fInt32, 0, "defaults are present");
+  assert.ok(Buffer.isBuffer(back.fBytes));
+  assert.equal([...back.fBytes], [1, 2, 3]);
+  assert.equal(Loaded.create({ fString: "x" }).fString, "x");
+  // Through the size and write passes, with headroom, as the RPC core encodes.
+  const parts = encodeMessage(Loaded, loose, { headroom: 7 });
+  assert.is(hex(Buffer.concat(parts).subarray(7)), hex(Everything.encode(generated)));
+  const nested = Kinds.methods.bidi!.input;
+  assert.is(hex(nested.encode({ label: "n", child: { label: "c" } })), hex(Everything_Nested.encode({ label: "n", level: 0, child: { label: "c", level: 0, child: undefined } })));
+});
+
+test("loadProto: bytes come out as views of the received memory; malformed input is KOALA_ERR_PROTOCOL", () => {
+  const Loaded = loadProto(everythingProto, { includeDirs: [include] })["app.v1.Kinds"]!.methods.unary!.input;
+  const enc = Everything.encode(Everything.create({ fBytes: new Uint8Array(100).fill(4) }));
+  const memory = new Uint8Array(enc.byteLength + 10);
+  memory.set(enc, 10);
+  const m = Loaded.decode(memory.subarray(10)) as { fBytes: Buffer };
+  assert.ok(Buffer.isBuffer(m.fBytes));
+  assert.is(m.fBytes.buffer, memory.buffer, "a view, not a copy");
+  for (const bad of [[0x72, 0x05, 0x61], [0x0f], [0x18, 0x80]]) {
+    assert.is(thrownCode(() => Loaded.decode(Uint8Array.from(bad))), "KOALA_ERR_PROTOCOL");
+  }
+});
+
+test("fromPackageDefinition: the fixture through @grpc/proto-loader interoperates with generated code", () => {
+  const def = loader.loadSync(everythingProto, { includeDirs: [include], longs: String, defaults: true, oneofs: true });
+  const services = fromPackageDefinition(def);
+  assert.equal(Object.keys(services), ["app.v1.Kinds"], "message and enum entries are not services");
+  const Kinds = services["app.v1.Kinds"]!;
+  assert.equal(Object.keys(Kinds.methods), ["unary", "serverStream", "clientStream", "bidi"]);
+  assert.is(Kinds.methods.unary!.input.typeName, "app.v1.Everything");
+  assert.is(Kinds.methods.clientStream!.output.typeName, "google.protobuf.Empty");
+  assert.is(Kinds.methods.bidi!.kind, "bidi_streaming");
+  const input = Kinds.methods.unary!.input;
+  const asLoader = { ...loose, fInt64: String(loose.fInt64), fUint64: String(loose.fUint64), price: { ...loose.price, units: "3" }, rSint64: ["1", "-1"], at: { seconds: "1", nanos: 2 } };
+  assert.is(hex(input.encode(asLoader)), hex(Everything.encode(generated)));
+  const back = input.decode(Everything.encode(generated)) as Record<string, any>;
+  assert.is(back.fUint64, "18446744073709551615", "proto-loader's own options apply (longs: String)");
+  assert.is(back.choice, "cText");
+  assert.is(thrownCode(() => input.decode(Uint8Array.from([0x72, 0x05]))), "KOALA_ERR_PROTOCOL");
+});
+
 test("loadProto: a generated server answers a client built from the loaded .proto", async () => {
-  const services = loadProto(proto);
-  const Echo = services["koala.test.Echo"]!;
+  const Echo = loadProto(echoProto)["koala.test.Echo"]!;
   assert.equal(Object.keys(Echo.methods), ["unary", "serverStream", "clientStream", "bidi"]);
   const server = createServer();
   server.add(EchoService, echoImpl(observe()));
   const address = await server.listen("memory:protoload-1");
   const client = createClient(Echo, address) as unknown as Loose;
   try {
-    const r = await client.unary!({ text: "loaded", big: "12345678901234567", payload: Buffer.from([1, 2]) });
+    const r = await client.unary!({ text: "loaded", big: 12345678901234567n, payload: Buffer.from([1, 2]) });
     assert.is(r.text, "loaded");
-    assert.is(r.big, "12345678901234567", "64-bit integers come back as decimal strings");
+    assert.is(r.big, 12345678901234567n, "64-bit integers are bigints, as in generated code");
     assert.equal([...r.payload], [1, 2]);
+    assert.is((await client.unary!({ text: "s", big: "42" })).big, 42n, "decimal strings are accepted too");
     const replies: any[] = [];
     for await (const x of client.serverStream!({ text: "s", count: 3 })) replies.push(x.index);
     assert.equal(replies, [0, 1, 2]);
@@ -35,7 +152,7 @@ test("loadProto: a generated server answers a client built from the loaded .prot
 });
 
 test("loadProto: a server built from the loaded .proto answers a generated client", async () => {
-  const Echo = loadProto([proto])["koala.test.Echo"]!;
+  const Echo = loadProto([echoProto])["koala.test.Echo"]!;
   const server = createServer();
   server.add(Echo, {
     unary: (req: any) => ({ text: `${req.text}!`, index: 7, big: req.big }),
@@ -66,10 +183,11 @@ test("loadProto: a server built from the loaded .proto answers a generated clien
 });
 
 test("an @grpc/proto-loader package definition works with the same client and server APIs", async () => {
-  const def = loader.loadSync(proto, { longs: String, defaults: true });
+  const def = loader.loadSync(echoProto, { longs: String, defaults: true });
   const Echo = fromPackageDefinition(def)["koala.test.Echo"]!;
   assert.ok(Echo, "the service is found");
   assert.is(Echo.methods.unary!.path, "/koala.test.Echo/Unary");
+  assert.is(Echo.methods.unary!.input.typeName, "koala.test.EchoRequest");
   assert.is(Echo.methods.bidi!.kind, "bidi_streaming");
   const server = createServer();
   server.add(EchoService, echoImpl(observe()));
@@ -88,8 +206,12 @@ test("an @grpc/proto-loader package definition works with the same client and se
   }
 });
 
-test("a bad .proto path is a clear error", () => {
+test("bad paths, imports and options are clear KOALA_ERR_INVALID_ARGUMENT errors", () => {
   assert.throws(() => loadProto("/nonexistent/x.proto"), /loadProto\(\): .*x\.proto/);
+  assert.throws(() => loadProto(everythingProto), (e: unknown) => e instanceof KoalaError && /loadProto\(\): .*shared\/common\.proto/.test(e.message), "an import not found without its include dir");
+  assert.throws(() => loadProto(everythingProto, { includeDir: [include] } as never), /unknown option "includeDir" \(did you mean "includeDirs"\?\)/);
+  assert.is(thrownCode(() => loadProto([])), "KOALA_ERR_INVALID_ARGUMENT");
+  assert.is(thrownCode(() => fromPackageDefinition(null as never)), "KOALA_ERR_INVALID_ARGUMENT");
 });
 
 test.run();

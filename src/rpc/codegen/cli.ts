@@ -1,9 +1,17 @@
-/** `koala gen <protos…> --out DIR [-I DIR…] [--runtime MODULE]`: writes generated TypeScript. */
+/** `koala gen <protos…> --out DIR [-I DIR…] [--runtime MODULE] [--target ts] [--check]`: writes generated TypeScript. */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { generate } from "./generate.js";
 
-const USAGE = "usage: koala gen <file.proto…> --out DIR [-I DIR]… [--runtime MODULE] [--check]\n";
+const USAGE = `usage: koala gen <file.proto…> --out DIR [-I DIR]… [--runtime MODULE] [--target ts] [--check]
+
+  --out DIR         where the generated files go (one .ts per .proto, paths as below the include dir)
+  -I DIR            add an include folder for imports (repeatable; also -IDIR)
+  --runtime MODULE  module the generated code imports koala from (default "koala-rpc";
+                    a relative path is taken from the output folder)
+  --target ts       the output language; TypeScript is the only one
+  --check           write nothing; exit 1 when a generated file is missing or differs
+`;
 
 /** Runs `koala gen` with `argv` (the arguments after `gen`); returns the exit code. */
 export async function runGen(argv: string[]): Promise<number> {
@@ -13,10 +21,17 @@ export async function runGen(argv: string[]): Promise<number> {
   let runtime: string | undefined;
   let check = false;
   for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
+    let a = argv[i]!;
+    // `--name=value` is the same as `--name value`.
+    let inline: string | undefined;
+    const eq = a.indexOf("=");
+    if (a.startsWith("--") && eq > 0) {
+      inline = a.slice(eq + 1);
+      a = a.slice(0, eq);
+    }
     const value = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
+      const v = inline ?? argv[++i];
+      if (v === undefined || v === "") throw new Error(`${a} needs a value`);
       return v;
     };
     try {
@@ -24,7 +39,10 @@ export async function runGen(argv: string[]): Promise<number> {
       else if (a === "-I" || a === "--include") includeDirs.push(value());
       else if (a.startsWith("-I") && a.length > 2) includeDirs.push(a.slice(2));
       else if (a === "--runtime") runtime = value();
-      else if (a === "--check") check = true;
+      else if (a === "--target") {
+        const target = value();
+        if (target !== "ts") throw new Error(`unknown target "${target}" (the only target is "ts")`);
+      } else if (a === "--check") check = true;
       else if (a === "--help" || a === "-h") {
         process.stdout.write(USAGE);
         return 0;
@@ -62,8 +80,13 @@ export async function runGen(argv: string[]): Promise<number> {
       }
       continue;
     }
-    mkdirSync(dirname(path), { recursive: true });
-    writeFileSync(path, text);
+    try {
+      mkdirSync(dirname(path), { recursive: true });
+      writeFileSync(path, text);
+    } catch (err) {
+      process.stderr.write(`koala gen: cannot write ${path}: ${(err as Error).message}\n`);
+      return 1;
+    }
     process.stdout.write(`wrote ${path}\n`);
   }
   return stale === 0 ? 0 : 1;

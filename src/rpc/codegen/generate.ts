@@ -4,16 +4,30 @@
  * at run time), a TypeScript enum per enum, and per service a `ServiceDefinition`, a typed
  * client type and a handler type.
  *
- * Mapping: 64-bit integers → bigint; bytes → Uint8Array; enums → numeric TS enums; a message
- * field → `T | undefined`; `optional` scalars → `T | undefined`; `repeated` → arrays (scalars
- * packed); `map<K, V>` → a plain object keyed by the key's decimal or string form; a oneof →
- * one field holding `{ case: "fieldName", value } | { case: undefined }`. Nested types are
- * named `Outer_Inner`. Well-known types (google.protobuf.*) go to `google/protobuf/wkt.ts`.
+ * Mapping:
+ * - 64-bit integers → bigint; bytes → Uint8Array; enums → numeric TS enums (open: an unknown
+ *   number is kept as it is).
+ * - A message field, and a scalar field with presence (proto3 `optional`, proto2 `optional` and
+ *   `required`) → `T | undefined`; proto2 `[default = …]` values are not applied.
+ * - `repeated` → arrays, scalars packed unless the field says otherwise (decoding accepts both).
+ * - `map<K, V>` → a plain object keyed by the key's string form (decimal for 64-bit keys,
+ *   `"true"` / `"false"` for bool keys), chosen over `Map` so messages stay plain data.
+ * - A oneof → one field holding `{ case: "fieldName", value } | { case: undefined }`.
+ * - Nested types are named `Outer_Inner`. A top-level name that is a reserved word or one of
+ *   the generated code's local names gets a `$` suffix. Runtime imports that would clash with
+ *   a generated name are imported under an alias.
+ * - The well-known types that protobufjs bundles (google.protobuf.*) go to
+ *   `google/protobuf/wkt.ts`.
+ *
+ * Output: every input file, plus every imported file whose types they use (transitively). A
+ * file imported only for its extensions (custom options) produces nothing; extension fields
+ * are not generated. Groups (proto2 `group`, editions `DELIMITED`) are refused.
  */
-import { dirname, relative, resolve as resolvePath, isAbsolute, join } from "node:path";
-import { existsSync } from "node:fs";
+import { dirname, isAbsolute, relative, resolve as resolvePath } from "node:path";
 import protobuf from "protobufjs";
-import { ErrorCode, KoalaError } from "../../errors.js";
+import { ErrorCode, KoalaError, check } from "../../errors.js";
+import { custom, resolveOptions, type OptionsSpec } from "../../options.js";
+import { loadRoot, stringList } from "./load.js";
 
 /** Options of {@link generate}. */
 export interface GenerateOptions {
@@ -22,6 +36,23 @@ export interface GenerateOptions {
   /** Module the generated code imports the runtime from; a relative path is relative to the output folder. Default `"koala-rpc"`. */
   runtimeImport?: string;
 }
+
+const generateOptionsSpec: OptionsSpec<Required<GenerateOptions>> = {
+  includeDirs: stringList,
+  runtimeImport: custom("koala-rpc", "a module specifier", (v) => typeof v === "string" && v !== ""),
+};
+
+/*
+ * Generated text refers to the runtime and to JavaScript globals through markers, replaced
+ * once the file's own names are known: a `.proto` may well declare a message named `Client`
+ * or `Object`. NUL and SOH never occur in names or comments taken from a `.proto`.
+ */
+/** The runtime's `wire` namespace. */
+const WIRE = "\u0000wire";
+/** A type exported by the runtime. */
+const rt = (name: string) => `\u0000${name}`;
+/** A JavaScript global. */
+const gl = (name: string) => `\u0001${name}`;
 
 interface Scalar {
   ts: string;
@@ -34,8 +65,8 @@ interface Scalar {
   isDefault: (v: string) => string;
 }
 
-const varint32 = (v: string) => `wire.varint32Size(${v})`;
-const varint64 = (v: string) => `wire.varint64Size(${v})`;
+const varint32 = (v: string) => `${WIRE}.varint32Size(${v})`;
+const varint64 = (v: string) => `${WIRE}.varint64Size(${v})`;
 const fixed = (n: number) => () => String(n);
 const num = (v: string) => `${v} === 0`;
 const big = (v: string) => `${v} === 0n`;
@@ -45,21 +76,31 @@ const SCALARS: Record<string, Scalar> = {
   float: { ts: "number", def: "0", wt: 5, size: fixed(4), write: "float", read: "float", packable: true, isDefault: (v) => `${v} === 0 && 1 / ${v} > 0` },
   int32: { ts: "number", def: "0", wt: 0, size: varint32, write: "int32", read: "int32", packable: true, isDefault: num },
   uint32: { ts: "number", def: "0", wt: 0, size: varint32, write: "uint32", read: "uint32", packable: true, isDefault: num },
-  sint32: { ts: "number", def: "0", wt: 0, size: (v) => `wire.sint32Size(${v})`, write: "sint32", read: "sint32", packable: true, isDefault: num },
+  sint32: { ts: "number", def: "0", wt: 0, size: (v) => `${WIRE}.sint32Size(${v})`, write: "sint32", read: "sint32", packable: true, isDefault: num },
   fixed32: { ts: "number", def: "0", wt: 5, size: fixed(4), write: "fixed32", read: "fixed32", packable: true, isDefault: num },
   sfixed32: { ts: "number", def: "0", wt: 5, size: fixed(4), write: "sfixed32", read: "sfixed32", packable: true, isDefault: num },
   int64: { ts: "bigint", def: "0n", wt: 0, size: varint64, write: "int64", read: "int64", packable: true, isDefault: big },
   uint64: { ts: "bigint", def: "0n", wt: 0, size: varint64, write: "uint64", read: "uint64", packable: true, isDefault: big },
-  sint64: { ts: "bigint", def: "0n", wt: 0, size: (v) => `wire.sint64Size(${v})`, write: "sint64", read: "sint64", packable: true, isDefault: big },
+  sint64: { ts: "bigint", def: "0n", wt: 0, size: (v) => `${WIRE}.sint64Size(${v})`, write: "sint64", read: "sint64", packable: true, isDefault: big },
   fixed64: { ts: "bigint", def: "0n", wt: 1, size: fixed(8), write: "fixed64", read: "fixed64", packable: true, isDefault: big },
   sfixed64: { ts: "bigint", def: "0n", wt: 1, size: fixed(8), write: "sfixed64", read: "sfixed64", packable: true, isDefault: big },
   bool: { ts: "boolean", def: "false", wt: 0, size: fixed(1), write: "bool", read: "bool", packable: true, isDefault: (v) => `${v} === false` },
-  string: { ts: "string", def: '""', wt: 2, size: (v) => `wire.stringSize(${v})`, write: "string", read: "string", packable: false, isDefault: (v) => `${v} === ""` },
-  bytes: { ts: "Uint8Array", def: "wire.EMPTY_BYTES", wt: 2, size: (v) => `c.bytes(${v})`, write: "bytes", read: "bytes", packable: false, isDefault: (v) => `${v}.byteLength === 0` },
+  string: { ts: "string", def: '""', wt: 2, size: (v) => `${WIRE}.stringSize(${v})`, write: "string", read: "string", packable: false, isDefault: (v) => `${v} === ""` },
+  bytes: { ts: gl("Uint8Array"), def: `${WIRE}.EMPTY_BYTES`, wt: 2, size: (v) => `c.bytes(${v})`, write: "bytes", read: "bytes", packable: false, isDefault: (v) => `${v}.byteLength === 0` },
 };
 
 const ENUM_SCALAR = SCALARS.int32!;
 const WKT_FILE = "google/protobuf/wkt.proto";
+
+/** Identifiers a top-level type may not take: reserved words, and the generated code's own locals and parameters. */
+const RESERVED = new Set(
+  (
+    "break case catch class const continue debugger default delete do else enum export extends false finally for function if import in " +
+    "instanceof new null return super switch this throw true try typeof var void while with implements interface let package private " +
+    "protected public static yield await any boolean number string symbol never unknown object undefined bigint " +
+    "m c w r t e i s v k n l u f key value init end bytes globalThis"
+  ).split(" "),
+);
 
 function fileOf(obj: protobuf.ReflectionObject): string {
   if (obj.filename) return obj.filename;
@@ -75,7 +116,8 @@ function tsName(obj: protobuf.ReflectionObject): string {
     parts.unshift(o.name);
     o = o.parent;
   }
-  return parts.join("_");
+  const name = parts.join("_");
+  return RESERVED.has(name) ? `${name}$` : name;
 }
 
 function lowerFirst(s: string): string {
@@ -91,10 +133,15 @@ function outPath(protoFile: string, roots: string[]): string {
   return rel.replace(/\.proto$/, ".ts");
 }
 
+/** Fields that are part of the message itself (protobufjs also lists extensions declared elsewhere). */
+function ownFields(t: protobuf.Type): protobuf.Field[] {
+  return t.fieldsArray.filter((f) => !f.name.startsWith(".") && f.declaringField === null);
+}
+
 class FileGen {
   readonly lines: string[] = [];
   private readonly imports = new Map<string, Map<string, string>>();
-  private readonly local = new Set<string>();
+  private readonly local = new Map<string, string>();
 
   constructor(
     readonly out: string,
@@ -102,8 +149,17 @@ class FileGen {
     private readonly outOf: (obj: protobuf.ReflectionObject) => string,
   ) {}
 
-  declare(name: string): void {
-    this.local.add(name);
+  /** Declares a name this file exports; two objects wanting the same name are an error. */
+  declare(name: string, what: string): void {
+    const other = this.local.get(name);
+    if (other !== undefined) {
+      throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `koala gen: ${what} and ${other} would both be named ${name} in ${this.out}`);
+    }
+    this.local.set(name, what);
+  }
+
+  private taken(name: string): boolean {
+    return this.local.has(name) || [...this.imports.values()].some((m) => [...m.values()].includes(name));
   }
 
   /** The identifier for `obj` in this file, importing it when it lives elsewhere. */
@@ -117,44 +173,45 @@ class FileGen {
     if (names === undefined) this.imports.set(spec, (names = new Map()));
     let alias = names.get(name);
     if (alias === undefined) {
-      alias = this.local.has(name) || [...this.imports.values()].some((m) => [...m.values()].includes(name)) ? `${name}$${this.imports.size}` : name;
+      alias = this.taken(name) || RUNTIME_NAMES.has(name) ? `${name}$${this.imports.size}` : name;
       names.set(name, alias);
     }
     return alias;
   }
 
-  render(header: string, needsTypes: string[]): string {
-    const head = [header, `import { wire } from "${this.runtime}";`];
-    if (needsTypes.length > 0) head.push(`import type { ${needsTypes.join(", ")} } from "${this.runtime}";`);
+  render(header: string): string {
+    const body = this.lines.join("\n");
+    const used = new Set<string>();
+    for (const m of body.matchAll(/\u0000(\w+)/g)) used.add(m[1]!);
+    const alias = (n: string) => (this.taken(n) ? `${n}$` : n);
+    const head = [header];
+    if (used.has("wire")) head.push(`import { ${alias("wire") === "wire" ? "wire" : "wire as wire$"} } from "${this.runtime}";`);
+    const types = [...used].filter((n) => n !== "wire").sort();
+    if (types.length > 0) head.push(`import type { ${types.map((n) => (alias(n) === n ? n : `${n} as ${alias(n)}`)).join(", ")} } from "${this.runtime}";`);
     for (const [spec, names] of [...this.imports].sort(([a], [b]) => (a < b ? -1 : 1))) {
       const list = [...names].map(([n, a]) => (n === a ? n : `${n} as ${a}`)).join(", ");
       head.push(`import { ${list} } from "${spec}";`);
     }
-    return `${head.join("\n")}\n\n${this.lines.join("\n")}\n`;
+    const text = body.replace(/\u0000(\w+)/g, (_, n: string) => alias(n)).replace(/\u0001(\w+)/g, (_, n: string) => (this.taken(n) ? `globalThis.${n}` : n));
+    return `${head.join("\n")}\n\n${text}\n`;
   }
 }
+
+/** Names the generated code imports from the runtime. */
+const RUNTIME_NAMES = new Set(["wire", "MessageType", "MethodDefinition", "ServiceDefinition", "Client", "ServiceImplementation"]);
 
 /**
  * Generates TypeScript for `files`. Returns a map from output path (relative, `.ts`) to
  * source text. Throws KOALA_ERR_INVALID_ARGUMENT naming the file and problem on bad input.
  */
-export function generate(files: string[], options: GenerateOptions = {}): Map<string, string> {
-  const includeDirs = (options.includeDirs ?? []).map((d) => resolvePath(d));
-  const runtime = options.runtimeImport ?? "koala-rpc";
-  const root = new protobuf.Root();
+export function generate(files: string[], options?: GenerateOptions): Map<string, string> {
+  const o = resolveOptions("generate()", generateOptionsSpec, options);
+  check(Array.isArray(files) && files.length > 0 && files.every((f) => typeof f === "string"), "generate(): files must be a non-empty array of paths");
+  const includeDirs = o.includeDirs.map((d) => resolvePath(d));
+  const runtime = o.runtimeImport;
   const inputs = files.map((f) => resolvePath(f));
   const roots = [...includeDirs, ...inputs.map((f) => dirname(f))];
-  root.resolvePath = (origin, target) => {
-    if (isAbsolute(target)) return target;
-    const candidates = [origin ? join(dirname(origin), target) : target, ...includeDirs.map((d) => join(d, target))];
-    return candidates.find((c) => existsSync(c)) ?? target;
-  };
-  try {
-    root.loadSync(inputs, { keepCase: false });
-    root.resolveAll();
-  } catch (err) {
-    throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `koala gen: ${(err as Error).message}`, { cause: err });
-  }
+  const root = loadRoot(inputs, includeDirs, "koala gen");
 
   const byFile = new Map<string, protobuf.ReflectionObject[]>();
   const collect = (ns: protobuf.NamespaceBase) => {
@@ -169,34 +226,51 @@ export function generate(files: string[], options: GenerateOptions = {}): Map<st
   };
   collect(root);
 
+  // The input files and, transitively, the files declaring a type they use.
+  const wanted = new Set(inputs.filter((f) => byFile.has(f)));
+  for (const file of wanted) {
+    for (const o of byFile.get(file)!) {
+      const used: (protobuf.ReflectionObject | null)[] = [];
+      if (o instanceof protobuf.Type) for (const f of ownFields(o)) used.push(f.resolve().resolvedType);
+      if (o instanceof protobuf.Service) {
+        for (const m of o.methodsArray) {
+          m.resolve();
+          used.push(m.resolvedRequestType, m.resolvedResponseType);
+        }
+      }
+      for (const u of used) if (u !== null) wanted.add(fileOf(u));
+    }
+  }
+
   const outOf = (obj: protobuf.ReflectionObject) => outPath(fileOf(obj), roots);
   const result = new Map<string, string>();
   for (const [file, objects] of byFile) {
+    if (!wanted.has(file)) continue;
     const out = outPath(file, roots);
     // A relative runtime module is relative to the output root: deeper files need more "../".
     const depth = out.split("/").length - 1;
     const fileRuntime = runtime.startsWith(".") ? `${"../".repeat(depth)}${runtime}`.replace(/^(\.\.\/)+\.\//, (m) => m.slice(0, -2)) : runtime;
     const g = new FileGen(out, fileRuntime, outOf);
-    for (const o of objects) g.declare(tsName(o));
-    const types = new Set<string>();
+    for (const o of objects) {
+      const what = `${o.fullName.slice(1)}`;
+      g.declare(tsName(o) + (o instanceof protobuf.Service ? "Service" : ""), what);
+      if (o instanceof protobuf.Service) {
+        g.declare(`${tsName(o)}Client`, `${what} (its client type)`);
+        g.declare(`${tsName(o)}Handlers`, `${what} (its handler type)`);
+      }
+    }
     for (const o of objects) {
       if (o instanceof protobuf.Enum) genEnum(g, o);
     }
     for (const o of objects) {
-      if (o instanceof protobuf.Type) {
-        genMessage(g, o);
-        types.add("MessageType");
-      }
+      if (o instanceof protobuf.Type) genMessage(g, o);
     }
     for (const o of objects) {
-      if (o instanceof protobuf.Service) {
-        genService(g, o);
-        types.add("MethodDefinition").add("ServiceDefinition").add("Client").add("ServiceImplementation");
-      }
+      if (o instanceof protobuf.Service) genService(g, o);
     }
     const source = file === WKT_FILE ? "the well-known types (google/protobuf/*.proto)" : relative(roots.find((r) => file.startsWith(r + "/")) ?? dirname(file), file);
     const header = `// Generated by koala gen from ${source}. Do not edit.`;
-    result.set(out, g.render(header, [...types].sort()));
+    result.set(out, g.render(header));
   }
   return result;
 }
@@ -218,6 +292,7 @@ interface FieldInfo {
   enumRef: string | undefined;
   typeRef: string;
   repeated: boolean;
+  packed: boolean;
   map: protobuf.MapField | undefined;
   optional: boolean;
   oneof: string | undefined;
@@ -229,22 +304,26 @@ function fieldInfo(g: FileGen, f: protobuf.Field): FieldInfo {
   const message = rt instanceof protobuf.Type ? rt : undefined;
   const isEnum = rt instanceof protobuf.Enum;
   const scalar = message ? undefined : isEnum ? ENUM_SCALAR : SCALARS[f.type];
-  if (!message && !scalar) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `koala gen: field ${f.fullName} has unsupported type ${f.type}`);
+  if (!message && !scalar) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `koala gen: field ${f.fullName.slice(1)} has unsupported type ${f.type}`);
+  if (f.delimited) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `koala gen: field ${f.fullName.slice(1)} is a group (delimited encoding), which koala does not support`);
   const oneofObj = f.partOf;
-  const synthetic = oneofObj !== null && oneofObj.fieldsArray.length === 1 && oneofObj.name.startsWith("_");
+  const synthetic = oneofObj !== null && oneofObj.isProto3Optional;
   const enumRef = isEnum ? g.ref(rt!) : undefined;
   return {
     f,
-    name: f.name,
+    // Bundled well-known types keep their snake_case names (Any.type_url); .proto text is camelCased on parsing.
+    name: protobuf.util.camelCase(f.name),
     number: f.id,
     scalar,
     message,
     enumRef,
-    typeRef: message ? g.ref(message) : enumRef ?? scalar!.ts,
+    typeRef: message ? g.ref(message) : (enumRef ?? scalar!.ts),
     repeated: f.repeated,
+    packed: f.packed,
     map: f instanceof protobuf.MapField ? f : undefined,
-    optional: synthetic,
-    oneof: oneofObj !== null && !synthetic ? oneofObj.name : undefined,
+    // Explicit presence (proto3 `optional`, proto2 `optional` / `required`); message fields are handled apart.
+    optional: synthetic || (oneofObj === null && !message && !f.repeated && !(f instanceof protobuf.MapField) && f.hasPresence),
+    oneof: oneofObj !== null && !synthetic ? protobuf.util.camelCase(oneofObj.name) : undefined,
   };
 }
 
@@ -265,15 +344,17 @@ function mapKeyTs(m: protobuf.MapField): string {
 /** Expression turning an object key (a string) into the key field's value. */
 function keyFromProp(m: protobuf.MapField, k: string): string {
   const s = mapKeyScalar(m);
-  if (s.ts === "bigint") return `BigInt(${k})`;
-  if (s.ts === "number") return `Number(${k})`;
+  if (s.ts === "bigint") return `${gl("BigInt")}(${k})`;
+  if (s.ts === "number") return `${gl("Number")}(${k})`;
   if (s.ts === "boolean") return `${k} === "true"`;
   return k;
 }
 
 function genMessage(g: FileGen, t: protobuf.Type): void {
   const name = tsName(t);
-  const fields = t.fieldsArray.slice().sort((a, b) => a.id - b.id).map((f) => fieldInfo(g, f));
+  const fields = ownFields(t)
+    .sort((a, b) => a.id - b.id)
+    .map((f) => fieldInfo(g, f));
   const oneofs = new Map<string, FieldInfo[]>();
   for (const fi of fields) if (fi.oneof) (oneofs.get(fi.oneof) ?? oneofs.set(fi.oneof, []).get(fi.oneof)!).push(fi);
 
@@ -318,12 +399,12 @@ function genMessage(g: FileGen, t: protobuf.Type): void {
   const S: string[] = []; // sizeOf body
   const W: string[] = []; // write body
   const R: string[] = []; // read cases
-  for (const fi of fields) genField(g, fi, S, W, R);
+  for (const fi of fields) genField(fi, S, W, R);
 
   g.lines.push(`/** Encoding, decoding and defaults of {@link ${name}}. */`);
-  g.lines.push(`export const ${name}: MessageType<${name}> = {`);
+  g.lines.push(`export const ${name}: ${rt("MessageType")}<${name}> = {`);
   g.lines.push(`  typeName: "${t.fullName.slice(1)}",`);
-  g.lines.push(`  create(init?: Partial<${name}>): ${name} {`);
+  g.lines.push(`  create(init?: ${gl("Partial")}<${name}>): ${name} {`);
   g.lines.push(`    const m: ${name} = { ${defaults.join(", ")} };`);
   g.lines.push(`    if (init !== undefined) {`);
   seenOneofs.clear();
@@ -338,10 +419,10 @@ function genMessage(g: FileGen, t: protobuf.Type): void {
   }
   g.lines.push(`    }`, `    return m;`, `  },`);
   const usesC = S.some((l) => l.includes("c."));
-  g.lines.push(`  sizeOf(${S.length ? "m" : "_m"}: ${name}, ${usesC ? "c" : "_c"}: wire.SizeCounter): number {`);
+  g.lines.push(`  sizeOf(${S.length ? "m" : "_m"}: ${name}, ${usesC ? "c" : "_c"}: ${WIRE}.SizeCounter): number {`);
   g.lines.push(`    let n = 0;`, ...S.map((l) => `    ${l}`), `    return n;`, `  },`);
-  g.lines.push(`  write(${W.length ? "m" : "_m"}: ${name}, ${W.length ? "w" : "_w"}: wire.ProtoWriter): void {`, ...W.map((l) => `    ${l}`), `  },`);
-  g.lines.push(`  read(r: wire.ProtoReader, end: number): ${name} {`);
+  g.lines.push(`  write(${W.length ? "m" : "_m"}: ${name}, ${W.length ? "w" : "_w"}: ${WIRE}.ProtoWriter): void {`, ...W.map((l) => `    ${l}`), `  },`);
+  g.lines.push(`  read(r: ${WIRE}.ProtoReader, end: number): ${name} {`);
   g.lines.push(`    const m: ${name} = { ${defaults.join(", ")} };`);
   g.lines.push(`    while (r.pos < end) {`);
   g.lines.push(`      const t = r.tag();`);
@@ -349,14 +430,13 @@ function genMessage(g: FileGen, t: protobuf.Type): void {
     g.lines.push(`      switch (t >>> 3) {`, ...R.map((l) => `        ${l}`), `      }`);
   }
   g.lines.push(`      r.skip(t & 7, t >>> 3);`, `    }`, `    return m;`, `  },`);
-  g.lines.push(`  encode(m: ${name}): Uint8Array {`, `    return wire.encodeToBytes(${name}, m);`, `  },`);
-  g.lines.push(`  decode(bytes: Uint8Array): ${name} {`, `    return wire.decodeWith(${name}, bytes);`, `  },`);
+  g.lines.push(`  encode(m: ${name}): ${gl("Uint8Array")} {`, `    return ${WIRE}.encodeToBytes(${name}, m);`, `  },`);
+  g.lines.push(`  decode(bytes: ${gl("Uint8Array")}): ${name} {`, `    return ${WIRE}.decodeWith(${name}, bytes);`, `  },`);
   g.lines.push(`};`, "");
 }
 
-function genField(g: FileGen, fi: FieldInfo, S: string[], W: string[], R: string[]): void {
+function genField(fi: FieldInfo, S: string[], W: string[], R: string[]): void {
   const n = fi.number;
-  void g;
   if (fi.map) return genMap(fi, S, W, R);
   const acc = fi.oneof ? `m.${fi.oneof}.value` : `m.${fi.name}`;
   const guardOneof = fi.oneof ? `m.${fi.oneof}?.case === "${fi.name}"` : undefined;
@@ -364,12 +444,12 @@ function genField(g: FileGen, fi: FieldInfo, S: string[], W: string[], R: string
     const T = fi.typeRef;
     const tb = tagBytes(n, 2);
     if (fi.repeated) {
-      S.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) { const i = c.slot(); const s = ${T}.sizeOf(v, c); c.setSlot(i, s); n += ${tb} + wire.varint32Size(s) + s; }`);
+      S.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) { const i = c.slot(); const s = ${T}.sizeOf(v, c); c.setSlot(i, s); n += ${tb} + ${WIRE}.varint32Size(s) + s; }`);
       W.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) { w.tag(${n}, 2).uint32(w.nextSize()); ${T}.write(v, w); }`);
       R.push(`case ${n}: if ((t & 7) === 2) { const e = r.enter(); m.${fi.name}.push(${T}.read(r, e)); r.leave(e); continue; } break;`);
     } else {
       const cond = guardOneof ?? `${acc} !== undefined`;
-      S.push(`if (${cond}) { const i = c.slot(); const s = ${T}.sizeOf(${acc}, c); c.setSlot(i, s); n += ${tb} + wire.varint32Size(s) + s; }`);
+      S.push(`if (${cond}) { const i = c.slot(); const s = ${T}.sizeOf(${acc}, c); c.setSlot(i, s); n += ${tb} + ${WIRE}.varint32Size(s) + s; }`);
       W.push(`if (${cond}) { w.tag(${n}, 2).uint32(w.nextSize()); ${T}.write(${acc}, w); }`);
       const assign = fi.oneof ? `m.${fi.oneof} = { case: "${fi.name}", value: ${T}.read(r, e) }` : `m.${fi.name} = ${T}.read(r, e)`;
       R.push(`case ${n}: if ((t & 7) === 2) { const e = r.enter(); ${assign}; r.leave(e); continue; } break;`);
@@ -379,18 +459,22 @@ function genField(g: FileGen, fi: FieldInfo, S: string[], W: string[], R: string
   const s = fi.scalar!;
   const tb = tagBytes(n, s.wt);
   if (fi.repeated) {
-    if (s.packable) {
+    if (s.packable && fi.packed) {
       const ptb = tagBytes(n, 2);
       const fixedSize = s.size("v");
       const total = /^\d+$/.test(fixedSize) ? `const l = m.${fi.name}.length * ${fixedSize};` : `let l = 0; for (const v of m.${fi.name}) l += ${fixedSize};`;
-      S.push(`if (m.${fi.name} !== undefined && m.${fi.name}.length > 0) { const i = c.slot(); ${total} c.setSlot(i, l); n += ${ptb} + wire.varint32Size(l) + l; }`);
+      S.push(`if (m.${fi.name} !== undefined && m.${fi.name}.length > 0) { const i = c.slot(); ${total} c.setSlot(i, l); n += ${ptb} + ${WIRE}.varint32Size(l) + l; }`);
       W.push(`if (m.${fi.name} !== undefined && m.${fi.name}.length > 0) { w.tag(${n}, 2).uint32(w.nextSize()); for (const v of m.${fi.name}) w.${s.write}(v); }`);
+    } else {
+      S.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) n += ${tb} + ${s.size("v")};`);
+      W.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) w.tag(${n}, ${s.wt}).${s.write}(v);`);
+    }
+    // A packable field is read in either form, whichever the writer chose.
+    if (s.packable) {
       R.push(
         `case ${n}: if ((t & 7) === 2) { const e = r.lengthEnd(); while (r.pos < e) m.${fi.name}.push(r.${s.read}()); r.expectEnd(e); continue; } if ((t & 7) === ${s.wt}) { m.${fi.name}.push(r.${s.read}()); continue; } break;`,
       );
     } else {
-      S.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) n += ${tb} + ${s.size("v")};`);
-      W.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) w.tag(${n}, ${s.wt}).${s.write}(v);`);
       R.push(`case ${n}: if ((t & 7) === ${s.wt}) { m.${fi.name}.push(r.${s.read}()); continue; } break;`);
     }
     return;
@@ -413,33 +497,36 @@ function genMap(fi: FieldInfo, S: string[], W: string[], R: string[]): void {
   const key = keyFromProp(m, "k");
   const ptb = tagBytes(n, 2);
   const keyDefault = k.ts === "bigint" ? "0n" : k.ts === "number" ? "0" : k.ts === "boolean" ? "false" : '""';
-  const keyProp = k.ts === "string" || k.ts === "number" ? "key" : "String(key)";
+  const keyProp = k.ts === "string" || k.ts === "number" ? "key" : `${gl("String")}(key)`;
+  // A string key may be "__proto__": set through the runtime so it stays an ordinary entry.
+  const store = (value: string) => (k.ts === "string" ? `${WIRE}.setEntry(m.${fi.name}, key, ${value});` : `m.${fi.name}[${keyProp}] = ${value};`);
+  const entries = `${gl("Object")}.entries(m.${fi.name} ?? {})`;
   // The size pass does not need the key when its size is fixed (bool keys).
   const sizeEntry = /\bk\b/.test(k.size(key)) ? "[k, v]" : "[, v]";
   if (fi.message) {
     const T = fi.typeRef;
     S.push(
-      `for (const ${sizeEntry} of Object.entries(m.${fi.name} ?? {})) { const i = c.slot(); const s = ${T}.sizeOf(v, c); c.setSlot(i, s); const e = ${ktb} + ${k.size(key)} + 1 + wire.varint32Size(s) + s; n += ${ptb} + wire.varint32Size(e) + e; }`,
+      `for (const ${sizeEntry} of ${entries}) { const i = c.slot(); const s = ${T}.sizeOf(v, c); c.setSlot(i, s); const e = ${ktb} + ${k.size(key)} + 1 + ${WIRE}.varint32Size(s) + s; n += ${ptb} + ${WIRE}.varint32Size(e) + e; }`,
     );
     W.push(
-      `for (const [k, v] of Object.entries(m.${fi.name} ?? {})) { const s = w.nextSize(); const e = ${ktb} + ${k.size(key)} + 1 + wire.varint32Size(s) + s; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, 2).uint32(s); ${T}.write(v, w); }`,
+      `for (const [k, v] of ${entries}) { const s = w.nextSize(); const e = ${ktb} + ${k.size(key)} + 1 + ${WIRE}.varint32Size(s) + s; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, 2).uint32(s); ${T}.write(v, w); }`,
     );
     R.push(
-      `case ${n}: if ((t & 7) === 2) { const e = r.enter(); let key: ${k.ts} = ${keyDefault}; let value: ${T} | undefined; while (r.pos < e) { const u = r.tag(); if (u === ${(1 << 3) | k.wt}) key = r.${k.read}(); else if (u === ${(2 << 3) | 2}) { const f = r.enter(); value = ${T}.read(r, f); r.leave(f); } else r.skip(u & 7, u >>> 3); } r.leave(e); m.${fi.name}[${keyProp}] = value ?? ${T}.create(); continue; } break;`,
+      `case ${n}: if ((t & 7) === 2) { const e = r.enter(); let key: ${k.ts} = ${keyDefault}; let value: ${T} | undefined; while (r.pos < e) { const u = r.tag(); if (u === ${(1 << 3) | k.wt}) key = r.${k.read}(); else if (u === ${(2 << 3) | 2}) { const f = r.enter(); value = ${T}.read(r, f); r.leave(f); } else r.skip(u & 7, u >>> 3); } r.leave(e); ${store(`value ?? ${T}.create()`)} continue; } break;`,
     );
     return;
   }
   const v = fi.scalar!;
-  const sizeV = v.write === "bytes" ? (x: string) => `wire.bytesSize(${x})` : v.size;
+  const sizeV = v.write === "bytes" ? (x: string) => `${WIRE}.bytesSize(${x})` : v.size;
   const vtb = tagBytes(2, v.wt);
-  S.push(`for (const ${sizeEntry} of Object.entries(m.${fi.name} ?? {})) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${v.size("v")}; n += ${ptb} + wire.varint32Size(e) + e; }`);
+  S.push(`for (const ${sizeEntry} of ${entries}) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${v.size("v")}; n += ${ptb} + ${WIRE}.varint32Size(e) + e; }`);
   W.push(
-    `for (const [k, v] of Object.entries(m.${fi.name} ?? {})) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${sizeV("v")}; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, ${v.wt}).${v.write}(v); }`,
+    `for (const [k, v] of ${entries}) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${sizeV("v")}; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, ${v.wt}).${v.write}(v); }`,
   );
   const vts = fi.enumRef ?? v.ts;
   const read = fi.enumRef ? `r.${v.read}() as ${fi.enumRef}` : `r.${v.read}()`;
   R.push(
-    `case ${n}: if ((t & 7) === 2) { const e = r.enter(); let key: ${k.ts} = ${keyDefault}; let value: ${vts} = ${v.def}; while (r.pos < e) { const u = r.tag(); if (u === ${(1 << 3) | k.wt}) key = r.${k.read}(); else if (u === ${(2 << 3) | v.wt}) value = ${read}; else r.skip(u & 7, u >>> 3); } r.leave(e); m.${fi.name}[${keyProp}] = value; continue; } break;`,
+    `case ${n}: if ((t & 7) === 2) { const e = r.enter(); let key: ${k.ts} = ${keyDefault}; let value: ${vts} = ${v.def}; while (r.pos < e) { const u = r.tag(); if (u === ${(1 << 3) | k.wt}) key = r.${k.read}(); else if (u === ${(2 << 3) | v.wt}) value = ${read}; else r.skip(u & 7, u >>> 3); } r.leave(e); ${store("value")} continue; } break;`,
   );
 }
 
@@ -457,13 +544,13 @@ function genService(g: FileGen, s: protobuf.Service): void {
     const kind = m.requestStream ? (m.responseStream ? "bidi_streaming" : "client_streaming") : m.responseStream ? "server_streaming" : "unary";
     const local = lowerFirst(m.name);
     g.lines.push(
-      `    ${local}: { name: "${m.name}", localName: "${local}", path: "/${full}/${m.name}", kind: "${kind}", input: ${input}, output: ${output} } as MethodDefinition<${input}, ${output}, "${kind}">,`,
+      `    ${local}: { name: "${m.name}", localName: "${local}", path: "/${full}/${m.name}", kind: "${kind}", input: ${input}, output: ${output} } as ${rt("MethodDefinition")}<${input}, ${output}, "${kind}">,`,
     );
   }
   g.lines.push(`  },`);
-  g.lines.push(`} as const satisfies ServiceDefinition;`, "");
+  g.lines.push(`} as const satisfies ${rt("ServiceDefinition")};`, "");
   g.lines.push(`/** A typed client of ${full}. */`);
-  g.lines.push(`export type ${name}Client = Client<typeof ${name}Service>;`, "");
+  g.lines.push(`export type ${name}Client = ${rt("Client")}<typeof ${name}Service>;`, "");
   g.lines.push(`/** The handlers a server implements for ${full}. */`);
-  g.lines.push(`export type ${name}Handlers = ServiceImplementation<typeof ${name}Service>;`, "");
+  g.lines.push(`export type ${name}Handlers = ${rt("ServiceImplementation")}<typeof ${name}Service>;`, "");
 }

@@ -8,6 +8,12 @@ import { ErrorCode, KoalaError } from "../../errors.js";
 
 const MAX_DEPTH = 100;
 const utf8 = new TextDecoder("utf-8", { fatal: false });
+// Scratch memory for floats (no DataView per value); `flip` reverses the byte order on a big-endian host.
+const f32 = new Float32Array(1);
+const f32b = new Uint8Array(f32.buffer);
+const f64 = new Float64Array(1);
+const f64b = new Uint8Array(f64.buffer);
+const flip = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 0 : 7;
 
 function malformed(why: string): KoalaError {
   return new KoalaError(ErrorCode.PROTOCOL, `malformed protobuf: ${why}`);
@@ -140,13 +146,18 @@ export class ProtoReader {
   /** IEEE 754 single precision. */
   float(): number {
     const p = this.need(4);
-    return new DataView(this.buf.buffer, this.buf.byteOffset + p, 4).getFloat32(0, true);
+    const b = this.buf;
+    const x = flip & 3;
+    for (let i = 0; i < 4; i++) f32b[i ^ x] = b[p + i]!;
+    return f32[0]!;
   }
 
   /** IEEE 754 double precision. */
   double(): number {
     const p = this.need(8);
-    return new DataView(this.buf.buffer, this.buf.byteOffset + p, 8).getFloat64(0, true);
+    const b = this.buf;
+    for (let i = 0; i < 8; i++) f64b[i ^ flip] = b[p + i]!;
+    return f64[0]!;
   }
 
   /** Reads a length prefix and checks it fits; returns the start of the value. */
@@ -207,9 +218,17 @@ export class ProtoReader {
   /** Skips a field value of wire type `wireType`. */
   skip(wireType: number, field = 0): void {
     switch (wireType) {
-      case 0:
-        this.uint64();
-        return;
+      case 0: {
+        const b = this.buf;
+        const end = Math.min(this.end, this.pos + 10);
+        for (let p = this.pos; p < end; p++) {
+          if (b[p]! < 0x80) {
+            this.pos = p + 1;
+            return;
+          }
+        }
+        throw malformed(end === this.end ? "truncated varint" : "varint longer than 10 bytes");
+      }
       case 1:
         this.need(8);
         return;

@@ -10,21 +10,37 @@
  * in the scatter-gather list that {@link encodeMessage} returns.
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
-/** Bytes a varint takes for an unsigned 32-bit value (negative int32 values take 10). */
+import { custom, integer, resolveOptions, type OptionsSpec } from "../../options.js";
+
+/*
+ * Every size function below agrees with the writer method it stands for on *any* JavaScript
+ * value it may be given (NaN, fractions, negative or too large numbers), not only on valid
+ * ones: the size pass decides nested length prefixes and the buffer size, so a disagreement
+ * would not fail, it would send corrupt bytes.
+ */
+
+/**
+ * Bytes a 32-bit varint takes, as {@link ProtoWriter.uint32} and {@link ProtoWriter.int32}
+ * write it: a negative value takes 10 (sign-extended to 64 bits, as protobuf requires for
+ * int32), anything else its low 32 bits.
+ */
 export function varint32Size(v: number): number {
   if (v < 0) return 10;
+  v >>>= 0;
   return v < 0x80 ? 1 : v < 0x4000 ? 2 : v < 0x200000 ? 3 : v < 0x10000000 ? 4 : 5;
 }
 
-/** Bytes a varint takes for a 64-bit value (two's complement for negatives). */
+/**
+ * Bytes a 64-bit varint takes (int64, uint64: negatives as two's complement take 10). Like the
+ * 64-bit writer methods it takes a bigint, or an integral number (a fraction throws RangeError).
+ */
 export function varint64Size(v: bigint): number {
-  let x = BigInt.asUintN(64, v);
-  let n = 1;
-  while (x >= 0x80n) {
-    x >>= 7n;
-    n++;
-  }
-  return n;
+  if (v >= 0 && v < 0x80000000) return varint32Size(Number(v));
+  const x = BigInt.asUintN(64, BigInt(v));
+  const hi = Number(x >> 32n);
+  if (hi === 0) return 5;
+  // 32 + the bit length of `hi`, seven bits a byte.
+  return Math.ceil((64 - Math.clz32(hi)) / 7);
 }
 
 /** Bytes a zigzag varint takes (sint32). */
@@ -34,7 +50,8 @@ export function sint32Size(v: number): number {
 
 /** Bytes a zigzag varint takes (sint64). */
 export function sint64Size(v: bigint): number {
-  return varint64Size(BigInt.asUintN(64, (v << 1n) ^ (v >> 63n)));
+  const x = BigInt(v);
+  return varint64Size(BigInt.asUintN(64, (x << 1n) ^ (x >> 63n)));
 }
 
 /** UTF-8 length of `s`. */
@@ -87,21 +104,36 @@ export class SizeCounter {
 
   /** Bytes a `bytes` field value takes (length prefix included); counts it as external when large. */
   bytes(b: Uint8Array): number {
+    // Anything else with a byteLength (an ArrayBuffer, an Int32Array) would copy wrongly and
+    // leave uninitialised memory in the message.
+    if (!(b instanceof Uint8Array)) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `a bytes field needs a Uint8Array, got ${describe(b)}`);
     const n = b.byteLength;
     if (n >= this.threshold) this.external += n;
     return varint32Size(n) + n;
   }
 }
 
+function describe(v: unknown): string {
+  if (v === null) return "null";
+  if (typeof v === "object") return (v as object).constructor?.name ?? "an object";
+  return typeof v;
+}
+
 const f32 = new Float32Array(1);
 const f32b = new Uint8Array(f32.buffer);
 const f64 = new Float64Array(1);
 const f64b = new Uint8Array(f64.buffer);
+// Reverses the byte order of floats on a big-endian host.
+const flip = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 0 : 7;
+const EMPTY = new Uint8Array(0);
 
-/** Writes protobuf wire data into a buffer of known size; see the module comment. */
+/**
+ * Writes protobuf wire data into a buffer of known size; see the module comment. The 64-bit
+ * methods take a bigint, or an integral number.
+ */
 export class ProtoWriter {
   /** Buffer being written. */
-  buf: Uint8Array = new Uint8Array(0);
+  buf: Uint8Array = EMPTY;
   /** Write position in `buf`. */
   pos = 0;
   private partStart = 0;
@@ -109,6 +141,8 @@ export class ProtoWriter {
   private parts: Uint8Array[] = [];
   private sizes: number[] = [];
   private threshold = Infinity;
+  /** `buf` as a Buffer, made on the first long string when the memory is not a Buffer already. */
+  private nodeBuf: Buffer | undefined;
 
   /** Starts writing into `buf` at `pos`, with the nested sizes of a finished size pass. */
   begin(buf: Uint8Array, pos: number, counter: SizeCounter): void {
@@ -119,6 +153,7 @@ export class ProtoWriter {
     this.parts = [];
     this.sizes = counter.sizes;
     this.threshold = counter.threshold;
+    this.nodeBuf = undefined;
   }
 
   /** Ends writing: the parts whose concatenation is everything written. */
@@ -128,7 +163,8 @@ export class ProtoWriter {
     if (this.partStart === 0 && this.pos === this.buf.byteLength) parts.push(this.buf);
     else if (this.pos > this.partStart || parts.length === 0) parts.push(this.buf.subarray(this.partStart, this.pos));
     this.parts = [];
-    this.buf = new Uint8Array(0);
+    this.buf = EMPTY;
+    this.nodeBuf = undefined;
     return parts;
   }
 
@@ -142,8 +178,9 @@ export class ProtoWriter {
     return this.uint32(((field << 3) | wireType) >>> 0);
   }
 
-  /** Unsigned 32-bit varint. */
+  /** Unsigned 32-bit varint: the low 32 bits of `v`; a negative `v` is written as {@link int32} writes it. */
   uint32(v: number): this {
+    if (v < 0) return this.negative32(v);
     const b = this.buf;
     let p = this.pos;
     v >>>= 0;
@@ -158,8 +195,27 @@ export class ProtoWriter {
 
   /** Signed 32-bit varint (a negative value takes 10 bytes, as protobuf requires). */
   int32(v: number): this {
-    if (v >= 0) return this.uint32(v);
-    return this.uint64(BigInt(v | 0));
+    return this.uint32(v);
+  }
+
+  /** The low 32 bits of a negative `v`, sign-extended to a 10-byte varint (no bigint on this path). */
+  private negative32(v: number): this {
+    let lo = v >>> 0;
+    const b = this.buf;
+    let p = this.pos;
+    for (let i = 0; i < 4; i++) {
+      b[p++] = (lo & 0x7f) | 0x80;
+      lo >>>= 7;
+    }
+    // Bits 28–31 of the value, then bits 32–63, all ones.
+    b[p++] = lo | 0xf0;
+    b[p++] = 0xff;
+    b[p++] = 0xff;
+    b[p++] = 0xff;
+    b[p++] = 0xff;
+    b[p++] = 0x01;
+    this.pos = p;
+    return this;
   }
 
   /** Zigzag 32-bit varint. */
@@ -169,7 +225,8 @@ export class ProtoWriter {
 
   /** 64-bit varint (int64 and uint64; negatives as two's complement). */
   uint64(v: bigint): this {
-    const x = BigInt.asUintN(64, v);
+    if (v >= 0 && v < 0x80000000) return this.uint32(Number(v));
+    const x = BigInt.asUintN(64, BigInt(v));
     let lo = Number(x & 0xffffffffn);
     let hi = Number(x >> 32n);
     const b = this.buf;
@@ -191,7 +248,8 @@ export class ProtoWriter {
 
   /** Zigzag 64-bit varint. */
   sint64(v: bigint): this {
-    return this.uint64(BigInt.asUintN(64, (v << 1n) ^ (v >> 63n)));
+    const x = BigInt(v);
+    return this.uint64(BigInt.asUintN(64, (x << 1n) ^ (x >> 63n)));
   }
 
   /** Boolean varint. */
@@ -219,7 +277,7 @@ export class ProtoWriter {
 
   /** Little-endian 64 bits (fixed64, sfixed64). */
   fixed64(v: bigint): this {
-    const x = BigInt.asUintN(64, v);
+    const x = BigInt.asUintN(64, BigInt(v));
     this.fixed32(Number(x & 0xffffffffn));
     return this.fixed32(Number(x >> 32n));
   }
@@ -232,16 +290,21 @@ export class ProtoWriter {
   /** IEEE 754 single precision. */
   float(v: number): this {
     f32[0] = v;
-    this.buf.set(f32b, this.pos);
-    this.pos += 4;
+    const b = this.buf;
+    const p = this.pos;
+    const x = flip & 3;
+    for (let i = 0; i < 4; i++) b[p + i] = f32b[i ^ x]!;
+    this.pos = p + 4;
     return this;
   }
 
   /** IEEE 754 double precision. */
   double(v: number): this {
     f64[0] = v;
-    this.buf.set(f64b, this.pos);
-    this.pos += 8;
+    const b = this.buf;
+    const p = this.pos;
+    for (let i = 0; i < 8; i++) b[p + i] = f64b[i ^ flip]!;
+    this.pos = p + 8;
     return this;
   }
 
@@ -267,8 +330,11 @@ export class ProtoWriter {
     }
     const len = Buffer.byteLength(s, "utf8");
     this.uint32(len);
-    const b = this.buf;
-    const view = Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+    let view = this.nodeBuf;
+    if (view === undefined) {
+      const b = this.buf;
+      view = this.nodeBuf = Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+    }
     view.write(s, this.pos, len, "utf8");
     this.pos += len;
     return this;
@@ -315,18 +381,31 @@ export interface EncodeOptions {
   externalBytesThreshold?: number;
 }
 
+const encodeOptionsSpec: OptionsSpec<Required<EncodeOptions>> = {
+  headroom: integer(0, 0),
+  alloc: custom<(n: number) => Uint8Array>((n) => Buffer.allocUnsafe(n), "a function", (v) => typeof v === "function"),
+  externalBytesThreshold: custom(64 * 1024, "a number of bytes, 0 or more (0 or Infinity: never)", (v) => typeof v === "number" && v >= 0),
+};
+
 const counter = new SizeCounter();
 const writer = new ProtoWriter();
 
 /**
  * Encodes `message` and returns the parts whose concatenation is `headroom` reserved bytes
- * followed by the protobuf encoding. The first part always starts with the headroom.
+ * followed by the protobuf encoding. The first part always starts with the headroom, and is
+ * never one of the caller's `bytes` values (it may hold nothing but the headroom).
  */
 export function encodeMessage<T>(type: Encodable<T>, message: T, options?: EncodeOptions): Uint8Array[] {
-  return encodeParts(type, message, options?.headroom ?? 0, options?.alloc, options?.externalBytesThreshold ?? 64 * 1024);
+  if (options === undefined) return encodeParts(type, message, 0, undefined, 64 * 1024);
+  const o = resolveOptions("encodeMessage()", encodeOptionsSpec, options);
+  return encodeParts(type, message, o.headroom, o.alloc, o.externalBytesThreshold);
 }
 
-/** {@link encodeMessage} with positional arguments, for the per-message path (no options object); a message over `maxBytes` throws KOALA_ERR_MESSAGE_TOO_LARGE. */
+/**
+ * {@link encodeMessage} with positional arguments and no option checks, for the per-message
+ * path; a message over `maxBytes` throws KOALA_ERR_MESSAGE_TOO_LARGE before any memory is
+ * taken. `alloc` undefined means `Buffer.allocUnsafe`.
+ */
 export function encodeParts<T>(
   type: Encodable<T>,
   message: T,
@@ -337,17 +416,31 @@ export function encodeParts<T>(
 ): Uint8Array[] {
   counter.reset(externalBytesThreshold);
   const size = type.sizeOf(message, counter);
-  // Refused before any memory is taken for it.
   if (size > maxBytes) throw new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `${size} bytes exceeds the limit of ${maxBytes} bytes`);
   const inline = headroom + size - counter.external;
   const buf = alloc === undefined ? Buffer.allocUnsafe(inline) : alloc(inline);
+  if (buf.byteLength < inline) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `alloc(${inline}) returned only ${buf.byteLength} bytes`);
   // The writer and counter are shared: generated encoders are synchronous and never re-entered.
   writer.begin(buf, headroom, counter);
   type.write(message, writer);
-  return writer.finish();
+  const end = writer.pos;
+  const parts = writer.finish();
+  if (end !== inline) {
+    throw new KoalaError(
+      ErrorCode.INVALID_ARGUMENT,
+      `the write pass produced ${end - headroom} bytes where the size pass counted ${inline - headroom}: a field changed during encoding or holds a value of the wrong type`,
+    );
+  }
+  return parts;
 }
 
 /** Encodes `message` into one new buffer (no headroom, nothing external). */
 export function encodeToBytes<T>(type: Encodable<T>, message: T): Uint8Array {
-  return encodeMessage(type, message, { externalBytesThreshold: 0 })[0]!;
+  return encodeParts(type, message, 0, undefined, 0)[0]!;
+}
+
+/** The length of `message`'s protobuf encoding in bytes (the size pass alone). */
+export function encodedLength<T>(type: Encodable<T>, message: T): number {
+  counter.reset(0);
+  return type.sizeOf(message, counter);
 }
