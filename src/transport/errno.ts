@@ -1,6 +1,6 @@
 /**
  * The one place where operating-system errors become KoalaErrors with stable codes. The
- * original error stays as `cause`; the message names what was being done and where.
+ * original error stays as `cause`; the message names what was being done, where, and the errno.
  */
 import { ErrorCode, KoalaError, type ErrorCodeValue } from "../errors.js";
 
@@ -10,13 +10,17 @@ const byErrno: Record<string, ErrorCodeValue> = {
   EPIPE: ErrorCode.CONNECTION_RESET,
   ECONNABORTED: ErrorCode.CONNECTION_RESET,
   ERR_STREAM_DESTROYED: ErrorCode.CONNECTION_RESET,
+  ERR_SOCKET_CLOSED: ErrorCode.CONNECTION_RESET,
   ETIMEDOUT: ErrorCode.CONNECT_TIMEOUT,
   ENOTFOUND: ErrorCode.HOST_NOT_FOUND,
   EAI_AGAIN: ErrorCode.HOST_NOT_FOUND,
+  EAI_NONAME: ErrorCode.HOST_NOT_FOUND,
+  // A unix socket path that does not exist.
   ENOENT: ErrorCode.HOST_NOT_FOUND,
   EHOSTUNREACH: ErrorCode.HOST_NOT_FOUND,
   ENETUNREACH: ErrorCode.HOST_NOT_FOUND,
   EADDRINUSE: ErrorCode.ADDRESS_IN_USE,
+  // No such local address to bind, or no local port left to connect from.
   EADDRNOTAVAIL: ErrorCode.ADDRESS_IN_USE,
   EACCES: ErrorCode.ACCESS_DENIED,
   EPERM: ErrorCode.ACCESS_DENIED,
@@ -24,18 +28,22 @@ const byErrno: Record<string, ErrorCodeValue> = {
 
 /** The errno string of a Node system error (`"ECONNRESET"`), if it has one. */
 export function errnoOf(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
+  const code = (err as { code?: unknown } | null | undefined)?.code;
   return typeof code === "string" ? code : undefined;
 }
 
 /**
- * Maps a Node system error to a KoalaError. `context` says what failed, e.g.
- * `"connect to tcp://127.0.0.1:5000"`. A KoalaError is returned unchanged.
+ * Maps a Node system error to a KoalaError: ECONNREFUSED → CONNECTION_REFUSED; ECONNRESET,
+ * EPIPE, ECONNABORTED → CONNECTION_RESET; ETIMEDOUT → CONNECT_TIMEOUT; ENOTFOUND, EAI_AGAIN,
+ * ENOENT → HOST_NOT_FOUND; EADDRINUSE → ADDRESS_IN_USE; EACCES, EPERM → ACCESS_DENIED; any
+ * other → SYSTEM. `context` says what failed and where, e.g. `"connect to tcp://127.0.0.1:5000"`.
+ * A KoalaError is returned unchanged.
  */
 export function fromSystemError(err: unknown, context: string): KoalaError {
   if (err instanceof KoalaError) return err;
   const errno = errnoOf(err);
   const code = (errno !== undefined ? byErrno[errno] : undefined) ?? ErrorCode.SYSTEM;
-  const detail = err instanceof Error ? err.message : String(err);
+  let detail = err instanceof Error ? err.message : String(err);
+  if (errno !== undefined && !detail.includes(errno)) detail += ` (${errno})`;
   return new KoalaError(code, `${context}: ${detail}`, { cause: err });
 }

@@ -1,65 +1,64 @@
 /**
- * Framing of the socket transports: every frame is an 8-byte header (u32 little-endian
- * payload length, u8 kind, 3 reserved zero bytes) and its payload. The decoder needs no
- * socket: it is fed chunks and hands out whole frames — as views of the chunk when a frame
- * lies inside one, otherwise assembled into one buffer allocated once at its final size.
+ * Framing of the socket transports, usable without a socket.
+ *
+ * A frame is an 8-byte header — u32 little-endian payload length, u8 kind, 3 reserved bytes
+ * that must be zero — followed by the payload. Each side's first frame is a HELLO; anything
+ * else first (an HTTP request, a port scanner, a stray client) is refused at its header.
+ *
+ * One-sided payloads (integers little-endian; offsets are f64 so any safe integer fits):
+ *
+ * | kind           | payload                                                       |
+ * |----------------|---------------------------------------------------------------|
+ * | HELLO          | "KOALA", u8 version, u8 flags (none defined yet), u8 reserved |
+ * | READ_REQUEST   | u32 id, u32 key, f64 offset, u32 length                       |
+ * | READ_RESPONSE  | u32 id, the bytes                                             |
+ * | WRITE_REQUEST  | u32 id, u32 key, f64 offset, the bytes                        |
+ * | WRITE_RESPONSE | u32 id                                                        |
+ * | ACCESS_ERROR   | u32 id, u8 code length, code (latin1), message (utf8)         |
  */
-import { ErrorCode, KoalaError } from "../errors.js";
+import { ErrorCode, KoalaError, type ErrorCodeValue } from "../errors.js";
 
 /** Bytes of a frame header. */
 export const FRAME_HEADER_BYTES = 8;
 
-/** Frame kinds. */
+/** Frame kinds (the header's fifth byte). */
 export const FrameKind = {
-  /** First frame each side sends: magic, protocol version. */
+  /** First frame of each side: magic, protocol version, flags. */
   HELLO: 1,
   /** An application message. */
   MESSAGE: 2,
-  /** One-sided read request: id, key, offset, length. */
+  /** One-sided read request. */
   READ_REQUEST: 3,
-  /** Answer to a read: id, then the bytes. */
+  /** Bytes answering a read request. */
   READ_RESPONSE: 4,
-  /** One-sided write request: id, key, offset, then the bytes. */
+  /** One-sided write request, with the bytes to write. */
   WRITE_REQUEST: 5,
-  /** Answer to a write: id. */
+  /** A write request was carried out. */
   WRITE_RESPONSE: 6,
-  /** A one-sided request failed: id, error code, message. */
+  /** A one-sided request was refused by the region's owner. */
   ACCESS_ERROR: 7,
 } as const;
 /** One of the values of {@link FrameKind}. */
 export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
-const MAX_KIND = 7;
 
-/** Room one-sided frames need beyond the message limit (their own headers). */
-export const ONE_SIDED_SLACK = 64;
+const KIND_NAMES = ["", "HELLO", "MESSAGE", "READ_REQUEST", "READ_RESPONSE", "WRITE_REQUEST", "WRITE_RESPONSE", "ACCESS_ERROR"];
 
-/** Protocol version spoken in HELLO. */
+/** Protocol version this side speaks in HELLO. */
 export const PROTOCOL_VERSION = 1;
-const MAGIC = Buffer.from("KOALA", "latin1");
 /** Payload bytes of a HELLO frame. */
 export const HELLO_BYTES = 8;
+/** Payload bytes of a READ_REQUEST frame. */
+export const READ_REQUEST_BYTES = 20;
+/** Bytes before the data in a WRITE_REQUEST payload. */
+export const WRITE_REQUEST_HEAD_BYTES = 16;
+/** Bytes before the data in a READ_RESPONSE payload, and the whole WRITE_RESPONSE payload. */
+export const RESPONSE_HEAD_BYTES = 4;
+/** Largest ACCESS_ERROR payload; longer error texts are cut when encoded. */
+export const MAX_ACCESS_ERROR_BYTES = 4096;
 
-/** The HELLO frame, header included. */
-export function helloFrame(): Buffer {
-  const b = Buffer.alloc(FRAME_HEADER_BYTES + HELLO_BYTES);
-  writeFrameHeader(b, 0, HELLO_BYTES, FrameKind.HELLO);
-  MAGIC.copy(b, FRAME_HEADER_BYTES);
-  b[FRAME_HEADER_BYTES + 5] = PROTOCOL_VERSION;
-  return b;
-}
+const MAGIC = [0x4b, 0x4f, 0x41, 0x4c, 0x41]; // "KOALA"
 
-/** Checks a HELLO payload; throws KOALA_ERR_PROTOCOL naming what is wrong. */
-export function checkHello(payload: Uint8Array): void {
-  if (payload.byteLength !== HELLO_BYTES || !Buffer.from(payload.buffer, payload.byteOffset, 5).equals(MAGIC)) {
-    throw new KoalaError(ErrorCode.PROTOCOL, "the peer does not speak the koala protocol (bad HELLO)");
-  }
-  const version = payload[5]!;
-  if (version !== PROTOCOL_VERSION) {
-    throw new KoalaError(ErrorCode.PROTOCOL, `the peer speaks koala protocol version ${version}; this side speaks ${PROTOCOL_VERSION}`);
-  }
-}
-
-/** Writes a frame header at `at`. */
+/** Writes a frame header at `at` of `out`. */
 export function writeFrameHeader(out: Uint8Array, at: number, length: number, kind: FrameKind): void {
   out[at] = length;
   out[at + 1] = length >>> 8;
@@ -71,12 +70,124 @@ export function writeFrameHeader(out: Uint8Array, at: number, length: number, ki
   out[at + 7] = 0;
 }
 
-/** Receives whole frames from a {@link FrameDecoder}. */
+/** A whole HELLO frame, header included. */
+export function helloFrame(flags = 0): Buffer {
+  const b = Buffer.alloc(FRAME_HEADER_BYTES + HELLO_BYTES);
+  writeFrameHeader(b, 0, HELLO_BYTES, FrameKind.HELLO);
+  b.set(MAGIC, FRAME_HEADER_BYTES);
+  b[FRAME_HEADER_BYTES + 5] = PROTOCOL_VERSION;
+  b[FRAME_HEADER_BYTES + 6] = flags;
+  return b;
+}
+
+/**
+ * Checks a HELLO payload and returns the peer's flags. Throws KOALA_ERR_PROTOCOL naming what
+ * is wrong. Unknown flags are accepted, so that a later version can offer features.
+ */
+export function checkHello(payload: Uint8Array): number {
+  let magic = payload.byteLength === HELLO_BYTES;
+  for (let i = 0; magic && i < MAGIC.length; i++) magic = payload[i] === MAGIC[i];
+  if (!magic) throw new KoalaError(ErrorCode.PROTOCOL, "the peer does not speak the koala protocol (bad HELLO magic)");
+  const version = payload[5]!;
+  if (version !== PROTOCOL_VERSION) {
+    throw new KoalaError(ErrorCode.PROTOCOL, `the peer speaks koala protocol version ${version}; this side speaks version ${PROTOCOL_VERSION}`);
+  }
+  if (payload[7] !== 0) throw new KoalaError(ErrorCode.PROTOCOL, "the reserved byte of the peer's HELLO is not zero");
+  return payload[6]!;
+}
+
+/** A READ_REQUEST payload. */
+export function encodeReadRequest(id: number, key: number, offset: number, length: number): Buffer {
+  const b = Buffer.allocUnsafe(READ_REQUEST_BYTES);
+  b.writeUInt32LE(id, 0);
+  b.writeUInt32LE(key, 4);
+  b.writeDoubleLE(offset, 8);
+  b.writeUInt32LE(length, 16);
+  return b;
+}
+
+/** The head of a WRITE_REQUEST payload; the data follows as its own part. */
+export function encodeWriteRequestHead(id: number, key: number, offset: number): Buffer {
+  const b = Buffer.allocUnsafe(WRITE_REQUEST_HEAD_BYTES);
+  b.writeUInt32LE(id, 0);
+  b.writeUInt32LE(key, 4);
+  b.writeDoubleLE(offset, 8);
+  return b;
+}
+
+/** The head of a READ_RESPONSE (the bytes follow as their own part) or a whole WRITE_RESPONSE. */
+export function encodeResponseHead(id: number): Buffer {
+  const b = Buffer.allocUnsafe(RESPONSE_HEAD_BYTES);
+  b.writeUInt32LE(id, 0);
+  return b;
+}
+
+/** An ACCESS_ERROR payload carrying `err`'s code and message (cut to fit). */
+export function encodeAccessError(id: number, err: KoalaError): Buffer {
+  const code = Buffer.from(err.code, "latin1");
+  const b = Buffer.allocUnsafe(MAX_ACCESS_ERROR_BYTES);
+  b.writeUInt32LE(id, 0);
+  b[4] = code.length;
+  code.copy(b, 5);
+  const textAt = 5 + code.length;
+  const written = b.write(err.message, textAt, "utf8");
+  return b.subarray(0, textAt + written);
+}
+
+/** A one-sided request as decoded from its payload. */
+export interface OneSidedRequest {
+  /** Request id, echoed in the answer. */
+  id: number;
+  /** Region key in the owner's table. */
+  key: number;
+  /** Byte offset into the region. */
+  offset: number;
+  /** Bytes to read (READ_REQUEST) or the length of `data` (WRITE_REQUEST). */
+  length: number;
+  /** The bytes to write (a view into the payload); empty for a read. */
+  data: Uint8Array;
+}
+
+/** Decodes a READ_REQUEST or WRITE_REQUEST payload (the decoder already checked its size). */
+export function decodeRequest(kind: FrameKind, payload: Uint8Array): OneSidedRequest {
+  const v = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const id = v.getUint32(0, true);
+  const key = v.getUint32(4, true);
+  const offset = v.getFloat64(8, true);
+  if (kind === FrameKind.READ_REQUEST) return { id, key, offset, length: v.getUint32(16, true), data: payload.subarray(0, 0) };
+  const data = payload.subarray(WRITE_REQUEST_HEAD_BYTES);
+  return { id, key, offset, length: data.byteLength, data };
+}
+
+/** The request id at the start of a response or ACCESS_ERROR payload. */
+export function responseId(payload: Uint8Array): number {
+  return (payload[0]! | (payload[1]! << 8) | (payload[2]! << 16)) + payload[3]! * 0x1000000;
+}
+
+const KNOWN_CODES = new Set<string>(Object.values(ErrorCode));
+
+/** The error an ACCESS_ERROR payload carries; an unknown code becomes KOALA_ERR_PROTOCOL. */
+export function decodeAccessError(payload: Uint8Array): KoalaError {
+  const b = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+  const codeEnd = 5 + b[4]!;
+  const code = b.toString("latin1", 5, codeEnd);
+  const message = b.toString("utf8", codeEnd);
+  if (!KNOWN_CODES.has(code)) return new KoalaError(ErrorCode.PROTOCOL, `the peer refused a one-sided request with unknown code ${JSON.stringify(code)}: ${message}`);
+  return new KoalaError(code as ErrorCodeValue, message);
+}
+
+/** Receives whole frames from a {@link FrameDecoder}, in order. */
 export type FrameSink = (kind: FrameKind, payload: Uint8Array) => void;
 
-const EMPTY = new Uint8Array(0);
+const EMPTY = Buffer.alloc(0);
 
-/** Splits a byte stream into frames. */
+/**
+ * Splits a byte stream into frames and checks each header before taking its payload.
+ *
+ * A frame that lies inside one pushed chunk is handed out as a view of that chunk (no copy);
+ * a frame spread over chunks is gathered into one buffer allocated once, at its final size,
+ * as soon as its header is known — so a large message costs one copy, never a quadratic one.
+ */
 export class FrameDecoder {
   private readonly header = Buffer.alloc(FRAME_HEADER_BYTES);
   private headerFill = 0;
@@ -84,27 +195,41 @@ export class FrameDecoder {
   private bodyKind: FrameKind = FrameKind.MESSAGE;
   private bodyFill = 0;
   private failed: KoalaError | undefined;
-  /** Buffers allocated to assemble frames that spanned chunks (for tests and stats). */
+  private helloSeen = false;
+  /** Buffers allocated to gather frames that spanned chunks (one per such frame). */
   assembled = 0;
 
   /**
-   * @param maxPayload largest payload accepted; a longer one fails as soon as its header is read
-   * @param sink receives each frame, in order
+   * @param maxMessageBytes largest MESSAGE payload accepted (one-sided frames get room for
+   *   their own heads on top); a longer frame fails as soon as its header is read
+   * @param sink receives each frame, HELLO included (already checked)
    */
   constructor(
-    private readonly maxPayload: number,
+    private readonly maxMessageBytes: number,
     private readonly sink: FrameSink,
   ) {}
 
-  /** Feeds bytes. Throws KOALA_ERR_PROTOCOL or KOALA_ERR_MESSAGE_TOO_LARGE; after that the decoder stays failed. */
+  /** True once a valid HELLO was decoded. */
+  get greeted(): boolean {
+    return this.helloSeen;
+  }
+
+  /** True while a frame is only partly received (a peer that stops here was cut off mid-frame). */
+  get midFrame(): boolean {
+    return this.body !== undefined || this.headerFill > 0;
+  }
+
+  /**
+   * Feeds bytes; frames are passed to the sink before this returns. Throws KOALA_ERR_PROTOCOL
+   * or KOALA_ERR_MESSAGE_TOO_LARGE (and an error thrown by the sink); after a protocol or size
+   * error the decoder stays failed. The chunk must not change afterwards: frames are views of it.
+   */
   push(chunk: Uint8Array): void {
     if (this.failed !== undefined) throw this.failed;
     const n = chunk.byteLength;
     let at = 0;
     while (at < n) {
       if (this.body === undefined) {
-        let length: number;
-        let kind: number;
         let hb: Uint8Array;
         let ho: number;
         if (this.headerFill === 0 && n - at >= FRAME_HEADER_BYTES) {
@@ -112,8 +237,9 @@ export class FrameDecoder {
           ho = at;
           at += FRAME_HEADER_BYTES;
         } else {
+          // A header split across chunks: gather its 8 bytes first.
           const take = Math.min(FRAME_HEADER_BYTES - this.headerFill, n - at);
-          this.header.set(chunk.subarray(at, at + take), this.headerFill);
+          for (let i = 0; i < take; i++) this.header[this.headerFill + i] = chunk[at + i]!;
           this.headerFill += take;
           at += take;
           if (this.headerFill < FRAME_HEADER_BYTES) return;
@@ -121,44 +247,90 @@ export class FrameDecoder {
           hb = this.header;
           ho = 0;
         }
-        length = (hb[ho]! | (hb[ho + 1]! << 8) | (hb[ho + 2]! << 16)) + hb[ho + 3]! * 0x1000000;
-        kind = hb[ho + 4]!;
-        if (kind === 0 || kind > MAX_KIND) throw this.fail(ErrorCode.PROTOCOL, `unknown frame kind ${kind}`);
-        if (hb[ho + 5] !== 0 || hb[ho + 6] !== 0 || hb[ho + 7] !== 0) throw this.fail(ErrorCode.PROTOCOL, "reserved header bytes are not zero");
-        const limit = kind === FrameKind.MESSAGE ? this.maxPayload : this.maxPayload + ONE_SIDED_SLACK;
-        if (length > limit) {
-          throw this.fail(ErrorCode.MESSAGE_TOO_LARGE, `the peer sent a frame of ${length} bytes; the limit is ${limit} (maxMessageBytes)`);
+        const length = (hb[ho]! | (hb[ho + 1]! << 8) | (hb[ho + 2]! << 16)) + hb[ho + 3]! * 0x1000000;
+        const kind = hb[ho + 4]! as FrameKind;
+        if (!this.helloSeen) this.checkFirstHeader(hb, ho, kind, length);
+        else if (hb[ho + 5] !== 0 || hb[ho + 6] !== 0 || hb[ho + 7] !== 0) {
+          throw this.fail(ErrorCode.PROTOCOL, `reserved header bytes are not zero (frame kind ${kind}, length ${length})`);
         }
-        if (length === 0) {
-          this.sink(kind as FrameKind, EMPTY);
-          continue;
+        if (kind !== FrameKind.MESSAGE) this.checkHeader(kind, length);
+        else if (length > this.maxMessageBytes) {
+          throw this.fail(ErrorCode.MESSAGE_TOO_LARGE, `the peer sent a message of ${length} bytes; the limit is ${this.maxMessageBytes} (maxMessageBytes)`);
         }
         if (n - at >= length) {
-          const payload = chunk.subarray(at, at + length);
+          const payload = length === 0 ? EMPTY : chunk.subarray(at, at + length);
           at += length;
-          this.sink(kind as FrameKind, payload);
+          this.deliver(kind, payload);
           continue;
         }
         this.body = Buffer.allocUnsafe(length);
         this.assembled++;
-        this.bodyKind = kind as FrameKind;
+        this.bodyKind = kind;
         this.bodyFill = 0;
       }
       const body = this.body;
       const take = Math.min(body.length - this.bodyFill, n - at);
-      body.set(chunk.subarray(at, at + take), this.bodyFill);
+      body.set(at === 0 && take === n ? chunk : chunk.subarray(at, at + take), this.bodyFill);
       this.bodyFill += take;
       at += take;
       if (this.bodyFill === body.length) {
         this.body = undefined;
-        this.sink(this.bodyKind, body);
+        this.deliver(this.bodyKind, body);
       }
     }
   }
 
-  /** True while a frame is only partly received (a peer that stops here was cut off mid-message). */
-  get midFrame(): boolean {
-    return this.body !== undefined || this.headerFill > 0;
+  private deliver(kind: FrameKind, payload: Uint8Array): void {
+    if (kind === FrameKind.HELLO) {
+      try {
+        checkHello(payload);
+      } catch (err) {
+        this.failed = err as KoalaError;
+        throw err;
+      }
+      this.helloSeen = true;
+    }
+    this.sink(kind, payload);
+  }
+
+  /** The first header must be a HELLO's: this is where a peer speaking something else is caught. */
+  private checkFirstHeader(hb: Uint8Array, ho: number, kind: FrameKind, length: number): void {
+    if (kind === FrameKind.HELLO && length === HELLO_BYTES && hb[ho + 5] === 0 && hb[ho + 6] === 0 && hb[ho + 7] === 0) return;
+    const bytes = Array.from(hb.subarray(ho, ho + FRAME_HEADER_BYTES), (b) => b.toString(16).padStart(2, "0")).join(" ");
+    throw this.fail(ErrorCode.PROTOCOL, `the peer does not speak the koala protocol: its first frame is not a HELLO (header bytes ${bytes})`);
+  }
+
+  /** Checks the header of any frame but MESSAGE: known kind, a single HELLO, plausible size. */
+  private checkHeader(kind: FrameKind, length: number): void {
+    if ((kind as number) === 0 || kind > FrameKind.ACCESS_ERROR) throw this.fail(ErrorCode.PROTOCOL, `unknown frame kind ${kind}`);
+    let ok: boolean;
+    let max = 0;
+    switch (kind) {
+      case FrameKind.HELLO:
+        if (this.helloSeen) throw this.fail(ErrorCode.PROTOCOL, "the peer sent a second HELLO");
+        ok = length === HELLO_BYTES;
+        break;
+      case FrameKind.READ_REQUEST:
+        ok = length === READ_REQUEST_BYTES;
+        break;
+      case FrameKind.WRITE_RESPONSE:
+        ok = length === RESPONSE_HEAD_BYTES;
+        break;
+      case FrameKind.READ_RESPONSE:
+        ok = length >= RESPONSE_HEAD_BYTES;
+        max = this.maxMessageBytes + RESPONSE_HEAD_BYTES;
+        break;
+      case FrameKind.WRITE_REQUEST:
+        ok = length >= WRITE_REQUEST_HEAD_BYTES;
+        max = this.maxMessageBytes + WRITE_REQUEST_HEAD_BYTES;
+        break;
+      default: // ACCESS_ERROR
+        ok = length >= 5 && length <= MAX_ACCESS_ERROR_BYTES;
+    }
+    if (max > 0 && length > max) {
+      throw this.fail(ErrorCode.MESSAGE_TOO_LARGE, `the peer sent a ${KIND_NAMES[kind]} frame of ${length} bytes; the limit is ${max} (maxMessageBytes and its head)`);
+    }
+    if (!ok) throw this.fail(ErrorCode.PROTOCOL, `a ${KIND_NAMES[kind]} frame cannot be ${length} bytes long`);
   }
 
   private fail(code: typeof ErrorCode.PROTOCOL | typeof ErrorCode.MESSAGE_TOO_LARGE, message: string): KoalaError {
