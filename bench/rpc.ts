@@ -1,171 +1,305 @@
 /**
- * RPC benchmark: koala-rpc over tcp and unix beside @grpc/grpc-js and a raw net.Socket echo,
- * in one run on one machine, servers in child processes, interleaved rounds, medians, ratios.
- * `--quick` shortens every run; `--rounds N` sets the rounds (default 3); `--json FILE` saves the results.
+ * RPC benchmark: koala-rpc (over tcp and unix) beside @grpc/grpc-js and a raw `net.Socket`
+ * length-prefixed echo, in one run on one machine. Servers run in child processes
+ * (bench/rpc/server.ts) so client and server each have a core; systems are measured in
+ * interleaved rounds and the table shows medians and koala's ratios to the baselines, which
+ * are what to read on a noisy shared machine.
+ *
+ *   node --import tsx bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N]
+ *        [--only raw,koala-tcp,koala-unix,grpc] [--scenarios latency,calls,mbps,stream]
+ *        [--cpu-prof-servers DIR]
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import os from "node:os";
 import { join } from "node:path";
-import * as grpc from "@grpc/grpc-js";
-import * as loader from "@grpc/proto-loader";
-import { closeClient, createClient } from "../src/index.js";
-import { GreeterService, type HelloRequest } from "../examples/hello/gen/hello.js";
-import { fmt, machine, median, percentile, pingPong, pipelined, server, stopAll, table } from "./lib/harness.js";
-import { RawClient } from "./lib/raw-client.js";
+import { setTimeout as sleep } from "node:timers/promises";
+import { startServer, stopChildren, type ServerChild } from "./rpc/children.js";
+import { median, pingPong, pipelined, quantile } from "./rpc/measure.js";
+import { fmt, machineInfo, ratio, table } from "./rpc/report.js";
+import { PROTO_PATH } from "./rpc/proto-path.js";
+import { grpcSystem, koalaSystem, rawSystem, type System } from "./rpc/systems.js";
 
-const quick = process.argv.includes("--quick");
-const jsonAt = process.argv.indexOf("--json");
-const runMs = quick ? 300 : 1200;
-const roundsAt = process.argv.indexOf("--rounds");
-const rounds = roundsAt > 0 ? Math.max(1, Number(process.argv[roundsAt + 1])) : quick ? 1 : 3;
-const STREAM_WINDOW = 256;
+const SYSTEMS = ["raw", "koala-tcp", "koala-unix", "grpc"] as const;
+type SystemName = (typeof SYSTEMS)[number];
+const SCENARIOS = ["latency", "calls", "mbps", "stream"] as const;
+type ScenarioName = (typeof SCENARIOS)[number];
+/** A value in the main table. */
+type RowMetric = "p50" | "p99" | "calls" | "mbps" | "stream";
+/** A measured value: a table metric, or CPU per operation (µs) of the client or server in a scenario. */
+type Metric = RowMetric | `cpu.${ScenarioName}.${"client" | "server"}`;
 
-/** What every system offers the scenarios. */
-interface System {
-  unary(payload: Uint8Array): Promise<unknown>;
-  /** Messages per second echoed on one bidirectional stream. */
-  stream(ms: number, payload: Uint8Array): Promise<number>;
-  close(): void;
+/** Calls in flight for the call-rate scenario, and unanswered messages allowed on the stream. */
+const MANY_IN_FLIGHT = 256;
+/** Calls in flight for the 1 MiB scenario. */
+const BIG_IN_FLIGHT = 4;
+const SMALL = new Uint8Array(64).fill(0x61);
+const BIG = new Uint8Array(1 << 20).fill(0x62);
+
+interface Settings {
+  quick: boolean;
+  rounds: number;
+  ms: number;
+  warmupMs: number;
+  json: string | undefined;
+  only: SystemName[];
+  scenarios: ScenarioName[];
+  cpuProfServers: string | undefined;
 }
 
-type Metrics = { p50: number[]; p99: number[]; calls: number[]; mbps: number[]; stream: number[] };
-const results = new Map<string, Metrics>();
-const rec = (k: string) => results.get(k) ?? (results.set(k, { p50: [], p99: [], calls: [], mbps: [], stream: [] }), results.get(k)!);
-
-const small = new Uint8Array(64).fill(1);
-const big = new Uint8Array(1 << 20).fill(2);
-
-async function measure(name: string, sys: System): Promise<void> {
-  const r = rec(name);
-  const lat = await pingPong(runMs, () => sys.unary(small));
-  r.p50.push(percentile(lat, 0.5));
-  r.p99.push(percentile(lat, 0.99));
-  r.calls.push(await pipelined(runMs, 256, () => sys.unary(small)));
-  r.mbps.push(((await pipelined(runMs, 4, () => sys.unary(big))) * big.byteLength) / 1e6);
-  r.stream.push(await sys.stream(runMs, small));
+function usage(problem: string): never {
+  console.error(`bench/rpc: ${problem}`);
+  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,grpc] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR]");
+  process.exit(2);
 }
 
-/** Sends on a stream while fewer than STREAM_WINDOW replies are outstanding, until `end`. */
-function windowed(end: number, received: () => number) {
-  let sent = 0;
-  let wake: (() => void) | undefined;
-  return {
-    get sent() {
-      return sent;
-    },
-    onReply() {
-      wake?.();
-      wake = undefined;
-    },
-    async *source(): AsyncGenerator<Partial<HelloRequest>> {
-      while (performance.now() < end) {
-        if (sent - received() >= STREAM_WINDOW) await new Promise<void>((r) => (wake = r));
-        sent++;
-        yield { name: "s", payload: small };
-      }
-    },
+function parseList<T extends string>(flag: string, text: string | undefined, known: readonly T[]): T[] {
+  if (text === undefined) usage(`${flag} needs a value`);
+  const items = text.split(",").filter((s) => s !== "");
+  for (const s of items) if (!known.includes(s as T)) usage(`${flag}: unknown "${s}" (known: ${known.join(", ")})`);
+  return known.filter((k) => items.includes(k));
+}
+
+function parseCount(flag: string, text: string | undefined): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) usage(`${flag} needs a positive integer, got ${JSON.stringify(text)}`);
+  return n;
+}
+
+function parseSettings(argv: string[]): Settings {
+  const quick = argv.includes("--quick");
+  const s: Settings = {
+    quick,
+    rounds: quick ? 1 : 5,
+    ms: quick ? 250 : 1200,
+    warmupMs: quick ? 150 : 400,
+    json: undefined,
+    only: [...SYSTEMS],
+    scenarios: [...SCENARIOS],
+    cpuProfServers: undefined,
   };
-}
-
-function koala(address: string): System {
-  const client = createClient(GreeterService, address, { maxMessageBytes: 64 << 20 });
-  return {
-    unary: (payload) => client.sayHello({ name: "bench", payload }),
-    async stream(ms) {
-      let received = 0;
-      const t0 = performance.now();
-      const w = windowed(t0 + ms, () => received);
-      for await (const _ of client.chat(w.source())) {
-        received++;
-        w.onReply();
-      }
-      return received / ((performance.now() - t0) / 1000);
-    },
-    close: () => closeClient(client),
-  };
-}
-
-function grpcjs(address: string): System {
-  const def = loader.loadSync(new URL("../examples/hello/hello.proto", import.meta.url).pathname);
-  const Greeter = (grpc.loadPackageDefinition(def) as any).hello.Greeter;
-  const client = new Greeter(address, grpc.credentials.createInsecure(), { "grpc.max_receive_message_length": 64 << 20, "grpc.max_send_message_length": 64 << 20 });
-  return {
-    unary: (payload) => new Promise((resolve, reject) => client.SayHello({ name: "bench", payload }, (err: Error | null, r: unknown) => (err ? reject(err) : resolve(r)))),
-    async stream(ms) {
-      const call = client.Chat();
-      let received = 0;
-      const t0 = performance.now();
-      const w = windowed(t0 + ms, () => received);
-      const done = new Promise<void>((resolve, reject) => {
-        call.on("data", () => {
-          received++;
-          w.onReply();
-        });
-        call.on("end", resolve);
-        call.on("error", reject);
-      });
-      for await (const m of w.source()) if (!call.write(m)) await new Promise((r) => call.once("drain", r));
-      call.end();
-      await done;
-      return received / ((performance.now() - t0) / 1000);
-    },
-    close: () => client.close(),
-  };
-}
-
-async function raw(address: string): Promise<System> {
-  const c = await RawClient.connect(address);
-  return {
-    unary: (payload) => c.request(payload),
-    // The raw equivalent of a message stream: pipelined echo with the same window.
-    stream: async (ms, payload) => pipelined(ms, STREAM_WINDOW, () => c.request(payload)),
-    close: () => c.close(),
-  };
-}
-
-const dir = mkdtempSync(join(tmpdir(), "koala-bench-rpc-"));
-try {
-  const rawAddress = await server("raw");
-  const koalaTcp = await server("koala-rpc", { BENCH_ADDRESS: "tcp://127.0.0.1:0" });
-  const koalaUnix = await server("koala-rpc", { BENCH_ADDRESS: `unix:${join(dir, "k.sock")}` });
-  const grpcAddress = await server("grpc");
-  for (let round = 0; round < rounds; round++) {
-    for (const [name, make] of [
-      ["raw", () => raw(rawAddress)],
-      ["koala tcp", async () => koala(koalaTcp)],
-      ["koala unix", async () => koala(koalaUnix)],
-      ["grpc-js", async () => grpcjs(grpcAddress)],
-    ] as const) {
-      const sys = await make();
-      await measure(name, sys);
-      sys.close();
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i]!;
+    switch (flag) {
+      case "--quick":
+        break;
+      case "--json":
+        s.json = argv[++i] ?? usage("--json needs a file name");
+        break;
+      case "--rounds":
+        s.rounds = parseCount(flag, argv[++i]);
+        break;
+      case "--ms":
+        s.ms = parseCount(flag, argv[++i]);
+        break;
+      case "--only":
+        s.only = parseList(flag, argv[++i], SYSTEMS);
+        break;
+      case "--scenarios":
+        s.scenarios = parseList(flag, argv[++i], SCENARIOS);
+        break;
+      case "--cpu-prof-servers":
+        s.cpuProfServers = argv[++i] ?? usage("--cpu-prof-servers needs a folder");
+        break;
+      default:
+        usage(`unknown argument ${JSON.stringify(flag)}`);
     }
   }
-} finally {
-  stopAll();
-  rmSync(dir, { recursive: true, force: true });
+  return s;
 }
 
-const m = (name: string, k: keyof Metrics) => median(results.get(name)![k]);
-const systems = ["raw", "koala tcp", "koala unix", "grpc-js"];
-const rows: string[][] = [];
-const summary: Record<string, Record<string, number>> = {};
-const scen: [string, keyof Metrics, number, (k: number, raw: number, g: number) => [string, string, boolean]][] = [
-  ["64 B unary, 1 in flight: p50 µs", "p50", 1, (k, r, g) => [`${(k / r).toFixed(2)}×`, `${(g / k).toFixed(1)}×`, k <= 1.3 * r]],
-  ["64 B unary, 1 in flight: p99 µs", "p99", 1, (k, r, g) => [`${(k / r).toFixed(2)}×`, `${(g / k).toFixed(1)}×`, true]],
-  ["64 B unary, 256 in flight: calls/s", "calls", 0, (k, r, g) => [`${(k / r).toFixed(2)}×`, `${(k / g).toFixed(1)}×`, k >= 30 * g && k >= 0.35 * r]],
-  ["1 MiB unary, 4 in flight: MB/s", "mbps", 0, (k, r, g) => [`${(k / r).toFixed(2)}×`, `${(k / g).toFixed(1)}×`, k >= 0.8 * r]],
-  ["64 B bidi stream: msg/s", "stream", 0, (k, r, g) => [`${(k / r).toFixed(2)}×`, `${(k / g).toFixed(1)}×`, true]],
+/**
+ * One scenario's run against one system, giving one value per metric it measures, plus the
+ * CPU time the client (this process) and the server child spent per operation.
+ */
+async function runScenario(name: ScenarioName, sys: System, server: ServerChild, ms: number): Promise<Partial<Record<Metric, number>>> {
+  const serverBefore = await server.cpuMicros();
+  const clientBefore = process.cpuUsage();
+  let ops: number;
+  let values: Partial<Record<Metric, number>>;
+  switch (name) {
+    case "latency": {
+      const lat = await pingPong(ms, () => sys.unary(SMALL));
+      ops = lat.length;
+      values = { p50: quantile(lat, 0.5), p99: quantile(lat, 0.99) };
+      break;
+    }
+    case "calls": {
+      const c = await pipelined(ms, MANY_IN_FLIGHT, () => sys.unary(SMALL));
+      ops = c.ops;
+      values = { calls: c.ops / c.seconds };
+      break;
+    }
+    case "mbps": {
+      const c = await pipelined(ms, BIG_IN_FLIGHT, () => sys.unary(BIG));
+      ops = c.ops;
+      values = { mbps: (c.ops * BIG.byteLength) / c.seconds / 1e6 };
+      break;
+    }
+    case "stream": {
+      const c = await sys.stream(ms, MANY_IN_FLIGHT, SMALL);
+      ops = c.ops;
+      values = { stream: c.ops / c.seconds };
+      break;
+    }
+  }
+  const client = process.cpuUsage(clientBefore);
+  const serverMicros = (await server.cpuMicros()) - serverBefore;
+  values[`cpu.${name}.client`] = (client.user + client.system) / ops;
+  values[`cpu.${name}.server`] = serverMicros / ops;
+  return values;
+}
+
+/** A row of the table: a metric, how it is shown, and koala's goal for it. */
+interface Row {
+  metric: RowMetric;
+  label: string;
+  digits: number;
+  goal?: { text: string; met(koala: number, raw: number, grpc: number): boolean };
+}
+
+const ROWS: Row[] = [
+  { metric: "p50", label: "64 B unary, 1 in flight: p50 µs", digits: 1, goal: { text: "≤ 1.3× raw", met: (k, r) => k <= 1.3 * r } },
+  { metric: "p99", label: "64 B unary, 1 in flight: p99 µs", digits: 1 },
+  {
+    metric: "calls",
+    label: `64 B unary, ${MANY_IN_FLIGHT} in flight: calls/s`,
+    digits: 0,
+    goal: { text: "≥ 30× grpc, ≥ 0.35× raw", met: (k, r, g) => k >= 30 * g && k >= 0.35 * r },
+  },
+  { metric: "mbps", label: `1 MiB unary, ${BIG_IN_FLIGHT} in flight: MB/s`, digits: 0, goal: { text: "≥ 0.8× raw", met: (k, r) => k >= 0.8 * r } },
+  { metric: "stream", label: `64 B bidi stream (≤ ${MANY_IN_FLIGHT} unanswered): msg/s`, digits: 0 },
 ];
-const goals = ["p50 ≤ 1.3× raw", "(info)", "≥ 30× grpc and ≥ 0.35× raw", "≥ 0.8× raw", "(info)"];
-scen.forEach(([label, key, digits, judge], i) => {
-  const values = systems.map((s) => m(s, key));
-  summary[label] = Object.fromEntries(systems.map((s, j) => [s, values[j]!]));
-  const [vsRaw, vsGrpc, met] = judge(values[1]!, values[0]!, values[3]!);
-  rows.push([label, ...values.map((v) => fmt(v, digits)), vsRaw, vsGrpc, goals[i]!, goals[i] === "(info)" ? "" : met ? "yes" : "no"]);
-});
-console.log(`\nbench/rpc — ${machine()}`);
-console.log(`${rounds} interleaved round(s) of ${runMs} ms per scenario and system; medians. Ratios use koala over tcp.\n`);
-console.log(table(["scenario", "raw net.Socket", "koala tcp", "koala unix", "grpc-js", "koala/raw", "koala vs grpc", "goal", "met"], rows));
-console.log("\nkoala vs grpc: how many times better koala is (latency: grpc/koala; rates: koala/grpc).");
-if (jsonAt > 0) writeFileSync(process.argv[jsonAt + 1]!, JSON.stringify({ machine: machine(), runMs, rounds, results: summary }, null, 2));
+const ROW_SCENARIO: Record<RowMetric, ScenarioName> = { p50: "latency", p99: "latency", calls: "calls", mbps: "mbps", stream: "stream" };
+const SCENARIO_LABEL: Record<ScenarioName, string> = {
+  latency: "64 B unary, 1 in flight",
+  calls: `64 B unary, ${MANY_IN_FLIGHT} in flight`,
+  mbps: `1 MiB unary, ${BIG_IN_FLIGHT} in flight`,
+  stream: "64 B bidi stream",
+};
+
+async function main(): Promise<void> {
+  const settings = parseSettings(process.argv.slice(2));
+  const machine = machineInfo();
+  const samples = new Map<SystemName, Map<Metric, number[]>>(settings.only.map((n) => [n, new Map()]));
+  const clients = new Map<SystemName, System>();
+  const servers = new Map<SystemName, ServerChild>();
+  const dir = mkdtempSync(join(os.tmpdir(), "koala-bench-rpc-"));
+  // Also on SIGINT / SIGTERM, which end the process from bench/rpc/children.ts without unwinding.
+  process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+  const started = performance.now();
+  const progress = (text: string) => process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(0).padStart(3)} s] ${text}\n`);
+  try {
+    const prof = settings.cpuProfServers === undefined ? {} : { cpuProfDir: settings.cpuProfServers };
+    const serverOf: Record<SystemName, () => Promise<ServerChild>> = {
+      raw: () => startServer("raw", undefined, prof),
+      "koala-tcp": () => startServer("koala", "tcp://127.0.0.1:0", prof),
+      "koala-unix": () => startServer("koala", `unix:${join(dir, "koala.sock")}`, prof),
+      grpc: () => startServer("grpc", undefined, prof),
+    };
+    const clientOf: Record<SystemName, (address: string) => Promise<System>> = {
+      raw: (a) => rawSystem(a),
+      "koala-tcp": async (a) => koalaSystem(a),
+      "koala-unix": async (a) => koalaSystem(a),
+      grpc: async (a) => grpcSystem(a, PROTO_PATH),
+    };
+    progress(`starting ${settings.only.length} server processes`);
+    const children = await Promise.all(settings.only.map((n) => serverOf[n]()));
+    for (const [i, n] of settings.only.entries()) {
+      servers.set(n, children[i]!);
+      clients.set(n, await clientOf[n](children[i]!.address));
+    }
+
+    // Untimed pass so every code path is compiled before any round counts.
+    progress("warming up");
+    for (const n of settings.only) for (const sc of settings.scenarios) await runScenario(sc, clients.get(n)!, servers.get(n)!, settings.warmupMs);
+
+    for (let round = 0; round < settings.rounds; round++) {
+      progress(`round ${round + 1}/${settings.rounds}`);
+      // Scenario by scenario, the systems back to back (their order rotating each round), so
+      // that whatever else the machine does at that moment hits every system of the scenario alike.
+      const order = settings.only.map((_, i) => settings.only[(i + round) % settings.only.length]!);
+      for (const sc of settings.scenarios) {
+        for (const n of order) {
+          const values = await runScenario(sc, clients.get(n)!, servers.get(n)!, settings.ms);
+          for (const [metric, v] of Object.entries(values) as [Metric, number][]) {
+            const m = samples.get(n)!;
+            m.set(metric, [...(m.get(metric) ?? []), v]);
+          }
+          await sleep(20);
+        }
+      }
+    }
+  } finally {
+    for (const c of clients.values()) c.close();
+    await stopChildren();
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  const med = (n: SystemName, metric: Metric) => median(samples.get(n)?.get(metric) ?? []);
+  const header = ["scenario", "raw", "koala tcp", "koala unix", "grpc-js", "koala/raw", "koala/grpc", "goal met?"];
+  const rows: string[][] = [];
+  const jsonRows: object[] = [];
+  for (const row of ROWS) {
+    if (!settings.scenarios.includes(ROW_SCENARIO[row.metric])) continue;
+    const [raw, kt, ku, g] = SYSTEMS.map((n) => med(n, row.metric)) as [number, number, number, number];
+    let verdict = "—";
+    let met: boolean | null = null;
+    if (row.goal !== undefined) {
+      const needs = [kt, raw, ...(row.metric === "calls" ? [g] : [])];
+      if (needs.every(Number.isFinite)) {
+        met = row.goal.met(kt, raw, g);
+        verdict = `${met ? "yes" : "NO"} (${row.goal.text})`;
+      }
+    }
+    rows.push([row.label, fmt(raw, row.digits), fmt(kt, row.digits), fmt(ku, row.digits), fmt(g, row.digits), ratio(kt / raw), ratio(kt / g), verdict]);
+    // Each round measured the systems back to back, so a per-round ratio shows how steady the ratio was.
+    const rounds = (n: SystemName) => samples.get(n)?.get(row.metric) ?? [];
+    const perRound = rounds("koala-tcp").map((k, i) => k / (rounds("raw")[i] ?? NaN));
+    jsonRows.push({ scenario: row.label, metric: row.metric, raw, koalaTcp: kt, koalaUnix: ku, grpcJs: g, koalaOverRaw: kt / raw, koalaOverGrpc: kt / g, koalaOverRawPerRound: perRound, goal: row.goal?.text ?? null, met });
+  }
+
+  const cpuRows: string[][] = [];
+  for (const sc of settings.scenarios) {
+    const per = SYSTEMS.map((n) => [med(n, `cpu.${sc}.client`), med(n, `cpu.${sc}.server`)] as const);
+    const sum = per.map(([c, sv]) => c + sv);
+    cpuRows.push([SCENARIO_LABEL[sc], ...per.map(([c, sv]) => (Number.isFinite(c) ? `${fmt(c, 1)} + ${fmt(sv, 1)}` : "—")), ratio(sum[1]! / sum[0]!), ratio(sum[1]! / sum[3]!)]);
+  }
+
+  const loadAtEnd = os.loadavg()[0]!;
+  const out: string[] = [
+    "",
+    `bench/rpc — ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, Node ${machine.node}, ${machine.os}, ${machine.date}`,
+    `load average (1 min) ${machine.loadAtStart.toFixed(2)} at start, ${loadAtEnd.toFixed(2)} at end; ` +
+      `${settings.rounds} interleaved round(s) × ${settings.ms} ms per scenario and system (after a ${settings.warmupMs} ms warm-up); medians of the rounds.`,
+    "",
+    table(header, rows),
+    "",
+    table(["CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "grpc-js", "koala/raw", "koala/grpc"], cpuRows),
+    "",
+    "koala/raw and koala/grpc divide koala over tcp by the baseline (for latency below 1 is better, for rates above 1).",
+    "raw = length-prefixed echo on a plain net.Socket over tcp (a call = one echoed message; the stream = the same echo pipelined).",
+    "MB/s counts the request payload once per call (10^6 bytes). CPU = user + system time of the client process and the server child, per call (or stream reply).",
+  ];
+  // At the end the load average counts this benchmark's own two busy processes (about 2).
+  if (machine.loadAtStart > 1 || loadAtEnd > 3) {
+    out.push(
+      `note: the machine was not idle (1-minute load average ${machine.loadAtStart.toFixed(1)} at start, ${loadAtEnd.toFixed(1)} at end, about 2 of it this benchmark's own) ` +
+        "so the two processes shared their cores with other work: expect noise; the ratios and the CPU table hold up better than absolute numbers.",
+    );
+  }
+  console.log(out.join("\n"));
+
+  if (settings.json !== undefined) {
+    const perSystem = Object.fromEntries([...samples].map(([n, m]) => [n, Object.fromEntries([...m].map(([metric, xs]) => [metric, { median: median(xs), rounds: xs }]))]));
+    const settingsOut = { rounds: settings.rounds, ms: settings.ms, warmupMs: settings.warmupMs, manyInFlight: MANY_IN_FLIGHT, bigInFlight: BIG_IN_FLIGHT, systems: settings.only, scenarios: settings.scenarios };
+    writeFileSync(settings.json, JSON.stringify({ machine: { ...machine, loadAtEnd }, settings: settingsOut, rows: jsonRows, systems: perSystem }, null, 2) + "\n");
+    console.log(`results written to ${settings.json}`);
+  }
+}
+
+try {
+  await main();
+} catch (err) {
+  console.error("bench/rpc failed:", err);
+  process.exitCode = 1;
+}

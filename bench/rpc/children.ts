@@ -1,0 +1,120 @@
+/**
+ * Server child processes of the RPC benchmark. Every child started here is ended by
+ * {@link stopChildren}, and also when this process exits for any reason it can observe
+ * (normal end, thrown error, SIGINT, SIGTERM); a child whose parent dies anyway exits on
+ * its own when the IPC channel closes.
+ */
+import { fork, type ChildProcess } from "node:child_process";
+import { join } from "node:path";
+
+const SERVER_SCRIPT = new URL("./server.ts", import.meta.url).pathname;
+const live = new Set<ChildProcess>();
+let serial = 0;
+
+/** Options of {@link startServer}. */
+export interface StartOptions {
+  /** Folder under which the child writes V8 CPU profiles (`--cpu-prof`, a subfolder per child); none when undefined. */
+  cpuProfDir?: string;
+  /** Time the child may take to report its address, in milliseconds. Default 30 000. */
+  startTimeoutMs?: number;
+}
+
+/** A running server child. */
+export interface ServerChild {
+  /** The address it listens on. */
+  address: string;
+  /** Its process id. */
+  pid: number;
+  /** Its CPU time so far (user + system), in microseconds. */
+  cpuMicros(): Promise<number>;
+}
+
+/**
+ * Forks `bench/rpc/server.ts <system> [address]` under tsx; resolves once the child reports
+ * the address it listens on.
+ */
+export async function startServer(system: "raw" | "koala" | "grpc", address?: string, options: StartOptions = {}): Promise<ServerChild> {
+  const execArgv = ["--import", "tsx"];
+  // One folder per server: Node names each thread's profile itself (tsx's loader thread writes one too).
+  if (options.cpuProfDir !== undefined) execArgv.push("--cpu-prof", `--cpu-prof-dir=${join(options.cpuProfDir, `server-${system}-${++serial}`)}`);
+  const child = fork(SERVER_SCRIPT, address === undefined ? [system] : [system, address], {
+    execArgv,
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  });
+  live.add(child);
+  child.once("exit", () => live.delete(child));
+  // Replies to "cpu" come back in order; a child that dies fails the questions still open.
+  const cpuWaiters: { resolve(micros: number): void; reject(err: Error): void }[] = [];
+  child.once("exit", (code, signal) => {
+    for (const w of cpuWaiters.splice(0)) w.reject(new Error(`bench server ${system} exited (code ${code}, signal ${signal})`));
+  });
+  const timeoutMs = options.startTimeoutMs ?? 30_000;
+  const bound = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`bench server ${system} did not report an address within ${timeoutMs} ms`)), timeoutMs);
+    child.on("message", (m: { address?: string; cpu?: NodeJS.CpuUsage }) => {
+      if (m.address !== undefined) {
+        clearTimeout(timer);
+        resolve(m.address);
+      } else if (m.cpu !== undefined) cpuWaiters.shift()?.resolve(m.cpu.user + m.cpu.system);
+    });
+    child.once("exit", (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`bench server ${system} exited before listening (code ${code}, signal ${signal})`));
+    });
+    child.once("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+  return {
+    address: bound,
+    pid: child.pid!,
+    cpuMicros: () =>
+      new Promise<number>((resolve, reject) => {
+        if (!child.connected) return reject(new Error(`bench server ${system} is gone`));
+        cpuWaiters.push({ resolve, reject });
+        child.send("cpu");
+      }),
+  };
+}
+
+/**
+ * Ends every child: first by closing its IPC channel (it exits by itself, writing a CPU
+ * profile if asked), then with SIGKILL after `graceMs` for any still running.
+ */
+export async function stopChildren(graceMs = 3000): Promise<void> {
+  const children = [...live];
+  await Promise.all(
+    children.map(
+      (c) =>
+        new Promise<void>((resolve) => {
+          if (c.exitCode !== null || c.signalCode !== null) return resolve();
+          const timer = setTimeout(() => {
+            c.kill("SIGKILL");
+            resolve();
+          }, graceMs);
+          c.once("exit", () => {
+            clearTimeout(timer);
+            resolve();
+          });
+          if (c.connected) c.disconnect();
+          else c.kill("SIGKILL");
+        }),
+    ),
+  );
+  killChildrenNow();
+}
+
+/** SIGKILLs every child still running (synchronous, for exit paths). */
+export function killChildrenNow(): void {
+  for (const c of live) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+  live.clear();
+}
+
+process.on("exit", killChildrenNow);
+for (const sig of ["SIGINT", "SIGTERM"] as const) {
+  process.on(sig, () => {
+    killChildrenNow();
+    process.exit(sig === "SIGINT" ? 130 : 143);
+  });
+}

@@ -1,0 +1,101 @@
+/**
+ * Child process of the RPC benchmark: serves one system and reports its address to the
+ * parent over IPC as `{ address }`; answers the message `"cpu"` with `{ cpu: process.cpuUsage() }`.
+ * Run as `server.ts <raw|koala|grpc> [address]`.
+ *
+ * Every system does the same work per call: the greeter's SayHello answers
+ * `{ message: "Hello, <name>!", payload: <request payload> }`, Chat answers each message
+ * the same way, and the raw server echoes each length-prefixed message.
+ *
+ * The child exits when the parent goes away (IPC disconnect), through process.exit so that a
+ * `--cpu-prof` run writes its profile.
+ */
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { createServer, type ServiceImplementation } from "../../src/index.js";
+import { GreeterService } from "../../examples/hello/gen/hello.js";
+import { PROTO_PATH } from "./proto-path.js";
+import { startRawServer } from "./raw.js";
+
+const koalaGreeter: ServiceImplementation<typeof GreeterService> = {
+  sayHello(req) {
+    return { message: `Hello, ${req.name}!`, payload: req.payload };
+  },
+  async *sayHelloInLanguages(req) {
+    yield { message: `Hello, ${req.name}!` };
+  },
+  async greetMany(requests) {
+    let n = 0;
+    for await (const _ of requests) n++;
+    return { message: `Hello, ${n} people!` };
+  },
+  async *chat(requests) {
+    for await (const req of requests) yield { message: `Hello, ${req.name}!`, payload: req.payload };
+  },
+};
+
+async function startKoala(address: string): Promise<string> {
+  const server = createServer();
+  server.add(GreeterService, koalaGreeter);
+  return server.listen(address);
+}
+
+interface GrpcRequest {
+  name: string;
+  payload: Buffer;
+}
+
+async function startGrpc(): Promise<string> {
+  const def = protoLoader.loadSync(PROTO_PATH);
+  const Greeter = (grpc.loadPackageDefinition(def) as any).hello.Greeter as grpc.ServiceClientConstructor;
+  const server = new grpc.Server();
+  server.addService(Greeter.service, {
+    SayHello(call: grpc.ServerUnaryCall<GrpcRequest, unknown>, callback: grpc.sendUnaryData<unknown>) {
+      callback(null, { message: `Hello, ${call.request.name}!`, payload: call.request.payload });
+    },
+    SayHelloInLanguages(call: grpc.ServerWritableStream<GrpcRequest, unknown>) {
+      call.write({ message: `Hello, ${call.request.name}!` });
+      call.end();
+    },
+    GreetMany(call: grpc.ServerReadableStream<GrpcRequest, unknown>, callback: grpc.sendUnaryData<unknown>) {
+      let n = 0;
+      call.on("data", () => n++);
+      call.on("end", () => callback(null, { message: `Hello, ${n} people!` }));
+    },
+    Chat(call: grpc.ServerDuplexStream<GrpcRequest, unknown>) {
+      call.on("data", (req: GrpcRequest) => call.write({ message: `Hello, ${req.name}!`, payload: req.payload }));
+      call.on("end", () => call.end());
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  return `127.0.0.1:${port}`;
+}
+
+if (process.send === undefined) {
+  console.error("bench/rpc/server.ts runs as a child of bench/rpc.ts (it reports over IPC)");
+  process.exit(2);
+}
+process.on("disconnect", () => process.exit(0));
+// The parent asks for this process's CPU time around each run, to report CPU per call.
+process.on("message", (m) => {
+  if (m === "cpu") process.send!({ cpu: process.cpuUsage() });
+});
+
+const [system, address] = process.argv.slice(2);
+let bound: string;
+switch (system) {
+  case "raw":
+    bound = (await startRawServer()).address;
+    break;
+  case "koala":
+    bound = await startKoala(address ?? "tcp://127.0.0.1:0");
+    break;
+  case "grpc":
+    bound = await startGrpc();
+    break;
+  default:
+    throw new Error(`unknown system ${JSON.stringify(system)} (raw, koala, grpc)`);
+}
+process.send({ address: bound });
