@@ -134,6 +134,10 @@ class MemoryConnection implements Connection {
     this.inbox.setReceiver(receiver);
   }
 
+  release(_message: Uint8Array): void {
+    // Received messages are views of memory nobody reuses: nothing to hand back.
+  }
+
   pause(): void {
     this.inbox.pause();
   }

@@ -372,6 +372,10 @@ export class SocketConnection implements Connection {
     this.inbox.setReceiver(receiver);
   }
 
+  release(_message: Uint8Array): void {
+    // Received messages are views of memory nobody reuses: nothing to hand back.
+  }
+
   pause(): void {
     this.inbox.pause();
   }

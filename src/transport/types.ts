@@ -78,10 +78,20 @@ export interface Connection extends AsyncIterable<Uint8Array> {
    * Sets the receiver, called once per whole message, in order. Messages that arrive while no
    * receiver is set (or while paused) are queued, and reading from the peer stops once
    * `receiveQueueMessages` are queued, so a slow reader slows the writer instead of growing memory.
-   * A received message stays valid after the callback returns.
+   * Ownership: a received message belongs to the transport until it is handed back with
+   * {@link Connection.release}; it stays valid after the callback returns, until then.
    * Setting a receiver and iterating with `for await` are exclusive.
    */
   onMessage(receiver: ((message: Uint8Array) => void) | null): void;
+  /**
+   * Hands a received message back to the transport, which may then reuse its memory (on RDMA
+   * the receive buffer is posted again; on sockets this costs nothing). The view must be the
+   * one delivered, released at most once, and not read afterwards. A message that is never
+   * released stays valid; a transport that runs short of receive memory because of that copies
+   * new messages out of its buffers instead of stalling, so release is what makes the
+   * zero-copy path work, not what keeps a connection alive.
+   */
+  release(message: Uint8Array): void;
   /** Stops delivering messages until `resume()`. */
   pause(): void;
   /** Delivers queued messages again. */
