@@ -25,10 +25,10 @@ import { resetLogLevel } from "../../src/log.js";
 import { FRAME_HEADER_BYTES, FrameKind, helloFrame, writeFrameHeader } from "../../src/transport/framing.js";
 import {
   connect,
+  DESCRIPTOR_BYTES,
   decodeDescriptor,
   encodeDescriptor,
   listen,
-  registerRegion,
   type Connection,
   type Listener,
   type TransportOptions,
@@ -666,9 +666,8 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
   });
 
   t("both sides closing at once each see KOALA_ERR_CLOSED; one-sided access after close fails with it", async (ctx) => {
-    const { client, server } = await ctx.pair();
-    const region = registerRegion(new Uint8Array(16), { access: "readwrite" });
-    ctx.defer(() => region.deregister());
+    const { client, server } = await ctx.pair({ oneSided: true });
+    const region = server.registerRegion(new Uint8Array(16), { access: "readwrite" });
     const inFlight = codeOf(client.read(region.descriptor, 0, 4));
     client.close();
     server.close();
@@ -798,18 +797,17 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
   // ---- one-sided ----------------------------------------------------------------------------
 
   t("one-sided read and write on a region the peer registered: correct results", async (ctx) => {
-    const { client, server } = await ctx.pair();
+    const { client, server } = await ctx.pair({ oneSided: true });
     const owned = pattern(5, 64 * KiB);
     const original = owned.slice();
-    const rw = registerRegion(owned, { access: "readwrite" });
+    const rw = server.registerRegion(owned, { access: "readwrite" });
     const roBytes = new Uint8Array(256).fill(7);
-    const ro = registerRegion(roBytes);
-    ctx.defer(() => (rw.deregister(), ro.deregister()));
+    const ro = server.registerRegion(roBytes);
     const descriptors = receive(client, 1);
     server.send([encodeDescriptor(rw.descriptor), encodeDescriptor(ro.descriptor)]);
     const [msg] = await descriptors;
-    const rwd = decodeDescriptor(msg!.subarray(0, 16));
-    const rod = decodeDescriptor(msg!.subarray(16, 32));
+    const rwd = decodeDescriptor(msg!.subarray(0, DESCRIPTOR_BYTES));
+    const rod = decodeDescriptor(msg!.subarray(DESCRIPTOR_BYTES, 2 * DESCRIPTOR_BYTES));
     assert.equal(rwd, rw.descriptor);
     assert.equal(rod, ro.descriptor);
 
@@ -835,8 +833,7 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
     assert.ok(sameBytes(await client.read(rod, 0, 256), roBytes), "a read-only region can be read");
 
     // The other way round: the server reads and writes what the client registered.
-    const mine = registerRegion(text("client-side bytes"), { access: "readwrite" });
-    ctx.defer(() => mine.deregister());
+    const mine = client.registerRegion(text("client-side bytes"), { access: "readwrite" });
     const d = receive(server, 1);
     client.send([encodeDescriptor(mine.descriptor)]);
     const md = decodeDescriptor((await d)[0]!);
@@ -844,17 +841,49 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
     assert.is(str(await server.read(md, 0, md.length)), "CLIENT-side bytes");
   });
 
+  t("one-sided access is opt-in, scoped to the connection it was shared on, and guessing keys gets a peer cut off", async (ctx) => {
+    // Off by default: nothing can be registered, and a forged request is refused.
+    const plain = await ctx.pair();
+    assert.is(thrownCode(() => plain.server.registerRegion(new Uint8Array(8))), "KOALA_ERR_INVALID_ARGUMENT");
+    const forged = { key: 12345n, address: 0n, length: 8, access: "read" as const };
+    assert.is(await codeOf(plain.client.read(forged, 0, 1)), "KOALA_ERR_REMOTE_ACCESS_DENIED");
+    await roundTrip(plain.client, plain.server, "after a refused request");
+
+    // A region shared with one client is not reachable from another client of the same listener.
+    const listener = await ctx.listen({ oneSided: true });
+    const accepted = listener.accept();
+    const first = await ctx.connect(listener.address);
+    const firstServer = ctx.track(await accepted);
+    const acceptedToo = listener.accept();
+    const second = await ctx.connect(listener.address);
+    ctx.track(await acceptedToo);
+    const secret = text("only for the first client");
+    const region = firstServer.registerRegion(secret);
+    assert.is(str(await first.read(region.descriptor, 0, secret.byteLength)), "only for the first client");
+    assert.is(await codeOf(second.read(region.descriptor, 0, secret.byteLength)), "KOALA_ERR_REGION_NOT_FOUND", "another connection");
+
+    // A peer that keeps naming keys it was never given is dropped after a bounded number of tries.
+    const tries: Promise<string>[] = [];
+    for (let i = 0; i < 100; i++) tries.push(codeOf(second.read({ ...region.descriptor, key: BigInt(i + 1) }, 0, 1)));
+    const codes = await Promise.all(tries);
+    assert.ok(codes.filter((c) => c === "KOALA_ERR_REGION_NOT_FOUND").length <= 64, "at most 64 unknown keys are answered");
+    assert.ok(second.isClosed || (await within(second.closed, 5000, "the guessing peer is dropped")) !== undefined);
+    // The first client is not affected, and closing its connection revokes the region.
+    assert.is(str(await first.read(region.descriptor, 0, 4)), "only");
+    first.close();
+    await firstServer.closed;
+    assert.not.ok(region.registered, "a region dies with its connection");
+  });
+
   t("one-sided violations fail with stable codes and the connection keeps working after each", async (ctx) => {
-    const { client, server } = await ctx.pair({ maxMessageBytes: 128 * KiB });
+    const { client, server } = await ctx.pair({ maxMessageBytes: 128 * KiB, oneSided: true });
     const owned = pattern(6, 4096);
     const roBytes = new Uint8Array(64).fill(7);
-    const rw = registerRegion(owned, { access: "readwrite" });
-    const ro = registerRegion(roBytes);
-    ctx.defer(() => (rw.deregister(), ro.deregister()));
+    const rw = server.registerRegion(owned, { access: "readwrite" });
+    const ro = server.registerRegion(roBytes);
     const rwd = rw.descriptor;
     const rod = ro.descriptor;
-    const big = registerRegion(new Uint8Array(256 * KiB));
-    ctx.defer(() => big.deregister());
+    const big = server.registerRegion(new Uint8Array(256 * KiB));
     let checks = 0;
     const stillWorks = async (after: string): Promise<void> => {
       await roundTrip(client, server, `after ${after}`);
@@ -876,8 +905,8 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
       ["a write the owner finds out of bounds", () => client.write({ ...rwd, length: 1 << 20 }, 4093, new Uint8Array(8)), "KOALA_ERR_OUT_OF_BOUNDS"],
       ["a write to a read-only region", () => client.write(rod, 0, new Uint8Array([1])), "KOALA_ERR_REMOTE_ACCESS_DENIED"],
       ["a write the owner finds read-only", () => client.write({ ...rod, access: "readwrite" }, 0, new Uint8Array([1])), "KOALA_ERR_REMOTE_ACCESS_DENIED"],
-      ["a read of an unknown key", () => client.read({ key: 0, length: 64, access: "read" }, 0, 1), "KOALA_ERR_REGION_NOT_FOUND"],
-      ["a write to an unknown key", () => client.write({ key: 0, length: 64, access: "readwrite" }, 0, new Uint8Array(1)), "KOALA_ERR_REGION_NOT_FOUND"],
+      ["a read of an unknown key", () => client.read({ ...rwd, key: rwd.key ^ 1n }, 0, 1), "KOALA_ERR_REGION_NOT_FOUND"],
+      ["a write to an unknown key", () => client.write({ ...rwd, key: rwd.key ^ 2n }, 0, new Uint8Array(1)), "KOALA_ERR_REGION_NOT_FOUND"],
       ["a read over maxMessageBytes", () => client.read(big.descriptor, 0, 200 * KiB), "KOALA_ERR_MESSAGE_TOO_LARGE"],
     ];
     for (const [what, op, code] of violations) {
@@ -887,7 +916,7 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
     assert.ok(sameBytes(roBytes, new Uint8Array(64).fill(7)), "the read-only region is unchanged");
 
     // Revocation: the region worked, is deregistered, and then is gone for reads and writes.
-    const revocable = registerRegion(pattern(8, 128), { access: "readwrite" });
+    const revocable = server.registerRegion(pattern(8, 128), { access: "readwrite" });
     assert.is((await client.read(revocable.descriptor, 0, 128)).byteLength, 128);
     revocable.deregister();
     assert.not.ok(revocable.registered);
