@@ -20,14 +20,21 @@ export class Inbox implements AsyncIterable<Uint8Array> {
   private iterating = false;
   private orderlyEnd = true;
 
+  /** Bytes of the queued messages. */
+  private queuedBytes = 0;
+  /** True between `onFull` and `onRoom`. */
+  private full = false;
+
   /**
    * @param capacity messages queued before `onFull` is called
+   * @param capacityBytes bytes queued before `onFull` is called (a few huge messages fill it as many small ones do)
    * @param onFull stop reading from the peer
    * @param onRoom start reading from the peer again
    * @param onReceiverError the receiver callback threw `error` (the transport closes the connection)
    */
   constructor(
     private readonly capacity: number,
+    private readonly capacityBytes: number,
     private readonly onFull: () => void,
     private readonly onRoom: () => void,
     private readonly onReceiverError: (error: unknown) => void,
@@ -42,6 +49,7 @@ export class Inbox implements AsyncIterable<Uint8Array> {
       this.failed = true;
       this.queue.length = 0;
       this.head = 0;
+      this.queuedBytes = 0;
       this.onReceiverError(err);
     }
   }
@@ -65,7 +73,16 @@ export class Inbox implements AsyncIterable<Uint8Array> {
       return;
     }
     this.queue.push(message);
-    if (this.length === this.capacity) this.onFull();
+    this.queuedBytes += message.byteLength;
+    if (!this.full && (this.length >= this.capacity || this.queuedBytes >= this.capacityBytes)) {
+      this.full = true;
+      this.onFull();
+    }
+  }
+
+  /** Bytes of the messages waiting to be delivered. */
+  get bytes(): number {
+    return this.queuedBytes;
   }
 
   /** Sets the callback receiver (null removes it). */
@@ -129,8 +146,12 @@ export class Inbox implements AsyncIterable<Uint8Array> {
       this.queue.splice(0, this.head);
       this.head = 0;
     }
-    // Reading stopped when the queue reached capacity; one free slot starts it again.
-    if (this.length === this.capacity - 1) this.onRoom();
+    this.queuedBytes -= m.byteLength;
+    // Reading stopped when the queue reached a capacity; room below both starts it again.
+    if (this.full && this.length < this.capacity && this.queuedBytes < this.capacityBytes) {
+      this.full = false;
+      this.onRoom();
+    }
     return m;
   }
 

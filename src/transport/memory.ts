@@ -40,6 +40,7 @@ class MemoryConnection implements Connection {
     this.regions = new RegionTable(options.oneSided, `the connection with ${remoteAddress}`);
     this.inbox = new Inbox(
       options.receiveQueueMessages,
+      options.receiveQueueBytes,
       () => (this.peer.peerStopped = true),
       () => {
         this.peer.peerStopped = false;

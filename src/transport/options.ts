@@ -12,6 +12,7 @@ const spec: OptionsSpec<Required<TransportOptions>> = {
   highWaterMarkBytes: integer(1 * MiB, 1, 2 ** 31),
   connectTimeoutMs: integer(10_000, 1, 2 ** 31 - 1),
   receiveQueueMessages: integer(1024, 1, 2 ** 24),
+  receiveQueueBytes: integer(8 * MiB, 1, Number.MAX_SAFE_INTEGER),
   coalesceMaxBytes: integer(16 * 1024, 0, 1 * MiB),
   noDelay: boolean(true),
   oneSided: boolean(false),

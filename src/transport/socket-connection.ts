@@ -115,6 +115,7 @@ export class SocketConnection implements Connection {
     this.regions = new RegionTable(options.oneSided, `the connection with ${remoteAddress}`);
     this.inbox = new Inbox(
       options.receiveQueueMessages,
+      options.receiveQueueBytes,
       () => socket.pause(),
       () => {
         if (this.reason === undefined) socket.resume();

@@ -32,6 +32,8 @@ export interface TransportOptions {
   connectTimeoutMs?: number;
   /** Messages the receive side buffers for a reader that has paused before it stops reading from the peer. Default 1024. */
   receiveQueueMessages?: number;
+  /** Bytes of messages the receive side buffers for a reader that has paused before it stops reading from the peer. Default 8 MiB. */
+  receiveQueueBytes?: number;
   /** Largest message copied into the per-tick coalescing buffer instead of written on its own, in bytes. Default 16 KiB. */
   coalesceMaxBytes?: number;
   /** Disable Nagle's algorithm on TCP sockets. Default true. */

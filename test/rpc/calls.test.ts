@@ -21,6 +21,7 @@ import {
   type Server,
   type ServiceDefinition,
 } from "../../src/index.js";
+import { settingsFrame } from "./raw.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { abortSeen, echoImpl, observe, type Observed } from "./echo-service.js";
 
@@ -307,7 +308,10 @@ const k = suite("keepalive");
 k("a peer that never answers pings is detected and the call fails UNAVAILABLE", async () => {
   const listener = await listen("tcp://127.0.0.1:0");
   const held: unknown[] = [];
-  listener.onConnection((c) => held.push(c)); // accepts, reads nothing, answers nothing
+  listener.onConnection((c) => {
+    held.push(c);
+    c.send([settingsFrame()]); // says it is a server, then reads nothing and answers nothing
+  });
   const client = createClient(EchoService, listener.address, { keepaliveIntervalMs: 50, keepaliveTimeoutMs: 100 });
   await rejects(client.unary({ text: "hang" }), Code.UNAVAILABLE, /keepalive/);
   closeClient(client);

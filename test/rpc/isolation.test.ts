@@ -1,8 +1,9 @@
 /** One call's mistake stays in that call: failures before sending, throwing callbacks, limits, bad statuses, partial services. */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { Code, RpcError, closeClient, createChannel, createClient, createServer, listen, type Connection } from "../../src/index.js";
-import { FrameType, HEADER_BYTES, decodeFrame, writeHeader } from "../../src/rpc/frame.js";
+import { Code, RpcError, closeClient, createChannel, createClient, createServer } from "../../src/index.js";
+import { FrameType } from "../../src/rpc/frame.js";
+import { rawFrame, rawServer } from "./raw.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { echoImpl, observe } from "./echo-service.js";
 
@@ -81,17 +82,8 @@ test("the client enforces its own maxMessageBytes on responses", async () => {
 });
 
 test("a status code outside gRPC's table becomes UNKNOWN, naming the code", async () => {
-  const listener = await listen("tcp://127.0.0.1:0");
-  listener.onConnection((conn: Connection) => {
-    conn.onMessage((m) => {
-      const f = decodeFrame(m);
-      if (f.type !== FrameType.CALL) return;
-      const text = Buffer.from("odd");
-      const out = new Uint8Array(HEADER_BYTES + text.length);
-      writeHeader(out, FrameType.STATUS, 0, f.callId, 99, 0, 0, text.length);
-      out.set(text, HEADER_BYTES);
-      conn.send([out]);
-    });
+  const listener = await rawServer("tcp://127.0.0.1:0", (f, conn) => {
+    if (f.type === FrameType.CALL) conn.send([rawFrame({ type: FrameType.STATUS, callId: f.callId, arg: 99, text: "odd" })]);
   });
   const client = createClient(EchoService, listener.address);
   try {
