@@ -33,6 +33,7 @@ export type { CallOptions, Client, ClientMethod, RequestInit } from "./rpc/clien
 export { Server, createServer } from "./rpc/server.js";
 export type {
   CallContext,
+  ServerStats,
   ServiceImplementation,
   MethodHandler,
   UnaryHandler,

@@ -66,6 +66,20 @@ interface Route {
   handler: (...args: never[]) => unknown;
 }
 
+/** A snapshot of what a server holds (see {@link Server.stats}). */
+export interface ServerStats {
+  /** Connections being served. */
+  connections: number;
+  /** Calls in flight. */
+  calls: number;
+  /** Request bodies held by calls in flight, in bytes. */
+  heldRequestBytes: number;
+  /** Reply bytes queued on connections and not yet written, in bytes. */
+  unsentBytes: number;
+  /** Stream messages received and not yet consumed by handlers (nor credited back), in bytes. */
+  unconsumedStreamBytes: number;
+}
+
 /** A server: add services, listen, shut down. */
 export class Server {
   /** The resolved options. */
@@ -131,9 +145,16 @@ export class Server {
     return this.listeners.map((l) => l.address);
   }
 
-  /** Connections being served now. */
-  get connectionCount(): number {
-    return this.connections.size;
+  /** What the server holds now, summed over its connections (for metrics and for checking budgets). */
+  stats(): ServerStats {
+    const st: ServerStats = { connections: this.connections.size, calls: 0, heldRequestBytes: 0, unsentBytes: 0, unconsumedStreamBytes: 0 };
+    for (const c of this.connections) {
+      st.calls += c.callCount;
+      st.heldRequestBytes += c.heldBytes;
+      st.unsentBytes += c.conn.bufferedBytes;
+      st.unconsumedStreamBytes += c.receiveWindow.unacknowledged;
+    }
+    return st;
   }
 
   private accept(conn: Connection): void {
@@ -215,6 +236,11 @@ class ServerConnection extends RpcEndpoint {
   private drained: (() => void) | undefined;
   /** Request bytes held by calls in flight (their bodies back the decoded requests). */
   heldBytes = 0;
+
+  /** Calls in flight. */
+  get callCount(): number {
+    return this.calls.size;
+  }
   private paused = false;
   private idleTimer: NodeJS.Timeout | undefined;
   private ageTimer: NodeJS.Timeout | undefined;
@@ -494,7 +520,7 @@ class ServerCall implements CallContext {
       if (left < 2 ** 31) this.timer = setTimeout(() => this.expire(), left);
     }
     try {
-      if (this.mdBytes !== undefined) this.requestMetadata; // malformed metadata fails the call here, not in the handler
+      if (this.mdBytes !== undefined) this.checkMetadata(); // malformed metadata fails the call here, not in the handler
       const kind = this.method.kind;
       if (kind === "unary" || kind === "server_streaming") {
         if (frame.body === undefined || (frame.flags & FrameFlag.END_STREAM) === 0) {
@@ -526,6 +552,16 @@ class ServerCall implements CallContext {
       throw err;
     }
     this.requests!.push(request, body.byteLength);
+  }
+
+  /** Decodes the request headers; malformed ones fail the call with INTERNAL and one rate-limited log line (no stack: it is the peer's fault). */
+  private checkMetadata(): void {
+    try {
+      void this.requestMetadata;
+    } catch (err) {
+      logLimited(`bad-metadata:${this.peer}`, "warn", "server", `${this.peer} sent malformed request metadata for ${this.method.path}: ${(err as Error).message}`);
+      throw new RpcError(Code.INTERNAL, `malformed request metadata: ${(err as Error).message}`, { cause: err });
+    }
   }
 
   private decode(body: Uint8Array): unknown {

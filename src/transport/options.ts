@@ -16,6 +16,7 @@ const spec: OptionsSpec<Required<TransportOptions>> = {
   coalesceMaxBytes: integer(16 * 1024, 0, 1 * MiB),
   noDelay: boolean(true),
   oneSided: boolean(false),
+  socketFileMode: integer(0o660, 0, 0o777),
 };
 
 /** Checks transport options (a misspelled key is an error naming it) and fills in defaults. */

@@ -39,6 +39,11 @@ export interface TransportOptions {
   /** Disable Nagle's algorithm on TCP sockets. Default true. */
   noDelay?: boolean;
   /**
+   * Permission bits of the socket file a unix listener creates (the process umask is not used).
+   * Only the owner and group may connect by default. Default 0o660.
+   */
+  socketFileMode?: number;
+  /**
    * Serve one-sided read / write requests from the peer on regions registered on this
    * connection (`registerRegion`). Off by default: a connection that shares no memory
    * refuses every one-sided request. Default false.

@@ -217,6 +217,12 @@ test("a peer whose first frame is not a HELLO is caught at its first header", ()
   assert.is(thrownCode(() => collect().d.push(frame(FrameKind.HELLO, bytes(9)))), ErrorCode.PROTOCOL);
   // Eight bytes are enough to tell: the rest of the garbage is never waited for.
   assert.is(thrownCode(() => collect().d.push(http.subarray(0, 8))), ErrorCode.PROTOCOL);
+  // A header announcing a 16 MiB message before any HELLO: refused at the header, nothing allocated for it.
+  const early = collect();
+  const bigHeader = Buffer.alloc(FRAME_HEADER_BYTES);
+  writeFrameHeader(bigHeader, 0, 16 * 1024 * 1024, FrameKind.MESSAGE);
+  assert.is(thrownCode(() => early.d.push(Buffer.concat([bigHeader, bytes(100)]))), ErrorCode.PROTOCOL);
+  assert.is(early.d.assembled, 0, "no buffer was allocated for the announced frame");
 });
 
 test("HELLO: bad magic, other version, reserved byte, a second HELLO", () => {

@@ -6,7 +6,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -420,6 +420,24 @@ misc("a stale unix socket file is removed; a live one is ADDRESS_IN_USE; a regul
   writeFileSync(plain, "not a socket");
   assert.is(await codeOf(listen(`unix:${plain}`)), ErrorCode.ADDRESS_IN_USE);
   assert.ok(existsSync(plain), "a file that is not a socket is never removed");
+});
+
+misc("a unix socket file gets mode 0660 by default (not the umask), or the socketFileMode asked for", async () => {
+  const oldMask = process.umask(0o000); // a permissive umask must not leak into the file
+  try {
+    const a = await listen(`unix:${socketPath()}`);
+    const b = await listen(`unix:${socketPath()}`, { socketFileMode: 0o600 });
+    try {
+      assert.is(statSync(a.address.slice("unix:".length)).mode & 0o777, 0o660);
+      assert.is(statSync(b.address.slice("unix:".length)).mode & 0o777, 0o600);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  } finally {
+    process.umask(oldMask);
+  }
+  assert.is(await codeOf(listen(`unix:${socketPath()}`, { socketFileMode: 0o1777 })), ErrorCode.INVALID_ARGUMENT);
 });
 
 misc("fromSystemError maps errnos, keeps the cause and names the context", () => {
