@@ -5,10 +5,10 @@
  */
 import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
 import type { Heap, Lease } from "../mem/index.js";
-import type { MessageType } from "./definition.js";
+import type { MessageType } from "../proto/definition.js";
 import { FrameFlag, FrameType, HEADER_BYTES, writeHeader } from "./frame.js";
 import { encodeMetadata, metadataLength, type Metadata } from "./metadata.js";
-import { encodeParts } from "./wire/writer.js";
+import { encodeParts } from "../proto/wire/writer.js";
 
 /** How bodies are encoded: limits and where their memory comes from (see {@link encodeSettings}). */
 export interface EncodeSettings {

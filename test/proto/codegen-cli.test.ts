@@ -5,7 +5,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { runGen } from "../../src/rpc/codegen/cli.js";
+import { runGen } from "../../src/proto/codegen/cli.js";
 
 const root = new URL("../..", import.meta.url).pathname;
 const everything = join(root, "test/fixtures/protos/app/everything.proto");

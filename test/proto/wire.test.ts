@@ -11,8 +11,8 @@ import { join } from "node:path";
 import fc from "fast-check";
 import protobuf from "protobufjs";
 import { KoalaError } from "../../src/errors.js";
-import type { MessageType } from "../../src/rpc/definition.js";
-import { ProtoReader, decodeWith } from "../../src/rpc/wire/reader.js";
+import type { MessageType } from "../../src/proto/definition.js";
+import { ProtoReader, decodeWith } from "../../src/proto/wire/reader.js";
 import {
   ProtoWriter,
   SizeCounter,
@@ -23,7 +23,7 @@ import {
   stringSize,
   varint32Size,
   varint64Size,
-} from "../../src/rpc/wire/writer.js";
+} from "../../src/proto/wire/writer.js";
 import { Everything, Everything_Nested, Everything_Nested_Level } from "../golden/everything.js";
 import { Color, Money } from "../golden/shared/common.js";
 import { Timestamp } from "../golden/google/protobuf/wkt.js";

@@ -9,7 +9,7 @@ import * as assert from "uvu/assert";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { generate } from "../../src/rpc/codegen/generate.js";
+import { generate } from "koala-rpc/codegen";
 import { Everything, Everything_Nested, KindsService, type KindsClient, type KindsHandlers } from "../golden/everything.js";
 import { Empty } from "../golden/google/protobuf/wkt.js";
 import { NamingService } from "../golden/edge/names.js";
