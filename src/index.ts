@@ -28,7 +28,7 @@ export type { HeapOptions, HeapStats, ClassStats, LeakReport, MemoryRegistrar } 
 
 export { Metadata } from "./rpc/metadata.js";
 export type { MetadataValue } from "./rpc/metadata.js";
-export type { MessageType, MethodDefinition, MethodKind, ServiceDefinition } from "./proto/definition.js";
+export type { MessageType, MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "./proto/definition.js";
 export { Channel, createChannel, createClient, closeClient, clientChannel } from "./rpc/client.js";
 export type { CallOptions, Client, ClientMethod, RequestInit } from "./rpc/client.js";
 export { Server, createServer } from "./rpc/server.js";

@@ -1,7 +1,18 @@
 /** The protobuf runtime that generated code calls: writer, reader and size helpers. */
-export { ProtoWriter, SizeCounter, encodeMessage, encodeToBytes, encodedLength, varint32Size, varint64Size, sint32Size, sint64Size, utf8Size, stringSize } from "./writer.js";
+import { ErrorCode, KoalaError } from "../../errors.js";
+export { ProtoWriter, SizeCounter, encodeMessage, encodeToBytes, encodedLength, varint32Size, varint64Size, sint32Size, sint64Size, utf8Size, stringSize, unknownSize, tagSize } from "./writer.js";
 export type { EncodeOptions, Encodable } from "./writer.js";
-export { ProtoReader, decodeWith } from "./reader.js";
+export { ProtoReader, decodeWith, MAX_DEPTH } from "./reader.js";
+
+/**
+ * Throws for a message missing some of its `required` fields (proto2, editions
+ * `LEGACY_REQUIRED`): KOALA_ERR_PROTOCOL when decoding, KOALA_ERR_INVALID_ARGUMENT when encoding.
+ */
+export function missingRequired(typeName: string, message: object, fields: readonly string[], decoding: boolean): never {
+  const absent = fields.filter((f) => !Object.hasOwn(message, f) || (message as Record<string, unknown>)[f] === undefined);
+  const what = `${typeName}: required field${absent.length > 1 ? "s" : ""} ${absent.join(", ")} not set`;
+  throw new KoalaError(decoding ? ErrorCode.PROTOCOL : ErrorCode.INVALID_ARGUMENT, decoding ? `malformed protobuf: ${what}` : `cannot encode ${what}`);
+}
 
 /** The empty byte array shared by defaults (never written to). */
 export const EMPTY_BYTES: Uint8Array = new Uint8Array(0);

@@ -11,6 +11,7 @@
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
 import { custom, integer, resolveOptions, type OptionsSpec } from "../../options.js";
+import { MAX_DEPTH } from "./reader.js";
 
 /*
  * Every size function below agrees with the writer method it stands for on *any* JavaScript
@@ -54,6 +55,18 @@ export function sint64Size(v: bigint): number {
   return varint64Size(BigInt.asUintN(64, (x << 1n) ^ (x >> 63n)));
 }
 
+/** Bytes the unknown fields kept in a message take. */
+export function unknownSize(fields: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const f of fields) n += f.byteLength;
+  return n;
+}
+
+/** Bytes a field tag takes (field numbers up to 2^29 − 1). */
+export function tagSize(field: number, wireType: number): number {
+  return varint32Size(field * 8 + wireType);
+}
+
 /** UTF-8 length of `s`. */
 export function utf8Size(s: string): number {
   const n = s.length;
@@ -82,6 +95,8 @@ export class SizeCounter {
   readonly sizes: number[] = [];
   /** Bytes of `bytes` fields that will be sent as parts of their own. */
   external = 0;
+  /** Nesting depth of the message being sized (0: the top-level message). */
+  depth = 0;
   /** `bytes` fields at least this long are external. */
   threshold = Infinity;
 
@@ -89,6 +104,7 @@ export class SizeCounter {
   reset(threshold: number): void {
     this.sizes.length = 0;
     this.external = 0;
+    this.depth = 0;
     this.threshold = threshold <= 0 ? Infinity : threshold;
   }
 
@@ -100,6 +116,32 @@ export class SizeCounter {
   /** Records the length of the nested message of slot `i`. */
   setSlot(i: number, size: number): void {
     this.sizes[i] = size;
+  }
+
+  /**
+   * Enters a nested message (or group): one level deeper, refused past {@link MAX_DEPTH} as the
+   * decoder refuses it — so a cyclic or absurdly deep object fails cleanly instead of
+   * overflowing the stack. Pair with {@link leave}.
+   */
+  enter(): void {
+    if (++this.depth > MAX_DEPTH) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `cannot encode: messages nested deeper than ${MAX_DEPTH} levels (a cycle?)`);
+  }
+
+  /** Leaves a nested message entered with {@link enter}. */
+  leave(): void {
+    this.depth--;
+  }
+
+  /** {@link enter}, then a slot for the nested message's length. */
+  nested(): number {
+    this.enter();
+    return this.sizes.push(0) - 1;
+  }
+
+  /** Records the nested message's length in slot `i` and leaves it (pairs with {@link nested}). */
+  done(i: number, size: number): void {
+    this.sizes[i] = size;
+    this.depth--;
   }
 
   /** Bytes a `bytes` field value takes (length prefix included); counts it as external when large. */
@@ -173,9 +215,15 @@ export class ProtoWriter {
     return this.sizes[this.sizeAt++]!;
   }
 
-  /** A field tag. */
+  /** A field tag (field numbers up to 2^29 − 1: no signed shift). */
   tag(field: number, wireType: number): this {
-    return this.uint32(((field << 3) | wireType) >>> 0);
+    return this.uint32(field * 8 + wireType);
+  }
+
+  /** Unknown fields kept by the decoder (whole fields, tags included), written back as they came. */
+  unknown(fields: readonly Uint8Array[]): this {
+    for (const f of fields) this.raw(f);
+    return this;
   }
 
   /** Unsigned 32-bit varint: the low 32 bits of `v`; a negative `v` is written as {@link int32} writes it. */
