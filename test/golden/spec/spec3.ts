@@ -448,3 +448,62 @@ export const All: MessageType<All> = {
   },
 };
 
+/** Message spec3.Some. */
+export interface Some {
+  fString: string;
+  fLeaf?: Leaf | undefined;
+  /** Fields this type does not declare (newer fields, extensions), kept from decoding and written back when encoding. */
+  $unknown?: Uint8Array[];
+}
+
+/** Encoding, decoding and defaults of {@link Some}. */
+export const Some: MessageType<Some> = {
+  typeName: "spec3.Some",
+  create(init?: PartialMessage<Some>): Some {
+    const m: Some = { fString: "", fLeaf: undefined };
+    if (init !== undefined) {
+      if (init.fString !== undefined) m.fString = init.fString;
+      if (init.fLeaf !== undefined) m.fLeaf = Leaf.create(init.fLeaf);
+      if (init.$unknown !== undefined) m.$unknown = init.$unknown;
+    }
+    return m;
+  },
+  sizeOf(m: Some, c: wire.SizeCounter): number {
+    let n = 0;
+    if (m.fString !== undefined && !(m.fString === "")) n += 1 + wire.stringSize(m.fString);
+    if (m.fLeaf !== undefined) { const i = c.nested(); const s = Leaf.sizeOf(m.fLeaf, c); c.done(i, s); n += 2 + wire.varint32Size(s) + s; }
+    if (m.$unknown !== undefined) n += wire.unknownSize(m.$unknown);
+    return n;
+  },
+  write(m: Some, w: wire.ProtoWriter): void {
+    if (m.fString !== undefined && !(m.fString === "")) w.tag(14, 2).string(m.fString);
+    if (m.fLeaf !== undefined) { w.tag(17, 2).uint32(w.nextSize()); Leaf.write(m.fLeaf, w); }
+    if (m.$unknown !== undefined) w.unknown(m.$unknown);
+  },
+  read(r: wire.ProtoReader, end: number, into?: Some, group?: number): Some {
+    const m: Some = into ?? { fString: "", fLeaf: undefined };
+    while (r.pos < end) {
+      const p = r.pos;
+      const t = r.tag();
+      switch (t >>> 3) {
+        case 14: if ((t & 7) === 2) { m.fString = r.string(); continue; } break;
+        case 17: if ((t & 7) === 2) { const e = r.enter(); const v = Leaf.read(r, e, m.fLeaf); r.leave(e); m.fLeaf = v; continue; } break;
+      }
+      if ((t & 7) === 4) {
+        r.endGroup(t, group);
+        group = undefined;
+        break;
+      }
+      r.unknown(m, t, p);
+    }
+    if (group !== undefined) r.unterminated(group);
+    return m;
+  },
+  encode(m: PartialMessage<Some>): Uint8Array {
+    return wire.encodeToBytes(Some, m as Some);
+  },
+  decode(bytes: Uint8Array): Some {
+    return wire.decodeWith(Some, bytes);
+  },
+};
+
