@@ -141,9 +141,11 @@ export const Everything: MessageType<Everything> = {
     for (const [k, v] of Object.entries(m.mInt64String ?? {})) { const e = 1 + wire.varint64Size(BigInt(k)) + 1 + wire.stringSize(v); n += 2 + wire.varint32Size(e) + e; }
     for (const [k, v] of Object.entries(m.mUint32Nested ?? {})) { const i = c.nested(); const s = Everything_Nested.sizeOf(v, c); c.done(i, s); const e = 1 + wire.varint32Size(Number(k)) + 1 + wire.varint32Size(s) + s; n += 2 + wire.varint32Size(e) + e; }
     for (const [, v] of Object.entries(m.mBoolBytes ?? {})) { const e = 1 + 1 + 1 + c.bytes(v); n += 2 + wire.varint32Size(e) + e; }
-    if (m.choice?.case === "cText") n += 2 + wire.stringSize((m.choice.value as string));
-    if (m.choice?.case === "cNumber") n += 2 + wire.varint64Size((m.choice.value as bigint));
-    if (m.choice?.case === "cNested") { const i = c.nested(); const s = Everything_Nested.sizeOf(m.choice.value, c); c.done(i, s); n += 2 + wire.varint32Size(s) + s; }
+    switch (m.choice?.case) {
+      case "cText": n += 2 + wire.stringSize((m.choice.value as string)); break;
+      case "cNumber": n += 2 + wire.varint64Size((m.choice.value as bigint)); break;
+      case "cNested": { const i = c.nested(); const s = Everything_Nested.sizeOf(m.choice.value, c); c.done(i, s); n += 2 + wire.varint32Size(s) + s; } break;
+    }
     if (m.oInt32 !== undefined) n += 2 + wire.varint32Size(m.oInt32!);
     if (m.oString !== undefined) n += 2 + wire.stringSize(m.oString!);
     if (m.at !== undefined) { const i = c.nested(); const s = Timestamp.sizeOf(m.at, c); c.done(i, s); n += 2 + wire.varint32Size(s) + s; }
@@ -154,45 +156,47 @@ export const Everything: MessageType<Everything> = {
     return n;
   },
   write(m: Everything, w: wire.ProtoWriter): void {
-    if (m.fDouble !== undefined && !(m.fDouble === 0 && 1 / m.fDouble > 0)) w.tag(1, 1).double(m.fDouble);
-    if (m.fFloat !== undefined && !(m.fFloat === 0 && 1 / m.fFloat > 0)) w.tag(2, 5).float(m.fFloat);
-    if (m.fInt32 !== undefined && !(m.fInt32 === 0)) w.tag(3, 0).int32(m.fInt32);
-    if (m.fInt64 !== undefined && !(m.fInt64 === 0n)) w.tag(4, 0).int64(m.fInt64);
-    if (m.fUint32 !== undefined && !(m.fUint32 === 0)) w.tag(5, 0).uint32(m.fUint32);
-    if (m.fUint64 !== undefined && !(m.fUint64 === 0n)) w.tag(6, 0).uint64(m.fUint64);
-    if (m.fSint32 !== undefined && !(m.fSint32 === 0)) w.tag(7, 0).sint32(m.fSint32);
-    if (m.fSint64 !== undefined && !(m.fSint64 === 0n)) w.tag(8, 0).sint64(m.fSint64);
-    if (m.fFixed32 !== undefined && !(m.fFixed32 === 0)) w.tag(9, 5).fixed32(m.fFixed32);
-    if (m.fFixed64 !== undefined && !(m.fFixed64 === 0n)) w.tag(10, 1).fixed64(m.fFixed64);
-    if (m.fSfixed32 !== undefined && !(m.fSfixed32 === 0)) w.tag(11, 5).sfixed32(m.fSfixed32);
-    if (m.fSfixed64 !== undefined && !(m.fSfixed64 === 0n)) w.tag(12, 1).sfixed64(m.fSfixed64);
-    if (m.fBool !== undefined && !(m.fBool === false)) w.tag(13, 0).bool(m.fBool);
-    if (m.fString !== undefined && !(m.fString === "")) w.tag(14, 2).string(m.fString);
-    if (m.fBytes !== undefined && !(m.fBytes.byteLength === 0)) w.tag(15, 2).bytes(m.fBytes);
-    if (m.color !== undefined && !(m.color === 0)) w.tag(16, 0).int32(m.color);
-    if (m.price !== undefined) { w.tag(17, 2).uint32(w.nextSize()); Money.write(m.price, w); }
-    if (m.nested !== undefined) { w.tag(18, 2).uint32(w.nextSize()); Everything_Nested.write(m.nested, w); }
-    if (m.rInt32 !== undefined && m.rInt32.length > 0) { w.tag(20, 2).uint32(w.nextSize()); for (const v of m.rInt32) w.int32(v); }
-    if (m.rSint64 !== undefined && m.rSint64.length > 0) { w.tag(21, 2).uint32(w.nextSize()); for (const v of m.rSint64) w.sint64(v); }
-    if (m.rDouble !== undefined && m.rDouble.length > 0) { w.tag(22, 2).uint32(w.nextSize()); for (const v of m.rDouble) w.double(v); }
-    if (m.rBool !== undefined && m.rBool.length > 0) { w.tag(23, 2).uint32(w.nextSize()); for (const v of m.rBool) w.bool(v); }
-    if (m.rString !== undefined) for (const v of m.rString) w.tag(24, 2).string(v);
-    if (m.rBytes !== undefined) for (const v of m.rBytes) w.tag(25, 2).bytes(v);
-    if (m.rNested !== undefined) for (const v of m.rNested) { w.tag(26, 2).uint32(w.nextSize()); Everything_Nested.write(v, w); }
-    if (m.rColor !== undefined && m.rColor.length > 0) { w.tag(27, 2).uint32(w.nextSize()); for (const v of m.rColor) w.int32(v); }
-    for (const [k, v] of Object.entries(m.mStringInt32 ?? {})) { const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(v); w.tag(30, 2).uint32(e).tag(1, 2).string(k).tag(2, 0).int32(v); }
-    for (const [k, v] of Object.entries(m.mInt64String ?? {})) { const e = 1 + wire.varint64Size(BigInt(k)) + 1 + wire.stringSize(v); w.tag(31, 2).uint32(e).tag(1, 0).int64(BigInt(k)).tag(2, 2).string(v); }
-    for (const [k, v] of Object.entries(m.mUint32Nested ?? {})) { const s = w.nextSize(); const e = 1 + wire.varint32Size(Number(k)) + 1 + wire.varint32Size(s) + s; w.tag(32, 2).uint32(e).tag(1, 0).uint32(Number(k)).tag(2, 2).uint32(s); Everything_Nested.write(v, w); }
-    for (const [k, v] of Object.entries(m.mBoolBytes ?? {})) { const e = 1 + 1 + 1 + wire.bytesSize(v); w.tag(33, 2).uint32(e).tag(1, 0).bool(k === "true").tag(2, 2).bytes(v); }
-    if (m.choice?.case === "cText") w.tag(40, 2).string((m.choice.value as string));
-    if (m.choice?.case === "cNumber") w.tag(41, 0).int64((m.choice.value as bigint));
-    if (m.choice?.case === "cNested") { w.tag(42, 2).uint32(w.nextSize()); Everything_Nested.write(m.choice.value, w); }
-    if (m.oInt32 !== undefined) w.tag(50, 0).int32(m.oInt32!);
-    if (m.oString !== undefined) w.tag(51, 2).string(m.oString!);
-    if (m.at !== undefined) { w.tag(60, 2).uint32(w.nextSize()); Timestamp.write(m.at, w); }
-    if (m.took !== undefined) { w.tag(61, 2).uint32(w.nextSize()); Duration.write(m.took, w); }
-    if (m.maybeName !== undefined) { w.tag(62, 2).uint32(w.nextSize()); StringValue.write(m.maybeName, w); }
-    if (m.maybeCount !== undefined) { w.tag(63, 2).uint32(w.nextSize()); Int64Value.write(m.maybeCount, w); }
+    if (m.fDouble !== undefined && !(m.fDouble === 0 && 1 / m.fDouble > 0)) w.byte(9).double(m.fDouble);
+    if (m.fFloat !== undefined && !(m.fFloat === 0 && 1 / m.fFloat > 0)) w.byte(21).float(m.fFloat);
+    if (m.fInt32 !== undefined && !(m.fInt32 === 0)) w.byte(24).int32(m.fInt32);
+    if (m.fInt64 !== undefined && !(m.fInt64 === 0n)) w.byte(32).int64(m.fInt64);
+    if (m.fUint32 !== undefined && !(m.fUint32 === 0)) w.byte(40).uint32(m.fUint32);
+    if (m.fUint64 !== undefined && !(m.fUint64 === 0n)) w.byte(48).uint64(m.fUint64);
+    if (m.fSint32 !== undefined && !(m.fSint32 === 0)) w.byte(56).sint32(m.fSint32);
+    if (m.fSint64 !== undefined && !(m.fSint64 === 0n)) w.byte(64).sint64(m.fSint64);
+    if (m.fFixed32 !== undefined && !(m.fFixed32 === 0)) w.byte(77).fixed32(m.fFixed32);
+    if (m.fFixed64 !== undefined && !(m.fFixed64 === 0n)) w.byte(81).fixed64(m.fFixed64);
+    if (m.fSfixed32 !== undefined && !(m.fSfixed32 === 0)) w.byte(93).sfixed32(m.fSfixed32);
+    if (m.fSfixed64 !== undefined && !(m.fSfixed64 === 0n)) w.byte(97).sfixed64(m.fSfixed64);
+    if (m.fBool !== undefined && !(m.fBool === false)) w.byte(104).bool(m.fBool);
+    if (m.fString !== undefined && !(m.fString === "")) w.byte(114).string(m.fString);
+    if (m.fBytes !== undefined && !(m.fBytes.byteLength === 0)) w.byte(122).bytes(m.fBytes);
+    if (m.color !== undefined && !(m.color === 0)) w.uint32(128).int32(m.color);
+    if (m.price !== undefined) { w.uint32(138).uint32(w.nextSize()); Money.write(m.price, w); }
+    if (m.nested !== undefined) { w.uint32(146).uint32(w.nextSize()); Everything_Nested.write(m.nested, w); }
+    if (m.rInt32 !== undefined && m.rInt32.length > 0) { w.uint32(162).uint32(w.nextSize()); for (const v of m.rInt32) w.int32(v); }
+    if (m.rSint64 !== undefined && m.rSint64.length > 0) { w.uint32(170).uint32(w.nextSize()); for (const v of m.rSint64) w.sint64(v); }
+    if (m.rDouble !== undefined && m.rDouble.length > 0) { w.uint32(178).uint32(w.nextSize()); for (const v of m.rDouble) w.double(v); }
+    if (m.rBool !== undefined && m.rBool.length > 0) { w.uint32(186).uint32(w.nextSize()); for (const v of m.rBool) w.bool(v); }
+    if (m.rString !== undefined) for (const v of m.rString) w.uint32(194).string(v);
+    if (m.rBytes !== undefined) for (const v of m.rBytes) w.uint32(202).bytes(v);
+    if (m.rNested !== undefined) for (const v of m.rNested) { w.uint32(210).uint32(w.nextSize()); Everything_Nested.write(v, w); }
+    if (m.rColor !== undefined && m.rColor.length > 0) { w.uint32(218).uint32(w.nextSize()); for (const v of m.rColor) w.int32(v); }
+    for (const [k, v] of Object.entries(m.mStringInt32 ?? {})) { const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(v); w.uint32(242).uint32(e).byte(10).string(k).byte(16).int32(v); }
+    for (const [k, v] of Object.entries(m.mInt64String ?? {})) { const e = 1 + wire.varint64Size(BigInt(k)) + 1 + wire.stringSize(v); w.uint32(250).uint32(e).byte(8).int64(BigInt(k)).byte(18).string(v); }
+    for (const [k, v] of Object.entries(m.mUint32Nested ?? {})) { const s = w.nextSize(); const e = 1 + wire.varint32Size(Number(k)) + 1 + wire.varint32Size(s) + s; w.uint32(258).uint32(e).byte(8).uint32(Number(k)).byte(18).uint32(s); Everything_Nested.write(v, w); }
+    for (const [k, v] of Object.entries(m.mBoolBytes ?? {})) { const e = 1 + 1 + 1 + wire.bytesSize(v); w.uint32(266).uint32(e).byte(8).bool(k === "true").byte(18).bytes(v); }
+    switch (m.choice?.case) {
+      case "cText": w.uint32(322).string((m.choice.value as string)); break;
+      case "cNumber": w.uint32(328).int64((m.choice.value as bigint)); break;
+      case "cNested": { w.uint32(338).uint32(w.nextSize()); Everything_Nested.write(m.choice.value, w); } break;
+    }
+    if (m.oInt32 !== undefined) w.uint32(400).int32(m.oInt32!);
+    if (m.oString !== undefined) w.uint32(410).string(m.oString!);
+    if (m.at !== undefined) { w.uint32(482).uint32(w.nextSize()); Timestamp.write(m.at, w); }
+    if (m.took !== undefined) { w.uint32(490).uint32(w.nextSize()); Duration.write(m.took, w); }
+    if (m.maybeName !== undefined) { w.uint32(498).uint32(w.nextSize()); StringValue.write(m.maybeName, w); }
+    if (m.maybeCount !== undefined) { w.uint32(506).uint32(w.nextSize()); Int64Value.write(m.maybeCount, w); }
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Everything, group?: number): Everything {
@@ -290,9 +294,9 @@ export const Everything_Nested: MessageType<Everything_Nested> = {
     return n;
   },
   write(m: Everything_Nested, w: wire.ProtoWriter): void {
-    if (m.label !== undefined && !(m.label === "")) w.tag(1, 2).string(m.label);
-    if (m.level !== undefined && !(m.level === 0)) w.tag(2, 0).int32(m.level);
-    if (m.child !== undefined) { w.tag(3, 2).uint32(w.nextSize()); Everything_Nested.write(m.child, w); }
+    if (m.label !== undefined && !(m.label === "")) w.byte(10).string(m.label);
+    if (m.level !== undefined && !(m.level === 0)) w.byte(16).int32(m.level);
+    if (m.child !== undefined) { w.byte(26).uint32(w.nextSize()); Everything_Nested.write(m.child, w); }
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Everything_Nested, group?: number): Everything_Nested {

@@ -30,8 +30,8 @@ export const HelloRequest: MessageType<HelloRequest> = {
     return n;
   },
   write(m: HelloRequest, w: wire.ProtoWriter): void {
-    if (m.name !== undefined && !(m.name === "")) w.tag(1, 2).string(m.name);
-    if (m.payload !== undefined && !(m.payload.byteLength === 0)) w.tag(2, 2).bytes(m.payload);
+    if (m.name !== undefined && !(m.name === "")) w.byte(10).string(m.name);
+    if (m.payload !== undefined && !(m.payload.byteLength === 0)) w.byte(18).bytes(m.payload);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: HelloRequest, group?: number): HelloRequest {
@@ -89,8 +89,8 @@ export const HelloReply: MessageType<HelloReply> = {
     return n;
   },
   write(m: HelloReply, w: wire.ProtoWriter): void {
-    if (m.message !== undefined && !(m.message === "")) w.tag(1, 2).string(m.message);
-    if (m.payload !== undefined && !(m.payload.byteLength === 0)) w.tag(2, 2).bytes(m.payload);
+    if (m.message !== undefined && !(m.message === "")) w.byte(10).string(m.message);
+    if (m.payload !== undefined && !(m.payload.byteLength === 0)) w.byte(18).bytes(m.payload);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: HelloReply, group?: number): HelloReply {

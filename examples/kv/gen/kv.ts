@@ -45,10 +45,10 @@ export const Entry: MessageType<Entry> = {
     return n;
   },
   write(m: Entry, w: wire.ProtoWriter): void {
-    if (m.key !== undefined && !(m.key === "")) w.tag(1, 2).string(m.key);
-    if (m.value !== undefined && !(m.value.byteLength === 0)) w.tag(2, 2).bytes(m.value);
-    if (m.version !== undefined && !(m.version === 0n)) w.tag(3, 0).uint64(m.version);
-    if (m.updatedAt !== undefined) { w.tag(4, 2).uint32(w.nextSize()); Timestamp.write(m.updatedAt, w); }
+    if (m.key !== undefined && !(m.key === "")) w.byte(10).string(m.key);
+    if (m.value !== undefined && !(m.value.byteLength === 0)) w.byte(18).bytes(m.value);
+    if (m.version !== undefined && !(m.version === 0n)) w.byte(24).uint64(m.version);
+    if (m.updatedAt !== undefined) { w.byte(34).uint32(w.nextSize()); Timestamp.write(m.updatedAt, w); }
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Entry, group?: number): Entry {
@@ -105,7 +105,7 @@ export const GetRequest: MessageType<GetRequest> = {
     return n;
   },
   write(m: GetRequest, w: wire.ProtoWriter): void {
-    if (m.key !== undefined && !(m.key === "")) w.tag(1, 2).string(m.key);
+    if (m.key !== undefined && !(m.key === "")) w.byte(10).string(m.key);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: GetRequest, group?: number): GetRequest {
@@ -162,8 +162,8 @@ export const PutRequest: MessageType<PutRequest> = {
     return n;
   },
   write(m: PutRequest, w: wire.ProtoWriter): void {
-    if (m.key !== undefined && !(m.key === "")) w.tag(1, 2).string(m.key);
-    if (m.value !== undefined && !(m.value.byteLength === 0)) w.tag(2, 2).bytes(m.value);
+    if (m.key !== undefined && !(m.key === "")) w.byte(10).string(m.key);
+    if (m.value !== undefined && !(m.value.byteLength === 0)) w.byte(18).bytes(m.value);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: PutRequest, group?: number): PutRequest {
@@ -218,7 +218,7 @@ export const DeleteRequest: MessageType<DeleteRequest> = {
     return n;
   },
   write(m: DeleteRequest, w: wire.ProtoWriter): void {
-    if (m.key !== undefined && !(m.key === "")) w.tag(1, 2).string(m.key);
+    if (m.key !== undefined && !(m.key === "")) w.byte(10).string(m.key);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: DeleteRequest, group?: number): DeleteRequest {
@@ -272,7 +272,7 @@ export const ListRequest: MessageType<ListRequest> = {
     return n;
   },
   write(m: ListRequest, w: wire.ProtoWriter): void {
-    if (m.prefix !== undefined && !(m.prefix === "")) w.tag(1, 2).string(m.prefix);
+    if (m.prefix !== undefined && !(m.prefix === "")) w.byte(10).string(m.prefix);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: ListRequest, group?: number): ListRequest {
@@ -326,7 +326,7 @@ export const WatchRequest: MessageType<WatchRequest> = {
     return n;
   },
   write(m: WatchRequest, w: wire.ProtoWriter): void {
-    if (m.prefix !== undefined && !(m.prefix === "")) w.tag(1, 2).string(m.prefix);
+    if (m.prefix !== undefined && !(m.prefix === "")) w.byte(10).string(m.prefix);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: WatchRequest, group?: number): WatchRequest {
@@ -383,8 +383,8 @@ export const Event: MessageType<Event> = {
     return n;
   },
   write(m: Event, w: wire.ProtoWriter): void {
-    if (m.kind !== undefined && !(m.kind === 0)) w.tag(1, 0).int32(m.kind);
-    if (m.entry !== undefined) { w.tag(2, 2).uint32(w.nextSize()); Entry.write(m.entry, w); }
+    if (m.kind !== undefined && !(m.kind === 0)) w.byte(8).int32(m.kind);
+    if (m.entry !== undefined) { w.byte(18).uint32(w.nextSize()); Entry.write(m.entry, w); }
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Event, group?: number): Event {

@@ -485,7 +485,21 @@ function genMessage(g: FileGen, t: protobuf.Type): void {
   const S: string[] = []; // sizeOf body
   const W: string[] = []; // write body
   const R: string[] = []; // read cases
-  for (const fi of fields) genField(fi, S, W, R);
+  for (const fi of fields) {
+    if (fi.oneof === undefined) genField(fi, S, W, R);
+    else if (fi === oneofs.get(fi.oneof)![0]) {
+      // One switch per oneof on its case, instead of a test per member.
+      const s: string[] = [];
+      const w: string[] = [];
+      for (const member of oneofs.get(fi.oneof)!) genField(member, s, w, R);
+      const prefix = (member: FieldInfo) => `if (m.${fi.oneof}?.case === "${member.name}") `;
+      const cases = (lines: string[]) => lines.map((l, i) => `  case "${oneofs.get(fi.oneof!)![i]!.name}": ${l.slice(prefix(oneofs.get(fi.oneof!)![i]!).length)} break;`);
+      S.push(`switch (m.${fi.oneof}?.case) {`, ...cases(s), `}`);
+      W.push(`switch (m.${fi.oneof}?.case) {`, ...cases(w), `}`);
+    }
+  }
+  // Tags are constants: one byte written as such, longer ones as their varint value.
+  for (let i = 0; i < W.length; i++) W[i] = W[i]!.replace(/\.tag\((\d+), (\d)\)/g, (_, f: string, t: string) => (Number(f) * 8 + Number(t) < 0x80 ? `.byte(${Number(f) * 8 + Number(t)})` : `.uint32(${Number(f) * 8 + Number(t)})`));
   S.push(`if (m.$unknown !== undefined) n += ${WIRE}.unknownSize(m.$unknown);`);
   W.push(`if (m.$unknown !== undefined) w.unknown(m.$unknown);`);
   // Required fields: one cheap test on the way, the list of the missing ones only on failure.

@@ -57,14 +57,14 @@ export const Legacy: MessageType<Legacy> & { readonly defaults: { readonly count
     return n;
   },
   write(m: Legacy, w: wire.ProtoWriter): void {
-    if (Object.hasOwn(m, "count") && m.count !== undefined) w.tag(1, 0).int32(m.count);
-    if (m.name !== undefined) w.tag(2, 2).string(m.name!);
-    if (m.unpacked !== undefined) for (const v of m.unpacked) w.tag(3, 0).int32(v);
-    if (m.packed !== undefined && m.packed.length > 0) { w.tag(4, 2).uint32(w.nextSize()); for (const v of m.packed) w.sint32(v); }
-    if (m.blob !== undefined) w.tag(5, 2).bytes(m.blob!);
-    if (m.next !== undefined) { w.tag(6, 2).uint32(w.nextSize()); Legacy.write(m.next, w); }
-    if (m.color !== undefined) w.tag(7, 0).int32(m.color!);
-    if (m.big !== undefined) w.tag(8, 0).uint64(m.big!);
+    if (Object.hasOwn(m, "count") && m.count !== undefined) w.byte(8).int32(m.count);
+    if (m.name !== undefined) w.byte(18).string(m.name!);
+    if (m.unpacked !== undefined) for (const v of m.unpacked) w.byte(24).int32(v);
+    if (m.packed !== undefined && m.packed.length > 0) { w.byte(34).uint32(w.nextSize()); for (const v of m.packed) w.sint32(v); }
+    if (m.blob !== undefined) w.byte(42).bytes(m.blob!);
+    if (m.next !== undefined) { w.byte(50).uint32(w.nextSize()); Legacy.write(m.next, w); }
+    if (m.color !== undefined) w.byte(56).int32(m.color!);
+    if (m.big !== undefined) w.byte(64).uint64(m.big!);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Legacy, group?: number): Legacy {

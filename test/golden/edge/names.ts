@@ -30,7 +30,7 @@ export const Client: MessageType$<Client> = {
     return n;
   },
   write(m: Client, w: wire$.ProtoWriter): void {
-    if (m.id !== undefined && !(m.id === "")) w.tag(1, 2).string(m.id);
+    if (m.id !== undefined && !(m.id === "")) w.byte(10).string(m.id);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire$.ProtoReader, end: number, into?: Client, group?: number): Client {
@@ -84,7 +84,7 @@ export const MessageType: MessageType$<MessageType> = {
     return n;
   },
   write(m: MessageType, w: wire$.ProtoWriter): void {
-    if (m.x !== undefined && !(m.x === 0)) w.tag(1, 0).int32(m.x);
+    if (m.x !== undefined && !(m.x === 0)) w.byte(8).int32(m.x);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire$.ProtoReader, end: number, into?: MessageType, group?: number): MessageType {
@@ -147,10 +147,10 @@ export const Object: MessageType$<Object> = {
     return n;
   },
   write(m: Object, w: wire$.ProtoWriter): void {
-    for (const [k, v] of globalThis.Object.entries(m.clients ?? {})) { const s = w.nextSize(); const e = 1 + wire$.stringSize(k) + 1 + wire$.varint32Size(s) + s; w.tag(1, 2).uint32(e).tag(1, 2).string(k).tag(2, 2).uint32(s); Client.write(v, w); }
-    for (const [k, v] of globalThis.Object.entries(m.children ?? {})) { const s = w.nextSize(); const e = 1 + wire$.varint64Size(BigInt(k)) + 1 + wire$.varint32Size(s) + s; w.tag(2, 2).uint32(e).tag(1, 0).int64(BigInt(k)).tag(2, 2).uint32(s); Object.write(v, w); }
-    for (const [k, v] of globalThis.Object.entries(m.flags ?? {})) { const e = 1 + 1 + 1 + wire$.stringSize(v); w.tag(3, 2).uint32(e).tag(1, 0).bool(k === "true").tag(2, 2).string(v); }
-    for (const [k, v] of globalThis.Object.entries(m.blobs ?? {})) { const e = 1 + wire$.stringSize(k) + 1 + wire$.bytesSize(v); w.tag(4, 2).uint32(e).tag(1, 2).string(k).tag(2, 2).bytes(v); }
+    for (const [k, v] of globalThis.Object.entries(m.clients ?? {})) { const s = w.nextSize(); const e = 1 + wire$.stringSize(k) + 1 + wire$.varint32Size(s) + s; w.byte(10).uint32(e).byte(10).string(k).byte(18).uint32(s); Client.write(v, w); }
+    for (const [k, v] of globalThis.Object.entries(m.children ?? {})) { const s = w.nextSize(); const e = 1 + wire$.varint64Size(BigInt(k)) + 1 + wire$.varint32Size(s) + s; w.byte(18).uint32(e).byte(8).int64(BigInt(k)).byte(18).uint32(s); Object.write(v, w); }
+    for (const [k, v] of globalThis.Object.entries(m.flags ?? {})) { const e = 1 + 1 + 1 + wire$.stringSize(v); w.byte(26).uint32(e).byte(8).bool(k === "true").byte(18).string(v); }
+    for (const [k, v] of globalThis.Object.entries(m.blobs ?? {})) { const e = 1 + wire$.stringSize(k) + 1 + wire$.bytesSize(v); w.byte(34).uint32(e).byte(10).string(k).byte(18).bytes(v); }
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire$.ProtoReader, end: number, into?: Object, group?: number): Object {
@@ -216,10 +216,10 @@ export const String: MessageType$<String> = {
     return n;
   },
   write(m: String, w: wire$.ProtoWriter): void {
-    if (m.meta !== undefined) { w.tag(1, 2).uint32(w.nextSize()); Struct.write(m.meta, w); }
-    if (m.any !== undefined) { w.tag(2, 2).uint32(w.nextSize()); Any.write(m.any, w); }
-    if (m.value !== undefined) { w.tag(3, 2).uint32(w.nextSize()); Value.write(m.value, w); }
-    if (m.legacy !== undefined) { w.tag(4, 2).uint32(w.nextSize()); Legacy.write(m.legacy, w); }
+    if (m.meta !== undefined) { w.byte(10).uint32(w.nextSize()); Struct.write(m.meta, w); }
+    if (m.any !== undefined) { w.byte(18).uint32(w.nextSize()); Any.write(m.any, w); }
+    if (m.value !== undefined) { w.byte(26).uint32(w.nextSize()); Value.write(m.value, w); }
+    if (m.legacy !== undefined) { w.byte(34).uint32(w.nextSize()); Legacy.write(m.legacy, w); }
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire$.ProtoReader, end: number, into?: String, group?: number): String {
@@ -276,7 +276,7 @@ export const wire: MessageType$<wire> = {
     return n;
   },
   write(m: wire, w: wire$.ProtoWriter): void {
-    if (m.x !== undefined && !(m.x === "")) w.tag(1, 2).string(m.x);
+    if (m.x !== undefined && !(m.x === "")) w.byte(10).string(m.x);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire$.ProtoReader, end: number, into?: wire, group?: number): wire {
@@ -330,7 +330,7 @@ export const value$: MessageType$<value$> = {
     return n;
   },
   write(m: value$, w: wire$.ProtoWriter): void {
-    if (m.v !== undefined && !(m.v === 0)) w.tag(1, 0).int32(m.v);
+    if (m.v !== undefined && !(m.v === 0)) w.byte(8).int32(m.v);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire$.ProtoReader, end: number, into?: value$, group?: number): value$ {
@@ -384,7 +384,7 @@ export const Partial: MessageType$<Partial> = {
     return n;
   },
   write(m: Partial, w: wire$.ProtoWriter): void {
-    if (m.data !== undefined && !(m.data.byteLength === 0)) w.tag(1, 2).bytes(m.data);
+    if (m.data !== undefined && !(m.data.byteLength === 0)) w.byte(10).bytes(m.data);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire$.ProtoReader, end: number, into?: Partial, group?: number): Partial {
@@ -441,8 +441,8 @@ export const Uint8Array: MessageType$<Uint8Array> = {
     return n;
   },
   write(m: Uint8Array, w: wire$.ProtoWriter): void {
-    if (m.data !== undefined && !(m.data.byteLength === 0)) w.tag(1, 2).bytes(m.data);
-    if (m.partial !== undefined) { w.tag(2, 2).uint32(w.nextSize()); Partial.write(m.partial, w); }
+    if (m.data !== undefined && !(m.data.byteLength === 0)) w.byte(10).bytes(m.data);
+    if (m.partial !== undefined) { w.byte(18).uint32(w.nextSize()); Partial.write(m.partial, w); }
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire$.ProtoReader, end: number, into?: Uint8Array, group?: number): Uint8Array {

@@ -40,9 +40,9 @@ export const Money: MessageType<Money> = {
     return n;
   },
   write(m: Money, w: wire.ProtoWriter): void {
-    if (m.currency !== undefined && !(m.currency === "")) w.tag(1, 2).string(m.currency);
-    if (m.units !== undefined && !(m.units === 0n)) w.tag(2, 0).int64(m.units);
-    if (m.nanos !== undefined && !(m.nanos === 0)) w.tag(3, 0).sint32(m.nanos);
+    if (m.currency !== undefined && !(m.currency === "")) w.byte(10).string(m.currency);
+    if (m.units !== undefined && !(m.units === 0n)) w.byte(16).int64(m.units);
+    if (m.nanos !== undefined && !(m.nanos === 0)) w.byte(24).sint32(m.nanos);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Money, group?: number): Money {

@@ -73,18 +73,18 @@ export const Node: MessageType<Node> = {
     return n;
   },
   write(m: Node, w: wire.ProtoWriter): void {
-    if (m.id !== undefined) w.tag(1, 0).int32(m.id!);
-    if (m.child !== undefined) { w.tag(2, 3); Node.write(m.child, w); w.tag(2, 4); }
-    for (const [k, v] of Object.entries(m.byName ?? {})) { const s = w.nextSize(); const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(s) + s; w.tag(3, 2).uint32(e).tag(1, 2).string(k).tag(2, 2).uint32(s); Node.write(v, w); }
-    if (m.kids !== undefined) for (const v of m.kids) { w.tag(4, 3); Node.write(v, w); w.tag(4, 4); }
-    if (m.framed !== undefined) { w.tag(5, 2).uint32(w.nextSize()); Node.write(m.framed, w); }
-    if (m.raw !== undefined) w.tag(6, 2).string(m.raw!);
-    if (m.open !== undefined) w.tag(7, 0).int32(m.open!);
-    if (m.shut !== undefined) w.tag(8, 0).int32(m.shut!);
-    if (m.implicit !== undefined && !(m.implicit === 0)) w.tag(9, 0).int32(m.implicit);
-    if (m.must !== undefined) w.tag(10, 0).int32(m.must!);
-    if (m.packed !== undefined && m.packed.length > 0) { w.tag(11, 2).uint32(w.nextSize()); for (const v of m.packed) w.int32(v); }
-    if (m.expanded !== undefined) for (const v of m.expanded) w.tag(12, 0).int32(v);
+    if (m.id !== undefined) w.byte(8).int32(m.id!);
+    if (m.child !== undefined) { w.byte(19); Node.write(m.child, w); w.byte(20); }
+    for (const [k, v] of Object.entries(m.byName ?? {})) { const s = w.nextSize(); const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(s) + s; w.byte(26).uint32(e).byte(10).string(k).byte(18).uint32(s); Node.write(v, w); }
+    if (m.kids !== undefined) for (const v of m.kids) { w.byte(35); Node.write(v, w); w.byte(36); }
+    if (m.framed !== undefined) { w.byte(42).uint32(w.nextSize()); Node.write(m.framed, w); }
+    if (m.raw !== undefined) w.byte(50).string(m.raw!);
+    if (m.open !== undefined) w.byte(56).int32(m.open!);
+    if (m.shut !== undefined) w.byte(64).int32(m.shut!);
+    if (m.implicit !== undefined && !(m.implicit === 0)) w.byte(72).int32(m.implicit);
+    if (m.must !== undefined) w.byte(80).int32(m.must!);
+    if (m.packed !== undefined && m.packed.length > 0) { w.byte(90).uint32(w.nextSize()); for (const v of m.packed) w.int32(v); }
+    if (m.expanded !== undefined) for (const v of m.expanded) w.byte(96).int32(v);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Node, group?: number): Node {

@@ -37,8 +37,8 @@ export const Leaf: MessageType<Leaf> = {
     return n;
   },
   write(m: Leaf, w: wire.ProtoWriter): void {
-    if (m.v !== undefined) w.tag(1, 0).int32(m.v!);
-    if (m.s !== undefined) w.tag(2, 2).string(m.s!);
+    if (m.v !== undefined) w.byte(8).int32(m.v!);
+    if (m.s !== undefined) w.byte(18).string(m.s!);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Leaf, group?: number): Leaf {
@@ -158,9 +158,11 @@ export const P2: MessageType<P2> & { readonly defaults: { readonly i32: number; 
     if (m.g !== undefined) { c.enter(); n += 2 + P2_G.sizeOf(m.g, c); c.leave(); }
     if (m.rg !== undefined) for (const v of m.rg) { c.enter(); n += 2 + P2_RG.sizeOf(v, c); c.leave(); }
     if (m.child !== undefined) { const i = c.nested(); const s = P2.sizeOf(m.child, c); c.done(i, s); n += 1 + wire.varint32Size(s) + s; }
-    if (m.o?.case === "oa") n += 1 + wire.varint32Size((m.o.value as number));
-    if (m.o?.case === "ob") n += 1 + wire.stringSize((m.o.value as string));
-    if (m.o?.case === "oc") { const i = c.nested(); const s = Leaf.sizeOf(m.o.value, c); c.done(i, s); n += 2 + wire.varint32Size(s) + s; }
+    switch (m.o?.case) {
+      case "oa": n += 1 + wire.varint32Size((m.o.value as number)); break;
+      case "ob": n += 1 + wire.stringSize((m.o.value as string)); break;
+      case "oc": { const i = c.nested(); const s = Leaf.sizeOf(m.o.value, c); c.done(i, s); n += 2 + wire.varint32Size(s) + s; } break;
+    }
     if (Object.hasOwn(m, "flag") && m.flag !== undefined) n += 2 + 1;
     if (Object.hasOwn(m, "u64") && m.u64 !== undefined) n += 2 + wire.varint64Size(m.u64);
     if (Object.hasOwn(m, "f") && m.f !== undefined) n += 2 + 4;
@@ -172,29 +174,31 @@ export const P2: MessageType<P2> & { readonly defaults: { readonly i32: number; 
     return n;
   },
   write(m: P2, w: wire.ProtoWriter): void {
-    if (Object.hasOwn(m, "i32") && m.i32 !== undefined) w.tag(1, 0).int32(m.i32);
-    if (Object.hasOwn(m, "s") && m.s !== undefined) w.tag(2, 2).string(m.s);
-    if (Object.hasOwn(m, "by") && m.by !== undefined) w.tag(3, 2).bytes(m.by);
-    if (Object.hasOwn(m, "c") && m.c !== undefined) w.tag(4, 0).int32(m.c);
-    if (Object.hasOwn(m, "d") && m.d !== undefined) w.tag(5, 1).double(m.d);
-    if (m.req !== undefined) w.tag(6, 0).int64(m.req!);
-    if (m.rc !== undefined) for (const v of m.rc) w.tag(7, 0).int32(v);
-    if (m.rcp !== undefined && m.rcp.length > 0) { w.tag(8, 2).uint32(w.nextSize()); for (const v of m.rcp) w.int32(v); }
-    if (m.unp !== undefined) for (const v of m.unp) w.tag(9, 0).int32(v);
-    if (m.pk !== undefined && m.pk.length > 0) { w.tag(10, 2).uint32(w.nextSize()); for (const v of m.pk) w.sint64(v); }
-    if (m.g !== undefined) { w.tag(11, 3); P2_G.write(m.g, w); w.tag(11, 4); }
-    if (m.rg !== undefined) for (const v of m.rg) { w.tag(12, 3); P2_RG.write(v, w); w.tag(12, 4); }
-    if (m.child !== undefined) { w.tag(13, 2).uint32(w.nextSize()); P2.write(m.child, w); }
-    if (m.o?.case === "oa") w.tag(14, 0).int32((m.o.value as number));
-    if (m.o?.case === "ob") w.tag(15, 2).string((m.o.value as string));
-    if (m.o?.case === "oc") { w.tag(16, 2).uint32(w.nextSize()); Leaf.write(m.o.value, w); }
-    if (Object.hasOwn(m, "flag") && m.flag !== undefined) w.tag(17, 0).bool(m.flag);
-    if (Object.hasOwn(m, "u64") && m.u64 !== undefined) w.tag(18, 0).uint64(m.u64);
-    if (Object.hasOwn(m, "f") && m.f !== undefined) w.tag(19, 5).float(m.f);
-    if (m.leaf !== undefined) { w.tag(20, 2).uint32(w.nextSize()); Leaf.write(m.leaf, w); }
-    if (Object.hasOwn(m, "sf64") && m.sf64 !== undefined) w.tag(21, 1).sfixed64(m.sf64);
-    for (const [k, v] of Object.entries(m.byName ?? {})) { const s = w.nextSize(); const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(s) + s; w.tag(22, 2).uint32(e).tag(1, 2).string(k).tag(2, 2).uint32(s); Leaf.write(v, w); }
-    if (m.noDefault !== undefined) w.tag(23, 2).string(m.noDefault!);
+    if (Object.hasOwn(m, "i32") && m.i32 !== undefined) w.byte(8).int32(m.i32);
+    if (Object.hasOwn(m, "s") && m.s !== undefined) w.byte(18).string(m.s);
+    if (Object.hasOwn(m, "by") && m.by !== undefined) w.byte(26).bytes(m.by);
+    if (Object.hasOwn(m, "c") && m.c !== undefined) w.byte(32).int32(m.c);
+    if (Object.hasOwn(m, "d") && m.d !== undefined) w.byte(41).double(m.d);
+    if (m.req !== undefined) w.byte(48).int64(m.req!);
+    if (m.rc !== undefined) for (const v of m.rc) w.byte(56).int32(v);
+    if (m.rcp !== undefined && m.rcp.length > 0) { w.byte(66).uint32(w.nextSize()); for (const v of m.rcp) w.int32(v); }
+    if (m.unp !== undefined) for (const v of m.unp) w.byte(72).int32(v);
+    if (m.pk !== undefined && m.pk.length > 0) { w.byte(82).uint32(w.nextSize()); for (const v of m.pk) w.sint64(v); }
+    if (m.g !== undefined) { w.byte(91); P2_G.write(m.g, w); w.byte(92); }
+    if (m.rg !== undefined) for (const v of m.rg) { w.byte(99); P2_RG.write(v, w); w.byte(100); }
+    if (m.child !== undefined) { w.byte(106).uint32(w.nextSize()); P2.write(m.child, w); }
+    switch (m.o?.case) {
+      case "oa": w.byte(112).int32((m.o.value as number)); break;
+      case "ob": w.byte(122).string((m.o.value as string)); break;
+      case "oc": { w.uint32(130).uint32(w.nextSize()); Leaf.write(m.o.value, w); } break;
+    }
+    if (Object.hasOwn(m, "flag") && m.flag !== undefined) w.uint32(136).bool(m.flag);
+    if (Object.hasOwn(m, "u64") && m.u64 !== undefined) w.uint32(144).uint64(m.u64);
+    if (Object.hasOwn(m, "f") && m.f !== undefined) w.uint32(157).float(m.f);
+    if (m.leaf !== undefined) { w.uint32(162).uint32(w.nextSize()); Leaf.write(m.leaf, w); }
+    if (Object.hasOwn(m, "sf64") && m.sf64 !== undefined) w.uint32(169).sfixed64(m.sf64);
+    for (const [k, v] of Object.entries(m.byName ?? {})) { const s = w.nextSize(); const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(s) + s; w.uint32(178).uint32(e).byte(10).string(k).byte(18).uint32(s); Leaf.write(v, w); }
+    if (m.noDefault !== undefined) w.uint32(186).string(m.noDefault!);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: P2, group?: number): P2 {
@@ -277,9 +281,9 @@ export const P2_G: MessageType<P2_G> = {
     return n;
   },
   write(m: P2_G, w: wire.ProtoWriter): void {
-    if (m.a !== undefined) w.tag(1, 0).int32(m.a!);
-    if (m.b !== undefined) w.tag(2, 2).string(m.b!);
-    if (m.leaf !== undefined) { w.tag(3, 2).uint32(w.nextSize()); Leaf.write(m.leaf, w); }
+    if (m.a !== undefined) w.byte(8).int32(m.a!);
+    if (m.b !== undefined) w.byte(18).string(m.b!);
+    if (m.leaf !== undefined) { w.byte(26).uint32(w.nextSize()); Leaf.write(m.leaf, w); }
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: P2_G, group?: number): P2_G {
@@ -335,7 +339,7 @@ export const P2_RG: MessageType<P2_RG> = {
     return n;
   },
   write(m: P2_RG, w: wire.ProtoWriter): void {
-    if (m.x !== undefined) w.tag(1, 0).int32(m.x!);
+    if (m.x !== undefined) w.byte(8).int32(m.x!);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: P2_RG, group?: number): P2_RG {

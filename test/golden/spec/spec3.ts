@@ -38,8 +38,8 @@ export const Leaf: MessageType<Leaf> = {
     return n;
   },
   write(m: Leaf, w: wire.ProtoWriter): void {
-    if (m.label !== undefined && !(m.label === "")) w.tag(1, 2).string(m.label);
-    if (m.n !== undefined && !(m.n === 0)) w.tag(2, 0).int32(m.n);
+    if (m.label !== undefined && !(m.label === "")) w.byte(10).string(m.label);
+    if (m.n !== undefined && !(m.n === 0)) w.byte(16).int32(m.n);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Leaf, group?: number): Leaf {
@@ -273,87 +273,95 @@ export const All: MessageType<All> = {
     for (const [, v] of Object.entries(m.mBool ?? {})) { const e = 1 + 1 + 1 + wire.stringSize(v); n += 2 + wire.varint32Size(e) + e; }
     for (const [k, v] of Object.entries(m.mString ?? {})) { const i = c.nested(); const s = Leaf.sizeOf(v, c); c.done(i, s); const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(s) + s; n += 2 + wire.varint32Size(e) + e; }
     for (const [k, v] of Object.entries(m.mStringSelf ?? {})) { const i = c.nested(); const s = All.sizeOf(v, c); c.done(i, s); const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(s) + s; n += 2 + wire.varint32Size(e) + e; }
-    if (m.choice?.case === "cString") n += 2 + wire.stringSize((m.choice.value as string));
-    if (m.choice?.case === "cInt64") n += 2 + wire.varint64Size((m.choice.value as bigint));
-    if (m.choice?.case === "cLeaf") { const i = c.nested(); const s = Leaf.sizeOf(m.choice.value, c); c.done(i, s); n += 2 + wire.varint32Size(s) + s; }
-    if (m.choice?.case === "cBytes") n += 2 + c.bytes((m.choice.value as Uint8Array));
-    if (m.choice?.case === "cKind") n += 2 + wire.varint32Size((m.choice.value as Kind));
-    if (m.choice?.case === "cSelf") { const i = c.nested(); const s = All.sizeOf(m.choice.value, c); c.done(i, s); n += 2 + wire.varint32Size(s) + s; }
-    if (m.secondChoice?.case === "sBool") n += 2 + 1;
-    if (m.secondChoice?.case === "sFixed64") n += 2 + 8;
+    switch (m.choice?.case) {
+      case "cString": n += 2 + wire.stringSize((m.choice.value as string)); break;
+      case "cInt64": n += 2 + wire.varint64Size((m.choice.value as bigint)); break;
+      case "cLeaf": { const i = c.nested(); const s = Leaf.sizeOf(m.choice.value, c); c.done(i, s); n += 2 + wire.varint32Size(s) + s; } break;
+      case "cBytes": n += 2 + c.bytes((m.choice.value as Uint8Array)); break;
+      case "cKind": n += 2 + wire.varint32Size((m.choice.value as Kind)); break;
+      case "cSelf": { const i = c.nested(); const s = All.sizeOf(m.choice.value, c); c.done(i, s); n += 2 + wire.varint32Size(s) + s; } break;
+    }
+    switch (m.secondChoice?.case) {
+      case "sBool": n += 2 + 1; break;
+      case "sFixed64": n += 2 + 8; break;
+    }
     if (m.fieldName4 !== undefined && !(m.fieldName4 === "")) n += 2 + wire.stringSize(m.fieldName4);
     if (m.maxField !== undefined && !(m.maxField === 0)) n += 5 + wire.varint32Size(m.maxField);
     if (m.$unknown !== undefined) n += wire.unknownSize(m.$unknown);
     return n;
   },
   write(m: All, w: wire.ProtoWriter): void {
-    if (m.fDouble !== undefined && !(m.fDouble === 0 && 1 / m.fDouble > 0)) w.tag(1, 1).double(m.fDouble);
-    if (m.fFloat !== undefined && !(m.fFloat === 0 && 1 / m.fFloat > 0)) w.tag(2, 5).float(m.fFloat);
-    if (m.fInt32 !== undefined && !(m.fInt32 === 0)) w.tag(3, 0).int32(m.fInt32);
-    if (m.fInt64 !== undefined && !(m.fInt64 === 0n)) w.tag(4, 0).int64(m.fInt64);
-    if (m.fUint32 !== undefined && !(m.fUint32 === 0)) w.tag(5, 0).uint32(m.fUint32);
-    if (m.fUint64 !== undefined && !(m.fUint64 === 0n)) w.tag(6, 0).uint64(m.fUint64);
-    if (m.fSint32 !== undefined && !(m.fSint32 === 0)) w.tag(7, 0).sint32(m.fSint32);
-    if (m.fSint64 !== undefined && !(m.fSint64 === 0n)) w.tag(8, 0).sint64(m.fSint64);
-    if (m.fFixed32 !== undefined && !(m.fFixed32 === 0)) w.tag(9, 5).fixed32(m.fFixed32);
-    if (m.fFixed64 !== undefined && !(m.fFixed64 === 0n)) w.tag(10, 1).fixed64(m.fFixed64);
-    if (m.fSfixed32 !== undefined && !(m.fSfixed32 === 0)) w.tag(11, 5).sfixed32(m.fSfixed32);
-    if (m.fSfixed64 !== undefined && !(m.fSfixed64 === 0n)) w.tag(12, 1).sfixed64(m.fSfixed64);
-    if (m.fBool !== undefined && !(m.fBool === false)) w.tag(13, 0).bool(m.fBool);
-    if (m.fString !== undefined && !(m.fString === "")) w.tag(14, 2).string(m.fString);
-    if (m.fBytes !== undefined && !(m.fBytes.byteLength === 0)) w.tag(15, 2).bytes(m.fBytes);
-    if (m.fKind !== undefined && !(m.fKind === 0)) w.tag(16, 0).int32(m.fKind);
-    if (m.fLeaf !== undefined) { w.tag(17, 2).uint32(w.nextSize()); Leaf.write(m.fLeaf, w); }
-    if (m.fSelf !== undefined) { w.tag(18, 2).uint32(w.nextSize()); All.write(m.fSelf, w); }
-    if (m.oInt32 !== undefined) w.tag(20, 0).int32(m.oInt32!);
-    if (m.oString !== undefined) w.tag(21, 2).string(m.oString!);
-    if (m.oKind !== undefined) w.tag(22, 0).int32(m.oKind!);
-    if (m.oBytes !== undefined) w.tag(23, 2).bytes(m.oBytes!);
-    if (m.oDouble !== undefined) w.tag(24, 1).double(m.oDouble!);
-    if (m.rDouble !== undefined && m.rDouble.length > 0) { w.tag(31, 2).uint32(w.nextSize()); for (const v of m.rDouble) w.double(v); }
-    if (m.rFloat !== undefined && m.rFloat.length > 0) { w.tag(32, 2).uint32(w.nextSize()); for (const v of m.rFloat) w.float(v); }
-    if (m.rInt32 !== undefined && m.rInt32.length > 0) { w.tag(33, 2).uint32(w.nextSize()); for (const v of m.rInt32) w.int32(v); }
-    if (m.rInt64 !== undefined && m.rInt64.length > 0) { w.tag(34, 2).uint32(w.nextSize()); for (const v of m.rInt64) w.int64(v); }
-    if (m.rUint32 !== undefined && m.rUint32.length > 0) { w.tag(35, 2).uint32(w.nextSize()); for (const v of m.rUint32) w.uint32(v); }
-    if (m.rUint64 !== undefined && m.rUint64.length > 0) { w.tag(36, 2).uint32(w.nextSize()); for (const v of m.rUint64) w.uint64(v); }
-    if (m.rSint32 !== undefined && m.rSint32.length > 0) { w.tag(37, 2).uint32(w.nextSize()); for (const v of m.rSint32) w.sint32(v); }
-    if (m.rSint64 !== undefined && m.rSint64.length > 0) { w.tag(38, 2).uint32(w.nextSize()); for (const v of m.rSint64) w.sint64(v); }
-    if (m.rFixed32 !== undefined && m.rFixed32.length > 0) { w.tag(39, 2).uint32(w.nextSize()); for (const v of m.rFixed32) w.fixed32(v); }
-    if (m.rFixed64 !== undefined && m.rFixed64.length > 0) { w.tag(40, 2).uint32(w.nextSize()); for (const v of m.rFixed64) w.fixed64(v); }
-    if (m.rSfixed32 !== undefined && m.rSfixed32.length > 0) { w.tag(41, 2).uint32(w.nextSize()); for (const v of m.rSfixed32) w.sfixed32(v); }
-    if (m.rSfixed64 !== undefined && m.rSfixed64.length > 0) { w.tag(42, 2).uint32(w.nextSize()); for (const v of m.rSfixed64) w.sfixed64(v); }
-    if (m.rBool !== undefined && m.rBool.length > 0) { w.tag(43, 2).uint32(w.nextSize()); for (const v of m.rBool) w.bool(v); }
-    if (m.rString !== undefined) for (const v of m.rString) w.tag(44, 2).string(v);
-    if (m.rBytes !== undefined) for (const v of m.rBytes) w.tag(45, 2).bytes(v);
-    if (m.rKind !== undefined && m.rKind.length > 0) { w.tag(46, 2).uint32(w.nextSize()); for (const v of m.rKind) w.int32(v); }
-    if (m.rLeaf !== undefined) for (const v of m.rLeaf) { w.tag(47, 2).uint32(w.nextSize()); Leaf.write(v, w); }
-    if (m.uInt32 !== undefined) for (const v of m.uInt32) w.tag(48, 0).int32(v);
-    if (m.uDouble !== undefined) for (const v of m.uDouble) w.tag(49, 1).double(v);
-    if (m.uSint64 !== undefined) for (const v of m.uSint64) w.tag(50, 0).sint64(v);
-    if (m.uKind !== undefined) for (const v of m.uKind) w.tag(51, 0).int32(v);
-    for (const [k, v] of Object.entries(m.mInt32 ?? {})) { const e = 1 + wire.varint32Size(Number(k)) + 1 + wire.stringSize(v); w.tag(60, 2).uint32(e).tag(1, 0).int32(Number(k)).tag(2, 2).string(v); }
-    for (const [k, v] of Object.entries(m.mInt64 ?? {})) { const e = 1 + wire.varint64Size(BigInt(k)) + 1 + wire.varint32Size(v); w.tag(61, 2).uint32(e).tag(1, 0).int64(BigInt(k)).tag(2, 0).int32(v); }
-    for (const [k, v] of Object.entries(m.mUint32 ?? {})) { const e = 1 + wire.varint32Size(Number(k)) + 1 + wire.bytesSize(v); w.tag(62, 2).uint32(e).tag(1, 0).uint32(Number(k)).tag(2, 2).bytes(v); }
-    for (const [k, v] of Object.entries(m.mUint64 ?? {})) { const e = 1 + wire.varint64Size(BigInt(k)) + 1 + wire.varint32Size(v); w.tag(63, 2).uint32(e).tag(1, 0).uint64(BigInt(k)).tag(2, 0).int32(v); }
-    for (const [k, v] of Object.entries(m.mSint32 ?? {})) { const s = w.nextSize(); const e = 1 + wire.sint32Size(Number(k)) + 1 + wire.varint32Size(s) + s; w.tag(64, 2).uint32(e).tag(1, 0).sint32(Number(k)).tag(2, 2).uint32(s); Leaf.write(v, w); }
-    for (const [k, v] of Object.entries(m.mSint64 ?? {})) { const e = 1 + wire.sint64Size(BigInt(k)) + 1 + 8; w.tag(65, 2).uint32(e).tag(1, 0).sint64(BigInt(k)).tag(2, 1).double(v); }
-    for (const [k, v] of Object.entries(m.mFixed32 ?? {})) { const e = 1 + 4 + 1 + 4; w.tag(66, 2).uint32(e).tag(1, 5).fixed32(Number(k)).tag(2, 5).fixed32(v); }
-    for (const [k, v] of Object.entries(m.mFixed64 ?? {})) { const e = 1 + 8 + 1 + 4; w.tag(67, 2).uint32(e).tag(1, 1).fixed64(BigInt(k)).tag(2, 5).float(v); }
-    for (const [k, v] of Object.entries(m.mSfixed32 ?? {})) { const e = 1 + 4 + 1 + 8; w.tag(68, 2).uint32(e).tag(1, 5).sfixed32(Number(k)).tag(2, 1).sfixed64(v); }
-    for (const [k, v] of Object.entries(m.mSfixed64 ?? {})) { const e = 1 + 8 + 1 + 1; w.tag(69, 2).uint32(e).tag(1, 1).sfixed64(BigInt(k)).tag(2, 0).bool(v); }
-    for (const [k, v] of Object.entries(m.mBool ?? {})) { const e = 1 + 1 + 1 + wire.stringSize(v); w.tag(70, 2).uint32(e).tag(1, 0).bool(k === "true").tag(2, 2).string(v); }
-    for (const [k, v] of Object.entries(m.mString ?? {})) { const s = w.nextSize(); const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(s) + s; w.tag(71, 2).uint32(e).tag(1, 2).string(k).tag(2, 2).uint32(s); Leaf.write(v, w); }
-    for (const [k, v] of Object.entries(m.mStringSelf ?? {})) { const s = w.nextSize(); const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(s) + s; w.tag(72, 2).uint32(e).tag(1, 2).string(k).tag(2, 2).uint32(s); All.write(v, w); }
-    if (m.choice?.case === "cString") w.tag(80, 2).string((m.choice.value as string));
-    if (m.choice?.case === "cInt64") w.tag(81, 0).int64((m.choice.value as bigint));
-    if (m.choice?.case === "cLeaf") { w.tag(82, 2).uint32(w.nextSize()); Leaf.write(m.choice.value, w); }
-    if (m.choice?.case === "cBytes") w.tag(83, 2).bytes((m.choice.value as Uint8Array));
-    if (m.choice?.case === "cKind") w.tag(84, 0).int32((m.choice.value as Kind));
-    if (m.choice?.case === "cSelf") { w.tag(85, 2).uint32(w.nextSize()); All.write(m.choice.value, w); }
-    if (m.secondChoice?.case === "sBool") w.tag(86, 0).bool((m.secondChoice.value as boolean));
-    if (m.secondChoice?.case === "sFixed64") w.tag(87, 1).fixed64((m.secondChoice.value as bigint));
-    if (m.fieldName4 !== undefined && !(m.fieldName4 === "")) w.tag(90, 2).string(m.fieldName4);
-    if (m.maxField !== undefined && !(m.maxField === 0)) w.tag(536870911, 0).int32(m.maxField);
+    if (m.fDouble !== undefined && !(m.fDouble === 0 && 1 / m.fDouble > 0)) w.byte(9).double(m.fDouble);
+    if (m.fFloat !== undefined && !(m.fFloat === 0 && 1 / m.fFloat > 0)) w.byte(21).float(m.fFloat);
+    if (m.fInt32 !== undefined && !(m.fInt32 === 0)) w.byte(24).int32(m.fInt32);
+    if (m.fInt64 !== undefined && !(m.fInt64 === 0n)) w.byte(32).int64(m.fInt64);
+    if (m.fUint32 !== undefined && !(m.fUint32 === 0)) w.byte(40).uint32(m.fUint32);
+    if (m.fUint64 !== undefined && !(m.fUint64 === 0n)) w.byte(48).uint64(m.fUint64);
+    if (m.fSint32 !== undefined && !(m.fSint32 === 0)) w.byte(56).sint32(m.fSint32);
+    if (m.fSint64 !== undefined && !(m.fSint64 === 0n)) w.byte(64).sint64(m.fSint64);
+    if (m.fFixed32 !== undefined && !(m.fFixed32 === 0)) w.byte(77).fixed32(m.fFixed32);
+    if (m.fFixed64 !== undefined && !(m.fFixed64 === 0n)) w.byte(81).fixed64(m.fFixed64);
+    if (m.fSfixed32 !== undefined && !(m.fSfixed32 === 0)) w.byte(93).sfixed32(m.fSfixed32);
+    if (m.fSfixed64 !== undefined && !(m.fSfixed64 === 0n)) w.byte(97).sfixed64(m.fSfixed64);
+    if (m.fBool !== undefined && !(m.fBool === false)) w.byte(104).bool(m.fBool);
+    if (m.fString !== undefined && !(m.fString === "")) w.byte(114).string(m.fString);
+    if (m.fBytes !== undefined && !(m.fBytes.byteLength === 0)) w.byte(122).bytes(m.fBytes);
+    if (m.fKind !== undefined && !(m.fKind === 0)) w.uint32(128).int32(m.fKind);
+    if (m.fLeaf !== undefined) { w.uint32(138).uint32(w.nextSize()); Leaf.write(m.fLeaf, w); }
+    if (m.fSelf !== undefined) { w.uint32(146).uint32(w.nextSize()); All.write(m.fSelf, w); }
+    if (m.oInt32 !== undefined) w.uint32(160).int32(m.oInt32!);
+    if (m.oString !== undefined) w.uint32(170).string(m.oString!);
+    if (m.oKind !== undefined) w.uint32(176).int32(m.oKind!);
+    if (m.oBytes !== undefined) w.uint32(186).bytes(m.oBytes!);
+    if (m.oDouble !== undefined) w.uint32(193).double(m.oDouble!);
+    if (m.rDouble !== undefined && m.rDouble.length > 0) { w.uint32(250).uint32(w.nextSize()); for (const v of m.rDouble) w.double(v); }
+    if (m.rFloat !== undefined && m.rFloat.length > 0) { w.uint32(258).uint32(w.nextSize()); for (const v of m.rFloat) w.float(v); }
+    if (m.rInt32 !== undefined && m.rInt32.length > 0) { w.uint32(266).uint32(w.nextSize()); for (const v of m.rInt32) w.int32(v); }
+    if (m.rInt64 !== undefined && m.rInt64.length > 0) { w.uint32(274).uint32(w.nextSize()); for (const v of m.rInt64) w.int64(v); }
+    if (m.rUint32 !== undefined && m.rUint32.length > 0) { w.uint32(282).uint32(w.nextSize()); for (const v of m.rUint32) w.uint32(v); }
+    if (m.rUint64 !== undefined && m.rUint64.length > 0) { w.uint32(290).uint32(w.nextSize()); for (const v of m.rUint64) w.uint64(v); }
+    if (m.rSint32 !== undefined && m.rSint32.length > 0) { w.uint32(298).uint32(w.nextSize()); for (const v of m.rSint32) w.sint32(v); }
+    if (m.rSint64 !== undefined && m.rSint64.length > 0) { w.uint32(306).uint32(w.nextSize()); for (const v of m.rSint64) w.sint64(v); }
+    if (m.rFixed32 !== undefined && m.rFixed32.length > 0) { w.uint32(314).uint32(w.nextSize()); for (const v of m.rFixed32) w.fixed32(v); }
+    if (m.rFixed64 !== undefined && m.rFixed64.length > 0) { w.uint32(322).uint32(w.nextSize()); for (const v of m.rFixed64) w.fixed64(v); }
+    if (m.rSfixed32 !== undefined && m.rSfixed32.length > 0) { w.uint32(330).uint32(w.nextSize()); for (const v of m.rSfixed32) w.sfixed32(v); }
+    if (m.rSfixed64 !== undefined && m.rSfixed64.length > 0) { w.uint32(338).uint32(w.nextSize()); for (const v of m.rSfixed64) w.sfixed64(v); }
+    if (m.rBool !== undefined && m.rBool.length > 0) { w.uint32(346).uint32(w.nextSize()); for (const v of m.rBool) w.bool(v); }
+    if (m.rString !== undefined) for (const v of m.rString) w.uint32(354).string(v);
+    if (m.rBytes !== undefined) for (const v of m.rBytes) w.uint32(362).bytes(v);
+    if (m.rKind !== undefined && m.rKind.length > 0) { w.uint32(370).uint32(w.nextSize()); for (const v of m.rKind) w.int32(v); }
+    if (m.rLeaf !== undefined) for (const v of m.rLeaf) { w.uint32(378).uint32(w.nextSize()); Leaf.write(v, w); }
+    if (m.uInt32 !== undefined) for (const v of m.uInt32) w.uint32(384).int32(v);
+    if (m.uDouble !== undefined) for (const v of m.uDouble) w.uint32(393).double(v);
+    if (m.uSint64 !== undefined) for (const v of m.uSint64) w.uint32(400).sint64(v);
+    if (m.uKind !== undefined) for (const v of m.uKind) w.uint32(408).int32(v);
+    for (const [k, v] of Object.entries(m.mInt32 ?? {})) { const e = 1 + wire.varint32Size(Number(k)) + 1 + wire.stringSize(v); w.uint32(482).uint32(e).byte(8).int32(Number(k)).byte(18).string(v); }
+    for (const [k, v] of Object.entries(m.mInt64 ?? {})) { const e = 1 + wire.varint64Size(BigInt(k)) + 1 + wire.varint32Size(v); w.uint32(490).uint32(e).byte(8).int64(BigInt(k)).byte(16).int32(v); }
+    for (const [k, v] of Object.entries(m.mUint32 ?? {})) { const e = 1 + wire.varint32Size(Number(k)) + 1 + wire.bytesSize(v); w.uint32(498).uint32(e).byte(8).uint32(Number(k)).byte(18).bytes(v); }
+    for (const [k, v] of Object.entries(m.mUint64 ?? {})) { const e = 1 + wire.varint64Size(BigInt(k)) + 1 + wire.varint32Size(v); w.uint32(506).uint32(e).byte(8).uint64(BigInt(k)).byte(16).int32(v); }
+    for (const [k, v] of Object.entries(m.mSint32 ?? {})) { const s = w.nextSize(); const e = 1 + wire.sint32Size(Number(k)) + 1 + wire.varint32Size(s) + s; w.uint32(514).uint32(e).byte(8).sint32(Number(k)).byte(18).uint32(s); Leaf.write(v, w); }
+    for (const [k, v] of Object.entries(m.mSint64 ?? {})) { const e = 1 + wire.sint64Size(BigInt(k)) + 1 + 8; w.uint32(522).uint32(e).byte(8).sint64(BigInt(k)).byte(17).double(v); }
+    for (const [k, v] of Object.entries(m.mFixed32 ?? {})) { const e = 1 + 4 + 1 + 4; w.uint32(530).uint32(e).byte(13).fixed32(Number(k)).byte(21).fixed32(v); }
+    for (const [k, v] of Object.entries(m.mFixed64 ?? {})) { const e = 1 + 8 + 1 + 4; w.uint32(538).uint32(e).byte(9).fixed64(BigInt(k)).byte(21).float(v); }
+    for (const [k, v] of Object.entries(m.mSfixed32 ?? {})) { const e = 1 + 4 + 1 + 8; w.uint32(546).uint32(e).byte(13).sfixed32(Number(k)).byte(17).sfixed64(v); }
+    for (const [k, v] of Object.entries(m.mSfixed64 ?? {})) { const e = 1 + 8 + 1 + 1; w.uint32(554).uint32(e).byte(9).sfixed64(BigInt(k)).byte(16).bool(v); }
+    for (const [k, v] of Object.entries(m.mBool ?? {})) { const e = 1 + 1 + 1 + wire.stringSize(v); w.uint32(562).uint32(e).byte(8).bool(k === "true").byte(18).string(v); }
+    for (const [k, v] of Object.entries(m.mString ?? {})) { const s = w.nextSize(); const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(s) + s; w.uint32(570).uint32(e).byte(10).string(k).byte(18).uint32(s); Leaf.write(v, w); }
+    for (const [k, v] of Object.entries(m.mStringSelf ?? {})) { const s = w.nextSize(); const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(s) + s; w.uint32(578).uint32(e).byte(10).string(k).byte(18).uint32(s); All.write(v, w); }
+    switch (m.choice?.case) {
+      case "cString": w.uint32(642).string((m.choice.value as string)); break;
+      case "cInt64": w.uint32(648).int64((m.choice.value as bigint)); break;
+      case "cLeaf": { w.uint32(658).uint32(w.nextSize()); Leaf.write(m.choice.value, w); } break;
+      case "cBytes": w.uint32(666).bytes((m.choice.value as Uint8Array)); break;
+      case "cKind": w.uint32(672).int32((m.choice.value as Kind)); break;
+      case "cSelf": { w.uint32(682).uint32(w.nextSize()); All.write(m.choice.value, w); } break;
+    }
+    switch (m.secondChoice?.case) {
+      case "sBool": w.uint32(688).bool((m.secondChoice.value as boolean)); break;
+      case "sFixed64": w.uint32(697).fixed64((m.secondChoice.value as bigint)); break;
+    }
+    if (m.fieldName4 !== undefined && !(m.fieldName4 === "")) w.uint32(722).string(m.fieldName4);
+    if (m.maxField !== undefined && !(m.maxField === 0)) w.uint32(4294967288).int32(m.maxField);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: All, group?: number): All {
@@ -476,8 +484,8 @@ export const Some: MessageType<Some> = {
     return n;
   },
   write(m: Some, w: wire.ProtoWriter): void {
-    if (m.fString !== undefined && !(m.fString === "")) w.tag(14, 2).string(m.fString);
-    if (m.fLeaf !== undefined) { w.tag(17, 2).uint32(w.nextSize()); Leaf.write(m.fLeaf, w); }
+    if (m.fString !== undefined && !(m.fString === "")) w.byte(114).string(m.fString);
+    if (m.fLeaf !== undefined) { w.uint32(138).uint32(w.nextSize()); Leaf.write(m.fLeaf, w); }
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Some, group?: number): Some {

@@ -30,8 +30,8 @@ export const Timestamp: MessageType<Timestamp> = {
     return n;
   },
   write(m: Timestamp, w: wire.ProtoWriter): void {
-    if (m.seconds !== undefined && !(m.seconds === 0n)) w.tag(1, 0).int64(m.seconds);
-    if (m.nanos !== undefined && !(m.nanos === 0)) w.tag(2, 0).int32(m.nanos);
+    if (m.seconds !== undefined && !(m.seconds === 0n)) w.byte(8).int64(m.seconds);
+    if (m.nanos !== undefined && !(m.nanos === 0)) w.byte(16).int32(m.nanos);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Timestamp, group?: number): Timestamp {

@@ -27,7 +27,7 @@ export const DoubleValue: MessageType<DoubleValue> = {
     return n;
   },
   write(m: DoubleValue, w: wire.ProtoWriter): void {
-    if (m.value !== undefined && !(m.value === 0 && 1 / m.value > 0)) w.tag(1, 1).double(m.value);
+    if (m.value !== undefined && !(m.value === 0 && 1 / m.value > 0)) w.byte(9).double(m.value);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: DoubleValue, group?: number): DoubleValue {
@@ -81,7 +81,7 @@ export const FloatValue: MessageType<FloatValue> = {
     return n;
   },
   write(m: FloatValue, w: wire.ProtoWriter): void {
-    if (m.value !== undefined && !(m.value === 0 && 1 / m.value > 0)) w.tag(1, 5).float(m.value);
+    if (m.value !== undefined && !(m.value === 0 && 1 / m.value > 0)) w.byte(13).float(m.value);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: FloatValue, group?: number): FloatValue {
@@ -135,7 +135,7 @@ export const Int64Value: MessageType<Int64Value> = {
     return n;
   },
   write(m: Int64Value, w: wire.ProtoWriter): void {
-    if (m.value !== undefined && !(m.value === 0n)) w.tag(1, 0).int64(m.value);
+    if (m.value !== undefined && !(m.value === 0n)) w.byte(8).int64(m.value);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Int64Value, group?: number): Int64Value {
@@ -189,7 +189,7 @@ export const UInt64Value: MessageType<UInt64Value> = {
     return n;
   },
   write(m: UInt64Value, w: wire.ProtoWriter): void {
-    if (m.value !== undefined && !(m.value === 0n)) w.tag(1, 0).uint64(m.value);
+    if (m.value !== undefined && !(m.value === 0n)) w.byte(8).uint64(m.value);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: UInt64Value, group?: number): UInt64Value {
@@ -243,7 +243,7 @@ export const Int32Value: MessageType<Int32Value> = {
     return n;
   },
   write(m: Int32Value, w: wire.ProtoWriter): void {
-    if (m.value !== undefined && !(m.value === 0)) w.tag(1, 0).int32(m.value);
+    if (m.value !== undefined && !(m.value === 0)) w.byte(8).int32(m.value);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Int32Value, group?: number): Int32Value {
@@ -297,7 +297,7 @@ export const UInt32Value: MessageType<UInt32Value> = {
     return n;
   },
   write(m: UInt32Value, w: wire.ProtoWriter): void {
-    if (m.value !== undefined && !(m.value === 0)) w.tag(1, 0).uint32(m.value);
+    if (m.value !== undefined && !(m.value === 0)) w.byte(8).uint32(m.value);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: UInt32Value, group?: number): UInt32Value {
@@ -351,7 +351,7 @@ export const BoolValue: MessageType<BoolValue> = {
     return n;
   },
   write(m: BoolValue, w: wire.ProtoWriter): void {
-    if (m.value !== undefined && !(m.value === false)) w.tag(1, 0).bool(m.value);
+    if (m.value !== undefined && !(m.value === false)) w.byte(8).bool(m.value);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: BoolValue, group?: number): BoolValue {
@@ -405,7 +405,7 @@ export const StringValue: MessageType<StringValue> = {
     return n;
   },
   write(m: StringValue, w: wire.ProtoWriter): void {
-    if (m.value !== undefined && !(m.value === "")) w.tag(1, 2).string(m.value);
+    if (m.value !== undefined && !(m.value === "")) w.byte(10).string(m.value);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: StringValue, group?: number): StringValue {
@@ -459,7 +459,7 @@ export const BytesValue: MessageType<BytesValue> = {
     return n;
   },
   write(m: BytesValue, w: wire.ProtoWriter): void {
-    if (m.value !== undefined && !(m.value.byteLength === 0)) w.tag(1, 2).bytes(m.value);
+    if (m.value !== undefined && !(m.value.byteLength === 0)) w.byte(10).bytes(m.value);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: BytesValue, group?: number): BytesValue {

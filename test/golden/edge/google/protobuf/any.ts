@@ -30,8 +30,8 @@ export const Any: MessageType<Any> = {
     return n;
   },
   write(m: Any, w: wire.ProtoWriter): void {
-    if (m.typeUrl !== undefined && !(m.typeUrl === "")) w.tag(1, 2).string(m.typeUrl);
-    if (m.value !== undefined && !(m.value.byteLength === 0)) w.tag(2, 2).bytes(m.value);
+    if (m.typeUrl !== undefined && !(m.typeUrl === "")) w.byte(10).string(m.typeUrl);
+    if (m.value !== undefined && !(m.value.byteLength === 0)) w.byte(18).bytes(m.value);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Any, group?: number): Any {

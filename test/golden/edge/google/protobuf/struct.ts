@@ -32,7 +32,7 @@ export const Struct: MessageType<Struct> = {
     return n;
   },
   write(m: Struct, w: wire.ProtoWriter): void {
-    for (const [k, v] of Object.entries(m.fields ?? {})) { const s = w.nextSize(); const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(s) + s; w.tag(1, 2).uint32(e).tag(1, 2).string(k).tag(2, 2).uint32(s); Value.write(v, w); }
+    for (const [k, v] of Object.entries(m.fields ?? {})) { const s = w.nextSize(); const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(s) + s; w.byte(10).uint32(e).byte(10).string(k).byte(18).uint32(s); Value.write(v, w); }
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Struct, group?: number): Struct {
@@ -88,22 +88,26 @@ export const Value: MessageType<Value> = {
   },
   sizeOf(m: Value, c: wire.SizeCounter): number {
     let n = 0;
-    if (m.kind?.case === "nullValue") n += 1 + wire.varint32Size((m.kind.value as NullValue));
-    if (m.kind?.case === "numberValue") n += 1 + 8;
-    if (m.kind?.case === "stringValue") n += 1 + wire.stringSize((m.kind.value as string));
-    if (m.kind?.case === "boolValue") n += 1 + 1;
-    if (m.kind?.case === "structValue") { const i = c.nested(); const s = Struct.sizeOf(m.kind.value, c); c.done(i, s); n += 1 + wire.varint32Size(s) + s; }
-    if (m.kind?.case === "listValue") { const i = c.nested(); const s = ListValue.sizeOf(m.kind.value, c); c.done(i, s); n += 1 + wire.varint32Size(s) + s; }
+    switch (m.kind?.case) {
+      case "nullValue": n += 1 + wire.varint32Size((m.kind.value as NullValue)); break;
+      case "numberValue": n += 1 + 8; break;
+      case "stringValue": n += 1 + wire.stringSize((m.kind.value as string)); break;
+      case "boolValue": n += 1 + 1; break;
+      case "structValue": { const i = c.nested(); const s = Struct.sizeOf(m.kind.value, c); c.done(i, s); n += 1 + wire.varint32Size(s) + s; } break;
+      case "listValue": { const i = c.nested(); const s = ListValue.sizeOf(m.kind.value, c); c.done(i, s); n += 1 + wire.varint32Size(s) + s; } break;
+    }
     if (m.$unknown !== undefined) n += wire.unknownSize(m.$unknown);
     return n;
   },
   write(m: Value, w: wire.ProtoWriter): void {
-    if (m.kind?.case === "nullValue") w.tag(1, 0).int32((m.kind.value as NullValue));
-    if (m.kind?.case === "numberValue") w.tag(2, 1).double((m.kind.value as number));
-    if (m.kind?.case === "stringValue") w.tag(3, 2).string((m.kind.value as string));
-    if (m.kind?.case === "boolValue") w.tag(4, 0).bool((m.kind.value as boolean));
-    if (m.kind?.case === "structValue") { w.tag(5, 2).uint32(w.nextSize()); Struct.write(m.kind.value, w); }
-    if (m.kind?.case === "listValue") { w.tag(6, 2).uint32(w.nextSize()); ListValue.write(m.kind.value, w); }
+    switch (m.kind?.case) {
+      case "nullValue": w.byte(8).int32((m.kind.value as NullValue)); break;
+      case "numberValue": w.byte(17).double((m.kind.value as number)); break;
+      case "stringValue": w.byte(26).string((m.kind.value as string)); break;
+      case "boolValue": w.byte(32).bool((m.kind.value as boolean)); break;
+      case "structValue": { w.byte(42).uint32(w.nextSize()); Struct.write(m.kind.value, w); } break;
+      case "listValue": { w.byte(50).uint32(w.nextSize()); ListValue.write(m.kind.value, w); } break;
+    }
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: Value, group?: number): Value {
@@ -162,7 +166,7 @@ export const ListValue: MessageType<ListValue> = {
     return n;
   },
   write(m: ListValue, w: wire.ProtoWriter): void {
-    if (m.values !== undefined) for (const v of m.values) { w.tag(1, 2).uint32(w.nextSize()); Value.write(v, w); }
+    if (m.values !== undefined) for (const v of m.values) { w.byte(10).uint32(w.nextSize()); Value.write(v, w); }
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: ListValue, group?: number): ListValue {
