@@ -44,3 +44,22 @@ export type {
 } from "./rpc/server.js";
 export type { ChannelOptions, ServerOptions } from "./rpc/options.js";
 export * as wire from "./proto/wire/index.js";
+export { toJson, fromJson } from "./proto/json.js";
+export type { FieldDesc, FromJsonOptions, JsonValue, ScalarName, ToJsonOptions } from "./proto/definition.js";
+export {
+  anyIs,
+  anyPack,
+  anyUnpack,
+  durationFromMs,
+  durationToMs,
+  structFromJson,
+  structToJson,
+  timestampFromDate,
+  timestampNow,
+  timestampToDate,
+  unwrap,
+  valueFromJson,
+  valueToJson,
+  wrap,
+} from "./proto/wkt.js";
+export type { AnyMessage, SecondsNanos } from "./proto/wkt.js";

@@ -25,6 +25,58 @@ export interface MessageType<T> {
   decode(bytes: Uint8Array): T;
   /** A message with every field at its default value, then the fields of `init`. */
   create(init?: PartialMessage<T>): T;
+  /** The fields, for reflection (the JSON mapping). */
+  readonly fields?: readonly FieldDesc[];
+  /** `message` in the protobuf JSON mapping. Throws KOALA_ERR_INVALID_ARGUMENT for what JSON cannot carry. */
+  toJson(message: T, options?: ToJsonOptions): JsonValue;
+  /** A message from its protobuf JSON form. Throws KOALA_ERR_INVALID_ARGUMENT naming the field and the problem. */
+  fromJson(json: JsonValue, options?: FromJsonOptions): T;
+}
+
+/** A JSON value. */
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+
+/** Options of `toJson`. */
+export interface ToJsonOptions {
+  /** Message types an `Any` may hold, looked up by type URL. Default none (an Any then fails). */
+  typeRegistry?: readonly MessageType<any>[];
+}
+
+/** Options of `fromJson`. */
+export interface FromJsonOptions extends ToJsonOptions {
+  /** Skip keys (and enum names) the type does not know instead of failing. Default false. */
+  ignoreUnknownFields?: boolean;
+}
+
+/** A protobuf scalar type. */
+export type ScalarName = "double" | "float" | "int32" | "int64" | "uint32" | "uint64" | "sint32" | "sint64" | "fixed32" | "fixed64" | "sfixed32" | "sfixed64" | "bool" | "string" | "bytes";
+
+/** One field of a generated message type, as the JSON mapping sees it. */
+export interface FieldDesc {
+  /** Field number. */
+  readonly no: number;
+  /** Property name in the message (protoc's lowerCamelCase name). */
+  readonly name: string;
+  /** JSON name (`json_name`, else protoc's lowerCamelCase name). */
+  readonly json: string;
+  /** Name as written in the `.proto`. */
+  readonly proto: string;
+  /** Kind of the value (of each element for repeated fields, of the values for maps). */
+  readonly kind: "scalar" | "enum" | "message";
+  /** Scalar type (kind `scalar`). */
+  readonly type?: ScalarName;
+  /** The message type, or the TypeScript enum object (kinds `message` and `enum`). */
+  readonly T?: () => MessageType<any> | Record<string | number, string | number>;
+  /** Fully qualified enum name (kind `enum`). */
+  readonly enumType?: string;
+  /** A repeated field. */
+  readonly repeated?: boolean;
+  /** A map field: its key type. */
+  readonly map?: ScalarName;
+  /** Property of the oneof this field belongs to. */
+  readonly oneof?: string;
+  /** Explicit presence on a singular scalar (proto3 `optional`, proto2): unset is absent, not the default. */
+  readonly opt?: boolean;
 }
 
 /**

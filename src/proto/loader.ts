@@ -20,6 +20,7 @@ import { ErrorCode, KoalaError, check } from "../errors.js";
 import { resolveOptions, type OptionsSpec } from "../options.js";
 import { loadRoot, stringList } from "./codegen/load.js";
 import type { MessageType, MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "./definition.js";
+import { fromJson, toJson } from "./json.js";
 import { ProtoReader } from "./wire/reader.js";
 import type { ProtoWriter, SizeCounter } from "./wire/writer.js";
 
@@ -59,6 +60,8 @@ function messageType<T extends object>(typeName: string, encode: (m: T) => Uint8
       return m;
     },
     encode: (m) => encode(m as T),
+    toJson: (m, o) => toJson(type, m, o),
+    fromJson: (j, o) => fromJson(type, j, o),
     decode(bytes: Uint8Array): T {
       try {
         return decode(asBuffer(bytes));

@@ -59,6 +59,47 @@ export interface Everything {
 /** Encoding, decoding and defaults of {@link Everything}. */
 export const Everything: MessageType<Everything> = {
   typeName: "app.v1.Everything",
+  fields: [
+    { no: 1, name: "fDouble", json: "fDouble", proto: "f_double", kind: "scalar", type: "double" },
+    { no: 2, name: "fFloat", json: "fFloat", proto: "f_float", kind: "scalar", type: "float" },
+    { no: 3, name: "fInt32", json: "fInt32", proto: "f_int32", kind: "scalar", type: "int32" },
+    { no: 4, name: "fInt64", json: "fInt64", proto: "f_int64", kind: "scalar", type: "int64" },
+    { no: 5, name: "fUint32", json: "fUint32", proto: "f_uint32", kind: "scalar", type: "uint32" },
+    { no: 6, name: "fUint64", json: "fUint64", proto: "f_uint64", kind: "scalar", type: "uint64" },
+    { no: 7, name: "fSint32", json: "fSint32", proto: "f_sint32", kind: "scalar", type: "sint32" },
+    { no: 8, name: "fSint64", json: "fSint64", proto: "f_sint64", kind: "scalar", type: "sint64" },
+    { no: 9, name: "fFixed32", json: "fFixed32", proto: "f_fixed32", kind: "scalar", type: "fixed32" },
+    { no: 10, name: "fFixed64", json: "fFixed64", proto: "f_fixed64", kind: "scalar", type: "fixed64" },
+    { no: 11, name: "fSfixed32", json: "fSfixed32", proto: "f_sfixed32", kind: "scalar", type: "sfixed32" },
+    { no: 12, name: "fSfixed64", json: "fSfixed64", proto: "f_sfixed64", kind: "scalar", type: "sfixed64" },
+    { no: 13, name: "fBool", json: "fBool", proto: "f_bool", kind: "scalar", type: "bool" },
+    { no: 14, name: "fString", json: "fString", proto: "f_string", kind: "scalar", type: "string" },
+    { no: 15, name: "fBytes", json: "fBytes", proto: "f_bytes", kind: "scalar", type: "bytes" },
+    { no: 16, name: "color", json: "color", proto: "color", kind: "enum", T: () => Color, enumType: "shared.Color" },
+    { no: 17, name: "price", json: "price", proto: "price", kind: "message", T: () => Money },
+    { no: 18, name: "nested", json: "nested", proto: "nested", kind: "message", T: () => Everything_Nested },
+    { no: 20, name: "rInt32", json: "rInt32", proto: "r_int32", kind: "scalar", type: "int32", repeated: true },
+    { no: 21, name: "rSint64", json: "rSint64", proto: "r_sint64", kind: "scalar", type: "sint64", repeated: true },
+    { no: 22, name: "rDouble", json: "rDouble", proto: "r_double", kind: "scalar", type: "double", repeated: true },
+    { no: 23, name: "rBool", json: "rBool", proto: "r_bool", kind: "scalar", type: "bool", repeated: true },
+    { no: 24, name: "rString", json: "rString", proto: "r_string", kind: "scalar", type: "string", repeated: true },
+    { no: 25, name: "rBytes", json: "rBytes", proto: "r_bytes", kind: "scalar", type: "bytes", repeated: true },
+    { no: 26, name: "rNested", json: "rNested", proto: "r_nested", kind: "message", T: () => Everything_Nested, repeated: true },
+    { no: 27, name: "rColor", json: "rColor", proto: "r_color", kind: "enum", T: () => Color, enumType: "shared.Color", repeated: true },
+    { no: 30, name: "mStringInt32", json: "mStringInt32", proto: "m_string_int32", kind: "scalar", type: "int32", map: "string" },
+    { no: 31, name: "mInt64String", json: "mInt64String", proto: "m_int64_string", kind: "scalar", type: "string", map: "int64" },
+    { no: 32, name: "mUint32Nested", json: "mUint32Nested", proto: "m_uint32_nested", kind: "message", T: () => Everything_Nested, map: "uint32" },
+    { no: 33, name: "mBoolBytes", json: "mBoolBytes", proto: "m_bool_bytes", kind: "scalar", type: "bytes", map: "bool" },
+    { no: 40, name: "cText", json: "cText", proto: "c_text", kind: "scalar", type: "string", oneof: "choice" },
+    { no: 41, name: "cNumber", json: "cNumber", proto: "c_number", kind: "scalar", type: "int64", oneof: "choice" },
+    { no: 42, name: "cNested", json: "cNested", proto: "c_nested", kind: "message", T: () => Everything_Nested, oneof: "choice" },
+    { no: 50, name: "oInt32", json: "oInt32", proto: "o_int32", kind: "scalar", type: "int32", opt: true },
+    { no: 51, name: "oString", json: "oString", proto: "o_string", kind: "scalar", type: "string", opt: true },
+    { no: 60, name: "at", json: "at", proto: "at", kind: "message", T: () => Timestamp },
+    { no: 61, name: "took", json: "took", proto: "took", kind: "message", T: () => Duration },
+    { no: 62, name: "maybeName", json: "maybeName", proto: "maybe_name", kind: "message", T: () => StringValue },
+    { no: 63, name: "maybeCount", json: "maybeCount", proto: "maybe_count", kind: "message", T: () => Int64Value },
+  ],
   create(init?: PartialMessage<Everything>): Everything {
     const m: Everything = { fDouble: 0, fFloat: 0, fInt32: 0, fInt64: 0n, fUint32: 0, fUint64: 0n, fSint32: 0, fSint64: 0n, fFixed32: 0, fFixed64: 0n, fSfixed32: 0, fSfixed64: 0n, fBool: false, fString: "", fBytes: wire.EMPTY_BYTES, color: 0, price: undefined, nested: undefined, rInt32: [], rSint64: [], rDouble: [], rBool: [], rString: [], rBytes: [], rNested: [], rColor: [], mStringInt32: {}, mInt64String: {}, mUint32Nested: {}, mBoolBytes: {}, choice: { case: undefined }, oInt32: undefined, oString: undefined, at: undefined, took: undefined, maybeName: undefined, maybeCount: undefined };
     if (init !== undefined) {
@@ -261,6 +302,12 @@ export const Everything: MessageType<Everything> = {
   decode(bytes: Uint8Array): Everything {
     return wire.decodeWith(Everything, bytes);
   },
+  toJson(m: Everything, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Everything, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Everything {
+    return wire.fromJson(Everything, json, options);
+  },
 };
 
 /** Message app.v1.Everything.Nested. */
@@ -275,6 +322,11 @@ export interface Everything_Nested {
 /** Encoding, decoding and defaults of {@link Everything_Nested}. */
 export const Everything_Nested: MessageType<Everything_Nested> = {
   typeName: "app.v1.Everything.Nested",
+  fields: [
+    { no: 1, name: "label", json: "label", proto: "label", kind: "scalar", type: "string" },
+    { no: 2, name: "level", json: "level", proto: "level", kind: "enum", T: () => Everything_Nested_Level, enumType: "app.v1.Everything.Nested.Level" },
+    { no: 3, name: "child", json: "child", proto: "child", kind: "message", T: () => Everything_Nested },
+  ],
   create(init?: PartialMessage<Everything_Nested>): Everything_Nested {
     const m: Everything_Nested = { label: "", level: 0, child: undefined };
     if (init !== undefined) {
@@ -324,6 +376,12 @@ export const Everything_Nested: MessageType<Everything_Nested> = {
   },
   decode(bytes: Uint8Array): Everything_Nested {
     return wire.decodeWith(Everything_Nested, bytes);
+  },
+  toJson(m: Everything_Nested, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Everything_Nested, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Everything_Nested {
+    return wire.fromJson(Everything_Nested, json, options);
   },
 };
 

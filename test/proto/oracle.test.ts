@@ -9,124 +9,14 @@
  */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { execFileSync } from "node:child_process";
-import { join } from "node:path";
 import fc from "fast-check";
-import { ScalarType, create, createFileRegistry, equals, fromBinary, toBinary, type DescField, type DescMessage, type Message } from "@bufbuild/protobuf";
-import { FeatureSet_FieldPresence, FileDescriptorSetSchema } from "@bufbuild/protobuf/wkt";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { agree, desc, hex, messageArb } from "./oracle-helpers.js";
 import { KoalaError } from "../../src/errors.js";
 import type { MessageType } from "../../src/proto/definition.js";
 import { All, Some } from "../golden/spec/spec3.js";
 import { P2 } from "../golden/spec/spec2.js";
 import { Node } from "../golden/spec/editions.js";
-
-const root = new URL("../..", import.meta.url).pathname;
-const set = execFileSync(join(root, "node_modules/.bin/buf"), ["build", join(root, "test/fixtures/protos/spec"), "--as-file-descriptor-set", "-o", "-"], { maxBuffer: 1 << 24 });
-const registry = createFileRegistry(fromBinary(FileDescriptorSetSchema, set));
-function desc(name: string): DescMessage {
-  const d = registry.getMessage(name);
-  if (d === undefined) throw new Error(`no ${name} in the descriptors`);
-  return d;
-}
-
-const hex = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("hex");
-
-// ---------------------------------------------------------------------------------------------
-// Random messages from a descriptor, as plain objects both runtimes accept as input.
-
-const INT32 = fc.integer({ min: -(2 ** 31), max: 2 ** 31 - 1 });
-const UINT32 = fc.integer({ min: 0, max: 2 ** 32 - 1 });
-const INT64 = fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n });
-const UINT64 = fc.bigInt({ min: 0n, max: 2n ** 64n - 1n });
-
-function scalarArb(t: ScalarType): fc.Arbitrary<unknown> {
-  switch (t) {
-    case ScalarType.DOUBLE:
-      return fc.double();
-    case ScalarType.FLOAT:
-      return fc.float();
-    case ScalarType.INT32:
-    case ScalarType.SINT32:
-    case ScalarType.SFIXED32:
-      return INT32;
-    case ScalarType.UINT32:
-    case ScalarType.FIXED32:
-      return UINT32;
-    case ScalarType.INT64:
-    case ScalarType.SINT64:
-    case ScalarType.SFIXED64:
-      return INT64;
-    case ScalarType.UINT64:
-    case ScalarType.FIXED64:
-      return UINT64;
-    case ScalarType.BOOL:
-      return fc.boolean();
-    case ScalarType.STRING:
-      return fc.oneof(fc.string({ maxLength: 8 }), fc.string({ unit: "grapheme", maxLength: 6 }), fc.constant("\ufeff"));
-    case ScalarType.BYTES:
-      return fc.uint8Array({ maxLength: 12 });
-  }
-}
-
-function enumArb(e: { open: boolean; values: { number: number }[] }): fc.Arbitrary<number> {
-  const known = fc.constantFrom(...e.values.map((v) => v.number));
-  return e.open ? fc.oneof(known, INT32) : known;
-}
-
-const MAX_DEPTH = 3;
-const cache = new Map<string, fc.Arbitrary<Record<string, unknown>>>();
-
-function singleArb(f: DescField, depth: number): fc.Arbitrary<unknown> | undefined {
-  switch (f.fieldKind) {
-    case "scalar":
-      return scalarArb(f.scalar);
-    case "enum":
-      return enumArb(f.enum);
-    case "message":
-      return depth < MAX_DEPTH ? messageArb(f.message, depth + 1) : undefined;
-    case "list": {
-      const elem = f.listKind === "scalar" ? scalarArb(f.scalar) : f.listKind === "enum" ? enumArb(f.enum) : depth < MAX_DEPTH ? messageArb(f.message, depth + 1) : undefined;
-      return elem && fc.array(elem, { maxLength: 4 });
-    }
-    case "map": {
-      const key = scalarArb(f.mapKey).map(String);
-      const value = f.mapKind === "scalar" ? scalarArb(f.scalar) : f.mapKind === "enum" ? enumArb(f.enum) : depth < MAX_DEPTH ? messageArb(f.message, depth + 1) : undefined;
-      return value && fc.dictionary(key, value, { maxKeys: 3 });
-    }
-  }
-}
-
-function messageArb(d: DescMessage, depth = 0): fc.Arbitrary<Record<string, unknown>> {
-  const id = `${d.typeName}@${depth}`;
-  const hit = cache.get(id);
-  if (hit) return hit;
-  const model: Record<string, fc.Arbitrary<unknown>> = {};
-  const required: string[] = [];
-  for (const f of d.fields) {
-    if (f.oneof) continue;
-    const arb = singleArb(f, depth);
-    if (arb === undefined) continue;
-    model[f.localName] = arb;
-    if (f.presence === FeatureSet_FieldPresence.LEGACY_REQUIRED) required.push(f.localName);
-  }
-  for (const o of d.oneofs) {
-    const cases = o.fields.flatMap((f) => {
-      const arb = singleArb(f, depth);
-      return arb ? [arb.map((value) => ({ case: f.localName, value }))] : [];
-    });
-    model[o.localName] = fc.oneof(fc.constant({ case: undefined }), ...cases);
-  }
-  const arb = fc.record(model, { requiredKeys: required });
-  cache.set(id, arb);
-  return arb;
-}
-
-/** bufbuild's `equals`, except that NaN equals NaN (the same message encodes to the same bytes). */
-function agree(d: DescMessage, a: Message, b: Message): boolean {
-  return equals(d, a, b) || hex(toBinary(d, a)) === hex(toBinary(d, b));
-}
-
-// ---------------------------------------------------------------------------------------------
 
 const TYPES: [string, MessageType<any>][] = [
   ["spec3.All", All],

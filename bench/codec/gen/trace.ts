@@ -27,6 +27,15 @@ export interface AnyValue {
 /** Encoding, decoding and defaults of {@link AnyValue}. */
 export const AnyValue: MessageType<AnyValue> = {
   typeName: "bench.trace.AnyValue",
+  fields: [
+    { no: 1, name: "stringValue", json: "stringValue", proto: "string_value", kind: "scalar", type: "string", oneof: "value" },
+    { no: 2, name: "boolValue", json: "boolValue", proto: "bool_value", kind: "scalar", type: "bool", oneof: "value" },
+    { no: 3, name: "intValue", json: "intValue", proto: "int_value", kind: "scalar", type: "int64", oneof: "value" },
+    { no: 4, name: "doubleValue", json: "doubleValue", proto: "double_value", kind: "scalar", type: "double", oneof: "value" },
+    { no: 5, name: "arrayValue", json: "arrayValue", proto: "array_value", kind: "message", T: () => ArrayValue, oneof: "value" },
+    { no: 6, name: "kvlistValue", json: "kvlistValue", proto: "kvlist_value", kind: "message", T: () => KeyValueList, oneof: "value" },
+    { no: 7, name: "bytesValue", json: "bytesValue", proto: "bytes_value", kind: "scalar", type: "bytes", oneof: "value" },
+  ],
   create(init?: PartialMessage<AnyValue>): AnyValue {
     const m: AnyValue = { value: { case: undefined } };
     if (init !== undefined) {
@@ -98,6 +107,12 @@ export const AnyValue: MessageType<AnyValue> = {
   decode(bytes: Uint8Array): AnyValue {
     return wire.decodeWith(AnyValue, bytes);
   },
+  toJson(m: AnyValue, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(AnyValue, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): AnyValue {
+    return wire.fromJson(AnyValue, json, options);
+  },
 };
 
 /** Message bench.trace.ArrayValue. */
@@ -110,6 +125,9 @@ export interface ArrayValue {
 /** Encoding, decoding and defaults of {@link ArrayValue}. */
 export const ArrayValue: MessageType<ArrayValue> = {
   typeName: "bench.trace.ArrayValue",
+  fields: [
+    { no: 1, name: "values", json: "values", proto: "values", kind: "message", T: () => AnyValue, repeated: true },
+  ],
   create(init?: PartialMessage<ArrayValue>): ArrayValue {
     const m: ArrayValue = { values: [] };
     if (init !== undefined) {
@@ -152,6 +170,12 @@ export const ArrayValue: MessageType<ArrayValue> = {
   decode(bytes: Uint8Array): ArrayValue {
     return wire.decodeWith(ArrayValue, bytes);
   },
+  toJson(m: ArrayValue, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(ArrayValue, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): ArrayValue {
+    return wire.fromJson(ArrayValue, json, options);
+  },
 };
 
 /** Message bench.trace.KeyValueList. */
@@ -164,6 +188,9 @@ export interface KeyValueList {
 /** Encoding, decoding and defaults of {@link KeyValueList}. */
 export const KeyValueList: MessageType<KeyValueList> = {
   typeName: "bench.trace.KeyValueList",
+  fields: [
+    { no: 1, name: "values", json: "values", proto: "values", kind: "message", T: () => KeyValue, repeated: true },
+  ],
   create(init?: PartialMessage<KeyValueList>): KeyValueList {
     const m: KeyValueList = { values: [] };
     if (init !== undefined) {
@@ -206,6 +233,12 @@ export const KeyValueList: MessageType<KeyValueList> = {
   decode(bytes: Uint8Array): KeyValueList {
     return wire.decodeWith(KeyValueList, bytes);
   },
+  toJson(m: KeyValueList, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(KeyValueList, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): KeyValueList {
+    return wire.fromJson(KeyValueList, json, options);
+  },
 };
 
 /** Message bench.trace.KeyValue. */
@@ -219,6 +252,10 @@ export interface KeyValue {
 /** Encoding, decoding and defaults of {@link KeyValue}. */
 export const KeyValue: MessageType<KeyValue> = {
   typeName: "bench.trace.KeyValue",
+  fields: [
+    { no: 1, name: "key", json: "key", proto: "key", kind: "scalar", type: "string" },
+    { no: 2, name: "value", json: "value", proto: "value", kind: "message", T: () => AnyValue },
+  ],
   create(init?: PartialMessage<KeyValue>): KeyValue {
     const m: KeyValue = { key: "", value: undefined };
     if (init !== undefined) {
@@ -265,6 +302,12 @@ export const KeyValue: MessageType<KeyValue> = {
   decode(bytes: Uint8Array): KeyValue {
     return wire.decodeWith(KeyValue, bytes);
   },
+  toJson(m: KeyValue, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(KeyValue, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): KeyValue {
+    return wire.fromJson(KeyValue, json, options);
+  },
 };
 
 /** Message bench.trace.Resource. */
@@ -278,6 +321,10 @@ export interface Resource {
 /** Encoding, decoding and defaults of {@link Resource}. */
 export const Resource: MessageType<Resource> = {
   typeName: "bench.trace.Resource",
+  fields: [
+    { no: 1, name: "attributes", json: "attributes", proto: "attributes", kind: "message", T: () => KeyValue, repeated: true },
+    { no: 2, name: "droppedAttributesCount", json: "droppedAttributesCount", proto: "dropped_attributes_count", kind: "scalar", type: "uint32" },
+  ],
   create(init?: PartialMessage<Resource>): Resource {
     const m: Resource = { attributes: [], droppedAttributesCount: 0 };
     if (init !== undefined) {
@@ -324,6 +371,12 @@ export const Resource: MessageType<Resource> = {
   decode(bytes: Uint8Array): Resource {
     return wire.decodeWith(Resource, bytes);
   },
+  toJson(m: Resource, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Resource, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Resource {
+    return wire.fromJson(Resource, json, options);
+  },
 };
 
 /** Message bench.trace.InstrumentationScope. */
@@ -339,6 +392,12 @@ export interface InstrumentationScope {
 /** Encoding, decoding and defaults of {@link InstrumentationScope}. */
 export const InstrumentationScope: MessageType<InstrumentationScope> = {
   typeName: "bench.trace.InstrumentationScope",
+  fields: [
+    { no: 1, name: "name", json: "name", proto: "name", kind: "scalar", type: "string" },
+    { no: 2, name: "version", json: "version", proto: "version", kind: "scalar", type: "string" },
+    { no: 3, name: "attributes", json: "attributes", proto: "attributes", kind: "message", T: () => KeyValue, repeated: true },
+    { no: 4, name: "droppedAttributesCount", json: "droppedAttributesCount", proto: "dropped_attributes_count", kind: "scalar", type: "uint32" },
+  ],
   create(init?: PartialMessage<InstrumentationScope>): InstrumentationScope {
     const m: InstrumentationScope = { name: "", version: "", attributes: [], droppedAttributesCount: 0 };
     if (init !== undefined) {
@@ -393,6 +452,12 @@ export const InstrumentationScope: MessageType<InstrumentationScope> = {
   decode(bytes: Uint8Array): InstrumentationScope {
     return wire.decodeWith(InstrumentationScope, bytes);
   },
+  toJson(m: InstrumentationScope, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(InstrumentationScope, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): InstrumentationScope {
+    return wire.fromJson(InstrumentationScope, json, options);
+  },
 };
 
 /** Message bench.trace.Status. */
@@ -406,6 +471,10 @@ export interface Status {
 /** Encoding, decoding and defaults of {@link Status}. */
 export const Status: MessageType<Status> = {
   typeName: "bench.trace.Status",
+  fields: [
+    { no: 2, name: "message", json: "message", proto: "message", kind: "scalar", type: "string" },
+    { no: 3, name: "code", json: "code", proto: "code", kind: "enum", T: () => Status_StatusCode, enumType: "bench.trace.Status.StatusCode" },
+  ],
   create(init?: PartialMessage<Status>): Status {
     const m: Status = { message: "", code: 0 };
     if (init !== undefined) {
@@ -452,6 +521,12 @@ export const Status: MessageType<Status> = {
   decode(bytes: Uint8Array): Status {
     return wire.decodeWith(Status, bytes);
   },
+  toJson(m: Status, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Status, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Status {
+    return wire.fromJson(Status, json, options);
+  },
 };
 
 /** Message bench.trace.Span. */
@@ -479,6 +554,24 @@ export interface Span {
 /** Encoding, decoding and defaults of {@link Span}. */
 export const Span: MessageType<Span> = {
   typeName: "bench.trace.Span",
+  fields: [
+    { no: 1, name: "traceId", json: "traceId", proto: "trace_id", kind: "scalar", type: "bytes" },
+    { no: 2, name: "spanId", json: "spanId", proto: "span_id", kind: "scalar", type: "bytes" },
+    { no: 3, name: "traceState", json: "traceState", proto: "trace_state", kind: "scalar", type: "string" },
+    { no: 4, name: "parentSpanId", json: "parentSpanId", proto: "parent_span_id", kind: "scalar", type: "bytes" },
+    { no: 5, name: "name", json: "name", proto: "name", kind: "scalar", type: "string" },
+    { no: 6, name: "kind", json: "kind", proto: "kind", kind: "enum", T: () => Span_SpanKind, enumType: "bench.trace.Span.SpanKind" },
+    { no: 7, name: "startTimeUnixNano", json: "startTimeUnixNano", proto: "start_time_unix_nano", kind: "scalar", type: "fixed64" },
+    { no: 8, name: "endTimeUnixNano", json: "endTimeUnixNano", proto: "end_time_unix_nano", kind: "scalar", type: "fixed64" },
+    { no: 9, name: "attributes", json: "attributes", proto: "attributes", kind: "message", T: () => KeyValue, repeated: true },
+    { no: 10, name: "droppedAttributesCount", json: "droppedAttributesCount", proto: "dropped_attributes_count", kind: "scalar", type: "uint32" },
+    { no: 11, name: "events", json: "events", proto: "events", kind: "message", T: () => Span_Event, repeated: true },
+    { no: 12, name: "droppedEventsCount", json: "droppedEventsCount", proto: "dropped_events_count", kind: "scalar", type: "uint32" },
+    { no: 13, name: "links", json: "links", proto: "links", kind: "message", T: () => Span_Link, repeated: true },
+    { no: 14, name: "droppedLinksCount", json: "droppedLinksCount", proto: "dropped_links_count", kind: "scalar", type: "uint32" },
+    { no: 15, name: "status", json: "status", proto: "status", kind: "message", T: () => Status },
+    { no: 16, name: "flags", json: "flags", proto: "flags", kind: "scalar", type: "fixed32" },
+  ],
   create(init?: PartialMessage<Span>): Span {
     const m: Span = { traceId: wire.EMPTY_BYTES, spanId: wire.EMPTY_BYTES, traceState: "", parentSpanId: wire.EMPTY_BYTES, name: "", kind: 0, startTimeUnixNano: 0n, endTimeUnixNano: 0n, attributes: [], droppedAttributesCount: 0, events: [], droppedEventsCount: 0, links: [], droppedLinksCount: 0, status: undefined, flags: 0 };
     if (init !== undefined) {
@@ -581,6 +674,12 @@ export const Span: MessageType<Span> = {
   decode(bytes: Uint8Array): Span {
     return wire.decodeWith(Span, bytes);
   },
+  toJson(m: Span, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Span, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Span {
+    return wire.fromJson(Span, json, options);
+  },
 };
 
 /** Message bench.trace.Span.Event. */
@@ -596,6 +695,12 @@ export interface Span_Event {
 /** Encoding, decoding and defaults of {@link Span_Event}. */
 export const Span_Event: MessageType<Span_Event> = {
   typeName: "bench.trace.Span.Event",
+  fields: [
+    { no: 1, name: "timeUnixNano", json: "timeUnixNano", proto: "time_unix_nano", kind: "scalar", type: "fixed64" },
+    { no: 2, name: "name", json: "name", proto: "name", kind: "scalar", type: "string" },
+    { no: 3, name: "attributes", json: "attributes", proto: "attributes", kind: "message", T: () => KeyValue, repeated: true },
+    { no: 4, name: "droppedAttributesCount", json: "droppedAttributesCount", proto: "dropped_attributes_count", kind: "scalar", type: "uint32" },
+  ],
   create(init?: PartialMessage<Span_Event>): Span_Event {
     const m: Span_Event = { timeUnixNano: 0n, name: "", attributes: [], droppedAttributesCount: 0 };
     if (init !== undefined) {
@@ -650,6 +755,12 @@ export const Span_Event: MessageType<Span_Event> = {
   decode(bytes: Uint8Array): Span_Event {
     return wire.decodeWith(Span_Event, bytes);
   },
+  toJson(m: Span_Event, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Span_Event, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Span_Event {
+    return wire.fromJson(Span_Event, json, options);
+  },
 };
 
 /** Message bench.trace.Span.Link. */
@@ -667,6 +778,14 @@ export interface Span_Link {
 /** Encoding, decoding and defaults of {@link Span_Link}. */
 export const Span_Link: MessageType<Span_Link> = {
   typeName: "bench.trace.Span.Link",
+  fields: [
+    { no: 1, name: "traceId", json: "traceId", proto: "trace_id", kind: "scalar", type: "bytes" },
+    { no: 2, name: "spanId", json: "spanId", proto: "span_id", kind: "scalar", type: "bytes" },
+    { no: 3, name: "traceState", json: "traceState", proto: "trace_state", kind: "scalar", type: "string" },
+    { no: 4, name: "attributes", json: "attributes", proto: "attributes", kind: "message", T: () => KeyValue, repeated: true },
+    { no: 5, name: "droppedAttributesCount", json: "droppedAttributesCount", proto: "dropped_attributes_count", kind: "scalar", type: "uint32" },
+    { no: 6, name: "flags", json: "flags", proto: "flags", kind: "scalar", type: "fixed32" },
+  ],
   create(init?: PartialMessage<Span_Link>): Span_Link {
     const m: Span_Link = { traceId: wire.EMPTY_BYTES, spanId: wire.EMPTY_BYTES, traceState: "", attributes: [], droppedAttributesCount: 0, flags: 0 };
     if (init !== undefined) {
@@ -729,6 +848,12 @@ export const Span_Link: MessageType<Span_Link> = {
   decode(bytes: Uint8Array): Span_Link {
     return wire.decodeWith(Span_Link, bytes);
   },
+  toJson(m: Span_Link, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Span_Link, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Span_Link {
+    return wire.fromJson(Span_Link, json, options);
+  },
 };
 
 /** Message bench.trace.ScopeSpans. */
@@ -743,6 +868,11 @@ export interface ScopeSpans {
 /** Encoding, decoding and defaults of {@link ScopeSpans}. */
 export const ScopeSpans: MessageType<ScopeSpans> = {
   typeName: "bench.trace.ScopeSpans",
+  fields: [
+    { no: 1, name: "scope", json: "scope", proto: "scope", kind: "message", T: () => InstrumentationScope },
+    { no: 2, name: "spans", json: "spans", proto: "spans", kind: "message", T: () => Span, repeated: true },
+    { no: 3, name: "schemaUrl", json: "schemaUrl", proto: "schema_url", kind: "scalar", type: "string" },
+  ],
   create(init?: PartialMessage<ScopeSpans>): ScopeSpans {
     const m: ScopeSpans = { scope: undefined, spans: [], schemaUrl: "" };
     if (init !== undefined) {
@@ -793,6 +923,12 @@ export const ScopeSpans: MessageType<ScopeSpans> = {
   decode(bytes: Uint8Array): ScopeSpans {
     return wire.decodeWith(ScopeSpans, bytes);
   },
+  toJson(m: ScopeSpans, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(ScopeSpans, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): ScopeSpans {
+    return wire.fromJson(ScopeSpans, json, options);
+  },
 };
 
 /** Message bench.trace.ResourceSpans. */
@@ -807,6 +943,11 @@ export interface ResourceSpans {
 /** Encoding, decoding and defaults of {@link ResourceSpans}. */
 export const ResourceSpans: MessageType<ResourceSpans> = {
   typeName: "bench.trace.ResourceSpans",
+  fields: [
+    { no: 1, name: "resource", json: "resource", proto: "resource", kind: "message", T: () => Resource },
+    { no: 2, name: "scopeSpans", json: "scopeSpans", proto: "scope_spans", kind: "message", T: () => ScopeSpans, repeated: true },
+    { no: 3, name: "schemaUrl", json: "schemaUrl", proto: "schema_url", kind: "scalar", type: "string" },
+  ],
   create(init?: PartialMessage<ResourceSpans>): ResourceSpans {
     const m: ResourceSpans = { resource: undefined, scopeSpans: [], schemaUrl: "" };
     if (init !== undefined) {
@@ -857,6 +998,12 @@ export const ResourceSpans: MessageType<ResourceSpans> = {
   decode(bytes: Uint8Array): ResourceSpans {
     return wire.decodeWith(ResourceSpans, bytes);
   },
+  toJson(m: ResourceSpans, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(ResourceSpans, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): ResourceSpans {
+    return wire.fromJson(ResourceSpans, json, options);
+  },
 };
 
 /** Message bench.trace.ExportTraceServiceRequest. */
@@ -869,6 +1016,9 @@ export interface ExportTraceServiceRequest {
 /** Encoding, decoding and defaults of {@link ExportTraceServiceRequest}. */
 export const ExportTraceServiceRequest: MessageType<ExportTraceServiceRequest> = {
   typeName: "bench.trace.ExportTraceServiceRequest",
+  fields: [
+    { no: 1, name: "resourceSpans", json: "resourceSpans", proto: "resource_spans", kind: "message", T: () => ResourceSpans, repeated: true },
+  ],
   create(init?: PartialMessage<ExportTraceServiceRequest>): ExportTraceServiceRequest {
     const m: ExportTraceServiceRequest = { resourceSpans: [] };
     if (init !== undefined) {
@@ -910,6 +1060,12 @@ export const ExportTraceServiceRequest: MessageType<ExportTraceServiceRequest> =
   },
   decode(bytes: Uint8Array): ExportTraceServiceRequest {
     return wire.decodeWith(ExportTraceServiceRequest, bytes);
+  },
+  toJson(m: ExportTraceServiceRequest, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(ExportTraceServiceRequest, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): ExportTraceServiceRequest {
+    return wire.fromJson(ExportTraceServiceRequest, json, options);
   },
 };
 

@@ -13,6 +13,10 @@ export interface HelloRequest {
 /** Encoding, decoding and defaults of {@link HelloRequest}. */
 export const HelloRequest: MessageType<HelloRequest> = {
   typeName: "hello.HelloRequest",
+  fields: [
+    { no: 1, name: "name", json: "name", proto: "name", kind: "scalar", type: "string" },
+    { no: 2, name: "payload", json: "payload", proto: "payload", kind: "scalar", type: "bytes" },
+  ],
   create(init?: PartialMessage<HelloRequest>): HelloRequest {
     const m: HelloRequest = { name: "", payload: wire.EMPTY_BYTES };
     if (init !== undefined) {
@@ -59,6 +63,12 @@ export const HelloRequest: MessageType<HelloRequest> = {
   decode(bytes: Uint8Array): HelloRequest {
     return wire.decodeWith(HelloRequest, bytes);
   },
+  toJson(m: HelloRequest, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(HelloRequest, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): HelloRequest {
+    return wire.fromJson(HelloRequest, json, options);
+  },
 };
 
 /** Message hello.HelloReply. */
@@ -72,6 +82,10 @@ export interface HelloReply {
 /** Encoding, decoding and defaults of {@link HelloReply}. */
 export const HelloReply: MessageType<HelloReply> = {
   typeName: "hello.HelloReply",
+  fields: [
+    { no: 1, name: "message", json: "message", proto: "message", kind: "scalar", type: "string" },
+    { no: 2, name: "payload", json: "payload", proto: "payload", kind: "scalar", type: "bytes" },
+  ],
   create(init?: PartialMessage<HelloReply>): HelloReply {
     const m: HelloReply = { message: "", payload: wire.EMPTY_BYTES };
     if (init !== undefined) {
@@ -117,6 +131,12 @@ export const HelloReply: MessageType<HelloReply> = {
   },
   decode(bytes: Uint8Array): HelloReply {
     return wire.decodeWith(HelloReply, bytes);
+  },
+  toJson(m: HelloReply, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(HelloReply, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): HelloReply {
+    return wire.fromJson(HelloReply, json, options);
   },
 };
 

@@ -24,6 +24,12 @@ export interface Entry {
 /** Encoding, decoding and defaults of {@link Entry}. */
 export const Entry: MessageType<Entry> = {
   typeName: "kv.Entry",
+  fields: [
+    { no: 1, name: "key", json: "key", proto: "key", kind: "scalar", type: "string" },
+    { no: 2, name: "value", json: "value", proto: "value", kind: "scalar", type: "bytes" },
+    { no: 3, name: "version", json: "version", proto: "version", kind: "scalar", type: "uint64" },
+    { no: 4, name: "updatedAt", json: "updatedAt", proto: "updated_at", kind: "message", T: () => Timestamp },
+  ],
   create(init?: PartialMessage<Entry>): Entry {
     const m: Entry = { key: "", value: wire.EMPTY_BYTES, version: 0n, updatedAt: undefined };
     if (init !== undefined) {
@@ -78,6 +84,12 @@ export const Entry: MessageType<Entry> = {
   decode(bytes: Uint8Array): Entry {
     return wire.decodeWith(Entry, bytes);
   },
+  toJson(m: Entry, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Entry, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Entry {
+    return wire.fromJson(Entry, json, options);
+  },
 };
 
 /** Message kv.GetRequest. */
@@ -90,6 +102,9 @@ export interface GetRequest {
 /** Encoding, decoding and defaults of {@link GetRequest}. */
 export const GetRequest: MessageType<GetRequest> = {
   typeName: "kv.GetRequest",
+  fields: [
+    { no: 1, name: "key", json: "key", proto: "key", kind: "scalar", type: "string" },
+  ],
   create(init?: PartialMessage<GetRequest>): GetRequest {
     const m: GetRequest = { key: "" };
     if (init !== undefined) {
@@ -132,6 +147,12 @@ export const GetRequest: MessageType<GetRequest> = {
   decode(bytes: Uint8Array): GetRequest {
     return wire.decodeWith(GetRequest, bytes);
   },
+  toJson(m: GetRequest, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(GetRequest, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): GetRequest {
+    return wire.fromJson(GetRequest, json, options);
+  },
 };
 
 /** Message kv.PutRequest. */
@@ -145,6 +166,10 @@ export interface PutRequest {
 /** Encoding, decoding and defaults of {@link PutRequest}. */
 export const PutRequest: MessageType<PutRequest> = {
   typeName: "kv.PutRequest",
+  fields: [
+    { no: 1, name: "key", json: "key", proto: "key", kind: "scalar", type: "string" },
+    { no: 2, name: "value", json: "value", proto: "value", kind: "scalar", type: "bytes" },
+  ],
   create(init?: PartialMessage<PutRequest>): PutRequest {
     const m: PutRequest = { key: "", value: wire.EMPTY_BYTES };
     if (init !== undefined) {
@@ -191,6 +216,12 @@ export const PutRequest: MessageType<PutRequest> = {
   decode(bytes: Uint8Array): PutRequest {
     return wire.decodeWith(PutRequest, bytes);
   },
+  toJson(m: PutRequest, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(PutRequest, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): PutRequest {
+    return wire.fromJson(PutRequest, json, options);
+  },
 };
 
 /** Message kv.DeleteRequest. */
@@ -203,6 +234,9 @@ export interface DeleteRequest {
 /** Encoding, decoding and defaults of {@link DeleteRequest}. */
 export const DeleteRequest: MessageType<DeleteRequest> = {
   typeName: "kv.DeleteRequest",
+  fields: [
+    { no: 1, name: "key", json: "key", proto: "key", kind: "scalar", type: "string" },
+  ],
   create(init?: PartialMessage<DeleteRequest>): DeleteRequest {
     const m: DeleteRequest = { key: "" };
     if (init !== undefined) {
@@ -245,6 +279,12 @@ export const DeleteRequest: MessageType<DeleteRequest> = {
   decode(bytes: Uint8Array): DeleteRequest {
     return wire.decodeWith(DeleteRequest, bytes);
   },
+  toJson(m: DeleteRequest, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(DeleteRequest, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): DeleteRequest {
+    return wire.fromJson(DeleteRequest, json, options);
+  },
 };
 
 /** Message kv.ListRequest. */
@@ -257,6 +297,9 @@ export interface ListRequest {
 /** Encoding, decoding and defaults of {@link ListRequest}. */
 export const ListRequest: MessageType<ListRequest> = {
   typeName: "kv.ListRequest",
+  fields: [
+    { no: 1, name: "prefix", json: "prefix", proto: "prefix", kind: "scalar", type: "string" },
+  ],
   create(init?: PartialMessage<ListRequest>): ListRequest {
     const m: ListRequest = { prefix: "" };
     if (init !== undefined) {
@@ -299,6 +342,12 @@ export const ListRequest: MessageType<ListRequest> = {
   decode(bytes: Uint8Array): ListRequest {
     return wire.decodeWith(ListRequest, bytes);
   },
+  toJson(m: ListRequest, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(ListRequest, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): ListRequest {
+    return wire.fromJson(ListRequest, json, options);
+  },
 };
 
 /** Message kv.WatchRequest. */
@@ -311,6 +360,9 @@ export interface WatchRequest {
 /** Encoding, decoding and defaults of {@link WatchRequest}. */
 export const WatchRequest: MessageType<WatchRequest> = {
   typeName: "kv.WatchRequest",
+  fields: [
+    { no: 1, name: "prefix", json: "prefix", proto: "prefix", kind: "scalar", type: "string" },
+  ],
   create(init?: PartialMessage<WatchRequest>): WatchRequest {
     const m: WatchRequest = { prefix: "" };
     if (init !== undefined) {
@@ -353,6 +405,12 @@ export const WatchRequest: MessageType<WatchRequest> = {
   decode(bytes: Uint8Array): WatchRequest {
     return wire.decodeWith(WatchRequest, bytes);
   },
+  toJson(m: WatchRequest, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(WatchRequest, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): WatchRequest {
+    return wire.fromJson(WatchRequest, json, options);
+  },
 };
 
 /** Message kv.Event. */
@@ -366,6 +424,10 @@ export interface Event {
 /** Encoding, decoding and defaults of {@link Event}. */
 export const Event: MessageType<Event> = {
   typeName: "kv.Event",
+  fields: [
+    { no: 1, name: "kind", json: "kind", proto: "kind", kind: "enum", T: () => Event_Kind, enumType: "kv.Event.Kind" },
+    { no: 2, name: "entry", json: "entry", proto: "entry", kind: "message", T: () => Entry },
+  ],
   create(init?: PartialMessage<Event>): Event {
     const m: Event = { kind: 0, entry: undefined };
     if (init !== undefined) {
@@ -411,6 +473,12 @@ export const Event: MessageType<Event> = {
   },
   decode(bytes: Uint8Array): Event {
     return wire.decodeWith(Event, bytes);
+  },
+  toJson(m: Event, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Event, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Event {
+    return wire.fromJson(Event, json, options);
   },
 };
 

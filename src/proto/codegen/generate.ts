@@ -230,7 +230,7 @@ export function generate(files: string[], options?: GenerateOptions): Map<string
   const runtime = o.runtimeImport;
   const inputs = files.map((f) => resolvePath(f));
   const roots = [...includeDirs, ...inputs.map((f) => dirname(f))];
-  const root = loadRoot(inputs, includeDirs, "koala gen");
+  const root = loadRoot(inputs, includeDirs, "koala gen", true);
 
   const byFile = new Map<string, protobuf.ReflectionObject[]>();
   const collect = (ns: protobuf.NamespaceBase) => {
@@ -344,6 +344,10 @@ interface FieldInfo {
   oneof: string | undefined;
   /** The `[default = …]` of a proto2 field, as a TypeScript expression. */
   explicitDefault: string | undefined;
+  /** Name as written in the `.proto` (protoc's, for a group). */
+  protoName: string;
+  /** JSON name. */
+  jsonName: string;
 }
 
 function defaultExpr(f: protobuf.Field, s: Scalar, isEnum: boolean): string | undefined {
@@ -371,11 +375,15 @@ function fieldInfo(g: FileGen, f: protobuf.Field): FieldInfo {
   const oneofObj = f.partOf;
   const synthetic = oneofObj !== null && oneofObj.isProto3Optional;
   const enumRef = isEnum ? g.ref(rt!) : undefined;
+  // protoc names a proto2 group's field after its type, all lower case.
+  const protoName = message !== undefined && f.delimited && f.name.toLowerCase() === message.name.toLowerCase() ? f.name.toLowerCase() : f.name;
+  const jsonName = (f.options as { json_name?: string } | undefined)?.json_name ?? protoCamelCase(protoName);
   const closed = isEnum && features(rt!).enum_type === "CLOSED" ? [...new Set(Object.values((rt as protobuf.Enum).values))].sort((a, b) => a - b) : undefined;
   return {
     f,
-    // protoc names a proto2 group's field after its type, all lower case (protobufjs only lowers the first letter).
-    name: protoCamelCase(message !== undefined && f.delimited && f.name.toLowerCase() === message.name.toLowerCase() ? f.name.toLowerCase() : f.name),
+    name: protoCamelCase(protoName),
+    protoName,
+    jsonName,
     number: f.id,
     scalar,
     message,
@@ -510,6 +518,7 @@ function genMessage(g: FileGen, t: protobuf.Type): void {
   g.lines.push(`/** Encoding, decoding and defaults of {@link ${name}}. */`);
   g.lines.push(`export const ${name}: ${rt("MessageType")}<${name}>${explicit.length > 0 ? ` & { readonly defaults: { ${explicit.map((fi) => `readonly ${fi.name}: ${fi.typeRef}`).join("; ")} } }` : ""} = {`);
   g.lines.push(`  typeName: "${t.fullName.slice(1)}",`);
+  g.lines.push(`  fields: [`, ...fields.map((fi) => `    ${fieldDesc(fi)},`), `  ],`);
   if (explicit.length > 0) g.lines.push(`  defaults: { ${explicit.map((fi) => `${fi.name}: ${fi.explicitDefault}`).join(", ")} },`);
   g.lines.push(`  create(init?: ${rt("PartialMessage")}<${name}>): ${name} {`);
   g.lines.push(`    const m: ${name} = ${fresh};`);
@@ -557,7 +566,23 @@ function genMessage(g: FileGen, t: protobuf.Type): void {
   g.lines.push(`    return m;`, `  },`);
   g.lines.push(`  encode(m: ${rt("PartialMessage")}<${name}>): ${gl("Uint8Array")} {`, `    return ${WIRE}.encodeToBytes(${name}, m as ${name});`, `  },`);
   g.lines.push(`  decode(bytes: ${gl("Uint8Array")}): ${name} {`, `    return ${WIRE}.decodeWith(${name}, bytes);`, `  },`);
+  g.lines.push(`  toJson(m: ${name}, options?: ${WIRE}.ToJsonOptions): ${WIRE}.JsonValue {`, `    return ${WIRE}.toJson(${name}, m, options);`, `  },`);
+  g.lines.push(`  fromJson(json: ${WIRE}.JsonValue, options?: ${WIRE}.FromJsonOptions): ${name} {`, `    return ${WIRE}.fromJson(${name}, json, options);`, `  },`);
   g.lines.push(`};`, "");
+}
+
+/** The field's entry in the generated `fields` table (see FieldDesc). */
+function fieldDesc(fi: FieldInfo): string {
+  const f = fi.f;
+  const parts = [`no: ${fi.number}`, `name: "${fi.name}"`, `json: ${JSON.stringify(fi.jsonName)}`, `proto: "${fi.protoName}"`];
+  if (fi.message) parts.push(`kind: "message"`, `T: () => ${fi.typeRef}`);
+  else if (fi.enumRef) parts.push(`kind: "enum"`, `T: () => ${fi.enumRef}`, `enumType: "${f.resolvedType!.fullName.slice(1)}"`);
+  else parts.push(`kind: "scalar"`, `type: "${f.type}"`);
+  if (fi.map) parts.push(`map: "${fi.map.keyType}"`);
+  else if (fi.repeated) parts.push(`repeated: true`);
+  if (fi.oneof) parts.push(`oneof: "${fi.oneof}"`);
+  if (fi.optional || fi.explicitDefault !== undefined) parts.push(`opt: true`);
+  return `{ ${parts.join(", ")} }`;
 }
 
 function genField(fi: FieldInfo, S: string[], W: string[], R: string[]): void {

@@ -3,6 +3,8 @@ import { ErrorCode, KoalaError } from "../../errors.js";
 export { ProtoWriter, SizeCounter, encodeMessage, encodeToBytes, encodedLength, varint32Size, varint64Size, sint32Size, sint64Size, utf8Size, stringSize, unknownSize, tagSize } from "./writer.js";
 export type { EncodeOptions, Encodable } from "./writer.js";
 export { ProtoReader, decodeWith, MAX_DEPTH } from "./reader.js";
+export { toJson, fromJson } from "../json.js";
+export type { JsonValue, ToJsonOptions, FromJsonOptions } from "../definition.js";
 
 /**
  * Throws for a message missing some of its `required` fields (proto2, editions

@@ -26,6 +26,16 @@ export interface Legacy {
 /** Encoding, decoding and defaults of {@link Legacy}. */
 export const Legacy: MessageType<Legacy> & { readonly defaults: { readonly count: number } } = {
   typeName: "edge.legacy.Legacy",
+  fields: [
+    { no: 1, name: "count", json: "count", proto: "count", kind: "scalar", type: "int32", opt: true },
+    { no: 2, name: "name", json: "name", proto: "name", kind: "scalar", type: "string", opt: true },
+    { no: 3, name: "unpacked", json: "unpacked", proto: "unpacked", kind: "scalar", type: "int32", repeated: true },
+    { no: 4, name: "packed", json: "packed", proto: "packed", kind: "scalar", type: "sint32", repeated: true },
+    { no: 5, name: "blob", json: "blob", proto: "blob", kind: "scalar", type: "bytes", opt: true },
+    { no: 6, name: "next", json: "next", proto: "next", kind: "message", T: () => Legacy },
+    { no: 7, name: "color", json: "color", proto: "color", kind: "enum", T: () => Legacy_Color, enumType: "edge.legacy.Legacy.Color", opt: true },
+    { no: 8, name: "big", json: "big", proto: "big", kind: "scalar", type: "uint64", opt: true },
+  ],
   defaults: { count: 5 },
   create(init?: PartialMessage<Legacy>): Legacy {
     const m: Legacy = Object.assign(Object.create(Legacy.defaults) as Legacy, { name: undefined, unpacked: [], packed: [], blob: undefined, next: undefined, color: undefined, big: undefined });
@@ -98,6 +108,12 @@ export const Legacy: MessageType<Legacy> & { readonly defaults: { readonly count
   },
   decode(bytes: Uint8Array): Legacy {
     return wire.decodeWith(Legacy, bytes);
+  },
+  toJson(m: Legacy, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Legacy, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Legacy {
+    return wire.fromJson(Legacy, json, options);
   },
 };
 

@@ -15,6 +15,9 @@ export interface Client {
 /** Encoding, decoding and defaults of {@link Client}. */
 export const Client: MessageType$<Client> = {
   typeName: "edge.names.Client",
+  fields: [
+    { no: 1, name: "id", json: "id", proto: "id", kind: "scalar", type: "string" },
+  ],
   create(init?: PartialMessage<Client>): Client {
     const m: Client = { id: "" };
     if (init !== undefined) {
@@ -57,6 +60,12 @@ export const Client: MessageType$<Client> = {
   decode(bytes: globalThis.Uint8Array): Client {
     return wire$.decodeWith(Client, bytes);
   },
+  toJson(m: Client, options?: wire$.ToJsonOptions): wire$.JsonValue {
+    return wire$.toJson(Client, m, options);
+  },
+  fromJson(json: wire$.JsonValue, options?: wire$.FromJsonOptions): Client {
+    return wire$.fromJson(Client, json, options);
+  },
 };
 
 /** Message edge.names.MessageType. */
@@ -69,6 +78,9 @@ export interface MessageType {
 /** Encoding, decoding and defaults of {@link MessageType}. */
 export const MessageType: MessageType$<MessageType> = {
   typeName: "edge.names.MessageType",
+  fields: [
+    { no: 1, name: "x", json: "x", proto: "x", kind: "scalar", type: "int32" },
+  ],
   create(init?: PartialMessage<MessageType>): MessageType {
     const m: MessageType = { x: 0 };
     if (init !== undefined) {
@@ -111,6 +123,12 @@ export const MessageType: MessageType$<MessageType> = {
   decode(bytes: globalThis.Uint8Array): MessageType {
     return wire$.decodeWith(MessageType, bytes);
   },
+  toJson(m: MessageType, options?: wire$.ToJsonOptions): wire$.JsonValue {
+    return wire$.toJson(MessageType, m, options);
+  },
+  fromJson(json: wire$.JsonValue, options?: wire$.FromJsonOptions): MessageType {
+    return wire$.fromJson(MessageType, json, options);
+  },
 };
 
 /** Message edge.names.Object. */
@@ -126,6 +144,12 @@ export interface Object {
 /** Encoding, decoding and defaults of {@link Object}. */
 export const Object: MessageType$<Object> = {
   typeName: "edge.names.Object",
+  fields: [
+    { no: 1, name: "clients", json: "clients", proto: "clients", kind: "message", T: () => Client, map: "string" },
+    { no: 2, name: "children", json: "children", proto: "children", kind: "message", T: () => Object, map: "int64" },
+    { no: 3, name: "flags", json: "flags", proto: "flags", kind: "scalar", type: "string", map: "bool" },
+    { no: 4, name: "blobs", json: "blobs", proto: "blobs", kind: "scalar", type: "bytes", map: "string" },
+  ],
   create(init?: PartialMessage<Object>): Object {
     const m: Object = { clients: {}, children: {}, flags: {}, blobs: {} };
     if (init !== undefined) {
@@ -180,6 +204,12 @@ export const Object: MessageType$<Object> = {
   decode(bytes: globalThis.Uint8Array): Object {
     return wire$.decodeWith(Object, bytes);
   },
+  toJson(m: Object, options?: wire$.ToJsonOptions): wire$.JsonValue {
+    return wire$.toJson(Object, m, options);
+  },
+  fromJson(json: wire$.JsonValue, options?: wire$.FromJsonOptions): Object {
+    return wire$.fromJson(Object, json, options);
+  },
 };
 
 /** Message edge.names.String. */
@@ -195,6 +225,12 @@ export interface String {
 /** Encoding, decoding and defaults of {@link String}. */
 export const String: MessageType$<String> = {
   typeName: "edge.names.String",
+  fields: [
+    { no: 1, name: "meta", json: "meta", proto: "meta", kind: "message", T: () => Struct },
+    { no: 2, name: "any", json: "any", proto: "any", kind: "message", T: () => Any },
+    { no: 3, name: "value", json: "value", proto: "value", kind: "message", T: () => Value },
+    { no: 4, name: "legacy", json: "legacy", proto: "legacy", kind: "message", T: () => Legacy },
+  ],
   create(init?: PartialMessage<String>): String {
     const m: String = { meta: undefined, any: undefined, value: undefined, legacy: undefined };
     if (init !== undefined) {
@@ -249,6 +285,12 @@ export const String: MessageType$<String> = {
   decode(bytes: globalThis.Uint8Array): String {
     return wire$.decodeWith(String, bytes);
   },
+  toJson(m: String, options?: wire$.ToJsonOptions): wire$.JsonValue {
+    return wire$.toJson(String, m, options);
+  },
+  fromJson(json: wire$.JsonValue, options?: wire$.FromJsonOptions): String {
+    return wire$.fromJson(String, json, options);
+  },
 };
 
 /** Message edge.names.wire. */
@@ -261,6 +303,9 @@ export interface wire {
 /** Encoding, decoding and defaults of {@link wire}. */
 export const wire: MessageType$<wire> = {
   typeName: "edge.names.wire",
+  fields: [
+    { no: 1, name: "x", json: "x", proto: "x", kind: "scalar", type: "string" },
+  ],
   create(init?: PartialMessage<wire>): wire {
     const m: wire = { x: "" };
     if (init !== undefined) {
@@ -303,6 +348,12 @@ export const wire: MessageType$<wire> = {
   decode(bytes: globalThis.Uint8Array): wire {
     return wire$.decodeWith(wire, bytes);
   },
+  toJson(m: wire, options?: wire$.ToJsonOptions): wire$.JsonValue {
+    return wire$.toJson(wire, m, options);
+  },
+  fromJson(json: wire$.JsonValue, options?: wire$.FromJsonOptions): wire {
+    return wire$.fromJson(wire, json, options);
+  },
 };
 
 /** Message edge.names.value. */
@@ -315,6 +366,9 @@ export interface value$ {
 /** Encoding, decoding and defaults of {@link value$}. */
 export const value$: MessageType$<value$> = {
   typeName: "edge.names.value",
+  fields: [
+    { no: 1, name: "v", json: "v", proto: "v", kind: "scalar", type: "int32" },
+  ],
   create(init?: PartialMessage<value$>): value$ {
     const m: value$ = { v: 0 };
     if (init !== undefined) {
@@ -357,6 +411,12 @@ export const value$: MessageType$<value$> = {
   decode(bytes: globalThis.Uint8Array): value$ {
     return wire$.decodeWith(value$, bytes);
   },
+  toJson(m: value$, options?: wire$.ToJsonOptions): wire$.JsonValue {
+    return wire$.toJson(value$, m, options);
+  },
+  fromJson(json: wire$.JsonValue, options?: wire$.FromJsonOptions): value$ {
+    return wire$.fromJson(value$, json, options);
+  },
 };
 
 /** Message edge.names.Partial. */
@@ -369,6 +429,9 @@ export interface Partial {
 /** Encoding, decoding and defaults of {@link Partial}. */
 export const Partial: MessageType$<Partial> = {
   typeName: "edge.names.Partial",
+  fields: [
+    { no: 1, name: "data", json: "data", proto: "data", kind: "scalar", type: "bytes" },
+  ],
   create(init?: PartialMessage<Partial>): Partial {
     const m: Partial = { data: wire$.EMPTY_BYTES };
     if (init !== undefined) {
@@ -411,6 +474,12 @@ export const Partial: MessageType$<Partial> = {
   decode(bytes: globalThis.Uint8Array): Partial {
     return wire$.decodeWith(Partial, bytes);
   },
+  toJson(m: Partial, options?: wire$.ToJsonOptions): wire$.JsonValue {
+    return wire$.toJson(Partial, m, options);
+  },
+  fromJson(json: wire$.JsonValue, options?: wire$.FromJsonOptions): Partial {
+    return wire$.fromJson(Partial, json, options);
+  },
 };
 
 /** Message edge.names.Uint8Array. */
@@ -424,6 +493,10 @@ export interface Uint8Array {
 /** Encoding, decoding and defaults of {@link Uint8Array}. */
 export const Uint8Array: MessageType$<Uint8Array> = {
   typeName: "edge.names.Uint8Array",
+  fields: [
+    { no: 1, name: "data", json: "data", proto: "data", kind: "scalar", type: "bytes" },
+    { no: 2, name: "partial", json: "partial", proto: "partial", kind: "message", T: () => Partial },
+  ],
   create(init?: PartialMessage<Uint8Array>): Uint8Array {
     const m: Uint8Array = { data: wire$.EMPTY_BYTES, partial: undefined };
     if (init !== undefined) {
@@ -469,6 +542,12 @@ export const Uint8Array: MessageType$<Uint8Array> = {
   },
   decode(bytes: globalThis.Uint8Array): Uint8Array {
     return wire$.decodeWith(Uint8Array, bytes);
+  },
+  toJson(m: Uint8Array, options?: wire$.ToJsonOptions): wire$.JsonValue {
+    return wire$.toJson(Uint8Array, m, options);
+  },
+  fromJson(json: wire$.JsonValue, options?: wire$.FromJsonOptions): Uint8Array {
+    return wire$.fromJson(Uint8Array, json, options);
   },
 };
 

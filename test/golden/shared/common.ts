@@ -21,6 +21,11 @@ export interface Money {
 /** Encoding, decoding and defaults of {@link Money}. */
 export const Money: MessageType<Money> = {
   typeName: "shared.Money",
+  fields: [
+    { no: 1, name: "currency", json: "currency", proto: "currency", kind: "scalar", type: "string" },
+    { no: 2, name: "units", json: "units", proto: "units", kind: "scalar", type: "int64" },
+    { no: 3, name: "nanos", json: "nanos", proto: "nanos", kind: "scalar", type: "sint32" },
+  ],
   create(init?: PartialMessage<Money>): Money {
     const m: Money = { currency: "", units: 0n, nanos: 0 };
     if (init !== undefined) {
@@ -70,6 +75,12 @@ export const Money: MessageType<Money> = {
   },
   decode(bytes: Uint8Array): Money {
     return wire.decodeWith(Money, bytes);
+  },
+  toJson(m: Money, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Money, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Money {
+    return wire.fromJson(Money, json, options);
   },
 };
 

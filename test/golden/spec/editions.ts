@@ -35,6 +35,20 @@ export interface Node {
 /** Encoding, decoding and defaults of {@link Node}. */
 export const Node: MessageType<Node> = {
   typeName: "specedition.Node",
+  fields: [
+    { no: 1, name: "id", json: "id", proto: "id", kind: "scalar", type: "int32", opt: true },
+    { no: 2, name: "child", json: "child", proto: "child", kind: "message", T: () => Node },
+    { no: 3, name: "byName", json: "byName", proto: "by_name", kind: "message", T: () => Node, map: "string" },
+    { no: 4, name: "kids", json: "kids", proto: "kids", kind: "message", T: () => Node, repeated: true },
+    { no: 5, name: "framed", json: "framed", proto: "framed", kind: "message", T: () => Node },
+    { no: 6, name: "raw", json: "raw", proto: "raw", kind: "scalar", type: "string", opt: true },
+    { no: 7, name: "open", json: "open", proto: "open", kind: "enum", T: () => Open, enumType: "specedition.Open", opt: true },
+    { no: 8, name: "shut", json: "shut", proto: "shut", kind: "enum", T: () => Shut, enumType: "specedition.Shut", opt: true },
+    { no: 9, name: "implicit", json: "implicit", proto: "implicit", kind: "scalar", type: "int32" },
+    { no: 10, name: "must", json: "must", proto: "must", kind: "scalar", type: "int32", opt: true },
+    { no: 11, name: "packed", json: "packed", proto: "packed", kind: "scalar", type: "int32", repeated: true },
+    { no: 12, name: "expanded", json: "expanded", proto: "expanded", kind: "scalar", type: "int32", repeated: true },
+  ],
   create(init?: PartialMessage<Node>): Node {
     const m: Node = { id: undefined, child: undefined, byName: {}, kids: [], framed: undefined, raw: undefined, open: undefined, shut: undefined, implicit: 0, must: undefined, packed: [], expanded: [] };
     if (init !== undefined) {
@@ -122,6 +136,12 @@ export const Node: MessageType<Node> = {
   },
   decode(bytes: Uint8Array): Node {
     return wire.decodeWith(Node, bytes);
+  },
+  toJson(m: Node, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Node, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Node {
+    return wire.fromJson(Node, json, options);
   },
 };
 

@@ -20,6 +20,10 @@ export interface Leaf {
 /** Encoding, decoding and defaults of {@link Leaf}. */
 export const Leaf: MessageType<Leaf> = {
   typeName: "spec2.Leaf",
+  fields: [
+    { no: 1, name: "v", json: "v", proto: "v", kind: "scalar", type: "int32", opt: true },
+    { no: 2, name: "s", json: "s", proto: "s", kind: "scalar", type: "string", opt: true },
+  ],
   create(init?: PartialMessage<Leaf>): Leaf {
     const m: Leaf = { v: undefined, s: undefined };
     if (init !== undefined) {
@@ -66,6 +70,12 @@ export const Leaf: MessageType<Leaf> = {
   decode(bytes: Uint8Array): Leaf {
     return wire.decodeWith(Leaf, bytes);
   },
+  toJson(m: Leaf, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Leaf, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Leaf {
+    return wire.fromJson(Leaf, json, options);
+  },
 };
 
 /** Message spec2.P2. */
@@ -107,6 +117,31 @@ export interface P2 {
 /** Encoding, decoding and defaults of {@link P2}. */
 export const P2: MessageType<P2> & { readonly defaults: { readonly i32: number; readonly s: string; readonly by: Uint8Array; readonly c: Closed; readonly d: number; readonly flag: boolean; readonly u64: bigint; readonly f: number; readonly sf64: bigint } } = {
   typeName: "spec2.P2",
+  fields: [
+    { no: 1, name: "i32", json: "i32", proto: "i32", kind: "scalar", type: "int32", opt: true },
+    { no: 2, name: "s", json: "s", proto: "s", kind: "scalar", type: "string", opt: true },
+    { no: 3, name: "by", json: "by", proto: "by", kind: "scalar", type: "bytes", opt: true },
+    { no: 4, name: "c", json: "c", proto: "c", kind: "enum", T: () => Closed, enumType: "spec2.Closed", opt: true },
+    { no: 5, name: "d", json: "d", proto: "d", kind: "scalar", type: "double", opt: true },
+    { no: 6, name: "req", json: "req", proto: "req", kind: "scalar", type: "int64", opt: true },
+    { no: 7, name: "rc", json: "rc", proto: "rc", kind: "enum", T: () => Closed, enumType: "spec2.Closed", repeated: true },
+    { no: 8, name: "rcp", json: "rcp", proto: "rcp", kind: "enum", T: () => Closed, enumType: "spec2.Closed", repeated: true },
+    { no: 9, name: "unp", json: "unp", proto: "unp", kind: "scalar", type: "int32", repeated: true },
+    { no: 10, name: "pk", json: "pk", proto: "pk", kind: "scalar", type: "sint64", repeated: true },
+    { no: 11, name: "g", json: "g", proto: "g", kind: "message", T: () => P2_G },
+    { no: 12, name: "rg", json: "rg", proto: "rg", kind: "message", T: () => P2_RG, repeated: true },
+    { no: 13, name: "child", json: "child", proto: "child", kind: "message", T: () => P2 },
+    { no: 14, name: "oa", json: "oa", proto: "oa", kind: "scalar", type: "int32", oneof: "o" },
+    { no: 15, name: "ob", json: "ob", proto: "ob", kind: "scalar", type: "string", oneof: "o" },
+    { no: 16, name: "oc", json: "oc", proto: "oc", kind: "message", T: () => Leaf, oneof: "o" },
+    { no: 17, name: "flag", json: "flag", proto: "flag", kind: "scalar", type: "bool", opt: true },
+    { no: 18, name: "u64", json: "u64", proto: "u64", kind: "scalar", type: "uint64", opt: true },
+    { no: 19, name: "f", json: "f", proto: "f", kind: "scalar", type: "float", opt: true },
+    { no: 20, name: "leaf", json: "leaf", proto: "leaf", kind: "message", T: () => Leaf },
+    { no: 21, name: "sf64", json: "sf64", proto: "sf64", kind: "scalar", type: "sfixed64", opt: true },
+    { no: 22, name: "byName", json: "byName", proto: "by_name", kind: "message", T: () => Leaf, map: "string" },
+    { no: 23, name: "noDefault", json: "noDefault", proto: "no_default", kind: "scalar", type: "string", opt: true },
+  ],
   defaults: { i32: -7, s: "hé", by: new Uint8Array([1, 120]), c: 5, d: Infinity, flag: true, u64: 18446744073709551615n, f: -1.5, sf64: -9n },
   create(init?: PartialMessage<P2>): P2 {
     const m: P2 = Object.assign(Object.create(P2.defaults) as P2, { req: undefined, rc: [], rcp: [], unp: [], pk: [], g: undefined, rg: [], child: undefined, o: { case: undefined }, leaf: undefined, byName: {}, noDefault: undefined });
@@ -248,6 +283,12 @@ export const P2: MessageType<P2> & { readonly defaults: { readonly i32: number; 
   decode(bytes: Uint8Array): P2 {
     return wire.decodeWith(P2, bytes);
   },
+  toJson(m: P2, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(P2, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): P2 {
+    return wire.fromJson(P2, json, options);
+  },
 };
 
 /** Message spec2.P2.G. */
@@ -262,6 +303,11 @@ export interface P2_G {
 /** Encoding, decoding and defaults of {@link P2_G}. */
 export const P2_G: MessageType<P2_G> = {
   typeName: "spec2.P2.G",
+  fields: [
+    { no: 1, name: "a", json: "a", proto: "a", kind: "scalar", type: "int32", opt: true },
+    { no: 2, name: "b", json: "b", proto: "b", kind: "scalar", type: "string", opt: true },
+    { no: 3, name: "leaf", json: "leaf", proto: "leaf", kind: "message", T: () => Leaf },
+  ],
   create(init?: PartialMessage<P2_G>): P2_G {
     const m: P2_G = { a: undefined, b: undefined, leaf: undefined };
     if (init !== undefined) {
@@ -312,6 +358,12 @@ export const P2_G: MessageType<P2_G> = {
   decode(bytes: Uint8Array): P2_G {
     return wire.decodeWith(P2_G, bytes);
   },
+  toJson(m: P2_G, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(P2_G, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): P2_G {
+    return wire.fromJson(P2_G, json, options);
+  },
 };
 
 /** Message spec2.P2.RG. */
@@ -324,6 +376,9 @@ export interface P2_RG {
 /** Encoding, decoding and defaults of {@link P2_RG}. */
 export const P2_RG: MessageType<P2_RG> = {
   typeName: "spec2.P2.RG",
+  fields: [
+    { no: 1, name: "x", json: "x", proto: "x", kind: "scalar", type: "int32", opt: true },
+  ],
   create(init?: PartialMessage<P2_RG>): P2_RG {
     const m: P2_RG = { x: undefined };
     if (init !== undefined) {
@@ -365,6 +420,12 @@ export const P2_RG: MessageType<P2_RG> = {
   },
   decode(bytes: Uint8Array): P2_RG {
     return wire.decodeWith(P2_RG, bytes);
+  },
+  toJson(m: P2_RG, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(P2_RG, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): P2_RG {
+    return wire.fromJson(P2_RG, json, options);
   },
 };
 

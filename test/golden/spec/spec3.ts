@@ -21,6 +21,10 @@ export interface Leaf {
 /** Encoding, decoding and defaults of {@link Leaf}. */
 export const Leaf: MessageType<Leaf> = {
   typeName: "spec3.Leaf",
+  fields: [
+    { no: 1, name: "label", json: "label", proto: "label", kind: "scalar", type: "string" },
+    { no: 2, name: "n", json: "n", proto: "n", kind: "scalar", type: "int32" },
+  ],
   create(init?: PartialMessage<Leaf>): Leaf {
     const m: Leaf = { label: "", n: 0 };
     if (init !== undefined) {
@@ -66,6 +70,12 @@ export const Leaf: MessageType<Leaf> = {
   },
   decode(bytes: Uint8Array): Leaf {
     return wire.decodeWith(Leaf, bytes);
+  },
+  toJson(m: Leaf, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Leaf, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Leaf {
+    return wire.fromJson(Leaf, json, options);
   },
 };
 
@@ -139,6 +149,75 @@ export interface All {
 /** Encoding, decoding and defaults of {@link All}. */
 export const All: MessageType<All> = {
   typeName: "spec3.All",
+  fields: [
+    { no: 1, name: "fDouble", json: "fDouble", proto: "f_double", kind: "scalar", type: "double" },
+    { no: 2, name: "fFloat", json: "fFloat", proto: "f_float", kind: "scalar", type: "float" },
+    { no: 3, name: "fInt32", json: "fInt32", proto: "f_int32", kind: "scalar", type: "int32" },
+    { no: 4, name: "fInt64", json: "fInt64", proto: "f_int64", kind: "scalar", type: "int64" },
+    { no: 5, name: "fUint32", json: "fUint32", proto: "f_uint32", kind: "scalar", type: "uint32" },
+    { no: 6, name: "fUint64", json: "fUint64", proto: "f_uint64", kind: "scalar", type: "uint64" },
+    { no: 7, name: "fSint32", json: "fSint32", proto: "f_sint32", kind: "scalar", type: "sint32" },
+    { no: 8, name: "fSint64", json: "fSint64", proto: "f_sint64", kind: "scalar", type: "sint64" },
+    { no: 9, name: "fFixed32", json: "fFixed32", proto: "f_fixed32", kind: "scalar", type: "fixed32" },
+    { no: 10, name: "fFixed64", json: "fFixed64", proto: "f_fixed64", kind: "scalar", type: "fixed64" },
+    { no: 11, name: "fSfixed32", json: "fSfixed32", proto: "f_sfixed32", kind: "scalar", type: "sfixed32" },
+    { no: 12, name: "fSfixed64", json: "fSfixed64", proto: "f_sfixed64", kind: "scalar", type: "sfixed64" },
+    { no: 13, name: "fBool", json: "fBool", proto: "f_bool", kind: "scalar", type: "bool" },
+    { no: 14, name: "fString", json: "fString", proto: "f_string", kind: "scalar", type: "string" },
+    { no: 15, name: "fBytes", json: "fBytes", proto: "f_bytes", kind: "scalar", type: "bytes" },
+    { no: 16, name: "fKind", json: "fKind", proto: "f_kind", kind: "enum", T: () => Kind, enumType: "spec3.Kind" },
+    { no: 17, name: "fLeaf", json: "fLeaf", proto: "f_leaf", kind: "message", T: () => Leaf },
+    { no: 18, name: "fSelf", json: "fSelf", proto: "f_self", kind: "message", T: () => All },
+    { no: 20, name: "oInt32", json: "oInt32", proto: "o_int32", kind: "scalar", type: "int32", opt: true },
+    { no: 21, name: "oString", json: "oString", proto: "o_string", kind: "scalar", type: "string", opt: true },
+    { no: 22, name: "oKind", json: "oKind", proto: "o_kind", kind: "enum", T: () => Kind, enumType: "spec3.Kind", opt: true },
+    { no: 23, name: "oBytes", json: "oBytes", proto: "o_bytes", kind: "scalar", type: "bytes", opt: true },
+    { no: 24, name: "oDouble", json: "oDouble", proto: "o_double", kind: "scalar", type: "double", opt: true },
+    { no: 31, name: "rDouble", json: "rDouble", proto: "r_double", kind: "scalar", type: "double", repeated: true },
+    { no: 32, name: "rFloat", json: "rFloat", proto: "r_float", kind: "scalar", type: "float", repeated: true },
+    { no: 33, name: "rInt32", json: "rInt32", proto: "r_int32", kind: "scalar", type: "int32", repeated: true },
+    { no: 34, name: "rInt64", json: "rInt64", proto: "r_int64", kind: "scalar", type: "int64", repeated: true },
+    { no: 35, name: "rUint32", json: "rUint32", proto: "r_uint32", kind: "scalar", type: "uint32", repeated: true },
+    { no: 36, name: "rUint64", json: "rUint64", proto: "r_uint64", kind: "scalar", type: "uint64", repeated: true },
+    { no: 37, name: "rSint32", json: "rSint32", proto: "r_sint32", kind: "scalar", type: "sint32", repeated: true },
+    { no: 38, name: "rSint64", json: "rSint64", proto: "r_sint64", kind: "scalar", type: "sint64", repeated: true },
+    { no: 39, name: "rFixed32", json: "rFixed32", proto: "r_fixed32", kind: "scalar", type: "fixed32", repeated: true },
+    { no: 40, name: "rFixed64", json: "rFixed64", proto: "r_fixed64", kind: "scalar", type: "fixed64", repeated: true },
+    { no: 41, name: "rSfixed32", json: "rSfixed32", proto: "r_sfixed32", kind: "scalar", type: "sfixed32", repeated: true },
+    { no: 42, name: "rSfixed64", json: "rSfixed64", proto: "r_sfixed64", kind: "scalar", type: "sfixed64", repeated: true },
+    { no: 43, name: "rBool", json: "rBool", proto: "r_bool", kind: "scalar", type: "bool", repeated: true },
+    { no: 44, name: "rString", json: "rString", proto: "r_string", kind: "scalar", type: "string", repeated: true },
+    { no: 45, name: "rBytes", json: "rBytes", proto: "r_bytes", kind: "scalar", type: "bytes", repeated: true },
+    { no: 46, name: "rKind", json: "rKind", proto: "r_kind", kind: "enum", T: () => Kind, enumType: "spec3.Kind", repeated: true },
+    { no: 47, name: "rLeaf", json: "rLeaf", proto: "r_leaf", kind: "message", T: () => Leaf, repeated: true },
+    { no: 48, name: "uInt32", json: "uInt32", proto: "u_int32", kind: "scalar", type: "int32", repeated: true },
+    { no: 49, name: "uDouble", json: "uDouble", proto: "u_double", kind: "scalar", type: "double", repeated: true },
+    { no: 50, name: "uSint64", json: "uSint64", proto: "u_sint64", kind: "scalar", type: "sint64", repeated: true },
+    { no: 51, name: "uKind", json: "uKind", proto: "u_kind", kind: "enum", T: () => Kind, enumType: "spec3.Kind", repeated: true },
+    { no: 60, name: "mInt32", json: "mInt32", proto: "m_int32", kind: "scalar", type: "string", map: "int32" },
+    { no: 61, name: "mInt64", json: "mInt64", proto: "m_int64", kind: "scalar", type: "int32", map: "int64" },
+    { no: 62, name: "mUint32", json: "mUint32", proto: "m_uint32", kind: "scalar", type: "bytes", map: "uint32" },
+    { no: 63, name: "mUint64", json: "mUint64", proto: "m_uint64", kind: "enum", T: () => Kind, enumType: "spec3.Kind", map: "uint64" },
+    { no: 64, name: "mSint32", json: "mSint32", proto: "m_sint32", kind: "message", T: () => Leaf, map: "sint32" },
+    { no: 65, name: "mSint64", json: "mSint64", proto: "m_sint64", kind: "scalar", type: "double", map: "sint64" },
+    { no: 66, name: "mFixed32", json: "mFixed32", proto: "m_fixed32", kind: "scalar", type: "fixed32", map: "fixed32" },
+    { no: 67, name: "mFixed64", json: "mFixed64", proto: "m_fixed64", kind: "scalar", type: "float", map: "fixed64" },
+    { no: 68, name: "mSfixed32", json: "mSfixed32", proto: "m_sfixed32", kind: "scalar", type: "sfixed64", map: "sfixed32" },
+    { no: 69, name: "mSfixed64", json: "mSfixed64", proto: "m_sfixed64", kind: "scalar", type: "bool", map: "sfixed64" },
+    { no: 70, name: "mBool", json: "mBool", proto: "m_bool", kind: "scalar", type: "string", map: "bool" },
+    { no: 71, name: "mString", json: "mString", proto: "m_string", kind: "message", T: () => Leaf, map: "string" },
+    { no: 72, name: "mStringSelf", json: "mStringSelf", proto: "m_string_self", kind: "message", T: () => All, map: "string" },
+    { no: 80, name: "cString", json: "cString", proto: "c_string", kind: "scalar", type: "string", oneof: "choice" },
+    { no: 81, name: "cInt64", json: "cInt64", proto: "c_int64", kind: "scalar", type: "int64", oneof: "choice" },
+    { no: 82, name: "cLeaf", json: "cLeaf", proto: "c_leaf", kind: "message", T: () => Leaf, oneof: "choice" },
+    { no: 83, name: "cBytes", json: "cBytes", proto: "c_bytes", kind: "scalar", type: "bytes", oneof: "choice" },
+    { no: 84, name: "cKind", json: "cKind", proto: "c_kind", kind: "enum", T: () => Kind, enumType: "spec3.Kind", oneof: "choice" },
+    { no: 85, name: "cSelf", json: "cSelf", proto: "c_self", kind: "message", T: () => All, oneof: "choice" },
+    { no: 86, name: "sBool", json: "sBool", proto: "s_bool", kind: "scalar", type: "bool", oneof: "secondChoice" },
+    { no: 87, name: "sFixed64", json: "sFixed64", proto: "s_fixed64", kind: "scalar", type: "fixed64", oneof: "secondChoice" },
+    { no: 90, name: "fieldName4", json: "fieldName4", proto: "field__name4_", kind: "scalar", type: "string" },
+    { no: 536870911, name: "maxField", json: "maxField", proto: "max_field", kind: "scalar", type: "int32" },
+  ],
   create(init?: PartialMessage<All>): All {
     const m: All = { fDouble: 0, fFloat: 0, fInt32: 0, fInt64: 0n, fUint32: 0, fUint64: 0n, fSint32: 0, fSint64: 0n, fFixed32: 0, fFixed64: 0n, fSfixed32: 0, fSfixed64: 0n, fBool: false, fString: "", fBytes: wire.EMPTY_BYTES, fKind: 0, fLeaf: undefined, fSelf: undefined, oInt32: undefined, oString: undefined, oKind: undefined, oBytes: undefined, oDouble: undefined, rDouble: [], rFloat: [], rInt32: [], rInt64: [], rUint32: [], rUint64: [], rSint32: [], rSint64: [], rFixed32: [], rFixed64: [], rSfixed32: [], rSfixed64: [], rBool: [], rString: [], rBytes: [], rKind: [], rLeaf: [], uInt32: [], uDouble: [], uSint64: [], uKind: [], mInt32: {}, mInt64: {}, mUint32: {}, mUint64: {}, mSint32: {}, mSint64: {}, mFixed32: {}, mFixed64: {}, mSfixed32: {}, mSfixed64: {}, mBool: {}, mString: {}, mStringSelf: {}, choice: { case: undefined }, secondChoice: { case: undefined }, fieldName4: "", maxField: 0 };
     if (init !== undefined) {
@@ -454,6 +533,12 @@ export const All: MessageType<All> = {
   decode(bytes: Uint8Array): All {
     return wire.decodeWith(All, bytes);
   },
+  toJson(m: All, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(All, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): All {
+    return wire.fromJson(All, json, options);
+  },
 };
 
 /** Message spec3.Some. */
@@ -467,6 +552,10 @@ export interface Some {
 /** Encoding, decoding and defaults of {@link Some}. */
 export const Some: MessageType<Some> = {
   typeName: "spec3.Some",
+  fields: [
+    { no: 14, name: "fString", json: "fString", proto: "f_string", kind: "scalar", type: "string" },
+    { no: 17, name: "fLeaf", json: "fLeaf", proto: "f_leaf", kind: "message", T: () => Leaf },
+  ],
   create(init?: PartialMessage<Some>): Some {
     const m: Some = { fString: "", fLeaf: undefined };
     if (init !== undefined) {
@@ -512,6 +601,12 @@ export const Some: MessageType<Some> = {
   },
   decode(bytes: Uint8Array): Some {
     return wire.decodeWith(Some, bytes);
+  },
+  toJson(m: Some, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Some, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Some {
+    return wire.fromJson(Some, json, options);
   },
 };
 

@@ -13,6 +13,10 @@ export interface Duration {
 /** Encoding, decoding and defaults of {@link Duration}. */
 export const Duration: MessageType<Duration> = {
   typeName: "google.protobuf.Duration",
+  fields: [
+    { no: 1, name: "seconds", json: "seconds", proto: "seconds", kind: "scalar", type: "int64" },
+    { no: 2, name: "nanos", json: "nanos", proto: "nanos", kind: "scalar", type: "int32" },
+  ],
   create(init?: PartialMessage<Duration>): Duration {
     const m: Duration = { seconds: 0n, nanos: 0 };
     if (init !== undefined) {
@@ -58,6 +62,12 @@ export const Duration: MessageType<Duration> = {
   },
   decode(bytes: Uint8Array): Duration {
     return wire.decodeWith(Duration, bytes);
+  },
+  toJson(m: Duration, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Duration, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Duration {
+    return wire.fromJson(Duration, json, options);
   },
 };
 

@@ -11,6 +11,8 @@ export interface Empty {
 /** Encoding, decoding and defaults of {@link Empty}. */
 export const Empty: MessageType<Empty> = {
   typeName: "google.protobuf.Empty",
+  fields: [
+  ],
   create(init?: PartialMessage<Empty>): Empty {
     const m: Empty = {  };
     if (init !== undefined) {
@@ -46,6 +48,12 @@ export const Empty: MessageType<Empty> = {
   },
   decode(bytes: Uint8Array): Empty {
     return wire.decodeWith(Empty, bytes);
+  },
+  toJson(m: Empty, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Empty, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Empty {
+    return wire.fromJson(Empty, json, options);
   },
 };
 

@@ -12,6 +12,9 @@ export interface DoubleValue {
 /** Encoding, decoding and defaults of {@link DoubleValue}. */
 export const DoubleValue: MessageType<DoubleValue> = {
   typeName: "google.protobuf.DoubleValue",
+  fields: [
+    { no: 1, name: "value", json: "value", proto: "value", kind: "scalar", type: "double" },
+  ],
   create(init?: PartialMessage<DoubleValue>): DoubleValue {
     const m: DoubleValue = { value: 0 };
     if (init !== undefined) {
@@ -54,6 +57,12 @@ export const DoubleValue: MessageType<DoubleValue> = {
   decode(bytes: Uint8Array): DoubleValue {
     return wire.decodeWith(DoubleValue, bytes);
   },
+  toJson(m: DoubleValue, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(DoubleValue, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): DoubleValue {
+    return wire.fromJson(DoubleValue, json, options);
+  },
 };
 
 /** Message google.protobuf.FloatValue. */
@@ -66,6 +75,9 @@ export interface FloatValue {
 /** Encoding, decoding and defaults of {@link FloatValue}. */
 export const FloatValue: MessageType<FloatValue> = {
   typeName: "google.protobuf.FloatValue",
+  fields: [
+    { no: 1, name: "value", json: "value", proto: "value", kind: "scalar", type: "float" },
+  ],
   create(init?: PartialMessage<FloatValue>): FloatValue {
     const m: FloatValue = { value: 0 };
     if (init !== undefined) {
@@ -108,6 +120,12 @@ export const FloatValue: MessageType<FloatValue> = {
   decode(bytes: Uint8Array): FloatValue {
     return wire.decodeWith(FloatValue, bytes);
   },
+  toJson(m: FloatValue, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(FloatValue, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): FloatValue {
+    return wire.fromJson(FloatValue, json, options);
+  },
 };
 
 /** Message google.protobuf.Int64Value. */
@@ -120,6 +138,9 @@ export interface Int64Value {
 /** Encoding, decoding and defaults of {@link Int64Value}. */
 export const Int64Value: MessageType<Int64Value> = {
   typeName: "google.protobuf.Int64Value",
+  fields: [
+    { no: 1, name: "value", json: "value", proto: "value", kind: "scalar", type: "int64" },
+  ],
   create(init?: PartialMessage<Int64Value>): Int64Value {
     const m: Int64Value = { value: 0n };
     if (init !== undefined) {
@@ -162,6 +183,12 @@ export const Int64Value: MessageType<Int64Value> = {
   decode(bytes: Uint8Array): Int64Value {
     return wire.decodeWith(Int64Value, bytes);
   },
+  toJson(m: Int64Value, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Int64Value, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Int64Value {
+    return wire.fromJson(Int64Value, json, options);
+  },
 };
 
 /** Message google.protobuf.UInt64Value. */
@@ -174,6 +201,9 @@ export interface UInt64Value {
 /** Encoding, decoding and defaults of {@link UInt64Value}. */
 export const UInt64Value: MessageType<UInt64Value> = {
   typeName: "google.protobuf.UInt64Value",
+  fields: [
+    { no: 1, name: "value", json: "value", proto: "value", kind: "scalar", type: "uint64" },
+  ],
   create(init?: PartialMessage<UInt64Value>): UInt64Value {
     const m: UInt64Value = { value: 0n };
     if (init !== undefined) {
@@ -216,6 +246,12 @@ export const UInt64Value: MessageType<UInt64Value> = {
   decode(bytes: Uint8Array): UInt64Value {
     return wire.decodeWith(UInt64Value, bytes);
   },
+  toJson(m: UInt64Value, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(UInt64Value, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): UInt64Value {
+    return wire.fromJson(UInt64Value, json, options);
+  },
 };
 
 /** Message google.protobuf.Int32Value. */
@@ -228,6 +264,9 @@ export interface Int32Value {
 /** Encoding, decoding and defaults of {@link Int32Value}. */
 export const Int32Value: MessageType<Int32Value> = {
   typeName: "google.protobuf.Int32Value",
+  fields: [
+    { no: 1, name: "value", json: "value", proto: "value", kind: "scalar", type: "int32" },
+  ],
   create(init?: PartialMessage<Int32Value>): Int32Value {
     const m: Int32Value = { value: 0 };
     if (init !== undefined) {
@@ -270,6 +309,12 @@ export const Int32Value: MessageType<Int32Value> = {
   decode(bytes: Uint8Array): Int32Value {
     return wire.decodeWith(Int32Value, bytes);
   },
+  toJson(m: Int32Value, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Int32Value, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Int32Value {
+    return wire.fromJson(Int32Value, json, options);
+  },
 };
 
 /** Message google.protobuf.UInt32Value. */
@@ -282,6 +327,9 @@ export interface UInt32Value {
 /** Encoding, decoding and defaults of {@link UInt32Value}. */
 export const UInt32Value: MessageType<UInt32Value> = {
   typeName: "google.protobuf.UInt32Value",
+  fields: [
+    { no: 1, name: "value", json: "value", proto: "value", kind: "scalar", type: "uint32" },
+  ],
   create(init?: PartialMessage<UInt32Value>): UInt32Value {
     const m: UInt32Value = { value: 0 };
     if (init !== undefined) {
@@ -324,6 +372,12 @@ export const UInt32Value: MessageType<UInt32Value> = {
   decode(bytes: Uint8Array): UInt32Value {
     return wire.decodeWith(UInt32Value, bytes);
   },
+  toJson(m: UInt32Value, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(UInt32Value, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): UInt32Value {
+    return wire.fromJson(UInt32Value, json, options);
+  },
 };
 
 /** Message google.protobuf.BoolValue. */
@@ -336,6 +390,9 @@ export interface BoolValue {
 /** Encoding, decoding and defaults of {@link BoolValue}. */
 export const BoolValue: MessageType<BoolValue> = {
   typeName: "google.protobuf.BoolValue",
+  fields: [
+    { no: 1, name: "value", json: "value", proto: "value", kind: "scalar", type: "bool" },
+  ],
   create(init?: PartialMessage<BoolValue>): BoolValue {
     const m: BoolValue = { value: false };
     if (init !== undefined) {
@@ -378,6 +435,12 @@ export const BoolValue: MessageType<BoolValue> = {
   decode(bytes: Uint8Array): BoolValue {
     return wire.decodeWith(BoolValue, bytes);
   },
+  toJson(m: BoolValue, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(BoolValue, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): BoolValue {
+    return wire.fromJson(BoolValue, json, options);
+  },
 };
 
 /** Message google.protobuf.StringValue. */
@@ -390,6 +453,9 @@ export interface StringValue {
 /** Encoding, decoding and defaults of {@link StringValue}. */
 export const StringValue: MessageType<StringValue> = {
   typeName: "google.protobuf.StringValue",
+  fields: [
+    { no: 1, name: "value", json: "value", proto: "value", kind: "scalar", type: "string" },
+  ],
   create(init?: PartialMessage<StringValue>): StringValue {
     const m: StringValue = { value: "" };
     if (init !== undefined) {
@@ -432,6 +498,12 @@ export const StringValue: MessageType<StringValue> = {
   decode(bytes: Uint8Array): StringValue {
     return wire.decodeWith(StringValue, bytes);
   },
+  toJson(m: StringValue, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(StringValue, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): StringValue {
+    return wire.fromJson(StringValue, json, options);
+  },
 };
 
 /** Message google.protobuf.BytesValue. */
@@ -444,6 +516,9 @@ export interface BytesValue {
 /** Encoding, decoding and defaults of {@link BytesValue}. */
 export const BytesValue: MessageType<BytesValue> = {
   typeName: "google.protobuf.BytesValue",
+  fields: [
+    { no: 1, name: "value", json: "value", proto: "value", kind: "scalar", type: "bytes" },
+  ],
   create(init?: PartialMessage<BytesValue>): BytesValue {
     const m: BytesValue = { value: wire.EMPTY_BYTES };
     if (init !== undefined) {
@@ -485,6 +560,12 @@ export const BytesValue: MessageType<BytesValue> = {
   },
   decode(bytes: Uint8Array): BytesValue {
     return wire.decodeWith(BytesValue, bytes);
+  },
+  toJson(m: BytesValue, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(BytesValue, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): BytesValue {
+    return wire.fromJson(BytesValue, json, options);
   },
 };
 

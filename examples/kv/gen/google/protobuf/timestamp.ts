@@ -13,6 +13,10 @@ export interface Timestamp {
 /** Encoding, decoding and defaults of {@link Timestamp}. */
 export const Timestamp: MessageType<Timestamp> = {
   typeName: "google.protobuf.Timestamp",
+  fields: [
+    { no: 1, name: "seconds", json: "seconds", proto: "seconds", kind: "scalar", type: "int64" },
+    { no: 2, name: "nanos", json: "nanos", proto: "nanos", kind: "scalar", type: "int32" },
+  ],
   create(init?: PartialMessage<Timestamp>): Timestamp {
     const m: Timestamp = { seconds: 0n, nanos: 0 };
     if (init !== undefined) {
@@ -58,6 +62,12 @@ export const Timestamp: MessageType<Timestamp> = {
   },
   decode(bytes: Uint8Array): Timestamp {
     return wire.decodeWith(Timestamp, bytes);
+  },
+  toJson(m: Timestamp, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Timestamp, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Timestamp {
+    return wire.fromJson(Timestamp, json, options);
   },
 };
 

@@ -13,6 +13,10 @@ export interface Any {
 /** Encoding, decoding and defaults of {@link Any}. */
 export const Any: MessageType<Any> = {
   typeName: "google.protobuf.Any",
+  fields: [
+    { no: 1, name: "typeUrl", json: "typeUrl", proto: "type_url", kind: "scalar", type: "string" },
+    { no: 2, name: "value", json: "value", proto: "value", kind: "scalar", type: "bytes" },
+  ],
   create(init?: PartialMessage<Any>): Any {
     const m: Any = { typeUrl: "", value: wire.EMPTY_BYTES };
     if (init !== undefined) {
@@ -58,6 +62,12 @@ export const Any: MessageType<Any> = {
   },
   decode(bytes: Uint8Array): Any {
     return wire.decodeWith(Any, bytes);
+  },
+  toJson(m: Any, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Any, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Any {
+    return wire.fromJson(Any, json, options);
   },
 };
 

@@ -17,6 +17,9 @@ export interface Struct {
 /** Encoding, decoding and defaults of {@link Struct}. */
 export const Struct: MessageType<Struct> = {
   typeName: "google.protobuf.Struct",
+  fields: [
+    { no: 1, name: "fields", json: "fields", proto: "fields", kind: "message", T: () => Value, map: "string" },
+  ],
   create(init?: PartialMessage<Struct>): Struct {
     const m: Struct = { fields: {} };
     if (init !== undefined) {
@@ -59,6 +62,12 @@ export const Struct: MessageType<Struct> = {
   decode(bytes: Uint8Array): Struct {
     return wire.decodeWith(Struct, bytes);
   },
+  toJson(m: Struct, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Struct, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Struct {
+    return wire.fromJson(Struct, json, options);
+  },
 };
 
 /** Message google.protobuf.Value. */
@@ -71,6 +80,14 @@ export interface Value {
 /** Encoding, decoding and defaults of {@link Value}. */
 export const Value: MessageType<Value> = {
   typeName: "google.protobuf.Value",
+  fields: [
+    { no: 1, name: "nullValue", json: "nullValue", proto: "nullValue", kind: "enum", T: () => NullValue, enumType: "google.protobuf.NullValue", oneof: "kind" },
+    { no: 2, name: "numberValue", json: "numberValue", proto: "numberValue", kind: "scalar", type: "double", oneof: "kind" },
+    { no: 3, name: "stringValue", json: "stringValue", proto: "stringValue", kind: "scalar", type: "string", oneof: "kind" },
+    { no: 4, name: "boolValue", json: "boolValue", proto: "boolValue", kind: "scalar", type: "bool", oneof: "kind" },
+    { no: 5, name: "structValue", json: "structValue", proto: "structValue", kind: "message", T: () => Struct, oneof: "kind" },
+    { no: 6, name: "listValue", json: "listValue", proto: "listValue", kind: "message", T: () => ListValue, oneof: "kind" },
+  ],
   create(init?: PartialMessage<Value>): Value {
     const m: Value = { kind: { case: undefined } };
     if (init !== undefined) {
@@ -139,6 +156,12 @@ export const Value: MessageType<Value> = {
   decode(bytes: Uint8Array): Value {
     return wire.decodeWith(Value, bytes);
   },
+  toJson(m: Value, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Value, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Value {
+    return wire.fromJson(Value, json, options);
+  },
 };
 
 /** Message google.protobuf.ListValue. */
@@ -151,6 +174,9 @@ export interface ListValue {
 /** Encoding, decoding and defaults of {@link ListValue}. */
 export const ListValue: MessageType<ListValue> = {
   typeName: "google.protobuf.ListValue",
+  fields: [
+    { no: 1, name: "values", json: "values", proto: "values", kind: "message", T: () => Value, repeated: true },
+  ],
   create(init?: PartialMessage<ListValue>): ListValue {
     const m: ListValue = { values: [] };
     if (init !== undefined) {
@@ -192,6 +218,12 @@ export const ListValue: MessageType<ListValue> = {
   },
   decode(bytes: Uint8Array): ListValue {
     return wire.decodeWith(ListValue, bytes);
+  },
+  toJson(m: ListValue, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(ListValue, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): ListValue {
+    return wire.fromJson(ListValue, json, options);
   },
 };
 
