@@ -1,7 +1,10 @@
 /**
  * koala-rpc: fast RPC for Node.js over TCP, Unix sockets and RDMA.
  *
- * The one public entry. Layers: transport (src/transport), memory (src/mem), RPC core (src/rpc).
+ * The one public entry. Layers: transport (src/transport), memory (src/mem), protobuf runtime
+ * (src/proto), RPC core (src/rpc). Loading `.proto` files at run time is the subpath export
+ * `koala-rpc/proto-loader` and the code generator `koala-rpc/codegen`: both use protobufjs, which
+ * this entry never loads.
  */
 export { Code, ErrorCode, KoalaError, RpcError, codeName } from "./errors.js";
 export type { ErrorCodeValue, MetadataInit } from "./errors.js";
@@ -27,7 +30,7 @@ export type { HeapOptions, HeapStats, ClassStats, LeakReport, MemoryRegistrar } 
 
 export { Metadata } from "./rpc/metadata.js";
 export type { MetadataValue } from "./rpc/metadata.js";
-export type { MessageType, MethodDefinition, MethodKind, ServiceDefinition } from "./rpc/definition.js";
+export type { MessageType, MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "./proto/definition.js";
 export { Channel, createChannel, createClient, closeClient, clientChannel } from "./rpc/client.js";
 export type { CallOptions, Client, ClientMethod, RequestInit } from "./rpc/client.js";
 export { Server, createServer } from "./rpc/server.js";
@@ -43,8 +46,23 @@ export type {
   ResponseInit,
 } from "./rpc/server.js";
 export type { ChannelOptions, ServerOptions } from "./rpc/options.js";
-export * as wire from "./rpc/wire/index.js";
-export { loadProto, fromPackageDefinition } from "./rpc/proto-loader.js";
-export type { LoadProtoOptions } from "./rpc/proto-loader.js";
-export { generate } from "./rpc/codegen/generate.js";
-export type { GenerateOptions } from "./rpc/codegen/generate.js";
+export * as wire from "./proto/wire/index.js";
+export { toJson, fromJson } from "./proto/json.js";
+export type { FieldDesc, FromJsonOptions, JsonValue, ScalarName, ToJsonOptions } from "./proto/definition.js";
+export {
+  anyIs,
+  anyPack,
+  anyUnpack,
+  durationFromMs,
+  durationToMs,
+  structFromJson,
+  structToJson,
+  timestampFromDate,
+  timestampNow,
+  timestampToDate,
+  unwrap,
+  valueFromJson,
+  valueToJson,
+  wrap,
+} from "./proto/wkt.js";
+export type { AnyMessage, SecondsNanos } from "./proto/wkt.js";

@@ -18,7 +18,7 @@ export async function main(argv: string[]): Promise<number> {
     case "info":
       return info(rest);
     case "gen": {
-      const { runGen } = await import("../rpc/codegen/cli.js");
+      const { runGen } = await import("../proto/codegen/cli.js");
       return runGen(rest);
     }
     case undefined:

@@ -7,7 +7,7 @@ import { Code, ErrorCode, KoalaError, RpcError, clampCode, type MetadataInit } f
 import { log } from "../log.js";
 import { connect } from "../transport/index.js";
 import type { Connection } from "../transport/types.js";
-import type { MethodDefinition, MethodKind, ServiceDefinition } from "./definition.js";
+import type { MethodDefinition, MethodKind, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
 import { Metadata, decodeMetadata } from "./metadata.js";

@@ -6,10 +6,10 @@
 import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
 import { logLimited } from "../log.js";
 import type { Heap, Lease } from "../mem/index.js";
-import type { MessageType } from "./definition.js";
+import type { MessageType } from "../proto/definition.js";
 import { FrameFlag, FrameType, HEADER_BYTES, writeHeader } from "./frame.js";
 import { encodeMetadata, metadataLength, type Metadata } from "./metadata.js";
-import { encodeParts } from "./wire/writer.js";
+import { encodeParts } from "../proto/wire/writer.js";
 
 /** Frames from this size up are encoded into heap leases (the transports' coalescing limit). */
 export const HEAP_MIN_BYTES = 16 * 1024;

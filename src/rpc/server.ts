@@ -7,7 +7,7 @@ import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
 import { log, logLimited } from "../log.js";
 import { listen } from "../transport/index.js";
 import type { Connection, Listener } from "../transport/types.js";
-import type { MethodDefinition, ServiceDefinition } from "./definition.js";
+import type { MethodDefinition, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
 import { Metadata, decodeMetadata } from "./metadata.js";

@@ -24,10 +24,11 @@ function bundledProto(target: string): string | undefined {
 
 /**
  * Loads and resolves `files` (paths are taken relative to the working directory) into a new
- * protobufjs Root, field names in lowerCamelCase. Throws KOALA_ERR_INVALID_ARGUMENT, its
+ * protobufjs Root, field names as written when `keepCase` (the generator: it derives protoc's
+ * names itself), else in protobufjs' lowerCamelCase. Throws KOALA_ERR_INVALID_ARGUMENT, its
  * message starting with `where`, when a file is missing or does not parse.
  */
-export function loadRoot(files: readonly string[], includeDirs: readonly string[], where: string): protobuf.Root {
+export function loadRoot(files: readonly string[], includeDirs: readonly string[], where: string, keepCase = false): protobuf.Root {
   const dirs = includeDirs.map((d) => resolve(d));
   const root = new protobuf.Root();
   root.resolvePath = (origin, target) => {
@@ -40,7 +41,7 @@ export function loadRoot(files: readonly string[], includeDirs: readonly string[
   try {
     root.loadSync(
       files.map((f) => resolve(f)),
-      { keepCase: false },
+      { keepCase },
     );
     root.resolveAll();
   } catch (err) {

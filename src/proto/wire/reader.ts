@@ -1,13 +1,21 @@
 /**
  * Protobuf decoding. `bytes` fields come out as views of the input (no copy); 64-bit integers
- * as bigint. Malformed input — a truncated varint, a length past the end, an unknown wire
- * type, nesting deeper than 100 — throws KOALA_ERR_PROTOCOL; it never loops or reads past
- * the end.
+ * as bigint. Malformed input — a truncated varint, a length or tag above 32 bits, a length
+ * past the end, an invalid wire type, invalid UTF-8 in a validated string, nesting deeper than
+ * {@link MAX_DEPTH} — throws KOALA_ERR_PROTOCOL; it never loops or reads past the end.
  */
+import { isUtf8 } from "node:buffer";
 import { ErrorCode, KoalaError } from "../../errors.js";
 
-const MAX_DEPTH = 100;
-const utf8 = new TextDecoder("utf-8", { fatal: false });
+/** Messages (and groups) nest at most this deep below the top-level message, on decode and on encode. */
+export const MAX_DEPTH = 100;
+/*
+ * Node's own slicers, called on any Uint8Array: latin1Slice for ASCII (checked first),
+ * utf8Slice for the rest (invalid sequences become U+FFFD; a leading U+FEFF is kept, unlike
+ * TextDecoder's default). Both are several times faster than TextDecoder on short strings.
+ */
+const latin1Slice = (Buffer.prototype as unknown as { latin1Slice(this: Uint8Array, start: number, end: number): string }).latin1Slice;
+const utf8Slice = (Buffer.prototype as unknown as { utf8Slice(this: Uint8Array, start: number, end: number): string }).utf8Slice;
 // Scratch memory for floats (no DataView per value); `flip` reverses the byte order on a big-endian host.
 const f32 = new Float32Array(1);
 const f32b = new Uint8Array(f32.buffer);
@@ -26,6 +34,8 @@ export class ProtoReader {
   /** End of the readable bytes. */
   readonly end: number;
   private depth = 0;
+  /** A DataView of `buf`, made on the first fixed64. */
+  private view: DataView | undefined;
 
   constructor(
     /** The bytes being read. */
@@ -107,9 +117,52 @@ export class ProtoReader {
     return (v >> 1n) ^ -(v & 1n);
   }
 
-  /** Boolean varint. */
+  /** Boolean varint: true when any of its (up to 64) bits is set. */
   bool(): boolean {
-    return this.uint32() !== 0;
+    const b = this.buf;
+    let p = this.pos;
+    const end = this.end;
+    let any = 0;
+    for (let i = 0; i < 10; i++) {
+      if (p >= end) throw malformed("truncated varint");
+      const c = b[p++]!;
+      any |= c & 0x7f;
+      if (c < 0x80) {
+        this.pos = p;
+        return any !== 0;
+      }
+    }
+    throw malformed("varint longer than 10 bytes");
+  }
+
+  /** A varint that must fit in 32 unsigned bits (a tag or a length); anything above is malformed, never truncated. */
+  private strict32(what: string): number {
+    const b = this.buf;
+    let p = this.pos;
+    const end = this.end;
+    if (p < end) {
+      const c = b[p]!;
+      if (c < 0x80) {
+        this.pos = p + 1;
+        return c;
+      }
+    }
+    let v = 0;
+    for (let i = 0; i < 10; i++) {
+      if (p >= end) throw malformed("truncated varint");
+      const c = b[p++]!;
+      // Byte 5 carries bits 28–34; bits from 32 up make the value too large, as does any later nonzero byte.
+      if (i < 4) v |= (c & 0x7f) << (7 * i);
+      else if (i === 4) {
+        if ((c & 0x70) !== 0) throw malformed(`${what} above 32 bits at offset ${this.pos}`);
+        v |= (c & 0x0f) << 28;
+      } else if ((c & 0x7f) !== 0) throw malformed(`${what} above 32 bits at offset ${this.pos}`);
+      if (c < 0x80) {
+        this.pos = p;
+        return v >>> 0;
+      }
+    }
+    throw malformed("varint longer than 10 bytes");
   }
 
   private need(n: number): number {
@@ -133,9 +186,9 @@ export class ProtoReader {
 
   /** Little-endian unsigned 64 bits. */
   fixed64(): bigint {
-    const lo = this.fixed32();
-    const hi = this.fixed32();
-    return (BigInt(hi) << 32n) | BigInt(lo);
+    const p = this.need(8);
+    const b = this.buf;
+    return (this.view ??= new DataView(b.buffer, b.byteOffset, b.byteLength)).getBigUint64(p, true);
   }
 
   /** Little-endian signed 64 bits. */
@@ -162,46 +215,100 @@ export class ProtoReader {
 
   /** Reads a length prefix and checks it fits; returns the start of the value. */
   private delimited(): [number, number] {
-    const n = this.uint32();
+    const n = this.strict32("length");
     const start = this.need(n);
     return [start, start + n];
   }
 
-  /** Length-prefixed bytes, as a view of the input. */
+  /** Length-prefixed bytes, as a view of the input (a plain Uint8Array, whatever the input's class). */
   bytes(): Uint8Array {
     const [s, e] = this.delimited();
-    return this.buf.subarray(s, e);
+    const b = this.buf;
+    return new Uint8Array(b.buffer, b.byteOffset + s, e - s);
   }
 
-  /** Length-prefixed UTF-8 string. */
+  /** Length-prefixed UTF-8 string; invalid UTF-8 is malformed (proto3 and editions' `utf8_validation = VERIFY`). */
   string(): string {
     const [s, e] = this.delimited();
     const b = this.buf;
-    if (e - s < 24) {
-      let out = "";
-      for (let i = s; i < e; i++) {
-        const c = b[i]!;
-        if (c >= 0x80) return utf8.decode(b.subarray(s, e));
-        out += String.fromCharCode(c);
+    for (let i = s; i < e; i++) {
+      if (b[i]! >= 0x80) {
+        if (!isUtf8(b.subarray(s, e))) throw malformed("invalid UTF-8 in a string field");
+        return utf8Slice.call(b, s, e);
       }
-      return out;
     }
-    return utf8.decode(b.subarray(s, e));
+    return s === e ? "" : latin1Slice.call(b, s, e);
+  }
+
+  /** Length-prefixed string whose invalid UTF-8 sequences become U+FFFD (proto2, `utf8_validation = NONE`). */
+  stringLax(): string {
+    const [s, e] = this.delimited();
+    return utf8Slice.call(this.buf, s, e);
   }
 
   /** Reads a length prefix and returns where that value ends; the position stays at its start. */
   lengthEnd(): number {
-    const n = this.uint32();
+    const n = this.strict32("length");
     const e = this.pos + n;
     if (e > this.end) throw malformed(`length ${n} at offset ${this.pos} runs past the end`);
     return e;
   }
 
-  /** Enters a nested message: returns where it ends. Fails past 100 levels. */
+  /** Enters a nested message: returns where it ends. Fails past {@link MAX_DEPTH} levels. */
   enter(): number {
     const e = this.lengthEnd();
     if (++this.depth > MAX_DEPTH) throw malformed(`messages nested deeper than ${MAX_DEPTH}`);
     return e;
+  }
+
+  /** Enters a group (its start tag just read). Fails past {@link MAX_DEPTH} levels. */
+  enterGroup(): void {
+    if (++this.depth > MAX_DEPTH) throw malformed(`messages nested deeper than ${MAX_DEPTH}`);
+  }
+
+  /** Leaves a group after its end tag `t`, checking the end tag's field number against `field` (undefined: not in a group). */
+  endGroup(t: number, field: number | undefined): void {
+    if (field === undefined) throw malformed(`an end-group tag of field ${t >>> 3} outside any group`);
+    if (t >>> 3 !== field) throw malformed(`group ${field} ended by the end tag of field ${t >>> 3}`);
+    this.depth--;
+  }
+
+  /** Throws for a group of field `field` whose end tag never came. */
+  unterminated(field: number): never {
+    throw malformed(`group ${field} has no end tag`);
+  }
+
+  /** Keeps the field read since `start` (its tag included) in `message.$unknown`: a closed enum's unknown value. */
+  keep(message: { $unknown?: Uint8Array[] | undefined }, start: number): void {
+    (message.$unknown ??= []).push(this.buf.subarray(start, this.pos));
+  }
+
+  /** Keeps a varint field `field` = `value` in `message.$unknown`: an unknown value of a packed closed enum. */
+  keepVarint(message: { $unknown?: Uint8Array[] | undefined }, field: number, value: number): void {
+    const out: number[] = [];
+    let v = field * 8;
+    while (v >= 0x80) {
+      out.push((v % 0x80) | 0x80);
+      v = Math.floor(v / 0x80);
+    }
+    out.push(v);
+    // int32 values are sign-extended to 64 bits.
+    let x = BigInt.asUintN(64, BigInt(value));
+    while (x >= 0x80n) {
+      out.push(Number(x & 0x7fn) | 0x80);
+      x >>= 7n;
+    }
+    out.push(Number(x));
+    (message.$unknown ??= []).push(Uint8Array.from(out));
+  }
+
+  /**
+   * Skips the value of an unknown field whose tag `t` started at `start`, and keeps the whole
+   * field (tag included, a view of the input) in `message.$unknown`, to be written back on encode.
+   */
+  unknown(message: { $unknown?: Uint8Array[] | undefined }, t: number, start: number): void {
+    this.skip(t & 7, t >>> 3);
+    (message.$unknown ??= []).push(this.buf.subarray(start, this.pos));
   }
 
   /** Checks that a packed field ended exactly at `end`. */
@@ -240,13 +347,12 @@ export class ProtoReader {
         return;
       case 3: {
         // Group: skip until its end tag.
-        if (++this.depth > MAX_DEPTH) throw malformed(`groups nested deeper than ${MAX_DEPTH}`);
+        this.enterGroup();
         for (;;) {
           if (this.pos >= this.end) throw malformed("unterminated group");
-          const t = this.uint32();
+          const t = this.tag();
           if ((t & 7) === 4) {
-            if (t >>> 3 !== field) throw malformed("mismatched group end");
-            this.depth--;
+            this.endGroup(t, field);
             return;
           }
           this.skip(t & 7, t >>> 3);
@@ -257,16 +363,17 @@ export class ProtoReader {
     }
   }
 
-  /** Reads a tag, checking its field number. */
+  /** Reads a tag, checking its field number; a tag above 32 bits is malformed. */
   tag(): number {
-    const t = this.uint32();
+    const t = this.strict32("tag");
     if (t >>> 3 === 0) throw malformed("field number 0");
     return t;
   }
 }
 
+
 /** Decodes a whole message of `type` from `bytes`. */
-export function decodeWith<T>(type: { read(r: ProtoReader, end: number): T }, bytes: Uint8Array): T {
+export function decodeWith<T>(type: { read(r: ProtoReader, end: number, into?: T): T }, bytes: Uint8Array): T {
   const r = new ProtoReader(bytes);
   const m = type.read(r, bytes.byteLength);
   if (r.pos !== bytes.byteLength) throw malformed("trailing bytes after the message");

@@ -19,7 +19,8 @@ import type { PackageDefinition } from "@grpc/proto-loader";
 import { ErrorCode, KoalaError, check } from "../errors.js";
 import { resolveOptions, type OptionsSpec } from "../options.js";
 import { loadRoot, stringList } from "./codegen/load.js";
-import type { MessageType, MethodDefinition, MethodKind, ServiceDefinition } from "./definition.js";
+import type { MessageType, MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "./definition.js";
+import { fromJson, toJson } from "./json.js";
 import { ProtoReader } from "./wire/reader.js";
 import type { ProtoWriter, SizeCounter } from "./wire/writer.js";
 
@@ -39,7 +40,7 @@ function asBuffer(b: Uint8Array): Buffer {
 }
 
 /** A MessageType over encode / decode functions of whole messages. */
-function messageType<T extends object>(typeName: string, encode: (m: T) => Uint8Array, decode: (b: Buffer) => T, create: (init?: Partial<T>) => T): MessageType<T> {
+function messageType<T extends object>(typeName: string, encode: (m: T) => Uint8Array, decode: (b: Buffer) => T, create: (init?: PartialMessage<T>) => T): MessageType<T> {
   const type: MessageType<T> = {
     typeName,
     create,
@@ -58,7 +59,9 @@ function messageType<T extends object>(typeName: string, encode: (m: T) => Uint8
       r.pos = end;
       return m;
     },
-    encode,
+    encode: (m) => encode(m as T),
+    toJson: (m, o) => toJson(type, m, o),
+    fromJson: (j, o) => fromJson(type, j, o),
     decode(bytes: Uint8Array): T {
       try {
         return decode(asBuffer(bytes));

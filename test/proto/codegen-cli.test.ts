@@ -5,7 +5,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { runGen } from "../../src/rpc/codegen/cli.js";
+import { runGen } from "../../src/proto/codegen/cli.js";
 
 const root = new URL("../..", import.meta.url).pathname;
 const everything = join(root, "test/fixtures/protos/app/everything.proto");
@@ -33,7 +33,7 @@ test("writes one file per .proto below --out, then --check passes until a file c
   try {
     const r = await gen([everything, "--out", dir, "-I", include, "--target", "ts", "--runtime=koala-rpc"]);
     assert.is(r.code, 0, r.stderr);
-    for (const rel of ["everything.ts", "shared/common.ts", "google/protobuf/wkt.ts"]) {
+    for (const rel of ["everything.ts", "shared/common.ts", "google/protobuf/timestamp.ts"]) {
       assert.ok(existsSync(join(dir, rel)), rel);
       assert.match(r.stdout, `wrote ${join(dir, rel)}`);
     }

@@ -11,6 +11,7 @@
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
 import { custom, integer, resolveOptions, type OptionsSpec } from "../../options.js";
+import { MAX_DEPTH } from "./reader.js";
 
 /*
  * Every size function below agrees with the writer method it stands for on *any* JavaScript
@@ -54,6 +55,18 @@ export function sint64Size(v: bigint): number {
   return varint64Size(BigInt.asUintN(64, (x << 1n) ^ (x >> 63n)));
 }
 
+/** Bytes the unknown fields kept in a message take. */
+export function unknownSize(fields: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const f of fields) n += f.byteLength;
+  return n;
+}
+
+/** Bytes a field tag takes (field numbers up to 2^29 − 1). */
+export function tagSize(field: number, wireType: number): number {
+  return varint32Size(field * 8 + wireType);
+}
+
 /** UTF-8 length of `s`. */
 export function utf8Size(s: string): number {
   const n = s.length;
@@ -80,26 +93,61 @@ export function stringSize(s: string): number {
 export class SizeCounter {
   /** Nested message lengths, in pre-order. */
   readonly sizes: number[] = [];
+  /** Slots used in `sizes` (the array keeps its capacity from one message to the next). */
+  count = 0;
   /** Bytes of `bytes` fields that will be sent as parts of their own. */
   external = 0;
+  /** Nesting depth of the message being sized (0: the top-level message). */
+  depth = 0;
   /** `bytes` fields at least this long are external. */
   threshold = Infinity;
 
   /** Empties the counter for a new message. */
   reset(threshold: number): void {
-    this.sizes.length = 0;
+    this.count = 0;
     this.external = 0;
+    this.depth = 0;
     this.threshold = threshold <= 0 ? Infinity : threshold;
   }
 
   /** Reserves the slot of a nested message's length; fill it with {@link setSlot} once known. */
   slot(): number {
-    return this.sizes.push(0) - 1;
+    const i = this.count++;
+    this.sizes[i] = 0;
+    return i;
   }
 
   /** Records the length of the nested message of slot `i`. */
   setSlot(i: number, size: number): void {
     this.sizes[i] = size;
+  }
+
+  /**
+   * Enters a nested message (or group): one level deeper, refused past {@link MAX_DEPTH} as the
+   * decoder refuses it — so a cyclic or absurdly deep object fails cleanly instead of
+   * overflowing the stack. Pair with {@link leave}.
+   */
+  enter(): void {
+    if (++this.depth > MAX_DEPTH) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `cannot encode: messages nested deeper than ${MAX_DEPTH} levels (a cycle?)`);
+  }
+
+  /** Leaves a nested message entered with {@link enter}. */
+  leave(): void {
+    this.depth--;
+  }
+
+  /** {@link enter}, then a slot for the nested message's length. */
+  nested(): number {
+    this.enter();
+    const i = this.count++;
+    this.sizes[i] = 0;
+    return i;
+  }
+
+  /** Records the nested message's length in slot `i` and leaves it (pairs with {@link nested}). */
+  done(i: number, size: number): void {
+    this.sizes[i] = size;
+    this.depth--;
   }
 
   /** Bytes a `bytes` field value takes (length prefix included); counts it as external when large. */
@@ -143,6 +191,8 @@ export class ProtoWriter {
   private threshold = Infinity;
   /** `buf` as a Buffer, made on the first long string when the memory is not a Buffer already. */
   private nodeBuf: Buffer | undefined;
+  /** A DataView of `buf`, made on the first fixed64. */
+  private view: DataView | undefined;
 
   /** Starts writing into `buf` at `pos`, with the nested sizes of a finished size pass. */
   begin(buf: Uint8Array, pos: number, counter: SizeCounter): void {
@@ -154,6 +204,7 @@ export class ProtoWriter {
     this.sizes = counter.sizes;
     this.threshold = counter.threshold;
     this.nodeBuf = undefined;
+    this.view = undefined;
   }
 
   /** Ends writing: the parts whose concatenation is everything written. */
@@ -173,9 +224,21 @@ export class ProtoWriter {
     return this.sizes[this.sizeAt++]!;
   }
 
-  /** A field tag. */
+  /** A field tag (field numbers up to 2^29 − 1: no signed shift). */
   tag(field: number, wireType: number): this {
-    return this.uint32(((field << 3) | wireType) >>> 0);
+    return this.uint32(field * 8 + wireType);
+  }
+
+  /** One byte (a one-byte tag, precomputed by generated code). */
+  byte(v: number): this {
+    this.buf[this.pos++] = v;
+    return this;
+  }
+
+  /** Unknown fields kept by the decoder (whole fields, tags included), written back as they came. */
+  unknown(fields: readonly Uint8Array[]): this {
+    for (const f of fields) this.raw(f);
+    return this;
   }
 
   /** Unsigned 32-bit varint: the low 32 bits of `v`; a negative `v` is written as {@link int32} writes it. */
@@ -275,11 +338,13 @@ export class ProtoWriter {
     return this.fixed32(v);
   }
 
-  /** Little-endian 64 bits (fixed64, sfixed64). */
+  /** Little-endian 64 bits (fixed64, sfixed64); values outside 64 bits wrap, as two's complement. */
   fixed64(v: bigint): this {
-    const x = BigInt.asUintN(64, BigInt(v));
-    this.fixed32(Number(x & 0xffffffffn));
-    return this.fixed32(Number(x >> 32n));
+    // DataView's BigInt store is a builtin: no intermediate bigints.
+    const dv = (this.view ??= new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength));
+    dv.setBigUint64(this.pos, typeof v === "bigint" ? v : BigInt(v), true);
+    this.pos += 8;
+    return this;
   }
 
   /** Little-endian signed 64 bits. */
@@ -355,6 +420,12 @@ export class ProtoWriter {
       if (this.pos > this.partStart) this.parts.push(this.buf.subarray(this.partStart, this.pos));
       this.parts.push(v);
       this.partStart = this.pos;
+    } else if (n <= 32) {
+      // A loop beats set() on small arrays (ids, hashes).
+      const b = this.buf;
+      let p = this.pos;
+      for (let i = 0; i < n; i++) b[p++] = v[i]!;
+      this.pos = p;
     } else {
       this.buf.set(v, this.pos);
       this.pos += n;

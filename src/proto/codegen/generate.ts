@@ -6,22 +6,29 @@
  *
  * Mapping:
  * - 64-bit integers → bigint; bytes → Uint8Array; enums → numeric TS enums (open: an unknown
- *   number is kept as it is).
+ *   number is kept as it is; closed — proto2, `enum_type = CLOSED` — an unknown number goes to
+ *   the unknown fields).
  * - A message field, and a scalar field with presence (proto3 `optional`, proto2 `optional` and
- *   `required`) → `T | undefined`; proto2 `[default = …]` values are not applied.
+ *   `required`) → `T | undefined`. A proto2 `[default = …]` is read through the prototype
+ *   (`Type.defaults`), so an unset field reads as its default and presence is an own property,
+ *   as in @bufbuild/protobuf. Missing `required` fields fail encoding and decoding.
  * - `repeated` → arrays, scalars packed unless the field says otherwise (decoding accepts both).
  * - `map<K, V>` → a plain object keyed by the key's string form (decimal for 64-bit keys,
  *   `"true"` / `"false"` for bool keys), chosen over `Map` so messages stay plain data.
  * - A oneof → one field holding `{ case: "fieldName", value } | { case: undefined }`.
+ * - Groups (proto2 `group`, editions `DELIMITED`) → message fields framed by start / end tags.
+ * - Field names are protoc's lowerCamelCase names (`field__name4_` → `fieldName4`).
+ * - Fields the type does not declare (newer fields, extensions) are kept in `$unknown` (whole
+ *   fields as received) and written back after the known fields.
  * - Nested types are named `Outer_Inner`. A top-level name that is a reserved word or one of
  *   the generated code's local names gets a `$` suffix. Runtime imports that would clash with
  *   a generated name are imported under an alias.
- * - The well-known types that protobufjs bundles (google.protobuf.*) go to
- *   `google/protobuf/wkt.ts`.
+ * - The well-known types that protobufjs bundles go to `google/protobuf/<file>.ts`, one file
+ *   per `.proto` as for any other file, so several runs into one folder agree.
  *
  * Output: every input file, plus every imported file whose types they use (transitively). A
  * file imported only for its extensions (custom options) produces nothing; extension fields
- * are not generated. Groups (proto2 `group`, editions `DELIMITED`) are refused.
+ * are not generated (their values are kept as unknown fields).
  */
 import { dirname, isAbsolute, relative, resolve as resolvePath } from "node:path";
 import protobuf from "protobufjs";
@@ -90,7 +97,18 @@ const SCALARS: Record<string, Scalar> = {
 };
 
 const ENUM_SCALAR = SCALARS.int32!;
-const WKT_FILE = "google/protobuf/wkt.proto";
+
+/** The file of each well-known type protobufjs bundles (bundled types carry no file name): `google.protobuf.Timestamp` → `google/protobuf/timestamp.proto`. */
+const BUNDLED = new Map<string, string>();
+for (const [file, json] of Object.entries(protobuf.common as unknown as Record<string, { nested?: Record<string, { nested?: Record<string, { nested?: Record<string, unknown> }> }> }>)) {
+  for (const name of Object.keys(json.nested?.google?.nested?.protobuf?.nested ?? {})) BUNDLED.set(`.google.protobuf.${name}`, file);
+}
+
+/** The bundled file an input path names (`…/google/protobuf/timestamp.proto`), if any. */
+function bundledInput(path: string): string | undefined {
+  const m = /(?:^|\/)(google\/protobuf\/[^/]+\.proto)$/.exec(path);
+  return m !== null && [...BUNDLED.values()].includes(m[1]!) ? m[1] : undefined;
+}
 
 /** Identifiers a top-level type may not take: reserved words, and the generated code's own locals and parameters. */
 const RESERVED = new Set(
@@ -103,8 +121,9 @@ const RESERVED = new Set(
 );
 
 function fileOf(obj: protobuf.ReflectionObject): string {
-  if (obj.filename) return obj.filename;
-  if (obj.fullName.startsWith(".google.protobuf.")) return WKT_FILE;
+  if (obj.filename) return bundledInput(obj.filename) ?? obj.filename;
+  const bundled = BUNDLED.get(obj.fullName);
+  if (bundled !== undefined) return bundled;
   return obj.parent ? fileOf(obj.parent) : "unknown.proto";
 }
 
@@ -198,7 +217,7 @@ class FileGen {
 }
 
 /** Names the generated code imports from the runtime. */
-const RUNTIME_NAMES = new Set(["wire", "MessageType", "MethodDefinition", "ServiceDefinition", "Client", "ServiceImplementation"]);
+const RUNTIME_NAMES = new Set(["wire", "MessageType", "PartialMessage", "MethodDefinition", "ServiceDefinition", "Client", "ServiceImplementation"]);
 
 /**
  * Generates TypeScript for `files`. Returns a map from output path (relative, `.ts`) to
@@ -211,7 +230,7 @@ export function generate(files: string[], options?: GenerateOptions): Map<string
   const runtime = o.runtimeImport;
   const inputs = files.map((f) => resolvePath(f));
   const roots = [...includeDirs, ...inputs.map((f) => dirname(f))];
-  const root = loadRoot(inputs, includeDirs, "koala gen");
+  const root = loadRoot(inputs, includeDirs, "koala gen", true);
 
   const byFile = new Map<string, protobuf.ReflectionObject[]>();
   const collect = (ns: protobuf.NamespaceBase) => {
@@ -227,7 +246,7 @@ export function generate(files: string[], options?: GenerateOptions): Map<string
   collect(root);
 
   // The input files and, transitively, the files declaring a type they use.
-  const wanted = new Set(inputs.filter((f) => byFile.has(f)));
+  const wanted = new Set(inputs.map((f) => bundledInput(f) ?? f).filter((f) => byFile.has(f)));
   for (const file of wanted) {
     for (const o of byFile.get(file)!) {
       const used: (protobuf.ReflectionObject | null)[] = [];
@@ -268,7 +287,7 @@ export function generate(files: string[], options?: GenerateOptions): Map<string
     for (const o of objects) {
       if (o instanceof protobuf.Service) genService(g, o);
     }
-    const source = file === WKT_FILE ? "the well-known types (google/protobuf/*.proto)" : relative(roots.find((r) => file.startsWith(r + "/")) ?? dirname(file), file);
+    const source = isAbsolute(file) ? relative(roots.find((r) => file.startsWith(r + "/")) ?? dirname(file), file) : file;
     const header = `// Generated by koala gen from ${source}. Do not edit.`;
     result.set(out, g.render(header));
   }
@@ -283,6 +302,28 @@ function genEnum(g: FileGen, e: protobuf.Enum): void {
   g.lines.push("}", "");
 }
 
+/** The features protobufjs resolved for an object (proto2 / proto3 are mapped to their editions equivalents). */
+function features(o: protobuf.ReflectionObject): Record<string, string | undefined> {
+  return (o as unknown as { _features?: Record<string, string> })._features ?? {};
+}
+
+/**
+ * protoc's lowerCamelCase name of a field (its JSON name unless `json_name` says otherwise):
+ * underscores dropped, the character after each one upper-cased — `field__name4_` → `fieldName4`.
+ */
+export function protoCamelCase(name: string): string {
+  let out = "";
+  let upper = false;
+  for (const ch of name) {
+    if (ch === "_") upper = true;
+    else {
+      out += upper ? ch.toUpperCase() : ch;
+      upper = false;
+    }
+  }
+  return out;
+}
+
 interface FieldInfo {
   f: protobuf.Field;
   name: string;
@@ -290,12 +331,36 @@ interface FieldInfo {
   scalar: Scalar | undefined;
   message: protobuf.Type | undefined;
   enumRef: string | undefined;
+  /** The values of a closed enum (proto2, `enum_type = CLOSED`): others go to the unknown fields. */
+  closed: number[] | undefined;
   typeRef: string;
   repeated: boolean;
   packed: boolean;
+  /** Tag-delimited encoding (a proto2 group, editions `DELIMITED`). */
+  group: boolean;
+  required: boolean;
   map: protobuf.MapField | undefined;
   optional: boolean;
   oneof: string | undefined;
+  /** The `[default = …]` of a proto2 field, as a TypeScript expression. */
+  explicitDefault: string | undefined;
+  /** Name as written in the `.proto` (protoc's, for a group). */
+  protoName: string;
+  /** JSON name. */
+  jsonName: string;
+}
+
+function defaultExpr(f: protobuf.Field, s: Scalar, isEnum: boolean): string | undefined {
+  const d = (f.options as { default?: unknown } | undefined)?.default;
+  if (d === undefined) return undefined;
+  const v: unknown = f.typeDefault;
+  if (isEnum) return String(v);
+  if (s.ts === "bigint") return `${typeof v === "object" && v !== null ? String(v) : BigInt(v as number).toString()}n`;
+  if (s.ts === "boolean") return String(v === true);
+  if (s.ts === "string") return JSON.stringify(v);
+  if (s.write === "bytes") return `new ${gl("Uint8Array")}([${[...(v as Uint8Array)].join(", ")}])`;
+  const n = v as number;
+  return Number.isNaN(n) ? "NaN" : n === Infinity ? "Infinity" : n === -Infinity ? "-Infinity" : Object.is(n, -0) ? "-0" : String(n);
 }
 
 function fieldInfo(g: FileGen, f: protobuf.Field): FieldInfo {
@@ -303,33 +368,52 @@ function fieldInfo(g: FileGen, f: protobuf.Field): FieldInfo {
   const rt = f.resolvedType;
   const message = rt instanceof protobuf.Type ? rt : undefined;
   const isEnum = rt instanceof protobuf.Enum;
-  const scalar = message ? undefined : isEnum ? ENUM_SCALAR : SCALARS[f.type];
+  let scalar = message ? undefined : isEnum ? ENUM_SCALAR : SCALARS[f.type];
   if (!message && !scalar) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `koala gen: field ${f.fullName.slice(1)} has unsupported type ${f.type}`);
-  if (f.delimited) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `koala gen: field ${f.fullName.slice(1)} is a group (delimited encoding), which koala does not support`);
+  if (scalar?.write === "string" && features(f).utf8_validation === "NONE") scalar = { ...scalar, read: "stringLax" };
+  const map = f instanceof protobuf.MapField ? f : undefined;
   const oneofObj = f.partOf;
   const synthetic = oneofObj !== null && oneofObj.isProto3Optional;
   const enumRef = isEnum ? g.ref(rt!) : undefined;
+  // protoc names a proto2 group's field after its type, all lower case.
+  const protoName = message !== undefined && f.delimited && f.name.toLowerCase() === message.name.toLowerCase() ? f.name.toLowerCase() : f.name;
+  const jsonName = (f.options as { json_name?: string } | undefined)?.json_name ?? protoCamelCase(protoName);
+  const closed = isEnum && features(rt!).enum_type === "CLOSED" ? [...new Set(Object.values((rt as protobuf.Enum).values))].sort((a, b) => a - b) : undefined;
   return {
     f,
-    // Bundled well-known types keep their snake_case names (Any.type_url); .proto text is camelCased on parsing.
-    name: protobuf.util.camelCase(f.name),
+    name: protoCamelCase(protoName),
+    protoName,
+    jsonName,
     number: f.id,
     scalar,
     message,
     enumRef,
+    closed,
     typeRef: message ? g.ref(message) : (enumRef ?? scalar!.ts),
     repeated: f.repeated,
     packed: f.packed,
-    map: f instanceof protobuf.MapField ? f : undefined,
+    // Map entries are length-prefixed whatever the file's features say.
+    group: message !== undefined && map === undefined && f.delimited,
+    required: f.required,
+    map,
     // Explicit presence (proto3 `optional`, proto2 `optional` / `required`); message fields are handled apart.
-    optional: synthetic || (oneofObj === null && !message && !f.repeated && !(f instanceof protobuf.MapField) && f.hasPresence),
-    oneof: oneofObj !== null && !synthetic ? protobuf.util.camelCase(oneofObj.name) : undefined,
+    optional: synthetic || (oneofObj === null && !message && !f.repeated && map === undefined && f.hasPresence),
+    oneof: oneofObj !== null && !synthetic ? protoCamelCase(oneofObj.name) : undefined,
+    explicitDefault: scalar && !f.repeated && !map && oneofObj === null ? defaultExpr(f, scalar, isEnum) : undefined,
   };
 }
 
 function tagBytes(n: number, wt: number): number {
-  const v = (n << 3) | wt;
+  const v = n * 8 + wt;
   return v < 0x80 ? 1 : v < 0x4000 ? 2 : v < 0x200000 ? 3 : v < 0x10000000 ? 4 : 5;
+}
+
+/** A condition true when `v` is one of a closed enum's values. */
+function knownEnum(values: number[], v: string): string {
+  const lo = values[0]!;
+  const hi = values[values.length - 1]!;
+  if (hi - lo + 1 === values.length) return lo === hi ? `${v} === ${lo}` : `${v} >= ${lo} && ${v} <= ${hi}`;
+  return values.map((x) => `${v} === ${x}`).join(" || ");
 }
 
 function mapKeyScalar(m: protobuf.MapField): Scalar {
@@ -378,9 +462,14 @@ function genMessage(g: FileGen, t: protobuf.Type): void {
       const cases = oneofs.get(fi.oneof)!.map((o) => `{ case: "${o.name}"; value: ${o.typeRef} }`);
       g.lines.push(`  ${fi.oneof}: ${cases.join(" | ")} | { case: undefined; value?: undefined };`);
     } else if (fi.message && !fi.repeated && !fi.map) g.lines.push(`  ${fi.name}?: ${fi.typeRef} | undefined;`);
-    else if (fi.optional) g.lines.push(`  ${fi.name}?: ${fi.typeRef} | undefined;`);
+    else if (fi.explicitDefault !== undefined) {
+      g.lines.push(`  /** \`[default = ${fi.explicitDefault}]\`: an unset field reads as that (from the prototype); set means an own property. */`);
+      g.lines.push(`  ${fi.name}: ${fi.typeRef};`);
+    } else if (fi.optional) g.lines.push(`  ${fi.name}?: ${fi.typeRef} | undefined;`);
     else g.lines.push(`  ${fi.name}: ${valueTs(fi)};`);
   }
+  g.lines.push(`  /** Fields this type does not declare (newer fields, extensions), kept from decoding and written back when encoding. */`);
+  g.lines.push(`  $unknown?: ${gl("Uint8Array")}[];`);
   g.lines.push("}", "");
 
   // Defaults used by create() and read().
@@ -392,47 +481,108 @@ function genMessage(g: FileGen, t: protobuf.Type): void {
       seenOneofs.add(fi.oneof);
     } else if (fi.map) defaults.push(`${fi.name}: {}`);
     else if (fi.repeated) defaults.push(`${fi.name}: []`);
+    else if (fi.explicitDefault !== undefined) continue;
     else if (fi.message || fi.optional) defaults.push(`${fi.name}: undefined`);
     else defaults.push(`${fi.name}: ${fi.scalar!.def}`);
   }
+  const explicit = fields.filter((fi) => fi.explicitDefault !== undefined);
+  const required = fields.filter((fi) => fi.required);
+  // Unset fields with a `[default]` read it from the prototype, as in @bufbuild/protobuf.
+  const fresh = explicit.length > 0 ? `${gl("Object")}.assign(${gl("Object")}.create(${name}.defaults) as ${name}, { ${defaults.join(", ")} })` : `{ ${defaults.join(", ")} }`;
 
   const S: string[] = []; // sizeOf body
   const W: string[] = []; // write body
   const R: string[] = []; // read cases
-  for (const fi of fields) genField(fi, S, W, R);
+  for (const fi of fields) {
+    if (fi.oneof === undefined) genField(fi, S, W, R);
+    else if (fi === oneofs.get(fi.oneof)![0]) {
+      // One switch per oneof on its case, instead of a test per member.
+      const s: string[] = [];
+      const w: string[] = [];
+      for (const member of oneofs.get(fi.oneof)!) genField(member, s, w, R);
+      const prefix = (member: FieldInfo) => `if (m.${fi.oneof}?.case === "${member.name}") `;
+      const cases = (lines: string[]) => lines.map((l, i) => `  case "${oneofs.get(fi.oneof!)![i]!.name}": ${l.slice(prefix(oneofs.get(fi.oneof!)![i]!).length)} break;`);
+      S.push(`switch (m.${fi.oneof}?.case) {`, ...cases(s), `}`);
+      W.push(`switch (m.${fi.oneof}?.case) {`, ...cases(w), `}`);
+    }
+  }
+  // Tags are constants: one byte written as such, longer ones as their varint value.
+  for (let i = 0; i < W.length; i++) W[i] = W[i]!.replace(/\.tag\((\d+), (\d)\)/g, (_, f: string, t: string) => (Number(f) * 8 + Number(t) < 0x80 ? `.byte(${Number(f) * 8 + Number(t)})` : `.uint32(${Number(f) * 8 + Number(t)})`));
+  S.push(`if (m.$unknown !== undefined) n += ${WIRE}.unknownSize(m.$unknown);`);
+  W.push(`if (m.$unknown !== undefined) w.unknown(m.$unknown);`);
+  // Required fields: one cheap test on the way, the list of the missing ones only on failure.
+  const missing = (decoding: boolean) =>
+    `if (${required.map((fi) => (fi.explicitDefault !== undefined ? `!${gl("Object")}.hasOwn(m, "${fi.name}")` : `m.${fi.name} === undefined`)).join(" || ")}) ${WIRE}.missingRequired("${t.fullName.slice(1)}", m, [${required.map((fi) => `"${fi.name}"`).join(", ")}], ${decoding});`;
+  if (required.length > 0) S.unshift(missing(false));
 
   g.lines.push(`/** Encoding, decoding and defaults of {@link ${name}}. */`);
-  g.lines.push(`export const ${name}: ${rt("MessageType")}<${name}> = {`);
+  g.lines.push(`export const ${name}: ${rt("MessageType")}<${name}>${explicit.length > 0 ? ` & { readonly defaults: { ${explicit.map((fi) => `readonly ${fi.name}: ${fi.typeRef}`).join("; ")} } }` : ""} = {`);
   g.lines.push(`  typeName: "${t.fullName.slice(1)}",`);
-  g.lines.push(`  create(init?: ${gl("Partial")}<${name}>): ${name} {`);
-  g.lines.push(`    const m: ${name} = { ${defaults.join(", ")} };`);
+  g.lines.push(`  fields: [`, ...fields.map((fi) => `    ${fieldDesc(fi)},`), `  ],`);
+  if (explicit.length > 0) g.lines.push(`  defaults: { ${explicit.map((fi) => `${fi.name}: ${fi.explicitDefault}`).join(", ")} },`);
+  g.lines.push(`  create(init?: ${rt("PartialMessage")}<${name}>): ${name} {`);
+  g.lines.push(`    const m: ${name} = ${fresh};`);
   g.lines.push(`    if (init !== undefined) {`);
   seenOneofs.clear();
   for (const fi of fields) {
     if (fi.oneof) {
       if (seenOneofs.has(fi.oneof)) continue;
       seenOneofs.add(fi.oneof);
-      g.lines.push(`      if (init.${fi.oneof} !== undefined) m.${fi.oneof} = init.${fi.oneof};`);
-    } else if (fi.message && !fi.repeated && !fi.map) {
-      g.lines.push(`      if (init.${fi.name} !== undefined) m.${fi.name} = ${fi.typeRef}.create(init.${fi.name});`);
+      const msgCases = oneofs.get(fi.oneof)!.filter((o) => o.message);
+      if (msgCases.length === 0) g.lines.push(`      if (init.${fi.oneof} !== undefined) m.${fi.oneof} = init.${fi.oneof};`);
+      else {
+        g.lines.push(`      const ${fi.oneof}$ = init.${fi.oneof};`);
+        g.lines.push(`      if (${fi.oneof}$ !== undefined) {`);
+        g.lines.push(`        switch (${fi.oneof}$.case) {`);
+        for (const o of msgCases) g.lines.push(`          case "${o.name}": m.${fi.oneof} = { case: "${o.name}", value: ${o.typeRef}.create(${fi.oneof}$.value) }; break;`);
+        g.lines.push(`          default: m.${fi.oneof} = ${fi.oneof}$ as ${name}[${JSON.stringify(fi.oneof)}];`);
+        g.lines.push(`        }`, `      }`);
+      }
+    } else if (fi.message && !fi.map) {
+      if (fi.repeated) g.lines.push(`      if (init.${fi.name} !== undefined) m.${fi.name} = init.${fi.name}.map((v) => ${fi.typeRef}.create(v));`);
+      else g.lines.push(`      if (init.${fi.name} !== undefined) m.${fi.name} = ${fi.typeRef}.create(init.${fi.name});`);
+    } else if (fi.message && fi.map) {
+      g.lines.push(`      if (init.${fi.name} !== undefined) for (const [k, v] of ${gl("Object")}.entries(init.${fi.name})) ${WIRE}.setEntry(m.${fi.name}, k, ${fi.typeRef}.create(v));`);
     } else g.lines.push(`      if (init.${fi.name} !== undefined) m.${fi.name} = init.${fi.name};`);
   }
+  g.lines.push(`      if (init.$unknown !== undefined) m.$unknown = init.$unknown;`);
   g.lines.push(`    }`, `    return m;`, `  },`);
   const usesC = S.some((l) => l.includes("c."));
-  g.lines.push(`  sizeOf(${S.length ? "m" : "_m"}: ${name}, ${usesC ? "c" : "_c"}: ${WIRE}.SizeCounter): number {`);
+  g.lines.push(`  sizeOf(m: ${name}, ${usesC ? "c" : "_c"}: ${WIRE}.SizeCounter): number {`);
   g.lines.push(`    let n = 0;`, ...S.map((l) => `    ${l}`), `    return n;`, `  },`);
-  g.lines.push(`  write(${W.length ? "m" : "_m"}: ${name}, ${W.length ? "w" : "_w"}: ${WIRE}.ProtoWriter): void {`, ...W.map((l) => `    ${l}`), `  },`);
-  g.lines.push(`  read(r: ${WIRE}.ProtoReader, end: number): ${name} {`);
-  g.lines.push(`    const m: ${name} = { ${defaults.join(", ")} };`);
+  g.lines.push(`  write(m: ${name}, w: ${WIRE}.ProtoWriter): void {`, ...W.map((l) => `    ${l}`), `  },`);
+  g.lines.push(`  read(r: ${WIRE}.ProtoReader, end: number, into?: ${name}, group?: number): ${name} {`);
+  g.lines.push(`    const m: ${name} = into ?? ${fresh};`);
   g.lines.push(`    while (r.pos < end) {`);
+  g.lines.push(`      const p = r.pos;`);
   g.lines.push(`      const t = r.tag();`);
   if (R.length > 0) {
     g.lines.push(`      switch (t >>> 3) {`, ...R.map((l) => `        ${l}`), `      }`);
   }
-  g.lines.push(`      r.skip(t & 7, t >>> 3);`, `    }`, `    return m;`, `  },`);
-  g.lines.push(`  encode(m: ${name}): ${gl("Uint8Array")} {`, `    return ${WIRE}.encodeToBytes(${name}, m);`, `  },`);
+  // The end tag of the group being read (any other end tag is malformed).
+  g.lines.push(`      if ((t & 7) === 4) {`, `        r.endGroup(t, group);`, `        group = undefined;`, `        break;`, `      }`);
+  g.lines.push(`      r.unknown(m, t, p);`, `    }`, `    if (group !== undefined) r.unterminated(group);`);
+  if (required.length > 0) g.lines.push(`    ${missing(true)}`);
+  g.lines.push(`    return m;`, `  },`);
+  g.lines.push(`  encode(m: ${rt("PartialMessage")}<${name}>): ${gl("Uint8Array")} {`, `    return ${WIRE}.encodeToBytes(${name}, m as ${name});`, `  },`);
   g.lines.push(`  decode(bytes: ${gl("Uint8Array")}): ${name} {`, `    return ${WIRE}.decodeWith(${name}, bytes);`, `  },`);
+  g.lines.push(`  toJson(m: ${name}, options?: ${WIRE}.ToJsonOptions): ${WIRE}.JsonValue {`, `    return ${WIRE}.toJson(${name}, m, options);`, `  },`);
+  g.lines.push(`  fromJson(json: ${WIRE}.JsonValue, options?: ${WIRE}.FromJsonOptions): ${name} {`, `    return ${WIRE}.fromJson(${name}, json, options);`, `  },`);
   g.lines.push(`};`, "");
+}
+
+/** The field's entry in the generated `fields` table (see FieldDesc). */
+function fieldDesc(fi: FieldInfo): string {
+  const f = fi.f;
+  const parts = [`no: ${fi.number}`, `name: "${fi.name}"`, `json: ${JSON.stringify(fi.jsonName)}`, `proto: "${fi.protoName}"`];
+  if (fi.message) parts.push(`kind: "message"`, `T: () => ${fi.typeRef}`);
+  else if (fi.enumRef) parts.push(`kind: "enum"`, `T: () => ${fi.enumRef}`, `enumType: "${f.resolvedType!.fullName.slice(1)}"`);
+  else parts.push(`kind: "scalar"`, `type: "${f.type}"`);
+  if (fi.map) parts.push(`map: "${fi.map.keyType}"`);
+  else if (fi.repeated) parts.push(`repeated: true`);
+  if (fi.oneof) parts.push(`oneof: "${fi.oneof}"`);
+  if (fi.optional || fi.explicitDefault !== undefined) parts.push(`opt: true`);
+  return `{ ${parts.join(", ")} }`;
 }
 
 function genField(fi: FieldInfo, S: string[], W: string[], R: string[]): void {
@@ -442,22 +592,32 @@ function genField(fi: FieldInfo, S: string[], W: string[], R: string[]): void {
   const guardOneof = fi.oneof ? `m.${fi.oneof}?.case === "${fi.name}"` : undefined;
   if (fi.message) {
     const T = fi.typeRef;
-    const tb = tagBytes(n, 2);
+    // A length-prefixed message counts a slot for its length; a group is framed by start and end tags.
+    const sizeOne = (v: string) =>
+      fi.group
+        ? `{ c.enter(); n += ${2 * tagBytes(n, 3)} + ${T}.sizeOf(${v}, c); c.leave(); }`
+        : `{ const i = c.nested(); const s = ${T}.sizeOf(${v}, c); c.done(i, s); n += ${tagBytes(n, 2)} + ${WIRE}.varint32Size(s) + s; }`;
+    const writeOne = (v: string) => (fi.group ? `{ w.tag(${n}, 3); ${T}.write(${v}, w); w.tag(${n}, 4); }` : `{ w.tag(${n}, 2).uint32(w.nextSize()); ${T}.write(${v}, w); }`);
+    // Occurrences of a singular message field merge into one (the protobuf spec), in a oneof too.
+    const readOne = (into: string) => (fi.group ? `{ r.enterGroup(); const v = ${T}.read(r, end, ${into}, ${n});` : `{ const e = r.enter(); const v = ${T}.read(r, e, ${into}); r.leave(e);`);
+    const wt = fi.group ? 3 : 2;
     if (fi.repeated) {
-      S.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) { const i = c.slot(); const s = ${T}.sizeOf(v, c); c.setSlot(i, s); n += ${tb} + ${WIRE}.varint32Size(s) + s; }`);
-      W.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) { w.tag(${n}, 2).uint32(w.nextSize()); ${T}.write(v, w); }`);
-      R.push(`case ${n}: if ((t & 7) === 2) { const e = r.enter(); m.${fi.name}.push(${T}.read(r, e)); r.leave(e); continue; } break;`);
+      S.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) ${sizeOne("v")}`);
+      W.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) ${writeOne("v")}`);
+      R.push(`case ${n}: if ((t & 7) === ${wt}) ${readOne("undefined")} m.${fi.name}.push(v); continue; } break;`);
     } else {
       const cond = guardOneof ?? `${acc} !== undefined`;
-      S.push(`if (${cond}) { const i = c.slot(); const s = ${T}.sizeOf(${acc}, c); c.setSlot(i, s); n += ${tb} + ${WIRE}.varint32Size(s) + s; }`);
-      W.push(`if (${cond}) { w.tag(${n}, 2).uint32(w.nextSize()); ${T}.write(${acc}, w); }`);
-      const assign = fi.oneof ? `m.${fi.oneof} = { case: "${fi.name}", value: ${T}.read(r, e) }` : `m.${fi.name} = ${T}.read(r, e)`;
-      R.push(`case ${n}: if ((t & 7) === 2) { const e = r.enter(); ${assign}; r.leave(e); continue; } break;`);
+      S.push(`if (${cond}) ${sizeOne(acc)}`);
+      W.push(`if (${cond}) ${writeOne(acc)}`);
+      const into = fi.oneof ? `m.${fi.oneof}.case === "${fi.name}" ? m.${fi.oneof}.value : undefined` : `m.${fi.name}`;
+      const assign = fi.oneof ? `m.${fi.oneof} = { case: "${fi.name}", value: v }` : `m.${fi.name} = v`;
+      R.push(`case ${n}: if ((t & 7) === ${wt}) ${readOne(into)} ${assign}; continue; } break;`);
     }
     return;
   }
   const s = fi.scalar!;
   const tb = tagBytes(n, s.wt);
+  const read = fi.enumRef ? `r.${s.read}() as ${fi.enumRef}` : `r.${s.read}()`;
   if (fi.repeated) {
     if (s.packable && fi.packed) {
       const ptb = tagBytes(n, 2);
@@ -466,27 +626,39 @@ function genField(fi: FieldInfo, S: string[], W: string[], R: string[]): void {
       S.push(`if (m.${fi.name} !== undefined && m.${fi.name}.length > 0) { const i = c.slot(); ${total} c.setSlot(i, l); n += ${ptb} + ${WIRE}.varint32Size(l) + l; }`);
       W.push(`if (m.${fi.name} !== undefined && m.${fi.name}.length > 0) { w.tag(${n}, 2).uint32(w.nextSize()); for (const v of m.${fi.name}) w.${s.write}(v); }`);
     } else {
-      S.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) n += ${tb} + ${s.size("v")};`);
+      const each = s.size("v");
+      S.push(/^\d+$/.test(each) ? `if (m.${fi.name} !== undefined) n += m.${fi.name}.length * ${tb + Number(each)};` : `if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) n += ${tb} + ${each};`);
       W.push(`if (m.${fi.name} !== undefined) for (const v of m.${fi.name}) w.tag(${n}, ${s.wt}).${s.write}(v);`);
     }
-    // A packable field is read in either form, whichever the writer chose.
-    if (s.packable) {
+    if (fi.closed) {
+      // A value a closed enum does not know goes to the unknown fields, one varint field each.
+      const one = `{ const v = r.int32(); if (${knownEnum(fi.closed, "v")}) m.${fi.name}.push(v as ${fi.enumRef}); else r.keepVarint(m, ${n}, v); }`;
+      R.push(`case ${n}: if ((t & 7) === 2) { const e = r.lengthEnd(); while (r.pos < e) ${one} r.expectEnd(e); continue; } if ((t & 7) === 0) ${one.slice(0, -1)} continue; } break;`);
+    } else if (s.packable) {
+      // A packable field is read in either form, whichever the writer chose.
       R.push(
-        `case ${n}: if ((t & 7) === 2) { const e = r.lengthEnd(); while (r.pos < e) m.${fi.name}.push(r.${s.read}()); r.expectEnd(e); continue; } if ((t & 7) === ${s.wt}) { m.${fi.name}.push(r.${s.read}()); continue; } break;`,
+        `case ${n}: if ((t & 7) === 2) { const e = r.lengthEnd(); while (r.pos < e) m.${fi.name}.push(${read}); r.expectEnd(e); continue; } if ((t & 7) === ${s.wt}) { m.${fi.name}.push(${read}); continue; } break;`,
       );
     } else {
-      R.push(`case ${n}: if ((t & 7) === ${s.wt}) { m.${fi.name}.push(r.${s.read}()); continue; } break;`);
+      R.push(`case ${n}: if ((t & 7) === ${s.wt}) { m.${fi.name}.push(${read}); continue; } break;`);
     }
     return;
   }
   // Encoders accept partial messages (a handler may return `{ message }` alone): absent = default.
-  const cond = guardOneof ?? (fi.optional ? `${acc} !== undefined` : `${acc} !== undefined && !(${s.isDefault(acc)})`);
-  const val = fi.oneof ? `(${acc} as ${fi.typeRef})` : fi.optional ? `${acc}!` : acc;
+  const cond =
+    guardOneof ??
+    (fi.explicitDefault !== undefined
+      ? `${gl("Object")}.hasOwn(m, "${fi.name}") && ${acc} !== undefined`
+      : fi.optional
+        ? `${acc} !== undefined`
+        : `${acc} !== undefined && !(${s.isDefault(acc)})`);
+  const val = fi.oneof ? `(${acc} as ${fi.typeRef})` : fi.optional && fi.explicitDefault === undefined ? `${acc}!` : acc;
   S.push(`if (${cond}) n += ${tb} + ${s.size(val)};`);
   W.push(`if (${cond}) w.tag(${n}, ${s.wt}).${s.write}(${val});`);
-  const read = fi.enumRef ? `r.${s.read}() as ${fi.enumRef}` : `r.${s.read}()`;
-  const assign = fi.oneof ? `m.${fi.oneof} = { case: "${fi.name}", value: ${read} }` : `m.${fi.name} = ${read}`;
-  R.push(`case ${n}: if ((t & 7) === ${s.wt}) { ${assign}; continue; } break;`);
+  const assign = (v: string) => (fi.oneof ? `m.${fi.oneof} = { case: "${fi.name}", value: ${v} }` : `m.${fi.name} = ${v}`);
+  if (fi.closed) {
+    R.push(`case ${n}: if ((t & 7) === 0) { const v = r.int32(); if (${knownEnum(fi.closed, "v")}) ${assign(`v as ${fi.enumRef}`)}; else r.keep(m, p); continue; } break;`);
+  } else R.push(`case ${n}: if ((t & 7) === ${s.wt}) { ${assign(read)}; continue; } break;`);
 }
 
 function genMap(fi: FieldInfo, S: string[], W: string[], R: string[]): void {
@@ -501,32 +673,37 @@ function genMap(fi: FieldInfo, S: string[], W: string[], R: string[]): void {
   // A string key may be "__proto__": set through the runtime so it stays an ordinary entry.
   const store = (value: string) => (k.ts === "string" ? `${WIRE}.setEntry(m.${fi.name}, key, ${value});` : `m.${fi.name}[${keyProp}] = ${value};`);
   const entries = `${gl("Object")}.entries(m.${fi.name} ?? {})`;
-  // The size pass does not need the key when its size is fixed (bool keys).
-  const sizeEntry = /\bk\b/.test(k.size(key)) ? "[k, v]" : "[, v]";
+  // The size pass names only what it uses (a bool key or a fixed-size value has a fixed size).
+  const pattern = (...sizes: string[]) => {
+    const useK = sizes.some((x) => /\bk\b/.test(x));
+    const useV = sizes.some((x) => /\bv\b/.test(x));
+    return useK && useV ? "[k, v]" : useK ? "[k]" : useV ? "[, v]" : "[]";
+  };
   if (fi.message) {
     const T = fi.typeRef;
     S.push(
-      `for (const ${sizeEntry} of ${entries}) { const i = c.slot(); const s = ${T}.sizeOf(v, c); c.setSlot(i, s); const e = ${ktb} + ${k.size(key)} + 1 + ${WIRE}.varint32Size(s) + s; n += ${ptb} + ${WIRE}.varint32Size(e) + e; }`,
+      `for (const [${/\bk\b/.test(k.size(key)) ? "k" : ""}, v] of ${entries}) { const i = c.nested(); const s = ${T}.sizeOf(v, c); c.done(i, s); const e = ${ktb} + ${k.size(key)} + 1 + ${WIRE}.varint32Size(s) + s; n += ${ptb} + ${WIRE}.varint32Size(e) + e; }`,
     );
     W.push(
       `for (const [k, v] of ${entries}) { const s = w.nextSize(); const e = ${ktb} + ${k.size(key)} + 1 + ${WIRE}.varint32Size(s) + s; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, 2).uint32(s); ${T}.write(v, w); }`,
     );
     R.push(
-      `case ${n}: if ((t & 7) === 2) { const e = r.enter(); let key: ${k.ts} = ${keyDefault}; let value: ${T} | undefined; while (r.pos < e) { const u = r.tag(); if (u === ${(1 << 3) | k.wt}) key = r.${k.read}(); else if (u === ${(2 << 3) | 2}) { const f = r.enter(); value = ${T}.read(r, f); r.leave(f); } else r.skip(u & 7, u >>> 3); } r.leave(e); ${store(`value ?? ${T}.create()`)} continue; } break;`,
+      `case ${n}: if ((t & 7) === 2) { const e = r.lengthEnd(); let key: ${k.ts} = ${keyDefault}; let value: ${T} | undefined; while (r.pos < e) { const u = r.tag(); if (u === ${(1 << 3) | k.wt}) key = r.${k.read}(); else if (u === ${(2 << 3) | 2}) { const f = r.enter(); value = ${T}.read(r, f, value); r.leave(f); } else r.skip(u & 7, u >>> 3); } r.expectEnd(e); ${store(`value ?? ${T}.create()`)} continue; } break;`,
     );
     return;
   }
   const v = fi.scalar!;
   const sizeV = v.write === "bytes" ? (x: string) => `${WIRE}.bytesSize(${x})` : v.size;
   const vtb = tagBytes(2, v.wt);
-  S.push(`for (const ${sizeEntry} of ${entries}) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${v.size("v")}; n += ${ptb} + ${WIRE}.varint32Size(e) + e; }`);
+  const sizeExpr = `${ktb} + ${k.size(key)} + ${vtb} + ${v.size("v")}`;
+  S.push(`for (const ${pattern(k.size(key), v.size("v"))} of ${entries}) { const e = ${sizeExpr}; n += ${ptb} + ${WIRE}.varint32Size(e) + e; }`);
   W.push(
     `for (const [k, v] of ${entries}) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${sizeV("v")}; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, ${v.wt}).${v.write}(v); }`,
   );
   const vts = fi.enumRef ?? v.ts;
   const read = fi.enumRef ? `r.${v.read}() as ${fi.enumRef}` : `r.${v.read}()`;
   R.push(
-    `case ${n}: if ((t & 7) === 2) { const e = r.enter(); let key: ${k.ts} = ${keyDefault}; let value: ${vts} = ${v.def}; while (r.pos < e) { const u = r.tag(); if (u === ${(1 << 3) | k.wt}) key = r.${k.read}(); else if (u === ${(2 << 3) | v.wt}) value = ${read}; else r.skip(u & 7, u >>> 3); } r.leave(e); ${store("value")} continue; } break;`,
+    `case ${n}: if ((t & 7) === 2) { const e = r.lengthEnd(); let key: ${k.ts} = ${keyDefault}; let value: ${vts} = ${v.def}; while (r.pos < e) { const u = r.tag(); if (u === ${(1 << 3) | k.wt}) key = r.${k.read}(); else if (u === ${(2 << 3) | v.wt}) value = ${read}; else r.skip(u & 7, u >>> 3); } r.expectEnd(e); ${store("value")} continue; } break;`,
   );
 }
 

@@ -11,8 +11,8 @@ import { join } from "node:path";
 import fc from "fast-check";
 import protobuf from "protobufjs";
 import { KoalaError } from "../../src/errors.js";
-import type { MessageType } from "../../src/rpc/definition.js";
-import { ProtoReader, decodeWith } from "../../src/rpc/wire/reader.js";
+import type { MessageType } from "../../src/proto/definition.js";
+import { ProtoReader, decodeWith } from "../../src/proto/wire/reader.js";
 import {
   ProtoWriter,
   SizeCounter,
@@ -23,13 +23,13 @@ import {
   stringSize,
   varint32Size,
   varint64Size,
-} from "../../src/rpc/wire/writer.js";
+} from "../../src/proto/wire/writer.js";
 import { Everything, Everything_Nested, Everything_Nested_Level } from "../golden/everything.js";
 import { Color, Money } from "../golden/shared/common.js";
-import { Timestamp } from "../golden/google/protobuf/wkt.js";
+import { Timestamp } from "../golden/google/protobuf/timestamp.js";
 import { Legacy } from "../golden/edge/legacy.js";
 import { Object as ObjectMessage, String as StringMessage } from "../golden/edge/names.js";
-import { ListValue, Struct, Value } from "../golden/edge/google/protobuf/wkt.js";
+import { ListValue, Struct, Value } from "../golden/edge/google/protobuf/struct.js";
 import { thrownCode } from "../helpers.js";
 
 const root = new URL("../..", import.meta.url).pathname;
@@ -329,13 +329,21 @@ test("proto2: presence, unpacked and packed repeated fields, as protobufjs encod
   assert.is(back.name, "");
   assert.equal(back.unpacked, [1, -1, 300]);
   assert.equal(back.packed, [-2, 2]);
-  const absent = Legacy.decode(new Uint8Array(0));
-  assert.is(absent.count, undefined, "absent stays absent (the [default = 5] is not applied)");
-  assert.is(absent.name, undefined, "a missing required field is not an error");
+  const absent = Legacy.decode(new Uint8Array([0x12, 0x00]));
+  assert.is(absent.count, 5, "an absent field reads as its [default = 5]");
+  assert.not.ok(Object.hasOwn(absent, "count"), "... and stays absent");
+  assert.is(Legacy.encode(absent).byteLength, 2, "an absent field with a default is not encoded");
+  assert.is(Legacy.defaults.count, 5);
+  // A missing required field is an error both ways.
+  assert.throws(() => Legacy.decode(new Uint8Array(0)), (e: unknown) => isProtocolError(e) && /edge\.legacy\.Legacy: required field name not set/.test((e as Error).message));
+  assert.is(thrownCode(() => Legacy.encode({})), "KOALA_ERR_INVALID_ARGUMENT");
   // A proto2 field declared unpacked is still read when a writer packs it.
-  assert.equal(Legacy.decode(protobuf.Writer.create().uint32((3 << 3) | 2).fork().int32(7).int32(8).ldelim().finish()).unpacked, [7, 8]);
-  // Extension fields are skipped on decode.
-  assert.is(Legacy.decode(protobuf.Writer.create().uint32((100 << 3) | 0).int32(9).uint32((2 << 3) | 2).string("x").finish()).name, "x");
+  assert.equal(Legacy.decode(protobuf.Writer.create().uint32((3 << 3) | 2).fork().int32(7).int32(8).ldelim().uint32((2 << 3) | 2).string("").finish()).unpacked, [7, 8]);
+  // Extension fields are kept as unknown fields and written back.
+  const ext = protobuf.Writer.create().uint32((100 << 3) | 0).int32(9).uint32((2 << 3) | 2).string("x").finish();
+  const withExt = Legacy.decode(ext);
+  assert.is(withExt.name, "x");
+  assert.is(hex(Legacy.encode(withExt)), hex(Uint8Array.from([0x12, 0x01, 0x78, 0xa0, 0x06, 0x09])), "known fields first, then the unknown ones as they came");
 });
 
 test("Struct, Value and ListValue (recursive oneofs in maps) match protobufjs", () => {
@@ -455,9 +463,9 @@ test("malformed input throws KOALA_ERR_PROTOCOL with the reason", () => {
     ["nested length past the end", [0x92, 0x01, 0x09, 0x0a, 0x01], /runs past the end/],
     ["wire type 6", [0x0e], /invalid wire type 6/],
     ["wire type 7", [0xbf, 0x06], /invalid wire type 7/],
-    ["end group without a start", [0x0c], /invalid wire type 4/],
+    ["end group without a start", [0x0c], /end-group tag of field 1 outside any group/],
     ["unterminated group", [0xfb, 0x06, 0x08, 0x01], /unterminated group/],
-    ["mismatched group end", [0xfb, 0x06, 0xfc, 0x07], /mismatched group end/],
+    ["mismatched group end", [0xfb, 0x06, 0xfc, 0x07], /group 111 ended by the end tag of field 127/],
     ["field number 0", [0x00, 0x01], /field number 0/],
     ["fixed64 cut short", [0x51, 1, 2, 3], /needs \d more bytes/],
     ["packed field overrunning its length", [0xa2, 0x01, 0x01, 0x80, 0x01], /packed field overran|truncated/],

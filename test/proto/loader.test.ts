@@ -7,11 +7,12 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { join } from "node:path";
 import * as loader from "@grpc/proto-loader";
-import { Code, KoalaError, RpcError, closeClient, createClient, createServer, fromPackageDefinition, loadProto } from "../../src/index.js";
-import { encodeMessage } from "../../src/rpc/wire/writer.js";
+import { fromPackageDefinition, loadProto } from "koala-rpc/proto-loader";
+import { Code, KoalaError, RpcError, closeClient, createClient, createServer } from "../../src/index.js";
+import { encodeMessage } from "../../src/proto/wire/writer.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { Everything, Everything_Nested } from "../golden/everything.js";
-import { echoImpl, observe } from "./echo-service.js";
+import { echoImpl, observe } from "../rpc/echo-service.js";
 import { thrownCode } from "../helpers.js";
 
 const root = new URL("../..", import.meta.url).pathname;
