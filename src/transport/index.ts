@@ -5,7 +5,7 @@
 import { log } from "../log.js";
 import { chooseTransport, registerTransport, resolveAddress, whyUnavailable } from "./registry.js";
 import { memoryTransport } from "./memory.js";
-import { rdmaTransport } from "./rdma.js";
+import { rdmaTransport } from "./rdma/transport.js";
 import { resolveTransportOptions } from "./options.js";
 import { tcpTransport, unixTransport } from "./socket.js";
 import type { Connection, Listener, TransportName, TransportOptions } from "./types.js";

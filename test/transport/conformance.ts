@@ -35,10 +35,12 @@ import {
 } from "../../src/transport/index.js";
 
 /** The transports the suite runs against. */
-export type ConformanceTransport = "tcp" | "unix" | "memory";
+export type ConformanceTransport = "tcp" | "unix" | "memory" | "rdma";
 
 /** Extra steps around the suite. */
 export interface ConformanceHooks {
+  /** Runs once before the first test (e.g. to select an RDMA provider). */
+  before?: () => void | Promise<void>;
   /** Runs once after the last test, even when tests failed (e.g. to remove a temporary folder). */
   after?: () => void | Promise<void>;
 }
@@ -272,7 +274,8 @@ async function echoTrip(c: Connection, what: string): Promise<void> {
  */
 export function conformanceSuite(name: ConformanceTransport, makeAddress: () => string, hooks: ConformanceHooks = {}): void {
   const s = suite(`transport conformance: ${name}`);
-  const sockets = name !== "memory";
+  /** The socket transports, whose raw sockets some tests poke at. */
+  const sockets = name === "tcp" || name === "unix";
   /** What the peer of a `close(reason)` sees (see the module comment). */
   const abortCodes = name === "unix" ? [RESET, PEER_CLOSED] : [RESET];
 
@@ -290,6 +293,10 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
       if (leak !== undefined) assert.unreachable(leak);
     });
   };
+
+  s.before(async () => {
+    await hooks.before?.();
+  });
 
   s.after(async () => {
     await hooks.after?.();
@@ -904,8 +911,8 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
     const asked = makeAddress();
     const l = await ctx.listen(undefined, asked);
     assert.is(l.transport, name);
-    if (name === "tcp") {
-      const m = /^tcp:\/\/127\.0\.0\.1:(\d+)$/.exec(l.address);
+    if (name === "tcp" || name === "rdma") {
+      const m = new RegExp(`^${name}://127\\.0\\.0\\.1:(\\d+)$`).exec(l.address);
       assert.ok(m !== null && Number(m[1]) > 0 && Number(m[1]) < 65536, `a real port: ${l.address}`);
     } else {
       assert.is(l.address, asked);
