@@ -65,3 +65,38 @@ export function selectRdma(env: NodeJS.ProcessEnv = process.env): RdmaSelection 
   const filter = env.KOALA_RDMA_DEVICES ? ` allowed by KOALA_RDMA_DEVICES=${env.KOALA_RDMA_DEVICES}` : "";
   return { config, provider, unavailable: `provider ${provider.name} has no active port${filter} (ports: ${seen.join(", ") || "none"})` };
 }
+
+/** What `koala info` shows about RDMA. */
+export interface RdmaInfo {
+  /** Every provider, with its devices when it is available. */
+  providers: { name: string; software: boolean; description: string; selected: boolean; available: boolean; reason?: string; devices: DeviceInfo[] }[];
+  /** The device and port the transport would use, e.g. `soft0:1`, with the provider. */
+  using?: string;
+  /** Why RDMA cannot be used (a bad variable included). */
+  unavailable?: string;
+  /** KOALA_RNDV_THRESH in force, in bytes. */
+  rndvThreshBytes?: number;
+  /** KOALA_RDMA_BUSY_POLL_US in force. */
+  busyPollUs?: number;
+}
+
+/** Providers, devices, ports and the selection, for `koala info`. */
+export function rdmaInfo(env: NodeJS.ProcessEnv = process.env): RdmaInfo {
+  let sel: RdmaSelection | undefined;
+  let error: string | undefined;
+  try {
+    sel = selectRdma(env);
+  } catch (err) {
+    error = (err as Error).message;
+  }
+  const list = verbsProviders().map((p) => {
+    const reason = p.unavailableReason();
+    const base = { name: p.name, software: p.software, description: p.description, selected: sel?.provider === p, available: reason === undefined, devices: reason === undefined ? p.devices() : [] };
+    return reason === undefined ? base : { ...base, reason };
+  });
+  if (sel === undefined) return { providers: list, unavailable: error };
+  const info: RdmaInfo = { providers: list, rndvThreshBytes: sel.config.rndvThreshBytes, busyPollUs: sel.config.busyPollUs };
+  if (sel.unavailable !== undefined) info.unavailable = sel.unavailable;
+  else info.using = `${sel.device!.name}:${sel.port} (provider ${sel.provider.name}${sel.provider.software ? ", a software provider" : ""})`;
+  return info;
+}

@@ -148,13 +148,9 @@ async function connectRdma(address: Address, options: ResolvedTransportOptions):
 /** The RDMA transport; unavailable (with the reason) when no provider has an active port. */
 export const rdmaTransport: Transport = {
   name: "rdma",
-  unavailableReason: (env = process.env) => {
-    try {
-      return selectRdma(env).unavailable;
-    } catch (err) {
-      return (err as Error).message;
-    }
-  },
+  // A bad RDMA variable throws (KOALA_ERR_INVALID_ARGUMENT naming it), also under `auto`:
+  // a typo must not turn into a silent fallback to TCP.
+  unavailableReason: (env = process.env) => selectRdma(env).unavailable,
   listen: listenRdma,
   connect: connectRdma,
 };
