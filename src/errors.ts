@@ -121,8 +121,13 @@ export type MetadataInit = Record<string, string | Uint8Array | readonly (string
 export class RpcError extends Error {
   /** gRPC status code. */
   readonly code: Code;
-  /** The message the failure was raised with, without the code prefix. */
+  /**
+   * The status text exactly as raised or as the server sent it, without the `[CODE] ` prefix
+   * that `message` adds; empty when the status carried none.
+   */
   readonly rawMessage: string;
+  /** The same status text as {@link rawMessage}, under the name grpc-js users know (`err.details`). */
+  readonly details: string;
   /** Trailing metadata the server attached to the failure (empty when none). */
   readonly metadata: MetadataInit;
 
@@ -130,6 +135,7 @@ export class RpcError extends Error {
     super(`[${codeName(code)}] ${message}`, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.rawMessage = message;
+    this.details = message;
     this.metadata = options?.metadata ?? {};
     Object.defineProperty(this, rpcBrand, { value: true });
   }
@@ -145,11 +151,19 @@ export class RpcError extends Error {
 
   /**
    * Turns anything thrown into an RpcError: an RpcError is returned as it is, a KoalaError is
-   * mapped by its code, an AbortError becomes CANCELLED, anything else UNKNOWN (or `fallback`).
+   * mapped by its code, an error with a numeric gRPC `code` (0–16, as grpc-js users throw:
+   * `{ code: status.NOT_FOUND, details: "…" }`) keeps that code and its `details` (or
+   * message), an AbortError becomes CANCELLED, anything else UNKNOWN (or `fallback`).
    */
   static from(reason: unknown, fallback: Code = Code.UNKNOWN): RpcError {
     if (reason instanceof RpcError) return reason;
     if (reason instanceof KoalaError) return new RpcError(codeForKoalaError(reason.code), reason.message, { cause: reason });
+    const numeric = grpcStyleCode(reason);
+    if (numeric !== undefined) {
+      const r = reason as { details?: unknown; message?: unknown };
+      const text = typeof r.details === "string" ? r.details : typeof r.message === "string" ? r.message : "";
+      return new RpcError(numeric, text, { cause: reason });
+    }
     if (reason instanceof Error) {
       if (reason.name === "AbortError") return new RpcError(Code.CANCELLED, reason.message, { cause: reason });
       if (reason.name === "TimeoutError") return new RpcError(Code.DEADLINE_EXCEEDED, reason.message, { cause: reason });
@@ -157,6 +171,18 @@ export class RpcError extends Error {
     }
     return new RpcError(fallback, String(reason), { cause: reason });
   }
+}
+
+/** The numeric gRPC code an error-like object carries in `code`, when it is one of 1–16. */
+function grpcStyleCode(reason: unknown): Code | undefined {
+  if (typeof reason !== "object" || reason === null) return undefined;
+  const code = (reason as { code?: unknown }).code;
+  return typeof code === "number" && Number.isInteger(code) && code >= 1 && code <= 16 ? (code as Code) : undefined;
+}
+
+/** A status code read from the wire: a known code as it is, anything else UNKNOWN (as gRPC clients do). */
+export function clampCode(code: number): Code {
+  return Number.isInteger(code) && code >= 0 && code <= 16 ? (code as Code) : Code.UNKNOWN;
 }
 
 /** The name of a status code (`"DEADLINE_EXCEEDED"`), or `"CODE_<n>"` for a number outside the table. */

@@ -3,7 +3,7 @@
  * call after a loss), multiplexes calls over it and runs keepalive; `createClient` builds a
  * typed client object from a service definition.
  */
-import { Code, ErrorCode, KoalaError, RpcError, type MetadataInit } from "../errors.js";
+import { Code, ErrorCode, KoalaError, RpcError, clampCode, type MetadataInit } from "../errors.js";
 import { log } from "../log.js";
 import { connect } from "../transport/index.js";
 import type { Connection } from "../transport/types.js";
@@ -66,7 +66,8 @@ interface PendingCall {
 class ClientConnection extends RpcEndpoint {
   private readonly calls = new Map<number, PendingCall>();
   private nextCallId = 1;
-  private readonly methodIds = new Map<string, number>();
+  /** Method ids by path; `announced` once a CALL defining it was handed to the transport. */
+  private readonly methodIds = new Map<string, { id: number; announced: boolean }>();
   /** Set by GOAWAY: no new calls go here. */
   draining = false;
   dead = false;
@@ -80,18 +81,26 @@ class ClientConnection extends RpcEndpoint {
     return !this.dead && !this.draining && !this.conn.isClosed && this.nextCallId < 0xffff_fff0;
   }
 
-  /** Registers a call; returns its id and the method id (with `define` true the first time the path is used here). */
+  /**
+   * Registers a call; returns its id and the method id, with `define` true until a CALL that
+   * names the path was actually sent ({@link announced}): a first call that fails before it is
+   * sent must not leave the method bound to an id the server never heard of.
+   */
   open(call: PendingCall, path: string): { callId: number; methodId: number; define: boolean } {
     const callId = this.nextCallId++;
     this.calls.set(callId, call);
-    let methodId = this.methodIds.get(path);
-    let define = false;
-    if (methodId === undefined) {
-      methodId = this.methodIds.size + 1;
-      this.methodIds.set(path, methodId);
-      define = true;
+    let m = this.methodIds.get(path);
+    if (m === undefined) {
+      m = { id: this.methodIds.size + 1, announced: false };
+      this.methodIds.set(path, m);
     }
-    return { callId, methodId, define };
+    return { callId, methodId: m.id, define: !m.announced };
+  }
+
+  /** A CALL defining `path` was handed to the transport: later calls send its id alone. */
+  announced(path: string): void {
+    const m = this.methodIds.get(path);
+    if (m !== undefined) m.announced = true;
   }
 
   /** Forgets a finished call. */
@@ -104,9 +113,17 @@ class ClientConnection extends RpcEndpoint {
     switch (frame.type) {
       case FrameType.DATA:
       case FrameType.STATUS:
-      case FrameType.CREDIT:
-        this.calls.get(frame.callId)?.onFrame(frame);
+      case FrameType.CREDIT: {
+        const call = this.calls.get(frame.callId);
+        if (call === undefined) return true;
+        try {
+          call.onFrame(frame);
+        } catch (err) {
+          // Whatever goes wrong in one call (an application callback that throws) ends that call only.
+          call.fail(RpcError.from(err, Code.INTERNAL));
+        }
         return true;
+      }
       case FrameType.GOAWAY:
         this.draining = true;
         log("debug", "client", `server ${this.conn.remoteAddress} is going away: ${frame.text}`);
@@ -364,6 +381,7 @@ class ClientCall<I, O> implements PendingCall {
         single ? asMessage(request) : undefined,
       );
       cc.send(frame);
+      if (define) cc.announced(this.method.path);
     } catch (err) {
       this.end(RpcError.from(err, Code.INTERNAL));
       return;
@@ -409,8 +427,15 @@ class ClientCall<I, O> implements PendingCall {
       return;
     }
     try {
-      if (frame.metadata !== undefined) this.options?.onHeader?.(decodeMetadata(frame.metadata));
+      if (frame.metadata !== undefined) {
+        const headers = decodeMetadata(frame.metadata);
+        this.callback("onHeader", headers);
+      }
       if (frame.body !== undefined) {
+        const limit = this.channel.options.maxMessageBytes;
+        if (frame.body.byteLength > limit) {
+          throw new RpcError(Code.RESOURCE_EXHAUSTED, `response of ${frame.body.byteLength} bytes exceeds the client's limit of ${limit} bytes (maxMessageBytes)`);
+        }
         const msg = this.method.output.decode(frame.body);
         if (this.stream !== undefined) this.stream.push(msg, frame.body.byteLength);
         else if (this.gotResponse) throw new RpcError(Code.INTERNAL, "server sent more than one response to a call that takes one");
@@ -432,9 +457,29 @@ class ClientCall<I, O> implements PendingCall {
         this.end(RpcError.from(err, Code.INTERNAL));
         return;
       }
-      if (trailers !== undefined || this.options?.onTrailer !== undefined) this.options?.onTrailer?.(trailers ?? new Metadata());
-      if (frame.arg === Code.OK) this.end(undefined);
-      else this.end(new RpcError(frame.arg as Code, frame.text, { metadata: trailers?.toRecord() ?? {} }));
+      try {
+        this.callback("onTrailer", trailers ?? new Metadata());
+      } catch (err) {
+        this.end(err as RpcError);
+        return;
+      }
+      const code = clampCode(frame.arg);
+      if (code === Code.OK) this.end(undefined);
+      else {
+        const text = code === frame.arg ? frame.text : `the server sent status code ${frame.arg}, which gRPC does not define${frame.text === "" ? "" : `: ${frame.text}`}`;
+        this.end(new RpcError(code, text, { metadata: trailers?.toRecord() ?? {} }));
+      }
+    }
+  }
+
+  /** Calls the application's onHeader / onTrailer; one that throws fails this call (INTERNAL, the error as cause) and nothing else. */
+  private callback(name: "onHeader" | "onTrailer", md: Metadata): void {
+    const cb = this.options?.[name];
+    if (cb === undefined) return;
+    try {
+      cb(md);
+    } catch (err) {
+      throw new RpcError(Code.INTERNAL, `the ${name} callback threw: ${(err as Error)?.message ?? String(err)}`, { cause: err });
     }
   }
 

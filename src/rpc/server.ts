@@ -3,7 +3,7 @@
  * runs one handler per call, and shuts down gracefully (finish in-flight calls, refuse new
  * ones) or at once.
  */
-import { Code, ErrorCode, KoalaError, RpcError, codeName } from "../errors.js";
+import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
 import { log } from "../log.js";
 import { listen } from "../transport/index.js";
 import type { Connection, Listener } from "../transport/types.js";
@@ -83,10 +83,17 @@ export class Server {
     this.encode = encodeSettings(this.options.maxMessageBytes, this.options.externalBytesThreshold, heapFor(options));
   }
 
-  /** Adds the handlers of `service`. Every method needs a handler; an unknown name is an error. */
-  add<S extends ServiceDefinition>(service: S, implementation: ServiceImplementation<S>): this {
+  /**
+   * Adds the handlers of `service`. A method without a handler answers UNIMPLEMENTED (as
+   * grpc-js does); a name that is not a method of the service, or a method some other service
+   * added already, is an error, and then nothing of `service` is added.
+   */
+  add<S extends ServiceDefinition>(service: S, implementation: Partial<ServiceImplementation<S>>): this {
     if (service === null || typeof service !== "object" || typeof service.methods !== "object") {
       throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "server.add(): the first argument must be a service definition");
+    }
+    if (implementation === null || typeof implementation !== "object") {
+      throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `server.add(${service.typeName}): the second argument must be an object of handlers`);
     }
     const impl = implementation as Record<string, unknown>;
     for (const key of Object.keys(impl)) {
@@ -94,12 +101,17 @@ export class Server {
         throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `server.add(${service.typeName}): "${key}" is not a method of the service (methods: ${Object.keys(service.methods).join(", ")})`);
       }
     }
+    const routes: [string, Route][] = [];
     for (const [name, method] of Object.entries(service.methods)) {
       const handler = impl[name];
-      if (typeof handler !== "function") throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `server.add(${service.typeName}): no handler for method "${name}"`);
+      if (handler !== undefined && typeof handler !== "function") {
+        throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `server.add(${service.typeName}): the handler of "${name}" is a ${typeof handler}, not a function`);
+      }
       if (this.routes.has(method.path)) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `server.add(): ${method.path} is already served`);
-      this.routes.set(method.path, { method, handler: (handler as (...a: never[]) => unknown).bind(implementation) });
+      const bound = handler === undefined ? unimplemented(method.path) : (handler as (...a: never[]) => unknown).bind(implementation);
+      routes.push([method.path, { method, handler: bound }]);
     }
+    for (const [path, route] of routes) this.routes.set(path, route);
     return this;
   }
 
@@ -156,6 +168,13 @@ export class Server {
     for (const c of this.connections) c.kill(new RpcError(Code.UNAVAILABLE, "the server was shut down"));
     this.connections.clear();
   }
+}
+
+/** The handler of a method the implementation left out: every call fails with UNIMPLEMENTED. */
+function unimplemented(path: string): (...a: never[]) => never {
+  return () => {
+    throw new RpcError(Code.UNIMPLEMENTED, `${path} is not implemented by this server`);
+  };
 }
 
 /** Creates a server (see {@link ServerOptions}). */
@@ -522,7 +541,7 @@ class ServerCall implements CallContext {
     for (const [k, v] of new Metadata(e.metadata)) trailers.append(k, v);
     let frame: OutgoingFrame;
     try {
-      frame = buildFrame(this.sc.server.encode, FrameType.STATUS, 0, this.id, e.code, 0, this.headersSent ? undefined : this.headers, trailers, e.rawMessage || codeName(e.code), undefined, undefined);
+      frame = buildFrame(this.sc.server.encode, FrameType.STATUS, 0, this.id, e.code, 0, this.headersSent ? undefined : this.headers, trailers, e.rawMessage, undefined, undefined);
     } catch {
       // Headers or trailers that cannot be encoded must not hide the status itself.
       frame = buildFrame(this.sc.server.encode, FrameType.STATUS, 0, this.id, e.code, 0, undefined, undefined, e.rawMessage, undefined, undefined);

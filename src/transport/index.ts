@@ -85,6 +85,6 @@ export function transportInfo(env: NodeJS.ProcessEnv = process.env): {
 
 export { registerTransport, chooseTransport, resolveAddress } from "./registry.js";
 export { parseAddress, formatAddress } from "./address.js";
-export { registerRegion, encodeDescriptor, decodeDescriptor, DESCRIPTOR_BYTES } from "./regions.js";
-export type { RegionDescriptor, RegisteredRegion, RemoteAccess, ByteSource } from "./regions.js";
+export { encodeDescriptor, decodeDescriptor, DESCRIPTOR_BYTES, RegionTable } from "./regions.js";
+export type { RegionDescriptor, RegisteredRegion, RemoteAccess, ByteSource, RegisterRegionOptions, ReadAnswer } from "./regions.js";
 export type { Address, Connection, Listener, Transport, TransportName, TransportOptions, ResolvedTransportOptions } from "./types.js";

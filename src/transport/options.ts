@@ -14,6 +14,7 @@ const spec: OptionsSpec<Required<TransportOptions>> = {
   receiveQueueMessages: integer(1024, 1, 2 ** 24),
   coalesceMaxBytes: integer(16 * 1024, 0, 1 * MiB),
   noDelay: boolean(true),
+  oneSided: boolean(false),
 };
 
 /** Checks transport options (a misspelled key is an error naming it) and fills in defaults. */

@@ -3,7 +3,7 @@
  * endpoints. Dialing (`Transport.connect`) is kept apart from the live `Connection`.
  */
 import type { KoalaError } from "../errors.js";
-import type { RegionDescriptor } from "./regions.js";
+import type { ByteSource, RegionDescriptor, RegisterRegionOptions, RegisteredRegion } from "./regions.js";
 
 /** Names of the transports koala-rpc knows. */
 export type TransportName = "tcp" | "unix" | "rdma" | "memory";
@@ -36,6 +36,12 @@ export interface TransportOptions {
   coalesceMaxBytes?: number;
   /** Disable Nagle's algorithm on TCP sockets. Default true. */
   noDelay?: boolean;
+  /**
+   * Serve one-sided read / write requests from the peer on regions registered on this
+   * connection (`registerRegion`). Off by default: a connection that shares no memory
+   * refuses every one-sided request. Default false.
+   */
+  oneSided?: boolean;
 }
 
 /** {@link TransportOptions} with every default filled in. */
@@ -104,6 +110,14 @@ export interface Connection extends AsyncIterable<Uint8Array> {
   /** Resolves with the reason once the connection is closed. Never rejects. */
   readonly closed: Promise<KoalaError>;
 
+  /**
+   * Shares `source` with this connection's peer for one-sided access and returns the region,
+   * whose `descriptor` the peer passes to its `read` / `write`. The region is reachable through
+   * this connection only, until `deregister()` or the connection closes. Needs the transport
+   * option `oneSided: true` (KOALA_ERR_INVALID_ARGUMENT otherwise). A lease-like source is
+   * read at every access, so releasing it revokes access too.
+   */
+  registerRegion(source: Uint8Array | ByteSource, options?: RegisterRegionOptions): RegisteredRegion;
   /** Reads `length` bytes at `offset` of a region the peer registered (one-sided). */
   read(region: RegionDescriptor, offset: number, length: number): Promise<Uint8Array>;
   /** Writes `data` at `offset` of a region the peer registered with write access (one-sided). */

@@ -282,6 +282,27 @@ s("RDMA READ and WRITE are checked by the target: rkey, bounds, access flags, pr
   assert.equal((await completions(p3.a, 1)).map((x) => x[1]), [WcStatus.LOC_PROT_ERR]);
 });
 
+s("a memory window grants remote access where its region does not; handles in use cannot go", async () => {
+  const p1 = await pair();
+  const region = mr(p1.b, 128, Access.LOCAL_WRITE | Access.MW_BIND, 5);
+  const mw = p1.b.ctx.bindMw(p1.b.qp, region.mr, region.mr.addr + 16, 64, Access.REMOTE_READ);
+  assert.is(thrownCode(() => p1.b.ctx.deregMr(region.mr)), "KOALA_ERR_HANDLE_IN_USE", "a region with a window bound");
+  assert.is(thrownCode(() => p1.b.ctx.destroyQp(p1.b.qp)), "KOALA_ERR_HANDLE_IN_USE", "a QP with a window bound");
+  assert.is(thrownCode(() => p1.b.ctx.bindMw(p1.b.qp, mr(p1.b, 8, Access.LOCAL_WRITE).mr, 0, 8, Access.REMOTE_READ)), "KOALA_ERR_VERBS", "a region without MW_BIND");
+  const dst = mr(p1.a, 64, Access.LOCAL_WRITE);
+  postSend(p1.a, 1, Opcode.RDMA_READ, [[dst.mr.addr, 64, dst.mr.lkey]], { raddr: mw.addr, rkey: mw.rkey });
+  assert.equal((await completions(p1.a, 1)).map((x) => x[1]), [WcStatus.SUCCESS]);
+  assert.equal([...dst.bytes], Array(64).fill(5));
+  // The region's own key grants nothing remotely (no REMOTE_* flags): only the window's does.
+  // (That a window's key is refused on another queue pair of the same PD is checked through
+  // the transport: the conformance suite's "another connection" case.)
+  postSend(p1.a, 2, Opcode.RDMA_READ, [[dst.mr.addr, 8, dst.mr.lkey]], { raddr: region.mr.addr, rkey: region.mr.rkey });
+  assert.equal((await completions(p1.a, 1)).map((x) => x[1]), [WcStatus.REM_ACCESS_ERR]);
+  p1.b.ctx.deallocMw(mw);
+  assert.is(thrownCode(() => p1.b.ctx.deallocMw(mw)), "KOALA_ERR_HANDLE_DESTROYED");
+  p1.b.ctx.deregMr(region.mr);
+});
+
 s("destroying a QP or disconnecting flushes outstanding receives in order; the peer hears disconnected", async () => {
   const { a, b } = await pair();
   const m = mr(b, 4 * 32, Access.LOCAL_WRITE);

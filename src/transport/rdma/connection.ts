@@ -19,23 +19,13 @@ import type { KoalaError as KoalaErrorType } from "../../errors.js";
 import { ErrorCode, KoalaError } from "../../errors.js";
 import { log } from "../../log.js";
 import type { Lease } from "../../mem/lease.js";
-import {
-  FrameKind,
-  READ_REQUEST_BYTES,
-  RESPONSE_HEAD_BYTES,
-  decodeAccessError,
-  decodeRequest,
-  encodeAccessError,
-  encodeReadRequest,
-  encodeResponseHead,
-  encodeWriteRequestHead,
-  responseId,
-} from "../framing.js";
+import { randomBytes } from "node:crypto";
 import { Inbox } from "../inbox.js";
-import { checkRemoteAccess, serveRemoteRead, serveRemoteWrite, type RegionDescriptor } from "../regions.js";
+import { checkRemoteAccess, type ByteSource, type RegionDescriptor, type RegisterRegionOptions, type RegisteredRegion } from "../regions.js";
 import type { Connection, ResolvedTransportOptions } from "../types.js";
 import type { CompletionSink, RdmaContext } from "./context.js";
-import { Opcode, SendFlags, WcOpcode, WcStatus, WorkBatch, wcStatusName, type CmId, type Qp } from "./verbs.js";
+import { check } from "../../errors.js";
+import { Access, Opcode, SendFlags, WcOpcode, WcStatus, WorkBatch, wcStatusName, type CmId, type Mr, type Mw, type Qp } from "./verbs.js";
 
 /** Bytes of the header in front of every message. */
 export const HEADER_BYTES = 16;
@@ -54,10 +44,6 @@ export const MsgType = {
   DONE: 3,
   CREDIT: 4,
   CLOSE: 5,
-  READ_REQ: 6,
-  WRITE_REQ: 7,
-  RESPONSE: 8,
-  ACCESS_ERROR: 9,
 } as const;
 
 const MAGIC = 0x3144524b; // "KRD1"
@@ -101,6 +87,26 @@ interface SendOp {
   counted: number;
   read: Incoming | undefined;
   close: boolean;
+  oneSided?: OneSidedOp;
+}
+
+/** A `read` / `write` on a peer's region: one RDMA READ or WRITE. */
+interface OneSidedOp {
+  opcode: number;
+  /** Registered memory the data comes from or goes to (a copy, or the caller's bytes in place). */
+  lease: Lease | undefined;
+  addr: number;
+  lkey: number;
+  length: number;
+  raddr: number;
+  rkey: number;
+  settle(err: KoalaError | undefined): void;
+}
+
+/** A region shared with the peer: a registration of its bytes and a window bound to this QP. */
+interface Window {
+  mr: Mr;
+  mw: Mw;
 }
 
 /** A rendezvous message being read from the peer. */
@@ -194,8 +200,9 @@ export class RdmaConnection implements Connection, CompletionSink {
   private readonly advertised = new Map<number, Advertised>();
   private nextId = 1;
   private closeSent = false;
+  private readonly windows = new Set<Window>();
+  private readonly oneSidedQueue: OneSidedOp[] = [];
   private disconnectSeen = false;
-  private readonly ops = new Map<number, { resolve(b: Uint8Array): void; reject(e: unknown): void }>();
 
   /** Rendezvous threshold in bytes: larger messages go by RTS. */
   readonly rndvThreshBytes: number;
@@ -338,6 +345,7 @@ export class RdmaConnection implements Connection, CompletionSink {
         this.outHead = 0;
       }
       this.startReads();
+      this.startOneSided();
       if (sent === 0 && this.shouldReturnCredits()) this.build({ type: MsgType.CREDIT, parts: [], total: 0, onWritten: undefined, id: 0, counted: 0 });
       if (batch.count > 0) {
         v.postSend(this.qp, batch);
@@ -532,7 +540,7 @@ export class RdmaConnection implements Connection, CompletionSink {
   onCompletion(wrId: number, status: number, opcode: number, byteLen: number, _imm: number): void {
     if (this.tornDown) return;
     if (opcode === WcOpcode.RECV || opcode === WcOpcode.RECV_RDMA_WITH_IMM || (status !== WcStatus.SUCCESS && wrId < RECV_DEPTH)) {
-      if (status !== WcStatus.SUCCESS) return this.completionError(status, "receive");
+      if (status !== WcStatus.SUCCESS) return this.completionError(status, "receive", wrId);
       this.onReceive(wrId, byteLen);
       return;
     }
@@ -540,12 +548,13 @@ export class RdmaConnection implements Connection, CompletionSink {
     if (op === undefined) return;
     // A failed work request stays listed: the teardown that follows releases it with the rest,
     // after the close reason is set (so drain() waiters see the reason, not a drained queue).
-    if (status !== WcStatus.SUCCESS) return this.completionError(status, op.read !== undefined ? "RDMA READ" : "send");
+    if (status !== WcStatus.SUCCESS) return this.completionError(status, op.read !== undefined ? "RDMA READ" : op.oneSided !== undefined ? "one-sided" : "send", wrId);
     this.sendOps.delete(wrId);
     this.sqUsed--;
     op.lease?.release();
     callWritten(op.onWritten);
     this.unbuffer(op.counted);
+    op.oneSided?.settle(undefined);
     if (op.read !== undefined) {
       this.readsOut--;
       if (--op.read.readsLeft === 0) this.readDone(op.read);
@@ -557,15 +566,21 @@ export class RdmaConnection implements Connection, CompletionSink {
     if (this.outHead < this.outq.length || this.reading.length > 0) this.scheduleFlush();
   }
 
-  private completionError(status: number, what: string): void {
+  private completionError(status: number, what: string, wrId = -1): void {
     if (status === WcStatus.WR_FLUSH_ERR) {
       // A flush follows the cause: this side's teardown, an error already reported, or the
       // peer's disconnect, whose event decides how the connection ended.
       if (this.reason === undefined) this.onDisconnected("the queue pair went to the error state");
       return;
     }
+    const op = this.sendOps.get(wrId);
     const err =
-      status === WcStatus.RNR_RETRY_EXC_ERR
+      status === WcStatus.REM_ACCESS_ERR && op?.oneSided !== undefined
+        ? new KoalaError(
+            ErrorCode.REMOTE_ACCESS_DENIED,
+            `the peer's NIC refused an RDMA ${op.oneSided.opcode === Opcode.RDMA_READ ? "READ" : "WRITE"} of ${op.oneSided.length} bytes (REM_ACCESS_ERR: a key unknown on this connection or revoked, outside the region, or not permitted); the queue pair is in the error state and the connection is closed`,
+          )
+        : status === WcStatus.RNR_RETRY_EXC_ERR
         ? new KoalaError(ErrorCode.RECEIVER_NOT_READY, `a SEND to ${this.remoteAddress} found no posted receive after every retry (receiver not ready); the queue pair went to the error state`)
         : new KoalaError(ErrorCode.QP_ERROR, `a ${what} work request with ${this.remoteAddress} completed with ${wcStatusName(status)}; the queue pair went to the error state`);
     log("warn", "transport", `closing the RDMA connection with ${this.remoteAddress}: ${err.message}`);
@@ -615,12 +630,8 @@ export class RdmaConnection implements Connection, CompletionSink {
         this.arrivals.push({ type, slot: -1, view: undefined, rndv: undefined, ready: true });
         break;
       case MsgType.DATA:
-      case MsgType.READ_REQ:
-      case MsgType.WRITE_REQ:
-      case MsgType.RESPONSE:
-      case MsgType.ACCESS_ERROR:
         if (length !== payload.byteLength) return this.protocolError(`a message whose header says ${length} bytes arrived with ${payload.byteLength}`);
-        if (type === MsgType.DATA && length > this.options.maxMessageBytes) return this.tooLarge(length);
+        if (length > this.options.maxMessageBytes) return this.tooLarge(length);
         this.arrivals.push({ type, slot, view: payload, rndv: undefined, ready: true });
         break;
       default:
@@ -634,7 +645,8 @@ export class RdmaConnection implements Connection, CompletionSink {
     const v = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
     const n = payload.byteLength >= 4 ? v.getUint32(0, true) : 0;
     if (n < 1 || n > MAX_RNDV_SEGMENTS || payload.byteLength < 4 + n * RNDV_SEGMENT_BYTES) return this.protocolError("a malformed RTS");
-    if (type === MsgType.DATA && total > this.options.maxMessageBytes) return this.tooLarge(total);
+    if (type !== MsgType.DATA) return this.protocolError(`an RTS for a message of type ${type}`);
+    if (total > this.options.maxMessageBytes) return this.tooLarge(total);
     const segments: number[] = [];
     let sum = 0;
     for (let i = 0; i < n; i++) {
@@ -703,17 +715,14 @@ export class RdmaConnection implements Connection, CompletionSink {
       a.rndv.lease = undefined;
       message = lease.bytes;
       this.repost(a.rndv.slot, true);
-      if (a.type !== MsgType.DATA || this.reason !== undefined) {
-        // One-sided messages are consumed here; their lease goes after.
-        if (a.type !== MsgType.DATA) this.oneSided(a.type, message);
+      if (this.reason !== undefined) {
         lease.release();
         return;
       }
       this.ownedLeases.set(message, lease);
     } else {
       const view = a.view!;
-      if (a.type !== MsgType.DATA || this.reason !== undefined) {
-        if (a.type !== MsgType.DATA) this.oneSided(a.type, view);
+      if (this.reason !== undefined) {
         this.repost(a.slot, true);
         return;
       }
@@ -765,7 +774,47 @@ export class RdmaConnection implements Connection, CompletionSink {
     return this.inbox[Symbol.asyncIterator]();
   }
 
-  // ---- one-sided (served from the process's region table, over messages) ---------------
+  // ---- one-sided: RDMA READ / WRITE, checked by the peer's NIC --------------------------
+
+  registerRegion(source: Uint8Array | ByteSource, options?: RegisterRegionOptions): RegisteredRegion {
+    if (this.reason !== undefined) throw this.closedError("registerRegion()");
+    if (!this.options.oneSided) {
+      throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `registerRegion(): one-sided access is off on the connection with ${this.remoteAddress}; open the connection or listener with the transport option oneSided: true`);
+    }
+    const access = options?.access ?? "read";
+    check(access === "read" || access === "readwrite", `registerRegion(): option "access" must be "read" or "readwrite", got ${String(access)}`);
+    const bytes = source instanceof Uint8Array ? source : source?.bytes;
+    check(bytes instanceof Uint8Array, "registerRegion(): source must be a Uint8Array or hold one in .bytes");
+    const v = this.ctx.verbs;
+    // The region's own registration grants no remote access; a window bound to this queue
+    // pair does, so the peer of another connection is refused by the NIC.
+    const mr = v.regMr(this.ctx.pd, bytes, Access.LOCAL_WRITE | Access.MW_BIND);
+    let mw: Mw;
+    try {
+      mw = v.bindMw(this.qp, mr, mr.addr, bytes.byteLength, Access.REMOTE_READ | (access === "readwrite" ? Access.REMOTE_WRITE : 0));
+    } catch (err) {
+      v.deregMr(mr);
+      throw err;
+    }
+    const w: Window = { mr, mw };
+    this.windows.add(w);
+    // 64 bits as the contract asks: the rkey (what the NIC checks) and 32 random bits beside it.
+    const key = (BigInt(randomBytes(4).readUInt32LE(0)) << 32n) | BigInt(mw.rkey);
+    const windows = this.windows;
+    return {
+      descriptor: Object.freeze({ key, address: BigInt(mw.addr), length: bytes.byteLength, access }),
+      get registered() {
+        return windows.has(w);
+      },
+      deregister: () => this.dropWindow(w),
+    };
+  }
+
+  private dropWindow(w: Window): void {
+    if (!this.windows.delete(w)) return;
+    this.ctx.verbs.deallocMw(w.mw);
+    this.ctx.verbs.deregMr(w.mr);
+  }
 
   read(region: RegionDescriptor, offset: number, length: number): Promise<Uint8Array> {
     try {
@@ -773,12 +822,50 @@ export class RdmaConnection implements Connection, CompletionSink {
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.request(MsgType.READ_REQ, (id) => [encodeReadRequest(id, region.key, offset, length)]);
+    const lease = this.ctx.heap.alloc(Math.max(1, length));
+    return new Promise<Uint8Array>((resolve, reject) => {
+      this.postOneSided(Opcode.RDMA_READ, region, offset, length, lease, lease.bytes, (err) => (err === undefined ? resolve(lease.bytes.slice(0, length)) : reject(err)));
+    });
   }
 
-  async write(region: RegionDescriptor, offset: number, data: Uint8Array): Promise<void> {
-    this.checkOneSided(region, offset, data.byteLength, true);
-    await this.request(MsgType.WRITE_REQ, (id) => [encodeWriteRequestHead(id, region.key, offset), data]);
+  write(region: RegionDescriptor, offset: number, data: Uint8Array): Promise<void> {
+    try {
+      this.checkOneSided(region, offset, data.byteLength, true);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    // Bytes already in registered memory go in place (unchanged until write() settles); others are copied.
+    let lease: Lease | undefined;
+    let from = data;
+    if (this.ctx.locate(data) === undefined) {
+      lease = this.ctx.heap.alloc(Math.max(1, data.byteLength));
+      lease.bytes.set(data);
+      from = lease.bytes;
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.postOneSided(Opcode.RDMA_WRITE, region, offset, data.byteLength, lease, from, (err) => (err === undefined ? resolve() : reject(err)));
+    });
+  }
+
+  private postOneSided(opcode: number, region: RegionDescriptor, offset: number, length: number, lease: Lease | undefined, local: Uint8Array, done: (err: KoalaError | undefined) => void): void {
+    const where = this.ctx.locate(local)!;
+    let settled = false;
+    this.oneSidedQueue.push({
+      opcode,
+      lease,
+      addr: where.addr,
+      lkey: where.lkey,
+      length,
+      raddr: Number(region.address) + offset,
+      rkey: Number(region.key & 0xffff_ffffn),
+      settle: (err) => {
+        if (settled) return;
+        settled = true;
+        done(err);
+        lease?.release();
+      },
+    });
+    this.scheduleFlush();
   }
 
   private checkOneSided(region: RegionDescriptor, offset: number, length: number, write: boolean): void {
@@ -789,37 +876,17 @@ export class RdmaConnection implements Connection, CompletionSink {
     }
   }
 
-  private request(type: number, parts: (id: number) => Uint8Array[]): Promise<Uint8Array> {
-    const id = this.nextId++;
-    return new Promise<Uint8Array>((resolve, reject) => {
-      this.ops.set(id, { resolve, reject });
-      this.enqueueControl(type, parts(id), id);
-    });
-  }
-
-  private oneSided(type: number, payload: Uint8Array): void {
-    if (this.reason !== undefined) return;
-    if (type === MsgType.READ_REQ || type === MsgType.WRITE_REQ) {
-      if (payload.byteLength < (type === MsgType.READ_REQ ? READ_REQUEST_BYTES : 16)) return this.protocolError("a short one-sided request");
-      const req = decodeRequest(type === MsgType.READ_REQ ? FrameKind.READ_REQUEST : FrameKind.WRITE_REQUEST, payload);
-      if (type === MsgType.READ_REQ) {
-        const bytes = serveRemoteRead(req.key, req.offset, req.length);
-        if (bytes instanceof KoalaError) this.enqueueControl(MsgType.ACCESS_ERROR, [encodeAccessError(req.id, bytes)], req.id);
-        else this.enqueueControl(MsgType.RESPONSE, [encodeResponseHead(req.id), bytes.slice()], req.id);
-      } else {
-        const err = serveRemoteWrite(req.key, req.offset, req.data);
-        if (err !== undefined) this.enqueueControl(MsgType.ACCESS_ERROR, [encodeAccessError(req.id, err)], req.id);
-        else this.enqueueControl(MsgType.RESPONSE, [encodeResponseHead(req.id)], req.id);
-      }
-      return;
+  /** Posts queued RDMA READs / WRITEs of `read` / `write`, as the send queue allows. */
+  private startOneSided(): void {
+    const batch = this.sendBatch;
+    while (this.oneSidedQueue.length > 0 && this.sqUsed < this.maxSendWr) {
+      const op = this.oneSidedQueue.shift()!;
+      const wrId = this.nextWrId++;
+      batch.addSge(op.addr, op.length, op.lkey);
+      batch.addSend(wrId, op.opcode, SendFlags.SIGNALED, 1, 0, op.raddr, op.rkey);
+      this.sendOps.set(wrId, { lease: undefined, onWritten: undefined, counted: 0, read: undefined, close: false, oneSided: op });
+      this.sqUsed++;
     }
-    if (payload.byteLength < RESPONSE_HEAD_BYTES) return this.protocolError("a short one-sided answer");
-    const id = responseId(payload);
-    const op = this.ops.get(id);
-    if (op === undefined) return this.protocolError(`an answer to one-sided request ${id}, which is not pending`);
-    this.ops.delete(id);
-    if (type === MsgType.ACCESS_ERROR) op.reject(decodeAccessError(payload));
-    else op.resolve(payload.slice(RESPONSE_HEAD_BYTES));
   }
 
   // ---- close --------------------------------------------------------------------------
@@ -887,9 +954,7 @@ export class RdmaConnection implements Connection, CompletionSink {
     if (this.reason !== undefined) return;
     this.reason = reason;
     this.inbox.close(reason, orderly);
-    const ops = [...this.ops.values()];
-    this.ops.clear();
-    for (const op of ops) op.reject(reason);
+    for (const op of this.oneSidedQueue.splice(0)) op.settle(this.closedError(op.opcode === Opcode.RDMA_READ ? "read()" : "write()"));
     const ws = this.drainWaiters;
     this.drainWaiters = [];
     for (const w of ws) w.reject(reason);
@@ -916,15 +981,18 @@ export class RdmaConnection implements Connection, CompletionSink {
     this.ctx.detach(this.qp.qpNum, this.qp.caps.maxSendWr + this.qp.caps.maxRecvWr);
     try {
       v.disconnect(this.id);
+      for (const w of [...this.windows]) this.dropWindow(w);
       v.destroyQp(this.qp);
       v.destroyId(this.id);
     } catch (err) {
       log("error", "transport", `releasing the RDMA connection with ${this.remoteAddress}: ${(err as Error).message}`);
     }
+    if (this.reason === undefined) this.reason = new KoalaError(ErrorCode.CONNECTION_RESET, `the RDMA connection with ${this.remoteAddress} ended`);
     for (const op of this.sendOps.values()) {
       op.lease?.release();
       callWritten(op.onWritten);
       this.unbuffer(op.counted);
+      op.oneSided?.settle(this.reason.code === ErrorCode.REMOTE_ACCESS_DENIED ? this.reason : this.closedError("a one-sided access"));
     }
     this.sendOps.clear();
     for (const a of this.advertised.values()) {
@@ -941,7 +1009,6 @@ export class RdmaConnection implements Connection, CompletionSink {
     this.recvBatch.reset();
     // The receive area goes back to the heap once no delivered message points into it.
     if (this.heldSlots === 0) this.area.release();
-    if (this.reason === undefined) this.reason = new KoalaError(ErrorCode.CONNECTION_RESET, `the RDMA connection with ${this.remoteAddress} ended`);
     this.buffered = 0;
     this.resolveClosed(this.reason);
   }

@@ -21,6 +21,7 @@
  * can serve TCP and soft RDMA on the same port number. The host part of an address must name
  * this machine: the soft fabric reaches only local processes.
  */
+import { randomBytes } from "node:crypto";
 import { existsSync, unlinkSync } from "node:fs";
 import net from "node:net";
 import { networkInterfaces, tmpdir } from "node:os";
@@ -46,6 +47,7 @@ import {
   type Cq,
   type DeviceInfo,
   type Mr,
+  type Mw,
   type Pd,
   type Qp,
   type QpCaps,
@@ -120,6 +122,19 @@ class SoftMr extends Handle implements Mr {
   }
   get length(): number {
     return this.bytes.byteLength;
+  }
+}
+
+class SoftMw extends Handle {
+  constructor(
+    readonly qp: SoftQp,
+    readonly mr: SoftMr,
+    readonly rkey: number,
+    readonly addr: number,
+    readonly length: number,
+    readonly access: number,
+  ) {
+    super("mw");
   }
 }
 
@@ -253,7 +268,7 @@ class SoftContext extends Handle implements VerbsContext {
   readonly device = SOFT_DEVICE;
   readonly port = 1;
   private readonly byLkey = new Map<number, SoftMr>();
-  private readonly byRkey = new Map<number, SoftMr>();
+  private readonly byRkey = new Map<number, SoftMr | SoftMw>();
   private nextAddr = 0x1000_0000;
 
   constructor() {
@@ -276,15 +291,13 @@ class SoftContext extends Handle implements VerbsContext {
     const p = asPd(pd);
     p.check("regMr()");
     if (!(bytes instanceof Uint8Array)) fail("regMr()", "bytes must be a Uint8Array");
-    if (!Number.isInteger(access) || (access & ~7) !== 0) fail("regMr()", `unknown access flags ${access}`);
+    if (!Number.isInteger(access) || (access & ~(7 | Access.MW_BIND)) !== 0) fail("regMr()", `unknown access flags ${access}`);
     // Remote write needs local write, as ibv_reg_mr requires.
     if (access & Access.REMOTE_WRITE && !(access & Access.LOCAL_WRITE)) fail("regMr()", "REMOTE_WRITE requires LOCAL_WRITE");
     const addr = this.nextAddr;
     this.nextAddr += Math.ceil(Math.max(bytes.byteLength, 1) / 4096) * 4096 + 4096;
     const lkey = nextKey++;
-    let rkey: number;
-    do rkey = (Math.random() * 0xffff_ffff) >>> 0;
-    while (rkey === 0 || this.byRkey.has(rkey));
+    const rkey = this.newRkey();
     const mr = new SoftMr(p, bytes, lkey, rkey, addr, access);
     this.byLkey.set(lkey, mr);
     this.byRkey.set(rkey, mr);
@@ -292,9 +305,43 @@ class SoftContext extends Handle implements VerbsContext {
     return mr;
   }
 
+  /** A fresh remote key: 32 random bits, as hard to guess as a key of this size can be. */
+  private newRkey(): number {
+    let rkey: number;
+    do rkey = randomBytes(4).readUInt32LE(0);
+    while (rkey === 0 || this.byRkey.has(rkey));
+    return rkey;
+  }
+
+  bindMw(q: Qp, mr: Mr, addr: number, length: number, access: number): Mw {
+    const qp = asQp(q);
+    const m = asMr(mr);
+    qp.check("bindMw()");
+    m.check("bindMw()");
+    if (qp.pd !== m.pd) fail("bindMw()", "the memory region and the queue pair belong to different protection domains");
+    if (!(m.access & Access.MW_BIND)) fail("bindMw()", "the memory region was not registered with MW_BIND");
+    if ((access & ~(Access.REMOTE_READ | Access.REMOTE_WRITE)) !== 0) fail("bindMw()", `a window grants REMOTE_READ and REMOTE_WRITE only, got ${access}`);
+    if (access & Access.REMOTE_WRITE && !(m.access & Access.LOCAL_WRITE)) fail("bindMw()", "REMOTE_WRITE needs a region with LOCAL_WRITE");
+    const off = addr - m.addr;
+    if (!(Number.isInteger(off) && off >= 0 && Number.isInteger(length) && length >= 0 && off + length <= m.length)) fail("bindMw()", "the window is not inside the memory region");
+    const mw = new SoftMw(qp, m, this.newRkey(), addr, length, access);
+    this.byRkey.set(mw.rkey, mw);
+    m.use();
+    qp.use();
+    return mw;
+  }
+
+  deallocMw(w: Mw): void {
+    if (!(w instanceof SoftMw)) fail("deallocMw()", "not a memory window of the soft provider");
+    w.markDestroyed("deallocMw()", "users");
+    this.byRkey.delete(w.rkey);
+    w.mr.unuse();
+    w.qp.unuse();
+  }
+
   deregMr(mr: Mr): void {
     const m = asMr(mr);
-    m.markDestroyed("deregMr()", "users");
+    m.markDestroyed("deregMr()", "memory windows bound");
     this.byLkey.delete(m.lkey);
     this.byRkey.delete(m.rkey);
     m.pd.unuse();
@@ -370,6 +417,7 @@ class SoftContext extends Handle implements VerbsContext {
   destroyQp(q: Qp): void {
     const qp = asQp(q);
     qp.check("destroyQp()");
+    if (qp.users > 0) qp.markDestroyed("destroyQp()", "memory windows bound (deallocate them first)");
     this.toError(qp, undefined);
     qp.markDestroyed("destroyQp()", "users");
     qp.id.qp = undefined;
@@ -508,13 +556,17 @@ class SoftContext extends Handle implements VerbsContext {
 
   /** The target's check of an RDMA access: the region's bytes, or undefined (REM_ACCESS_ERR). */
   private remoteView(qp: SoftQp, addr: number, length: number, rkey: number, need: number): Uint8Array | undefined {
-    const mr = this.byRkey.get(rkey);
-    const off = mr === undefined ? -1 : addr - mr.addr;
-    if (mr === undefined || mr.pd !== qp.pd || (mr.access & need) !== need || !(off >= 0 && length >= 0 && off + length <= mr.length)) {
+    const k = this.byRkey.get(rkey);
+    // A window answers only on the queue pair it is bound to; a region only within its PD.
+    const ok = k === undefined ? false : k instanceof SoftMw ? k.qp === qp : k.pd === qp.pd;
+    const off = k === undefined ? -1 : addr - k.addr;
+    if (k === undefined || !ok || (k.access & need) !== need || !(off >= 0 && length >= 0 && off + length <= k.length)) {
       softCounters.remoteAccessErrors++;
       return undefined;
     }
-    return mr.bytes.subarray(off, off + length);
+    const mr = k instanceof SoftMw ? k.mr : k;
+    const at = addr - mr.addr;
+    return mr.bytes.subarray(at, at + length);
   }
 
   /** Marks `out` as failed locally; it completes with `status` once everything before it has. */

@@ -58,6 +58,8 @@ export const Access = {
   LOCAL_WRITE: 1,
   REMOTE_WRITE: 2,
   REMOTE_READ: 4,
+  /** Memory windows may be bound over the region (IBV_ACCESS_MW_BIND). */
+  MW_BIND: 16,
 } as const;
 
 /** Flags of a send work request (ibv_send_flags). */
@@ -187,7 +189,7 @@ export interface DeviceInfo {
 }
 
 /** Kinds of handle. */
-export type HandleKind = "context" | "pd" | "mr" | "cq" | "qp" | "cm_id" | "cm_listener";
+export type HandleKind = "context" | "pd" | "mr" | "mw" | "cq" | "qp" | "cm_id" | "cm_listener";
 
 /**
  * Every verbs object is a handle that is checked on use: using a destroyed one, or destroying
@@ -250,6 +252,22 @@ export interface Mr extends Handle {
   /** Registered bytes. */
   readonly length: number;
   /** Access flags ({@link Access}). */
+  readonly access: number;
+}
+
+/**
+ * A type-2 memory window: remote access to a range of a memory region through ONE queue pair.
+ * Its rkey is refused on any other queue pair, so a region shared this way is scoped to the
+ * connection it was shared on.
+ */
+export interface Mw extends Handle {
+  /** Key the peer names in RDMA READ / WRITE. */
+  readonly rkey: number;
+  /** Address of the window's first byte. */
+  readonly addr: number;
+  /** Bytes in the window. */
+  readonly length: number;
+  /** Remote access flags ({@link Access}). */
   readonly access: number;
 }
 
@@ -320,8 +338,16 @@ export interface VerbsContext extends Handle {
   deallocPd(pd: Pd): void;
   /** Registers `bytes` (a range of an ArrayBuffer) with `access` flags. */
   regMr(pd: Pd, bytes: Uint8Array, access: number): Mr;
-  /** Deregisters; later uses of its keys fail (locally LOC_PROT_ERR, remotely REM_ACCESS_ERR). */
+  /** Deregisters; later uses of its keys fail (locally LOC_PROT_ERR, remotely REM_ACCESS_ERR). KOALA_ERR_HANDLE_IN_USE while windows are bound over it. */
   deregMr(mr: Mr): void;
+  /**
+   * Binds a type-2 memory window over `length` bytes at `addr` of `mr` (registered with
+   * MW_BIND) to `qp`, with remote `access`. (ibv_alloc_mw + a bind work request; bound when
+   * this returns.)
+   */
+  bindMw(qp: Qp, mr: Mr, addr: number, length: number, access: number): Mw;
+  /** Invalidates and frees a window; its rkey is refused from then on. */
+  deallocMw(mw: Mw): void;
 
   /** Creates a completion queue of `depth` entries; `onNotify` is called (asynchronously, once) after {@link reqNotifyCq} when a completion arrives. */
   createCq(depth: number, onNotify: () => void): Cq;
@@ -336,7 +362,7 @@ export interface VerbsContext extends Handle {
 
   /** Creates an RC queue pair on connection `id`, with its send and receive completion queues. */
   createQp(id: CmId, pd: Pd, sendCq: Cq, recvCq: Cq, caps: QpCaps): Qp;
-  /** Destroys a QP: outstanding work requests are flushed (WR_FLUSH_ERR) into its CQs first. */
+  /** Destroys a QP: outstanding work requests are flushed (WR_FLUSH_ERR) into its CQs first. KOALA_ERR_HANDLE_IN_USE while windows are bound to it. */
   destroyQp(qp: Qp): void;
   /** Posts the receive work requests of `batch`. */
   postRecv(qp: Qp, batch: WorkBatch): void;
