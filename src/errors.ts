@@ -73,6 +73,16 @@ export const ErrorCode = {
   OUT_OF_MEMORY: "KOALA_ERR_OUT_OF_MEMORY",
   /** The application's message receiver threw; that connection was closed. */
   RECEIVER_FAILED: "KOALA_ERR_RECEIVER_FAILED",
+  /** A verbs object (device, PD, MR, CQ, QP, CM identifier) was used after it was destroyed. */
+  HANDLE_DESTROYED: "KOALA_ERR_HANDLE_DESTROYED",
+  /** A verbs object cannot be destroyed while others depend on it (a PD with MRs or QPs, a CQ attached to a QP). */
+  HANDLE_IN_USE: "KOALA_ERR_HANDLE_IN_USE",
+  /** A verbs call was refused: a queue is full, a limit of the device is passed, or the queue pair is in the wrong state. */
+  VERBS: "KOALA_ERR_VERBS",
+  /** A SEND found no posted receive at the peer after every retry (receiver not ready); the queue pair went to the error state. */
+  RECEIVER_NOT_READY: "KOALA_ERR_RECEIVER_NOT_READY",
+  /** An RDMA work request completed with an error and its queue pair went to the error state (the status is in the message). */
+  QP_ERROR: "KOALA_ERR_QP_ERROR",
   /** An operating-system error with no more specific code. */
   SYSTEM: "KOALA_ERR_SYSTEM",
 } as const;
@@ -200,6 +210,9 @@ export function codeForKoalaError(code: ErrorCodeValue): Code {
       return Code.NOT_FOUND;
     case ErrorCode.PROTOCOL:
     case ErrorCode.LEASE_RELEASED:
+    case ErrorCode.HANDLE_DESTROYED:
+    case ErrorCode.HANDLE_IN_USE:
+    case ErrorCode.VERBS:
     case ErrorCode.RECEIVER_FAILED:
       return Code.INTERNAL;
     case ErrorCode.CLOSED:

@@ -152,8 +152,8 @@ export interface Listener extends AsyncIterable<Connection> {
 export interface Transport {
   /** Its name, which is also the URI scheme it serves. */
   readonly name: TransportName;
-  /** Why the transport cannot be used on this machine, or undefined when it can. */
-  unavailableReason(): string | undefined;
+  /** Why the transport cannot be used on this machine under the variables of `env` (default `process.env`), or undefined when it can. */
+  unavailableReason(env?: NodeJS.ProcessEnv): string | undefined;
   /** Listens at `address`. */
   listen(address: Address, options: ResolvedTransportOptions): Promise<Listener>;
   /** Dials `address`. */

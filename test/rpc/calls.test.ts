@@ -56,11 +56,21 @@ function addressFor(kind: string): string {
     dirs.push(dir);
     return `unix:${join(dir, "s.sock")}`;
   }
+  if (kind === "rdma") return "rdma://127.0.0.1:0";
   return `memory:rpc-${process.pid}-${++memoryN}`;
 }
 
-for (const kind of ["memory", "tcp", "unix"] as const) {
+for (const kind of ["memory", "tcp", "unix", "rdma"] as const) {
   const s = suite<{ server: Server; address: string; client: Echo; o: Observed }>(`calls over ${kind}`);
+  // rdma runs on the software verbs provider, selected only while its suite runs.
+  const savedProvider = process.env.KOALA_RDMA_PROVIDER;
+  s.before(() => {
+    if (kind === "rdma") process.env.KOALA_RDMA_PROVIDER = "soft";
+  });
+  s.after(() => {
+    if (savedProvider === undefined) delete process.env.KOALA_RDMA_PROVIDER;
+    else process.env.KOALA_RDMA_PROVIDER = savedProvider;
+  });
 
   s.before.each(async (ctx) => {
     ctx.o = observe();
