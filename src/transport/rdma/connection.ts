@@ -233,6 +233,7 @@ export class RdmaConnection implements Connection, CompletionSink {
     this.areaLkey = where.lkey;
     this.inbox = new Inbox(
       options.receiveQueueMessages,
+      options.receiveQueueBytes,
       () => (this.inboxFull = true),
       () => {
         this.inboxFull = false;
