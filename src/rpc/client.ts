@@ -4,6 +4,7 @@
  * typed client object from a service definition.
  */
 import { Code, ErrorCode, KoalaError, RpcError, clampCode, type MetadataInit } from "../errors.js";
+import { Fifo } from "../fifo.js";
 import { log } from "../log.js";
 import { connect } from "../transport/index.js";
 import type { Connection } from "../transport/types.js";
@@ -79,8 +80,7 @@ class ClientConnection extends RpcEndpoint {
   /** Calls the server allows at once on this connection (from its SETTINGS). */
   private maxStreams = DEFAULT_MAX_STREAMS;
   /** Calls waiting for a free stream, oldest first. */
-  private readonly waiting: (() => void)[] = [];
-  private waitingHead = 0;
+  private readonly waiting = new Fifo<() => void>();
   private settled: (() => void) | undefined;
   /** Resolves when the server's SETTINGS arrived (the connection is ready for calls). */
   readonly ready: Promise<void>;
@@ -101,21 +101,13 @@ class ClientConnection extends RpcEndpoint {
    * When the connection goes away, waiting starts run at once and find it unusable.
    */
   admit(start: () => void): void {
-    if (this.calls.size < this.maxStreams && this.waitingHead === this.waiting.length) start();
+    if (this.calls.size < this.maxStreams && this.waiting.length === 0) start();
     else this.waiting.push(start);
   }
 
   private admitWaiting(): void {
     const all = !this.usable;
-    while (this.waitingHead < this.waiting.length && (all || this.calls.size < this.maxStreams)) {
-      const start = this.waiting[this.waitingHead]!;
-      this.waiting[this.waitingHead++] = undefined as unknown as () => void;
-      start();
-    }
-    if (this.waitingHead === this.waiting.length) {
-      this.waiting.length = 0;
-      this.waitingHead = 0;
-    }
+    while (this.waiting.length > 0 && (all || this.calls.size < this.maxStreams)) this.waiting.shift()!();
   }
 
   /**
@@ -144,7 +136,7 @@ class ClientConnection extends RpcEndpoint {
   finish(callId: number): void {
     if (!this.calls.delete(callId)) return;
     if (this.draining && this.calls.size === 0) this.conn.close();
-    if (this.waitingHead < this.waiting.length) this.admitWaiting();
+    if (this.waiting.length > 0) this.admitWaiting();
   }
 
   protected onFrame(frame: Frame): boolean {

@@ -13,6 +13,7 @@
  */
 
 import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
+import { Fifo } from "../fifo.js";
 
 /** The window every stream starts with, in body bytes: part of the protocol, the same on both sides. */
 export const STREAM_WINDOW_BYTES = 1024 * 1024;
@@ -73,9 +74,8 @@ export class ReceiveWindow {
  * receive windows, which grant credit back to the sender.
  */
 export class IncomingStream<T> implements AsyncIterable<T> {
-  private readonly items: T[] = [];
-  private readonly sizes: number[] = [];
-  private head = 0;
+  private readonly items = new Fifo<T>();
+  private readonly sizes = new Fifo<number>();
   private ended = false;
   private error: unknown;
   private waiter: { resolve: (r: IteratorResult<T>) => void; reject: (e: unknown) => void } | undefined;
@@ -116,7 +116,7 @@ export class IncomingStream<T> implements AsyncIterable<T> {
       return;
     }
     const w = this.waiter;
-    if (w !== undefined && this.head === this.items.length) {
+    if (w !== undefined && this.items.length === 0) {
       this.waiter = undefined;
       this.released(bytes);
       w.resolve({ value, done: false });
@@ -145,7 +145,7 @@ export class IncomingStream<T> implements AsyncIterable<T> {
   /** Bytes received and not yet consumed by the reader. */
   get queuedBytes(): number {
     let n = 0;
-    for (let i = this.head; i < this.sizes.length; i++) n += this.sizes[i]!;
+    for (const b of this.sizes) n += b;
     return n;
   }
 
@@ -155,11 +155,9 @@ export class IncomingStream<T> implements AsyncIterable<T> {
   }
 
   private dropQueued(): void {
-    let n = 0;
-    for (let i = this.head; i < this.sizes.length; i++) n += this.sizes[i]!;
-    this.items.length = 0;
-    this.sizes.length = 0;
-    this.head = 0;
+    const n = this.queuedBytes;
+    this.items.drain();
+    this.sizes.drain();
     if (n > 0) this.connection?.release(n);
   }
 
@@ -176,15 +174,9 @@ export class IncomingStream<T> implements AsyncIterable<T> {
     this.iterated = true;
     return {
       next: (): Promise<IteratorResult<T>> => {
-        if (this.head < this.items.length) {
-          const value = this.items[this.head]!;
-          const bytes = this.sizes[this.head]!;
-          this.items[this.head++] = undefined as T;
-          if (this.head === this.items.length) {
-            this.items.length = 0;
-            this.sizes.length = 0;
-            this.head = 0;
-          }
+        if (this.items.length > 0) {
+          const value = this.items.shift() as T;
+          const bytes = this.sizes.shift()!;
           this.released(bytes);
           return Promise.resolve({ value, done: false });
         }
@@ -205,7 +197,7 @@ export class IncomingStream<T> implements AsyncIterable<T> {
 
 /** Credits of a sending window (a stream's or a connection's): how many body bytes may still go out before the receiver grants more. */
 export class SendWindow {
-  private waiters: { resolve: () => void; reject: (e: unknown) => void; bytes: number }[] = [];
+  private readonly waiters = new Fifo<{ resolve: () => void; reject: (e: unknown) => void; bytes: number }>();
   private failed: unknown;
   private credits: number;
 
@@ -251,6 +243,6 @@ export class SendWindow {
   /** The window can no longer be used: waiting senders get `error`. */
   fail(error: unknown): void {
     this.failed ??= error;
-    for (const w of this.waiters.splice(0)) w.reject(error);
+    for (const w of this.waiters.drain()) w.reject(error);
   }
 }

@@ -4,11 +4,11 @@
  * when to stop and restart reading from the peer so that a slow reader slows the writer.
  */
 import { ErrorCode, KoalaError } from "../errors.js";
+import { Fifo } from "../fifo.js";
 
 /** Receive-side queue of one connection. */
 export class Inbox implements AsyncIterable<Uint8Array> {
-  private readonly queue: Uint8Array[] = [];
-  private head = 0;
+  private readonly queue = new Fifo<Uint8Array>();
   private receiver: ((message: Uint8Array) => void) | null = null;
   private paused = false;
   private delivering = false;
@@ -47,8 +47,7 @@ export class Inbox implements AsyncIterable<Uint8Array> {
     } catch (err) {
       // A receiver that threw has lost track of the stream: later messages must not reach it.
       this.failed = true;
-      this.queue.length = 0;
-      this.head = 0;
+      this.queue.drain();
       this.queuedBytes = 0;
       this.onReceiverError(err);
     }
@@ -56,7 +55,7 @@ export class Inbox implements AsyncIterable<Uint8Array> {
 
   /** Messages waiting to be delivered. */
   get length(): number {
-    return this.queue.length - this.head;
+    return this.queue.length;
   }
 
   /** Hands one received message to the reader, or queues it. */
@@ -137,15 +136,7 @@ export class Inbox implements AsyncIterable<Uint8Array> {
   }
 
   private take(): Uint8Array {
-    const m = this.queue[this.head]!;
-    this.queue[this.head++] = undefined as unknown as Uint8Array;
-    if (this.head === this.queue.length) {
-      this.queue.length = 0;
-      this.head = 0;
-    } else if (this.head > 1024 && this.head * 2 > this.queue.length) {
-      this.queue.splice(0, this.head);
-      this.head = 0;
-    }
+    const m = this.queue.shift()!;
     this.queuedBytes -= m.byteLength;
     // Reading stopped when the queue reached a capacity; room below both starts it again.
     if (this.full && this.length < this.capacity && this.queuedBytes < this.capacityBytes) {

@@ -4,6 +4,7 @@
  * reasons, one-sided access), for tests of the layers above. Addresses: `memory:<name>`.
  */
 import { ErrorCode, KoalaError } from "../errors.js";
+import { Waiters } from "../fifo.js";
 import { log } from "../log.js";
 import { formatAddress } from "./address.js";
 import { Inbox } from "./inbox.js";
@@ -20,7 +21,7 @@ class MemoryConnection implements Connection {
   private readonly inbox: Inbox;
   /** Bytes this side sent that the peer's reader has not taken yet. */
   private unread = 0;
-  private drainWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private readonly drainWaiters = new Waiters<void>();
   private closeReason: KoalaError | undefined;
   private resolveClosed!: (r: KoalaError) => void;
   readonly closed: Promise<KoalaError>;
@@ -121,17 +122,13 @@ class MemoryConnection implements Connection {
   }
 
   private checkDrain(): void {
-    if (this.drainWaiters.length > 0 && this.unread <= this.options.highWaterMarkBytes / 2) {
-      const ws = this.drainWaiters;
-      this.drainWaiters = [];
-      for (const w of ws) w.resolve();
-    }
+    if (this.drainWaiters.length > 0 && this.unread <= this.options.highWaterMarkBytes / 2) this.drainWaiters.resolveAll();
   }
 
   drain(): Promise<void> {
     if (this.closeReason !== undefined) return Promise.reject(this.closeReason);
     if (this.unread <= this.options.highWaterMarkBytes / 2) return Promise.resolve();
-    return new Promise((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
+    return this.drainWaiters.wait();
   }
 
   onMessage(receiver: ((message: Uint8Array) => void) | null): void {
@@ -179,9 +176,7 @@ class MemoryConnection implements Connection {
     this.closeReason = reason;
     this.regions.clear();
     this.inbox.close(reason, orderly);
-    const ws = this.drainWaiters;
-    this.drainWaiters = [];
-    for (const w of ws) w.reject(reason);
+    this.drainWaiters.rejectAll(reason);
     this.resolveClosed(reason);
   }
 
