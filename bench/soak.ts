@@ -17,6 +17,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { Code, RpcError, closeClient, createClient, createServer, type Server } from "../src/index.js";
 import { FrameType } from "../src/rpc/frame.js";
+import { Metadata, encodeMetadata, metadataLength } from "../src/rpc/metadata.js";
 import { EchoRequest, EchoService } from "../test/fixtures/rpc/gen/echo.js";
 import { callFrame, rawClient, rawFrame } from "../test/rpc/raw.js";
 
@@ -33,6 +34,14 @@ interface Sample {
 
 const KiB = 1024;
 
+/** Request metadata `x-slow: 1`, encoded as a CALL frame carries it. */
+const slowMetadata = (() => {
+  const md = new Metadata({ "x-slow": "1" });
+  const b = Buffer.alloc(metadataLength(md));
+  encodeMetadata(md, b, 0);
+  return b;
+})();
+
 // ---- the server (child) -----------------------------------------------------------------------
 
 async function serve(): Promise<void> {
@@ -44,7 +53,9 @@ async function serve(): Promise<void> {
     async *serverStream(req) {
       for (let i = 0; i < req.count; i++) yield { text: req.text, index: i, payload: req.payload };
     },
-    async clientStream(requests) {
+    async clientStream(requests, ctx) {
+      // A caller that asks for it is read only after a pause, so that a peer ignoring credit hits the window.
+      if (ctx.requestMetadata.get("x-slow") !== undefined) await sleep(5000);
       let n = 0;
       for await (const r of requests) n += r.payload.byteLength;
       return { index: n };
@@ -130,7 +141,7 @@ async function load(address: string, until: number, counts: Record<string, numbe
         bump("never-reader");
 
         const breaker = await rawClient(address);
-        breaker.send(callFrame(1, "/koala.test.Echo/ClientStream", new Uint8Array(0), { streaming: true }));
+        breaker.send(callFrame(1, "/koala.test.Echo/ClientStream", new Uint8Array(0), { streaming: true, metadata: slowMetadata }));
         for (let i = 0; i < 40; i++) breaker.send(rawFrame({ type: FrameType.DATA, callId: 1, body }));
         await breaker.conn.closed;
         bump("window breaker cut off");
