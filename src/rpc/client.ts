@@ -8,7 +8,7 @@ import { Fifo } from "../fifo.js";
 import { log } from "../log.js";
 import { connect } from "../transport/index.js";
 import type { Connection } from "../transport/types.js";
-import type { MethodDefinition, MethodKind, ServiceDefinition } from "../proto/definition.js";
+import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
@@ -37,8 +37,8 @@ export interface CallOptions {
   waitForReady?: boolean;
 }
 
-/** A request message given to a client: the message type itself or any part of it. */
-export type RequestInit<I> = I | Partial<I>;
+/** A request message given to a client: the message type itself or any part of it, at any depth (absent fields take their defaults). */
+export type RequestInit<I> = I | PartialMessage<I>;
 
 /** The client function of one method, typed by its call kind. */
 export type ClientMethod<M> =

@@ -7,7 +7,7 @@ import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
 import { log, logLimited } from "../log.js";
 import { listen } from "../transport/index.js";
 import type { Connection, Listener } from "../transport/types.js";
-import type { MethodDefinition, ServiceDefinition } from "../proto/definition.js";
+import type { MethodDefinition, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
@@ -35,8 +35,8 @@ export interface CallContext {
   readonly responseTrailers: Metadata;
 }
 
-/** A response a handler gives: the message type itself or any part of it (absent fields take their defaults). */
-export type ResponseInit<O> = O | Partial<O>;
+/** A response a handler gives: the message type itself or any part of it, at any depth (absent fields take their defaults). */
+export type ResponseInit<O> = O | PartialMessage<O>;
 /** A unary handler. */
 export type UnaryHandler<I, O> = (request: I, context: CallContext) => Promise<ResponseInit<O>> | ResponseInit<O>;
 /** A server-streaming handler. */
