@@ -77,6 +77,7 @@ class ClientConnection extends RpcEndpoint {
   /** Set by GOAWAY: no new calls go here. */
   draining = false;
   dead = false;
+  protected readonly releasesMessages = false;
   /** Calls the server allows at once on this connection (from its SETTINGS). */
   private maxStreams = DEFAULT_MAX_STREAMS;
   /** Calls waiting for a free stream, oldest first. */

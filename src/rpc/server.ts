@@ -228,6 +228,7 @@ export function createServer(options?: ServerOptions): Server {
 
 /** The server side of one connection. */
 class ServerConnection extends RpcEndpoint {
+  protected readonly releasesMessages = true;
   private readonly calls = new Map<number, ServerCall>();
   private readonly methods = new Map<number, Route>();
   private lastCallId = 0;
@@ -327,6 +328,11 @@ class ServerConnection extends RpcEndpoint {
     this.calls.set(id, call);
     this.heldBytes += held;
     call.run(frame);
+  }
+
+  /** Takes over the message of the frame being handled (see RpcEndpoint.keepMessage); give it back with `conn.release`. */
+  takeMessage(): Uint8Array {
+    return this.keepMessage();
   }
 
   /** Whether a reply of `bytes` fits the connection's memory budget now. */
@@ -459,6 +465,10 @@ class ServerCall implements CallContext {
   private readonly window: SendWindow | undefined;
   private iterator: AsyncIterator<unknown> | Iterator<unknown> | undefined;
   private readonly isDone = (): boolean => this.done;
+  /** The CALL message: its metadata and request are views into it until the call ends and the handler is done. */
+  private callMessage: Uint8Array | undefined;
+  /** True while the application's handler may still use the request (it runs, or its response stream does). */
+  private handlerRunning = false;
 
   constructor(
     private readonly sc: ServerConnection,
@@ -470,6 +480,7 @@ class ServerCall implements CallContext {
   ) {
     this.method = route.method;
     this.mdBytes = frame.metadata;
+    if (frame.metadata !== undefined || frame.body !== undefined) this.callMessage = sc.takeMessage();
     this.deadline = frame.arg2 === 0 ? undefined : Date.now() + frame.arg2;
     const kind = this.method.kind;
     if (kind === "client_streaming" || kind === "bidi_streaming") {
@@ -480,6 +491,7 @@ class ServerCall implements CallContext {
         },
         sc.receiveWindow,
       );
+      this.requests.setReleaser((m) => sc.conn.release(m));
     }
     if (kind === "server_streaming" || kind === "bidi_streaming") this.window = new SendWindow();
   }
@@ -528,12 +540,12 @@ class ServerCall implements CallContext {
         }
         const request = this.decode(frame.body);
         if (kind === "unary") this.unary(this.route.handler as UnaryHandler<unknown, unknown>, request);
-        else void this.streamOut((this.route.handler as ServerStreamingHandler<unknown, unknown>)(request, this));
+        else this.startStream(() => (this.route.handler as ServerStreamingHandler<unknown, unknown>)(request, this));
       } else {
-        if (frame.body !== undefined) this.push(frame.body);
+        if (frame.body !== undefined) this.push(frame.body, false);
         if ((frame.flags & FrameFlag.END_STREAM) !== 0) this.requests!.end();
         if (kind === "client_streaming") this.unary(this.route.handler as unknown as UnaryHandler<unknown, unknown>, this.requests!);
-        else void this.streamOut((this.route.handler as BidiStreamingHandler<unknown, unknown>)(this.requests!, this));
+        else this.startStream(() => (this.route.handler as BidiStreamingHandler<unknown, unknown>)(this.requests!, this));
       }
     } catch (err) {
       if (err instanceof KoalaError && err.code === ErrorCode.PROTOCOL) throw err; // the connection's problem, not this call's
@@ -542,7 +554,7 @@ class ServerCall implements CallContext {
   }
 
   /** Decodes a request of a stream and queues it; a flow-control violation propagates (it closes the connection). */
-  private push(body: Uint8Array): void {
+  private push(body: Uint8Array, fromData: boolean): void {
     let request: unknown;
     try {
       request = this.decode(body);
@@ -551,7 +563,7 @@ class ServerCall implements CallContext {
       this.requests!.push(undefined, body.byteLength);
       throw err;
     }
-    this.requests!.push(request, body.byteLength);
+    this.requests!.push(request, body.byteLength, fromData ? this.sc.takeMessage() : undefined);
   }
 
   /** Decodes the request headers; malformed ones fail the call with INTERNAL and one rate-limited log line (no stack: it is the peer's fault). */
@@ -576,13 +588,55 @@ class ServerCall implements CallContext {
   }
 
   private unary(handler: UnaryHandler<unknown, unknown>, request: unknown): void {
-    const result = handler(request, this);
+    this.handlerRunning = true;
+    let result: unknown;
+    try {
+      result = handler(request, this);
+    } catch (err) {
+      this.handlerSettled();
+      throw err;
+    }
     if (result !== null && typeof result === "object" && typeof (result as PromiseLike<unknown>).then === "function") {
       (result as PromiseLike<unknown>).then(
-        (r) => this.reply(r),
-        (err: unknown) => this.fail(err),
+        (r) => {
+          this.handlerSettled();
+          this.reply(r);
+        },
+        (err: unknown) => {
+          this.handlerSettled();
+          this.fail(err);
+        },
       );
-    } else this.reply(result);
+    } else {
+      this.handlerSettled();
+      this.reply(result);
+    }
+  }
+
+  /** Calls a streaming handler and sends what it yields; the handler counts as running until its stream is done. */
+  private startStream(call: () => AsyncIterable<unknown> | Iterable<unknown>): void {
+    this.handlerRunning = true;
+    let responses: AsyncIterable<unknown> | Iterable<unknown>;
+    try {
+      responses = call();
+    } catch (err) {
+      this.handlerSettled();
+      throw err;
+    }
+    void this.streamOut(responses).finally(() => this.handlerSettled());
+  }
+
+  /** The handler will not touch its request any more: once the call is over too, its received messages go back to the transport. */
+  private handlerSettled(): void {
+    this.handlerRunning = false;
+    if (this.done) this.releaseMessages();
+  }
+
+  private releaseMessages(): void {
+    this.requests?.releaseAll();
+    const m = this.callMessage;
+    this.callMessage = undefined;
+    if (m !== undefined) this.sc.conn.release(m);
   }
 
   private reply(response: unknown): void {
@@ -650,7 +704,7 @@ class ServerCall implements CallContext {
         }
         if (frame.body !== undefined) {
           try {
-            this.push(frame.body);
+            this.push(frame.body, true);
           } catch (err) {
             if (err instanceof KoalaError && err.code === ErrorCode.PROTOCOL) throw err;
             this.fail(err);
@@ -724,8 +778,10 @@ class ServerCall implements CallContext {
     }
     this.done = true;
     if (this.timer !== undefined) clearTimeout(this.timer);
-    // A request stream nobody will read any more gives its bytes back to the connection window.
+    // A request stream nobody will read any more gives its bytes back to the connection window,
+    // and every received message of the call goes back to the transport.
     this.requests?.fail(new RpcError(Code.CANCELLED, "the call ended"));
+    if (!this.handlerRunning) this.releaseMessages();
     if (frame !== undefined) {
       if (this.sc.conn.isClosed) frame.release?.();
       else {
