@@ -34,6 +34,7 @@ import { dirname, isAbsolute, relative, resolve as resolvePath } from "node:path
 import protobuf from "protobufjs";
 import { ErrorCode, KoalaError, check } from "../../errors.js";
 import { custom, resolveOptions, type OptionsSpec } from "../../options.js";
+import { fieldFacts, ownFields, type FieldFacts } from "./facts.js";
 import { loadRoot, stringList } from "./load.js";
 
 /** Options of {@link generate}. */
@@ -150,11 +151,6 @@ function outPath(protoFile: string, roots: string[]): string {
     rel = base ? relative(base, protoFile) : protoFile.split("/").pop()!;
   }
   return rel.replace(/\.proto$/, ".ts");
-}
-
-/** Fields that are part of the message itself (protobufjs also lists extensions declared elsewhere). */
-function ownFields(t: protobuf.Type): protobuf.Field[] {
-  return t.fieldsArray.filter((f) => !f.name.startsWith(".") && f.declaringField === null);
 }
 
 class FileGen {
@@ -302,104 +298,42 @@ function genEnum(g: FileGen, e: protobuf.Enum): void {
   g.lines.push("}", "");
 }
 
-/** The features protobufjs resolved for an object (proto2 / proto3 are mapped to their editions equivalents). */
-function features(o: protobuf.ReflectionObject): Record<string, string | undefined> {
-  return (o as unknown as { _features?: Record<string, string> })._features ?? {};
-}
-
-/**
- * protoc's lowerCamelCase name of a field (its JSON name unless `json_name` says otherwise):
- * underscores dropped, the character after each one upper-cased — `field__name4_` → `fieldName4`.
- */
-export function protoCamelCase(name: string): string {
-  let out = "";
-  let upper = false;
-  for (const ch of name) {
-    if (ch === "_") upper = true;
-    else {
-      out += upper ? ch.toUpperCase() : ch;
-      upper = false;
-    }
-  }
-  return out;
-}
-
-interface FieldInfo {
-  f: protobuf.Field;
-  name: string;
-  number: number;
+interface FieldInfo extends Omit<FieldFacts, "scalar"> {
+  /** How the value is sized, written and read. */
   scalar: Scalar | undefined;
-  message: protobuf.Type | undefined;
+  /** The enum's TypeScript name in this file. */
   enumRef: string | undefined;
-  /** The values of a closed enum (proto2, `enum_type = CLOSED`): others go to the unknown fields. */
-  closed: number[] | undefined;
+  /** The value's TypeScript type. */
   typeRef: string;
-  repeated: boolean;
-  packed: boolean;
-  /** Tag-delimited encoding (a proto2 group, editions `DELIMITED`). */
-  group: boolean;
-  required: boolean;
-  map: protobuf.MapField | undefined;
-  optional: boolean;
-  oneof: string | undefined;
-  /** The `[default = …]` of a proto2 field, as a TypeScript expression. */
+  /** The `[default = …]` as a TypeScript expression. */
   explicitDefault: string | undefined;
-  /** Name as written in the `.proto` (protoc's, for a group). */
-  protoName: string;
-  /** JSON name. */
-  jsonName: string;
 }
 
-function defaultExpr(f: protobuf.Field, s: Scalar, isEnum: boolean): string | undefined {
-  const d = (f.options as { default?: unknown } | undefined)?.default;
-  if (d === undefined) return undefined;
-  const v: unknown = f.typeDefault;
-  if (isEnum) return String(v);
-  if (s.ts === "bigint") return `${typeof v === "object" && v !== null ? String(v) : BigInt(v as number).toString()}n`;
-  if (s.ts === "boolean") return String(v === true);
-  if (s.ts === "string") return JSON.stringify(v);
-  if (s.write === "bytes") return `new ${gl("Uint8Array")}([${[...(v as Uint8Array)].join(", ")}])`;
-  const n = v as number;
-  return Number.isNaN(n) ? "NaN" : n === Infinity ? "Infinity" : n === -Infinity ? "-Infinity" : Object.is(n, -0) ? "-0" : String(n);
+/** A default value as a TypeScript expression. */
+function literal(v: NonNullable<FieldFacts["defaultValue"]>): string {
+  if (typeof v === "bigint") return `${v}n`;
+  if (typeof v === "string") return JSON.stringify(v);
+  if (typeof v === "boolean") return String(v);
+  if (v instanceof Uint8Array) return `new ${gl("Uint8Array")}([${[...v].join(", ")}])`;
+  return Number.isNaN(v) ? "NaN" : v === Infinity ? "Infinity" : v === -Infinity ? "-Infinity" : Object.is(v, -0) ? "-0" : String(v);
 }
 
 function fieldInfo(g: FileGen, f: protobuf.Field): FieldInfo {
-  f.resolve();
-  const rt = f.resolvedType;
-  const message = rt instanceof protobuf.Type ? rt : undefined;
-  const isEnum = rt instanceof protobuf.Enum;
-  let scalar = message ? undefined : isEnum ? ENUM_SCALAR : SCALARS[f.type];
-  if (!message && !scalar) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `koala gen: field ${f.fullName.slice(1)} has unsupported type ${f.type}`);
-  if (scalar?.write === "string" && features(f).utf8_validation === "NONE") scalar = { ...scalar, read: "stringLax" };
-  const map = f instanceof protobuf.MapField ? f : undefined;
-  const oneofObj = f.partOf;
-  const synthetic = oneofObj !== null && oneofObj.isProto3Optional;
-  const enumRef = isEnum ? g.ref(rt!) : undefined;
-  // protoc names a proto2 group's field after its type, all lower case.
-  const protoName = message !== undefined && f.delimited && f.name.toLowerCase() === message.name.toLowerCase() ? f.name.toLowerCase() : f.name;
-  const jsonName = (f.options as { json_name?: string } | undefined)?.json_name ?? protoCamelCase(protoName);
-  const closed = isEnum && features(rt!).enum_type === "CLOSED" ? [...new Set(Object.values((rt as protobuf.Enum).values))].sort((a, b) => a - b) : undefined;
+  let facts: FieldFacts;
+  try {
+    facts = fieldFacts(f);
+  } catch (err) {
+    throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `koala gen: ${(err as Error).message}`);
+  }
+  let scalar = facts.enumType ? ENUM_SCALAR : facts.scalar ? SCALARS[facts.scalar] : undefined;
+  if (facts.lax) scalar = { ...scalar!, read: "stringLax" };
+  const enumRef = facts.enumType ? g.ref(facts.enumType) : undefined;
   return {
-    f,
-    name: protoCamelCase(protoName),
-    protoName,
-    jsonName,
-    number: f.id,
+    ...facts,
     scalar,
-    message,
     enumRef,
-    closed,
-    typeRef: message ? g.ref(message) : (enumRef ?? scalar!.ts),
-    repeated: f.repeated,
-    packed: f.packed,
-    // Map entries are length-prefixed whatever the file's features say.
-    group: message !== undefined && map === undefined && f.delimited,
-    required: f.required,
-    map,
-    // Explicit presence (proto3 `optional`, proto2 `optional` / `required`); message fields are handled apart.
-    optional: synthetic || (oneofObj === null && !message && !f.repeated && map === undefined && f.hasPresence),
-    oneof: oneofObj !== null && !synthetic ? protoCamelCase(oneofObj.name) : undefined,
-    explicitDefault: scalar && !f.repeated && !map && oneofObj === null ? defaultExpr(f, scalar, isEnum) : undefined,
+    typeRef: facts.message ? g.ref(facts.message) : (enumRef ?? scalar!.ts),
+    explicitDefault: facts.defaultValue === undefined ? undefined : literal(facts.defaultValue),
   };
 }
 
@@ -436,9 +370,7 @@ function keyFromProp(m: protobuf.MapField, k: string): string {
 
 function genMessage(g: FileGen, t: protobuf.Type): void {
   const name = tsName(t);
-  const fields = ownFields(t)
-    .sort((a, b) => a.id - b.id)
-    .map((f) => fieldInfo(g, f));
+  const fields = ownFields(t).map((f) => fieldInfo(g, f));
   const oneofs = new Map<string, FieldInfo[]>();
   for (const fi of fields) if (fi.oneof) (oneofs.get(fi.oneof) ?? oneofs.set(fi.oneof, []).get(fi.oneof)!).push(fi);
 
