@@ -272,12 +272,10 @@ export function reflectMessageType(typeName: string, fields: readonly CodecField
         const t = r.tag();
         const f = byNumber.get(t >>> 3);
         if (f !== undefined && readField(r, m, f, t & 7, p, end)) continue;
-        if ((t & 7) === 4) {
-          r.endGroup(t, group);
+        if (r.other(m, t, p, group)) {
           group = undefined;
           break;
         }
-        r.unknown(m, t, p);
       }
       if (group !== undefined) r.unterminated(group);
       if (required.length > 0) checkRequired(m, true);

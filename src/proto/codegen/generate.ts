@@ -491,9 +491,8 @@ function genMessage(g: FileGen, t: protobuf.Type): void {
   if (R.length > 0) {
     g.lines.push(`      switch (t >>> 3) {`, ...R.map((l) => `        ${l}`), `      }`);
   }
-  // The end tag of the group being read (any other end tag is malformed).
-  g.lines.push(`      if ((t & 7) === 4) {`, `        r.endGroup(t, group);`, `        group = undefined;`, `        break;`, `      }`);
-  g.lines.push(`      r.unknown(m, t, p);`, `    }`, `    if (group !== undefined) r.unterminated(group);`);
+  // Unknown fields are kept; the end tag of the group being read ends it.
+  g.lines.push(`      if (r.other(m, t, p, group)) {`, `        group = undefined;`, `        break;`, `      }`, `    }`, `    if (group !== undefined) r.unterminated(group);`);
   if (required.length > 0) g.lines.push(`    ${missing(true)}`);
   g.lines.push(`    return m;`, `  },`);
   g.lines.push(`  encode(m: ${rt("PartialMessage")}<${name}>): ${gl("Uint8Array")} {`, `    return ${WIRE}.encodeToBytes(${name}, m as ${name});`, `  },`);

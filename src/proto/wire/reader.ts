@@ -303,6 +303,19 @@ export class ProtoReader {
   }
 
   /**
+   * A field the type did not read (tag `t` at `start`): an end-group tag ends the group of
+   * field `group` being read (true: stop reading), any other field is kept as unknown.
+   */
+  other(message: { $unknown?: Uint8Array[] | undefined }, t: number, start: number, group: number | undefined): boolean {
+    if ((t & 7) === 4) {
+      this.endGroup(t, group);
+      return true;
+    }
+    this.unknown(message, t, start);
+    return false;
+  }
+
+  /**
    * Skips the value of an unknown field whose tag `t` started at `start`, and keeps the whole
    * field (tag included, a view of the input) in `message.$unknown`, to be written back on encode.
    */
