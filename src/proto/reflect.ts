@@ -8,7 +8,7 @@
  */
 import type { FieldDesc, MessageType, PartialMessage, ScalarName } from "./definition.js";
 import { fromJson, toJson } from "./json.js";
-import { EMPTY_BYTES, bytesSize, missingRequired, setEntry } from "./wire/index.js";
+import { EMPTY_BYTES, bytesSize, missingRequired, setEntry } from "./wire/helpers.js";
 import { decodeWith, type ProtoReader } from "./wire/reader.js";
 import { encodeToBytes, sint32Size, sint64Size, stringSize, tagSize, unknownSize, varint32Size, varint64Size, type ProtoWriter, type SizeCounter } from "./wire/writer.js";
 

@@ -115,3 +115,10 @@ export const Legacy: MessageType<Legacy> & { readonly defaults: { readonly count
   },
 };
 
+/** Extension edge.legacy.extra of {@link Legacy} (read and write it with getExtension / setExtension). */
+export const extra: wire.Extension<Legacy, number> = {
+  typeName: "edge.legacy.extra",
+  extendee: "edge.legacy.Legacy",
+  field: { no: 100, name: "extra", json: "[edge.legacy.extra]", proto: "extra", kind: "scalar", type: "int32", opt: true },
+};
+

@@ -421,3 +421,17 @@ export const P2_RG: MessageType<P2_RG> = {
   },
 };
 
+/** Extension spec2.ext_i of {@link P2} (read and write it with getExtension / setExtension). */
+export const ext_i: wire.Extension<P2, number> = {
+  typeName: "spec2.ext_i",
+  extendee: "spec2.P2",
+  field: { no: 100, name: "extI", json: "[spec2.ext_i]", proto: "ext_i", kind: "scalar", type: "int32", opt: true },
+};
+
+/** Extension spec2.ext_s of {@link P2} (read and write it with getExtension / setExtension). */
+export const ext_s: wire.Extension<P2, string[]> = {
+  typeName: "spec2.ext_s",
+  extendee: "spec2.P2",
+  field: { no: 101, name: "extS", json: "[spec2.ext_s]", proto: "ext_s", kind: "scalar", type: "string", repeated: true, lax: true },
+};
+
