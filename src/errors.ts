@@ -73,6 +73,16 @@ export const ErrorCode = {
   OUT_OF_MEMORY: "KOALA_ERR_OUT_OF_MEMORY",
   /** The application's message receiver threw; that connection was closed. */
   RECEIVER_FAILED: "KOALA_ERR_RECEIVER_FAILED",
+  /** A verbs object (device, PD, MR, CQ, QP, CM identifier) was used after it was destroyed. */
+  HANDLE_DESTROYED: "KOALA_ERR_HANDLE_DESTROYED",
+  /** A verbs object cannot be destroyed while others depend on it (a PD with MRs or QPs, a CQ attached to a QP). */
+  HANDLE_IN_USE: "KOALA_ERR_HANDLE_IN_USE",
+  /** A verbs call was refused: a queue is full, a limit of the device is passed, or the queue pair is in the wrong state. */
+  VERBS: "KOALA_ERR_VERBS",
+  /** A SEND found no posted receive at the peer after every retry (receiver not ready); the queue pair went to the error state. */
+  RECEIVER_NOT_READY: "KOALA_ERR_RECEIVER_NOT_READY",
+  /** An RDMA work request completed with an error and its queue pair went to the error state (the status is in the message). */
+  QP_ERROR: "KOALA_ERR_QP_ERROR",
   /** An operating-system error with no more specific code. */
   SYSTEM: "KOALA_ERR_SYSTEM",
 } as const;
@@ -111,8 +121,13 @@ export type MetadataInit = Record<string, string | Uint8Array | readonly (string
 export class RpcError extends Error {
   /** gRPC status code. */
   readonly code: Code;
-  /** The message the failure was raised with, without the code prefix. */
+  /**
+   * The status text exactly as raised or as the server sent it, without the `[CODE] ` prefix
+   * that `message` adds; empty when the status carried none.
+   */
   readonly rawMessage: string;
+  /** The same status text as {@link rawMessage}, under the name grpc-js users know (`err.details`). */
+  readonly details: string;
   /** Trailing metadata the server attached to the failure (empty when none). */
   readonly metadata: MetadataInit;
 
@@ -120,6 +135,7 @@ export class RpcError extends Error {
     super(`[${codeName(code)}] ${message}`, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.rawMessage = message;
+    this.details = message;
     this.metadata = options?.metadata ?? {};
     Object.defineProperty(this, rpcBrand, { value: true });
   }
@@ -135,11 +151,19 @@ export class RpcError extends Error {
 
   /**
    * Turns anything thrown into an RpcError: an RpcError is returned as it is, a KoalaError is
-   * mapped by its code, an AbortError becomes CANCELLED, anything else UNKNOWN (or `fallback`).
+   * mapped by its code, an error with a numeric gRPC `code` (0–16, as grpc-js users throw:
+   * `{ code: status.NOT_FOUND, details: "…" }`) keeps that code and its `details` (or
+   * message), an AbortError becomes CANCELLED, anything else UNKNOWN (or `fallback`).
    */
   static from(reason: unknown, fallback: Code = Code.UNKNOWN): RpcError {
     if (reason instanceof RpcError) return reason;
     if (reason instanceof KoalaError) return new RpcError(codeForKoalaError(reason.code), reason.message, { cause: reason });
+    const numeric = grpcStyleCode(reason);
+    if (numeric !== undefined) {
+      const r = reason as { details?: unknown; message?: unknown };
+      const text = typeof r.details === "string" ? r.details : typeof r.message === "string" ? r.message : "";
+      return new RpcError(numeric, text, { cause: reason });
+    }
     if (reason instanceof Error) {
       if (reason.name === "AbortError") return new RpcError(Code.CANCELLED, reason.message, { cause: reason });
       if (reason.name === "TimeoutError") return new RpcError(Code.DEADLINE_EXCEEDED, reason.message, { cause: reason });
@@ -147,6 +171,18 @@ export class RpcError extends Error {
     }
     return new RpcError(fallback, String(reason), { cause: reason });
   }
+}
+
+/** The numeric gRPC code an error-like object carries in `code`, when it is one of 1–16. */
+function grpcStyleCode(reason: unknown): Code | undefined {
+  if (typeof reason !== "object" || reason === null) return undefined;
+  const code = (reason as { code?: unknown }).code;
+  return typeof code === "number" && Number.isInteger(code) && code >= 1 && code <= 16 ? (code as Code) : undefined;
+}
+
+/** A status code read from the wire: a known code as it is, anything else UNKNOWN (as gRPC clients do). */
+export function clampCode(code: number): Code {
+  return Number.isInteger(code) && code >= 0 && code <= 16 ? (code as Code) : Code.UNKNOWN;
 }
 
 /** The name of a status code (`"DEADLINE_EXCEEDED"`), or `"CODE_<n>"` for a number outside the table. */
@@ -174,6 +210,9 @@ export function codeForKoalaError(code: ErrorCodeValue): Code {
       return Code.NOT_FOUND;
     case ErrorCode.PROTOCOL:
     case ErrorCode.LEASE_RELEASED:
+    case ErrorCode.HANDLE_DESTROYED:
+    case ErrorCode.HANDLE_IN_USE:
+    case ErrorCode.VERBS:
     case ErrorCode.RECEIVER_FAILED:
       return Code.INTERNAL;
     case ErrorCode.CLOSED:

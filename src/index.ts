@@ -10,7 +10,7 @@ export { Code, ErrorCode, KoalaError, RpcError, codeName } from "./errors.js";
 export type { ErrorCodeValue, MetadataInit } from "./errors.js";
 
 export { listen, connect, setupTransports, transportInfo, registerTransport, chooseTransport, parseAddress } from "./transport/index.js";
-export { registerRegion, encodeDescriptor, decodeDescriptor, DESCRIPTOR_BYTES } from "./transport/index.js";
+export { encodeDescriptor, decodeDescriptor, DESCRIPTOR_BYTES } from "./transport/index.js";
 export type {
   Address,
   Connection,
@@ -21,6 +21,8 @@ export type {
   RegionDescriptor,
   RegisteredRegion,
   RemoteAccess,
+  ByteSource,
+  RegisterRegionOptions,
 } from "./transport/index.js";
 
 export { Heap, Lease, createHeap, sharedHeap } from "./mem/index.js";
@@ -34,6 +36,7 @@ export type { CallOptions, Client, ClientMethod, RequestInit } from "./rpc/clien
 export { Server, createServer } from "./rpc/server.js";
 export type {
   CallContext,
+  ServerStats,
   ServiceImplementation,
   MethodHandler,
   UnaryHandler,

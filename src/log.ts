@@ -48,3 +48,25 @@ export function log(level: LogLevel, topic: string, message: string, data?: Reco
   if (ch.hasSubscribers) ch.publish(event);
   if (printed) process.stderr.write(`koala ${level} [${topic}] ${message}\n`);
 }
+
+/** How often one repeated event may print, in milliseconds. */
+const REPEAT_INTERVAL_MS = 10_000;
+const repeats = new Map<string, { until: number; suppressed: number }>();
+
+/**
+ * Logs like {@link log}, but at most once per 10 s for the same `key` (e.g. a kind of protocol
+ * error from one peer address); the next line that gets through says how many were suppressed.
+ * Suppressed events are only counted; the line that gets through carries `data.suppressed`.
+ */
+export function logLimited(key: string, level: LogLevel, topic: string, message: string): void {
+  const now = Date.now();
+  const r = repeats.get(key);
+  if (r !== undefined && now < r.until) {
+    r.suppressed++;
+    return;
+  }
+  if (repeats.size >= 10_000) repeats.clear(); // bounded: a flood of distinct keys cannot grow it
+  const suppressed = r?.suppressed ?? 0;
+  repeats.set(key, { until: now + REPEAT_INTERVAL_MS, suppressed: 0 });
+  log(level, topic, suppressed > 0 ? `${message} (${suppressed} more like it in the last ${REPEAT_INTERVAL_MS / 1000} s)` : message, suppressed > 0 ? { suppressed } : undefined);
+}

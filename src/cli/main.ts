@@ -47,6 +47,17 @@ function info(args: string[]): number {
   }
   const lines = ["transports:"];
   for (const t of i.transports) lines.push(`  ${t.name.padEnd(7)} ${t.available ? "available" : `unavailable: ${t.reason}`}`);
+  lines.push("", "rdma providers (KOALA_RDMA_PROVIDER):");
+  for (const p of i.rdma.providers) {
+    const state = p.available ? "available" : `unavailable: ${p.reason}`;
+    lines.push(`  ${p.name.padEnd(7)} ${state}${p.selected ? " [selected]" : ""}  (${p.description})`);
+    for (const d of p.devices) {
+      const limits = `max_sge ${d.maxSge}, max_qp_wr ${d.maxQpWr}, max_inline_data ${d.maxInlineData}, max_cqe ${d.maxCqe}`;
+      for (const port of d.ports) lines.push(`    ${d.name}:${port.port} ${port.state}, ${port.linkLayer}, MTU ${port.mtu}, GID ${port.gid}; ${limits}`);
+    }
+  }
+  if (i.rdma.using !== undefined) lines.push(`  rdma uses ${i.rdma.using}; KOALA_RNDV_THRESH ${i.rdma.rndvThreshBytes} bytes, KOALA_RDMA_BUSY_POLL_US ${i.rdma.busyPollUs}`);
+  else lines.push(`  rdma unavailable: ${i.rdma.unavailable}`);
   lines.push("");
   lines.push(`KOALA_TRANSPORT=${process.env.KOALA_TRANSPORT ?? "auto"} (mode ${i.choice.mode})`);
   lines.push(i.choice.transport === undefined ? `  no transport: ${i.choice.reason}` : `  host:port addresses use ${i.choice.transport}: ${i.choice.reason}`);

@@ -3,17 +3,18 @@
  * call after a loss), multiplexes calls over it and runs keepalive; `createClient` builds a
  * typed client object from a service definition.
  */
-import { Code, ErrorCode, KoalaError, RpcError, type MetadataInit } from "../errors.js";
+import { Code, ErrorCode, KoalaError, RpcError, clampCode, type MetadataInit } from "../errors.js";
+import { Fifo } from "../fifo.js";
 import { log } from "../log.js";
 import { connect } from "../transport/index.js";
 import type { Connection } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, ServiceDefinition } from "../proto/definition.js";
-import { FrameFlag, FrameType, controlFrame, type Frame } from "./frame.js";
+import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
 import { buildFrame, encodeSettings, type EncodeSettings } from "./outgoing.js";
-import { IncomingStream, STREAM_GRANT_BYTES, SendWindow } from "./stream.js";
+import { IncomingStream, SendWindow } from "./stream.js";
 
 /** Per-call options. */
 export interface CallOptions {
@@ -60,19 +61,33 @@ const channelOf = new WeakMap<object, { channel: Channel; owned: boolean }>();
 interface PendingCall {
   onFrame(frame: Frame): void;
   fail(error: RpcError): void;
+  /** The server's GOAWAY says it never processed this call: try it elsewhere if that is safe, else fail with `error`. */
+  refused(error: RpcError): void;
 }
+
+/** Streams a server allows per connection until its SETTINGS say otherwise (the protocol's default). */
+const DEFAULT_MAX_STREAMS = 100;
 
 /** One transport connection and the calls multiplexed on it. */
 class ClientConnection extends RpcEndpoint {
   private readonly calls = new Map<number, PendingCall>();
   private nextCallId = 1;
-  private readonly methodIds = new Map<string, number>();
+  /** Method ids by path; `announced` once a CALL defining it was handed to the transport. */
+  private readonly methodIds = new Map<string, { id: number; announced: boolean }>();
   /** Set by GOAWAY: no new calls go here. */
   draining = false;
   dead = false;
+  /** Calls the server allows at once on this connection (from its SETTINGS). */
+  private maxStreams = DEFAULT_MAX_STREAMS;
+  /** Calls waiting for a free stream, oldest first. */
+  private readonly waiting = new Fifo<() => void>();
+  private settled: (() => void) | undefined;
+  /** Resolves when the server's SETTINGS arrived (the connection is ready for calls). */
+  readonly ready: Promise<void>;
 
   constructor(conn: Connection, channel: Channel) {
     super(conn, channel.options, "client");
+    this.ready = new Promise<void>((resolve) => (this.settled = resolve));
     this.start();
   }
 
@@ -80,40 +95,83 @@ class ClientConnection extends RpcEndpoint {
     return !this.dead && !this.draining && !this.conn.isClosed && this.nextCallId < 0xffff_fff0;
   }
 
-  /** Registers a call; returns its id and the method id (with `define` true the first time the path is used here). */
+  /**
+   * Runs `start` now when the server allows another call on this connection, or once one ends
+   * (calls past the server's maxConcurrentStreams wait here, in order, instead of failing).
+   * When the connection goes away, waiting starts run at once and find it unusable.
+   */
+  admit(start: () => void): void {
+    if (this.calls.size < this.maxStreams && this.waiting.length === 0) start();
+    else this.waiting.push(start);
+  }
+
+  private admitWaiting(): void {
+    const all = !this.usable;
+    while (this.waiting.length > 0 && (all || this.calls.size < this.maxStreams)) this.waiting.shift()!();
+  }
+
+  /**
+   * Registers a call; returns its id and the method id, with `define` true until a CALL that
+   * names the path was actually sent ({@link announced}): a first call that fails before it is
+   * sent must not leave the method bound to an id the server never heard of.
+   */
   open(call: PendingCall, path: string): { callId: number; methodId: number; define: boolean } {
     const callId = this.nextCallId++;
     this.calls.set(callId, call);
-    let methodId = this.methodIds.get(path);
-    let define = false;
-    if (methodId === undefined) {
-      methodId = this.methodIds.size + 1;
-      this.methodIds.set(path, methodId);
-      define = true;
+    let m = this.methodIds.get(path);
+    if (m === undefined) {
+      m = { id: this.methodIds.size + 1, announced: false };
+      this.methodIds.set(path, m);
     }
-    return { callId, methodId, define };
+    return { callId, methodId: m.id, define: !m.announced };
   }
 
-  /** Forgets a finished call. */
+  /** A CALL defining `path` was handed to the transport: later calls send its id alone. */
+  announced(path: string): void {
+    const m = this.methodIds.get(path);
+    if (m !== undefined) m.announced = true;
+  }
+
+  /** Forgets a finished call (or one moved to another connection). */
   finish(callId: number): void {
-    this.calls.delete(callId);
+    if (!this.calls.delete(callId)) return;
     if (this.draining && this.calls.size === 0) this.conn.close();
+    if (this.waiting.length > 0) this.admitWaiting();
   }
 
   protected onFrame(frame: Frame): boolean {
     switch (frame.type) {
+      case FrameType.SETTINGS:
+        this.maxStreams = Math.max(1, frame.arg);
+        this.settled?.();
+        this.settled = undefined;
+        this.admitWaiting();
+        return true;
       case FrameType.DATA:
       case FrameType.STATUS:
-      case FrameType.CREDIT:
-        this.calls.get(frame.callId)?.onFrame(frame);
+      case FrameType.CREDIT: {
+        const call = this.calls.get(frame.callId);
+        if (call === undefined) {
+          this.discard(frame);
+          return true;
+        }
+        try {
+          call.onFrame(frame);
+        } catch (err) {
+          if (err instanceof KoalaError && err.code === ErrorCode.PROTOCOL) throw err; // the connection's, handled by the endpoint
+          // Whatever else goes wrong in one call (an application callback that throws) ends that call only.
+          call.fail(RpcError.from(err, Code.INTERNAL));
+        }
         return true;
+      }
       case FrameType.GOAWAY:
         this.draining = true;
         log("debug", "client", `server ${this.conn.remoteAddress} is going away: ${frame.text}`);
-        for (const [id, call] of this.calls) {
-          if (id > frame.arg) call.fail(new RpcError(Code.UNAVAILABLE, `server is shutting down: ${frame.text || "going away"}`));
+        for (const [id, call] of [...this.calls]) {
+          if (id > frame.arg) call.refused(new RpcError(Code.UNAVAILABLE, `server is going away (${frame.text || "GOAWAY"}) and did not process the call`));
         }
         if (this.calls.size === 0) this.conn.close();
+        this.admitWaiting();
         return true;
       default:
         return false;
@@ -122,6 +180,9 @@ class ClientConnection extends RpcEndpoint {
 
   protected onClosed(reason: KoalaError): void {
     this.dead = true;
+    this.settled?.();
+    this.settled = undefined;
+    this.admitWaiting();
     if (this.calls.size === 0) return;
     const err = new RpcError(Code.UNAVAILABLE, `connection to ${this.conn.remoteAddress} lost: ${reason.message}`, { cause: reason });
     const calls = [...this.calls.values()];
@@ -207,6 +268,16 @@ export class Channel {
       if (this.current === cc) this.current = undefined;
       this.retired.delete(cc);
     });
+    // The server's limits come first; a peer that sends none within the connect timeout is not a koala server.
+    let timer: NodeJS.Timeout | undefined;
+    const settled = await Promise.race([cc.ready.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), this.options.connectTimeoutMs)))]);
+    clearTimeout(timer);
+    if (!settled || cc.dead) {
+      const why = settled ? "the connection closed before the server's SETTINGS" : `no SETTINGS from the server within ${this.options.connectTimeoutMs} ms`;
+      conn.close(new Error(why));
+      this.lastFailure = new RpcError(Code.UNAVAILABLE, `cannot connect to ${this.address}: ${why}`);
+      throw this.lastFailure;
+    }
     this.current = cc;
     return cc;
   }
@@ -283,6 +354,10 @@ class ClientCall<I, O> implements PendingCall {
   private readonly deadline: number | undefined;
   /** Outcome of a call that ended before `result()` was asked for: null for OK. */
   private early: RpcError | null | undefined;
+  /** The single request, kept until the server answers so that a call its GOAWAY refused can go elsewhere. */
+  private request: RequestInit<I> | undefined;
+  private answered = false;
+  private readonly isDone = (): boolean => this.done;
 
   constructor(
     private readonly channel: Channel,
@@ -294,7 +369,6 @@ class ClientCall<I, O> implements PendingCall {
     const kind = method.kind;
     if (kind === "server_streaming" || kind === "bidi_streaming") {
       this.stream = new IncomingStream<O>(
-        STREAM_GRANT_BYTES,
         (n) => this.sendControl(FrameType.CREDIT, n),
         () => this.cancel(new RpcError(Code.CANCELLED, "the response stream was closed by the client")),
       );
@@ -322,13 +396,31 @@ class ClientCall<I, O> implements PendingCall {
       // Node timers top out at 2^31-1 ms (~24.8 days; longer ones fire at once): beyond, no timer.
       if (left <= MAX_TIMER_MS) this.timer = setTimeout(() => this.cancel(new RpcError(Code.DEADLINE_EXCEEDED, `deadline exceeded after ${this.options?.timeoutMs ?? left} ms`)), left);
     }
+    this.dispatch(request, requests);
+  }
+
+  /** Finds the channel's connection and opens the call there once the server allows another stream. */
+  private dispatch(request: RequestInit<I> | undefined, requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>> | undefined): void {
     const c = this.channel.connection(this.options?.waitForReady === true ? () => !this.done : undefined);
-    if (c instanceof ClientConnection) this.open(c, request, requests);
+    if (c instanceof ClientConnection) c.admit(() => this.open(c, request, requests));
     else
       c.then(
-        (conn) => this.open(conn, request, requests),
+        (conn) => conn.admit(() => this.open(conn, request, requests)),
         (err: unknown) => this.end(RpcError.from(err, Code.UNAVAILABLE)),
       );
+  }
+
+  refused(error: RpcError): void {
+    if (this.done) return;
+    const cc = this.cc;
+    // Only a call whose whole request was in its CALL frame can be sent again as it was.
+    if (this.answered || this.request === undefined || this.method.kind === "client_streaming" || this.method.kind === "bidi_streaming") {
+      this.end(error);
+      return;
+    }
+    this.cc = undefined;
+    cc?.finish(this.callId);
+    this.dispatch(this.request, undefined);
   }
 
   private open(cc: ClientConnection, request: RequestInit<I> | undefined, requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>> | undefined): void {
@@ -336,34 +428,35 @@ class ClientCall<I, O> implements PendingCall {
     if (!cc.usable) {
       // Lost between the lookup and now (a GOAWAY or a close in the meantime): try the next connection once.
       const next = this.channel.connection();
-      if (next instanceof ClientConnection && next !== cc) return this.open(next, request, requests);
+      if (next instanceof ClientConnection && next !== cc) return next.admit(() => this.open(next, request, requests));
       this.end(new RpcError(Code.UNAVAILABLE, `connection to ${this.channel.address} is not usable`));
       return;
     }
     const { callId, methodId, define } = cc.open(this, this.method.path);
     this.cc = cc;
     this.callId = callId;
+    this.stream?.bind(cc.receiveWindow);
     const md = this.options?.metadata;
     const metadata = md === undefined ? undefined : md instanceof Metadata ? md : new Metadata(md);
     const timeout = this.deadline === undefined ? 0 : Math.max(1, Math.min(0xffff_fff0, this.deadline - Date.now()));
     let flags = define ? FrameFlag.DEFINE_METHOD : 0;
     const single = requests === undefined;
     if (single) flags |= FrameFlag.END_STREAM;
+    if (single) this.request = request ?? ({} as RequestInit<I>);
     try {
-      const frame = buildFrame(
-        this.channel.encode,
-        FrameType.CALL,
+      const frame = buildFrame(this.channel.encode, {
+        type: FrameType.CALL,
         flags,
         callId,
-        methodId,
-        timeout,
+        arg: methodId,
+        arg2: timeout,
         metadata,
-        undefined,
-        define ? this.method.path : "",
-        single ? this.method.input : undefined,
-        single ? asMessage(request) : undefined,
-      );
+        text: define ? this.method.path : "",
+        bodyType: single ? this.method.input : undefined,
+        body: single ? asMessage(request) : undefined,
+      });
       cc.send(frame);
+      if (define) cc.announced(this.method.path);
     } catch (err) {
       this.end(RpcError.from(err, Code.INTERNAL));
       return;
@@ -376,16 +469,12 @@ class ClientCall<I, O> implements PendingCall {
     try {
       for await (const r of requests as AsyncIterable<RequestInit<I>>) {
         if (this.done) return;
-        const frame = buildFrame(this.channel.encode, FrameType.DATA, 0, this.callId, 0, 0, undefined, undefined, "", this.method.input, asMessage(r));
-        if (!this.window!.tryTake(frame.bodyBytes)) await this.window!.take(frame.bodyBytes).catch((err: unknown) => (frame.release?.(), Promise.reject(err)));
-        if (this.done) {
-          frame.release?.();
-          return;
-        }
-        if (!this.cc!.send(frame)) await this.cc!.conn.drain();
+        const frame = buildFrame(this.channel.encode, { type: FrameType.DATA, callId: this.callId, bodyType: this.method.input, body: asMessage(r) });
+        const waiting = this.cc!.sendStreamMessage(frame, this.window!, this.isDone);
+        if (waiting !== undefined) await waiting;
       }
       if (this.done) return;
-      this.cc!.send(buildFrame(this.channel.encode, FrameType.DATA, FrameFlag.END_STREAM, this.callId, 0, 0, undefined, undefined, "", undefined, undefined));
+      this.cc!.send(buildFrame(this.channel.encode, { type: FrameType.DATA, flags: FrameFlag.END_STREAM, callId: this.callId }));
     } catch (err) {
       if (this.done) return;
       const e = err instanceof RpcError ? err : new RpcError(Code.CANCELLED, `request stream failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
@@ -395,11 +484,7 @@ class ClientCall<I, O> implements PendingCall {
 
   private sendControl(type: FrameType, arg: number): void {
     if (this.done || this.cc === undefined) return;
-    try {
-      this.cc.conn.send([controlFrame(type, this.callId, arg)]);
-    } catch {
-      /* the connection is closing; the call fails through onClosed */
-    }
+    this.cc.control(type, this.callId, arg);
   }
 
   onFrame(frame: Frame): void {
@@ -408,11 +493,29 @@ class ClientCall<I, O> implements PendingCall {
       this.window?.add(frame.arg);
       return;
     }
+    this.answered = true;
+    this.request = undefined;
+    let counted = false;
     try {
-      if (frame.metadata !== undefined) this.options?.onHeader?.(decodeMetadata(frame.metadata));
+      const mdBytes = (frame.metadata?.byteLength ?? 0) + (frame.trailers?.byteLength ?? 0);
+      const mdLimit = this.channel.options.maxMetadataBytes;
+      if (mdBytes > mdLimit) {
+        throw new RpcError(Code.RESOURCE_EXHAUSTED, `response metadata of ${mdBytes} bytes exceeds the client's limit of ${mdLimit} bytes (maxMetadataBytes)`);
+      }
+      if (frame.metadata !== undefined) {
+        const headers = decodeMetadata(frame.metadata);
+        this.callback("onHeader", headers);
+      }
       if (frame.body !== undefined) {
+        const limit = this.channel.options.maxMessageBytes;
+        if (frame.body.byteLength > limit) {
+          throw new RpcError(Code.RESOURCE_EXHAUSTED, `response of ${frame.body.byteLength} bytes exceeds the client's limit of ${limit} bytes (maxMessageBytes)`);
+        }
         const msg = this.method.output.decode(frame.body);
-        if (this.stream !== undefined) this.stream.push(msg, frame.body.byteLength);
+        if (this.stream !== undefined) {
+          counted = true;
+          this.stream.push(msg, frame.body.byteLength);
+        }
         else if (this.gotResponse) throw new RpcError(Code.INTERNAL, "server sent more than one response to a call that takes one");
         else {
           this.response = msg;
@@ -420,6 +523,10 @@ class ClientCall<I, O> implements PendingCall {
         }
       }
     } catch (err) {
+      // A broken window is the connection's fault, for the endpoint to handle.
+      if (err instanceof KoalaError && err.code === ErrorCode.PROTOCOL) throw err;
+      // The server spent credit on a stream message this call could not take: give it back.
+      if (!counted) this.cc?.discard(frame);
       const e = err instanceof RpcError ? err : new RpcError(Code.INTERNAL, `cannot decode ${this.method.output.typeName}: ${(err as Error).message}`, { cause: err });
       this.cancel(e);
       return;
@@ -432,9 +539,29 @@ class ClientCall<I, O> implements PendingCall {
         this.end(RpcError.from(err, Code.INTERNAL));
         return;
       }
-      if (trailers !== undefined || this.options?.onTrailer !== undefined) this.options?.onTrailer?.(trailers ?? new Metadata());
-      if (frame.arg === Code.OK) this.end(undefined);
-      else this.end(new RpcError(frame.arg as Code, frame.text, { metadata: trailers?.toRecord() ?? {} }));
+      try {
+        this.callback("onTrailer", trailers ?? new Metadata());
+      } catch (err) {
+        this.end(err as RpcError);
+        return;
+      }
+      const code = clampCode(frame.arg);
+      if (code === Code.OK) this.end(undefined);
+      else {
+        const text = code === frame.arg ? frame.text : `the server sent status code ${frame.arg}, which gRPC does not define${frame.text === "" ? "" : `: ${frame.text}`}`;
+        this.end(new RpcError(code, text, { metadata: trailers?.toRecord() ?? {} }));
+      }
+    }
+  }
+
+  /** Calls the application's onHeader / onTrailer; one that throws fails this call (INTERNAL, the error as cause) and nothing else. */
+  private callback(name: "onHeader" | "onTrailer", md: Metadata): void {
+    const cb = this.options?.[name];
+    if (cb === undefined) return;
+    try {
+      cb(md);
+    } catch (err) {
+      throw new RpcError(Code.INTERNAL, `the ${name} callback threw: ${(err as Error)?.message ?? String(err)}`, { cause: err });
     }
   }
 

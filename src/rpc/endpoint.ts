@@ -1,17 +1,18 @@
 /**
  * What both ends of an RPC connection share: framing on top of a transport connection,
- * keepalive, sending frames whose memory returns to the heap once written, and one place
- * that turns a malformed frame into a closed connection.
+ * keepalive, the connection-level flow-control windows, sending frames whose memory returns to
+ * the heap once written, and one place that turns a malformed frame into a closed connection.
  */
-import { ErrorCode, KoalaError } from "../errors.js";
-import { log } from "../log.js";
+import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
+import { logLimited } from "../log.js";
 import type { Connection } from "../transport/types.js";
-import { FrameType, decodeFrame, type Frame } from "./frame.js";
+import { FrameType, controlFrame, decodeFrame, type Frame } from "./frame.js";
 import { Keepalive } from "./keepalive.js";
 import type { OutgoingFrame } from "./outgoing.js";
+import { CONNECTION_GRANT_BYTES, CONNECTION_WINDOW_BYTES, ReceiveWindow, SendWindow } from "./stream.js";
 
-/** Keepalive settings of an endpoint. */
-export interface KeepaliveSettings {
+/** Settings of an endpoint. */
+export interface EndpointSettings {
   keepaliveIntervalMs: number;
   keepaliveTimeoutMs: number;
 }
@@ -21,6 +22,10 @@ export abstract class RpcEndpoint {
   private readonly keepalive: Keepalive;
   /** Reused for every received frame: handlers finish with a frame before the next arrives and keep no reference to it. */
   private readonly scratch: Frame = { type: FrameType.DATA, flags: 0, callId: 0, arg: 0, arg2: 0, metadata: undefined, trailers: undefined, text: "", body: undefined };
+  /** Credit for stream messages on this connection, granted by the peer. */
+  readonly sendWindow = new SendWindow(CONNECTION_WINDOW_BYTES);
+  /** Stream bytes the peer sent on this connection and the application has not consumed yet. */
+  readonly receiveWindow: ReceiveWindow;
 
   /**
    * @param conn the transport connection
@@ -29,10 +34,11 @@ export abstract class RpcEndpoint {
    */
   constructor(
     readonly conn: Connection,
-    settings: KeepaliveSettings,
-    private readonly side: "client" | "server",
+    settings: EndpointSettings,
+    protected readonly side: "client" | "server",
   ) {
     this.keepalive = new Keepalive(conn, settings.keepaliveIntervalMs, settings.keepaliveTimeoutMs, side === "client" ? "server" : "client");
+    this.receiveWindow = new ReceiveWindow(CONNECTION_WINDOW_BYTES, CONNECTION_GRANT_BYTES, (n) => this.control(FrameType.CREDIT, 0, n));
   }
 
   /**
@@ -43,39 +49,140 @@ export abstract class RpcEndpoint {
     this.conn.onMessage((m) => this.receive(m));
     void this.conn.closed.then((reason) => {
       this.keepalive.stop();
+      this.sendWindow.fail(new RpcError(Code.UNAVAILABLE, `connection lost: ${reason.message}`, { cause: reason }));
       this.onClosed(reason);
     });
   }
 
-  /** Sends a frame; its memory goes back to the heap once written, or at once if the send fails. */
+  /** Sends a frame; its memory goes back to the heap once written, or at once if the send fails. False: the transport is over its high-water mark. */
   send(frame: OutgoingFrame): boolean {
+    let ok: boolean;
     try {
-      return this.conn.send(frame.parts, frame.release);
+      ok = this.conn.send(frame.parts, frame.release);
     } catch (err) {
       frame.release?.();
       throw err;
     }
+    if (!ok) this.onBackpressure();
+    return ok;
   }
+
+  /** Sends a frame without a body or sections (CANCEL, CREDIT, PING...); nothing when the connection is closing. */
+  control(type: FrameType, callId: number, arg: number): void {
+    if (this.conn.isClosed) return;
+    try {
+      if (!this.conn.send([controlFrame(type, callId, arg)])) this.onBackpressure();
+    } catch {
+      /* closing: the calls fail through onClosed */
+    }
+  }
+
+  /**
+   * Sends one stream message once both the stream's `window` and this connection's window have
+   * credit, then waits for the transport to drain when it is over its high-water mark. Resolves
+   * without sending (the frame released, taken credit given back) when `done()` turned true
+   * meanwhile; rejects when a window failed. Returns undefined when it sent at once with room
+   * to spare, so the common case costs no promise.
+   */
+  sendStreamMessage(frame: OutgoingFrame, window: SendWindow, done: () => boolean): Promise<void> | undefined {
+    const bytes = frame.bodyBytes;
+    if (window.tryTake(bytes)) {
+      if (this.sendWindow.tryTake(bytes)) return this.sendNow(frame);
+      return this.waitConnection(frame, done);
+    }
+    return window.take(bytes).then(
+      () => {
+        if (done()) {
+          frame.release?.();
+          return undefined;
+        }
+        return this.sendWindow.tryTake(bytes) ? this.sendNow(frame) : this.waitConnection(frame, done);
+      },
+      (err: unknown) => {
+        frame.release?.();
+        throw err;
+      },
+    );
+  }
+
+  private waitConnection(frame: OutgoingFrame, done: () => boolean): Promise<void> {
+    return this.sendWindow.take(frame.bodyBytes).then(
+      () => {
+        if (done()) {
+          this.sendWindow.add(frame.bodyBytes);
+          frame.release?.();
+          return undefined;
+        }
+        return this.sendNow(frame);
+      },
+      (err: unknown) => {
+        frame.release?.();
+        throw err;
+      },
+    );
+  }
+
+  private sendNow(frame: OutgoingFrame): Promise<void> | undefined {
+    return this.send(frame) ? undefined : this.conn.drain();
+  }
+
+  /**
+   * A frame for a call this side no longer knows (it ended, or never existed): a stream
+   * message's bytes still count against the connection window and are given back at once,
+   * since the peer spent credit on them. Throws KOALA_ERR_PROTOCOL when the peer had none.
+   */
+  discard(frame: Frame): void {
+    if (frame.type !== FrameType.DATA || frame.body === undefined) return;
+    const n = frame.body.byteLength;
+    this.receiveWindow.receive(n, "the peer");
+    this.receiveWindow.release(n);
+  }
+
+  /** The transport is over its high-water mark; the server side stops reading until it drains. */
+  protected onBackpressure(): void {}
 
   private receive(message: Uint8Array): void {
     let frame: Frame;
     try {
       frame = decodeFrame(message, this.scratch);
     } catch (err) {
-      log("warn", this.side, `closing the connection with ${this.conn.remoteAddress}: ${(err as Error).message}`);
-      this.conn.close(err as Error);
+      this.protocolError(err as KoalaError);
       return;
     }
     if (frame.type === FrameType.PING) this.keepalive.answer(frame.arg);
     else if (frame.type === FrameType.PONG) this.keepalive.pong();
-    else if (!this.onFrame(frame)) {
-      this.conn.close(new KoalaError(ErrorCode.PROTOCOL, `unexpected frame type ${frame.type} sent to the ${this.side}`));
+    else if (frame.type === FrameType.CREDIT && frame.callId === 0) this.sendWindow.add(frame.arg);
+    else {
+      let handled: boolean;
+      try {
+        handled = this.onFrame(frame);
+      } catch (err) {
+        // A flow-control violation (or a bug) found while handling the frame: this connection
+        // cannot be trusted any more; nothing escapes into the transport.
+        this.protocolError(err instanceof KoalaError ? err : new KoalaError(ErrorCode.PROTOCOL, `cannot handle a frame: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
+        return;
+      }
+      if (!handled) this.protocolError(new KoalaError(ErrorCode.PROTOCOL, `unexpected frame type ${frame.type} sent to the ${this.side}`));
     }
   }
 
-  /** Handles a frame of this side; returns false for a frame this side never receives. */
+  /** Closes the connection for a protocol error, with one log line per peer and kind of error every 10 s (no stack, no flood). */
+  protected protocolError(err: KoalaError): void {
+    const peer = this.conn.remoteAddress;
+    const kind = err.message.replace(/\d+/g, "#").slice(0, 80);
+    logLimited(`protocol:${peerHost(peer)}:${kind}`, "warn", this.side, `closing the connection with ${peer}: ${err.message}`);
+    this.conn.close(err);
+  }
+
+  /** Handles a frame of this side; returns false for a frame this side never receives. May throw KOALA_ERR_PROTOCOL. */
   protected abstract onFrame(frame: Frame): boolean;
 
   /** The transport connection closed (keepalive already stopped). */
   protected abstract onClosed(reason: KoalaError): void;
+}
+
+/** The host part of an address URI (the port differs per connection; the peer is the host). */
+function peerHost(uri: string): string {
+  const m = /^[a-z]+:\/\/(\[[^\]]+\]|[^:/]+)/.exec(uri);
+  return m?.[1] ?? uri;
 }

@@ -6,8 +6,8 @@
  * ```
  *  0 u8  type          1 u8 flags        2 u16 reserved (0)
  *  4 u32 call id
- *  8 u32 arg           CALL: method id · STATUS: code · CREDIT: messages · PING/PONG: sequence · GOAWAY: last call id
- * 12 u32 arg2          CALL: timeout in ms (0: none) · STATUS: trailers length
+ *  8 u32 arg           CALL: method id · STATUS: code · CREDIT: bytes · PING/PONG: sequence · GOAWAY: last call id · SETTINGS: max concurrent streams
+ * 12 u32 arg2          CALL: timeout in ms (0: none) · STATUS: trailers length · SETTINGS: max message bytes
  * 16 u32 metadata length
  * 20 u32 text length   CALL: method path (with DEFINE_METHOD) · STATUS: status message · GOAWAY: reason
  * 24 metadata | trailers | text | body
@@ -28,14 +28,16 @@ export const FrameType = {
   STATUS: 3,
   /** Client cancels a call. */
   CANCEL: 4,
-  /** Receiver lets the sender send `arg` more messages on a stream. */
+  /** Receiver lets the sender send `arg` more body bytes on a stream (call id 0: on the connection). */
   CREDIT: 5,
   /** Keepalive probe. */
   PING: 6,
   /** Keepalive answer. */
   PONG: 7,
-  /** Server accepts no calls above `arg` on this connection (graceful shutdown). */
+  /** Server accepts no calls above `arg` on this connection (graceful shutdown, idle, age). */
   GOAWAY: 8,
+  /** Server's first frame: its limits (`arg` concurrent streams, `arg2` message bytes). */
+  SETTINGS: 9,
 } as const;
 /** One of the values of {@link FrameType}. */
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
@@ -54,7 +56,7 @@ export const FrameFlag = {
 /** One of the values of {@link FrameFlag}. */
 export type FrameFlag = (typeof FrameFlag)[keyof typeof FrameFlag];
 
-const MAX_TYPE = FrameType.GOAWAY;
+const MAX_TYPE = FrameType.SETTINGS;
 const ALL_FLAGS = 15;
 
 /** A decoded frame. Sections are views into the received message. */

@@ -1,5 +1,6 @@
 /** Options of channels, servers and calls, validated once into resolved objects. */
 import { boolean, custom, integer, resolveOptions, type OptionsSpec } from "../options.js";
+import { resolveTransportOptions } from "../transport/options.js";
 import type { TransportOptions } from "../transport/types.js";
 import { Heap, sharedHeap } from "../mem/index.js";
 
@@ -21,7 +22,9 @@ export interface ChannelOptions {
   reconnectBackoffInitialMs?: number;
   /** Longest wait between connect attempts, in milliseconds. Default 5 000. */
   reconnectBackoffMaxMs?: number;
-  /** Options passed to the transport (see TransportOptions); `maxMessageBytes` defaults to 4× the RPC limit plus 64 KiB. */
+  /** Largest response headers or trailers section accepted, in bytes; a larger one fails its call with RESOURCE_EXHAUSTED. Default 16 KiB. */
+  maxMetadataBytes?: number;
+  /** Options passed to the transport (see TransportOptions), checked when the channel is created; `maxMessageBytes` defaults to 4× the RPC limit plus 64 KiB. */
   transport?: TransportOptions;
   /** Heap requests are encoded into (see src/mem); null encodes into plain buffers. Default: the shared heap. */
   heap?: Heap | null;
@@ -37,9 +40,34 @@ export interface ServerOptions {
   keepaliveIntervalMs?: number;
   /** Time a ping may go unanswered before the client counts as gone, in milliseconds. Default 20 000. */
   keepaliveTimeoutMs?: number;
-  /** Calls one connection may have open at once; more are refused with RESOURCE_EXHAUSTED. Default 100 000. */
-  maxConcurrentCallsPerConnection?: number;
-  /** Options passed to the transport of every listener. */
+  /**
+   * Calls one connection may have open at once. Clients learn it when they connect and queue
+   * calls beyond it; a call past it anyway is refused with RESOURCE_EXHAUSTED. Default 100.
+   */
+  maxConcurrentStreams?: number;
+  /** Connections served at once; more are closed as they arrive, with a log line. Default 10 000. */
+  maxConnections?: number;
+  /** Largest request headers section accepted, in bytes; a larger one fails its call with RESOURCE_EXHAUSTED. Default 16 KiB. */
+  maxMetadataBytes?: number;
+  /**
+   * Memory one connection may hold on the server, in bytes: request bodies of calls in flight
+   * plus replies waiting to be sent. A call that would pass it fails with RESOURCE_EXHAUSTED.
+   * Default 64 MiB.
+   */
+  connectionBudgetBytes?: number;
+  /** A connection with no call for this long is closed gracefully (GOAWAY), in milliseconds; 0: never. Default 300 000. */
+  idleTimeoutMs?: number;
+  /** A connection older than this (±10% jitter) is closed gracefully (GOAWAY; calls in flight finish), in milliseconds; 0: never. Default 0. */
+  maxConnectionAgeMs?: number;
+  /** After `maxConnectionAgeMs`, calls still running after this long are cancelled, in milliseconds; 0: they may run to the end. Default 0. */
+  maxConnectionAgeGraceMs?: number;
+  /**
+   * A connection whose replies cannot be written (the client stopped reading) for this long is
+   * closed, in milliseconds; 0: never. While replies wait, the server stops reading requests from
+   * that connection. Default 30 000.
+   */
+  sendTimeoutMs?: number;
+  /** Options passed to the transport of every listener, checked when the server is created. */
   transport?: TransportOptions;
   /** Log handler failures (at warn level) besides sending them to the client. Default true. */
   logHandlerErrors?: boolean;
@@ -59,6 +87,7 @@ const channelSpec: OptionsSpec<Required<ChannelOptions>> = {
   connectTimeoutMs: integer(10_000, 1, 2 ** 31 - 1),
   reconnectBackoffInitialMs: integer(100, 0, 2 ** 31 - 1),
   reconnectBackoffMaxMs: integer(5_000, 0, 2 ** 31 - 1),
+  maxMetadataBytes: integer(16 * 1024, 1, 2 ** 31),
   transport: custom<TransportOptions>({}, "an object of transport options", isObject),
   heap: custom<Heap | null>(null, "a Heap or null", isHeap),
 };
@@ -68,7 +97,14 @@ const serverSpec: OptionsSpec<Required<ServerOptions>> = {
   externalBytesThreshold: integer(64 * 1024, 0, Number.MAX_SAFE_INTEGER),
   keepaliveIntervalMs: integer(60_000, 0, 2 ** 31 - 1),
   keepaliveTimeoutMs: integer(20_000, 1, 2 ** 31 - 1),
-  maxConcurrentCallsPerConnection: integer(100_000, 1, 2 ** 31 - 1),
+  maxConcurrentStreams: integer(100, 1, 2 ** 31 - 1),
+  maxConnections: integer(10_000, 1, 2 ** 31 - 1),
+  maxMetadataBytes: integer(16 * 1024, 1, 2 ** 31),
+  connectionBudgetBytes: integer(64 * MiB, 1, Number.MAX_SAFE_INTEGER),
+  idleTimeoutMs: integer(300_000, 0, 2 ** 31 - 1),
+  maxConnectionAgeMs: integer(0, 0, 2 ** 31 - 1),
+  maxConnectionAgeGraceMs: integer(0, 0, 2 ** 31 - 1),
+  sendTimeoutMs: integer(30_000, 0, 2 ** 31 - 1),
   transport: custom<TransportOptions>({}, "an object of transport options", isObject),
   logHandlerErrors: boolean(true),
   heap: custom<Heap | null>(null, "a Heap or null", isHeap),
@@ -81,12 +117,16 @@ export type ResolvedServerOptions = Readonly<Required<ServerOptions>>;
 
 /** Validates channel options. */
 export function resolveChannelOptions(input: unknown): ResolvedChannelOptions {
-  return resolveOptions("createChannel()", channelSpec, input);
+  const o = resolveOptions("createChannel()", channelSpec, input);
+  resolveTransportOptions("createChannel(): option \"transport\"", transportOptionsFor(o.maxMessageBytes, o.transport));
+  return o;
 }
 
 /** Validates server options. */
 export function resolveServerOptions(input: unknown): ResolvedServerOptions {
-  return resolveOptions("createServer()", serverSpec, input);
+  const o = resolveOptions("createServer()", serverSpec, input);
+  resolveTransportOptions("createServer(): option \"transport\"", transportOptionsFor(o.maxMessageBytes, o.transport));
+  return o;
 }
 
 /** The heap an endpoint encodes into: the one given, none for null, the shared heap when the option is absent. */

@@ -4,11 +4,47 @@
  * as their own scatter-gather parts.
  */
 import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
+import { logLimited } from "../log.js";
 import type { Heap, Lease } from "../mem/index.js";
 import type { MessageType } from "../proto/definition.js";
 import { FrameFlag, FrameType, HEADER_BYTES, writeHeader } from "./frame.js";
 import { encodeMetadata, metadataLength, type Metadata } from "./metadata.js";
 import { encodeParts } from "../proto/wire/writer.js";
+
+/** Frames from this size up are encoded into heap leases (the transports' coalescing limit). */
+export const HEAP_MIN_BYTES = 16 * 1024;
+
+/**
+ * Memory for frame bodies: plain pooled buffers below {@link HEAP_MIN_BYTES} (the transport
+ * copies those into its per-tick batch at once, so a lease would only add cost), heap leases
+ * above. Encoding is synchronous, so the lease taken for a frame is picked up with
+ * {@link takeLease} right after encoding it. A full heap is not a failure: the frame is encoded
+ * into plain memory instead (the per-connection budgets, not the heap cap, bound memory), so one
+ * client filling the heap cannot fail another client's reply.
+ */
+class FrameAllocator {
+  private lease: Lease | undefined;
+  /** Passed to the encoder as its allocator. */
+  readonly alloc = (n: number): Uint8Array => {
+    if (n < HEAP_MIN_BYTES) return Buffer.allocUnsafe(n);
+    try {
+      return (this.lease = this.heap.alloc(n)).bytes;
+    } catch (err) {
+      if (!(err instanceof KoalaError) || err.code !== ErrorCode.OUT_OF_MEMORY) throw err;
+      logLimited("heap-full", "warn", "rpc", `the heap is full; frames are encoded into plain memory meanwhile: ${err.message}`);
+      return Buffer.allocUnsafe(n);
+    }
+  };
+
+  constructor(private readonly heap: Heap) {}
+
+  /** The lease taken while encoding the last frame, if any (and forgets it). */
+  takeLease(): Lease | undefined {
+    const l = this.lease;
+    this.lease = undefined;
+    return l;
+  }
+}
 
 /** How bodies are encoded: limits and where their memory comes from (see {@link encodeSettings}). */
 export interface EncodeSettings {
@@ -16,25 +52,14 @@ export interface EncodeSettings {
   maxMessageBytes: number;
   /** `bytes` fields at least this long are sent as their own part, not copied. */
   externalBytesThreshold: number;
-  /** Memory for a frame; undefined: plain buffers. */
-  alloc: ((n: number) => Uint8Array) | undefined;
+  /** Heap memory for large frames; undefined: plain buffers only. */
+  allocator: FrameAllocator | undefined;
 }
 
-/** The lease taken by the last `alloc` of an {@link encodeSettings} allocator (encoding is synchronous). */
-let lastLease: Lease | undefined;
-
-/**
- * Settings whose allocator encodes frames of at least {@link HEAP_MIN_BYTES} into leases of
- * `heap` (null: plain buffers only). Smaller frames use plain pooled buffers: the transport
- * copies them into its per-tick write batch at once, so a lease would only add cost.
- */
+/** Settings that encode frames of at least {@link HEAP_MIN_BYTES} into leases of `heap` (null: plain buffers only). */
 export function encodeSettings(maxMessageBytes: number, externalBytesThreshold: number, heap: Heap | null): EncodeSettings {
-  const alloc = heap === null ? undefined : (n: number) => (n < HEAP_MIN_BYTES ? Buffer.allocUnsafe(n) : (lastLease = heap.alloc(n)).bytes);
-  return { maxMessageBytes, externalBytesThreshold, alloc };
+  return { maxMessageBytes, externalBytesThreshold, allocator: heap === null ? undefined : new FrameAllocator(heap) };
 }
-
-/** Frames from this size up are encoded into heap leases (the transports' coalescing limit). */
-export const HEAP_MIN_BYTES = 16 * 1024;
 
 /** An encoded frame ready for `Connection.send`. */
 export interface OutgoingFrame {
@@ -45,23 +70,35 @@ export interface OutgoingFrame {
   release: (() => void) | undefined;
 }
 
+/** What goes into a frame (see frame.ts for the meaning of each header field per type). */
+export interface FrameSpec<T = unknown> {
+  type: FrameType;
+  /** Flags besides METADATA and MESSAGE, which are set from the sections given. */
+  flags?: number;
+  callId: number;
+  arg?: number;
+  /** Set from the trailers for STATUS. */
+  arg2?: number;
+  /** Headers section. */
+  metadata?: Metadata | undefined;
+  /** Trailers section (STATUS). */
+  trailers?: Metadata | undefined;
+  /** Method path, status message or GOAWAY reason. */
+  text?: string;
+  /** The body's message type; no body without it. */
+  bodyType?: MessageType<T> | undefined;
+  /** The body (a whole or partial message). */
+  body?: T | undefined;
+}
+
 /**
- * Encodes a frame. `message`/`type` are optional (no body without them). Throws RpcError
- * RESOURCE_EXHAUSTED when the body is over the limit, INTERNAL when encoding fails.
+ * Encodes a frame. Throws RpcError RESOURCE_EXHAUSTED when the body is over the limit,
+ * INTERNAL when encoding fails; no memory is kept then.
  */
-export function buildFrame<T>(
-  settings: EncodeSettings,
-  frameType: FrameType,
-  flags: number,
-  callId: number,
-  arg: number,
-  arg2: number,
-  metadata: Metadata | undefined,
-  trailers: Metadata | undefined,
-  text: string,
-  type: MessageType<T> | undefined,
-  message: T | undefined,
-): OutgoingFrame {
+export function buildFrame<T>(settings: EncodeSettings, spec: FrameSpec<T>): OutgoingFrame {
+  const { metadata, trailers, bodyType } = spec;
+  const text = spec.text ?? "";
+  let flags = spec.flags ?? 0;
   const mdLen = metadata !== undefined && metadata.size > 0 ? metadataLength(metadata) : 0;
   const trLen = trailers !== undefined && trailers.size > 0 ? metadataLength(trailers) : 0;
   const textLen = text === "" ? 0 : Buffer.byteLength(text);
@@ -70,18 +107,19 @@ export function buildFrame<T>(
   let parts: Uint8Array[];
   let bodyBytes = 0;
   let lease: Lease | undefined;
-  if (type !== undefined) {
+  if (bodyType !== undefined) {
     flags |= FrameFlag.MESSAGE;
-    lastLease = undefined;
+    const allocator = settings.allocator;
     try {
-      parts = encodeParts(type, message as T, headroom, settings.alloc, settings.externalBytesThreshold, settings.maxMessageBytes);
-      lease = lastLease;
+      parts = encodeParts(bodyType, spec.body as T, headroom, allocator?.alloc, settings.externalBytesThreshold, settings.maxMessageBytes);
+      lease = allocator?.takeLease();
     } catch (err) {
-      releaseLease(lastLease);
+      const taken = allocator?.takeLease();
+      if (taken !== undefined && !taken.released) taken.release();
       if (err instanceof KoalaError && err.code === ErrorCode.MESSAGE_TOO_LARGE) {
-        throw new RpcError(Code.RESOURCE_EXHAUSTED, `${type.typeName} of ${err.message} (maxMessageBytes)`, { cause: err });
+        throw new RpcError(Code.RESOURCE_EXHAUSTED, `${bodyType.typeName} of ${err.message} (maxMessageBytes)`, { cause: err });
       }
-      throw new RpcError(Code.INTERNAL, `cannot encode ${type.typeName}: ${(err as Error).message}`, { cause: err });
+      throw new RpcError(Code.INTERNAL, `cannot encode ${bodyType.typeName}: ${(err as Error).message}`, { cause: err });
     }
     for (const p of parts) bodyBytes += p.byteLength;
     bodyBytes -= headroom;
@@ -89,8 +127,8 @@ export function buildFrame<T>(
     parts = [Buffer.allocUnsafe(headroom)];
   }
   const first = parts[0]!;
-  if (frameType === FrameType.STATUS) arg2 = trLen;
-  writeHeader(first, frameType, flags, callId, arg, arg2, mdLen, textLen);
+  const arg2 = spec.type === FrameType.STATUS ? trLen : (spec.arg2 ?? 0);
+  writeHeader(first, spec.type, flags, spec.callId, spec.arg ?? 0, arg2, mdLen, textLen);
   if (mdLen > 0 || trLen > 0 || textLen > 0) {
     const buf = Buffer.from(first.buffer, first.byteOffset, headroom);
     let at = HEADER_BYTES;
@@ -100,8 +138,4 @@ export function buildFrame<T>(
   }
   const held = lease;
   return { parts, bodyBytes, release: held === undefined ? undefined : () => held.release() };
-}
-
-function releaseLease(lease: Lease | undefined): void {
-  if (lease !== undefined && !lease.released) lease.release();
 }

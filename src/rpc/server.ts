@@ -3,17 +3,17 @@
  * runs one handler per call, and shuts down gracefully (finish in-flight calls, refuse new
  * ones) or at once.
  */
-import { Code, ErrorCode, KoalaError, RpcError, codeName } from "../errors.js";
-import { log } from "../log.js";
+import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
+import { log, logLimited } from "../log.js";
 import { listen } from "../transport/index.js";
 import type { Connection, Listener } from "../transport/types.js";
 import type { MethodDefinition, ServiceDefinition } from "../proto/definition.js";
-import { FrameFlag, FrameType, controlFrame, type Frame } from "./frame.js";
+import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
 import { buildFrame, encodeSettings, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
-import { IncomingStream, STREAM_GRANT_BYTES, SendWindow } from "./stream.js";
+import { IncomingStream, SendWindow } from "./stream.js";
 
 /** What a handler knows about its call. */
 export interface CallContext {
@@ -66,6 +66,20 @@ interface Route {
   handler: (...args: never[]) => unknown;
 }
 
+/** A snapshot of what a server holds (see {@link Server.stats}). */
+export interface ServerStats {
+  /** Connections being served. */
+  connections: number;
+  /** Calls in flight. */
+  calls: number;
+  /** Request bodies held by calls in flight, in bytes. */
+  heldRequestBytes: number;
+  /** Reply bytes queued on connections and not yet written, in bytes. */
+  unsentBytes: number;
+  /** Stream messages received and not yet consumed by handlers (nor credited back), in bytes. */
+  unconsumedStreamBytes: number;
+}
+
 /** A server: add services, listen, shut down. */
 export class Server {
   /** The resolved options. */
@@ -77,16 +91,24 @@ export class Server {
   private readonly listeners: Listener[] = [];
   private readonly connections = new Set<ServerConnection>();
   private state: "serving" | "draining" | "stopped" = "serving";
+  private shuttingDown: Promise<void> | undefined;
 
   constructor(options?: ServerOptions) {
     this.options = resolveServerOptions(options);
     this.encode = encodeSettings(this.options.maxMessageBytes, this.options.externalBytesThreshold, heapFor(options));
   }
 
-  /** Adds the handlers of `service`. Every method needs a handler; an unknown name is an error. */
-  add<S extends ServiceDefinition>(service: S, implementation: ServiceImplementation<S>): this {
+  /**
+   * Adds the handlers of `service`. A method without a handler answers UNIMPLEMENTED (as
+   * grpc-js does); a name that is not a method of the service, or a method some other service
+   * added already, is an error, and then nothing of `service` is added.
+   */
+  add<S extends ServiceDefinition>(service: S, implementation: Partial<ServiceImplementation<S>>): this {
     if (service === null || typeof service !== "object" || typeof service.methods !== "object") {
       throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "server.add(): the first argument must be a service definition");
+    }
+    if (implementation === null || typeof implementation !== "object") {
+      throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `server.add(${service.typeName}): the second argument must be an object of handlers`);
     }
     const impl = implementation as Record<string, unknown>;
     for (const key of Object.keys(impl)) {
@@ -94,12 +116,17 @@ export class Server {
         throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `server.add(${service.typeName}): "${key}" is not a method of the service (methods: ${Object.keys(service.methods).join(", ")})`);
       }
     }
+    const routes: [string, Route][] = [];
     for (const [name, method] of Object.entries(service.methods)) {
       const handler = impl[name];
-      if (typeof handler !== "function") throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `server.add(${service.typeName}): no handler for method "${name}"`);
+      if (handler !== undefined && typeof handler !== "function") {
+        throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `server.add(${service.typeName}): the handler of "${name}" is a ${typeof handler}, not a function`);
+      }
       if (this.routes.has(method.path)) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `server.add(): ${method.path} is already served`);
-      this.routes.set(method.path, { method, handler: (handler as (...a: never[]) => unknown).bind(implementation) });
+      const bound = handler === undefined ? unimplemented(method.path) : (handler as (...a: never[]) => unknown).bind(implementation);
+      routes.push([method.path, { method, handler: bound }]);
     }
+    for (const [path, route] of routes) this.routes.set(path, route);
     return this;
   }
 
@@ -118,9 +145,26 @@ export class Server {
     return this.listeners.map((l) => l.address);
   }
 
+  /** What the server holds now, summed over its connections (for metrics and for checking budgets). */
+  stats(): ServerStats {
+    const st: ServerStats = { connections: this.connections.size, calls: 0, heldRequestBytes: 0, unsentBytes: 0, unconsumedStreamBytes: 0 };
+    for (const c of this.connections) {
+      st.calls += c.callCount;
+      st.heldRequestBytes += c.heldBytes;
+      st.unsentBytes += c.conn.bufferedBytes;
+      st.unconsumedStreamBytes += c.receiveWindow.unacknowledged;
+    }
+    return st;
+  }
+
   private accept(conn: Connection): void {
     if (this.state !== "serving") {
       conn.close();
+      return;
+    }
+    if (this.connections.size >= this.options.maxConnections) {
+      logLimited("max-connections", "warn", "server", `refusing a connection from ${conn.remoteAddress}: ${this.connections.size} connections are open (maxConnections)`);
+      conn.close(new KoalaError(ErrorCode.CLOSED, "the server has reached maxConnections"));
       return;
     }
     const sc = new ServerConnection(this, conn);
@@ -131,31 +175,50 @@ export class Server {
   /**
    * Graceful shutdown: stops listening, refuses new calls (UNAVAILABLE), lets calls in flight
    * finish, then closes the connections. With `timeoutMs`, calls still running then are
-   * cancelled as by {@link forceShutdown}.
+   * cancelled as by {@link forceShutdown}. Calling it again returns the same promise;
+   * `forceShutdown()` ends it at once.
    */
-  async shutdown(options?: { timeoutMs?: number }): Promise<void> {
-    if (this.state === "stopped") return;
+  shutdown(options?: { timeoutMs?: number }): Promise<void> {
+    if (this.shuttingDown !== undefined) return this.shuttingDown;
+    if (this.state === "stopped") return Promise.resolve();
     this.state = "draining";
-    await Promise.all(this.listeners.splice(0).map((l) => l.close()));
-    const all = [...this.connections];
-    const drained = Promise.all(all.map((c) => c.drain()));
-    if (options?.timeoutMs === undefined) await drained;
-    else {
+    this.shuttingDown = (async () => {
+      await Promise.all(this.listeners.splice(0).map((l) => l.close()));
+      const drained = Promise.all([...this.connections].map((c) => c.drain("server shutdown")));
       let timer: NodeJS.Timeout | undefined;
-      const timedOut = await Promise.race([drained.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), options.timeoutMs)))]);
+      const limit = options?.timeoutMs;
+      const timedOut = await Promise.race([
+        drained.then(() => false),
+        limit === undefined ? new Promise<boolean>(() => undefined) : new Promise<boolean>((r) => (timer = setTimeout(() => r(true), limit))),
+        new Promise<boolean>((r) => (this.forced = () => r(true))),
+      ]);
       clearTimeout(timer);
       if (timedOut) this.forceShutdown();
-    }
-    this.state = "stopped";
+      this.state = "stopped";
+    })();
+    return this.shuttingDown;
   }
 
-  /** Immediate shutdown: stops listening, cancels every call in flight and closes every connection. */
+  private forced: (() => void) | undefined;
+
+  /** Immediate shutdown: stops listening, cancels every call in flight and closes every connection (also during a graceful shutdown). */
   forceShutdown(): void {
     this.state = "stopped";
     for (const l of this.listeners.splice(0)) void l.close();
-    for (const c of this.connections) c.kill(new RpcError(Code.UNAVAILABLE, "the server was shut down"));
+    const all = [...this.connections];
     this.connections.clear();
+    for (const c of all) c.kill(new RpcError(Code.UNAVAILABLE, "the server was shut down"));
+    const f = this.forced;
+    this.forced = undefined;
+    f?.();
   }
+}
+
+/** The handler of a method the implementation left out: every call fails with UNIMPLEMENTED. */
+function unimplemented(path: string): (...a: never[]) => never {
+  return () => {
+    throw new RpcError(Code.UNIMPLEMENTED, `${path} is not implemented by this server`);
+  };
 }
 
 /** Creates a server (see {@link ServerOptions}). */
@@ -169,13 +232,34 @@ class ServerConnection extends RpcEndpoint {
   private readonly methods = new Map<number, Route>();
   private lastCallId = 0;
   private goaway: number | undefined;
+  private draining: Promise<void> | undefined;
   private drained: (() => void) | undefined;
+  /** Request bytes held by calls in flight (their bodies back the decoded requests). */
+  heldBytes = 0;
+
+  /** Calls in flight. */
+  get callCount(): number {
+    return this.calls.size;
+  }
+  private paused = false;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private ageTimer: NodeJS.Timeout | undefined;
+  private sendTimer: NodeJS.Timeout | undefined;
+  readonly options: ResolvedServerOptions;
 
   constructor(
     readonly server: Server,
     conn: Connection,
   ) {
     super(conn, server.options, "server");
+    const o = (this.options = server.options);
+    // The client waits for these limits before its first call.
+    this.send(buildFrame(server.encode, { type: FrameType.SETTINGS, callId: 0, arg: o.maxConcurrentStreams, arg2: o.maxMessageBytes }));
+    if (o.maxConnectionAgeMs > 0) {
+      const age = Math.round(o.maxConnectionAgeMs * (0.9 + Math.random() * 0.2));
+      this.ageTimer = unrefTimer(() => this.retire(), age);
+    }
+    this.armIdle();
     this.start();
   }
 
@@ -186,9 +270,12 @@ class ServerConnection extends RpcEndpoint {
         return true;
       case FrameType.DATA:
       case FrameType.CANCEL:
-      case FrameType.CREDIT:
-        this.calls.get(frame.callId)?.onFrame(frame);
+      case FrameType.CREDIT: {
+        const call = this.calls.get(frame.callId);
+        if (call === undefined) this.discard(frame);
+        else call.onFrame(frame);
         return true;
+      }
       default:
         return false;
     }
@@ -196,10 +283,7 @@ class ServerConnection extends RpcEndpoint {
 
   private onCall(frame: Frame): void {
     const id = frame.callId;
-    if (id <= this.lastCallId || this.calls.has(id)) {
-      this.conn.close(new KoalaError(ErrorCode.PROTOCOL, `call id ${id} reused`));
-      return;
-    }
+    if (id <= this.lastCallId || this.calls.has(id)) throw new KoalaError(ErrorCode.PROTOCOL, `call id ${id} reused`);
     this.lastCallId = id;
     let route: Route | undefined;
     if ((frame.flags & FrameFlag.DEFINE_METHOD) !== 0) {
@@ -220,46 +304,92 @@ class ServerConnection extends RpcEndpoint {
       this.status(id, Code.UNAVAILABLE, "the server is shutting down");
       return;
     }
-    if (this.calls.size >= this.server.options.maxConcurrentCallsPerConnection) {
-      this.status(id, Code.RESOURCE_EXHAUSTED, `more than ${this.server.options.maxConcurrentCallsPerConnection} concurrent calls on one connection`);
+    const o = this.options;
+    if (this.calls.size >= o.maxConcurrentStreams) {
+      this.status(id, Code.RESOURCE_EXHAUSTED, `more than ${o.maxConcurrentStreams} concurrent calls on one connection (maxConcurrentStreams)`);
       return;
     }
-    const call = new ServerCall(this, id, route, frame);
+    const mdBytes = frame.metadata?.byteLength ?? 0;
+    if (mdBytes > o.maxMetadataBytes) {
+      this.status(id, Code.RESOURCE_EXHAUSTED, `request metadata of ${mdBytes} bytes exceeds the server's limit of ${o.maxMetadataBytes} bytes (maxMetadataBytes)`);
+      return;
+    }
+    const held = frame.body?.byteLength ?? 0;
+    if (this.heldBytes + this.conn.bufferedBytes + held > o.connectionBudgetBytes) {
+      this.status(id, Code.RESOURCE_EXHAUSTED, `the connection's memory budget of ${o.connectionBudgetBytes} bytes is used up (connectionBudgetBytes)`);
+      return;
+    }
+    if (this.idleTimer !== undefined) {
+      clearTimeout(this.idleTimer);
+      this.idleTimer = undefined;
+    }
+    const call = new ServerCall(this, id, route, frame, held);
     this.calls.set(id, call);
+    this.heldBytes += held;
     call.run(frame);
+  }
+
+  /** Whether a reply of `bytes` fits the connection's memory budget now. */
+  fits(bytes: number): boolean {
+    return this.heldBytes + this.conn.bufferedBytes + bytes <= this.options.connectionBudgetBytes;
   }
 
   /** Sends a status for a call that never started. */
   private status(callId: number, code: Code, message: string): void {
     try {
-      this.send(buildFrame(this.server.encode, FrameType.STATUS, 0, callId, code, 0, undefined, undefined, message, undefined, undefined));
+      this.send(buildFrame(this.server.encode, { type: FrameType.STATUS, callId, arg: code, text: message }));
     } catch {
       /* the connection is going away */
     }
   }
 
-  finish(callId: number): void {
-    this.calls.delete(callId);
+  /** A call ended; `held` request bytes are free again. */
+  finish(callId: number, held: number): void {
+    if (!this.calls.delete(callId)) return;
+    this.heldBytes -= held;
     if (this.goaway !== undefined && this.calls.size === 0) {
       this.conn.close();
       this.drained?.();
+    } else this.armIdle();
+  }
+
+  private armIdle(): void {
+    const ms = this.options.idleTimeoutMs;
+    if (ms === 0 || this.calls.size > 0 || this.idleTimer !== undefined || this.goaway !== undefined) return;
+    this.idleTimer = unrefTimer(() => {
+      this.idleTimer = undefined;
+      if (this.calls.size === 0) {
+        log("debug", "server", `closing the idle connection with ${this.conn.remoteAddress} (idleTimeoutMs)`);
+        void this.drain("idle");
+      }
+    }, ms);
+  }
+
+  /** Max connection age reached: GOAWAY, and with a grace period, cancel what still runs after it. */
+  private retire(): void {
+    log("debug", "server", `connection with ${this.conn.remoteAddress} reached maxConnectionAgeMs`);
+    void this.drain("max connection age");
+    const grace = this.options.maxConnectionAgeGraceMs;
+    if (grace > 0 && this.calls.size > 0) {
+      unrefTimer(() => this.kill(new RpcError(Code.UNAVAILABLE, "the connection reached its maximum age and grace period")), grace);
     }
   }
 
-  /** Sends GOAWAY and resolves once every call in flight is done and the connection closed. */
-  drain(): Promise<void> {
+  /** Sends GOAWAY and resolves once every call in flight is done and the connection closed. Calling it again returns the same promise. */
+  drain(reason: string): Promise<void> {
+    if (this.draining !== undefined) return this.draining;
     if (this.conn.isClosed) return Promise.resolve();
     this.goaway = this.lastCallId;
+    if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
     try {
-      this.send(buildFrame(this.server.encode, FrameType.GOAWAY, 0, 0, this.lastCallId, 0, undefined, undefined, "server shutdown", undefined, undefined));
+      this.send(buildFrame(this.server.encode, { type: FrameType.GOAWAY, callId: 0, arg: this.lastCallId, text: reason }));
     } catch {
       /* closing anyway */
     }
-    if (this.calls.size === 0) {
-      this.conn.close();
-      return this.conn.closed.then(() => undefined);
-    }
-    return new Promise<void>((resolve) => (this.drained = resolve)).then(() => this.conn.closed).then(() => undefined);
+    if (this.calls.size === 0) this.conn.close();
+    const closed = this.conn.closed.then(() => undefined);
+    this.draining = this.calls.size === 0 ? closed : new Promise<void>((resolve) => (this.drained = resolve)).then(() => closed);
+    return this.draining;
   }
 
   /** Cancels every call and drops the connection. */
@@ -268,12 +398,48 @@ class ServerConnection extends RpcEndpoint {
     this.conn.close(error);
   }
 
+  /**
+   * Replies cannot be written as fast as they are made (the client reads slowly or not at all):
+   * stop reading requests from this connection until they drain, and give up on the connection
+   * when nothing drains for `sendTimeoutMs`.
+   */
+  protected override onBackpressure(): void {
+    if (this.paused || this.conn.isClosed) return;
+    this.paused = true;
+    this.conn.pause();
+    const ms = this.options.sendTimeoutMs;
+    if (ms > 0) {
+      this.sendTimer = unrefTimer(() => {
+        logLimited(`send-timeout:${this.conn.remoteAddress}`, "warn", "server", `closing the connection with ${this.conn.remoteAddress}: ${this.conn.bufferedBytes} bytes of replies not written for ${ms} ms (sendTimeoutMs)`);
+        this.kill(new RpcError(Code.UNAVAILABLE, `the client did not read its replies for ${ms} ms (sendTimeoutMs)`));
+      }, ms);
+    }
+    this.conn.drain().then(
+      () => {
+        if (this.sendTimer !== undefined) clearTimeout(this.sendTimer);
+        this.sendTimer = undefined;
+        this.paused = false;
+        this.conn.resume();
+      },
+      () => undefined,
+    );
+  }
+
   protected onClosed(reason: KoalaError): void {
+    for (const t of [this.idleTimer, this.ageTimer, this.sendTimer]) if (t !== undefined) clearTimeout(t);
     const err = new RpcError(Code.CANCELLED, `client connection lost: ${reason.message}`, { cause: reason });
     for (const c of [...this.calls.values()]) c.abort(err, false);
     this.calls.clear();
+    this.heldBytes = 0;
     this.drained?.();
   }
+}
+
+/** A timer that does not keep the process alive. */
+function unrefTimer(fn: () => void, ms: number): NodeJS.Timeout {
+  const t = setTimeout(fn, ms);
+  t.unref();
+  return t;
 }
 
 /** The server half of one call. */
@@ -292,12 +458,15 @@ class ServerCall implements CallContext {
   private readonly requests: IncomingStream<unknown> | undefined;
   private readonly window: SendWindow | undefined;
   private iterator: AsyncIterator<unknown> | Iterator<unknown> | undefined;
+  private readonly isDone = (): boolean => this.done;
 
   constructor(
     private readonly sc: ServerConnection,
     private readonly id: number,
     private readonly route: Route,
     frame: Frame,
+    /** Request bytes this call holds against the connection's budget until it ends. */
+    private readonly held: number,
   ) {
     this.method = route.method;
     this.mdBytes = frame.metadata;
@@ -305,11 +474,11 @@ class ServerCall implements CallContext {
     const kind = this.method.kind;
     if (kind === "client_streaming" || kind === "bidi_streaming") {
       this.requests = new IncomingStream(
-        STREAM_GRANT_BYTES,
-        (n) => this.control(FrameType.CREDIT, n),
+        (n) => this.sc.control(FrameType.CREDIT, this.id, n),
         () => {
           /* the handler stopped reading requests; the call goes on */
         },
+        sc.receiveWindow,
       );
     }
     if (kind === "server_streaming" || kind === "bidi_streaming") this.window = new SendWindow();
@@ -351,7 +520,7 @@ class ServerCall implements CallContext {
       if (left < 2 ** 31) this.timer = setTimeout(() => this.expire(), left);
     }
     try {
-      if (this.mdBytes !== undefined) this.requestMetadata; // malformed metadata fails the call here, not in the handler
+      if (this.mdBytes !== undefined) this.checkMetadata(); // malformed metadata fails the call here, not in the handler
       const kind = this.method.kind;
       if (kind === "unary" || kind === "server_streaming") {
         if (frame.body === undefined || (frame.flags & FrameFlag.END_STREAM) === 0) {
@@ -361,19 +530,43 @@ class ServerCall implements CallContext {
         if (kind === "unary") this.unary(this.route.handler as UnaryHandler<unknown, unknown>, request);
         else void this.streamOut((this.route.handler as ServerStreamingHandler<unknown, unknown>)(request, this));
       } else {
-        if (frame.body !== undefined) this.requests!.push(this.decode(frame.body), frame.body.byteLength);
+        if (frame.body !== undefined) this.push(frame.body);
         if ((frame.flags & FrameFlag.END_STREAM) !== 0) this.requests!.end();
         if (kind === "client_streaming") this.unary(this.route.handler as unknown as UnaryHandler<unknown, unknown>, this.requests!);
         else void this.streamOut((this.route.handler as BidiStreamingHandler<unknown, unknown>)(this.requests!, this));
       }
     } catch (err) {
+      if (err instanceof KoalaError && err.code === ErrorCode.PROTOCOL) throw err; // the connection's problem, not this call's
       this.fail(err);
     }
   }
 
+  /** Decodes a request of a stream and queues it; a flow-control violation propagates (it closes the connection). */
+  private push(body: Uint8Array): void {
+    let request: unknown;
+    try {
+      request = this.decode(body);
+    } catch (err) {
+      // The bytes still count against the windows: the sender spent credit on them.
+      this.requests!.push(undefined, body.byteLength);
+      throw err;
+    }
+    this.requests!.push(request, body.byteLength);
+  }
+
+  /** Decodes the request headers; malformed ones fail the call with INTERNAL and one rate-limited log line (no stack: it is the peer's fault). */
+  private checkMetadata(): void {
+    try {
+      void this.requestMetadata;
+    } catch (err) {
+      logLimited(`bad-metadata:${this.peer}`, "warn", "server", `${this.peer} sent malformed request metadata for ${this.method.path}: ${(err as Error).message}`);
+      throw new RpcError(Code.INTERNAL, `malformed request metadata: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
   private decode(body: Uint8Array): unknown {
-    if (body.byteLength > this.sc.server.options.maxMessageBytes) {
-      throw new RpcError(Code.RESOURCE_EXHAUSTED, `request of ${body.byteLength} bytes exceeds the server's limit of ${this.sc.server.options.maxMessageBytes} bytes`);
+    if (body.byteLength > this.sc.options.maxMessageBytes) {
+      throw new RpcError(Code.RESOURCE_EXHAUSTED, `request of ${body.byteLength} bytes exceeds the server's limit of ${this.sc.options.maxMessageBytes} bytes`);
     }
     try {
       return this.method.input.decode(body);
@@ -398,26 +591,31 @@ class ServerCall implements CallContext {
       this.fail(new RpcError(Code.INTERNAL, `handler of ${this.method.path} returned no response`));
       return;
     }
-    let frame;
+    let frame: OutgoingFrame;
     try {
-      frame = buildFrame(
-        this.sc.server.encode,
-        FrameType.STATUS,
-        0,
-        this.id,
-        Code.OK,
-        0,
-        this.headersSent ? undefined : this.headers,
-        this.trailers,
-        "",
-        this.method.output,
-        response,
-      );
+      frame = buildFrame(this.sc.server.encode, {
+        type: FrameType.STATUS,
+        callId: this.id,
+        arg: Code.OK,
+        metadata: this.headersSent ? undefined : this.headers,
+        trailers: this.trailers,
+        bodyType: this.method.output,
+        body: response,
+      });
+      this.checkBudget(frame);
     } catch (err) {
       this.fail(err);
       return;
     }
     this.finish(frame);
+  }
+
+  /** A reply that would pass the connection's memory budget fails this call (its memory is released at once). */
+  private checkBudget(frame: OutgoingFrame): void {
+    if (this.sc.fits(frame.bodyBytes)) return;
+    frame.release?.();
+    const budget = this.sc.options.connectionBudgetBytes;
+    throw new RpcError(Code.RESOURCE_EXHAUSTED, `a reply of ${frame.bodyBytes} bytes would pass the connection's memory budget of ${budget} bytes (connectionBudgetBytes; the client reads its replies too slowly)`);
   }
 
   private async streamOut(responses: AsyncIterable<unknown> | Iterable<unknown>): Promise<void> {
@@ -429,24 +627,21 @@ class ServerCall implements CallContext {
         if (this.done) return;
         if (r.done === true) break;
         // The first response carries the headers (buildFrame flags the section when there is one).
-        const frame = buildFrame(this.sc.server.encode, FrameType.DATA, 0, this.id, 0, 0, this.headersSent ? undefined : this.headers, undefined, "", this.method.output, r.value);
-        if (!this.window!.tryTake(frame.bodyBytes)) await this.window!.take(frame.bodyBytes).catch((err: unknown) => (frame.release?.(), Promise.reject(err)));
-        if (this.done) {
-          frame.release?.();
-          return;
-        }
+        const frame = buildFrame(this.sc.server.encode, { type: FrameType.DATA, callId: this.id, metadata: this.headersSent ? undefined : this.headers, bodyType: this.method.output, body: r.value });
+        this.checkBudget(frame);
         this.headersSent = true;
-        if (!this.sc.send(frame)) await this.sc.conn.drain();
+        const waiting = this.sc.sendStreamMessage(frame, this.window!, this.isDone);
+        if (waiting !== undefined) await waiting;
+        if (this.done) return;
       }
       if (this.done) return;
-      this.finish(buildFrame(this.sc.server.encode, FrameType.STATUS, 0, this.id, Code.OK, 0, this.headersSent ? undefined : this.headers, this.trailers, "", undefined, undefined));
+      this.finish(buildFrame(this.sc.server.encode, { type: FrameType.STATUS, callId: this.id, arg: Code.OK, metadata: this.headersSent ? undefined : this.headers, trailers: this.trailers }));
     } catch (err) {
       this.fail(err);
     }
   }
 
   onFrame(frame: Frame): void {
-    if (this.done) return;
     switch (frame.type) {
       case FrameType.DATA:
         if (this.requests === undefined) {
@@ -455,8 +650,9 @@ class ServerCall implements CallContext {
         }
         if (frame.body !== undefined) {
           try {
-            this.requests.push(this.decode(frame.body), frame.body.byteLength);
+            this.push(frame.body);
           } catch (err) {
+            if (err instanceof KoalaError && err.code === ErrorCode.PROTOCOL) throw err;
             this.fail(err);
             return;
           }
@@ -471,15 +667,6 @@ class ServerCall implements CallContext {
         return;
       default:
         return;
-    }
-  }
-
-  private control(type: FrameType, arg: number): void {
-    if (this.done) return;
-    try {
-      this.sc.conn.send([controlFrame(type, this.id, arg)]);
-    } catch {
-      /* closing */
     }
   }
 
@@ -510,22 +697,22 @@ class ServerCall implements CallContext {
 
   private fail(err: unknown): void {
     if (this.done) return;
-    if (this.sc.server.options.logHandlerErrors && !(err instanceof RpcError)) {
+    if (this.sc.options.logHandlerErrors && !(err instanceof RpcError)) {
       log("warn", "server", `${this.method.path} failed: ${(err as Error)?.stack ?? String(err)}`);
     }
     this.abort(RpcError.from(err), true);
   }
 
-
   private sendStatus(e: RpcError): void {
     const trailers = this.trailers ?? new Metadata();
     for (const [k, v] of new Metadata(e.metadata)) trailers.append(k, v);
+    const base = { type: FrameType.STATUS, callId: this.id, arg: e.code, text: e.rawMessage } as const;
     let frame: OutgoingFrame;
     try {
-      frame = buildFrame(this.sc.server.encode, FrameType.STATUS, 0, this.id, e.code, 0, this.headersSent ? undefined : this.headers, trailers, e.rawMessage || codeName(e.code), undefined, undefined);
+      frame = buildFrame(this.sc.server.encode, { ...base, metadata: this.headersSent ? undefined : this.headers, trailers });
     } catch {
       // Headers or trailers that cannot be encoded must not hide the status itself.
-      frame = buildFrame(this.sc.server.encode, FrameType.STATUS, 0, this.id, e.code, 0, undefined, undefined, e.rawMessage, undefined, undefined);
+      frame = buildFrame(this.sc.server.encode, base);
     }
     this.finish(frame);
   }
@@ -537,6 +724,8 @@ class ServerCall implements CallContext {
     }
     this.done = true;
     if (this.timer !== undefined) clearTimeout(this.timer);
+    // A request stream nobody will read any more gives its bytes back to the connection window.
+    this.requests?.fail(new RpcError(Code.CANCELLED, "the call ended"));
     if (frame !== undefined) {
       if (this.sc.conn.isClosed) frame.release?.();
       else {
@@ -547,7 +736,6 @@ class ServerCall implements CallContext {
         }
       }
     }
-    this.sc.finish(this.id);
+    this.sc.finish(this.id, this.held);
   }
-
 }

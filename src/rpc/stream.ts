@@ -1,49 +1,124 @@
 /**
  * Stream plumbing shared by clients and servers: the receiving queue handed to application
- * code as an async iterable, and the sending window of byte credits. Together they bound
- * memory: a sender may have at most {@link STREAM_WINDOW_BYTES} (plus one message) of body
- * bytes unconsumed at the receiver, however small or large its messages.
+ * code as an async iterable, the sending windows of byte credits, and the receive-side
+ * accounting that enforces them.
+ *
+ * Flow control works as in HTTP/2, in body bytes: every stream has a window of
+ * {@link STREAM_WINDOW_BYTES} and every connection one of {@link CONNECTION_WINDOW_BYTES}
+ * shared by its streams. A sender may send a stream message while both its stream credit and
+ * its connection credit are above zero (so it may overdraw each by one message); the receiver
+ * grants credit back as the application consumes messages. The receiver checks the rule: a
+ * message arriving while the sender had no credit left is a protocol violation that closes
+ * the connection. Together these bound what one connection can make the receiver hold.
  */
 
-import { Code, RpcError } from "../errors.js";
+import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
+import { Fifo } from "../fifo.js";
 
 /** The window every stream starts with, in body bytes: part of the protocol, the same on both sides. */
 export const STREAM_WINDOW_BYTES = 1024 * 1024;
-/** The receiver grants credit back once its reader consumed this many bytes. */
+/** The receiver grants stream credit back once its reader consumed this many bytes. */
 export const STREAM_GRANT_BYTES = STREAM_WINDOW_BYTES / 4;
+/** The window every connection starts with for the stream messages of all its calls, in body bytes. */
+export const CONNECTION_WINDOW_BYTES = 8 * 1024 * 1024;
+/** The receiver grants connection credit back once this many bytes were consumed or dropped. */
+export const CONNECTION_GRANT_BYTES = CONNECTION_WINDOW_BYTES / 4;
+
+/**
+ * The receive side of one connection's window: counts stream bytes received and released,
+ * refuses a message the sender had no credit for, and grants credit back.
+ */
+export class ReceiveWindow {
+  private outstanding = 0;
+  private released = 0;
+
+  /**
+   * @param window the window size in bytes
+   * @param grantEvery credit is granted once this many bytes were released
+   * @param grant sends `n` bytes of credit to the sender
+   */
+  constructor(
+    private readonly window: number,
+    private readonly grantEvery: number,
+    private readonly grant: (n: number) => void,
+  ) {}
+
+  /** A message of `bytes` arrived; throws KOALA_ERR_PROTOCOL when the sender had no credit for it. */
+  receive(bytes: number, what: string): void {
+    if (this.outstanding >= this.window) {
+      throw new KoalaError(ErrorCode.PROTOCOL, `flow control violated: ${what} sent a message with ${this.outstanding} bytes already unacknowledged in a window of ${this.window}`);
+    }
+    this.outstanding += bytes;
+  }
+
+  /** `bytes` of received messages were consumed or dropped: the memory is free again. */
+  release(bytes: number): void {
+    this.released += bytes;
+    if (this.released >= this.grantEvery) {
+      const n = this.released;
+      this.released = 0;
+      this.outstanding -= n;
+      this.grant(n);
+    }
+  }
+
+  /** Bytes received and not yet granted back. */
+  get unacknowledged(): number {
+    return this.outstanding;
+  }
+}
 
 /**
  * Messages received on one stream, read with `for await`. Every message taken by the reader
- * counts towards a credit grant sent back to the sender (half a window at a time).
+ * (or dropped, when the stream ends unread) is released to the stream's and the connection's
+ * receive windows, which grant credit back to the sender.
  */
 export class IncomingStream<T> implements AsyncIterable<T> {
-  private readonly items: T[] = [];
-  private readonly sizes: number[] = [];
-  private head = 0;
+  private readonly items = new Fifo<T>();
+  private readonly sizes = new Fifo<number>();
   private ended = false;
   private error: unknown;
   private waiter: { resolve: (r: IteratorResult<T>) => void; reject: (e: unknown) => void } | undefined;
-  private consumed = 0;
   private iterated = false;
+  private readonly window: ReceiveWindow;
+  private connection: ReceiveWindow | undefined;
 
   /**
-   * @param grantEvery credits are returned once this many bytes were taken
-   * @param grant sends `n` bytes of credit to the sender
+   * @param grant sends `n` bytes of stream credit to the sender
    * @param onReturn the reader stopped early (break / return): the call should be cancelled
+   * @param connection the connection's receive window, shared by its streams (or later, with {@link bind})
    */
   constructor(
-    private readonly grantEvery: number,
-    private readonly grant: (n: number) => void,
+    grant: (n: number) => void,
     private readonly onReturn: () => void,
-  ) {}
+    connection?: ReceiveWindow,
+  ) {
+    this.connection = connection;
+    this.window = new ReceiveWindow(STREAM_WINDOW_BYTES, STREAM_GRANT_BYTES, (n) => {
+      if (!this.ended) grant(n);
+    });
+  }
 
-  /** Adds a received message whose body was `bytes` long. */
+  /** Sets the connection whose window this stream's messages count against (a client's call learns it when it is sent). */
+  bind(connection: ReceiveWindow): void {
+    this.connection = connection;
+  }
+
+  /**
+   * Adds a received message whose body was `bytes` long. Throws KOALA_ERR_PROTOCOL when the
+   * sender broke the stream's or the connection's window (the connection must close).
+   */
   push(value: T, bytes: number): void {
-    if (this.ended) return;
+    this.window.receive(bytes, "the peer");
+    this.connection!.receive(bytes, "the peer");
+    if (this.ended) {
+      this.released(bytes);
+      return;
+    }
     const w = this.waiter;
-    if (w !== undefined && this.head === this.items.length) {
+    if (w !== undefined && this.items.length === 0) {
       this.waiter = undefined;
-      this.taken(bytes);
+      this.released(bytes);
       w.resolve({ value, done: false });
     } else {
       this.items.push(value);
@@ -58,12 +133,32 @@ export class IncomingStream<T> implements AsyncIterable<T> {
     this.wake();
   }
 
-  /** The stream failed: the reader gets what is queued, then `error`. */
+  /** The stream failed: queued messages are dropped, the reader gets `error`. */
   fail(error: unknown): void {
-    if (this.ended) return;
+    if (this.ended && this.error !== undefined) return;
     this.ended = true;
     this.error = error;
+    this.dropQueued();
     this.wake();
+  }
+
+  /** Bytes received and not yet consumed by the reader. */
+  get queuedBytes(): number {
+    let n = 0;
+    for (const b of this.sizes) n += b;
+    return n;
+  }
+
+  private released(bytes: number): void {
+    this.window.release(bytes);
+    this.connection!.release(bytes);
+  }
+
+  private dropQueued(): void {
+    const n = this.queuedBytes;
+    this.items.drain();
+    this.sizes.drain();
+    if (n > 0) this.connection?.release(n);
   }
 
   private wake(): void {
@@ -74,30 +169,15 @@ export class IncomingStream<T> implements AsyncIterable<T> {
     else w.resolve({ value: undefined, done: true });
   }
 
-  private taken(bytes: number): void {
-    this.consumed += bytes;
-    if (this.consumed >= this.grantEvery && !this.ended) {
-      const n = this.consumed;
-      this.consumed = 0;
-      this.grant(n);
-    }
-  }
-
   [Symbol.asyncIterator](): AsyncIterator<T> {
     if (this.iterated) throw new RpcError(Code.FAILED_PRECONDITION, "a stream can be iterated only once");
     this.iterated = true;
     return {
       next: (): Promise<IteratorResult<T>> => {
-        if (this.head < this.items.length) {
-          const value = this.items[this.head]!;
-          const bytes = this.sizes[this.head]!;
-          this.items[this.head++] = undefined as T;
-          if (this.head === this.items.length) {
-            this.items.length = 0;
-            this.sizes.length = 0;
-            this.head = 0;
-          }
-          this.taken(bytes);
+        if (this.items.length > 0) {
+          const value = this.items.shift() as T;
+          const bytes = this.sizes.shift()!;
+          this.released(bytes);
           return Promise.resolve({ value, done: false });
         }
         if (this.ended) return this.error !== undefined ? Promise.reject(this.error) : Promise.resolve({ value: undefined, done: true });
@@ -106,60 +186,63 @@ export class IncomingStream<T> implements AsyncIterable<T> {
       return: (): Promise<IteratorResult<T>> => {
         if (!this.ended) {
           this.ended = true;
-          this.items.length = 0;
-          this.sizes.length = 0;
-          this.head = 0;
+          this.dropQueued();
           this.onReturn();
-        }
+        } else this.dropQueued();
         return Promise.resolve({ value: undefined, done: true });
       },
     };
   }
 }
 
-/** Credits of a sending stream: how many body bytes may still go out before the receiver grants more. */
+/** Credits of a sending window (a stream's or a connection's): how many body bytes may still go out before the receiver grants more. */
 export class SendWindow {
-  private waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private readonly waiters = new Fifo<{ resolve: () => void; reject: (e: unknown) => void; bytes: number }>();
   private failed: unknown;
-  private credits = STREAM_WINDOW_BYTES;
+  private credits: number;
+
+  /** @param size the window in bytes (the protocol's constant for the kind of window) */
+  constructor(size: number = STREAM_WINDOW_BYTES) {
+    this.credits = size;
+  }
 
   /**
    * Takes `bytes` of credit when the window is open (credit left), which may overdraw it: a
    * message larger than the window still goes out once the receiver caught up. False when
-   * the window is closed or the stream failed.
+   * the window is closed, others wait already, or the window failed.
    */
   tryTake(bytes: number): boolean {
-    if (this.credits > 0 && this.failed === undefined) {
+    if (this.credits > 0 && this.failed === undefined && this.waiters.length === 0) {
       this.credits -= bytes;
       return true;
     }
     return false;
   }
 
-  /** Waits until the window opens, then takes `bytes`; rejects once the stream failed. Try {@link tryTake} first: it costs no promise. */
+  /** Waits until the window opens, then takes `bytes`; rejects once the window failed. Try {@link tryTake} first: it costs no promise. */
   take(bytes: number): Promise<void> {
     if (this.failed !== undefined) return Promise.reject(this.failed);
     if (this.tryTake(bytes)) return Promise.resolve();
-    return new Promise<void>((resolve, reject) =>
-      this.waiters.push({
-        resolve: () => {
-          this.credits -= bytes;
-          resolve();
-        },
-        reject,
-      }),
-    );
+    return new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject, bytes }));
   }
 
-  /** The receiver granted `n` more bytes. */
+  private wakeWaiters(): void {
+    while (this.credits > 0 && this.waiters.length > 0) {
+      const w = this.waiters.shift()!;
+      this.credits -= w.bytes;
+      w.resolve();
+    }
+  }
+
+  /** The receiver granted `n` more bytes (or a sender gives back credit it took for a message it then did not send). */
   add(n: number): void {
     this.credits += n;
-    while (this.credits > 0 && this.waiters.length > 0) this.waiters.shift()!.resolve();
+    this.wakeWaiters();
   }
 
-  /** The stream ended: waiting senders get `error`. */
+  /** The window can no longer be used: waiting senders get `error`. */
   fail(error: unknown): void {
     this.failed ??= error;
-    for (const w of this.waiters.splice(0)) w.reject(error);
+    for (const w of this.waiters.drain()) w.reject(error);
   }
 }

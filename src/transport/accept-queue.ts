@@ -3,13 +3,14 @@
  * async iterator, whichever the server uses.
  */
 import { ErrorCode, KoalaError } from "../errors.js";
+import { Fifo, Waiters } from "../fifo.js";
 import { log } from "../log.js";
 import type { Connection } from "./types.js";
 
 /** Queue of accepted connections of one listener. */
 export class AcceptQueue implements AsyncIterable<Connection> {
-  private readonly ready: Connection[] = [];
-  private readonly waiters: { resolve: (c: Connection) => void; reject: (e: unknown) => void }[] = [];
+  private readonly ready = new Fifo<Connection>();
+  private readonly waiters = new Waiters<Connection>();
   private handler: ((c: Connection) => void) | null = null;
   private closed = false;
 
@@ -25,8 +26,7 @@ export class AcceptQueue implements AsyncIterable<Connection> {
       return;
     }
     if (this.handler !== null) this.handOver(this.handler, connection);
-    else if (this.waiters.length > 0) this.waiters.shift()!.resolve(connection);
-    else this.ready.push(connection);
+    else if (!this.waiters.resolveNext(connection)) this.ready.push(connection);
   }
 
   /**
@@ -49,7 +49,7 @@ export class AcceptQueue implements AsyncIterable<Connection> {
     const c = this.ready.shift();
     if (c !== undefined) return Promise.resolve(c);
     if (this.closed) return Promise.reject(new KoalaError(ErrorCode.CLOSED, "the listener is closed"));
-    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+    return this.waiters.wait();
   }
 
   /** Sets the callback that takes every new connection (and those already waiting). */
@@ -63,8 +63,8 @@ export class AcceptQueue implements AsyncIterable<Connection> {
     if (this.closed) return;
     this.closed = true;
     const err = new KoalaError(ErrorCode.CLOSED, "the listener is closed");
-    for (const w of this.waiters.splice(0)) w.reject(err);
-    for (const c of this.ready.splice(0)) c.close(new Error("the listener closed before the connection was accepted"));
+    this.waiters.rejectAll(err);
+    for (const c of this.ready.drain()) c.close(new Error("the listener closed before the connection was accepted"));
   }
 
   /** Iterates incoming connections until the listener closes. */

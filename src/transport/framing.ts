@@ -10,9 +10,9 @@
  * | kind           | payload                                                       |
  * |----------------|---------------------------------------------------------------|
  * | HELLO          | "KOALA", u8 version, u8 flags (none defined yet), u8 reserved |
- * | READ_REQUEST   | u32 id, u32 key, f64 offset, u32 length                       |
+ * | READ_REQUEST   | u32 id, u64 key, f64 offset, u32 length                       |
  * | READ_RESPONSE  | u32 id, the bytes                                             |
- * | WRITE_REQUEST  | u32 id, u32 key, f64 offset, the bytes                        |
+ * | WRITE_REQUEST  | u32 id, u64 key, f64 offset, the bytes                        |
  * | WRITE_RESPONSE | u32 id                                                        |
  * | ACCESS_ERROR   | u32 id, u8 code length, code (latin1), message (utf8)         |
  */
@@ -48,9 +48,9 @@ export const PROTOCOL_VERSION = 1;
 /** Payload bytes of a HELLO frame. */
 export const HELLO_BYTES = 8;
 /** Payload bytes of a READ_REQUEST frame. */
-export const READ_REQUEST_BYTES = 20;
+export const READ_REQUEST_BYTES = 24;
 /** Bytes before the data in a WRITE_REQUEST payload. */
-export const WRITE_REQUEST_HEAD_BYTES = 16;
+export const WRITE_REQUEST_HEAD_BYTES = 20;
 /** Bytes before the data in a READ_RESPONSE payload, and the whole WRITE_RESPONSE payload. */
 export const RESPONSE_HEAD_BYTES = 4;
 /** Largest ACCESS_ERROR payload; longer error texts are cut when encoded. */
@@ -97,21 +97,21 @@ export function checkHello(payload: Uint8Array): number {
 }
 
 /** A READ_REQUEST payload. */
-export function encodeReadRequest(id: number, key: number, offset: number, length: number): Buffer {
+export function encodeReadRequest(id: number, key: bigint, offset: number, length: number): Buffer {
   const b = Buffer.allocUnsafe(READ_REQUEST_BYTES);
   b.writeUInt32LE(id, 0);
-  b.writeUInt32LE(key, 4);
-  b.writeDoubleLE(offset, 8);
-  b.writeUInt32LE(length, 16);
+  b.writeBigUInt64LE(key, 4);
+  b.writeDoubleLE(offset, 12);
+  b.writeUInt32LE(length, 20);
   return b;
 }
 
 /** The head of a WRITE_REQUEST payload; the data follows as its own part. */
-export function encodeWriteRequestHead(id: number, key: number, offset: number): Buffer {
+export function encodeWriteRequestHead(id: number, key: bigint, offset: number): Buffer {
   const b = Buffer.allocUnsafe(WRITE_REQUEST_HEAD_BYTES);
   b.writeUInt32LE(id, 0);
-  b.writeUInt32LE(key, 4);
-  b.writeDoubleLE(offset, 8);
+  b.writeBigUInt64LE(key, 4);
+  b.writeDoubleLE(offset, 12);
   return b;
 }
 
@@ -138,8 +138,8 @@ export function encodeAccessError(id: number, err: KoalaError): Buffer {
 export interface OneSidedRequest {
   /** Request id, echoed in the answer. */
   id: number;
-  /** Region key in the owner's table. */
-  key: number;
+  /** Region key on the connection. */
+  key: bigint;
   /** Byte offset into the region. */
   offset: number;
   /** Bytes to read (READ_REQUEST) or the length of `data` (WRITE_REQUEST). */
@@ -152,9 +152,9 @@ export interface OneSidedRequest {
 export function decodeRequest(kind: FrameKind, payload: Uint8Array): OneSidedRequest {
   const v = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
   const id = v.getUint32(0, true);
-  const key = v.getUint32(4, true);
-  const offset = v.getFloat64(8, true);
-  if (kind === FrameKind.READ_REQUEST) return { id, key, offset, length: v.getUint32(16, true), data: payload.subarray(0, 0) };
+  const key = v.getBigUint64(4, true);
+  const offset = v.getFloat64(12, true);
+  if (kind === FrameKind.READ_REQUEST) return { id, key, offset, length: v.getUint32(20, true), data: payload.subarray(0, 0) };
   const data = payload.subarray(WRITE_REQUEST_HEAD_BYTES);
   return { id, key, offset, length: data.byteLength, data };
 }

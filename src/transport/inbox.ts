@@ -4,11 +4,11 @@
  * when to stop and restart reading from the peer so that a slow reader slows the writer.
  */
 import { ErrorCode, KoalaError } from "../errors.js";
+import { Fifo } from "../fifo.js";
 
 /** Receive-side queue of one connection. */
 export class Inbox implements AsyncIterable<Uint8Array> {
-  private readonly queue: Uint8Array[] = [];
-  private head = 0;
+  private readonly queue = new Fifo<Uint8Array>();
   private receiver: ((message: Uint8Array) => void) | null = null;
   private paused = false;
   private delivering = false;
@@ -20,14 +20,21 @@ export class Inbox implements AsyncIterable<Uint8Array> {
   private iterating = false;
   private orderlyEnd = true;
 
+  /** Bytes of the queued messages. */
+  private queuedBytes = 0;
+  /** True between `onFull` and `onRoom`. */
+  private full = false;
+
   /**
    * @param capacity messages queued before `onFull` is called
+   * @param capacityBytes bytes queued before `onFull` is called (a few huge messages fill it as many small ones do)
    * @param onFull stop reading from the peer
    * @param onRoom start reading from the peer again
    * @param onReceiverError the receiver callback threw `error` (the transport closes the connection)
    */
   constructor(
     private readonly capacity: number,
+    private readonly capacityBytes: number,
     private readonly onFull: () => void,
     private readonly onRoom: () => void,
     private readonly onReceiverError: (error: unknown) => void,
@@ -40,15 +47,15 @@ export class Inbox implements AsyncIterable<Uint8Array> {
     } catch (err) {
       // A receiver that threw has lost track of the stream: later messages must not reach it.
       this.failed = true;
-      this.queue.length = 0;
-      this.head = 0;
+      this.queue.drain();
+      this.queuedBytes = 0;
       this.onReceiverError(err);
     }
   }
 
   /** Messages waiting to be delivered. */
   get length(): number {
-    return this.queue.length - this.head;
+    return this.queue.length;
   }
 
   /** Hands one received message to the reader, or queues it. */
@@ -65,7 +72,16 @@ export class Inbox implements AsyncIterable<Uint8Array> {
       return;
     }
     this.queue.push(message);
-    if (this.length === this.capacity) this.onFull();
+    this.queuedBytes += message.byteLength;
+    if (!this.full && (this.length >= this.capacity || this.queuedBytes >= this.capacityBytes)) {
+      this.full = true;
+      this.onFull();
+    }
+  }
+
+  /** Bytes of the messages waiting to be delivered. */
+  get bytes(): number {
+    return this.queuedBytes;
   }
 
   /** Sets the callback receiver (null removes it). */
@@ -120,17 +136,13 @@ export class Inbox implements AsyncIterable<Uint8Array> {
   }
 
   private take(): Uint8Array {
-    const m = this.queue[this.head]!;
-    this.queue[this.head++] = undefined as unknown as Uint8Array;
-    if (this.head === this.queue.length) {
-      this.queue.length = 0;
-      this.head = 0;
-    } else if (this.head > 1024 && this.head * 2 > this.queue.length) {
-      this.queue.splice(0, this.head);
-      this.head = 0;
+    const m = this.queue.shift()!;
+    this.queuedBytes -= m.byteLength;
+    // Reading stopped when the queue reached a capacity; room below both starts it again.
+    if (this.full && this.length < this.capacity && this.queuedBytes < this.capacityBytes) {
+      this.full = false;
+      this.onRoom();
     }
-    // Reading stopped when the queue reached capacity; one free slot starts it again.
-    if (this.length === this.capacity - 1) this.onRoom();
     return m;
   }
 

@@ -3,9 +3,11 @@
  * built-in transports are registered by {@link setupTransports}.
  */
 import { log } from "../log.js";
-import { chooseTransport, registerTransport, resolveAddress, whyUnavailable } from "./registry.js";
+import { connectAuto, listenAuto } from "./auto.js";
+import { chooseTransport, registerTransport, resolveAddress, whyUnavailable, type TransportChoice } from "./registry.js";
 import { memoryTransport } from "./memory.js";
-import { rdmaTransport } from "./rdma.js";
+import { rdmaTransport } from "./rdma/transport.js";
+import { rdmaInfo, type RdmaInfo } from "./rdma/providers.js";
 import { resolveTransportOptions } from "./options.js";
 import { tcpTransport, unixTransport } from "./socket.js";
 import type { Connection, Listener, TransportName, TransportOptions } from "./types.js";
@@ -27,7 +29,8 @@ export async function listen(address: string, options?: TransportOptions): Promi
   setupTransports();
   const resolved = resolveTransportOptions("listen()", options);
   const { transport, address: bound, choice } = resolveAddress(address);
-  if (choice !== undefined) log("debug", "transport", `listen ${address}: ${choice.transport} (${choice.reason})`);
+  if (choice !== undefined) logChoice(`listen ${address}`, choice);
+  if (choice?.mode === "auto" && choice.transport === "rdma") return listenAuto(bound, resolved);
   return transport.listen(bound, resolved);
 }
 
@@ -36,19 +39,38 @@ export async function connect(address: string, options?: TransportOptions): Prom
   setupTransports();
   const resolved = resolveTransportOptions("connect()", options);
   const { transport, address: bound, choice } = resolveAddress(address);
-  if (choice !== undefined) log("debug", "transport", `connect ${address}: ${choice.transport} (${choice.reason})`);
+  if (choice !== undefined) logChoice(`connect ${address}`, choice);
+  if (choice?.mode === "auto" && choice.transport === "rdma") return connectAuto(bound, resolved);
   return transport.connect(bound, resolved);
 }
 
-/** What `koala info` prints about transports: each one's availability and the `auto` choice. */
+let lastAutoReason: string | undefined;
+
+/** Logs the choice for a scheme-less address: what `auto` picks and why at info level, once per change; the rest at debug level. */
+function logChoice(what: string, choice: TransportChoice): void {
+  const text = `${what}: ${choice.transport} (${choice.reason})`;
+  if (choice.mode === "auto" && choice.reason !== lastAutoReason) {
+    lastAutoReason = choice.reason;
+    log("info", "transport", `KOALA_TRANSPORT=auto uses ${choice.transport}: ${choice.reason}`);
+  }
+  log("debug", "transport", text);
+}
+
+/** What `koala info` prints about transports: each one's availability, RDMA providers and devices, and the `auto` choice. */
 export function transportInfo(env: NodeJS.ProcessEnv = process.env): {
   transports: { name: TransportName; available: boolean; reason?: string }[];
+  rdma: RdmaInfo;
   choice: { transport?: TransportName; reason: string; mode: string };
 } {
   setupTransports();
   const names: TransportName[] = ["tcp", "unix", "rdma", "memory"];
   const transports = names.map((name) => {
-    const why = whyUnavailable(name);
+    let why: string | undefined;
+    try {
+      why = whyUnavailable(name, env);
+    } catch (err) {
+      why = (err as Error).message;
+    }
     return why === undefined ? { name, available: true } : { name, available: false, reason: why };
   });
   let choice: { transport?: TransportName; reason: string; mode: string };
@@ -58,11 +80,11 @@ export function transportInfo(env: NodeJS.ProcessEnv = process.env): {
   } catch (err) {
     choice = { reason: (err as Error).message, mode: env.KOALA_TRANSPORT ?? "auto" };
   }
-  return { transports, choice };
+  return { transports, rdma: rdmaInfo(env), choice };
 }
 
 export { registerTransport, chooseTransport, resolveAddress } from "./registry.js";
 export { parseAddress, formatAddress } from "./address.js";
-export { registerRegion, encodeDescriptor, decodeDescriptor, DESCRIPTOR_BYTES } from "./regions.js";
-export type { RegionDescriptor, RegisteredRegion, RemoteAccess, ByteSource } from "./regions.js";
+export { encodeDescriptor, decodeDescriptor, DESCRIPTOR_BYTES, RegionTable } from "./regions.js";
+export type { RegionDescriptor, RegisteredRegion, RemoteAccess, ByteSource, RegisterRegionOptions, ReadAnswer } from "./regions.js";
 export type { Address, Connection, Listener, Transport, TransportName, TransportOptions, ResolvedTransportOptions } from "./types.js";

@@ -4,10 +4,11 @@
  * reasons, one-sided access), for tests of the layers above. Addresses: `memory:<name>`.
  */
 import { ErrorCode, KoalaError } from "../errors.js";
+import { Waiters } from "../fifo.js";
 import { log } from "../log.js";
 import { formatAddress } from "./address.js";
 import { Inbox } from "./inbox.js";
-import { checkRemoteAccess, serveRemoteRead, serveRemoteWrite, type RegionDescriptor } from "./regions.js";
+import { RegionTable, checkRemoteAccess, type ByteSource, type RegionDescriptor, type RegisterRegionOptions, type RegisteredRegion } from "./regions.js";
 import type { Address, Connection, Listener, ResolvedTransportOptions, Transport } from "./types.js";
 import { AcceptQueue } from "./accept-queue.js";
 
@@ -20,7 +21,7 @@ class MemoryConnection implements Connection {
   private readonly inbox: Inbox;
   /** Bytes this side sent that the peer's reader has not taken yet. */
   private unread = 0;
-  private drainWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private readonly drainWaiters = new Waiters<void>();
   private closeReason: KoalaError | undefined;
   private resolveClosed!: (r: KoalaError) => void;
   readonly closed: Promise<KoalaError>;
@@ -28,6 +29,8 @@ class MemoryConnection implements Connection {
   private outbox: Uint8Array[] = [];
   private flushScheduled = false;
   private peerStopped = false;
+  /** Regions this side shares with the peer. */
+  readonly regions: RegionTable;
 
   constructor(
     readonly localAddress: string,
@@ -35,8 +38,10 @@ class MemoryConnection implements Connection {
     readonly options: ResolvedTransportOptions,
   ) {
     this.closed = new Promise((r) => (this.resolveClosed = r));
+    this.regions = new RegionTable(options.oneSided, `the connection with ${remoteAddress}`);
     this.inbox = new Inbox(
       options.receiveQueueMessages,
+      options.receiveQueueBytes,
       () => (this.peer.peerStopped = true),
       () => {
         this.peer.peerStopped = false;
@@ -117,17 +122,13 @@ class MemoryConnection implements Connection {
   }
 
   private checkDrain(): void {
-    if (this.drainWaiters.length > 0 && this.unread <= this.options.highWaterMarkBytes / 2) {
-      const ws = this.drainWaiters;
-      this.drainWaiters = [];
-      for (const w of ws) w.resolve();
-    }
+    if (this.drainWaiters.length > 0 && this.unread <= this.options.highWaterMarkBytes / 2) this.drainWaiters.resolveAll();
   }
 
   drain(): Promise<void> {
     if (this.closeReason !== undefined) return Promise.reject(this.closeReason);
     if (this.unread <= this.options.highWaterMarkBytes / 2) return Promise.resolve();
-    return new Promise((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
+    return this.drainWaiters.wait();
   }
 
   onMessage(receiver: ((message: Uint8Array) => void) | null): void {
@@ -173,11 +174,15 @@ class MemoryConnection implements Connection {
   private terminate(reason: KoalaError, orderly: boolean): void {
     if (this.closeReason !== undefined) return;
     this.closeReason = reason;
+    this.regions.clear();
     this.inbox.close(reason, orderly);
-    const ws = this.drainWaiters;
-    this.drainWaiters = [];
-    for (const w of ws) w.reject(reason);
+    this.drainWaiters.rejectAll(reason);
     this.resolveClosed(reason);
+  }
+
+  registerRegion(source: Uint8Array | ByteSource, options?: RegisterRegionOptions): RegisteredRegion {
+    this.checkOpen();
+    return this.regions.register(source, options);
   }
 
   async read(region: RegionDescriptor, offset: number, length: number): Promise<Uint8Array> {
@@ -187,9 +192,10 @@ class MemoryConnection implements Connection {
       throw new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `a read of ${length} bytes exceeds maxMessageBytes (${this.options.maxMessageBytes})`);
     }
     await this.roundTrip();
-    const r = serveRemoteRead(region.key, offset, length);
+    const r = this.peer.serve(() => this.peer.regions.serveRead(region.key, offset, length));
     if (r instanceof KoalaError) throw r;
-    return r.slice();
+    r.done?.();
+    return r.bytes.slice();
   }
 
   async write(region: RegionDescriptor, offset: number, data: Uint8Array): Promise<void> {
@@ -200,8 +206,20 @@ class MemoryConnection implements Connection {
     }
     const copy = data.slice();
     await this.roundTrip();
-    const err = serveRemoteWrite(region.key, offset, copy);
+    const err = this.peer.serve(() => this.peer.regions.serveWrite(region.key, offset, copy));
     if (err !== undefined) throw err;
+  }
+
+  /** Runs a one-sided request on this (the owner's) side; a peer guessing keys gets this connection dropped, as on sockets. */
+  private serve<T>(op: () => T): T | KoalaError {
+    try {
+      return op();
+    } catch (err) {
+      const e = err as KoalaError;
+      log("warn", "transport", `closing ${this.remoteAddress}: ${e.message}`);
+      this.drop(e);
+      return e;
+    }
   }
 
   /** A one-sided access started after close fails with KOALA_ERR_CLOSED, as send() does. */

@@ -12,8 +12,11 @@ const spec: OptionsSpec<Required<TransportOptions>> = {
   highWaterMarkBytes: integer(1 * MiB, 1, 2 ** 31),
   connectTimeoutMs: integer(10_000, 1, 2 ** 31 - 1),
   receiveQueueMessages: integer(1024, 1, 2 ** 24),
+  receiveQueueBytes: integer(8 * MiB, 1, Number.MAX_SAFE_INTEGER),
   coalesceMaxBytes: integer(16 * 1024, 0, 1 * MiB),
   noDelay: boolean(true),
+  oneSided: boolean(false),
+  socketFileMode: integer(0o660, 0, 0o777),
 };
 
 /** Checks transport options (a misspelled key is an error naming it) and fills in defaults. */

@@ -52,24 +52,24 @@ export function chooseTransport(env: NodeJS.ProcessEnv = process.env): Transport
   }
   const mode = raw as TransportChoice["mode"];
   if (mode !== "auto") {
-    requireAvailable(mode);
+    requireAvailable(mode, env);
     return { transport: mode, mode, reason: `KOALA_TRANSPORT=${mode} asks for it` };
   }
-  const rdmaWhyNot = whyUnavailable("rdma");
+  const rdmaWhyNot = whyUnavailable("rdma", env);
   if (rdmaWhyNot === undefined) return { transport: "rdma", mode, reason: "an RDMA device is active" };
   return { transport: "tcp", mode, reason: `RDMA is not used: ${rdmaWhyNot}` };
 }
 
-/** Why transport `name` cannot be used here, or undefined when it can. */
-export function whyUnavailable(name: TransportName): string | undefined {
+/** Why transport `name` cannot be used here (under the variables of `env`), or undefined when it can. */
+export function whyUnavailable(name: TransportName, env: NodeJS.ProcessEnv = process.env): string | undefined {
   const t = transports.get(name);
   if (t === undefined) return `the ${name} transport is not registered`;
-  return t.unavailableReason();
+  return t.unavailableReason(env);
 }
 
-function requireAvailable(name: TransportName): Transport {
+function requireAvailable(name: TransportName, env: NodeJS.ProcessEnv): Transport {
   const t = transports.get(name);
-  const why = t === undefined ? `the ${name} transport is not registered` : t.unavailableReason();
+  const why = t === undefined ? `the ${name} transport is not registered` : t.unavailableReason(env);
   if (t === undefined || why !== undefined) {
     throw new KoalaError(ErrorCode.TRANSPORT_UNAVAILABLE, `${name} transport unavailable: ${why}`);
   }
@@ -80,8 +80,8 @@ function requireAvailable(name: TransportName): Transport {
 export function resolveAddress(address: string, env: NodeJS.ProcessEnv = process.env): { transport: Transport; address: Address; choice?: TransportChoice } {
   const parsed = parseAddress(address);
   if (parsed.scheme !== undefined) {
-    return { transport: requireAvailable(parsed.scheme), address: bindAddress(parsed, parsed.scheme, address) };
+    return { transport: requireAvailable(parsed.scheme, env), address: bindAddress(parsed, parsed.scheme, address) };
   }
   const choice = chooseTransport(env);
-  return { transport: requireAvailable(choice.transport), address: bindAddress(parsed, choice.transport, address), choice };
+  return { transport: requireAvailable(choice.transport, env), address: bindAddress(parsed, choice.transport, address), choice };
 }

@@ -31,7 +31,7 @@ import {
   writeFrameHeader,
 } from "./framing.js";
 import { Inbox } from "./inbox.js";
-import { checkRemoteAccess, serveRemoteRead, serveRemoteWrite, type RegionDescriptor } from "./regions.js";
+import { RegionTable, checkRemoteAccess, type ByteSource, type RegionDescriptor, type RegisterRegionOptions, type RegisteredRegion } from "./regions.js";
 import type { Connection, ResolvedTransportOptions, TransportName } from "./types.js";
 
 /** Smallest batch buffer: under half of Buffer.poolSize, so it is carved from Node's pool. */
@@ -96,6 +96,8 @@ export class SocketConnection implements Connection {
 
   // One-sided operations this side started, by request id.
   private readonly ops = new Map<number, PendingOp>();
+  /** Regions this side shares with the peer. */
+  private readonly regions: RegionTable;
   private nextOpId = 1;
 
   /**
@@ -110,8 +112,10 @@ export class SocketConnection implements Connection {
     readonly remoteAddress: string,
   ) {
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+    this.regions = new RegionTable(options.oneSided, `the connection with ${remoteAddress}`);
     this.inbox = new Inbox(
       options.receiveQueueMessages,
+      options.receiveQueueBytes,
       () => socket.pause(),
       () => {
         if (this.reason === undefined) socket.resume();
@@ -390,6 +394,11 @@ export class SocketConnection implements Connection {
 
   // ---- one-sided ----------------------------------------------------------------------
 
+  registerRegion(source: Uint8Array | ByteSource, options?: RegisterRegionOptions): RegisteredRegion {
+    if (this.reason !== undefined) throw this.closedError("registerRegion()");
+    return this.regions.register(source, options);
+  }
+
   read(region: RegionDescriptor, offset: number, length: number): Promise<Uint8Array> {
     try {
       this.checkOneSided(region, offset, length, false);
@@ -424,16 +433,18 @@ export class SocketConnection implements Connection {
     });
   }
 
-  /** Serves a peer's one-sided request from this process's region table; a refusal never closes the connection. */
+  /**
+   * Serves a peer's one-sided request from this connection's regions. A refusal does not close
+   * the connection; naming too many unknown keys does (the table throws a protocol error).
+   */
   private serve(kind: FrameKind, payload: Uint8Array): void {
     const req = decodeRequest(kind, payload);
     if (kind === FrameKind.READ_REQUEST) {
-      const bytes = serveRemoteRead(req.key, req.offset, req.length);
-      if (bytes instanceof KoalaError) this.sendAccessError(req.id, bytes);
-      // The region's bytes go out as a view: no copy beyond what coalescing does for small ones.
-      else this.enqueue(FrameKind.READ_RESPONSE, [encodeResponseHead(req.id), bytes], RESPONSE_HEAD_BYTES + bytes.byteLength, undefined);
+      const answer = this.regions.serveRead(req.key, req.offset, req.length);
+      if (answer instanceof KoalaError) this.sendAccessError(req.id, answer);
+      else this.enqueue(FrameKind.READ_RESPONSE, [encodeResponseHead(req.id), answer.bytes], RESPONSE_HEAD_BYTES + answer.bytes.byteLength, answer.done);
     } else {
-      const err = serveRemoteWrite(req.key, req.offset, req.data);
+      const err = this.regions.serveWrite(req.key, req.offset, req.data);
       if (err !== undefined) this.sendAccessError(req.id, err);
       else this.enqueue(FrameKind.WRITE_RESPONSE, [encodeResponseHead(req.id)], RESPONSE_HEAD_BYTES, undefined);
     }
@@ -526,6 +537,7 @@ export class SocketConnection implements Connection {
   private setClosed(reason: KoalaError, orderly: boolean): void {
     if (this.reason !== undefined) return;
     this.reason = reason;
+    this.regions.clear();
     this.inbox.close(reason, orderly);
     const ops = [...this.ops.values()];
     this.ops.clear();

@@ -5,7 +5,7 @@
  * A connection is handed out only after both sides exchanged a HELLO, so a peer that is not a
  * koala endpoint fails `connect()` (or is dropped by the listener) with KOALA_ERR_PROTOCOL.
  */
-import { lstatSync, unlinkSync } from "node:fs";
+import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { ErrorCode, KoalaError } from "../errors.js";
@@ -97,6 +97,14 @@ async function listenSocket(transport: SocketTransportName, address: Address, op
   });
   let bound = address.uri;
   if (transport === "tcp") bound = formatAddress("tcp", address.host, (server.address() as net.AddressInfo).port, "");
+  else {
+    try {
+      chmodSync(address.path, options.socketFileMode);
+    } catch (err) {
+      server.close();
+      throw fromSystemError(err, `listen on ${address.uri}: set the socket file's mode`);
+    }
+  }
   return new SocketListener(transport, server, bound, options);
 }
 

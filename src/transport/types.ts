@@ -3,7 +3,7 @@
  * endpoints. Dialing (`Transport.connect`) is kept apart from the live `Connection`.
  */
 import type { KoalaError } from "../errors.js";
-import type { RegionDescriptor } from "./regions.js";
+import type { ByteSource, RegionDescriptor, RegisterRegionOptions, RegisteredRegion } from "./regions.js";
 
 /** Names of the transports koala-rpc knows. */
 export type TransportName = "tcp" | "unix" | "rdma" | "memory";
@@ -32,10 +32,23 @@ export interface TransportOptions {
   connectTimeoutMs?: number;
   /** Messages the receive side buffers for a reader that has paused before it stops reading from the peer. Default 1024. */
   receiveQueueMessages?: number;
+  /** Bytes of messages the receive side buffers for a reader that has paused before it stops reading from the peer. Default 8 MiB. */
+  receiveQueueBytes?: number;
   /** Largest message copied into the per-tick coalescing buffer instead of written on its own, in bytes. Default 16 KiB. */
   coalesceMaxBytes?: number;
   /** Disable Nagle's algorithm on TCP sockets. Default true. */
   noDelay?: boolean;
+  /**
+   * Permission bits of the socket file a unix listener creates (the process umask is not used).
+   * Only the owner and group may connect by default. Default 0o660.
+   */
+  socketFileMode?: number;
+  /**
+   * Serve one-sided read / write requests from the peer on regions registered on this
+   * connection (`registerRegion`). Off by default: a connection that shares no memory
+   * refuses every one-sided request. Default false.
+   */
+  oneSided?: boolean;
 }
 
 /** {@link TransportOptions} with every default filled in. */
@@ -104,6 +117,14 @@ export interface Connection extends AsyncIterable<Uint8Array> {
   /** Resolves with the reason once the connection is closed. Never rejects. */
   readonly closed: Promise<KoalaError>;
 
+  /**
+   * Shares `source` with this connection's peer for one-sided access and returns the region,
+   * whose `descriptor` the peer passes to its `read` / `write`. The region is reachable through
+   * this connection only, until `deregister()` or the connection closes. Needs the transport
+   * option `oneSided: true` (KOALA_ERR_INVALID_ARGUMENT otherwise). A lease-like source is
+   * read at every access, so releasing it revokes access too.
+   */
+  registerRegion(source: Uint8Array | ByteSource, options?: RegisterRegionOptions): RegisteredRegion;
   /** Reads `length` bytes at `offset` of a region the peer registered (one-sided). */
   read(region: RegionDescriptor, offset: number, length: number): Promise<Uint8Array>;
   /** Writes `data` at `offset` of a region the peer registered with write access (one-sided). */
@@ -131,8 +152,8 @@ export interface Listener extends AsyncIterable<Connection> {
 export interface Transport {
   /** Its name, which is also the URI scheme it serves. */
   readonly name: TransportName;
-  /** Why the transport cannot be used on this machine, or undefined when it can. */
-  unavailableReason(): string | undefined;
+  /** Why the transport cannot be used on this machine under the variables of `env` (default `process.env`), or undefined when it can. */
+  unavailableReason(env?: NodeJS.ProcessEnv): string | undefined;
   /** Listens at `address`. */
   listen(address: Address, options: ResolvedTransportOptions): Promise<Listener>;
   /** Dials `address`. */

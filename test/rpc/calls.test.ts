@@ -21,6 +21,7 @@ import {
   type Server,
   type ServiceDefinition,
 } from "../../src/index.js";
+import { settingsFrame } from "./raw.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { abortSeen, echoImpl, observe, type Observed } from "./echo-service.js";
 
@@ -55,11 +56,21 @@ function addressFor(kind: string): string {
     dirs.push(dir);
     return `unix:${join(dir, "s.sock")}`;
   }
+  if (kind === "rdma") return "rdma://127.0.0.1:0";
   return `memory:rpc-${process.pid}-${++memoryN}`;
 }
 
-for (const kind of ["memory", "tcp", "unix"] as const) {
+for (const kind of ["memory", "tcp", "unix", "rdma"] as const) {
   const s = suite<{ server: Server; address: string; client: Echo; o: Observed }>(`calls over ${kind}`);
+  // rdma runs on the software verbs provider, selected only while its suite runs.
+  const savedProvider = process.env.KOALA_RDMA_PROVIDER;
+  s.before(() => {
+    if (kind === "rdma") process.env.KOALA_RDMA_PROVIDER = "soft";
+  });
+  s.after(() => {
+    if (savedProvider === undefined) delete process.env.KOALA_RDMA_PROVIDER;
+    else process.env.KOALA_RDMA_PROVIDER = savedProvider;
+  });
 
   s.before.each(async (ctx) => {
     ctx.o = observe();
@@ -307,7 +318,10 @@ const k = suite("keepalive");
 k("a peer that never answers pings is detected and the call fails UNAVAILABLE", async () => {
   const listener = await listen("tcp://127.0.0.1:0");
   const held: unknown[] = [];
-  listener.onConnection((c) => held.push(c)); // accepts, reads nothing, answers nothing
+  listener.onConnection((c) => {
+    held.push(c);
+    c.send([settingsFrame()]); // says it is a server, then reads nothing and answers nothing
+  });
   const client = createClient(EchoService, listener.address, { keepaliveIntervalMs: 50, keepaliveTimeoutMs: 100 });
   await rejects(client.unary({ text: "hang" }), Code.UNAVAILABLE, /keepalive/);
   closeClient(client);

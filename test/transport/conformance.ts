@@ -1,7 +1,7 @@
 /**
  * The transport conformance suite: what every transport must do, checked through the public
  * `listen()` / `connect()` of src/transport/index.ts only. `conformance.test.ts` runs it for
- * tcp, unix and memory; a new transport passes it before it is registered.
+ * tcp, unix, memory and rdma (soft provider); a new transport passes it before it is registered.
  *
  * What the suite decides where the contract leaves room (see each test):
  * - `close(reason)` drops the connection; its peer sees KOALA_ERR_CONNECTION_RESET on tcp
@@ -12,6 +12,13 @@
  * - Connecting to a Unix path with nothing there is KOALA_ERR_HOST_NOT_FOUND (ENOENT: the path
  *   does not exist); a path that exists but where nobody listens (a stale socket file, a plain
  *   file) is KOALA_ERR_CONNECTION_REFUSED, as a closed TCP port is.
+ * - One-sided access on rdma is RDMA READ / WRITE: what only the owner can check (a key it
+ *   never gave this connection, a descriptor that claims more length or access than was
+ *   registered, a revoked region) is checked by the owner's NIC, which refuses the access
+ *   (REM_ACCESS_ERR) and leaves the requester's queue pair in the error state, as every RDMA
+ *   NIC does. So on rdma such a request fails with KOALA_ERR_REMOTE_ACCESS_DENIED and closes
+ *   the connection; the checks the requester can make from the descriptor are the same as
+ *   elsewhere and leave the connection open.
  */
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
@@ -25,20 +32,22 @@ import { resetLogLevel } from "../../src/log.js";
 import { FRAME_HEADER_BYTES, FrameKind, helloFrame, writeFrameHeader } from "../../src/transport/framing.js";
 import {
   connect,
+  DESCRIPTOR_BYTES,
   decodeDescriptor,
   encodeDescriptor,
   listen,
-  registerRegion,
   type Connection,
   type Listener,
   type TransportOptions,
 } from "../../src/transport/index.js";
 
 /** The transports the suite runs against. */
-export type ConformanceTransport = "tcp" | "unix" | "memory";
+export type ConformanceTransport = "tcp" | "unix" | "memory" | "rdma";
 
 /** Extra steps around the suite. */
 export interface ConformanceHooks {
+  /** Runs once before the first test (e.g. to select an RDMA provider). */
+  before?: () => void | Promise<void>;
   /** Runs once after the last test, even when tests failed (e.g. to remove a temporary folder). */
   after?: () => void | Promise<void>;
 }
@@ -272,7 +281,10 @@ async function echoTrip(c: Connection, what: string): Promise<void> {
  */
 export function conformanceSuite(name: ConformanceTransport, makeAddress: () => string, hooks: ConformanceHooks = {}): void {
   const s = suite(`transport conformance: ${name}`);
-  const sockets = name !== "memory";
+  /** The socket transports, whose raw sockets some tests poke at. */
+  const sockets = name === "tcp" || name === "unix";
+  /** Whether the owner's side of one-sided access is a NIC that errors the queue pair (see the module comment). */
+  const nicChecked = name === "rdma";
   /** What the peer of a `close(reason)` sees (see the module comment). */
   const abortCodes = name === "unix" ? [RESET, PEER_CLOSED] : [RESET];
 
@@ -290,6 +302,10 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
       if (leak !== undefined) assert.unreachable(leak);
     });
   };
+
+  s.before(async () => {
+    await hooks.before?.();
+  });
 
   s.after(async () => {
     await hooks.after?.();
@@ -666,9 +682,8 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
   });
 
   t("both sides closing at once each see KOALA_ERR_CLOSED; one-sided access after close fails with it", async (ctx) => {
-    const { client, server } = await ctx.pair();
-    const region = registerRegion(new Uint8Array(16), { access: "readwrite" });
-    ctx.defer(() => region.deregister());
+    const { client, server } = await ctx.pair({ oneSided: true });
+    const region = server.registerRegion(new Uint8Array(16), { access: "readwrite" });
     const inFlight = codeOf(client.read(region.descriptor, 0, 4));
     client.close();
     server.close();
@@ -798,18 +813,17 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
   // ---- one-sided ----------------------------------------------------------------------------
 
   t("one-sided read and write on a region the peer registered: correct results", async (ctx) => {
-    const { client, server } = await ctx.pair();
+    const { client, server } = await ctx.pair({ oneSided: true });
     const owned = pattern(5, 64 * KiB);
     const original = owned.slice();
-    const rw = registerRegion(owned, { access: "readwrite" });
+    const rw = server.registerRegion(owned, { access: "readwrite" });
     const roBytes = new Uint8Array(256).fill(7);
-    const ro = registerRegion(roBytes);
-    ctx.defer(() => (rw.deregister(), ro.deregister()));
+    const ro = server.registerRegion(roBytes);
     const descriptors = receive(client, 1);
     server.send([encodeDescriptor(rw.descriptor), encodeDescriptor(ro.descriptor)]);
     const [msg] = await descriptors;
-    const rwd = decodeDescriptor(msg!.subarray(0, 16));
-    const rod = decodeDescriptor(msg!.subarray(16, 32));
+    const rwd = decodeDescriptor(msg!.subarray(0, DESCRIPTOR_BYTES));
+    const rod = decodeDescriptor(msg!.subarray(DESCRIPTOR_BYTES, 2 * DESCRIPTOR_BYTES));
     assert.equal(rwd, rw.descriptor);
     assert.equal(rod, ro.descriptor);
 
@@ -835,8 +849,7 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
     assert.ok(sameBytes(await client.read(rod, 0, 256), roBytes), "a read-only region can be read");
 
     // The other way round: the server reads and writes what the client registered.
-    const mine = registerRegion(text("client-side bytes"), { access: "readwrite" });
-    ctx.defer(() => mine.deregister());
+    const mine = client.registerRegion(text("client-side bytes"), { access: "readwrite" });
     const d = receive(server, 1);
     client.send([encodeDescriptor(mine.descriptor)]);
     const md = decodeDescriptor((await d)[0]!);
@@ -844,17 +857,52 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
     assert.is(str(await server.read(md, 0, md.length)), "CLIENT-side bytes");
   });
 
+  t("one-sided access is opt-in, scoped to the connection it was shared on, and guessing keys gets a peer cut off", async (ctx) => {
+    // Off by default: nothing can be registered, and a forged request is refused.
+    const plain = await ctx.pair();
+    assert.is(thrownCode(() => plain.server.registerRegion(new Uint8Array(8))), "KOALA_ERR_INVALID_ARGUMENT");
+    const forged = { key: 12345n, address: 0n, length: 8, access: "read" as const };
+    assert.is(await quietly(() => codeOf(plain.client.read(forged, 0, 1))), "KOALA_ERR_REMOTE_ACCESS_DENIED");
+    if (nicChecked) assert.is((await plain.client.closed).code, "KOALA_ERR_REMOTE_ACCESS_DENIED", "the queue pair is in the error state");
+    else await roundTrip(plain.client, plain.server, "after a refused request");
+
+    // A region shared with one client is not reachable from another client of the same listener.
+    const listener = await ctx.listen({ oneSided: true });
+    const accepted = listener.accept();
+    const first = await ctx.connect(listener.address);
+    const firstServer = ctx.track(await accepted);
+    const acceptedToo = listener.accept();
+    const second = await ctx.connect(listener.address);
+    ctx.track(await acceptedToo);
+    const secret = text("only for the first client");
+    const region = firstServer.registerRegion(secret);
+    assert.is(str(await first.read(region.descriptor, 0, secret.byteLength)), "only for the first client");
+    assert.is(await quietly(() => codeOf(second.read(region.descriptor, 0, secret.byteLength))), nicChecked ? "KOALA_ERR_REMOTE_ACCESS_DENIED" : "KOALA_ERR_REGION_NOT_FOUND", "another connection");
+
+    // A peer that keeps naming keys it was never given is dropped after a bounded number of tries.
+    const tries: Promise<string>[] = [];
+    for (let i = 0; i < 100; i++) tries.push(codeOf(second.read({ ...region.descriptor, key: BigInt(i + 1) }, 0, 1)));
+    const codes = await Promise.all(tries);
+    assert.ok(codes.filter((c) => c === "KOALA_ERR_REGION_NOT_FOUND").length <= 64, "at most 64 unknown keys are answered");
+    assert.ok(second.isClosed || (await within(second.closed, 5000, "the guessing peer is dropped")) !== undefined);
+    // The first client is not affected, and closing its connection revokes the region.
+    assert.is(str(await first.read(region.descriptor, 0, 4)), "only");
+    first.close();
+    await firstServer.closed;
+    assert.not.ok(region.registered, "a region dies with its connection");
+  });
+
   t("one-sided violations fail with stable codes and the connection keeps working after each", async (ctx) => {
-    const { client, server } = await ctx.pair({ maxMessageBytes: 128 * KiB });
     const owned = pattern(6, 4096);
     const roBytes = new Uint8Array(64).fill(7);
-    const rw = registerRegion(owned, { access: "readwrite" });
-    const ro = registerRegion(roBytes);
-    ctx.defer(() => (rw.deregister(), ro.deregister()));
-    const rwd = rw.descriptor;
-    const rod = ro.descriptor;
-    const big = registerRegion(new Uint8Array(256 * KiB));
-    ctx.defer(() => big.deregister());
+    // A pair with its regions; on rdma a fresh one after each violation only the owner's NIC sees.
+    const setup = async () => {
+      const { client, server } = await ctx.pair({ maxMessageBytes: 128 * KiB, oneSided: true });
+      const rw = server.registerRegion(owned, { access: "readwrite" });
+      const ro = server.registerRegion(roBytes);
+      return { client, server, rwd: rw.descriptor, rod: ro.descriptor, big: server.registerRegion(new Uint8Array(256 * KiB)) };
+    };
+    let { client, server, rwd, rod, big } = await setup();
     let checks = 0;
     const stillWorks = async (after: string): Promise<void> => {
       await roundTrip(client, server, `after ${after}`);
@@ -863,6 +911,20 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
       assert.not.ok(client.isClosed || server.isClosed, `still open after ${after}`);
       checks++;
     };
+    /** On rdma, what only the owner can check closes the connection (see the module comment). */
+    const ownerRefuses = async (what: string, op: () => Promise<unknown>, code: string): Promise<void> => {
+      if (!nicChecked) {
+        assert.is(await codeOf(op()), code, what);
+        return stillWorks(what);
+      }
+      await quietly(async () => {
+        assert.is(await codeOf(op()), "KOALA_ERR_REMOTE_ACCESS_DENIED", what);
+        assert.is((await client.closed).code, "KOALA_ERR_REMOTE_ACCESS_DENIED", `${what}: the requester's connection is closed`);
+      });
+      ({ client, server, rwd, rod, big } = await setup());
+      return stillWorks(`${what}, on a new connection`);
+    };
+    const ownerChecked = new Set(["a read the owner finds out of bounds", "a write the owner finds out of bounds", "a write the owner finds read-only", "a read of an unknown key", "a write to an unknown key"]);
     const violations: [string, () => Promise<unknown>, string][] = [
       ["a read past the end", () => client.read(rwd, 4090, 10), "KOALA_ERR_OUT_OF_BOUNDS"],
       ["a read at a negative offset", () => client.read(rwd, -1, 4), "KOALA_ERR_OUT_OF_BOUNDS"],
@@ -876,25 +938,29 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
       ["a write the owner finds out of bounds", () => client.write({ ...rwd, length: 1 << 20 }, 4093, new Uint8Array(8)), "KOALA_ERR_OUT_OF_BOUNDS"],
       ["a write to a read-only region", () => client.write(rod, 0, new Uint8Array([1])), "KOALA_ERR_REMOTE_ACCESS_DENIED"],
       ["a write the owner finds read-only", () => client.write({ ...rod, access: "readwrite" }, 0, new Uint8Array([1])), "KOALA_ERR_REMOTE_ACCESS_DENIED"],
-      ["a read of an unknown key", () => client.read({ key: 0, length: 64, access: "read" }, 0, 1), "KOALA_ERR_REGION_NOT_FOUND"],
-      ["a write to an unknown key", () => client.write({ key: 0, length: 64, access: "readwrite" }, 0, new Uint8Array(1)), "KOALA_ERR_REGION_NOT_FOUND"],
+      ["a read of an unknown key", () => client.read({ ...rwd, key: rwd.key ^ 1n }, 0, 1), "KOALA_ERR_REGION_NOT_FOUND"],
+      ["a write to an unknown key", () => client.write({ ...rwd, key: rwd.key ^ 2n }, 0, new Uint8Array(1)), "KOALA_ERR_REGION_NOT_FOUND"],
       ["a read over maxMessageBytes", () => client.read(big.descriptor, 0, 200 * KiB), "KOALA_ERR_MESSAGE_TOO_LARGE"],
     ];
     for (const [what, op, code] of violations) {
-      assert.is(await codeOf(op()), code, what);
-      await stillWorks(what);
+      if (ownerChecked.has(what)) {
+        await ownerRefuses(what, op, code);
+      } else {
+        assert.is(await codeOf(op()), code, what);
+        await stillWorks(what);
+      }
     }
     assert.ok(sameBytes(roBytes, new Uint8Array(64).fill(7)), "the read-only region is unchanged");
 
     // Revocation: the region worked, is deregistered, and then is gone for reads and writes.
-    const revocable = registerRegion(pattern(8, 128), { access: "readwrite" });
-    assert.is((await client.read(revocable.descriptor, 0, 128)).byteLength, 128);
-    revocable.deregister();
-    assert.not.ok(revocable.registered);
-    assert.is(await codeOf(client.read(revocable.descriptor, 0, 1)), "KOALA_ERR_REGION_NOT_FOUND", "a read after deregister()");
-    await stillWorks("a read of a deregistered region");
-    assert.is(await codeOf(client.write(revocable.descriptor, 0, new Uint8Array(1))), "KOALA_ERR_REGION_NOT_FOUND", "a write after deregister()");
-    await stillWorks("a write to a deregistered region");
+    for (const kind of ["read", "write"] as const) {
+      const revocable = server.registerRegion(pattern(8, 128), { access: "readwrite" });
+      assert.is((await client.read(revocable.descriptor, 0, 128)).byteLength, 128);
+      revocable.deregister();
+      assert.not.ok(revocable.registered);
+      const op = () => (kind === "read" ? client.read(revocable.descriptor, 0, 1) : client.write(revocable.descriptor, 0, new Uint8Array(1)));
+      await ownerRefuses(`a ${kind} after deregister()`, op, "KOALA_ERR_REGION_NOT_FOUND");
+    }
     assert.is(checks, violations.length + 2);
   });
 
@@ -904,8 +970,8 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
     const asked = makeAddress();
     const l = await ctx.listen(undefined, asked);
     assert.is(l.transport, name);
-    if (name === "tcp") {
-      const m = /^tcp:\/\/127\.0\.0\.1:(\d+)$/.exec(l.address);
+    if (name === "tcp" || name === "rdma") {
+      const m = new RegExp(`^${name}://127\\.0\\.0\\.1:(\\d+)$`).exec(l.address);
       assert.ok(m !== null && Number(m[1]) > 0 && Number(m[1]) < 65536, `a real port: ${l.address}`);
     } else {
       assert.is(l.address, asked);

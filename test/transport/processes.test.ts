@@ -58,10 +58,13 @@ function serve(c: Connection, views: Map<number, ServerView>): void {
   });
 }
 
-for (const transport of ["tcp", "unix"] as const) {
+for (const transport of ["tcp", "unix", "rdma"] as const) {
   test(`${CHILDREN} child processes at once against one ${transport} server`, async () => {
     const dir = transport === "unix" ? mkdtempSync(join(tmpdir(), "koala-proc-")) : undefined;
-    const l = await listen(dir === undefined ? "tcp://127.0.0.1:0" : `unix:${join(dir, "server.sock")}`);
+    // rdma runs on the software verbs provider; the children inherit the variable.
+    const savedProvider = process.env.KOALA_RDMA_PROVIDER;
+    if (transport === "rdma") process.env.KOALA_RDMA_PROVIDER = "soft";
+    const l = await listen(dir === undefined ? `${transport === "rdma" ? "rdma" : "tcp"}://127.0.0.1:0` : `unix:${join(dir, "server.sock")}`);
     const views = new Map<number, ServerView>();
     const serverSide: Connection[] = [];
     l.onConnection((c) => {
@@ -108,6 +111,8 @@ for (const transport of ["tcp", "unix"] as const) {
       for (const c of serverSide) c.close(new Error("test over"));
       await l.close();
       if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+      if (savedProvider === undefined) delete process.env.KOALA_RDMA_PROVIDER;
+      else process.env.KOALA_RDMA_PROVIDER = savedProvider;
     }
   });
 }

@@ -6,7 +6,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,7 +14,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { ErrorCode, KoalaError } from "../../src/errors.js";
 import { resetLogLevel } from "../../src/log.js";
 import { FRAME_HEADER_BYTES, FrameKind, helloFrame, writeFrameHeader } from "../../src/transport/framing.js";
-import { connect, listen, registerRegion, type Connection, type Listener, type TransportOptions } from "../../src/transport/index.js";
+import { connect, listen, type Connection, type Listener, type TransportOptions } from "../../src/transport/index.js";
 import { fromSystemError } from "../../src/transport/errno.js";
 import { tcpTransport, unixTransport } from "../../src/transport/socket.js";
 
@@ -160,14 +160,12 @@ for (const kind of ["tcp", "unix"] as const) {
     assert.is((await server.closed).code, ErrorCode.PEER_CLOSED);
     assert.throws(() => c.send([new Uint8Array(1)]), (e: unknown) => (e as KoalaError).code === ErrorCode.CLOSED);
     assert.is(await codeOf(c.drain()), ErrorCode.CLOSED);
-    const region = registerRegion(new Uint8Array(8));
-    cleanups.push(() => region.deregister());
-    assert.is(await codeOf(c.read(region.descriptor, 0, 1)), ErrorCode.CLOSED);
+    assert.is(await codeOf(c.read({ key: 1n, address: 0n, length: 8, access: "read" }, 0, 1)), ErrorCode.CLOSED);
 
     const p2 = await pair({ highWaterMarkBytes: 1024 });
     p2.server.pause(); // nobody answers: the peer's socket is paused
     // A one-sided read waits for its answer; the drain waits for a slow peer.
-    const reading = codeOf(p2.c.read({ key: 1, length: 100, access: "read" }, 0, 10));
+    const reading = codeOf(p2.c.read({ key: 1n, address: 0n, length: 100, access: "read" }, 0, 10));
     const cause = new Error("giving up");
     p2.c.close(cause);
     const r = await p2.c.closed;
@@ -359,13 +357,12 @@ for (const kind of ["tcp", "unix"] as const) {
   });
 
   s("one-sided read and write, small and large, and every violation; none closes the connection", async () => {
-    const { c, server } = await pair({ maxMessageBytes: 1 << 20 });
+    const { c, server } = await pair({ maxMessageBytes: 1 << 20, oneSided: true });
     const memory = new Uint8Array(256 * 1024).map((_, i) => (i * 13) & 0xff);
-    const rw = registerRegion(memory, { access: "readwrite" });
-    const ro = registerRegion(new Uint8Array(32).fill(5));
-    cleanups.push(() => (rw.deregister(), ro.deregister()));
+    const rw = server.registerRegion(memory, { access: "readwrite" });
+    const ro = server.registerRegion(new Uint8Array(32).fill(5));
     assert.equal([...(await c.read(rw.descriptor, 1, 3))], [13, 26, 39]);
-    const large = await c.read(rw.descriptor, 1000, 200_000); // over coalesceMaxBytes: sent as a view
+    const large = await c.read(rw.descriptor, 1000, 200_000); // over coalesceMaxBytes: sent on its own
     assert.ok(Buffer.from(large).equals(Buffer.from(memory.subarray(1000, 201_000))));
     await c.write(rw.descriptor, 10, Uint8Array.of(1, 2));
     assert.equal([...memory.subarray(9, 13)], [117, 1, 2, 156]);
@@ -379,11 +376,11 @@ for (const kind of ["tcp", "unix"] as const) {
     // Caught before sending: outside the descriptor, read-only, over maxMessageBytes.
     assert.is(await codeOf(c.read(rw.descriptor, 256 * 1024 - 1, 2)), ErrorCode.OUT_OF_BOUNDS);
     assert.is(await codeOf(c.write(ro.descriptor, 0, Uint8Array.of(1))), ErrorCode.REMOTE_ACCESS_DENIED);
-    assert.is(await codeOf(c.read({ key: rw.descriptor.key, length: 4 << 20, access: "read" }, 0, 2 << 20)), ErrorCode.MESSAGE_TOO_LARGE);
+    assert.is(await codeOf(c.read({ ...rw.descriptor, length: 4 << 20 }, 0, 2 << 20)), ErrorCode.MESSAGE_TOO_LARGE);
     // Caught by the owner: a descriptor that claims more than was registered, or forged rights, or an unknown key.
     assert.is(await codeOf(c.read({ ...ro.descriptor, length: 1000 }, 100, 1)), ErrorCode.OUT_OF_BOUNDS);
     assert.is(await codeOf(c.write({ ...ro.descriptor, access: "readwrite" }, 0, Uint8Array.of(1))), ErrorCode.REMOTE_ACCESS_DENIED);
-    assert.is(await codeOf(c.read({ key: 4242, length: 8, access: "read" }, 0, 1)), ErrorCode.REGION_NOT_FOUND);
+    assert.is(await codeOf(c.read({ ...rw.descriptor, key: 4242n }, 0, 1)), ErrorCode.REGION_NOT_FOUND);
     ro.deregister();
     const gone = await c.read(ro.descriptor, 0, 1).catch((e: KoalaError) => e);
     assert.is((gone as KoalaError).code, ErrorCode.REGION_NOT_FOUND);
@@ -423,6 +420,24 @@ misc("a stale unix socket file is removed; a live one is ADDRESS_IN_USE; a regul
   writeFileSync(plain, "not a socket");
   assert.is(await codeOf(listen(`unix:${plain}`)), ErrorCode.ADDRESS_IN_USE);
   assert.ok(existsSync(plain), "a file that is not a socket is never removed");
+});
+
+misc("a unix socket file gets mode 0660 by default (not the umask), or the socketFileMode asked for", async () => {
+  const oldMask = process.umask(0o000); // a permissive umask must not leak into the file
+  try {
+    const a = await listen(`unix:${socketPath()}`);
+    const b = await listen(`unix:${socketPath()}`, { socketFileMode: 0o600 });
+    try {
+      assert.is(statSync(a.address.slice("unix:".length)).mode & 0o777, 0o660);
+      assert.is(statSync(b.address.slice("unix:".length)).mode & 0o777, 0o600);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  } finally {
+    process.umask(oldMask);
+  }
+  assert.is(await codeOf(listen(`unix:${socketPath()}`, { socketFileMode: 0o1777 })), ErrorCode.INVALID_ARGUMENT);
 });
 
 misc("fromSystemError maps errnos, keeps the cause and names the context", () => {

@@ -86,14 +86,17 @@ test("four sender threads into one receiver thread, at once", async () => {
   await allExit([...senders, receiver]);
 });
 
-for (const transport of ["tcp", "unix"] as const) {
+for (const transport of ["tcp", "unix", "rdma"] as const) {
   test(`a ring of four threads over ${transport}: each listens, dials the next and streams to it while reading the previous`, async () => {
     const dir = transport === "unix" ? mkdtempSync(join(tmpdir(), "koala-ring-")) : undefined;
+    // rdma runs on the software verbs provider, each thread with its own context; a worker copies the variable when it starts.
+    const savedProvider = process.env.KOALA_RDMA_PROVIDER;
+    if (transport === "rdma") process.env.KOALA_RDMA_PROVIDER = "soft";
     try {
       const size = 4;
       const count = 4000;
       const ring = Array.from({ length: size }, (_, index) =>
-        worker("worker-ring.ts", { index, size, count, address: dir === undefined ? "tcp://127.0.0.1:0" : `unix:${join(dir, `${index}.sock`)}` }),
+        worker("worker-ring.ts", { index, size, count, address: dir === undefined ? `${transport === "rdma" ? "rdma" : "tcp"}://127.0.0.1:0` : `unix:${join(dir, `${index}.sock`)}` }),
       );
       const addresses = await within(Promise.all(ring.map((w) => w.next<{ address: string }>().then((m) => m.address))), "the ring listening");
       running.forEach((w) => w.postMessage({ addresses }));
@@ -111,6 +114,8 @@ for (const transport of ["tcp", "unix"] as const) {
       await allExit(ring);
     } finally {
       if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+      if (savedProvider === undefined) delete process.env.KOALA_RDMA_PROVIDER;
+      else process.env.KOALA_RDMA_PROVIDER = savedProvider;
     }
   });
 }

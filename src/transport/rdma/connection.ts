@@ -1,0 +1,1021 @@
+/**
+ * One RDMA connection: an RC queue pair speaking the koala RDMA protocol (PROTOCOL.md
+ * section 6) over the Verbs interface only.
+ *
+ * - Receive: `RECV_DEPTH` buffers of `16 + KOALA_RNDV_THRESH` bytes, one lease of the context
+ *   heap, all posted at start. A DATA message is handed up as a view of its buffer and the
+ *   buffer is posted again on `release()`; when more than half the buffers are held by
+ *   messages not yet released, new messages are copied out and their buffers posted at once.
+ * - Credits: a side sends only into buffers the peer has posted. Every message carries the
+ *   credits its sender returns; a CREDIT message returns them when nothing else goes out.
+ *   A message other than CREDIT is sent only while at least 2 credits remain, so the last one
+ *   is always there for a CREDIT; CREDIT messages never cause a CREDIT in return unless the
+ *   peer is out of credits and waiting. So receiver-not-ready does not happen.
+ * - Messages up to the threshold are eager (inline when they fit); larger ones go by
+ *   rendezvous: an RTS names the registered segments, the receiver RDMA-READs them into a
+ *   lease of its own heap and answers DONE, and the sender then lets go of them.
+ */
+import type { KoalaError as KoalaErrorType } from "../../errors.js";
+import { ErrorCode, KoalaError } from "../../errors.js";
+import { log } from "../../log.js";
+import type { Lease } from "../../mem/lease.js";
+import { randomBytes } from "node:crypto";
+import { Inbox } from "../inbox.js";
+import { checkRemoteAccess, type ByteSource, type RegionDescriptor, type RegisterRegionOptions, type RegisteredRegion } from "../regions.js";
+import type { Connection, ResolvedTransportOptions } from "../types.js";
+import type { CompletionSink, RdmaContext } from "./context.js";
+import { check } from "../../errors.js";
+import { Access, Opcode, SendFlags, WcOpcode, WcStatus, WorkBatch, wcStatusName, type CmId, type Mr, type Mw, type Qp } from "./verbs.js";
+
+/** Bytes of the header in front of every message. */
+export const HEADER_BYTES = 16;
+/** Receive buffers each side posts. */
+export const RECV_DEPTH = 16;
+/** Most registered segments one RTS names; a message in more parts is copied into one lease. */
+export const MAX_RNDV_SEGMENTS = 16;
+/** Most RDMA READs a connection keeps outstanding. */
+const MAX_READS = 32;
+const RNDV_SEGMENT_BYTES = 16;
+
+/** Message types (byte 0 of the header). */
+export const MsgType = {
+  DATA: 1,
+  RTS: 2,
+  DONE: 3,
+  CREDIT: 4,
+  CLOSE: 5,
+} as const;
+
+const MAGIC = 0x3144524b; // "KRD1"
+const VERSION = 1;
+
+/** What each side sends in the CM private data: protocol version, receive depth and buffer size. */
+export function encodeHello(recvDepth: number, bufferBytes: number): Uint8Array {
+  const b = Buffer.alloc(16);
+  b.writeUInt32LE(MAGIC, 0);
+  b.writeUInt16LE(VERSION, 4);
+  b.writeUInt16LE(recvDepth, 6);
+  b.writeUInt32LE(bufferBytes, 8);
+  return b;
+}
+
+/** Reads a peer's private data; throws KOALA_ERR_PROTOCOL when it is not a koala RDMA hello. */
+export function decodeHello(data: Uint8Array | undefined): { recvDepth: number; bufferBytes: number } {
+  const b = data === undefined ? undefined : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  if (b === undefined || b.length < 16 || b.readUInt32LE(0) !== MAGIC) throw new KoalaError(ErrorCode.PROTOCOL, "the peer is not a koala RDMA endpoint (no koala hello in the CM private data)");
+  if (b.readUInt16LE(4) !== VERSION) throw new KoalaError(ErrorCode.PROTOCOL, `the peer speaks koala RDMA protocol version ${b.readUInt16LE(4)}; this side speaks ${VERSION}`);
+  const recvDepth = b.readUInt16LE(6);
+  const bufferBytes = b.readUInt32LE(8);
+  if (recvDepth < 4 || bufferBytes < HEADER_BYTES + 64) throw new KoalaError(ErrorCode.PROTOCOL, `the peer's receive depth ${recvDepth} or buffer size ${bufferBytes} is too small`);
+  return { recvDepth, bufferBytes };
+}
+
+interface Outgoing {
+  type: number;
+  parts: readonly Uint8Array[];
+  total: number;
+  onWritten: (() => void) | undefined;
+  /** Rendezvous or one-sided request id. */
+  id: number;
+  /** Bytes counted in bufferedBytes (DATA only). */
+  counted: number;
+}
+
+interface SendOp {
+  lease: Lease | undefined;
+  onWritten: (() => void) | undefined;
+  counted: number;
+  read: Incoming | undefined;
+  close: boolean;
+  oneSided?: OneSidedOp;
+}
+
+/** A `read` / `write` on a peer's region: one RDMA READ or WRITE. */
+interface OneSidedOp {
+  opcode: number;
+  /** Registered memory the data comes from or goes to (a copy, or the caller's bytes in place). */
+  lease: Lease | undefined;
+  addr: number;
+  lkey: number;
+  length: number;
+  raddr: number;
+  rkey: number;
+  settle(err: KoalaError | undefined): void;
+}
+
+/** A region shared with the peer: a registration of its bytes and a window bound to this QP. */
+interface Window {
+  mr: Mr;
+  mw: Mw;
+}
+
+/** A rendezvous message being read from the peer. */
+interface Incoming {
+  type: number;
+  id: number;
+  total: number;
+  /** Where the message is read to; allocated when its first READ is posted. */
+  lease: Lease | undefined;
+  /** The receive buffer of the RTS, posted again (its credit returned) once the message is handed up. */
+  slot: number;
+  segments: number[];
+  nextSegment: number;
+  readsLeft: number;
+  /** Its place in the arrival order. */
+  arrival: Arrival | undefined;
+}
+
+interface Arrival {
+  type: number;
+  /** The receive buffer holding it, or -1. */
+  slot: number;
+  view: Uint8Array | undefined;
+  rndv: Incoming | undefined;
+  ready: boolean;
+}
+
+/** A sent rendezvous message waiting for the peer's DONE. */
+interface Advertised {
+  lease: Lease | undefined;
+  onWritten: (() => void) | undefined;
+  counted: number;
+}
+
+function callWritten(cb: (() => void) | undefined): void {
+  if (cb === undefined) return;
+  try {
+    cb();
+  } catch (err) {
+    log("error", "transport", `an onWritten callback threw: ${(err as Error)?.stack ?? String(err)}`);
+  }
+}
+
+const noop = (): void => undefined;
+
+/** An RDMA connection (see the module comment). */
+export class RdmaConnection implements Connection, CompletionSink {
+  readonly transport = "rdma" as const;
+  readonly closed: Promise<KoalaErrorType>;
+  private resolveClosed!: (r: KoalaError) => void;
+  private reason: KoalaError | undefined;
+  private tornDown = false;
+  private readonly inbox: Inbox;
+  private inboxFull = false;
+  private closeArrived = false;
+
+  // Receive side.
+  private readonly area: Lease;
+  private readonly areaAddr: number;
+  private readonly areaLkey: number;
+  private readonly slotBytes: number;
+  private heldSlots = 0;
+  private readonly ownedViews = new Map<Uint8Array, number>();
+  private readonly ownedLeases = new Map<Uint8Array, Lease>();
+  private readonly arrivals: Arrival[] = [];
+  private arrivalHead = 0;
+  private readonly recvBatch = new WorkBatch(RECV_DEPTH);
+  private readonly reading: Incoming[] = [];
+  private readsOut = 0;
+
+  // Credits.
+  private credits: number;
+  private owed = 0;
+  private owedData = 0;
+  /** The peer's credits for this side's buffers, as far as this side knows. */
+  private peerView = RECV_DEPTH;
+  private peerBufferBytes: number;
+
+  // Send side.
+  private readonly outq: Outgoing[] = [];
+  private outHead = 0;
+  private readonly sendBatch = new WorkBatch(64);
+  private readonly sendOps = new Map<number, SendOp>();
+  private nextWrId = RECV_DEPTH;
+  private sqUsed = 0;
+  private readonly maxSendWr: number;
+  private buffered = 0;
+  private flushScheduled = false;
+  private readonly flushBound = (): void => this.flush();
+  private drainWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private readonly advertised = new Map<number, Advertised>();
+  private nextId = 1;
+  private closeSent = false;
+  private readonly windows = new Set<Window>();
+  private readonly oneSidedQueue: OneSidedOp[] = [];
+  private disconnectSeen = false;
+
+  /** Rendezvous threshold in bytes: larger messages go by RTS. */
+  readonly rndvThreshBytes: number;
+
+  /**
+   * Takes over `qp` on connection `id`; posts every receive buffer at once (call before the
+   * connection is accepted or connected). `peer` comes from the peer's hello (set later with
+   * {@link RdmaConnection.setPeer} on the connecting side).
+   */
+  constructor(
+    private readonly ctx: RdmaContext,
+    readonly id: CmId,
+    readonly qp: Qp,
+    readonly options: ResolvedTransportOptions,
+    private readonly localFallback: string,
+    private readonly remoteFallback: string,
+    peer: { recvDepth: number; bufferBytes: number } | undefined,
+  ) {
+    this.closed = new Promise((r) => (this.resolveClosed = r));
+    this.rndvThreshBytes = ctx.selection.config.rndvThreshBytes;
+    this.slotBytes = HEADER_BYTES + this.rndvThreshBytes;
+    this.maxSendWr = qp.caps.maxSendWr;
+    this.credits = peer?.recvDepth ?? 0;
+    this.peerBufferBytes = peer?.bufferBytes ?? this.slotBytes;
+    this.area = ctx.heap.alloc(RECV_DEPTH * this.slotBytes);
+    const where = ctx.locate(this.area.bytes)!;
+    this.areaAddr = where.addr;
+    this.areaLkey = where.lkey;
+    this.inbox = new Inbox(
+      options.receiveQueueMessages,
+      options.receiveQueueBytes,
+      () => (this.inboxFull = true),
+      () => {
+        this.inboxFull = false;
+        setImmediate(() => {
+          this.processArrivals();
+          this.scheduleFlush();
+        });
+      },
+      (err) => {
+        log("error", "transport", `the message receiver of ${this.localAddress} threw; closing that connection: ${(err as Error)?.stack ?? String(err)}`);
+        this.abort(new KoalaError(ErrorCode.RECEIVER_FAILED, `the message receiver threw: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
+      },
+    );
+    ctx.attach(qp.qpNum, this, qp.caps.maxSendWr + qp.caps.maxRecvWr);
+    for (let slot = 0; slot < RECV_DEPTH; slot++) this.addRecv(slot);
+    ctx.verbs.postRecv(qp, this.recvBatch);
+    this.recvBatch.reset();
+  }
+
+  /** Completes the connecting side's setup with the peer's hello (credits and buffer size). */
+  setPeer(peer: { recvDepth: number; bufferBytes: number }): void {
+    this.credits = peer.recvDepth;
+    this.peerBufferBytes = peer.bufferBytes;
+  }
+
+  /** This end's address: what the connection manager reports, once known. */
+  get localAddress(): string {
+    return this.id.localAddress || this.localFallback;
+  }
+
+  /** The other end's address. */
+  get remoteAddress(): string {
+    return this.id.remoteAddress || this.remoteFallback;
+  }
+
+  get isClosed(): boolean {
+    return this.reason !== undefined;
+  }
+
+  get bufferedBytes(): number {
+    return this.buffered;
+  }
+
+  // ---- send ---------------------------------------------------------------------------
+
+  send(parts: readonly Uint8Array[], onWritten?: () => void): boolean {
+    if (this.reason !== undefined) throw this.closedError("send()");
+    let total = 0;
+    for (let i = 0; i < parts.length; i++) total += parts[i]!.byteLength;
+    if (total > this.options.maxMessageBytes) {
+      throw new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `message of ${total} bytes exceeds maxMessageBytes (${this.options.maxMessageBytes})`);
+    }
+    this.buffered += total;
+    this.enqueue(MsgType.DATA, parts, total, onWritten, 0, total);
+    return this.buffered <= this.options.highWaterMarkBytes;
+  }
+
+  private enqueue(type: number, parts: readonly Uint8Array[], total: number, onWritten: (() => void) | undefined, id: number, counted: number): void {
+    this.outq.push({ type, parts, total, onWritten, id, counted });
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled || this.tornDown) return;
+    this.flushScheduled = true;
+    process.nextTick(this.flushBound);
+  }
+
+  drain(): Promise<void> {
+    if (this.reason !== undefined) {
+      const p = Promise.reject(this.reason);
+      p.catch(noop);
+      return p;
+    }
+    if (this.buffered <= this.options.highWaterMarkBytes / 2) return Promise.resolve();
+    return new Promise((resolve, reject) => this.drainWaiters.push({ resolve, reject }));
+  }
+
+  private unbuffer(bytes: number): void {
+    if (bytes === 0) return;
+    this.buffered -= bytes;
+    if (this.drainWaiters.length > 0 && this.buffered <= this.options.highWaterMarkBytes / 2) {
+      const ws = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of ws) w.resolve();
+    }
+  }
+
+  /** Posts the receives and sends of this tick, as credits and the send queue allow. */
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.tornDown) return;
+    const v = this.ctx.verbs;
+    try {
+      if (this.recvBatch.count > 0) {
+        // Receives first: the credits that go out below count them.
+        v.postRecv(this.qp, this.recvBatch);
+        this.recvBatch.reset();
+      }
+      const batch = this.sendBatch;
+      let sent = 0;
+      while (this.outHead < this.outq.length && this.credits >= 2 && this.sqUsed < this.maxSendWr) {
+        const m = this.outq[this.outHead]!;
+        this.outq[this.outHead++] = undefined as never;
+        this.build(m);
+        sent++;
+      }
+      if (this.outHead === this.outq.length) {
+        this.outq.length = 0;
+        this.outHead = 0;
+      }
+      this.startReads();
+      this.startOneSided();
+      if (sent === 0 && this.shouldReturnCredits()) this.build({ type: MsgType.CREDIT, parts: [], total: 0, onWritten: undefined, id: 0, counted: 0 });
+      if (batch.count > 0) {
+        v.postSend(this.qp, batch);
+        batch.reset();
+      }
+    } catch (err) {
+      this.sendBatch.reset();
+      this.fail(err instanceof KoalaError ? err : new KoalaError(ErrorCode.SYSTEM, `RDMA send path failed: ${(err as Error).message}`, { cause: err }));
+    }
+  }
+
+  /**
+   * Whether to send a CREDIT message now: credits are owed for data the peer sent and either
+   * enough have gathered or the peer is running out; or the peer has none at all while this
+   * side waits for credits itself.
+   */
+  private shouldReturnCredits(): boolean {
+    if (this.owed === 0 || this.credits < 1 || this.sqUsed >= this.maxSendWr) return false;
+    if (this.owedData > 0 && (this.owed >= RECV_DEPTH / 4 || this.peerView <= 2)) return true;
+    return this.outHead < this.outq.length && this.peerView === 0;
+  }
+
+  /** Writes the header of a message of `type` into `into` at 0. */
+  private header(into: Uint8Array, type: number, length: number, id: number, aux: number): void {
+    const v = new DataView(into.buffer, into.byteOffset, HEADER_BYTES);
+    const give = Math.min(this.owed, 0xffff);
+    this.owed -= give;
+    this.peerView += give;
+    if (this.owed === 0) this.owedData = 0;
+    v.setUint8(0, type);
+    v.setUint8(1, 0);
+    v.setUint16(2, give, true);
+    v.setUint32(4, length, true);
+    v.setUint32(8, id, true);
+    v.setUint32(12, aux, true);
+  }
+
+  /** Turns one outgoing message into a work request of the send batch. */
+  private build(m: Outgoing): void {
+    const heap = this.ctx.heap;
+    const batch = this.sendBatch;
+    const wrId = this.nextWrId++;
+    this.credits--;
+    this.sqUsed++;
+    if (HEADER_BYTES + m.total > this.peerBufferBytes || m.total > this.rndvThreshBytes) {
+      this.buildRts(m, wrId);
+      return;
+    }
+    const size = HEADER_BYTES + m.total;
+    const op: SendOp = { lease: undefined, onWritten: m.onWritten, counted: m.counted, read: undefined, close: m.type === MsgType.CLOSE };
+    // Scatter-gather: the header from a staging lease, then each part in place when every
+    // part lies in registered memory and they fit in max_sge; otherwise one copy.
+    const direct = m.parts.length > 0 && m.parts.length + 1 <= this.qp.caps.maxSendSge && size > this.qp.caps.maxInlineData && m.parts.every((p) => p.byteLength === 0 || this.ctx.locate(p) !== undefined);
+    const staging = heap.alloc(direct ? HEADER_BYTES : size);
+    const bytes = staging.bytes;
+    this.header(bytes, m.type, m.total, m.id, 0);
+    const head = this.ctx.locate(bytes)!;
+    batch.addSge(head.addr, bytes.byteLength, head.lkey);
+    let sges = 1;
+    if (direct) {
+      for (const p of m.parts) {
+        if (p.byteLength === 0) continue;
+        const where = this.ctx.locate(p)!;
+        batch.addSge(where.addr, p.byteLength, where.lkey);
+        sges++;
+      }
+    } else {
+      let at = HEADER_BYTES;
+      for (const p of m.parts) {
+        bytes.set(p, at);
+        at += p.byteLength;
+      }
+    }
+    let flags = SendFlags.SIGNALED;
+    if (!direct && size <= this.qp.caps.maxInlineData) {
+      // Inline: the provider copies the bytes at post time, so the staging lease and the
+      // caller's parts are free as soon as the batch is posted.
+      flags |= SendFlags.INLINE;
+      op.lease = undefined;
+      this.afterPost(staging, m.onWritten);
+      op.onWritten = undefined;
+    } else {
+      op.lease = staging;
+      if (!direct) {
+        // Copied: the caller's parts are free now.
+        callWritten(m.onWritten);
+        op.onWritten = undefined;
+      }
+    }
+    batch.addSend(wrId, Opcode.SEND, flags, sges);
+    this.sendOps.set(wrId, op);
+  }
+
+  private readonly postedLeases: Lease[] = [];
+  private readonly postedCallbacks: ((() => void) | undefined)[] = [];
+
+  /** Releases a lease and calls onWritten once the current batch is posted (inline sends). */
+  private afterPost(lease: Lease, onWritten: (() => void) | undefined): void {
+    this.postedLeases.push(lease);
+    this.postedCallbacks.push(onWritten);
+    if (this.postedLeases.length === 1) {
+      queueMicrotask(() => {
+        for (const l of this.postedLeases.splice(0)) l.release();
+        for (const cb of this.postedCallbacks.splice(0)) callWritten(cb);
+      });
+    }
+  }
+
+  /** Sends `m` by rendezvous: an RTS naming registered segments the peer reads. */
+  private buildRts(m: Outgoing, wrId: number): void {
+    const ctx = this.ctx;
+    const segs: { addr: number; rkey: number; len: number }[] = [];
+    let lease: Lease | undefined;
+    let onWritten = m.onWritten;
+    const inPlace = m.parts.length <= MAX_RNDV_SEGMENTS && m.parts.every((p) => p.byteLength === 0 || ctx.locate(p) !== undefined);
+    if (inPlace) {
+      // Zero copy: the parts already live in registered memory; they stay untouched until DONE.
+      for (const p of m.parts) {
+        if (p.byteLength === 0) continue;
+        const w = ctx.locate(p)!;
+        segs.push({ addr: w.addr, rkey: w.rkey, len: p.byteLength });
+      }
+    } else {
+      lease = ctx.heap.alloc(m.total);
+      const bytes = lease.bytes;
+      let at = 0;
+      for (const p of m.parts) {
+        bytes.set(p, at);
+        at += p.byteLength;
+      }
+      const w = ctx.locate(bytes)!;
+      segs.push({ addr: w.addr, rkey: w.rkey, len: m.total });
+      callWritten(onWritten);
+      onWritten = undefined;
+    }
+    const id = this.nextId++;
+    this.advertised.set(id, { lease, onWritten, counted: m.counted });
+    const size = HEADER_BYTES + 4 + segs.length * RNDV_SEGMENT_BYTES;
+    const staging = ctx.heap.alloc(size);
+    const b = staging.bytes;
+    this.header(b, MsgType.RTS, m.total, id, m.type);
+    const v = new DataView(b.buffer, b.byteOffset, size);
+    v.setUint32(HEADER_BYTES, segs.length, true);
+    segs.forEach((s, i) => {
+      const at = HEADER_BYTES + 4 + i * RNDV_SEGMENT_BYTES;
+      v.setFloat64(at, s.addr, true);
+      v.setUint32(at + 8, s.rkey, true);
+      v.setUint32(at + 12, s.len, true);
+    });
+    const w = ctx.locate(b)!;
+    this.sendBatch.addSge(w.addr, size, w.lkey);
+    this.sendBatch.addSend(wrId, Opcode.SEND, SendFlags.SIGNALED, 1);
+    // The RTS itself stays counted until DONE through `advertised`; its staging lease goes at its completion.
+    this.sendOps.set(wrId, { lease: staging, onWritten: undefined, counted: 0, read: undefined, close: false });
+  }
+
+  /** Posts RDMA READs for rendezvous messages, as the send queue allows. */
+  private startReads(): void {
+    const batch = this.sendBatch;
+    // A reader that has stopped reading gets no more rendezvous data either (memory stays bounded).
+    if (this.inboxFull && !this.closeArrived) return;
+    while (this.reading.length > 0 && this.readsOut < MAX_READS && this.sqUsed < this.maxSendWr) {
+      const inc = this.reading[0]!;
+      if (inc.lease === undefined) {
+        try {
+          inc.lease = this.ctx.heap.alloc(inc.total);
+        } catch (err) {
+          throw new KoalaError(ErrorCode.OUT_OF_MEMORY, `no registered memory for a ${inc.total}-byte message from ${this.remoteAddress}: ${(err as Error).message}`, { cause: err });
+        }
+      }
+      const k = inc.nextSegment++;
+      const seg = inc.segments;
+      const addr = seg[k * 3]!;
+      const rkey = seg[k * 3 + 1]!;
+      const len = seg[k * 3 + 2]!;
+      let offset = 0;
+      for (let j = 0; j < k; j++) offset += seg[j * 3 + 2]!;
+      const dst = inc.lease.bytes.subarray(offset, offset + len);
+      const w = this.ctx.locate(dst)!;
+      const wrId = this.nextWrId++;
+      batch.addSge(w.addr, len, w.lkey);
+      batch.addSend(wrId, Opcode.RDMA_READ, SendFlags.SIGNALED, 1, 0, addr, rkey);
+      this.sendOps.set(wrId, { lease: undefined, onWritten: undefined, counted: 0, read: inc, close: false });
+      this.sqUsed++;
+      this.readsOut++;
+      if (inc.nextSegment * 3 >= seg.length) this.reading.shift();
+    }
+  }
+
+  // ---- completions --------------------------------------------------------------------
+
+  onCompletion(wrId: number, status: number, opcode: number, byteLen: number, _imm: number): void {
+    if (this.tornDown) return;
+    if (opcode === WcOpcode.RECV || opcode === WcOpcode.RECV_RDMA_WITH_IMM || (status !== WcStatus.SUCCESS && wrId < RECV_DEPTH)) {
+      if (status !== WcStatus.SUCCESS) return this.completionError(status, "receive", wrId);
+      this.onReceive(wrId, byteLen);
+      return;
+    }
+    const op = this.sendOps.get(wrId);
+    if (op === undefined) return;
+    // A failed work request stays listed: the teardown that follows releases it with the rest,
+    // after the close reason is set (so drain() waiters see the reason, not a drained queue).
+    if (status !== WcStatus.SUCCESS) return this.completionError(status, op.read !== undefined ? "RDMA READ" : op.oneSided !== undefined ? "one-sided" : "send", wrId);
+    this.sendOps.delete(wrId);
+    this.sqUsed--;
+    op.lease?.release();
+    callWritten(op.onWritten);
+    this.unbuffer(op.counted);
+    op.oneSided?.settle(undefined);
+    if (op.read !== undefined) {
+      this.readsOut--;
+      if (--op.read.readsLeft === 0) this.readDone(op.read);
+    }
+    if (op.close) {
+      this.closeSent = true;
+      this.maybeFinishClose();
+    }
+    if (this.outHead < this.outq.length || this.reading.length > 0) this.scheduleFlush();
+  }
+
+  private completionError(status: number, what: string, wrId = -1): void {
+    if (status === WcStatus.WR_FLUSH_ERR) {
+      // A flush follows the cause: this side's teardown, an error already reported, or the
+      // peer's disconnect, whose event decides how the connection ended.
+      if (this.reason === undefined) this.onDisconnected("the queue pair went to the error state");
+      return;
+    }
+    const op = this.sendOps.get(wrId);
+    const err =
+      status === WcStatus.REM_ACCESS_ERR && op?.oneSided !== undefined
+        ? new KoalaError(
+            ErrorCode.REMOTE_ACCESS_DENIED,
+            `the peer's NIC refused an RDMA ${op.oneSided.opcode === Opcode.RDMA_READ ? "READ" : "WRITE"} of ${op.oneSided.length} bytes (REM_ACCESS_ERR: a key unknown on this connection or revoked, outside the region, or not permitted); the queue pair is in the error state and the connection is closed`,
+          )
+        : status === WcStatus.RNR_RETRY_EXC_ERR
+        ? new KoalaError(ErrorCode.RECEIVER_NOT_READY, `a SEND to ${this.remoteAddress} found no posted receive after every retry (receiver not ready); the queue pair went to the error state`)
+        : new KoalaError(ErrorCode.QP_ERROR, `a ${what} work request with ${this.remoteAddress} completed with ${wcStatusName(status)}; the queue pair went to the error state`);
+    log("warn", "transport", `closing the RDMA connection with ${this.remoteAddress}: ${err.message}`);
+    this.fail(err);
+  }
+
+  private addRecv(slot: number): void {
+    this.recvBatch.addSge(this.areaAddr + slot * this.slotBytes, this.slotBytes, this.areaLkey);
+    this.recvBatch.addRecv(slot, 1);
+  }
+
+  /** Posts buffer `slot` again and owes the peer its credit. */
+  private repost(slot: number, data: boolean): void {
+    if (this.tornDown) return;
+    this.addRecv(slot);
+    this.owed++;
+    if (data) this.owedData++;
+    this.scheduleFlush();
+  }
+
+  private onReceive(slot: number, byteLen: number): void {
+    const base = slot * this.slotBytes;
+    const buf = this.area.bytes;
+    const v = new DataView(buf.buffer, buf.byteOffset + base, HEADER_BYTES);
+    if (byteLen < HEADER_BYTES) return this.protocolError(`a message of ${byteLen} bytes, shorter than the header`);
+    const type = v.getUint8(0);
+    this.credits += v.getUint16(2, true);
+    this.peerView--;
+    const length = v.getUint32(4, true);
+    const id = v.getUint32(8, true);
+    const aux = v.getUint32(12, true);
+    const payload = buf.subarray(base + HEADER_BYTES, base + byteLen);
+    switch (type) {
+      case MsgType.CREDIT:
+        this.repost(slot, false);
+        break;
+      case MsgType.DONE:
+        this.repost(slot, true);
+        this.onDone(id);
+        break;
+      case MsgType.RTS:
+        this.onRts(slot, payload, length, id, aux);
+        break;
+      case MsgType.CLOSE:
+        this.repost(slot, true);
+        this.closeArrived = true;
+        this.arrivals.push({ type, slot: -1, view: undefined, rndv: undefined, ready: true });
+        break;
+      case MsgType.DATA:
+        if (length !== payload.byteLength) return this.protocolError(`a message whose header says ${length} bytes arrived with ${payload.byteLength}`);
+        if (length > this.options.maxMessageBytes) return this.tooLarge(length);
+        this.arrivals.push({ type, slot, view: payload, rndv: undefined, ready: true });
+        break;
+      default:
+        return this.protocolError(`unknown message type ${type}`);
+    }
+    this.processArrivals();
+    this.scheduleFlush();
+  }
+
+  private onRts(slot: number, payload: Uint8Array, total: number, id: number, type: number): void {
+    const v = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+    const n = payload.byteLength >= 4 ? v.getUint32(0, true) : 0;
+    if (n < 1 || n > MAX_RNDV_SEGMENTS || payload.byteLength < 4 + n * RNDV_SEGMENT_BYTES) return this.protocolError("a malformed RTS");
+    if (type !== MsgType.DATA) return this.protocolError(`an RTS for a message of type ${type}`);
+    if (total > this.options.maxMessageBytes) return this.tooLarge(total);
+    const segments: number[] = [];
+    let sum = 0;
+    for (let i = 0; i < n; i++) {
+      const at = 4 + i * RNDV_SEGMENT_BYTES;
+      const len = v.getUint32(at + 12, true);
+      segments.push(v.getFloat64(at, true), v.getUint32(at + 8, true), len);
+      sum += len;
+    }
+    if (sum !== total) return this.protocolError(`an RTS whose segments hold ${sum} bytes for a message of ${total}`);
+    // The RTS keeps its buffer (and so its credit) until the message is handed up: a reader
+    // that does not read holds the sender back, as with eager messages.
+    const inc: Incoming = { type, id, total, lease: undefined, slot, segments, nextSegment: 0, readsLeft: n, arrival: undefined };
+    this.reading.push(inc);
+    inc.arrival = { type, slot: -1, view: undefined, rndv: inc, ready: false };
+    this.arrivals.push(inc.arrival);
+    this.scheduleFlush();
+  }
+
+  private readDone(inc: Incoming): void {
+    inc.arrival!.ready = true;
+    // The peer may let go of its memory now.
+    const head = new Uint8Array(0);
+    this.enqueueControl(MsgType.DONE, [head], inc.id);
+    this.processArrivals();
+  }
+
+  /** Queues a protocol message (DONE, one-sided) even while this side is closing. */
+  private enqueueControl(type: number, parts: readonly Uint8Array[], id: number): void {
+    if (this.tornDown) return;
+    let total = 0;
+    for (const p of parts) total += p.byteLength;
+    this.outq.push({ type, parts, total, onWritten: undefined, id, counted: 0 });
+    this.scheduleFlush();
+  }
+
+  private onDone(id: number): void {
+    const a = this.advertised.get(id);
+    if (a === undefined) return this.protocolError(`DONE for rendezvous ${id}, which is not pending`);
+    this.advertised.delete(id);
+    a.lease?.release();
+    callWritten(a.onWritten);
+    this.unbuffer(a.counted);
+    this.maybeFinishClose();
+  }
+
+  /** Hands arrivals up in order, as far as they are complete and the reader has room. */
+  private processArrivals(): void {
+    while (this.arrivalHead < this.arrivals.length && !this.tornDown) {
+      const a = this.arrivals[this.arrivalHead]!;
+      if (!a.ready) return;
+      if (a.type === MsgType.DATA && this.inboxFull && !this.closeArrived && this.reason === undefined) return;
+      this.arrivals[this.arrivalHead++] = undefined as never;
+      if (this.arrivalHead === this.arrivals.length) {
+        this.arrivals.length = 0;
+        this.arrivalHead = 0;
+      }
+      this.handleArrival(a);
+    }
+  }
+
+  private handleArrival(a: Arrival): void {
+    if (a.type === MsgType.CLOSE) return this.onPeerClose();
+    let message: Uint8Array;
+    if (a.rndv !== undefined) {
+      const lease = a.rndv.lease!;
+      a.rndv.lease = undefined;
+      message = lease.bytes;
+      this.repost(a.rndv.slot, true);
+      if (this.reason !== undefined) {
+        lease.release();
+        return;
+      }
+      this.ownedLeases.set(message, lease);
+    } else {
+      const view = a.view!;
+      if (this.reason !== undefined) {
+        this.repost(a.slot, true);
+        return;
+      }
+      if (this.heldSlots >= RECV_DEPTH / 2) {
+        // Too many buffers held by messages not released: copy this one out.
+        message = view.slice();
+        this.repost(a.slot, true);
+      } else {
+        message = view;
+        this.ownedViews.set(view, a.slot);
+        this.heldSlots++;
+      }
+    }
+    this.inbox.push(message);
+  }
+
+  onMessage(receiver: ((message: Uint8Array) => void) | null): void {
+    this.inbox.setReceiver(receiver);
+  }
+
+  release(message: Uint8Array): void {
+    const slot = this.ownedViews.get(message);
+    if (slot !== undefined) {
+      this.ownedViews.delete(message);
+      this.heldSlots--;
+      if (this.tornDown) {
+        if (this.heldSlots === 0) this.area.release();
+      } else {
+        this.repost(slot, true);
+      }
+      return;
+    }
+    const lease = this.ownedLeases.get(message);
+    if (lease !== undefined) {
+      this.ownedLeases.delete(message);
+      lease.release();
+    }
+  }
+
+  pause(): void {
+    this.inbox.pause();
+  }
+
+  resume(): void {
+    this.inbox.resume();
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+    return this.inbox[Symbol.asyncIterator]();
+  }
+
+  // ---- one-sided: RDMA READ / WRITE, checked by the peer's NIC --------------------------
+
+  registerRegion(source: Uint8Array | ByteSource, options?: RegisterRegionOptions): RegisteredRegion {
+    if (this.reason !== undefined) throw this.closedError("registerRegion()");
+    if (!this.options.oneSided) {
+      throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `registerRegion(): one-sided access is off on the connection with ${this.remoteAddress}; open the connection or listener with the transport option oneSided: true`);
+    }
+    const access = options?.access ?? "read";
+    check(access === "read" || access === "readwrite", `registerRegion(): option "access" must be "read" or "readwrite", got ${String(access)}`);
+    const bytes = source instanceof Uint8Array ? source : source?.bytes;
+    check(bytes instanceof Uint8Array, "registerRegion(): source must be a Uint8Array or hold one in .bytes");
+    const v = this.ctx.verbs;
+    // The region's own registration grants no remote access; a window bound to this queue
+    // pair does, so the peer of another connection is refused by the NIC.
+    const mr = v.regMr(this.ctx.pd, bytes, Access.LOCAL_WRITE | Access.MW_BIND);
+    let mw: Mw;
+    try {
+      mw = v.bindMw(this.qp, mr, mr.addr, bytes.byteLength, Access.REMOTE_READ | (access === "readwrite" ? Access.REMOTE_WRITE : 0));
+    } catch (err) {
+      v.deregMr(mr);
+      throw err;
+    }
+    const w: Window = { mr, mw };
+    this.windows.add(w);
+    // 64 bits as the contract asks: the rkey (what the NIC checks) and 32 random bits beside it.
+    const key = (BigInt(randomBytes(4).readUInt32LE(0)) << 32n) | BigInt(mw.rkey);
+    const windows = this.windows;
+    return {
+      descriptor: Object.freeze({ key, address: BigInt(mw.addr), length: bytes.byteLength, access }),
+      get registered() {
+        return windows.has(w);
+      },
+      deregister: () => this.dropWindow(w),
+    };
+  }
+
+  private dropWindow(w: Window): void {
+    if (!this.windows.delete(w)) return;
+    this.ctx.verbs.deallocMw(w.mw);
+    this.ctx.verbs.deregMr(w.mr);
+  }
+
+  read(region: RegionDescriptor, offset: number, length: number): Promise<Uint8Array> {
+    try {
+      this.checkOneSided(region, offset, length, false);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const lease = this.ctx.heap.alloc(Math.max(1, length));
+    return new Promise<Uint8Array>((resolve, reject) => {
+      this.postOneSided(Opcode.RDMA_READ, region, offset, length, lease, lease.bytes, (err) => (err === undefined ? resolve(lease.bytes.slice(0, length)) : reject(err)));
+    });
+  }
+
+  write(region: RegionDescriptor, offset: number, data: Uint8Array): Promise<void> {
+    try {
+      this.checkOneSided(region, offset, data.byteLength, true);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    // Bytes already in registered memory go in place (unchanged until write() settles); others are copied.
+    let lease: Lease | undefined;
+    let from = data;
+    if (this.ctx.locate(data) === undefined) {
+      lease = this.ctx.heap.alloc(Math.max(1, data.byteLength));
+      lease.bytes.set(data);
+      from = lease.bytes;
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.postOneSided(Opcode.RDMA_WRITE, region, offset, data.byteLength, lease, from, (err) => (err === undefined ? resolve() : reject(err)));
+    });
+  }
+
+  private postOneSided(opcode: number, region: RegionDescriptor, offset: number, length: number, lease: Lease | undefined, local: Uint8Array, done: (err: KoalaError | undefined) => void): void {
+    const where = this.ctx.locate(local)!;
+    let settled = false;
+    this.oneSidedQueue.push({
+      opcode,
+      lease,
+      addr: where.addr,
+      lkey: where.lkey,
+      length,
+      raddr: Number(region.address) + offset,
+      rkey: Number(region.key & 0xffff_ffffn),
+      settle: (err) => {
+        if (settled) return;
+        settled = true;
+        done(err);
+        lease?.release();
+      },
+    });
+    this.scheduleFlush();
+  }
+
+  private checkOneSided(region: RegionDescriptor, offset: number, length: number, write: boolean): void {
+    if (this.reason !== undefined) throw this.closedError(write ? "write()" : "read()");
+    checkRemoteAccess(region, offset, length, write);
+    if (length > this.options.maxMessageBytes) {
+      throw new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `a one-sided ${write ? "write" : "read"} of ${length} bytes exceeds maxMessageBytes (${this.options.maxMessageBytes})`);
+    }
+  }
+
+  /** Posts queued RDMA READs / WRITEs of `read` / `write`, as the send queue allows. */
+  private startOneSided(): void {
+    const batch = this.sendBatch;
+    while (this.oneSidedQueue.length > 0 && this.sqUsed < this.maxSendWr) {
+      const op = this.oneSidedQueue.shift()!;
+      const wrId = this.nextWrId++;
+      batch.addSge(op.addr, op.length, op.lkey);
+      batch.addSend(wrId, op.opcode, SendFlags.SIGNALED, 1, 0, op.raddr, op.rkey);
+      this.sendOps.set(wrId, { lease: undefined, onWritten: undefined, counted: 0, read: undefined, close: false, oneSided: op });
+      this.sqUsed++;
+    }
+  }
+
+  // ---- close --------------------------------------------------------------------------
+
+  close(reason?: Error): void {
+    if (this.reason !== undefined) return;
+    if (reason !== undefined) {
+      this.abort(new KoalaError(ErrorCode.CLOSED, `the connection was closed by this side: ${reason.message}`, { cause: reason }));
+      return;
+    }
+    this.setClosed(new KoalaError(ErrorCode.CLOSED, "the connection was closed by this side"), true);
+    // CLOSE goes after every message queued before it; the QP is torn down once it is delivered
+    // and the peer has read every rendezvous message.
+    this.outq.push({ type: MsgType.CLOSE, parts: [], total: 0, onWritten: undefined, id: 0, counted: 0 });
+    this.scheduleFlush();
+  }
+
+  private maybeFinishClose(): void {
+    if (this.closeSent && this.advertised.size === 0) this.teardown();
+  }
+
+  /** The peer's CLOSE, after every message it sent before it. */
+  private onPeerClose(): void {
+    if (this.reason === undefined) {
+      this.setClosed(new KoalaError(ErrorCode.PEER_CLOSED, `${this.remoteAddress} closed the connection`), true);
+    }
+    this.teardown();
+  }
+
+  /** The CM reports the connection gone (peer disconnected, killed, or the link failed). */
+  onDisconnected(why: string): void {
+    if (this.tornDown || this.disconnectSeen) return;
+    this.disconnectSeen = true;
+    setImmediate(() => {
+      // Completions already queued (the peer's last messages, its CLOSE) count first.
+      this.ctx.drain();
+      if (this.tornDown) return;
+      if (this.reason === undefined) this.setClosed(new KoalaError(ErrorCode.CONNECTION_RESET, `the RDMA connection with ${this.remoteAddress} was lost: ${why}`), false);
+      this.teardown();
+    });
+  }
+
+  private abort(reason: KoalaError): void {
+    if (this.reason === undefined) this.setClosed(reason, false);
+    this.teardown();
+  }
+
+  private fail(reason: KoalaError): void {
+    this.abort(reason);
+  }
+
+  private protocolError(what: string): void {
+    const err = new KoalaError(ErrorCode.PROTOCOL, `${this.remoteAddress} broke the koala RDMA protocol: ${what}`);
+    log("warn", "transport", `closing the connection with ${this.remoteAddress}: ${err.message}`);
+    this.fail(err);
+  }
+
+  private tooLarge(length: number): void {
+    const err = new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `the peer sent a message of ${length} bytes; the limit is ${this.options.maxMessageBytes} (maxMessageBytes)`);
+    log("warn", "transport", `closing ${this.remoteAddress}: ${err.message}`);
+    this.fail(err);
+  }
+
+  private setClosed(reason: KoalaError, orderly: boolean): void {
+    if (this.reason !== undefined) return;
+    this.reason = reason;
+    this.inbox.close(reason, orderly);
+    for (const op of this.oneSidedQueue.splice(0)) op.settle(this.closedError(op.opcode === Opcode.RDMA_READ ? "read()" : "write()"));
+    const ws = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of ws) w.reject(reason);
+    // Messages not sent yet are dropped (an orderly close keeps them: they go before CLOSE).
+    if (!orderly || reason.code === ErrorCode.PEER_CLOSED) this.dropQueued();
+  }
+
+  private dropQueued(): void {
+    const q = this.outq.splice(this.outHead);
+    this.outq.length = 0;
+    this.outHead = 0;
+    for (const m of q) {
+      callWritten(m.onWritten);
+      this.unbuffer(m.counted);
+    }
+  }
+
+  /** Disconnects and releases every resource of the connection; `closed` resolves. */
+  private teardown(): void {
+    if (this.tornDown) return;
+    this.tornDown = true;
+    this.dropQueued();
+    const v = this.ctx.verbs;
+    this.ctx.detach(this.qp.qpNum, this.qp.caps.maxSendWr + this.qp.caps.maxRecvWr);
+    try {
+      v.disconnect(this.id);
+      for (const w of [...this.windows]) this.dropWindow(w);
+      v.destroyQp(this.qp);
+      v.destroyId(this.id);
+    } catch (err) {
+      log("error", "transport", `releasing the RDMA connection with ${this.remoteAddress}: ${(err as Error).message}`);
+    }
+    if (this.reason === undefined) this.reason = new KoalaError(ErrorCode.CONNECTION_RESET, `the RDMA connection with ${this.remoteAddress} ended`);
+    for (const op of this.sendOps.values()) {
+      op.lease?.release();
+      callWritten(op.onWritten);
+      this.unbuffer(op.counted);
+      op.oneSided?.settle(this.reason.code === ErrorCode.REMOTE_ACCESS_DENIED ? this.reason : this.closedError("a one-sided access"));
+    }
+    this.sendOps.clear();
+    for (const a of this.advertised.values()) {
+      a.lease?.release();
+      callWritten(a.onWritten);
+      this.unbuffer(a.counted);
+    }
+    this.advertised.clear();
+    for (const a of this.arrivals.slice(this.arrivalHead)) a?.rndv?.lease?.release();
+    this.arrivals.length = 0;
+    this.reading.length = 0;
+    for (const l of this.postedLeases.splice(0)) l.release();
+    for (const cb of this.postedCallbacks.splice(0)) callWritten(cb);
+    this.recvBatch.reset();
+    // The receive area goes back to the heap once no delivered message points into it.
+    if (this.heldSlots === 0) this.area.release();
+    this.buffered = 0;
+    this.resolveClosed(this.reason);
+  }
+
+  private closedError(what: string): KoalaError {
+    const reason = this.reason!;
+    return new KoalaError(ErrorCode.CLOSED, `${what} on a closed connection (${reason.message})`, { cause: reason });
+  }
+}

@@ -1,0 +1,161 @@
+/**
+ * One RDMA context per thread and device: the opened device, one protection domain, one
+ * completion queue shared by every connection, and a heap of memory registered with the PD.
+ * Completions are drained in batches (a typed array of {@link WC} records per poll) and routed
+ * to the connection that owns the queue pair. The JavaScript thread never spins without bound:
+ * after the queue runs empty it keeps polling for at most KOALA_RDMA_BUSY_POLL_US microseconds
+ * (default 0, off), then re-arms the completion notification and returns to the event loop.
+ */
+import { ErrorCode, KoalaError } from "../../errors.js";
+import { createHeap, type Heap } from "../../mem/heap.js";
+import type { MemoryRegistrar } from "../../mem/slab.js";
+import { selectRdma, type RdmaSelection } from "./providers.js";
+import { Access, WC, type Cq, type Mr, type Pd, type VerbsContext } from "./verbs.js";
+
+/** Receives the completions of one queue pair. */
+export interface CompletionSink {
+  /** One completion, in the queue pair's order. */
+  onCompletion(wrId: number, status: number, opcode: number, byteLen: number, imm: number): void;
+}
+
+/** Where bytes in registered memory are, for a scatter-gather entry or a peer's RDMA READ. */
+export interface Located {
+  /** Address in the provider's address space. */
+  addr: number;
+  /** Local key of the region. */
+  lkey: number;
+  /** Remote key of the region. */
+  rkey: number;
+}
+
+const POLL_BATCH = 64;
+const GiB = 1024 * 1024 * 1024;
+
+/** The per-thread RDMA state (see the module comment). Made by {@link rdmaContext}. */
+export class RdmaContext {
+  readonly verbs: VerbsContext;
+  readonly pd: Pd;
+  readonly cq: Cq;
+  readonly heap: Heap;
+  /** Registrations of the heap's slabs, by their ArrayBuffer. */
+  private readonly regions = new Map<ArrayBufferLike, { mr: Mr; offset: number; length: number }>();
+  private readonly sinks = new Map<number, CompletionSink>();
+  private cqDepth = 1024;
+  private cqNeeded = 0;
+  private readonly wc = new Float64Array(POLL_BATCH * WC.STRIDE);
+  private draining = false;
+  private again = false;
+
+  constructor(readonly selection: RdmaSelection, recvAreaBytes: number) {
+    this.verbs = selection.provider.open(selection.device!.name, selection.port!);
+    this.pd = this.verbs.allocPd();
+    this.cq = this.verbs.createCq(this.cqDepth, () => this.drain());
+    this.verbs.reqNotifyCq(this.cq);
+    const registrar: MemoryRegistrar = {
+      register: (slab) => {
+        // Receive buffers are written by the NIC; rendezvous sources are read by the peer.
+        const mr = this.verbs.regMr(this.pd, slab, Access.LOCAL_WRITE | Access.REMOTE_READ);
+        this.regions.set(slab.buffer, { mr, offset: slab.byteOffset, length: slab.byteLength });
+        return mr;
+      },
+      deregister: (handle) => {
+        const mr = handle as Mr;
+        for (const [buffer, r] of this.regions) if (r.mr === mr) this.regions.delete(buffer);
+        this.verbs.deregMr(mr);
+      },
+    };
+    const classes: number[] = [];
+    for (let s = 64; s <= 1024 * 1024; s *= 2) classes.push(s);
+    // Every connection's receive area is one lease of exactly its size.
+    if (recvAreaBytes <= 1024 * 1024 && !classes.includes(recvAreaBytes)) classes.push(recvAreaBytes);
+    classes.sort((a, b) => a - b);
+    this.heap = createHeap({ registrars: [registrar], sizeClasses: classes, maxBytes: 16 * GiB, trackLeaks: "off" });
+  }
+
+  /** Where `bytes` are when they lie in memory registered here (the heap's slabs), else undefined. */
+  locate(bytes: Uint8Array): Located | undefined {
+    const r = this.regions.get(bytes.buffer);
+    if (r === undefined) return undefined;
+    const off = bytes.byteOffset - r.offset;
+    if (off < 0 || off + bytes.byteLength > r.length) return undefined;
+    return { addr: r.mr.addr + off, lkey: r.mr.lkey, rkey: r.mr.rkey };
+  }
+
+  /** Routes the completions of queue pair `qpNum` to `sink`, growing the CQ by `entries`. */
+  attach(qpNum: number, sink: CompletionSink, entries: number): void {
+    this.sinks.set(qpNum, sink);
+    this.cqNeeded += entries;
+    if (this.cqNeeded > this.cqDepth) {
+      while (this.cqDepth < this.cqNeeded) this.cqDepth *= 2;
+      this.verbs.resizeCq(this.cq, Math.min(this.cqDepth, this.selection.device!.maxCqe));
+    }
+  }
+
+  /** Stops routing `qpNum`'s completions (any still queued are dropped). */
+  detach(qpNum: number, entries: number): void {
+    if (this.sinks.delete(qpNum)) this.cqNeeded -= entries;
+  }
+
+  /** Queue pairs routed here. */
+  get connections(): number {
+    return this.sinks.size;
+  }
+
+  /** Polls the CQ until empty, in batches, and hands each completion to its queue pair. Re-entrant calls fold into the running one. */
+  drain(): void {
+    if (this.draining) {
+      this.again = true;
+      return;
+    }
+    this.draining = true;
+    try {
+      const v = this.verbs;
+      const wc = this.wc;
+      const spinNs = BigInt(this.selection.config.busyPollUs) * 1000n;
+      for (;;) {
+        this.again = false;
+        let n = v.pollCq(this.cq, wc, POLL_BATCH);
+        if (n === 0 && spinNs > 0n) {
+          const end = process.hrtime.bigint() + spinNs;
+          while (n === 0 && process.hrtime.bigint() < end) n = v.pollCq(this.cq, wc, POLL_BATCH);
+        }
+        if (n === 0) {
+          v.reqNotifyCq(this.cq);
+          // A completion that came between the last poll and the arming is caught here.
+          n = v.pollCq(this.cq, wc, POLL_BATCH);
+          if (n === 0 && !this.again) return;
+        }
+        for (let i = 0; i < n; i++) {
+          const at = i * WC.STRIDE;
+          this.sinks.get(wc[at + WC.QP_NUM]!)?.onCompletion(wc[at + WC.WR_ID]!, wc[at + WC.STATUS]!, wc[at + WC.OPCODE]!, wc[at + WC.BYTE_LEN]!, wc[at + WC.IMM]!);
+        }
+      }
+    } finally {
+      this.draining = false;
+    }
+  }
+}
+
+const contexts = new Map<string, RdmaContext>();
+
+/**
+ * The context of this thread for the RDMA selection in force (KOALA_RDMA_PROVIDER,
+ * KOALA_RDMA_DEVICES). Throws KOALA_ERR_TRANSPORT_UNAVAILABLE with the reason when no
+ * provider has an active port.
+ */
+export function rdmaContext(recvAreaBytes: number, env: NodeJS.ProcessEnv = process.env): RdmaContext {
+  const sel = selectRdma(env);
+  if (sel.unavailable !== undefined) throw new KoalaError(ErrorCode.TRANSPORT_UNAVAILABLE, `rdma transport unavailable: ${sel.unavailable}`);
+  const key = `${sel.provider.name}/${sel.device!.name}:${sel.port}/${sel.config.rndvThreshBytes}/${sel.config.busyPollUs}`;
+  let ctx = contexts.get(key);
+  if (ctx === undefined) {
+    ctx = new RdmaContext(sel, recvAreaBytes);
+    contexts.set(key, ctx);
+  }
+  return ctx;
+}
+
+/** Every context opened in this thread (for tests and `koala info`). */
+export function openRdmaContexts(): RdmaContext[] {
+  return [...contexts.values()];
+}

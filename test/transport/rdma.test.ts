@@ -1,0 +1,431 @@
+/**
+ * The RDMA transport's protocol on the software provider: credits (the sender waits, never
+ * receiver-not-ready), eager / rendezvous around KOALA_RNDV_THRESH, 64 MiB, scatter-gather
+ * past max_sge, release() and the copy-out rule, a peer killed mid-rendezvous, 200
+ * connections, an injected QP error, every resource back to the heap afterwards; selection
+ * (strict, auto on one port, fallback) and the RDMA variables.
+ */
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { fork } from "node:child_process";
+import { createHash } from "node:crypto";
+import { KoalaError } from "../../src/errors.js";
+import { resetLogLevel } from "../../src/log.js";
+import { connect, listen, type Connection, type Listener, type TransportOptions } from "../../src/transport/index.js";
+import { chooseTransport, resolveAddress } from "../../src/transport/registry.js";
+import { DEFAULT_RNDV_THRESH, parseDeviceFilter, deviceSelected, readRdmaConfig } from "../../src/transport/rdma/config.js";
+import { openRdmaContexts, type RdmaContext } from "../../src/transport/rdma/context.js";
+import { RECV_DEPTH } from "../../src/transport/rdma/connection.js";
+import { softCounters, softFaults } from "../../src/transport/rdma/soft.js";
+
+const MiB = 1024 * 1024;
+const THRESH = DEFAULT_RNDV_THRESH;
+
+const saved = { provider: process.env.KOALA_RDMA_PROVIDER, transport: process.env.KOALA_TRANSPORT, log: process.env.KOALA_LOG };
+
+function restore(name: string, value: string | undefined): void {
+  if (value === undefined) delete process.env[name];
+  else process.env[name] = value;
+}
+
+async function within<T>(p: Promise<T>, what: string, ms = 20_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not done within ${ms} ms`)), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function until(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`still waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof KoalaError, String(err));
+    return (err as KoalaError).code;
+  }
+  return "resolved";
+}
+
+const sha = (m: Uint8Array) => createHash("sha256").update(m).digest("hex");
+
+function pattern(seed: number, size: number): Uint8Array {
+  const b = new Uint8Array(size);
+  for (let j = 0; j < size; j++) b[j] = (seed * 31 + j * 7) & 0xff;
+  return b;
+}
+
+/** The one RDMA context of this thread (the soft provider's). */
+function context(): RdmaContext {
+  const all = openRdmaContexts();
+  assert.is(all.length, 1, "one context per thread");
+  return all[0]!;
+}
+
+/** Live leases of the context's heap and connections routed by it. */
+function resources(): { leases: number; connections: number } {
+  const ctx = context();
+  return { leases: ctx.heap.stats().leases, connections: ctx.connections };
+}
+
+type Ctx = { opened: (Connection | Listener)[] };
+
+const s = suite<Ctx>("rdma transport: protocol (soft provider)");
+
+s.before(() => {
+  process.env.KOALA_RDMA_PROVIDER = "soft";
+  delete process.env.KOALA_TRANSPORT;
+});
+s.after(() => {
+  restore("KOALA_RDMA_PROVIDER", saved.provider);
+  restore("KOALA_TRANSPORT", saved.transport);
+});
+s.before.each((ctx) => {
+  ctx.opened = [];
+});
+s.after.each(async (ctx) => {
+  for (const x of ctx.opened.reverse()) {
+    if ("accept" in x) await x.close();
+    else x.close(new Error("test over"));
+  }
+  await Promise.all(ctx.opened.filter((x): x is Connection => !("accept" in x)).map((c) => c.closed));
+});
+
+async function pair(ctx: Ctx, options?: TransportOptions): Promise<{ client: Connection; server: Connection; listener: Listener }> {
+  const listener = await listen("rdma://127.0.0.1:0", options);
+  ctx.opened.push(listener);
+  const accepted = listener.accept();
+  const client = await connect(listener.address, options);
+  const server = await accepted;
+  ctx.opened.push(client, server);
+  return { client, server, listener };
+}
+
+/** Collects messages of `c`, releasing each after copying it. */
+function collect(c: Connection): Uint8Array[] {
+  const got: Uint8Array[] = [];
+  c.onMessage((m) => {
+    got.push(m.slice());
+    c.release(m);
+  });
+  return got;
+}
+
+s("credit exhaustion: a sender facing a reader that stopped waits; nothing is refused (no receiver-not-ready)", async (ctx) => {
+  const rnr = softCounters.rnrNaks;
+  const { client, server } = await pair(ctx, { receiveQueueMessages: 4 });
+  server.pause();
+  const got = collect(server);
+  const n = 500;
+  for (let i = 0; i < n; i++) client.send([pattern(i, 100 + (i % 50))]);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.is(got.length, 0);
+  assert.ok(client.bufferedBytes > 0, "the sender holds what it may not send yet");
+  server.resume();
+  await until(() => got.length === n, `${n} messages`);
+  got.forEach((m, i) => assert.ok(Buffer.from(m).equals(Buffer.from(pattern(i, 100 + (i % 50)))), `message ${i}`));
+  // Both ways at once, many rounds, readers that release late.
+  const back = collect(client);
+  for (let i = 0; i < 2000; i++) {
+    client.send([pattern(i, 64)]);
+    server.send([pattern(i, 64)]);
+  }
+  await until(() => got.length === n + 2000 && back.length === 2000, "4000 more");
+  assert.is(client.bufferedBytes, 0);
+  assert.is(softCounters.rnrNaks - rnr, 0, "no SEND ever found the receive queue empty");
+});
+
+s("messages of thresh−1, thresh, thresh+1 bytes and 64 MiB arrive whole; eager ones are views of registered receive buffers", async (ctx) => {
+  const { client, server } = await pair(ctx);
+  const rctx = context();
+  const sizes = [THRESH - 1, THRESH, THRESH + 1, 64 * MiB];
+  const hashes: string[] = [];
+  const registered: boolean[] = [];
+  server.onMessage((m) => {
+    hashes.push(sha(m));
+    registered.push(rctx.locate(m) !== undefined);
+    server.release(m);
+  });
+  const sent = sizes.map((n, i) => pattern(i + 1, n));
+  for (const m of sent) client.send([m]);
+  await within(until(() => hashes.length === sizes.length, "4 messages", 30_000), "the messages");
+  assert.equal(hashes, sent.map(sha));
+  assert.equal(registered, [true, true, true, true], "received into registered memory (receive buffer, or the rendezvous lease)");
+});
+
+s("more parts than max_sge, parts in registered memory (sent in place) and not: every message intact", async (ctx) => {
+  const { client, server } = await pair(ctx);
+  const rctx = context();
+  const maxSge = rctx.selection.device!.maxSge;
+  const got = collect(server);
+  const leases = Array.from({ length: maxSge + 3 }, (_, i) => {
+    const l = rctx.heap.alloc(300 + i);
+    l.bytes.set(pattern(i, 300 + i));
+    return l;
+  });
+  const cases: Uint8Array[][] = [
+    leases.slice(0, 3).map((l) => l.bytes), // registered, under max_sge: scatter-gather in place
+    leases.map((l) => l.bytes), // registered, more than max_sge: copied
+    Array.from({ length: 40 }, (_, i) => pattern(i, 50)), // 40 plain parts
+    Array.from({ length: 40 }, (_, i) => pattern(i, 1000)), // 40 plain parts over the threshold
+    leases.slice(0, 2).map((l) => l.bytes).concat([pattern(9, 3 * THRESH)]), // mixed, rendezvous
+  ];
+  let written = 0;
+  for (const parts of cases) client.send(parts, () => written++);
+  await until(() => got.length === cases.length && written === cases.length, "every message and onWritten");
+  cases.forEach((parts, i) => assert.ok(Buffer.from(got[i]!).equals(Buffer.concat(parts)), `case ${i}`));
+  for (const l of leases) l.release();
+});
+
+s("release() posts the buffer again; a reader that keeps messages gets copies once half the buffers are held", async (ctx) => {
+  const { client, server } = await pair(ctx);
+  const rctx = context();
+  const kept: Uint8Array[] = [];
+  server.onMessage((m) => kept.push(m));
+  for (let i = 0; i < RECV_DEPTH * 3; i++) client.send([pattern(i, 32)]);
+  await until(() => kept.length === RECV_DEPTH * 3, "every message");
+  const inBuffers = kept.filter((m) => rctx.locate(m) !== undefined).length;
+  assert.is(inBuffers, RECV_DEPTH / 2, "at most half the receive buffers are lent out");
+  kept.forEach((m, i) => assert.ok(Buffer.from(m).equals(Buffer.from(pattern(i, 32))), `message ${i} stays valid while kept`));
+  for (const m of kept) server.release(m);
+  server.onMessage(null);
+  const again: Uint8Array[] = [];
+  server.onMessage((m) => {
+    again.push(m);
+    server.release(m);
+  });
+  client.send([pattern(99, 32)]);
+  await until(() => again.length === 1, "one more");
+  assert.ok(rctx.locate(again[0]!) !== undefined, "after release, messages are views of the buffers again");
+});
+
+s("resources go back: 200 connections echo and close; heap leases and routed queue pairs return to where they were", async (ctx) => {
+  const before = resources();
+  const listener = await listen("rdma://127.0.0.1:0");
+  ctx.opened.push(listener);
+  const accepted: Connection[] = [];
+  listener.onConnection((c) => {
+    accepted.push(c);
+    c.onMessage((m) => {
+      if (!c.isClosed) c.send([m]);
+      c.release(m);
+    });
+  });
+  const conns = await Promise.all(Array.from({ length: 200 }, () => connect(listener.address)));
+  const replies = await Promise.all(
+    conns.map(
+      (c, i) =>
+        new Promise<string>((resolve) => {
+          c.onMessage((m) => {
+            resolve(new TextDecoder().decode(m));
+            c.release(m);
+          });
+          c.send([new TextEncoder().encode(i % 2 === 0 ? `connection ${i}` : `connection ${i} ${"x".repeat(THRESH)}`)]);
+        }),
+    ),
+  );
+  replies.forEach((r, i) => assert.ok(r.startsWith(`connection ${i}`), r.slice(0, 30)));
+  assert.is(accepted.length, 200);
+  for (const c of conns) c.close();
+  const reasons = await Promise.all([...conns, ...accepted].map((c) => c.closed));
+  assert.ok(reasons.slice(0, 200).every((r) => r.code === "KOALA_ERR_CLOSED"));
+  assert.ok(reasons.slice(200).every((r) => r.code === "KOALA_ERR_PEER_CLOSED"));
+  assert.equal(resources(), before);
+});
+
+s("an injected QP error closes that connection with KOALA_ERR_QP_ERROR, the peer with a reset; others go on; resources return", async (ctx) => {
+  const quiet = process.env.KOALA_LOG;
+  process.env.KOALA_LOG = "off";
+  resetLogLevel();
+  try {
+    const before = resources();
+    const { client, server } = await pair(ctx);
+    const other = await pair(ctx);
+    const got = collect(server);
+    client.send([pattern(1, 10)]);
+    await until(() => got.length === 1, "a first message");
+    softFaults.failSendIn = 1;
+    client.send([pattern(2, 10)]);
+    const mine = await client.closed;
+    assert.is(mine.code, "KOALA_ERR_QP_ERROR");
+    assert.match(mine.message, /REM_OP_ERR/);
+    assert.is((await server.closed).code, "KOALA_ERR_CONNECTION_RESET");
+    const echo = collect(other.server);
+    other.client.send([pattern(3, 10)]);
+    await until(() => echo.length === 1, "the other connection");
+    other.client.close();
+    other.server.close();
+    await Promise.all([other.client.closed, other.server.closed]);
+    assert.equal(resources(), before);
+  } finally {
+    softFaults.failSendIn = 0;
+    restore("KOALA_LOG", quiet);
+    resetLogLevel();
+  }
+});
+
+s("a peer closed mid-rendezvous (in this process): the reader's lease and the sender's advertised memory are released", async (ctx) => {
+  const before = resources();
+  const { client, server } = await pair(ctx, { receiveQueueMessages: 1 });
+  server.pause();
+  const rctx = context();
+  const source = rctx.heap.alloc(4 * MiB);
+  let written = 0;
+  client.send([pattern(1, 10)]);
+  client.send([source.bytes], () => written++); // sent in place: advertised until the peer reads it
+  await new Promise((r) => setTimeout(r, 30));
+  assert.is(written, 0, "still advertised");
+  client.close(new Error("gone"));
+  assert.is((await server.closed).code, "KOALA_ERR_CONNECTION_RESET");
+  await client.closed;
+  assert.is(written, 1, "onWritten once, when the rendezvous was dropped");
+  source.release();
+  const got = collect(server);
+  server.resume();
+  assert.is(got.length, 1, "only the whole first message");
+  assert.equal(resources(), before);
+});
+
+s("a peer process killed mid-rendezvous: a reset, only whole messages delivered, every resource released, the listener serves on", async (ctx) => {
+  const before = resources();
+  const size = 64 * MiB;
+  // receiveQueueMessages 1: the first message stops the reader, so the big one's RTS waits unread.
+  const l = await listen("rdma://127.0.0.1:0", { maxMessageBytes: size, receiveQueueMessages: 1 });
+  ctx.opened.push(l);
+  const accepted = l.accept();
+  const child = fork(new URL("../fixtures/transport/big-sender.ts", import.meta.url).pathname, [l.address, String(size)], {
+    execArgv: ["--import", "tsx"],
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+    env: { ...process.env, KOALA_RDMA_PROVIDER: "soft" },
+  });
+  const exited = new Promise((r) => child.once("exit", r));
+  try {
+    const server = await within(accepted, "the child connecting");
+    ctx.opened.push(server);
+    assert.equal(await within(new Promise((r) => child.once("message", r)), "the child sending"), { sending: true });
+    child.kill("SIGKILL");
+    await exited;
+    const reason = await server.closed;
+    assert.is(reason.code, "KOALA_ERR_CONNECTION_RESET", reason.message);
+    const got = collect(server);
+    assert.equal(got.map((m) => new TextDecoder().decode(m)), ["first"]);
+    assert.equal(resources(), before, "the dead peer's connection released everything");
+    const { client, server: s2 } = await (async () => {
+      const a = l.accept();
+      const c = await connect(l.address);
+      ctx.opened.push(c);
+      const sv = await a;
+      ctx.opened.push(sv);
+      return { client: c, server: sv };
+    })();
+    const echo = collect(s2);
+    client.send([pattern(5, 5)]);
+    await until(() => echo.length === 1, "after the killed peer");
+  } finally {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+  }
+});
+
+s("selection: KOALA_TRANSPORT=rdma is strict; the verbs provider is unavailable with its reason; variables are validated", () => {
+  const err = (() => {
+    try {
+      chooseTransport({ KOALA_TRANSPORT: "rdma", KOALA_RDMA_PROVIDER: "verbs" });
+    } catch (e) {
+      return e as KoalaError;
+    }
+    return undefined;
+  })();
+  assert.is(err?.code, "KOALA_ERR_TRANSPORT_UNAVAILABLE");
+  assert.match(err!.message, /native verbs addon not built/);
+  assert.is(chooseTransport({ KOALA_TRANSPORT: "rdma", KOALA_RDMA_PROVIDER: "soft" }).transport, "rdma");
+  const auto = chooseTransport({ KOALA_RDMA_PROVIDER: "soft" });
+  assert.is(auto.transport, "rdma");
+  assert.is(chooseTransport({ KOALA_RDMA_PROVIDER: "soft", KOALA_RDMA_DEVICES: "^soft0" }).transport, "tcp", "no device left: auto uses tcp");
+  assert.match(chooseTransport({ KOALA_RDMA_PROVIDER: "soft", KOALA_RDMA_DEVICES: "=soft" }).reason, /no active port allowed by KOALA_RDMA_DEVICES/);
+  assert.is(resolveAddress("rdma://127.0.0.1:1", { KOALA_RDMA_PROVIDER: "soft", KOALA_RDMA_DEVICES: "soft0:1" }).transport.name, "rdma");
+  for (const [name, value] of [
+    ["KOALA_RDMA_PROVIDER", "ib"],
+    ["KOALA_RNDV_THRESH", "12x"],
+    ["KOALA_RNDV_THRESH", "100"],
+    ["KOALA_RNDV_THRESH", "4M"],
+    ["KOALA_RDMA_DEVICES", "mlx5_0:x"],
+    ["KOALA_RDMA_DEVICES", "mlx5_0:0"],
+    ["KOALA_RDMA_BUSY_POLL_US", "-1"],
+  ] as const) {
+    const e = (() => {
+      try {
+        chooseTransport({ KOALA_RDMA_PROVIDER: "soft", [name]: value });
+      } catch (x) {
+        return x as KoalaError;
+      }
+      return undefined;
+    })();
+    assert.is(e?.code, "KOALA_ERR_INVALID_ARGUMENT", `${name}=${value}`);
+    assert.ok(e!.message.includes(name) && e!.message.includes(JSON.stringify(value)), e!.message);
+  }
+  assert.is(readRdmaConfig({ KOALA_RNDV_THRESH: "16K" }).rndvThreshBytes, 16384);
+  assert.is(readRdmaConfig({}).rndvThreshBytes, DEFAULT_RNDV_THRESH);
+});
+
+s("KOALA_RDMA_DEVICES follows the NCCL grammar: prefixes and ports, ^ excludes, = exact", () => {
+  const pick = (spec: string) =>
+    ["mlx5_0:1", "mlx5_0:2", "mlx5_1:1", "mlx5_10:1", "soft0:1"].filter((d) => {
+      const [name, port] = d.split(":");
+      return deviceSelected(parseDeviceFilter(spec), name!, Number(port));
+    });
+  assert.equal(pick(""), ["mlx5_0:1", "mlx5_0:2", "mlx5_1:1", "mlx5_10:1", "soft0:1"]);
+  assert.equal(pick("mlx5_0:1,mlx5_1"), ["mlx5_0:1", "mlx5_1:1", "mlx5_10:1"], "mlx5_1 is a prefix of mlx5_10");
+  assert.equal(pick("=mlx5_1"), ["mlx5_1:1"]);
+  assert.equal(pick("^mlx5_0"), ["mlx5_1:1", "mlx5_10:1", "soft0:1"]);
+  assert.equal(pick("^=mlx5_1,soft0"), ["mlx5_0:1", "mlx5_0:2", "mlx5_10:1"]);
+  assert.equal(pick("mlx5_0:2"), ["mlx5_0:2"]);
+});
+
+s("auto: one port serves rdma and tcp; an auto client uses rdma, and falls back to tcp where nobody serves rdma", async (ctx) => {
+  process.env.KOALA_TRANSPORT = "auto";
+  try {
+    const l = await listen("127.0.0.1:0");
+    ctx.opened.push(l);
+    assert.match(l.address, /^koala:\/\/127\.0\.0\.1:\d+$/);
+    const port = l.address.slice(l.address.lastIndexOf(":") + 1);
+    const accepted: Connection[] = [];
+    l.onConnection((c) => {
+      accepted.push(c);
+      ctx.opened.push(c);
+      c.onMessage((m) => (c.send([m]), c.release(m)));
+    });
+    const viaAuto = await connect(l.address);
+    const viaTcp = await connect(`tcp://127.0.0.1:${port}`);
+    const viaRdma = await connect(`rdma://127.0.0.1:${port}`);
+    ctx.opened.push(viaAuto, viaTcp, viaRdma);
+    assert.equal([viaAuto.transport, viaTcp.transport, viaRdma.transport], ["rdma", "tcp", "rdma"]);
+    for (const c of [viaAuto, viaTcp, viaRdma]) {
+      const got = collect(c);
+      c.send([pattern(1, 20)]);
+      await until(() => got.length === 1, `an echo over ${c.transport}`);
+    }
+    assert.equal(accepted.map((c) => c.transport).sort(), ["rdma", "rdma", "tcp"]);
+    // A plain TCP server: the auto client falls back.
+    const tcpOnly = await listen("tcp://127.0.0.1:0");
+    ctx.opened.push(tcpOnly);
+    tcpOnly.onConnection((c) => ctx.opened.push(c));
+    const fallback = await connect(`127.0.0.1:${tcpOnly.address.slice(tcpOnly.address.lastIndexOf(":") + 1)}`);
+    ctx.opened.push(fallback);
+    assert.is(fallback.transport, "tcp");
+    // Nobody at all: the TCP attempt's refusal is the answer.
+    await tcpOnly.close();
+    assert.is(await codeOf(connect(`127.0.0.1:${tcpOnly.address.slice(tcpOnly.address.lastIndexOf(":") + 1)}`)), "KOALA_ERR_CONNECTION_REFUSED");
+  } finally {
+    delete process.env.KOALA_TRANSPORT;
+  }
+});
+
+s.run();
