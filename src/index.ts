@@ -66,3 +66,5 @@ export {
   wrap,
 } from "./proto/wkt.js";
 export type { AnyMessage, SecondsNanos } from "./proto/wkt.js";
+export { clearExtension, getExtension, hasExtension, setExtension } from "./proto/extension.js";
+export type { Extension } from "./proto/extension.js";

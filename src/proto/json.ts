@@ -8,10 +8,15 @@
  * default, and refuses unknown keys unless told to ignore them.
  */
 import { ErrorCode, KoalaError } from "../errors.js";
+import { boolean, custom, resolveOptions, type OptionsSpec } from "../options.js";
 import type { FieldDesc, FromJsonOptions, JsonValue, MessageType, ScalarName, ToJsonOptions } from "./definition.js";
 import { decodeWith } from "./wire/reader.js";
 import { encodeToBytes } from "./wire/writer.js";
 
+
+const typeRegistry = custom<readonly MessageType<any>[]>([], "an array of message types", (v) => Array.isArray(v) && v.every((t) => typeof t === "object" && t !== null && typeof (t as MessageType<unknown>).typeName === "string"));
+const toJsonSpec: OptionsSpec<Required<ToJsonOptions>> = { typeRegistry };
+const fromJsonSpec: OptionsSpec<Required<FromJsonOptions>> = { typeRegistry, ignoreUnknownFields: boolean(false) };
 
 function bad(what: string): KoalaError {
   return new KoalaError(ErrorCode.INVALID_ARGUMENT, `protobuf JSON: ${what}`);
@@ -29,6 +34,10 @@ const isEnumObject = (t: unknown): t is Record<string | number, string | number>
 
 /** `message` of `type` as a JSON value. Throws KOALA_ERR_INVALID_ARGUMENT for what JSON cannot carry (an Any of an unregistered type). */
 export function toJson<T>(type: MessageType<T>, message: T, options?: ToJsonOptions): JsonValue {
+  return messageToJson(type, message, options === undefined ? undefined : resolveOptions("toJson()", toJsonSpec, options));
+}
+
+function messageToJson<T>(type: MessageType<T>, message: T, options: ToJsonOptions | undefined): JsonValue {
   const special = WKT_TO_JSON[type.typeName];
   if (special !== undefined) return special(message as Record<string, unknown>, options);
   const out: { [key: string]: JsonValue } = {};
@@ -82,7 +91,7 @@ function isZero(f: FieldDesc, v: unknown): boolean {
 }
 
 function fieldToJson(f: FieldDesc, v: unknown, options: ToJsonOptions | undefined): JsonValue {
-  if (f.kind === "message") return toJson(f.T!() as MessageType<unknown>, v, options);
+  if (f.kind === "message") return messageToJson(f.T!() as MessageType<unknown>, v, options);
   if (f.kind === "enum") {
     if (f.enumType === "google.protobuf.NullValue") return null;
     const name = (f.T!() as Record<number, string>)[v as number];
@@ -116,7 +125,7 @@ function scalarToJson(t: ScalarName, v: unknown): JsonValue {
 
 /** A message of `type` from a JSON value. Throws KOALA_ERR_INVALID_ARGUMENT naming the field and the problem. */
 export function fromJson<T>(type: MessageType<T>, json: JsonValue, options?: FromJsonOptions): T {
-  return readMessage(type, json, options, type.typeName);
+  return readMessage(type, json, options === undefined ? undefined : resolveOptions("fromJson()", fromJsonSpec, options), type.typeName);
 }
 
 function readMessage<T>(type: MessageType<T>, json: JsonValue, options: FromJsonOptions | undefined, path: string): T {
@@ -433,7 +442,7 @@ function anyToJson(m: Plain, options: ToJsonOptions | undefined): JsonValue {
   const url = (m.typeUrl as string | undefined) ?? "";
   if (url === "" && ((m.value as Uint8Array | undefined)?.byteLength ?? 0) === 0) return {};
   const type = registryLookup(url, options, "Any");
-  const inner = toJson(type, decodeWith(type, (m.value as Uint8Array | undefined) ?? new Uint8Array(0)), options);
+  const inner = messageToJson(type, decodeWith(type, (m.value as Uint8Array | undefined) ?? new Uint8Array(0)), options);
   if (WKT_TO_JSON[type.typeName] !== undefined) return { "@type": url, value: inner };
   return { "@type": url, ...(inner as object) };
 }
@@ -445,6 +454,6 @@ function anyFromJson(json: JsonValue, options: FromJsonOptions | undefined, path
   if (typeof url !== "string" || url === "") throw bad(`${path}: an Any needs "@type"`);
   const type = registryLookup(url, options, path);
   const { "@type": _, ...rest } = json;
-  const inner = WKT_FROM_JSON[type.typeName] !== undefined ? fromJson(type, rest.value ?? null, options) : fromJson(type, rest, options);
+  const inner = readMessage(type, WKT_FROM_JSON[type.typeName] !== undefined ? (rest.value ?? null) : rest, options, path);
   return { typeUrl: url, value: encodeToBytes(type, inner) };
 }

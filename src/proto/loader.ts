@@ -1,26 +1,29 @@
 /**
- * `.proto` files loaded at run time, for scripts: the same service definitions as generated
- * code, built on protobufjs reflection (`loadProto`) or adapted from an @grpc/proto-loader
- * package definition (`fromPackageDefinition`), usable with createClient and server.add.
+ * `.proto` files loaded at run time (the `koala-rpc/proto-loader` entry; it loads protobufjs,
+ * which the main entry never does): service definitions and message types built from
+ * protobufjs' parse of the files (`loadProto`, `loadService`, `loadMessageTypes`), or adapted
+ * from an @grpc/proto-loader package definition (`fromPackageDefinition`), usable with
+ * createClient and server.add.
  *
- * `loadProto` messages are plain objects as protobufjs' `toObject` makes them: 64-bit integers
- * as bigint (as in generated code), enums as numbers, bytes as Buffer views of the received
- * message, every field present with its default, and for each oneof a property naming the
- * field that is set. Encoding accepts what protobufjs' `fromObject` accepts (64-bit integers
- * as bigint, number or decimal string). `fromPackageDefinition` messages are whatever the
- * package definition's own (de)serializers make of them (its `longs`, `enums`, … options).
- *
- * A run-time type encodes the whole message with protobufjs during the size pass and copies
- * the bytes during the write pass: one copy more than generated code, and `bytes` fields are
- * never sent as parts of their own.
+ * Loaded messages have exactly the shape of generated ones — oneofs as `{ case, value }`,
+ * fields at their defaults (not null), bigint for 64-bit integers, `Uint8Array` views for
+ * bytes, maps as plain objects, `$unknown` — and encode to the same bytes, through koala's own
+ * codec interpreting the field table (see reflect.ts). `fromPackageDefinition` messages are
+ * whatever the package definition's own (de)serializers make of them (its `longs`, `enums`, …
+ * options); such a type encodes the whole message during the size pass and copies the bytes
+ * during the write pass.
  */
 import protobuf from "protobufjs";
 import type { PackageDefinition } from "@grpc/proto-loader";
 import { ErrorCode, KoalaError, check } from "../errors.js";
 import { resolveOptions, type OptionsSpec } from "../options.js";
+import { fieldFacts, ownFields, type FieldFacts } from "./codegen/facts.js";
 import { loadRoot, stringList } from "./codegen/load.js";
 import type { MessageType, MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "./definition.js";
 import { fromJson, toJson } from "./json.js";
+import { reflectMessageType, type CodecField, type LoadedMessage } from "./reflect.js";
+
+export type { LoadedMessage } from "./reflect.js";
 import { ProtoReader } from "./wire/reader.js";
 import type { ProtoWriter, SizeCounter } from "./wire/writer.js";
 
@@ -73,15 +76,64 @@ function messageType<T extends object>(typeName: string, encode: (m: T) => Uint8
   return type;
 }
 
-const objectOptions: protobuf.IConversionOptions = { longs: BigInt, enums: Number, defaults: true, oneofs: true };
+/** Builds (once each, lazily) the interpreted message types of a loaded root. */
+class LoadedTypes {
+  private readonly types = new Map<protobuf.Type, MessageType<LoadedMessage>>();
+  private readonly enums = new Map<protobuf.Enum, Record<string | number, string | number>>();
 
-function reflectType(t: protobuf.Type): MessageType<Record<string, unknown>> {
-  return messageType(
-    t.fullName.slice(1),
-    (m) => t.encode(t.fromObject(m)).finish(),
-    (b) => t.toObject(t.decode(b), objectOptions),
-    (init) => t.toObject(t.fromObject(init ?? {}), objectOptions),
-  );
+  /** The message type of `t`. */
+  message(t: protobuf.Type): MessageType<LoadedMessage> {
+    let type = this.types.get(t);
+    if (type === undefined) {
+      const fields = ownFields(t).map((f) => this.field(f));
+      type = reflectMessageType(t.fullName.slice(1), fields);
+      this.types.set(t, type);
+    }
+    return type;
+  }
+
+  /** An enum as TypeScript compiles one: names to numbers and numbers to names. */
+  private enumObject(e: protobuf.Enum): Record<string | number, string | number> {
+    let o = this.enums.get(e);
+    if (o === undefined) {
+      o = {};
+      for (const [name, n] of Object.entries(e.values)) {
+        o[name] = n;
+        o[n] = name;
+      }
+      this.enums.set(e, o);
+    }
+    return o;
+  }
+
+  private field(f: protobuf.Field): CodecField {
+    let x: FieldFacts;
+    try {
+      x = fieldFacts(f);
+    } catch (err) {
+      throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `loadProto(): ${(err as Error).message}`);
+    }
+    const msg = x.message;
+    const en = x.enumType;
+    return {
+      no: x.number,
+      name: x.name,
+      json: x.jsonName,
+      proto: x.protoName,
+      kind: msg ? "message" : en ? "enum" : "scalar",
+      ...(x.scalar === undefined ? {} : { type: x.scalar }),
+      ...(msg ? { T: () => this.message(msg) } : en ? { T: () => this.enumObject(en), enumType: en.fullName.slice(1) } : {}),
+      ...(x.mapKey !== undefined ? { map: x.mapKey } : x.repeated ? { repeated: true } : {}),
+      ...(x.oneof === undefined ? {} : { oneof: x.oneof }),
+      ...(x.optional || x.defaultValue !== undefined ? { opt: true } : {}),
+      packed: x.packed,
+      group: x.group,
+      required: x.required,
+      lax: x.lax,
+      ...(x.closed === undefined ? {} : { closed: x.closed }),
+      ...(x.defaultValue === undefined ? {} : { defaultValue: x.defaultValue }),
+    };
+  }
 }
 
 function kindOf(requestStream: boolean | undefined, responseStream: boolean | undefined): MethodKind {
@@ -90,41 +142,87 @@ function kindOf(requestStream: boolean | undefined, responseStream: boolean | un
 
 const lowerFirst = (s: string) => s.charAt(0).toLowerCase() + s.slice(1);
 
+function loadFiles(where: string, files: string | string[], options: LoadProtoOptions | undefined): protobuf.Root {
+  const o = resolveOptions(`${where}()`, loadProtoOptionsSpec, options);
+  const list = typeof files === "string" ? [files] : files;
+  check(Array.isArray(list) && list.length > 0 && list.every((f) => typeof f === "string"), `${where}(): files must be a path or a non-empty array of paths`);
+  return loadRoot(list, o.includeDirs, `${where}()`, true);
+}
+
+function walk(ns: protobuf.NamespaceBase, visit: (o: protobuf.ReflectionObject) => void): void {
+  for (const o of ns.nestedArray) {
+    visit(o);
+    if (o instanceof protobuf.Namespace || o instanceof protobuf.Type) walk(o, visit);
+  }
+}
+
+/** A service of a loaded root, its message types interpreted by `types`. */
+function serviceOf(s: protobuf.Service, types: LoadedTypes): ServiceDefinition<Record<string, MethodDefinition<LoadedMessage, LoadedMessage>>> {
+  const full = s.fullName.slice(1);
+  const methods: Record<string, MethodDefinition<LoadedMessage, LoadedMessage>> = {};
+  for (const m of s.methodsArray) {
+    m.resolve();
+    methods[lowerFirst(m.name)] = {
+      name: m.name,
+      localName: lowerFirst(m.name),
+      path: `/${full}/${m.name}`,
+      kind: kindOf(m.requestStream, m.responseStream),
+      input: types.message(m.resolvedRequestType!),
+      output: types.message(m.resolvedResponseType!),
+    };
+  }
+  return { typeName: full, methods };
+}
+
 /**
  * Loads `.proto` files; returns their services (and those of the files they import) by fully
- * qualified name (`"hello.Greeter"`). A missing or malformed file throws
- * KOALA_ERR_INVALID_ARGUMENT.
+ * qualified name (`"hello.Greeter"`). Messages have the shape generated code gives them. Every
+ * method is typed as any call kind; {@link loadService} types them by kind. A missing or
+ * malformed file throws KOALA_ERR_INVALID_ARGUMENT.
  */
 export function loadProto(files: string | string[], options?: LoadProtoOptions): Record<string, ServiceDefinition> {
-  const o = resolveOptions("loadProto()", loadProtoOptionsSpec, options);
-  const list = typeof files === "string" ? [files] : files;
-  check(Array.isArray(list) && list.length > 0 && list.every((f) => typeof f === "string"), "loadProto(): files must be a path or a non-empty array of paths");
-  const root = loadRoot(list, o.includeDirs, "loadProto()");
-  const types = new Map<protobuf.Type, MessageType<Record<string, unknown>>>();
-  const typeOf = (t: protobuf.Type) => types.get(t) ?? (types.set(t, reflectType(t)), types.get(t)!);
+  const root = loadFiles("loadProto", files, options);
+  const types = new LoadedTypes();
   const out: Record<string, ServiceDefinition> = {};
-  const walk = (ns: protobuf.NamespaceBase) => {
-    for (const o of ns.nestedArray) {
-      if (o instanceof protobuf.Service) {
-        const full = o.fullName.slice(1);
-        const methods: Record<string, MethodDefinition> = {};
-        for (const m of o.methodsArray) {
-          m.resolve();
-          methods[lowerFirst(m.name)] = {
-            name: m.name,
-            localName: lowerFirst(m.name),
-            path: `/${full}/${m.name}`,
-            kind: kindOf(m.requestStream, m.responseStream),
-            input: typeOf(m.resolvedRequestType!),
-            output: typeOf(m.resolvedResponseType!),
-          };
-        }
-        out[full] = { typeName: full, methods };
-      }
-      if (o instanceof protobuf.Namespace || o instanceof protobuf.Type) walk(o);
-    }
-  };
-  walk(root);
+  walk(root, (o) => {
+    if (o instanceof protobuf.Service) out[o.fullName.slice(1)] = serviceOf(o, types);
+  });
+  return out;
+}
+
+/** Loaded method definitions typed by the call kinds `K` declares for them. */
+export type LoadedService<K extends Record<string, MethodKind>> = ServiceDefinition<{ [M in keyof K]: MethodDefinition<LoadedMessage, LoadedMessage, K[M]> }>;
+
+/**
+ * Loads one service, typed: `K` names each method's call kind (`{ sayHello: "unary", … }`), so
+ * its client and handlers are typed per kind. `kinds` repeats them for the check at load time:
+ * a method missing from the `.proto`, a method left out of `kinds` or a kind that differs
+ * throws KOALA_ERR_INVALID_ARGUMENT naming it.
+ */
+export function loadService<const K extends Record<string, MethodKind>>(files: string | string[], serviceName: string, kinds: K, options?: LoadProtoOptions): LoadedService<K> {
+  check(typeof serviceName === "string" && serviceName !== "", "loadService(): serviceName must be a fully qualified service name");
+  const root = loadFiles("loadService", files, options);
+  const s = root.lookup(serviceName);
+  if (!(s instanceof protobuf.Service)) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `loadService(): no service ${serviceName} in the loaded files`);
+  const def = serviceOf(s, new LoadedTypes());
+  const declared = new Set(Object.keys(kinds));
+  for (const [name, m] of Object.entries(def.methods)) {
+    if (!declared.has(name)) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `loadService(${serviceName}): method ${name} (${m.kind}) is missing from kinds`);
+    if (kinds[name] !== m.kind) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `loadService(${serviceName}): ${name} is ${m.kind} in the .proto, not ${kinds[name]}`);
+    declared.delete(name);
+  }
+  if (declared.size > 0) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `loadService(${serviceName}): no method ${[...declared].join(", ")} in the .proto`);
+  return def as unknown as LoadedService<K>;
+}
+
+/** Loads `.proto` files; returns their message types (interpreted, shaped as generated code) by fully qualified name. */
+export function loadMessageTypes(files: string | string[], options?: LoadProtoOptions): Record<string, MessageType<LoadedMessage>> {
+  const root = loadFiles("loadMessageTypes", files, options);
+  const types = new LoadedTypes();
+  const out: Record<string, MessageType<LoadedMessage>> = {};
+  walk(root, (o) => {
+    if (o instanceof protobuf.Type) out[o.fullName.slice(1)] = types.message(o);
+  });
   return out;
 }
 

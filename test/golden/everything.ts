@@ -286,12 +286,10 @@ export const Everything: MessageType<Everything> = {
         case 62: if ((t & 7) === 2) { const e = r.enter(); const v = StringValue.read(r, e, m.maybeName); r.leave(e); m.maybeName = v; continue; } break;
         case 63: if ((t & 7) === 2) { const e = r.enter(); const v = Int64Value.read(r, e, m.maybeCount); r.leave(e); m.maybeCount = v; continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -361,12 +359,10 @@ export const Everything_Nested: MessageType<Everything_Nested> = {
         case 2: if ((t & 7) === 0) { m.level = r.int32() as Everything_Nested_Level; continue; } break;
         case 3: if ((t & 7) === 2) { const e = r.enter(); const v = Everything_Nested.read(r, e, m.child); r.leave(e); m.child = v; continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;

@@ -55,13 +55,14 @@ test("proto2, clashing names, Struct/Any and custom options: match the golden co
   assert.match(names, /import type \{ Client as Client\$, MessageType as MessageType\$, /, "runtime types are aliased, not the user's");
   assert.match(names, /^export interface value\$ \{$/m, "a name the generated code uses itself gets a $ suffix");
   assert.match(names, /globalThis\.Object\.entries/, "globals shadowed by a message are reached through globalThis");
-  assert.not.match(out.get("legacy.ts")!, /extra|hint/, "extension fields are not generated");
+  assert.match(out.get("legacy.ts")!, /^export const extra: wire\.Extension<Legacy, number> = \{$/m, "an extension of a message is generated");
+  assert.not.match(out.get("legacy.ts")!, /hint/, "a custom option (an extension of FieldOptions) is not");
   checkGolden(out, join(goldenDir, "edge"));
 });
 
-test("proto3, proto2 (groups, defaults, closed enums) and editions 2023: match the golden copy", () => {
-  const out = generate(["spec3", "spec2", "editions"].map((f) => join(protos, `spec/${f}.proto`)), { runtimeImport: "../../../src/index.js" });
-  assert.equal([...out.keys()].sort(), ["editions.ts", "spec2.ts", "spec3.ts"]);
+test("proto3, proto2 (groups, defaults, closed enums), editions 2023 and every well-known type: match the golden copy", () => {
+  const out = generate(["spec3", "spec2", "editions", "wkt"].map((f) => join(protos, `spec/${f}.proto`)), { runtimeImport: "../../../src/index.js" });
+  assert.equal([...out.keys()].filter((k) => !k.startsWith("google/")).sort(), ["editions.ts", "spec2.ts", "spec3.ts", "wkt.ts"]);
   checkGolden(out, join(goldenDir, "spec"));
 });
 

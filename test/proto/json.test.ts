@@ -126,6 +126,8 @@ test("fromJson: proto names, null as the default, strings for numbers, unknown k
   assert.throws(() => Timestamp.fromJson("yesterday"), /expected an RFC 3339 timestamp/);
   assert.throws(() => Duration.fromJson("1m"), /expected a duration like "1\.5s"/);
   assert.is(thrownCode(() => All.fromJson([] as never)), "KOALA_ERR_INVALID_ARGUMENT");
+  assert.throws(() => All.fromJson({}, { ignoreUnknownField: true } as never), /unknown option "ignoreUnknownField" \(did you mean "ignoreUnknownFields"\?\)/);
+  assert.throws(() => All.toJson(All.create(), { typeRegistry: [1] } as never), /typeRegistry/);
   assert.equal(Int64Value.fromJson("-9"), { value: -9n });
   assert.equal(Timestamp.fromJson("1970-01-01T01:00:00.5+01:00"), { seconds: 0n, nanos: 500_000_000 });
 });

@@ -7,8 +7,8 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { join } from "node:path";
 import * as loader from "@grpc/proto-loader";
-import { fromPackageDefinition, loadProto } from "koala-rpc/proto-loader";
-import { Code, KoalaError, RpcError, closeClient, createClient, createServer } from "../../src/index.js";
+import { fromPackageDefinition, loadProto, loadService } from "koala-rpc/proto-loader";
+import { Code, KoalaError, RpcError, closeClient, createClient, createServer, type Client } from "../../src/index.js";
 import { encodeMessage } from "../../src/proto/wire/writer.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { Everything, Everything_Nested } from "../golden/everything.js";
@@ -75,24 +75,19 @@ test("loadProto: the fixture's services, and messages that interoperate byte for
     ],
   );
   const Loaded = Kinds.methods.unary!.input;
-  // Loaded → generated.
-  assert.is(hex(Loaded.encode(loose)), hex(Everything.encode(generated)));
-  // Generated → loaded: bigints, Buffers, every field present, the oneof named.
-  const back = Loaded.decode(Everything.encode(generated)) as Record<string, any>;
-  assert.is(back.fUint64, 2n ** 64n - 1n);
-  assert.is(back.fInt64, -(2n ** 60n));
-  assert.is(back.price.units, 3n);
-  assert.equal(back.rSint64, [1n, -1n]);
-  assert.equal(back.mInt64String, { "-7": "minus seven" });
-  assert.is(back.choice, "cText");
-  assert.is(back.cText, "chosen");
-  assert.is(back.fInt32, 0, "defaults are present");
-  assert.ok(Buffer.isBuffer(back.fBytes));
-  assert.equal([...back.fBytes], [1, 2, 3]);
-  assert.equal(Loaded.create({ fString: "x" }).fString, "x");
-  // Through the size and write passes, with headroom, as the RPC core encodes.
-  const parts = encodeMessage(Loaded, loose, { headroom: 7 });
-  assert.is(hex(Buffer.concat(parts).subarray(7)), hex(Everything.encode(generated)));
+  // One message shape: the generated object encodes the same through the loaded type, and
+  // the loaded type decodes exactly what generated code decodes (oneof as { case, value },
+  // defaults, bigint, undefined for unset messages).
+  assert.is(hex(Loaded.encode(generated)), hex(Everything.encode(generated)));
+  const bytes = Everything.encode(generated);
+  assert.equal(Loaded.decode(new Uint8Array(bytes)), Everything.decode(new Uint8Array(bytes)));
+  assert.equal(Loaded.create(), Everything.create());
+  assert.equal(Loaded.create({ fString: "x", choice: { case: "cNested", value: { label: "n" } } }), Everything.create({ fString: "x", choice: { case: "cNested", value: { label: "n" } } }));
+  // Partial messages at any depth, through the size and write passes with headroom, as the RPC core encodes.
+  const partial = { fString: "p", rNested: [{ label: "r" }], choice: { case: "cNested", value: { child: { label: "deep" } } } };
+  const parts = encodeMessage(Loaded, partial, { headroom: 7 });
+  assert.is(hex(Buffer.concat(parts).subarray(7)), hex(Everything.encode(partial as never)));
+  assert.equal(Loaded.toJson(Loaded.decode(bytes)), Everything.toJson(Everything.decode(bytes)));
   const nested = Kinds.methods.bidi!.input;
   assert.is(hex(nested.encode({ label: "n", child: { label: "c" } })), hex(Everything_Nested.encode({ label: "n", level: 0, child: { label: "c", level: 0, child: undefined } })));
 });
@@ -102,8 +97,7 @@ test("loadProto: bytes come out as views of the received memory; malformed input
   const enc = Everything.encode(Everything.create({ fBytes: new Uint8Array(100).fill(4) }));
   const memory = new Uint8Array(enc.byteLength + 10);
   memory.set(enc, 10);
-  const m = Loaded.decode(memory.subarray(10)) as { fBytes: Buffer };
-  assert.ok(Buffer.isBuffer(m.fBytes));
+  const m = Loaded.decode(memory.subarray(10)) as { fBytes: Uint8Array };
   assert.is(m.fBytes.buffer, memory.buffer, "a view, not a copy");
   for (const bad of [[0x72, 0x05, 0x61], [0x0f], [0x18, 0x80]]) {
     assert.is(thrownCode(() => Loaded.decode(Uint8Array.from(bad))), "KOALA_ERR_PROTOCOL");
@@ -152,23 +146,31 @@ test("loadProto: a generated server answers a client built from the loaded .prot
   }
 });
 
-test("loadProto: a server built from the loaded .proto answers a generated client", async () => {
-  const Echo = loadProto([echoProto])["koala.test.Echo"]!;
+const echoKinds = { unary: "unary", serverStream: "server_streaming", clientStream: "client_streaming", bidi: "bidi_streaming" } as const;
+
+test("loadService: handlers and clients typed by call kind; a server built from it answers a generated client", async () => {
+  const Echo = loadService([echoProto], "koala.test.Echo", echoKinds);
   const server = createServer();
+  // Typed per kind: tsc refuses a streaming handler for the unary method, and so on.
   server.add(Echo, {
-    unary: (req: any) => ({ text: `${req.text}!`, index: 7, big: req.big }),
-    serverStream: async function* (req: any) {
+    unary: (req) => ({ text: `${req.text}!`, index: 7, big: req.big }),
+    serverStream: async function* (req) {
       for (let i = 0; i < req.count; i++) yield { index: i };
     },
-    clientStream: async (reqs: AsyncIterable<any>) => {
+    clientStream: async (reqs) => {
       let n = 0;
       for await (const _ of reqs) n++;
       return { index: n };
     },
-    bidi: async function* (reqs: AsyncIterable<any>) {
+    bidi: async function* (reqs) {
       for await (const r of reqs) yield { text: r.text };
     },
-  } as never);
+  });
+  const typedClient = (c: Client<typeof Echo>) => [c.unary({ text: "t" }) satisfies Promise<unknown>, c.serverStream({}) satisfies AsyncIterable<unknown>];
+  assert.type(typedClient, "function");
+  assert.throws(() => loadService([echoProto], "koala.test.Echo", { ...echoKinds, unary: "bidi_streaming" }), /koala\.test\.Echo\): unary is unary in the \.proto, not bidi_streaming/);
+  assert.throws(() => loadService([echoProto], "koala.test.Echo", { unary: "unary" }), /method serverStream \(server_streaming\) is missing from kinds/);
+  assert.throws(() => loadService([echoProto], "koala.test.Nope", echoKinds), /no service koala\.test\.Nope/);
   const address = await server.listen("memory:protoload-2");
   const client = createClient(EchoService, address);
   try {

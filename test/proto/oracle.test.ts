@@ -10,13 +10,20 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import fc from "fast-check";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { agree, desc, hex, messageArb } from "./oracle-helpers.js";
+import { create, fromBinary, getExtension as bufGetExtension, setExtension as bufSetExtension, toBinary } from "@bufbuild/protobuf";
+import { clearExtension, getExtension, hasExtension, setExtension } from "../../src/index.js";
+import { join } from "node:path";
+import { loadMessageTypes } from "koala-rpc/proto-loader";
+import { Wkt } from "../golden/spec/wkt.js";
+
+import { agree, desc, hex, messageArb, registry } from "./oracle-helpers.js";
 import { KoalaError } from "../../src/errors.js";
 import type { MessageType } from "../../src/proto/definition.js";
 import { All, Some } from "../golden/spec/spec3.js";
-import { P2 } from "../golden/spec/spec2.js";
+import { P2, ext_i, ext_s } from "../golden/spec/spec2.js";
 import { Node } from "../golden/spec/editions.js";
+
+const root = new URL("../..", import.meta.url).pathname;
 
 const TYPES: [string, MessageType<any>][] = [
   ["spec3.All", All],
@@ -64,6 +71,44 @@ test("unknown fields pass through koala and bufbuild alike", () => {
   const p2 = desc("spec2.P2");
   const withExt = Uint8Array.from([0x30, 0x01, 0xa0, 0x06, 0x07, 0xaa, 0x06, 0x01, 0x61]);
   assert.is(hex(P2.encode(P2.decode(withExt))), hex(toBinary(p2, fromBinary(p2, withExt))));
+});
+
+test("extensions: set and read by koala and by bufbuild, through each other's bytes", () => {
+  const d = desc("spec2.P2");
+  const extI = registry.getExtension("spec2.ext_i")!;
+  const extS = registry.getExtension("spec2.ext_s")!;
+  const ours = P2.create({ req: 1n });
+  assert.not.ok(hasExtension(ours, ext_i));
+  assert.is(getExtension(ours, ext_i), undefined);
+  assert.equal(getExtension(ours, ext_s), []);
+  setExtension(ours, ext_i, 7);
+  setExtension(ours, ext_s, ["a", "b"]);
+  setExtension(ours, ext_i, 8);
+  assert.ok(hasExtension(ours, ext_i));
+  const theirs = fromBinary(d, P2.encode(ours));
+  assert.equal([bufGetExtension(theirs, extI), bufGetExtension(theirs, extS)], [8, ["a", "b"]]);
+  bufSetExtension(theirs, extI, -3);
+  const back = P2.decode(toBinary(d, theirs));
+  assert.equal([getExtension(back, ext_i), getExtension(back, ext_s)], [-3, ["a", "b"]]);
+  clearExtension(back, ext_s);
+  assert.equal(bufGetExtension(fromBinary(d, P2.encode(back)), extS), [], "bufbuild no longer finds it either");
+  assert.not.ok(hasExtension(back, ext_s));
+  assert.equal(getExtension(back, ext_i), -3, "the other extension stays");
+});
+
+test("run-time loaded types (loadMessageTypes) encode and decode exactly as generated code, on random messages", () => {
+  const loaded = loadMessageTypes(["spec3", "spec2", "editions", "wkt"].map((f) => join(root, `test/fixtures/protos/spec/${f}.proto`)));
+  for (const [name, ours] of [...TYPES, ["specwkt.Wkt", Wkt] as const]) {
+    const type = loaded[name]!;
+    fc.assert(
+      fc.property(messageArb(desc(name)), (init) => {
+        const bytes = ours.encode(init);
+        assert.is(hex(type.encode(init)), hex(bytes), name);
+        assert.equal(type.decode(new Uint8Array(bytes)), ours.decode(new Uint8Array(bytes)), name);
+      }),
+      { numRuns: 60 },
+    );
+  }
 });
 
 // ---------------------------------------------------------------------------------------------

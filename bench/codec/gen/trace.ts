@@ -91,12 +91,10 @@ export const AnyValue: MessageType<AnyValue> = {
         case 6: if ((t & 7) === 2) { const e = r.enter(); const v = KeyValueList.read(r, e, m.value.case === "kvlistValue" ? m.value.value : undefined); r.leave(e); m.value = { case: "kvlistValue", value: v }; continue; } break;
         case 7: if ((t & 7) === 2) { m.value = { case: "bytesValue", value: r.bytes() }; continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -154,12 +152,10 @@ export const ArrayValue: MessageType<ArrayValue> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { const e = r.enter(); const v = AnyValue.read(r, e, undefined); r.leave(e); m.values.push(v); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -217,12 +213,10 @@ export const KeyValueList: MessageType<KeyValueList> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { const e = r.enter(); const v = KeyValue.read(r, e, undefined); r.leave(e); m.values.push(v); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -286,12 +280,10 @@ export const KeyValue: MessageType<KeyValue> = {
         case 1: if ((t & 7) === 2) { m.key = r.string(); continue; } break;
         case 2: if ((t & 7) === 2) { const e = r.enter(); const v = AnyValue.read(r, e, m.value); r.leave(e); m.value = v; continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -355,12 +347,10 @@ export const Resource: MessageType<Resource> = {
         case 1: if ((t & 7) === 2) { const e = r.enter(); const v = KeyValue.read(r, e, undefined); r.leave(e); m.attributes.push(v); continue; } break;
         case 2: if ((t & 7) === 0) { m.droppedAttributesCount = r.uint32(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -436,12 +426,10 @@ export const InstrumentationScope: MessageType<InstrumentationScope> = {
         case 3: if ((t & 7) === 2) { const e = r.enter(); const v = KeyValue.read(r, e, undefined); r.leave(e); m.attributes.push(v); continue; } break;
         case 4: if ((t & 7) === 0) { m.droppedAttributesCount = r.uint32(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -505,12 +493,10 @@ export const Status: MessageType<Status> = {
         case 2: if ((t & 7) === 2) { m.message = r.string(); continue; } break;
         case 3: if ((t & 7) === 0) { m.code = r.int32() as Status_StatusCode; continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -658,12 +644,10 @@ export const Span: MessageType<Span> = {
         case 15: if ((t & 7) === 2) { const e = r.enter(); const v = Status.read(r, e, m.status); r.leave(e); m.status = v; continue; } break;
         case 16: if ((t & 7) === 5) { m.flags = r.fixed32(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -739,12 +723,10 @@ export const Span_Event: MessageType<Span_Event> = {
         case 3: if ((t & 7) === 2) { const e = r.enter(); const v = KeyValue.read(r, e, undefined); r.leave(e); m.attributes.push(v); continue; } break;
         case 4: if ((t & 7) === 0) { m.droppedAttributesCount = r.uint32(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -832,12 +814,10 @@ export const Span_Link: MessageType<Span_Link> = {
         case 5: if ((t & 7) === 0) { m.droppedAttributesCount = r.uint32(); continue; } break;
         case 6: if ((t & 7) === 5) { m.flags = r.fixed32(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -907,12 +887,10 @@ export const ScopeSpans: MessageType<ScopeSpans> = {
         case 2: if ((t & 7) === 2) { const e = r.enter(); const v = Span.read(r, e, undefined); r.leave(e); m.spans.push(v); continue; } break;
         case 3: if ((t & 7) === 2) { m.schemaUrl = r.string(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -982,12 +960,10 @@ export const ResourceSpans: MessageType<ResourceSpans> = {
         case 2: if ((t & 7) === 2) { const e = r.enter(); const v = ScopeSpans.read(r, e, undefined); r.leave(e); m.scopeSpans.push(v); continue; } break;
         case 3: if ((t & 7) === 2) { m.schemaUrl = r.string(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -1045,12 +1021,10 @@ export const ExportTraceServiceRequest: MessageType<ExportTraceServiceRequest> =
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { const e = r.enter(); const v = ResourceSpans.read(r, e, undefined); r.leave(e); m.resourceSpans.push(v); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;

@@ -47,12 +47,10 @@ export const HelloRequest: MessageType<HelloRequest> = {
         case 1: if ((t & 7) === 2) { m.name = r.string(); continue; } break;
         case 2: if ((t & 7) === 2) { m.payload = r.bytes(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -116,12 +114,10 @@ export const HelloReply: MessageType<HelloReply> = {
         case 1: if ((t & 7) === 2) { m.message = r.string(); continue; } break;
         case 2: if ((t & 7) === 2) { m.payload = r.bytes(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;

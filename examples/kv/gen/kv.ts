@@ -68,12 +68,10 @@ export const Entry: MessageType<Entry> = {
         case 3: if ((t & 7) === 0) { m.version = r.uint64(); continue; } break;
         case 4: if ((t & 7) === 2) { const e = r.enter(); const v = Timestamp.read(r, e, m.updatedAt); r.leave(e); m.updatedAt = v; continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -131,12 +129,10 @@ export const GetRequest: MessageType<GetRequest> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { m.key = r.string(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -200,12 +196,10 @@ export const PutRequest: MessageType<PutRequest> = {
         case 1: if ((t & 7) === 2) { m.key = r.string(); continue; } break;
         case 2: if ((t & 7) === 2) { m.value = r.bytes(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -263,12 +257,10 @@ export const DeleteRequest: MessageType<DeleteRequest> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { m.key = r.string(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -326,12 +318,10 @@ export const ListRequest: MessageType<ListRequest> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { m.prefix = r.string(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -389,12 +379,10 @@ export const WatchRequest: MessageType<WatchRequest> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { m.prefix = r.string(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -458,12 +446,10 @@ export const Event: MessageType<Event> = {
         case 1: if ((t & 7) === 0) { m.kind = r.int32() as Event_Kind; continue; } break;
         case 2: if ((t & 7) === 2) { const e = r.enter(); const v = Entry.read(r, e, m.entry); r.leave(e); m.entry = v; continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;

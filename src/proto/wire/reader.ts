@@ -10,11 +10,10 @@ import { ErrorCode, KoalaError } from "../../errors.js";
 /** Messages (and groups) nest at most this deep below the top-level message, on decode and on encode. */
 export const MAX_DEPTH = 100;
 /*
- * Node's own slicers, called on any Uint8Array: latin1Slice for ASCII (checked first),
- * utf8Slice for the rest (invalid sequences become U+FFFD; a leading U+FEFF is kept, unlike
- * TextDecoder's default). Both are several times faster than TextDecoder on short strings.
+ * Node's own UTF-8 slicer, called on any Uint8Array: invalid sequences become U+FFFD and a
+ * leading U+FEFF is kept (unlike TextDecoder's default); several times faster than
+ * TextDecoder on short strings.
  */
-const latin1Slice = (Buffer.prototype as unknown as { latin1Slice(this: Uint8Array, start: number, end: number): string }).latin1Slice;
 const utf8Slice = (Buffer.prototype as unknown as { utf8Slice(this: Uint8Array, start: number, end: number): string }).utf8Slice;
 // Scratch memory for floats (no DataView per value); `flip` reverses the byte order on a big-endian host.
 const f32 = new Float32Array(1);
@@ -230,14 +229,12 @@ export class ProtoReader {
   /** Length-prefixed UTF-8 string; invalid UTF-8 is malformed (proto3 and editions' `utf8_validation = VERIFY`). */
   string(): string {
     const [s, e] = this.delimited();
+    if (s === e) return "";
     const b = this.buf;
-    for (let i = s; i < e; i++) {
-      if (b[i]! >= 0x80) {
-        if (!isUtf8(b.subarray(s, e))) throw malformed("invalid UTF-8 in a string field");
-        return utf8Slice.call(b, s, e);
-      }
-    }
-    return s === e ? "" : latin1Slice.call(b, s, e);
+    const str = utf8Slice.call(b, s, e);
+    // Invalid UTF-8 always decodes with a U+FFFD in it: only then is the input checked.
+    if (str.indexOf("\ufffd") !== -1 && !isUtf8(b.subarray(s, e))) throw malformed("invalid UTF-8 in a string field");
+    return str;
   }
 
   /** Length-prefixed string whose invalid UTF-8 sequences become U+FFFD (proto2, `utf8_validation = NONE`). */
@@ -300,6 +297,19 @@ export class ProtoReader {
     }
     out.push(Number(x));
     (message.$unknown ??= []).push(Uint8Array.from(out));
+  }
+
+  /**
+   * A field the type did not read (tag `t` at `start`): an end-group tag ends the group of
+   * field `group` being read (true: stop reading), any other field is kept as unknown.
+   */
+  other(message: { $unknown?: Uint8Array[] | undefined }, t: number, start: number, group: number | undefined): boolean {
+    if ((t & 7) === 4) {
+      this.endGroup(t, group);
+      return true;
+    }
+    this.unknown(message, t, start);
+    return false;
   }
 
   /**

@@ -36,7 +36,7 @@ export function varint32Size(v: number): number {
  * 64-bit writer methods it takes a bigint, or an integral number (a fraction throws RangeError).
  */
 export function varint64Size(v: bigint): number {
-  if (v >= 0 && v < 0x80000000) return varint32Size(Number(v));
+  if (v >= 0n && v < 0x80000000n) return varint32Size(Number(v)); // bigint literals: a mixed bigint/number comparison is several times slower
   const x = BigInt.asUintN(64, BigInt(v));
   const hi = Number(x >> 32n);
   if (hi === 0) return 5;
@@ -288,7 +288,7 @@ export class ProtoWriter {
 
   /** 64-bit varint (int64 and uint64; negatives as two's complement). */
   uint64(v: bigint): this {
-    if (v >= 0 && v < 0x80000000) return this.uint32(Number(v));
+    if (v >= 0n && v < 0x80000000n) return this.uint32(Number(v));
     const x = BigInt.asUintN(64, BigInt(v));
     let lo = Number(x & 0xffffffffn);
     let hi = Number(x >> 32n);

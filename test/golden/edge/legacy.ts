@@ -92,12 +92,10 @@ export const Legacy: MessageType<Legacy> & { readonly defaults: { readonly count
         case 7: if ((t & 7) === 0) { const v = r.int32(); if (v >= 1 && v <= 2) m.color = v as Legacy_Color; else r.keep(m, p); continue; } break;
         case 8: if ((t & 7) === 0) { m.big = r.uint64(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     if (m.name === undefined) wire.missingRequired("edge.legacy.Legacy", m, ["name"], true);
@@ -115,5 +113,12 @@ export const Legacy: MessageType<Legacy> & { readonly defaults: { readonly count
   fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Legacy {
     return wire.fromJson(Legacy, json, options);
   },
+};
+
+/** Extension edge.legacy.extra of {@link Legacy} (read and write it with getExtension / setExtension). */
+export const extra: wire.Extension<Legacy, number> = {
+  typeName: "edge.legacy.extra",
+  extendee: "edge.legacy.Legacy",
+  field: { no: 100, name: "extra", json: "[edge.legacy.extra]", proto: "extra", kind: "scalar", type: "int32", opt: true },
 };
 

@@ -44,12 +44,10 @@ export const Client: MessageType$<Client> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { m.id = r.string(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -107,12 +105,10 @@ export const MessageType: MessageType$<MessageType> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 0) { m.x = r.int32(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -188,12 +184,10 @@ export const Object: MessageType$<Object> = {
         case 3: if ((t & 7) === 2) { const e = r.lengthEnd(); let key: boolean = false; let value: string = ""; while (r.pos < e) { const u = r.tag(); if (u === 8) key = r.bool(); else if (u === 18) value = r.string(); else r.skip(u & 7, u >>> 3); } r.expectEnd(e); m.flags[globalThis.String(key)] = value; continue; } break;
         case 4: if ((t & 7) === 2) { const e = r.lengthEnd(); let key: string = ""; let value: globalThis.Uint8Array = wire$.EMPTY_BYTES; while (r.pos < e) { const u = r.tag(); if (u === 10) key = r.string(); else if (u === 18) value = r.bytes(); else r.skip(u & 7, u >>> 3); } r.expectEnd(e); wire$.setEntry(m.blobs, key, value); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -269,12 +263,10 @@ export const String: MessageType$<String> = {
         case 3: if ((t & 7) === 2) { const e = r.enter(); const v = Value.read(r, e, m.value); r.leave(e); m.value = v; continue; } break;
         case 4: if ((t & 7) === 2) { const e = r.enter(); const v = Legacy.read(r, e, m.legacy); r.leave(e); m.legacy = v; continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -332,12 +324,10 @@ export const wire: MessageType$<wire> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { m.x = r.string(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -395,12 +385,10 @@ export const value$: MessageType$<value$> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 0) { m.v = r.int32(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -458,12 +446,10 @@ export const Partial: MessageType$<Partial> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { m.data = r.bytes(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -527,12 +513,10 @@ export const Uint8Array: MessageType$<Uint8Array> = {
         case 1: if ((t & 7) === 2) { m.data = r.bytes(); continue; } break;
         case 2: if ((t & 7) === 2) { const e = r.enter(); const v = Partial.read(r, e, m.partial); r.leave(e); m.partial = v; continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;

@@ -60,12 +60,10 @@ export const Money: MessageType<Money> = {
         case 2: if ((t & 7) === 0) { m.units = r.int64(); continue; } break;
         case 3: if ((t & 7) === 0) { m.nanos = r.sint32(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;

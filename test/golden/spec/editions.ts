@@ -120,12 +120,10 @@ export const Node: MessageType<Node> = {
         case 11: if ((t & 7) === 2) { const e = r.lengthEnd(); while (r.pos < e) m.packed.push(r.int32()); r.expectEnd(e); continue; } if ((t & 7) === 0) { m.packed.push(r.int32()); continue; } break;
         case 12: if ((t & 7) === 2) { const e = r.lengthEnd(); while (r.pos < e) m.expanded.push(r.int32()); r.expectEnd(e); continue; } if ((t & 7) === 0) { m.expanded.push(r.int32()); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     if (m.must === undefined) wire.missingRequired("specedition.Node", m, ["must"], true);

@@ -54,12 +54,10 @@ export const Leaf: MessageType<Leaf> = {
         case 1: if ((t & 7) === 0) { m.v = r.int32(); continue; } break;
         case 2: if ((t & 7) === 2) { m.s = r.stringLax(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -266,12 +264,10 @@ export const P2: MessageType<P2> & { readonly defaults: { readonly i32: number; 
         case 22: if ((t & 7) === 2) { const e = r.lengthEnd(); let key: string = ""; let value: Leaf | undefined; while (r.pos < e) { const u = r.tag(); if (u === 10) key = r.string(); else if (u === 18) { const f = r.enter(); value = Leaf.read(r, f, value); r.leave(f); } else r.skip(u & 7, u >>> 3); } r.expectEnd(e); wire.setEntry(m.byName, key, value ?? Leaf.create()); continue; } break;
         case 23: if ((t & 7) === 2) { m.noDefault = r.stringLax(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     if (m.req === undefined) wire.missingRequired("spec2.P2", m, ["req"], true);
@@ -342,12 +338,10 @@ export const P2_G: MessageType<P2_G> = {
         case 2: if ((t & 7) === 2) { m.b = r.stringLax(); continue; } break;
         case 3: if ((t & 7) === 2) { const e = r.enter(); const v = Leaf.read(r, e, m.leaf); r.leave(e); m.leaf = v; continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -405,12 +399,10 @@ export const P2_RG: MessageType<P2_RG> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 0) { m.x = r.int32(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -427,5 +419,19 @@ export const P2_RG: MessageType<P2_RG> = {
   fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): P2_RG {
     return wire.fromJson(P2_RG, json, options);
   },
+};
+
+/** Extension spec2.ext_i of {@link P2} (read and write it with getExtension / setExtension). */
+export const ext_i: wire.Extension<P2, number> = {
+  typeName: "spec2.ext_i",
+  extendee: "spec2.P2",
+  field: { no: 100, name: "extI", json: "[spec2.ext_i]", proto: "ext_i", kind: "scalar", type: "int32", opt: true },
+};
+
+/** Extension spec2.ext_s of {@link P2} (read and write it with getExtension / setExtension). */
+export const ext_s: wire.Extension<P2, string[]> = {
+  typeName: "spec2.ext_s",
+  extendee: "spec2.P2",
+  field: { no: 101, name: "extS", json: "[spec2.ext_s]", proto: "ext_s", kind: "scalar", type: "string", repeated: true, lax: true },
 };
 

@@ -55,12 +55,10 @@ export const Leaf: MessageType<Leaf> = {
         case 1: if ((t & 7) === 2) { m.label = r.string(); continue; } break;
         case 2: if ((t & 7) === 0) { m.n = r.int32(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -517,12 +515,10 @@ export const All: MessageType<All> = {
         case 90: if ((t & 7) === 2) { m.fieldName4 = r.string(); continue; } break;
         case 536870911: if ((t & 7) === 0) { m.maxField = r.int32(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -586,12 +582,10 @@ export const Some: MessageType<Some> = {
         case 14: if ((t & 7) === 2) { m.fString = r.string(); continue; } break;
         case 17: if ((t & 7) === 2) { const e = r.enter(); const v = Leaf.read(r, e, m.fLeaf); r.leave(e); m.fLeaf = v; continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;

@@ -174,12 +174,10 @@ export const Wkt: MessageType<Wkt> = {
         case 21: if ((t & 7) === 2) { const e = r.enter(); const v = Int32Value.read(r, e, undefined); r.leave(e); m.wList.push(v); continue; } break;
         case 22: if ((t & 7) === 2) { m.jsonNamed = r.string(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;

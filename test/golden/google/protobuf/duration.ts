@@ -47,12 +47,10 @@ export const Duration: MessageType<Duration> = {
         case 1: if ((t & 7) === 0) { m.seconds = r.int64(); continue; } break;
         case 2: if ((t & 7) === 0) { m.nanos = r.int32(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;

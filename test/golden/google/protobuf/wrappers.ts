@@ -41,12 +41,10 @@ export const DoubleValue: MessageType<DoubleValue> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 1) { m.value = r.double(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -104,12 +102,10 @@ export const FloatValue: MessageType<FloatValue> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 5) { m.value = r.float(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -167,12 +163,10 @@ export const Int64Value: MessageType<Int64Value> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 0) { m.value = r.int64(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -230,12 +224,10 @@ export const UInt64Value: MessageType<UInt64Value> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 0) { m.value = r.uint64(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -293,12 +285,10 @@ export const Int32Value: MessageType<Int32Value> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 0) { m.value = r.int32(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -356,12 +346,10 @@ export const UInt32Value: MessageType<UInt32Value> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 0) { m.value = r.uint32(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -419,12 +407,10 @@ export const BoolValue: MessageType<BoolValue> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 0) { m.value = r.bool(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -482,12 +468,10 @@ export const StringValue: MessageType<StringValue> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { m.value = r.string(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -545,12 +529,10 @@ export const BytesValue: MessageType<BytesValue> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { m.value = r.bytes(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;

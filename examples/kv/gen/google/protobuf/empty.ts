@@ -33,12 +33,10 @@ export const Empty: MessageType<Empty> = {
     while (r.pos < end) {
       const p = r.pos;
       const t = r.tag();
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;

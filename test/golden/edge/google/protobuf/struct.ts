@@ -46,12 +46,10 @@ export const Struct: MessageType<Struct> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { const e = r.lengthEnd(); let key: string = ""; let value: Value | undefined; while (r.pos < e) { const u = r.tag(); if (u === 10) key = r.string(); else if (u === 18) { const f = r.enter(); value = Value.read(r, f, value); r.leave(f); } else r.skip(u & 7, u >>> 3); } r.expectEnd(e); wire.setEntry(m.fields, key, value ?? Value.create()); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -140,12 +138,10 @@ export const Value: MessageType<Value> = {
         case 5: if ((t & 7) === 2) { const e = r.enter(); const v = Struct.read(r, e, m.kind.case === "structValue" ? m.kind.value : undefined); r.leave(e); m.kind = { case: "structValue", value: v }; continue; } break;
         case 6: if ((t & 7) === 2) { const e = r.enter(); const v = ListValue.read(r, e, m.kind.case === "listValue" ? m.kind.value : undefined); r.leave(e); m.kind = { case: "listValue", value: v }; continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
@@ -203,12 +199,10 @@ export const ListValue: MessageType<ListValue> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { const e = r.enter(); const v = Value.read(r, e, undefined); r.leave(e); m.values.push(v); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;

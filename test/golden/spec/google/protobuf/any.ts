@@ -47,12 +47,10 @@ export const Any: MessageType<Any> = {
         case 1: if ((t & 7) === 2) { m.typeUrl = r.string(); continue; } break;
         case 2: if ((t & 7) === 2) { m.value = r.bytes(); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;

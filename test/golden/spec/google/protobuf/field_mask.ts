@@ -41,12 +41,10 @@ export const FieldMask: MessageType<FieldMask> = {
       switch (t >>> 3) {
         case 1: if ((t & 7) === 2) { m.paths.push(r.string()); continue; } break;
       }
-      if ((t & 7) === 4) {
-        r.endGroup(t, group);
+      if (r.other(m, t, p, group)) {
         group = undefined;
         break;
       }
-      r.unknown(m, t, p);
     }
     if (group !== undefined) r.unterminated(group);
     return m;
