@@ -301,6 +301,14 @@ s("a memory window grants remote access where its region does not; handles in us
   p1.b.ctx.deallocMw(mw);
   assert.is(thrownCode(() => p1.b.ctx.deallocMw(mw)), "KOALA_ERR_HANDLE_DESTROYED");
   p1.b.ctx.deregMr(region.mr);
+  // A window exposes its bytes only, not the rest of the region (a rendezvous exposes one message of a slab).
+  const p2 = await pair();
+  const slab = mr(p2.b, 256, Access.LOCAL_WRITE | Access.MW_BIND);
+  const win = p2.b.ctx.bindMw(p2.b.qp, slab.mr, slab.mr.addr + 64, 64, Access.REMOTE_READ);
+  const into = mr(p2.a, 8, Access.LOCAL_WRITE);
+  postSend(p2.a, 1, Opcode.RDMA_READ, [[into.mr.addr, 8, into.mr.lkey]], { raddr: win.addr + 64, rkey: win.rkey });
+  assert.equal((await completions(p2.a, 1)).map((x) => x[1]), [WcStatus.REM_ACCESS_ERR], "the bytes right after the window");
+  p2.b.ctx.deallocMw(win);
 });
 
 s("destroying a QP or disconnecting flushes outstanding receives in order; the peer hears disconnected", async () => {

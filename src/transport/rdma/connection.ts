@@ -139,6 +139,8 @@ interface Advertised {
   lease: Lease | undefined;
   onWritten: (() => void) | undefined;
   counted: number;
+  /** The windows the peer reads through, one per segment, bound to this connection's QP. */
+  windows: Mw[];
 }
 
 function callWritten(cb: (() => void) | undefined): void {
@@ -457,7 +459,7 @@ export class RdmaConnection implements Connection, CompletionSink {
   /** Sends `m` by rendezvous: an RTS naming registered segments the peer reads. */
   private buildRts(m: Outgoing, wrId: number): void {
     const ctx = this.ctx;
-    const segs: { addr: number; rkey: number; len: number }[] = [];
+    const segs: { addr: number; len: number; mr: Mr }[] = [];
     let lease: Lease | undefined;
     let onWritten = m.onWritten;
     const inPlace = m.parts.length <= MAX_RNDV_SEGMENTS && m.parts.every((p) => p.byteLength === 0 || ctx.locate(p) !== undefined);
@@ -466,7 +468,7 @@ export class RdmaConnection implements Connection, CompletionSink {
       for (const p of m.parts) {
         if (p.byteLength === 0) continue;
         const w = ctx.locate(p)!;
-        segs.push({ addr: w.addr, rkey: w.rkey, len: p.byteLength });
+        segs.push({ addr: w.addr, len: p.byteLength, mr: w.mr });
       }
     } else {
       lease = ctx.heap.alloc(m.total);
@@ -477,12 +479,15 @@ export class RdmaConnection implements Connection, CompletionSink {
         at += p.byteLength;
       }
       const w = ctx.locate(bytes)!;
-      segs.push({ addr: w.addr, rkey: w.rkey, len: m.total });
+      segs.push({ addr: w.addr, len: m.total, mr: w.mr });
       callWritten(onWritten);
       onWritten = undefined;
     }
     const id = this.nextId++;
-    this.advertised.set(id, { lease, onWritten, counted: m.counted });
+    // Each segment is exposed through a window over exactly its bytes, on this QP only, until
+    // DONE: the peer can read nothing else of the slab, and no other connection can read it.
+    const windows = segs.map((s) => ctx.verbs.bindMw(this.qp, s.mr, s.addr, s.len, Access.REMOTE_READ));
+    this.advertised.set(id, { lease, onWritten, counted: m.counted, windows });
     const size = HEADER_BYTES + 4 + segs.length * RNDV_SEGMENT_BYTES;
     const staging = ctx.heap.alloc(size);
     const b = staging.bytes;
@@ -492,7 +497,7 @@ export class RdmaConnection implements Connection, CompletionSink {
     segs.forEach((s, i) => {
       const at = HEADER_BYTES + 4 + i * RNDV_SEGMENT_BYTES;
       v.setFloat64(at, s.addr, true);
-      v.setUint32(at + 8, s.rkey, true);
+      v.setUint32(at + 8, windows[i]!.rkey, true);
       v.setUint32(at + 12, s.len, true);
     });
     const w = ctx.locate(b)!;
@@ -686,6 +691,7 @@ export class RdmaConnection implements Connection, CompletionSink {
     const a = this.advertised.get(id);
     if (a === undefined) return this.protocolError(`DONE for rendezvous ${id}, which is not pending`);
     this.advertised.delete(id);
+    for (const w of a.windows) this.ctx.verbs.deallocMw(w);
     a.lease?.release();
     callWritten(a.onWritten);
     this.unbuffer(a.counted);
@@ -982,6 +988,7 @@ export class RdmaConnection implements Connection, CompletionSink {
     try {
       v.disconnect(this.id);
       for (const w of [...this.windows]) this.dropWindow(w);
+      for (const a of this.advertised.values()) for (const w of a.windows.splice(0)) v.deallocMw(w);
       v.destroyQp(this.qp);
       v.destroyId(this.id);
     } catch (err) {

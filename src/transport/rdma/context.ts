@@ -24,8 +24,8 @@ export interface Located {
   addr: number;
   /** Local key of the region. */
   lkey: number;
-  /** Remote key of the region. */
-  rkey: number;
+  /** The registration, for binding a memory window over the bytes. */
+  mr: Mr;
 }
 
 const POLL_BATCH = 64;
@@ -53,8 +53,9 @@ export class RdmaContext {
     this.verbs.reqNotifyCq(this.cq);
     const registrar: MemoryRegistrar = {
       register: (slab) => {
-        // Receive buffers are written by the NIC; rendezvous sources are read by the peer.
-        const mr = this.verbs.regMr(this.pd, slab, Access.LOCAL_WRITE | Access.REMOTE_READ);
+        // Receive buffers are written by the NIC. No remote access: a rendezvous source is
+        // exposed through a memory window over its own bytes, bound to one queue pair.
+        const mr = this.verbs.regMr(this.pd, slab, Access.LOCAL_WRITE | Access.MW_BIND);
         this.regions.set(slab.buffer, { mr, offset: slab.byteOffset, length: slab.byteLength });
         return mr;
       },
@@ -78,7 +79,7 @@ export class RdmaContext {
     if (r === undefined) return undefined;
     const off = bytes.byteOffset - r.offset;
     if (off < 0 || off + bytes.byteLength > r.length) return undefined;
-    return { addr: r.mr.addr + off, lkey: r.mr.lkey, rkey: r.mr.rkey };
+    return { addr: r.mr.addr + off, lkey: r.mr.lkey, mr: r.mr };
   }
 
   /** Routes the completions of queue pair `qpNum` to `sink`, growing the CQ by `entries`. */
