@@ -15,8 +15,8 @@ import { connect, listen, type Connection, type Listener, type TransportOptions 
 import { chooseTransport, resolveAddress } from "../../src/transport/registry.js";
 import { DEFAULT_RNDV_THRESH, parseDeviceFilter, deviceSelected, readRdmaConfig } from "../../src/transport/rdma/config.js";
 import { openRdmaContexts, type RdmaContext } from "../../src/transport/rdma/context.js";
-import { RECV_DEPTH } from "../../src/transport/rdma/connection.js";
-import { softCounters, softFaults } from "../../src/transport/rdma/soft.js";
+import { RECV_DEPTH, encodeHello } from "../../src/transport/rdma/connection.js";
+import { softCounters, softFaults, softProvider } from "../../src/transport/rdma/soft.js";
 
 const MiB = 1024 * 1024;
 const THRESH = DEFAULT_RNDV_THRESH;
@@ -267,6 +267,39 @@ s("an injected QP error closes that connection with KOALA_ERR_QP_ERROR, the peer
     assert.equal(resources(), before);
   } finally {
     softFaults.failSendIn = 0;
+    restore("KOALA_LOG", quiet);
+    resetLogLevel();
+  }
+});
+
+s("a peer that advertises receive buffers it never posts: SENDs meet receiver-not-ready, retried, then the connection closes with KOALA_ERR_RECEIVER_NOT_READY", async () => {
+  const quiet = process.env.KOALA_LOG;
+  process.env.KOALA_LOG = "off";
+  resetLogLevel();
+  // A raw verbs endpoint that says it posted 16 buffers of the usual size and posts none.
+  const raw = softProvider.open("soft0", 1);
+  const pd = raw.allocPd();
+  const cq = raw.createCq(64, () => undefined);
+  const held: { qp?: ReturnType<typeof raw.createQp>; id?: Parameters<typeof raw.accept>[0] } = {};
+  const cm = await raw.listen("127.0.0.1", 0, (e) => {
+    if (e.type !== "connect_request") return;
+    held.id = e.id;
+    held.qp = raw.createQp(e.id, pd, cq, cq, { maxSendWr: 16, maxRecvWr: 16, maxSendSge: 1, maxRecvSge: 1, maxInlineData: 0 });
+    raw.accept(e.id, encodeHello(RECV_DEPTH, 16 + THRESH));
+  });
+  try {
+    const before = softCounters.rnrNaks;
+    const c = await connect(`rdma://127.0.0.1:${cm.port}`);
+    c.send([pattern(1, 100)]);
+    const reason = await within(c.closed, "the sender giving up");
+    assert.is(reason.code, "KOALA_ERR_RECEIVER_NOT_READY", reason.message);
+    assert.match(reason.message, /receiver not ready/);
+    assert.ok(softCounters.rnrNaks - before > 1, "retried before giving up");
+  } finally {
+    raw.disconnect(held.id!);
+    raw.destroyQp(held.qp!);
+    raw.destroyId(held.id!);
+    raw.closeListener(cm);
     restore("KOALA_LOG", quiet);
     resetLogLevel();
   }

@@ -15,8 +15,7 @@
  *   rendezvous: an RTS names the registered segments, the receiver RDMA-READs them into a
  *   lease of its own heap and answers DONE, and the sender then lets go of them.
  */
-import type { KoalaError as KoalaErrorType } from "../../errors.js";
-import { ErrorCode, KoalaError } from "../../errors.js";
+import { ErrorCode, KoalaError, check } from "../../errors.js";
 import { log } from "../../log.js";
 import type { Lease } from "../../mem/lease.js";
 import { randomBytes } from "node:crypto";
@@ -24,7 +23,6 @@ import { Inbox } from "../inbox.js";
 import { checkRemoteAccess, type ByteSource, type RegionDescriptor, type RegisterRegionOptions, type RegisteredRegion } from "../regions.js";
 import type { Connection, ResolvedTransportOptions } from "../types.js";
 import type { CompletionSink, RdmaContext } from "./context.js";
-import { check } from "../../errors.js";
 import { Access, Opcode, SendFlags, WcOpcode, WcStatus, WorkBatch, wcStatusName, type CmId, type Mr, type Mw, type Qp } from "./verbs.js";
 
 /** Bytes of the header in front of every message. */
@@ -157,7 +155,7 @@ const noop = (): void => undefined;
 /** An RDMA connection (see the module comment). */
 export class RdmaConnection implements Connection, CompletionSink {
   readonly transport = "rdma" as const;
-  readonly closed: Promise<KoalaErrorType>;
+  readonly closed: Promise<KoalaError>;
   private resolveClosed!: (r: KoalaError) => void;
   private reason: KoalaError | undefined;
   private tornDown = false;
@@ -355,7 +353,7 @@ export class RdmaConnection implements Connection, CompletionSink {
       }
     } catch (err) {
       this.sendBatch.reset();
-      this.fail(err instanceof KoalaError ? err : new KoalaError(ErrorCode.SYSTEM, `RDMA send path failed: ${(err as Error).message}`, { cause: err }));
+      this.abort(err instanceof KoalaError ? err : new KoalaError(ErrorCode.SYSTEM, `RDMA send path failed: ${(err as Error).message}`, { cause: err }));
     }
   }
 
@@ -589,7 +587,7 @@ export class RdmaConnection implements Connection, CompletionSink {
         ? new KoalaError(ErrorCode.RECEIVER_NOT_READY, `a SEND to ${this.remoteAddress} found no posted receive after every retry (receiver not ready); the queue pair went to the error state`)
         : new KoalaError(ErrorCode.QP_ERROR, `a ${what} work request with ${this.remoteAddress} completed with ${wcStatusName(status)}; the queue pair went to the error state`);
     log("warn", "transport", `closing the RDMA connection with ${this.remoteAddress}: ${err.message}`);
-    this.fail(err);
+    this.abort(err);
   }
 
   private addRecv(slot: number): void {
@@ -940,20 +938,16 @@ export class RdmaConnection implements Connection, CompletionSink {
     this.teardown();
   }
 
-  private fail(reason: KoalaError): void {
-    this.abort(reason);
-  }
-
   private protocolError(what: string): void {
     const err = new KoalaError(ErrorCode.PROTOCOL, `${this.remoteAddress} broke the koala RDMA protocol: ${what}`);
     log("warn", "transport", `closing the connection with ${this.remoteAddress}: ${err.message}`);
-    this.fail(err);
+    this.abort(err);
   }
 
   private tooLarge(length: number): void {
     const err = new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `the peer sent a message of ${length} bytes; the limit is ${this.options.maxMessageBytes} (maxMessageBytes)`);
     log("warn", "transport", `closing ${this.remoteAddress}: ${err.message}`);
-    this.fail(err);
+    this.abort(err);
   }
 
   private setClosed(reason: KoalaError, orderly: boolean): void {

@@ -11,7 +11,7 @@ import { RECV_DEPTH, RdmaConnection, decodeHello, encodeHello, HEADER_BYTES } fr
 import { rdmaContext, type RdmaContext } from "./context.js";
 import { readRdmaConfig } from "./config.js";
 import { selectRdma } from "./providers.js";
-import type { CmEvent, CmId, CmListener, QpCaps } from "./verbs.js";
+import type { CmEvent, CmId, CmListener, Qp, QpCaps } from "./verbs.js";
 
 /** Send-queue depth of every queue pair: the peer's credits, the RDMA READs of rendezvous and room for protocol messages. */
 const SEND_DEPTH = 64;
@@ -38,6 +38,8 @@ class RdmaListener implements Listener {
   private readonly queue = new AcceptQueue();
   /** Connections by CM identifier, from the request until they end (events arrive by identifier). */
   private readonly byId = new Map<CmId, RdmaConnection | undefined>();
+  /** Accepted, not yet established: closed with the listener. */
+  private readonly handshaking = new Set<RdmaConnection>();
   cm: CmListener | undefined;
 
   constructor(
@@ -65,16 +67,31 @@ class RdmaListener implements Listener {
           v.destroyId(e.id);
           return;
         }
-        const qp = v.createQp(e.id, this.ctx.pd, this.ctx.cq, this.ctx.cq, qpCaps(this.ctx));
-        const conn = new RdmaConnection(this.ctx, e.id, qp, this.options, this.address, e.id.remoteAddress || `${this.address}#peer`, peer);
+        let conn: RdmaConnection;
+        let qp: Qp | undefined;
+        try {
+          qp = v.createQp(e.id, this.ctx.pd, this.ctx.cq, this.ctx.cq, qpCaps(this.ctx));
+          conn = new RdmaConnection(this.ctx, e.id, qp, this.options, this.address, e.id.remoteAddress || `${this.address}#peer`, peer);
+        } catch (err) {
+          // Out of queue pairs or registered memory: this request is refused, the listener goes on.
+          log("warn", "transport", `refused an RDMA connection on ${this.address}: ${(err as Error).message}`);
+          if (qp !== undefined) v.destroyQp(qp);
+          v.reject(e.id, new Uint8Array(0));
+          v.destroyId(e.id);
+          return;
+        }
         this.byId.set(e.id, conn);
-        void conn.closed.then(() => this.byId.delete(e.id));
+        this.handshaking.add(conn);
+        void conn.closed.then(() => {
+          this.byId.delete(e.id);
+          this.handshaking.delete(conn);
+        });
         v.accept(e.id, encodeHello(RECV_DEPTH, this.bufferBytes));
         return;
       }
       case "established": {
         const conn = this.byId.get(e.id);
-        if (conn !== undefined) this.queue.push(conn);
+        if (conn !== undefined && this.handshaking.delete(conn)) this.queue.push(conn);
         return;
       }
       case "disconnected":
@@ -100,6 +117,7 @@ class RdmaListener implements Listener {
   async close(): Promise<void> {
     if (this.queue.isClosed) return;
     this.queue.close();
+    for (const c of [...this.handshaking]) c.close(new Error("the listener closed during the handshake"));
     if (this.cm !== undefined) this.ctx.verbs.closeListener(this.cm);
   }
 }
