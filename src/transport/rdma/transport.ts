@@ -4,7 +4,7 @@
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
 import { log } from "../../log.js";
-import { AcceptQueue } from "../accept-queue.js";
+import { QueuedListener } from "../accept-queue.js";
 import { formatAddress } from "../address.js";
 import type { Address, Connection, Listener, ResolvedTransportOptions, Transport } from "../types.js";
 import { RECV_DEPTH, RdmaConnection, decodeHello, encodeHello, HEADER_BYTES } from "./connection.js";
@@ -33,9 +33,8 @@ function contextFor(): { ctx: RdmaContext; bufferBytes: number } {
   return { ctx: rdmaContext(RECV_DEPTH * bufferBytes), bufferBytes };
 }
 
-class RdmaListener implements Listener {
+class RdmaListener extends QueuedListener implements Listener {
   readonly transport = "rdma" as const;
-  private readonly queue = new AcceptQueue();
   /** Connections by CM identifier, from the request until they end (events arrive by identifier). */
   private readonly byId = new Map<CmId, RdmaConnection | undefined>();
   /** Accepted, not yet established: closed with the listener. */
@@ -47,7 +46,9 @@ class RdmaListener implements Listener {
     private readonly ctx: RdmaContext,
     private readonly bufferBytes: number,
     private readonly options: ResolvedTransportOptions,
-  ) {}
+  ) {
+    super();
+  }
 
   onEvent(e: CmEvent): void {
     const v = this.ctx.verbs;
@@ -100,18 +101,6 @@ class RdmaListener implements Listener {
         this.byId.get(e.id)?.onDisconnected(e.reason ?? e.type);
         return;
     }
-  }
-
-  accept(): Promise<Connection> {
-    return this.queue.accept();
-  }
-
-  onConnection(handler: ((connection: Connection) => void) | null): void {
-    this.queue.setHandler(handler);
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<Connection> {
-    return this.queue[Symbol.asyncIterator]();
   }
 
   async close(): Promise<void> {
