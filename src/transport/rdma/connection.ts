@@ -3,9 +3,10 @@
  * section 6) over the Verbs interface only.
  *
  * - Receive: `RECV_DEPTH` buffers of `16 + KOALA_RNDV_THRESH` bytes, one lease of the context
- *   heap, all posted at start. A DATA message is handed up as a view of its buffer and the
- *   buffer is posted again on `release()`; when more than half the buffers are held by
- *   messages not yet released, new messages are copied out and their buffers posted at once.
+ *   heap, all posted at start. Once the reader has called `release()`, a DATA message is handed
+ *   up as a view of its buffer and the buffer is posted again on `release()`; before that, and
+ *   while half the buffers are held by messages not yet released, messages are copied out and
+ *   their buffers posted at once.
  * - Credits: a side sends only into buffers the peer has posted. Every message carries the
  *   credits its sender returns; a CREDIT message returns them when nothing else goes out.
  *   A message other than CREDIT is sent only while at least 2 credits remain, so the last one
@@ -169,6 +170,11 @@ export class RdmaConnection implements Connection, CompletionSink {
   private readonly areaLkey: number;
   private readonly slotBytes: number;
   private heldSlots = 0;
+  /**
+   * Whether messages are handed up as views of receive memory: only once the reader has called
+   * release(). Before that they are copies, so a reader that never releases pins nothing.
+   */
+  private lending = false;
   private readonly ownedViews = new Map<Uint8Array, number>();
   private readonly ownedLeases = new Map<Uint8Array, Lease>();
   private readonly arrivals: Arrival[] = [];
@@ -719,19 +725,22 @@ export class RdmaConnection implements Connection, CompletionSink {
       a.rndv.lease = undefined;
       message = lease.bytes;
       this.repost(a.rndv.slot, true);
-      if (this.reason !== undefined) {
+      if (this.reason !== undefined || !this.lending) {
+        // Dropped, or for a reader that does not release: a copy, and the lease goes back now.
+        if (this.reason === undefined) message = message.slice();
         lease.release();
-        return;
+        if (this.reason !== undefined) return;
+      } else {
+        this.ownedLeases.set(message, lease);
       }
-      this.ownedLeases.set(message, lease);
     } else {
       const view = a.view!;
       if (this.reason !== undefined) {
         this.repost(a.slot, true);
         return;
       }
-      if (this.heldSlots >= RECV_DEPTH / 2) {
-        // Too many buffers held by messages not released: copy this one out.
+      if (!this.lending || this.heldSlots >= RECV_DEPTH / 2) {
+        // A reader that has never released, or one holding many buffers: copy this one out.
         message = view.slice();
         this.repost(a.slot, true);
       } else {
@@ -748,6 +757,8 @@ export class RdmaConnection implements Connection, CompletionSink {
   }
 
   release(message: Uint8Array): void {
+    // A reader that releases gets views of the receive buffers from now on (zero copy).
+    this.lending = true;
     const slot = this.ownedViews.get(message);
     if (slot !== undefined) {
       this.ownedViews.delete(message);
