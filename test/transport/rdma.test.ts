@@ -7,7 +7,7 @@
  */
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { fork } from "node:child_process";
+import { fork, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { KoalaError } from "../../src/errors.js";
 import { resetLogLevel } from "../../src/log.js";
@@ -413,6 +413,23 @@ s("selection: KOALA_TRANSPORT=rdma is strict; the verbs provider is unavailable 
   }
   assert.is(readRdmaConfig({ KOALA_RNDV_THRESH: "16K" }).rndvThreshBytes, 16384);
   assert.is(readRdmaConfig({}).rndvThreshBytes, DEFAULT_RNDV_THRESH);
+});
+
+s("koala info lists the providers, the soft device's port, state and limits, and what auto picks", () => {
+  const bin = new URL("../../bin/koala.js", import.meta.url).pathname;
+  const info = (env: Record<string, string>) => spawnSync(process.execPath, [bin, "info"], { env: { ...process.env, KOALA_TRANSPORT: "auto", ...env }, encoding: "utf8" });
+  const soft = info({ KOALA_RDMA_PROVIDER: "soft" });
+  assert.is(soft.status, 0, soft.stderr);
+  assert.match(soft.stdout, /verbs\s+unavailable: native verbs addon not built/);
+  assert.match(soft.stdout, /soft\s+available \[selected\]\s+\(software verbs provider/);
+  assert.match(soft.stdout, /soft0:1 active, Ethernet, MTU 4096, GID [0-9a-f:]+; max_sge 8, max_qp_wr 4096, max_inline_data 128/);
+  assert.match(soft.stdout, /rdma uses soft0:1 \(provider soft, a software provider\); KOALA_RNDV_THRESH 8192 bytes/);
+  assert.match(soft.stdout, /host:port addresses use rdma/);
+  const excluded = info({ KOALA_RDMA_PROVIDER: "soft", KOALA_RDMA_DEVICES: "^soft0" });
+  assert.match(excluded.stdout, /host:port addresses use tcp: RDMA is not used: provider soft has no active port allowed by KOALA_RDMA_DEVICES=\^soft0/);
+  const bad = info({ KOALA_RNDV_THRESH: "lots" });
+  assert.is(bad.status, 1);
+  assert.match(bad.stdout, /KOALA_RNDV_THRESH="lots" is not valid/);
 });
 
 s("KOALA_RDMA_DEVICES follows the NCCL grammar: prefixes and ports, ^ excludes, = exact", () => {
