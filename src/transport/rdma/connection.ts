@@ -944,6 +944,11 @@ export class RdmaConnection implements Connection, CompletionSink {
     });
   }
 
+  /** The context can no longer serve this connection (see {@link CompletionSink.onFatal}). */
+  onFatal(reason: KoalaError): void {
+    this.abort(reason);
+  }
+
   private abort(reason: KoalaError): void {
     if (this.reason === undefined) this.setClosed(reason, false);
     this.teardown();

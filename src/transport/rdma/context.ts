@@ -7,6 +7,7 @@
  * (default 0, off), then re-arms the completion notification and returns to the event loop.
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
+import { log } from "../../log.js";
 import { createHeap, type Heap } from "../../mem/heap.js";
 import type { MemoryRegistrar } from "../../mem/slab.js";
 import { selectRdma, type RdmaSelection } from "./providers.js";
@@ -16,6 +17,8 @@ import { Access, WC, type Cq, type Mr, type Pd, type VerbsContext } from "./verb
 export interface CompletionSink {
   /** One completion, in the queue pair's order. */
   onCompletion(wrId: number, status: number, opcode: number, byteLen: number, imm: number): void;
+  /** The context cannot deliver this queue pair's completions any more (a failed poll, or `onCompletion` threw): close with `reason`. */
+  onFatal(reason: KoalaError): void;
 }
 
 /** Where bytes in registered memory are, for a scatter-gather entry or a peer's RDMA READ. */
@@ -102,7 +105,11 @@ export class RdmaContext {
     return this.sinks.size;
   }
 
-  /** Polls the CQ until empty, in batches, and hands each completion to its queue pair. Re-entrant calls fold into the running one. */
+  /**
+   * Polls the CQ until empty, in batches, and hands each completion to its queue pair.
+   * Re-entrant calls fold into the running one. Runs from the event loop, so nothing may
+   * escape: a failed poll closes every connection of the context, a sink that throws its own.
+   */
   drain(): void {
     if (this.draining) {
       this.again = true;
@@ -110,29 +117,44 @@ export class RdmaContext {
     }
     this.draining = true;
     try {
-      const v = this.verbs;
-      const wc = this.wc;
-      const spinNs = BigInt(this.selection.config.busyPollUs) * 1000n;
-      for (;;) {
-        this.again = false;
-        let n = v.pollCq(this.cq, wc, POLL_BATCH);
-        if (n === 0 && spinNs > 0n) {
-          const end = process.hrtime.bigint() + spinNs;
-          while (n === 0 && process.hrtime.bigint() < end) n = v.pollCq(this.cq, wc, POLL_BATCH);
-        }
-        if (n === 0) {
-          v.reqNotifyCq(this.cq);
-          // A completion that came between the last poll and the arming is caught here.
-          n = v.pollCq(this.cq, wc, POLL_BATCH);
-          if (n === 0 && !this.again) return;
-        }
-        for (let i = 0; i < n; i++) {
-          const at = i * WC.STRIDE;
-          this.sinks.get(wc[at + WC.QP_NUM]!)?.onCompletion(wc[at + WC.WR_ID]!, wc[at + WC.STATUS]!, wc[at + WC.OPCODE]!, wc[at + WC.BYTE_LEN]!, wc[at + WC.IMM]!);
-        }
-      }
+      this.pollAll();
+    } catch (err) {
+      const reason = new KoalaError(ErrorCode.SYSTEM, `the RDMA completion queue failed: ${(err as Error).message}`, { cause: err });
+      log("error", "transport", reason.message);
+      for (const sink of [...this.sinks.values()]) sink.onFatal(reason);
     } finally {
       this.draining = false;
+    }
+  }
+
+  private pollAll(): void {
+    const v = this.verbs;
+    const wc = this.wc;
+    const spinNs = BigInt(this.selection.config.busyPollUs) * 1000n;
+    for (;;) {
+      this.again = false;
+      let n = v.pollCq(this.cq, wc, POLL_BATCH);
+      if (n === 0 && spinNs > 0n) {
+        const end = process.hrtime.bigint() + spinNs;
+        while (n === 0 && process.hrtime.bigint() < end) n = v.pollCq(this.cq, wc, POLL_BATCH);
+      }
+      if (n === 0) {
+        v.reqNotifyCq(this.cq);
+        // A completion that came between the last poll and the arming is caught here.
+        n = v.pollCq(this.cq, wc, POLL_BATCH);
+        if (n === 0 && !this.again) return;
+      }
+      for (let i = 0; i < n; i++) {
+        const at = i * WC.STRIDE;
+        const sink = this.sinks.get(wc[at + WC.QP_NUM]!);
+        if (sink === undefined) continue;
+        try {
+          sink.onCompletion(wc[at + WC.WR_ID]!, wc[at + WC.STATUS]!, wc[at + WC.OPCODE]!, wc[at + WC.BYTE_LEN]!, wc[at + WC.IMM]!);
+        } catch (err) {
+          log("error", "transport", `an RDMA connection failed on a completion: ${(err as Error)?.stack ?? String(err)}`);
+          sink.onFatal(new KoalaError(ErrorCode.SYSTEM, `internal error on an RDMA completion: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
+        }
+      }
     }
   }
 }

@@ -50,7 +50,17 @@ class RdmaListener extends QueuedListener implements Listener {
     super();
   }
 
+  /** Handles a CM event; runs from the provider's event source, so nothing may escape it. */
   onEvent(e: CmEvent): void {
+    try {
+      this.handle(e);
+    } catch (err) {
+      log("error", "transport", `RDMA listener ${this.address}: ${e.type}: ${(err as Error)?.stack ?? String(err)}`);
+      this.byId.get(e.id)?.close(err as Error);
+    }
+  }
+
+  private handle(e: CmEvent): void {
     const v = this.ctx.verbs;
     switch (e.type) {
       case "connect_request": {
