@@ -201,6 +201,26 @@ s("receives are consumed in the order posted; completions in order, with immedia
   for (const i of [0, 1, 2]) assert.equal([...recvMr.m!.bytes.subarray(i * 64, i * 64 + 8)], Array(8).fill(0x10 + i), `buffer ${i}`);
 });
 
+s("RDMA WRITE with immediate consumes a receive and reports the immediate; unsignaled successes complete silently", async () => {
+  let target: { mr: Mr; bytes: Uint8Array } | undefined;
+  let slot: { mr: Mr; bytes: Uint8Array } | undefined;
+  const { a, b } = await pair((server) => {
+    target = mr(server, 64, Access.LOCAL_WRITE | Access.REMOTE_WRITE);
+    slot = mr(server, 8, Access.LOCAL_WRITE);
+    postRecv(server, slot.mr, 7, 0, 8);
+  });
+  const src = mr(a, 16, 0, 0x33);
+  postSend(a, 1, Opcode.RDMA_WRITE, [[src.mr.addr, 4, src.mr.lkey]], { flags: 0, raddr: target!.mr.addr, rkey: target!.mr.rkey });
+  postSend(a, 2, Opcode.RDMA_WRITE_WITH_IMM, [[src.mr.addr, 16, src.mr.lkey]], { imm: 0xabcdef, raddr: target!.mr.addr + 32, rkey: target!.mr.rkey });
+  assert.equal((await completions(a, 1)).map((x) => [x[0], x[1], x[2]]), [[2, WcStatus.SUCCESS, WcOpcode.RDMA_WRITE]], "only the signaled one reports");
+  const got = await completions(b, 1);
+  assert.equal(got.map((x) => [x[0], x[1], x[2], x[3], x[4], x[5]]), [[7, WcStatus.SUCCESS, WcOpcode.RECV_RDMA_WITH_IMM, 16, 0xabcdef, WC_WITH_IMM]]);
+  assert.equal([...target!.bytes.subarray(0, 4)], [0x33, 0x33, 0x33, 0x33]);
+  assert.equal([...target!.bytes.subarray(32, 48)], Array(16).fill(0x33));
+  assert.equal([...slot!.bytes], Array(8).fill(0), "the receive buffer itself is untouched");
+  assert.equal(poll(a.ctx, a.cq), [], "nothing more");
+});
+
 s("a SEND with no posted receive: retried, then RNR_RETRY_EXC_ERR, the QP in error and the rest flushed", async () => {
   const { a, b } = await pair();
   const src = mr(a, 16, 0);
