@@ -312,6 +312,23 @@ s("a peer that advertises receive buffers it never posts: SENDs meet receiver-no
   }
 });
 
+s("a listener that never answers: connect fails with KOALA_ERR_CONNECT_TIMEOUT after connectTimeoutMs; the attempt's resources are released", async () => {
+  const before = resources();
+  const raw = softProvider.open("soft0", 1);
+  const requests: unknown[] = [];
+  const cm = await raw.listen("127.0.0.1", 0, (e) => requests.push(e)); // hears requests, answers none
+  try {
+    const err = await connect(`rdma://127.0.0.1:${cm.port}`, { connectTimeoutMs: 150 }).catch((e: unknown) => e);
+    assert.ok(err instanceof KoalaError, String(err));
+    assert.is((err as KoalaError).code, "KOALA_ERR_CONNECT_TIMEOUT");
+    assert.match((err as KoalaError).message, new RegExp(`rdma://127\\.0\\.0\\.1:${cm.port}`));
+    assert.is(requests.length, 1);
+    assert.equal(resources(), before);
+  } finally {
+    raw.closeListener(cm);
+  }
+});
+
 s("a peer closed mid-rendezvous (in this process): the reader's lease and the sender's advertised memory are released", async (ctx) => {
   const before = resources();
   const { client, server } = await pair(ctx, { receiveQueueMessages: 1 });

@@ -817,18 +817,18 @@ class SoftContext extends Handle implements VerbsContext {
     // A source port for the address the peer sees, as the CM allocates one.
     const srcPort = 32768 + ((process.pid * 7919 + nextSrcPort++) % 28000);
     id.localAddress = formatAddress("rdma", "127.0.0.1", srcPort, "");
-    const fire = (type: "rejected" | "unreachable", reason: string, data?: Uint8Array) => {
+    const fire = (type: "rejected" | "unreachable", reason: string, data?: Uint8Array, timedOut = false) => {
       if (id.state !== "connecting") return;
       id.state = "done";
       clearTimeout(id.timer);
       id.link?.destroy();
-      id.onEvent(data === undefined ? { type, id, reason } : { type, id, reason, privateData: data });
+      id.onEvent({ type, id, reason, ...(data === undefined ? {} : { privateData: data }), ...(timedOut ? { timedOut } : {}) });
     };
     if (!isLocalHost(host)) {
       setImmediate(() => fire("unreachable", `${host} is not this host; the soft provider reaches only local processes`));
       return;
     }
-    id.timer = setTimeout(() => fire("unreachable", `no answer within ${timeoutMs} ms`), timeoutMs);
+    id.timer = setTimeout(() => fire("unreachable", `no answer within ${timeoutMs} ms`, undefined, true), timeoutMs);
     id.timer.unref();
     const socket = net.connect({ path: softPortPath(port) });
     socket.once("error", (err) => {

@@ -158,7 +158,7 @@ async function connectRdma(address: Address, options: ResolvedTransportOptions):
     }
   }
   conn.close(new Error(event.reason ?? event.type));
-  const code = event.type === "rejected" ? ErrorCode.CONNECTION_REFUSED : /within/.test(event.reason ?? "") ? ErrorCode.CONNECT_TIMEOUT : ErrorCode.HOST_NOT_FOUND;
+  const code = event.type === "rejected" ? ErrorCode.CONNECTION_REFUSED : event.timedOut === true ? ErrorCode.CONNECT_TIMEOUT : ErrorCode.HOST_NOT_FOUND;
   throw new KoalaError(code, `connect to ${address.uri}: ${event.reason ?? event.type}`);
 }
 
