@@ -143,6 +143,65 @@ s("credit exhaustion: a sender facing a reader that stopped waits; nothing is re
   assert.is(softCounters.rnrNaks - rnr, 0, "no SEND ever found the receive queue empty");
 });
 
+s("stress, three seeds: both ways at once, eager and rendezvous sizes, readers pausing and releasing late; everything arrives in order, no receiver-not-ready, resources return", async (ctx) => {
+  for (const seed of [1, 2, 3]) {
+    let state = seed * 0x9e3779b9;
+    const rand = (n: number) => {
+      state = (Math.imul(state ^ (state >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
+      return state % n;
+    };
+    const before = resources();
+    const rnr = softCounters.rnrNaks;
+    const { client, server } = await pair(ctx, { receiveQueueMessages: 1 + rand(8), highWaterMarkBytes: 64 * 1024 });
+    const sizeOf = () => [0, 1, 100, THRESH - 1, THRESH, THRESH + 1, 3 * THRESH, 100_000][rand(8)]!;
+    const n = 300;
+    const sent: Record<string, number[]> = { c: [], s: [] };
+    const got: Record<string, Uint8Array[]> = { c: [], s: [] };
+    const held: [Connection, Uint8Array][] = [];
+    for (const [name, conn] of [["s", server], ["c", client]] as const) {
+      conn.onMessage((m) => {
+        got[name]!.push(m.slice());
+        // Some messages are released at once, some later, some after a while.
+        if (rand(3) === 0) conn.release(m);
+        else held.push([conn, m]);
+        if (held.length > 5 || rand(4) === 0) for (const [c, x] of held.splice(0)) c.release(x);
+      });
+    }
+    const writer = async (name: "c" | "s", conn: Connection) => {
+      for (let i = 0; i < n; i++) {
+        const size = sizeOf();
+        sent[name]!.push(size);
+        const body = pattern(i, Math.max(size, 4));
+        new DataView(body.buffer).setUint32(0, i);
+        if (!conn.send([body.subarray(0, Math.max(size, 4))])) await conn.drain();
+      }
+    };
+    const pauser = (async () => {
+      for (let k = 0; k < 10; k++) {
+        await new Promise((r) => setTimeout(r, rand(5)));
+        const c = rand(2) === 0 ? server : client;
+        c.pause();
+        await new Promise((r) => setTimeout(r, rand(10)));
+        c.resume();
+      }
+    })();
+    await within(Promise.all([writer("c", client), writer("s", server), pauser]), `seed ${seed}: the writers`);
+    await until(() => got.s!.length === n && got.c!.length === n, `seed ${seed}: every message`);
+    for (const [from, to] of [["c", "s"], ["s", "c"]] as const) {
+      got[to]!.forEach((m, i) => {
+        if (m.byteLength !== Math.max(sent[from]![i]!, 4) || new DataView(m.buffer, m.byteOffset).getUint32(0) !== i) {
+          assert.unreachable(`seed ${seed}: message ${i} from ${from}: ${m.byteLength} bytes`);
+        }
+      });
+    }
+    for (const [c, x] of held.splice(0)) c.release(x);
+    client.close();
+    await Promise.all([client.closed, server.closed]);
+    assert.is(softCounters.rnrNaks - rnr, 0, `seed ${seed}: no receiver-not-ready`);
+    assert.equal(resources(), before, `seed ${seed}: resources back`);
+  }
+});
+
 s("messages of thresh−1, thresh, thresh+1 bytes and 64 MiB arrive whole, as views of registered memory once the reader releases", async (ctx) => {
   const { client, server } = await pair(ctx);
   const rctx = context();
