@@ -32,6 +32,8 @@ export const HEADER_BYTES = 16;
 export const RECV_DEPTH = 16;
 /** Most registered segments one RTS names; a message in more parts is copied into one lease. */
 export const MAX_RNDV_SEGMENTS = 16;
+/** After an orderly close(), how long the peer may take to take in what was queued before the connection is dropped, in milliseconds. */
+export const CLOSE_LINGER_MS = 10_000;
 /** Most RDMA READs a connection keeps outstanding. */
 const MAX_READS = 32;
 const RNDV_SEGMENT_BYTES = 16;
@@ -209,6 +211,7 @@ export class RdmaConnection implements Connection, CompletionSink {
   private readonly windows = new Set<Window>();
   private readonly oneSidedQueue: OneSidedOp[] = [];
   private disconnectSeen = false;
+  private lingerTimer: NodeJS.Timeout | undefined;
 
   /** Rendezvous threshold in bytes: larger messages go by RTS. */
   readonly rndvThreshBytes: number;
@@ -917,6 +920,10 @@ export class RdmaConnection implements Connection, CompletionSink {
     // and the peer has read every rendezvous message.
     this.outq.push({ type: MsgType.CLOSE, parts: [], total: 0, onWritten: undefined, id: 0, counted: 0 });
     this.scheduleFlush();
+    // A peer that never returns credits or never reads its rendezvous messages cannot hold the
+    // connection open: after CLOSE_LINGER_MS it is dropped (queued messages with it).
+    this.lingerTimer = setTimeout(() => this.teardown(), CLOSE_LINGER_MS);
+    this.lingerTimer.unref();
   }
 
   private maybeFinishClose(): void {
@@ -992,6 +999,7 @@ export class RdmaConnection implements Connection, CompletionSink {
   private teardown(): void {
     if (this.tornDown) return;
     this.tornDown = true;
+    clearTimeout(this.lingerTimer);
     this.dropQueued();
     const v = this.ctx.verbs;
     this.ctx.detach(this.qp.qpNum, this.qp.caps.maxSendWr + this.qp.caps.maxRecvWr);
