@@ -80,23 +80,23 @@ export abstract class RpcEndpoint {
   /**
    * Sends one stream message once both the stream's `window` and this connection's window have
    * credit, then waits for the transport to drain when it is over its high-water mark. Resolves
-   * without sending (the frame released, taken credit given back) when `done()` turned true
+   * without sending (the frame released, taken credit given back) when `call.ended` turned true
    * meanwhile; rejects when a window failed. Returns undefined when it sent at once with room
    * to spare, so the common case costs no promise.
    */
-  sendStreamMessage(frame: OutgoingFrame, window: SendWindow, done: () => boolean): Promise<void> | undefined {
+  sendStreamMessage(frame: OutgoingFrame, window: SendWindow, call: { readonly ended: boolean }): Promise<void> | undefined {
     const bytes = frame.bodyBytes;
     if (window.tryTake(bytes)) {
       if (this.sendWindow.tryTake(bytes)) return this.sendNow(frame);
-      return this.waitConnection(frame, done);
+      return this.waitConnection(frame, call);
     }
     return window.take(bytes).then(
       () => {
-        if (done()) {
+        if (call.ended) {
           frame.release?.();
           return undefined;
         }
-        return this.sendWindow.tryTake(bytes) ? this.sendNow(frame) : this.waitConnection(frame, done);
+        return this.sendWindow.tryTake(bytes) ? this.sendNow(frame) : this.waitConnection(frame, call);
       },
       (err: unknown) => {
         frame.release?.();
@@ -105,10 +105,10 @@ export abstract class RpcEndpoint {
     );
   }
 
-  private waitConnection(frame: OutgoingFrame, done: () => boolean): Promise<void> {
+  private waitConnection(frame: OutgoingFrame, call: { readonly ended: boolean }): Promise<void> {
     return this.sendWindow.take(frame.bodyBytes).then(
       () => {
-        if (done()) {
+        if (call.ended) {
           this.sendWindow.add(frame.bodyBytes);
           frame.release?.();
           return undefined;

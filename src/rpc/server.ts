@@ -320,10 +320,6 @@ class ServerConnection extends RpcEndpoint {
       this.status(id, Code.RESOURCE_EXHAUSTED, `the connection's memory budget of ${o.connectionBudgetBytes} bytes is used up (connectionBudgetBytes)`);
       return;
     }
-    if (this.idleTimer !== undefined) {
-      clearTimeout(this.idleTimer);
-      this.idleTimer = undefined;
-    }
     const call = new ServerCall(this, id, route, frame, held);
     this.calls.set(id, call);
     this.heldBytes += held;
@@ -356,19 +352,29 @@ class ServerConnection extends RpcEndpoint {
     if (this.goaway !== undefined && this.calls.size === 0) {
       this.conn.close();
       this.drained?.();
-    } else this.armIdle();
+    } else if (this.calls.size === 0) this.idleSince = Date.now();
   }
 
-  private armIdle(): void {
-    const ms = this.options.idleTimeoutMs;
-    if (ms === 0 || this.calls.size > 0 || this.idleTimer !== undefined || this.goaway !== undefined) return;
+  /** When the connection last became idle (no calls). */
+  private idleSince = Date.now();
+
+  /**
+   * One timer per connection, never re-created per call: when it fires it closes the connection
+   * if it has been idle long enough, or sleeps again for the rest of the idle time.
+   */
+  private armIdle(delayMs = this.options.idleTimeoutMs): void {
+    if (this.options.idleTimeoutMs === 0) return;
     this.idleTimer = unrefTimer(() => {
       this.idleTimer = undefined;
-      if (this.calls.size === 0) {
+      if (this.goaway !== undefined || this.conn.isClosed) return;
+      const ms = this.options.idleTimeoutMs;
+      const idleFor = Date.now() - this.idleSince;
+      if (this.calls.size > 0) this.armIdle(ms);
+      else if (idleFor >= ms) {
         log("debug", "server", `closing the idle connection with ${this.conn.remoteAddress} (idleTimeoutMs)`);
         void this.drain("idle");
-      }
-    }, ms);
+      } else this.armIdle(ms - idleFor);
+    }, delayMs);
   }
 
   /** Max connection age reached: GOAWAY, and with a grace period, cancel what still runs after it. */
@@ -464,7 +470,10 @@ class ServerCall implements CallContext {
   private readonly requests: IncomingStream<unknown> | undefined;
   private readonly window: SendWindow | undefined;
   private iterator: AsyncIterator<unknown> | Iterator<unknown> | undefined;
-  private readonly isDone = (): boolean => this.done;
+  /** True once the call is over (for senders waiting on credit). */
+  get ended(): boolean {
+    return this.done;
+  }
   /** The CALL message: its metadata and request are views into it until the call ends and the handler is done. */
   private callMessage: Uint8Array | undefined;
   /** True while the application's handler may still use the request (it runs, or its response stream does). */
@@ -684,7 +693,7 @@ class ServerCall implements CallContext {
         const frame = buildFrame(this.sc.server.encode, { type: FrameType.DATA, callId: this.id, metadata: this.headersSent ? undefined : this.headers, bodyType: this.method.output, body: r.value });
         this.checkBudget(frame);
         this.headersSent = true;
-        const waiting = this.sc.sendStreamMessage(frame, this.window!, this.isDone);
+        const waiting = this.sc.sendStreamMessage(frame, this.window!, this);
         if (waiting !== undefined) await waiting;
         if (this.done) return;
       }
