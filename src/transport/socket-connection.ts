@@ -40,8 +40,6 @@ const BATCH_MIN_BYTES = 2048;
 const BATCH_MAX_BYTES = 64 * 1024;
 /** A batch buffer with less room than this left is not kept for the next tick. */
 const BATCH_KEEP_ROOM = 256;
-/** After an orderly local close has flushed, how long to wait for the peer's FIN before dropping the socket. */
-const CLOSE_LINGER_MS = 10_000;
 
 type WrittenCallback = (() => void) | undefined;
 
@@ -488,7 +486,7 @@ export class SocketConnection implements Connection {
     socket.resume();
     socket.once("finish", () => {
       if (socket.destroyed) return;
-      this.lingerTimer = setTimeout(() => socket.destroy(), CLOSE_LINGER_MS);
+      this.lingerTimer = setTimeout(() => socket.destroy(), this.options.closeLingerMs);
       this.lingerTimer.unref();
     });
   }

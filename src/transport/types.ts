@@ -36,6 +36,12 @@ export interface TransportOptions {
   receiveQueueBytes?: number;
   /** Largest message copied into the per-tick coalescing buffer instead of written on its own, in bytes. Default 16 KiB. */
   coalesceMaxBytes?: number;
+  /**
+   * After an orderly `close()` has flushed, how long to wait for the peer's end before the
+   * connection is dropped anyway, in milliseconds (a peer that never closes cannot keep it
+   * open, nor a graceful server shutdown waiting). Default 10 000.
+   */
+  closeLingerMs?: number;
   /** Disable Nagle's algorithm on TCP sockets. Default true. */
   noDelay?: boolean;
   /**

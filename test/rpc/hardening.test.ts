@@ -8,7 +8,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Code, RpcError, closeClient, createChannel, createClient, createServer, type Server, type ServerOptions } from "../../src/index.js";
+import { Code, RpcError, closeClient, createChannel, createClient, createHeap, createServer, type Server, type ServerOptions } from "../../src/index.js";
 import { FrameFlag, FrameType } from "../../src/rpc/frame.js";
 import { CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES } from "../../src/rpc/stream.js";
 import { EchoRequest, EchoService } from "../fixtures/rpc/gen/echo.js";
@@ -341,6 +341,61 @@ test("a misspelled nested transport option is an error when the channel or serve
   assert.throws(() => createChannel("tcp://127.0.0.1:1", { transport: { highWaterMark: 5 } as never }), /highWaterMark/);
   assert.throws(() => createServer({ transport: { noDelya: true } as never }), /noDelya/);
   assert.throws(() => createServer({ maxConcurrentStreams: 0 }), /maxConcurrentStreams/);
+});
+
+test("graceful shutdown is not held up by a client that never closes its end (closeLingerMs)", async () => {
+  const { server, address } = await echoServer({ transport: { closeLingerMs: 200 } });
+  const raw = await rawClient(address); // connects, then neither calls nor closes
+  try {
+    await raw.next((f) => f.type === FrameType.SETTINGS);
+    let done = false;
+    const shutdown = server.shutdown().then(() => (done = true));
+    await until(() => done, "shutdown() to resolve", 5000);
+    await shutdown;
+    assert.is(server.stats().connections, 0);
+  } finally {
+    raw.conn.close();
+    server.forceShutdown();
+  }
+});
+
+test("a full heap fails nobody: frames are encoded into plain memory instead (no INTERNAL for another client's reply)", async () => {
+  const heap = createHeap({ maxBytes: 1 * MiB, trackLeaks: "off" });
+  const server = createServer({ heap });
+  server.add(EchoService, { unary: (req) => ({ text: req.text, payload: new Uint8Array(2 * MiB).fill(3) }) });
+  const address = await server.listen("tcp://127.0.0.1:0");
+  const client = createClient(EchoService, address);
+  try {
+    // Each reply needs 2 MiB; the heap may hold 1 MiB in all.
+    const replies = await Promise.all([client.unary({ text: "a" }), client.unary({ text: "b" })]);
+    for (const r of replies) assert.ok(r.payload.byteLength === 2 * MiB && r.payload[0] === 3);
+    assert.is(heap.stats().inUseBytes, 0);
+  } finally {
+    closeClient(client);
+    server.forceShutdown();
+  }
+});
+
+test("protocol errors are logged once per peer and kind, not once per connection", async () => {
+  const { server, address } = await echoServer();
+  const lines: string[] = [];
+  const onLog = (m: unknown) => lines.push((m as { message: string }).message);
+  subscribe("koala:server", onLog);
+  try {
+    for (let i = 0; i < 20; i++) {
+      const raw = await rawClient(address);
+      raw.send(new TextEncoder().encode("garbage, not a frame"));
+      await raw.conn.closed;
+    }
+    const about = lines.filter((l) => /malformed RPC frame/.test(l));
+    assert.is(about.length, 1, `one line for 20 connections: ${JSON.stringify(about)}`);
+    const client = createClient(EchoService, address);
+    assert.is((await client.unary({ text: "ok" })).text, "ok");
+    closeClient(client);
+  } finally {
+    unsubscribe("koala:server", onLog);
+    server.forceShutdown();
+  }
 });
 
 test.run();
