@@ -34,6 +34,8 @@ export const RECV_DEPTH = 16;
 export const MAX_RNDV_SEGMENTS = 16;
 /** After an orderly close(), how long the peer may take to take in what was queued before the connection is dropped, in milliseconds. */
 export const CLOSE_LINGER_MS = 10_000;
+/** Bytes of rendezvous messages a connection reads ahead of its reader (one message may be larger). */
+export const RNDV_READ_AHEAD_BYTES = 16 * 1024 * 1024;
 /** Most RDMA READs a connection keeps outstanding. */
 const MAX_READS = 32;
 const RNDV_SEGMENT_BYTES = 16;
@@ -184,6 +186,8 @@ export class RdmaConnection implements Connection, CompletionSink {
   private readonly recvBatch = new WorkBatch(RECV_DEPTH);
   private readonly reading: Incoming[] = [];
   private readsOut = 0;
+  /** Bytes of rendezvous messages being read or read and not yet handed up. */
+  private readAhead = 0;
 
   // Credits.
   private credits: number;
@@ -522,6 +526,9 @@ export class RdmaConnection implements Connection, CompletionSink {
     while (this.reading.length > 0 && this.readsOut < MAX_READS && this.sqUsed < this.maxSendWr) {
       const inc = this.reading[0]!;
       if (inc.lease === undefined) {
+        // Memory taken for messages read but not yet handed up stays bounded, whatever the peer announces.
+        if (this.readAhead > 0 && this.readAhead + inc.total > RNDV_READ_AHEAD_BYTES) return;
+        this.readAhead += inc.total;
         try {
           inc.lease = this.ctx.heap.alloc(inc.total);
         } catch (err) {
@@ -726,6 +733,8 @@ export class RdmaConnection implements Connection, CompletionSink {
     if (a.rndv !== undefined) {
       const lease = a.rndv.lease!;
       a.rndv.lease = undefined;
+      this.readAhead -= a.rndv.total;
+      this.scheduleFlush();
       message = lease.bytes;
       this.repost(a.rndv.slot, true);
       if (this.reason !== undefined || !this.lending) {
