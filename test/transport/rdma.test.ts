@@ -464,6 +464,7 @@ s("selection: KOALA_TRANSPORT=rdma is strict; the verbs provider is unavailable 
   assert.is(chooseTransport({ KOALA_TRANSPORT: "rdma", KOALA_RDMA_PROVIDER: "soft" }).transport, "rdma");
   const auto = chooseTransport({ KOALA_RDMA_PROVIDER: "soft" });
   assert.is(auto.transport, "rdma");
+  assert.match(auto.reason, /soft0:1 through provider soft \(a software provider\)/, "auto says what it uses");
   assert.is(chooseTransport({ KOALA_RDMA_PROVIDER: "soft", KOALA_RDMA_DEVICES: "^soft0" }).transport, "tcp", "no device left: auto uses tcp");
   assert.match(chooseTransport({ KOALA_RDMA_PROVIDER: "soft", KOALA_RDMA_DEVICES: "=soft" }).reason, /no active port allowed by KOALA_RDMA_DEVICES/);
   assert.is(resolveAddress("rdma://127.0.0.1:1", { KOALA_RDMA_PROVIDER: "soft", KOALA_RDMA_DEVICES: "soft0:1" }).transport.name, "rdma");
