@@ -56,7 +56,10 @@ export function chooseTransport(env: NodeJS.ProcessEnv = process.env): Transport
     return { transport: mode, mode, reason: `KOALA_TRANSPORT=${mode} asks for it` };
   }
   const rdmaWhyNot = whyUnavailable("rdma", env);
-  if (rdmaWhyNot === undefined) return { transport: "rdma", mode, reason: "an RDMA device is active" };
+  if (rdmaWhyNot === undefined) {
+    const what = transports.get("rdma")?.describe?.(env);
+    return { transport: "rdma", mode, reason: what === undefined ? "an RDMA device is active" : `an RDMA device is active: ${what}` };
+  }
   return { transport: "tcp", mode, reason: `RDMA is not used: ${rdmaWhyNot}` };
 }
 

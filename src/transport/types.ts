@@ -160,6 +160,8 @@ export interface Transport {
   readonly name: TransportName;
   /** Why the transport cannot be used on this machine under the variables of `env` (default `process.env`), or undefined when it can. */
   unavailableReason(env?: NodeJS.ProcessEnv): string | undefined;
+  /** What the transport would run on, in a few words (e.g. the RDMA device and provider), for logs and `koala info`. Optional. */
+  describe?(env?: NodeJS.ProcessEnv): string;
   /** Listens at `address`. */
   listen(address: Address, options: ResolvedTransportOptions): Promise<Listener>;
   /** Dials `address`. */

@@ -73,7 +73,7 @@ function context(): RdmaContext {
 /** Live leases of the context's heap and connections routed by it. */
 function resources(): { leases: number; connections: number } {
   const ctx = context();
-  return { leases: ctx.heap.stats().leases, connections: ctx.connections };
+  return { leases: ctx.heap.stats().leases + ctx.receiveHeap.stats().leases, connections: ctx.connections };
 }
 
 type Ctx = { opened: (Connection | Listener)[] };
@@ -338,6 +338,25 @@ s("an injected QP error closes that connection with KOALA_ERR_QP_ERROR, the peer
   }
 });
 
+s("a received message sent on and released at once (echo, forward to another connection) arrives intact; the forwarded lease is held until written", async (ctx) => {
+  const before = resources();
+  const a = await pair(ctx);
+  const b = await pair(ctx);
+  // a.client → a.server, which forwards to b.client → b.server, which echoes back to b.client
+  // → forwarded back to a.server → a.client. Every hop releases the message right after send().
+  a.server.onMessage((m) => (b.client.send([m]), a.server.release(m)));
+  b.server.onMessage((m) => (b.server.send([m]), b.server.release(m)));
+  b.client.onMessage((m) => (a.server.send([m]), b.client.release(m)));
+  const back = collect(a.client);
+  const sizes = (i: number) => [100, THRESH, 3 * THRESH, 200_000][i % 4]!;
+  for (let i = 0; i < 120; i++) a.client.send([pattern(i, sizes(i))]);
+  await until(() => back.length === 120, "120 round trips through four connections");
+  back.forEach((m, i) => assert.ok(Buffer.from(m).equals(Buffer.from(pattern(i, sizes(i)))), `message ${i} (${sizes(i)} bytes)`));
+  for (const c of [a.client, b.client]) c.close();
+  await Promise.all([a.client.closed, a.server.closed, b.client.closed, b.server.closed]);
+  assert.equal(resources(), before);
+});
+
 s("a peer that advertises receive buffers it never posts: SENDs meet receiver-not-ready, retried, then the connection closes with KOALA_ERR_RECEIVER_NOT_READY", async () => {
   const quiet = process.env.KOALA_LOG;
   process.env.KOALA_LOG = "off";
@@ -464,6 +483,7 @@ s("selection: KOALA_TRANSPORT=rdma is strict; the verbs provider is unavailable 
   assert.is(chooseTransport({ KOALA_TRANSPORT: "rdma", KOALA_RDMA_PROVIDER: "soft" }).transport, "rdma");
   const auto = chooseTransport({ KOALA_RDMA_PROVIDER: "soft" });
   assert.is(auto.transport, "rdma");
+  assert.match(auto.reason, /soft0:1 through provider soft \(a software provider\)/, "auto says what it uses");
   assert.is(chooseTransport({ KOALA_RDMA_PROVIDER: "soft", KOALA_RDMA_DEVICES: "^soft0" }).transport, "tcp", "no device left: auto uses tcp");
   assert.match(chooseTransport({ KOALA_RDMA_PROVIDER: "soft", KOALA_RDMA_DEVICES: "=soft" }).reason, /no active port allowed by KOALA_RDMA_DEVICES/);
   assert.is(resolveAddress("rdma://127.0.0.1:1", { KOALA_RDMA_PROVIDER: "soft", KOALA_RDMA_DEVICES: "soft0:1" }).transport.name, "rdma");
@@ -558,6 +578,22 @@ s("auto: one port serves rdma and tcp; an auto client uses rdma, and falls back 
     assert.is(await codeOf(connect(`127.0.0.1:${tcpOnly.address.slice(tcpOnly.address.lastIndexOf(":") + 1)}`)), "KOALA_ERR_CONNECTION_REFUSED");
   } finally {
     delete process.env.KOALA_TRANSPORT;
+  }
+});
+
+// Last: it opens a second context in this thread (the busy-poll setting is part of its key).
+s("KOALA_RDMA_BUSY_POLL_US: completions polled for a bounded while before sleeping; traffic flows as without it", async (ctx) => {
+  process.env.KOALA_RDMA_BUSY_POLL_US = "200";
+  try {
+    const { client, server } = await pair(ctx);
+    assert.ok(openRdmaContexts().some((c) => c.selection.config.busyPollUs === 200), "a context that busy-polls");
+    const echo = collect(client);
+    server.onMessage((m) => (server.send([m]), server.release(m)));
+    for (let i = 0; i < 200; i++) client.send([pattern(i, i % 2 === 0 ? 100 : 3 * THRESH)]);
+    await until(() => echo.length === 200, "200 echoes");
+    echo.forEach((m, i) => assert.ok(Buffer.from(m).equals(Buffer.from(pattern(i, i % 2 === 0 ? 100 : 3 * THRESH))), `echo ${i}`));
+  } finally {
+    delete process.env.KOALA_RDMA_BUSY_POLL_US;
   }
 });
 

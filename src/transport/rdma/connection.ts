@@ -34,6 +34,8 @@ export const RECV_DEPTH = 16;
 export const MAX_RNDV_SEGMENTS = 16;
 /** After an orderly close(), how long the peer may take to take in what was queued before the connection is dropped, in milliseconds. */
 export const CLOSE_LINGER_MS = 10_000;
+/** Bytes of rendezvous messages a connection reads ahead of its reader (one message may be larger). */
+export const RNDV_READ_AHEAD_BYTES = 16 * 1024 * 1024;
 /** Most RDMA READs a connection keeps outstanding. */
 const MAX_READS = 32;
 const RNDV_SEGMENT_BYTES = 16;
@@ -184,6 +186,8 @@ export class RdmaConnection implements Connection, CompletionSink {
   private readonly recvBatch = new WorkBatch(RECV_DEPTH);
   private readonly reading: Incoming[] = [];
   private readsOut = 0;
+  /** Bytes of rendezvous messages being read or read and not yet handed up. */
+  private readAhead = 0;
 
   // Credits.
   private credits: number;
@@ -236,7 +240,7 @@ export class RdmaConnection implements Connection, CompletionSink {
     this.maxSendWr = qp.caps.maxSendWr;
     this.credits = peer?.recvDepth ?? 0;
     this.peerBufferBytes = peer?.bufferBytes ?? this.slotBytes;
-    this.area = ctx.heap.alloc(RECV_DEPTH * this.slotBytes);
+    this.area = ctx.receiveHeap.alloc(RECV_DEPTH * this.slotBytes);
     const where = ctx.locate(this.area.bytes)!;
     this.areaAddr = where.addr;
     this.areaLkey = where.lkey;
@@ -295,8 +299,28 @@ export class RdmaConnection implements Connection, CompletionSink {
     if (total > this.options.maxMessageBytes) {
       throw new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `message of ${total} bytes exceeds maxMessageBytes (${this.options.maxMessageBytes})`);
     }
+    // Received memory sent on (an echo, a forward) is made safe now: its reader may release it
+    // the moment send() returns, and the transport would reuse it before the message leaves.
+    let ps = parts;
+    for (let i = 0; i < parts.length; i++) {
+      const p = parts[i]!;
+      if (p.byteLength === 0 || !this.ctx.isReceiveMemory(p)) continue;
+      if (ps === parts) ps = parts.slice();
+      const lease = this.ctx.lentLeases.get(p);
+      if (lease === undefined) {
+        (ps as Uint8Array[])[i] = p.slice();
+        continue;
+      }
+      // A whole rendezvous message: hold its lease until written instead of copying it.
+      lease.retain();
+      const caller = onWritten;
+      onWritten = () => {
+        lease.release();
+        caller?.();
+      };
+    }
     this.buffered += total;
-    this.enqueue(MsgType.DATA, parts, total, onWritten, 0, total);
+    this.enqueue(MsgType.DATA, ps, total, onWritten, 0, total);
     return this.buffered <= this.options.highWaterMarkBytes;
   }
 
@@ -408,7 +432,7 @@ export class RdmaConnection implements Connection, CompletionSink {
     const op: SendOp = { lease: undefined, onWritten: m.onWritten, counted: m.counted, read: undefined, close: m.type === MsgType.CLOSE };
     // Scatter-gather: the header from a staging lease, then each part in place when every
     // part lies in registered memory and they fit in max_sge; otherwise one copy.
-    const direct = m.parts.length > 0 && m.parts.length + 1 <= this.qp.caps.maxSendSge && size > this.qp.caps.maxInlineData && m.parts.every((p) => p.byteLength === 0 || this.ctx.locate(p) !== undefined);
+    const direct = m.parts.length > 0 && m.parts.length + 1 <= this.qp.caps.maxSendSge && size > this.qp.caps.maxInlineData && m.parts.every((p) => this.inPlace(p));
     const staging = heap.alloc(direct ? HEADER_BYTES : size);
     const bytes = staging.bytes;
     this.header(bytes, m.type, m.total, m.id, 0);
@@ -464,13 +488,22 @@ export class RdmaConnection implements Connection, CompletionSink {
     }
   }
 
+  /**
+   * Whether a part can be sent from where it is: it lies in registered memory that the sender
+   * owns. Received memory (a message being sent on) is copied: its reader may release it as
+   * soon as send() returns, and the buffer would be reused under the transfer.
+   */
+  private inPlace(p: Uint8Array): boolean {
+    return p.byteLength === 0 || (this.ctx.locate(p) !== undefined && !this.ctx.isReceiveMemory(p));
+  }
+
   /** Sends `m` by rendezvous: an RTS naming registered segments the peer reads. */
   private buildRts(m: Outgoing, wrId: number): void {
     const ctx = this.ctx;
     const segs: { addr: number; len: number; mr: Mr }[] = [];
     let lease: Lease | undefined;
     let onWritten = m.onWritten;
-    const inPlace = m.parts.length <= MAX_RNDV_SEGMENTS && m.parts.every((p) => p.byteLength === 0 || ctx.locate(p) !== undefined);
+    const inPlace = m.parts.length <= MAX_RNDV_SEGMENTS && m.parts.every((p) => this.inPlace(p));
     if (inPlace) {
       // Zero copy: the parts already live in registered memory; they stay untouched until DONE.
       for (const p of m.parts) {
@@ -523,8 +556,11 @@ export class RdmaConnection implements Connection, CompletionSink {
     while (this.reading.length > 0 && this.readsOut < MAX_READS && this.sqUsed < this.maxSendWr) {
       const inc = this.reading[0]!;
       if (inc.lease === undefined) {
+        // Memory taken for messages read but not yet handed up stays bounded, whatever the peer announces.
+        if (this.readAhead > 0 && this.readAhead + inc.total > RNDV_READ_AHEAD_BYTES) return;
+        this.readAhead += inc.total;
         try {
-          inc.lease = this.ctx.heap.alloc(inc.total);
+          inc.lease = this.ctx.receiveHeap.alloc(inc.total);
         } catch (err) {
           throw new KoalaError(ErrorCode.OUT_OF_MEMORY, `no registered memory for a ${inc.total}-byte message from ${this.remoteAddress}: ${(err as Error).message}`, { cause: err });
         }
@@ -727,6 +763,8 @@ export class RdmaConnection implements Connection, CompletionSink {
     if (a.rndv !== undefined) {
       const lease = a.rndv.lease!;
       a.rndv.lease = undefined;
+      this.readAhead -= a.rndv.total;
+      this.scheduleFlush();
       message = lease.bytes;
       this.repost(a.rndv.slot, true);
       if (this.reason !== undefined || !this.lending) {
@@ -736,6 +774,7 @@ export class RdmaConnection implements Connection, CompletionSink {
         if (this.reason !== undefined) return;
       } else {
         this.ownedLeases.set(message, lease);
+        this.ctx.lentLeases.set(message, lease);
       }
     } else {
       const view = a.view!;
@@ -777,6 +816,7 @@ export class RdmaConnection implements Connection, CompletionSink {
     const lease = this.ownedLeases.get(message);
     if (lease !== undefined) {
       this.ownedLeases.delete(message);
+      this.ctx.lentLeases.delete(message);
       lease.release();
     }
   }

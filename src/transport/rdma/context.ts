@@ -8,7 +8,8 @@
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
 import { log } from "../../log.js";
-import { createHeap, type Heap } from "../../mem/heap.js";
+import { createHeap, sharedHeap, type Heap } from "../../mem/heap.js";
+import type { Lease } from "../../mem/lease.js";
 import type { MemoryRegistrar } from "../../mem/slab.js";
 import { selectRdma, type RdmaSelection } from "./providers.js";
 import { Access, WC, type Cq, type Mr, type Pd, type VerbsContext } from "./verbs.js";
@@ -39,8 +40,15 @@ export class RdmaContext {
   readonly verbs: VerbsContext;
   readonly pd: Pd;
   readonly cq: Cq;
+  /** Registered memory for what this side sends: staging, copies of parts, one-sided transfers. */
   readonly heap: Heap;
-  /** Registrations of the heap's slabs, by their ArrayBuffer. */
+  /** Registered memory lent to readers: receive buffers and rendezvous destinations. */
+  readonly receiveHeap: Heap;
+  /** Rendezvous messages handed to readers, by the view handed out (to hold one that is sent on). */
+  readonly lentLeases = new WeakMap<Uint8Array, Lease>();
+  /** The receive heap's slabs: memory a reader may release at any time, so never sent from in place. */
+  private readonly receiveBuffers = new WeakSet<ArrayBufferLike>();
+  /** Registrations of the heaps' slabs, by their ArrayBuffer. */
   private readonly regions = new Map<ArrayBufferLike, { mr: Mr; offset: number; length: number }>();
   private readonly sinks = new Map<number, CompletionSink>();
   private cqDepth = 1024;
@@ -54,26 +62,36 @@ export class RdmaContext {
     this.pd = this.verbs.allocPd();
     this.cq = this.verbs.createCq(this.cqDepth, () => this.drain());
     this.verbs.reqNotifyCq(this.cq);
-    const registrar: MemoryRegistrar = {
+    const registrar = (receive: boolean): MemoryRegistrar => ({
       register: (slab) => {
-        // Receive buffers are written by the NIC. No remote access: a rendezvous source is
-        // exposed through a memory window over its own bytes, bound to one queue pair.
+        // Written by the NIC (receives, READ destinations). No remote access: a rendezvous
+        // source is exposed through a memory window over its own bytes, bound to one queue pair.
         const mr = this.verbs.regMr(this.pd, slab, Access.LOCAL_WRITE | Access.MW_BIND);
         this.regions.set(slab.buffer, { mr, offset: slab.byteOffset, length: slab.byteLength });
-        return mr;
+        if (receive) this.receiveBuffers.add(slab.buffer);
+        return { mr, buffer: slab.buffer };
       },
       deregister: (handle) => {
-        const mr = handle as Mr;
-        for (const [buffer, r] of this.regions) if (r.mr === mr) this.regions.delete(buffer);
+        const { mr, buffer } = handle as { mr: Mr; buffer: ArrayBufferLike };
+        this.regions.delete(buffer);
         this.verbs.deregMr(mr);
       },
-    };
+    });
     const classes: number[] = [];
     for (let s = 64; s <= 1024 * 1024; s *= 2) classes.push(s);
     // Every connection's receive area is one lease of exactly its size.
     if (recvAreaBytes <= 1024 * 1024 && !classes.includes(recvAreaBytes)) classes.push(recvAreaBytes);
     classes.sort((a, b) => a - b);
-    this.heap = createHeap({ registrars: [registrar], sizeClasses: classes, maxBytes: 16 * GiB, trackLeaks: "off" });
+    this.heap = createHeap({ registrars: [registrar(false)], maxBytes: 16 * GiB, trackLeaks: "off" });
+    this.receiveHeap = createHeap({ registrars: [registrar(true)], sizeClasses: classes, maxBytes: 16 * GiB, trackLeaks: "off" });
+    // The RPC core encodes large frames into the shared heap: registered here as well, they go
+    // out in place (scatter-gather, rendezvous) instead of being copied.
+    sharedHeap().addRegistrar(registrar(false));
+  }
+
+  /** True for memory lent to a reader (a receive buffer, a rendezvous destination): sent on by copy, never in place. */
+  isReceiveMemory(bytes: Uint8Array): boolean {
+    return this.receiveBuffers.has(bytes.buffer);
   }
 
   /** Where `bytes` are when they lie in memory registered here (the heap's slabs), else undefined. */

@@ -168,6 +168,10 @@ export const rdmaTransport: Transport = {
   // A bad RDMA variable throws (KOALA_ERR_INVALID_ARGUMENT naming it), also under `auto`:
   // a typo must not turn into a silent fallback to TCP.
   unavailableReason: (env = process.env) => selectRdma(env).unavailable,
+  describe: (env = process.env) => {
+    const sel = selectRdma(env);
+    return sel.unavailable ?? `${sel.device!.name}:${sel.port} through provider ${sel.provider.name}${sel.provider.software ? " (a software provider)" : ""}`;
+  },
   listen: listenRdma,
   connect: connectRdma,
 };
