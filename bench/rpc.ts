@@ -1,12 +1,13 @@
 /**
- * RPC benchmark: koala-rpc (over tcp and unix) beside @grpc/grpc-js and a raw `net.Socket`
+ * RPC benchmark: koala-rpc (over tcp, unix and rdma on the SOFTWARE verbs provider) beside
+ * @grpc/grpc-js and a raw `net.Socket`
  * length-prefixed echo, in one run on one machine. Servers run in child processes
  * (bench/rpc/server.ts) so client and server each have a core; systems are measured in
  * interleaved rounds and the table shows medians and koala's ratios to the baselines, which
  * are what to read on a noisy shared machine.
  *
  *   node --import tsx bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N]
- *        [--only raw,koala-tcp,koala-unix,grpc] [--scenarios latency,calls,mbps,stream]
+ *        [--only raw,koala-tcp,koala-unix,koala-rdma,grpc] [--scenarios latency,calls,mbps,stream]
  *        [--cpu-prof-servers DIR]
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -19,7 +20,8 @@ import { fmt, machineInfo, ratio, table } from "./rpc/report.js";
 import { PROTO_PATH } from "./rpc/proto-path.js";
 import { grpcSystem, koalaSystem, rawSystem, type System } from "./rpc/systems.js";
 
-const SYSTEMS = ["raw", "koala-tcp", "koala-unix", "grpc"] as const;
+/** `koala-rdma` is koala over the RDMA transport on the software provider (a socket stands in for the NIC): not RDMA speed. */
+const SYSTEMS = ["raw", "koala-tcp", "koala-unix", "koala-rdma", "grpc"] as const;
 type SystemName = (typeof SYSTEMS)[number];
 const SCENARIOS = ["latency", "calls", "mbps", "stream"] as const;
 type ScenarioName = (typeof SCENARIOS)[number];
@@ -48,7 +50,7 @@ interface Settings {
 
 function usage(problem: string): never {
   console.error(`bench/rpc: ${problem}`);
-  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,grpc] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR]");
+  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,grpc] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR]");
   process.exit(2);
 }
 
@@ -194,14 +196,18 @@ async function main(): Promise<void> {
       raw: () => startServer("raw", undefined, prof),
       "koala-tcp": () => startServer("koala", "tcp://127.0.0.1:0", prof),
       "koala-unix": () => startServer("koala", `unix:${join(dir, "koala.sock")}`, prof),
+      "koala-rdma": () => startServer("koala", "rdma://127.0.0.1:0", prof),
       grpc: () => startServer("grpc", undefined, prof),
     };
     const clientOf: Record<SystemName, (address: string) => Promise<System>> = {
       raw: (a) => rawSystem(a),
       "koala-tcp": async (a) => koalaSystem(a),
       "koala-unix": async (a) => koalaSystem(a),
+      "koala-rdma": async (a) => koalaSystem(a),
       grpc: async (a) => grpcSystem(a, PROTO_PATH),
     };
+    // The rdma server child inherits the provider choice; so does this process's client.
+    if (settings.only.includes("koala-rdma")) process.env.KOALA_RDMA_PROVIDER = "soft";
     progress(`starting ${settings.only.length} server processes`);
     const children = await Promise.all(settings.only.map((n) => serverOf[n]()));
     for (const [i, n] of settings.only.entries()) {
@@ -236,12 +242,12 @@ async function main(): Promise<void> {
   }
 
   const med = (n: SystemName, metric: Metric) => median(samples.get(n)?.get(metric) ?? []);
-  const header = ["scenario", "raw", "koala tcp", "koala unix", "grpc-js", "koala/raw", "koala/grpc", "goal met?"];
+  const header = ["scenario", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "grpc-js", "koala/raw", "koala/grpc", "goal met?"];
   const rows: string[][] = [];
   const jsonRows: object[] = [];
   for (const row of ROWS) {
     if (!settings.scenarios.includes(ROW_SCENARIO[row.metric])) continue;
-    const [raw, kt, ku, g] = SYSTEMS.map((n) => med(n, row.metric)) as [number, number, number, number];
+    const [raw, kt, ku, kr, g] = SYSTEMS.map((n) => med(n, row.metric)) as [number, number, number, number, number];
     let verdict = "—";
     let met: boolean | null = null;
     if (row.goal !== undefined) {
@@ -251,18 +257,18 @@ async function main(): Promise<void> {
         verdict = `${met ? "yes" : "NO"} (${row.goal.text})`;
       }
     }
-    rows.push([row.label, fmt(raw, row.digits), fmt(kt, row.digits), fmt(ku, row.digits), fmt(g, row.digits), ratio(kt / raw), ratio(kt / g), verdict]);
+    rows.push([row.label, fmt(raw, row.digits), fmt(kt, row.digits), fmt(ku, row.digits), fmt(kr, row.digits), fmt(g, row.digits), ratio(kt / raw), ratio(kt / g), verdict]);
     // Each round measured the systems back to back, so a per-round ratio shows how steady the ratio was.
     const rounds = (n: SystemName) => samples.get(n)?.get(row.metric) ?? [];
     const perRound = rounds("koala-tcp").map((k, i) => k / (rounds("raw")[i] ?? NaN));
-    jsonRows.push({ scenario: row.label, metric: row.metric, raw, koalaTcp: kt, koalaUnix: ku, grpcJs: g, koalaOverRaw: kt / raw, koalaOverGrpc: kt / g, koalaOverRawPerRound: perRound, goal: row.goal?.text ?? null, met });
+    jsonRows.push({ scenario: row.label, metric: row.metric, raw, koalaTcp: kt, koalaUnix: ku, koalaRdmaSoft: kr, grpcJs: g, koalaOverRaw: kt / raw, koalaOverGrpc: kt / g, koalaOverRawPerRound: perRound, goal: row.goal?.text ?? null, met });
   }
 
   const cpuRows: string[][] = [];
   for (const sc of settings.scenarios) {
     const per = SYSTEMS.map((n) => [med(n, `cpu.${sc}.client`), med(n, `cpu.${sc}.server`)] as const);
     const sum = per.map(([c, sv]) => c + sv);
-    cpuRows.push([SCENARIO_LABEL[sc], ...per.map(([c, sv]) => (Number.isFinite(c) ? `${fmt(c, 1)} + ${fmt(sv, 1)}` : "—")), ratio(sum[1]! / sum[0]!), ratio(sum[1]! / sum[3]!)]);
+    cpuRows.push([SCENARIO_LABEL[sc], ...per.map(([c, sv]) => (Number.isFinite(c) ? `${fmt(c, 1)} + ${fmt(sv, 1)}` : "—")), ratio(sum[1]! / sum[0]!), ratio(sum[1]! / sum[4]!)]);
   }
 
   const loadAtEnd = os.loadavg()[0]!;
@@ -274,10 +280,11 @@ async function main(): Promise<void> {
     "",
     table(header, rows),
     "",
-    table(["CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "grpc-js", "koala/raw", "koala/grpc"], cpuRows),
+    table(["CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "grpc-js", "koala/raw", "koala/grpc"], cpuRows),
     "",
     "koala/raw and koala/grpc divide koala over tcp by the baseline (for latency below 1 is better, for rates above 1).",
     "raw = length-prefixed echo on a plain net.Socket over tcp (a call = one echoed message; the stream = the same echo pipelined).",
+    "koala rdma (soft) = koala over the RDMA transport on the SOFTWARE verbs provider (sockets stand in for the NIC): the protocol's cost, not RDMA speed; see bench/rdma-cpu.ts for JavaScript CPU per message.",
     "MB/s counts the request payload once per call (10^6 bytes). CPU = user + system time of the client process and the server child, per call (or stream reply).",
   ];
   // At the end the load average counts this benchmark's own two busy processes (about 2).

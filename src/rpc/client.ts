@@ -8,7 +8,7 @@ import { Fifo } from "../fifo.js";
 import { log } from "../log.js";
 import { connect } from "../transport/index.js";
 import type { Connection } from "../transport/types.js";
-import type { MethodDefinition, MethodKind, ServiceDefinition } from "../proto/definition.js";
+import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
@@ -37,8 +37,8 @@ export interface CallOptions {
   waitForReady?: boolean;
 }
 
-/** A request message given to a client: the message type itself or any part of it. */
-export type RequestInit<I> = I | Partial<I>;
+/** A request message given to a client: the message type itself or any part of it, at any depth (absent fields take their defaults). */
+export type RequestInit<I> = I | PartialMessage<I>;
 
 /** The client function of one method, typed by its call kind. */
 export type ClientMethod<M> =
@@ -77,6 +77,7 @@ class ClientConnection extends RpcEndpoint {
   /** Set by GOAWAY: no new calls go here. */
   draining = false;
   dead = false;
+  protected readonly releasesMessages = false;
   /** Calls the server allows at once on this connection (from its SETTINGS). */
   private maxStreams = DEFAULT_MAX_STREAMS;
   /** Calls waiting for a free stream, oldest first. */
@@ -93,6 +94,11 @@ class ClientConnection extends RpcEndpoint {
 
   get usable(): boolean {
     return !this.dead && !this.draining && !this.conn.isClosed && this.nextCallId < 0xffff_fff0;
+  }
+
+  /** True when a call may be opened at once (no call waits, and the server allows another). */
+  get hasRoom(): boolean {
+    return this.calls.size < this.maxStreams && this.waiting.length === 0;
   }
 
   /**
@@ -357,7 +363,10 @@ class ClientCall<I, O> implements PendingCall {
   /** The single request, kept until the server answers so that a call its GOAWAY refused can go elsewhere. */
   private request: RequestInit<I> | undefined;
   private answered = false;
-  private readonly isDone = (): boolean => this.done;
+  /** True once the call is over (for senders waiting on credit). */
+  get ended(): boolean {
+    return this.done;
+  }
 
   constructor(
     private readonly channel: Channel,
@@ -402,7 +411,10 @@ class ClientCall<I, O> implements PendingCall {
   /** Finds the channel's connection and opens the call there once the server allows another stream. */
   private dispatch(request: RequestInit<I> | undefined, requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>> | undefined): void {
     const c = this.channel.connection(this.options?.waitForReady === true ? () => !this.done : undefined);
-    if (c instanceof ClientConnection) c.admit(() => this.open(c, request, requests));
+    if (c instanceof ClientConnection) {
+      if (c.hasRoom) this.open(c, request, requests);
+      else c.admit(() => this.open(c, request, requests));
+    }
     else
       c.then(
         (conn) => conn.admit(() => this.open(conn, request, requests)),
@@ -470,7 +482,7 @@ class ClientCall<I, O> implements PendingCall {
       for await (const r of requests as AsyncIterable<RequestInit<I>>) {
         if (this.done) return;
         const frame = buildFrame(this.channel.encode, { type: FrameType.DATA, callId: this.callId, bodyType: this.method.input, body: asMessage(r) });
-        const waiting = this.cc!.sendStreamMessage(frame, this.window!, this.isDone);
+        const waiting = this.cc!.sendStreamMessage(frame, this.window!, this);
         if (waiting !== undefined) await waiting;
       }
       if (this.done) return;
@@ -539,11 +551,13 @@ class ClientCall<I, O> implements PendingCall {
         this.end(RpcError.from(err, Code.INTERNAL));
         return;
       }
-      try {
-        this.callback("onTrailer", trailers ?? new Metadata());
-      } catch (err) {
-        this.end(err as RpcError);
-        return;
+      if (this.options?.onTrailer !== undefined) {
+        try {
+          this.callback("onTrailer", trailers ?? new Metadata());
+        } catch (err) {
+          this.end(err as RpcError);
+          return;
+        }
       }
       const code = clampCode(frame.arg);
       if (code === Code.OK) this.end(undefined);

@@ -80,23 +80,23 @@ export abstract class RpcEndpoint {
   /**
    * Sends one stream message once both the stream's `window` and this connection's window have
    * credit, then waits for the transport to drain when it is over its high-water mark. Resolves
-   * without sending (the frame released, taken credit given back) when `done()` turned true
+   * without sending (the frame released, taken credit given back) when `call.ended` turned true
    * meanwhile; rejects when a window failed. Returns undefined when it sent at once with room
    * to spare, so the common case costs no promise.
    */
-  sendStreamMessage(frame: OutgoingFrame, window: SendWindow, done: () => boolean): Promise<void> | undefined {
+  sendStreamMessage(frame: OutgoingFrame, window: SendWindow, call: { readonly ended: boolean }): Promise<void> | undefined {
     const bytes = frame.bodyBytes;
     if (window.tryTake(bytes)) {
       if (this.sendWindow.tryTake(bytes)) return this.sendNow(frame);
-      return this.waitConnection(frame, done);
+      return this.waitConnection(frame, call);
     }
     return window.take(bytes).then(
       () => {
-        if (done()) {
+        if (call.ended) {
           frame.release?.();
           return undefined;
         }
-        return this.sendWindow.tryTake(bytes) ? this.sendNow(frame) : this.waitConnection(frame, done);
+        return this.sendWindow.tryTake(bytes) ? this.sendNow(frame) : this.waitConnection(frame, call);
       },
       (err: unknown) => {
         frame.release?.();
@@ -105,10 +105,10 @@ export abstract class RpcEndpoint {
     );
   }
 
-  private waitConnection(frame: OutgoingFrame, done: () => boolean): Promise<void> {
+  private waitConnection(frame: OutgoingFrame, call: { readonly ended: boolean }): Promise<void> {
     return this.sendWindow.take(frame.bodyBytes).then(
       () => {
-        if (done()) {
+        if (call.ended) {
           this.sendWindow.add(frame.bodyBytes);
           frame.release?.();
           return undefined;
@@ -141,7 +141,45 @@ export abstract class RpcEndpoint {
   /** The transport is over its high-water mark; the server side stops reading until it drains. */
   protected onBackpressure(): void {}
 
+  /** The message being handled, while a frame handler may still take it over with {@link keepMessage}. */
+  private current: Uint8Array | undefined;
+
+  /**
+   * Takes over the received message of the frame being handled (its sections and body are
+   * views into it): the caller hands it back with `conn.release()` once nothing refers to
+   * it any more. Messages nobody keeps are released as soon as their frame was handled.
+   */
+  protected keepMessage(): Uint8Array {
+    const m = this.current!;
+    this.current = undefined;
+    return m;
+  }
+
+  /**
+   * Whether this side hands received messages back to the transport (see the ownership rule in
+   * PROTOCOL.md). The server does: requests live no longer than their call. A client does not:
+   * a response belongs to the application for as long as it likes, so the transport must give
+   * the client messages it will never reuse (copies on RDMA, chunks nobody reuses on sockets).
+   */
+  protected abstract readonly releasesMessages: boolean;
+
   private receive(message: Uint8Array): void {
+    if (!this.releasesMessages) {
+      this.handle(message);
+      return;
+    }
+    this.current = message;
+    try {
+      this.handle(message);
+    } finally {
+      if (this.current !== undefined) {
+        this.current = undefined;
+        this.conn.release(message);
+      }
+    }
+  }
+
+  private handle(message: Uint8Array): void {
     let frame: Frame;
     try {
       frame = decodeFrame(message, this.scratch);

@@ -7,7 +7,7 @@ import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
 import { log, logLimited } from "../log.js";
 import { listen } from "../transport/index.js";
 import type { Connection, Listener } from "../transport/types.js";
-import type { MethodDefinition, ServiceDefinition } from "../proto/definition.js";
+import type { MethodDefinition, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
@@ -35,8 +35,8 @@ export interface CallContext {
   readonly responseTrailers: Metadata;
 }
 
-/** A response a handler gives: the message type itself or any part of it (absent fields take their defaults). */
-export type ResponseInit<O> = O | Partial<O>;
+/** A response a handler gives: the message type itself or any part of it, at any depth (absent fields take their defaults). */
+export type ResponseInit<O> = O | PartialMessage<O>;
 /** A unary handler. */
 export type UnaryHandler<I, O> = (request: I, context: CallContext) => Promise<ResponseInit<O>> | ResponseInit<O>;
 /** A server-streaming handler. */
@@ -228,6 +228,7 @@ export function createServer(options?: ServerOptions): Server {
 
 /** The server side of one connection. */
 class ServerConnection extends RpcEndpoint {
+  protected readonly releasesMessages = true;
   private readonly calls = new Map<number, ServerCall>();
   private readonly methods = new Map<number, Route>();
   private lastCallId = 0;
@@ -319,14 +320,15 @@ class ServerConnection extends RpcEndpoint {
       this.status(id, Code.RESOURCE_EXHAUSTED, `the connection's memory budget of ${o.connectionBudgetBytes} bytes is used up (connectionBudgetBytes)`);
       return;
     }
-    if (this.idleTimer !== undefined) {
-      clearTimeout(this.idleTimer);
-      this.idleTimer = undefined;
-    }
     const call = new ServerCall(this, id, route, frame, held);
     this.calls.set(id, call);
     this.heldBytes += held;
     call.run(frame);
+  }
+
+  /** Takes over the message of the frame being handled (see RpcEndpoint.keepMessage); give it back with `conn.release`. */
+  takeMessage(): Uint8Array {
+    return this.keepMessage();
   }
 
   /** Whether a reply of `bytes` fits the connection's memory budget now. */
@@ -350,19 +352,29 @@ class ServerConnection extends RpcEndpoint {
     if (this.goaway !== undefined && this.calls.size === 0) {
       this.conn.close();
       this.drained?.();
-    } else this.armIdle();
+    } else if (this.calls.size === 0) this.idleSince = Date.now();
   }
 
-  private armIdle(): void {
-    const ms = this.options.idleTimeoutMs;
-    if (ms === 0 || this.calls.size > 0 || this.idleTimer !== undefined || this.goaway !== undefined) return;
+  /** When the connection last became idle (no calls). */
+  private idleSince = Date.now();
+
+  /**
+   * One timer per connection, never re-created per call: when it fires it closes the connection
+   * if it has been idle long enough, or sleeps again for the rest of the idle time.
+   */
+  private armIdle(delayMs = this.options.idleTimeoutMs): void {
+    if (this.options.idleTimeoutMs === 0) return;
     this.idleTimer = unrefTimer(() => {
       this.idleTimer = undefined;
-      if (this.calls.size === 0) {
+      if (this.goaway !== undefined || this.conn.isClosed) return;
+      const ms = this.options.idleTimeoutMs;
+      const idleFor = Date.now() - this.idleSince;
+      if (this.calls.size > 0) this.armIdle(ms);
+      else if (idleFor >= ms) {
         log("debug", "server", `closing the idle connection with ${this.conn.remoteAddress} (idleTimeoutMs)`);
         void this.drain("idle");
-      }
-    }, ms);
+      } else this.armIdle(ms - idleFor);
+    }, delayMs);
   }
 
   /** Max connection age reached: GOAWAY, and with a grace period, cancel what still runs after it. */
@@ -458,7 +470,14 @@ class ServerCall implements CallContext {
   private readonly requests: IncomingStream<unknown> | undefined;
   private readonly window: SendWindow | undefined;
   private iterator: AsyncIterator<unknown> | Iterator<unknown> | undefined;
-  private readonly isDone = (): boolean => this.done;
+  /** True once the call is over (for senders waiting on credit). */
+  get ended(): boolean {
+    return this.done;
+  }
+  /** The CALL message: its metadata and request are views into it until the call ends and the handler is done. */
+  private callMessage: Uint8Array | undefined;
+  /** True while the application's handler may still use the request (it runs, or its response stream does). */
+  private handlerRunning = false;
 
   constructor(
     private readonly sc: ServerConnection,
@@ -470,6 +489,7 @@ class ServerCall implements CallContext {
   ) {
     this.method = route.method;
     this.mdBytes = frame.metadata;
+    if (frame.metadata !== undefined || frame.body !== undefined) this.callMessage = sc.takeMessage();
     this.deadline = frame.arg2 === 0 ? undefined : Date.now() + frame.arg2;
     const kind = this.method.kind;
     if (kind === "client_streaming" || kind === "bidi_streaming") {
@@ -480,6 +500,7 @@ class ServerCall implements CallContext {
         },
         sc.receiveWindow,
       );
+      this.requests.setReleaser((m) => sc.conn.release(m));
     }
     if (kind === "server_streaming" || kind === "bidi_streaming") this.window = new SendWindow();
   }
@@ -528,12 +549,12 @@ class ServerCall implements CallContext {
         }
         const request = this.decode(frame.body);
         if (kind === "unary") this.unary(this.route.handler as UnaryHandler<unknown, unknown>, request);
-        else void this.streamOut((this.route.handler as ServerStreamingHandler<unknown, unknown>)(request, this));
+        else this.startStream(() => (this.route.handler as ServerStreamingHandler<unknown, unknown>)(request, this));
       } else {
-        if (frame.body !== undefined) this.push(frame.body);
+        if (frame.body !== undefined) this.push(frame.body, false);
         if ((frame.flags & FrameFlag.END_STREAM) !== 0) this.requests!.end();
         if (kind === "client_streaming") this.unary(this.route.handler as unknown as UnaryHandler<unknown, unknown>, this.requests!);
-        else void this.streamOut((this.route.handler as BidiStreamingHandler<unknown, unknown>)(this.requests!, this));
+        else this.startStream(() => (this.route.handler as BidiStreamingHandler<unknown, unknown>)(this.requests!, this));
       }
     } catch (err) {
       if (err instanceof KoalaError && err.code === ErrorCode.PROTOCOL) throw err; // the connection's problem, not this call's
@@ -542,7 +563,7 @@ class ServerCall implements CallContext {
   }
 
   /** Decodes a request of a stream and queues it; a flow-control violation propagates (it closes the connection). */
-  private push(body: Uint8Array): void {
+  private push(body: Uint8Array, fromData: boolean): void {
     let request: unknown;
     try {
       request = this.decode(body);
@@ -551,7 +572,7 @@ class ServerCall implements CallContext {
       this.requests!.push(undefined, body.byteLength);
       throw err;
     }
-    this.requests!.push(request, body.byteLength);
+    this.requests!.push(request, body.byteLength, fromData ? this.sc.takeMessage() : undefined);
   }
 
   /** Decodes the request headers; malformed ones fail the call with INTERNAL and one rate-limited log line (no stack: it is the peer's fault). */
@@ -576,13 +597,55 @@ class ServerCall implements CallContext {
   }
 
   private unary(handler: UnaryHandler<unknown, unknown>, request: unknown): void {
-    const result = handler(request, this);
+    this.handlerRunning = true;
+    let result: unknown;
+    try {
+      result = handler(request, this);
+    } catch (err) {
+      this.handlerSettled();
+      throw err;
+    }
     if (result !== null && typeof result === "object" && typeof (result as PromiseLike<unknown>).then === "function") {
       (result as PromiseLike<unknown>).then(
-        (r) => this.reply(r),
-        (err: unknown) => this.fail(err),
+        (r) => {
+          this.handlerSettled();
+          this.reply(r);
+        },
+        (err: unknown) => {
+          this.handlerSettled();
+          this.fail(err);
+        },
       );
-    } else this.reply(result);
+    } else {
+      this.handlerSettled();
+      this.reply(result);
+    }
+  }
+
+  /** Calls a streaming handler and sends what it yields; the handler counts as running until its stream is done. */
+  private startStream(call: () => AsyncIterable<unknown> | Iterable<unknown>): void {
+    this.handlerRunning = true;
+    let responses: AsyncIterable<unknown> | Iterable<unknown>;
+    try {
+      responses = call();
+    } catch (err) {
+      this.handlerSettled();
+      throw err;
+    }
+    void this.streamOut(responses).finally(() => this.handlerSettled());
+  }
+
+  /** The handler will not touch its request any more: once the call is over too, its received messages go back to the transport. */
+  private handlerSettled(): void {
+    this.handlerRunning = false;
+    if (this.done) this.releaseMessages();
+  }
+
+  private releaseMessages(): void {
+    this.requests?.releaseAll();
+    const m = this.callMessage;
+    this.callMessage = undefined;
+    if (m !== undefined) this.sc.conn.release(m);
   }
 
   private reply(response: unknown): void {
@@ -630,7 +693,7 @@ class ServerCall implements CallContext {
         const frame = buildFrame(this.sc.server.encode, { type: FrameType.DATA, callId: this.id, metadata: this.headersSent ? undefined : this.headers, bodyType: this.method.output, body: r.value });
         this.checkBudget(frame);
         this.headersSent = true;
-        const waiting = this.sc.sendStreamMessage(frame, this.window!, this.isDone);
+        const waiting = this.sc.sendStreamMessage(frame, this.window!, this);
         if (waiting !== undefined) await waiting;
         if (this.done) return;
       }
@@ -650,7 +713,7 @@ class ServerCall implements CallContext {
         }
         if (frame.body !== undefined) {
           try {
-            this.push(frame.body);
+            this.push(frame.body, true);
           } catch (err) {
             if (err instanceof KoalaError && err.code === ErrorCode.PROTOCOL) throw err;
             this.fail(err);
@@ -724,8 +787,10 @@ class ServerCall implements CallContext {
     }
     this.done = true;
     if (this.timer !== undefined) clearTimeout(this.timer);
-    // A request stream nobody will read any more gives its bytes back to the connection window.
+    // A request stream nobody will read any more gives its bytes back to the connection window,
+    // and every received message of the call goes back to the transport.
     this.requests?.fail(new RpcError(Code.CANCELLED, "the call ended"));
+    if (!this.handlerRunning) this.releaseMessages();
     if (frame !== undefined) {
       if (this.sc.conn.isClosed) frame.release?.();
       else {

@@ -82,6 +82,11 @@ export class IncomingStream<T> implements AsyncIterable<T> {
   private iterated = false;
   private readonly window: ReceiveWindow;
   private connection: ReceiveWindow | undefined;
+  /** Received messages behind the queued values, when the owner hands them back (see {@link setReleaser}). */
+  private readonly messages = new Fifo<Uint8Array | undefined>();
+  /** The message behind the value the reader took last: released when the reader asks for the next one. */
+  private lastTaken: Uint8Array | undefined;
+  private releaser: ((message: Uint8Array) => void) | undefined;
 
   /**
    * @param grant sends `n` bytes of stream credit to the sender
@@ -99,6 +104,23 @@ export class IncomingStream<T> implements AsyncIterable<T> {
     });
   }
 
+  /**
+   * Makes the stream hand each value's received message to `release` once the reader is done
+   * with the value: when it asks for the next one, stops iterating, or the stream fails.
+   */
+  setReleaser(release: (message: Uint8Array) => void): void {
+    this.releaser = release;
+  }
+
+  /** Releases every message still held (the call is over: nobody will read them). */
+  releaseAll(): void {
+    const r = this.releaser;
+    if (r === undefined) return;
+    if (this.lastTaken !== undefined) r(this.lastTaken);
+    this.lastTaken = undefined;
+    for (const m of this.messages.drain()) if (m !== undefined) r(m);
+  }
+
   /** Sets the connection whose window this stream's messages count against (a client's call learns it when it is sent). */
   bind(connection: ReceiveWindow): void {
     this.connection = connection;
@@ -108,22 +130,31 @@ export class IncomingStream<T> implements AsyncIterable<T> {
    * Adds a received message whose body was `bytes` long. Throws KOALA_ERR_PROTOCOL when the
    * sender broke the stream's or the connection's window (the connection must close).
    */
-  push(value: T, bytes: number): void {
+  push(value: T, bytes: number, message?: Uint8Array): void {
     this.window.receive(bytes, "the peer");
     this.connection!.receive(bytes, "the peer");
     if (this.ended) {
       this.released(bytes);
+      if (message !== undefined) this.releaser?.(message);
       return;
     }
     const w = this.waiter;
     if (w !== undefined && this.items.length === 0) {
       this.waiter = undefined;
       this.released(bytes);
+      this.took(message);
       w.resolve({ value, done: false });
     } else {
       this.items.push(value);
       this.sizes.push(bytes);
+      this.messages.push(message);
     }
+  }
+
+  /** The reader took the value of `message`: the one before is done with. */
+  private took(message: Uint8Array | undefined): void {
+    if (this.lastTaken !== undefined) this.releaser?.(this.lastTaken);
+    this.lastTaken = message;
   }
 
   /** The sender finished: the reader gets what is queued, then the end. */
@@ -159,6 +190,9 @@ export class IncomingStream<T> implements AsyncIterable<T> {
     this.items.drain();
     this.sizes.drain();
     if (n > 0) this.connection?.release(n);
+    // Queued messages were never seen by the reader; the one it took last may still be in use.
+    const r = this.releaser;
+    for (const m of this.messages.drain()) if (m !== undefined) r?.(m);
   }
 
   private wake(): void {
@@ -177,10 +211,15 @@ export class IncomingStream<T> implements AsyncIterable<T> {
         if (this.items.length > 0) {
           const value = this.items.shift() as T;
           const bytes = this.sizes.shift()!;
+          this.took(this.messages.shift());
           this.released(bytes);
           return Promise.resolve({ value, done: false });
         }
-        if (this.ended) return this.error !== undefined ? Promise.reject(this.error) : Promise.resolve({ value: undefined, done: true });
+        if (this.ended) {
+          this.took(undefined);
+          return this.error !== undefined ? Promise.reject(this.error) : Promise.resolve({ value: undefined, done: true });
+        }
+        this.took(undefined);
         return new Promise((resolve, reject) => (this.waiter = { resolve, reject }));
       },
       return: (): Promise<IteratorResult<T>> => {

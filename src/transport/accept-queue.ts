@@ -79,3 +79,24 @@ export class AcceptQueue implements AsyncIterable<Connection> {
     }
   }
 }
+
+/** A listener's delivery of connections through an {@link AcceptQueue}, for listeners to extend. */
+export abstract class QueuedListener {
+  /** Where new connections go. */
+  protected readonly queue = new AcceptQueue();
+
+  /** Resolves with the next connection (see `Listener.accept`). */
+  accept(): Promise<Connection> {
+    return this.queue.accept();
+  }
+
+  /** Sets the connection callback (see `Listener.onConnection`). */
+  onConnection(handler: ((connection: Connection) => void) | null): void {
+    this.queue.setHandler(handler);
+  }
+
+  /** Iterates incoming connections (see `Listener`). */
+  [Symbol.asyncIterator](): AsyncIterator<Connection> {
+    return this.queue[Symbol.asyncIterator]();
+  }
+}

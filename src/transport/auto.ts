@@ -6,7 +6,7 @@
  */
 import { ErrorCode, KoalaError } from "../errors.js";
 import { log } from "../log.js";
-import { AcceptQueue } from "./accept-queue.js";
+import { QueuedListener } from "./accept-queue.js";
 import { formatAddress } from "./address.js";
 import { rdmaTransport } from "./rdma/transport.js";
 import { tcpTransport } from "./socket.js";
@@ -22,28 +22,16 @@ function on(transport: "tcp" | "rdma", a: Address, port = a.port): Address {
 }
 
 /** A listener over an RDMA and a TCP listener on one port; connections of both come out of it. */
-class DualListener implements Listener {
+class DualListener extends QueuedListener implements Listener {
   readonly transport = "rdma" as const;
-  private readonly queue = new AcceptQueue();
 
   constructor(
     /** `koala://host:port`: a client in `auto` mode dials RDMA first, then TCP. */
     readonly address: string,
     private readonly parts: Listener[],
   ) {
+    super();
     for (const l of parts) l.onConnection((c) => this.queue.push(c));
-  }
-
-  accept(): Promise<Connection> {
-    return this.queue.accept();
-  }
-
-  onConnection(handler: ((connection: Connection) => void) | null): void {
-    this.queue.setHandler(handler);
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<Connection> {
-    return this.queue[Symbol.asyncIterator]();
   }
 
   async close(): Promise<void> {

@@ -9,10 +9,11 @@ import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { ErrorCode, KoalaError } from "../errors.js";
-import { log } from "../log.js";
+import { log, logLimited } from "../log.js";
 import { AcceptQueue } from "./accept-queue.js";
 import { formatAddress } from "./address.js";
 import { errnoOf, fromSystemError } from "./errno.js";
+import { checkFileDescriptors } from "./fd-watch.js";
 import { SocketConnection } from "./socket-connection.js";
 import type { Address, Connection, Listener, ResolvedTransportOptions, Transport } from "./types.js";
 
@@ -36,10 +37,19 @@ class SocketListener implements Listener {
     private readonly options: ResolvedTransportOptions,
   ) {
     server.on("connection", (socket) => this.incoming(socket));
-    server.on("error", (err) => log("error", "transport", `listener ${address}: ${err.message}`));
+    server.on("error", (err) => {
+      const errno = errnoOf(err);
+      if (errno === "EMFILE" || errno === "ENFILE") {
+        // The process (EMFILE) or the system (ENFILE) has no file descriptor left for the new
+        // connection; the kernel's queue is drained and those clients see a reset. Serving goes
+        // on, and new connections are taken again once others close.
+        logLimited(`fds:${address}`, "error", "transport", `out of file descriptors (${errno}) accepting on ${address}: new connections are refused until some close; raise the limit (ulimit -n) or lower the server's maxConnections`);
+      } else logLimited(`listener:${address}:${errno ?? err.message}`, "error", "transport", `listener ${address}: ${err.message}`);
+    });
   }
 
   private incoming(socket: net.Socket): void {
+    checkFileDescriptors(this.address);
     const tcp = this.transport === "tcp";
     // The listener's own address may be a wildcard (0.0.0.0): each connection reports the real one.
     const local = tcp ? formatAddress("tcp", socket.localAddress ?? "unknown", socket.localPort ?? 0, "") : this.address;

@@ -201,6 +201,26 @@ s("receives are consumed in the order posted; completions in order, with immedia
   for (const i of [0, 1, 2]) assert.equal([...recvMr.m!.bytes.subarray(i * 64, i * 64 + 8)], Array(8).fill(0x10 + i), `buffer ${i}`);
 });
 
+s("RDMA WRITE with immediate consumes a receive and reports the immediate; unsignaled successes complete silently", async () => {
+  let target: { mr: Mr; bytes: Uint8Array } | undefined;
+  let slot: { mr: Mr; bytes: Uint8Array } | undefined;
+  const { a, b } = await pair((server) => {
+    target = mr(server, 64, Access.LOCAL_WRITE | Access.REMOTE_WRITE);
+    slot = mr(server, 8, Access.LOCAL_WRITE);
+    postRecv(server, slot.mr, 7, 0, 8);
+  });
+  const src = mr(a, 16, 0, 0x33);
+  postSend(a, 1, Opcode.RDMA_WRITE, [[src.mr.addr, 4, src.mr.lkey]], { flags: 0, raddr: target!.mr.addr, rkey: target!.mr.rkey });
+  postSend(a, 2, Opcode.RDMA_WRITE_WITH_IMM, [[src.mr.addr, 16, src.mr.lkey]], { imm: 0xabcdef, raddr: target!.mr.addr + 32, rkey: target!.mr.rkey });
+  assert.equal((await completions(a, 1)).map((x) => [x[0], x[1], x[2]]), [[2, WcStatus.SUCCESS, WcOpcode.RDMA_WRITE]], "only the signaled one reports");
+  const got = await completions(b, 1);
+  assert.equal(got.map((x) => [x[0], x[1], x[2], x[3], x[4], x[5]]), [[7, WcStatus.SUCCESS, WcOpcode.RECV_RDMA_WITH_IMM, 16, 0xabcdef, WC_WITH_IMM]]);
+  assert.equal([...target!.bytes.subarray(0, 4)], [0x33, 0x33, 0x33, 0x33]);
+  assert.equal([...target!.bytes.subarray(32, 48)], Array(16).fill(0x33));
+  assert.equal([...slot!.bytes], Array(8).fill(0), "the receive buffer itself is untouched");
+  assert.equal(poll(a.ctx, a.cq), [], "nothing more");
+});
+
 s("a SEND with no posted receive: retried, then RNR_RETRY_EXC_ERR, the QP in error and the rest flushed", async () => {
   const { a, b } = await pair();
   const src = mr(a, 16, 0);
@@ -301,6 +321,14 @@ s("a memory window grants remote access where its region does not; handles in us
   p1.b.ctx.deallocMw(mw);
   assert.is(thrownCode(() => p1.b.ctx.deallocMw(mw)), "KOALA_ERR_HANDLE_DESTROYED");
   p1.b.ctx.deregMr(region.mr);
+  // A window exposes its bytes only, not the rest of the region (a rendezvous exposes one message of a slab).
+  const p2 = await pair();
+  const slab = mr(p2.b, 256, Access.LOCAL_WRITE | Access.MW_BIND);
+  const win = p2.b.ctx.bindMw(p2.b.qp, slab.mr, slab.mr.addr + 64, 64, Access.REMOTE_READ);
+  const into = mr(p2.a, 8, Access.LOCAL_WRITE);
+  postSend(p2.a, 1, Opcode.RDMA_READ, [[into.mr.addr, 8, into.mr.lkey]], { raddr: win.addr + 64, rkey: win.rkey });
+  assert.equal((await completions(p2.a, 1)).map((x) => x[1]), [WcStatus.REM_ACCESS_ERR], "the bytes right after the window");
+  p2.b.ctx.deallocMw(win);
 });
 
 s("destroying a QP or disconnecting flushes outstanding receives in order; the peer hears disconnected", async () => {

@@ -7,7 +7,7 @@
  */
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { fork } from "node:child_process";
+import { fork, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { KoalaError } from "../../src/errors.js";
 import { resetLogLevel } from "../../src/log.js";
@@ -15,8 +15,8 @@ import { connect, listen, type Connection, type Listener, type TransportOptions 
 import { chooseTransport, resolveAddress } from "../../src/transport/registry.js";
 import { DEFAULT_RNDV_THRESH, parseDeviceFilter, deviceSelected, readRdmaConfig } from "../../src/transport/rdma/config.js";
 import { openRdmaContexts, type RdmaContext } from "../../src/transport/rdma/context.js";
-import { RECV_DEPTH } from "../../src/transport/rdma/connection.js";
-import { softCounters, softFaults } from "../../src/transport/rdma/soft.js";
+import { RECV_DEPTH, encodeHello } from "../../src/transport/rdma/connection.js";
+import { softCounters, softFaults, softProvider } from "../../src/transport/rdma/soft.js";
 
 const MiB = 1024 * 1024;
 const THRESH = DEFAULT_RNDV_THRESH;
@@ -143,7 +143,66 @@ s("credit exhaustion: a sender facing a reader that stopped waits; nothing is re
   assert.is(softCounters.rnrNaks - rnr, 0, "no SEND ever found the receive queue empty");
 });
 
-s("messages of thresh−1, thresh, thresh+1 bytes and 64 MiB arrive whole; eager ones are views of registered receive buffers", async (ctx) => {
+s("stress, three seeds: both ways at once, eager and rendezvous sizes, readers pausing and releasing late; everything arrives in order, no receiver-not-ready, resources return", async (ctx) => {
+  for (const seed of [1, 2, 3]) {
+    let state = seed * 0x9e3779b9;
+    const rand = (n: number) => {
+      state = (Math.imul(state ^ (state >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
+      return state % n;
+    };
+    const before = resources();
+    const rnr = softCounters.rnrNaks;
+    const { client, server } = await pair(ctx, { receiveQueueMessages: 1 + rand(8), highWaterMarkBytes: 64 * 1024 });
+    const sizeOf = () => [0, 1, 100, THRESH - 1, THRESH, THRESH + 1, 3 * THRESH, 100_000][rand(8)]!;
+    const n = 300;
+    const sent: Record<string, number[]> = { c: [], s: [] };
+    const got: Record<string, Uint8Array[]> = { c: [], s: [] };
+    const held: [Connection, Uint8Array][] = [];
+    for (const [name, conn] of [["s", server], ["c", client]] as const) {
+      conn.onMessage((m) => {
+        got[name]!.push(m.slice());
+        // Some messages are released at once, some later, some after a while.
+        if (rand(3) === 0) conn.release(m);
+        else held.push([conn, m]);
+        if (held.length > 5 || rand(4) === 0) for (const [c, x] of held.splice(0)) c.release(x);
+      });
+    }
+    const writer = async (name: "c" | "s", conn: Connection) => {
+      for (let i = 0; i < n; i++) {
+        const size = sizeOf();
+        sent[name]!.push(size);
+        const body = pattern(i, Math.max(size, 4));
+        new DataView(body.buffer).setUint32(0, i);
+        if (!conn.send([body.subarray(0, Math.max(size, 4))])) await conn.drain();
+      }
+    };
+    const pauser = (async () => {
+      for (let k = 0; k < 10; k++) {
+        await new Promise((r) => setTimeout(r, rand(5)));
+        const c = rand(2) === 0 ? server : client;
+        c.pause();
+        await new Promise((r) => setTimeout(r, rand(10)));
+        c.resume();
+      }
+    })();
+    await within(Promise.all([writer("c", client), writer("s", server), pauser]), `seed ${seed}: the writers`);
+    await until(() => got.s!.length === n && got.c!.length === n, `seed ${seed}: every message`);
+    for (const [from, to] of [["c", "s"], ["s", "c"]] as const) {
+      got[to]!.forEach((m, i) => {
+        if (m.byteLength !== Math.max(sent[from]![i]!, 4) || new DataView(m.buffer, m.byteOffset).getUint32(0) !== i) {
+          assert.unreachable(`seed ${seed}: message ${i} from ${from}: ${m.byteLength} bytes`);
+        }
+      });
+    }
+    for (const [c, x] of held.splice(0)) c.release(x);
+    client.close();
+    await Promise.all([client.closed, server.closed]);
+    assert.is(softCounters.rnrNaks - rnr, 0, `seed ${seed}: no receiver-not-ready`);
+    assert.equal(resources(), before, `seed ${seed}: resources back`);
+  }
+});
+
+s("messages of thresh−1, thresh, thresh+1 bytes and 64 MiB arrive whole, as views of registered memory once the reader releases", async (ctx) => {
   const { client, server } = await pair(ctx);
   const rctx = context();
   const sizes = [THRESH - 1, THRESH, THRESH + 1, 64 * MiB];
@@ -158,7 +217,9 @@ s("messages of thresh−1, thresh, thresh+1 bytes and 64 MiB arrive whole; eager
   for (const m of sent) client.send([m]);
   await within(until(() => hashes.length === sizes.length, "4 messages", 30_000), "the messages");
   assert.equal(hashes, sent.map(sha));
-  assert.equal(registered, [true, true, true, true], "received into registered memory (receive buffer, or the rendezvous lease)");
+  // The first, delivered before this reader ever released anything, is a copy; the rest are
+  // views of registered memory (a receive buffer, or the rendezvous lease).
+  assert.equal(registered, [false, true, true, true]);
 });
 
 s("more parts than max_sge, parts in registered memory (sent in place) and not: every message intact", async (ctx) => {
@@ -185,9 +246,14 @@ s("more parts than max_sge, parts in registered memory (sent in place) and not: 
   for (const l of leases) l.release();
 });
 
-s("release() posts the buffer again; a reader that keeps messages gets copies once half the buffers are held", async (ctx) => {
+s("a reader that never released gets copies; after release() views of the buffers, posted again on release(); copies again while half are held", async (ctx) => {
   const { client, server } = await pair(ctx);
   const rctx = context();
+  // Before its first release() the reader gets copies; the first release() turns views on.
+  const first = collect(server);
+  client.send([pattern(0, 32)]);
+  await until(() => first.length === 1, "a first message");
+  server.onMessage(null);
   const kept: Uint8Array[] = [];
   server.onMessage((m) => kept.push(m));
   for (let i = 0; i < RECV_DEPTH * 3; i++) client.send([pattern(i, 32)]);
@@ -269,6 +335,56 @@ s("an injected QP error closes that connection with KOALA_ERR_QP_ERROR, the peer
     softFaults.failSendIn = 0;
     restore("KOALA_LOG", quiet);
     resetLogLevel();
+  }
+});
+
+s("a peer that advertises receive buffers it never posts: SENDs meet receiver-not-ready, retried, then the connection closes with KOALA_ERR_RECEIVER_NOT_READY", async () => {
+  const quiet = process.env.KOALA_LOG;
+  process.env.KOALA_LOG = "off";
+  resetLogLevel();
+  // A raw verbs endpoint that says it posted 16 buffers of the usual size and posts none.
+  const raw = softProvider.open("soft0", 1);
+  const pd = raw.allocPd();
+  const cq = raw.createCq(64, () => undefined);
+  const held: { qp?: ReturnType<typeof raw.createQp>; id?: Parameters<typeof raw.accept>[0] } = {};
+  const cm = await raw.listen("127.0.0.1", 0, (e) => {
+    if (e.type !== "connect_request") return;
+    held.id = e.id;
+    held.qp = raw.createQp(e.id, pd, cq, cq, { maxSendWr: 16, maxRecvWr: 16, maxSendSge: 1, maxRecvSge: 1, maxInlineData: 0 });
+    raw.accept(e.id, encodeHello(RECV_DEPTH, 16 + THRESH));
+  });
+  try {
+    const before = softCounters.rnrNaks;
+    const c = await connect(`rdma://127.0.0.1:${cm.port}`);
+    c.send([pattern(1, 100)]);
+    const reason = await within(c.closed, "the sender giving up");
+    assert.is(reason.code, "KOALA_ERR_RECEIVER_NOT_READY", reason.message);
+    assert.match(reason.message, /receiver not ready/);
+    assert.ok(softCounters.rnrNaks - before > 1, "retried before giving up");
+  } finally {
+    raw.disconnect(held.id!);
+    raw.destroyQp(held.qp!);
+    raw.destroyId(held.id!);
+    raw.closeListener(cm);
+    restore("KOALA_LOG", quiet);
+    resetLogLevel();
+  }
+});
+
+s("a listener that never answers: connect fails with KOALA_ERR_CONNECT_TIMEOUT after connectTimeoutMs; the attempt's resources are released", async () => {
+  const before = resources();
+  const raw = softProvider.open("soft0", 1);
+  const requests: unknown[] = [];
+  const cm = await raw.listen("127.0.0.1", 0, (e) => requests.push(e)); // hears requests, answers none
+  try {
+    const err = await connect(`rdma://127.0.0.1:${cm.port}`, { connectTimeoutMs: 150 }).catch((e: unknown) => e);
+    assert.ok(err instanceof KoalaError, String(err));
+    assert.is((err as KoalaError).code, "KOALA_ERR_CONNECT_TIMEOUT");
+    assert.match((err as KoalaError).message, new RegExp(`rdma://127\\.0\\.0\\.1:${cm.port}`));
+    assert.is(requests.length, 1);
+    assert.equal(resources(), before);
+  } finally {
+    raw.closeListener(cm);
   }
 });
 
@@ -373,6 +489,23 @@ s("selection: KOALA_TRANSPORT=rdma is strict; the verbs provider is unavailable 
   }
   assert.is(readRdmaConfig({ KOALA_RNDV_THRESH: "16K" }).rndvThreshBytes, 16384);
   assert.is(readRdmaConfig({}).rndvThreshBytes, DEFAULT_RNDV_THRESH);
+});
+
+s("koala info lists the providers, the soft device's port, state and limits, and what auto picks", () => {
+  const bin = new URL("../../bin/koala.js", import.meta.url).pathname;
+  const info = (env: Record<string, string>) => spawnSync(process.execPath, [bin, "info"], { env: { ...process.env, KOALA_TRANSPORT: "auto", ...env }, encoding: "utf8" });
+  const soft = info({ KOALA_RDMA_PROVIDER: "soft" });
+  assert.is(soft.status, 0, soft.stderr);
+  assert.match(soft.stdout, /verbs\s+unavailable: native verbs addon not built/);
+  assert.match(soft.stdout, /soft\s+available \[selected\]\s+\(software verbs provider/);
+  assert.match(soft.stdout, /soft0:1 active, Ethernet, MTU 4096, GID [0-9a-f:]+; max_sge 8, max_qp_wr 4096, max_inline_data 128/);
+  assert.match(soft.stdout, /rdma uses soft0:1 \(provider soft, a software provider\); KOALA_RNDV_THRESH 8192 bytes/);
+  assert.match(soft.stdout, /host:port addresses use rdma/);
+  const excluded = info({ KOALA_RDMA_PROVIDER: "soft", KOALA_RDMA_DEVICES: "^soft0" });
+  assert.match(excluded.stdout, /host:port addresses use tcp: RDMA is not used: provider soft has no active port allowed by KOALA_RDMA_DEVICES=\^soft0/);
+  const bad = info({ KOALA_RNDV_THRESH: "lots" });
+  assert.is(bad.status, 1);
+  assert.match(bad.stdout, /KOALA_RNDV_THRESH="lots" is not valid/);
 });
 
 s("KOALA_RDMA_DEVICES follows the NCCL grammar: prefixes and ports, ^ excludes, = exact", () => {

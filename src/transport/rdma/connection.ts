@@ -3,9 +3,10 @@
  * section 6) over the Verbs interface only.
  *
  * - Receive: `RECV_DEPTH` buffers of `16 + KOALA_RNDV_THRESH` bytes, one lease of the context
- *   heap, all posted at start. A DATA message is handed up as a view of its buffer and the
- *   buffer is posted again on `release()`; when more than half the buffers are held by
- *   messages not yet released, new messages are copied out and their buffers posted at once.
+ *   heap, all posted at start. Once the reader has called `release()`, a DATA message is handed
+ *   up as a view of its buffer and the buffer is posted again on `release()`; before that, and
+ *   while half the buffers are held by messages not yet released, messages are copied out and
+ *   their buffers posted at once.
  * - Credits: a side sends only into buffers the peer has posted. Every message carries the
  *   credits its sender returns; a CREDIT message returns them when nothing else goes out.
  *   A message other than CREDIT is sent only while at least 2 credits remain, so the last one
@@ -15,8 +16,7 @@
  *   rendezvous: an RTS names the registered segments, the receiver RDMA-READs them into a
  *   lease of its own heap and answers DONE, and the sender then lets go of them.
  */
-import type { KoalaError as KoalaErrorType } from "../../errors.js";
-import { ErrorCode, KoalaError } from "../../errors.js";
+import { ErrorCode, KoalaError, check } from "../../errors.js";
 import { log } from "../../log.js";
 import type { Lease } from "../../mem/lease.js";
 import { randomBytes } from "node:crypto";
@@ -24,7 +24,6 @@ import { Inbox } from "../inbox.js";
 import { checkRemoteAccess, type ByteSource, type RegionDescriptor, type RegisterRegionOptions, type RegisteredRegion } from "../regions.js";
 import type { Connection, ResolvedTransportOptions } from "../types.js";
 import type { CompletionSink, RdmaContext } from "./context.js";
-import { check } from "../../errors.js";
 import { Access, Opcode, SendFlags, WcOpcode, WcStatus, WorkBatch, wcStatusName, type CmId, type Mr, type Mw, type Qp } from "./verbs.js";
 
 /** Bytes of the header in front of every message. */
@@ -33,6 +32,8 @@ export const HEADER_BYTES = 16;
 export const RECV_DEPTH = 16;
 /** Most registered segments one RTS names; a message in more parts is copied into one lease. */
 export const MAX_RNDV_SEGMENTS = 16;
+/** After an orderly close(), how long the peer may take to take in what was queued before the connection is dropped, in milliseconds. */
+export const CLOSE_LINGER_MS = 10_000;
 /** Most RDMA READs a connection keeps outstanding. */
 const MAX_READS = 32;
 const RNDV_SEGMENT_BYTES = 16;
@@ -139,6 +140,8 @@ interface Advertised {
   lease: Lease | undefined;
   onWritten: (() => void) | undefined;
   counted: number;
+  /** The windows the peer reads through, one per segment, bound to this connection's QP. */
+  windows: Mw[];
 }
 
 function callWritten(cb: (() => void) | undefined): void {
@@ -155,7 +158,7 @@ const noop = (): void => undefined;
 /** An RDMA connection (see the module comment). */
 export class RdmaConnection implements Connection, CompletionSink {
   readonly transport = "rdma" as const;
-  readonly closed: Promise<KoalaErrorType>;
+  readonly closed: Promise<KoalaError>;
   private resolveClosed!: (r: KoalaError) => void;
   private reason: KoalaError | undefined;
   private tornDown = false;
@@ -169,6 +172,11 @@ export class RdmaConnection implements Connection, CompletionSink {
   private readonly areaLkey: number;
   private readonly slotBytes: number;
   private heldSlots = 0;
+  /**
+   * Whether messages are handed up as views of receive memory: only once the reader has called
+   * release(). Before that they are copies, so a reader that never releases pins nothing.
+   */
+  private lending = false;
   private readonly ownedViews = new Map<Uint8Array, number>();
   private readonly ownedLeases = new Map<Uint8Array, Lease>();
   private readonly arrivals: Arrival[] = [];
@@ -203,6 +211,7 @@ export class RdmaConnection implements Connection, CompletionSink {
   private readonly windows = new Set<Window>();
   private readonly oneSidedQueue: OneSidedOp[] = [];
   private disconnectSeen = false;
+  private lingerTimer: NodeJS.Timeout | undefined;
 
   /** Rendezvous threshold in bytes: larger messages go by RTS. */
   readonly rndvThreshBytes: number;
@@ -354,7 +363,7 @@ export class RdmaConnection implements Connection, CompletionSink {
       }
     } catch (err) {
       this.sendBatch.reset();
-      this.fail(err instanceof KoalaError ? err : new KoalaError(ErrorCode.SYSTEM, `RDMA send path failed: ${(err as Error).message}`, { cause: err }));
+      this.abort(err instanceof KoalaError ? err : new KoalaError(ErrorCode.SYSTEM, `RDMA send path failed: ${(err as Error).message}`, { cause: err }));
     }
   }
 
@@ -458,7 +467,7 @@ export class RdmaConnection implements Connection, CompletionSink {
   /** Sends `m` by rendezvous: an RTS naming registered segments the peer reads. */
   private buildRts(m: Outgoing, wrId: number): void {
     const ctx = this.ctx;
-    const segs: { addr: number; rkey: number; len: number }[] = [];
+    const segs: { addr: number; len: number; mr: Mr }[] = [];
     let lease: Lease | undefined;
     let onWritten = m.onWritten;
     const inPlace = m.parts.length <= MAX_RNDV_SEGMENTS && m.parts.every((p) => p.byteLength === 0 || ctx.locate(p) !== undefined);
@@ -467,7 +476,7 @@ export class RdmaConnection implements Connection, CompletionSink {
       for (const p of m.parts) {
         if (p.byteLength === 0) continue;
         const w = ctx.locate(p)!;
-        segs.push({ addr: w.addr, rkey: w.rkey, len: p.byteLength });
+        segs.push({ addr: w.addr, len: p.byteLength, mr: w.mr });
       }
     } else {
       lease = ctx.heap.alloc(m.total);
@@ -478,12 +487,15 @@ export class RdmaConnection implements Connection, CompletionSink {
         at += p.byteLength;
       }
       const w = ctx.locate(bytes)!;
-      segs.push({ addr: w.addr, rkey: w.rkey, len: m.total });
+      segs.push({ addr: w.addr, len: m.total, mr: w.mr });
       callWritten(onWritten);
       onWritten = undefined;
     }
     const id = this.nextId++;
-    this.advertised.set(id, { lease, onWritten, counted: m.counted });
+    // Each segment is exposed through a window over exactly its bytes, on this QP only, until
+    // DONE: the peer can read nothing else of the slab, and no other connection can read it.
+    const windows = segs.map((s) => ctx.verbs.bindMw(this.qp, s.mr, s.addr, s.len, Access.REMOTE_READ));
+    this.advertised.set(id, { lease, onWritten, counted: m.counted, windows });
     const size = HEADER_BYTES + 4 + segs.length * RNDV_SEGMENT_BYTES;
     const staging = ctx.heap.alloc(size);
     const b = staging.bytes;
@@ -493,7 +505,7 @@ export class RdmaConnection implements Connection, CompletionSink {
     segs.forEach((s, i) => {
       const at = HEADER_BYTES + 4 + i * RNDV_SEGMENT_BYTES;
       v.setFloat64(at, s.addr, true);
-      v.setUint32(at + 8, s.rkey, true);
+      v.setUint32(at + 8, windows[i]!.rkey, true);
       v.setUint32(at + 12, s.len, true);
     });
     const w = ctx.locate(b)!;
@@ -585,7 +597,7 @@ export class RdmaConnection implements Connection, CompletionSink {
         ? new KoalaError(ErrorCode.RECEIVER_NOT_READY, `a SEND to ${this.remoteAddress} found no posted receive after every retry (receiver not ready); the queue pair went to the error state`)
         : new KoalaError(ErrorCode.QP_ERROR, `a ${what} work request with ${this.remoteAddress} completed with ${wcStatusName(status)}; the queue pair went to the error state`);
     log("warn", "transport", `closing the RDMA connection with ${this.remoteAddress}: ${err.message}`);
-    this.fail(err);
+    this.abort(err);
   }
 
   private addRecv(slot: number): void {
@@ -687,6 +699,7 @@ export class RdmaConnection implements Connection, CompletionSink {
     const a = this.advertised.get(id);
     if (a === undefined) return this.protocolError(`DONE for rendezvous ${id}, which is not pending`);
     this.advertised.delete(id);
+    for (const w of a.windows) this.ctx.verbs.deallocMw(w);
     a.lease?.release();
     callWritten(a.onWritten);
     this.unbuffer(a.counted);
@@ -716,19 +729,22 @@ export class RdmaConnection implements Connection, CompletionSink {
       a.rndv.lease = undefined;
       message = lease.bytes;
       this.repost(a.rndv.slot, true);
-      if (this.reason !== undefined) {
+      if (this.reason !== undefined || !this.lending) {
+        // Dropped, or for a reader that does not release: a copy, and the lease goes back now.
+        if (this.reason === undefined) message = message.slice();
         lease.release();
-        return;
+        if (this.reason !== undefined) return;
+      } else {
+        this.ownedLeases.set(message, lease);
       }
-      this.ownedLeases.set(message, lease);
     } else {
       const view = a.view!;
       if (this.reason !== undefined) {
         this.repost(a.slot, true);
         return;
       }
-      if (this.heldSlots >= RECV_DEPTH / 2) {
-        // Too many buffers held by messages not released: copy this one out.
+      if (!this.lending || this.heldSlots >= RECV_DEPTH / 2) {
+        // A reader that has never released, or one holding many buffers: copy this one out.
         message = view.slice();
         this.repost(a.slot, true);
       } else {
@@ -745,6 +761,8 @@ export class RdmaConnection implements Connection, CompletionSink {
   }
 
   release(message: Uint8Array): void {
+    // A reader that releases gets views of the receive buffers from now on (zero copy).
+    this.lending = true;
     const slot = this.ownedViews.get(message);
     if (slot !== undefined) {
       this.ownedViews.delete(message);
@@ -903,6 +921,10 @@ export class RdmaConnection implements Connection, CompletionSink {
     // and the peer has read every rendezvous message.
     this.outq.push({ type: MsgType.CLOSE, parts: [], total: 0, onWritten: undefined, id: 0, counted: 0 });
     this.scheduleFlush();
+    // A peer that never returns credits or never reads its rendezvous messages cannot hold the
+    // connection open: after CLOSE_LINGER_MS it is dropped (queued messages with it).
+    this.lingerTimer = setTimeout(() => this.teardown(), CLOSE_LINGER_MS);
+    this.lingerTimer.unref();
   }
 
   private maybeFinishClose(): void {
@@ -930,25 +952,26 @@ export class RdmaConnection implements Connection, CompletionSink {
     });
   }
 
+  /** The context can no longer serve this connection (see {@link CompletionSink.onFatal}). */
+  onFatal(reason: KoalaError): void {
+    this.abort(reason);
+  }
+
   private abort(reason: KoalaError): void {
     if (this.reason === undefined) this.setClosed(reason, false);
     this.teardown();
   }
 
-  private fail(reason: KoalaError): void {
-    this.abort(reason);
-  }
-
   private protocolError(what: string): void {
     const err = new KoalaError(ErrorCode.PROTOCOL, `${this.remoteAddress} broke the koala RDMA protocol: ${what}`);
     log("warn", "transport", `closing the connection with ${this.remoteAddress}: ${err.message}`);
-    this.fail(err);
+    this.abort(err);
   }
 
   private tooLarge(length: number): void {
     const err = new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `the peer sent a message of ${length} bytes; the limit is ${this.options.maxMessageBytes} (maxMessageBytes)`);
     log("warn", "transport", `closing ${this.remoteAddress}: ${err.message}`);
-    this.fail(err);
+    this.abort(err);
   }
 
   private setClosed(reason: KoalaError, orderly: boolean): void {
@@ -977,12 +1000,14 @@ export class RdmaConnection implements Connection, CompletionSink {
   private teardown(): void {
     if (this.tornDown) return;
     this.tornDown = true;
+    clearTimeout(this.lingerTimer);
     this.dropQueued();
     const v = this.ctx.verbs;
     this.ctx.detach(this.qp.qpNum, this.qp.caps.maxSendWr + this.qp.caps.maxRecvWr);
     try {
       v.disconnect(this.id);
       for (const w of [...this.windows]) this.dropWindow(w);
+      for (const a of this.advertised.values()) for (const w of a.windows.splice(0)) v.deallocMw(w);
       v.destroyQp(this.qp);
       v.destroyId(this.id);
     } catch (err) {

@@ -7,6 +7,7 @@
  * (default 0, off), then re-arms the completion notification and returns to the event loop.
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
+import { log } from "../../log.js";
 import { createHeap, type Heap } from "../../mem/heap.js";
 import type { MemoryRegistrar } from "../../mem/slab.js";
 import { selectRdma, type RdmaSelection } from "./providers.js";
@@ -16,6 +17,8 @@ import { Access, WC, type Cq, type Mr, type Pd, type VerbsContext } from "./verb
 export interface CompletionSink {
   /** One completion, in the queue pair's order. */
   onCompletion(wrId: number, status: number, opcode: number, byteLen: number, imm: number): void;
+  /** The context cannot deliver this queue pair's completions any more (a failed poll, or `onCompletion` threw): close with `reason`. */
+  onFatal(reason: KoalaError): void;
 }
 
 /** Where bytes in registered memory are, for a scatter-gather entry or a peer's RDMA READ. */
@@ -24,8 +27,8 @@ export interface Located {
   addr: number;
   /** Local key of the region. */
   lkey: number;
-  /** Remote key of the region. */
-  rkey: number;
+  /** The registration, for binding a memory window over the bytes. */
+  mr: Mr;
 }
 
 const POLL_BATCH = 64;
@@ -53,8 +56,9 @@ export class RdmaContext {
     this.verbs.reqNotifyCq(this.cq);
     const registrar: MemoryRegistrar = {
       register: (slab) => {
-        // Receive buffers are written by the NIC; rendezvous sources are read by the peer.
-        const mr = this.verbs.regMr(this.pd, slab, Access.LOCAL_WRITE | Access.REMOTE_READ);
+        // Receive buffers are written by the NIC. No remote access: a rendezvous source is
+        // exposed through a memory window over its own bytes, bound to one queue pair.
+        const mr = this.verbs.regMr(this.pd, slab, Access.LOCAL_WRITE | Access.MW_BIND);
         this.regions.set(slab.buffer, { mr, offset: slab.byteOffset, length: slab.byteLength });
         return mr;
       },
@@ -78,7 +82,7 @@ export class RdmaContext {
     if (r === undefined) return undefined;
     const off = bytes.byteOffset - r.offset;
     if (off < 0 || off + bytes.byteLength > r.length) return undefined;
-    return { addr: r.mr.addr + off, lkey: r.mr.lkey, rkey: r.mr.rkey };
+    return { addr: r.mr.addr + off, lkey: r.mr.lkey, mr: r.mr };
   }
 
   /** Routes the completions of queue pair `qpNum` to `sink`, growing the CQ by `entries`. */
@@ -101,7 +105,11 @@ export class RdmaContext {
     return this.sinks.size;
   }
 
-  /** Polls the CQ until empty, in batches, and hands each completion to its queue pair. Re-entrant calls fold into the running one. */
+  /**
+   * Polls the CQ until empty, in batches, and hands each completion to its queue pair.
+   * Re-entrant calls fold into the running one. Runs from the event loop, so nothing may
+   * escape: a failed poll closes every connection of the context, a sink that throws its own.
+   */
   drain(): void {
     if (this.draining) {
       this.again = true;
@@ -109,29 +117,44 @@ export class RdmaContext {
     }
     this.draining = true;
     try {
-      const v = this.verbs;
-      const wc = this.wc;
-      const spinNs = BigInt(this.selection.config.busyPollUs) * 1000n;
-      for (;;) {
-        this.again = false;
-        let n = v.pollCq(this.cq, wc, POLL_BATCH);
-        if (n === 0 && spinNs > 0n) {
-          const end = process.hrtime.bigint() + spinNs;
-          while (n === 0 && process.hrtime.bigint() < end) n = v.pollCq(this.cq, wc, POLL_BATCH);
-        }
-        if (n === 0) {
-          v.reqNotifyCq(this.cq);
-          // A completion that came between the last poll and the arming is caught here.
-          n = v.pollCq(this.cq, wc, POLL_BATCH);
-          if (n === 0 && !this.again) return;
-        }
-        for (let i = 0; i < n; i++) {
-          const at = i * WC.STRIDE;
-          this.sinks.get(wc[at + WC.QP_NUM]!)?.onCompletion(wc[at + WC.WR_ID]!, wc[at + WC.STATUS]!, wc[at + WC.OPCODE]!, wc[at + WC.BYTE_LEN]!, wc[at + WC.IMM]!);
-        }
-      }
+      this.pollAll();
+    } catch (err) {
+      const reason = new KoalaError(ErrorCode.SYSTEM, `the RDMA completion queue failed: ${(err as Error).message}`, { cause: err });
+      log("error", "transport", reason.message);
+      for (const sink of [...this.sinks.values()]) sink.onFatal(reason);
     } finally {
       this.draining = false;
+    }
+  }
+
+  private pollAll(): void {
+    const v = this.verbs;
+    const wc = this.wc;
+    const spinNs = BigInt(this.selection.config.busyPollUs) * 1000n;
+    for (;;) {
+      this.again = false;
+      let n = v.pollCq(this.cq, wc, POLL_BATCH);
+      if (n === 0 && spinNs > 0n) {
+        const end = process.hrtime.bigint() + spinNs;
+        while (n === 0 && process.hrtime.bigint() < end) n = v.pollCq(this.cq, wc, POLL_BATCH);
+      }
+      if (n === 0) {
+        v.reqNotifyCq(this.cq);
+        // A completion that came between the last poll and the arming is caught here.
+        n = v.pollCq(this.cq, wc, POLL_BATCH);
+        if (n === 0 && !this.again) return;
+      }
+      for (let i = 0; i < n; i++) {
+        const at = i * WC.STRIDE;
+        const sink = this.sinks.get(wc[at + WC.QP_NUM]!);
+        if (sink === undefined) continue;
+        try {
+          sink.onCompletion(wc[at + WC.WR_ID]!, wc[at + WC.STATUS]!, wc[at + WC.OPCODE]!, wc[at + WC.BYTE_LEN]!, wc[at + WC.IMM]!);
+        } catch (err) {
+          log("error", "transport", `an RDMA connection failed on a completion: ${(err as Error)?.stack ?? String(err)}`);
+          sink.onFatal(new KoalaError(ErrorCode.SYSTEM, `internal error on an RDMA completion: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
+        }
+      }
     }
   }
 }

@@ -332,11 +332,11 @@ class SoftContext extends Handle implements VerbsContext {
   }
 
   deallocMw(w: Mw): void {
-    if (!(w instanceof SoftMw)) fail("deallocMw()", "not a memory window of the soft provider");
-    w.markDestroyed("deallocMw()", "users");
-    this.byRkey.delete(w.rkey);
-    w.mr.unuse();
-    w.qp.unuse();
+    const mw = own(w, SoftMw, "a memory window");
+    mw.markDestroyed("deallocMw()", "users");
+    this.byRkey.delete(mw.rkey);
+    mw.mr.unuse();
+    mw.qp.unuse();
   }
 
   deregMr(mr: Mr): void {
@@ -417,9 +417,9 @@ class SoftContext extends Handle implements VerbsContext {
   destroyQp(q: Qp): void {
     const qp = asQp(q);
     qp.check("destroyQp()");
-    if (qp.users > 0) qp.markDestroyed("destroyQp()", "memory windows bound (deallocate them first)");
+    if (qp.users > 0) throw new KoalaError(ErrorCode.HANDLE_IN_USE, `destroyQp(): the queue pair still has ${qp.users} memory windows bound (deallocate them first)`);
     this.toError(qp, undefined);
-    qp.markDestroyed("destroyQp()", "users");
+    qp.markDestroyed("destroyQp()", "memory windows");
     qp.id.qp = undefined;
     qp.id.unuse();
     qp.pd.unuse();
@@ -817,18 +817,18 @@ class SoftContext extends Handle implements VerbsContext {
     // A source port for the address the peer sees, as the CM allocates one.
     const srcPort = 32768 + ((process.pid * 7919 + nextSrcPort++) % 28000);
     id.localAddress = formatAddress("rdma", "127.0.0.1", srcPort, "");
-    const fire = (type: "rejected" | "unreachable", reason: string, data?: Uint8Array) => {
+    const fire = (type: "rejected" | "unreachable", reason: string, data?: Uint8Array, timedOut = false) => {
       if (id.state !== "connecting") return;
       id.state = "done";
       clearTimeout(id.timer);
       id.link?.destroy();
-      id.onEvent(data === undefined ? { type, id, reason } : { type, id, reason, privateData: data });
+      id.onEvent({ type, id, reason, ...(data === undefined ? {} : { privateData: data }), ...(timedOut ? { timedOut } : {}) });
     };
     if (!isLocalHost(host)) {
       setImmediate(() => fire("unreachable", `${host} is not this host; the soft provider reaches only local processes`));
       return;
     }
-    id.timer = setTimeout(() => fire("unreachable", `no answer within ${timeoutMs} ms`), timeoutMs);
+    id.timer = setTimeout(() => fire("unreachable", `no answer within ${timeoutMs} ms`, undefined, true), timeoutMs);
     id.timer.unref();
     const socket = net.connect({ path: softPortPath(port) });
     socket.once("error", (err) => {
@@ -978,30 +978,17 @@ async function bindUnix(server: net.Server, path: string): Promise<void> {
   await tryListen();
 }
 
-function asPd(h: Pd): SoftPd {
-  if (!(h instanceof SoftPd)) fail("verbs", "not a protection domain of the soft provider");
+/** The soft object behind a handle; a handle of another provider is refused (KOALA_ERR_VERBS). */
+function own<T>(h: unknown, cls: abstract new (...args: never[]) => T, what: string): T {
+  if (!(h instanceof cls)) fail("verbs", `not ${what} of the soft provider`);
   return h;
 }
-function asMr(h: Mr): SoftMr {
-  if (!(h instanceof SoftMr)) fail("verbs", "not a memory region of the soft provider");
-  return h;
-}
-function asCq(h: Cq): SoftCq {
-  if (!(h instanceof SoftCq)) fail("verbs", "not a completion queue of the soft provider");
-  return h;
-}
-function asQp(h: Qp): SoftQp {
-  if (!(h instanceof SoftQp)) fail("verbs", "not a queue pair of the soft provider");
-  return h;
-}
-function asId(h: CmId): SoftCmId {
-  if (!(h instanceof SoftCmId)) fail("verbs", "not a CM identifier of the soft provider");
-  return h;
-}
-function asListener(h: CmListener): SoftCmListener {
-  if (!(h instanceof SoftCmListener)) fail("verbs", "not a CM listener of the soft provider");
-  return h;
-}
+const asPd = (h: Pd) => own(h, SoftPd, "a protection domain");
+const asMr = (h: Mr) => own(h, SoftMr, "a memory region");
+const asCq = (h: Cq) => own(h, SoftCq, "a completion queue");
+const asQp = (h: Qp) => own(h, SoftQp, "a queue pair");
+const asId = (h: CmId) => own(h, SoftCmId, "a CM identifier");
+const asListener = (h: CmListener) => own(h, SoftCmListener, "a CM listener");
 
 /** The software provider. */
 export const softProvider: VerbsProvider = {

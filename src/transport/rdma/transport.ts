@@ -4,14 +4,14 @@
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
 import { log } from "../../log.js";
-import { AcceptQueue } from "../accept-queue.js";
+import { QueuedListener } from "../accept-queue.js";
 import { formatAddress } from "../address.js";
 import type { Address, Connection, Listener, ResolvedTransportOptions, Transport } from "../types.js";
 import { RECV_DEPTH, RdmaConnection, decodeHello, encodeHello, HEADER_BYTES } from "./connection.js";
 import { rdmaContext, type RdmaContext } from "./context.js";
 import { readRdmaConfig } from "./config.js";
 import { selectRdma } from "./providers.js";
-import type { CmEvent, CmId, CmListener, QpCaps } from "./verbs.js";
+import type { CmEvent, CmId, CmListener, Qp, QpCaps } from "./verbs.js";
 
 /** Send-queue depth of every queue pair: the peer's credits, the RDMA READs of rendezvous and room for protocol messages. */
 const SEND_DEPTH = 64;
@@ -33,11 +33,12 @@ function contextFor(): { ctx: RdmaContext; bufferBytes: number } {
   return { ctx: rdmaContext(RECV_DEPTH * bufferBytes), bufferBytes };
 }
 
-class RdmaListener implements Listener {
+class RdmaListener extends QueuedListener implements Listener {
   readonly transport = "rdma" as const;
-  private readonly queue = new AcceptQueue();
   /** Connections by CM identifier, from the request until they end (events arrive by identifier). */
   private readonly byId = new Map<CmId, RdmaConnection | undefined>();
+  /** Accepted, not yet established: closed with the listener. */
+  private readonly handshaking = new Set<RdmaConnection>();
   cm: CmListener | undefined;
 
   constructor(
@@ -45,9 +46,21 @@ class RdmaListener implements Listener {
     private readonly ctx: RdmaContext,
     private readonly bufferBytes: number,
     private readonly options: ResolvedTransportOptions,
-  ) {}
+  ) {
+    super();
+  }
 
+  /** Handles a CM event; runs from the provider's event source, so nothing may escape it. */
   onEvent(e: CmEvent): void {
+    try {
+      this.handle(e);
+    } catch (err) {
+      log("error", "transport", `RDMA listener ${this.address}: ${e.type}: ${(err as Error)?.stack ?? String(err)}`);
+      this.byId.get(e.id)?.close(err as Error);
+    }
+  }
+
+  private handle(e: CmEvent): void {
     const v = this.ctx.verbs;
     switch (e.type) {
       case "connect_request": {
@@ -65,16 +78,31 @@ class RdmaListener implements Listener {
           v.destroyId(e.id);
           return;
         }
-        const qp = v.createQp(e.id, this.ctx.pd, this.ctx.cq, this.ctx.cq, qpCaps(this.ctx));
-        const conn = new RdmaConnection(this.ctx, e.id, qp, this.options, this.address, e.id.remoteAddress || `${this.address}#peer`, peer);
+        let conn: RdmaConnection;
+        let qp: Qp | undefined;
+        try {
+          qp = v.createQp(e.id, this.ctx.pd, this.ctx.cq, this.ctx.cq, qpCaps(this.ctx));
+          conn = new RdmaConnection(this.ctx, e.id, qp, this.options, this.address, e.id.remoteAddress || `${this.address}#peer`, peer);
+        } catch (err) {
+          // Out of queue pairs or registered memory: this request is refused, the listener goes on.
+          log("warn", "transport", `refused an RDMA connection on ${this.address}: ${(err as Error).message}`);
+          if (qp !== undefined) v.destroyQp(qp);
+          v.reject(e.id, new Uint8Array(0));
+          v.destroyId(e.id);
+          return;
+        }
         this.byId.set(e.id, conn);
-        void conn.closed.then(() => this.byId.delete(e.id));
+        this.handshaking.add(conn);
+        void conn.closed.then(() => {
+          this.byId.delete(e.id);
+          this.handshaking.delete(conn);
+        });
         v.accept(e.id, encodeHello(RECV_DEPTH, this.bufferBytes));
         return;
       }
       case "established": {
         const conn = this.byId.get(e.id);
-        if (conn !== undefined) this.queue.push(conn);
+        if (conn !== undefined && this.handshaking.delete(conn)) this.queue.push(conn);
         return;
       }
       case "disconnected":
@@ -85,21 +113,10 @@ class RdmaListener implements Listener {
     }
   }
 
-  accept(): Promise<Connection> {
-    return this.queue.accept();
-  }
-
-  onConnection(handler: ((connection: Connection) => void) | null): void {
-    this.queue.setHandler(handler);
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<Connection> {
-    return this.queue[Symbol.asyncIterator]();
-  }
-
   async close(): Promise<void> {
     if (this.queue.isClosed) return;
     this.queue.close();
+    for (const c of [...this.handshaking]) c.close(new Error("the listener closed during the handshake"));
     if (this.cm !== undefined) this.ctx.verbs.closeListener(this.cm);
   }
 }
@@ -141,7 +158,7 @@ async function connectRdma(address: Address, options: ResolvedTransportOptions):
     }
   }
   conn.close(new Error(event.reason ?? event.type));
-  const code = event.type === "rejected" ? ErrorCode.CONNECTION_REFUSED : /within/.test(event.reason ?? "") ? ErrorCode.CONNECT_TIMEOUT : ErrorCode.HOST_NOT_FOUND;
+  const code = event.type === "rejected" ? ErrorCode.CONNECTION_REFUSED : event.timedOut === true ? ErrorCode.CONNECT_TIMEOUT : ErrorCode.HOST_NOT_FOUND;
   throw new KoalaError(code, `connect to ${address.uri}: ${event.reason ?? event.type}`);
 }
 

@@ -309,6 +309,8 @@ export interface CmEvent {
   readonly privateData?: Uint8Array;
   /** Why, for `rejected`, `unreachable` and `disconnected`. */
   readonly reason?: string;
+  /** For `unreachable`: the peer did not answer within the connect timeout (ETIMEDOUT). */
+  readonly timedOut?: boolean;
 }
 
 /** A connection-manager identifier (rdma_cm_id): one connection, with at most one queue pair. */
