@@ -99,7 +99,8 @@ class LoadedTypes {
       o = {};
       for (const [name, n] of Object.entries(e.values)) {
         o[name] = n;
-        o[n] = name;
+        // The first name of a number is its name (aliases come later).
+        o[n] ??= name;
       }
       this.enums.set(e, o);
     }

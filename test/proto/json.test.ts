@@ -25,7 +25,7 @@ import {
   wrap,
 } from "../../src/index.js";
 import type { MessageType } from "../../src/proto/definition.js";
-import { All, Kind, Leaf } from "../golden/spec/spec3.js";
+import { Aliased, All, Kind, Leaf } from "../golden/spec/spec3.js";
 import { P2 } from "../golden/spec/spec2.js";
 import { Node } from "../golden/spec/editions.js";
 import { Wkt } from "../golden/spec/wkt.js";
@@ -73,6 +73,8 @@ test("special forms: 64-bit as strings, bytes as base64, enums by name, NaN, jso
     fieldName4: "x",
   });
   assert.equal(All.toJson(All.create({ fKind: 42 as Kind })), { fKind: 42 }, "an unknown enum value stays a number");
+  assert.equal(All.toJson(All.create({ fAliased: Aliased.AL_UNO })), { fAliased: "AL_ONE" }, "an aliased number goes by its first name");
+  assert.equal(All.fromJson({ fAliased: "AL_EINS" }).fAliased, 1);
   const w = Wkt.create({
     at: { seconds: 1n, nanos: 20_000_000 },
     took: { seconds: -3n, nanos: -500 },

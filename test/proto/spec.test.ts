@@ -153,6 +153,15 @@ test("groups: proto2 groups and editions DELIMITED fields round-trip; maps stay 
   protocolError(() => P2.decode(bytes(0x30, 0x01, 0x5b, 0x08, 0x01, 0x64)), /group 11 ended by the end tag of field 12/);
 });
 
+test("PartialMessage: partial at every depth, a oneof's value checked against its case (checked by tsc)", () => {
+  const deep: PartialMessage<All> = { fSelf: { fLeaf: { n: 1 }, rLeaf: [{}] }, choice: { case: "cSelf", value: { mStringSelf: { k: {} } } } };
+  // @ts-expect-error a oneof value must match its case
+  const wrong: PartialMessage<All> = { choice: { case: "cString", value: 5 } };
+  void wrong;
+  assert.equal(All.decode(All.encode(deep)), All.create(deep));
+  assert.equal(All.create(deep).fSelf!.fLeaf, { label: "", n: 1 }, "create() completes nested messages");
+});
+
 test("field names follow protoc's JSON names", () => {
   const m = All.create({ fieldName4: "x" });
   assert.is(All.decode(All.encode(m)).fieldName4, "x");

@@ -303,7 +303,22 @@ function genEnum(g: FileGen, e: protobuf.Enum): void {
   const name = tsName(e);
   g.lines.push(`/** Enum ${e.fullName.slice(1)}. */`);
   g.lines.push(`export enum ${name} {`);
-  for (const [k, v] of Object.entries(e.values)) g.lines.push(`  ${k} = ${v},`);
+  // With aliases (allow_alias) the first name of a number is its name (JSON, protoc): TypeScript's
+  // reverse mapping keeps the last one written, so the first name goes after its aliases.
+  const entries = Object.entries(e.values);
+  const first = new Map<number, string>();
+  const last = new Map<number, string>();
+  for (const [k, v] of entries) {
+    if (!first.has(v)) first.set(v, k);
+    last.set(v, k);
+  }
+  const ordered: [string, number][] = [];
+  for (const [k, v] of entries) {
+    if (first.get(v) === k && last.get(v) !== k) continue;
+    ordered.push([k, v]);
+    if (last.get(v) === k && first.get(v) !== k) ordered.push([first.get(v)!, v]);
+  }
+  for (const [k, v] of ordered) g.lines.push(`  ${k} = ${v},`);
   g.lines.push("}", "");
 }
 

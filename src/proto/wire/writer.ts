@@ -70,7 +70,7 @@ export function tagSize(field: number, wireType: number): number {
 /** UTF-8 length of `s`. */
 export function utf8Size(s: string): number {
   const n = s.length;
-  if (n < 32) {
+  if (n < 128) {
     let ascii = true;
     for (let i = 0; i < n; i++) {
       if (s.charCodeAt(i) >= 0x80) {

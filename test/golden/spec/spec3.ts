@@ -10,6 +10,14 @@ export enum Kind {
   KIND_BIG = 1000,
 }
 
+/** Enum spec3.Aliased. */
+export enum Aliased {
+  AL_ZERO = 0,
+  AL_UNO = 1,
+  AL_EINS = 1,
+  AL_ONE = 1,
+}
+
 /** Message spec3.Leaf. */
 export interface Leaf {
   label: string;
@@ -139,6 +147,7 @@ export interface All {
   choice: { case: "cString"; value: string } | { case: "cInt64"; value: bigint } | { case: "cLeaf"; value: Leaf } | { case: "cBytes"; value: Uint8Array } | { case: "cKind"; value: Kind } | { case: "cSelf"; value: All } | { case: undefined; value?: undefined };
   secondChoice: { case: "sBool"; value: boolean } | { case: "sFixed64"; value: bigint } | { case: undefined; value?: undefined };
   fieldName4: string;
+  fAliased: Aliased;
   maxField: number;
   /** Fields this type does not declare (newer fields, extensions), kept from decoding and written back when encoding. */
   $unknown?: Uint8Array[];
@@ -214,10 +223,11 @@ export const All: MessageType<All> = {
     { no: 86, name: "sBool", json: "sBool", proto: "s_bool", kind: "scalar", type: "bool", oneof: "secondChoice" },
     { no: 87, name: "sFixed64", json: "sFixed64", proto: "s_fixed64", kind: "scalar", type: "fixed64", oneof: "secondChoice" },
     { no: 90, name: "fieldName4", json: "fieldName4", proto: "field__name4_", kind: "scalar", type: "string" },
+    { no: 91, name: "fAliased", json: "fAliased", proto: "f_aliased", kind: "enum", T: () => Aliased, enumType: "spec3.Aliased" },
     { no: 536870911, name: "maxField", json: "maxField", proto: "max_field", kind: "scalar", type: "int32" },
   ],
   create(init?: PartialMessage<All>): All {
-    const m: All = { fDouble: 0, fFloat: 0, fInt32: 0, fInt64: 0n, fUint32: 0, fUint64: 0n, fSint32: 0, fSint64: 0n, fFixed32: 0, fFixed64: 0n, fSfixed32: 0, fSfixed64: 0n, fBool: false, fString: "", fBytes: wire.EMPTY_BYTES, fKind: 0, fLeaf: undefined, fSelf: undefined, oInt32: undefined, oString: undefined, oKind: undefined, oBytes: undefined, oDouble: undefined, rDouble: [], rFloat: [], rInt32: [], rInt64: [], rUint32: [], rUint64: [], rSint32: [], rSint64: [], rFixed32: [], rFixed64: [], rSfixed32: [], rSfixed64: [], rBool: [], rString: [], rBytes: [], rKind: [], rLeaf: [], uInt32: [], uDouble: [], uSint64: [], uKind: [], mInt32: {}, mInt64: {}, mUint32: {}, mUint64: {}, mSint32: {}, mSint64: {}, mFixed32: {}, mFixed64: {}, mSfixed32: {}, mSfixed64: {}, mBool: {}, mString: {}, mStringSelf: {}, choice: { case: undefined }, secondChoice: { case: undefined }, fieldName4: "", maxField: 0 };
+    const m: All = { fDouble: 0, fFloat: 0, fInt32: 0, fInt64: 0n, fUint32: 0, fUint64: 0n, fSint32: 0, fSint64: 0n, fFixed32: 0, fFixed64: 0n, fSfixed32: 0, fSfixed64: 0n, fBool: false, fString: "", fBytes: wire.EMPTY_BYTES, fKind: 0, fLeaf: undefined, fSelf: undefined, oInt32: undefined, oString: undefined, oKind: undefined, oBytes: undefined, oDouble: undefined, rDouble: [], rFloat: [], rInt32: [], rInt64: [], rUint32: [], rUint64: [], rSint32: [], rSint64: [], rFixed32: [], rFixed64: [], rSfixed32: [], rSfixed64: [], rBool: [], rString: [], rBytes: [], rKind: [], rLeaf: [], uInt32: [], uDouble: [], uSint64: [], uKind: [], mInt32: {}, mInt64: {}, mUint32: {}, mUint64: {}, mSint32: {}, mSint64: {}, mFixed32: {}, mFixed64: {}, mSfixed32: {}, mSfixed64: {}, mBool: {}, mString: {}, mStringSelf: {}, choice: { case: undefined }, secondChoice: { case: undefined }, fieldName4: "", fAliased: 0, maxField: 0 };
     if (init !== undefined) {
       if (init.fDouble !== undefined) m.fDouble = init.fDouble;
       if (init.fFloat !== undefined) m.fFloat = init.fFloat;
@@ -286,6 +296,7 @@ export const All: MessageType<All> = {
       }
       if (init.secondChoice !== undefined) m.secondChoice = init.secondChoice;
       if (init.fieldName4 !== undefined) m.fieldName4 = init.fieldName4;
+      if (init.fAliased !== undefined) m.fAliased = init.fAliased;
       if (init.maxField !== undefined) m.maxField = init.maxField;
       if (init.$unknown !== undefined) m.$unknown = init.$unknown;
     }
@@ -363,6 +374,7 @@ export const All: MessageType<All> = {
       case "sFixed64": n += 2 + 8; break;
     }
     if (m.fieldName4 !== undefined && !(m.fieldName4 === "")) n += 2 + wire.stringSize(m.fieldName4);
+    if (m.fAliased !== undefined && !(m.fAliased === 0)) n += 2 + wire.varint32Size(m.fAliased);
     if (m.maxField !== undefined && !(m.maxField === 0)) n += 5 + wire.varint32Size(m.maxField);
     if (m.$unknown !== undefined) n += wire.unknownSize(m.$unknown);
     return n;
@@ -438,11 +450,12 @@ export const All: MessageType<All> = {
       case "sFixed64": w.uint32(697).fixed64((m.secondChoice.value as bigint)); break;
     }
     if (m.fieldName4 !== undefined && !(m.fieldName4 === "")) w.uint32(722).string(m.fieldName4);
+    if (m.fAliased !== undefined && !(m.fAliased === 0)) w.uint32(728).int32(m.fAliased);
     if (m.maxField !== undefined && !(m.maxField === 0)) w.uint32(4294967288).int32(m.maxField);
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: All, group?: number): All {
-    const m: All = into ?? { fDouble: 0, fFloat: 0, fInt32: 0, fInt64: 0n, fUint32: 0, fUint64: 0n, fSint32: 0, fSint64: 0n, fFixed32: 0, fFixed64: 0n, fSfixed32: 0, fSfixed64: 0n, fBool: false, fString: "", fBytes: wire.EMPTY_BYTES, fKind: 0, fLeaf: undefined, fSelf: undefined, oInt32: undefined, oString: undefined, oKind: undefined, oBytes: undefined, oDouble: undefined, rDouble: [], rFloat: [], rInt32: [], rInt64: [], rUint32: [], rUint64: [], rSint32: [], rSint64: [], rFixed32: [], rFixed64: [], rSfixed32: [], rSfixed64: [], rBool: [], rString: [], rBytes: [], rKind: [], rLeaf: [], uInt32: [], uDouble: [], uSint64: [], uKind: [], mInt32: {}, mInt64: {}, mUint32: {}, mUint64: {}, mSint32: {}, mSint64: {}, mFixed32: {}, mFixed64: {}, mSfixed32: {}, mSfixed64: {}, mBool: {}, mString: {}, mStringSelf: {}, choice: { case: undefined }, secondChoice: { case: undefined }, fieldName4: "", maxField: 0 };
+    const m: All = into ?? { fDouble: 0, fFloat: 0, fInt32: 0, fInt64: 0n, fUint32: 0, fUint64: 0n, fSint32: 0, fSint64: 0n, fFixed32: 0, fFixed64: 0n, fSfixed32: 0, fSfixed64: 0n, fBool: false, fString: "", fBytes: wire.EMPTY_BYTES, fKind: 0, fLeaf: undefined, fSelf: undefined, oInt32: undefined, oString: undefined, oKind: undefined, oBytes: undefined, oDouble: undefined, rDouble: [], rFloat: [], rInt32: [], rInt64: [], rUint32: [], rUint64: [], rSint32: [], rSint64: [], rFixed32: [], rFixed64: [], rSfixed32: [], rSfixed64: [], rBool: [], rString: [], rBytes: [], rKind: [], rLeaf: [], uInt32: [], uDouble: [], uSint64: [], uKind: [], mInt32: {}, mInt64: {}, mUint32: {}, mUint64: {}, mSint32: {}, mSint64: {}, mFixed32: {}, mFixed64: {}, mSfixed32: {}, mSfixed64: {}, mBool: {}, mString: {}, mStringSelf: {}, choice: { case: undefined }, secondChoice: { case: undefined }, fieldName4: "", fAliased: 0, maxField: 0 };
     while (r.pos < end) {
       const p = r.pos;
       const t = r.tag();
@@ -513,6 +526,7 @@ export const All: MessageType<All> = {
         case 86: if ((t & 7) === 0) { m.secondChoice = { case: "sBool", value: r.bool() }; continue; } break;
         case 87: if ((t & 7) === 1) { m.secondChoice = { case: "sFixed64", value: r.fixed64() }; continue; } break;
         case 90: if ((t & 7) === 2) { m.fieldName4 = r.string(); continue; } break;
+        case 91: if ((t & 7) === 0) { m.fAliased = r.int32() as Aliased; continue; } break;
         case 536870911: if ((t & 7) === 0) { m.maxField = r.int32(); continue; } break;
       }
       if (r.other(m, t, p, group)) {
