@@ -68,3 +68,6 @@ export {
 export type { AnyMessage, SecondsNanos } from "./proto/wkt.js";
 export { clearExtension, getExtension, hasExtension, setExtension } from "./proto/extension.js";
 export type { Extension } from "./proto/extension.js";
+
+export { InterceptorRegistry, processInterceptors } from "./rpc/interceptor.js";
+export type { CallInfo, CallOutcome, Interceptor, InterceptorScope, InterceptPoint, Verdict } from "./rpc/interceptor.js";

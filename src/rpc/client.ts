@@ -11,6 +11,7 @@ import type { Connection } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
+import { CallRecord, chainOf, runChain, runEndChain, runMessageChain, serviceOfPath, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
 import { buildFrame, encodeSettings, type EncodeSettings } from "./outgoing.js";
@@ -363,6 +364,10 @@ class ClientCall<I, O> implements PendingCall {
   /** The single request, kept until the server answers so that a call its GOAWAY refused can go elsewhere. */
   private request: RequestInit<I> | undefined;
   private answered = false;
+  /** Interceptors of this call (the channel's, then the process's); empty on the fast path. */
+  private readonly chain: readonly Interceptor[];
+  /** What the interceptors see; made only when there are any. */
+  private info: CallRecord | undefined;
   /** True once the call is over (for senders waiting on credit). */
   get ended(): boolean {
     return this.done;
@@ -375,6 +380,7 @@ class ClientCall<I, O> implements PendingCall {
   ) {
     checkCallOptions(options);
     this.deadline = deadlineOf(options);
+    this.chain = chainOf(channel.options.interceptors, method.path, serviceOfPath(method.path), "client");
     const kind = method.kind;
     if (kind === "server_streaming" || kind === "bidi_streaming") {
       this.stream = new IncomingStream<O>(
@@ -405,7 +411,27 @@ class ClientCall<I, O> implements PendingCall {
       // Node timers top out at 2^31-1 ms (~24.8 days; longer ones fire at once): beyond, no timer.
       if (left <= MAX_TIMER_MS) this.timer = setTimeout(() => this.cancel(new RpcError(Code.DEADLINE_EXCEEDED, `deadline exceeded after ${this.options?.timeoutMs ?? left} ms`)), left);
     }
-    this.dispatch(request, requests);
+    if (this.chain.length === 0) {
+      this.dispatch(request, requests);
+      return;
+    }
+    // Interceptors see the call before it is sent; a held call keeps its deadline and can be cancelled.
+    const md = this.options?.metadata;
+    const info = (this.info = new CallRecord("client", this.method.path, serviceOfPath(this.method.path), this.method.kind, this.channel.address, this.deadline, md instanceof Metadata ? md : new Metadata(md), () => this.done));
+    info.request = request;
+    this.afterChain(runChain(this.chain, info, "client-send"), () => this.dispatch(request, requests));
+  }
+
+  /** Goes on with `next` when the chain passed, ends the call when it rejected, waits when it holds. */
+  private afterChain(verdict: undefined | RpcError | Promise<undefined | RpcError>, next: () => void): void {
+    if (verdict === undefined) next();
+    else if (verdict instanceof RpcError) this.end(verdict);
+    else
+      verdict.then((v) => {
+        if (this.done) return;
+        if (v instanceof RpcError) this.end(v);
+        else next();
+      });
   }
 
   /** Finds the channel's connection and opens the call there once the server allows another stream. */
@@ -449,7 +475,7 @@ class ClientCall<I, O> implements PendingCall {
     this.callId = callId;
     this.stream?.bind(cc.receiveWindow);
     const md = this.options?.metadata;
-    const metadata = md === undefined ? undefined : md instanceof Metadata ? md : new Metadata(md);
+    const metadata = this.info !== undefined ? this.info.metadata : md === undefined ? undefined : md instanceof Metadata ? md : new Metadata(md);
     const timeout = this.deadline === undefined ? 0 : Math.max(1, Math.min(0xffff_fff0, this.deadline - Date.now()));
     let flags = define ? FrameFlag.DEFINE_METHOD : 0;
     const single = requests === undefined;
@@ -481,6 +507,12 @@ class ClientCall<I, O> implements PendingCall {
     try {
       for await (const r of requests as AsyncIterable<RequestInit<I>>) {
         if (this.done) return;
+        if (this.info !== undefined) {
+          const v = runMessageChain(this.chain, this.info, "client-send", r);
+          const verdict = v instanceof Promise ? await v : v;
+          if (verdict instanceof RpcError) throw verdict;
+          if (this.done) return;
+        }
         const frame = buildFrame(this.channel.encode, { type: FrameType.DATA, callId: this.callId, bodyType: this.method.input, body: asMessage(r) });
         const waiting = this.cc!.sendStreamMessage(frame, this.window!, this);
         if (waiting !== undefined) await waiting;
@@ -527,6 +559,10 @@ class ClientCall<I, O> implements PendingCall {
         if (this.stream !== undefined) {
           counted = true;
           this.stream.push(msg, frame.body.byteLength);
+          if (this.info !== undefined) {
+            const v = runMessageChain(this.chain, this.info, "client-receive", msg);
+            if (v instanceof RpcError) throw v;
+          }
         }
         else if (this.gotResponse) throw new RpcError(Code.INTERNAL, "server sent more than one response to a call that takes one");
         else {
@@ -560,7 +596,10 @@ class ClientCall<I, O> implements PendingCall {
         }
       }
       const code = clampCode(frame.arg);
-      if (code === Code.OK) this.end(undefined);
+      if (code === Code.OK && this.info !== undefined) {
+        this.info.response = this.response;
+        this.afterChain(runChain(this.chain, this.info, "client-receive"), () => this.end(undefined));
+      } else if (code === Code.OK) this.end(undefined);
       else {
         const text = code === frame.arg ? frame.text : `the server sent status code ${frame.arg}, which gRPC does not define${frame.text === "" ? "" : `: ${frame.text}`}`;
         this.end(new RpcError(code, text, { metadata: trailers?.toRecord() ?? {} }));
@@ -593,6 +632,7 @@ class ClientCall<I, O> implements PendingCall {
   private end(error: RpcError | undefined): void {
     if (this.done) return;
     this.done = true;
+    if (this.info !== undefined) runEndChain(this.chain, this.info, { code: error?.code ?? Code.OK, error }, interceptorFailed);
     if (this.timer !== undefined) clearTimeout(this.timer);
     if (this.abortListener !== undefined) this.options!.signal!.removeEventListener("abort", this.abortListener);
     this.cc?.finish(this.callId);
@@ -622,6 +662,11 @@ class ClientCall<I, O> implements PendingCall {
       this.rejectUnary = reject;
     });
   }
+}
+
+/** An interceptor's onEnd threw: logged, never fatal. */
+function interceptorFailed(err: unknown, name: string): void {
+  log("warn", "client", `interceptor ${name} threw in onEnd: ${(err as Error)?.message ?? String(err)}`);
 }
 
 function describeAbort(reason: unknown): string {

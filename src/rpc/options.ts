@@ -2,6 +2,7 @@
 import { boolean, custom, integer, resolveOptions, type OptionsSpec } from "../options.js";
 import { resolveTransportOptions } from "../transport/options.js";
 import type { TransportOptions } from "../transport/types.js";
+import type { Interceptor } from "./interceptor.js";
 import { Heap, sharedHeap } from "../mem/index.js";
 
 const MiB = 1024 * 1024;
@@ -28,6 +29,8 @@ export interface ChannelOptions {
   transport?: TransportOptions;
   /** Heap requests are encoded into (see src/mem); null encodes into plain buffers. Default: the shared heap. */
   heap?: Heap | null;
+  /** Interceptors every call of this channel passes, in order, before the process-wide ones (see interceptor.ts). Default none. */
+  interceptors?: readonly Interceptor[];
 }
 
 /** Options of a server. */
@@ -73,10 +76,14 @@ export interface ServerOptions {
   logHandlerErrors?: boolean;
   /** Heap responses are encoded into; null encodes into plain buffers. Default: the shared heap. */
   heap?: Heap | null;
+  /** Interceptors every call to this server passes, in order, before the process-wide ones (see interceptor.ts). Default none. */
+  interceptors?: readonly Interceptor[];
 }
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
 const isHeap = (v: unknown) => v === null || v instanceof Heap;
+const isInterceptorList = (v: unknown) =>
+  Array.isArray(v) && v.every((i) => typeof i === "object" && i !== null && typeof (i as Interceptor).name === "string");
 
 
 const channelSpec: OptionsSpec<Required<ChannelOptions>> = {
@@ -90,6 +97,7 @@ const channelSpec: OptionsSpec<Required<ChannelOptions>> = {
   maxMetadataBytes: integer(16 * 1024, 1, 2 ** 31),
   transport: custom<TransportOptions>({}, "an object of transport options", isObject),
   heap: custom<Heap | null>(null, "a Heap or null", isHeap),
+  interceptors: custom<readonly Interceptor[]>([], "an array of interceptors (objects with a name)", isInterceptorList),
 };
 
 const serverSpec: OptionsSpec<Required<ServerOptions>> = {
@@ -108,6 +116,7 @@ const serverSpec: OptionsSpec<Required<ServerOptions>> = {
   transport: custom<TransportOptions>({}, "an object of transport options", isObject),
   logHandlerErrors: boolean(true),
   heap: custom<Heap | null>(null, "a Heap or null", isHeap),
+  interceptors: custom<readonly Interceptor[]>([], "an array of interceptors (objects with a name)", isInterceptorList),
 };
 
 /** Resolved channel options. */

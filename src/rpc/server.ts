@@ -10,6 +10,7 @@ import type { Connection, Listener } from "../transport/types.js";
 import type { MethodDefinition, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
+import { CallRecord, chainOf, runChain, runEndChain, runMessageChain, serviceOfPath, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
 import { buildFrame, encodeSettings, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
@@ -478,6 +479,10 @@ class ServerCall implements CallContext {
   private callMessage: Uint8Array | undefined;
   /** True while the application's handler may still use the request (it runs, or its response stream does). */
   private handlerRunning = false;
+  /** Interceptors of this call (the server's, then the process's); empty on the fast path. */
+  private readonly chain: readonly Interceptor[];
+  /** What the interceptors see; made only when there are any. */
+  private info: CallRecord | undefined;
 
   constructor(
     private readonly sc: ServerConnection,
@@ -488,6 +493,7 @@ class ServerCall implements CallContext {
     private readonly held: number,
   ) {
     this.method = route.method;
+    this.chain = chainOf(sc.options.interceptors, route.method.path, serviceOfPath(route.method.path), "server");
     this.mdBytes = frame.metadata;
     if (frame.metadata !== undefined || frame.body !== undefined) this.callMessage = sc.takeMessage();
     this.deadline = frame.arg2 === 0 ? undefined : Date.now() + frame.arg2;
@@ -548,18 +554,51 @@ class ServerCall implements CallContext {
           throw new RpcError(Code.INTERNAL, `${this.method.path} takes exactly one request`);
         }
         const request = this.decode(frame.body);
-        if (kind === "unary") this.unary(this.route.handler as UnaryHandler<unknown, unknown>, request);
-        else this.startStream(() => (this.route.handler as ServerStreamingHandler<unknown, unknown>)(request, this));
+        const invoke = (): void => {
+          if (kind === "unary") this.unary(this.route.handler as UnaryHandler<unknown, unknown>, request);
+          else this.startStream(() => (this.route.handler as ServerStreamingHandler<unknown, unknown>)(request, this));
+        };
+        if (this.chain.length === 0) invoke();
+        else this.intercept(request, invoke);
       } else {
         if (frame.body !== undefined) this.push(frame.body, false);
         if ((frame.flags & FrameFlag.END_STREAM) !== 0) this.requests!.end();
-        if (kind === "client_streaming") this.unary(this.route.handler as unknown as UnaryHandler<unknown, unknown>, this.requests!);
-        else this.startStream(() => (this.route.handler as BidiStreamingHandler<unknown, unknown>)(this.requests!, this));
+        const invoke = (): void => {
+          if (kind === "client_streaming") this.unary(this.route.handler as unknown as UnaryHandler<unknown, unknown>, this.requests!);
+          else this.startStream(() => (this.route.handler as BidiStreamingHandler<unknown, unknown>)(this.requests!, this));
+        };
+        if (this.chain.length === 0) invoke();
+        else this.intercept(undefined, invoke);
       }
     } catch (err) {
       if (err instanceof KoalaError && err.code === ErrorCode.PROTOCOL) throw err; // the connection's problem, not this call's
       this.fail(err);
     }
+  }
+
+  /** Runs the interceptors at `server-receive`; the handler starts when they pass (a held call's deadline keeps running). */
+  private intercept(request: unknown, invoke: () => void): void {
+    const info = (this.info = new CallRecord("server", this.method.path, serviceOfPath(this.method.path), this.method.kind, this.peer, this.deadline, this.requestMetadata, () => this.done));
+    info.request = request;
+    this.afterChain(runChain(this.chain, info, "server-receive"), invoke);
+  }
+
+  /** Goes on with `next` when the chain passed, fails the call when it rejected, waits when it holds. */
+  private afterChain(verdict: undefined | RpcError | Promise<undefined | RpcError>, next: () => void): void {
+    if (verdict === undefined) next();
+    else if (verdict instanceof RpcError) this.fail(verdict);
+    else
+      verdict.then((v) => {
+        if (this.done) return;
+        if (v instanceof RpcError) this.fail(v);
+        else {
+          try {
+            next();
+          } catch (err) {
+            this.fail(err);
+          }
+        }
+      });
   }
 
   /** Decodes a request of a stream and queues it; a flow-control violation propagates (it closes the connection). */
@@ -573,6 +612,10 @@ class ServerCall implements CallContext {
       throw err;
     }
     this.requests!.push(request, body.byteLength, fromData ? this.sc.takeMessage() : undefined);
+    if (this.info !== undefined) {
+      const v = runMessageChain(this.chain, this.info, "server-receive", request);
+      if (v instanceof RpcError) throw v;
+    }
   }
 
   /** Decodes the request headers; malformed ones fail the call with INTERNAL and one rate-limited log line (no stack: it is the peer's fault). */
@@ -654,6 +697,13 @@ class ServerCall implements CallContext {
       this.fail(new RpcError(Code.INTERNAL, `handler of ${this.method.path} returned no response`));
       return;
     }
+    if (this.info !== undefined) {
+      this.info.response = response;
+      this.afterChain(runChain(this.chain, this.info, "server-send"), () => this.sendReply(response));
+    } else this.sendReply(response);
+  }
+
+  private sendReply(response: unknown): void {
     let frame: OutgoingFrame;
     try {
       frame = buildFrame(this.sc.server.encode, {
@@ -689,6 +739,12 @@ class ServerCall implements CallContext {
         const r = await it.next();
         if (this.done) return;
         if (r.done === true) break;
+        if (this.info !== undefined) {
+          const v = runMessageChain(this.chain, this.info, "server-send", r.value);
+          const verdict = v instanceof Promise ? await v : v;
+          if (verdict instanceof RpcError) throw verdict;
+          if (this.done) return;
+        }
         // The first response carries the headers (buildFrame flags the section when there is one).
         const frame = buildFrame(this.sc.server.encode, { type: FrameType.DATA, callId: this.id, metadata: this.headersSent ? undefined : this.headers, bodyType: this.method.output, body: r.value });
         this.checkBudget(frame);
@@ -698,6 +754,12 @@ class ServerCall implements CallContext {
         if (this.done) return;
       }
       if (this.done) return;
+      if (this.info !== undefined) {
+        const v = runChain(this.chain, this.info, "server-send");
+        const verdict = v instanceof Promise ? await v : v;
+        if (verdict instanceof RpcError) throw verdict;
+        if (this.done) return;
+      }
       this.finish(buildFrame(this.sc.server.encode, { type: FrameType.STATUS, callId: this.id, arg: Code.OK, metadata: this.headersSent ? undefined : this.headers, trailers: this.trailers }));
     } catch (err) {
       this.fail(err);
@@ -755,7 +817,7 @@ class ServerCall implements CallContext {
       }
     }
     if (tell) this.sendStatus(error);
-    else this.finish(undefined);
+    else this.finish(undefined, error);
   }
 
   private fail(err: unknown): void {
@@ -777,15 +839,18 @@ class ServerCall implements CallContext {
       // Headers or trailers that cannot be encoded must not hide the status itself.
       frame = buildFrame(this.sc.server.encode, base);
     }
-    this.finish(frame);
+    this.finish(frame, e);
   }
 
-  private finish(frame: OutgoingFrame | undefined): void {
+  private finish(frame: OutgoingFrame | undefined, outcome?: RpcError): void {
     if (this.done) {
       frame?.release?.();
       return;
     }
     this.done = true;
+    if (this.info !== undefined) {
+      runEndChain(this.chain, this.info, { code: outcome?.code ?? Code.OK, error: outcome }, (err, name) => log("warn", "server", `interceptor ${name} threw in onEnd: ${(err as Error)?.message ?? String(err)}`));
+    }
     if (this.timer !== undefined) clearTimeout(this.timer);
     // A request stream nobody will read any more gives its bytes back to the connection window,
     // and every received message of the call goes back to the transport.

@@ -1,0 +1,102 @@
+/**
+ * The `metrics` engine: counts calls by method, side and status code, and a latency histogram
+ * per method, exposed as Prometheus text (`render()`; `koala ctl metrics` and the optional HTTP
+ * endpoint serve it). It never holds or rejects a call.
+ */
+import { Code, codeName } from "../../errors.js";
+import { custom, resolveOptions, type OptionsSpec } from "../../options.js";
+import type { CallInfo, CallOutcome } from "../../rpc/interceptor.js";
+import type { Engine } from "../engine.js";
+
+/** Options of the `metrics` engine. */
+export interface MetricsOptions {
+  /** Upper bounds of the latency buckets, in seconds, ascending. Default 0.0001 … 10. */
+  bucketsSeconds: readonly number[];
+}
+
+const DEFAULT_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10];
+
+const spec: OptionsSpec<MetricsOptions> = {
+  bucketsSeconds: custom<readonly number[]>(DEFAULT_BUCKETS, "ascending positive numbers", (v) => Array.isArray(v) && v.length > 0 && v.every((x, i) => typeof x === "number" && x > 0 && (i === 0 || x > (v[i - 1] as number)))),
+};
+
+interface Series {
+  side: string;
+  path: string;
+  codes: Map<Code, number>;
+  buckets: number[];
+  sum: number;
+  count: number;
+}
+
+/** A `metrics` engine with its Prometheus text. */
+export interface MetricsEngine extends Engine {
+  /** Calls counted so far, by `side path code` (for tests and dashboards). */
+  count(side: "client" | "server", path: string, code?: Code): number;
+  /** The Prometheus text exposition of everything counted. */
+  render(): string;
+}
+
+/** Creates a `metrics` engine. */
+export function metricsEngine(name: string, input: Record<string, unknown> = {}): MetricsEngine {
+  let o = resolveOptions(`engine ${name} (metrics)`, spec, input);
+  let series = new Map<string, Series>();
+  const seriesOf = (side: string, path: string): Series => {
+    const k = `${side} ${path}`;
+    let s = series.get(k);
+    if (s === undefined) {
+      s = { side, path, codes: new Map(), buckets: new Array<number>(o.bucketsSeconds.length).fill(0), sum: 0, count: 0 };
+      series.set(k, s);
+    }
+    return s;
+  };
+  return {
+    kind: "metrics",
+    name,
+    get options() {
+      return o;
+    },
+    onEnd(call: CallInfo, outcome: CallOutcome) {
+      const s = seriesOf(call.side, call.path);
+      s.codes.set(outcome.code, (s.codes.get(outcome.code) ?? 0) + 1);
+      const seconds = (Date.now() - call.startedAt) / 1000;
+      s.sum += seconds;
+      s.count++;
+      for (let i = 0; i < o.bucketsSeconds.length; i++) if (seconds <= o.bucketsSeconds[i]!) s.buckets[i]!++;
+    },
+    count(side, path, code) {
+      const s = series.get(`${side} ${path}`);
+      if (s === undefined) return 0;
+      if (code !== undefined) return s.codes.get(code) ?? 0;
+      return s.count;
+    },
+    render() {
+      const lines = [
+        "# HELP koala_calls_total Calls ended, by side, method and status code.",
+        "# TYPE koala_calls_total counter",
+      ];
+      for (const s of series.values()) {
+        for (const [code, n] of s.codes) lines.push(`koala_calls_total{side="${s.side}",method="${s.path}",code="${codeName(code)}"} ${n}`);
+      }
+      lines.push("# HELP koala_call_duration_seconds Call latency, by side and method.", "# TYPE koala_call_duration_seconds histogram");
+      for (const s of series.values()) {
+        const l = `side="${s.side}",method="${s.path}"`;
+        o.bucketsSeconds.forEach((b, i) => lines.push(`koala_call_duration_seconds_bucket{${l},le="${b}"} ${s.buckets[i]}`));
+        lines.push(`koala_call_duration_seconds_bucket{${l},le="+Inf"} ${s.count}`, `koala_call_duration_seconds_sum{${l}} ${s.sum}`, `koala_call_duration_seconds_count{${l}} ${s.count}`);
+      }
+      return `${lines.join("\n")}\n`;
+    },
+    configure(input2) {
+      const next = resolveOptions(`engine ${name} (metrics)`, spec, { ...o, ...input2 });
+      if (next.bucketsSeconds.join() !== o.bucketsSeconds.join()) series = new Map(); // histograms with other buckets start over
+      o = next;
+    },
+    exportState() {
+      return { series, buckets: o.bucketsSeconds };
+    },
+    importState(state: unknown) {
+      const s = state as { series: Map<string, Series>; buckets: readonly number[] };
+      if (s.buckets.join() === o.bucketsSeconds.join()) series = s.series;
+    },
+  };
+}

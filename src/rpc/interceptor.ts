@@ -1,0 +1,267 @@
+/**
+ * The seam between the RPC core and whatever watches or steers calls: application interceptors
+ * and the policy engines of src/policy. The core hands each call's {@link CallInfo} to the chain
+ * at four points (client before sending, server on receiving, server before replying, client on
+ * the reply); each interceptor answers with a verdict:
+ *
+ * - `undefined`: pass (the fast path: no allocation, no await),
+ * - an `RpcError`: reject the call with it,
+ * - a promise: hold the call until it settles (resolving to `undefined` passes, to an RpcError
+ *   rejects; a rejection rejects with RpcError.from(reason)).
+ *
+ * Annotating is changing `call.metadata` (request metadata at the request points, response
+ * trailers at the response points). Interceptors also hear how each call ended (`onEnd`).
+ *
+ * This module is the RPC layer's: the policy layer above builds on it, never the reverse.
+ */
+import { Code, RpcError } from "../errors.js";
+import type { MethodKind } from "../proto/definition.js";
+import type { Metadata } from "./metadata.js";
+
+/**
+ * Where in a call's life an interceptor is asked: before the client sends the call, when the
+ * server has received it (before the handler runs), before the server sends its reply, and when
+ * the client has received the reply (before the caller sees it).
+ */
+export type InterceptPoint = "client-send" | "server-receive" | "server-send" | "client-receive";
+
+/** What an interceptor knows about a call. One object per call, passed at every point. */
+export interface CallInfo {
+  /** `"client"` or `"server"`: the side this call object lives on. */
+  readonly side: "client" | "server";
+  /** Fully qualified service name, e.g. `hello.Greeter`. */
+  readonly service: string;
+  /** Method name as in the .proto, e.g. `SayHello`. */
+  readonly method: string;
+  /** `/service/Method`. */
+  readonly path: string;
+  /** The call kind. */
+  readonly kind: MethodKind;
+  /** The other end's address. */
+  readonly peer: string;
+  /** Absolute deadline in epoch ms, or undefined. */
+  readonly deadline: number | undefined;
+  /** Request metadata (client-send may add to it: it is sent as it is after the chain). */
+  readonly metadata: Metadata;
+  /** The request message, when the call has exactly one (unary, server streaming); undefined for streams. */
+  readonly request: unknown;
+  /** The response message at `server-send` / `client-receive` of a call with exactly one (unary, client streaming). */
+  readonly response: unknown;
+  /** When the call started (epoch ms, `performance`-free so that engines can compare with deadlines). */
+  readonly startedAt: number;
+  /** True once the call ended (completed, failed or cancelled): a held call that ended is dropped from queues. */
+  readonly ended: boolean;
+  /** Free slot for interceptors to keep per-call state (e.g. a start time or a token); keyed by the interceptor. */
+  readonly state: Map<object, unknown>;
+}
+
+/** An interceptor's answer (see the module comment). */
+export type Verdict = void | undefined | RpcError | PromiseLike<void | undefined | RpcError>;
+
+/** How a call ended, for {@link Interceptor.onEnd}. */
+export interface CallOutcome {
+  /** Final status code (OK on success). */
+  code: Code;
+  /** The error for a failed call. */
+  error: RpcError | undefined;
+}
+
+/** Something on every call's path: an application interceptor or a policy engine. */
+export interface Interceptor {
+  /** A name for logs and for replacing it (`koala ctl`, `policies.replace`). */
+  readonly name: string;
+  /** Asked at each of the four points (see {@link InterceptPoint}) before the call goes on. */
+  onCall?(call: CallInfo, point: InterceptPoint): Verdict;
+  /**
+   * Asked for every message of a stream: at `client-send` / `server-send` before it is sent (a
+   * held message waits, and so does the stream behind it), at `server-receive` /
+   * `client-receive` when it arrives (pass or reject only: a promise there counts as pass).
+   */
+  onMessage?(call: CallInfo, point: InterceptPoint, message: unknown): Verdict;
+  /** Told once when a call ends, on its side. Must not throw (an exception is logged and ignored). */
+  onEnd?(call: CallInfo, outcome: CallOutcome): void;
+}
+
+/**
+ * Runs `list[from..]` on `call` at `point`: undefined when every interceptor passed at once,
+ * an RpcError to reject with, or a promise for a held call (resolving the same way).
+ */
+export function runChain(list: readonly Interceptor[], call: CallInfo, point: InterceptPoint, from = 0): undefined | RpcError | Promise<undefined | RpcError> {
+  for (let i = from; i < list.length; i++) {
+    const f = list[i]!.onCall;
+    if (f === undefined) continue;
+    let v: Verdict;
+    try {
+      v = f.call(list[i], call, point);
+    } catch (err) {
+      return RpcError.from(err, Code.INTERNAL);
+    }
+    if (v === undefined) continue;
+    if (v instanceof RpcError) return v;
+    return Promise.resolve(v).then(
+      (r) => (r instanceof RpcError ? r : call.ended ? undefined : runChain(list, call, point, i + 1)),
+      (err: unknown) => RpcError.from(err, Code.INTERNAL),
+    );
+  }
+  return undefined;
+}
+
+/** Runs the `onMessage` of `list` for one stream message; like {@link runChain}. */
+export function runMessageChain(list: readonly Interceptor[], call: CallInfo, point: InterceptPoint, message: unknown, from = 0): undefined | RpcError | Promise<undefined | RpcError> {
+  for (let i = from; i < list.length; i++) {
+    const f = list[i]!.onMessage;
+    if (f === undefined) continue;
+    let v: Verdict;
+    try {
+      v = f.call(list[i], call, point, message);
+    } catch (err) {
+      return RpcError.from(err, Code.INTERNAL);
+    }
+    if (v === undefined) continue;
+    if (v instanceof RpcError) return v;
+    return Promise.resolve(v).then(
+      (r) => (r instanceof RpcError ? r : call.ended ? undefined : runMessageChain(list, call, point, message, i + 1)),
+      (err: unknown) => RpcError.from(err, Code.INTERNAL),
+    );
+  }
+  return undefined;
+}
+
+/** The {@link CallInfo} the core fills in for one call (fields written by the core only). */
+export class CallRecord implements CallInfo {
+  request: unknown = undefined;
+  response: unknown = undefined;
+  readonly startedAt = Date.now();
+  readonly state = new Map<object, unknown>();
+  readonly service: string;
+  readonly method: string;
+
+  constructor(
+    readonly side: "client" | "server",
+    readonly path: string,
+    service: string,
+    readonly kind: MethodKind,
+    readonly peer: string,
+    readonly deadline: number | undefined,
+    readonly metadata: Metadata,
+    private readonly isEnded: () => boolean,
+  ) {
+    this.service = service;
+    this.method = path.slice(path.lastIndexOf("/") + 1);
+  }
+
+  get ended(): boolean {
+    return this.isEnded();
+  }
+}
+
+/** Tells every interceptor in `list` how `call` ended; one that throws does not stop the others. */
+export function runEndChain(list: readonly Interceptor[], call: CallInfo, outcome: CallOutcome, onError: (err: unknown, name: string) => void): void {
+  for (const i of list) {
+    if (i.onEnd === undefined) continue;
+    try {
+      i.onEnd(call, outcome);
+    } catch (err) {
+      onError(err, i.name);
+    }
+  }
+}
+
+/**
+ * Where interceptors are attached: the whole process, a service, or one method
+ * (`/service/Method`); with `side`, only calls of that side (a server's incoming calls, or a
+ * client's outgoing ones), else both.
+ */
+export type InterceptorScope = ({ global: true } | { service: string } | { method: string }) & { side?: "client" | "server" };
+
+interface Attached {
+  interceptor: Interceptor;
+  scope: InterceptorScope;
+}
+
+/**
+ * The process-wide interceptors (policy engines attach here): every channel and server of the
+ * process consults it for each call, in attach order, after its own interceptors. Changes take
+ * effect for calls that start afterwards; calls in flight keep the chain they started with.
+ */
+export class InterceptorRegistry {
+  private attached: Attached[] = [];
+  private cache = new Map<string, readonly Interceptor[]>();
+  /** Bumped on every change. */
+  version = 0;
+
+  /** Attaches `interceptor` (names are unique: attaching a name again is an error; use `replace`). */
+  attach(interceptor: Interceptor, scope: InterceptorScope = { global: true }): void {
+    if (this.attached.some((a) => a.interceptor.name === interceptor.name)) {
+      throw new RpcError(Code.ALREADY_EXISTS, `an interceptor named "${interceptor.name}" is attached already; replace() it instead`);
+    }
+    this.attached = [...this.attached, { interceptor, scope }];
+    this.changed();
+  }
+
+  /** Detaches the interceptor named `name`; false when there is none. */
+  detach(name: string): boolean {
+    const before = this.attached.length;
+    this.attached = this.attached.filter((a) => a.interceptor.name !== name);
+    if (this.attached.length === before) return false;
+    this.changed();
+    return true;
+  }
+
+  /** Puts `next` where the interceptor named `name` was (same position and scope); returns the one replaced. */
+  replace(name: string, next: Interceptor): Interceptor {
+    const i = this.attached.findIndex((a) => a.interceptor.name === name);
+    if (i < 0) throw new RpcError(Code.NOT_FOUND, `no interceptor named "${name}" is attached`);
+    const old = this.attached[i]!;
+    const copy = [...this.attached];
+    copy[i] = { interceptor: next, scope: old.scope };
+    this.attached = copy;
+    this.changed();
+    return old.interceptor;
+  }
+
+  /** The interceptor named `name`, if attached. */
+  get(name: string): Interceptor | undefined {
+    return this.attached.find((a) => a.interceptor.name === name)?.interceptor;
+  }
+
+  /** What is attached, in order, with its scope. */
+  list(): { name: string; scope: InterceptorScope }[] {
+    return this.attached.map((a) => ({ name: a.interceptor.name, scope: a.scope }));
+  }
+
+  /** The interceptors that apply to a `side` call of `path` (`/service/Method`), in order; cached until the next change. */
+  chainFor(path: string, service: string, side: "client" | "server"): readonly Interceptor[] {
+    const key = side === "client" ? `c${path}` : `s${path}`;
+    let c = this.cache.get(key);
+    if (c === undefined) {
+      c = this.attached
+        .filter((a) => (a.scope.side === undefined || a.scope.side === side) && ("global" in a.scope ? true : "service" in a.scope ? a.scope.service === service : a.scope.method === path))
+        .map((a) => a.interceptor);
+      this.cache.set(key, c);
+    }
+    return c;
+  }
+
+  private changed(): void {
+    this.cache = new Map();
+    this.version++;
+  }
+}
+
+/** The process's registry: what `koala-rpc/policy` and `koala ctl` attach to. */
+export const processInterceptors = new InterceptorRegistry();
+
+/** The chain for one call: the endpoint's own interceptors, then the process's for `path`. */
+export function chainOf(own: readonly Interceptor[], path: string, service: string, side: "client" | "server"): readonly Interceptor[] {
+  const global = processInterceptors.chainFor(path, service, side);
+  if (own.length === 0) return global;
+  if (global.length === 0) return own;
+  return [...own, ...global];
+}
+
+/** The service part of a method path: `/pkg.Service/Method` → `pkg.Service`. */
+export function serviceOfPath(path: string): string {
+  const end = path.lastIndexOf("/");
+  return path.slice(path.startsWith("/") ? 1 : 0, end < 1 ? path.length : end);
+}
