@@ -380,7 +380,7 @@ class ClientCall<I, O> implements PendingCall {
   ) {
     checkCallOptions(options);
     this.deadline = deadlineOf(options);
-    this.chain = chainOf(channel.options.interceptors, method.path, serviceOfPath(method.path), "client");
+    this.chain = chainOf(channel.options.interceptors, method.path, "client");
     const kind = method.kind;
     if (kind === "server_streaming" || kind === "bidi_streaming") {
       this.stream = new IncomingStream<O>(

@@ -167,6 +167,9 @@ export function runEndChain(list: readonly Interceptor[], call: CallInfo, outcom
   }
 }
 
+/** The empty chain (the fast path allocates nothing). */
+const NONE: readonly Interceptor[] = Object.freeze([]);
+
 /**
  * Where interceptors are attached: the whole process, a service, or one method
  * (`/service/Method`); with `side`, only calls of that side (a server's incoming calls, or a
@@ -186,7 +189,8 @@ interface Attached {
  */
 export class InterceptorRegistry {
   private attached: Attached[] = [];
-  private cache = new Map<string, readonly Interceptor[]>();
+  private clientCache = new Map<string, readonly Interceptor[]>();
+  private serverCache = new Map<string, readonly Interceptor[]>();
   /** Bumped on every change. */
   version = 0;
 
@@ -231,20 +235,23 @@ export class InterceptorRegistry {
   }
 
   /** The interceptors that apply to a `side` call of `path` (`/service/Method`), in order; cached until the next change. */
-  chainFor(path: string, service: string, side: "client" | "server"): readonly Interceptor[] {
-    const key = side === "client" ? `c${path}` : `s${path}`;
-    let c = this.cache.get(key);
+  chainFor(path: string, side: "client" | "server"): readonly Interceptor[] {
+    if (this.attached.length === 0) return NONE;
+    const cache = side === "client" ? this.clientCache : this.serverCache;
+    let c = cache.get(path);
     if (c === undefined) {
+      const service = serviceOfPath(path);
       c = this.attached
         .filter((a) => (a.scope.side === undefined || a.scope.side === side) && ("global" in a.scope ? true : "service" in a.scope ? a.scope.service === service : a.scope.method === path))
         .map((a) => a.interceptor);
-      this.cache.set(key, c);
+      cache.set(path, c);
     }
     return c;
   }
 
   private changed(): void {
-    this.cache = new Map();
+    this.clientCache = new Map();
+    this.serverCache = new Map();
     this.version++;
   }
 }
@@ -253,8 +260,8 @@ export class InterceptorRegistry {
 export const processInterceptors = new InterceptorRegistry();
 
 /** The chain for one call: the endpoint's own interceptors, then the process's for `path`. */
-export function chainOf(own: readonly Interceptor[], path: string, service: string, side: "client" | "server"): readonly Interceptor[] {
-  const global = processInterceptors.chainFor(path, service, side);
+export function chainOf(own: readonly Interceptor[], path: string, side: "client" | "server"): readonly Interceptor[] {
+  const global = processInterceptors.chainFor(path, side);
   if (own.length === 0) return global;
   if (global.length === 0) return own;
   return [...own, ...global];

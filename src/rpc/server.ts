@@ -493,7 +493,7 @@ class ServerCall implements CallContext {
     private readonly held: number,
   ) {
     this.method = route.method;
-    this.chain = chainOf(sc.options.interceptors, route.method.path, serviceOfPath(route.method.path), "server");
+    this.chain = chainOf(sc.options.interceptors, route.method.path, "server");
     this.mdBytes = frame.metadata;
     if (frame.metadata !== undefined || frame.body !== undefined) this.callMessage = sc.takeMessage();
     this.deadline = frame.arg2 === 0 ? undefined : Date.now() + frame.arg2;
@@ -554,25 +554,34 @@ class ServerCall implements CallContext {
           throw new RpcError(Code.INTERNAL, `${this.method.path} takes exactly one request`);
         }
         const request = this.decode(frame.body);
-        const invoke = (): void => {
-          if (kind === "unary") this.unary(this.route.handler as UnaryHandler<unknown, unknown>, request);
-          else this.startStream(() => (this.route.handler as ServerStreamingHandler<unknown, unknown>)(request, this));
-        };
-        if (this.chain.length === 0) invoke();
-        else this.intercept(request, invoke);
+        if (this.chain.length === 0) this.invoke(request);
+        else this.intercept(request, () => this.invoke(request));
       } else {
         if (frame.body !== undefined) this.push(frame.body, false);
         if ((frame.flags & FrameFlag.END_STREAM) !== 0) this.requests!.end();
-        const invoke = (): void => {
-          if (kind === "client_streaming") this.unary(this.route.handler as unknown as UnaryHandler<unknown, unknown>, this.requests!);
-          else this.startStream(() => (this.route.handler as BidiStreamingHandler<unknown, unknown>)(this.requests!, this));
-        };
-        if (this.chain.length === 0) invoke();
-        else this.intercept(undefined, invoke);
+        if (this.chain.length === 0) this.invoke(undefined);
+        else this.intercept(undefined, () => this.invoke(undefined));
       }
     } catch (err) {
       if (err instanceof KoalaError && err.code === ErrorCode.PROTOCOL) throw err; // the connection's problem, not this call's
       this.fail(err);
+    }
+  }
+
+  /** Runs the handler: with the single request, or with the request stream. */
+  private invoke(request: unknown): void {
+    switch (this.method.kind) {
+      case "unary":
+        this.unary(this.route.handler as UnaryHandler<unknown, unknown>, request);
+        return;
+      case "server_streaming":
+        this.startStream(() => (this.route.handler as ServerStreamingHandler<unknown, unknown>)(request, this));
+        return;
+      case "client_streaming":
+        this.unary(this.route.handler as unknown as UnaryHandler<unknown, unknown>, this.requests!);
+        return;
+      default:
+        this.startStream(() => (this.route.handler as BidiStreamingHandler<unknown, unknown>)(this.requests!, this));
     }
   }
 
