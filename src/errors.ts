@@ -85,6 +85,10 @@ export const ErrorCode = {
   QP_ERROR: "KOALA_ERR_QP_ERROR",
   /** An operating-system error with no more specific code. */
   SYSTEM: "KOALA_ERR_SYSTEM",
+  /** The configuration file (KOALA_CONFIG) or a variable overriding it is not valid; the message names the file, key and value. */
+  CONFIG: "KOALA_ERR_CONFIG",
+  /** A control request (koala ctl) failed: no such process, or the process refused or could not apply it. */
+  CONTROL: "KOALA_ERR_CONTROL",
 } as const;
 
 /** One of the values of {@link ErrorCode}. */

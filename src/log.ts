@@ -28,6 +28,11 @@ function currentThreshold(): number {
   return threshold;
 }
 
+/** Sets the level printed to stderr (the configuration file's `log`), until {@link resetLogLevel}. */
+export function setLogLevel(level: LogLevel | "off"): void {
+  threshold = level === "off" ? -1 : rank[level];
+}
+
 /** Re-reads `KOALA_LOG` (for tests that change it). */
 export function resetLogLevel(): void {
   threshold = undefined;
