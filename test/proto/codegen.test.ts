@@ -91,6 +91,7 @@ test("the examples' generated code is up to date", () => {
   for (const [proto, dir, runtime] of [
     ["examples/hello/hello.proto", "examples/hello/gen", "../../../src/index.js"],
     ["examples/kv/kv.proto", "examples/kv/gen", "../../../src/index.js"],
+    ["examples/backends/gateway.proto", "examples/backends/gen", "../../../src/index.js"],
     ["test/fixtures/rpc/echo.proto", "test/fixtures/rpc/gen", "../../../../src/index.js"],
   ] as const) {
     for (const [rel, text] of generate([join(root, proto)], { runtimeImport: runtime })) {

@@ -66,6 +66,14 @@ for (const transport of ["tcp", "unix", "rdma"]) {
     assert.match(kv.stdout, /get fruit\/apple = green \(version 4\)/);
     assert.match(kv.stdout, /watch: DELETE fruit\/kiwi v2/);
     assert.match(kv.stdout, /get fruit\/kiwi: \[NOT_FOUND\]/);
+    // Three backends from one file: KOALA_TRANSPORT wins over the file's transport.
+    const backends = await run(process.execPath, ["--import", "tsx", join(root, "examples/backends/main.ts")], { env, timeout: 60_000 });
+    for (const name of ["greeter", "kv", "gateway"]) assert.match(backends.stdout, new RegExp(`${name} listening on ${prefix}`));
+    assert.match(backends.stdout, /gateway: Hello, Ana! \(visit 2\)/);
+    const [, passed, rejected] = /ratelimit on greeter: (\d+) of 12 calls passed, (\d+) rejected/.exec(backends.stdout) ?? [];
+    assert.ok(Number(passed) >= 7 && Number(passed) < 12 && Number(passed) + Number(rejected) === 12, backends.stdout);
+    assert.match(backends.stdout, /acl on kv: delete as a guest: PERMISSION_DENIED\nacl on kv: delete as an admin: OK/);
+    assert.match(backends.stdout, /metrics: koala_calls_total\{side="server",method="\/gateway.Gateway\/Welcome",code="OK"\} 3/);
 
     const server = fork(join(root, "examples/hello/server.ts"), [], { execArgv: ["--import", "tsx"], env, stdio: ["ignore", "ignore", "inherit", "ipc"] });
     try {
