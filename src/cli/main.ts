@@ -1,5 +1,5 @@
 /**
- * The `koala` command line: `koala info`, `koala gen`, `koala help`.
+ * The `koala` command line: `koala info`, `koala gen`, `koala ctl`, `koala help`.
  */
 import { transportInfo } from "../transport/index.js";
 
@@ -8,6 +8,8 @@ const USAGE = `usage: koala <command> [options]
 commands:
   info                      transports available here, what KOALA_TRANSPORT=auto picks and why
   gen <protos…> --out DIR   generate TypeScript from .proto files (-I DIR adds an include path)
+  ctl <command> …           live control of koala processes: ps, attach, detach, replace,
+                            configure, metrics (koala ctl help)
   help                      this text
 `;
 
@@ -20,6 +22,10 @@ export async function main(argv: string[]): Promise<number> {
     case "gen": {
       const { runGen } = await import("../proto/codegen/cli.js");
       return runGen(rest);
+    }
+    case "ctl": {
+      const { runCtl } = await import("./ctl.js");
+      return runCtl(rest);
     }
     case undefined:
     case "help":

@@ -1,0 +1,186 @@
+/**
+ * `koala ctl`: live control of the koala processes of this host (those that opened a control
+ * socket, see src/policy/control.ts). `all` as the target applies a command to every one of
+ * them: one policy for every koala service of the host, without touching them.
+ */
+import { parseArgs } from "node:util";
+import { controlAll, controlRequest, type ControlAnswer, type ControlRequest, type ProcessInfo } from "../policy/control.js";
+
+const USAGE = `usage: koala ctl <command> [options]
+
+commands:
+  ps                                        koala processes of this host: pid, servers, engines
+  attach <pid|all> <kind> [--name N] [--scope S] [--side client|server] [--options JSON]
+                                            attach an engine (kind: null, ratelimit, qos, acl,
+                                            admission, fault, metrics, logging); S is global
+                                            (default), service=pkg.Service or method=/pkg.Service/Method
+  detach <pid|all> <name>                   detach an engine
+  replace <pid|all> <name> [--kind K] [--options JSON]
+                                            replace an engine in place, state carried over
+                                            (options not given stay as they are)
+  configure <pid|all> <name> --options JSON change options of an engine in place
+  metrics <pid|all>                         Prometheus text of the metrics engines
+
+options:
+  --dir DIR     the runtime directory of control sockets (default: KOALA_RUNTIME_DIR,
+                $XDG_RUNTIME_DIR/koala or $TMPDIR/koala-<uid>)
+  --json        print the answers as JSON
+`;
+
+class UsageError extends Error {}
+
+function parseScope(text: string | undefined, side: string | undefined): Record<string, unknown> | undefined {
+  if (side !== undefined && side !== "client" && side !== "server") throw new UsageError(`--side must be client or server, got ${JSON.stringify(side)}`);
+  const sideOf = side === undefined ? {} : { side };
+  if (text === undefined || text === "global") return side === undefined ? undefined : { global: true, ...sideOf };
+  const m = /^(service|method)=(.+)$/.exec(text);
+  if (m === null) throw new UsageError(`--scope must be global, service=pkg.Service or method=/pkg.Service/Method, got ${JSON.stringify(text)}`);
+  return { [m[1]!]: m[2]!, ...sideOf };
+}
+
+function parseJsonOptions(text: string | undefined): Record<string, unknown> | undefined {
+  if (text === undefined) return undefined;
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (err) {
+    throw new UsageError(`--options is not JSON: ${(err as Error).message}`);
+  }
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new UsageError("--options must be a JSON object");
+  return v as Record<string, unknown>;
+}
+
+function target(text: string | undefined): number | "all" {
+  if (text === "all") return "all";
+  if (text !== undefined && /^\d+$/.test(text)) return Number(text);
+  throw new UsageError(`the target must be a pid or all, got ${text === undefined ? "nothing" : JSON.stringify(text)}`);
+}
+
+function describeResult(cmd: string, result: unknown): string {
+  switch (cmd) {
+    case "detach":
+      return `detached ${(result as { detached: string }).detached}`;
+    default: {
+      const e = result as { name: string; kind: string; scope: unknown; options: unknown };
+      return `${cmd === "attach" ? "attached" : cmd === "replace" ? "replaced" : "configured"} ${e.name} (${e.kind}) on ${JSON.stringify(e.scope)} with ${JSON.stringify(e.options)}`;
+    }
+  }
+}
+
+function printPs(answers: ControlAnswer[]): void {
+  const lines: string[] = [];
+  for (const a of answers) {
+    if (!a.ok) {
+      lines.push(`${a.pid}  unreachable: ${a.error.message}`);
+      continue;
+    }
+    const p = a.result as ProcessInfo;
+    lines.push(`${p.pid}  ${p.command}`);
+    for (const s of p.servers) lines.push(`  server ${s.name}: ${s.services.join(", ") || "(no services)"} at ${s.addresses.join(", ") || "(not listening)"}`);
+    for (const e of p.engines) lines.push(`  engine ${e.name} (${e.kind}) on ${JSON.stringify(e.scope)}`);
+    if (p.servers.length === 0 && p.engines.length === 0) lines.push("  (no servers registered, no engines)");
+  }
+  if (answers.length === 0) lines.push("no koala process with a control socket here");
+  process.stdout.write(`${lines.join("\n")}\n`);
+}
+
+/** Runs `koala ctl …`; returns the exit code (0: every process answered ok, 1: some failed, 2: usage). */
+export async function runCtl(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        dir: { type: "string" },
+        json: { type: "boolean" },
+        name: { type: "string" },
+        kind: { type: "string" },
+        scope: { type: "string" },
+        side: { type: "string" },
+        options: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (err) {
+    process.stderr.write(`koala ctl: ${(err as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  const { values: v, positionals: [cmd, ...rest] } = parsed;
+  if (v.help || cmd === undefined || cmd === "help") {
+    process.stdout.write(USAGE);
+    return cmd === undefined && !v.help ? 2 : 0;
+  }
+  const reach = { dir: v.dir };
+  let request: ControlRequest;
+  let to: number | "all";
+  try {
+    const arity = (n: number) => {
+      if (rest.length !== n) throw new UsageError(`${cmd} takes ${n} argument${n === 1 ? "" : "s"}, got ${rest.length}`);
+    };
+    switch (cmd) {
+      case "ps":
+        arity(0);
+        to = "all";
+        request = { cmd: "ps" };
+        break;
+      case "metrics":
+        arity(1);
+        to = target(rest[0]);
+        request = { cmd: "metrics" };
+        break;
+      case "attach": {
+        arity(2);
+        to = target(rest[0]);
+        const scope = parseScope(v.scope, v.side);
+        const options = parseJsonOptions(v.options);
+        request = { cmd: "attach", kind: rest[1]!, ...(v.name === undefined ? {} : { name: v.name }), ...(scope === undefined ? {} : { scope }), ...(options === undefined ? {} : { options }) } as ControlRequest;
+        break;
+      }
+      case "detach":
+        arity(2);
+        to = target(rest[0]);
+        request = { cmd: "detach", name: rest[1]! };
+        break;
+      case "replace": {
+        arity(2);
+        to = target(rest[0]);
+        const options = parseJsonOptions(v.options);
+        request = { cmd: "replace", name: rest[1]!, ...(v.kind === undefined ? {} : { kind: v.kind }), ...(options === undefined ? {} : { options }) };
+        break;
+      }
+      case "configure": {
+        arity(2);
+        to = target(rest[0]);
+        const options = parseJsonOptions(v.options);
+        if (options === undefined) throw new UsageError("configure needs --options JSON");
+        request = { cmd: "configure", name: rest[1]!, options };
+        break;
+      }
+      default:
+        throw new UsageError(`unknown command "${cmd}"`);
+    }
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`koala ctl: ${err.message}\n\n${USAGE}`);
+    return 2;
+  }
+
+  const answers = to === "all" ? await controlAll(request, reach) : [await controlRequest(to, request, reach)];
+  if (v.json) {
+    process.stdout.write(`${JSON.stringify(answers, null, 2)}\n`);
+  } else if (cmd === "ps") {
+    printPs(answers);
+  } else if (cmd === "metrics") {
+    for (const a of answers) {
+      if (!a.ok) continue;
+      if (to === "all") process.stdout.write(`# koala process ${a.pid}\n`);
+      process.stdout.write((a.result as { text: string }).text);
+    }
+  } else {
+    for (const a of answers) if (a.ok) process.stdout.write(`${a.pid}: ${describeResult(cmd, a.result)}\n`);
+    if (answers.length === 0) process.stderr.write("koala ctl: no koala process with a control socket here\n");
+  }
+  for (const a of answers) if (!a.ok && !(cmd === "ps" && !v.json)) process.stderr.write(`koala ctl: process ${a.pid}: ${a.error.code}: ${a.error.message}\n`);
+  return answers.every((a) => a.ok) && (answers.length > 0 || cmd === "ps") ? 0 : 1;
+}
