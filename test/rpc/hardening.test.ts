@@ -11,6 +11,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Code, RpcError, closeClient, createChannel, createClient, createHeap, createServer, type Server, type ServerOptions } from "../../src/index.js";
 import { FrameFlag, FrameType } from "../../src/rpc/frame.js";
 import { CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES } from "../../src/rpc/stream.js";
+import { rejection, until } from "../helpers.js";
 import { EchoRequest, EchoService } from "../fixtures/rpc/gen/echo.js";
 import { echoImpl, observe } from "./echo-service.js";
 import { callFrame, rawClient, rawFrame } from "./raw.js";
@@ -20,23 +21,7 @@ const MiB = 1024 * KiB;
 const UNARY = "/koala.test.Echo/Unary";
 const CLIENT_STREAM = "/koala.test.Echo/ClientStream";
 
-async function until(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`still waiting for ${what} after ${ms} ms`);
-    await sleep(5);
-  }
-}
 
-async function rejection(p: Promise<unknown>): Promise<RpcError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof RpcError, `expected an RpcError, got ${String(err)}`);
-    return err as RpcError;
-  }
-  throw new Error("the call succeeded");
-}
 
 async function echoServer(options?: ServerOptions): Promise<{ server: Server; address: string }> {
   const server = createServer({ logHandlerErrors: false, ...options });
