@@ -1,6 +1,6 @@
 /** Small assertions shared by test files. */
 import * as assert from "uvu/assert";
-import { KoalaError } from "../src/errors.js";
+import { KoalaError, RpcError } from "../src/errors.js";
 
 /** The stable code of the KoalaError `fn` throws; "none" when it throws nothing. */
 export function thrownCode(fn: () => unknown): string {
@@ -14,13 +14,12 @@ export function thrownCode(fn: () => unknown): string {
 }
 
 /** The RpcError `p` rejects with; fails the test when `p` resolves or rejects with something else. */
-export async function rejection(p: Promise<unknown>): Promise<import("../src/errors.js").RpcError> {
-  const { RpcError } = await import("../src/errors.js");
+export async function rejection(p: Promise<unknown>): Promise<RpcError> {
   try {
     await p;
   } catch (err) {
     assert.ok(err instanceof RpcError, `expected an RpcError, got ${String(err)}`);
-    return err as InstanceType<typeof RpcError>;
+    return err as RpcError;
   }
   throw new Error("the call succeeded");
 }
