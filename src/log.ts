@@ -75,3 +75,8 @@ export function logLimited(key: string, level: LogLevel, topic: string, message:
   repeats.set(key, { until: now + REPEAT_INTERVAL_MS, suppressed: 0 });
   log(level, topic, suppressed > 0 ? `${message} (${suppressed} more like it in the last ${REPEAT_INTERVAL_MS / 1000} s)` : message, suppressed > 0 ? { suppressed } : undefined);
 }
+
+/** Forgets which repeated events were logged recently (for tests that count log lines). */
+export function resetLogLimits(): void {
+  repeats.clear();
+}

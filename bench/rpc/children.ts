@@ -17,6 +17,8 @@ export interface StartOptions {
   cpuProfDir?: string;
   /** Time the child may take to report its address, in milliseconds. Default 30 000. */
   startTimeoutMs?: number;
+  /** Extra environment variables of the child (e.g. `KOALA_BENCH_POLICY`). */
+  env?: Record<string, string>;
 }
 
 /** A running server child. */
@@ -40,6 +42,7 @@ export async function startServer(system: "raw" | "koala" | "grpc", address?: st
   const child = fork(SERVER_SCRIPT, address === undefined ? [system] : [system, address], {
     execArgv,
     stdio: ["ignore", "inherit", "inherit", "ipc"],
+    env: options.env === undefined ? process.env : { ...process.env, ...options.env },
   });
   live.add(child);
   child.once("exit", () => live.delete(child));

@@ -35,6 +35,16 @@ const koalaGreeter: ServiceImplementation<typeof GreeterService> = {
 };
 
 async function startKoala(address: string): Promise<string> {
+  // Policy engines for bench/policy.ts: attached to every call of this process, as an operator would.
+  const policy = process.env.KOALA_BENCH_POLICY ?? "none";
+  if (policy !== "none") {
+    const { policies } = await import("../../src/policy/index.js");
+    if (policy === "null") policies.attach("null");
+    else if (policy === "ratelimit+metrics") {
+      policies.attach("ratelimit", { ratePerSecond: 1e9, burst: 1_000_000 });
+      policies.attach("metrics");
+    } else throw new Error(`KOALA_BENCH_POLICY=${policy}: expected none, null or ratelimit+metrics`);
+  }
   const server = createServer();
   server.add(GreeterService, koalaGreeter);
   return server.listen(address);

@@ -11,7 +11,7 @@ import type { Connection } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
-import { CallRecord, chainOf, runChain, runEndChain, runMessageChain, serviceOfPath, type Interceptor } from "./interceptor.js";
+import { CallRecord, afterVerdict, chainOf, runChain, runEndChain, runMessageChain, serviceOfPath, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
 import { buildFrame, encodeSettings, type EncodeSettings } from "./outgoing.js";
@@ -419,19 +419,7 @@ class ClientCall<I, O> implements PendingCall {
     const md = this.options?.metadata;
     const info = (this.info = new CallRecord("client", this.method.path, serviceOfPath(this.method.path), this.method.kind, this.channel.address, this.deadline, md instanceof Metadata ? md : new Metadata(md), () => this.done));
     info.request = request;
-    this.afterChain(runChain(this.chain, info, "client-send"), () => this.dispatch(request, requests));
-  }
-
-  /** Goes on with `next` when the chain passed, ends the call when it rejected, waits when it holds. */
-  private afterChain(verdict: undefined | RpcError | Promise<undefined | RpcError>, next: () => void): void {
-    if (verdict === undefined) next();
-    else if (verdict instanceof RpcError) this.end(verdict);
-    else
-      verdict.then((v) => {
-        if (this.done) return;
-        if (v instanceof RpcError) this.end(v);
-        else next();
-      });
+    afterVerdict(runChain(this.chain, info, "client-send"), this, (e) => this.end(RpcError.from(e, Code.INTERNAL)), () => this.dispatch(request, requests));
   }
 
   /** Finds the channel's connection and opens the call there once the server allows another stream. */
@@ -598,7 +586,7 @@ class ClientCall<I, O> implements PendingCall {
       const code = clampCode(frame.arg);
       if (code === Code.OK && this.info !== undefined) {
         this.info.response = this.response;
-        this.afterChain(runChain(this.chain, this.info, "client-receive"), () => this.end(undefined));
+        afterVerdict(runChain(this.chain, this.info, "client-receive"), this, (e) => this.end(RpcError.from(e, Code.INTERNAL)), () => this.end(undefined));
       } else if (code === Code.OK) this.end(undefined);
       else {
         const text = code === frame.arg ? frame.text : `the server sent status code ${frame.arg}, which gRPC does not define${frame.text === "" ? "" : `: ${frame.text}`}`;

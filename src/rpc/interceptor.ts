@@ -272,3 +272,25 @@ export function serviceOfPath(path: string): string {
   const end = path.lastIndexOf("/");
   return path.slice(path.startsWith("/") ? 1 : 0, end < 1 ? path.length : end);
 }
+
+/**
+ * Acts on a chain's verdict for a call: `next()` when it passed (at once, or when a hold ends),
+ * `reject(error)` when it rejected — or when `next` throws after a hold; nothing when the call
+ * ended while it was held.
+ */
+export function afterVerdict(verdict: undefined | RpcError | Promise<undefined | RpcError>, call: { readonly ended: boolean }, reject: (error: unknown) => void, next: () => void): void {
+  if (verdict === undefined) next();
+  else if (verdict instanceof RpcError) reject(verdict);
+  else
+    void verdict.then((v) => {
+      if (call.ended) return;
+      if (v instanceof RpcError) reject(v);
+      else {
+        try {
+          next();
+        } catch (err) {
+          reject(err);
+        }
+      }
+    });
+}

@@ -10,7 +10,7 @@ import type { Connection, Listener } from "../transport/types.js";
 import type { MethodDefinition, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
-import { CallRecord, chainOf, runChain, runEndChain, runMessageChain, serviceOfPath, type Interceptor } from "./interceptor.js";
+import { CallRecord, afterVerdict, chainOf, runChain, runEndChain, runMessageChain, serviceOfPath, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
 import { buildFrame, encodeSettings, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
@@ -589,25 +589,7 @@ class ServerCall implements CallContext {
   private intercept(request: unknown, invoke: () => void): void {
     const info = (this.info = new CallRecord("server", this.method.path, serviceOfPath(this.method.path), this.method.kind, this.peer, this.deadline, this.requestMetadata, () => this.done));
     info.request = request;
-    this.afterChain(runChain(this.chain, info, "server-receive"), invoke);
-  }
-
-  /** Goes on with `next` when the chain passed, fails the call when it rejected, waits when it holds. */
-  private afterChain(verdict: undefined | RpcError | Promise<undefined | RpcError>, next: () => void): void {
-    if (verdict === undefined) next();
-    else if (verdict instanceof RpcError) this.fail(verdict);
-    else
-      verdict.then((v) => {
-        if (this.done) return;
-        if (v instanceof RpcError) this.fail(v);
-        else {
-          try {
-            next();
-          } catch (err) {
-            this.fail(err);
-          }
-        }
-      });
+    afterVerdict(runChain(this.chain, info, "server-receive"), this, (e) => this.fail(e), invoke);
   }
 
   /** Decodes a request of a stream and queues it; a flow-control violation propagates (it closes the connection). */
@@ -708,7 +690,7 @@ class ServerCall implements CallContext {
     }
     if (this.info !== undefined) {
       this.info.response = response;
-      this.afterChain(runChain(this.chain, this.info, "server-send"), () => this.sendReply(response));
+      afterVerdict(runChain(this.chain, this.info, "server-send"), this, (e) => this.fail(e), () => this.sendReply(response));
     } else this.sendReply(response);
   }
 

@@ -281,4 +281,47 @@ test("attach / detach / list / configure: the chain follows live; unknown engine
   }
 });
 
+test("per-message interceptors on streams: a client-send hold paces a request stream; a server-receive reject ends that call only", async () => {
+  const server = createServer({
+    logHandlerErrors: false,
+    interceptors: [
+      {
+        name: "no-bad-messages",
+        onMessage(_call, point, message) {
+          if (point === "server-receive" && (message as { text: string }).text === "bad") return new RpcError(Code.INVALID_ARGUMENT, "bad message");
+          return undefined;
+        },
+      },
+    ],
+  });
+  server.add(EchoService, {
+    async clientStream(requests) {
+      const texts: string[] = [];
+      for await (const r of requests) texts.push(r.text);
+      return { text: texts.join(",") };
+    },
+    unary: (req) => ({ text: req.text }),
+  });
+  const address = await server.listen(`memory:msg-${Math.random()}`);
+  let held = 0;
+  const pacer: Interceptor = {
+    name: "pacer",
+    onMessage(_call, point) {
+      if (point !== "client-send") return undefined;
+      held++;
+      return sleep(5).then(() => undefined);
+    },
+  };
+  const client = createClient(EchoService, address, { interceptors: [pacer] });
+  try {
+    assert.is((await client.clientStream([{ text: "a" }, { text: "b" }, { text: "c" }])).text, "a,b,c");
+    assert.is(held, 3, "every request message passed the client's hook");
+    assert.is(await outcome(client.clientStream([{ text: "a" }, { text: "bad" }, { text: "c" }])), "INVALID_ARGUMENT");
+    assert.is((await client.unary({ text: "still fine" })).text, "still fine");
+  } finally {
+    closeClient(client);
+    server.forceShutdown();
+  }
+});
+
 test.run();

@@ -9,8 +9,10 @@ import * as assert from "uvu/assert";
 import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code, RpcError, closeClient, createChannel, createClient, createHeap, createServer, type Server, type ServerOptions } from "../../src/index.js";
+import { resetLogLimits } from "../../src/log.js";
 import { FrameFlag, FrameType } from "../../src/rpc/frame.js";
 import { CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES } from "../../src/rpc/stream.js";
+import { rejection, until } from "../helpers.js";
 import { EchoRequest, EchoService } from "../fixtures/rpc/gen/echo.js";
 import { echoImpl, observe } from "./echo-service.js";
 import { callFrame, rawClient, rawFrame } from "./raw.js";
@@ -20,23 +22,7 @@ const MiB = 1024 * KiB;
 const UNARY = "/koala.test.Echo/Unary";
 const CLIENT_STREAM = "/koala.test.Echo/ClientStream";
 
-async function until(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`still waiting for ${what} after ${ms} ms`);
-    await sleep(5);
-  }
-}
 
-async function rejection(p: Promise<unknown>): Promise<RpcError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof RpcError, `expected an RpcError, got ${String(err)}`);
-    return err as RpcError;
-  }
-  throw new Error("the call succeeded");
-}
 
 async function echoServer(options?: ServerOptions): Promise<{ server: Server; address: string }> {
   const server = createServer({ logHandlerErrors: false, ...options });
@@ -182,6 +168,7 @@ test("request metadata over maxMetadataBytes fails that call with RESOURCE_EXHAU
 });
 
 test("maxConnections: connections past it are refused with one log line; room again once one closes", async () => {
+  resetLogLimits();
   const { server, address } = await echoServer({ maxConnections: 2 });
   const lines: string[] = [];
   const onLog = (m: unknown) => lines.push((m as { message: string }).message);
@@ -292,6 +279,7 @@ test("a client that stops reading is dropped after sendTimeoutMs; its calls are 
 });
 
 test("malformed request metadata fails its call with one short log line per peer, not a stack trace per attempt", async () => {
+  resetLogLimits();
   const { server, address } = await echoServer({ logHandlerErrors: true });
   const lines: string[] = [];
   const onLog = (m: unknown) => lines.push((m as { message: string }).message);
@@ -317,7 +305,7 @@ test("shutdown: concurrent calls share one promise; forceShutdown() ends a grace
   const { server, address } = await echoServer();
   const client = createClient(EchoService, address);
   try {
-    const stuck = client.unary({ text: "stuck", delayMs: 60_000 });
+    const stuck = rejection(client.unary({ text: "stuck", delayMs: 60_000 })); // handled from the start
     await until(() => server.stats().calls === 1, "the call to start");
     const a = server.shutdown();
     const b = server.shutdown();
@@ -329,7 +317,7 @@ test("shutdown: concurrent calls share one promise; forceShutdown() ends a grace
     server.forceShutdown();
     await a;
     await b;
-    const e = await rejection(stuck);
+    const e = await stuck;
     assert.ok([Code.UNAVAILABLE, Code.CANCELLED].includes(e.code), String(e.code));
   } finally {
     closeClient(client);
@@ -377,6 +365,7 @@ test("a full heap fails nobody: frames are encoded into plain memory instead (no
 });
 
 test("protocol errors are logged once per peer and kind, not once per connection", async () => {
+  resetLogLimits(); // earlier tests in this process logged the same kind of error
   const { server, address } = await echoServer();
   const lines: string[] = [];
   const onLog = (m: unknown) => lines.push((m as { message: string }).message);

@@ -4,20 +4,12 @@ import * as assert from "uvu/assert";
 import { Code, RpcError, closeClient, createChannel, createClient, createServer } from "../../src/index.js";
 import { FrameType } from "../../src/rpc/frame.js";
 import { rawFrame, rawServer } from "./raw.js";
+import { rejection } from "../helpers.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { echoImpl, observe } from "./echo-service.js";
 
 const MiB = 1024 * 1024;
 
-async function rejection(p: Promise<unknown>): Promise<RpcError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof RpcError, `expected an RpcError, got ${String(err)}`);
-    return err as RpcError;
-  }
-  throw new Error("the call succeeded");
-}
 
 async function echoServer(options?: Parameters<typeof createServer>[0]) {
   const server = createServer({ logHandlerErrors: false, ...options });
