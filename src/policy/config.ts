@@ -7,6 +7,7 @@
  * log = "info"                 # KOALA_LOG wins over it
  * transport = "tcp"            # for host:port addresses; KOALA_TRANSPORT wins over it
  * control = true               # open the control socket (koala ctl); KOALA_CONTROL wins over it
+ * metricsPort = 9464           # GET /metrics on 127.0.0.1 (Prometheus text); KOALA_METRICS_PORT wins
  *
  * [[engines]]                  # process-wide: every channel and server of the process
  * kind = "metrics"
@@ -26,14 +27,15 @@
 import { readFileSync } from "node:fs";
 import { parse, TomlError } from "smol-toml";
 import { ErrorCode, KoalaError } from "../errors.js";
-import { setLogLevel, type LogLevel } from "../log.js";
-import { boolean, custom, oneOf, resolveOptions, type OptionsSpec } from "../options.js";
+import { log, setLogLevel, type LogLevel } from "../log.js";
+import { boolean, custom, integer, oneOf, resolveOptions, type OptionsSpec } from "../options.js";
 import type { ServiceDefinition } from "../proto/definition.js";
 import { resolveServerOptions, type ServerOptions } from "../rpc/options.js";
 import { createServer, type Server, type ServiceImplementation } from "../rpc/server.js";
 import { bindAddress, parseAddress } from "../transport/address.js";
 import type { TransportName } from "../transport/types.js";
-import { enableControl, trackServer } from "./control.js";
+import { enableControl, trackServer, type ControlHandle } from "./control.js";
+import { serveMetrics, type MetricsEndpoint } from "./metrics-http.js";
 import { createEngine, policies, type AttachScope, type Engine } from "./index.js";
 
 /** Transports a configuration may name for `host:port` addresses. */
@@ -75,6 +77,8 @@ export interface KoalaConfig {
   transport: (typeof CONFIG_TRANSPORTS)[number] | undefined;
   /** Whether the process opens a control socket for `koala ctl` (`KOALA_CONTROL=1|0` wins over it). Default false. */
   control: boolean;
+  /** Port of the HTTP metrics endpoint (`GET /metrics` on 127.0.0.1; 0: any free port; `KOALA_METRICS_PORT` wins over it); undefined: none. */
+  metricsPort: number | undefined;
   /** Process-wide engines. */
   engines: EngineConfig[];
   /** Backends by name, in file order. */
@@ -131,6 +135,7 @@ interface TopLevel {
   log: LogLevel | "off" | undefined;
   transport: (typeof CONFIG_TRANSPORTS)[number] | undefined;
   control: boolean;
+  metricsPort: number | undefined;
   engines: readonly unknown[];
   backends: Record<string, unknown>;
 }
@@ -138,6 +143,7 @@ const topSpec: OptionsSpec<TopLevel> = {
   log: oneOf<"off" | LogLevel>("warn", ["off", "error", "warn", "info", "debug"]) as never,
   transport: oneOf<(typeof CONFIG_TRANSPORTS)[number]>("auto", CONFIG_TRANSPORTS) as never,
   control: boolean(false),
+  metricsPort: integer(0, 0, 65535) as never,
   engines: custom<readonly unknown[]>([], "an array of tables ([[engines]])", (v) => Array.isArray(v) && v.every(isTable)),
   backends: custom<Record<string, unknown>>({}, "a table of backends ([backends.NAME])", (v) => isTable(v) && Object.values(v).every(isTable)),
 };
@@ -182,7 +188,7 @@ const backendSpec: OptionsSpec<RawBackend> = {
 };
 
 /** Keys read from the environment, and what they override. */
-export const CONFIG_ENV = ["KOALA_CONFIG", "KOALA_LOG", "KOALA_TRANSPORT", "KOALA_CONTROL"] as const;
+export const CONFIG_ENV = ["KOALA_CONFIG", "KOALA_LOG", "KOALA_TRANSPORT", "KOALA_CONTROL", "KOALA_METRICS_PORT"] as const;
 
 function readEngine(file: string, path: string, raw: unknown, defaultName: (kind: string) => string, names: Set<string>): EngineConfig {
   const e = checked(file, path, raw, (v) => resolveOptions("engine", engineSpec, v));
@@ -255,6 +261,7 @@ export function parseConfig(text: string, file = "<config>", env: NodeJS.Process
     log: doc.log === undefined ? undefined : top.log,
     transport: doc.transport === undefined ? undefined : top.transport,
     control: top.control,
+    metricsPort: doc.metricsPort === undefined ? undefined : top.metricsPort,
     engines,
     backends,
   };
@@ -281,6 +288,11 @@ function withEnvironment(config: KoalaConfig, env: NodeJS.ProcessEnv): KoalaConf
     if (!["0", "1"].includes(env.KOALA_CONTROL)) throw bad("KOALA_CONTROL", "must be 1 (open the control socket) or 0");
     c.control = env.KOALA_CONTROL === "1";
   }
+  if (env.KOALA_METRICS_PORT !== undefined && env.KOALA_METRICS_PORT !== "") {
+    const v = env.KOALA_METRICS_PORT;
+    if (!/^\d{1,5}$/.test(v) || Number(v) > 65535) throw bad("KOALA_METRICS_PORT", "must be a port number, 0 to 65535");
+    c.metricsPort = Number(v);
+  }
   return c;
 }
 
@@ -299,28 +311,50 @@ export function loadConfig(path?: string, env: NodeJS.ProcessEnv = process.env):
 
 export { controlAll, controlFromEnvironment, controlRequest, enableControl, handleControlRequest, processInfo, runtimeDir, trackServer } from "./control.js";
 export type { ControlAnswer, ControlHandle, ControlRequest, ProcessInfo, TrackedServer } from "./control.js";
+export { serveMetrics } from "./metrics-http.js";
+export type { MetricsEndpoint } from "./metrics-http.js";
 
-const applied = new WeakSet<KoalaConfig>();
+const applied = new WeakMap<KoalaConfig, Promise<AppliedPolicies>>();
+
+/** What {@link applyPolicies} put in force. */
+export interface AppliedPolicies {
+  /** The process-wide engines attached (or replaced). */
+  engines: Engine[];
+  /** The control socket, when `control` is set. */
+  control: ControlHandle | undefined;
+  /** The HTTP metrics endpoint, when `metricsPort` is set. */
+  metrics: MetricsEndpoint | undefined;
+}
 
 /**
  * Puts the process-wide part of `config` in force: the log level, the process-wide engines
  * (an engine of the same name already attached is replaced, its state carried over when of the
- * same kind), and the control socket when `control` is set. Idempotent per config object;
- * {@link startBackend} calls it. Returns the engines attached.
+ * same kind), the control socket when `control` is set and the HTTP metrics endpoint when
+ * `metricsPort` is. Once per config object (later calls return the first result);
+ * {@link startBackend} calls it.
  */
-export function applyPolicies(config: KoalaConfig): Engine[] {
-  if (applied.has(config)) return [];
-  applied.add(config);
-  if (config.log !== undefined) setLogLevel(config.log);
-  const out = config.engines.map((e) => attachConfigured(e, e.scope ?? { global: true }));
-  if (config.control) enableControl();
-  return out;
+export function applyPolicies(config: KoalaConfig): Promise<AppliedPolicies> {
+  let done = applied.get(config);
+  if (done === undefined) {
+    done = (async () => {
+      if (config.log !== undefined) setLogLevel(config.log);
+      const engines = config.engines.map((e) => attachConfigured(e, e.scope ?? { global: true }));
+      const control = config.control ? await enableControl() : undefined;
+      const metrics = config.metricsPort === undefined ? undefined : await serveMetrics(config.metricsPort);
+      return { engines, control, metrics };
+    })();
+    applied.set(config, done);
+  }
+  return done;
 }
 
 function attachConfigured(e: EngineConfig, scope: AttachScope): Engine {
   if (policies.get(e.name) !== undefined) return policies.replace(e.name, e.kind, e.options);
   return policies.attach(e.kind, e.options, { name: e.name, scope });
 }
+
+/** Which backend of this process serves a service (to warn when two share one: their engines would too). */
+const startedServices = new Map<string, string>();
 
 /** A service and its handlers, for {@link startBackend}. */
 export type ServiceEntry = readonly [ServiceDefinition, object];
@@ -357,7 +391,7 @@ export async function startBackend(config: KoalaConfig, name: string, options: S
   if (!Array.isArray(options?.services) || options.services.length === 0) {
     throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `startBackend(${name}): option "services" must list [definition, handlers] pairs`);
   }
-  applyPolicies(config);
+  await applyPolicies(config);
   const server = createServer(b.server);
   for (const [def, impl] of options.services) server.add(def, impl as never);
   const serviceNames = options.services.map(([def]) => def.typeName);
@@ -368,6 +402,13 @@ export async function startBackend(config: KoalaConfig, name: string, options: S
         `${config.file}: backends.${name}.engines[${i}].scope: missing: the backend serves ${serviceNames.join(", ")}; say which (scope = { service = "…" })`,
       );
     }
+  }
+  for (const s of serviceNames) {
+    const other = startedServices.get(s);
+    if (other !== undefined && other !== name && b.engines.length > 0) {
+      log("warn", "policy", `${config.file}: backends ${other} and ${name} both serve ${s} in this process: the engines of ${name} apply to both`);
+    }
+    startedServices.set(s, name);
   }
   const attached: string[] = [];
   try {

@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ErrorCode, KoalaError, RpcError, closeClient, createClient, type Server } from "../../src/index.js";
-import { loadConfig, parseConfig, service, startBackend } from "../../src/policy/config.js";
+import { applyPolicies, loadConfig, parseConfig, service, startBackend } from "../../src/policy/config.js";
 import { policies, type MetricsEngine } from "../../src/policy/index.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { GreeterService } from "../../examples/hello/gen/hello.js";
@@ -141,6 +141,27 @@ server = { maxConcurrentStreams = 7 }
   } finally {
     for (const c of closers) c();
     for (const s of servers) s.forceShutdown();
+  }
+});
+
+test("metricsPort: GET /metrics serves the Prometheus text of the metrics engines; KOALA_METRICS_PORT wins over the file", async () => {
+  assert.is(parseConfig(`metricsPort = 9464`, "m.toml", { KOALA_METRICS_PORT: "9500" }).metricsPort, 9500);
+  assert.match(configError(`metricsPort = 70000`), /^koala\.toml: metricsPort = 70000: must be an integer from 0 to 65535/);
+  const config = parseConfig(`metricsPort = 0\n[[engines]]\nkind = "metrics"\n[backends.echo]\nlisten = "127.0.0.1:0"`, "m.toml", {});
+  const server = await startBackend(config, "echo", { services: [service(EchoService, { unary: (req) => ({ text: req.text }) })] });
+  const { metrics } = await applyPolicies(config);
+  const client = createClient(EchoService, server.addresses[0]!);
+  try {
+    for (let i = 0; i < 3; i++) await client.unary({ text: "m" });
+    const res = await fetch(metrics!.url);
+    assert.is(res.status, 200);
+    assert.match(res.headers.get("content-type") ?? "", /^text\/plain; version=0\.0\.4/);
+    assert.match(await res.text(), /koala_calls_total\{side="server",method="\/koala\.test\.Echo\/Unary",code="OK"\} 3\n/);
+    assert.is((await fetch(metrics!.url.replace("/metrics", "/other"))).status, 404);
+  } finally {
+    closeClient(client);
+    server.forceShutdown();
+    await metrics?.close();
   }
 });
 
