@@ -9,7 +9,7 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { execFile, fork, type ChildProcess } from "node:child_process";
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ErrorCode, KoalaError, RpcError, closeClient, createClient } from "../../src/index.js";
@@ -173,6 +173,34 @@ test("all: one policy for every koala process of the host; configure in place", 
       assert.match(metrics.stdout, new RegExp(`# koala process ${a.pid}\\n# koala process ${b.pid}\\n|# koala process ${b.pid}\\n# koala process ${a.pid}\\n`), "no metrics engine: empty text per process");
     } finally {
       for (const c of clients) closeClient(c);
+    }
+  } finally {
+    sb.cleanup();
+  }
+});
+
+test("a backend started from a file with control = true is listed by koala ctl ps with the file's engines, and changed live", async () => {
+  const sb = sandbox();
+  const file = join(sb.dir, "..", "koala.toml");
+  writeFileSync(file, `control = true\n[backends.edge]\nlisten = "127.0.0.1:0"\n[[backends.edge.engines]]\nkind = "acl"\noptions = { default = "deny" }\n`);
+  const proc = fork(join(root, "test/fixtures/policy/config-backend.ts"), ["edge"], {
+    execArgv: ["--import", "tsx"],
+    env: { ...process.env, KOALA_RUNTIME_DIR: sb.dir, KOALA_CONFIG: file, KOALA_CONTROL: "" },
+    stdio: ["ignore", "ignore", "inherit", "ipc"],
+  });
+  sb.children.push({ proc, pid: proc.pid!, address: "", socket: "" });
+  try {
+    const { address } = await new Promise<{ address: string }>((resolve) => proc.once("message", resolve as never));
+    const ps = await sb.ctl("ps");
+    assert.match(ps.stdout, new RegExp(`^${proc.pid}  `, "m"));
+    assert.match(ps.stdout, /server edge: koala\.test\.Echo at tcp:\/\/127\.0\.0\.1:\d+\n {2}engine edge\.acl \(acl\) on {"service":"koala\.test\.Echo","side":"server"}/);
+    const client = createClient(EchoService, address);
+    try {
+      assert.is(await outcome(client.unary({ text: "x" })), "PERMISSION_DENIED");
+      assert.is((await sb.ctl("configure", String(proc.pid), "edge.acl", "--options", `{"default":"allow"}`)).code, 0);
+      assert.is(await outcome(client.unary({ text: "x" })), "OK");
+    } finally {
+      closeClient(client);
     }
   } finally {
     sb.cleanup();
