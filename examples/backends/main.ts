@@ -4,38 +4,25 @@
  * counted by a process-wide metrics engine. The file is `KOALA_CONFIG`, else koala.toml
  * beside this script. It starts the three, makes calls, and prints what the engines did.
  */
-import { Code, Metadata, RpcError, closeClient, createClient } from "../../src/index.js";
-import { loadConfig, service, startBackend } from "../../src/policy/config.js";
+import { Code, Metadata, RpcError, closeClient, createClient, type Server } from "../../src/index.js";
+import { loadConfig, startBackend } from "../../src/policy/config.js";
 import { policies } from "../../src/policy/index.js";
 import { GreeterService } from "../hello/gen/hello.js";
-import { greeter } from "../hello/server.js";
 import { KeyValueService } from "../kv/gen/kv.js";
-import { keyValueStore } from "../kv/server.js";
 import { GatewayService } from "./gen/gateway.js";
+import { backends } from "./services.js";
 
 const config = loadConfig(process.env.KOALA_CONFIG ?? new URL("koala.toml", import.meta.url).pathname);
 console.log(`configuration: ${config.file}`);
 
-const greeterServer = await startBackend(config, "greeter", { services: [service(GreeterService, greeter)] });
-const kvServer = await startBackend(config, "kv", { services: [service(KeyValueService, keyValueStore())] });
-
-// The gateway is a client of the other two.
+// Started in order: the gateway's handlers call the greeter and the store started before it.
+const started = new Map<string, Server>();
+for (const [name, services] of Object.entries(backends)) {
+  started.set(name, await startBackend(config, name, { services: typeof services === "function" ? services(started) : services }));
+}
+const [greeterServer, kvServer, gatewayServer] = [started.get("greeter")!, started.get("kv")!, started.get("gateway")!];
 const greeterClient = createClient(GreeterService, greeterServer.addresses[0]!);
 const kvClient = createClient(KeyValueService, kvServer.addresses[0]!);
-const text = new TextEncoder();
-const gatewayServer = await startBackend(config, "gateway", {
-  services: [
-    service(GatewayService, {
-      async welcome(req) {
-        const { message } = await greeterClient.sayHello({ name: req.name });
-        const key = `visits/${req.name}`;
-        const before = await kvClient.get({ key }).then((e) => Number(new TextDecoder().decode(e.value)), () => 0);
-        await kvClient.put({ key, value: text.encode(String(before + 1)) });
-        return { greeting: message, visits: BigInt(before + 1) };
-      },
-    }),
-  ],
-});
 for (const [name, s] of [["greeter", greeterServer], ["kv", kvServer], ["gateway", gatewayServer]] as const) {
   console.log(`${name} listening on ${s.addresses.join(", ")}`);
 }

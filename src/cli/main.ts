@@ -1,5 +1,5 @@
 /**
- * The `koala` command line: `koala info`, `koala gen`, `koala ctl`, `koala help`.
+ * The `koala` command line: `koala info`, `koala gen`, `koala serve`, `koala ctl`, `koala help`.
  */
 import { transportInfo } from "../transport/index.js";
 
@@ -8,6 +8,8 @@ const USAGE = `usage: koala <command> [options]
 commands:
   info                      transports available here, what KOALA_TRANSPORT=auto picks and why
   gen <protos…> --out DIR   generate TypeScript from .proto files (-I DIR adds an include path)
+  serve <module> [backend…] start backends of KOALA_CONFIG (or --config FILE) with the
+                            handlers <module> exports as \`backends\`; serve until SIGTERM
   ctl <command> …           live control of koala processes: ps, attach, detach, replace,
                             configure, metrics (koala ctl help)
   help                      this text
@@ -22,6 +24,10 @@ export async function main(argv: string[]): Promise<number> {
     case "gen": {
       const { runGen } = await import("../proto/codegen/cli.js");
       return runGen(rest);
+    }
+    case "serve": {
+      const { runServe } = await import("./serve.js");
+      return runServe(rest);
     }
     case "ctl": {
       const { runCtl } = await import("./ctl.js");

@@ -8,13 +8,14 @@
  */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { execFile, fork, type ChildProcess } from "node:child_process";
+import { execFile, fork, spawn, type ChildProcess } from "node:child_process";
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ErrorCode, KoalaError, RpcError, closeClient, createClient } from "../../src/index.js";
 import { enableControl, type ProcessInfo } from "../../src/policy/control.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
+import { GatewayService } from "../../examples/backends/gen/gateway.js";
 
 const root = new URL("../..", import.meta.url).pathname;
 const bin = join(root, "bin/koala.js");
@@ -202,6 +203,43 @@ test("a backend started from a file with control = true is listed by koala ctl p
     } finally {
       closeClient(client);
     }
+  } finally {
+    sb.cleanup();
+  }
+});
+
+test("koala serve starts the example's three backends from its file; ctl ps lists them; SIGTERM shuts them down and exits 0", async () => {
+  const sb = sandbox();
+  const proc = spawn(process.execPath, [bin, "serve", "examples/backends/services.ts", "--config", "examples/backends/koala.toml"], {
+    cwd: root,
+    env: { ...process.env, KOALA_RUNTIME_DIR: sb.dir, KOALA_CONTROL: "1", KOALA_TRANSPORT: "" },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  sb.children.push({ proc, pid: proc.pid!, address: "", socket: "" });
+  try {
+    let out = "";
+    await new Promise<void>((resolve, reject) => {
+      proc.stdout!.on("data", (d: Buffer) => {
+        out += d.toString();
+        if (/gateway listening on /.test(out)) resolve();
+      });
+      proc.once("exit", (code) => reject(new Error(`koala serve exited with ${code}: ${out}`)));
+    });
+    const gatewayAddress = /gateway listening on (\S+)/.exec(out)![1]!;
+    const client = createClient(GatewayService, gatewayAddress);
+    try {
+      assert.is((await client.welcome({ name: "Ana" })).greeting, "Hello, Ana!");
+    } finally {
+      closeClient(client);
+    }
+    const ps = await sb.ctl("ps");
+    for (const s of ["greeter: hello.Greeter", "kv: kv.KeyValue", "gateway: gateway.Gateway"]) assert.ok(ps.stdout.includes(`server ${s} at tcp://`), ps.stdout);
+    assert.match(ps.stdout, /engine greeter\.ratelimit \(ratelimit\)/);
+    const exit = new Promise<number | null>((r) => proc.once("exit", (code) => r(code)));
+    proc.kill("SIGTERM");
+    assert.is(await exit, 0);
+    assert.match(out, /SIGTERM: shutting down/);
+    assert.equal(readdirSync(sb.dir), [], "its control socket is gone");
   } finally {
     sb.cleanup();
   }
