@@ -32,8 +32,6 @@ export const HEADER_BYTES = 16;
 export const RECV_DEPTH = 16;
 /** Most registered segments one RTS names; a message in more parts is copied into one lease. */
 export const MAX_RNDV_SEGMENTS = 16;
-/** After an orderly close(), how long the peer may take to take in what was queued before the connection is dropped, in milliseconds. */
-export const CLOSE_LINGER_MS = 10_000;
 /** Bytes of rendezvous messages a connection reads ahead of its reader (one message may be larger). */
 export const RNDV_READ_AHEAD_BYTES = 16 * 1024 * 1024;
 /** Most RDMA READs a connection keeps outstanding. */
@@ -962,8 +960,8 @@ export class RdmaConnection implements Connection, CompletionSink {
     this.outq.push({ type: MsgType.CLOSE, parts: [], total: 0, onWritten: undefined, id: 0, counted: 0 });
     this.scheduleFlush();
     // A peer that never returns credits or never reads its rendezvous messages cannot hold the
-    // connection open: after CLOSE_LINGER_MS it is dropped (queued messages with it).
-    this.lingerTimer = setTimeout(() => this.teardown(), CLOSE_LINGER_MS);
+    // connection open: after closeLingerMs (transport option) it is dropped (queued messages with it).
+    this.lingerTimer = setTimeout(() => this.teardown(), this.options.closeLingerMs);
     this.lingerTimer.unref();
   }
 
