@@ -71,3 +71,22 @@ export type { Extension } from "./proto/extension.js";
 
 export { InterceptorRegistry, processInterceptors } from "./rpc/interceptor.js";
 export type { CallInfo, CallOutcome, Interceptor, InterceptorScope, InterceptPoint, Verdict } from "./rpc/interceptor.js";
+
+import { log } from "./log.js";
+import { onServerCreated } from "./rpc/server.js";
+
+// KOALA_CONTROL=1 asks every koala process for live control: each server is listed by
+// `koala ctl ps` and the control socket opens with the first one. The policy layer is loaded
+// only then, so an app that does not ask for it never loads it.
+if (process.env.KOALA_CONTROL === "1") {
+  let n = 0;
+  onServerCreated((server) => {
+    const name = `server-${++n}`;
+    import("./policy/control.js")
+      .then(async (control) => {
+        control.trackServer(server, name, { keepName: true });
+        await control.enableControl();
+      })
+      .catch((err: unknown) => log("warn", "control", `KOALA_CONTROL=1, but the control socket could not be opened: ${(err as Error)?.message ?? String(err)}`));
+  });
+}

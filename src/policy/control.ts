@@ -70,8 +70,16 @@ export interface ProcessInfo {
 
 const tracked = new Map<Server, string>();
 
-/** Lists `server` under `name` in `koala ctl ps` (startBackend does it for backends); untracked when it shuts down. */
-export function trackServer(server: Server, name: string): void {
+/**
+ * Lists `server` under `name` in `koala ctl ps` (startBackend does it for backends; with
+ * KOALA_CONTROL=1 every server is listed as `server-N` unless named so); untracked when it
+ * shuts down. With `keepName`, a server listed already keeps the name it has.
+ */
+export function trackServer(server: Server, name: string, options?: { keepName?: boolean }): void {
+  if (tracked.has(server)) {
+    if (options?.keepName !== true) tracked.set(server, name);
+    return;
+  }
   tracked.set(server, name);
   const shutdown = server.shutdown.bind(server);
   const forceShutdown = server.forceShutdown.bind(server);

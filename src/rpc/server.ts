@@ -67,6 +67,17 @@ interface Route {
   handler: (...args: never[]) => unknown;
 }
 
+const serverHooks = new Set<(server: Server) => void>();
+
+/**
+ * Calls `hook` with every server created from now on (the layers above the RPC core use it,
+ * e.g. to list servers for `koala ctl`); returns a function that removes the hook.
+ */
+export function onServerCreated(hook: (server: Server) => void): () => void {
+  serverHooks.add(hook);
+  return () => serverHooks.delete(hook);
+}
+
 /** A snapshot of what a server holds (see {@link Server.stats}). */
 export interface ServerStats {
   /** Connections being served. */
@@ -97,6 +108,7 @@ export class Server {
   constructor(options?: ServerOptions) {
     this.options = resolveServerOptions(options);
     this.encode = encodeSettings(this.options.maxMessageBytes, this.options.externalBytesThreshold, heapFor(options));
+    for (const hook of serverHooks) hook(this);
   }
 
   /**

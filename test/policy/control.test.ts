@@ -36,8 +36,8 @@ function sandbox() {
   return {
     dir,
     children,
-    async start(): Promise<Child> {
-      const proc = fork(join(root, "test/fixtures/policy/control-server.ts"), [], { execArgv: ["--import", "tsx"], env, stdio: ["ignore", "ignore", "inherit", "ipc"] });
+    async start(fixture = "control-server.ts"): Promise<Child> {
+      const proc = fork(join(root, "test/fixtures/policy", fixture), [], { execArgv: ["--import", "tsx"], env, stdio: ["ignore", "ignore", "inherit", "ipc"] });
       const c = { proc, pid: proc.pid!, address: "", socket: "" };
       children.push(c);
       const m = await new Promise<{ address: string; socket: string }>((resolve, reject) => {
@@ -113,6 +113,29 @@ test("koala ctl ps lists the process with its server and engines; attach from an
       const usage = await sb.ctl("attach", "everyone", "null");
       assert.is(usage.code, 2);
       assert.match(usage.stderr, /the target must be a pid or all/);
+    } finally {
+      closeClient(client);
+    }
+  } finally {
+    sb.cleanup();
+  }
+});
+
+test("KOALA_CONTROL=1 alone makes a plain server (no policy code in it) reachable: listed by ps, changed live", async () => {
+  const sb = sandbox();
+  try {
+    const child = await sb.start("plain-server.ts");
+    const client = createClient(EchoService, child.address);
+    try {
+      let ps = await sb.ctl("ps");
+      for (let i = 0; i < 100 && !ps.stdout.includes(String(child.pid)); i++) ps = await sb.ctl("ps");
+      assert.match(ps.stdout, new RegExp(`^${child.pid}  .*plain-server\\.ts`, "m"));
+      assert.match(ps.stdout, /server server-1: koala\.test\.Echo at tcp:\/\/127\.0\.0\.1:\d+/);
+      const attach = await sb.ctl("attach", String(child.pid), "acl", "--name", "wall", "--side", "server", "--options", `{"default":"deny"}`);
+      assert.is(attach.code, 0, attach.stderr);
+      assert.is(await outcome(client.unary({ text: "x" })), "PERMISSION_DENIED");
+      assert.is((await sb.ctl("detach", String(child.pid), "wall")).code, 0);
+      assert.is(await outcome(client.unary({ text: "y" })), "OK");
     } finally {
       closeClient(client);
     }
