@@ -279,7 +279,7 @@ test("control sockets: 0600 in a 0700 directory named by pid, closed to other us
     if (process.getuid?.() === 0) {
       // Another user cannot even reach the socket (root can run a process as "nobody" to check).
       const other = await new Promise<string>((resolve) => {
-        execFile(process.execPath, ["-e", `require("net").connect(${JSON.stringify(a.socket)}).on("connect", () => { console.log("connected"); process.exit(0) }).on("error", (e) => console.log(e.code))`], { uid: 65534, gid: 65534 }, (_e, out) => resolve(out.trim()));
+        execFile(process.execPath, ["-e", `require("net").connect(${JSON.stringify(a.socket)}).on("connect", () => { console.log("connected"); process.exit(0) }).on("error", (e) => console.log(e.code))`], { uid: 65534, gid: 65534 }, (e, out) => resolve(out.trim() || `the check itself did not run: ${String(e)}`));
       });
       assert.is(other, "EACCES");
     }
