@@ -12,6 +12,15 @@
       "cflags_cc": ["-fvisibility=hidden", "-fvisibility-inlines-hidden", "-std=c++17"],
       "libraries": ["-ldl"],
       "ldflags": ["-Wl,--exclude-libs,ALL", "-Wl,--version-script=<(module_root_dir)/exports.map"]
+    },
+    {
+      # The software RNIC for tests (srnic/srnic.c): stands in for libibverbs and librdmacm
+      # through KOALA_VERBS_LIB / KOALA_RDMACM_LIB. Not part of the addon.
+      "target_name": "srnic",
+      "type": "shared_library",
+      "product_name": "koala_srnic",
+      "sources": ["srnic/srnic.c"],
+      "cflags": ["-fvisibility=hidden", "-std=gnu11", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
     }
   ]
 }

@@ -153,6 +153,32 @@ withAddon("a missing librdmacm, or a library that is not libibverbs, is a reason
   assert.match(strict.stdout, /no transport: rdma transport unavailable: provider verbs: libibverbs not found \(\/nonexistent\/libibverbs\.so\.1: /);
 });
 
+withAddon("devices through the addon (the software RNIC as libibverbs): ports, limits and the reason each state gives", () => {
+  const srnic = join(root, "addons", "rdma", "build", "Release", "koala_srnic.so");
+  assert.ok(existsSync(srnic), "npm run build:rdma builds the software RNIC beside the addon");
+  const libs = { KOALA_VERBS_LIB: srnic, KOALA_RDMACM_LIB: srnic };
+  const active = probe(libs);
+  assert.equal(verbsOf(active).devices, [
+    { name: "srnic0", provider: "verbs", software: false, ports: [{ port: 1, state: "active", linkLayer: "Ethernet", mtu: 1024, gid: "fe80::1" }], maxSge: 8, maxQpWr: 4096, maxInlineData: 256, maxCqe: 65536, maxMrBytes: 2 ** 40 },
+  ]);
+  assert.match(verbsOf(active).reason!, /the native verbs data path .* is not implemented yet/, "an active port, but nothing to run on it yet");
+  assert.is(active.info.choice.transport, "tcp");
+  const text = koalaInfo(libs);
+  assert.match(text.stdout, /\n {4}srnic0:1 active, Ethernet, MTU 1024, GID fe80::1; max_sge 8, max_qp_wr 4096, max_inline_data 256, max_cqe 65536\n/);
+
+  // Both ways of querying a port: the context's extended op (rdma-core today) and the exported compat function.
+  for (const compat of ["0", "1"]) {
+    const mixed = probe({ ...libs, SRNIC_COMPAT: compat, SRNIC_DEVICES: "srnic0:down,srnic1:noopen,srnic2:init" });
+    assert.is(verbsOf(mixed).reason, "port 1 of srnic0 is DOWN; srnic1: ibv_open_device: Permission denied; port 1 of srnic2 is INIT", `SRNIC_COMPAT=${compat}`);
+    assert.equal(verbsOf(mixed).devices.map((d) => `${d.name}:${d.ports.map((p) => `${p.port} ${p.state} ${p.gid}`).join()}`), ["srnic0:1 down fe80::1", "srnic2:1 init fe80::3"]);
+  }
+  const strict = koalaInfo({ ...libs, SRNIC_DEVICES: "mlx5_0:down", KOALA_TRANSPORT: "rdma" });
+  assert.is(strict.status, 1);
+  assert.match(strict.stdout, /no transport: rdma transport unavailable: provider verbs: port 1 of mlx5_0 is DOWN\n/);
+  const none = probe({ ...libs, SRNIC_DEVICES: "," });
+  assert.is(verbsOf(none).reason, "no RDMA device", "an empty device list");
+});
+
 withAddon("a prebuilt binary under prebuilds/<platform>-<arch> loads when there is no local build", () => {
   const dir = temp();
   const pre = join(dir, "prebuilds", `${process.platform}-${process.arch}`);

@@ -1,0 +1,236 @@
+/*
+ * srnic: the software RNIC for tests, a shared library that stands in for BOTH libibverbs.so.1
+ * and librdmacm.so.1 (select it with KOALA_VERBS_LIB and KOALA_RDMACM_LIB), so the addon's code
+ * under test is the code that runs on a NIC.
+ *
+ * This first part implements the device-discovery subset of the ABI: listing, opening and
+ * querying devices and ports (through an extended verbs_context, as rdma-core does, or the
+ * exported compat ibv_query_port when SRNIC_COMPAT=1), and the PD / CQ / QP calls the addon
+ * makes to probe max_inline_data. The data path (memory registration, work requests over
+ * sockets, completion channels, the connection manager) is the next step.
+ *
+ * Devices come from SRNIC_DEVICES, a comma-separated list of name:state, state being active,
+ * down, init, armed or noopen (ibv_open_device fails with EACCES); default "srnic0:active".
+ * Each device has one Ethernet port with a 1024-byte active MTU; an RC QP accepts up to 256
+ * bytes of inline data.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <infiniband/verbs.h>
+#include <rdma/rdma_cma.h>
+
+#undef ibv_query_port
+
+#define SRNIC_EXPORT __attribute__((visibility("default")))
+#define SRNIC_MAX_INLINE 256
+#define SRNIC_MAX_DEVICES 8
+
+struct srnic_device {
+  struct ibv_device dev; /* first: the addon sees a struct ibv_device */
+  enum ibv_port_state state;
+  int no_open;
+};
+
+struct srnic_context {
+  struct verbs_context vctx; /* its `context` member is the ibv_context handed out */
+  struct srnic_device *device;
+};
+
+static struct srnic_device devices[SRNIC_MAX_DEVICES];
+
+static int parse_devices(void) {
+  const char *spec = getenv("SRNIC_DEVICES");
+  char buf[512];
+  int n = 0;
+  strncpy(buf, spec != NULL && spec[0] != '\0' ? spec : "srnic0:active", sizeof(buf) - 1);
+  buf[sizeof(buf) - 1] = '\0';
+  for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok != NULL && n < SRNIC_MAX_DEVICES; tok = strtok_r(NULL, ",", &save)) {
+    struct srnic_device *d = &devices[n];
+    char *colon = strchr(tok, ':');
+    const char *state = colon != NULL ? colon + 1 : "active";
+    if (colon != NULL) *colon = '\0';
+    memset(d, 0, sizeof(*d));
+    strncpy(d->dev.name, tok, sizeof(d->dev.name) - 1);
+    strncpy(d->dev.dev_name, "uverbs-srnic", sizeof(d->dev.dev_name) - 1);
+    d->dev.node_type = IBV_NODE_RNIC;
+    d->dev.transport_type = IBV_TRANSPORT_IWARP;
+    d->state = IBV_PORT_ACTIVE;
+    if (strcmp(state, "down") == 0) d->state = IBV_PORT_DOWN;
+    else if (strcmp(state, "init") == 0) d->state = IBV_PORT_INIT;
+    else if (strcmp(state, "armed") == 0) d->state = IBV_PORT_ARMED;
+    else if (strcmp(state, "noopen") == 0) d->no_open = 1;
+    n++;
+  }
+  return n;
+}
+
+SRNIC_EXPORT struct ibv_device **ibv_get_device_list(int *num_devices) {
+  int n = parse_devices();
+  struct ibv_device **list = calloc((size_t)n + 1, sizeof(*list));
+  if (list == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  for (int i = 0; i < n; i++) list[i] = &devices[i].dev;
+  if (num_devices != NULL) *num_devices = n;
+  return list;
+}
+
+SRNIC_EXPORT void ibv_free_device_list(struct ibv_device **list) { free(list); }
+
+SRNIC_EXPORT const char *ibv_get_device_name(struct ibv_device *device) { return device->name; }
+
+static int srnic_query_port(struct ibv_context *context, uint8_t port_num, struct ibv_port_attr *attr, size_t len) {
+  struct srnic_device *d = ((struct srnic_context *)verbs_get_ctx(context))->device;
+  struct ibv_port_attr a;
+  if (port_num != 1) return EINVAL;
+  memset(&a, 0, sizeof(a));
+  a.state = d->state;
+  a.max_mtu = IBV_MTU_4096;
+  a.active_mtu = IBV_MTU_1024;
+  a.gid_tbl_len = 1;
+  a.max_msg_sz = 1u << 31;
+  a.link_layer = IBV_LINK_LAYER_ETHERNET;
+  memcpy(attr, &a, len < sizeof(a) ? len : sizeof(a));
+  return 0;
+}
+
+SRNIC_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device) {
+  struct srnic_device *d = (struct srnic_device *)device;
+  struct srnic_context *c;
+  if (d->no_open) {
+    errno = EACCES;
+    return NULL;
+  }
+  c = calloc(1, sizeof(*c));
+  if (c == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  c->device = d;
+  c->vctx.context.device = device;
+  c->vctx.context.cmd_fd = -1;
+  c->vctx.context.async_fd = -1;
+  c->vctx.context.num_comp_vectors = 1;
+  if (getenv("SRNIC_COMPAT") == NULL || strcmp(getenv("SRNIC_COMPAT"), "1") != 0) {
+    c->vctx.sz = sizeof(struct verbs_context);
+    c->vctx.context.abi_compat = __VERBS_ABI_IS_EXTENDED;
+    c->vctx.query_port = srnic_query_port;
+  }
+  return &c->vctx.context;
+}
+
+SRNIC_EXPORT int ibv_close_device(struct ibv_context *context) {
+  free((struct srnic_context *)((char *)context - offsetof(struct verbs_context, context)));
+  return 0;
+}
+
+SRNIC_EXPORT int ibv_query_device(struct ibv_context *context, struct ibv_device_attr *attr) {
+  (void)context;
+  memset(attr, 0, sizeof(*attr));
+  strncpy(attr->fw_ver, "srnic 0.1", sizeof(attr->fw_ver) - 1);
+  attr->max_mr_size = 1ull << 40;
+  attr->max_qp = 1024;
+  attr->max_qp_wr = 4096;
+  attr->max_sge = 8;
+  attr->max_cq = 1024;
+  attr->max_cqe = 65536;
+  attr->max_mr = 4096;
+  attr->max_pd = 64;
+  attr->phys_port_cnt = 1;
+  return 0;
+}
+
+/* The exported compat entry point: fills the legacy prefix of struct ibv_port_attr. */
+SRNIC_EXPORT int ibv_query_port(struct ibv_context *context, uint8_t port_num, struct _compat_ibv_port_attr *attr) {
+  struct srnic_device *d = NULL;
+  for (int i = 0; i < SRNIC_MAX_DEVICES; i++) {
+    if (&devices[i].dev == context->device) d = &devices[i];
+  }
+  struct ibv_port_attr a;
+  if (d == NULL || port_num != 1) return EINVAL;
+  memset(&a, 0, sizeof(a));
+  a.state = d->state;
+  a.max_mtu = IBV_MTU_4096;
+  a.active_mtu = IBV_MTU_1024;
+  a.gid_tbl_len = 1;
+  a.link_layer = IBV_LINK_LAYER_ETHERNET;
+  /* The legacy struct ends before `flags` (added with the extended query). */
+  memcpy(attr, &a, offsetof(struct ibv_port_attr, flags));
+  return 0;
+}
+
+SRNIC_EXPORT int ibv_query_gid(struct ibv_context *context, uint8_t port_num, int index, union ibv_gid *gid) {
+  if (port_num != 1 || index != 0) return -1;
+  memset(gid, 0, sizeof(*gid));
+  gid->raw[0] = 0xfe;
+  gid->raw[1] = 0x80;
+  gid->raw[15] = (uint8_t)(1 + ((struct srnic_device *)context->device - devices));
+  return 0;
+}
+
+SRNIC_EXPORT struct ibv_pd *ibv_alloc_pd(struct ibv_context *context) {
+  struct ibv_pd *pd = calloc(1, sizeof(*pd));
+  if (pd != NULL) pd->context = context;
+  return pd;
+}
+
+SRNIC_EXPORT int ibv_dealloc_pd(struct ibv_pd *pd) {
+  free(pd);
+  return 0;
+}
+
+SRNIC_EXPORT struct ibv_cq *ibv_create_cq(struct ibv_context *context, int cqe, void *cq_context, struct ibv_comp_channel *channel, int comp_vector) {
+  struct ibv_cq *cq;
+  (void)comp_vector;
+  if (cqe < 1 || cqe > 65536) {
+    errno = EINVAL;
+    return NULL;
+  }
+  cq = calloc(1, sizeof(*cq));
+  if (cq == NULL) return NULL;
+  cq->context = context;
+  cq->cq_context = cq_context;
+  cq->channel = channel;
+  cq->cqe = cqe;
+  return cq;
+}
+
+SRNIC_EXPORT int ibv_destroy_cq(struct ibv_cq *cq) {
+  free(cq);
+  return 0;
+}
+
+SRNIC_EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *attr) {
+  struct ibv_qp *qp;
+  if (attr->qp_type != IBV_QPT_RC || attr->cap.max_inline_data > SRNIC_MAX_INLINE || attr->cap.max_send_sge > 8 || attr->cap.max_recv_sge > 8) {
+    errno = EINVAL;
+    return NULL;
+  }
+  qp = calloc(1, sizeof(*qp));
+  if (qp == NULL) return NULL;
+  qp->context = pd->context;
+  qp->pd = pd;
+  qp->send_cq = attr->send_cq;
+  qp->recv_cq = attr->recv_cq;
+  qp->qp_type = attr->qp_type;
+  qp->state = IBV_QPS_RESET;
+  attr->cap.max_inline_data = SRNIC_MAX_INLINE; /* what a provider grants is written back */
+  return qp;
+}
+
+SRNIC_EXPORT int ibv_destroy_qp(struct ibv_qp *qp) {
+  free(qp);
+  return 0;
+}
+
+SRNIC_EXPORT struct rdma_event_channel *rdma_create_event_channel(void) {
+  struct rdma_event_channel *ch = calloc(1, sizeof(*ch));
+  if (ch != NULL) ch->fd = -1;
+  return ch;
+}
+
+SRNIC_EXPORT void rdma_destroy_event_channel(struct rdma_event_channel *channel) { free(channel); }
