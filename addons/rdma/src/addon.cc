@@ -6,8 +6,11 @@
 #include <napi.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "libs.h"
 
@@ -18,8 +21,43 @@ constexpr const char* kInvalidArgument = "KOALA_ERR_INVALID_ARGUMENT";
 constexpr const char* kVerbs = "KOALA_ERR_VERBS";
 constexpr size_t kMaxPathBytes = 4095;
 
+constexpr const char* kDestroyed = "KOALA_ERR_HANDLE_DESTROYED";
+constexpr const char* kInUse = "KOALA_ERR_HANDLE_IN_USE";
+
+// Verbs objects are handed to JavaScript as numbers: tag (16 bits, random per environment) *
+// 2^36 + generation (16 bits) * 2^20 + slot (20 bits). A destroyed object's slot gets a new
+// generation, so its old handle is refused, never reused; a handle of another thread's
+// environment is refused by its tag.
+enum class Kind : uint8_t { kFree = 0, kContext, kPd, kMr };
+constexpr double kTagUnit = 68719476736.0;  // 2^36
+constexpr double kGenUnit = 1048576.0;      // 2^20
+constexpr uint32_t kMaxSlots = 1u << 20;
+constexpr int kAccessMask = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ |
+                            IBV_ACCESS_REMOTE_ATOMIC | IBV_ACCESS_MW_BIND;
+
+const char* KindName(Kind k) {
+  switch (k) {
+    case Kind::kContext: return "device context";
+    case Kind::kPd: return "protection domain";
+    case Kind::kMr: return "memory region";
+    default: return "object";
+  }
+}
+
+struct Object {
+  Kind kind = Kind::kFree;
+  uint16_t gen = 0;
+  uint32_t parent = 0;  // slot + 1 of the object this one depends on; 0 for none
+  uint32_t users = 0;   // objects that depend on this one
+  void* ptr = nullptr;  // ibv_context*, ibv_pd*, ibv_mr*
+  Napi::Reference<Napi::ArrayBuffer> keep;  // an MR's buffer, held (never collected) while registered
+};
+
 struct AddonData {
   Napi::FunctionReference make_error;  // (code, message) => KoalaError
+  uint16_t tag = 0;
+  std::vector<Object> objects;
+  std::vector<uint32_t> free_slots;
 };
 
 AddonData* Data(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
@@ -206,11 +244,210 @@ Napi::Value Devices(const Napi::CallbackInfo& info) {
   return out;
 }
 
+
+// ---- objects -------------------------------------------------------------------------------
+
+double HandleOf(AddonData* d, uint32_t slot) {
+  return d->tag * kTagUnit + d->objects[slot].gen * kGenUnit + slot;
+}
+
+uint32_t NewSlot(Napi::Env env, AddonData* d) {
+  if (!d->free_slots.empty()) {
+    uint32_t slot = d->free_slots.back();
+    d->free_slots.pop_back();
+    return slot;
+  }
+  if (d->objects.size() >= kMaxSlots) Throw(env, kVerbs, "too many verbs objects in this thread");
+  d->objects.emplace_back();
+  return static_cast<uint32_t>(d->objects.size() - 1);
+}
+
+// The live object of `kind` named by argument i, or a thrown KoalaError.
+uint32_t Arg(const Napi::CallbackInfo& info, size_t i, Kind kind, const char* fn) {
+  Napi::Env env = info.Env();
+  AddonData* d = Data(env);
+  std::string what = std::string(fn) + ": argument " + std::to_string(i + 1);
+  if (!info[i].IsNumber()) Throw(env, kInvalidArgument, what + " must be a " + KindName(kind) + " handle");
+  double h = info[i].As<Napi::Number>().DoubleValue();
+  if (!(h >= 0) || h >= 4503599627370496.0 || std::floor(h) != h) Throw(env, kInvalidArgument, what + " is not a handle");
+  double tag = std::floor(h / kTagUnit);
+  double rest = h - tag * kTagUnit;
+  double gen = std::floor(rest / kGenUnit);
+  uint32_t slot = static_cast<uint32_t>(rest - gen * kGenUnit);
+  if (tag != d->tag) Throw(env, kInvalidArgument, what + " is not a handle of this thread");
+  if (slot >= d->objects.size() || d->objects[slot].gen != gen || d->objects[slot].kind == Kind::kFree) {
+    Throw(env, kDestroyed, what + ": the " + KindName(kind) + " was destroyed");
+  }
+  if (d->objects[slot].kind != kind) {
+    Throw(env, kInvalidArgument, what + " is a " + KindName(d->objects[slot].kind) + ", not a " + KindName(kind));
+  }
+  return slot;
+}
+
+// Frees the native object in `slot` (its dependants are already gone) and retires the handle.
+void Release(AddonData* d, uint32_t slot) {
+  Object& o = d->objects[slot];
+  switch (o.kind) {
+    case Kind::kMr: V().dereg_mr(static_cast<ibv_mr*>(o.ptr)); break;
+    case Kind::kPd: V().dealloc_pd(static_cast<ibv_pd*>(o.ptr)); break;
+    case Kind::kContext: V().close_device(static_cast<ibv_context*>(o.ptr)); break;
+    default: return;
+  }
+  if (o.parent != 0) d->objects[o.parent - 1].users--;
+  if (!o.keep.IsEmpty()) o.keep.Reset();
+  o.kind = Kind::kFree;
+  o.ptr = nullptr;
+  o.parent = 0;
+  o.users = 0;
+  o.gen = static_cast<uint16_t>(o.gen + 1);
+  d->free_slots.push_back(slot);
+}
+
+// Destroys the object named by argument 0, refusing while others depend on it.
+Napi::Value Destroy(const Napi::CallbackInfo& info, Kind kind, const char* fn, const char* dependants) {
+  ExpectArgs(info, fn, 1, 1);
+  AddonData* d = Data(info.Env());
+  uint32_t slot = Arg(info, 0, kind, fn);
+  if (d->objects[slot].users > 0) {
+    Throw(info.Env(), kInUse, std::string(fn) + ": the " + KindName(kind) + " still has " + std::to_string(d->objects[slot].users) + " " + dependants);
+  }
+  Release(d, slot);
+  return info.Env().Undefined();
+}
+
+uint32_t Store(Napi::Env env, Kind kind, void* ptr, uint32_t parent_slot_plus_one) {
+  AddonData* d = Data(env);
+  uint32_t slot = NewSlot(env, d);
+  Object& o = d->objects[slot];
+  o.kind = kind;
+  o.ptr = ptr;
+  o.parent = parent_slot_plus_one;
+  o.users = 0;
+  if (parent_slot_plus_one != 0) d->objects[parent_slot_plus_one - 1].users++;
+  return slot;
+}
+
+// Everything still open when the environment ends (a worker exits, the process exits):
+// memory regions first, then protection domains, then devices.
+void CleanupEnv(AddonData* d) {
+  for (Kind kind : {Kind::kMr, Kind::kPd, Kind::kContext}) {
+    for (uint32_t slot = 0; slot < d->objects.size(); slot++) {
+      if (d->objects[slot].kind == kind) Release(d, slot);
+    }
+  }
+}
+
+void RequireLoaded(Napi::Env env, const char* fn) {
+  if (!Loaded()) Throw(env, kVerbs, std::string(fn) + ": libibverbs is not loaded (call load() first)");
+}
+
+// openDevice(name) -> handle of an opened device context.
+Napi::Value OpenDevice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ExpectArgs(info, "openDevice", 1, 1);
+  if (!info[0].IsString()) Throw(env, kInvalidArgument, "openDevice: name must be a string");
+  std::string name = info[0].As<Napi::String>().Utf8Value();
+  if (name.empty() || name.size() > 63 || name.find('\0') != std::string::npos) {
+    Throw(env, kInvalidArgument, "openDevice: name must be 1 to 63 bytes with no NUL");
+  }
+  RequireLoaded(env, "openDevice");
+  DeviceList list;
+  int n = 0;
+  errno = 0;
+  list.list = V().get_device_list(&n);
+  if (list.list == nullptr) Throw(env, kVerbs, Errno("openDevice: ibv_get_device_list", errno != 0 ? errno : ENODEV));
+  for (int i = 0; i < n && list.list[i] != nullptr; i++) {
+    const char* dev_name = V().get_device_name(list.list[i]);
+    if (dev_name == nullptr || name != dev_name) continue;
+    errno = 0;
+    ibv_context* ctx = V().open_device(list.list[i]);
+    if (ctx == nullptr) Throw(env, kVerbs, Errno(("openDevice: ibv_open_device " + name).c_str(), errno != 0 ? errno : ENODEV));
+    return Napi::Number::New(env, HandleOf(Data(env), Store(env, Kind::kContext, ctx, 0)));
+  }
+  Throw(env, kVerbs, "openDevice: no RDMA device named " + name);
+}
+
+Napi::Value CloseDevice(const Napi::CallbackInfo& info) {
+  return Destroy(info, Kind::kContext, "closeDevice", "protection domains");
+}
+
+// allocPd(context) -> handle.
+Napi::Value AllocPd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ExpectArgs(info, "allocPd", 1, 1);
+  uint32_t ctx = Arg(info, 0, Kind::kContext, "allocPd");
+  errno = 0;
+  ibv_pd* pd = V().alloc_pd(static_cast<ibv_context*>(Data(env)->objects[ctx].ptr));
+  if (pd == nullptr) Throw(env, kVerbs, Errno("allocPd: ibv_alloc_pd", errno != 0 ? errno : ENOMEM));
+  return Napi::Number::New(env, HandleOf(Data(env), Store(env, Kind::kPd, pd, ctx + 1)));
+}
+
+Napi::Value DeallocPd(const Napi::CallbackInfo& info) {
+  return Destroy(info, Kind::kPd, "deallocPd", "memory regions");
+}
+
+uint64_t Index(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* what, double max) {
+  if (!info[i].IsNumber()) Throw(info.Env(), kInvalidArgument, std::string(fn) + ": " + what + " must be a number");
+  double v = info[i].As<Napi::Number>().DoubleValue();
+  if (!(v >= 0) || v > max || std::floor(v) != v) {
+    Throw(info.Env(), kInvalidArgument, std::string(fn) + ": " + what + " must be an integer from 0 to " + std::to_string(static_cast<uint64_t>(max)));
+  }
+  return static_cast<uint64_t>(v);
+}
+
+// regMr(pd, arrayBuffer, offset, length, access) -> { handle, lkey, rkey, addr }. The buffer
+// is held by a strong reference until deregMr (or the environment's end), so the garbage
+// collector can never free memory the NIC may still access.
+Napi::Value RegMr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ExpectArgs(info, "regMr", 5, 5);
+  uint32_t pd = Arg(info, 0, Kind::kPd, "regMr");
+  if (!info[1].IsArrayBuffer()) Throw(env, kInvalidArgument, "regMr: buffer must be an ArrayBuffer");
+  Napi::ArrayBuffer buffer = info[1].As<Napi::ArrayBuffer>();
+  size_t size = buffer.ByteLength();
+  uint64_t offset = Index(info, 2, "regMr", "offset", 9007199254740991.0);
+  uint64_t length = Index(info, 3, "regMr", "length", 9007199254740991.0);
+  uint64_t access = Index(info, 4, "regMr", "access", 255);
+  if (length == 0 || offset > size || length > size - offset) {
+    Throw(env, kInvalidArgument, "regMr: the range " + std::to_string(offset) + "+" + std::to_string(length) + " is not inside the " + std::to_string(size) + "-byte buffer (or is empty)");
+  }
+  if ((access & ~static_cast<uint64_t>(kAccessMask)) != 0) Throw(env, kInvalidArgument, "regMr: access has unknown flags");
+  if ((access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC)) != 0 && (access & IBV_ACCESS_LOCAL_WRITE) == 0) {
+    Throw(env, kInvalidArgument, "regMr: REMOTE_WRITE needs LOCAL_WRITE");
+  }
+  uint8_t* base = static_cast<uint8_t*>(buffer.Data());
+  if (base == nullptr) Throw(env, kInvalidArgument, "regMr: the buffer is detached");
+  errno = 0;
+  ibv_mr* mr = V().reg_mr(static_cast<ibv_pd*>(Data(env)->objects[pd].ptr), base + offset, length, static_cast<int>(access));
+  if (mr == nullptr) Throw(env, kVerbs, Errno("regMr: ibv_reg_mr", errno != 0 ? errno : ENOMEM));
+  uint32_t slot = Store(env, Kind::kMr, mr, pd + 1);
+  Data(env)->objects[slot].keep = Napi::Persistent(buffer);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("handle", HandleOf(Data(env), slot));
+  out.Set("lkey", static_cast<double>(mr->lkey));
+  out.Set("rkey", static_cast<double>(mr->rkey));
+  out.Set("addr", static_cast<double>(reinterpret_cast<uintptr_t>(mr->addr)));
+  return out;
+}
+
+Napi::Value DeregMr(const Napi::CallbackInfo& info) {
+  return Destroy(info, Kind::kMr, "deregMr", "users");
+}
+
 Napi::Object Register(Napi::Env env, Napi::Object exports) {
-  env.SetInstanceData(new AddonData());
+  AddonData* data = new AddonData();
+  data->tag = static_cast<uint16_t>(std::random_device{}());
+  env.SetInstanceData(data);
+  env.AddCleanupHook([data]() { CleanupEnv(data); });
   exports.Set("init", Napi::Function::New(env, Init, "init"));
   exports.Set("load", Napi::Function::New(env, LoadLibs, "load"));
   exports.Set("devices", Napi::Function::New(env, Devices, "devices"));
+  exports.Set("openDevice", Napi::Function::New(env, OpenDevice, "openDevice"));
+  exports.Set("closeDevice", Napi::Function::New(env, CloseDevice, "closeDevice"));
+  exports.Set("allocPd", Napi::Function::New(env, AllocPd, "allocPd"));
+  exports.Set("deallocPd", Napi::Function::New(env, DeallocPd, "deallocPd"));
+  exports.Set("regMr", Napi::Function::New(env, RegMr, "regMr"));
+  exports.Set("deregMr", Napi::Function::New(env, DeregMr, "deregMr"));
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

@@ -65,7 +65,9 @@ LoadResult Load(const std::string& verbs_path, const std::string& rdmacm_path) {
             Resolve(verbs, "ibv_create_cq", verbs_path, &v.create_cq, &why) &&
             Resolve(verbs, "ibv_destroy_cq", verbs_path, &v.destroy_cq, &why) &&
             Resolve(verbs, "ibv_create_qp", verbs_path, &v.create_qp, &why) &&
-            Resolve(verbs, "ibv_destroy_qp", verbs_path, &v.destroy_qp, &why);
+            Resolve(verbs, "ibv_destroy_qp", verbs_path, &v.destroy_qp, &why) &&
+            Resolve(verbs, "ibv_reg_mr", verbs_path, &v.reg_mr, &why) &&
+            Resolve(verbs, "ibv_dereg_mr", verbs_path, &v.dereg_mr, &why);
   if (!ok) {
     dlclose(verbs);
     return {false, "libibverbs unusable: " + why};

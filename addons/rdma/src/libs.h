@@ -29,6 +29,8 @@ struct Verbs {
   decltype(&::ibv_destroy_cq) destroy_cq;
   decltype(&::ibv_create_qp) create_qp;
   decltype(&::ibv_destroy_qp) destroy_qp;
+  decltype(&::ibv_reg_mr) reg_mr;  // the exported function, not verbs.h's macro of the same name
+  decltype(&::ibv_dereg_mr) dereg_mr;
 };
 
 struct Rdmacm {

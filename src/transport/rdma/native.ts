@@ -88,6 +88,34 @@ export interface NativeBinding {
   load(verbsPath: string, rdmacmPath: string): string | undefined;
   /** Every device libibverbs lists, opened, queried and closed; `probeInline` also probes max_inline_data. Throws KOALA_ERR_VERBS when libibverbs cannot list devices. */
   devices(probeInline?: boolean): RawDevice[];
+  /** Opens the device named `name`; returns its context handle. */
+  openDevice(name: string): number;
+  /** Closes a device context; KOALA_ERR_HANDLE_IN_USE while protection domains remain. */
+  closeDevice(context: number): void;
+  /** Allocates a protection domain on a device context; returns its handle. */
+  allocPd(context: number): number;
+  /** Deallocates a protection domain; KOALA_ERR_HANDLE_IN_USE while memory regions remain. */
+  deallocPd(pd: number): void;
+  /**
+   * Registers `length` bytes at `offset` of `buffer` with `access` flags (ibv_access_flags:
+   * LOCAL_WRITE, REMOTE_WRITE, REMOTE_READ, REMOTE_ATOMIC, MW_BIND). The buffer is held
+   * alive until {@link NativeBinding.deregMr}.
+   */
+  regMr(pd: number, buffer: ArrayBuffer, offset: number, length: number, access: number): NativeMr;
+  /** Deregisters a memory region and lets its buffer go. */
+  deregMr(mr: number): void;
+}
+
+/** A memory region registered by the addon. */
+export interface NativeMr {
+  /** Its handle. */
+  readonly handle: number;
+  /** Local key. */
+  readonly lkey: number;
+  /** Remote key. */
+  readonly rkey: number;
+  /** Address of its first byte in this process. */
+  readonly addr: number;
 }
 
 /** The loaded binding, or why there is none. */

@@ -1,0 +1,120 @@
+/**
+ * An opened device of the native addon, with the verbs objects built on it so far: protection
+ * domains and memory regions. It validates every argument here, before the addon (which checks
+ * again), with the same Handle rules as every provider (use after destroy, destroy order).
+ *
+ * It is the start of the native {@link VerbsContext}; completion queues, queue pairs and the
+ * connection manager are still to come, so the `verbs` provider does not hand it out yet.
+ */
+import { ErrorCode, KoalaError } from "../../errors.js";
+import type { NativeBinding } from "./native.js";
+import { Access, Handle, type Mr, type Pd } from "./verbs.js";
+
+const ACCESS_MASK = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.MW_BIND;
+
+function fail(op: string, why: string): never {
+  throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `${op}: ${why}`);
+}
+
+class NativePd extends Handle {
+  constructor(
+    readonly context: NativeContext,
+    readonly id: number,
+  ) {
+    super("pd");
+  }
+}
+
+class NativeMrHandle extends Handle implements Mr {
+  constructor(
+    readonly pd: NativePd,
+    readonly id: number,
+    readonly bytes: Uint8Array,
+    readonly lkey: number,
+    readonly rkey: number,
+    readonly addr: number,
+    readonly access: number,
+  ) {
+    super("mr");
+  }
+
+  get length(): number {
+    return this.bytes.byteLength;
+  }
+}
+
+/** A device opened through the native addon (PDs and MRs so far). */
+export class NativeContext extends Handle {
+  readonly #binding: NativeBinding;
+  readonly #id: number;
+
+  private constructor(
+    binding: NativeBinding,
+    id: number,
+    /** The device's name. */
+    readonly name: string,
+  ) {
+    super("context");
+    this.#binding = binding;
+    this.#id = id;
+  }
+
+  /** Opens device `name` through `binding` (loaded, with its libraries). */
+  static open(binding: NativeBinding, name: string): NativeContext {
+    if (typeof name !== "string" || name.length === 0 || name.length > 63 || name.includes("\0")) fail("open()", "a device name is 1 to 63 characters");
+    return new NativeContext(binding, binding.openDevice(name), name);
+  }
+
+  /** Allocates a protection domain. */
+  allocPd(): Pd {
+    this.check("allocPd()");
+    const pd = new NativePd(this, this.#binding.allocPd(this.#id));
+    this.use();
+    return pd;
+  }
+
+  /** Deallocates a PD; KOALA_ERR_HANDLE_IN_USE while MRs use it. */
+  deallocPd(pd: Pd): void {
+    const p = this.#pd(pd, "deallocPd()");
+    p.markDestroyed("deallocPd()", "memory regions or queue pairs");
+    this.#binding.deallocPd(p.id);
+    this.unuse();
+  }
+
+  /**
+   * Registers `bytes` (a range of an ArrayBuffer, not a SharedArrayBuffer) with `access` flags.
+   * The ArrayBuffer is kept alive by the addon until {@link deregMr}.
+   */
+  regMr(pd: Pd, bytes: Uint8Array, access: number): Mr {
+    const p = this.#pd(pd, "regMr()");
+    if (!(bytes instanceof Uint8Array)) fail("regMr()", "bytes must be a Uint8Array");
+    if (!(bytes.buffer instanceof ArrayBuffer)) fail("regMr()", "bytes must view an ArrayBuffer (a SharedArrayBuffer cannot be held alive by one thread)");
+    if (bytes.byteLength === 0) fail("regMr()", "bytes is empty");
+    if (!Number.isInteger(access) || (access & ~ACCESS_MASK) !== 0) fail("regMr()", `unknown access flags ${access}`);
+    if (access & Access.REMOTE_WRITE && !(access & Access.LOCAL_WRITE)) fail("regMr()", "REMOTE_WRITE requires LOCAL_WRITE");
+    const r = this.#binding.regMr(p.id, bytes.buffer, bytes.byteOffset, bytes.byteLength, access);
+    p.use();
+    return new NativeMrHandle(p, r.handle, bytes, r.lkey, r.rkey, r.addr, access);
+  }
+
+  /** Deregisters a memory region. */
+  deregMr(mr: Mr): void {
+    if (!(mr instanceof NativeMrHandle) || mr.pd.context !== this) fail("deregMr()", "not a memory region of this device");
+    mr.markDestroyed("deregMr()", "memory windows bound");
+    this.#binding.deregMr(mr.id);
+    mr.pd.unuse();
+  }
+
+  /** Closes the device; KOALA_ERR_HANDLE_IN_USE while PDs remain. */
+  close(): void {
+    this.markDestroyed("close()", "protection domains");
+    this.#binding.closeDevice(this.#id);
+  }
+
+  #pd(pd: Pd, op: string): NativePd {
+    this.check(op);
+    if (!(pd instanceof NativePd) || pd.context !== this) fail(op, "not a protection domain of this device");
+    pd.check(op);
+    return pd;
+  }
+}
