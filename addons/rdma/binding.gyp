@@ -20,6 +20,7 @@
       "type": "shared_library",
       "product_name": "koala_srnic",
       "sources": ["srnic/srnic.c"],
+      "libraries": ["-lpthread"],
       "cflags": ["-fvisibility=hidden", "-std=gnu11", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
     }
   ]

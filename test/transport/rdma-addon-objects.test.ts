@@ -1,5 +1,6 @@
 /**
- * Verbs objects of the native addon (device contexts, protection domains, memory regions) run
+ * Verbs objects of the native addon (device contexts, protection domains, memory regions,
+ * completion queues with their completion channel watched by libuv) run
  * against the software RNIC standing in for libibverbs, each scenario in a child process
  * (libibverbs is chosen once per process): destroy order, dead and wrong-kind handles, ranges,
  * a registered ArrayBuffer held alive until deregistered, everything released when a thread
@@ -22,15 +23,15 @@ if (!built) {
 const t = built ? test : test.skip;
 const srnic = join(root, "addons", "rdma", "build", "Release", "koala_srnic.so");
 
-const LEAKS = /^srnic: live at exit: (\d+) contexts, (\d+) pds, (\d+) mrs$/m;
+const LEAKS = /^srnic: live at exit: (\d+) contexts, (\d+) pds, (\d+) mrs, (\d+) cqs$/m;
 
 /** Runs scenario `name` of the fixture; its JSON result and what the software RNIC saw still open at exit. */
-function run(name: string): { out: Record<string, unknown>; live: number[] } {
+function run(name: string, env: Record<string, string> = {}): { out: Record<string, unknown>; live: number[] } {
   assert.ok(existsSync(srnic), "npm run build:rdma builds the software RNIC");
   const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KOALA_")));
   const fixture = new URL("../fixtures/transport/native-objects.ts", import.meta.url).pathname;
   const r = spawnSync(process.execPath, ["--expose-gc", "--import", "tsx", fixture, name], {
-    env: { ...clean, KOALA_VERBS_LIB: srnic, KOALA_RDMACM_LIB: srnic, SRNIC_LEAK_CHECK: "1" },
+    env: { ...clean, KOALA_VERBS_LIB: srnic, KOALA_RDMACM_LIB: srnic, SRNIC_LEAK_CHECK: "1", ...env },
     encoding: "utf8",
     timeout: 60_000,
   });
@@ -58,7 +59,7 @@ t("PDs and MRs: destroy order, dead and wrong-kind handles, ranges and flags are
   assert.equal(out.jsDead, [DEAD]);
   assert.equal(out.jsAfter, [DEAD, "ok", DEAD], "after its PDs are gone the device closes, and is closed");
   assert.is(out.unknownDevice, "KOALA_ERR_VERBS");
-  assert.equal(live, [0, 0, 0], "nothing left open");
+  assert.equal(live, [0, 0, 0, 0], "nothing left open");
 });
 
 t("a registered ArrayBuffer is held alive by the addon until deregistered, then collected", () => {
@@ -72,15 +73,32 @@ t("objects left open are released when a worker ends, is terminated, or the proc
   const { out, live } = run("leave-open");
   assert.equal(out.workers, [0, 0, 0]);
   assert.is(out.terminated, true);
-  assert.equal(live, [0, 0, 0], "every context, PD and MR of five environments was released");
+  assert.equal(live, [0, 0, 0, 0], "every context, PD and MR of five environments was released");
+});
+
+t("completions reach JavaScript through the completion channel's fd (no polling loop): notify, drain in batches, re-arm, poll again; all in order", () => {
+  const { out, live } = run("cq", { SRNIC_CQ_SELFTEST: "1000" });
+  assert.is(out.count, 1000, "1000 completions through a 64-entry CQ");
+  assert.is(out.inOrder, true, "wr_id, byte_len, imm, qp_num, status and opcode of each, in order");
+  assert.is(out.notifiedLessThanOncePerCompletion, true, "one notification drains many completions");
+  assert.equal(out.jsChecks, [BAD, BAD, BAD, BAD, IN_USE], "out too small, max past out, not a Float64Array, depth 0; a device with a CQ");
+  assert.equal(out.nativeChecks, [BAD, BAD, BAD, BAD, DEAD], "the addon refuses the same (and a wrong-kind or unknown handle)");
+  assert.equal(out.afterDestroy, [DEAD, DEAD, "ok"]);
+  assert.equal(live, [0, 0, 0, 0], "a CQ left armed at exit, its NIC still running, is released too");
+});
+
+t("an exception thrown by a CQ's notify callback is an uncaught exception of the process, never an abort", () => {
+  const { out, live } = run("cq-throws", { SRNIC_CQ_SELFTEST: "5" });
+  assert.is(out.caught, "thrown by onNotify");
+  assert.equal(live, [0, 0, 0, 0]);
 });
 
 t("fuzz: every export with live, dead, foreign and hostile handles and values never crashes the process", () => {
   const { out, live } = run("fuzz");
   assert.ok((out.calls as number) > 2000, `calls: ${out.calls}`);
-  assert.equal(out.codes, [DEAD, IN_USE, BAD, "ok"], "every outcome is a success or a KoalaError with a stable code");
+  assert.equal(out.codes, [DEAD, IN_USE, BAD, "KOALA_ERR_VERBS", "ok"], "every outcome is a success or a KoalaError with a stable code");
   assert.is(out.stillWorks, true);
-  assert.equal(live, [0, 0, 0]);
+  assert.equal(live, [0, 0, 0, 0]);
 });
 
 test.run();

@@ -3,9 +3,12 @@
 // to init() (never aborting). No global JavaScript state: each environment (main thread,
 // worker) has its own instance data, so the addon is context-aware.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <napi.h>
+#include <uv.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -28,7 +31,7 @@ constexpr const char* kInUse = "KOALA_ERR_HANDLE_IN_USE";
 // 2^36 + generation (16 bits) * 2^20 + slot (20 bits). A destroyed object's slot gets a new
 // generation, so its old handle is refused, never reused; a handle of another thread's
 // environment is refused by its tag.
-enum class Kind : uint8_t { kFree = 0, kContext, kPd, kMr };
+enum class Kind : uint8_t { kFree = 0, kContext, kPd, kMr, kCq };
 constexpr double kTagUnit = 68719476736.0;  // 2^36
 constexpr double kGenUnit = 1048576.0;      // 2^20
 constexpr uint32_t kMaxSlots = 1u << 20;
@@ -40,6 +43,7 @@ const char* KindName(Kind k) {
     case Kind::kContext: return "device context";
     case Kind::kPd: return "protection domain";
     case Kind::kMr: return "memory region";
+    case Kind::kCq: return "completion queue";
     default: return "object";
   }
 }
@@ -51,6 +55,17 @@ struct Object {
   uint32_t users = 0;   // objects that depend on this one
   void* ptr = nullptr;  // ibv_context*, ibv_pd*, ibv_mr*
   Napi::Reference<Napi::ArrayBuffer> keep;  // an MR's buffer, held (never collected) while registered
+};
+
+// A completion queue with its own completion channel, whose fd libuv watches: when it turns
+// readable the events are read and acknowledged and `on_notify` runs (JavaScript then polls
+// and re-arms). The uv_poll_t outlives the CQ until libuv has closed it.
+struct NativeCq {
+  ibv_cq* cq = nullptr;
+  ibv_comp_channel* channel = nullptr;
+  uv_poll_t* poll = nullptr;
+  napi_env env = nullptr;
+  Napi::FunctionReference on_notify;
 };
 
 struct AddonData {
@@ -284,6 +299,21 @@ uint32_t Arg(const Napi::CallbackInfo& info, size_t i, Kind kind, const char* fn
   return slot;
 }
 
+void OnPollClosed(uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); }
+
+void DestroyNativeCq(NativeCq* c) {
+  if (c->poll != nullptr) {
+    uv_poll_stop(c->poll);
+    c->poll->data = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(c->poll), OnPollClosed);
+  }
+  // Every event was acknowledged as it was read, so ibv_destroy_cq cannot block.
+  if (c->cq != nullptr) V().destroy_cq(c->cq);
+  if (c->channel != nullptr) V().destroy_comp_channel(c->channel);
+  c->on_notify.Reset();
+  delete c;
+}
+
 // Frees the native object in `slot` (its dependants are already gone) and retires the handle.
 void Release(AddonData* d, uint32_t slot) {
   Object& o = d->objects[slot];
@@ -291,6 +321,7 @@ void Release(AddonData* d, uint32_t slot) {
     case Kind::kMr: V().dereg_mr(static_cast<ibv_mr*>(o.ptr)); break;
     case Kind::kPd: V().dealloc_pd(static_cast<ibv_pd*>(o.ptr)); break;
     case Kind::kContext: V().close_device(static_cast<ibv_context*>(o.ptr)); break;
+    case Kind::kCq: DestroyNativeCq(static_cast<NativeCq*>(o.ptr)); break;
     default: return;
   }
   if (o.parent != 0) d->objects[o.parent - 1].users--;
@@ -330,7 +361,7 @@ uint32_t Store(Napi::Env env, Kind kind, void* ptr, uint32_t parent_slot_plus_on
 // Everything still open when the environment ends (a worker exits, the process exits):
 // memory regions first, then protection domains, then devices.
 void CleanupEnv(AddonData* d) {
-  for (Kind kind : {Kind::kMr, Kind::kPd, Kind::kContext}) {
+  for (Kind kind : {Kind::kMr, Kind::kCq, Kind::kPd, Kind::kContext}) {
     for (uint32_t slot = 0; slot < d->objects.size(); slot++) {
       if (d->objects[slot].kind == kind) Release(d, slot);
     }
@@ -434,6 +465,134 @@ Napi::Value DeregMr(const Napi::CallbackInfo& info) {
   return Destroy(info, Kind::kMr, "deregMr", "users");
 }
 
+
+// Completion channel readable: read and acknowledge every pending event (the fd is
+// non-blocking), then tell JavaScript once.
+void OnChannelReadable(uv_poll_t* handle, int status, int events) {
+  (void)status;
+  (void)events;
+  NativeCq* c = static_cast<NativeCq*>(handle->data);
+  if (c == nullptr) return;
+  unsigned int got = 0;
+  ibv_cq* ev_cq = nullptr;
+  void* ev_ctx = nullptr;
+  while (V().get_cq_event(c->channel, &ev_cq, &ev_ctx) == 0) got++;
+  if (got > 0) V().ack_cq_events(c->cq, got);
+  if (got == 0 && status == 0) return;  // a spurious wake-up
+  Napi::Env env(c->env);
+  Napi::HandleScope scope(env);
+  try {
+    c->on_notify.MakeCallback(env.Global(), {});
+  } catch (const Napi::Error& e) {
+    // Nothing JavaScript can catch called us: an exception here is an uncaught exception.
+    napi_fatal_exception(env, e.Value());
+  }
+}
+
+// createCq(context, depth, onNotify) -> handle.
+Napi::Value CreateCq(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ExpectArgs(info, "createCq", 3, 3);
+  uint32_t ctx_slot = Arg(info, 0, Kind::kContext, "createCq");
+  uint64_t depth = Index(info, 1, "createCq", "depth", 4194304);
+  if (depth == 0) Throw(env, kInvalidArgument, "createCq: depth must be at least 1");
+  if (!info[2].IsFunction()) Throw(env, kInvalidArgument, "createCq: onNotify must be a function");
+  ibv_context* ctx = static_cast<ibv_context*>(Data(env)->objects[ctx_slot].ptr);
+  NativeCq* c = new NativeCq();
+  c->env = env;
+  errno = 0;
+  c->channel = V().create_comp_channel(ctx);
+  if (c->channel == nullptr) {
+    int err = errno != 0 ? errno : ENOMEM;
+    DestroyNativeCq(c);
+    Throw(env, kVerbs, Errno("createCq: ibv_create_comp_channel", err));
+  }
+  int flags = fcntl(c->channel->fd, F_GETFL);
+  if (flags < 0 || fcntl(c->channel->fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    int err = errno;
+    DestroyNativeCq(c);
+    Throw(env, kVerbs, Errno("createCq: making the completion channel non-blocking", err));
+  }
+  errno = 0;
+  c->cq = V().create_cq(ctx, static_cast<int>(depth), c, c->channel, 0);
+  if (c->cq == nullptr) {
+    int err = errno != 0 ? errno : ENOMEM;
+    DestroyNativeCq(c);
+    Throw(env, kVerbs, Errno("createCq: ibv_create_cq", err));
+  }
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+    DestroyNativeCq(c);
+    Throw(env, kVerbs, "createCq: no event loop");
+  }
+  c->poll = new uv_poll_t();
+  int rc = uv_poll_init(loop, c->poll, c->channel->fd);
+  if (rc != 0) {
+    delete c->poll;
+    c->poll = nullptr;
+    DestroyNativeCq(c);
+    Throw(env, kVerbs, std::string("createCq: uv_poll_init: ") + uv_strerror(rc));
+  }
+  c->poll->data = c;
+  uv_poll_start(c->poll, UV_READABLE, OnChannelReadable);
+  // The poll handle does not keep the process alive: an idle CQ must not block exit.
+  uv_unref(reinterpret_cast<uv_handle_t*>(c->poll));
+  c->on_notify = Napi::Persistent(info[2].As<Napi::Function>());
+  return Napi::Number::New(env, HandleOf(Data(env), Store(env, Kind::kCq, c, ctx_slot + 1)));
+}
+
+NativeCq* CqArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  return static_cast<NativeCq*>(Data(info.Env())->objects[Arg(info, i, Kind::kCq, fn)].ptr);
+}
+
+// reqNotifyCq(cq): arms the CQ for the next completion (the inline verb, through the ops table).
+Napi::Value ReqNotifyCq(const Napi::CallbackInfo& info) {
+  ExpectArgs(info, "reqNotifyCq", 1, 1);
+  NativeCq* c = CqArg(info, 0, "reqNotifyCq");
+  int rc = c->cq->context->ops.req_notify_cq(c->cq, 0);
+  if (rc != 0) Throw(info.Env(), kVerbs, Errno("reqNotifyCq: ibv_req_notify_cq", rc > 0 ? rc : EINVAL));
+  return info.Env().Undefined();
+}
+
+constexpr uint32_t kWcStride = 7;  // WC in verbs.ts: wr_id, status, opcode, byte_len, imm, qp_num, flags
+
+// pollCq(cq, out: Float64Array, max) -> count: moves up to `max` completions into `out`.
+Napi::Value PollCq(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ExpectArgs(info, "pollCq", 3, 3);
+  NativeCq* c = CqArg(info, 0, "pollCq");
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    Throw(env, kInvalidArgument, "pollCq: out must be a Float64Array");
+  }
+  Napi::Float64Array out = info[1].As<Napi::Float64Array>();
+  uint64_t max = Index(info, 2, "pollCq", "max", 1 << 20);
+  if (max * kWcStride > out.ElementLength()) Throw(env, kInvalidArgument, "pollCq: out holds fewer than max completion records");
+  double* dst = out.Data();
+  uint64_t done = 0;
+  ibv_wc wc[32];
+  while (done < max) {
+    int want = static_cast<int>(std::min<uint64_t>(32, max - done));
+    int n = c->cq->context->ops.poll_cq(c->cq, want, wc);
+    if (n < 0) Throw(env, kVerbs, "pollCq: ibv_poll_cq failed");
+    for (int i = 0; i < n; i++, done++) {
+      double* r = dst + done * kWcStride;
+      r[0] = static_cast<double>(wc[i].wr_id);
+      r[1] = wc[i].status;
+      r[2] = wc[i].opcode;
+      r[3] = wc[i].byte_len;
+      r[4] = (wc[i].wc_flags & IBV_WC_WITH_IMM) != 0 ? ntohl(wc[i].imm_data) : 0;
+      r[5] = wc[i].qp_num;
+      r[6] = wc[i].wc_flags;
+    }
+    if (n < want) break;
+  }
+  return Napi::Number::New(env, static_cast<double>(done));
+}
+
+Napi::Value DestroyCq(const Napi::CallbackInfo& info) {
+  return Destroy(info, Kind::kCq, "destroyCq", "queue pairs");
+}
+
 Napi::Object Register(Napi::Env env, Napi::Object exports) {
   AddonData* data = new AddonData();
   data->tag = static_cast<uint16_t>(std::random_device{}());
@@ -448,6 +607,10 @@ Napi::Object Register(Napi::Env env, Napi::Object exports) {
   exports.Set("deallocPd", Napi::Function::New(env, DeallocPd, "deallocPd"));
   exports.Set("regMr", Napi::Function::New(env, RegMr, "regMr"));
   exports.Set("deregMr", Napi::Function::New(env, DeregMr, "deregMr"));
+  exports.Set("createCq", Napi::Function::New(env, CreateCq, "createCq"));
+  exports.Set("reqNotifyCq", Napi::Function::New(env, ReqNotifyCq, "reqNotifyCq"));
+  exports.Set("pollCq", Napi::Function::New(env, PollCq, "pollCq"));
+  exports.Set("destroyCq", Napi::Function::New(env, DestroyCq, "destroyCq"));
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

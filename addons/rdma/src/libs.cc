@@ -67,7 +67,11 @@ LoadResult Load(const std::string& verbs_path, const std::string& rdmacm_path) {
             Resolve(verbs, "ibv_create_qp", verbs_path, &v.create_qp, &why) &&
             Resolve(verbs, "ibv_destroy_qp", verbs_path, &v.destroy_qp, &why) &&
             Resolve(verbs, "ibv_reg_mr", verbs_path, &v.reg_mr, &why) &&
-            Resolve(verbs, "ibv_dereg_mr", verbs_path, &v.dereg_mr, &why);
+            Resolve(verbs, "ibv_dereg_mr", verbs_path, &v.dereg_mr, &why) &&
+            Resolve(verbs, "ibv_create_comp_channel", verbs_path, &v.create_comp_channel, &why) &&
+            Resolve(verbs, "ibv_destroy_comp_channel", verbs_path, &v.destroy_comp_channel, &why) &&
+            Resolve(verbs, "ibv_get_cq_event", verbs_path, &v.get_cq_event, &why) &&
+            Resolve(verbs, "ibv_ack_cq_events", verbs_path, &v.ack_cq_events, &why);
   if (!ok) {
     dlclose(verbs);
     return {false, "libibverbs unusable: " + why};

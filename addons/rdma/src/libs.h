@@ -31,6 +31,10 @@ struct Verbs {
   decltype(&::ibv_destroy_qp) destroy_qp;
   decltype(&::ibv_reg_mr) reg_mr;  // the exported function, not verbs.h's macro of the same name
   decltype(&::ibv_dereg_mr) dereg_mr;
+  decltype(&::ibv_create_comp_channel) create_comp_channel;
+  decltype(&::ibv_destroy_comp_channel) destroy_comp_channel;
+  decltype(&::ibv_get_cq_event) get_cq_event;
+  decltype(&::ibv_ack_cq_events) ack_cq_events;
 };
 
 struct Rdmacm {

@@ -17,6 +17,9 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,14 +46,23 @@ struct srnic_context {
 
 static struct srnic_device devices[SRNIC_MAX_DEVICES];
 
+static int srnic_poll_cq(struct ibv_cq *cq, int num_entries, struct ibv_wc *wc);
+static int srnic_req_notify_cq(struct ibv_cq *cq, int solicited_only);
+
+/* A completion channel: the read end of a pipe is its fd; the NIC side writes the other. */
+struct srnic_channel {
+  struct ibv_comp_channel ch;
+  int wfd;
+};
+
 /* Objects handed out and not yet destroyed; with SRNIC_LEAK_CHECK=1 they are printed at exit,
  * so a test can see that everything the addon opened was released. */
-static int live_contexts, live_pds, live_mrs;
+static int live_contexts, live_pds, live_mrs, live_cqs;
 
 __attribute__((destructor)) static void report_leaks(void) {
   const char *check = getenv("SRNIC_LEAK_CHECK");
   if (check != NULL && strcmp(check, "1") == 0) {
-    fprintf(stderr, "srnic: live at exit: %d contexts, %d pds, %d mrs\n", live_contexts, live_pds, live_mrs);
+    fprintf(stderr, "srnic: live at exit: %d contexts, %d pds, %d mrs, %d cqs\n", live_contexts, live_pds, live_mrs, live_cqs);
   }
 }
 
@@ -129,6 +141,8 @@ SRNIC_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device) {
   c->vctx.context.cmd_fd = -1;
   c->vctx.context.async_fd = -1;
   c->vctx.context.num_comp_vectors = 1;
+  c->vctx.context.ops.poll_cq = srnic_poll_cq;
+  c->vctx.context.ops.req_notify_cq = srnic_req_notify_cq;
   if (getenv("SRNIC_COMPAT") == NULL || strcmp(getenv("SRNIC_COMPAT"), "1") != 0) {
     c->vctx.sz = sizeof(struct verbs_context);
     c->vctx.context.abi_compat = __VERBS_ABI_IS_EXTENDED;
@@ -202,24 +216,158 @@ SRNIC_EXPORT int ibv_dealloc_pd(struct ibv_pd *pd) {
   return 0;
 }
 
+/* A completion queue: a ring of work completions under a lock. When a completion arrives on
+ * an armed CQ, the CQ's address is written to its completion channel's pipe, which
+ * ibv_get_cq_event reads back. SRNIC_CQ_SELFTEST=N makes a thread (standing in for the NIC)
+ * deliver N receive completions to each new CQ (wr_id i, byte_len i, imm i, qp_num 7), while
+ * the CQ has room, so the completion path can be tested before queue pairs exist. */
+struct srnic_cq {
+  struct ibv_cq cq;
+  pthread_mutex_t lock;
+  struct ibv_wc *ring;
+  int cap, head, count, armed, stop;
+  pthread_t selftest;
+  int has_selftest;
+};
+
+static void cq_notify_locked(struct srnic_cq *c) {
+  if (c->armed && c->cq.channel != NULL) {
+    struct ibv_cq *p = &c->cq;
+    c->armed = 0;
+    if (write(((struct srnic_channel *)c->cq.channel)->wfd, &p, sizeof(p)) != (ssize_t)sizeof(p)) { /* the pipe is never full in tests */ }
+  }
+}
+
+static int cq_push(struct srnic_cq *c, const struct ibv_wc *wc) {
+  int ok = 0;
+  pthread_mutex_lock(&c->lock);
+  if (c->count < c->cap) {
+    c->ring[(c->head + c->count) % c->cap] = *wc;
+    c->count++;
+    ok = 1;
+    cq_notify_locked(c);
+  }
+  pthread_mutex_unlock(&c->lock);
+  return ok;
+}
+
+static int srnic_poll_cq(struct ibv_cq *cq, int num_entries, struct ibv_wc *wc) {
+  struct srnic_cq *c = (struct srnic_cq *)cq;
+  int n = 0;
+  pthread_mutex_lock(&c->lock);
+  while (n < num_entries && c->count > 0) {
+    wc[n++] = c->ring[c->head];
+    c->head = (c->head + 1) % c->cap;
+    c->count--;
+  }
+  pthread_mutex_unlock(&c->lock);
+  return n;
+}
+
+static int srnic_req_notify_cq(struct ibv_cq *cq, int solicited_only) {
+  struct srnic_cq *c = (struct srnic_cq *)cq;
+  (void)solicited_only;
+  pthread_mutex_lock(&c->lock);
+  c->armed = 1;
+  pthread_mutex_unlock(&c->lock);
+  return 0;
+}
+
+static void *cq_selftest(void *arg) {
+  struct srnic_cq *c = arg;
+  long n = strtol(getenv("SRNIC_CQ_SELFTEST"), NULL, 10);
+  for (long i = 0; i < n;) {
+    struct ibv_wc wc;
+    int stop;
+    memset(&wc, 0, sizeof(wc));
+    wc.wr_id = (uint64_t)i;
+    wc.status = IBV_WC_SUCCESS;
+    wc.opcode = IBV_WC_RECV;
+    wc.byte_len = (uint32_t)i;
+    wc.imm_data = htonl((uint32_t)i);
+    wc.wc_flags = IBV_WC_WITH_IMM;
+    wc.qp_num = 7;
+    pthread_mutex_lock(&c->lock);
+    stop = c->stop;
+    pthread_mutex_unlock(&c->lock);
+    if (stop) break;
+    if (cq_push(c, &wc)) i++;
+    else usleep(200); /* full: wait for the consumer */
+  }
+  return NULL;
+}
+
+SRNIC_EXPORT struct ibv_comp_channel *ibv_create_comp_channel(struct ibv_context *context) {
+  int fds[2];
+  struct srnic_channel *ch;
+  if (pipe(fds) != 0) return NULL;
+  ch = calloc(1, sizeof(*ch));
+  if (ch == NULL) {
+    close(fds[0]);
+    close(fds[1]);
+    return NULL;
+  }
+  ch->ch.context = context;
+  ch->ch.fd = fds[0];
+  ch->wfd = fds[1];
+  return &ch->ch;
+}
+
+SRNIC_EXPORT int ibv_destroy_comp_channel(struct ibv_comp_channel *channel) {
+  close(channel->fd);
+  close(((struct srnic_channel *)channel)->wfd);
+  free(channel);
+  return 0;
+}
+
+SRNIC_EXPORT int ibv_get_cq_event(struct ibv_comp_channel *channel, struct ibv_cq **cq, void **cq_context) {
+  struct ibv_cq *p;
+  if (read(channel->fd, &p, sizeof(p)) != (ssize_t)sizeof(p)) return -1;
+  *cq = p;
+  *cq_context = p->cq_context;
+  return 0;
+}
+
+SRNIC_EXPORT void ibv_ack_cq_events(struct ibv_cq *cq, unsigned int nevents) {
+  (void)cq;
+  (void)nevents;
+}
+
 SRNIC_EXPORT struct ibv_cq *ibv_create_cq(struct ibv_context *context, int cqe, void *cq_context, struct ibv_comp_channel *channel, int comp_vector) {
-  struct ibv_cq *cq;
+  struct srnic_cq *c;
   (void)comp_vector;
   if (cqe < 1 || cqe > 65536) {
     errno = EINVAL;
     return NULL;
   }
-  cq = calloc(1, sizeof(*cq));
-  if (cq == NULL) return NULL;
-  cq->context = context;
-  cq->cq_context = cq_context;
-  cq->channel = channel;
-  cq->cqe = cqe;
-  return cq;
+  c = calloc(1, sizeof(*c));
+  if (c == NULL) return NULL;
+  c->ring = calloc((size_t)cqe, sizeof(*c->ring));
+  if (c->ring == NULL) {
+    free(c);
+    return NULL;
+  }
+  pthread_mutex_init(&c->lock, NULL);
+  c->cap = cqe;
+  c->cq.context = context;
+  c->cq.cq_context = cq_context;
+  c->cq.channel = channel;
+  c->cq.cqe = cqe;
+  __atomic_add_fetch(&live_cqs, 1, __ATOMIC_RELAXED);
+  if (channel != NULL && getenv("SRNIC_CQ_SELFTEST") != NULL) c->has_selftest = pthread_create(&c->selftest, NULL, cq_selftest, c) == 0;
+  return &c->cq;
 }
 
 SRNIC_EXPORT int ibv_destroy_cq(struct ibv_cq *cq) {
-  free(cq);
+  struct srnic_cq *c = (struct srnic_cq *)cq;
+  pthread_mutex_lock(&c->lock);
+  c->stop = 1;
+  pthread_mutex_unlock(&c->lock);
+  if (c->has_selftest) pthread_join(c->selftest, NULL);
+  __atomic_sub_fetch(&live_cqs, 1, __ATOMIC_RELAXED);
+  pthread_mutex_destroy(&c->lock);
+  free(c->ring);
+  free(c);
   return 0;
 }
 

@@ -1,14 +1,14 @@
 /**
  * An opened device of the native addon, with the verbs objects built on it so far: protection
- * domains and memory regions. It validates every argument here, before the addon (which checks
+ * domains, memory regions and completion queues. It validates every argument here, before the addon (which checks
  * again), with the same Handle rules as every provider (use after destroy, destroy order).
  *
- * It is the start of the native {@link VerbsContext}; completion queues, queue pairs and the
+ * It is the start of the native VerbsContext; queue pairs, posting work requests and the
  * connection manager are still to come, so the `verbs` provider does not hand it out yet.
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
 import type { NativeBinding } from "./native.js";
-import { Access, Handle, type Mr, type Pd } from "./verbs.js";
+import { Access, Handle, WC, type Cq, type Mr, type Pd } from "./verbs.js";
 
 const ACCESS_MASK = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.MW_BIND;
 
@@ -22,6 +22,16 @@ class NativePd extends Handle {
     readonly id: number,
   ) {
     super("pd");
+  }
+}
+
+class NativeCq extends Handle {
+  constructor(
+    readonly context: NativeContext,
+    readonly id: number,
+    readonly depth: number,
+  ) {
+    super("cq");
   }
 }
 
@@ -105,10 +115,52 @@ export class NativeContext extends Handle {
     mr.pd.unuse();
   }
 
-  /** Closes the device; KOALA_ERR_HANDLE_IN_USE while PDs remain. */
+  /**
+   * Creates a completion queue of `depth` entries; `onNotify` is called (asynchronously, once)
+   * after {@link reqNotifyCq} when a completion arrives, by the addon's watch of the completion
+   * channel's fd (no polling loop).
+   */
+  createCq(depth: number, onNotify: () => void): Cq {
+    this.check("createCq()");
+    if (!Number.isInteger(depth) || depth < 1 || depth > 4194304) fail("createCq()", `depth must be 1..4194304, got ${depth}`);
+    if (typeof onNotify !== "function") fail("createCq()", "onNotify must be a function");
+    const cq = new NativeCq(this, this.#binding.createCq(this.#id, depth, onNotify), depth);
+    this.use();
+    return cq;
+  }
+
+  /** Arms the CQ's notification for the next completion. */
+  reqNotifyCq(cq: Cq): void {
+    this.#binding.reqNotifyCq(this.#cq(cq, "reqNotifyCq()").id);
+  }
+
+  /** Moves up to `max` completions into `out` ({@link WC} layout); returns how many. */
+  pollCq(cq: Cq, out: Float64Array, max: number): number {
+    const c = this.#cq(cq, "pollCq()");
+    if (!(out instanceof Float64Array)) fail("pollCq()", "out must be a Float64Array");
+    if (!Number.isInteger(max) || max < 0 || max * WC.STRIDE > out.length) fail("pollCq()", `max must be 0..${Math.floor(out.length / WC.STRIDE)} (out's capacity), got ${max}`);
+    return this.#binding.pollCq(c.id, out, max);
+  }
+
+  /** Destroys a CQ; KOALA_ERR_HANDLE_IN_USE while a QP is attached. */
+  destroyCq(cq: Cq): void {
+    const c = this.#cq(cq, "destroyCq()");
+    c.markDestroyed("destroyCq()", "queue pairs attached");
+    this.#binding.destroyCq(c.id);
+    this.unuse();
+  }
+
+  /** Closes the device; KOALA_ERR_HANDLE_IN_USE while PDs or CQs remain. */
   close(): void {
-    this.markDestroyed("close()", "protection domains");
+    this.markDestroyed("close()", "protection domains or completion queues");
     this.#binding.closeDevice(this.#id);
+  }
+
+  #cq(cq: Cq, op: string): NativeCq {
+    this.check(op);
+    if (!(cq instanceof NativeCq) || cq.context !== this) fail(op, "not a completion queue of this device");
+    cq.check(op);
+    return cq;
   }
 
   #pd(pd: Pd, op: string): NativePd {

@@ -104,6 +104,18 @@ export interface NativeBinding {
   regMr(pd: number, buffer: ArrayBuffer, offset: number, length: number, access: number): NativeMr;
   /** Deregisters a memory region and lets its buffer go. */
   deregMr(mr: number): void;
+  /**
+   * Creates a completion queue of `depth` entries with its own completion channel, watched by
+   * libuv: after {@link NativeBinding.reqNotifyCq}, the next completion calls `onNotify` once
+   * (from the event loop, never while JavaScript runs). The watch does not keep the process alive.
+   */
+  createCq(context: number, depth: number, onNotify: () => void): number;
+  /** Arms the CQ's notification for the next completion. */
+  reqNotifyCq(cq: number): void;
+  /** Moves up to `max` completions into `out` (WC layout of verbs.ts); returns how many. */
+  pollCq(cq: number, out: Float64Array, max: number): number;
+  /** Destroys a completion queue and its channel. */
+  destroyCq(cq: number): void;
 }
 
 /** A memory region registered by the addon. */
