@@ -3,7 +3,7 @@
 // so it never downloads anything. Needs a C++ compiler, make, python3 and the rdma-core
 // headers (Debian: apt-get install libibverbs-dev librdmacm-dev); links nothing of rdma-core.
 import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -39,4 +39,17 @@ const args = [gyp, "rebuild", `--nodedir=${nodedir}`, "--directory", addonDir, "
 if (process.argv.includes("--debug")) args.push("--debug");
 const r = spawnSync(process.execPath, args, { stdio: "inherit", env: { ...process.env, npm_config_nodedir: nodedir } });
 if (r.status !== 0) fail(`node-gyp failed (exit ${r.status ?? r.signal})`);
-process.stdout.write(`build:rdma: built ${join("addons", "rdma", "build", "Release", "koala_rdma.node")}\n`);
+const built = join(addonDir, "build", "Release", "koala_rdma.node");
+process.stdout.write(`build:rdma: built ${built}\n`);
+
+// --prebuild (npm run package:rdma): also put a stripped copy where a published package looks
+// for it, prebuilds/<platform>-<arch>/, named with the node-gyp-build tags (napi: any Node
+// >= 20; glibc: not for musl). The npm tarball ships it; git ignores it.
+if (process.argv.includes("--prebuild")) {
+  const dir = join(root, "prebuilds", `${process.platform}-${process.arch}`);
+  mkdirSync(dir, { recursive: true });
+  const target = join(dir, "koala-rpc.napi.glibc.node");
+  copyFileSync(built, target);
+  const strip = spawnSync("strip", ["--strip-unneeded", target], { stdio: "inherit" });
+  process.stdout.write(`build:rdma: prebuilt ${target}${strip.status === 0 ? " (stripped)" : " (strip unavailable: not stripped)"}\n`);
+}

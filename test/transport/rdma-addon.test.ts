@@ -89,8 +89,12 @@ test("the addon is found in the local build first, then in prebuilds/<platform>-
   mkdirSync(pre, { recursive: true });
   writeFileSync(join(pre, "koala-rpc.abi115.node"), "");
   assert.is(locateAddon(dir), undefined, "a binary for one Node ABI only is not taken");
-  writeFileSync(join(pre, "koala-rpc.napi.glibc.node"), "");
-  assert.is(locateAddon(dir), join(pre, "koala-rpc.napi.glibc.node"));
+  const glibc = (process.report.getReport() as { header?: { glibcVersionRuntime?: string } }).header?.glibcVersionRuntime !== undefined;
+  writeFileSync(join(pre, `koala-rpc.napi.${glibc ? "musl" : "glibc"}.node`), "");
+  assert.is(locateAddon(dir), undefined, "a binary for the other C library is not taken");
+  const mine = `koala-rpc.napi.${glibc ? "glibc" : "musl"}.node`;
+  writeFileSync(join(pre, mine), "");
+  assert.is(locateAddon(dir), join(pre, mine));
   const local = join(dir, "addons", "rdma", "build", "Release");
   mkdirSync(local, { recursive: true });
   writeFileSync(join(local, "koala_rdma.node"), "");

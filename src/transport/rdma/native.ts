@@ -9,8 +9,9 @@
  * 1. `KOALA_NATIVE_ADDON`: the path of a `.node` file (an override; nothing else is tried);
  * 2. the local build, `addons/rdma/build/Release/koala_rdma.node` (a build made here is
  *    newer and made for this host, so it beats a shipped binary, as node-gyp-build does);
- * 3. a prebuilt binary, `prebuilds/<platform>-<arch>/*.node` tagged `napi` (the
- *    prebuildify / node-gyp-build naming, shipped in the npm tarball, never committed).
+ * 3. a prebuilt binary, `prebuilds/<platform>-<arch>/*.node` tagged `napi` and, when tagged,
+ *    with this host's C library (`glibc` / `musl`): the prebuildify / node-gyp-build naming,
+ *    made by `npm run package:rdma`, shipped in the npm tarball, never committed.
  *
  * The addon itself opens `libibverbs.so.1` and `librdmacm.so.1` (or `KOALA_VERBS_LIB` /
  * `KOALA_RDMACM_LIB`) with dlopen; it links neither.
@@ -158,7 +159,13 @@ export function locateAddon(root: string): string | undefined {
   } catch {
     return undefined;
   }
-  const prebuilt = files.filter((f) => f.endsWith(".node") && f.split(".").includes("napi")).sort();
+  const glibc = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header?.glibcVersionRuntime !== undefined;
+  const prebuilt = files
+    .filter((f) => {
+      const tags = f.split(".");
+      return f.endsWith(".node") && tags.includes("napi") && !tags.includes(glibc ? "musl" : "glibc");
+    })
+    .sort();
   return prebuilt.length > 0 ? join(dir, prebuilt[0]!) : undefined;
 }
 
