@@ -598,19 +598,17 @@ Napi::Object Register(Napi::Env env, Napi::Object exports) {
   data->tag = static_cast<uint16_t>(std::random_device{}());
   env.SetInstanceData(data);
   env.AddCleanupHook([data]() { CleanupEnv(data); });
-  exports.Set("init", Napi::Function::New(env, Init, "init"));
-  exports.Set("load", Napi::Function::New(env, LoadLibs, "load"));
-  exports.Set("devices", Napi::Function::New(env, Devices, "devices"));
-  exports.Set("openDevice", Napi::Function::New(env, OpenDevice, "openDevice"));
-  exports.Set("closeDevice", Napi::Function::New(env, CloseDevice, "closeDevice"));
-  exports.Set("allocPd", Napi::Function::New(env, AllocPd, "allocPd"));
-  exports.Set("deallocPd", Napi::Function::New(env, DeallocPd, "deallocPd"));
-  exports.Set("regMr", Napi::Function::New(env, RegMr, "regMr"));
-  exports.Set("deregMr", Napi::Function::New(env, DeregMr, "deregMr"));
-  exports.Set("createCq", Napi::Function::New(env, CreateCq, "createCq"));
-  exports.Set("reqNotifyCq", Napi::Function::New(env, ReqNotifyCq, "reqNotifyCq"));
-  exports.Set("pollCq", Napi::Function::New(env, PollCq, "pollCq"));
-  exports.Set("destroyCq", Napi::Function::New(env, DestroyCq, "destroyCq"));
+  struct Export {
+    const char* name;
+    Napi::Value (*fn)(const Napi::CallbackInfo&);
+  };
+  static constexpr Export kExports[] = {
+      {"init", Init},           {"load", LoadLibs},         {"devices", Devices},         {"openDevice", OpenDevice},
+      {"closeDevice", CloseDevice}, {"allocPd", AllocPd},   {"deallocPd", DeallocPd},     {"regMr", RegMr},
+      {"deregMr", DeregMr},     {"createCq", CreateCq},     {"reqNotifyCq", ReqNotifyCq}, {"pollCq", PollCq},
+      {"destroyCq", DestroyCq},
+  };
+  for (const Export& e : kExports) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

@@ -108,17 +108,21 @@ SRNIC_EXPORT void ibv_free_device_list(struct ibv_device **list) { free(list); }
 
 SRNIC_EXPORT const char *ibv_get_device_name(struct ibv_device *device) { return device->name; }
 
+/* Port 1 of device `d`: one Ethernet port, 1024-byte active MTU, one GID. */
+static void fill_port(const struct srnic_device *d, struct ibv_port_attr *a) {
+  memset(a, 0, sizeof(*a));
+  a->state = d->state;
+  a->max_mtu = IBV_MTU_4096;
+  a->active_mtu = IBV_MTU_1024;
+  a->gid_tbl_len = 1;
+  a->max_msg_sz = 1u << 31;
+  a->link_layer = IBV_LINK_LAYER_ETHERNET;
+}
+
 static int srnic_query_port(struct ibv_context *context, uint8_t port_num, struct ibv_port_attr *attr, size_t len) {
-  struct srnic_device *d = ((struct srnic_context *)verbs_get_ctx(context))->device;
   struct ibv_port_attr a;
   if (port_num != 1) return EINVAL;
-  memset(&a, 0, sizeof(a));
-  a.state = d->state;
-  a.max_mtu = IBV_MTU_4096;
-  a.active_mtu = IBV_MTU_1024;
-  a.gid_tbl_len = 1;
-  a.max_msg_sz = 1u << 31;
-  a.link_layer = IBV_LINK_LAYER_ETHERNET;
+  fill_port(((struct srnic_context *)verbs_get_ctx(context))->device, &a);
   memcpy(attr, &a, len < sizeof(a) ? len : sizeof(a));
   return 0;
 }
@@ -175,18 +179,9 @@ SRNIC_EXPORT int ibv_query_device(struct ibv_context *context, struct ibv_device
 
 /* The exported compat entry point: fills the legacy prefix of struct ibv_port_attr. */
 SRNIC_EXPORT int ibv_query_port(struct ibv_context *context, uint8_t port_num, struct _compat_ibv_port_attr *attr) {
-  struct srnic_device *d = NULL;
-  for (int i = 0; i < SRNIC_MAX_DEVICES; i++) {
-    if (&devices[i].dev == context->device) d = &devices[i];
-  }
   struct ibv_port_attr a;
-  if (d == NULL || port_num != 1) return EINVAL;
-  memset(&a, 0, sizeof(a));
-  a.state = d->state;
-  a.max_mtu = IBV_MTU_4096;
-  a.active_mtu = IBV_MTU_1024;
-  a.gid_tbl_len = 1;
-  a.link_layer = IBV_LINK_LAYER_ETHERNET;
+  if (port_num != 1) return EINVAL;
+  fill_port((const struct srnic_device *)context->device, &a);
   /* The legacy struct ends before `flags` (added with the extended query). */
   memcpy(attr, &a, offsetof(struct ibv_port_attr, flags));
   return 0;
