@@ -81,7 +81,7 @@ t("devices(probeInline?): a non-boolean or extra argument is KOALA_ERR_INVALID_A
     { numRuns: 500 },
   );
   // The object functions are fuzzed with live and dead handles in rdma-addon-objects.test.ts.
-  assert.equal(Object.keys(b), ["init", "load", "devices", "openDevice", "closeDevice", "allocPd", "deallocPd", "regMr", "deregMr", "createCq", "reqNotifyCq", "pollCq", "destroyCq", "abiVersion"]);
+  assert.equal(Object.keys(b), ["init", "load", "devices", "openDevice", "closeDevice", "allocPd", "deallocPd", "regMr", "deregMr", "createCq", "reqNotifyCq", "pollCq", "destroyCq", "createQp", "destroyQp", "postSend", "postRecv", "abiVersion"]);
 });
 
 t("init(makeError): a non-function is refused and the old factory stays; a throwing or odd factory cannot crash the process", () => {

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <unordered_map>
 #include <string>
 #include <vector>
 
@@ -31,7 +32,7 @@ constexpr const char* kInUse = "KOALA_ERR_HANDLE_IN_USE";
 // 2^36 + generation (16 bits) * 2^20 + slot (20 bits). A destroyed object's slot gets a new
 // generation, so its old handle is refused, never reused; a handle of another thread's
 // environment is refused by its tag.
-enum class Kind : uint8_t { kFree = 0, kContext, kPd, kMr, kCq };
+enum class Kind : uint8_t { kFree = 0, kContext, kPd, kMr, kCq, kQp };
 constexpr double kTagUnit = 68719476736.0;  // 2^36
 constexpr double kGenUnit = 1048576.0;      // 2^20
 constexpr uint32_t kMaxSlots = 1u << 20;
@@ -44,6 +45,7 @@ const char* KindName(Kind k) {
     case Kind::kPd: return "protection domain";
     case Kind::kMr: return "memory region";
     case Kind::kCq: return "completion queue";
+    case Kind::kQp: return "queue pair";
     default: return "object";
   }
 }
@@ -68,8 +70,25 @@ struct NativeCq {
   Napi::FunctionReference on_notify;
 };
 
+// A queue pair with what it depends on besides its PD (the object's parent): its two CQs.
+struct NativeQp {
+  ibv_qp* qp = nullptr;
+  uint32_t send_cq = 0;  // slots
+  uint32_t recv_cq = 0;
+  ibv_qp_cap cap{};
+};
+
+// A registered region as work requests may name it: every scatter-gather entry must lie inside
+// a live region of this environment with its lkey (an INLINE send is copied by the CPU, in the
+// post call, from whatever address it names).
+struct MrRange {
+  uint64_t addr;
+  uint64_t length;
+};
+
 struct AddonData {
-  Napi::FunctionReference make_error;  // (code, message) => KoalaError
+  Napi::FunctionReference make_error;
+  std::unordered_map<uint32_t, MrRange> by_lkey;  // (code, message) => KoalaError
   uint16_t tag = 0;
   std::vector<Object> objects;
   std::vector<uint32_t> free_slots;
@@ -318,7 +337,18 @@ void DestroyNativeCq(NativeCq* c) {
 void Release(AddonData* d, uint32_t slot) {
   Object& o = d->objects[slot];
   switch (o.kind) {
-    case Kind::kMr: V().dereg_mr(static_cast<ibv_mr*>(o.ptr)); break;
+    case Kind::kMr:
+      d->by_lkey.erase(static_cast<ibv_mr*>(o.ptr)->lkey);
+      V().dereg_mr(static_cast<ibv_mr*>(o.ptr));
+      break;
+    case Kind::kQp: {
+      NativeQp* q = static_cast<NativeQp*>(o.ptr);
+      V().destroy_qp(q->qp);
+      d->objects[q->send_cq].users--;
+      d->objects[q->recv_cq].users--;
+      delete q;
+      break;
+    }
     case Kind::kPd: V().dealloc_pd(static_cast<ibv_pd*>(o.ptr)); break;
     case Kind::kContext: V().close_device(static_cast<ibv_context*>(o.ptr)); break;
     case Kind::kCq: DestroyNativeCq(static_cast<NativeCq*>(o.ptr)); break;
@@ -361,7 +391,7 @@ uint32_t Store(Napi::Env env, Kind kind, void* ptr, uint32_t parent_slot_plus_on
 // Everything still open when the environment ends (a worker exits, the process exits):
 // memory regions first, then protection domains, then devices.
 void CleanupEnv(AddonData* d) {
-  for (Kind kind : {Kind::kMr, Kind::kCq, Kind::kPd, Kind::kContext}) {
+  for (Kind kind : {Kind::kQp, Kind::kMr, Kind::kCq, Kind::kPd, Kind::kContext}) {
     for (uint32_t slot = 0; slot < d->objects.size(); slot++) {
       if (d->objects[slot].kind == kind) Release(d, slot);
     }
@@ -414,7 +444,7 @@ Napi::Value AllocPd(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value DeallocPd(const Napi::CallbackInfo& info) {
-  return Destroy(info, Kind::kPd, "deallocPd", "memory regions");
+  return Destroy(info, Kind::kPd, "deallocPd", "memory regions or queue pairs");
 }
 
 uint64_t Index(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* what, double max) {
@@ -452,6 +482,7 @@ Napi::Value RegMr(const Napi::CallbackInfo& info) {
   ibv_mr* mr = V().reg_mr(static_cast<ibv_pd*>(Data(env)->objects[pd].ptr), base + offset, length, static_cast<int>(access));
   if (mr == nullptr) Throw(env, kVerbs, Errno("regMr: ibv_reg_mr", errno != 0 ? errno : ENOMEM));
   uint32_t slot = Store(env, Kind::kMr, mr, pd + 1);
+  Data(env)->by_lkey[mr->lkey] = MrRange{reinterpret_cast<uintptr_t>(base + offset), length};
   Data(env)->objects[slot].keep = Napi::Persistent(buffer);
   Napi::Object out = Napi::Object::New(env);
   out.Set("handle", HandleOf(Data(env), slot));
@@ -593,6 +624,194 @@ Napi::Value DestroyCq(const Napi::CallbackInfo& info) {
   return Destroy(info, Kind::kCq, "destroyCq", "queue pairs");
 }
 
+
+// createQp(pd, sendCq, recvCq, maxSendWr, maxRecvWr, maxSendSge, maxRecvSge, maxInlineData)
+// -> { handle, qpNum, maxSendWr, maxRecvWr, maxSendSge, maxRecvSge, maxInlineData } (granted).
+Napi::Value CreateQp(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ExpectArgs(info, "createQp", 8, 8);
+  uint32_t pd = Arg(info, 0, Kind::kPd, "createQp");
+  uint32_t scq = Arg(info, 1, Kind::kCq, "createQp");
+  uint32_t rcq = Arg(info, 2, Kind::kCq, "createQp");
+  AddonData* d = Data(env);
+  ibv_qp_init_attr attr;
+  std::memset(&attr, 0, sizeof(attr));
+  attr.qp_type = IBV_QPT_RC;
+  attr.send_cq = static_cast<NativeCq*>(d->objects[scq].ptr)->cq;
+  attr.recv_cq = static_cast<NativeCq*>(d->objects[rcq].ptr)->cq;
+  attr.cap.max_send_wr = static_cast<uint32_t>(Index(info, 3, "createQp", "maxSendWr", 1 << 20));
+  attr.cap.max_recv_wr = static_cast<uint32_t>(Index(info, 4, "createQp", "maxRecvWr", 1 << 20));
+  attr.cap.max_send_sge = static_cast<uint32_t>(Index(info, 5, "createQp", "maxSendSge", 64));
+  attr.cap.max_recv_sge = static_cast<uint32_t>(Index(info, 6, "createQp", "maxRecvSge", 64));
+  attr.cap.max_inline_data = static_cast<uint32_t>(Index(info, 7, "createQp", "maxInlineData", 1 << 16));
+  if (attr.cap.max_send_wr == 0 || attr.cap.max_recv_wr == 0 || attr.cap.max_send_sge == 0 || attr.cap.max_recv_sge == 0) {
+    Throw(env, kInvalidArgument, "createQp: work-request and scatter-gather capacities must be at least 1");
+  }
+  errno = 0;
+  ibv_qp* qp = V().create_qp(static_cast<ibv_pd*>(d->objects[pd].ptr), &attr);
+  if (qp == nullptr) Throw(env, kVerbs, Errno("createQp: ibv_create_qp", errno != 0 ? errno : EINVAL));
+  NativeQp* q = new NativeQp();
+  q->qp = qp;
+  q->send_cq = scq;
+  q->recv_cq = rcq;
+  q->cap = attr.cap;  // what the provider granted
+  d->objects[scq].users++;
+  d->objects[rcq].users++;
+  uint32_t slot = Store(env, Kind::kQp, q, pd + 1);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("handle", HandleOf(d, slot));
+  out.Set("qpNum", static_cast<double>(qp->qp_num));
+  out.Set("maxSendWr", static_cast<double>(q->cap.max_send_wr));
+  out.Set("maxRecvWr", static_cast<double>(q->cap.max_recv_wr));
+  out.Set("maxSendSge", static_cast<double>(q->cap.max_send_sge));
+  out.Set("maxRecvSge", static_cast<double>(q->cap.max_recv_sge));
+  out.Set("maxInlineData", static_cast<double>(q->cap.max_inline_data));
+  return out;
+}
+
+Napi::Value DestroyQp(const Napi::CallbackInfo& info) {
+  return Destroy(info, Kind::kQp, "destroyQp", "users");
+}
+
+// Slots of the typed-array records (verbs.ts SWR / SGE).
+constexpr uint32_t kWrStride = 8;  // wr_id, opcode, flags, imm, sge_start, sge_count, remote_addr, rkey
+constexpr uint32_t kSgeStride = 3;  // addr, length, lkey
+constexpr uint32_t kMaxBatch = 4096;
+constexpr double kMax53 = 9007199254740991.0;
+
+bool IsU(double v, double max) { return v >= 0 && v <= max && std::floor(v) == v; }
+
+struct Batch {
+  const double* wr;
+  uint32_t count;
+  const double* sge;
+  uint32_t sge_count;
+};
+
+// Reads (qp, wr, count, sge, sgeCount) and checks the arrays' shapes.
+Batch BatchArgs(const Napi::CallbackInfo& info, const char* fn) {
+  Napi::Env env = info.Env();
+  for (size_t i : {1u, 3u}) {
+    if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+      Throw(env, kInvalidArgument, std::string(fn) + ": argument " + std::to_string(i + 1) + " must be a Float64Array");
+    }
+  }
+  Napi::Float64Array wr = info[1].As<Napi::Float64Array>();
+  Napi::Float64Array sge = info[3].As<Napi::Float64Array>();
+  uint64_t count = Index(info, 2, fn, "count", kMaxBatch);
+  uint64_t sge_count = Index(info, 4, fn, "sgeCount", kMaxBatch * 64);
+  if (count * kWrStride > wr.ElementLength() || sge_count * kSgeStride > sge.ElementLength()) {
+    Throw(env, kInvalidArgument, std::string(fn) + ": count or sgeCount is past the end of its array");
+  }
+  return Batch{wr.Data(), static_cast<uint32_t>(count), sge.Data(), static_cast<uint32_t>(sge_count)};
+}
+
+// Converts the scatter-gather entries of one record, each checked against a live region.
+void Sges(Napi::Env env, AddonData* d, const Batch& b, const double* r, uint32_t max_sge, const char* fn, uint32_t index,
+          std::vector<ibv_sge>* out, size_t* first, uint64_t* total) {
+  double start = r[4], n = r[5];
+  if (!IsU(start, b.sge_count) || !IsU(n, max_sge) || start + n > b.sge_count) {
+    Throw(env, kInvalidArgument, std::string(fn) + ": work request " + std::to_string(index) + " names scatter-gather entries outside the batch or more than the queue pair allows");
+  }
+  *first = out->size();
+  *total = 0;
+  for (uint32_t k = 0; k < static_cast<uint32_t>(n); k++) {
+    const double* g = b.sge + (static_cast<uint32_t>(start) + k) * kSgeStride;
+    if (!IsU(g[0], kMax53) || !IsU(g[1], 4294967295.0) || !IsU(g[2], 4294967295.0)) {
+      Throw(env, kInvalidArgument, std::string(fn) + ": work request " + std::to_string(index) + ": a scatter-gather entry is not (address, length, lkey) in range");
+    }
+    auto it = d->by_lkey.find(static_cast<uint32_t>(g[2]));
+    uint64_t addr = static_cast<uint64_t>(g[0]), len = static_cast<uint64_t>(g[1]);
+    if (it == d->by_lkey.end() || addr < it->second.addr || len > it->second.length || addr - it->second.addr > it->second.length - len) {
+      Throw(env, kInvalidArgument, std::string(fn) + ": work request " + std::to_string(index) + ": a scatter-gather entry is not inside a registered region of its lkey");
+    }
+    out->push_back(ibv_sge{addr, static_cast<uint32_t>(len), static_cast<uint32_t>(g[2])});
+    *total += len;
+  }
+}
+
+// postSend(qp, wr, count, sge, sgeCount): posts `count` send work requests (verbs.ts SWR
+// records) as one chain, through the context's ops table (ibv_post_send is inline).
+Napi::Value PostSend(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ExpectArgs(info, "postSend", 5, 5);
+  AddonData* d = Data(env);
+  NativeQp* q = static_cast<NativeQp*>(d->objects[Arg(info, 0, Kind::kQp, "postSend")].ptr);
+  Batch b = BatchArgs(info, "postSend");
+  if (b.count == 0) return env.Undefined();
+  std::vector<ibv_send_wr> wrs(b.count);
+  std::vector<ibv_sge> sges;
+  sges.reserve(b.sge_count);
+  std::vector<size_t> first(b.count);
+  for (uint32_t i = 0; i < b.count; i++) {
+    const double* r = b.wr + i * kWrStride;
+    ibv_send_wr& w = wrs[i];
+    std::memset(&w, 0, sizeof(w));
+    if (!IsU(r[0], kMax53) || !IsU(r[1], IBV_WR_RDMA_READ) || !IsU(r[2], 15) || !IsU(r[3], 4294967295.0) || !IsU(r[6], kMax53) || !IsU(r[7], 4294967295.0)) {
+      Throw(env, kInvalidArgument, "postSend: work request " + std::to_string(i) + " has a field out of range");
+    }
+    uint64_t total = 0;
+    Sges(env, d, b, r, q->cap.max_send_sge, "postSend", i, &sges, &first[i], &total);
+    w.wr_id = static_cast<uint64_t>(r[0]);
+    w.opcode = static_cast<ibv_wr_opcode>(static_cast<int>(r[1]));
+    w.send_flags = static_cast<unsigned int>(r[2]);
+    if ((w.send_flags & IBV_SEND_INLINE) != 0 && total > q->cap.max_inline_data) {
+      Throw(env, kInvalidArgument, "postSend: work request " + std::to_string(i) + " is " + std::to_string(total) + " bytes inline, more than the queue pair's " + std::to_string(q->cap.max_inline_data));
+    }
+    if (w.opcode == IBV_WR_SEND_WITH_IMM || w.opcode == IBV_WR_RDMA_WRITE_WITH_IMM) w.imm_data = htonl(static_cast<uint32_t>(r[3]));
+    if (w.opcode == IBV_WR_RDMA_WRITE || w.opcode == IBV_WR_RDMA_WRITE_WITH_IMM || w.opcode == IBV_WR_RDMA_READ) {
+      w.wr.rdma.remote_addr = static_cast<uint64_t>(r[6]);
+      w.wr.rdma.rkey = static_cast<uint32_t>(r[7]);
+    }
+    w.num_sge = static_cast<int>(r[5]);
+  }
+  for (uint32_t i = 0; i < b.count; i++) {
+    wrs[i].sg_list = wrs[i].num_sge > 0 ? &sges[first[i]] : nullptr;
+    wrs[i].next = i + 1 < b.count ? &wrs[i + 1] : nullptr;
+  }
+  ibv_send_wr* bad = nullptr;
+  int rc = q->qp->context->ops.post_send(q->qp, &wrs[0], &bad);
+  if (rc != 0) {
+    size_t at = bad != nullptr ? static_cast<size_t>(bad - &wrs[0]) : 0;
+    Throw(env, kVerbs, Errno(("postSend: ibv_post_send refused work request " + std::to_string(at) + " (those before it were posted)").c_str(), rc));
+  }
+  return env.Undefined();
+}
+
+// postRecv(qp, wr, count, sge, sgeCount): posts `count` receive work requests (RWR records).
+Napi::Value PostRecv(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ExpectArgs(info, "postRecv", 5, 5);
+  AddonData* d = Data(env);
+  NativeQp* q = static_cast<NativeQp*>(d->objects[Arg(info, 0, Kind::kQp, "postRecv")].ptr);
+  Batch b = BatchArgs(info, "postRecv");
+  if (b.count == 0) return env.Undefined();
+  std::vector<ibv_recv_wr> wrs(b.count);
+  std::vector<ibv_sge> sges;
+  sges.reserve(b.sge_count);
+  std::vector<size_t> first(b.count);
+  for (uint32_t i = 0; i < b.count; i++) {
+    const double* r = b.wr + i * kWrStride;
+    if (!IsU(r[0], kMax53)) Throw(env, kInvalidArgument, "postRecv: work request " + std::to_string(i) + " has a wr_id out of range");
+    uint64_t total = 0;
+    Sges(env, d, b, r, q->cap.max_recv_sge, "postRecv", i, &sges, &first[i], &total);
+    std::memset(&wrs[i], 0, sizeof(wrs[i]));
+    wrs[i].wr_id = static_cast<uint64_t>(r[0]);
+    wrs[i].num_sge = static_cast<int>(r[5]);
+  }
+  for (uint32_t i = 0; i < b.count; i++) {
+    wrs[i].sg_list = wrs[i].num_sge > 0 ? &sges[first[i]] : nullptr;
+    wrs[i].next = i + 1 < b.count ? &wrs[i + 1] : nullptr;
+  }
+  ibv_recv_wr* bad = nullptr;
+  int rc = q->qp->context->ops.post_recv(q->qp, &wrs[0], &bad);
+  if (rc != 0) {
+    size_t at = bad != nullptr ? static_cast<size_t>(bad - &wrs[0]) : 0;
+    Throw(env, kVerbs, Errno(("postRecv: ibv_post_recv refused work request " + std::to_string(at) + " (those before it were posted)").c_str(), rc));
+  }
+  return env.Undefined();
+}
+
 Napi::Object Register(Napi::Env env, Napi::Object exports) {
   AddonData* data = new AddonData();
   data->tag = static_cast<uint16_t>(std::random_device{}());
@@ -606,7 +825,8 @@ Napi::Object Register(Napi::Env env, Napi::Object exports) {
       {"init", Init},           {"load", LoadLibs},         {"devices", Devices},         {"openDevice", OpenDevice},
       {"closeDevice", CloseDevice}, {"allocPd", AllocPd},   {"deallocPd", DeallocPd},     {"regMr", RegMr},
       {"deregMr", DeregMr},     {"createCq", CreateCq},     {"reqNotifyCq", ReqNotifyCq}, {"pollCq", PollCq},
-      {"destroyCq", DestroyCq},
+      {"destroyCq", DestroyCq}, {"createQp", CreateQp},     {"destroyQp", DestroyQp},     {"postSend", PostSend},
+      {"postRecv", PostRecv},
   };
   for (const Export& e : kExports) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
   exports.Set("abiVersion", Napi::Number::New(env, 1));

@@ -48,6 +48,9 @@ static struct srnic_device devices[SRNIC_MAX_DEVICES];
 
 static int srnic_poll_cq(struct ibv_cq *cq, int num_entries, struct ibv_wc *wc);
 static int srnic_req_notify_cq(struct ibv_cq *cq, int solicited_only);
+static int srnic_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_send_wr **bad);
+static int srnic_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
+static int mr_check(uint32_t key, int remote, uint64_t addr, uint64_t len, int access);
 
 /* A completion channel: the read end of a pipe is its fd; the NIC side writes the other. */
 struct srnic_channel {
@@ -57,12 +60,12 @@ struct srnic_channel {
 
 /* Objects handed out and not yet destroyed; with SRNIC_LEAK_CHECK=1 they are printed at exit,
  * so a test can see that everything the addon opened was released. */
-static int live_contexts, live_pds, live_mrs, live_cqs;
+static int live_contexts, live_pds, live_mrs, live_cqs, live_qps;
 
 __attribute__((destructor)) static void report_leaks(void) {
   const char *check = getenv("SRNIC_LEAK_CHECK");
   if (check != NULL && strcmp(check, "1") == 0) {
-    fprintf(stderr, "srnic: live at exit: %d contexts, %d pds, %d mrs, %d cqs\n", live_contexts, live_pds, live_mrs, live_cqs);
+    fprintf(stderr, "srnic: live at exit: %d contexts, %d pds, %d mrs, %d cqs, %d qps\n", live_contexts, live_pds, live_mrs, live_cqs, live_qps);
   }
 }
 
@@ -147,6 +150,8 @@ SRNIC_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device) {
   c->vctx.context.num_comp_vectors = 1;
   c->vctx.context.ops.poll_cq = srnic_poll_cq;
   c->vctx.context.ops.req_notify_cq = srnic_req_notify_cq;
+  c->vctx.context.ops.post_send = srnic_post_send;
+  c->vctx.context.ops.post_recv = srnic_post_recv;
   if (getenv("SRNIC_COMPAT") == NULL || strcmp(getenv("SRNIC_COMPAT"), "1") != 0) {
     c->vctx.sz = sizeof(struct verbs_context);
     c->vctx.context.abi_compat = __VERBS_ABI_IS_EXTENDED;
@@ -214,8 +219,8 @@ SRNIC_EXPORT int ibv_dealloc_pd(struct ibv_pd *pd) {
 /* A completion queue: a ring of work completions under a lock. When a completion arrives on
  * an armed CQ, the CQ's address is written to its completion channel's pipe, which
  * ibv_get_cq_event reads back. SRNIC_CQ_SELFTEST=N makes a thread (standing in for the NIC)
- * deliver N receive completions to each new CQ (wr_id i, byte_len i, imm i, qp_num 7), while
- * the CQ has room, so the completion path can be tested before queue pairs exist. */
+ * deliver N receive completions to each new CQ (wr_id i, byte_len i, imm i, qp_num 7), from
+ * the first time it is armed, while the CQ has room, so the completion path can be tested before queue pairs exist. */
 struct srnic_cq {
   struct ibv_cq cq;
   pthread_mutex_t lock;
@@ -271,6 +276,15 @@ static int srnic_req_notify_cq(struct ibv_cq *cq, int solicited_only) {
 static void *cq_selftest(void *arg) {
   struct srnic_cq *c = arg;
   long n = strtol(getenv("SRNIC_CQ_SELFTEST"), NULL, 10);
+  /* Start once the consumer has armed the CQ, so the first completion is always notified. */
+  for (;;) {
+    int ready;
+    pthread_mutex_lock(&c->lock);
+    ready = c->armed || c->stop;
+    pthread_mutex_unlock(&c->lock);
+    if (ready) break;
+    usleep(500);
+  }
   for (long i = 0; i < n;) {
     struct ibv_wc wc;
     int stop;
@@ -366,30 +380,207 @@ SRNIC_EXPORT int ibv_destroy_cq(struct ibv_cq *cq) {
   return 0;
 }
 
+/* A queue pair. Until the connection manager exists, every QP is connected to itself
+ * (loopback): a SEND consumes one of its own posted receives, RDMA READ / WRITE name regions of
+ * this process by rkey. Work requests are processed in the post call, in order. */
+#define SRNIC_MAX_SGE 8
+struct srnic_recv {
+  uint64_t wr_id;
+  int num_sge;
+  struct ibv_sge sge[SRNIC_MAX_SGE];
+};
+struct srnic_qp {
+  struct ibv_qp qp;
+  pthread_mutex_t lock;
+  struct srnic_recv *rq;
+  int rq_cap, rq_head, rq_count;
+  struct ibv_qp_cap cap;
+};
+static uint32_t next_qpn = 0x100;
+
+static void complete(struct ibv_cq *cq, uint64_t wr_id, enum ibv_wc_status status, enum ibv_wc_opcode op, uint32_t len, uint32_t qpn, int with_imm, __be32 imm) {
+  struct ibv_wc wc;
+  memset(&wc, 0, sizeof(wc));
+  wc.wr_id = wr_id;
+  wc.status = status;
+  wc.opcode = op;
+  wc.byte_len = len;
+  wc.qp_num = qpn;
+  if (with_imm) {
+    wc.wc_flags = IBV_WC_WITH_IMM;
+    wc.imm_data = imm;
+  }
+  cq_push((struct srnic_cq *)cq, &wc);
+}
+
+/* Copies `len` bytes of `data` into the scatter list; 0 on success, else a completion status. */
+static enum ibv_wc_status scatter(const struct ibv_sge *sge, int n, const uint8_t *data, uint64_t len) {
+  uint64_t room = 0, off = 0;
+  for (int i = 0; i < n; i++) {
+    if (!mr_check(sge[i].lkey, 0, sge[i].addr, sge[i].length, IBV_ACCESS_LOCAL_WRITE)) return IBV_WC_LOC_PROT_ERR;
+    room += sge[i].length;
+  }
+  if (len > room) return IBV_WC_LOC_LEN_ERR;
+  for (int i = 0; i < n && off < len; i++) {
+    uint64_t k = sge[i].length < len - off ? sge[i].length : len - off;
+    memcpy((void *)(uintptr_t)sge[i].addr, data + off, k);
+    off += k;
+  }
+  return IBV_WC_SUCCESS;
+}
+
+static int srnic_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad) {
+  struct srnic_qp *q = (struct srnic_qp *)qp;
+  int rc = 0;
+  pthread_mutex_lock(&q->lock);
+  for (; wr != NULL; wr = wr->next) {
+    struct srnic_recv *r;
+    if (q->rq_count == q->rq_cap || wr->num_sge > SRNIC_MAX_SGE || wr->num_sge < 0) {
+      rc = q->rq_count == q->rq_cap ? ENOMEM : EINVAL;
+      *bad = wr;
+      break;
+    }
+    r = &q->rq[(q->rq_head + q->rq_count) % q->rq_cap];
+    r->wr_id = wr->wr_id;
+    r->num_sge = wr->num_sge;
+    memcpy(r->sge, wr->sg_list, sizeof(struct ibv_sge) * (size_t)wr->num_sge);
+    q->rq_count++;
+  }
+  pthread_mutex_unlock(&q->lock);
+  return rc;
+}
+
+static int pop_recv(struct srnic_qp *q, struct srnic_recv *out) {
+  int ok = 0;
+  pthread_mutex_lock(&q->lock);
+  if (q->rq_count > 0) {
+    *out = q->rq[q->rq_head];
+    q->rq_head = (q->rq_head + 1) % q->rq_cap;
+    q->rq_count--;
+    ok = 1;
+  }
+  pthread_mutex_unlock(&q->lock);
+  return ok;
+}
+
+static void process_send(struct srnic_qp *q, const struct ibv_send_wr *wr) {
+  enum ibv_wc_status st = IBV_WC_SUCCESS;
+  enum ibv_wc_opcode op = wr->opcode == IBV_WR_RDMA_READ ? IBV_WC_RDMA_READ : (wr->opcode == IBV_WR_RDMA_WRITE || wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM) ? IBV_WC_RDMA_WRITE : IBV_WC_SEND;
+  uint64_t len = 0, off = 0;
+  uint8_t *data;
+  for (int i = 0; i < wr->num_sge; i++) len += wr->sg_list[i].length;
+  data = malloc(len > 0 ? len : 1);
+  if (data == NULL) {
+    st = IBV_WC_GENERAL_ERR;
+    goto done;
+  }
+  if (wr->opcode != IBV_WR_RDMA_READ) { /* gather */
+    for (int i = 0; i < wr->num_sge && st == IBV_WC_SUCCESS; i++) {
+      const struct ibv_sge *g = &wr->sg_list[i];
+      if (!mr_check(g->lkey, 0, g->addr, g->length, 0)) st = IBV_WC_LOC_PROT_ERR;
+      else memcpy(data + off, (void *)(uintptr_t)g->addr, g->length);
+      off += g->length;
+    }
+  }
+  if (st == IBV_WC_SUCCESS && wr->opcode == IBV_WR_RDMA_READ) {
+    if (!mr_check(wr->wr.rdma.rkey, 1, wr->wr.rdma.remote_addr, len, IBV_ACCESS_REMOTE_READ)) st = IBV_WC_REM_ACCESS_ERR;
+    else {
+      memcpy(data, (void *)(uintptr_t)wr->wr.rdma.remote_addr, len);
+      st = scatter(wr->sg_list, wr->num_sge, data, len);
+    }
+  } else if (st == IBV_WC_SUCCESS && (wr->opcode == IBV_WR_RDMA_WRITE || wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM)) {
+    if (!mr_check(wr->wr.rdma.rkey, 1, wr->wr.rdma.remote_addr, len, IBV_ACCESS_REMOTE_WRITE)) st = IBV_WC_REM_ACCESS_ERR;
+    else memcpy((void *)(uintptr_t)wr->wr.rdma.remote_addr, data, len);
+  }
+  if (st == IBV_WC_SUCCESS && wr->opcode != IBV_WR_RDMA_READ && wr->opcode != IBV_WR_RDMA_WRITE) {
+    struct srnic_recv r;
+    if (!pop_recv(q, &r)) st = IBV_WC_RNR_RETRY_EXC_ERR;
+    else {
+      int imm = wr->opcode == IBV_WR_SEND_WITH_IMM || wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM;
+      enum ibv_wc_status rs = wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM ? IBV_WC_SUCCESS : scatter(r.sge, r.num_sge, data, len);
+      complete(q->qp.recv_cq, r.wr_id, rs, wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM ? IBV_WC_RECV_RDMA_WITH_IMM : IBV_WC_RECV, (uint32_t)len, q->qp.qp_num, imm, wr->imm_data);
+      if (rs != IBV_WC_SUCCESS) st = IBV_WC_REM_OP_ERR;
+    }
+  }
+done:
+  free(data);
+  if (st != IBV_WC_SUCCESS || (wr->send_flags & IBV_SEND_SIGNALED)) complete(q->qp.send_cq, wr->wr_id, st, op, (uint32_t)len, q->qp.qp_num, 0, 0);
+}
+
+static int srnic_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_send_wr **bad) {
+  struct srnic_qp *q = (struct srnic_qp *)qp;
+  for (; wr != NULL; wr = wr->next) {
+    if (wr->num_sge < 0 || wr->num_sge > (int)q->cap.max_send_sge || wr->opcode > IBV_WR_RDMA_READ) {
+      *bad = wr;
+      return EINVAL;
+    }
+    process_send(q, wr);
+  }
+  return 0;
+}
+
 SRNIC_EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *attr) {
-  struct ibv_qp *qp;
-  if (attr->qp_type != IBV_QPT_RC || attr->cap.max_inline_data > SRNIC_MAX_INLINE || attr->cap.max_send_sge > 8 || attr->cap.max_recv_sge > 8) {
+  struct srnic_qp *q;
+  if (attr->qp_type != IBV_QPT_RC || attr->cap.max_inline_data > SRNIC_MAX_INLINE || attr->cap.max_send_sge > SRNIC_MAX_SGE || attr->cap.max_recv_sge > SRNIC_MAX_SGE || attr->cap.max_recv_wr > 65536) {
     errno = EINVAL;
     return NULL;
   }
-  qp = calloc(1, sizeof(*qp));
-  if (qp == NULL) return NULL;
-  qp->context = pd->context;
-  qp->pd = pd;
-  qp->send_cq = attr->send_cq;
-  qp->recv_cq = attr->recv_cq;
-  qp->qp_type = attr->qp_type;
-  qp->state = IBV_QPS_RESET;
+  q = calloc(1, sizeof(*q));
+  if (q == NULL) return NULL;
+  q->rq_cap = attr->cap.max_recv_wr > 0 ? (int)attr->cap.max_recv_wr : 1;
+  q->rq = calloc((size_t)q->rq_cap, sizeof(*q->rq));
+  if (q->rq == NULL) {
+    free(q);
+    return NULL;
+  }
+  pthread_mutex_init(&q->lock, NULL);
+  q->qp.context = pd->context;
+  q->qp.pd = pd;
+  q->qp.send_cq = attr->send_cq;
+  q->qp.recv_cq = attr->recv_cq;
+  q->qp.qp_type = attr->qp_type;
+  q->qp.state = IBV_QPS_RTS;
+  q->qp.qp_num = __atomic_add_fetch(&next_qpn, 1, __ATOMIC_RELAXED);
   attr->cap.max_inline_data = SRNIC_MAX_INLINE; /* what a provider grants is written back */
-  return qp;
+  q->cap = attr->cap;
+  __atomic_add_fetch(&live_qps, 1, __ATOMIC_RELAXED);
+  return &q->qp;
 }
 
 SRNIC_EXPORT int ibv_destroy_qp(struct ibv_qp *qp) {
-  free(qp);
+  struct srnic_qp *q = (struct srnic_qp *)qp;
+  __atomic_sub_fetch(&live_qps, 1, __ATOMIC_RELAXED);
+  pthread_mutex_destroy(&q->lock);
+  free(q->rq);
+  free(q);
   return 0;
 }
 
 static uint32_t next_key = 0x1000;
+
+/* Every registered region, for the "NIC" to check keys, bounds and access against when it
+ * processes a work request (not when it was posted: a region deregistered meanwhile fails). */
+struct srnic_mr {
+  struct ibv_mr mr;
+  int access;
+  struct srnic_mr *next;
+};
+static struct srnic_mr *mrs;
+static pthread_mutex_t mrs_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* True when the region `key` (an lkey, or an rkey when `remote`) covers [addr, addr+len) with `access`. */
+static int mr_check(uint32_t key, int remote, uint64_t addr, uint64_t len, int access) {
+  int ok = 0;
+  pthread_mutex_lock(&mrs_lock);
+  for (struct srnic_mr *m = mrs; m != NULL; m = m->next) {
+    uint64_t base = (uint64_t)(uintptr_t)m->mr.addr;
+    if ((remote ? m->mr.rkey : m->mr.lkey) != key) continue;
+    ok = addr >= base && len <= m->mr.length && addr - base <= m->mr.length - len && (m->access & access) == access;
+    break;
+  }
+  pthread_mutex_unlock(&mrs_lock);
+  return ok;
+}
 
 SRNIC_EXPORT struct ibv_mr *ibv_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int access) {
   struct ibv_mr *mr;
@@ -397,8 +588,10 @@ SRNIC_EXPORT struct ibv_mr *ibv_reg_mr(struct ibv_pd *pd, void *addr, size_t len
     errno = EINVAL;
     return NULL;
   }
-  mr = calloc(1, sizeof(*mr));
-  if (mr == NULL) return NULL;
+  struct srnic_mr *m = calloc(1, sizeof(*m));
+  if (m == NULL) return NULL;
+  mr = &m->mr;
+  m->access = access;
   mr->context = pd->context;
   mr->pd = pd;
   mr->addr = addr;
@@ -406,11 +599,23 @@ SRNIC_EXPORT struct ibv_mr *ibv_reg_mr(struct ibv_pd *pd, void *addr, size_t len
   mr->lkey = __atomic_add_fetch(&next_key, 1, __ATOMIC_RELAXED);
   mr->rkey = mr->lkey | 0x80000000u;
   __atomic_add_fetch(&live_mrs, 1, __ATOMIC_RELAXED);
+  pthread_mutex_lock(&mrs_lock);
+  m->next = mrs;
+  mrs = m;
+  pthread_mutex_unlock(&mrs_lock);
   return mr;
 }
 
 SRNIC_EXPORT int ibv_dereg_mr(struct ibv_mr *mr) {
   __atomic_sub_fetch(&live_mrs, 1, __ATOMIC_RELAXED);
+  pthread_mutex_lock(&mrs_lock);
+  for (struct srnic_mr **pp = &mrs; *pp != NULL; pp = &(*pp)->next) {
+    if (&(*pp)->mr == mr) {
+      *pp = (*pp)->next;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&mrs_lock);
   free(mr);
   return 0;
 }

@@ -3,12 +3,13 @@
  * domains, memory regions and completion queues. It validates every argument here, before the addon (which checks
  * again), with the same Handle rules as every provider (use after destroy, destroy order).
  *
- * It is the start of the native VerbsContext; queue pairs, posting work requests and the
- * connection manager are still to come, so the `verbs` provider does not hand it out yet.
+ * It is the start of the native VerbsContext. Queue pairs are created with ibv_create_qp and
+ * not connected (the connection manager, which creates and connects them, is still to come),
+ * so the `verbs` provider does not hand it out yet.
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
 import type { NativeBinding } from "./native.js";
-import { Access, Handle, WC, type Cq, type Mr, type Pd } from "./verbs.js";
+import { Access, Handle, WC, WorkBatch, type Cq, type Mr, type Pd, type Qp, type QpCaps } from "./verbs.js";
 
 const ACCESS_MASK = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.MW_BIND;
 
@@ -32,6 +33,19 @@ class NativeCq extends Handle {
     readonly depth: number,
   ) {
     super("cq");
+  }
+}
+
+class NativeQp extends Handle implements Qp {
+  constructor(
+    readonly pd: NativePd,
+    readonly sendCq: NativeCq,
+    readonly recvCq: NativeCq,
+    readonly id: number,
+    readonly qpNum: number,
+    readonly caps: Readonly<QpCaps>,
+  ) {
+    super("qp");
   }
 }
 
@@ -150,10 +164,58 @@ export class NativeContext extends Handle {
     this.unuse();
   }
 
+  /** Creates an RC queue pair with its send and receive CQs; `caps` are checked by the provider, which may grant more. */
+  createQp(pd: Pd, sendCq: Cq, recvCq: Cq, caps: QpCaps): Qp {
+    const p = this.#pd(pd, "createQp()");
+    const s = this.#cq(sendCq, "createQp()");
+    const r = this.#cq(recvCq, "createQp()");
+    for (const [k, max] of [["maxSendWr", 1 << 20], ["maxRecvWr", 1 << 20], ["maxSendSge", 64], ["maxRecvSge", 64], ["maxInlineData", 1 << 16]] as const) {
+      const v = caps?.[k];
+      if (!Number.isInteger(v) || v < (k === "maxInlineData" ? 0 : 1) || v > max) fail("createQp()", `caps.${k} must be an integer up to ${max}, got ${String(v)}`);
+    }
+    const q = this.#binding.createQp(p.id, s.id, r.id, caps.maxSendWr, caps.maxRecvWr, caps.maxSendSge, caps.maxRecvSge, caps.maxInlineData);
+    p.use();
+    s.use();
+    r.use();
+    const granted = { maxSendWr: q.maxSendWr, maxRecvWr: q.maxRecvWr, maxSendSge: q.maxSendSge, maxRecvSge: q.maxRecvSge, maxInlineData: q.maxInlineData };
+    return new NativeQp(p, s, r, q.handle, q.qpNum, Object.freeze(granted));
+  }
+
+  /** Destroys a queue pair. */
+  destroyQp(qp: Qp): void {
+    const q = this.#qp(qp, "destroyQp()");
+    q.markDestroyed("destroyQp()", "memory windows bound");
+    this.#binding.destroyQp(q.id);
+    q.pd.unuse();
+    q.sendCq.unuse();
+    q.recvCq.unuse();
+  }
+
+  /** Posts the receive work requests of `batch`. */
+  postRecv(qp: Qp, batch: WorkBatch): void {
+    const q = this.#qp(qp, "postRecv()");
+    if (!(batch instanceof WorkBatch)) fail("postRecv()", "batch must be a WorkBatch");
+    this.#binding.postRecv(q.id, batch.wr, batch.count, batch.sge, batch.sgeCount);
+  }
+
+  /** Posts the send work requests of `batch`. */
+  postSend(qp: Qp, batch: WorkBatch): void {
+    const q = this.#qp(qp, "postSend()");
+    if (!(batch instanceof WorkBatch)) fail("postSend()", "batch must be a WorkBatch");
+    this.#binding.postSend(q.id, batch.wr, batch.count, batch.sge, batch.sgeCount);
+  }
+
   /** Closes the device; KOALA_ERR_HANDLE_IN_USE while PDs or CQs remain. */
   close(): void {
     this.markDestroyed("close()", "protection domains or completion queues");
     this.#binding.closeDevice(this.#id);
+  }
+
+  #qp(qp: Qp, op: string): NativeQp {
+    this.check(op);
+    if (!(qp instanceof NativeQp) || qp.pd.context !== this) fail(op, "not a queue pair of this device");
+    qp.check(op);
+    return qp;
   }
 
   #cq(cq: Cq, op: string): NativeCq {

@@ -115,8 +115,34 @@ export interface NativeBinding {
   reqNotifyCq(cq: number): void;
   /** Moves up to `max` completions into `out` (WC layout of verbs.ts); returns how many. */
   pollCq(cq: number, out: Float64Array, max: number): number;
-  /** Destroys a completion queue and its channel. */
+  /** Destroys a completion queue and its channel; KOALA_ERR_HANDLE_IN_USE while a QP uses it. */
   destroyCq(cq: number): void;
+  /** Creates an RC queue pair (ibv_create_qp); returns its handle, number and the capacities granted. */
+  createQp(pd: number, sendCq: number, recvCq: number, maxSendWr: number, maxRecvWr: number, maxSendSge: number, maxRecvSge: number, maxInlineData: number): NativeQpInfo;
+  /** Destroys a queue pair. */
+  destroyQp(qp: number): void;
+  /** Posts `count` send work requests (SWR records of `wr`, SGE records of `sge`) as one chain; every entry must lie in a registered region. */
+  postSend(qp: number, wr: Float64Array, count: number, sge: Float64Array, sgeCount: number): void;
+  /** Posts `count` receive work requests (RWR records). */
+  postRecv(qp: number, wr: Float64Array, count: number, sge: Float64Array, sgeCount: number): void;
+}
+
+/** A queue pair created by the addon, with the capacities the provider granted. */
+export interface NativeQpInfo {
+  /** Its handle. */
+  readonly handle: number;
+  /** Queue pair number. */
+  readonly qpNum: number;
+  /** Outstanding send work requests. */
+  readonly maxSendWr: number;
+  /** Outstanding receive work requests. */
+  readonly maxRecvWr: number;
+  /** Scatter-gather entries of a send. */
+  readonly maxSendSge: number;
+  /** Scatter-gather entries of a receive. */
+  readonly maxRecvSge: number;
+  /** Bytes a send may carry inline. */
+  readonly maxInlineData: number;
 }
 
 /** A memory region registered by the addon. */
