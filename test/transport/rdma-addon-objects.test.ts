@@ -104,6 +104,7 @@ t("queue pairs: SEND (gathered, inline, with immediate), RDMA WRITE and READ pos
   ]);
   assert.equal(out.data, { send: true, imm: true, write: true, read: true }, "the bytes landed where each work request said");
   assert.equal(out.refused, [BAD, BAD, BAD, BAD, BAD, BAD, BAD, BAD], "past a region, before it, unknown lkey, inline over the cap, unknown opcode, entries outside the batch, too many entries, not a WorkBatch");
+  assert.equal(out.detached, [0, 4096, BAD], "a send from a registered buffer that was transferred away is refused");
   assert.equal(out.nativeRefused, [BAD, BAD, BAD], "the addon refuses a count past the array, an entry in no region, a non-Float64Array");
   assert.equal(out.order, [IN_USE, IN_USE], "a CQ or PD with a QP");
   assert.equal(out.afterDestroy, [DEAD, DEAD, "ok"]);

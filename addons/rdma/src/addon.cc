@@ -73,6 +73,7 @@ struct NativeCq {
 // A queue pair with what it depends on besides its PD (the object's parent): its two CQs.
 struct NativeQp {
   ibv_qp* qp = nullptr;
+  uint32_t context = 0;  // slot of its device context (lkeys are per device)
   uint32_t send_cq = 0;  // slots
   uint32_t recv_cq = 0;
   ibv_qp_cap cap{};
@@ -84,11 +85,15 @@ struct NativeQp {
 struct MrRange {
   uint64_t addr;
   uint64_t length;
+  uint32_t slot;  // the MR's slot: its buffer is checked for detachment at every post
 };
+
+// by_lkey's key: lkeys are unique per device only.
+uint64_t LkeyKey(uint32_t context_slot, uint32_t lkey) { return (static_cast<uint64_t>(context_slot) << 32) | lkey; }
 
 struct AddonData {
   Napi::FunctionReference make_error;
-  std::unordered_map<uint32_t, MrRange> by_lkey;  // (code, message) => KoalaError
+  std::unordered_map<uint64_t, MrRange> by_lkey;  // (code, message) => KoalaError
   uint16_t tag = 0;
   std::vector<Object> objects;
   std::vector<uint32_t> free_slots;
@@ -338,7 +343,7 @@ void Release(AddonData* d, uint32_t slot) {
   Object& o = d->objects[slot];
   switch (o.kind) {
     case Kind::kMr:
-      d->by_lkey.erase(static_cast<ibv_mr*>(o.ptr)->lkey);
+      d->by_lkey.erase(LkeyKey(d->objects[o.parent - 1].parent - 1, static_cast<ibv_mr*>(o.ptr)->lkey));
       V().dereg_mr(static_cast<ibv_mr*>(o.ptr));
       break;
     case Kind::kQp: {
@@ -482,7 +487,7 @@ Napi::Value RegMr(const Napi::CallbackInfo& info) {
   ibv_mr* mr = V().reg_mr(static_cast<ibv_pd*>(Data(env)->objects[pd].ptr), base + offset, length, static_cast<int>(access));
   if (mr == nullptr) Throw(env, kVerbs, Errno("regMr: ibv_reg_mr", errno != 0 ? errno : ENOMEM));
   uint32_t slot = Store(env, Kind::kMr, mr, pd + 1);
-  Data(env)->by_lkey[mr->lkey] = MrRange{reinterpret_cast<uintptr_t>(base + offset), length};
+  Data(env)->by_lkey[LkeyKey(Data(env)->objects[pd].parent - 1, mr->lkey)] = MrRange{reinterpret_cast<uintptr_t>(base + offset), length, slot};
   Data(env)->objects[slot].keep = Napi::Persistent(buffer);
   Napi::Object out = Napi::Object::New(env);
   out.Set("handle", HandleOf(Data(env), slot));
@@ -652,6 +657,7 @@ Napi::Value CreateQp(const Napi::CallbackInfo& info) {
   if (qp == nullptr) Throw(env, kVerbs, Errno("createQp: ibv_create_qp", errno != 0 ? errno : EINVAL));
   NativeQp* q = new NativeQp();
   q->qp = qp;
+  q->context = d->objects[pd].parent - 1;
   q->send_cq = scq;
   q->recv_cq = rcq;
   q->cap = attr.cap;  // what the provider granted
@@ -707,7 +713,7 @@ Batch BatchArgs(const Napi::CallbackInfo& info, const char* fn) {
 }
 
 // Converts the scatter-gather entries of one record, each checked against a live region.
-void Sges(Napi::Env env, AddonData* d, const Batch& b, const double* r, uint32_t max_sge, const char* fn, uint32_t index,
+void Sges(Napi::Env env, AddonData* d, const Batch& b, const double* r, const NativeQp* q, uint32_t max_sge, const char* fn, uint32_t index,
           std::vector<ibv_sge>* out, size_t* first, uint64_t* total) {
   double start = r[4], n = r[5];
   if (!IsU(start, b.sge_count) || !IsU(n, max_sge) || start + n > b.sge_count) {
@@ -720,10 +726,14 @@ void Sges(Napi::Env env, AddonData* d, const Batch& b, const double* r, uint32_t
     if (!IsU(g[0], kMax53) || !IsU(g[1], 4294967295.0) || !IsU(g[2], 4294967295.0)) {
       Throw(env, kInvalidArgument, std::string(fn) + ": work request " + std::to_string(index) + ": a scatter-gather entry is not (address, length, lkey) in range");
     }
-    auto it = d->by_lkey.find(static_cast<uint32_t>(g[2]));
+    auto it = d->by_lkey.find(LkeyKey(q->context, static_cast<uint32_t>(g[2])));
     uint64_t addr = static_cast<uint64_t>(g[0]), len = static_cast<uint64_t>(g[1]);
     if (it == d->by_lkey.end() || addr < it->second.addr || len > it->second.length || addr - it->second.addr > it->second.length - len) {
       Throw(env, kInvalidArgument, std::string(fn) + ": work request " + std::to_string(index) + ": a scatter-gather entry is not inside a registered region of its lkey");
+    }
+    // A transferred (detached) buffer's memory may already be owned, or freed, elsewhere.
+    if (d->objects[it->second.slot].keep.Value().IsDetached()) {
+      Throw(env, kInvalidArgument, std::string(fn) + ": work request " + std::to_string(index) + ": the registered buffer was detached (transferred); deregister it");
     }
     out->push_back(ibv_sge{addr, static_cast<uint32_t>(len), static_cast<uint32_t>(g[2])});
     *total += len;
@@ -751,7 +761,7 @@ Napi::Value PostSend(const Napi::CallbackInfo& info) {
       Throw(env, kInvalidArgument, "postSend: work request " + std::to_string(i) + " has a field out of range");
     }
     uint64_t total = 0;
-    Sges(env, d, b, r, q->cap.max_send_sge, "postSend", i, &sges, &first[i], &total);
+    Sges(env, d, b, r, q, q->cap.max_send_sge, "postSend", i, &sges, &first[i], &total);
     w.wr_id = static_cast<uint64_t>(r[0]);
     w.opcode = static_cast<ibv_wr_opcode>(static_cast<int>(r[1]));
     w.send_flags = static_cast<unsigned int>(r[2]);
@@ -794,7 +804,7 @@ Napi::Value PostRecv(const Napi::CallbackInfo& info) {
     const double* r = b.wr + i * kWrStride;
     if (!IsU(r[0], kMax53)) Throw(env, kInvalidArgument, "postRecv: work request " + std::to_string(i) + " has a wr_id out of range");
     uint64_t total = 0;
-    Sges(env, d, b, r, q->cap.max_recv_sge, "postRecv", i, &sges, &first[i], &total);
+    Sges(env, d, b, r, q, q->cap.max_recv_sge, "postRecv", i, &sges, &first[i], &total);
     std::memset(&wrs[i], 0, sizeof(wrs[i]));
     wrs[i].wr_id = static_cast<uint64_t>(r[0]);
     wrs[i].num_sge = static_cast<int>(r[5]);

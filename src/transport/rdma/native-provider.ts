@@ -1,8 +1,8 @@
 /**
  * The `verbs` provider (KOALA_RDMA_PROVIDER=verbs, the default): RDMA NICs through the native
  * addon over libibverbs and librdmacm. Today it lists devices and ports through the addon and
- * says why it cannot be used; the data path is partly written (PD, MR and CQ in
- * native-context.ts; QP, posting and CM not yet), so even with an active port it reports
+ * says why it cannot be used; the data path is partly written (PD, MR, CQ, QP and posting in
+ * native-context.ts; the connection manager not yet), so even with an active port it reports
  * itself unavailable and `auto` keeps using TCP.
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
@@ -13,7 +13,7 @@ import type { DeviceInfo, PortInfo, PortState, VerbsProvider } from "./verbs.js"
 export const DEVICE_LIST_TTL_MS = 1000;
 
 /** The reason given, after the devices, while the native data path is missing. */
-export const NO_DATA_PATH = "the native verbs data path (queue pairs, posting, connection manager) is not implemented yet; devices are listed only";
+export const NO_DATA_PATH = "the native verbs data path is not implemented yet (no connection manager); devices are listed only";
 
 const STATES: readonly PortState[] = ["down", "down", "init", "armed", "active", "active"];
 
