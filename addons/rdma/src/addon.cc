@@ -434,7 +434,7 @@ Napi::Value OpenDevice(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value CloseDevice(const Napi::CallbackInfo& info) {
-  return Destroy(info, Kind::kContext, "closeDevice", "protection domains");
+  return Destroy(info, Kind::kContext, "closeDevice", "protection domains or completion queues");
 }
 
 // allocPd(context) -> handle.
@@ -740,86 +740,76 @@ void Sges(Napi::Env env, AddonData* d, const Batch& b, const double* r, const Na
   }
 }
 
-// postSend(qp, wr, count, sge, sgeCount): posts `count` send work requests (verbs.ts SWR
-// records) as one chain, through the context's ops table (ibv_post_send is inline).
-Napi::Value PostSend(const Napi::CallbackInfo& info) {
+// What posting sends and receives share: reading (qp, wr, count, sge, sgeCount), building the
+// chain (`fill` converts and checks one record), and posting it in one call through the
+// context's ops table (`post`; ibv_post_send / ibv_post_recv are inline in verbs.h).
+template <typename Wr, typename Fill, typename Post>
+Napi::Value PostBatch(const Napi::CallbackInfo& info, const char* fn, Fill fill, Post post) {
   Napi::Env env = info.Env();
-  ExpectArgs(info, "postSend", 5, 5);
+  ExpectArgs(info, fn, 5, 5);
   AddonData* d = Data(env);
-  NativeQp* q = static_cast<NativeQp*>(d->objects[Arg(info, 0, Kind::kQp, "postSend")].ptr);
-  Batch b = BatchArgs(info, "postSend");
+  NativeQp* q = static_cast<NativeQp*>(d->objects[Arg(info, 0, Kind::kQp, fn)].ptr);
+  Batch b = BatchArgs(info, fn);
   if (b.count == 0) return env.Undefined();
-  std::vector<ibv_send_wr> wrs(b.count);
+  std::vector<Wr> wrs(b.count);
   std::vector<ibv_sge> sges;
   sges.reserve(b.sge_count);
   std::vector<size_t> first(b.count);
   for (uint32_t i = 0; i < b.count; i++) {
-    const double* r = b.wr + i * kWrStride;
-    ibv_send_wr& w = wrs[i];
-    std::memset(&w, 0, sizeof(w));
-    if (!IsU(r[0], kMax53) || !IsU(r[1], IBV_WR_RDMA_READ) || !IsU(r[2], 15) || !IsU(r[3], 4294967295.0) || !IsU(r[6], kMax53) || !IsU(r[7], 4294967295.0)) {
-      Throw(env, kInvalidArgument, "postSend: work request " + std::to_string(i) + " has a field out of range");
-    }
-    uint64_t total = 0;
-    Sges(env, d, b, r, q, q->cap.max_send_sge, "postSend", i, &sges, &first[i], &total);
-    w.wr_id = static_cast<uint64_t>(r[0]);
-    w.opcode = static_cast<ibv_wr_opcode>(static_cast<int>(r[1]));
-    w.send_flags = static_cast<unsigned int>(r[2]);
-    if ((w.send_flags & IBV_SEND_INLINE) != 0 && total > q->cap.max_inline_data) {
-      Throw(env, kInvalidArgument, "postSend: work request " + std::to_string(i) + " is " + std::to_string(total) + " bytes inline, more than the queue pair's " + std::to_string(q->cap.max_inline_data));
-    }
-    if (w.opcode == IBV_WR_SEND_WITH_IMM || w.opcode == IBV_WR_RDMA_WRITE_WITH_IMM) w.imm_data = htonl(static_cast<uint32_t>(r[3]));
-    if (w.opcode == IBV_WR_RDMA_WRITE || w.opcode == IBV_WR_RDMA_WRITE_WITH_IMM || w.opcode == IBV_WR_RDMA_READ) {
-      w.wr.rdma.remote_addr = static_cast<uint64_t>(r[6]);
-      w.wr.rdma.rkey = static_cast<uint32_t>(r[7]);
-    }
-    w.num_sge = static_cast<int>(r[5]);
+    std::memset(&wrs[i], 0, sizeof(Wr));
+    fill(env, d, q, b, i, b.wr + i * kWrStride, &wrs[i], &sges, &first[i]);
   }
   for (uint32_t i = 0; i < b.count; i++) {
     wrs[i].sg_list = wrs[i].num_sge > 0 ? &sges[first[i]] : nullptr;
     wrs[i].next = i + 1 < b.count ? &wrs[i + 1] : nullptr;
   }
-  ibv_send_wr* bad = nullptr;
-  int rc = q->qp->context->ops.post_send(q->qp, &wrs[0], &bad);
+  Wr* bad = nullptr;
+  int rc = post(q->qp, &wrs[0], &bad);
   if (rc != 0) {
     size_t at = bad != nullptr ? static_cast<size_t>(bad - &wrs[0]) : 0;
-    Throw(env, kVerbs, Errno(("postSend: ibv_post_send refused work request " + std::to_string(at) + " (those before it were posted)").c_str(), rc));
+    Throw(env, kVerbs, Errno((std::string(fn) + ": the provider refused work request " + std::to_string(at) + " (those before it were posted)").c_str(), rc));
   }
   return env.Undefined();
 }
 
+// postSend(qp, wr, count, sge, sgeCount): posts `count` send work requests (verbs.ts SWR records).
+Napi::Value PostSend(const Napi::CallbackInfo& info) {
+  auto fill = [](Napi::Env env, AddonData* d, NativeQp* q, const Batch& b, uint32_t i, const double* r, ibv_send_wr* w,
+                 std::vector<ibv_sge>* sges, size_t* first) {
+    if (!IsU(r[0], kMax53) || !IsU(r[1], IBV_WR_RDMA_READ) || !IsU(r[2], 15) || !IsU(r[3], 4294967295.0) || !IsU(r[6], kMax53) || !IsU(r[7], 4294967295.0)) {
+      Throw(env, kInvalidArgument, "postSend: work request " + std::to_string(i) + " has a field out of range");
+    }
+    uint64_t total = 0;
+    Sges(env, d, b, r, q, q->cap.max_send_sge, "postSend", i, sges, first, &total);
+    w->wr_id = static_cast<uint64_t>(r[0]);
+    w->opcode = static_cast<ibv_wr_opcode>(static_cast<int>(r[1]));
+    w->send_flags = static_cast<unsigned int>(r[2]);
+    if ((w->send_flags & IBV_SEND_INLINE) != 0 && total > q->cap.max_inline_data) {
+      Throw(env, kInvalidArgument, "postSend: work request " + std::to_string(i) + " is " + std::to_string(total) + " bytes inline, more than the queue pair's " + std::to_string(q->cap.max_inline_data));
+    }
+    if (w->opcode == IBV_WR_SEND_WITH_IMM || w->opcode == IBV_WR_RDMA_WRITE_WITH_IMM) w->imm_data = htonl(static_cast<uint32_t>(r[3]));
+    if (w->opcode == IBV_WR_RDMA_WRITE || w->opcode == IBV_WR_RDMA_WRITE_WITH_IMM || w->opcode == IBV_WR_RDMA_READ) {
+      w->wr.rdma.remote_addr = static_cast<uint64_t>(r[6]);
+      w->wr.rdma.rkey = static_cast<uint32_t>(r[7]);
+    }
+    w->num_sge = static_cast<int>(r[5]);
+  };
+  auto post = [](ibv_qp* qp, ibv_send_wr* wr, ibv_send_wr** bad) { return qp->context->ops.post_send(qp, wr, bad); };
+  return PostBatch<ibv_send_wr>(info, "postSend", fill, post);
+}
+
 // postRecv(qp, wr, count, sge, sgeCount): posts `count` receive work requests (RWR records).
 Napi::Value PostRecv(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  ExpectArgs(info, "postRecv", 5, 5);
-  AddonData* d = Data(env);
-  NativeQp* q = static_cast<NativeQp*>(d->objects[Arg(info, 0, Kind::kQp, "postRecv")].ptr);
-  Batch b = BatchArgs(info, "postRecv");
-  if (b.count == 0) return env.Undefined();
-  std::vector<ibv_recv_wr> wrs(b.count);
-  std::vector<ibv_sge> sges;
-  sges.reserve(b.sge_count);
-  std::vector<size_t> first(b.count);
-  for (uint32_t i = 0; i < b.count; i++) {
-    const double* r = b.wr + i * kWrStride;
+  auto fill = [](Napi::Env env, AddonData* d, NativeQp* q, const Batch& b, uint32_t i, const double* r, ibv_recv_wr* w,
+                 std::vector<ibv_sge>* sges, size_t* first) {
     if (!IsU(r[0], kMax53)) Throw(env, kInvalidArgument, "postRecv: work request " + std::to_string(i) + " has a wr_id out of range");
     uint64_t total = 0;
-    Sges(env, d, b, r, q, q->cap.max_recv_sge, "postRecv", i, &sges, &first[i], &total);
-    std::memset(&wrs[i], 0, sizeof(wrs[i]));
-    wrs[i].wr_id = static_cast<uint64_t>(r[0]);
-    wrs[i].num_sge = static_cast<int>(r[5]);
-  }
-  for (uint32_t i = 0; i < b.count; i++) {
-    wrs[i].sg_list = wrs[i].num_sge > 0 ? &sges[first[i]] : nullptr;
-    wrs[i].next = i + 1 < b.count ? &wrs[i + 1] : nullptr;
-  }
-  ibv_recv_wr* bad = nullptr;
-  int rc = q->qp->context->ops.post_recv(q->qp, &wrs[0], &bad);
-  if (rc != 0) {
-    size_t at = bad != nullptr ? static_cast<size_t>(bad - &wrs[0]) : 0;
-    Throw(env, kVerbs, Errno(("postRecv: ibv_post_recv refused work request " + std::to_string(at) + " (those before it were posted)").c_str(), rc));
-  }
-  return env.Undefined();
+    Sges(env, d, b, r, q, q->cap.max_recv_sge, "postRecv", i, sges, first, &total);
+    w->wr_id = static_cast<uint64_t>(r[0]);
+    w->num_sge = static_cast<int>(r[5]);
+  };
+  auto post = [](ibv_qp* qp, ibv_recv_wr* wr, ibv_recv_wr** bad) { return qp->context->ops.post_recv(qp, wr, bad); };
+  return PostBatch<ibv_recv_wr>(info, "postRecv", fill, post);
 }
 
 Napi::Object Register(Napi::Env env, Napi::Object exports) {
