@@ -1,31 +1,19 @@
 /**
  * Verbs providers by name, and the choice of provider, device and port for this process.
- * The native provider plugs in with {@link registerVerbsProvider}; until its addon is built,
- * the `verbs` entry is a stand-in that says why it cannot be used.
+ * `verbs` is the native addon's provider (native-provider.ts), which loads nothing until it is
+ * asked; {@link registerVerbsProvider} adds or replaces one.
  */
 import { readRdmaConfig, deviceSelected, type RdmaConfig } from "./config.js";
+import { nativeProvider } from "./native-provider.js";
 import { softProvider } from "./soft.js";
 import type { DeviceInfo, VerbsProvider } from "./verbs.js";
 
-/** The `verbs` provider until the native addon (a separate issue) replaces it. */
-const nativeStandIn: VerbsProvider = {
-  name: "verbs",
-  software: false,
-  description: "libibverbs + librdmacm through the native addon",
-  unavailableReason: () =>
-    process.env.KOALA_NO_NATIVE === "1" ? "KOALA_NO_NATIVE=1 forbids loading the native verbs addon" : "native verbs addon not built",
-  devices: () => [],
-  open: () => {
-    throw new Error("native verbs addon not built");
-  },
-};
-
 const providers = new Map<string, VerbsProvider>([
-  ["verbs", nativeStandIn],
+  ["verbs", nativeProvider],
   ["soft", softProvider],
 ]);
 
-/** Makes `provider` serve KOALA_RDMA_PROVIDER=`provider.name` (the native addon registers itself as `verbs`). */
+/** Makes `provider` serve KOALA_RDMA_PROVIDER=`provider.name`. */
 export function registerVerbsProvider(provider: VerbsProvider): void {
   providers.set(provider.name, provider);
 }
@@ -91,7 +79,8 @@ export function rdmaInfo(env: NodeJS.ProcessEnv = process.env): RdmaInfo {
   }
   const list = verbsProviders().map((p) => {
     const reason = p.unavailableReason();
-    const base = { name: p.name, software: p.software, description: p.description, selected: sel?.provider === p, available: reason === undefined, devices: reason === undefined ? p.devices() : [] };
+    // Devices are shown even when the provider is unavailable: "port 1 of mlx5_0 is DOWN" reads better beside the port.
+    const base = { name: p.name, software: p.software, description: p.description, selected: sel?.provider === p, available: reason === undefined, devices: p.devices() };
     return reason === undefined ? base : { ...base, reason };
   });
   if (sel === undefined) return { providers: list, unavailable: error };

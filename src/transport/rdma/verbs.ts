@@ -401,7 +401,7 @@ export interface VerbsProvider {
   readonly description: string;
   /** Why it cannot be used here, or undefined when it can. */
   unavailableReason(): string | undefined;
-  /** Its devices (empty when unavailable). */
+  /** Its devices: those it could list, also when it is unavailable (empty when it cannot list any). */
   devices(): DeviceInfo[];
   /** Opens `device` on `port`. */
   open(device: string, port: number): VerbsContext;

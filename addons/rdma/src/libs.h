@@ -1,0 +1,66 @@
+// libibverbs and librdmacm, opened with dlopen at first use and never linked, so the addon
+// loads on any Linux host. One copy per process (libraries are process-wide); every thread's
+// environment shares it. Nothing here touches JavaScript.
+#pragma once
+
+#include <infiniband/verbs.h>
+#include <rdma/rdma_cma.h>
+
+#include <string>
+
+namespace koala {
+
+// Exported functions the addon calls, resolved with dlsym. The data-path verbs
+// (ibv_post_send, ibv_post_recv, ibv_poll_cq, ibv_req_notify_cq) are static inline in verbs.h
+// and go through the context's ops table; they are never looked up here.
+struct Verbs {
+  decltype(&::ibv_get_device_list) get_device_list;
+  decltype(&::ibv_free_device_list) free_device_list;
+  decltype(&::ibv_get_device_name) get_device_name;
+  decltype(&::ibv_open_device) open_device;
+  decltype(&::ibv_close_device) close_device;
+  decltype(&::ibv_query_device) query_device;
+  // The exported (compat) entry point, used only when the context has no extended query_port.
+  decltype(&::ibv_query_port) query_port_compat;
+  decltype(&::ibv_query_gid) query_gid;
+  decltype(&::ibv_alloc_pd) alloc_pd;
+  decltype(&::ibv_dealloc_pd) dealloc_pd;
+  decltype(&::ibv_create_cq) create_cq;
+  decltype(&::ibv_destroy_cq) destroy_cq;
+  decltype(&::ibv_create_qp) create_qp;
+  decltype(&::ibv_destroy_qp) destroy_qp;
+  decltype(&::ibv_reg_mr) reg_mr;  // the exported function, not verbs.h's macro of the same name
+  decltype(&::ibv_dereg_mr) dereg_mr;
+  decltype(&::ibv_create_comp_channel) create_comp_channel;
+  decltype(&::ibv_destroy_comp_channel) destroy_comp_channel;
+  decltype(&::ibv_get_cq_event) get_cq_event;
+  decltype(&::ibv_ack_cq_events) ack_cq_events;
+};
+
+struct Rdmacm {
+  decltype(&::rdma_create_event_channel) create_event_channel;
+  decltype(&::rdma_destroy_event_channel) destroy_event_channel;
+};
+
+// Outcome of Load(): ok, or which library failed and why (a sentence for the user).
+struct LoadResult {
+  bool ok;
+  std::string reason;
+};
+
+// Opens both libraries from these paths (sonames or absolute paths) once per process. A later
+// call with other paths fails: a process cannot switch libraries once they are in use.
+LoadResult Load(const std::string& verbs_path, const std::string& rdmacm_path);
+
+// True once Load() succeeded in this process.
+bool Loaded();
+
+// The resolved functions; valid only after Load() returned ok.
+const Verbs& V();
+const Rdmacm& Cm();
+
+// ibv_query_port as verbs.h's inline wrapper does it: the context's extended op when present,
+// else the exported compat function.
+int QueryPort(ibv_context* ctx, uint8_t port, ibv_port_attr* attr);
+
+}  // namespace koala

@@ -1,0 +1,629 @@
+/*
+ * srnic: the software RNIC for tests, a shared library that stands in for BOTH libibverbs.so.1
+ * and librdmacm.so.1 (select it with KOALA_VERBS_LIB and KOALA_RDMACM_LIB), so the addon's code
+ * under test is the code that runs on a NIC.
+ *
+ * This first part implements the device-discovery subset of the ABI: listing, opening and
+ * querying devices and ports (through an extended verbs_context, as rdma-core does, or the
+ * exported compat ibv_query_port when SRNIC_COMPAT=1), and the PD / CQ / QP calls the addon
+ * makes to probe max_inline_data. The data path (memory registration, work requests over
+ * sockets, completion channels, the connection manager) is the next step.
+ *
+ * Devices come from SRNIC_DEVICES, a comma-separated list of name:state, state being active,
+ * down, init, armed or noopen (ibv_open_device fails with EACCES); default "srnic0:active".
+ * Each device has one Ethernet port with a 1024-byte active MTU; an RC QP accepts up to 256
+ * bytes of inline data.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <unistd.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <infiniband/verbs.h>
+#include <rdma/rdma_cma.h>
+
+#undef ibv_query_port
+#undef ibv_reg_mr
+
+#define SRNIC_EXPORT __attribute__((visibility("default")))
+#define SRNIC_MAX_INLINE 256
+#define SRNIC_MAX_DEVICES 8
+
+struct srnic_device {
+  struct ibv_device dev; /* first: the addon sees a struct ibv_device */
+  enum ibv_port_state state;
+  int no_open;
+};
+
+struct srnic_context {
+  struct verbs_context vctx; /* its `context` member is the ibv_context handed out */
+  struct srnic_device *device;
+};
+
+static struct srnic_device devices[SRNIC_MAX_DEVICES];
+
+static int srnic_poll_cq(struct ibv_cq *cq, int num_entries, struct ibv_wc *wc);
+static int srnic_req_notify_cq(struct ibv_cq *cq, int solicited_only);
+static int srnic_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_send_wr **bad);
+static int srnic_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
+static int mr_check(uint32_t key, int remote, uint64_t addr, uint64_t len, int access);
+
+/* A completion channel: the read end of a pipe is its fd; the NIC side writes the other. */
+struct srnic_channel {
+  struct ibv_comp_channel ch;
+  int wfd;
+};
+
+/* Objects handed out and not yet destroyed; with SRNIC_LEAK_CHECK=1 they are printed at exit,
+ * so a test can see that everything the addon opened was released. */
+static int live_contexts, live_pds, live_mrs, live_cqs, live_qps;
+
+__attribute__((destructor)) static void report_leaks(void) {
+  const char *check = getenv("SRNIC_LEAK_CHECK");
+  if (check != NULL && strcmp(check, "1") == 0) {
+    fprintf(stderr, "srnic: live at exit: %d contexts, %d pds, %d mrs, %d cqs, %d qps\n", live_contexts, live_pds, live_mrs, live_cqs, live_qps);
+  }
+}
+
+static int parse_devices(void) {
+  const char *spec = getenv("SRNIC_DEVICES");
+  char buf[512];
+  int n = 0;
+  strncpy(buf, spec != NULL && spec[0] != '\0' ? spec : "srnic0:active", sizeof(buf) - 1);
+  buf[sizeof(buf) - 1] = '\0';
+  for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok != NULL && n < SRNIC_MAX_DEVICES; tok = strtok_r(NULL, ",", &save)) {
+    struct srnic_device *d = &devices[n];
+    char *colon = strchr(tok, ':');
+    const char *state = colon != NULL ? colon + 1 : "active";
+    if (colon != NULL) *colon = '\0';
+    memset(d, 0, sizeof(*d));
+    strncpy(d->dev.name, tok, sizeof(d->dev.name) - 1);
+    strncpy(d->dev.dev_name, "uverbs-srnic", sizeof(d->dev.dev_name) - 1);
+    d->dev.node_type = IBV_NODE_RNIC;
+    d->dev.transport_type = IBV_TRANSPORT_IWARP;
+    d->state = IBV_PORT_ACTIVE;
+    if (strcmp(state, "down") == 0) d->state = IBV_PORT_DOWN;
+    else if (strcmp(state, "init") == 0) d->state = IBV_PORT_INIT;
+    else if (strcmp(state, "armed") == 0) d->state = IBV_PORT_ARMED;
+    else if (strcmp(state, "noopen") == 0) d->no_open = 1;
+    n++;
+  }
+  return n;
+}
+
+SRNIC_EXPORT struct ibv_device **ibv_get_device_list(int *num_devices) {
+  int n = parse_devices();
+  struct ibv_device **list = calloc((size_t)n + 1, sizeof(*list));
+  if (list == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  for (int i = 0; i < n; i++) list[i] = &devices[i].dev;
+  if (num_devices != NULL) *num_devices = n;
+  return list;
+}
+
+SRNIC_EXPORT void ibv_free_device_list(struct ibv_device **list) { free(list); }
+
+SRNIC_EXPORT const char *ibv_get_device_name(struct ibv_device *device) { return device->name; }
+
+/* Port 1 of device `d`: one Ethernet port, 1024-byte active MTU, one GID. */
+static void fill_port(const struct srnic_device *d, struct ibv_port_attr *a) {
+  memset(a, 0, sizeof(*a));
+  a->state = d->state;
+  a->max_mtu = IBV_MTU_4096;
+  a->active_mtu = IBV_MTU_1024;
+  a->gid_tbl_len = 1;
+  a->max_msg_sz = 1u << 31;
+  a->link_layer = IBV_LINK_LAYER_ETHERNET;
+}
+
+static int srnic_query_port(struct ibv_context *context, uint8_t port_num, struct ibv_port_attr *attr, size_t len) {
+  struct ibv_port_attr a;
+  if (port_num != 1) return EINVAL;
+  fill_port(((struct srnic_context *)verbs_get_ctx(context))->device, &a);
+  memcpy(attr, &a, len < sizeof(a) ? len : sizeof(a));
+  return 0;
+}
+
+SRNIC_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device) {
+  struct srnic_device *d = (struct srnic_device *)device;
+  struct srnic_context *c;
+  if (d->no_open) {
+    errno = EACCES;
+    return NULL;
+  }
+  c = calloc(1, sizeof(*c));
+  if (c == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  c->device = d;
+  __atomic_add_fetch(&live_contexts, 1, __ATOMIC_RELAXED);
+  c->vctx.context.device = device;
+  c->vctx.context.cmd_fd = -1;
+  c->vctx.context.async_fd = -1;
+  c->vctx.context.num_comp_vectors = 1;
+  c->vctx.context.ops.poll_cq = srnic_poll_cq;
+  c->vctx.context.ops.req_notify_cq = srnic_req_notify_cq;
+  c->vctx.context.ops.post_send = srnic_post_send;
+  c->vctx.context.ops.post_recv = srnic_post_recv;
+  if (getenv("SRNIC_COMPAT") == NULL || strcmp(getenv("SRNIC_COMPAT"), "1") != 0) {
+    c->vctx.sz = sizeof(struct verbs_context);
+    c->vctx.context.abi_compat = __VERBS_ABI_IS_EXTENDED;
+    c->vctx.query_port = srnic_query_port;
+  }
+  return &c->vctx.context;
+}
+
+SRNIC_EXPORT int ibv_close_device(struct ibv_context *context) {
+  __atomic_sub_fetch(&live_contexts, 1, __ATOMIC_RELAXED);
+  free((struct srnic_context *)((char *)context - offsetof(struct verbs_context, context)));
+  return 0;
+}
+
+SRNIC_EXPORT int ibv_query_device(struct ibv_context *context, struct ibv_device_attr *attr) {
+  (void)context;
+  memset(attr, 0, sizeof(*attr));
+  strncpy(attr->fw_ver, "srnic 0.1", sizeof(attr->fw_ver) - 1);
+  attr->max_mr_size = 1ull << 40;
+  attr->max_qp = 1024;
+  attr->max_qp_wr = 4096;
+  attr->max_sge = 8;
+  attr->max_cq = 1024;
+  attr->max_cqe = 65536;
+  attr->max_mr = 4096;
+  attr->max_pd = 64;
+  attr->phys_port_cnt = 1;
+  return 0;
+}
+
+/* The exported compat entry point: fills the legacy prefix of struct ibv_port_attr. */
+SRNIC_EXPORT int ibv_query_port(struct ibv_context *context, uint8_t port_num, struct _compat_ibv_port_attr *attr) {
+  struct ibv_port_attr a;
+  if (port_num != 1) return EINVAL;
+  fill_port((const struct srnic_device *)context->device, &a);
+  /* The legacy struct ends before `flags` (added with the extended query). */
+  memcpy(attr, &a, offsetof(struct ibv_port_attr, flags));
+  return 0;
+}
+
+SRNIC_EXPORT int ibv_query_gid(struct ibv_context *context, uint8_t port_num, int index, union ibv_gid *gid) {
+  if (port_num != 1 || index != 0) return -1;
+  memset(gid, 0, sizeof(*gid));
+  gid->raw[0] = 0xfe;
+  gid->raw[1] = 0x80;
+  gid->raw[15] = (uint8_t)(1 + ((struct srnic_device *)context->device - devices));
+  return 0;
+}
+
+SRNIC_EXPORT struct ibv_pd *ibv_alloc_pd(struct ibv_context *context) {
+  struct ibv_pd *pd = calloc(1, sizeof(*pd));
+  if (pd != NULL) {
+    pd->context = context;
+    __atomic_add_fetch(&live_pds, 1, __ATOMIC_RELAXED);
+  }
+  return pd;
+}
+
+SRNIC_EXPORT int ibv_dealloc_pd(struct ibv_pd *pd) {
+  __atomic_sub_fetch(&live_pds, 1, __ATOMIC_RELAXED);
+  free(pd);
+  return 0;
+}
+
+/* A completion queue: a ring of work completions under a lock. When a completion arrives on
+ * an armed CQ, the CQ's address is written to its completion channel's pipe, which
+ * ibv_get_cq_event reads back. SRNIC_CQ_SELFTEST=N makes a thread (standing in for the NIC)
+ * deliver N receive completions to each new CQ (wr_id i, byte_len i, imm i, qp_num 7), from
+ * the first time it is armed, while the CQ has room, so the completion path can be tested before queue pairs exist. */
+struct srnic_cq {
+  struct ibv_cq cq;
+  pthread_mutex_t lock;
+  struct ibv_wc *ring;
+  int cap, head, count, armed, stop;
+  pthread_t selftest;
+  int has_selftest;
+};
+
+static void cq_notify_locked(struct srnic_cq *c) {
+  if (c->armed && c->cq.channel != NULL) {
+    struct ibv_cq *p = &c->cq;
+    c->armed = 0;
+    if (write(((struct srnic_channel *)c->cq.channel)->wfd, &p, sizeof(p)) != (ssize_t)sizeof(p)) { /* the pipe is never full in tests */ }
+  }
+}
+
+static int cq_push(struct srnic_cq *c, const struct ibv_wc *wc) {
+  int ok = 0;
+  pthread_mutex_lock(&c->lock);
+  if (c->count < c->cap) {
+    c->ring[(c->head + c->count) % c->cap] = *wc;
+    c->count++;
+    ok = 1;
+    cq_notify_locked(c);
+  }
+  pthread_mutex_unlock(&c->lock);
+  return ok;
+}
+
+static int srnic_poll_cq(struct ibv_cq *cq, int num_entries, struct ibv_wc *wc) {
+  struct srnic_cq *c = (struct srnic_cq *)cq;
+  int n = 0;
+  pthread_mutex_lock(&c->lock);
+  while (n < num_entries && c->count > 0) {
+    wc[n++] = c->ring[c->head];
+    c->head = (c->head + 1) % c->cap;
+    c->count--;
+  }
+  pthread_mutex_unlock(&c->lock);
+  return n;
+}
+
+static int srnic_req_notify_cq(struct ibv_cq *cq, int solicited_only) {
+  struct srnic_cq *c = (struct srnic_cq *)cq;
+  (void)solicited_only;
+  pthread_mutex_lock(&c->lock);
+  c->armed = 1;
+  pthread_mutex_unlock(&c->lock);
+  return 0;
+}
+
+static void *cq_selftest(void *arg) {
+  struct srnic_cq *c = arg;
+  long n = strtol(getenv("SRNIC_CQ_SELFTEST"), NULL, 10);
+  /* Start once the consumer has armed the CQ, so the first completion is always notified. */
+  for (;;) {
+    int ready;
+    pthread_mutex_lock(&c->lock);
+    ready = c->armed || c->stop;
+    pthread_mutex_unlock(&c->lock);
+    if (ready) break;
+    usleep(500);
+  }
+  for (long i = 0; i < n;) {
+    struct ibv_wc wc;
+    int stop;
+    memset(&wc, 0, sizeof(wc));
+    wc.wr_id = (uint64_t)i;
+    wc.status = IBV_WC_SUCCESS;
+    wc.opcode = IBV_WC_RECV;
+    wc.byte_len = (uint32_t)i;
+    wc.imm_data = htonl((uint32_t)i);
+    wc.wc_flags = IBV_WC_WITH_IMM;
+    wc.qp_num = 7;
+    pthread_mutex_lock(&c->lock);
+    stop = c->stop;
+    pthread_mutex_unlock(&c->lock);
+    if (stop) break;
+    if (cq_push(c, &wc)) i++;
+    else usleep(200); /* full: wait for the consumer */
+  }
+  return NULL;
+}
+
+SRNIC_EXPORT struct ibv_comp_channel *ibv_create_comp_channel(struct ibv_context *context) {
+  int fds[2];
+  struct srnic_channel *ch;
+  if (pipe(fds) != 0) return NULL;
+  ch = calloc(1, sizeof(*ch));
+  if (ch == NULL) {
+    close(fds[0]);
+    close(fds[1]);
+    return NULL;
+  }
+  ch->ch.context = context;
+  ch->ch.fd = fds[0];
+  ch->wfd = fds[1];
+  return &ch->ch;
+}
+
+SRNIC_EXPORT int ibv_destroy_comp_channel(struct ibv_comp_channel *channel) {
+  close(channel->fd);
+  close(((struct srnic_channel *)channel)->wfd);
+  free(channel);
+  return 0;
+}
+
+SRNIC_EXPORT int ibv_get_cq_event(struct ibv_comp_channel *channel, struct ibv_cq **cq, void **cq_context) {
+  struct ibv_cq *p;
+  if (read(channel->fd, &p, sizeof(p)) != (ssize_t)sizeof(p)) return -1;
+  *cq = p;
+  *cq_context = p->cq_context;
+  return 0;
+}
+
+SRNIC_EXPORT void ibv_ack_cq_events(struct ibv_cq *cq, unsigned int nevents) {
+  (void)cq;
+  (void)nevents;
+}
+
+SRNIC_EXPORT struct ibv_cq *ibv_create_cq(struct ibv_context *context, int cqe, void *cq_context, struct ibv_comp_channel *channel, int comp_vector) {
+  struct srnic_cq *c;
+  (void)comp_vector;
+  if (cqe < 1 || cqe > 65536) {
+    errno = EINVAL;
+    return NULL;
+  }
+  c = calloc(1, sizeof(*c));
+  if (c == NULL) return NULL;
+  c->ring = calloc((size_t)cqe, sizeof(*c->ring));
+  if (c->ring == NULL) {
+    free(c);
+    return NULL;
+  }
+  pthread_mutex_init(&c->lock, NULL);
+  c->cap = cqe;
+  c->cq.context = context;
+  c->cq.cq_context = cq_context;
+  c->cq.channel = channel;
+  c->cq.cqe = cqe;
+  __atomic_add_fetch(&live_cqs, 1, __ATOMIC_RELAXED);
+  if (channel != NULL && getenv("SRNIC_CQ_SELFTEST") != NULL) c->has_selftest = pthread_create(&c->selftest, NULL, cq_selftest, c) == 0;
+  return &c->cq;
+}
+
+SRNIC_EXPORT int ibv_destroy_cq(struct ibv_cq *cq) {
+  struct srnic_cq *c = (struct srnic_cq *)cq;
+  pthread_mutex_lock(&c->lock);
+  c->stop = 1;
+  pthread_mutex_unlock(&c->lock);
+  if (c->has_selftest) pthread_join(c->selftest, NULL);
+  __atomic_sub_fetch(&live_cqs, 1, __ATOMIC_RELAXED);
+  pthread_mutex_destroy(&c->lock);
+  free(c->ring);
+  free(c);
+  return 0;
+}
+
+/* A queue pair. Until the connection manager exists, every QP is connected to itself
+ * (loopback): a SEND consumes one of its own posted receives, RDMA READ / WRITE name regions of
+ * this process by rkey. Work requests are processed in the post call, in order. */
+#define SRNIC_MAX_SGE 8
+struct srnic_recv {
+  uint64_t wr_id;
+  int num_sge;
+  struct ibv_sge sge[SRNIC_MAX_SGE];
+};
+struct srnic_qp {
+  struct ibv_qp qp;
+  pthread_mutex_t lock;
+  struct srnic_recv *rq;
+  int rq_cap, rq_head, rq_count;
+  struct ibv_qp_cap cap;
+};
+static uint32_t next_qpn = 0x100;
+
+static void complete(struct ibv_cq *cq, uint64_t wr_id, enum ibv_wc_status status, enum ibv_wc_opcode op, uint32_t len, uint32_t qpn, int with_imm, __be32 imm) {
+  struct ibv_wc wc;
+  memset(&wc, 0, sizeof(wc));
+  wc.wr_id = wr_id;
+  wc.status = status;
+  wc.opcode = op;
+  wc.byte_len = len;
+  wc.qp_num = qpn;
+  if (with_imm) {
+    wc.wc_flags = IBV_WC_WITH_IMM;
+    wc.imm_data = imm;
+  }
+  cq_push((struct srnic_cq *)cq, &wc);
+}
+
+/* Copies `len` bytes of `data` into the scatter list; 0 on success, else a completion status. */
+static enum ibv_wc_status scatter(const struct ibv_sge *sge, int n, const uint8_t *data, uint64_t len) {
+  uint64_t room = 0, off = 0;
+  for (int i = 0; i < n; i++) {
+    if (!mr_check(sge[i].lkey, 0, sge[i].addr, sge[i].length, IBV_ACCESS_LOCAL_WRITE)) return IBV_WC_LOC_PROT_ERR;
+    room += sge[i].length;
+  }
+  if (len > room) return IBV_WC_LOC_LEN_ERR;
+  for (int i = 0; i < n && off < len; i++) {
+    uint64_t k = sge[i].length < len - off ? sge[i].length : len - off;
+    memcpy((void *)(uintptr_t)sge[i].addr, data + off, k);
+    off += k;
+  }
+  return IBV_WC_SUCCESS;
+}
+
+static int srnic_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad) {
+  struct srnic_qp *q = (struct srnic_qp *)qp;
+  int rc = 0;
+  pthread_mutex_lock(&q->lock);
+  for (; wr != NULL; wr = wr->next) {
+    struct srnic_recv *r;
+    if (q->rq_count == q->rq_cap || wr->num_sge > SRNIC_MAX_SGE || wr->num_sge < 0) {
+      rc = q->rq_count == q->rq_cap ? ENOMEM : EINVAL;
+      *bad = wr;
+      break;
+    }
+    r = &q->rq[(q->rq_head + q->rq_count) % q->rq_cap];
+    r->wr_id = wr->wr_id;
+    r->num_sge = wr->num_sge;
+    memcpy(r->sge, wr->sg_list, sizeof(struct ibv_sge) * (size_t)wr->num_sge);
+    q->rq_count++;
+  }
+  pthread_mutex_unlock(&q->lock);
+  return rc;
+}
+
+static int pop_recv(struct srnic_qp *q, struct srnic_recv *out) {
+  int ok = 0;
+  pthread_mutex_lock(&q->lock);
+  if (q->rq_count > 0) {
+    *out = q->rq[q->rq_head];
+    q->rq_head = (q->rq_head + 1) % q->rq_cap;
+    q->rq_count--;
+    ok = 1;
+  }
+  pthread_mutex_unlock(&q->lock);
+  return ok;
+}
+
+static void process_send(struct srnic_qp *q, const struct ibv_send_wr *wr) {
+  enum ibv_wc_status st = IBV_WC_SUCCESS;
+  enum ibv_wc_opcode op = wr->opcode == IBV_WR_RDMA_READ ? IBV_WC_RDMA_READ : (wr->opcode == IBV_WR_RDMA_WRITE || wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM) ? IBV_WC_RDMA_WRITE : IBV_WC_SEND;
+  uint64_t len = 0, off = 0;
+  uint8_t *data;
+  for (int i = 0; i < wr->num_sge; i++) len += wr->sg_list[i].length;
+  data = malloc(len > 0 ? len : 1);
+  if (data == NULL) {
+    st = IBV_WC_GENERAL_ERR;
+    goto done;
+  }
+  if (wr->opcode != IBV_WR_RDMA_READ) { /* gather */
+    for (int i = 0; i < wr->num_sge && st == IBV_WC_SUCCESS; i++) {
+      const struct ibv_sge *g = &wr->sg_list[i];
+      if (!mr_check(g->lkey, 0, g->addr, g->length, 0)) st = IBV_WC_LOC_PROT_ERR;
+      else memcpy(data + off, (void *)(uintptr_t)g->addr, g->length);
+      off += g->length;
+    }
+  }
+  if (st == IBV_WC_SUCCESS && wr->opcode == IBV_WR_RDMA_READ) {
+    if (!mr_check(wr->wr.rdma.rkey, 1, wr->wr.rdma.remote_addr, len, IBV_ACCESS_REMOTE_READ)) st = IBV_WC_REM_ACCESS_ERR;
+    else {
+      memcpy(data, (void *)(uintptr_t)wr->wr.rdma.remote_addr, len);
+      st = scatter(wr->sg_list, wr->num_sge, data, len);
+    }
+  } else if (st == IBV_WC_SUCCESS && (wr->opcode == IBV_WR_RDMA_WRITE || wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM)) {
+    if (!mr_check(wr->wr.rdma.rkey, 1, wr->wr.rdma.remote_addr, len, IBV_ACCESS_REMOTE_WRITE)) st = IBV_WC_REM_ACCESS_ERR;
+    else memcpy((void *)(uintptr_t)wr->wr.rdma.remote_addr, data, len);
+  }
+  if (st == IBV_WC_SUCCESS && wr->opcode != IBV_WR_RDMA_READ && wr->opcode != IBV_WR_RDMA_WRITE) {
+    struct srnic_recv r;
+    if (!pop_recv(q, &r)) st = IBV_WC_RNR_RETRY_EXC_ERR;
+    else {
+      int imm = wr->opcode == IBV_WR_SEND_WITH_IMM || wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM;
+      enum ibv_wc_status rs = wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM ? IBV_WC_SUCCESS : scatter(r.sge, r.num_sge, data, len);
+      complete(q->qp.recv_cq, r.wr_id, rs, wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM ? IBV_WC_RECV_RDMA_WITH_IMM : IBV_WC_RECV, (uint32_t)len, q->qp.qp_num, imm, wr->imm_data);
+      if (rs != IBV_WC_SUCCESS) st = IBV_WC_REM_OP_ERR;
+    }
+  }
+done:
+  free(data);
+  if (st != IBV_WC_SUCCESS || (wr->send_flags & IBV_SEND_SIGNALED)) complete(q->qp.send_cq, wr->wr_id, st, op, (uint32_t)len, q->qp.qp_num, 0, 0);
+}
+
+static int srnic_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_send_wr **bad) {
+  struct srnic_qp *q = (struct srnic_qp *)qp;
+  for (; wr != NULL; wr = wr->next) {
+    if (wr->num_sge < 0 || wr->num_sge > (int)q->cap.max_send_sge || wr->opcode > IBV_WR_RDMA_READ) {
+      *bad = wr;
+      return EINVAL;
+    }
+    process_send(q, wr);
+  }
+  return 0;
+}
+
+SRNIC_EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *attr) {
+  struct srnic_qp *q;
+  if (attr->qp_type != IBV_QPT_RC || attr->cap.max_inline_data > SRNIC_MAX_INLINE || attr->cap.max_send_sge > SRNIC_MAX_SGE || attr->cap.max_recv_sge > SRNIC_MAX_SGE || attr->cap.max_recv_wr > 65536) {
+    errno = EINVAL;
+    return NULL;
+  }
+  q = calloc(1, sizeof(*q));
+  if (q == NULL) return NULL;
+  q->rq_cap = attr->cap.max_recv_wr > 0 ? (int)attr->cap.max_recv_wr : 1;
+  q->rq = calloc((size_t)q->rq_cap, sizeof(*q->rq));
+  if (q->rq == NULL) {
+    free(q);
+    return NULL;
+  }
+  pthread_mutex_init(&q->lock, NULL);
+  q->qp.context = pd->context;
+  q->qp.pd = pd;
+  q->qp.send_cq = attr->send_cq;
+  q->qp.recv_cq = attr->recv_cq;
+  q->qp.qp_type = attr->qp_type;
+  q->qp.state = IBV_QPS_RTS;
+  q->qp.qp_num = __atomic_add_fetch(&next_qpn, 1, __ATOMIC_RELAXED);
+  attr->cap.max_inline_data = SRNIC_MAX_INLINE; /* what a provider grants is written back */
+  q->cap = attr->cap;
+  __atomic_add_fetch(&live_qps, 1, __ATOMIC_RELAXED);
+  return &q->qp;
+}
+
+SRNIC_EXPORT int ibv_destroy_qp(struct ibv_qp *qp) {
+  struct srnic_qp *q = (struct srnic_qp *)qp;
+  __atomic_sub_fetch(&live_qps, 1, __ATOMIC_RELAXED);
+  pthread_mutex_destroy(&q->lock);
+  free(q->rq);
+  free(q);
+  return 0;
+}
+
+static uint32_t next_key = 0x1000;
+
+/* Every registered region, for the "NIC" to check keys, bounds and access against when it
+ * processes a work request (not when it was posted: a region deregistered meanwhile fails). */
+struct srnic_mr {
+  struct ibv_mr mr;
+  int access;
+  struct srnic_mr *next;
+};
+static struct srnic_mr *mrs;
+static pthread_mutex_t mrs_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* True when the region `key` (an lkey, or an rkey when `remote`) covers [addr, addr+len) with `access`. */
+static int mr_check(uint32_t key, int remote, uint64_t addr, uint64_t len, int access) {
+  int ok = 0;
+  pthread_mutex_lock(&mrs_lock);
+  for (struct srnic_mr *m = mrs; m != NULL; m = m->next) {
+    uint64_t base = (uint64_t)(uintptr_t)m->mr.addr;
+    if ((remote ? m->mr.rkey : m->mr.lkey) != key) continue;
+    ok = addr >= base && len <= m->mr.length && addr - base <= m->mr.length - len && (m->access & access) == access;
+    break;
+  }
+  pthread_mutex_unlock(&mrs_lock);
+  return ok;
+}
+
+SRNIC_EXPORT struct ibv_mr *ibv_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int access) {
+  struct ibv_mr *mr;
+  if (addr == NULL || length == 0 || (access & ~0x1f) != 0) {
+    errno = EINVAL;
+    return NULL;
+  }
+  struct srnic_mr *m = calloc(1, sizeof(*m));
+  if (m == NULL) return NULL;
+  mr = &m->mr;
+  m->access = access;
+  mr->context = pd->context;
+  mr->pd = pd;
+  mr->addr = addr;
+  mr->length = length;
+  mr->lkey = __atomic_add_fetch(&next_key, 1, __ATOMIC_RELAXED);
+  mr->rkey = mr->lkey | 0x80000000u;
+  __atomic_add_fetch(&live_mrs, 1, __ATOMIC_RELAXED);
+  pthread_mutex_lock(&mrs_lock);
+  m->next = mrs;
+  mrs = m;
+  pthread_mutex_unlock(&mrs_lock);
+  return mr;
+}
+
+SRNIC_EXPORT int ibv_dereg_mr(struct ibv_mr *mr) {
+  __atomic_sub_fetch(&live_mrs, 1, __ATOMIC_RELAXED);
+  pthread_mutex_lock(&mrs_lock);
+  for (struct srnic_mr **pp = &mrs; *pp != NULL; pp = &(*pp)->next) {
+    if (&(*pp)->mr == mr) {
+      *pp = (*pp)->next;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&mrs_lock);
+  free(mr);
+  return 0;
+}
+
+SRNIC_EXPORT struct rdma_event_channel *rdma_create_event_channel(void) {
+  struct rdma_event_channel *ch = calloc(1, sizeof(*ch));
+  if (ch != NULL) ch->fd = -1;
+  return ch;
+}
+
+SRNIC_EXPORT void rdma_destroy_event_channel(struct rdma_event_channel *channel) { free(channel); }

@@ -1,0 +1,108 @@
+/**
+ * The `verbs` provider (KOALA_RDMA_PROVIDER=verbs, the default): RDMA NICs through the native
+ * addon over libibverbs and librdmacm. Today it lists devices and ports through the addon and
+ * says why it cannot be used; the data path is partly written (PD, MR, CQ, QP and posting in
+ * native-context.ts; the connection manager not yet), so even with an active port it reports
+ * itself unavailable and `auto` keeps using TCP.
+ */
+import { ErrorCode, KoalaError } from "../../errors.js";
+import { nativeVerbs, type RawDevice, type RawPort } from "./native.js";
+import type { DeviceInfo, PortInfo, PortState, VerbsProvider } from "./verbs.js";
+
+/** How long a device listing is reused before the devices are queried again, in milliseconds. */
+export const DEVICE_LIST_TTL_MS = 1000;
+
+/** The reason given, after the devices, while the native data path is missing. */
+export const NO_DATA_PATH = "the native verbs data path is not implemented yet (no connection manager); devices are listed only";
+
+const STATES: readonly PortState[] = ["down", "down", "init", "armed", "active", "active"];
+
+function portInfo(p: RawPort): PortInfo | undefined {
+  if (p.error !== undefined) return undefined;
+  const mtuCode = p.activeMtu ?? 0;
+  return {
+    port: p.port,
+    // 0 is IBV_PORT_NOP, 5 IBV_PORT_ACTIVE_DEFER (active, with errors deferred).
+    state: STATES[p.state ?? 0] ?? "down",
+    linkLayer: p.linkLayer === 2 ? "Ethernet" : "InfiniBand",
+    mtu: mtuCode >= 1 && mtuCode <= 5 ? 128 << mtuCode : 0,
+    gid: p.gid ?? "::",
+  };
+}
+
+/** Maps the addon's description of a device onto {@link DeviceInfo}; undefined for a device that could not be queried. */
+export function deviceInfo(raw: RawDevice): DeviceInfo | undefined {
+  if (raw.error !== undefined) return undefined;
+  return {
+    name: raw.name,
+    provider: "verbs",
+    // rxe (Soft-RoCE) and siw (soft iWARP) are the kernel's software devices.
+    software: /^(rxe|siw)/.test(raw.name),
+    ports: (raw.ports ?? []).map(portInfo).filter((p): p is PortInfo => p !== undefined),
+    maxSge: raw.maxSge ?? 0,
+    maxQpWr: raw.maxQpWr ?? 0,
+    maxInlineData: Math.max(0, raw.maxInlineData ?? 0),
+    maxCqe: raw.maxCqe ?? 0,
+    maxMrBytes: raw.maxMrSize ?? 0,
+  };
+}
+
+/** Why none of `raw` can carry a connection ("no RDMA device", "port 1 of mlx5_0 is DOWN", …), or undefined when a port is active. */
+export function devicesReason(raw: readonly RawDevice[]): string | undefined {
+  if (raw.length === 0) return "no RDMA device";
+  const why: string[] = [];
+  for (const d of raw) {
+    if (d.error !== undefined) {
+      why.push(`${d.name}: ${d.error}`);
+      continue;
+    }
+    if ((d.ports ?? []).length === 0) why.push(`${d.name} has no port`);
+    for (const p of d.ports ?? []) {
+      const info = portInfo(p);
+      if (info === undefined) why.push(`port ${p.port} of ${d.name}: ${p.error}`);
+      else if (info.state === "active") return undefined;
+      else why.push(`port ${p.port} of ${d.name} is ${info.state.toUpperCase()}`);
+    }
+  }
+  return why.join("; ");
+}
+
+let listing: { at: number; raw: RawDevice[] } | { at: number; reason: string } | undefined;
+
+/** The addon's device listing (cached {@link DEVICE_LIST_TTL_MS}), or why there is none. */
+function listDevices(): { raw: RawDevice[] } | { reason: string } {
+  const state = nativeVerbs();
+  if ("reason" in state) return state;
+  const now = performance.now();
+  if (listing === undefined || now - listing.at > DEVICE_LIST_TTL_MS) {
+    try {
+      listing = { at: now, raw: state.binding.devices(true) };
+    } catch (err) {
+      // ENOSYS: the kernel has no RDMA support (no ib_uverbs), the usual case on a host with no NIC.
+      listing = { at: now, reason: `no RDMA device (${(err as Error).message})` };
+    }
+  }
+  return listing;
+}
+
+/** Why the `verbs` provider cannot be used here (undefined when it can). */
+function unavailableReason(): string | undefined {
+  const list = listDevices();
+  if ("reason" in list) return list.reason;
+  return devicesReason(list.raw) ?? NO_DATA_PATH;
+}
+
+/** The `verbs` provider: libibverbs + librdmacm through the native addon. */
+export const nativeProvider: VerbsProvider = {
+  name: "verbs",
+  software: false,
+  description: "libibverbs + librdmacm through the native addon",
+  unavailableReason,
+  devices: () => {
+    const list = listDevices();
+    return "reason" in list ? [] : list.raw.map(deviceInfo).filter((d): d is DeviceInfo => d !== undefined);
+  },
+  open: () => {
+    throw new KoalaError(ErrorCode.ADDON_UNAVAILABLE, `provider verbs: ${unavailableReason() ?? NO_DATA_PATH}`);
+  },
+};
