@@ -429,7 +429,9 @@ class ServerConnection extends RpcEndpoint {
    * when nothing drains for `sendTimeoutMs`.
    */
   protected override onBackpressure(): void {
-    if (this.paused || this.conn.isClosed) return;
+    // A reply or two over the high-water mark is normal traffic (a 1 MiB reply is one); stop
+    // reading only when several marks' worth waits, so that requests keep flowing meanwhile.
+    if (this.paused || this.conn.isClosed || this.conn.bufferedBytes < PAUSE_AT_MARKS * this.conn.options.highWaterMarkBytes) return;
     this.paused = true;
     this.conn.pause();
     const ms = this.options.sendTimeoutMs;
@@ -459,6 +461,9 @@ class ServerConnection extends RpcEndpoint {
     this.drained?.();
   }
 }
+
+/** The server stops reading a connection once this many high-water marks of replies wait to be written. */
+const PAUSE_AT_MARKS = 4;
 
 /** A timer that does not keep the process alive. */
 function unrefTimer(fn: () => void, ms: number): NodeJS.Timeout {
