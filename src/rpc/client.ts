@@ -11,7 +11,7 @@ import type { Connection } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
-import { CallRecord, afterVerdict, chainOf, runChain, runEndChain, runMessageChain, serviceOfPath, type Interceptor } from "./interceptor.js";
+import { CallRecord, afterVerdict, chainOf, runChain, runEndChain, runMessageChain, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
 import { buildFrame, encodeSettings, type EncodeSettings } from "./outgoing.js";
@@ -165,8 +165,7 @@ class ClientConnection extends RpcEndpoint {
         try {
           call.onFrame(frame);
         } catch (err) {
-          if (err instanceof KoalaError && err.code === ErrorCode.PROTOCOL) throw err; // the connection's, handled by the endpoint
-          // Whatever else goes wrong in one call (an application callback that throws) ends that call only.
+          // Whatever goes wrong in one call (an application callback that throws) ends that call only.
           call.fail(RpcError.from(err, Code.INTERNAL));
         }
         return true;
@@ -417,7 +416,7 @@ class ClientCall<I, O> implements PendingCall {
     }
     // Interceptors see the call before it is sent; a held call keeps its deadline and can be cancelled.
     const md = this.options?.metadata;
-    const info = (this.info = new CallRecord("client", this.method.path, serviceOfPath(this.method.path), this.method.kind, this.channel.address, this.deadline, md instanceof Metadata ? md : new Metadata(md), () => this.done));
+    const info = (this.info = new CallRecord("client", this.method.path, this.method.kind, this.channel.address, this.deadline, md instanceof Metadata ? md : new Metadata(md), () => this.done));
     info.request = request;
     afterVerdict(runChain(this.chain, info, "client-send"), this, (e) => this.end(RpcError.from(e, Code.INTERNAL)), () => this.dispatch(request, requests));
   }
@@ -559,8 +558,6 @@ class ClientCall<I, O> implements PendingCall {
         }
       }
     } catch (err) {
-      // A broken window is the connection's fault, for the endpoint to handle.
-      if (err instanceof KoalaError && err.code === ErrorCode.PROTOCOL) throw err;
       // The server spent credit on a stream message this call could not take: give it back.
       if (!counted) this.cc?.discard(frame);
       const e = err instanceof RpcError ? err : new RpcError(Code.INTERNAL, `cannot decode ${this.method.output.typeName}: ${(err as Error).message}`, { cause: err });

@@ -38,7 +38,12 @@ export abstract class RpcEndpoint {
     protected readonly side: "client" | "server",
   ) {
     this.keepalive = new Keepalive(conn, settings.keepaliveIntervalMs, settings.keepaliveTimeoutMs, side === "client" ? "server" : "client");
-    this.receiveWindow = new ReceiveWindow(CONNECTION_WINDOW_BYTES, CONNECTION_GRANT_BYTES, (n) => this.control(FrameType.CREDIT, 0, n));
+    this.receiveWindow = new ReceiveWindow(
+      CONNECTION_WINDOW_BYTES,
+      CONNECTION_GRANT_BYTES,
+      (n) => this.control(FrameType.CREDIT, 0, n),
+      (err) => this.protocolError(err),
+    );
   }
 
   /**
@@ -129,13 +134,12 @@ export abstract class RpcEndpoint {
   /**
    * A frame for a call this side no longer knows (it ended, or never existed): a stream
    * message's bytes still count against the connection window and are given back at once,
-   * since the peer spent credit on them. Throws KOALA_ERR_PROTOCOL when the peer had none.
+   * since the peer spent credit on them (a peer that had none is cut off by the window).
    */
   discard(frame: Frame): void {
     if (frame.type !== FrameType.DATA || frame.body === undefined) return;
     const n = frame.body.byteLength;
-    this.receiveWindow.receive(n, "the peer");
-    this.receiveWindow.release(n);
+    if (this.receiveWindow.receive(n)) this.receiveWindow.release(n);
   }
 
   /** The transport is over its high-water mark; the server side stops reading until it drains. */
@@ -195,8 +199,8 @@ export abstract class RpcEndpoint {
       try {
         handled = this.onFrame(frame);
       } catch (err) {
-        // A flow-control violation (or a bug) found while handling the frame: this connection
-        // cannot be trusted any more; nothing escapes into the transport.
+        // A bug found while handling the frame: this connection cannot be trusted any more;
+        // nothing escapes into the transport.
         this.protocolError(err instanceof KoalaError ? err : new KoalaError(ErrorCode.PROTOCOL, `cannot handle a frame: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
         return;
       }

@@ -82,49 +82,48 @@ export interface Interceptor {
   onEnd?(call: CallInfo, outcome: CallOutcome): void;
 }
 
+/** Marks a run of the `onCall` hooks (no stream message). */
+const NO_MESSAGE: unique symbol = Symbol("no message");
+
 /**
- * Runs `list[from..]` on `call` at `point`: undefined when every interceptor passed at once,
- * an RpcError to reject with, or a promise for a held call (resolving the same way).
+ * Runs the `onCall` hooks (with `message` NO_MESSAGE) or the `onMessage` hooks of `list[from..]`:
+ * undefined when every interceptor passed at once, an RpcError to reject with, or a promise for
+ * a held call (resolving the same way; the rest of the chain runs after the hold, unless the
+ * call ended meanwhile).
  */
-export function runChain(list: readonly Interceptor[], call: CallInfo, point: InterceptPoint, from = 0): undefined | RpcError | Promise<undefined | RpcError> {
+function runHooks(list: readonly Interceptor[], call: CallInfo, point: InterceptPoint, message: unknown, from: number): undefined | RpcError | Promise<undefined | RpcError> {
   for (let i = from; i < list.length; i++) {
-    const f = list[i]!.onCall;
-    if (f === undefined) continue;
+    const icpt = list[i]!;
     let v: Verdict;
     try {
-      v = f.call(list[i], call, point);
+      if (message === NO_MESSAGE) {
+        if (icpt.onCall === undefined) continue;
+        v = icpt.onCall(call, point);
+      } else {
+        if (icpt.onMessage === undefined) continue;
+        v = icpt.onMessage(call, point, message);
+      }
     } catch (err) {
       return RpcError.from(err, Code.INTERNAL);
     }
     if (v === undefined) continue;
     if (v instanceof RpcError) return v;
     return Promise.resolve(v).then(
-      (r) => (r instanceof RpcError ? r : call.ended ? undefined : runChain(list, call, point, i + 1)),
+      (r) => (r instanceof RpcError ? r : call.ended ? undefined : runHooks(list, call, point, message, i + 1)),
       (err: unknown) => RpcError.from(err, Code.INTERNAL),
     );
   }
   return undefined;
 }
 
-/** Runs the `onMessage` of `list` for one stream message; like {@link runChain}. */
-export function runMessageChain(list: readonly Interceptor[], call: CallInfo, point: InterceptPoint, message: unknown, from = 0): undefined | RpcError | Promise<undefined | RpcError> {
-  for (let i = from; i < list.length; i++) {
-    const f = list[i]!.onMessage;
-    if (f === undefined) continue;
-    let v: Verdict;
-    try {
-      v = f.call(list[i], call, point, message);
-    } catch (err) {
-      return RpcError.from(err, Code.INTERNAL);
-    }
-    if (v === undefined) continue;
-    if (v instanceof RpcError) return v;
-    return Promise.resolve(v).then(
-      (r) => (r instanceof RpcError ? r : call.ended ? undefined : runMessageChain(list, call, point, message, i + 1)),
-      (err: unknown) => RpcError.from(err, Code.INTERNAL),
-    );
-  }
-  return undefined;
+/** Runs the chain's `onCall` hooks for `call` at `point` (see {@link runHooks} for what it returns). */
+export function runChain(list: readonly Interceptor[], call: CallInfo, point: InterceptPoint): undefined | RpcError | Promise<undefined | RpcError> {
+  return runHooks(list, call, point, NO_MESSAGE, 0);
+}
+
+/** Runs the chain's `onMessage` hooks for one stream message; like {@link runChain}. */
+export function runMessageChain(list: readonly Interceptor[], call: CallInfo, point: InterceptPoint, message: unknown): undefined | RpcError | Promise<undefined | RpcError> {
+  return runHooks(list, call, point, message, 0);
 }
 
 /** The {@link CallInfo} the core fills in for one call (fields written by the core only). */
@@ -132,22 +131,26 @@ export class CallRecord implements CallInfo {
   request: unknown = undefined;
   response: unknown = undefined;
   readonly startedAt = Date.now();
-  readonly state = new Map<object, unknown>();
   readonly service: string;
   readonly method: string;
+  private stateMap: Map<object, unknown> | undefined;
 
   constructor(
     readonly side: "client" | "server",
     readonly path: string,
-    service: string,
     readonly kind: MethodKind,
     readonly peer: string,
     readonly deadline: number | undefined,
     readonly metadata: Metadata,
     private readonly isEnded: () => boolean,
   ) {
-    this.service = service;
+    this.service = serviceOfPath(path);
     this.method = path.slice(path.lastIndexOf("/") + 1);
+  }
+
+  /** Made on first use: most calls through most engines never need one. */
+  get state(): Map<object, unknown> {
+    return (this.stateMap ??= new Map());
   }
 
   get ended(): boolean {

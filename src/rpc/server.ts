@@ -10,7 +10,7 @@ import type { Connection, Listener } from "../transport/types.js";
 import type { MethodDefinition, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
-import { CallRecord, afterVerdict, chainOf, runChain, runEndChain, runMessageChain, serviceOfPath, type Interceptor } from "./interceptor.js";
+import { CallRecord, afterVerdict, chainOf, runChain, runEndChain, runMessageChain, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
 import { buildFrame, encodeSettings, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
@@ -580,7 +580,6 @@ class ServerCall implements CallContext {
         else this.intercept(undefined, () => this.invoke(undefined));
       }
     } catch (err) {
-      if (err instanceof KoalaError && err.code === ErrorCode.PROTOCOL) throw err; // the connection's problem, not this call's
       this.fail(err);
     }
   }
@@ -604,19 +603,19 @@ class ServerCall implements CallContext {
 
   /** Runs the interceptors at `server-receive`; the handler starts when they pass (a held call's deadline keeps running). */
   private intercept(request: unknown, invoke: () => void): void {
-    const info = (this.info = new CallRecord("server", this.method.path, serviceOfPath(this.method.path), this.method.kind, this.peer, this.deadline, this.requestMetadata, () => this.done));
+    const info = (this.info = new CallRecord("server", this.method.path, this.method.kind, this.peer, this.deadline, this.requestMetadata, () => this.done));
     info.request = request;
     afterVerdict(runChain(this.chain, info, "server-receive"), this, (e) => this.fail(e), invoke);
   }
 
-  /** Decodes a request of a stream and queues it; a flow-control violation propagates (it closes the connection). */
+  /** Decodes a request of a stream and queues it (a flow-control violation closes the connection through the windows). */
   private push(body: Uint8Array, fromData: boolean): void {
     let request: unknown;
     try {
       request = this.decode(body);
     } catch (err) {
       // The bytes still count against the windows: the sender spent credit on them.
-      this.requests!.push(undefined, body.byteLength);
+      this.requests!.skip(body.byteLength);
       throw err;
     }
     this.requests!.push(request, body.byteLength, fromData ? this.sc.takeMessage() : undefined);
@@ -785,7 +784,6 @@ class ServerCall implements CallContext {
           try {
             this.push(frame.body, true);
           } catch (err) {
-            if (err instanceof KoalaError && err.code === ErrorCode.PROTOCOL) throw err;
             this.fail(err);
             return;
           }

@@ -36,19 +36,26 @@ export class ReceiveWindow {
    * @param window the window size in bytes
    * @param grantEvery credit is granted once this many bytes were released
    * @param grant sends `n` bytes of credit to the sender
+   * @param violated the peer broke the window: the connection must close (KOALA_ERR_PROTOCOL)
    */
   constructor(
     private readonly window: number,
     private readonly grantEvery: number,
     private readonly grant: (n: number) => void,
+    readonly violated: (error: KoalaError) => void,
   ) {}
 
-  /** A message of `bytes` arrived; throws KOALA_ERR_PROTOCOL when the sender had no credit for it. */
-  receive(bytes: number, what: string): void {
+  /**
+   * A message of `bytes` arrived. False when the sender had no credit for it: then `violated`
+   * was told (the connection closes) and the message must be dropped.
+   */
+  receive(bytes: number): boolean {
     if (this.outstanding >= this.window) {
-      throw new KoalaError(ErrorCode.PROTOCOL, `flow control violated: ${what} sent a message with ${this.outstanding} bytes already unacknowledged in a window of ${this.window}`);
+      this.violated(new KoalaError(ErrorCode.PROTOCOL, `flow control violated: the peer sent a message with ${this.outstanding} bytes already unacknowledged in a window of ${this.window}`));
+      return false;
     }
     this.outstanding += bytes;
+    return true;
   }
 
   /** `bytes` of received messages were consumed or dropped: the memory is free again. */
@@ -99,9 +106,14 @@ export class IncomingStream<T> implements AsyncIterable<T> {
     connection?: ReceiveWindow,
   ) {
     this.connection = connection;
-    this.window = new ReceiveWindow(STREAM_WINDOW_BYTES, STREAM_GRANT_BYTES, (n) => {
-      if (!this.ended) grant(n);
-    });
+    this.window = new ReceiveWindow(
+      STREAM_WINDOW_BYTES,
+      STREAM_GRANT_BYTES,
+      (n) => {
+        if (!this.ended) grant(n);
+      },
+      (err) => this.connection!.violated(err),
+    );
   }
 
   /**
@@ -127,12 +139,11 @@ export class IncomingStream<T> implements AsyncIterable<T> {
   }
 
   /**
-   * Adds a received message whose body was `bytes` long. Throws KOALA_ERR_PROTOCOL when the
-   * sender broke the stream's or the connection's window (the connection must close).
+   * Adds a received message whose body was `bytes` long. A message that breaks the stream's or
+   * the connection's window is dropped (the windows have told the connection, which closes).
    */
   push(value: T, bytes: number, message?: Uint8Array): void {
-    this.window.receive(bytes, "the peer");
-    this.connection!.receive(bytes, "the peer");
+    if (!this.window.receive(bytes) || !this.connection!.receive(bytes)) return;
     if (this.ended) {
       this.released(bytes);
       if (message !== undefined) this.releaser?.(message);
@@ -149,6 +160,14 @@ export class IncomingStream<T> implements AsyncIterable<T> {
       this.sizes.push(bytes);
       this.messages.push(message);
     }
+  }
+
+  /**
+   * Counts a received message that will not be queued (it could not be decoded): the sender
+   * spent credit on it, so its bytes go through the windows and are given back at once.
+   */
+  skip(bytes: number): void {
+    if (this.window.receive(bytes) && this.connection!.receive(bytes)) this.released(bytes);
   }
 
   /** The reader took the value of `message`: the one before is done with. */

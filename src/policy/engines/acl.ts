@@ -4,8 +4,8 @@
  * `default` decides. A denied call fails with PERMISSION_DENIED.
  *
  * Fields are read from the decoded request when the engine is asked (`server-receive` on a
- * server, `client-send` on a client), and the values it checked are copied into the call's
- * state: the decision is about those values, whatever the handler does with the object later.
+ * server, `client-send` on a client) and copied (as strings) before any rule compares them: the
+ * decision is about those values, whatever the handler does with the object later.
  */
 import { Code, RpcError } from "../../errors.js";
 import { custom, oneOf, resolveOptions, type OptionsSpec } from "../../options.js";
@@ -86,7 +86,6 @@ function matches(rule: AclRule, call: CallInfo, seen: Map<string, string>): bool
 /** Creates an `acl` engine. */
 export function aclEngine(name: string, input: Record<string, unknown> = {}): Engine {
   let o = resolveOptions(`engine ${name} (acl)`, spec, input);
-  const key = {};
   return {
     kind: "acl",
     name,
@@ -96,7 +95,6 @@ export function aclEngine(name: string, input: Record<string, unknown> = {}): En
     onCall(call: CallInfo, point: InterceptPoint) {
       if (point !== "client-send" && point !== "server-receive") return undefined;
       const seen = new Map<string, string>();
-      call.state.set(key, seen);
       let action = o.default;
       for (const r of o.rules) {
         if (matches(r, call, seen)) {
