@@ -70,7 +70,7 @@ export { clearExtension, getExtension, hasExtension, setExtension } from "./prot
 export type { Extension } from "./proto/extension.js";
 
 export { InterceptorRegistry, processInterceptors } from "./rpc/interceptor.js";
-export type { CallInfo, CallOutcome, Interceptor, InterceptorScope, InterceptPoint, Verdict } from "./rpc/interceptor.js";
+export type { CallInfo, Interceptor, InterceptorScope, InterceptPoint, Verdict } from "./rpc/interceptor.js";
 
 import { log } from "./log.js";
 import { onServerCreated } from "./rpc/server.js";
@@ -81,7 +81,7 @@ import { onServerCreated } from "./rpc/server.js";
 if (process.env.KOALA_CONTROL === "1") {
   let n = 0;
   onServerCreated((server) => {
-    const name = `server-${++n}`;
+    const name = server.options.name === "" ? `server-${++n}` : server.options.name;
     import("./policy/control.js")
       .then(async (control) => {
         control.trackServer(server, name, { keepName: true });

@@ -10,10 +10,11 @@ const USAGE = `usage: koala ctl <command> [options]
 
 commands:
   ps                                        koala processes of this host: pid, servers, engines
-  attach <pid|all> <kind> [--name N] [--scope S] [--side client|server] [--options JSON]
+  attach <pid|all> <kind> [--name N] [--scope S] [--side client|server] [--backend B] [--options JSON]
                                             attach an engine (kind: null, ratelimit, qos, acl,
                                             admission, fault, metrics, logging); S is global
-                                            (default), service=pkg.Service or method=/pkg.Service/Method
+                                            (default), service=pkg.Service or method=/pkg.Service/Method;
+                                            --backend: only the server named B (see ps)
   detach <pid|all> <name>                   detach an engine
   replace <pid|all> <name> [--kind K] [--options JSON]
                                             replace an engine in place, state carried over
@@ -29,10 +30,11 @@ options:
 
 class UsageError extends Error {}
 
-function parseScope(text: string | undefined, side: string | undefined): Record<string, unknown> | undefined {
+function parseScope(text: string | undefined, side: string | undefined, backend: string | undefined): Record<string, unknown> | undefined {
   if (side !== undefined && side !== "client" && side !== "server") throw new UsageError(`--side must be client or server, got ${JSON.stringify(side)}`);
-  const sideOf = side === undefined ? {} : { side };
-  if (text === undefined || text === "global") return side === undefined ? undefined : { global: true, ...sideOf };
+  if (backend === "") throw new UsageError("--backend needs a server name (see koala ctl ps)");
+  const sideOf = { ...(side === undefined ? {} : { side }), ...(backend === undefined ? {} : { backend }) };
+  if (text === undefined || text === "global") return side === undefined && backend === undefined ? undefined : { global: true, ...sideOf };
   const m = /^(service|method)=(.+)$/.exec(text);
   if (m === null) throw new UsageError(`--scope must be global, service=pkg.Service or method=/pkg.Service/Method, got ${JSON.stringify(text)}`);
   return { [m[1]!]: m[2]!, ...sideOf };
@@ -98,6 +100,7 @@ export async function runCtl(argv: string[]): Promise<number> {
         kind: { type: "string" },
         scope: { type: "string" },
         side: { type: "string" },
+        backend: { type: "string" },
         options: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
@@ -132,7 +135,7 @@ export async function runCtl(argv: string[]): Promise<number> {
       case "attach": {
         arity(2);
         to = target(rest[0]);
-        const scope = parseScope(v.scope, v.side);
+        const scope = parseScope(v.scope, v.side, v.backend);
         const options = parseJsonOptions(v.options);
         request = { cmd: "attach", kind: rest[1]!, ...(v.name === undefined ? {} : { name: v.name }), ...(scope === undefined ? {} : { scope }), ...(options === undefined ? {} : { options }) } as ControlRequest;
         break;

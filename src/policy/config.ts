@@ -15,7 +15,7 @@
  * [backends.greeter]
  * listen = "localhost:0"       # or a list of addresses
  * server = { maxConcurrentStreams = 64 }
- * [[backends.greeter.engines]] # on this backend's services, server side
+ * [[backends.greeter.engines]] # on this backend's server only (its service, server side)
  * kind = "ratelimit"
  * options = { ratePerSecond = 100, burst = 10 }
  * ```
@@ -27,7 +27,7 @@
 import { readFileSync } from "node:fs";
 import { parse, TomlError } from "smol-toml";
 import { ErrorCode, KoalaError } from "../errors.js";
-import { log, setLogLevel, type LogLevel } from "../log.js";
+import { setLogLevel, type LogLevel } from "../log.js";
 import { boolean, custom, integer, oneOf, resolveOptions, type OptionsSpec } from "../options.js";
 import type { ServiceDefinition } from "../proto/definition.js";
 import { resolveServerOptions, type ServerOptions } from "../rpc/options.js";
@@ -166,12 +166,14 @@ interface RawScope {
   service: string | undefined;
   method: string | undefined;
   side: "client" | "server" | undefined;
+  backend: string | undefined;
 }
 const scopeSpec: OptionsSpec<RawScope> = {
   global: custom<boolean | undefined>(undefined, "true", (v) => v === true),
   service: custom<string | undefined>(undefined, "a service name, e.g. \"hello.Greeter\"", (v) => typeof v === "string" && /^[A-Za-z_][\w.]*$/.test(v)),
   method: custom<string | undefined>(undefined, "a method path, e.g. \"/hello.Greeter/SayHello\"", (v) => typeof v === "string" && /^\/[A-Za-z_][\w.]*\/\w+$/.test(v)),
   side: oneOf<"client" | "server">("server", ["client", "server"]) as never,
+  backend: custom<string | undefined>(undefined, "the name of a backend of this file", (v) => typeof v === "string" && v !== ""),
 };
 
 interface RawBackend {
@@ -202,7 +204,7 @@ function readEngine(file: string, path: string, raw: unknown, defaultName: (kind
     const s = checked(file, `${path}.scope`, given, (v) => resolveOptions("scope", scopeSpec, v));
     const where = (["global", "service", "method"] as const).filter((k) => s[k] !== undefined);
     if (where.length > 1) throw configError(file, `${path}.scope`, given, `give one of global, service, method (not ${where.join(" and ")})`);
-    const side = given.side === undefined ? {} : { side: s.side! };
+    const side = { ...(given.side === undefined ? {} : { side: s.side! }), ...(s.backend === undefined ? {} : { backend: s.backend }) };
     scope = s.service !== undefined ? { service: s.service, ...side } : s.method !== undefined ? { method: s.method, ...side } : { global: true, ...side };
   }
   // The engine checks its own options: make one now so that the error comes at load time.
@@ -250,12 +252,20 @@ export function parseConfig(text: string, file = "<config>", env: NodeJS.Process
       resolveServerOptions(v);
       return v as ServerOptions;
     });
-    for (const k of ["heap", "interceptors"] as const) {
-      if (k in server) throw configError(file, `${path}.server.${k}`, server[k], "cannot be set from a file (set it in code)");
+    for (const k of ["heap", "interceptors", "name"] as const) {
+      if (k in server) throw configError(file, `${path}.server.${k}`, server[k], k === "name" ? "is the backend's name (the key under [backends])" : "cannot be set from a file (set it in code)");
     }
     const engs = b.engines.map((e, i) => readEngine(file, `${path}.engines[${i}]`, e, (kind) => `${name}.${kind}`, names));
+    engs.forEach((e, i) => {
+      if (e.scope?.side === "client") throw configError(file, `${path}.engines[${i}].scope.side`, "client", `the engines of backend ${name} see its server's calls: side is "server" (put client-side engines under [[engines]])`);
+      if (e.scope?.backend !== undefined && e.scope.backend !== name) throw configError(file, `${path}.engines[${i}].scope.backend`, e.scope.backend, `the engines of backend ${name} apply to it alone: leave backend out`);
+    });
     backends.set(name, { name, listen, transport: (raw as Record<string, unknown>).transport === undefined ? undefined : b.transport, server, engines: engs });
   }
+  engines.forEach((e, i) => {
+    const bk = e.scope?.backend;
+    if (bk !== undefined && !backends.has(bk)) throw configError(file, `engines[${i}].scope.backend`, bk, `no such backend (backends: ${[...backends.keys()].join(", ") || "none"})`);
+  });
   const config: KoalaConfig = {
     file,
     log: doc.log === undefined ? undefined : top.log,
@@ -353,9 +363,6 @@ function attachConfigured(e: EngineConfig, scope: AttachScope): Engine {
   return policies.attach(e.kind, e.options, { name: e.name, scope });
 }
 
-/** Which backend of this process serves a service (to warn when two share one: their engines would too). */
-const startedServices = new Map<string, string>();
-
 /** A service and its handlers, for {@link startBackend}. */
 export type ServiceEntry = readonly [ServiceDefinition, object];
 
@@ -379,8 +386,9 @@ function listenAddress(address: string, transport: TransportName | "auto" | unde
 
 /**
  * Starts the backend `name` of `config` with the services given: applies the process-wide
- * policies (once), creates the server with the file's options, attaches the backend's engines
- * (by default to its service, server side) and listens at every address. Returns the server;
+ * policies (once), creates the server with the file's options and the backend's name, attaches
+ * the backend's engines (by default to its service, server side; always to this server alone)
+ * and listens at every address. Returns the server;
  * `server.addresses` has the addresses bound (port 0 replaced).
  */
 export async function startBackend(config: KoalaConfig, name: string, options: StartBackendOptions): Promise<Server> {
@@ -392,7 +400,7 @@ export async function startBackend(config: KoalaConfig, name: string, options: S
     throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `startBackend(${name}): option "services" must list [definition, handlers] pairs`);
   }
   await applyPolicies(config);
-  const server = createServer(b.server);
+  const server = createServer({ ...b.server, name });
   for (const [def, impl] of options.services) server.add(def, impl as never);
   const serviceNames = options.services.map(([def]) => def.typeName);
   for (const [i, e] of b.engines.entries()) {
@@ -403,17 +411,11 @@ export async function startBackend(config: KoalaConfig, name: string, options: S
       );
     }
   }
-  for (const s of serviceNames) {
-    const other = startedServices.get(s);
-    if (other !== undefined && other !== name && b.engines.length > 0) {
-      log("warn", "policy", `${config.file}: backends ${other} and ${name} both serve ${s} in this process: the engines of ${name} apply to both`);
-    }
-    startedServices.set(s, name);
-  }
   const attached: string[] = [];
   try {
     for (const e of b.engines) {
-      attachConfigured(e, e.scope ?? { service: serviceNames[0]!, side: "server" });
+      // Scoped to this backend's server: another backend of the process serving the same service keeps its own engines.
+      attachConfigured(e, { ...(e.scope ?? { service: serviceNames[0]! }), side: "server", backend: name });
       attached.push(e.name);
     }
     const transport = b.transport ?? config.transport;

@@ -171,10 +171,12 @@ export function handleControlRequest(req: unknown): unknown {
 
 function checkScope(s: Record<string, unknown>): AttachScope {
   const keys = Object.keys(s);
-  const bad = keys.find((k) => !["global", "service", "method", "side"].includes(k));
-  if (bad !== undefined) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `scope: unknown key "${bad}" (known: global, service, method, side)`);
+  const bad = keys.find((k) => !["global", "service", "method", "side", "backend"].includes(k));
+  if (bad !== undefined) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `scope: unknown key "${bad}" (known: global, service, method, side, backend)`);
   if (s.side !== undefined && s.side !== "client" && s.side !== "server") throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `scope: "side" must be "client" or "server"`);
-  const side = s.side === undefined ? {} : { side: s.side as "client" | "server" };
+  if (s.backend !== undefined && (typeof s.backend !== "string" || s.backend === "")) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `scope: "backend" must be a server's name (a non-empty string)`);
+  if (s.backend !== undefined && s.side === "client") throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `scope: "backend" names a server: its side is "server"`);
+  const side = { ...(s.side === undefined ? {} : { side: s.side as "client" | "server" }), ...(s.backend === undefined ? {} : { backend: s.backend as string }) };
   const where = ["global", "service", "method"].filter((k) => s[k] !== undefined);
   if (where.length > 1) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `scope: give one of global, service, method`);
   if (typeof s.service === "string") return { service: s.service, ...side };

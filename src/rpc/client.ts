@@ -11,7 +11,7 @@ import type { Connection } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
-import { CallRecord, afterVerdict, chainOf, runChain, runEndChain, runMessageChain, type Interceptor } from "./interceptor.js";
+import { EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, serviceOf, type CallInfo, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
 import { buildFrame, encodeSettings, type EncodeSettings } from "./outgoing.js";
@@ -204,6 +204,8 @@ class ClientConnection extends RpcEndpoint {
 export class Channel {
   /** The resolved options. */
   readonly options: ResolvedChannelOptions;
+  /** @internal The interceptor chains of this channel's calls, by method path. */
+  readonly chains: EndpointChains;
   /** @internal encoding settings of this channel's calls */
   readonly encode: EncodeSettings;
   private current: ClientConnection | undefined;
@@ -222,6 +224,7 @@ export class Channel {
   ) {
     this.options = resolveChannelOptions(options);
     this.encode = encodeSettings(this.options.maxMessageBytes, this.options.externalBytesThreshold, heapFor(options));
+    this.chains = new EndpointChains(this.options.interceptors, "client", undefined);
     this.backoffMs = this.options.reconnectBackoffInitialMs;
   }
 
@@ -343,13 +346,14 @@ function checkCallOptions(options: CallOptions | undefined): void {
  * exactly once: with the response (unary / client streaming), at the end of the response
  * stream, or with an RpcError.
  */
-class ClientCall<I, O> implements PendingCall {
+class ClientCall<I, O> implements PendingCall, CallInfo {
   private cc: ClientConnection | undefined;
   private callId = 0;
   private done = false;
   private timer: NodeJS.Timeout | undefined;
   private abortListener: (() => void) | undefined;
-  private response: O | undefined;
+  /** The single response, once received (the interceptors see it at client-receive). */
+  response: O | undefined;
   private gotResponse = false;
   private resolveUnary: ((o: O) => void) | undefined;
   private rejectUnary: ((e: unknown) => void) | undefined;
@@ -357,16 +361,20 @@ class ClientCall<I, O> implements PendingCall {
   readonly stream: IncomingStream<O> | undefined;
   /** Credits for the request side of a streaming request side. */
   private readonly window: SendWindow | undefined;
-  private readonly deadline: number | undefined;
+  readonly deadline: number | undefined;
   /** Outcome of a call that ended before `result()` was asked for: null for OK. */
   private early: RpcError | null | undefined;
   /** The single request, kept until the server answers so that a call its GOAWAY refused can go elsewhere. */
-  private request: RequestInit<I> | undefined;
+  private resendable: RequestInit<I> | undefined;
+  /** For the interceptors: the single request of a unary or server-streaming call. */
+  request: RequestInit<I> | undefined = undefined;
+  /** For the interceptors: when the call started (epoch ms; 0 when no interceptor applies). */
+  readonly startedAt: number;
+  private md: Metadata | undefined = undefined;
+  private stateMap: Map<object, unknown> | undefined = undefined;
   private answered = false;
   /** Interceptors of this call (the channel's, then the process's); empty on the fast path. */
   private readonly chain: readonly Interceptor[];
-  /** What the interceptors see; made only when there are any. */
-  private info: CallRecord | undefined;
   /** True once the call is over (for senders waiting on credit). */
   get ended(): boolean {
     return this.done;
@@ -374,12 +382,13 @@ class ClientCall<I, O> implements PendingCall {
 
   constructor(
     private readonly channel: Channel,
-    private readonly method: MethodDefinition<I, O>,
+    readonly method: MethodDefinition<I, O>,
     private readonly options: CallOptions | undefined,
   ) {
     checkCallOptions(options);
     this.deadline = deadlineOf(options);
-    this.chain = chainOf(channel.options.interceptors, method.path, "client");
+    this.chain = channel.chains.of(method.path);
+    this.startedAt = this.chain.length === 0 ? 0 : Date.now();
     const kind = method.kind;
     if (kind === "server_streaming" || kind === "bidi_streaming") {
       this.stream = new IncomingStream<O>(
@@ -415,10 +424,43 @@ class ClientCall<I, O> implements PendingCall {
       return;
     }
     // Interceptors see the call before it is sent; a held call keeps its deadline and can be cancelled.
-    const md = this.options?.metadata;
-    const info = (this.info = new CallRecord("client", this.method.path, this.method.kind, this.channel.address, this.deadline, md instanceof Metadata ? md : new Metadata(md), () => this.done));
-    info.request = request;
-    afterVerdict(runChain(this.chain, info, "client-send"), this, (e) => this.end(RpcError.from(e, Code.INTERNAL)), () => this.dispatch(request, requests));
+    this.request = request;
+    const v = runChain(this.chain, this, "client-send");
+    if (v === undefined) this.dispatch(request, requests);
+    else afterVerdict(v, this, (e) => this.end(RpcError.from(e, Code.INTERNAL)), () => this.dispatch(request, requests));
+  }
+
+  get side(): "client" {
+    return "client";
+  }
+
+  get service(): string {
+    return serviceOf(this.method);
+  }
+
+  get path(): string {
+    return this.method.path;
+  }
+
+  get kind(): MethodKind {
+    return this.method.kind;
+  }
+
+  get peer(): string {
+    return this.channel.address;
+  }
+
+  /** The request metadata (from the call options; the interceptors may add to it before it is sent). */
+  get metadata(): Metadata {
+    if (this.md === undefined) {
+      const md = this.options?.metadata;
+      this.md = md instanceof Metadata ? md : new Metadata(md);
+    }
+    return this.md;
+  }
+
+  get state(): Map<object, unknown> {
+    return (this.stateMap ??= new Map());
   }
 
   /** Finds the channel's connection and opens the call there once the server allows another stream. */
@@ -439,13 +481,13 @@ class ClientCall<I, O> implements PendingCall {
     if (this.done) return;
     const cc = this.cc;
     // Only a call whose whole request was in its CALL frame can be sent again as it was.
-    if (this.answered || this.request === undefined || this.method.kind === "client_streaming" || this.method.kind === "bidi_streaming") {
+    if (this.answered || this.resendable === undefined || this.method.kind === "client_streaming" || this.method.kind === "bidi_streaming") {
       this.end(error);
       return;
     }
     this.cc = undefined;
     cc?.finish(this.callId);
-    this.dispatch(this.request, undefined);
+    this.dispatch(this.resendable, undefined);
   }
 
   private open(cc: ClientConnection, request: RequestInit<I> | undefined, requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>> | undefined): void {
@@ -462,12 +504,12 @@ class ClientCall<I, O> implements PendingCall {
     this.callId = callId;
     this.stream?.bind(cc.receiveWindow);
     const md = this.options?.metadata;
-    const metadata = this.info !== undefined ? this.info.metadata : md === undefined ? undefined : md instanceof Metadata ? md : new Metadata(md);
+    const metadata = this.md !== undefined ? this.md : md === undefined ? undefined : md instanceof Metadata ? md : new Metadata(md);
     const timeout = this.deadline === undefined ? 0 : Math.max(1, Math.min(0xffff_fff0, this.deadline - Date.now()));
     let flags = define ? FrameFlag.DEFINE_METHOD : 0;
     const single = requests === undefined;
     if (single) flags |= FrameFlag.END_STREAM;
-    if (single) this.request = request ?? ({} as RequestInit<I>);
+    if (single) this.resendable = request ?? ({} as RequestInit<I>);
     try {
       const frame = buildFrame(this.channel.encode, {
         type: FrameType.CALL,
@@ -494,8 +536,8 @@ class ClientCall<I, O> implements PendingCall {
     try {
       for await (const r of requests as AsyncIterable<RequestInit<I>>) {
         if (this.done) return;
-        if (this.info !== undefined) {
-          const v = runMessageChain(this.chain, this.info, "client-send", r);
+        if (this.chain.length !== 0) {
+          const v = runMessageChain(this.chain, this, "client-send", r);
           const verdict = v instanceof Promise ? await v : v;
           if (verdict instanceof RpcError) throw verdict;
           if (this.done) return;
@@ -525,7 +567,7 @@ class ClientCall<I, O> implements PendingCall {
       return;
     }
     this.answered = true;
-    this.request = undefined;
+    this.resendable = undefined;
     let counted = false;
     try {
       const mdBytes = (frame.metadata?.byteLength ?? 0) + (frame.trailers?.byteLength ?? 0);
@@ -546,8 +588,8 @@ class ClientCall<I, O> implements PendingCall {
         if (this.stream !== undefined) {
           counted = true;
           this.stream.push(msg, frame.body.byteLength);
-          if (this.info !== undefined) {
-            const v = runMessageChain(this.chain, this.info, "client-receive", msg);
+          if (this.chain.length !== 0) {
+            const v = runMessageChain(this.chain, this, "client-receive", msg);
             if (v instanceof RpcError) throw v;
           }
         }
@@ -581,9 +623,10 @@ class ClientCall<I, O> implements PendingCall {
         }
       }
       const code = clampCode(frame.arg);
-      if (code === Code.OK && this.info !== undefined) {
-        this.info.response = this.response;
-        afterVerdict(runChain(this.chain, this.info, "client-receive"), this, (e) => this.end(RpcError.from(e, Code.INTERNAL)), () => this.end(undefined));
+      if (code === Code.OK && this.chain.length !== 0) {
+        const v = runChain(this.chain, this, "client-receive");
+        if (v === undefined) this.end(undefined);
+        else afterVerdict(v, this, (e) => this.end(RpcError.from(e, Code.INTERNAL)), () => this.end(undefined));
       } else if (code === Code.OK) this.end(undefined);
       else {
         const text = code === frame.arg ? frame.text : `the server sent status code ${frame.arg}, which gRPC does not define${frame.text === "" ? "" : `: ${frame.text}`}`;
@@ -617,7 +660,7 @@ class ClientCall<I, O> implements PendingCall {
   private end(error: RpcError | undefined): void {
     if (this.done) return;
     this.done = true;
-    if (this.info !== undefined) runEndChain(this.chain, this.info, { code: error?.code ?? Code.OK, error }, interceptorFailed);
+    if (this.chain.length !== 0) runEndChain(this.chain, this, error, interceptorFailed);
     if (this.timer !== undefined) clearTimeout(this.timer);
     if (this.abortListener !== undefined) this.options!.signal!.removeEventListener("abort", this.abortListener);
     this.cc?.finish(this.callId);
@@ -650,8 +693,8 @@ class ClientCall<I, O> implements PendingCall {
 }
 
 /** An interceptor's onEnd threw: logged, never fatal. */
-function interceptorFailed(err: unknown, name: string): void {
-  log("warn", "client", `interceptor ${name} threw in onEnd: ${(err as Error)?.message ?? String(err)}`);
+function interceptorFailed(message: string): void {
+  log("warn", "client", message);
 }
 
 function describeAbort(reason: unknown): string {

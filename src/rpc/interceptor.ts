@@ -15,7 +15,7 @@
  * This module is the RPC layer's: the policy layer above builds on it, never the reverse.
  */
 import { Code, RpcError } from "../errors.js";
-import type { MethodKind } from "../proto/definition.js";
+import type { MethodDefinition, MethodKind } from "../proto/definition.js";
 import type { Metadata } from "./metadata.js";
 
 /**
@@ -25,14 +25,18 @@ import type { Metadata } from "./metadata.js";
  */
 export type InterceptPoint = "client-send" | "server-receive" | "server-send" | "client-receive";
 
-/** What an interceptor knows about a call. One object per call, passed at every point. */
+/**
+ * What an interceptor knows about a call. It is the core's own call object (nothing is
+ * allocated for the interceptors), the same one at every point of the call; it stays readable
+ * after the call ended.
+ */
 export interface CallInfo {
   /** `"client"` or `"server"`: the side this call object lives on. */
   readonly side: "client" | "server";
   /** Fully qualified service name, e.g. `hello.Greeter`. */
   readonly service: string;
-  /** Method name as in the .proto, e.g. `SayHello`. */
-  readonly method: string;
+  /** The method: `.name` as in the .proto (e.g. `SayHello`), `.path`, `.kind`, `.input` and `.output` types. */
+  readonly method: MethodDefinition;
   /** `/service/Method`. */
   readonly path: string;
   /** The call kind. */
@@ -51,20 +55,12 @@ export interface CallInfo {
   readonly startedAt: number;
   /** True once the call ended (completed, failed or cancelled): a held call that ended is dropped from queues. */
   readonly ended: boolean;
-  /** Free slot for interceptors to keep per-call state (e.g. a start time or a token); keyed by the interceptor. */
+  /** Free slot for interceptors to keep per-call state (e.g. a start time or a token); keyed by the interceptor. Made on first use. */
   readonly state: Map<object, unknown>;
 }
 
 /** An interceptor's answer (see the module comment). */
 export type Verdict = void | undefined | RpcError | PromiseLike<void | undefined | RpcError>;
-
-/** How a call ended, for {@link Interceptor.onEnd}. */
-export interface CallOutcome {
-  /** Final status code (OK on success). */
-  code: Code;
-  /** The error for a failed call. */
-  error: RpcError | undefined;
-}
 
 /** Something on every call's path: an application interceptor or a policy engine. */
 export interface Interceptor {
@@ -78,8 +74,12 @@ export interface Interceptor {
    * `client-receive` when it arrives (pass or reject only: a promise there counts as pass).
    */
   onMessage?(call: CallInfo, point: InterceptPoint, message: unknown): Verdict;
-  /** Told once when a call ends, on its side. Must not throw (an exception is logged and ignored). */
-  onEnd?(call: CallInfo, outcome: CallOutcome): void;
+  /**
+   * Told once when a call ends, on its side: `error` is undefined when it succeeded (OK), else
+   * the RpcError it ended with (its `code` is the status). Must not throw (an exception is
+   * logged and ignored).
+   */
+  onEnd?(call: CallInfo, error: RpcError | undefined): void;
 }
 
 /** Marks a run of the `onCall` hooks (no stream message). */
@@ -126,46 +126,23 @@ export function runMessageChain(list: readonly Interceptor[], call: CallInfo, po
   return runHooks(list, call, point, message, 0);
 }
 
-/** The {@link CallInfo} the core fills in for one call (fields written by the core only). */
-export class CallRecord implements CallInfo {
-  request: unknown = undefined;
-  response: unknown = undefined;
-  readonly startedAt = Date.now();
-  readonly service: string;
-  readonly method: string;
-  private stateMap: Map<object, unknown> | undefined;
+const services = new WeakMap<MethodDefinition, string>();
 
-  constructor(
-    readonly side: "client" | "server",
-    readonly path: string,
-    readonly kind: MethodKind,
-    readonly peer: string,
-    readonly deadline: number | undefined,
-    readonly metadata: Metadata,
-    private readonly isEnded: () => boolean,
-  ) {
-    this.service = serviceOfPath(path);
-    this.method = path.slice(path.lastIndexOf("/") + 1);
-  }
-
-  /** Made on first use: most calls through most engines never need one. */
-  get state(): Map<object, unknown> {
-    return (this.stateMap ??= new Map());
-  }
-
-  get ended(): boolean {
-    return this.isEnded();
-  }
+/** The service name of `method` (`pkg.Service`), computed once per method definition. */
+export function serviceOf(method: MethodDefinition): string {
+  let s = services.get(method);
+  if (s === undefined) services.set(method, (s = serviceOfPath(method.path)));
+  return s;
 }
 
-/** Tells every interceptor in `list` how `call` ended; one that throws does not stop the others. */
-export function runEndChain(list: readonly Interceptor[], call: CallInfo, outcome: CallOutcome, onError: (err: unknown, name: string) => void): void {
+/** Tells every interceptor in `list` how `call` ended; one that throws is logged (by `logError`) and does not stop the others. */
+export function runEndChain(list: readonly Interceptor[], call: CallInfo, error: RpcError | undefined, logError: (message: string) => void): void {
   for (const i of list) {
     if (i.onEnd === undefined) continue;
     try {
-      i.onEnd(call, outcome);
+      i.onEnd(call, error);
     } catch (err) {
-      onError(err, i.name);
+      logError(`interceptor ${i.name} threw in onEnd: ${(err as Error)?.message ?? String(err)}`);
     }
   }
 }
@@ -176,9 +153,11 @@ const NONE: readonly Interceptor[] = Object.freeze([]);
 /**
  * Where interceptors are attached: the whole process, a service, or one method
  * (`/service/Method`); with `side`, only calls of that side (a server's incoming calls, or a
- * client's outgoing ones), else both.
+ * client's outgoing ones), else both; with `backend`, only the calls of the server created with
+ * that `name` (a backend of the configuration file), so that two backends of one process that
+ * serve the same service keep their engines apart.
  */
-export type InterceptorScope = ({ global: true } | { service: string } | { method: string }) & { side?: "client" | "server" };
+export type InterceptorScope = ({ global: true } | { service: string } | { method: string }) & { side?: "client" | "server"; backend?: string };
 
 interface Attached {
   interceptor: Interceptor;
@@ -192,10 +171,13 @@ interface Attached {
  */
 export class InterceptorRegistry {
   private attached: Attached[] = [];
-  private clientCache = new Map<string, readonly Interceptor[]>();
-  private serverCache = new Map<string, readonly Interceptor[]>();
-  /** Bumped on every change. */
+  /** Bumped on every change (endpoints rebuild their cached chains). */
   version = 0;
+
+  /** How many interceptors are attached. */
+  get size(): number {
+    return this.attached.length;
+  }
 
   /** Attaches `interceptor` (names are unique: attaching a name again is an error; use `replace`). */
   attach(interceptor: Interceptor, scope: InterceptorScope = { global: true }): void {
@@ -203,7 +185,7 @@ export class InterceptorRegistry {
       throw new RpcError(Code.ALREADY_EXISTS, `an interceptor named "${interceptor.name}" is attached already; replace() it instead`);
     }
     this.attached = [...this.attached, { interceptor, scope }];
-    this.changed();
+    this.version++;
   }
 
   /** Detaches the interceptor named `name`; false when there is none. */
@@ -211,7 +193,7 @@ export class InterceptorRegistry {
     const before = this.attached.length;
     this.attached = this.attached.filter((a) => a.interceptor.name !== name);
     if (this.attached.length === before) return false;
-    this.changed();
+    this.version++;
     return true;
   }
 
@@ -223,7 +205,7 @@ export class InterceptorRegistry {
     const copy = [...this.attached];
     copy[i] = { interceptor: next, scope: old.scope };
     this.attached = copy;
-    this.changed();
+    this.version++;
     return old.interceptor;
   }
 
@@ -237,37 +219,58 @@ export class InterceptorRegistry {
     return this.attached.map((a) => ({ name: a.interceptor.name, scope: a.scope }));
   }
 
-  /** The interceptors that apply to a `side` call of `path` (`/service/Method`), in order; cached until the next change. */
-  chainFor(path: string, side: "client" | "server"): readonly Interceptor[] {
+  /**
+   * The interceptors that apply to a `side` call of `path` (`/service/Method`) at an endpoint
+   * named `backend` (a server's `name`; undefined for channels and unnamed servers), in order.
+   * Not cached here: each endpoint caches its chains ({@link EndpointChains}).
+   */
+  chainFor(path: string, side: "client" | "server", backend?: string): readonly Interceptor[] {
     if (this.attached.length === 0) return NONE;
-    const cache = side === "client" ? this.clientCache : this.serverCache;
-    let c = cache.get(path);
-    if (c === undefined) {
-      const service = serviceOfPath(path);
-      c = this.attached
-        .filter((a) => (a.scope.side === undefined || a.scope.side === side) && ("global" in a.scope ? true : "service" in a.scope ? a.scope.service === service : a.scope.method === path))
-        .map((a) => a.interceptor);
-      cache.set(path, c);
-    }
-    return c;
-  }
-
-  private changed(): void {
-    this.clientCache = new Map();
-    this.serverCache = new Map();
-    this.version++;
+    const service = serviceOfPath(path);
+    return this.attached
+      .filter(
+        (a) =>
+          (a.scope.side === undefined || a.scope.side === side) &&
+          (a.scope.backend === undefined || (side === "server" && a.scope.backend === backend)) &&
+          ("global" in a.scope ? true : "service" in a.scope ? a.scope.service === service : a.scope.method === path),
+      )
+      .map((a) => a.interceptor);
   }
 }
 
 /** The process's registry: what `koala-rpc/policy` and `koala ctl` attach to. */
 export const processInterceptors = new InterceptorRegistry();
 
-/** The chain for one call: the endpoint's own interceptors, then the process's for `path`. */
-export function chainOf(own: readonly Interceptor[], path: string, side: "client" | "server"): readonly Interceptor[] {
-  const global = processInterceptors.chainFor(path, side);
-  if (own.length === 0) return global;
-  if (global.length === 0) return own;
-  return [...own, ...global];
+/**
+ * The chains of one endpoint (a server or a channel): its own interceptors, then the process's
+ * that apply to it, per method path. Built on first use and kept until the process registry
+ * changes, so that finding a call's chain allocates nothing.
+ */
+export class EndpointChains {
+  private version = -1;
+  private readonly byPath = new Map<string, readonly Interceptor[]>();
+
+  constructor(
+    private readonly own: readonly Interceptor[],
+    private readonly side: "client" | "server",
+    private readonly backend: string | undefined,
+  ) {}
+
+  /** The chain of a call of `path` (the frozen empty chain when nothing applies). */
+  of(path: string): readonly Interceptor[] {
+    if (this.own.length === 0 && processInterceptors.size === 0) return NONE;
+    if (this.version !== processInterceptors.version) {
+      this.byPath.clear();
+      this.version = processInterceptors.version;
+    }
+    let c = this.byPath.get(path);
+    if (c === undefined) {
+      const global = processInterceptors.chainFor(path, this.side, this.backend);
+      c = this.own.length === 0 ? global : global.length === 0 ? this.own : [...this.own, ...global];
+      this.byPath.set(path, c);
+    }
+    return c;
+  }
 }
 
 /** The service part of a method path: `/pkg.Service/Method` → `pkg.Service`. */

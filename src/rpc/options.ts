@@ -78,6 +78,11 @@ export interface ServerOptions {
   heap?: Heap | null;
   /** Interceptors every call to this server passes, in order, before the process-wide ones (see interceptor.ts). Default none. */
   interceptors?: readonly Interceptor[];
+  /**
+   * The server's name (a backend of the configuration file sets it): engines attached with
+   * `scope.backend` equal to it apply to this server's calls only. Default "" (unnamed).
+   */
+  name?: string;
 }
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
@@ -117,6 +122,7 @@ const serverSpec: OptionsSpec<Required<ServerOptions>> = {
   logHandlerErrors: boolean(true),
   heap: custom<Heap | null>(null, "a Heap or null", isHeap),
   interceptors: custom<readonly Interceptor[]>([], "an array of interceptors (objects with a name)", isInterceptorList),
+  name: custom<string>("", "a string", (v) => typeof v === "string"),
 };
 
 /** Resolved channel options. */

@@ -7,10 +7,10 @@ import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
 import { log, logLimited } from "../log.js";
 import { listen } from "../transport/index.js";
 import type { Connection, Listener } from "../transport/types.js";
-import type { MethodDefinition, PartialMessage, ServiceDefinition } from "../proto/definition.js";
+import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
-import { CallRecord, afterVerdict, chainOf, runChain, runEndChain, runMessageChain, type Interceptor } from "./interceptor.js";
+import { EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, serviceOf, type CallInfo, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
 import { buildFrame, encodeSettings, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
@@ -34,6 +34,11 @@ export interface CallContext {
   readonly responseHeaders: Metadata;
   /** Response trailers: sent with the status at the end of the call. */
   readonly responseTrailers: Metadata;
+  /**
+   * Per-call values the interceptors left (`call.state` is this same map: the handler's context
+   * is the call object the interceptors see), e.g. the user an auth interceptor found.
+   */
+  readonly state: Map<object, unknown>;
 }
 
 /** A response a handler gives: the message type itself or any part of it, at any depth (absent fields take their defaults). */
@@ -100,6 +105,8 @@ export class Server {
   readonly routes = new Map<string, Route>();
   /** @internal */
   readonly encode: EncodeSettings;
+  /** @internal The interceptor chains of this server's calls, by method path. */
+  readonly chains: EndpointChains;
   private readonly listeners: Listener[] = [];
   private readonly connections = new Set<ServerConnection>();
   private state: "serving" | "draining" | "stopped" = "serving";
@@ -108,6 +115,7 @@ export class Server {
   constructor(options?: ServerOptions) {
     this.options = resolveServerOptions(options);
     this.encode = encodeSettings(this.options.maxMessageBytes, this.options.externalBytesThreshold, heapFor(options));
+    this.chains = new EndpointChains(this.options.interceptors, "server", this.options.name);
     for (const hook of serverHooks) hook(this);
   }
 
@@ -473,7 +481,11 @@ function unrefTimer(fn: () => void, ms: number): NodeJS.Timeout {
 }
 
 /** The server half of one call. */
-class ServerCall implements CallContext {
+/**
+ * One call on the server: the handler's context and, when interceptors apply, the
+ * {@link CallInfo} they see (the same object, so that the pass path allocates nothing).
+ */
+class ServerCall implements CallContext, CallInfo {
   readonly method: MethodDefinition;
   readonly deadline: number | undefined;
   private controller: AbortController | undefined;
@@ -498,8 +510,13 @@ class ServerCall implements CallContext {
   private handlerRunning = false;
   /** Interceptors of this call (the server's, then the process's); empty on the fast path. */
   private readonly chain: readonly Interceptor[];
-  /** What the interceptors see; made only when there are any. */
-  private info: CallRecord | undefined;
+  /** For the interceptors: the single request, once decoded. */
+  request: unknown = undefined;
+  /** For the interceptors: the single response, before it is sent. */
+  response: unknown = undefined;
+  /** For the interceptors: when the call arrived (epoch ms; 0 when no interceptor applies). */
+  readonly startedAt: number;
+  private stateMap: Map<object, unknown> | undefined = undefined;
 
   constructor(
     private readonly sc: ServerConnection,
@@ -510,7 +527,8 @@ class ServerCall implements CallContext {
     private readonly held: number,
   ) {
     this.method = route.method;
-    this.chain = chainOf(sc.options.interceptors, route.method.path, "server");
+    this.chain = sc.server.chains.of(route.method.path);
+    this.startedAt = this.chain.length === 0 ? 0 : Date.now();
     this.mdBytes = frame.metadata;
     if (frame.metadata !== undefined || frame.body !== undefined) this.callMessage = sc.takeMessage();
     this.deadline = frame.arg2 === 0 ? undefined : Date.now() + frame.arg2;
@@ -530,6 +548,31 @@ class ServerCall implements CallContext {
 
   get peer(): string {
     return this.sc.conn.remoteAddress;
+  }
+
+  get side(): "server" {
+    return "server";
+  }
+
+  get service(): string {
+    return serviceOf(this.method);
+  }
+
+  get path(): string {
+    return this.method.path;
+  }
+
+  get kind(): MethodKind {
+    return this.method.kind;
+  }
+
+  /** The request metadata (for the interceptors; decoded on first use). */
+  get metadata(): Metadata {
+    return this.requestMetadata;
+  }
+
+  get state(): Map<object, unknown> {
+    return (this.stateMap ??= new Map());
   }
 
   get requestMetadata(): Metadata {
@@ -572,12 +615,12 @@ class ServerCall implements CallContext {
         }
         const request = this.decode(frame.body);
         if (this.chain.length === 0) this.invoke(request);
-        else this.intercept(request, () => this.invoke(request));
+        else this.intercept(request);
       } else {
         if (frame.body !== undefined) this.push(frame.body, false);
         if ((frame.flags & FrameFlag.END_STREAM) !== 0) this.requests!.end();
         if (this.chain.length === 0) this.invoke(undefined);
-        else this.intercept(undefined, () => this.invoke(undefined));
+        else this.intercept(undefined);
       }
     } catch (err) {
       this.fail(err);
@@ -602,10 +645,11 @@ class ServerCall implements CallContext {
   }
 
   /** Runs the interceptors at `server-receive`; the handler starts when they pass (a held call's deadline keeps running). */
-  private intercept(request: unknown, invoke: () => void): void {
-    const info = (this.info = new CallRecord("server", this.method.path, this.method.kind, this.peer, this.deadline, this.requestMetadata, () => this.done));
-    info.request = request;
-    afterVerdict(runChain(this.chain, info, "server-receive"), this, (e) => this.fail(e), invoke);
+  private intercept(request: unknown): void {
+    this.request = request;
+    const v = runChain(this.chain, this, "server-receive");
+    if (v === undefined) this.invoke(request);
+    else afterVerdict(v, this, (e) => this.fail(e), () => this.invoke(request));
   }
 
   /** Decodes a request of a stream and queues it (a flow-control violation closes the connection through the windows). */
@@ -619,8 +663,8 @@ class ServerCall implements CallContext {
       throw err;
     }
     this.requests!.push(request, body.byteLength, fromData ? this.sc.takeMessage() : undefined);
-    if (this.info !== undefined) {
-      const v = runMessageChain(this.chain, this.info, "server-receive", request);
+    if (this.chain.length !== 0) {
+      const v = runMessageChain(this.chain, this, "server-receive", request);
       if (v instanceof RpcError) throw v;
     }
   }
@@ -704,9 +748,11 @@ class ServerCall implements CallContext {
       this.fail(new RpcError(Code.INTERNAL, `handler of ${this.method.path} returned no response`));
       return;
     }
-    if (this.info !== undefined) {
-      this.info.response = response;
-      afterVerdict(runChain(this.chain, this.info, "server-send"), this, (e) => this.fail(e), () => this.sendReply(response));
+    if (this.chain.length !== 0) {
+      this.response = response;
+      const v = runChain(this.chain, this, "server-send");
+      if (v === undefined) this.sendReply(response);
+      else afterVerdict(v, this, (e) => this.fail(e), () => this.sendReply(response));
     } else this.sendReply(response);
   }
 
@@ -746,8 +792,8 @@ class ServerCall implements CallContext {
         const r = await it.next();
         if (this.done) return;
         if (r.done === true) break;
-        if (this.info !== undefined) {
-          const v = runMessageChain(this.chain, this.info, "server-send", r.value);
+        if (this.chain.length !== 0) {
+          const v = runMessageChain(this.chain, this, "server-send", r.value);
           const verdict = v instanceof Promise ? await v : v;
           if (verdict instanceof RpcError) throw verdict;
           if (this.done) return;
@@ -761,8 +807,8 @@ class ServerCall implements CallContext {
         if (this.done) return;
       }
       if (this.done) return;
-      if (this.info !== undefined) {
-        const v = runChain(this.chain, this.info, "server-send");
+      if (this.chain.length !== 0) {
+        const v = runChain(this.chain, this, "server-send");
         const verdict = v instanceof Promise ? await v : v;
         if (verdict instanceof RpcError) throw verdict;
         if (this.done) return;
@@ -854,9 +900,7 @@ class ServerCall implements CallContext {
       return;
     }
     this.done = true;
-    if (this.info !== undefined) {
-      runEndChain(this.chain, this.info, { code: outcome?.code ?? Code.OK, error: outcome }, (err, name) => log("warn", "server", `interceptor ${name} threw in onEnd: ${(err as Error)?.message ?? String(err)}`));
-    }
+    if (this.chain.length !== 0) runEndChain(this.chain, this, outcome, logInterceptorError);
     if (this.timer !== undefined) clearTimeout(this.timer);
     // A request stream nobody will read any more gives its bytes back to the connection window,
     // and every received message of the call goes back to the transport.
@@ -874,4 +918,9 @@ class ServerCall implements CallContext {
     }
     this.sc.finish(this.id, this.held);
   }
+}
+
+/** Logs an interceptor that threw in `onEnd`. */
+function logInterceptorError(message: string): void {
+  log("warn", "server", message);
 }

@@ -131,8 +131,8 @@ server = { maxConcurrentStreams = 7 }
       policies.list().map((e) => [e.name, e.kind, JSON.stringify(e.scope)]),
       [
         ["metrics", "metrics", `{"global":true}`],
-        ["greeter.ratelimit", "ratelimit", `{"service":"hello.Greeter","side":"server"}`],
-        ["echo.acl", "acl", `{"service":"koala.test.Echo","side":"server"}`],
+        ["greeter.ratelimit", "ratelimit", `{"service":"hello.Greeter","side":"server","backend":"greeter"}`],
+        ["echo.acl", "acl", `{"service":"koala.test.Echo","side":"server","backend":"echo"}`],
       ],
     );
     const m = policies.get("metrics") as MetricsEngine;
@@ -173,6 +173,53 @@ test("startBackend: an unknown backend, and an engine without scope on a backend
   assert.ok(err2 instanceof KoalaError && err2.code === ErrorCode.CONFIG, String(err2));
   assert.match(String(err2), /two\.toml: backends\.two\.engines\[0\]\.scope: missing: the backend serves hello\.Greeter, kv\.KeyValue/);
   assert.equal(policies.list(), [], "nothing attached");
+});
+
+test("two backends serving the same service in one process keep their engines apart; a process engine can name one backend", async () => {
+  const text = [
+    `[[engines]]`,
+    `kind = "acl"`,
+    `name = "no-b"`,
+    `scope = { global = true, backend = "b" }`,
+    `options = { default = "deny" }`,
+    `[backends.a]`,
+    `listen = "127.0.0.1:0"`,
+    `[[backends.a.engines]]`,
+    `kind = "fault"`,
+    `options = { abortFraction = 1.0, abortCode = 8 }`,
+    `[backends.b]`,
+    `listen = "127.0.0.1:0"`,
+    `[backends.c]`,
+    `listen = "127.0.0.1:0"`,
+  ].join("\n");
+  const config = parseConfig(text, "same.toml", {});
+  const echo = service(EchoService, { unary: (req) => ({ text: req.text }) });
+  const servers = [await startBackend(config, "a", { services: [echo] }), await startBackend(config, "b", { services: [echo] }), await startBackend(config, "c", { services: [echo] })];
+  const clients = servers.map((s) => createClient(EchoService, s.addresses[0]!));
+  try {
+    const outcome = async (i: number) => {
+      try {
+        return (await clients[i]!.unary({ text: "x" })).text;
+      } catch (err) {
+        return Code[(err as RpcError).code];
+      }
+    };
+    assert.is(await outcome(0), "RESOURCE_EXHAUSTED", "a: its fault engine aborts every call");
+    assert.is(await outcome(1), "PERMISSION_DENIED", "b: only the process engine scoped to it");
+    assert.is(await outcome(2), "x", "c: neither a's engine nor the one scoped to b");
+    assert.equal(
+      policies.list().map((e) => [e.name, e.scope]),
+      [
+        ["no-b", { global: true, backend: "b" }],
+        ["a.fault", { service: "koala.test.Echo", side: "server", backend: "a" }],
+      ],
+    );
+  } finally {
+    for (const c of clients) closeClient(c);
+    for (const s of servers) s.forceShutdown();
+  }
+  assert.match(configError(`[[engines]]\nkind = "null"\nscope = { backend = "zz" }\n[backends.a]\nlisten = "127.0.0.1:0"`), /^koala\.toml: engines\[0\]\.scope\.backend = "zz": no such backend \(backends: a\)/);
+  assert.match(configError(`[backends.a]\nlisten = "127.0.0.1:0"\nserver = { name = "x" }`), /^koala\.toml: backends\.a\.server\.name = "x": is the backend's name/);
 });
 
 test.run();

@@ -217,12 +217,18 @@ test("a backend started from a file with control = true is listed by koala ctl p
     const { address } = await new Promise<{ address: string }>((resolve) => proc.once("message", resolve as never));
     const ps = await sb.ctl("ps");
     assert.match(ps.stdout, new RegExp(`^${proc.pid}  `, "m"));
-    assert.match(ps.stdout, /server edge: koala\.test\.Echo at tcp:\/\/127\.0\.0\.1:\d+\n {2}engine edge\.acl \(acl\) on {"service":"koala\.test\.Echo","side":"server"}/);
+    assert.match(ps.stdout, /server edge: koala\.test\.Echo at tcp:\/\/127\.0\.0\.1:\d+\n {2}engine edge\.acl \(acl\) on {"service":"koala\.test\.Echo","side":"server","backend":"edge"}/);
     const client = createClient(EchoService, address);
     try {
       assert.is(await outcome(client.unary({ text: "x" })), "PERMISSION_DENIED");
       assert.is((await sb.ctl("configure", String(proc.pid), "edge.acl", "--options", `{"default":"allow"}`)).code, 0);
       assert.is(await outcome(client.unary({ text: "x" })), "OK");
+      // Live, by backend name: an engine for another backend leaves this one alone, one for it applies.
+      assert.is((await sb.ctl("attach", String(proc.pid), "fault", "--name", "f-other", "--backend", "other", "--options", `{"abortFraction":1}`)).code, 0);
+      assert.is(await outcome(client.unary({ text: "x" })), "OK");
+      assert.is((await sb.ctl("attach", String(proc.pid), "fault", "--name", "f-edge", "--backend", "edge", "--options", `{"abortFraction":1}`)).code, 0);
+      assert.is(await outcome(client.unary({ text: "x" })), "UNAVAILABLE");
+      assert.match((await sb.ctl("ps")).stdout, /engine f-edge \(fault\) on {"global":true,"backend":"edge"}/);
     } finally {
       closeClient(client);
     }

@@ -6,7 +6,7 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Code, RpcError, closeClient, createClient, createServer, type Interceptor, type Server } from "../../src/index.js";
+import { Code, RpcError, closeClient, createClient, createServer, type CallInfo, type Interceptor, type Server } from "../../src/index.js";
 import { policies, type CallLogLine, type MetricsEngine } from "../../src/policy/index.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 
@@ -52,7 +52,7 @@ test("interceptors of the application: annotate, reject, hold, and hear every en
       if (point === "client-send") call.metadata.set("x-echo", "stamped");
       return undefined;
     },
-    onEnd: (call, o) => ended.push(`${call.side}:${call.method}:${Code[o.code]}`),
+    onEnd: (call, error) => ended.push(`${call.side}:${call.method.name}:${Code[error?.code ?? Code.OK]}`),
   };
   const guard: Interceptor = {
     name: "guard",
@@ -72,6 +72,42 @@ test("interceptors of the application: annotate, reject, hold, and hear every en
     assert.is(await outcome(client.unary({ text: "forbidden" })), "PERMISSION_DENIED");
     assert.is((await client.unary({ text: "slow" })).text, "slow", "a held call goes on");
     assert.equal(ended, ["client:Unary:OK", "client:Unary:PERMISSION_DENIED", "client:Unary:OK"]);
+  } finally {
+    closeClient(client);
+    server.forceShutdown();
+  }
+});
+
+test("the call an interceptor sees is the call itself: one object at every point and in the handler, which reads what an interceptor left in state; a server's engines with another backend name pass it by", async () => {
+  const USER = {};
+  const seen = new Set<CallInfo>();
+  const points: string[] = [];
+  const auth: Interceptor = {
+    name: "auth",
+    onCall(call, point) {
+      seen.add(call);
+      points.push(point);
+      if (point === "server-receive") call.state.set(USER, `user-of-${call.metadata.get("authorization") ?? "nobody"}`);
+      return undefined;
+    },
+    onEnd: (call) => void seen.add(call),
+  };
+  let context: unknown;
+  const server = createServer({ interceptors: [auth], name: "edge" });
+  server.add(EchoService, {
+    unary: (req, ctx) => {
+      context = ctx;
+      return { text: `${req.text} for ${String(ctx.state.get(USER))}` };
+    },
+  });
+  policies.attach("acl", { default: "deny" }, { name: "elsewhere", scope: { global: true, backend: "core" } });
+  const address = await server.listen(`memory:same-${Math.random()}`);
+  const client = createClient(EchoService, address);
+  try {
+    assert.is((await client.unary({ text: "hi" }, { metadata: { authorization: "ada" } })).text, "hi for user-of-ada");
+    assert.equal(points, ["server-receive", "server-send"]);
+    assert.is(seen.size, 1, "the same call object at both points and at the end");
+    assert.ok(seen.has(context as CallInfo), "and it is the handler's context");
   } finally {
     closeClient(client);
     server.forceShutdown();

@@ -66,7 +66,7 @@ function fieldAt(message: unknown, path: string): unknown {
 
 function matches(rule: AclRule, call: CallInfo, seen: Map<string, string>): boolean {
   if (rule.service !== undefined && rule.service !== call.service) return false;
-  if (rule.method !== undefined && rule.method !== call.method && rule.method !== call.path) return false;
+  if (rule.method !== undefined && rule.method !== call.method.name && rule.method !== call.path) return false;
   if (rule.peerPrefix !== undefined && !call.peer.startsWith(rule.peerPrefix)) return false;
   if (rule.metadata !== undefined) for (const [k, want] of Object.entries(rule.metadata)) if (call.metadata.get(k) !== want) return false;
   if (rule.fields !== undefined) {

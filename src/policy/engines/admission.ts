@@ -30,17 +30,16 @@ const spec: OptionsSpec<AdmissionOptions> = {
 /** Creates an `admission` engine. */
 export function admissionEngine(name: string, input: Record<string, unknown> = {}): Engine {
   let o = resolveOptions(`engine ${name} (admission)`, spec, input);
-  const key = {};
-  let running = 0;
+  /** Calls admitted and not ended (a set, not per-call state: the pass path allocates nothing). */
+  let running = new Set<CallInfo>();
   let shed = 0;
   const queue = new Fifo<Held>();
 
   const release = (): void => {
-    while (running < o.maxConcurrent && queue.length > 0) {
+    while (running.size < o.maxConcurrent && queue.length > 0) {
       const h = queue.shift()!;
       if (h.call.ended || !admit(h)) continue;
-      running++;
-      h.call.state.set(key, true);
+      running.add(h.call);
     }
   };
 
@@ -55,37 +54,34 @@ export function admissionEngine(name: string, input: Record<string, unknown> = {
     },
     onCall(call: CallInfo, point: InterceptPoint) {
       if (point !== "client-send" && point !== "server-receive") return undefined;
-      if (running < o.maxConcurrent && queue.length === 0) {
-        running++;
-        call.state.set(key, true);
+      if (running.size < o.maxConcurrent && queue.length === 0) {
+        running.add(call);
         return undefined;
       }
       const oldest = queue.peek();
       if (queue.length >= o.maxQueue || (oldest !== undefined && Date.now() - oldest.since > o.targetQueueDelayMs)) {
         shed++;
-        return new RpcError(Code.UNAVAILABLE, `overloaded: ${running} calls running, ${queue.length} waiting (engine ${name}); try again later`);
+        return new RpcError(Code.UNAVAILABLE, `overloaded: ${running.size} calls running, ${queue.length} waiting (engine ${name}); try again later`);
       }
       const { entry, promise } = hold(call);
       queue.push(entry);
       return promise;
     },
     onEnd(call: CallInfo) {
-      if (call.state.get(key) === true) {
-        call.state.delete(key);
-        running--;
-      }
-      release();
+      if (running.delete(call)) release();
     },
     configure(input2) {
       o = resolveOptions(`engine ${name} (admission)`, spec, { ...o, ...input2 });
       release();
     },
     exportState() {
-      return { running, shed, queue: queue.drain() };
+      const s = { running, shed, queue: queue.drain() };
+      running = new Set();
+      return s;
     },
     importState(state: unknown) {
-      const s = state as { running: number; shed: number; queue: Held[] };
-      running += s.running;
+      const s = state as { running: Set<CallInfo>; shed: number; queue: Held[] };
+      for (const c of s.running) if (!c.ended) running.add(c);
       shed += s.shed;
       for (const h of s.queue) queue.push(h);
       release();

@@ -3,10 +3,10 @@
  * duration), published on `koala:policy` and printed when `KOALA_LOG` asks for info; or handed
  * to a `sink` function given in code.
  */
-import { codeName } from "../../errors.js";
+import { Code, codeName, type RpcError } from "../../errors.js";
 import { log } from "../../log.js";
 import { custom, resolveOptions, type OptionsSpec } from "../../options.js";
-import type { CallInfo, CallOutcome } from "../../rpc/interceptor.js";
+import type { CallInfo } from "../../rpc/interceptor.js";
 import type { Engine } from "../engine.js";
 
 /** One logged call. */
@@ -38,9 +38,9 @@ export function loggingEngine(name: string, input: Record<string, unknown> = {})
     get options() {
       return o;
     },
-    onEnd(call: CallInfo, outcome: CallOutcome) {
-      const line: CallLogLine = { side: call.side, method: call.path, peer: call.peer, code: codeName(outcome.code), ms: Date.now() - call.startedAt };
-      if (outcome.error !== undefined) line.error = outcome.error.rawMessage;
+    onEnd(call: CallInfo, error: RpcError | undefined) {
+      const line: CallLogLine = { side: call.side, method: call.path, peer: call.peer, code: codeName(error?.code ?? Code.OK), ms: Date.now() - call.startedAt };
+      if (error !== undefined) line.error = error.rawMessage;
       if (o.sink !== null) o.sink(line);
       else log("info", "policy", JSON.stringify(line));
     },

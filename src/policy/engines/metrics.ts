@@ -3,9 +3,9 @@
  * per method, exposed as Prometheus text (`render()`; `koala ctl metrics` and the optional HTTP
  * endpoint serve it). It never holds or rejects a call.
  */
-import { Code, codeName } from "../../errors.js";
+import { Code, codeName, type RpcError } from "../../errors.js";
 import { custom, resolveOptions, type OptionsSpec } from "../../options.js";
-import type { CallInfo, CallOutcome } from "../../rpc/interceptor.js";
+import type { CallInfo } from "../../rpc/interceptor.js";
 import type { Engine } from "../engine.js";
 
 /** Options of the `metrics` engine. */
@@ -37,16 +37,22 @@ export interface MetricsEngine extends Engine {
   render(): string;
 }
 
+type SeriesBySide = { client: Map<string, Series>; server: Map<string, Series> };
+
+function newSeries(): SeriesBySide {
+  return { client: new Map(), server: new Map() };
+}
+
 /** Creates a `metrics` engine. */
 export function metricsEngine(name: string, input: Record<string, unknown> = {}): MetricsEngine {
   let o = resolveOptions(`engine ${name} (metrics)`, spec, input);
-  let series = new Map<string, Series>();
-  const seriesOf = (side: string, path: string): Series => {
-    const k = `${side} ${path}`;
-    let s = series.get(k);
+  // By side, then method path: finding a call's series builds no key string.
+  let series = newSeries();
+  const seriesOf = (side: "client" | "server", path: string): Series => {
+    let s = series[side].get(path);
     if (s === undefined) {
       s = { side, path, codes: new Map(), buckets: new Array<number>(o.bucketsSeconds.length).fill(0), sum: 0, count: 0 };
-      series.set(k, s);
+      series[side].set(path, s);
     }
     return s;
   };
@@ -56,16 +62,17 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
     get options() {
       return o;
     },
-    onEnd(call: CallInfo, outcome: CallOutcome) {
+    onEnd(call: CallInfo, error: RpcError | undefined) {
       const s = seriesOf(call.side, call.path);
-      s.codes.set(outcome.code, (s.codes.get(outcome.code) ?? 0) + 1);
+      const code = error?.code ?? Code.OK;
+      s.codes.set(code, (s.codes.get(code) ?? 0) + 1);
       const seconds = (Date.now() - call.startedAt) / 1000;
       s.sum += seconds;
       s.count++;
       for (let i = 0; i < o.bucketsSeconds.length; i++) if (seconds <= o.bucketsSeconds[i]!) s.buckets[i]!++;
     },
     count(side, path, code) {
-      const s = series.get(`${side} ${path}`);
+      const s = series[side].get(path);
       if (s === undefined) return 0;
       if (code !== undefined) return s.codes.get(code) ?? 0;
       return s.count;
@@ -75,11 +82,12 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
         "# HELP koala_calls_total Calls ended, by side, method and status code.",
         "# TYPE koala_calls_total counter",
       ];
-      for (const s of series.values()) {
+      const all = [...series.client.values(), ...series.server.values()];
+      for (const s of all) {
         for (const [code, n] of s.codes) lines.push(`koala_calls_total{side="${s.side}",method="${s.path}",code="${codeName(code)}"} ${n}`);
       }
       lines.push("# HELP koala_call_duration_seconds Call latency, by side and method.", "# TYPE koala_call_duration_seconds histogram");
-      for (const s of series.values()) {
+      for (const s of all) {
         const l = `side="${s.side}",method="${s.path}"`;
         o.bucketsSeconds.forEach((b, i) => lines.push(`koala_call_duration_seconds_bucket{${l},le="${b}"} ${s.buckets[i]}`));
         lines.push(`koala_call_duration_seconds_bucket{${l},le="+Inf"} ${s.count}`, `koala_call_duration_seconds_sum{${l}} ${s.sum}`, `koala_call_duration_seconds_count{${l}} ${s.count}`);
@@ -88,14 +96,14 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
     },
     configure(input2) {
       const next = resolveOptions(`engine ${name} (metrics)`, spec, { ...o, ...input2 });
-      if (next.bucketsSeconds.join() !== o.bucketsSeconds.join()) series = new Map(); // histograms with other buckets start over
+      if (next.bucketsSeconds.join() !== o.bucketsSeconds.join()) series = newSeries(); // histograms with other buckets start over
       o = next;
     },
     exportState() {
       return { series, buckets: o.bucketsSeconds };
     },
     importState(state: unknown) {
-      const s = state as { series: Map<string, Series>; buckets: readonly number[] };
+      const s = state as { series: SeriesBySide; buckets: readonly number[] };
       if (s.buckets.join() === o.bucketsSeconds.join()) series = s.series;
     },
   };

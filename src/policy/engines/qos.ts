@@ -6,7 +6,7 @@
  * (DEADLINE_EXCEEDED, by the core) and leaves the queue.
  */
 import { integer, resolveOptions, custom, type OptionsSpec } from "../../options.js";
-import type { CallInfo, CallOutcome, InterceptPoint } from "../../rpc/interceptor.js";
+import type { CallInfo, InterceptPoint } from "../../rpc/interceptor.js";
 import type { Engine } from "../engine.js";
 import { admit, hold, type Held } from "./queue.js";
 
@@ -32,21 +32,22 @@ function dueOf(call: CallInfo, budgetKey: string): number {
 }
 
 interface State {
-  running: number;
+  running: Set<CallInfo>;
   waiting: (Held & { due: number; seq: number })[];
 }
 
 /** Creates a `qos` engine. */
 export function qosEngine(name: string, input: Record<string, unknown> = {}): Engine {
   let o = resolveOptions(`engine ${name} (qos)`, spec, input);
-  const key = {};
-  let running = 0;
+  /** Calls admitted and not ended (a set, not per-call state: the pass path allocates nothing). */
+  let running = new Set<CallInfo>();
   let seq = 0;
   let waiting: (Held & { due: number; seq: number })[] = [];
 
   const release = (): void => {
+    if (waiting.length === 0) return;
     waiting = waiting.filter((w) => !w.call.ended);
-    while (running < o.concurrency && waiting.length > 0) {
+    while (running.size < o.concurrency && waiting.length > 0) {
       // Earliest due first; ties in arrival order. Queues are short, a scan is enough.
       let best = 0;
       for (let i = 1; i < waiting.length; i++) {
@@ -56,8 +57,7 @@ export function qosEngine(name: string, input: Record<string, unknown> = {}): En
       }
       const w = waiting.splice(best, 1)[0]!;
       if (!admit(w)) continue;
-      running++;
-      w.call.state.set(key, true);
+      running.add(w.call);
     }
   };
 
@@ -69,21 +69,16 @@ export function qosEngine(name: string, input: Record<string, unknown> = {}): En
     },
     onCall(call: CallInfo, point: InterceptPoint) {
       if (point !== "client-send" && point !== "server-receive") return undefined;
-      if (running < o.concurrency && waiting.length === 0) {
-        running++;
-        call.state.set(key, true);
+      if (running.size < o.concurrency && waiting.length === 0) {
+        running.add(call);
         return undefined;
       }
       const { entry, promise } = hold(call);
       waiting.push({ ...entry, due: dueOf(call, o.budgetKey), seq: seq++ });
       return promise;
     },
-    onEnd(call: CallInfo, _outcome: CallOutcome) {
-      if (call.state.get(key) === true) {
-        call.state.delete(key);
-        running--;
-      }
-      release();
+    onEnd(call: CallInfo) {
+      if (running.delete(call)) release();
     },
     configure(input2) {
       o = resolveOptions(`engine ${name} (qos)`, spec, { ...o, ...input2 });
@@ -91,12 +86,13 @@ export function qosEngine(name: string, input: Record<string, unknown> = {}): En
     },
     exportState(): State {
       const s = { running, waiting };
+      running = new Set();
       waiting = [];
       return s;
     },
     importState(state: unknown) {
       const s = state as State;
-      running += s.running;
+      for (const c of s.running) if (!c.ended) running.add(c);
       waiting.push(...s.waiting);
       release();
     },
