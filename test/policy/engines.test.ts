@@ -9,6 +9,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Code, RpcError, closeClient, createClient, createServer, type CallInfo, type Interceptor, type Server } from "../../src/index.js";
 import { policies, type CallLogLine, type MetricsEngine } from "../../src/policy/index.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
+import { until } from "../helpers.js";
 
 const UNARY = "/koala.test.Echo/Unary";
 
@@ -206,6 +207,32 @@ test("acl: rules by method, metadata and request fields; first match wins; defau
     server.forceShutdown();
   }
 });
+
+for (const kind of ["qos", "admission"] as const) {
+  test(`${kind}: a call admitted before two live replaces frees its slot in the new engine when it ends`, async () => {
+    const gates: (() => void)[] = [];
+    const { server, address, seen } = await serve((text) => (text.startsWith("hold") ? new Promise<void>((r) => gates.push(r)) : undefined));
+    policies.attach(kind, kind === "qos" ? { concurrency: 1 } : { maxConcurrent: 1, targetQueueDelayMs: 60_000 }, { name: "slots", scope: { global: true, side: "server" } });
+    const client = createClient(EchoService, address);
+    try {
+      const first = client.unary({ text: "hold-1" });
+      await until(() => seen.length === 1, "the first call runs");
+      // Twice: the first call ends in the engine it started with, which passes it on down the line.
+      for (let i = 0; i < 2; i++) policies.replace("slots", kind, kind === "qos" ? { concurrency: 1 } : { maxConcurrent: 1, targetQueueDelayMs: 60_000 });
+      const second = client.unary({ text: "second" });
+      await sleep(30);
+      assert.equal(seen, ["hold-1"], "the slot is still taken by the first call");
+      gates.shift()!();
+      await first;
+      assert.is((await second).text, "second", "the first call's end freed the slot in the new engine");
+      assert.is((await client.unary({ text: "third" })).text, "third");
+    } finally {
+      for (const g of gates) g();
+      closeClient(client);
+      server.forceShutdown();
+    }
+  });
+}
 
 test("admission: 2 run, 2 wait, the rest are shed with UNAVAILABLE; a cancelled waiting call leaves the queue", async () => {
   let open!: () => void;

@@ -32,6 +32,12 @@ export function admissionEngine(name: string, input: Record<string, unknown> = {
   let o = resolveOptions(`engine ${name} (admission)`, spec, input);
   /** Calls admitted and not ended (a set, not per-call state: the pass path allocates nothing). */
   let running = new Set<CallInfo>();
+  /** After a replace: the successor that now counts the calls this engine admitted (they still end here: calls keep their chain). */
+  let movedTo: ((call: CallInfo) => void) | undefined;
+  const ended = (call: CallInfo): void => {
+    if (movedTo !== undefined) movedTo(call); // replaced (maybe more than once): the engine in place counts it
+    else if (running.delete(call)) release();
+  };
   let shed = 0;
   const queue = new Fifo<Held>();
 
@@ -68,20 +74,29 @@ export function admissionEngine(name: string, input: Record<string, unknown> = {
       return promise;
     },
     onEnd(call: CallInfo) {
-      if (running.delete(call)) release();
+      ended(call);
     },
     configure(input2) {
       o = resolveOptions(`engine ${name} (admission)`, spec, { ...o, ...input2 });
       release();
     },
     exportState() {
-      const s = { running, shed, queue: queue.drain() };
+      const s = {
+        running,
+        shed,
+        queue: queue.drain(),
+        // The successor gives its end handler: calls admitted here end here and are passed on.
+        adopt: (next: (call: CallInfo) => void) => {
+          movedTo = next;
+        },
+      };
       running = new Set();
       return s;
     },
     importState(state: unknown) {
-      const s = state as { running: Set<CallInfo>; shed: number; queue: Held[] };
+      const s = state as { running: Set<CallInfo>; shed: number; queue: Held[]; adopt: (ended: (call: CallInfo) => void) => void };
       for (const c of s.running) if (!c.ended) running.add(c);
+      s.adopt(ended);
       shed += s.shed;
       for (const h of s.queue) queue.push(h);
       release();

@@ -33,6 +33,8 @@ function dueOf(call: CallInfo, budgetKey: string): number {
 
 interface State {
   running: Set<CallInfo>;
+  /** The successor gives its end handler: calls admitted here end here and are passed on. */
+  adopt: (ended: (call: CallInfo) => void) => void;
   waiting: (Held & { due: number; seq: number })[];
 }
 
@@ -41,6 +43,12 @@ export function qosEngine(name: string, input: Record<string, unknown> = {}): En
   let o = resolveOptions(`engine ${name} (qos)`, spec, input);
   /** Calls admitted and not ended (a set, not per-call state: the pass path allocates nothing). */
   let running = new Set<CallInfo>();
+  /** After a replace: the successor that now counts the calls this engine admitted (they still end here: calls keep their chain). */
+  let movedTo: ((call: CallInfo) => void) | undefined;
+  const ended = (call: CallInfo): void => {
+    if (movedTo !== undefined) movedTo(call); // replaced (maybe more than once): the engine in place counts it
+    else if (running.delete(call)) release();
+  };
   let seq = 0;
   let waiting: (Held & { due: number; seq: number })[] = [];
 
@@ -78,14 +86,20 @@ export function qosEngine(name: string, input: Record<string, unknown> = {}): En
       return promise;
     },
     onEnd(call: CallInfo) {
-      if (running.delete(call)) release();
+      ended(call);
     },
     configure(input2) {
       o = resolveOptions(`engine ${name} (qos)`, spec, { ...o, ...input2 });
       release();
     },
     exportState(): State {
-      const s = { running, waiting };
+      const s: State = {
+        running,
+        waiting,
+        adopt: (next) => {
+          movedTo = next;
+        },
+      };
       running = new Set();
       waiting = [];
       return s;
@@ -93,6 +107,7 @@ export function qosEngine(name: string, input: Record<string, unknown> = {}): En
     importState(state: unknown) {
       const s = state as State;
       for (const c of s.running) if (!c.ended) running.add(c);
+      s.adopt(ended);
       waiting.push(...s.waiting);
       release();
     },
