@@ -10,9 +10,10 @@
  *        [--only raw,koala-tcp,koala-unix,koala-rdma,grpc] [--scenarios latency,calls,mbps,stream]
  *        [--cpu-prof-servers DIR]
  */
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
 import { startServer, stopChildren, type ServerChild } from "./rpc/children.js";
 import { median, pingPong, pipelined, quantile } from "./rpc/measure.js";
@@ -20,8 +21,12 @@ import { fmt, machineInfo, ratio, table } from "./rpc/report.js";
 import { PROTO_PATH } from "./rpc/proto-path.js";
 import { grpcSystem, koalaSystem, rawSystem, type System } from "./rpc/systems.js";
 
-/** `koala-rdma` is koala over the RDMA transport on the software provider (a socket stands in for the NIC): not RDMA speed. */
-const SYSTEMS = ["raw", "koala-tcp", "koala-unix", "koala-rdma", "grpc"] as const;
+/**
+ * `koala-rdma` is koala over the RDMA transport on the software provider (a socket stands in for
+ * the NIC); `koala-rdma-native` the same transport on the native addon over srnic, the software
+ * RNIC (the addon's real code path; srnic's sockets stand in for the NIC). Neither is RDMA speed.
+ */
+const SYSTEMS = ["raw", "koala-tcp", "koala-unix", "koala-rdma", "koala-rdma-native", "grpc"] as const;
 type SystemName = (typeof SYSTEMS)[number];
 const SCENARIOS = ["latency", "calls", "mbps", "stream"] as const;
 type ScenarioName = (typeof SCENARIOS)[number];
@@ -29,6 +34,14 @@ type ScenarioName = (typeof SCENARIOS)[number];
 type RowMetric = "p50" | "p99" | "calls" | "mbps" | "stream";
 /** A measured value: a table metric, or CPU per operation (µs) of the client or server in a scenario. */
 type Metric = RowMetric | `cpu.${ScenarioName}.${"client" | "server"}`;
+
+/** The software RNIC built by `npm run build:rdma`, when it is there with the addon. */
+const SRNIC = ((): string | undefined => {
+  const dir = join(dirname(fileURLToPath(import.meta.url)), "..", "addons", "rdma", "build", "Release");
+  return existsSync(join(dir, "koala_rdma.node")) && existsSync(join(dir, "koala_srnic.so")) ? join(dir, "koala_srnic.so") : undefined;
+})();
+/** What the native column's server child needs (the client sets the same in this process). */
+const NATIVE_ENV = { KOALA_RDMA_PROVIDER: "verbs", KOALA_VERBS_LIB: SRNIC ?? "", KOALA_RDMACM_LIB: SRNIC ?? "" };
 
 /** Calls in flight for the call-rate scenario, and unanswered messages allowed on the stream. */
 const MANY_IN_FLIGHT = 256;
@@ -50,7 +63,7 @@ interface Settings {
 
 function usage(problem: string): never {
   console.error(`bench/rpc: ${problem}`);
-  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,grpc] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR]");
+  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR]");
   process.exit(2);
 }
 
@@ -75,7 +88,8 @@ function parseSettings(argv: string[]): Settings {
     ms: quick ? 250 : 1200,
     warmupMs: quick ? 150 : 400,
     json: undefined,
-    only: [...SYSTEMS],
+    // The native column needs the addon and srnic built (npm run build:rdma).
+    only: SYSTEMS.filter((n) => n !== "koala-rdma-native" || SRNIC !== undefined),
     scenarios: [...SCENARIOS],
     cpuProfServers: undefined,
   };
@@ -197,6 +211,7 @@ async function main(): Promise<void> {
       "koala-tcp": () => startServer("koala", "tcp://127.0.0.1:0", prof),
       "koala-unix": () => startServer("koala", `unix:${join(dir, "koala.sock")}`, prof),
       "koala-rdma": () => startServer("koala", "rdma://127.0.0.1:0", prof),
+      "koala-rdma-native": () => startServer("koala", "rdma://127.0.0.1:0", { ...prof, env: NATIVE_ENV }),
       grpc: () => startServer("grpc", undefined, prof),
     };
     const clientOf: Record<SystemName, (address: string) => Promise<System>> = {
@@ -204,10 +219,26 @@ async function main(): Promise<void> {
       "koala-tcp": async (a) => koalaSystem(a),
       "koala-unix": async (a) => koalaSystem(a),
       "koala-rdma": async (a) => koalaSystem(a),
+      // The provider is chosen when the channel connects: connect now, under the native provider.
+      "koala-rdma-native": async (a) => {
+        process.env.KOALA_RDMA_PROVIDER = "verbs";
+        try {
+          const sys = koalaSystem(a);
+          await sys.unary(SMALL);
+          return sys;
+        } finally {
+          process.env.KOALA_RDMA_PROVIDER = "soft";
+        }
+      },
       grpc: async (a) => grpcSystem(a, PROTO_PATH),
     };
     // The rdma server child inherits the provider choice; so does this process's client.
-    if (settings.only.includes("koala-rdma")) process.env.KOALA_RDMA_PROVIDER = "soft";
+    if (settings.only.includes("koala-rdma") || settings.only.includes("koala-rdma-native")) process.env.KOALA_RDMA_PROVIDER = "soft";
+    if (settings.only.includes("koala-rdma-native")) {
+      if (SRNIC === undefined) usage("koala-rdma-native needs the addon and srnic: npm run build:rdma");
+      // The addon loads these libraries once per process, when the native provider is first asked.
+      Object.assign(process.env, { KOALA_VERBS_LIB: SRNIC, KOALA_RDMACM_LIB: SRNIC });
+    }
     progress(`starting ${settings.only.length} server processes`);
     const children = await Promise.all(settings.only.map((n) => serverOf[n]()));
     for (const [i, n] of settings.only.entries()) {
@@ -242,12 +273,12 @@ async function main(): Promise<void> {
   }
 
   const med = (n: SystemName, metric: Metric) => median(samples.get(n)?.get(metric) ?? []);
-  const header = ["scenario", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "grpc-js", "koala/raw", "koala/grpc", "goal met?"];
+  const header = ["scenario", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "koala/raw", "koala/grpc", "goal met?"];
   const rows: string[][] = [];
   const jsonRows: object[] = [];
   for (const row of ROWS) {
     if (!settings.scenarios.includes(ROW_SCENARIO[row.metric])) continue;
-    const [raw, kt, ku, kr, g] = SYSTEMS.map((n) => med(n, row.metric)) as [number, number, number, number, number];
+    const [raw, kt, ku, kr, kn, g] = SYSTEMS.map((n) => med(n, row.metric)) as [number, number, number, number, number, number];
     let verdict = "—";
     let met: boolean | null = null;
     if (row.goal !== undefined) {
@@ -257,18 +288,18 @@ async function main(): Promise<void> {
         verdict = `${met ? "yes" : "NO"} (${row.goal.text})`;
       }
     }
-    rows.push([row.label, fmt(raw, row.digits), fmt(kt, row.digits), fmt(ku, row.digits), fmt(kr, row.digits), fmt(g, row.digits), ratio(kt / raw), ratio(kt / g), verdict]);
+    rows.push([row.label, fmt(raw, row.digits), fmt(kt, row.digits), fmt(ku, row.digits), fmt(kr, row.digits), fmt(kn, row.digits), fmt(g, row.digits), ratio(kt / raw), ratio(kt / g), verdict]);
     // Each round measured the systems back to back, so a per-round ratio shows how steady the ratio was.
     const rounds = (n: SystemName) => samples.get(n)?.get(row.metric) ?? [];
     const perRound = rounds("koala-tcp").map((k, i) => k / (rounds("raw")[i] ?? NaN));
-    jsonRows.push({ scenario: row.label, metric: row.metric, raw, koalaTcp: kt, koalaUnix: ku, koalaRdmaSoft: kr, grpcJs: g, koalaOverRaw: kt / raw, koalaOverGrpc: kt / g, koalaOverRawPerRound: perRound, goal: row.goal?.text ?? null, met });
+    jsonRows.push({ scenario: row.label, metric: row.metric, raw, koalaTcp: kt, koalaUnix: ku, koalaRdmaSoft: kr, koalaRdmaNative: kn, grpcJs: g, koalaOverRaw: kt / raw, koalaOverGrpc: kt / g, koalaOverRawPerRound: perRound, goal: row.goal?.text ?? null, met });
   }
 
   const cpuRows: string[][] = [];
   for (const sc of settings.scenarios) {
     const per = SYSTEMS.map((n) => [med(n, `cpu.${sc}.client`), med(n, `cpu.${sc}.server`)] as const);
     const sum = per.map(([c, sv]) => c + sv);
-    cpuRows.push([SCENARIO_LABEL[sc], ...per.map(([c, sv]) => (Number.isFinite(c) ? `${fmt(c, 1)} + ${fmt(sv, 1)}` : "—")), ratio(sum[1]! / sum[0]!), ratio(sum[1]! / sum[4]!)]);
+    cpuRows.push([SCENARIO_LABEL[sc], ...per.map(([c, sv]) => (Number.isFinite(c) ? `${fmt(c, 1)} + ${fmt(sv, 1)}` : "—")), ratio(sum[1]! / sum[0]!), ratio(sum[1]! / sum[5]!)]);
   }
 
   const loadAtEnd = os.loadavg()[0]!;
@@ -280,11 +311,12 @@ async function main(): Promise<void> {
     "",
     table(header, rows),
     "",
-    table(["CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "grpc-js", "koala/raw", "koala/grpc"], cpuRows),
+    table(["CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "koala/raw", "koala/grpc"], cpuRows),
     "",
     "koala/raw and koala/grpc divide koala over tcp by the baseline (for latency below 1 is better, for rates above 1).",
     "raw = length-prefixed echo on a plain net.Socket over tcp (a call = one echoed message; the stream = the same echo pipelined).",
     "koala rdma (soft) = koala over the RDMA transport on the SOFTWARE verbs provider (sockets stand in for the NIC): the protocol's cost, not RDMA speed; see bench/rdma-cpu.ts for JavaScript CPU per message.",
+    "koala rdma (native, srnic) = the same transport on the native addon (the code that runs on a NIC) over srnic, the userspace software RNIC (its service thread and Unix sockets stand in for the NIC): the addon's cost plus a software NIC, not RDMA speed.",
     "MB/s counts the request payload once per call (10^6 bytes). CPU = user + system time of the client process and the server child, per call (or stream reply).",
   ];
   // At the end the load average counts this benchmark's own two busy processes (about 2).

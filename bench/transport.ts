@@ -12,18 +12,26 @@
  *     [--warmup-ms N] [--slice-ms N] [--transports tcp,unix] [--scenarios pingpong,pipelined,bulk]
  *     [--systems raw,koala] [--server-prof DIR]
  */
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { connectClient, type EchoClient, type System } from "./lib/clients.js";
 import { runWindow, type RunResult } from "./lib/driver.js";
 import { startEchoServer, type EchoServer } from "./lib/servers.js";
 import { fmt, machineInfo, median, quantile, table } from "./lib/stats.js";
 
-type TransportKind = "tcp" | "unix" | "rdma";
+type TransportKind = "tcp" | "unix" | "rdma" | "rdma-native";
+const TRANSPORTS = ["tcp", "unix", "rdma", "rdma-native"] as const;
 
-/** How a transport is named in the table; rdma runs on the software provider. */
-const LABEL: Record<TransportKind, string> = { tcp: "tcp", unix: "unix", rdma: "rdma (soft)" };
+/** How a transport is named in the table: rdma on the software provider, rdma-native on the addon over srnic. */
+const LABEL: Record<TransportKind, string> = { tcp: "tcp", unix: "unix", rdma: "rdma (soft)", "rdma-native": "rdma (native, srnic)" };
+
+/** The software RNIC built by `npm run build:rdma`, when it is there with the addon. */
+const SRNIC = ((): string | undefined => {
+  const dir = join(dirname(fileURLToPath(import.meta.url)), "..", "addons", "rdma", "build", "Release");
+  return existsSync(join(dir, "koala_rdma.node")) && existsSync(join(dir, "koala_srnic.so")) ? join(dir, "koala_srnic.so") : undefined;
+})();
 type ScenarioId = "pingpong" | "pipelined" | "bulk";
 
 interface Scenario {
@@ -81,7 +89,7 @@ function parseArgs(argv: readonly string[]): Options {
     runMs: quick ? 300 : 2000,
     warmupMs: quick ? 100 : 300,
     sliceMs: quick ? 100 : 250,
-    transports: ["tcp", "unix", "rdma"],
+    transports: TRANSPORTS.filter((t) => t !== "rdma-native" || SRNIC !== undefined),
     scenarios: SCENARIOS.map((s) => s.id),
     systems: ["raw", "koala"],
     serverProf: undefined,
@@ -108,7 +116,7 @@ function parseArgs(argv: readonly string[]): Options {
       case "--ms": o.runMs = count(flag, value, 10); break;
       case "--warmup-ms": o.warmupMs = count(flag, value, 0); break;
       case "--slice-ms": o.sliceMs = count(flag, value, 0); break;
-      case "--transports": o.transports = list(flag, value, ["tcp", "unix", "rdma"] as const); break;
+      case "--transports": o.transports = list(flag, value, TRANSPORTS); break;
       case "--scenarios": o.scenarios = list(flag, value, SCENARIOS.map((s) => s.id)); break;
       case "--systems": o.systems = list(flag, value, ["raw", "koala"] as const); break;
       case "--server-prof": o.serverProf = resolve(value); break;
@@ -184,11 +192,16 @@ async function main(): Promise<void> {
   try {
     for (const transport of opts.transports) {
       const addresses = new Map<System, string>();
-      // A raw socket cannot speak RDMA: over rdma only koala runs, on the software provider
-      // (the echo server inherits the variable).
-      const systems = transport === "rdma" ? opts.systems.filter((s) => s === "koala") : opts.systems;
+      // A raw socket cannot speak RDMA: over rdma only koala runs, on the software provider or
+      // on the addon over srnic (the echo server inherits the variables).
+      const rdma = transport === "rdma" || transport === "rdma-native";
+      const systems = rdma ? opts.systems.filter((s) => s === "koala") : opts.systems;
       if (transport === "rdma") process.env.KOALA_RDMA_PROVIDER = "soft";
-      const address = (system: System) => (transport === "unix" ? `unix:${join(dir, `${system}.sock`)}` : `${transport}://127.0.0.1:0`);
+      if (transport === "rdma-native") {
+        if (SRNIC === undefined) throw new Error("bench: rdma-native needs the addon and srnic: npm run build:rdma");
+        Object.assign(process.env, { KOALA_RDMA_PROVIDER: "verbs", KOALA_VERBS_LIB: SRNIC, KOALA_RDMACM_LIB: SRNIC });
+      }
+      const address = (system: System) => (transport === "unix" ? `unix:${join(dir, `${system}.sock`)}` : rdma ? "rdma://127.0.0.1:0" : `${transport}://127.0.0.1:0`);
       await Promise.all(
         systems.map(async (system) => {
           const s = await startEchoServer(system, address(system), serverArgv);
@@ -238,6 +251,7 @@ async function main(): Promise<void> {
     `raw, koala: medians of the rounds. ratio: koala relative to raw, > 1 = koala better (throughput: koala/raw; latency: raw/koala),`,
     `the median of the rounds' ratios (each round's raw and koala ran in the same seconds); per-round: lowest–highest of those ratios.`,
     ...(opts.transports.includes("rdma") ? ["rdma (soft): koala over RDMA on the SOFTWARE verbs provider (a socket stands in for the NIC): not RDMA speed; no raw baseline."] : []),
+    ...(opts.transports.includes("rdma-native") ? ["rdma (native, srnic): the same on the native addon (the code that runs on a NIC) over srnic, the userspace software RNIC: not RDMA speed; no raw baseline."] : []),
     "",
     table(["scenario", "transport", "raw", "koala", "ratio", "per-round", "goal", "met"], rows),
     "",
