@@ -40,10 +40,23 @@ export type JsonValue = null | boolean | number | string | JsonValue[] | { [key:
 export interface ToJsonOptions {
   /** Message types an `Any` may hold, looked up by type URL. Default none (an Any then fails). */
   typeRegistry?: readonly MessageType<any>[];
+  /**
+   * Also write the fields with implicit presence that hold their default: proto3 scalars and
+   * enums without `optional` (0, "", false), and empty repeated fields and maps ([] and {}).
+   * Fields with explicit presence (messages, `optional`, oneof members, proto2) stay out when
+   * unset. Default false.
+   */
+  alwaysEmitImplicit?: boolean;
+  /** Write enum values as numbers instead of their names. Default false. */
+  enumAsInteger?: boolean;
+  /** Key fields by their name in the `.proto` (`user_id`) instead of the JSON name (`userId`). Default false. */
+  useProtoFieldName?: boolean;
 }
 
 /** Options of `fromJson`. */
-export interface FromJsonOptions extends ToJsonOptions {
+export interface FromJsonOptions {
+  /** Message types an `Any` may hold, looked up by type URL. Default none (an Any then fails). */
+  typeRegistry?: readonly MessageType<any>[];
   /** Skip keys (and enum names) the type does not know instead of failing. Default false. */
   ignoreUnknownFields?: boolean;
 }

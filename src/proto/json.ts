@@ -4,7 +4,8 @@
  * 64-bit integers as strings, bytes as base64, NaN / ±Infinity as strings, and the special
  * forms of the well-known types (Timestamp, Duration, Any, Struct / Value / ListValue,
  * wrappers, FieldMask, Empty). `toJson` leaves out fields at their defaults (implicit
- * presence) and unset fields; `fromJson` accepts JSON names and proto names, `null` as the
+ * presence) and unset fields, unless told to write the defaults (`alwaysEmitImplicit`); it can
+ * also write enums as numbers and key fields by their proto names; `fromJson` accepts JSON names and proto names, `null` as the
  * default, and refuses unknown keys unless told to ignore them.
  */
 import { ErrorCode, KoalaError } from "../errors.js";
@@ -15,7 +16,7 @@ import { encodeToBytes } from "./wire/writer.js";
 
 
 const typeRegistry = custom<readonly MessageType<any>[]>([], "an array of message types", (v) => Array.isArray(v) && v.every((t) => typeof t === "object" && t !== null && typeof (t as MessageType<unknown>).typeName === "string"));
-const toJsonSpec: OptionsSpec<Required<ToJsonOptions>> = { typeRegistry };
+const toJsonSpec: OptionsSpec<Required<ToJsonOptions>> = { typeRegistry, alwaysEmitImplicit: boolean(false), enumAsInteger: boolean(false), useProtoFieldName: boolean(false) };
 const fromJsonSpec: OptionsSpec<Required<FromJsonOptions>> = { typeRegistry, ignoreUnknownFields: boolean(false) };
 
 function bad(what: string): KoalaError {
@@ -42,7 +43,12 @@ function messageToJson<T>(type: MessageType<T>, message: T, options: ToJsonOptio
   if (special !== undefined) return special(message as Record<string, unknown>, options);
   const out: { [key: string]: JsonValue } = {};
   const m = message as Record<string, unknown>;
+  const all = options?.alwaysEmitImplicit === true;
+  const protoNames = options?.useProtoFieldName === true;
   for (const f of fieldsOf(type)) {
+    const key = protoNames ? f.proto : f.json;
+    // Implicit presence: lists, maps, and singular scalars and enums outside a oneof without `optional`.
+    const implicit = f.oneof === undefined && (f.repeated === true || f.map !== undefined || (!f.opt && f.kind !== "message"));
     let v: unknown;
     if (f.oneof !== undefined) {
       const o = m[f.oneof] as { case?: string; value?: unknown } | undefined;
@@ -52,25 +58,49 @@ function messageToJson<T>(type: MessageType<T>, message: T, options: ToJsonOptio
       // A proto2 default read through the prototype is not set.
       if (f.opt && !Object.hasOwn(m, f.name)) continue;
       v = m[f.name];
-      if (v === undefined) continue;
+      if (v === undefined) {
+        if (!(all && implicit)) continue;
+        v = f.map !== undefined ? {} : f.repeated === true ? [] : zeroOf(f);
+      }
     }
     if (f.map !== undefined) {
       const entries = Object.entries(v as object);
-      if (entries.length === 0) continue;
+      if (entries.length === 0 && !all) continue;
       const obj: { [key: string]: JsonValue } = {};
       for (const [k, x] of entries) obj[k] = fieldToJson(f, x, options);
-      out[f.json] = obj;
+      out[key] = obj;
     } else if (f.repeated) {
       const list = v as unknown[];
-      if (list.length === 0) continue;
-      out[f.json] = list.map((x) => fieldToJson(f, x, options));
+      if (list.length === 0 && !all) continue;
+      out[key] = list.map((x) => fieldToJson(f, x, options));
     } else {
-      // Implicit presence: the default is not written.
-      if (f.oneof === undefined && !f.opt && f.kind !== "message" && isZero(f, v)) continue;
-      out[f.json] = fieldToJson(f, v, options);
+      // Implicit presence: the default is not written (unless asked to).
+      if (implicit && !all && isZero(f, v)) continue;
+      out[key] = fieldToJson(f, v, options);
     }
   }
   return out;
+}
+
+/** The default of a singular scalar or enum field. */
+function zeroOf(f: FieldDesc): unknown {
+  if (f.kind === "enum") return 0;
+  switch (f.type!) {
+    case "bytes":
+      return new Uint8Array(0);
+    case "string":
+      return "";
+    case "bool":
+      return false;
+    case "int64":
+    case "uint64":
+    case "sint64":
+    case "fixed64":
+    case "sfixed64":
+      return 0n;
+    default:
+      return 0;
+  }
 }
 
 function isZero(f: FieldDesc, v: unknown): boolean {
@@ -94,6 +124,7 @@ function fieldToJson(f: FieldDesc, v: unknown, options: ToJsonOptions | undefine
   if (f.kind === "message") return messageToJson(f.T!() as MessageType<unknown>, v, options);
   if (f.kind === "enum") {
     if (f.enumType === "google.protobuf.NullValue") return null;
+    if (options?.enumAsInteger === true) return v as number;
     const name = (f.T!() as Record<number, string>)[v as number];
     return typeof name === "string" ? name : (v as number);
   }
