@@ -11,7 +11,7 @@ import type { Connection } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
-import { EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, serviceOf, type CallInfo, type Interceptor } from "./interceptor.js";
+import { CallInfoBase, EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, type CallInfo, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
 import { buildFrame, encodeSettings, type EncodeSettings } from "./outgoing.js";
@@ -346,7 +346,7 @@ function checkCallOptions(options: CallOptions | undefined): void {
  * exactly once: with the response (unary / client streaming), at the end of the response
  * stream, or with an RpcError.
  */
-class ClientCall<I, O> implements PendingCall, CallInfo {
+class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
   private cc: ClientConnection | undefined;
   private callId = 0;
   private done = false;
@@ -371,7 +371,6 @@ class ClientCall<I, O> implements PendingCall, CallInfo {
   /** For the interceptors: when the call started (epoch ms; 0 when no interceptor applies). */
   readonly startedAt: number;
   private md: Metadata | undefined = undefined;
-  private stateMap: Map<object, unknown> | undefined = undefined;
   private answered = false;
   /** Interceptors of this call (the channel's, then the process's); empty on the fast path. */
   private readonly chain: readonly Interceptor[];
@@ -385,6 +384,7 @@ class ClientCall<I, O> implements PendingCall, CallInfo {
     readonly method: MethodDefinition<I, O>,
     private readonly options: CallOptions | undefined,
   ) {
+    super();
     checkCallOptions(options);
     this.deadline = deadlineOf(options);
     this.chain = channel.chains.of(method.path);
@@ -434,18 +434,6 @@ class ClientCall<I, O> implements PendingCall, CallInfo {
     return "client";
   }
 
-  get service(): string {
-    return serviceOf(this.method);
-  }
-
-  get path(): string {
-    return this.method.path;
-  }
-
-  get kind(): MethodKind {
-    return this.method.kind;
-  }
-
   get peer(): string {
     return this.channel.address;
   }
@@ -459,9 +447,7 @@ class ClientCall<I, O> implements PendingCall, CallInfo {
     return this.md;
   }
 
-  get state(): Map<object, unknown> {
-    return (this.stateMap ??= new Map());
-  }
+
 
   /** Finds the channel's connection and opens the call there once the server allows another stream. */
   private dispatch(request: RequestInit<I> | undefined, requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>> | undefined): void {

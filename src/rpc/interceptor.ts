@@ -126,6 +126,32 @@ export function runMessageChain(list: readonly Interceptor[], call: CallInfo, po
   return runHooks(list, call, point, message, 0);
 }
 
+/**
+ * What the RPC core's call objects (ServerCall, ClientCall) share as {@link CallInfo}: the
+ * names derived from the method, and the interceptors' state slot, made on first use.
+ */
+export abstract class CallInfoBase {
+  /** The method called. */
+  abstract readonly method: MethodDefinition;
+  private stateMap: Map<object, unknown> | undefined = undefined;
+
+  get service(): string {
+    return serviceOf(this.method);
+  }
+
+  get path(): string {
+    return this.method.path;
+  }
+
+  get kind(): MethodKind {
+    return this.method.kind;
+  }
+
+  get state(): Map<object, unknown> {
+    return (this.stateMap ??= new Map());
+  }
+}
+
 const services = new WeakMap<MethodDefinition, string>();
 
 /** The service name of `method` (`pkg.Service`), computed once per method definition. */

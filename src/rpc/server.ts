@@ -7,10 +7,10 @@ import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
 import { log, logLimited } from "../log.js";
 import { listen } from "../transport/index.js";
 import type { Connection, Listener } from "../transport/types.js";
-import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
+import type { MethodDefinition, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
-import { EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, serviceOf, type CallInfo, type Interceptor } from "./interceptor.js";
+import { CallInfoBase, EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, type CallInfo, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
 import { buildFrame, encodeSettings, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
@@ -485,7 +485,7 @@ function unrefTimer(fn: () => void, ms: number): NodeJS.Timeout {
  * One call on the server: the handler's context and, when interceptors apply, the
  * {@link CallInfo} they see (the same object, so that the pass path allocates nothing).
  */
-class ServerCall implements CallContext, CallInfo {
+class ServerCall extends CallInfoBase implements CallContext, CallInfo {
   readonly method: MethodDefinition;
   readonly deadline: number | undefined;
   private controller: AbortController | undefined;
@@ -516,7 +516,6 @@ class ServerCall implements CallContext, CallInfo {
   response: unknown = undefined;
   /** For the interceptors: when the call arrived (epoch ms; 0 when no interceptor applies). */
   readonly startedAt: number;
-  private stateMap: Map<object, unknown> | undefined = undefined;
 
   constructor(
     private readonly sc: ServerConnection,
@@ -526,6 +525,7 @@ class ServerCall implements CallContext, CallInfo {
     /** Request bytes this call holds against the connection's budget until it ends. */
     private readonly held: number,
   ) {
+    super();
     this.method = route.method;
     this.chain = sc.server.chains.of(route.method.path);
     this.startedAt = this.chain.length === 0 ? 0 : Date.now();
@@ -554,25 +554,9 @@ class ServerCall implements CallContext, CallInfo {
     return "server";
   }
 
-  get service(): string {
-    return serviceOf(this.method);
-  }
-
-  get path(): string {
-    return this.method.path;
-  }
-
-  get kind(): MethodKind {
-    return this.method.kind;
-  }
-
   /** The request metadata (for the interceptors; decoded on first use). */
   get metadata(): Metadata {
     return this.requestMetadata;
-  }
-
-  get state(): Map<object, unknown> {
-    return (this.stateMap ??= new Map());
   }
 
   get requestMetadata(): Metadata {
