@@ -117,20 +117,25 @@ class ClientConnection extends RpcEndpoint {
     while (this.waiting.length > 0 && (all || this.calls.size < this.maxStreams)) this.waiting.shift()!();
   }
 
-  /**
-   * Registers a call; returns its id and the method id, with `define` true until a CALL that
-   * names the path was actually sent ({@link announced}): a first call that fails before it is
-   * sent must not leave the method bound to an id the server never heard of.
-   */
-  open(call: PendingCall, path: string): { callId: number; methodId: number; define: boolean } {
+  /** Registers a call; returns its id. */
+  open(call: PendingCall): number {
     const callId = this.nextCallId++;
     this.calls.set(callId, call);
+    return callId;
+  }
+
+  /**
+   * The id of method `path` on this connection, with `announced` false until a CALL that names
+   * the path was actually sent ({@link announced}): a first call that fails before it is sent
+   * must not leave the method bound to an id the server never heard of.
+   */
+  method(path: string): { readonly id: number; readonly announced: boolean } {
     let m = this.methodIds.get(path);
     if (m === undefined) {
       m = { id: this.methodIds.size + 1, announced: false };
       this.methodIds.set(path, m);
     }
-    return { callId, methodId: m.id, define: !m.announced };
+    return m;
   }
 
   /** A CALL defining `path` was handed to the transport: later calls send its id alone. */
@@ -236,6 +241,12 @@ export class Channel {
   connection(waitForReady?: () => boolean): ClientConnection | Promise<ClientConnection> {
     const c = this.current;
     if (c !== undefined && c.usable) return c;
+    return this.reconnect(waitForReady);
+  }
+
+  /** {@link connection} when there is no usable connection (closures kept off the path above, which runs for every call). */
+  private reconnect(waitForReady: (() => boolean) | undefined): Promise<ClientConnection> {
+    const c = this.current;
     if (this.closed) return Promise.reject(new RpcError(Code.UNAVAILABLE, "the channel is closed"));
     if (c !== undefined) {
       this.current = undefined;
@@ -368,8 +379,6 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
   private resendable: RequestInit<I> | undefined;
   /** For the interceptors: the single request of a unary or server-streaming call. */
   request: RequestInit<I> | undefined = undefined;
-  /** For the interceptors: when the call started (epoch ms; 0 when no interceptor applies). */
-  readonly startedAt: number;
   private md: Metadata | undefined = undefined;
   private answered = false;
   /** Interceptors of this call (the channel's, then the process's); empty on the fast path. */
@@ -388,15 +397,65 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     checkCallOptions(options);
     this.deadline = deadlineOf(options);
     this.chain = channel.chains.of(method.path);
-    this.startedAt = this.chain.length === 0 ? 0 : Date.now();
+    if (this.chain.length !== 0) this.markStart();
     const kind = method.kind;
-    if (kind === "server_streaming" || kind === "bidi_streaming") {
-      this.stream = new IncomingStream<O>(
-        (n) => this.sendControl(FrameType.CREDIT, n),
-        () => this.cancel(new RpcError(Code.CANCELLED, "the response stream was closed by the client")),
-      );
-    }
+    if (kind === "server_streaming" || kind === "bidi_streaming") this.stream = this.responseStream();
     if (kind === "client_streaming" || kind === "bidi_streaming") this.window = new SendWindow();
+  }
+
+  // Closures live in small methods of their own, off the unary path: a closure in a method makes
+  // V8 allocate a context on every call of that method, whether the closure is made or not.
+
+  /** The stream of responses of a server- or bidi-streaming call. */
+  private responseStream(): IncomingStream<O> {
+    return new IncomingStream<O>(
+      (n) => this.sendControl(FrameType.CREDIT, n),
+      () => this.cancel(new RpcError(Code.CANCELLED, "the response stream was closed by the client")),
+    );
+  }
+
+  /** Cancels the call when `signal` aborts. */
+  private watchSignal(signal: AbortSignal): void {
+    this.abortListener = () => this.cancel(new RpcError(Code.CANCELLED, `call cancelled: ${describeAbort(signal.reason)}`, { cause: signal.reason }));
+    signal.addEventListener("abort", this.abortListener, { once: true });
+  }
+
+  /** Fails the call with DEADLINE_EXCEEDED in `left` ms. */
+  private armDeadline(left: number): void {
+    this.timer = setTimeout(() => this.cancel(new RpcError(Code.DEADLINE_EXCEEDED, `deadline exceeded after ${this.options?.timeoutMs ?? left} ms`)), left);
+  }
+
+  /** Goes on with `next` once a held verdict settles (or ends the call with the rejection). */
+  private afterHold(v: Promise<undefined | RpcError>, next: () => void): void {
+    afterVerdict(v, this, (e) => this.end(RpcError.from(e, Code.INTERNAL)), next);
+  }
+
+  /** Dispatches the call once a held client-send verdict settles. */
+  private dispatchAfterHold(v: Promise<undefined | RpcError>, request: RequestInit<I> | undefined, requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>> | undefined): void {
+    this.afterHold(v, () => this.dispatch(request, requests));
+  }
+
+  /** Opens the call on `cc` when the server allows another stream there. */
+  private openWhenAdmitted(cc: ClientConnection, request: RequestInit<I> | undefined, requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>> | undefined): void {
+    cc.admit(() => this.open(cc, request, requests));
+  }
+
+  /** Opens the call once the channel has a connection. */
+  private openWhenConnected(c: Promise<ClientConnection>, request: RequestInit<I> | undefined, requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>> | undefined): void {
+    c.then(
+      (conn) => this.openWhenAdmitted(conn, request, requests),
+      (err: unknown) => this.end(RpcError.from(err, Code.UNAVAILABLE)),
+    );
+  }
+
+  /** Ends the call with OK (after a held client-receive verdict). */
+  private endOk(): () => void {
+    return () => this.end(undefined);
+  }
+
+  /** For waitForReady: keep trying while the call has not ended. */
+  private stillWaiting(): () => boolean {
+    return () => !this.done;
   }
 
   /** Starts the call; `request` is the single request for unary and server-streaming calls. */
@@ -407,8 +466,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
         this.end(new RpcError(Code.CANCELLED, `call cancelled: ${describeAbort(signal.reason)}`, { cause: signal.reason }));
         return;
       }
-      this.abortListener = () => this.cancel(new RpcError(Code.CANCELLED, `call cancelled: ${describeAbort(signal.reason)}`, { cause: signal.reason }));
-      signal.addEventListener("abort", this.abortListener, { once: true });
+      this.watchSignal(signal);
     }
     if (this.deadline !== undefined) {
       const left = this.deadline - Date.now();
@@ -417,7 +475,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
         return;
       }
       // Node timers top out at 2^31-1 ms (~24.8 days; longer ones fire at once): beyond, no timer.
-      if (left <= MAX_TIMER_MS) this.timer = setTimeout(() => this.cancel(new RpcError(Code.DEADLINE_EXCEEDED, `deadline exceeded after ${this.options?.timeoutMs ?? left} ms`)), left);
+      if (left <= MAX_TIMER_MS) this.armDeadline(left);
     }
     if (this.chain.length === 0) {
       this.dispatch(request, requests);
@@ -427,7 +485,8 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     this.request = request;
     const v = runChain(this.chain, this, "client-send");
     if (v === undefined) this.dispatch(request, requests);
-    else afterVerdict(v, this, (e) => this.end(RpcError.from(e, Code.INTERNAL)), () => this.dispatch(request, requests));
+    else if (v instanceof RpcError) this.end(v);
+    else this.dispatchAfterHold(v, request, requests);
   }
 
   get side(): "client" {
@@ -447,20 +506,13 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     return this.md;
   }
 
-
-
   /** Finds the channel's connection and opens the call there once the server allows another stream. */
   private dispatch(request: RequestInit<I> | undefined, requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>> | undefined): void {
-    const c = this.channel.connection(this.options?.waitForReady === true ? () => !this.done : undefined);
+    const c = this.channel.connection(this.options?.waitForReady === true ? this.stillWaiting() : undefined);
     if (c instanceof ClientConnection) {
       if (c.hasRoom) this.open(c, request, requests);
-      else c.admit(() => this.open(c, request, requests));
-    }
-    else
-      c.then(
-        (conn) => conn.admit(() => this.open(conn, request, requests)),
-        (err: unknown) => this.end(RpcError.from(err, Code.UNAVAILABLE)),
-      );
+      else this.openWhenAdmitted(c, request, requests);
+    } else this.openWhenConnected(c, request, requests);
   }
 
   refused(error: RpcError): void {
@@ -481,11 +533,14 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     if (!cc.usable) {
       // Lost between the lookup and now (a GOAWAY or a close in the meantime): try the next connection once.
       const next = this.channel.connection();
-      if (next instanceof ClientConnection && next !== cc) return next.admit(() => this.open(next, request, requests));
+      if (next instanceof ClientConnection && next !== cc) return this.openWhenAdmitted(next, request, requests);
       this.end(new RpcError(Code.UNAVAILABLE, `connection to ${this.channel.address} is not usable`));
       return;
     }
-    const { callId, methodId, define } = cc.open(this, this.method.path);
+    const callId = cc.open(this);
+    const m = cc.method(this.method.path);
+    const methodId = m.id;
+    const define = !m.announced;
     this.cc = cc;
     this.callId = callId;
     this.stream?.bind(cc.receiveWindow);
@@ -612,7 +667,8 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
       if (code === Code.OK && this.chain.length !== 0) {
         const v = runChain(this.chain, this, "client-receive");
         if (v === undefined) this.end(undefined);
-        else afterVerdict(v, this, (e) => this.end(RpcError.from(e, Code.INTERNAL)), () => this.end(undefined));
+        else if (v instanceof RpcError) this.end(v);
+        else this.afterHold(v, this.endOk());
       } else if (code === Code.OK) this.end(undefined);
       else {
         const text = code === frame.arg ? frame.text : `the server sent status code ${frame.arg}, which gRPC does not define${frame.text === "" ? "" : `: ${frame.text}`}`;
@@ -671,11 +727,21 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
       if (this.early !== null) return Promise.reject(this.early);
       return this.gotResponse ? Promise.resolve(this.response as O) : Promise.reject(new RpcError(Code.INTERNAL, `server ended ${this.method.path} with OK but sent no response`));
     }
-    return new Promise<O>((resolve, reject) => {
-      this.resolveUnary = resolve;
-      this.rejectUnary = reject;
-    });
+    const p = new Promise<O>(captureResolvers);
+    this.resolveUnary = capturedResolve as (o: O) => void;
+    this.rejectUnary = capturedReject;
+    capturedResolve = capturedReject = undefined;
+    return p;
   }
+}
+
+let capturedResolve: ((value: never) => void) | undefined;
+let capturedReject: ((reason: unknown) => void) | undefined;
+
+/** A promise executor that makes no closure: it leaves the resolvers where the caller picks them up at once. */
+function captureResolvers(resolve: (value: never) => void, reject: (reason: unknown) => void): void {
+  capturedResolve = resolve;
+  capturedReject = reject;
 }
 
 /** An interceptor's onEnd threw: logged, never fatal. */

@@ -95,6 +95,12 @@ export abstract class RpcEndpoint {
       if (this.sendWindow.tryTake(bytes)) return this.sendNow(frame);
       return this.waitConnection(frame, call);
     }
+    return this.waitStream(frame, window, call);
+  }
+
+  /** Waits for the stream's credit, then the connection's (closures kept out of the fast path: see sendStreamMessage). */
+  private waitStream(frame: OutgoingFrame, window: SendWindow, call: { readonly ended: boolean }): Promise<void> {
+    const bytes = frame.bodyBytes;
     return window.take(bytes).then(
       () => {
         if (call.ended) {

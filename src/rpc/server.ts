@@ -514,8 +514,6 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
   request: unknown = undefined;
   /** For the interceptors: the single response, before it is sent. */
   response: unknown = undefined;
-  /** For the interceptors: when the call arrived (epoch ms; 0 when no interceptor applies). */
-  readonly startedAt: number;
 
   constructor(
     private readonly sc: ServerConnection,
@@ -528,22 +526,63 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
     super();
     this.method = route.method;
     this.chain = sc.server.chains.of(route.method.path);
-    this.startedAt = this.chain.length === 0 ? 0 : Date.now();
+    if (this.chain.length !== 0) this.markStart();
     this.mdBytes = frame.metadata;
     if (frame.metadata !== undefined || frame.body !== undefined) this.callMessage = sc.takeMessage();
     this.deadline = frame.arg2 === 0 ? undefined : Date.now() + frame.arg2;
     const kind = this.method.kind;
-    if (kind === "client_streaming" || kind === "bidi_streaming") {
-      this.requests = new IncomingStream(
-        (n) => this.sc.control(FrameType.CREDIT, this.id, n),
-        () => {
-          /* the handler stopped reading requests; the call goes on */
-        },
-        sc.receiveWindow,
-      );
-      this.requests.setReleaser((m) => sc.conn.release(m));
-    }
+    if (kind === "client_streaming" || kind === "bidi_streaming") this.requests = this.requestStream();
     if (kind === "server_streaming" || kind === "bidi_streaming") this.window = new SendWindow();
+  }
+
+  // Closures live in small methods of their own, off the unary path: a closure in a method makes
+  // V8 allocate a context on every call of that method, whether the closure is made or not.
+
+  /** The stream of requests of a client- or bidi-streaming call. */
+  private requestStream(): IncomingStream<unknown> {
+    const requests = new IncomingStream(
+      (n) => this.sc.control(FrameType.CREDIT, this.id, n),
+      () => {
+        /* the handler stopped reading requests; the call goes on */
+      },
+      this.sc.receiveWindow,
+    );
+    requests.setReleaser((m) => this.sc.conn.release(m));
+    return requests;
+  }
+
+  /** Fails the call with DEADLINE_EXCEEDED in `left` ms. */
+  private armDeadline(left: number): void {
+    this.timer = setTimeout(() => this.expire(), left);
+  }
+
+  /** Goes on with `next` once a held verdict settles (or fails the call with the rejection). */
+  private afterHold(v: Promise<undefined | RpcError>, next: () => void): void {
+    afterVerdict(v, this, (e) => this.fail(e), next);
+  }
+
+  /** Runs the handler once a held server-receive verdict settles. */
+  private invokeAfterHold(v: Promise<undefined | RpcError>, request: unknown): void {
+    this.afterHold(v, () => this.invoke(request));
+  }
+
+  /** Sends the reply once a held server-send verdict settles. */
+  private replyAfterHold(v: Promise<undefined | RpcError>, response: unknown): void {
+    this.afterHold(v, () => this.sendReply(response));
+  }
+
+  /** Replies when the handler's promise settles. */
+  private replyWhenSettled(result: PromiseLike<unknown>): void {
+    result.then(
+      (r) => {
+        this.handlerSettled();
+        this.reply(r);
+      },
+      (err: unknown) => {
+        this.handlerSettled();
+        this.fail(err);
+      },
+    );
   }
 
   get peer(): string {
@@ -588,7 +627,7 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
     if (this.deadline !== undefined) {
       const left = this.deadline - Date.now();
       // Node timers top out at 2^31-1 ms; a longer deadline needs no timer in practice.
-      if (left < 2 ** 31) this.timer = setTimeout(() => this.expire(), left);
+      if (left < 2 ** 31) this.armDeadline(left);
     }
     try {
       if (this.mdBytes !== undefined) this.checkMetadata(); // malformed metadata fails the call here, not in the handler
@@ -618,13 +657,13 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
         this.unary(this.route.handler as UnaryHandler<unknown, unknown>, request);
         return;
       case "server_streaming":
-        this.startStream(() => (this.route.handler as ServerStreamingHandler<unknown, unknown>)(request, this));
+        this.startServerStream(request);
         return;
       case "client_streaming":
         this.unary(this.route.handler as unknown as UnaryHandler<unknown, unknown>, this.requests!);
         return;
       default:
-        this.startStream(() => (this.route.handler as BidiStreamingHandler<unknown, unknown>)(this.requests!, this));
+        this.startBidiStream();
     }
   }
 
@@ -633,7 +672,8 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
     this.request = request;
     const v = runChain(this.chain, this, "server-receive");
     if (v === undefined) this.invoke(request);
-    else afterVerdict(v, this, (e) => this.fail(e), () => this.invoke(request));
+    else if (v instanceof RpcError) this.fail(v);
+    else this.invokeAfterHold(v, request);
   }
 
   /** Decodes a request of a stream and queues it (a flow-control violation closes the connection through the windows). */
@@ -684,20 +724,19 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
       throw err;
     }
     if (result !== null && typeof result === "object" && typeof (result as PromiseLike<unknown>).then === "function") {
-      (result as PromiseLike<unknown>).then(
-        (r) => {
-          this.handlerSettled();
-          this.reply(r);
-        },
-        (err: unknown) => {
-          this.handlerSettled();
-          this.fail(err);
-        },
-      );
+      this.replyWhenSettled(result as PromiseLike<unknown>);
     } else {
       this.handlerSettled();
       this.reply(result);
     }
+  }
+
+  private startServerStream(request: unknown): void {
+    this.startStream(() => (this.route.handler as ServerStreamingHandler<unknown, unknown>)(request, this));
+  }
+
+  private startBidiStream(): void {
+    this.startStream(() => (this.route.handler as BidiStreamingHandler<unknown, unknown>)(this.requests!, this));
   }
 
   /** Calls a streaming handler and sends what it yields; the handler counts as running until its stream is done. */
@@ -736,7 +775,8 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
       this.response = response;
       const v = runChain(this.chain, this, "server-send");
       if (v === undefined) this.sendReply(response);
-      else afterVerdict(v, this, (e) => this.fail(e), () => this.sendReply(response));
+      else if (v instanceof RpcError) this.fail(v);
+      else this.replyAfterHold(v, response);
     } else this.sendReply(response);
   }
 

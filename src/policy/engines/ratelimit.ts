@@ -39,15 +39,16 @@ interface State {
 /** Creates a `ratelimit` engine. */
 export function rateLimitEngine(name: string, input: Record<string, unknown> = {}): Engine {
   let o = resolveOptions(`engine ${name} (ratelimit)`, spec, input);
-  let tokens = o.burst;
-  let refilledAt = Date.now();
+  // Fields of an object, not closure variables: V8 updates a double field in place, where each
+  // write of a fractional number to a closure variable allocates a heap number.
+  const b = { tokens: o.burst, refilledAt: Date.now() };
   const queue = new Fifo<Held>();
   let timer: NodeJS.Timeout | undefined;
 
   const refill = (): void => {
     const now = Date.now();
-    tokens = Math.min(o.burst, tokens + ((now - refilledAt) / 1000) * o.ratePerSecond);
-    refilledAt = now;
+    b.tokens = Math.min(o.burst, b.tokens + ((now - b.refilledAt) / 1000) * o.ratePerSecond);
+    b.refilledAt = now;
   };
   const drain = (): void => {
     timer = undefined;
@@ -60,8 +61,8 @@ export function rateLimitEngine(name: string, input: Record<string, unknown> = {
         if (late && !head.call.ended) admit(head); // fails it: too late to spend a token on
         continue;
       }
-      if (tokens < 1) break;
-      tokens -= 1;
+      if (b.tokens < 1) break;
+      b.tokens -= 1;
       queue.shift();
       head.settle(undefined);
     }
@@ -69,7 +70,7 @@ export function rateLimitEngine(name: string, input: Record<string, unknown> = {
   };
   const schedule = (): void => {
     if (timer !== undefined || queue.length === 0) return;
-    const wait = Math.max(1, Math.ceil(((1 - tokens) / o.ratePerSecond) * 1000));
+    const wait = Math.max(1, Math.ceil(((1 - b.tokens) / o.ratePerSecond) * 1000));
     // Not unref'd: queued calls are work the process is waiting for.
     timer = setTimeout(drain, wait);
   };
@@ -83,8 +84,8 @@ export function rateLimitEngine(name: string, input: Record<string, unknown> = {
     onCall(call: CallInfo, point: InterceptPoint) {
       if (point !== "client-send" && point !== "server-receive") return undefined;
       refill();
-      if (tokens >= 1 && queue.length === 0) {
-        tokens -= 1;
+      if (b.tokens >= 1 && queue.length === 0) {
+        b.tokens -= 1;
         return undefined;
       }
       if (o.mode === "reject" || queue.length >= o.maxQueue) {
@@ -97,7 +98,7 @@ export function rateLimitEngine(name: string, input: Record<string, unknown> = {
     },
     configure(input2) {
       o = resolveOptions(`engine ${name} (ratelimit)`, spec, { ...o, ...input2 });
-      tokens = Math.min(tokens, o.burst);
+      b.tokens = Math.min(b.tokens, o.burst);
       if (timer !== undefined) clearTimeout(timer);
       timer = undefined;
       drain();
@@ -106,12 +107,12 @@ export function rateLimitEngine(name: string, input: Record<string, unknown> = {
       refill();
       if (timer !== undefined) clearTimeout(timer);
       timer = undefined;
-      return { tokens, refilledAt, queue: queue.drain() };
+      return { tokens: b.tokens, refilledAt: b.refilledAt, queue: queue.drain() };
     },
     importState(state: unknown) {
       const s = state as State;
-      tokens = Math.min(o.burst, s.tokens);
-      refilledAt = s.refilledAt;
+      b.tokens = Math.min(o.burst, s.tokens);
+      b.refilledAt = s.refilledAt;
       for (const h of s.queue) queue.push(h);
       drain();
     },
