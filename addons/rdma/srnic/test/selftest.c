@@ -483,8 +483,9 @@ static void s_chan(void) {
 static void s_death(const char *pid) {
   struct conn c;
   char tag[32], rest[64];
-  s_accept(&c, tag, rest, 2, NULL, 0);
+  s_accept(&c, tag, rest, 3, NULL, 0);
   s_established(&c);
+  recv_ok(&c, "kill me"); /* the client has said its last line */
   CHECK(kill((pid_t)atoi(rest[0] ? rest : pid), SIGKILL) == 0, "kill the client");
   say("death: killed the client");
   s_disconnected(&c);
@@ -930,6 +931,7 @@ static void c_death(void) {
   snprintf(data, sizeof(data), "death|%d", (int)getpid());
   c_established(&c, port, data, 0, 7, 0);
   say("death: waiting to be killed");
+  CHECK(post(&c, 1, IBV_WR_SEND, 0, "kill-me", 7, 0, 0, 0) == 0, "post");
   for (;;) pause();
 }
 
