@@ -93,6 +93,7 @@ const CLIENT = [
   "C addr: RDMA_CM_EVENT_ADDR_ERROR status_negative=1",
   "C nolistener: RDMA_CM_EVENT_REJECTED status=8 len=0",
   "C timeout: RDMA_CM_EVENT_UNREACHABLE status=-110 waited_ok=1",
+  "C listener-gone: request_readable=1 after_destroy=0 client=RDMA_CM_EVENT_REJECTED status=1",
   "C connect: established data=hello-from-server len=17 dst_port_ok=1",
   "C connect: disconnected",
   "C reject: RDMA_CM_EVENT_REJECTED status=28 data=no-thanks",

@@ -30,6 +30,7 @@
 
 #define REJECT_CONSUMER 28   /* IB CM reject reason: consumer defined (rdma_reject) */
 #define REJECT_NO_LISTENER 8 /* IB CM reject reason: invalid service ID (nothing listens) */
+#define REJECT_TIMEOUT 1      /* IB CM reject reason: timeout (a request destroyed unanswered) */
 #define DEFAULT_TIMEOUT_MS 2000
 
 struct srnic_event {
@@ -170,13 +171,15 @@ static void drop_events(struct srnic_id *sid) {
       pp = &e->next;
       continue;
     }
+    /* Void first: destroying the request's new id walks this queue too and must skip it (it
+     * removes only events queued after this one, so `pp` and `prev` stay valid). */
+    e->void_ = 1;
     if (e->ev.event == RDMA_CM_EVENT_CONNECT_REQUEST && e->ev.listen_id == &sid->id && e->ev.id != &sid->id) destroy_id_locked((struct srnic_id *)e->ev.id);
     if (nonblocking && read(c->ch.fd, &v, sizeof(v)) == (ssize_t)sizeof(v)) {
       *pp = e->next;
       if (c->tail == e) c->tail = prev;
       free(e);
     } else {
-      e->void_ = 1;
       prev = e;
       pp = &e->next;
     }
@@ -238,6 +241,12 @@ SRNIC_EXPORT int rdma_create_id(struct rdma_event_channel *channel, struct rdma_
 /* Closes and forgets everything of `sid` and frees it (under srnic_lock). */
 static void destroy_id_locked(struct srnic_id *sid) {
   drop_events(sid);
+  if (sid->state == ID_REQUESTED && sid->link != NULL) { /* never answered: refused, as the IB CM does */
+    struct wire_cm m;
+    memset(&m, 0, sizeof(m));
+    m.port = REJECT_TIMEOUT;
+    nic_link_send(sid->link, PKT_CM_REJECT, &m, sizeof(m), NULL, 0);
+  }
   nic_link_close(sid->link);
   if (sid->listen != NULL) {
     /* Connections accepted for this listener and still waiting for their REQ go too. */
@@ -628,7 +637,7 @@ SRNIC_EXPORT int rdma_reject(struct rdma_cm_id *id, const void *private_data, ui
     return -1;
   }
   sid->state = ID_DONE;
-  cm_msg(&m, sid, 0, private_data, private_data_len);
+  cm_msg(&m, sid, REJECT_CONSUMER, private_data, private_data_len); /* a REJECT's port field is the reason */
   nic_link_send(sid->link, PKT_CM_REJECT, &m, sizeof(m), NULL, 0);
   nic_link_shut(sid->link);
   pthread_mutex_unlock(&srnic_lock);
@@ -767,7 +776,7 @@ void cm_packet(struct srnic_link *l, uint32_t type, const uint8_t *body, size_t 
       sid->deadline = 0;
       sid->state = ID_DONE;
       nic_link_close(l);
-      queue_event(sid, RDMA_CM_EVENT_REJECTED, REJECT_CONSUMER, NULL, m.pd, m.pdlen);
+      queue_event(sid, RDMA_CM_EVENT_REJECTED, m.port, NULL, m.pd, m.pdlen);
       return;
     case PKT_CM_RTU:
       if (sid->state != ID_ACCEPTING) return;

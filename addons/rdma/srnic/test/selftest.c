@@ -925,6 +925,37 @@ static void c_cmfd(void) {
   rdma_destroy_event_channel(ch);
 }
 
+/* A listener destroyed with a request it never took: the request goes with it (its channel's fd
+ * is no longer readable) and the connecting side is refused (IB CM reason 1, timeout). */
+static void c_listener_gone(void) {
+  struct rdma_event_channel *ch = rdma_create_event_channel();
+  struct rdma_cm_id *l;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  struct conn c;
+  struct rdma_conn_param p;
+  struct pollfd pf;
+  struct rdma_cm_event *ev;
+  int requested, after;
+  CHECK(ch != NULL && fcntl(ch->fd, F_SETFL, O_NONBLOCK) == 0, "channel");
+  CHECK(rdma_create_id(ch, &l, NULL, RDMA_PS_TCP) == 0 && rdma_bind_addr(l, (struct sockaddr *)&a) == 0 && rdma_listen(l, 4) == 0, "listener");
+  memset(&c, 0, sizeof(c));
+  c.id = c_resolve(ntohs(rdma_get_src_port(l)), 2000);
+  setup(&c, 0);
+  memset(&p, 0, sizeof(p));
+  p.rnr_retry_count = 7;
+  CHECK(rdma_connect(c.id, &p) == 0, "connect");
+  pf = (struct pollfd){.fd = ch->fd, .events = POLLIN};
+  requested = poll(&pf, 1, TIMEOUT_MS);
+  CHECK(rdma_destroy_id(l) == 0, "destroy the listener");
+  after = poll(&pf, 1, 0);
+  ev = expect(cch, &cst, c.id, RDMA_CM_EVENT_REJECTED);
+  say("listener-gone: request_readable=%d after_destroy=%d client=%s status=%d", requested, after, rdma_event_str(ev->event), ev->status);
+  rdma_ack_cm_event(ev);
+  teardown(&c);
+  CHECK(rdma_get_cm_event(ch, &ev) == -1 && errno == EAGAIN, "nothing left on the listener's channel");
+  rdma_destroy_event_channel(ch);
+}
+
 static void c_death(void) {
   struct conn c;
   char data[48];
@@ -942,6 +973,7 @@ static void client(int with_death) {
   c_unreachable();
   c_no_listener();
   c_timeout();
+  c_listener_gone();
   c_connect_scenario();
   c_reject();
   c_data();
