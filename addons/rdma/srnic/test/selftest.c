@@ -294,7 +294,7 @@ static void s_established(struct conn *c) { rdma_ack_cm_event(expect(sch, &sst, 
 static void s_disconnected(struct conn *c) { rdma_ack_cm_event(expect(sch, &sst, c->id, RDMA_CM_EVENT_DISCONNECTED)); }
 
 /* Binds a type-2 window over the target area [off, off+len) of `c` (unsignaled) and sends the offer (signaled). */
-static struct ibv_mw *s_offer(struct conn *c, uint64_t off, uint64_t len, int with_window) {
+static struct ibv_mw *s_offer_access(struct conn *c, uint64_t off, uint64_t len, int with_window, unsigned access) {
   struct ibv_mw *mw = NULL;
   struct offer o;
   struct ibv_send_wr w, *bad;
@@ -313,7 +313,7 @@ static struct ibv_mw *s_offer(struct conn *c, uint64_t off, uint64_t len, int wi
     w.bind_mw.bind_info.mr = c->mr;
     w.bind_mw.bind_info.addr = (uintptr_t)(c->buf + off);
     w.bind_mw.bind_info.length = len;
-    w.bind_mw.bind_info.mw_access_flags = IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE;
+    w.bind_mw.bind_info.mw_access_flags = access;
     CHECK(ibv_post_send(c->id->qp, &w, &bad) == 0, "post BIND_MW");
     o.win_rkey = w.bind_mw.rkey;
     o.win_addr = (uintptr_t)(c->buf + off);
@@ -326,6 +326,8 @@ static struct ibv_mw *s_offer(struct conn *c, uint64_t off, uint64_t len, int wi
   }
   return mw;
 }
+
+static struct ibv_mw *s_offer(struct conn *c, uint64_t off, uint64_t len, int with_window) { return s_offer_access(c, off, len, with_window, IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE); }
 
 static void s_connect(void) {
   struct conn c;
@@ -418,16 +420,20 @@ static void s_window_other_qp(void) {
   teardown(&b);
 }
 
-static void s_oob(void) {
+/* Offers its region and a read-only window over 256 bytes of it; the client breaks a rule
+ * (the QPs go to the error state: this side's receives flush). */
+static void s_fault(void) {
   struct conn c;
   char tag[32], rest[64];
   struct ibv_wc wc;
+  struct ibv_mw *mw;
   s_accept(&c, tag, rest, 2, NULL, 0);
   s_established(&c);
-  s_offer(&c, 0, 0, 0);
+  mw = s_offer_access(&c, TARGET_AT, 256, 1, IBV_ACCESS_REMOTE_READ);
   wc = wait_wc(c.rcq, "flush");
-  say("oob: recv status=%s", ibv_wc_status_str(wc.status));
+  say("fault %s: recv status=%s", rest, ibv_wc_status_str(wc.status));
   s_disconnected(&c);
+  CHECK(ibv_dealloc_mw(mw) == 0, "dealloc_mw");
   teardown(&c);
 }
 
@@ -544,7 +550,7 @@ static void server(void) {
     else if (strcmp(tag, "reject") == 0) s_reject();
     else if (strcmp(tag, "data") == 0) s_data();
     else if (strcmp(tag, "winA") == 0) s_window_other_qp();
-    else if (strcmp(tag, "oob") == 0) s_oob();
+    else if (strcmp(tag, "fault") == 0) s_fault();
     else if (strcmp(tag, "rnr7") == 0) s_rnr(1);
     else if (strcmp(tag, "rnr2") == 0) s_rnr(0);
     else if (strcmp(tag, "disc") == 0) s_disconnect();
@@ -782,21 +788,42 @@ static void c_window_other_qp(void) {
   teardown(&b);
 }
 
-static void c_oob(void) {
+/* After a READ of the whole read-only window (which works), breaks a rule of the server's
+ * region or window: `how` is mr-oob (a READ of 16 bytes across the region's end), win-oob (a
+ * READ inside the region but past the window's end), win-ro (a WRITE through the read-only
+ * window). It fails with REM_ACCESS_ERR, the WR after it flushes, and so does this side's
+ * receive left. */
+static void c_fault(const char *how) {
   struct conn c;
   struct offer o;
   struct ibv_wc wc;
-  c_established(&c, port, "oob|", 2, 7, 0);
+  char tag[32];
+  uint64_t addr;
+  uint32_t rkey;
+  snprintf(tag, sizeof(tag), "fault|%s", how);
+  c_established(&c, port, tag, 2, 7, 0);
   o = c_offer(&c);
-  /* 16 bytes at 8 before the region's end */
-  CHECK(post(&c, 1, IBV_WR_RDMA_WRITE, IBV_SEND_SIGNALED, "0123456789abcdef", 16, o.mr_addr + BUF - 8, o.mr_rkey, 0) == 0, "post");
-  CHECK(post(&c, 2, IBV_WR_RDMA_WRITE, 0, "ok", 2, o.mr_addr, o.mr_rkey, 0) == 0, "post");
-  wc = wait_wc(c.scq, "oob");
-  say("oob: write wr=%llu status=%s", (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status));
+  CHECK(post(&c, 1, IBV_WR_RDMA_READ, IBV_SEND_SIGNALED, NULL, 256, o.win_addr, o.win_rkey, 0) == 0, "post");
+  wc = wait_wc(c.scq, "read through the window");
+  CHECK(wc.status == IBV_WC_SUCCESS, "a READ of the whole read-only window works: %s", ibv_wc_status_str(wc.status));
+  if (strcmp(how, "mr-oob") == 0) {
+    addr = o.mr_addr + BUF - 8;
+    rkey = o.mr_rkey;
+  } else if (strcmp(how, "win-oob") == 0) {
+    addr = o.win_addr + 256 - 8;
+    rkey = o.win_rkey;
+  } else {
+    addr = o.win_addr;
+    rkey = o.win_rkey;
+  }
+  CHECK(post(&c, 2, strcmp(how, "win-ro") == 0 ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ, IBV_SEND_SIGNALED, "0123456789abcdef", 16, addr, rkey, 0) == 0, "post");
+  CHECK(post(&c, 3, IBV_WR_RDMA_WRITE, 0, "ok", 2, o.mr_addr, o.mr_rkey, 0) == 0, "post");
+  wc = wait_wc(c.scq, how);
+  say("fault %s: wr=%llu status=%s", how, (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status));
   wc = wait_wc(c.scq, "flush");
-  say("oob: then wr=%llu status=%s", (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status));
+  say("fault %s: then wr=%llu status=%s", how, (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status));
   wc = wait_wc(c.rcq, "recv flush");
-  say("oob: own recv status=%s", ibv_wc_status_str(wc.status));
+  say("fault %s: own recv status=%s", how, ibv_wc_status_str(wc.status));
   c_disconnect(&c);
   teardown(&c);
 }
@@ -978,7 +1005,9 @@ static void client(int with_death) {
   c_reject();
   c_data();
   c_window_other_qp();
-  c_oob();
+  c_fault("mr-oob");
+  c_fault("win-oob");
+  c_fault("win-ro");
   c_rnr(1);
   c_rnr(0);
   c_disconnect_scenario();
