@@ -86,6 +86,8 @@ function serverLines(port: string): string[] {
     `S disc: flushed wr=1 status=${FLUSH} op=RECV`,
     `S disc: flushed wr=2 status=${FLUSH} op=RECV`,
     "S disc: no second event=1",
+    "S big: recv wr=77 status=success len=1048576 send_ok=1 write_ok=1",
+    "S trickle: received=300 in_order=1 nothing_more=1",
   ];
 }
 
@@ -126,6 +128,8 @@ const CLIENT = [
   "C disc: again=0 no second event=1",
   "C chan: before=0 after=1 cq_ok=1 ctx_ok=1 wc=success text=notify-me",
   "C chan: unarmed readable=0 text=unarmed",
+  "C big: send wr=2 status=success len=1048576",
+  "C trickle: sent=300 all_ok_in_order=1",
 ];
 
 t("one process holding both ends (server thread, client thread): every scenario, each side's observations in order", () => {

@@ -147,6 +147,9 @@ struct offer {
   uint64_t win_len;
 };
 
+/* Queue depths of the next QP this thread makes (the bulk scenarios raise them). */
+static __thread int qp_send_wr = 64, qp_recv_wr = 16;
+
 /* PD, CQs (the receive CQ on a completion channel when `chan`), QP of the connection's id. */
 static void setup(struct conn *c, int chan) {
   struct ibv_qp_init_attr a;
@@ -158,8 +161,8 @@ static void setup(struct conn *c, int chan) {
   c->pd = ibv_alloc_pd(c->id->verbs);
   CHECK(c->pd != NULL, "ibv_alloc_pd");
   c->cc = chan ? ibv_create_comp_channel(c->id->verbs) : NULL;
-  c->scq = ibv_create_cq(c->id->verbs, 256, NULL, NULL, 0);
-  c->rcq = ibv_create_cq(c->id->verbs, 256, c, c->cc, 0);
+  c->scq = ibv_create_cq(c->id->verbs, 1024, NULL, NULL, 0);
+  c->rcq = ibv_create_cq(c->id->verbs, 1024, c, c->cc, 0);
   CHECK(c->scq != NULL && c->rcq != NULL, "ibv_create_cq");
   c->buf = calloc(1, BUF);
   c->mr = ibv_reg_mr(c->pd, c->buf, BUF, ACCESS_ALL);
@@ -168,8 +171,8 @@ static void setup(struct conn *c, int chan) {
   a.send_cq = c->scq;
   a.recv_cq = c->rcq;
   a.qp_type = IBV_QPT_RC;
-  a.cap.max_send_wr = 64;
-  a.cap.max_recv_wr = 16;
+  a.cap.max_send_wr = (uint32_t)qp_send_wr;
+  a.cap.max_recv_wr = (uint32_t)qp_recv_wr;
   a.cap.max_send_sge = 4;
   a.cap.max_recv_sge = 2;
   a.cap.max_inline_data = 64;
@@ -507,6 +510,77 @@ static void s_death(const char *pid) {
   teardown(&c);
 }
 
+#define BIG_WRITE (8u << 20)
+#define BIG_SEND (1u << 20)
+
+/* A byte of the bulk pattern at `i` for `seed`. */
+static uint8_t pattern(uint64_t i, unsigned seed) { return (uint8_t)((i * 2654435761u + seed) >> 13); }
+
+static int pattern_ok(const uint8_t *p, uint64_t n, unsigned seed) {
+  for (uint64_t i = 0; i < n; i++)
+    if (p[i] != pattern(i, seed)) return 0;
+  return 1;
+}
+
+/* An 8 MiB WRITE and a 1 MiB SEND, far more than a socket holds: both land whole. */
+static void s_big(void) {
+  struct conn c;
+  char tag[32], rest[64];
+  uint8_t *region = calloc(1, BIG_WRITE), *inbox = calloc(1, BIG_SEND);
+  struct ibv_mr *rmr, *imr;
+  struct ibv_sge sge;
+  struct ibv_recv_wr w, *bad;
+  struct offer o;
+  struct ibv_wc wc;
+  s_accept(&c, tag, rest, 0, NULL, 0);
+  rmr = ibv_reg_mr(c.pd, region, BIG_WRITE, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+  imr = ibv_reg_mr(c.pd, inbox, BIG_SEND, IBV_ACCESS_LOCAL_WRITE);
+  CHECK(rmr != NULL && imr != NULL, "ibv_reg_mr");
+  sge = (struct ibv_sge){.addr = (uintptr_t)inbox, .length = BIG_SEND, .lkey = imr->lkey};
+  w = (struct ibv_recv_wr){.wr_id = 77, .sg_list = &sge, .num_sge = 1};
+  CHECK(ibv_post_recv(c.id->qp, &w, &bad) == 0, "post the big receive");
+  s_established(&c);
+  memset(&o, 0, sizeof(o));
+  o.mr_addr = (uintptr_t)region;
+  o.mr_rkey = rmr->rkey;
+  CHECK(post(&c, 1, IBV_WR_SEND, IBV_SEND_SIGNALED, &o, sizeof(o), 0, 0, 0) == 0, "post");
+  wait_wc(c.scq, "offer");
+  wc = wait_wc(c.rcq, "the big send");
+  say("big: recv wr=%llu status=%s len=%u send_ok=%d write_ok=%d", (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status), wc.byte_len, pattern_ok(inbox, BIG_SEND, 2), pattern_ok(region, BIG_WRITE, 1));
+  s_disconnected(&c);
+  CHECK(ibv_dereg_mr(rmr) == 0 && ibv_dereg_mr(imr) == 0, "dereg");
+  free(region);
+  free(inbox);
+  teardown(&c);
+}
+
+#define TRICKLE 300
+
+/* Receives posted 30 at a time while the peer has 300 SENDs in flight: receiver-not-ready and
+ * go-back-N retransmission all along, yet every message arrives once, in order. */
+static void s_trickle(void) {
+  struct conn c;
+  char tag[32], rest[64];
+  int in_order = 1, got = 0;
+  qp_recv_wr = 512;
+  s_accept(&c, tag, rest, 0, NULL, 0);
+  qp_recv_wr = 16;
+  s_established(&c);
+  while (got < TRICKLE) {
+    struct ibv_wc wc;
+    for (int i = 0; i < 30; i++) post_recv(&c, (uint64_t)(got + i), (got + i) % 16);
+    sleep_ms(10);
+    for (int i = 0; i < 30; i++) {
+      wc = recv_ok(&c, "trickle");
+      in_order &= ntohl(wc.imm_data) == (uint32_t)got && wc.wr_id == (uint64_t)got && wc.byte_len == 8;
+      got++;
+    }
+  }
+  say("trickle: received=%d in_order=%d nothing_more=%d", got, in_order, stays_empty(c.rcq, 20));
+  s_disconnected(&c);
+  teardown(&c);
+}
+
 /* Binds the listener on port 0 (a free one), checks EADDRINUSE and the stale-file takeover. */
 static void s_listen(void) {
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -555,6 +629,8 @@ static void server(void) {
     else if (strcmp(tag, "rnr2") == 0) s_rnr(0);
     else if (strcmp(tag, "disc") == 0) s_disconnect();
     else if (strcmp(tag, "chan") == 0) s_chan();
+    else if (strcmp(tag, "big") == 0) s_big();
+    else if (strcmp(tag, "trickle") == 0) s_trickle();
     else if (strcmp(tag, "death") == 0) {
       s_death("");
       say("end");
@@ -892,6 +968,64 @@ static void c_chan(void) {
   teardown(&c);
 }
 
+static void c_big(void) {
+  struct conn c;
+  uint8_t *src = malloc(BIG_WRITE), *msg = malloc(BIG_SEND);
+  struct ibv_mr *smr, *mmr;
+  struct offer o;
+  struct ibv_wc wc;
+  struct ibv_sge sge;
+  struct ibv_send_wr w, *bad;
+  for (uint64_t i = 0; i < BIG_WRITE; i++) src[i] = pattern(i, 1);
+  for (uint64_t i = 0; i < BIG_SEND; i++) msg[i] = pattern(i, 2);
+  c_established(&c, port, "big|", 1, 7, 0);
+  smr = ibv_reg_mr(c.pd, src, BIG_WRITE, 0);
+  mmr = ibv_reg_mr(c.pd, msg, BIG_SEND, 0);
+  CHECK(smr != NULL && mmr != NULL, "ibv_reg_mr");
+  o = c_offer(&c);
+  sge = (struct ibv_sge){.addr = (uintptr_t)src, .length = BIG_WRITE, .lkey = smr->lkey};
+  memset(&w, 0, sizeof(w));
+  w.wr_id = 1;
+  w.sg_list = &sge;
+  w.num_sge = 1;
+  w.opcode = IBV_WR_RDMA_WRITE;
+  w.wr.rdma.remote_addr = o.mr_addr;
+  w.wr.rdma.rkey = o.mr_rkey;
+  CHECK(ibv_post_send(c.id->qp, &w, &bad) == 0, "post the big write");
+  {
+    struct ibv_sge s2 = {.addr = (uintptr_t)msg, .length = BIG_SEND, .lkey = mmr->lkey};
+    struct ibv_send_wr w2 = {.wr_id = 2, .sg_list = &s2, .num_sge = 1, .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED};
+    CHECK(ibv_post_send(c.id->qp, &w2, &bad) == 0, "post the big send");
+  }
+  wc = wait_wc(c.scq, "big");
+  say("big: send wr=%llu status=%s len=%u", (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status), wc.byte_len);
+  c_disconnect(&c);
+  CHECK(ibv_dereg_mr(smr) == 0 && ibv_dereg_mr(mmr) == 0, "dereg");
+  free(src);
+  free(msg);
+  teardown(&c);
+}
+
+static void c_trickle(void) {
+  struct conn c;
+  int ok = 1;
+  qp_send_wr = 512;
+  c_established(&c, port, "trickle|", 0, 7, 0);
+  qp_send_wr = 64;
+  for (int i = 0; i < TRICKLE; i++) {
+    uint64_t v = (uint64_t)i;
+    /* inline: the send area's slots are reused before completion, which only inline allows */
+    CHECK(post(&c, (uint64_t)i, IBV_WR_SEND_WITH_IMM, IBV_SEND_SIGNALED | IBV_SEND_INLINE, &v, 8, 0, 0, (uint32_t)i) == 0, "post %d", i);
+  }
+  for (int i = 0; i < TRICKLE; i++) {
+    struct ibv_wc wc = wait_wc(c.scq, "trickle");
+    ok &= wc.status == IBV_WC_SUCCESS && wc.wr_id == (uint64_t)i;
+  }
+  say("trickle: sent=%d all_ok_in_order=%d", TRICKLE, ok);
+  c_disconnect(&c);
+  teardown(&c);
+}
+
 struct blocker {
   struct rdma_event_channel *ch;
   int64_t got_at;
@@ -1012,6 +1146,8 @@ static void client(int with_death) {
   c_rnr(0);
   c_disconnect_scenario();
   c_chan();
+  c_big();
+  c_trickle();
   if (with_death) c_death();
   {
     struct conn c;
