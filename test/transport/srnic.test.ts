@@ -196,6 +196,24 @@ t("two processes: the client's half and the server's half; the server kills the 
   assert.equal(readdirSync(net), [], "no socket file is left behind");
 });
 
+t("librdmacm's devices: one context per active device, srnic0 first, the same pointers every time; rdma_create_qp's checks; calls refused; no active device", () => {
+  compile();
+  const run = (mode: string, devices: string) => {
+    const r = spawnSync(exe, [mode], { env: { ...env(join(work, "net-devices")), SRNIC_DEVICES: devices }, encoding: "utf8", timeout: 30_000 });
+    assert.is(r.status, 0, `${mode}: exit ${r.status} ${r.signal ?? ""}\n${r.stdout}\n${r.stderr}`);
+    assert.is(r.stderr.trim(), NOTHING_LEFT, "librdmacm's own contexts are not the application's to close; everything else was released");
+    return lines(r.stdout, "C");
+  };
+  assert.equal(run("devices", "mlx5_0:down,srnic1:active,srnic0:active,srnic2:noopen"), [
+    "C devices: n=2 names=srnic0,srnic1 same=1 port_active=1 gid=1",
+    "C devices: bind 10.0.0.1 refused=1 id_verbs_is_first=1",
+    "C devices: create_qp refused sge=1 inline=1 wr=1 ud=1 other_device_pd=1 opened_context_pd=1",
+    "C devices: granted inline=256 qp_ok=1",
+    "C devices: connect with 57 bytes refused=1 destroy with a qp refused=1 then=1",
+  ]);
+  assert.equal(run("nodevices", "srnic0:down"), ["C nodevices: list=NULL n=0 enodev=1 resolve=RDMA_CM_EVENT_ADDR_ERROR status=-19"]);
+});
+
 test.after(() => rmSync(work, { recursive: true, force: true }));
 
 test.run();

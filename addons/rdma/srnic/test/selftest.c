@@ -1159,6 +1159,89 @@ static void client(int with_death) {
   say("done");
 }
 
+/* Run with SRNIC_DEVICES=mlx5_0:down,srnic1:active,srnic0:active,srnic2:noopen: librdmacm's
+ * contexts (active devices, srnic0 first, the same pointers every time), the checks of
+ * rdma_create_qp, and calls refused. */
+static void devices(void) {
+  int n, n2;
+  struct ibv_context **list = rdma_get_devices(&n), **again = rdma_get_devices(&n2);
+  struct ibv_port_attr pa;
+  union ibv_gid gid;
+  struct rdma_cm_id *id;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(1), .sin_addr.s_addr = htonl(0x0a000001)};
+  struct ibv_qp_init_attr qa;
+  struct ibv_pd *pd, *pd1, *pdx;
+  struct ibv_cq *cq;
+  struct ibv_context *opened;
+  struct ibv_device **dl;
+  char names[64] = "";
+  int refused[7];
+  struct rdma_conn_param p;
+  uint8_t big[57] = {0};
+  CHECK(list != NULL && again != NULL, "rdma_get_devices");
+  for (int i = 0; i < n; i++) snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s", i ? "," : "", ibv_get_device_name(list[i]->device));
+  say("devices: n=%d names=%s same=%d port_active=%d gid=%d", n, names, n == n2 && list[0] == again[0] && list[1] == again[1], ibv_query_port(list[0], 1, &pa) == 0 && pa.state == IBV_PORT_ACTIVE, ibv_query_gid(list[0], 1, 0, &gid) == 0 && gid.raw[0] == 0xfe);
+  rdma_free_devices(again);
+  cch = rdma_create_event_channel();
+  CHECK(rdma_create_id(cch, &id, NULL, RDMA_PS_TCP) == 0, "id");
+  refused[0] = rdma_bind_addr(id, (struct sockaddr *)&a) == -1 && errno == EADDRNOTAVAIL;
+  CHECK(rdma_destroy_id(id) == 0, "destroy");
+  id = c_resolve(9, 500);
+  say("devices: bind 10.0.0.1 refused=%d id_verbs_is_first=%d", refused[0], id->verbs == list[0]);
+  pd = ibv_alloc_pd(id->verbs);
+  pd1 = ibv_alloc_pd(list[1]);
+  dl = ibv_get_device_list(NULL);
+  opened = ibv_open_device(dl[2]); /* srnic0, opened by the application: another context */
+  CHECK(opened != NULL, "ibv_open_device");
+  pdx = ibv_alloc_pd(opened);
+  cq = ibv_create_cq(id->verbs, 16, NULL, NULL, 0);
+  CHECK(pd != NULL && pd1 != NULL && pdx != NULL && cq != NULL, "pd, cq");
+#define QA(field, value) (memset(&qa, 0, sizeof(qa)), qa.send_cq = qa.recv_cq = cq, qa.qp_type = IBV_QPT_RC, qa.cap.max_send_wr = qa.cap.max_recv_wr = 4, qa.cap.max_send_sge = qa.cap.max_recv_sge = 1, qa.field = value, &qa)
+  refused[0] = rdma_create_qp(id, pd, QA(cap.max_send_sge, 9)) == -1 && errno == EINVAL;
+  refused[1] = rdma_create_qp(id, pd, QA(cap.max_inline_data, 257)) == -1 && errno == EINVAL;
+  refused[2] = rdma_create_qp(id, pd, QA(cap.max_send_wr, 4097)) == -1 && errno == EINVAL;
+  refused[3] = rdma_create_qp(id, pd, QA(qp_type, IBV_QPT_UD)) == -1 && errno == EINVAL;
+  refused[4] = rdma_create_qp(id, pd1, QA(cap.max_recv_wr, 4)) == -1 && errno == EINVAL;
+  refused[5] = rdma_create_qp(id, pdx, QA(cap.max_recv_wr, 4)) == -1 && errno == EINVAL;
+  say("devices: create_qp refused sge=%d inline=%d wr=%d ud=%d other_device_pd=%d opened_context_pd=%d", refused[0], refused[1], refused[2], refused[3], refused[4], refused[5]);
+  CHECK(rdma_create_qp(id, pd, QA(cap.max_inline_data, 100)) == 0, "rdma_create_qp");
+  say("devices: granted inline=%u qp_ok=%d", qa.cap.max_inline_data, id->qp != NULL && id->qp->pd == pd && id->qp->send_cq == cq);
+  memset(&p, 0, sizeof(p));
+  p.private_data = big;
+  p.private_data_len = 57;
+  refused[0] = rdma_connect(id, &p) == -1 && errno == EINVAL;
+  refused[1] = rdma_destroy_id(id) == -1 && errno == EBUSY;
+  rdma_destroy_qp(id);
+  refused[2] = rdma_destroy_id(id) == 0;
+  say("devices: connect with 57 bytes refused=%d destroy with a qp refused=%d then=%d", refused[0], refused[1], refused[2]);
+  ibv_destroy_cq(cq);
+  ibv_dealloc_pd(pd);
+  ibv_dealloc_pd(pd1);
+  ibv_dealloc_pd(pdx);
+  ibv_close_device(opened);
+  ibv_free_device_list(dl);
+  rdma_free_devices(list);
+  rdma_destroy_event_channel(cch);
+}
+
+/* Run with SRNIC_DEVICES=srnic0:down: no context for librdmacm; an address resolves to ADDR_ERROR. */
+static void no_devices(void) {
+  int n = -1;
+  struct ibv_context **list = rdma_get_devices(&n);
+  struct rdma_cm_id *id;
+  struct rdma_cm_event *ev;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(9), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  int e = errno;
+  cch = rdma_create_event_channel();
+  CHECK(rdma_create_id(cch, &id, NULL, RDMA_PS_TCP) == 0, "id");
+  CHECK(rdma_resolve_addr(id, NULL, (struct sockaddr *)&a, 500) == 0, "resolve");
+  ev = expect(cch, &cst, id, RDMA_CM_EVENT_ADDR_ERROR);
+  say("nodevices: list=%s n=%d enodev=%d resolve=%s status=%d", list == NULL ? "NULL" : "?", n, e == ENODEV, rdma_event_str(ev->event), ev->status);
+  rdma_ack_cm_event(ev);
+  rdma_destroy_id(id);
+  rdma_destroy_event_channel(cch);
+}
+
 static void *server_thread(void *arg) {
   (void)arg;
   my_side = 'S';
@@ -1193,6 +1276,14 @@ int main(int argc, char **argv) {
     rdma_destroy_event_channel(sch);
     return 0;
   }
-  fprintf(stderr, "usage: selftest server | client PORT [death] | both\n");
+  if (argc >= 2 && strcmp(argv[1], "devices") == 0) {
+    devices();
+    return 0;
+  }
+  if (argc >= 2 && strcmp(argv[1], "nodevices") == 0) {
+    no_devices();
+    return 0;
+  }
+  fprintf(stderr, "usage: selftest server | client PORT [death] | both | devices | nodevices\n");
   return 1;
 }
