@@ -478,17 +478,24 @@ SRNIC_EXPORT int rdma_resolve_addr(struct rdma_cm_id *id, struct sockaddr *src_a
     return -1;
   }
   pthread_mutex_lock(&srnic_lock);
-  if (sid->state != ID_IDLE && sid->state != ID_ADDR_RESOLVED) {
+  if (sid->state != ID_IDLE && sid->state != ID_ADDR_RESOLVED && sid->state != ID_BOUND) {
     pthread_mutex_unlock(&srnic_lock);
     errno = EINVAL;
     return -1;
+  }
+  if (sid->state == ID_BOUND) { /* an active id bound first: its address stays, its port file goes */
+    close(sid->bound_fd);
+    sid->bound_fd = -1;
+    unlink(sid->path);
+    sid->path[0] = '\0';
+    if (src_addr == NULL) src_addr = &sid->id.route.addr.src_addr;
   }
   sid->timeout_ms = timeout_ms;
   if (!reachable(dst_addr) || ctx == NULL) {
     queue_event(sid, RDMA_CM_EVENT_ADDR_ERROR, ctx == NULL ? -ENODEV : -EHOSTUNREACH, NULL, NULL, 0);
   } else {
     memcpy(&sid->id.route.addr.dst_storage, dst_addr, addr_len(dst_addr));
-    if (src_addr != NULL && reachable(src_addr)) memcpy(&sid->id.route.addr.src_storage, src_addr, addr_len(src_addr));
+    if (src_addr != NULL && reachable(src_addr)) memmove(&sid->id.route.addr.src_storage, src_addr, addr_len(src_addr));
     else loopback_addr(&sid->id.route.addr.src_storage, dst_addr->sa_family, 0);
     sid->id.verbs = ctx;
     sid->state = ID_ADDR_RESOLVED;

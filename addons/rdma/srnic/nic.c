@@ -197,6 +197,11 @@ static void link_read(struct srnic_link *l) {
   if (l->in_len >= sizeof(struct wire_hdr)) {
     struct wire_hdr h;
     memcpy(&h, l->in, sizeof(h));
+    if (h.len > MAX_PACKET) {
+      fprintf(stderr, "srnic: a packet of %u bytes from a peer: closing the link\n", h.len);
+      cm_link_lost(l);
+      return;
+    }
     if (sizeof(h) + (size_t)h.len > l->in_len + want) want = sizeof(h) + (size_t)h.len - l->in_len;
   }
   if (l->in_cap - l->in_len < want) {

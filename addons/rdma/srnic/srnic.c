@@ -684,7 +684,8 @@ static int mr_check(uint32_t key, int remote, uint64_t addr, uint64_t len, int a
 
 SRNIC_EXPORT struct ibv_mr *ibv_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int access) {
   struct ibv_mr *mr;
-  if (addr == NULL || length == 0 || (access & ~0x1f) != 0) {
+  /* As libibverbs: remote write (or atomic) access needs local write. */
+  if (addr == NULL || length == 0 || (access & ~0x1f) != 0 || ((access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC)) && !(access & IBV_ACCESS_LOCAL_WRITE))) {
     errno = EINVAL;
     return NULL;
   }
