@@ -86,6 +86,8 @@ function serverLines(port: string): string[] {
     `S disc: flushed wr=1 status=${FLUSH} op=RECV`,
     `S disc: flushed wr=2 status=${FLUSH} op=RECV`,
     "S disc: no second event=1",
+    "S sdisc: once=1",
+    "S bothdisc: once=1",
     "S big: recv wr=77 status=success len=1048576 send_ok=1 write_ok=1",
     "S trickle: received=300 in_order=1 nothing_more=1",
   ];
@@ -128,6 +130,10 @@ const CLIENT = [
   "C disc: again=0 no second event=1",
   "C chan: before=0 after=1 cq_ok=1 ctx_ok=1 wc=success text=notify-me",
   "C chan: unarmed readable=0 text=unarmed",
+  `C sdisc: flushed wr=0 status=${FLUSH}`,
+  `C sdisc: flushed wr=1 status=${FLUSH}`,
+  "C sdisc: once=1",
+  "C bothdisc: once=1",
   "C big: send wr=2 status=success len=1048576",
   "C trickle: sent=300 all_ok_in_order=1",
 ];

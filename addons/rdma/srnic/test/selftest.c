@@ -474,6 +474,20 @@ static void s_disconnect(void) {
   teardown(&c);
 }
 
+/* The passive side disconnects (sdisc), or both sides at once (bothdisc): each side hears
+ * DISCONNECTED exactly once, whoever was first. */
+static void s_disconnect_from_here(int both) {
+  struct conn c;
+  char tag[32], rest[64];
+  s_accept(&c, tag, rest, both, NULL, 0);
+  s_established(&c);
+  if (both) recv_ok(&c, "go"); /* the client disconnects right after sending it */
+  CHECK(rdma_disconnect(c.id) == 0, "rdma_disconnect");
+  s_disconnected(&c);
+  say("%s: once=%d", both ? "bothdisc" : "sdisc", no_event_for(sch, &sst, c.id, 200));
+  teardown(&c);
+}
+
 static void s_chan(void) {
   struct conn c;
   char tag[32], rest[64];
@@ -629,6 +643,8 @@ static void server(void) {
     else if (strcmp(tag, "rnr2") == 0) s_rnr(0);
     else if (strcmp(tag, "disc") == 0) s_disconnect();
     else if (strcmp(tag, "chan") == 0) s_chan();
+    else if (strcmp(tag, "sdisc") == 0) s_disconnect_from_here(0);
+    else if (strcmp(tag, "bothdisc") == 0) s_disconnect_from_here(1);
     else if (strcmp(tag, "big") == 0) s_big();
     else if (strcmp(tag, "trickle") == 0) s_trickle();
     else if (strcmp(tag, "death") == 0) {
@@ -940,6 +956,25 @@ static void c_disconnect_scenario(void) {
   teardown(&c);
 }
 
+static void c_disconnect_from_there(int both) {
+  struct conn c;
+  c_established(&c, port, both ? "bothdisc|" : "sdisc|", 2, 7, 0);
+  if (both) {
+    CHECK(post(&c, 1, IBV_WR_SEND, 0, "go", 2, 0, 0, 0) == 0, "post");
+    CHECK(rdma_disconnect(c.id) == 0, "rdma_disconnect at the same time as the server");
+    rdma_ack_cm_event(expect(cch, &cst, c.id, RDMA_CM_EVENT_DISCONNECTED));
+  } else {
+    rdma_ack_cm_event(expect(cch, &cst, c.id, RDMA_CM_EVENT_DISCONNECTED));
+    for (int i = 0; i < 2; i++) {
+      struct ibv_wc wc = wait_wc(c.rcq, "flush");
+      say("sdisc: flushed wr=%llu status=%s", (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status));
+    }
+    CHECK(rdma_disconnect(c.id) == 0, "rdma_disconnect after the peer's: nothing to do");
+  }
+  say("%s: once=%d", both ? "bothdisc" : "sdisc", no_event_for(cch, &cst, c.id, 200));
+  teardown(&c);
+}
+
 static void c_chan(void) {
   struct conn c;
   struct pollfd p;
@@ -1146,6 +1181,8 @@ static void client(int with_death) {
   c_rnr(0);
   c_disconnect_scenario();
   c_chan();
+  c_disconnect_from_there(0);
+  c_disconnect_from_there(1);
   c_big();
   c_trickle();
   if (with_death) c_death();
