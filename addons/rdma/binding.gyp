@@ -14,8 +14,8 @@
       "ldflags": ["-Wl,--exclude-libs,ALL", "-Wl,--version-script=<(module_root_dir)/exports.map"]
     },
     {
-      # The software RNIC for tests (srnic/srnic.c): stands in for libibverbs and librdmacm
-      # through KOALA_VERBS_LIB / KOALA_RDMACM_LIB. Not part of the addon.
+      # The software RNIC for tests (srnic/*.c, header comment of srnic/srnic.c): stands in for
+      # libibverbs and librdmacm through KOALA_VERBS_LIB / KOALA_RDMACM_LIB. Not part of the addon.
       "target_name": "srnic",
       "type": "shared_library",
       "product_name": "koala_srnic",

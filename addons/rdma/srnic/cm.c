@@ -102,6 +102,7 @@ static void queue_event(struct srnic_id *sid, enum rdma_cm_event_type type, int 
   if (write(sid->chan->ch.fd, &one, sizeof(one)) != (ssize_t)sizeof(one)) fprintf(stderr, "srnic: event channel write: %s\n", strerror(errno));
 }
 
+/* Takes the next queued event: blocks, or fails with EAGAIN, as the channel fd says. */
 SRNIC_EXPORT int rdma_get_cm_event(struct rdma_event_channel *channel, struct rdma_cm_event **event) {
   struct srnic_chan *c = (struct srnic_chan *)channel;
   if (c == NULL || event == NULL) {
@@ -152,11 +153,12 @@ SRNIC_EXPORT const char *rdma_event_str(enum rdma_cm_event_type event) {
   return (unsigned)event < sizeof(names) / sizeof(names[0]) ? names[event] : "UNKNOWN EVENT";
 }
 
+static void destroy_id_locked(struct srnic_id *sid);
+
 /* Removes the queued events of `sid` (its id is being destroyed): taken off the queue when the
  * channel's fd is non-blocking (its count read back), else left as void entries that
  * rdma_get_cm_event skips. A CONNECT_REQUEST of a listener being destroyed takes its new id
  * with it. Under srnic_lock. */
-static void destroy_id_locked(struct srnic_id *sid);
 static void drop_events(struct srnic_id *sid) {
   struct srnic_chan *c = sid->chan;
   int nonblocking;
@@ -395,6 +397,8 @@ static int bind_port(unsigned port, int take_stale, char *path) {
   return -1;
 }
 
+/* Binds the id to srnic port P (its socket file cm-P; port 0: a free one): EADDRINUSE when a
+ * live listener has it, a stale file taken over; EADDRNOTAVAIL for an address not of this host. */
 SRNIC_EXPORT int rdma_bind_addr(struct rdma_cm_id *id, struct sockaddr *addr) {
   struct srnic_id *sid = (struct srnic_id *)id;
   struct ibv_context *ctx = srnic_cm_context();
@@ -470,6 +474,7 @@ SRNIC_EXPORT int rdma_listen(struct rdma_cm_id *id, int backlog) {
 SRNIC_EXPORT __be16 rdma_get_src_port(struct rdma_cm_id *id) { return id->route.addr.src_sin.sin_port; }
 SRNIC_EXPORT __be16 rdma_get_dst_port(struct rdma_cm_id *id) { return id->route.addr.dst_sin.sin_port; }
 
+/* Queues ADDR_RESOLVED for a local address (the id gets librdmacm's context), else ADDR_ERROR. */
 SRNIC_EXPORT int rdma_resolve_addr(struct rdma_cm_id *id, struct sockaddr *src_addr, struct sockaddr *dst_addr, int timeout_ms) {
   struct srnic_id *sid = (struct srnic_id *)id;
   struct ibv_context *ctx = srnic_cm_context();
@@ -570,6 +575,8 @@ static void cm_msg(struct wire_cm *m, const struct srnic_id *sid, unsigned port,
   if (len > 0) memcpy(m->pd, data, len);
 }
 
+/* Connects to the listener of the destination port: sends REQ; ESTABLISHED, REJECTED or
+ * UNREACHABLE follows (REJECTED with status 8 at once when nothing listens there). */
 SRNIC_EXPORT int rdma_connect(struct rdma_cm_id *id, struct rdma_conn_param *param) {
   struct srnic_id *sid = (struct srnic_id *)id;
   struct sockaddr_un a;
@@ -614,6 +621,7 @@ SRNIC_EXPORT int rdma_connect(struct rdma_cm_id *id, struct rdma_conn_param *par
   return 0;
 }
 
+/* Accepts a connect request: the QP is ready, ACCEPT goes out; ESTABLISHED follows its RTU. */
 SRNIC_EXPORT int rdma_accept(struct rdma_cm_id *id, struct rdma_conn_param *param) {
   struct srnic_id *sid = (struct srnic_id *)id;
   struct wire_cm m;
@@ -634,6 +642,7 @@ SRNIC_EXPORT int rdma_accept(struct rdma_cm_id *id, struct rdma_conn_param *para
   return 0;
 }
 
+/* Refuses a connect request: the active side gets REJECTED, status 28, with this data. */
 SRNIC_EXPORT int rdma_reject(struct rdma_cm_id *id, const void *private_data, uint8_t private_data_len) {
   struct srnic_id *sid = (struct srnic_id *)id;
   struct wire_cm m;
@@ -660,6 +669,8 @@ static void peer_gone(struct srnic_id *sid) {
   queue_event(sid, RDMA_CM_EVENT_DISCONNECTED, 0, NULL, NULL, 0);
 }
 
+/* Disconnects: the QP goes to the error state, the peer hears DISCONNECT, this side gets
+ * DISCONNECTED (once). Nothing happens on an id already disconnected. */
 SRNIC_EXPORT int rdma_disconnect(struct rdma_cm_id *id) {
   struct srnic_id *sid = (struct srnic_id *)id;
   int rc = 0;
@@ -709,6 +720,7 @@ void cm_accept_ready(struct srnic_id *listener) {
   }
 }
 
+/* Takes an accepted link off the list of those waiting for a REQ. */
 static void unpend(struct srnic_link *l) {
   for (struct srnic_link **pp = &pending_links; *pp != NULL; pp = &(*pp)->pending_next) {
     if (*pp == l) {
@@ -752,6 +764,7 @@ static void on_request(struct srnic_link *l, const struct wire_cm *m) {
   queue_event(sid, RDMA_CM_EVENT_CONNECT_REQUEST, 0, listener, m->pd, m->pdlen);
 }
 
+/* A packet on a link (service thread): the CM messages here, the data path to nic.c. */
 void cm_packet(struct srnic_link *l, uint32_t type, const uint8_t *body, size_t len) {
   struct srnic_id *sid = l->id;
   struct wire_cm m;
@@ -800,6 +813,7 @@ void cm_packet(struct srnic_link *l, uint32_t type, const uint8_t *body, size_t 
   }
 }
 
+/* The link ended (EOF, reset, or a bad packet): what that means in the id's state. */
 void cm_link_lost(struct srnic_link *l) {
   struct srnic_id *sid = l->id;
   if (sid == NULL) {
@@ -814,6 +828,7 @@ void cm_link_lost(struct srnic_link *l) {
   nic_link_close(l);
 }
 
+/* Runs the due timers (connect deadlines, RNR retransmissions); the next deadline, 0 if none. */
 int64_t cm_timers(int64_t now) {
   int64_t next = 0;
   for (struct srnic_id *sid = ids; sid != NULL; sid = sid->next) {

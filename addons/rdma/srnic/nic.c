@@ -68,6 +68,7 @@ static void start_once(void) {
   pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
+/* Starts the service thread once per process; -1 (errno) if it could not be. */
 int nic_start(void) {
   pthread_once(&once, start_once);
   if (start_errno != 0) errno = start_errno;
@@ -80,11 +81,13 @@ void nic_wake(void) {
   if (wake_fd >= 0 && write(wake_fd, &one, sizeof(one)) < 0) { /* already signalled */ }
 }
 
+/* Watches `fd` for input (and output when `out`); `ptr` starts with its KIND_*. */
 int nic_add_fd(int fd, void *ptr, int out) {
   struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0), .data.ptr = ptr};
   return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
 }
 
+/* A link (or listener) for `fd`, watched by the service thread (under srnic_lock). */
 struct srnic_link *nic_link_new(int fd, int kind) {
   struct srnic_link *l = calloc(1, sizeof(*l));
   if (l == NULL) return NULL;
@@ -148,6 +151,8 @@ static void link_flush(struct srnic_link *l) {
   }
 }
 
+/* Queues a packet of `type` whose body is a then b, and writes what the socket takes now; the
+ * rest goes when it is writable. Never blocks. Under srnic_lock. */
 void nic_link_send(struct srnic_link *l, uint32_t type, const void *a, size_t alen, const void *b, size_t blen) {
   struct wire_hdr h;
   size_t need;
@@ -182,6 +187,7 @@ void nic_link_send(struct srnic_link *l, uint32_t type, const void *a, size_t al
   if (!l->want_out) link_flush(l);
 }
 
+/* Ends the output of `l` once what is queued is written (shutdown SHUT_WR); input goes on. */
 void nic_link_shut(struct srnic_link *l) {
   if (l == NULL || l->dead) return;
   l->shut_after_flush = 1;
@@ -318,6 +324,8 @@ static void advance(struct srnic_qp *q) {
   }
 }
 
+/* Moves a connected QP to the error state: outstanding sends, then posted receives, complete
+ * with WR_FLUSH_ERR in order; anything posted later flushes at once. Under srnic_lock. */
 void nic_qp_error(struct srnic_qp *q) {
   if (q->loopback || q->state == QP_ERROR) return;
   q->state = QP_ERROR;
@@ -396,6 +404,9 @@ static enum ibv_wc_status send_request(struct srnic_qp *q, struct srnic_swr *s, 
   return IBV_WC_SUCCESS;
 }
 
+/* ibv_post_send of a connected QP: checks each work request (EINVAL / ENOMEM stop the list at
+ * it, as a provider does), executes binds and invalidates in place, takes a copy of the payload
+ * and sends the request. Completions come in posting order. */
 int nic_post_send(struct srnic_qp *q, struct ibv_send_wr *wr, struct ibv_send_wr **bad) {
   int rc = 0;
   pthread_mutex_lock(&srnic_lock);
@@ -448,6 +459,7 @@ int nic_post_send(struct srnic_qp *q, struct ibv_send_wr *wr, struct ibv_send_wr
   return rc;
 }
 
+/* ibv_post_recv of a connected QP: the receive queue, consumed in order by incoming SENDs. */
 int nic_post_recv(struct srnic_qp *q, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad) {
   int rc = 0;
   pthread_mutex_lock(&srnic_lock);
@@ -486,6 +498,7 @@ static void acked(struct srnic_qp *q, uint32_t seq) {
   }
 }
 
+/* The sent, unanswered work request with sequence number `seq`, or NULL. */
 static struct srnic_swr *find_seq(struct srnic_qp *q, uint32_t seq) {
   for (int i = 0; i < q->sq_count; i++) {
     struct srnic_swr *s = sq_at(q, i);
@@ -549,6 +562,7 @@ static void on_read_resp(struct srnic_qp *q, uint32_t seq, const uint8_t *data, 
 
 /* ---- the responder ------------------------------------------------------------------------ */
 
+/* Sends an answer of `type` for request `seq` (a NAK carries `status`), with `data` if any. */
 static void answer(struct srnic_qp *q, uint32_t type, uint32_t seq, uint32_t status, const void *data, size_t len) {
   struct wire_data d;
   memset(&d, 0, sizeof(d));
@@ -564,6 +578,8 @@ static void refuse(struct srnic_qp *q, uint32_t seq, enum ibv_wc_status status) 
   nic_qp_error(q);
 }
 
+/* The responder: executes request `d` (SEND, WRITE, READ) if it is the one expected, checking
+ * the target memory, and answers (ACK, READ response, RNR NAK or NAK). */
 static void respond(struct srnic_qp *q, uint32_t type, const struct wire_data *d, const uint8_t *data, size_t len) {
   int consumes, with_imm;
   struct srnic_recv r;
@@ -615,6 +631,7 @@ static void respond(struct srnic_qp *q, uint32_t type, const struct wire_data *d
   answer(q, PKT_ACK, d->seq, 0, NULL, 0);
 }
 
+/* A data-path packet for `q`: a request for the responder, or an answer for the requester. */
 void nic_data_packet(struct srnic_qp *q, uint32_t type, const uint8_t *body, size_t len) {
   struct wire_data d;
   if (q->state != QP_RTS || len < sizeof(d) || q->sid == NULL) return;
