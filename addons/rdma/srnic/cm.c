@@ -550,10 +550,10 @@ SRNIC_EXPORT int rdma_create_qp(struct rdma_cm_id *id, struct ibv_pd *pd, struct
   return 0;
 }
 
+/* Destroys the id's QP (srnic_qp_free detaches it from the id under srnic_lock). */
 SRNIC_EXPORT void rdma_destroy_qp(struct rdma_cm_id *id) {
   if (id == NULL || id->qp == NULL) return;
   srnic_qp_free((struct srnic_qp *)id->qp);
-  id->qp = NULL;
 }
 
 /* The QP of `sid` goes to RTS with the RNR retry count of this side's connection parameters. */
