@@ -21,6 +21,8 @@
       "product_name": "koala_srnic",
       "sources": ["srnic/srnic.c", "srnic/nic.c", "srnic/cm.c"],
       "libraries": ["-lpthread"],
+      # Never unloaded (dlclose is a no-op): its service thread runs for the life of the process.
+      "ldflags": ["-Wl,-z,nodelete"],
       "cflags": ["-fvisibility=hidden", "-std=gnu11", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
     }
   ]

@@ -37,6 +37,8 @@ static int wake_kind = KIND_WAKE;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static int start_errno;
 static struct srnic_link *graveyard; /* closed links, freed by the service thread */
+static struct srnic_link *dirty;     /* links the service thread queued output on this turn */
+static __thread int on_service_thread;
 
 int64_t srnic_now_ms(void) {
   struct timespec ts;
@@ -153,6 +155,29 @@ static void link_flush(struct srnic_link *l) {
 
 /* Queues a packet of `type` whose body is a then b, and writes what the socket takes now; the
  * rest goes when it is writable. Never blocks. Under srnic_lock. */
+/* Writes the output of `l` now from an application thread; from the service thread, once at the
+ * end of its turn (all the answers to one read leave in one write). */
+static void later_or_now(struct srnic_link *l) {
+  if (l->want_out) return; /* EPOLLOUT will */
+  if (!on_service_thread) {
+    link_flush(l);
+  } else if (!l->dirty) {
+    l->dirty = 1;
+    l->dirty_next = dirty;
+    dirty = l;
+  }
+}
+
+/* The service thread's deferred writes (under srnic_lock). */
+static void flush_dirty(void) {
+  while (dirty != NULL) {
+    struct srnic_link *l = dirty;
+    dirty = l->dirty_next;
+    l->dirty = 0;
+    if (!l->dead && !l->want_out) link_flush(l);
+  }
+}
+
 void nic_link_send(struct srnic_link *l, uint32_t type, const void *a, size_t alen, const void *b, size_t blen) {
   struct wire_hdr h;
   size_t need;
@@ -184,14 +209,14 @@ void nic_link_send(struct srnic_link *l, uint32_t type, const void *a, size_t al
   if (alen) memcpy(l->out + l->out_len + sizeof(h), a, alen);
   if (blen) memcpy(l->out + l->out_len + sizeof(h) + alen, b, blen);
   l->out_len += need;
-  if (!l->want_out) link_flush(l);
+  later_or_now(l);
 }
 
 /* Ends the output of `l` once what is queued is written (shutdown SHUT_WR); input goes on. */
 void nic_link_shut(struct srnic_link *l) {
   if (l == NULL || l->dead) return;
   l->shut_after_flush = 1;
-  if (!l->want_out) link_flush(l);
+  later_or_now(l);
 }
 
 /* Reads what the socket has and dispatches every whole packet (service thread). */
@@ -255,12 +280,14 @@ static void link_read(struct srnic_link *l) {
 static void *service(void *arg) {
   struct epoll_event evs[64];
   (void)arg;
+  on_service_thread = 1;
   for (;;) {
     int64_t now, next;
     int timeout, n;
     pthread_mutex_lock(&srnic_lock);
     now = srnic_now_ms();
     next = cm_timers(now);
+    flush_dirty();
     pthread_mutex_unlock(&srnic_lock);
     timeout = next == 0 ? -1 : next <= now ? 0 : (int)(next - now);
     n = epoll_wait(ep, evs, 64, timeout);
@@ -279,6 +306,7 @@ static void *service(void *arg) {
         if (!l->dead && (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) link_read(l);
       }
     }
+    flush_dirty(); /* before the graveyard: a closed link may still be on the list */
     while (graveyard != NULL) {
       struct srnic_link *l = graveyard;
       graveyard = l->next;

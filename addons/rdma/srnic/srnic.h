@@ -164,6 +164,8 @@ struct srnic_link {
   size_t out_off, out_len, out_cap;
   int want_out;
   int shut_after_flush, shut_done, broken;
+  int dirty;                       /* output queued by the service thread, written at the end of its turn */
+  struct srnic_link *dirty_next;
   struct srnic_link *next;         /* graveyard */
   struct srnic_link *pending_next; /* accepted links waiting for their REQ */
 };
