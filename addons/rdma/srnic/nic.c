@@ -29,7 +29,7 @@
 #include "srnic.h"
 
 #define RNR_DELAY_MS 2
-#define MAX_PACKET (1u << 31)
+#define MAX_PACKET ((1u << 31) + 4096) /* the largest message (max_msg_sz 2^31) and its header */
 #define READ_CHUNK (256 * 1024)
 
 static int ep = -1, wake_fd = -1;
@@ -153,8 +153,6 @@ static void link_flush(struct srnic_link *l) {
   }
 }
 
-/* Queues a packet of `type` whose body is a then b, and writes what the socket takes now; the
- * rest goes when it is writable. Never blocks. Under srnic_lock. */
 /* Writes the output of `l` now from an application thread; from the service thread, once at the
  * end of its turn (all the answers to one read leave in one write). */
 static void later_or_now(struct srnic_link *l) {
@@ -178,6 +176,8 @@ static void flush_dirty(void) {
   }
 }
 
+/* Queues a packet of `type` whose body is a then b, and writes what the socket takes now; the
+ * rest goes when it is writable. Never blocks. Under srnic_lock. */
 void nic_link_send(struct srnic_link *l, uint32_t type, const void *a, size_t alen, const void *b, size_t blen) {
   struct wire_hdr h;
   size_t need;
