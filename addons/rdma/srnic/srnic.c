@@ -763,8 +763,9 @@ void *srnic_local_mem(struct ibv_pd *pd, uint32_t lkey, uint64_t addr, uint64_t 
 }
 
 /* Type-2 memory windows. A window has an index (the upper 24 bits of its rkey) and, while
- * bound, a key (its rkey's low 8 bits, chosen by the binder with ibv_inc_rkey), a QP, a region
- * and a range with REMOTE_READ / REMOTE_WRITE. All under srnic_lock. */
+ * bound, a key (the low 8 bits of the bind's rkey, chosen by the binder, e.g. ibv_inc_rkey), a
+ * QP, a region and a range with REMOTE_READ / REMOTE_WRITE. It is bound from the free state only
+ * (LOCAL_INV with the bound rkey, or dealloc, frees it). All under srnic_lock. */
 static struct srnic_mw *mws;
 static uint32_t next_mw_index = 0x100;
 
@@ -848,8 +849,7 @@ enum ibv_wc_status srnic_bind_mw(struct srnic_qp *qp, const struct ibv_send_wr *
   if ((b->mw_access_flags & IBV_ACCESS_REMOTE_WRITE) && !(m->access & IBV_ACCESS_LOCAL_WRITE)) return IBV_WC_MW_BIND_ERR;
   if (!within(b->addr, b->length, (uint64_t)(uintptr_t)m->mr.addr, m->mr.length)) return IBV_WC_MW_BIND_ERR;
   w->bound = 1;
-  w->bound_rkey = wr->bind_mw.rkey;
-  w->mw.rkey = wr->bind_mw.rkey; /* the window's current key, for the next ibv_inc_rkey */
+  w->bound_rkey = wr->bind_mw.rkey; /* mw->rkey stays as allocated, as with rxe and mlx5: the binder keeps the key */
   w->qp = qp;
   w->mr = m;
   w->addr = b->addr;

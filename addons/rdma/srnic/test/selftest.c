@@ -297,28 +297,37 @@ static void s_established(struct conn *c) { rdma_ack_cm_event(expect(sch, &sst, 
 static void s_disconnected(struct conn *c) { rdma_ack_cm_event(expect(sch, &sst, c->id, RDMA_CM_EVENT_DISCONNECTED)); }
 
 /* Binds a type-2 window over the target area [off, off+len) of `c` (unsignaled) and sends the offer (signaled). */
+/* The rkey of this thread's last bind (the binder keeps it: mw->rkey stays as allocated). */
+static __thread uint32_t bound_rkey;
+
+/* Posts an unsignaled type-2 bind of `mw` over [buf+off, +len) with `access` and key `rkey`. */
+static void bind_window(struct conn *c, struct ibv_mw *mw, uint32_t rkey, uint64_t off, uint64_t len, unsigned access) {
+  struct ibv_send_wr w, *bad;
+  memset(&w, 0, sizeof(w));
+  w.wr_id = 900;
+  w.opcode = IBV_WR_BIND_MW;
+  w.send_flags = 0;
+  w.bind_mw.mw = mw;
+  w.bind_mw.rkey = rkey;
+  w.bind_mw.bind_info.mr = c->mr;
+  w.bind_mw.bind_info.addr = (uintptr_t)(c->buf + off);
+  w.bind_mw.bind_info.length = len;
+  w.bind_mw.bind_info.mw_access_flags = access;
+  CHECK(ibv_post_send(c->id->qp, &w, &bad) == 0, "post BIND_MW");
+  bound_rkey = rkey;
+}
+
 static struct ibv_mw *s_offer_access(struct conn *c, uint64_t off, uint64_t len, int with_window, unsigned access) {
   struct ibv_mw *mw = NULL;
   struct offer o;
-  struct ibv_send_wr w, *bad;
   memset(&o, 0, sizeof(o));
   o.mr_addr = (uintptr_t)c->buf;
   o.mr_rkey = c->mr->rkey;
   if (with_window) {
     mw = ibv_alloc_mw(c->pd, IBV_MW_TYPE_2);
     CHECK(mw != NULL, "ibv_alloc_mw");
-    memset(&w, 0, sizeof(w));
-    w.wr_id = 900;
-    w.opcode = IBV_WR_BIND_MW;
-    w.send_flags = 0;
-    w.bind_mw.mw = mw;
-    w.bind_mw.rkey = ibv_inc_rkey(mw->rkey);
-    w.bind_mw.bind_info.mr = c->mr;
-    w.bind_mw.bind_info.addr = (uintptr_t)(c->buf + off);
-    w.bind_mw.bind_info.length = len;
-    w.bind_mw.bind_info.mw_access_flags = access;
-    CHECK(ibv_post_send(c->id->qp, &w, &bad) == 0, "post BIND_MW");
-    o.win_rkey = w.bind_mw.rkey;
+    bind_window(c, mw, ibv_inc_rkey(mw->rkey), off, len, access);
+    o.win_rkey = bound_rkey;
     o.win_addr = (uintptr_t)(c->buf + off);
     o.win_len = len;
   }
@@ -377,16 +386,25 @@ static void s_data(void) {
   say("data: write-imm op=%s len=%u imm=0x%x", wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM ? "RECV_RDMA_WITH_IMM" : "?", wc.byte_len, ntohl(wc.imm_data));
   wc = recv_ok(&c, "check");
   say("data: target mr=%.13s window=%.17s wimm=%.4s", (char *)target + 100, (char *)target + 4096, (char *)target + 4096 + 512);
-  /* Invalidate the window (unsignaled) and say so: the client's next READ through it fails. */
+  /* Invalidate the window (unsignaled), bind it again elsewhere with the next key (unsignaled),
+   * offer that: the client reads through the new key, then through the old one, which fails. */
   {
     struct ibv_send_wr w, *bad;
+    struct offer o;
+    uint32_t old = bound_rkey;
     memset(&w, 0, sizeof(w));
     w.wr_id = 902;
     w.opcode = IBV_WR_LOCAL_INV;
-    w.invalidate_rkey = mw->rkey;
+    w.invalidate_rkey = old;
     CHECK(ibv_post_send(c.id->qp, &w, &bad) == 0, "post LOCAL_INV");
-    CHECK(post(&c, 903, IBV_WR_SEND, IBV_SEND_SIGNALED, "invalidated", 11, 0, 0, 0) == 0, "post");
-    wc = wait_wc(c.scq, "invalidated sent");
+    memcpy(target + 8192, "rebound!", 8);
+    bind_window(&c, mw, ibv_inc_rkey(old), TARGET_AT + 8192, 64, IBV_ACCESS_REMOTE_READ);
+    memset(&o, 0, sizeof(o));
+    o.win_rkey = bound_rkey;
+    o.win_addr = (uintptr_t)(target + 8192);
+    o.win_len = 64;
+    CHECK(post(&c, 903, IBV_WR_SEND, IBV_SEND_SIGNALED, &o, sizeof(o), 0, 0, 0) == 0, "post");
+    wc = wait_wc(c.scq, "second offer sent");
     CHECK(wc.wr_id == 903 && wc.status == IBV_WC_SUCCESS, "only the signaled send completes");
   }
   /* The client's READ through the dead window: this QP goes to the error state too, and the
@@ -842,8 +860,13 @@ static void c_data(void) {
   wc = wait_wc(c.scq, "write imm");
   say("data: window write-imm status=%s", ibv_wc_status_str(wc.status));
   CHECK(post(&c, 33, IBV_WR_SEND, 0, "check", 5, 0, 0, 0) == 0, "post");
-  wc = recv_ok(&c, "invalidated");
-  say("data: server says %s", recv_text(&c, &wc));
+  {
+    struct offer o2 = c_offer(&c);
+    say("data: rebound new_key=%d same_index=%d", o2.win_rkey != o.win_rkey, (o2.win_rkey >> 8) == (o.win_rkey >> 8));
+    CHECK(post(&c, 37, IBV_WR_RDMA_READ, IBV_SEND_SIGNALED, NULL, 8, o2.win_addr, o2.win_rkey, 0) == 0, "post");
+    wc = wait_wc(c.scq, "read through the rebound window");
+    say("data: rebound read status=%s text=%.8s", ibv_wc_status_str(wc.status), (char *)c.buf + SEND_AT + (37 % 8) * 512);
+  }
   CHECK(post(&c, 34, IBV_WR_RDMA_READ, 0, NULL, 8, o.win_addr, o.win_rkey, 0) == 0, "post");
   CHECK(post(&c, 35, IBV_WR_SEND, IBV_SEND_SIGNALED, "after", 5, 0, 0, 0) == 0, "post");
   wc = wait_wc(c.scq, "read through the invalidated window");
