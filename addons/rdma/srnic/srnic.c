@@ -82,7 +82,11 @@ __attribute__((destructor)) static void report_leaks(void) {
   }
 }
 
-static int parse_devices(void) {
+/* The devices of SRNIC_DEVICES, read once per process (the same ibv_device pointers for its life,
+ * and no thread rewrites them while another reads them). */
+static int ndevices;
+static pthread_once_t devices_once = PTHREAD_ONCE_INIT;
+static void parse_devices_once(void) {
   const char *spec = getenv("SRNIC_DEVICES");
   char buf[512];
   int n = 0;
@@ -105,7 +109,12 @@ static int parse_devices(void) {
     else if (strcmp(state, "noopen") == 0) d->no_open = 1;
     n++;
   }
-  return n;
+  ndevices = n;
+}
+
+static int parse_devices(void) {
+  pthread_once(&devices_once, parse_devices_once);
+  return ndevices;
 }
 
 SRNIC_EXPORT struct ibv_device **ibv_get_device_list(int *num_devices) {
@@ -188,24 +197,21 @@ SRNIC_EXPORT int ibv_close_device(struct ibv_context *context) {
 }
 
 /* librdmacm's contexts: one per active device, opened once, the same pointers for the life of
- * the process (rdma_get_devices). The devices are those of SRNIC_DEVICES at the first call. */
+ * the process (rdma_get_devices). */
 static struct ibv_context *cm_ctx[SRNIC_MAX_DEVICES];
 static int cm_ctx_n = -1;
-static struct srnic_device cm_devices[SRNIC_MAX_DEVICES];
 
 struct ibv_context **srnic_cm_contexts(int *n) {
   pthread_mutex_lock(&srnic_lock);
   if (cm_ctx_n < 0) {
     int nd = parse_devices();
     cm_ctx_n = 0;
-    /* A copy of the device table: ibv_get_device_list re-parses `devices` in place. */
-    memcpy(cm_devices, devices, sizeof(devices));
     for (int i = 0; i < nd; i++) {
-      if (cm_devices[i].state != IBV_PORT_ACTIVE || cm_devices[i].no_open) continue;
-      struct ibv_context *c = open_device(&cm_devices[i].dev, 1);
+      if (devices[i].state != IBV_PORT_ACTIVE || devices[i].no_open) continue;
+      struct ibv_context *c = open_device(&devices[i].dev, 1);
       if (c == NULL) continue;
       /* srnic0 first when present: ids get the first context. */
-      if (strcmp(cm_devices[i].dev.name, "srnic0") == 0 && cm_ctx_n > 0) {
+      if (strcmp(devices[i].dev.name, "srnic0") == 0 && cm_ctx_n > 0) {
         memmove(&cm_ctx[1], &cm_ctx[0], sizeof(cm_ctx[0]) * (size_t)cm_ctx_n);
         cm_ctx[0] = c;
       } else {
@@ -256,11 +262,7 @@ SRNIC_EXPORT int ibv_query_gid(struct ibv_context *context, uint8_t port_num, in
   memset(gid, 0, sizeof(*gid));
   gid->raw[0] = 0xfe;
   gid->raw[1] = 0x80;
-  {
-    const struct srnic_device *d = (const struct srnic_device *)context->device;
-    ptrdiff_t i = d >= cm_devices && d < cm_devices + SRNIC_MAX_DEVICES ? d - cm_devices : d - devices;
-    gid->raw[15] = (uint8_t)(1 + i);
-  }
+  gid->raw[15] = (uint8_t)(1 + ((struct srnic_device *)context->device - devices));
   return 0;
 }
 
