@@ -89,6 +89,7 @@ function serverLines(port: string): string[] {
     "S sdisc: once=1",
     "S bothdisc: once=1",
     "S big: recv wr=77 status=success len=1048576 send_ok=1 write_ok=1",
+    "S flood: sent=2000 received=2000 in_order=1 woken_by_events=1",
     "S trickle: received=300 in_order=1 nothing_more=1",
   ];
 }
@@ -136,6 +137,7 @@ const CLIENT = [
   "C sdisc: once=1",
   "C bothdisc: once=1",
   "C big: send wr=2 status=success len=1048576",
+  "C flood: sent=2000 received=2000 in_order=1 woken_by_events=1",
   "C trickle: sent=300 all_ok_in_order=1",
 ];
 

@@ -148,7 +148,7 @@ struct offer {
 };
 
 /* Queue depths of the next QP this thread makes (the bulk scenarios raise them). */
-static __thread int qp_send_wr = 64, qp_recv_wr = 16;
+static __thread int qp_send_wr = 64, qp_recv_wr = 16, qp_one_cq = 0;
 
 /* PD, CQs (the receive CQ on a completion channel when `chan`), QP of the connection's id. */
 static void setup(struct conn *c, int chan) {
@@ -168,7 +168,7 @@ static void setup(struct conn *c, int chan) {
   c->mr = ibv_reg_mr(c->pd, c->buf, BUF, ACCESS_ALL);
   CHECK(c->mr != NULL, "ibv_reg_mr");
   memset(&a, 0, sizeof(a));
-  a.send_cq = c->scq;
+  a.send_cq = qp_one_cq ? c->rcq : c->scq;
   a.recv_cq = c->rcq;
   a.qp_type = IBV_QPT_RC;
   a.cap.max_send_wr = (uint32_t)qp_send_wr;
@@ -542,6 +542,71 @@ static void s_death(const char *pid) {
   teardown(&c);
 }
 
+#define FLOOD 2000
+
+/* Both directions at once, driven by the completion channel the way an event loop does (arm,
+ * drain, wait for the fd, take the event, re-arm, drain): FLOOD numbered SENDs each way with at
+ * most 32 outstanding, receives reposted as they complete. Returns "sent/received/in order/events". */
+/* Set when the peer's 4-byte "done" (sent after its own flood) arrived during this side's flood. */
+static __thread int flood_peer_done;
+
+static void flood(struct conn *c, const char *who) {
+  int sent = 0, send_done = 0, received = 0, in_order = 1, events = 0;
+  struct pollfd p = {.fd = c->cc->fd, .events = POLLIN};
+  int64_t end = now_ms() + 30000;
+  CHECK(ibv_req_notify_cq(c->rcq, 0) == 0, "arm");
+  for (;;) {
+    struct ibv_wc wc[16];
+    struct ibv_cq *cq;
+    void *ctx;
+    int n;
+    while (sent < FLOOD && sent - send_done < 32) {
+      uint64_t v = (uint64_t)sent;
+      CHECK(post(c, (uint64_t)sent, IBV_WR_SEND_WITH_IMM, IBV_SEND_SIGNALED | IBV_SEND_INLINE, &v, 8, 0, 0, (uint32_t)sent) == 0, "post %d", sent);
+      sent++;
+    }
+    /* Drain (armed before: whatever comes after this drain wakes the channel). */
+    while ((n = ibv_poll_cq(c->rcq, 16, wc)) > 0) {
+      for (int i = 0; i < n; i++) {
+        CHECK(wc[i].status == IBV_WC_SUCCESS, "%s: %s", who, ibv_wc_status_str(wc[i].status));
+        if (wc[i].opcode == IBV_WC_SEND) {
+          in_order &= wc[i].wr_id == (uint64_t)send_done;
+          send_done++;
+        } else if (wc[i].byte_len == 4) { /* the peer's "done": it finished first */
+          flood_peer_done = 1;
+        } else {
+          in_order &= ntohl(wc[i].imm_data) == (uint32_t)received;
+          received++;
+          post_recv(c, wc[i].wr_id, (int)(wc[i].wr_id % 16));
+        }
+      }
+    }
+    CHECK(n == 0, "ibv_poll_cq");
+    if (send_done == FLOOD && received == FLOOD) break;
+    if (sent < FLOOD && sent - send_done < 32) continue;
+    CHECK(poll(&p, 1, (int)(end - now_ms())) == 1, "%s: no completion event (sent %d, done %d, received %d)", who, sent, send_done, received);
+    CHECK(ibv_get_cq_event(c->cc, &cq, &ctx) == 0 && cq == c->rcq, "ibv_get_cq_event");
+    ibv_ack_cq_events(cq, 1);
+    events++;
+    CHECK(ibv_req_notify_cq(c->rcq, 0) == 0, "re-arm");
+  }
+  say("flood: sent=%d received=%d in_order=%d woken_by_events=%d", send_done, received, in_order, events > 0);
+}
+
+static void s_flood(void) {
+  struct conn c;
+  char tag[32], rest[64];
+  qp_one_cq = 1;
+  s_accept(&c, tag, rest, 16, NULL, 1);
+  qp_one_cq = 0;
+  s_established(&c);
+  flood(&c, "server");
+  CHECK(post(&c, 1, IBV_WR_SEND, IBV_SEND_SIGNALED, "done", 4, 0, 0, 0) == 0, "post");
+  CHECK(wait_wc(c.rcq, "done sent").status == IBV_WC_SUCCESS, "done sent");
+  s_disconnected(&c);
+  teardown(&c);
+}
+
 #define BIG_WRITE (8u << 20)
 #define BIG_SEND (1u << 20)
 
@@ -664,6 +729,7 @@ static void server(void) {
     else if (strcmp(tag, "sdisc") == 0) s_disconnect_from_here(0);
     else if (strcmp(tag, "bothdisc") == 0) s_disconnect_from_here(1);
     else if (strcmp(tag, "big") == 0) s_big();
+    else if (strcmp(tag, "flood") == 0) s_flood();
     else if (strcmp(tag, "trickle") == 0) s_trickle();
     else if (strcmp(tag, "death") == 0) {
       s_death("");
@@ -1084,6 +1150,22 @@ static void c_trickle(void) {
   teardown(&c);
 }
 
+static void c_flood(void) {
+  struct conn c;
+  struct ibv_wc wc;
+  qp_one_cq = 1;
+  c_established(&c, port, "flood|", 16, 7, 1);
+  qp_one_cq = 0;
+  flood_peer_done = 0;
+  flood(&c, "client");
+  if (!flood_peer_done) { /* its sends complete when this side has ACKed them: then it says done */
+    wc = recv_ok(&c, "the server is done");
+    CHECK(wc.byte_len == 4, "done");
+  }
+  c_disconnect(&c);
+  teardown(&c);
+}
+
 struct blocker {
   struct rdma_event_channel *ch;
   int64_t got_at;
@@ -1207,6 +1289,7 @@ static void client(int with_death) {
   c_disconnect_from_there(0);
   c_disconnect_from_there(1);
   c_big();
+  c_flood();
   c_trickle();
   if (with_death) c_death();
   {
