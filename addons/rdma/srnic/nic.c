@@ -10,7 +10,10 @@
  * Data path of a connected RC QP: each SEND / WRITE / READ gets the next sequence number. The
  * responder executes only the sequence number it expects (go-back-N): a SEND or WRITE_WITH_IMM
  * that finds no posted receive is answered RNR NAK and not executed, and what follows it is
- * dropped until the requester retransmits from it after RNR_DELAY_MS. Every executed request is
+ * dropped until the requester retransmits from it: first the refused request alone, after
+ * RNR_DELAY_MS (doubling while it is refused again, up to 64 ms), then, once it is ACKed,
+ * everything after it (so a receiver that stays not ready costs one packet per retry, not the
+ * whole send queue). Every executed request is
  * answered in order: ACK, READ response, or NAK (an access violation, after which the responder
  * QP goes to the error state; the requester's does when the NAK'ed request completes).
  */
@@ -535,8 +538,8 @@ static struct srnic_swr *find_seq(struct srnic_qp *q, uint32_t seq) {
   return NULL;
 }
 
-/* "Receiver not ready" for `seq`: retry after RNR_DELAY_MS (forever with rnr_retry 7), or fail
- * with RNR_RETRY_EXC_ERR once the retries are spent. */
+/* "Receiver not ready" for `seq`: retry after a delay (forever with rnr_retry 7), or fail with
+ * RNR_RETRY_EXC_ERR once the retries are spent. */
 static void on_rnr(struct srnic_qp *q, uint32_t seq) {
   struct srnic_swr *s;
   acked(q, seq - 1);
@@ -550,20 +553,35 @@ static void on_rnr(struct srnic_qp *q, uint32_t seq) {
     return;
   }
   if (s->rnr_left > 0) s->rnr_left--;
+  q->rnr_count = q->rnr_seq == seq && q->rnr_resume ? q->rnr_count + 1 : 0;
   q->rnr_seq = seq;
-  q->rnr_deadline = srnic_now_ms() + RNR_DELAY_MS;
+  q->rnr_resume = 0;
+  q->rnr_deadline = srnic_now_ms() + (RNR_DELAY_MS << (q->rnr_count < 5 ? q->rnr_count : 5));
 }
 
 int64_t nic_qp_timer(struct srnic_qp *q, int64_t now) {
+  struct srnic_swr *s;
   if (q->rnr_deadline == 0 || q->state != QP_RTS) return 0;
   if (now < q->rnr_deadline) return q->rnr_deadline;
   q->rnr_deadline = 0;
-  /* Go-back-N: everything unanswered from the refused request on, again, in order. */
+  s = find_seq(q, q->rnr_seq);
+  if (s == NULL) return 0;
+  /* The refused request alone; what follows it goes when it is ACKed (resume_after_rnr). */
+  q->rnr_resume = 1;
+  nic_link_send(q->sid->link, s->pkt_type, s->pkt, s->pkt_len, NULL, 0);
+  return 0;
+}
+
+/* Go-back-N after the refused request was ACKed: everything sent after it (the responder
+ * dropped it), again, in order. */
+static void resume_after_rnr(struct srnic_qp *q, uint32_t acked_seq) {
+  if (!q->rnr_resume || (int32_t)(acked_seq - q->rnr_seq) < 0 || q->state != QP_RTS) return;
+  q->rnr_resume = 0;
+  q->rnr_count = 0;
   for (int i = 0; i < q->sq_count; i++) {
     struct srnic_swr *s = sq_at(q, i);
-    if (s->wire && s->sent && !s->done && (int32_t)(s->seq - q->rnr_seq) >= 0) nic_link_send(q->sid->link, s->pkt_type, s->pkt, s->pkt_len, NULL, 0);
+    if (s->wire && s->sent && !s->done && (int32_t)(s->seq - q->rnr_seq) > 0) nic_link_send(q->sid->link, s->pkt_type, s->pkt, s->pkt_len, NULL, 0);
   }
-  return 0;
 }
 
 /* A READ response: the data goes to the READ's local entries (checked again). */
@@ -674,6 +692,7 @@ void nic_data_packet(struct srnic_qp *q, uint32_t type, const uint8_t *body, siz
       break;
     case PKT_ACK:
       acked(q, d.seq);
+      resume_after_rnr(q, d.seq);
       advance(q);
       break;
     case PKT_READ_RESP:
