@@ -344,7 +344,7 @@ static struct ibv_mw *s_offer(struct conn *c, uint64_t off, uint64_t len, int wi
 static void s_connect(void) {
   struct conn c;
   char tag[32], rest[64];
-  s_accept(&c, tag, rest, 1, "hello-from-server", 0);
+  s_accept(&c, tag, rest, 1, "hello-from-server:0123456789abcdefghijklmnopqrstuvwxyzAB", 0); /* 56 bytes, the most */
   say("connect: request tag=%s data=%s", tag, rest);
   s_established(&c);
   say("connect: established src_port=%u listener_port=%u", ntohs(rdma_get_src_port(c.id)), ntohs(rdma_get_src_port(listener)));
@@ -812,7 +812,7 @@ static struct offer c_offer(struct conn *c) {
 
 static void c_connect_scenario(void) {
   struct conn c;
-  struct rdma_cm_event *ev = c_connect(&c, port, "connect|hello-from-client", 0, 7, 0, 2000);
+  struct rdma_cm_event *ev = c_connect(&c, port, "connect|hello-from-client:0123456789abcdefghijklmnopqrst", 0, 7, 0, 2000); /* 56 bytes */
   CHECK(ev->event == RDMA_CM_EVENT_ESTABLISHED, "established");
   say("connect: established data=%s len=%u dst_port_ok=%d", pd_text(ev), ev->param.conn.private_data_len, ntohs(rdma_get_dst_port(c.id)) == port);
   rdma_ack_cm_event(ev);
