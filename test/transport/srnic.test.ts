@@ -223,6 +223,16 @@ t("librdmacm's devices: one context per active device, srnic0 first, the same po
   assert.equal(run("nodevices", "srnic0:down"), ["C nodevices: list=NULL n=0 enodev=1 resolve=RDMA_CM_EVENT_ADDR_ERROR status=-19"]);
 });
 
+t("without SRNIC_NET_DIR the network folder is /tmp/koala-srnic-<uid>, private; a listener's socket file goes with it", () => {
+  compile();
+  const clean = Object.fromEntries(Object.entries(env("unused")).filter(([k]) => k !== "SRNIC_NET_DIR"));
+  const r = spawnSync(exe, ["netdir"], { env: clean, encoding: "utf8", timeout: 30_000 });
+  assert.is(r.status, 0, `exit ${r.status} ${r.signal ?? ""}\n${r.stdout}\n${r.stderr}`);
+  assert.equal(lines(r.stdout, "C"), ["C netdir: socket_file=1 removed=1"]);
+  const dir = statSync(`/tmp/koala-srnic-${process.getuid!()}`);
+  assert.ok(dir.isDirectory() && (dir.mode & 0o777) === 0o700 && dir.uid === process.getuid!(), "a folder of this user only");
+});
+
 test.after(() => rmSync(work, { recursive: true, force: true }));
 
 test.run();

@@ -1385,6 +1385,22 @@ static void no_devices(void) {
   rdma_destroy_event_channel(cch);
 }
 
+/* Run without SRNIC_NET_DIR: a listener's socket file is cm-PORT in /tmp/koala-srnic-UID, and goes with it. */
+static void net_dir_default(void) {
+  struct rdma_cm_id *id;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)};
+  char path[128];
+  int there, gone;
+  cch = rdma_create_event_channel();
+  CHECK(rdma_create_id(cch, &id, NULL, RDMA_PS_TCP) == 0 && rdma_bind_addr(id, (struct sockaddr *)&a) == 0 && rdma_listen(id, 1) == 0, "listen on 0.0.0.0");
+  snprintf(path, sizeof(path), "/tmp/koala-srnic-%u/cm-%u", (unsigned)getuid(), ntohs(rdma_get_src_port(id)));
+  there = access(path, F_OK) == 0;
+  CHECK(rdma_destroy_id(id) == 0, "destroy");
+  gone = access(path, F_OK) != 0;
+  say("netdir: socket_file=%d removed=%d", there, gone);
+  rdma_destroy_event_channel(cch);
+}
+
 static void *server_thread(void *arg) {
   (void)arg;
   my_side = 'S';
@@ -1423,10 +1439,14 @@ int main(int argc, char **argv) {
     devices();
     return 0;
   }
+  if (argc >= 2 && strcmp(argv[1], "netdir") == 0) {
+    net_dir_default();
+    return 0;
+  }
   if (argc >= 2 && strcmp(argv[1], "nodevices") == 0) {
     no_devices();
     return 0;
   }
-  fprintf(stderr, "usage: selftest server | client PORT [death] | both | devices | nodevices\n");
+  fprintf(stderr, "usage: selftest server | client PORT [death] | both | devices | nodevices | netdir\n");
   return 1;
 }
