@@ -149,6 +149,11 @@ static void link_flush(struct srnic_link *l) {
   }
   if (l->dead) return;
   l->out_off = l->out_len = 0;
+  if (l->out_cap > 4 * READ_CHUNK) { /* give back a large message's room */
+    free(l->out);
+    l->out = NULL;
+    l->out_cap = 0;
+  }
   want_out(l, 0);
   if (l->shut_after_flush && !l->shut_done) {
     shutdown(l->fd, SHUT_WR);
