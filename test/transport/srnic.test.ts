@@ -110,7 +110,7 @@ const CLIENT = [
   "C data: read wr=21 status=success op=RDMA_READ len=64 bytes_ok=1",
   "C data: window read status=success text=written-by-window",
   "C data: window write-imm status=success",
-  "C data: rebound new_key=1 same_index=1",
+  "C data: rebound new_key=1 same_index=1 (scattered over two entries)",
   "C data: rebound read status=success text=rebound!",
   "C data: read after invalidate wr=34 status=remote access error",
   `C data: then wr=35 status=${FLUSH}`,

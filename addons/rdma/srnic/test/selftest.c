@@ -874,7 +874,13 @@ static void c_data(void) {
   struct ibv_send_wr w, *bad;
   struct ibv_sge sg[2];
   char inl[32];
-  c_established(&c, port, "data|", 2, 7, 0);
+  c_established(&c, port, "data|", 1, 7, 0);
+  {
+    /* The second receive scatters over two entries: 8 bytes in slot 1, the rest in slot 2. */
+    struct ibv_sge rs[2] = {{.addr = (uintptr_t)(c.buf + RECV_AT(1)), .length = 8, .lkey = c.mr->lkey}, {.addr = (uintptr_t)(c.buf + RECV_AT(2)), .length = 256, .lkey = c.mr->lkey}};
+    struct ibv_recv_wr rw = {.wr_id = 1, .sg_list = rs, .num_sge = 2}, *rbad;
+    CHECK(ibv_post_recv(c.id->qp, &rw, &rbad) == 0, "post a two-entry receive");
+  }
   o = c_offer(&c);
   /* SEND_WITH_IMM gathered from two entries */
   memcpy(c.buf + SEND_AT, "pi", 2);
@@ -927,8 +933,12 @@ static void c_data(void) {
   say("data: window write-imm status=%s", ibv_wc_status_str(wc.status));
   CHECK(post(&c, 33, IBV_WR_SEND, 0, "check", 5, 0, 0, 0) == 0, "post");
   {
-    struct offer o2 = c_offer(&c);
-    say("data: rebound new_key=%d same_index=%d", o2.win_rkey != o.win_rkey, (o2.win_rkey >> 8) == (o.win_rkey >> 8));
+    struct offer o2;
+    wc = recv_ok(&c, "second offer");
+    CHECK(wc.wr_id == 1 && wc.byte_len == sizeof(o2), "the two-entry receive");
+    memcpy(&o2, c.buf + RECV_AT(1), 8);
+    memcpy((uint8_t *)&o2 + 8, c.buf + RECV_AT(2), sizeof(o2) - 8);
+    say("data: rebound new_key=%d same_index=%d (scattered over two entries)", o2.win_rkey != o.win_rkey, (o2.win_rkey >> 8) == (o.win_rkey >> 8));
     CHECK(post(&c, 37, IBV_WR_RDMA_READ, IBV_SEND_SIGNALED, NULL, 8, o2.win_addr, o2.win_rkey, 0) == 0, "post");
     wc = wait_wc(c.scq, "read through the rebound window");
     say("data: rebound read status=%s text=%.8s", ibv_wc_status_str(wc.status), (char *)c.buf + SEND_AT + (37 % 8) * 512);
