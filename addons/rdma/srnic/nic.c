@@ -635,9 +635,10 @@ static void respond(struct srnic_qp *q, uint32_t type, const struct wire_data *d
   int consumes, with_imm;
   struct srnic_recv r;
   if (d->seq != q->expected) return; /* behind a refused request: dropped until retransmitted */
+  /* A zero-length READ or WRITE touches no memory: its rkey and address are not checked (IB C9-88). */
   if (type == PKT_READ) {
-    void *src = srnic_remote_mem(q, d->rkey, d->raddr, d->len, IBV_ACCESS_REMOTE_READ);
-    if (src == NULL) return refuse(q, d->seq, IBV_WC_REM_ACCESS_ERR);
+    void *src = d->len == 0 ? NULL : srnic_remote_mem(q, d->rkey, d->raddr, d->len, IBV_ACCESS_REMOTE_READ);
+    if (src == NULL && d->len > 0) return refuse(q, d->seq, IBV_WC_REM_ACCESS_ERR);
     answer(q, PKT_READ_RESP, d->seq, 0, src, d->len);
     q->expected++;
     return;
@@ -648,10 +649,10 @@ static void respond(struct srnic_qp *q, uint32_t type, const struct wire_data *d
     answer(q, PKT_RNR_NAK, d->seq, 0, NULL, 0);
     return;
   }
-  if (type == PKT_WRITE) {
+  if (type == PKT_WRITE && len > 0) {
     void *dst = srnic_remote_mem(q, d->rkey, d->raddr, len, IBV_ACCESS_REMOTE_WRITE);
     if (dst == NULL) return refuse(q, d->seq, IBV_WC_REM_ACCESS_ERR);
-    if (len > 0) memcpy(dst, data, len);
+    memcpy(dst, data, len);
   }
   if (consumes) {
     enum ibv_wc_status st = IBV_WC_SUCCESS;

@@ -368,7 +368,7 @@ static void s_data(void) {
   struct ibv_mw *mw;
   struct ibv_wc wc;
   uint8_t *target;
-  s_accept(&c, tag, rest, 8, "data-ok", 0);
+  s_accept(&c, tag, rest, 9, "data-ok", 0);
   target = c.buf + TARGET_AT;
   memset(target, 'S', 64);
   s_established(&c);
@@ -384,6 +384,8 @@ static void s_data(void) {
   }
   wc = recv_ok(&c, "write with imm");
   say("data: write-imm op=%s len=%u imm=0x%x", wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM ? "RECV_RDMA_WITH_IMM" : "?", wc.byte_len, ntohl(wc.imm_data));
+  wc = recv_ok(&c, "zero-length write with imm");
+  say("data: zero-length write-imm op=%s len=%u imm=0x%x", wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM ? "RECV_RDMA_WITH_IMM" : "?", wc.byte_len, ntohl(wc.imm_data));
   wc = recv_ok(&c, "check");
   say("data: target mr=%.13s window=%.17s wimm=%.4s", (char *)target + 100, (char *)target + 4096, (char *)target + 4096 + 512);
   /* Invalidate the window (unsignaled), bind it again elsewhere with the next key (unsignaled),
@@ -931,6 +933,13 @@ static void c_data(void) {
   CHECK(post(&c, 32, IBV_WR_RDMA_WRITE_WITH_IMM, IBV_SEND_SIGNALED, "wimm", 4, o.win_addr + 512, o.win_rkey, 0xabcdef01) == 0, "post");
   wc = wait_wc(c.scq, "write imm");
   say("data: window write-imm status=%s", ibv_wc_status_str(wc.status));
+  /* Zero-length READ and WRITE_WITH_IMM name no memory: any rkey and address will do (IB C9-88). */
+  CHECK(post(&c, 38, IBV_WR_RDMA_READ, IBV_SEND_SIGNALED, NULL, 0, 0, 0xdeadbeef, 0) == 0, "post");
+  CHECK(post(&c, 39, IBV_WR_RDMA_WRITE_WITH_IMM, IBV_SEND_SIGNALED, NULL, 0, 0, 0, 5) == 0, "post");
+  wc = wait_wc(c.scq, "zero-length read");
+  say("data: zero-length read wr=%llu status=%s", (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status));
+  wc = wait_wc(c.scq, "zero-length write");
+  say("data: zero-length write-imm wr=%llu status=%s", (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status));
   CHECK(post(&c, 33, IBV_WR_SEND, 0, "check", 5, 0, 0, 0) == 0, "post");
   {
     struct offer o2;
