@@ -1,8 +1,9 @@
 /*
  * srnic: the software RNIC for tests, a shared library that stands in for BOTH libibverbs.so.1
  * and librdmacm.so.1 (select it with KOALA_VERBS_LIB and KOALA_RDMACM_LIB), so the addon's code
- * under test is the code that runs on a NIC. It implements the subset of both ABIs the addon uses
- * (/work/contract-rdma.md), with rdma-core's semantics.
+ * under test is the code that runs on a NIC. It implements the subset of both ABIs the addon
+ * calls, with rdma-core's semantics (and the soft provider's, src/transport/rdma/soft.ts, where
+ * the Verbs interface shows them). It is a test device: strict, not fast.
  *
  * Parts: this file (devices, contexts, PD, CQ and completion channels, MR, type-2 memory
  * windows, QP objects and the loopback QPs), nic.c (the NIC: one service thread per process,
@@ -22,6 +23,10 @@
  * service thread executes requests against its registered memory with rkey, bounds, access and
  * window checks, as a NIC does. A QP made with ibv_create_qp (no CM id) is connected to itself
  * and executed synchronously in the post call (the first version's loopback, kept for tests).
+ *
+ * Environment: SRNIC_DEVICES, SRNIC_COMPAT=1 (no extended verbs context), SRNIC_NET_DIR,
+ * SRNIC_LEAK_CHECK=1 (objects left open printed at exit), SRNIC_CQ_SELFTEST=N (see the CQ).
+ * Its own test: test/selftest.c, run by test/transport/srnic.test.ts.
  */
 #define _GNU_SOURCE
 #include <errno.h>
