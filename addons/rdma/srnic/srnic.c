@@ -310,7 +310,8 @@ static int cq_push(struct srnic_cq *c, const struct ibv_wc *wc) {
     ok = 1;
     cq_notify_locked(c);
   } else if (!c->overrun) {
-    /* A NIC would raise IBV_EVENT_CQ_ERR; there are no async events here, so say it. */
+    /* A NIC would raise IBV_EVENT_CQ_ERR; there are no async events here: say it, and fail
+     * every poll from now on (as the soft provider does), since a completion is lost. */
     c->overrun = 1;
     fprintf(stderr, "srnic: CQ %p overrun: a completion was lost (the CQ holds %d)\n", (void *)c, c->cap);
   }
@@ -322,6 +323,11 @@ static int srnic_poll_cq(struct ibv_cq *cq, int num_entries, struct ibv_wc *wc) 
   struct srnic_cq *c = (struct srnic_cq *)cq;
   int n = 0;
   pthread_mutex_lock(&c->lock);
+  if (c->overrun) {
+    pthread_mutex_unlock(&c->lock);
+    errno = EOVERFLOW;
+    return -1;
+  }
   while (n < num_entries && c->count > 0) {
     wc[n++] = c->ring[c->head];
     c->head = (c->head + 1) % c->cap;
