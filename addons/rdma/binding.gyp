@@ -19,7 +19,7 @@
       "target_name": "srnic",
       "type": "shared_library",
       "product_name": "koala_srnic",
-      "sources": ["srnic/srnic.c"],
+      "sources": ["srnic/srnic.c", "srnic/nic.c", "srnic/cm.c"],
       "libraries": ["-lpthread"],
       "cflags": ["-fvisibility=hidden", "-std=gnu11", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
     }

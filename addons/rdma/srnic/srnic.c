@@ -1,20 +1,31 @@
 /*
  * srnic: the software RNIC for tests, a shared library that stands in for BOTH libibverbs.so.1
  * and librdmacm.so.1 (select it with KOALA_VERBS_LIB and KOALA_RDMACM_LIB), so the addon's code
- * under test is the code that runs on a NIC.
+ * under test is the code that runs on a NIC. It implements the subset of both ABIs the addon uses
+ * (/work/contract-rdma.md), with rdma-core's semantics.
  *
- * This first part implements the device-discovery subset of the ABI: listing, opening and
- * querying devices and ports (through an extended verbs_context, as rdma-core does, or the
- * exported compat ibv_query_port when SRNIC_COMPAT=1), and the PD / CQ / QP calls the addon
- * makes to probe max_inline_data. The data path (memory registration, work requests over
- * sockets, completion channels, the connection manager) is the next step.
+ * Parts: this file (devices, contexts, PD, CQ and completion channels, MR, type-2 memory
+ * windows, QP objects and the loopback QPs), nic.c (the NIC: one service thread per process,
+ * the wire, the requester and responder of connected QPs) and cm.c (the librdmacm subset).
  *
  * Devices come from SRNIC_DEVICES, a comma-separated list of name:state, state being active,
  * down, init, armed or noopen (ibv_open_device fails with EACCES); default "srnic0:active".
  * Each device has one Ethernet port with a 1024-byte active MTU; an RC QP accepts up to 256
- * bytes of inline data.
+ * bytes of inline data, 8 SGEs, 4096 work requests.
+ *
+ * The network: srnic reaches only this machine (127.0.0.0/8, 0.0.0.0). An RDMA CM port P is the
+ * Unix stream socket `cm-P` in SRNIC_NET_DIR (default /tmp/koala-srnic-<uid>, mode 0700), so
+ * srnic's ports never collide with TCP ports. Each connection is one stream socket between the
+ * two processes' service threads (or two sockets of the same thread when both ends are in one
+ * process), carrying CM messages (REQ, ACCEPT, REJECT, RTU, DISCONNECT) and the data path
+ * (SEND, WRITE, READ with sequence numbers; ACK, NAK, RNR NAK, READ response). The target's
+ * service thread executes requests against its registered memory with rkey, bounds, access and
+ * window checks, as a NIC does. A QP made with ibv_create_qp (no CM id) is connected to itself
+ * and executed synchronously in the post call (the first version's loopback, kept for tests).
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <arpa/inet.h>
@@ -23,15 +34,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <infiniband/verbs.h>
-#include <rdma/rdma_cma.h>
+#include "srnic.h"
 
 #undef ibv_query_port
 #undef ibv_reg_mr
 
-#define SRNIC_EXPORT __attribute__((visibility("default")))
-#define SRNIC_MAX_INLINE 256
 #define SRNIC_MAX_DEVICES 8
+
+pthread_mutex_t srnic_lock = PTHREAD_MUTEX_INITIALIZER;
 
 struct srnic_device {
   struct ibv_device dev; /* first: the addon sees a struct ibv_device */
@@ -42,6 +52,7 @@ struct srnic_device {
 struct srnic_context {
   struct verbs_context vctx; /* its `context` member is the ibv_context handed out */
   struct srnic_device *device;
+  int cm_owned; /* librdmacm's (rdma_get_devices): lives as long as the process */
 };
 
 static struct srnic_device devices[SRNIC_MAX_DEVICES];
@@ -51,6 +62,8 @@ static int srnic_req_notify_cq(struct ibv_cq *cq, int solicited_only);
 static int srnic_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_send_wr **bad);
 static int srnic_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad);
 static int mr_check(uint32_t key, int remote, uint64_t addr, uint64_t len, int access);
+static struct ibv_mw *srnic_alloc_mw(struct ibv_pd *pd, enum ibv_mw_type type);
+static int srnic_dealloc_mw(struct ibv_mw *mw);
 
 /* A completion channel: the read end of a pipe is its fd; the NIC side writes the other. */
 struct srnic_channel {
@@ -130,7 +143,8 @@ static int srnic_query_port(struct ibv_context *context, uint8_t port_num, struc
   return 0;
 }
 
-SRNIC_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device) {
+/* Opens `device`; `cm` marks librdmacm's own context (not counted as the application's). */
+static struct ibv_context *open_device(struct ibv_device *device, int cm) {
   struct srnic_device *d = (struct srnic_device *)device;
   struct srnic_context *c;
   if (d->no_open) {
@@ -143,7 +157,8 @@ SRNIC_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device) {
     return NULL;
   }
   c->device = d;
-  __atomic_add_fetch(&live_contexts, 1, __ATOMIC_RELAXED);
+  c->cm_owned = cm;
+  if (!cm) __atomic_add_fetch(&live_contexts, 1, __ATOMIC_RELAXED);
   c->vctx.context.device = device;
   c->vctx.context.cmd_fd = -1;
   c->vctx.context.async_fd = -1;
@@ -152,6 +167,8 @@ SRNIC_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device) {
   c->vctx.context.ops.req_notify_cq = srnic_req_notify_cq;
   c->vctx.context.ops.post_send = srnic_post_send;
   c->vctx.context.ops.post_recv = srnic_post_recv;
+  c->vctx.context.ops.alloc_mw = srnic_alloc_mw;
+  c->vctx.context.ops.dealloc_mw = srnic_dealloc_mw;
   if (getenv("SRNIC_COMPAT") == NULL || strcmp(getenv("SRNIC_COMPAT"), "1") != 0) {
     c->vctx.sz = sizeof(struct verbs_context);
     c->vctx.context.abi_compat = __VERBS_ABI_IS_EXTENDED;
@@ -160,10 +177,52 @@ SRNIC_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device) {
   return &c->vctx.context;
 }
 
+SRNIC_EXPORT struct ibv_context *ibv_open_device(struct ibv_device *device) { return open_device(device, 0); }
+
 SRNIC_EXPORT int ibv_close_device(struct ibv_context *context) {
+  struct srnic_context *c = (struct srnic_context *)((char *)context - offsetof(struct verbs_context, context));
+  if (c->cm_owned) return 0; /* librdmacm's: never closed by an application */
   __atomic_sub_fetch(&live_contexts, 1, __ATOMIC_RELAXED);
-  free((struct srnic_context *)((char *)context - offsetof(struct verbs_context, context)));
+  free(c);
   return 0;
+}
+
+/* librdmacm's contexts: one per active device, opened once, the same pointers for the life of
+ * the process (rdma_get_devices). The devices are those of SRNIC_DEVICES at the first call. */
+static struct ibv_context *cm_ctx[SRNIC_MAX_DEVICES];
+static int cm_ctx_n = -1;
+static struct srnic_device cm_devices[SRNIC_MAX_DEVICES];
+
+struct ibv_context **srnic_cm_contexts(int *n) {
+  pthread_mutex_lock(&srnic_lock);
+  if (cm_ctx_n < 0) {
+    int nd = parse_devices();
+    cm_ctx_n = 0;
+    /* A copy of the device table: ibv_get_device_list re-parses `devices` in place. */
+    memcpy(cm_devices, devices, sizeof(devices));
+    for (int i = 0; i < nd; i++) {
+      if (cm_devices[i].state != IBV_PORT_ACTIVE || cm_devices[i].no_open) continue;
+      struct ibv_context *c = open_device(&cm_devices[i].dev, 1);
+      if (c == NULL) continue;
+      /* srnic0 first when present: ids get the first context. */
+      if (strcmp(cm_devices[i].dev.name, "srnic0") == 0 && cm_ctx_n > 0) {
+        memmove(&cm_ctx[1], &cm_ctx[0], sizeof(cm_ctx[0]) * (size_t)cm_ctx_n);
+        cm_ctx[0] = c;
+      } else {
+        cm_ctx[cm_ctx_n] = c;
+      }
+      cm_ctx_n++;
+    }
+  }
+  *n = cm_ctx_n;
+  pthread_mutex_unlock(&srnic_lock);
+  return cm_ctx;
+}
+
+struct ibv_context *srnic_cm_context(void) {
+  int n;
+  struct ibv_context **list = srnic_cm_contexts(&n);
+  return n > 0 ? list[0] : NULL;
 }
 
 SRNIC_EXPORT int ibv_query_device(struct ibv_context *context, struct ibv_device_attr *attr) {
@@ -197,7 +256,11 @@ SRNIC_EXPORT int ibv_query_gid(struct ibv_context *context, uint8_t port_num, in
   memset(gid, 0, sizeof(*gid));
   gid->raw[0] = 0xfe;
   gid->raw[1] = 0x80;
-  gid->raw[15] = (uint8_t)(1 + ((struct srnic_device *)context->device - devices));
+  {
+    const struct srnic_device *d = (const struct srnic_device *)context->device;
+    ptrdiff_t i = d >= cm_devices && d < cm_devices + SRNIC_MAX_DEVICES ? d - cm_devices : d - devices;
+    gid->raw[15] = (uint8_t)(1 + i);
+  }
   return 0;
 }
 
@@ -216,25 +279,18 @@ SRNIC_EXPORT int ibv_dealloc_pd(struct ibv_pd *pd) {
   return 0;
 }
 
-/* A completion queue: a ring of work completions under a lock. When a completion arrives on
- * an armed CQ, the CQ's address is written to its completion channel's pipe, which
- * ibv_get_cq_event reads back. SRNIC_CQ_SELFTEST=N makes a thread (standing in for the NIC)
- * deliver N receive completions to each new CQ (wr_id i, byte_len i, imm i, qp_num 7), from
- * the first time it is armed, while the CQ has room, so the completion path can be tested before queue pairs exist. */
-struct srnic_cq {
-  struct ibv_cq cq;
-  pthread_mutex_t lock;
-  struct ibv_wc *ring;
-  int cap, head, count, armed, stop;
-  pthread_t selftest;
-  int has_selftest;
-};
-
+/* A completion queue (struct srnic_cq, srnic.h): a ring of work completions under a lock. When
+ * a completion arrives on an armed CQ, the CQ's address is written to its completion channel's
+ * pipe, which ibv_get_cq_event reads back. SRNIC_CQ_SELFTEST=N makes a thread (standing in for
+ * the NIC) deliver N receive completions to each new CQ (wr_id i, byte_len i, imm i, qp_num 7),
+ * from the first time it is armed, while the CQ has room, so the completion path can be tested
+ * without queue pairs. */
 static void cq_notify_locked(struct srnic_cq *c) {
   if (c->armed && c->cq.channel != NULL) {
     struct ibv_cq *p = &c->cq;
     c->armed = 0;
-    if (write(((struct srnic_channel *)c->cq.channel)->wfd, &p, sizeof(p)) != (ssize_t)sizeof(p)) { /* the pipe is never full in tests */ }
+    /* Non-blocking: a full pipe is readable already, which is all a notification needs. */
+    if (write(((struct srnic_channel *)c->cq.channel)->wfd, &p, sizeof(p)) != (ssize_t)sizeof(p)) { /* full */ }
   }
 }
 
@@ -246,6 +302,10 @@ static int cq_push(struct srnic_cq *c, const struct ibv_wc *wc) {
     c->count++;
     ok = 1;
     cq_notify_locked(c);
+  } else if (!c->overrun && !c->has_selftest) {
+    /* A NIC would raise IBV_EVENT_CQ_ERR; there are no async events here, so say it. */
+    c->overrun = 1;
+    fprintf(stderr, "srnic: CQ %p overrun: a completion was lost (the CQ holds %d)\n", (void *)c, c->cap);
   }
   pthread_mutex_unlock(&c->lock);
   return ok;
@@ -309,7 +369,12 @@ static void *cq_selftest(void *arg) {
 SRNIC_EXPORT struct ibv_comp_channel *ibv_create_comp_channel(struct ibv_context *context) {
   int fds[2];
   struct srnic_channel *ch;
-  if (pipe(fds) != 0) return NULL;
+  if (pipe2(fds, O_CLOEXEC) != 0) return NULL;
+  if (fcntl(fds[1], F_SETFL, O_NONBLOCK) != 0) {
+    close(fds[0]);
+    close(fds[1]);
+    return NULL;
+  }
   ch = calloc(1, sizeof(*ch));
   if (ch == NULL) {
     close(fds[0]);
@@ -380,23 +445,27 @@ SRNIC_EXPORT int ibv_destroy_cq(struct ibv_cq *cq) {
   return 0;
 }
 
-/* A queue pair. Until the connection manager exists, every QP is connected to itself
- * (loopback): a SEND consumes one of its own posted receives, RDMA READ / WRITE name regions of
- * this process by rkey. Work requests are processed in the post call, in order. */
-#define SRNIC_MAX_SGE 8
-struct srnic_recv {
-  uint64_t wr_id;
-  int num_sge;
-  struct ibv_sge sge[SRNIC_MAX_SGE];
-};
-struct srnic_qp {
-  struct ibv_qp qp;
-  pthread_mutex_t lock;
-  struct srnic_recv *rq;
-  int rq_cap, rq_head, rq_count;
-  struct ibv_qp_cap cap;
-};
+/* Queue pairs (struct srnic_qp, srnic.h). One made by ibv_create_qp has no CM id and is connected
+ * to itself (loopback): a SEND consumes one of its own posted receives, RDMA READ / WRITE name
+ * regions of this process by rkey, and work requests are processed in the post call, in order.
+ * One made by rdma_create_qp is connected to a peer through its id; nic.c runs its data path. */
 static uint32_t next_qpn = 0x100;
+
+/* Pushes one work completion to `cq` (imm in network order, as posted). */
+void srnic_complete(struct ibv_cq *cq, uint64_t wr_id, enum ibv_wc_status status, enum ibv_wc_opcode op, uint32_t len, uint32_t qpn, int with_imm, uint32_t imm) {
+  struct ibv_wc wc;
+  memset(&wc, 0, sizeof(wc));
+  wc.wr_id = wr_id;
+  wc.status = status;
+  wc.opcode = op;
+  wc.byte_len = len;
+  wc.qp_num = qpn;
+  if (with_imm) {
+    wc.wc_flags = IBV_WC_WITH_IMM;
+    wc.imm_data = imm;
+  }
+  cq_push((struct srnic_cq *)cq, &wc);
+}
 
 static void complete(struct ibv_cq *cq, uint64_t wr_id, enum ibv_wc_status status, enum ibv_wc_opcode op, uint32_t len, uint32_t qpn, int with_imm, __be32 imm) {
   struct ibv_wc wc;
@@ -432,6 +501,7 @@ static enum ibv_wc_status scatter(const struct ibv_sge *sge, int n, const uint8_
 static int srnic_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad) {
   struct srnic_qp *q = (struct srnic_qp *)qp;
   int rc = 0;
+  if (!q->loopback) return nic_post_recv(q, wr, bad);
   pthread_mutex_lock(&q->lock);
   for (; wr != NULL; wr = wr->next) {
     struct srnic_recv *r;
@@ -509,6 +579,7 @@ done:
 
 static int srnic_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_send_wr **bad) {
   struct srnic_qp *q = (struct srnic_qp *)qp;
+  if (!q->loopback) return nic_post_send(q, wr, bad);
   for (; wr != NULL; wr = wr->next) {
     if (wr->num_sge < 0 || wr->num_sge > (int)q->cap.max_send_sge || wr->opcode > IBV_WR_RDMA_READ) {
       *bad = wr;
@@ -519,9 +590,13 @@ static int srnic_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv
   return 0;
 }
 
-SRNIC_EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *attr) {
+/* Makes a QP of `pd` as `attr` asks (caps checked, the granted ones written back): a loopback one
+ * (ibv_create_qp) or one for a CM id (rdma_create_qp), in the INIT state. NULL and errno. */
+struct srnic_qp *srnic_qp_new(struct ibv_pd *pd, struct ibv_qp_init_attr *attr, int loopback) {
   struct srnic_qp *q;
-  if (attr->qp_type != IBV_QPT_RC || attr->cap.max_inline_data > SRNIC_MAX_INLINE || attr->cap.max_send_sge > SRNIC_MAX_SGE || attr->cap.max_recv_sge > SRNIC_MAX_SGE || attr->cap.max_recv_wr > 65536) {
+  uint32_t max_wr = loopback ? 65536 : SRNIC_MAX_QP_WR;
+  if (attr->qp_type != IBV_QPT_RC || attr->cap.max_inline_data > SRNIC_MAX_INLINE || attr->cap.max_send_sge > SRNIC_MAX_SGE || attr->cap.max_recv_sge > SRNIC_MAX_SGE || attr->cap.max_recv_wr > max_wr ||
+      (!loopback && (attr->cap.max_send_wr > max_wr || attr->send_cq == NULL || attr->recv_cq == NULL || attr->send_cq->context != pd->context || attr->recv_cq->context != pd->context || attr->srq != NULL))) {
     errno = EINVAL;
     return NULL;
   }
@@ -529,42 +604,67 @@ SRNIC_EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_
   if (q == NULL) return NULL;
   q->rq_cap = attr->cap.max_recv_wr > 0 ? (int)attr->cap.max_recv_wr : 1;
   q->rq = calloc((size_t)q->rq_cap, sizeof(*q->rq));
-  if (q->rq == NULL) {
+  q->sq_cap = attr->cap.max_send_wr > 0 ? (int)attr->cap.max_send_wr : 1;
+  q->sq = loopback ? NULL : calloc((size_t)q->sq_cap, sizeof(*q->sq));
+  if (q->rq == NULL || (!loopback && q->sq == NULL)) {
+    free(q->rq);
+    free(q->sq);
     free(q);
+    errno = ENOMEM;
     return NULL;
   }
+  q->loopback = loopback;
+  q->state = QP_INIT;
+  q->qp.qp_context = attr->qp_context;
   pthread_mutex_init(&q->lock, NULL);
   q->qp.context = pd->context;
   q->qp.pd = pd;
   q->qp.send_cq = attr->send_cq;
   q->qp.recv_cq = attr->recv_cq;
   q->qp.qp_type = attr->qp_type;
-  q->qp.state = IBV_QPS_RTS;
+  q->qp.state = loopback ? IBV_QPS_RTS : IBV_QPS_INIT;
   q->qp.qp_num = __atomic_add_fetch(&next_qpn, 1, __ATOMIC_RELAXED);
   attr->cap.max_inline_data = SRNIC_MAX_INLINE; /* what a provider grants is written back */
   q->cap = attr->cap;
   __atomic_add_fetch(&live_qps, 1, __ATOMIC_RELAXED);
-  return &q->qp;
+  return q;
 }
 
-SRNIC_EXPORT int ibv_destroy_qp(struct ibv_qp *qp) {
-  struct srnic_qp *q = (struct srnic_qp *)qp;
+SRNIC_EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *attr) {
+  struct srnic_qp *q = srnic_qp_new(pd, attr, 1);
+  return q != NULL ? &q->qp : NULL;
+}
+
+/* Frees a QP. A connected one is first moved to the error state (its outstanding work
+ * requests flush, as soft.ts does), its windows unbound and its id detached. */
+void srnic_qp_free(struct srnic_qp *q) {
+  if (!q->loopback) {
+    pthread_mutex_lock(&srnic_lock);
+    nic_qp_error(q);
+    srnic_unbind_qp_windows(q);
+    if (q->sid != NULL && q->sid->id.qp == &q->qp) q->sid->id.qp = NULL;
+    q->sid = NULL;
+    pthread_mutex_unlock(&srnic_lock);
+    for (int i = 0; i < q->sq_count; i++) free(q->sq[(q->sq_head + i) % q->sq_cap].pkt);
+  }
   __atomic_sub_fetch(&live_qps, 1, __ATOMIC_RELAXED);
   pthread_mutex_destroy(&q->lock);
   free(q->rq);
+  free(q->sq);
   free(q);
+}
+
+SRNIC_EXPORT int ibv_destroy_qp(struct ibv_qp *qp) {
+  srnic_qp_free((struct srnic_qp *)qp);
   return 0;
 }
 
 static uint32_t next_key = 0x1000;
 
 /* Every registered region, for the "NIC" to check keys, bounds and access against when it
- * processes a work request (not when it was posted: a region deregistered meanwhile fails). */
-struct srnic_mr {
-  struct ibv_mr mr;
-  int access;
-  struct srnic_mr *next;
-};
+ * processes a work request (not when it was posted: a region deregistered meanwhile fails).
+ * The list is guarded by mrs_lock; a region is removed under srnic_lock too, so the service
+ * thread may use a region's memory for as long as it holds srnic_lock. */
 static struct srnic_mr *mrs;
 static pthread_mutex_t mrs_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -606,24 +706,169 @@ SRNIC_EXPORT struct ibv_mr *ibv_reg_mr(struct ibv_pd *pd, void *addr, size_t len
   return mr;
 }
 
+/* What verbs.h's ibv_reg_mr macro calls when the access flags are not a constant: only a
+ * zero-based-free registration (iova == addr) here; the optional flags are hints and dropped. */
+SRNIC_EXPORT struct ibv_mr *ibv_reg_mr_iova2(struct ibv_pd *pd, void *addr, size_t length, uint64_t iova, unsigned int access) {
+  if (iova != (uint64_t)(uintptr_t)addr) {
+    errno = EINVAL;
+    return NULL;
+  }
+  return ibv_reg_mr(pd, addr, length, (int)(access & (IBV_ACCESS_OPTIONAL_FIRST - 1)));
+}
+
+SRNIC_EXPORT const char *ibv_wc_status_str(enum ibv_wc_status status) {
+  static const char *const names[] = {
+      "success", "local length error", "local QP operation error", "local EE context operation error", "local protection error", "Work Request Flushed Error", "memory management operation error",
+      "bad response error", "local access error", "remote invalid request error", "remote access error", "remote operation error", "transport retry counter exceeded", "RNR retry counter exceeded",
+      "local RDD violation error", "remote invalid RD request", "aborted error", "invalid EE context number", "invalid EE context state", "fatal error", "response timeout error", "general error",
+  };
+  return (unsigned)status < sizeof(names) / sizeof(names[0]) ? names[status] : "unknown";
+}
+
 SRNIC_EXPORT int ibv_dereg_mr(struct ibv_mr *mr) {
-  __atomic_sub_fetch(&live_mrs, 1, __ATOMIC_RELAXED);
+  struct srnic_mr *m = (struct srnic_mr *)mr;
+  pthread_mutex_lock(&srnic_lock);
+  if (m->windows > 0) { /* as rdma-core: a region with windows bound stays */
+    pthread_mutex_unlock(&srnic_lock);
+    return EBUSY;
+  }
   pthread_mutex_lock(&mrs_lock);
   for (struct srnic_mr **pp = &mrs; *pp != NULL; pp = &(*pp)->next) {
-    if (&(*pp)->mr == mr) {
-      *pp = (*pp)->next;
+    if (*pp == m) {
+      *pp = m->next;
       break;
     }
   }
   pthread_mutex_unlock(&mrs_lock);
-  free(mr);
+  pthread_mutex_unlock(&srnic_lock);
+  __atomic_sub_fetch(&live_mrs, 1, __ATOMIC_RELAXED);
+  free(m);
   return 0;
 }
 
-SRNIC_EXPORT struct rdma_event_channel *rdma_create_event_channel(void) {
-  struct rdma_event_channel *ch = calloc(1, sizeof(*ch));
-  if (ch != NULL) ch->fd = -1;
-  return ch;
+/* True when [addr, addr+len) lies within [base, base+size). */
+static int within(uint64_t addr, uint64_t len, uint64_t base, uint64_t size) { return addr >= base && len <= size && addr - base <= size - len; }
+
+void *srnic_local_mem(struct ibv_pd *pd, uint32_t lkey, uint64_t addr, uint64_t len, int access) {
+  void *p = NULL;
+  pthread_mutex_lock(&mrs_lock);
+  for (struct srnic_mr *m = mrs; m != NULL; m = m->next) {
+    if (m->mr.lkey != lkey) continue;
+    if (m->mr.pd == pd && (m->access & access) == access && within(addr, len, (uint64_t)(uintptr_t)m->mr.addr, m->mr.length)) p = (void *)(uintptr_t)addr;
+    break;
+  }
+  pthread_mutex_unlock(&mrs_lock);
+  return p;
 }
 
-SRNIC_EXPORT void rdma_destroy_event_channel(struct rdma_event_channel *channel) { free(channel); }
+/* Type-2 memory windows. A window has an index (the upper 24 bits of its rkey) and, while
+ * bound, a key (its rkey's low 8 bits, chosen by the binder with ibv_inc_rkey), a QP, a region
+ * and a range with REMOTE_READ / REMOTE_WRITE. All under srnic_lock. */
+static struct srnic_mw *mws;
+static uint32_t next_mw_index = 0x100;
+
+void *srnic_remote_mem(struct srnic_qp *qp, uint32_t rkey, uint64_t addr, uint64_t len, int access) {
+  void *p = NULL;
+  for (struct srnic_mw *w = mws; w != NULL; w = w->next) {
+    if (!w->bound || w->bound_rkey != rkey) continue;
+    /* A type-2 window answers only on the QP it is bound to. */
+    if (w->qp == qp && (w->access & access) == access && within(addr, len, w->addr, w->length)) return (void *)(uintptr_t)addr;
+    return NULL;
+  }
+  pthread_mutex_lock(&mrs_lock);
+  for (struct srnic_mr *m = mrs; m != NULL; m = m->next) {
+    if (m->mr.rkey != rkey) continue;
+    if (m->mr.pd == qp->qp.pd && (m->access & access) == access && within(addr, len, (uint64_t)(uintptr_t)m->mr.addr, m->mr.length)) p = (void *)(uintptr_t)addr;
+    break;
+  }
+  pthread_mutex_unlock(&mrs_lock);
+  return p;
+}
+
+static struct ibv_mw *srnic_alloc_mw(struct ibv_pd *pd, enum ibv_mw_type type) {
+  struct srnic_mw *w;
+  if (type != IBV_MW_TYPE_2) { /* type 1 (ibv_bind_mw) is not implemented */
+    errno = EOPNOTSUPP;
+    return NULL;
+  }
+  w = calloc(1, sizeof(*w));
+  if (w == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  w->mw.context = pd->context;
+  w->mw.pd = pd;
+  w->mw.type = type;
+  pthread_mutex_lock(&srnic_lock);
+  w->mw.handle = next_mw_index;
+  w->mw.rkey = (next_mw_index++ << 8) | 0x40;
+  w->next = mws;
+  mws = w;
+  pthread_mutex_unlock(&srnic_lock);
+  return &w->mw;
+}
+
+/* Unbinds `w` (under srnic_lock). */
+static void mw_unbind(struct srnic_mw *w) {
+  if (!w->bound) return;
+  w->bound = 0;
+  w->mr->windows--;
+  w->mr = NULL;
+  w->qp = NULL;
+}
+
+static int srnic_dealloc_mw(struct ibv_mw *mw) {
+  struct srnic_mw *w = (struct srnic_mw *)mw;
+  pthread_mutex_lock(&srnic_lock);
+  mw_unbind(w);
+  for (struct srnic_mw **pp = &mws; *pp != NULL; pp = &(*pp)->next) {
+    if (*pp == w) {
+      *pp = w->next;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&srnic_lock);
+  free(w);
+  return 0;
+}
+
+enum ibv_wc_status srnic_bind_mw(struct srnic_qp *qp, const struct ibv_send_wr *wr) {
+  struct srnic_mw *w = (struct srnic_mw *)wr->bind_mw.mw;
+  const struct ibv_mw_bind_info *b = &wr->bind_mw.bind_info;
+  struct srnic_mr *m = (struct srnic_mr *)b->mr;
+  int found = 0;
+  for (struct srnic_mw *x = mws; x != NULL; x = x->next) found |= x == w;
+  if (!found || m == NULL || w->mw.type != IBV_MW_TYPE_2) return IBV_WC_MW_BIND_ERR;
+  /* A type-2 window is bound from the free state only, by a QP of its PD, to a region of that
+   * PD registered with MW_BIND, keeping its index; REMOTE_WRITE needs a writable region. */
+  if (w->bound || w->mw.pd != qp->qp.pd || m->mr.pd != qp->qp.pd || !(m->access & IBV_ACCESS_MW_BIND)) return IBV_WC_MW_BIND_ERR;
+  if ((wr->bind_mw.rkey & ~0xffu) != (w->mw.rkey & ~0xffu)) return IBV_WC_MW_BIND_ERR;
+  if ((b->mw_access_flags & ~(unsigned)(IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE)) != 0) return IBV_WC_MW_BIND_ERR;
+  if ((b->mw_access_flags & IBV_ACCESS_REMOTE_WRITE) && !(m->access & IBV_ACCESS_LOCAL_WRITE)) return IBV_WC_MW_BIND_ERR;
+  if (!within(b->addr, b->length, (uint64_t)(uintptr_t)m->mr.addr, m->mr.length)) return IBV_WC_MW_BIND_ERR;
+  w->bound = 1;
+  w->bound_rkey = wr->bind_mw.rkey;
+  w->mw.rkey = wr->bind_mw.rkey; /* the window's current key, for the next ibv_inc_rkey */
+  w->qp = qp;
+  w->mr = m;
+  w->addr = b->addr;
+  w->length = b->length;
+  w->access = (int)b->mw_access_flags;
+  m->windows++;
+  return IBV_WC_SUCCESS;
+}
+
+enum ibv_wc_status srnic_local_inv(struct srnic_qp *qp, uint32_t rkey) {
+  for (struct srnic_mw *w = mws; w != NULL; w = w->next) {
+    if (!w->bound || w->bound_rkey != rkey) continue;
+    if (w->mw.pd != qp->qp.pd) break;
+    mw_unbind(w);
+    return IBV_WC_SUCCESS;
+  }
+  return IBV_WC_MW_BIND_ERR;
+}
+
+void srnic_unbind_qp_windows(struct srnic_qp *qp) {
+  for (struct srnic_mw *w = mws; w != NULL; w = w->next)
+    if (w->bound && w->qp == qp) mw_unbind(w);
+}
