@@ -145,8 +145,15 @@ t("connection manager and memory windows (verbs provider, librdmacm's context): 
   assert.equal(out.nativeChecks, ["KOALA_ERR_VERBS", BAD, BAD, BAD, "KOALA_ERR_ADDRESS_IN_USE", BAD, BAD, BAD, BAD, BAD, BAD, BAD, BAD], "the addon's own checks: unresolved, no QP, private data size and type, port in use, host text, port range, listener vs identifier both ways, a second QP, window access, timeout 0");
   assert.equal(out.afterDestroy, [DEAD, DEAD, DEAD]);
   assert.is(out.deallocTwice, DEAD);
-  assert.equal(out.leftOpen, { listener: true, client: true, server: true });
-  assert.equal(live, [0, 0, 0, 0, 0], "a listener, identifiers, QPs and a window left open are released at exit");
+  assert.equal(out.closed, [true, true, true], "identifiers and the listener close (they would keep the process alive)");
+  assert.equal(live, [0, 0, 0, 0, 0], "the PD, regions and CQ left open are released at exit");
+});
+
+t("a thread terminated with a listener, a connected pair and a window open: its cleanup hook releases them in order", () => {
+  const { out, live } = run("cm-leave-open");
+  assert.equal(out.worker, ["client established", "server established"]);
+  assert.is(out.terminated, true);
+  assert.equal(live, [0, 0, 0, 0, 0]);
 });
 
 t("fuzz: every export with live, dead, foreign and hostile handles and values never crashes the process", () => {
