@@ -156,6 +156,12 @@ t("a thread terminated with a listener, a connected pair and a window open: its 
   assert.equal(live, [0, 0, 0, 0, 0]);
 });
 
+t("a worker thread that is the only user of the addon ends cleanly (the addon stays mapped for the close callbacks of its libuv handles)", () => {
+  const { out, live } = run("thread-only");
+  assert.equal(out, { worker: "done", exitCode: 0 });
+  assert.equal(live, [0, 0, 0, 0, 0]);
+});
+
 t("fuzz: every export with live, dead, foreign and hostile handles and values never crashes the process", () => {
   const { out, live } = run("fuzz");
   assert.ok((out.calls as number) > 2000, `calls: ${out.calls}`);
