@@ -1,7 +1,8 @@
 /**
  * The RDMA transport's own suites on the native `verbs` provider, over the software RNIC srnic
- * (which stands in for libibverbs and librdmacm): the transport conformance suite, the RPC
- * suites that run on rdma, the worker-thread ring and the multi-process test. Each runs in a
+ * (which stands in for libibverbs and librdmacm): the Verbs interface suite, the transport
+ * conformance suite, the RPC suites that run on rdma, the worker-thread ring and the
+ * multi-process test. Each runs in a
  * child process, because the native libraries are chosen once per process (and uvu runs every
  * test file in this one): KOALA_VERBS_LIB / KOALA_RDMACM_LIB name koala_srnic.so,
  * KOALA_RDMA_PROVIDER=verbs, and srnic's network folder is a fresh temporary one.
@@ -87,6 +88,14 @@ function passed(r: Run, what: string, min: number): void {
 }
 
 const uvu = (pattern: string) => ["--import", "tsx", "node_modules/uvu/bin.js", "test", pattern];
+
+t("the Verbs interface suite (verbs-suite.ts) on the native provider over srnic", async () => {
+  const r = await run(["--import", "tsx", "test/fixtures/transport/native-verbs.ts"], false);
+  passed(r, "verbs suite (native)", 8);
+  assert.match(r.stdout, /rdma verbs: verbs provider \(srnic0\)/);
+  // Receiver-not-ready is retried without limit there (rnr_retry_count 7), so its exhaustion is not checked.
+  assert.match(r.stdout, /Skipped:\s+1\n/);
+});
 
 t("transport conformance suite: rdma on the verbs provider over srnic", async () => {
   const r = await run(["--import", "tsx", "test/fixtures/transport/native-conformance.ts"], false);
