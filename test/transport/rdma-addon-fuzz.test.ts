@@ -86,7 +86,7 @@ t("devices(probeInline?): a non-boolean or extra argument is KOALA_ERR_INVALID_A
 
 const OBJECT_FNS = ["init", "load", "devices", "allocPd", "deallocPd", "regMr", "deregMr", "createCq", "reqNotifyCq", "pollCq", "destroyCq", "createQp", "destroyQp", "postSend", "postRecv"] as const;
 /** The connection manager's and memory windows' exports. */
-const CM_FNS = ["bindMw", "deallocMw", "cmInit", "listen", "closeListener", "createId", "resolveAddr", "resolveRoute", "createCmQp", "connect", "accept", "reject", "disconnect", "destroyId", "cmAddresses", "cmEventName"] as const;
+const CM_FNS = ["bindMw", "deallocMw", "invalidateMw", "cmInit", "listen", "closeListener", "createId", "resolveAddr", "resolveRoute", "createCmQp", "connect", "accept", "reject", "disconnect", "destroyId", "cmAddresses", "cmEventName"] as const;
 
 t("connection manager and window calls: with no handle of this thread anywhere, hostile arguments never succeed and never crash", () => {
   const b = binding();

@@ -134,6 +134,7 @@ t("connection manager and memory windows (verbs provider, librdmacm's context): 
   assert.equal(out.order, [IN_USE, IN_USE, IN_USE, IN_USE, IN_USE, IN_USE, IN_USE], "an identifier with its QP, a QP or region with a window, a device with objects; in JS and in the addon");
   assert.equal(out.nicRefuses, [10, 10], "REM_ACCESS_ERR: the window's key on another connection, the region's own key");
   assert.is(out.pastEnd, 10, "REM_ACCESS_ERR: past the window's end");
+  assert.equal(out.invalidate, [0, BAD, 10], "a READ through the window, then a local invalidate (a second one refused), then REM_ACCESS_ERR");
   assert.equal(out.disconnectHere, ["disconnected by this side"], "the side that disconnects hears it at once, once");
   assert.equal(out.disconnectThere, [["the peer disconnected"], [5, 5, 5, 5]], "the peer hears it once; its posted receives flush (WR_FLUSH_ERR)");
   assert.equal(out.rejected, ["rejected", "the peer rejected the connection", [9]]);

@@ -93,6 +93,7 @@ struct NativeMw {
   uint32_t qp = 0;    // slots
   uint32_t mr = 0;
   uint32_t rkey = 0;  // the key of the current binding (ibv_inc_rkey of the window's)
+  bool bound = true;  // false once a local invalidate was posted
 };
 
 // A connection-manager identifier: a connection (kCmId) or a listener (kListener). Its parent is
@@ -1007,6 +1008,29 @@ Napi::Value BindMw(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// invalidateMw(mw): posts an unsignaled IBV_WR_LOCAL_INV of the window's rkey on its QP's send
+// queue: the key is refused once the requests posted before it have executed. The window must
+// still be deallocated. A second invalidate is refused (on a NIC it would fail the QP).
+Napi::Value InvalidateMw(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ExpectArgs(info, "invalidateMw", 1, 1);
+  AddonData* d = Data(env);
+  NativeMw* w = static_cast<NativeMw*>(d->objects[Arg(info, 0, Kind::kMw, "invalidateMw")].ptr);
+  if (!w->bound) Throw(env, kInvalidArgument, "invalidateMw: the window was already invalidated");
+  NativeQp* q = static_cast<NativeQp*>(d->objects[w->qp].ptr);
+  ibv_send_wr wr;
+  std::memset(&wr, 0, sizeof(wr));
+  wr.wr_id = kBindWrId;
+  wr.opcode = IBV_WR_LOCAL_INV;
+  wr.send_flags = 0;
+  wr.invalidate_rkey = w->rkey;
+  ibv_send_wr* bad = nullptr;
+  int rc = q->qp->context->ops.post_send(q->qp, &wr, &bad);
+  if (rc != 0) Throw(env, kVerbs, Errno("invalidateMw: posting the local invalidate", rc));
+  w->bound = false;
+  return env.Undefined();
+}
+
 // deallocMw(mw): invalidates and frees a window (ibv_dealloc_mw).
 Napi::Value DeallocMw(const Napi::CallbackInfo& info) {
   return Destroy(info, Kind::kMw, "deallocMw", "users");
@@ -1447,7 +1471,7 @@ Napi::Object Register(Napi::Env env, Napi::Object exports) {
       {"closeDevice", CloseDevice}, {"allocPd", AllocPd},   {"deallocPd", DeallocPd},     {"regMr", RegMr},
       {"deregMr", DeregMr},     {"createCq", CreateCq},     {"reqNotifyCq", ReqNotifyCq}, {"pollCq", PollCq},
       {"destroyCq", DestroyCq}, {"createQp", CreateQp},     {"destroyQp", DestroyQp},     {"postSend", PostSend},
-      {"postRecv", PostRecv},   {"bindMw", BindMw},         {"deallocMw", DeallocMw},     {"cmInit", CmInit},
+      {"postRecv", PostRecv},   {"bindMw", BindMw},         {"deallocMw", DeallocMw},     {"invalidateMw", InvalidateMw}, {"cmInit", CmInit},
       {"listen", Listen},       {"closeListener", CloseListener}, {"createId", CreateId}, {"resolveAddr", ResolveAddr},
       {"resolveRoute", ResolveRoute}, {"createCmQp", CreateCmQp}, {"connect", Connect},   {"accept", Accept},
       {"reject", Reject},       {"disconnect", Disconnect}, {"destroyId", DestroyId},     {"cmAddresses", CmAddresses},

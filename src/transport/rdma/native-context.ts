@@ -342,6 +342,18 @@ export class NativeContext extends Handle implements VerbsContext {
     return new NativeMw(q, m, w.handle, w.rkey, addr, length, access);
   }
 
+  /**
+   * Revokes a window's key in send-queue order: an unsignaled local invalidate posted on the
+   * window's queue pair, so the key stays valid for what was posted before it and is refused
+   * once it has executed. The window must still be deallocated ({@link deallocMw}).
+   */
+  invalidateMw(mw: Mw): void {
+    this.check("invalidateMw()");
+    if (!(mw instanceof NativeMw) || mw.qp.pd.context !== this) fail("invalidateMw()", "not a memory window of this device");
+    mw.check("invalidateMw()");
+    this.#binding.invalidateMw(mw.id);
+  }
+
   /** Invalidates and frees a window; its rkey is refused from then on. */
   deallocMw(mw: Mw): void {
     this.check("deallocMw()");

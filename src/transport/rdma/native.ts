@@ -137,6 +137,8 @@ export interface NativeBinding {
   bindMw(qp: number, mr: number, addr: number, length: number, access: number): { readonly handle: number; readonly rkey: number };
   /** Invalidates and frees a memory window (ibv_dealloc_mw). */
   deallocMw(mw: number): void;
+  /** Posts an unsignaled local invalidate (IBV_WR_LOCAL_INV) of the window's rkey on its QP; the window must still be deallocated. */
+  invalidateMw(mw: number): void;
   /**
    * Creates this thread's CM event channel (once; later calls replace `onEvent`). Every event is
    * copied and acknowledged, then `onEvent` gets its `rdma_cm_event_type` number, the identifier's
