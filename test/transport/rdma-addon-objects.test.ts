@@ -157,6 +157,12 @@ t("a thread terminated with a listener, a connected pair and a window open: its 
   assert.equal(live, [0, 0, 0, 0, 0]);
 });
 
+t("a listener keeps the process alive, as a listening socket does; an idle identifier does not", () => {
+  const { out, live } = run("cm-alive");
+  assert.ok((out.listenerHeldMs as number) >= 290, `the process lived until the listener closed: ${String(out.listenerHeldMs)} ms`);
+  assert.equal(live, [0, 0, 0, 0, 0]);
+});
+
 t("a worker thread that is the only user of the addon ends cleanly (the addon stays mapped for the close callbacks of its libuv handles)", () => {
   const { out, live } = run("thread-only");
   assert.equal(out, { worker: "done", exitCode: 0 });

@@ -90,7 +90,7 @@ function passed(r: Run, what: string, min: number): void {
 const uvu = (pattern: string) => ["--import", "tsx", "node_modules/uvu/bin.js", "test", pattern];
 
 t("the Verbs interface suite (verbs-suite.ts) on the native provider over srnic", async () => {
-  const r = await run(["--import", "tsx", "test/fixtures/transport/native-verbs.ts"], false);
+  const r = await run(["--import", "tsx", "test/fixtures/transport/native-interface.ts"], false);
   passed(r, "verbs suite (native)", 8);
   assert.match(r.stdout, /rdma verbs: verbs provider \(srnic0\)/);
   // Receiver-not-ready is retried without limit there (rnr_retry_count 7), so its exhaustion is not checked.

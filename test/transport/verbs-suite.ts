@@ -3,7 +3,7 @@
  * receiver-not-ready, RDMA READ / WRITE checked by the target, in-order and flushed
  * completions, memory windows, the connection manager and the typed-array batches.
  * rdma-verbs.test.ts runs it on the software provider; rdma-verbs-srnic.test.ts on the native
- * provider over the software RNIC srnic (fixtures/transport/native-verbs.ts, a child process).
+ * provider over the software RNIC srnic (fixtures/transport/native-interface.ts, a child process).
  */
 import { suite } from "uvu";
 import * as assert from "uvu/assert";

@@ -125,13 +125,12 @@ struct AddonData {
   napi_env env = nullptr;
   // The connection manager of this environment: one event channel (non-blocking fd watched by
   // libuv), the JavaScript function every event goes to, and the identifiers by pointer. The
-  // watch keeps the event loop alive while identifiers or listeners exist (`cm_live`), as
-  // sockets do, and not otherwise.
+  // watch keeps the event loop alive only while JavaScript says so (cmRef): while a listener
+  // listens or a connection is being made or is up, as a socket would.
   rdma_event_channel* cm_channel = nullptr;
   uv_poll_t* cm_poll = nullptr;
   Napi::FunctionReference on_cm_event;
   std::unordered_map<rdma_cm_id*, uint32_t> by_cm_id;
-  uint32_t cm_live = 0;
 };
 
 AddonData* Data(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
@@ -360,14 +359,6 @@ uint32_t Arg(const Napi::CallbackInfo& info, size_t i, Kind kind, const char* fn
 
 void OnPollClosed(uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); }
 
-// Counts identifiers and listeners; the CM watch holds the event loop open while there are any.
-void CmLive(AddonData* d, int delta) {
-  uint32_t before = d->cm_live;
-  d->cm_live = static_cast<uint32_t>(static_cast<int64_t>(d->cm_live) + delta);
-  if (d->cm_poll == nullptr) return;
-  if (before == 0 && d->cm_live > 0) uv_ref(reinterpret_cast<uv_handle_t*>(d->cm_poll));
-  if (before > 0 && d->cm_live == 0) uv_unref(reinterpret_cast<uv_handle_t*>(d->cm_poll));
-}
 
 void DestroyNativeCq(NativeCq* c) {
   if (c->poll != nullptr) {
@@ -420,7 +411,6 @@ void Release(AddonData* d, uint32_t slot) {
       // Every event of the identifier was acknowledged when it was read, so this cannot block.
       Cm().destroy_id(c->id);
       delete c;
-      CmLive(d, -1);
       break;
     }
     case Kind::kPd: V().dealloc_pd(static_cast<ibv_pd*>(o.ptr)); break;
@@ -1097,7 +1087,6 @@ void OnCmReadable(uv_poll_t* handle, int status, int events) {
         o.users = 0;
         if (o.parent != 0) d->objects[o.parent - 1].users++;
         d->by_cm_id[ev->id] = slot;
-        CmLive(d, 1);
         c.id = HandleOf(d, slot);
         c.listener = HandleOf(d, l->second);
       }
@@ -1137,6 +1126,7 @@ void OnCmReadable(uv_poll_t* handle, int status, int events) {
 // onEvent(type, id, status, privateData?, listener?): type an rdma_cm_event_type number, id the
 // identifier's handle (for CONNECT_REQUEST a new one), status the event's, privateData a copy
 // (a Buffer) for requests, accepts and rejects, listener the handle a request came through.
+// The channel's watch does not keep the event loop alive until cmRef(true).
 Napi::Value CmInit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   ExpectArgs(info, "cmInit", 1, 1);
@@ -1167,9 +1157,21 @@ Napi::Value CmInit(const Napi::CallbackInfo& info) {
     d->cm_channel = ch;
     d->cm_poll = poll;
     uv_poll_start(poll, UV_READABLE, OnCmReadable);
-    if (d->cm_live == 0) uv_unref(reinterpret_cast<uv_handle_t*>(poll));
+    uv_unref(reinterpret_cast<uv_handle_t*>(poll));
   }
   d->on_cm_event = Napi::Persistent(info[0].As<Napi::Function>());
+  return env.Undefined();
+}
+
+// cmRef(on): whether the CM watch keeps the event loop (the process or the thread) alive.
+Napi::Value CmRef(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ExpectArgs(info, "cmRef", 1, 1);
+  if (!info[0].IsBoolean()) Throw(env, kInvalidArgument, "cmRef: on must be a boolean");
+  AddonData* d = Data(env);
+  if (d->cm_poll == nullptr) Throw(env, kVerbs, "cmRef: the connection manager is not set up (call cmInit() first)");
+  if (info[0].As<Napi::Boolean>().Value()) uv_ref(reinterpret_cast<uv_handle_t*>(d->cm_poll));
+  else uv_unref(reinterpret_cast<uv_handle_t*>(d->cm_poll));
   return env.Undefined();
 }
 
@@ -1212,7 +1214,6 @@ uint32_t NewCmId(Napi::Env env, Kind kind, uint32_t ctx, const char* fn, rdma_cm
   }
   AddonData* d = Data(env);
   d->by_cm_id[id] = slot;
-  CmLive(d, 1);
   *out = id;
   return slot;
 }
@@ -1471,7 +1472,7 @@ Napi::Object Register(Napi::Env env, Napi::Object exports) {
       {"closeDevice", CloseDevice}, {"allocPd", AllocPd},   {"deallocPd", DeallocPd},     {"regMr", RegMr},
       {"deregMr", DeregMr},     {"createCq", CreateCq},     {"reqNotifyCq", ReqNotifyCq}, {"pollCq", PollCq},
       {"destroyCq", DestroyCq}, {"createQp", CreateQp},     {"destroyQp", DestroyQp},     {"postSend", PostSend},
-      {"postRecv", PostRecv},   {"bindMw", BindMw},         {"deallocMw", DeallocMw},     {"invalidateMw", InvalidateMw}, {"cmInit", CmInit},
+      {"postRecv", PostRecv},   {"bindMw", BindMw},         {"deallocMw", DeallocMw},     {"invalidateMw", InvalidateMw}, {"cmInit", CmInit}, {"cmRef", CmRef},
       {"listen", Listen},       {"closeListener", CloseListener}, {"createId", CreateId}, {"resolveAddr", ResolveAddr},
       {"resolveRoute", ResolveRoute}, {"createCmQp", CreateCmQp}, {"connect", Connect},   {"accept", Accept},
       {"reject", Reject},       {"disconnect", Disconnect}, {"destroyId", DestroyId},     {"cmAddresses", CmAddresses},

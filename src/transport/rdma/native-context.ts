@@ -138,8 +138,13 @@ class NativeMw extends Handle implements Mw {
 
 type IdState = "idle" | "resolving" | "resolved" | "connecting" | "requested" | "accepting" | "connected" | "done";
 
+/** States in which an identifier keeps the thread alive, as a socket would: something is under way or up. */
+const ACTIVE: ReadonlySet<IdState> = new Set(["resolving", "resolved", "connecting", "requested", "accepting", "connected"]);
+
 class NativeCmId extends Handle implements CmId {
-  state: IdState = "idle";
+  #state: IdState = "idle";
+  /** Counted in {@link keepAlive}. */
+  active = false;
   localAddress = "";
   remoteAddress = "";
   qp: NativeQp | undefined;
@@ -155,6 +160,15 @@ class NativeCmId extends Handle implements CmId {
   ) {
     super("cm_id");
   }
+
+  get state(): IdState {
+    return this.#state;
+  }
+
+  set state(s: IdState) {
+    this.#state = s;
+    keepAlive(this, ACTIVE.has(s));
+  }
 }
 
 class NativeCmListener extends Handle implements CmListener {
@@ -167,6 +181,8 @@ class NativeCmListener extends Handle implements CmListener {
   ) {
     super("cm_listener");
   }
+  /** Counted in {@link keepAlive}. */
+  active = false;
 }
 
 // ---- the connection manager of this thread ---------------------------------------------------
@@ -175,6 +191,17 @@ class NativeCmListener extends Handle implements CmListener {
 const cmObjects = new Map<number, NativeCmId | NativeCmListener>();
 /** The binding whose event channel this thread set up. */
 let cmBinding: NativeBinding | undefined;
+
+/** Listeners and identifiers under way or up in this thread: while there are any, the CM watch keeps the thread alive. */
+let cmActive = 0;
+
+/** Counts `o` as keeping the thread alive (`on`) or not; the CM watch is referenced while the count is above 0. */
+function keepAlive(o: { active: boolean }, on: boolean): void {
+  if (o.active === on || cmBinding === undefined) return;
+  o.active = on;
+  cmActive += on ? 1 : -1;
+  if (cmActive === (on ? 1 : 0)) cmBinding.cmRef(on);
+}
 
 function cmSetup(binding: NativeBinding): void {
   if (cmBinding === binding) return;
@@ -493,6 +520,7 @@ export class NativeContext extends Handle implements VerbsContext {
     const l = this.#binding.listen(this.#id, ip, port, BACKLOG);
     const listener = new NativeCmListener(this, l.handle, ip, l.port, onEvent);
     cmObjects.set(l.handle, listener);
+    keepAlive(listener, true);
     this.use();
     return listener;
   }
@@ -502,6 +530,7 @@ export class NativeContext extends Handle implements VerbsContext {
     if (!(listener instanceof NativeCmListener) || listener.context !== this) fail("closeListener()", "not a listener of this device");
     if (listener.destroyed) return;
     listener.markDestroyed("closeListener()", "users");
+    keepAlive(listener, false);
     cmObjects.delete(listener.id);
     this.#binding.closeListener(listener.id);
     this.unuse();

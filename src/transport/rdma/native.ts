@@ -144,9 +144,11 @@ export interface NativeBinding {
    * copied and acknowledged, then `onEvent` gets its `rdma_cm_event_type` number, the identifier's
    * handle (a new one for a connect request), its status, a copy of the private data of a
    * request, accept or reject, and for a request the listener's handle. The channel's watch
-   * keeps the process alive only while identifiers or listeners exist.
+   * does not keep the process (or thread) alive until {@link NativeBinding.cmRef}.
    */
   cmInit(onEvent: (type: number, id: number, status: number, privateData: Uint8Array | undefined, listener: number | undefined) => void): void;
+  /** Whether the CM event channel's watch keeps the event loop alive. */
+  cmRef(on: boolean): void;
   /** Listens on IPv4 `host`:`port` (0: any free port) through device context `context`'s connection manager; the port bound comes back. */
   listen(context: number, host: string, port: number, backlog: number): { readonly handle: number; readonly port: number };
   /** Stops listening (rdma_destroy_id of the listener). */
