@@ -144,6 +144,7 @@ t("connection manager and memory windows (verbs provider, librdmacm's context): 
   assert.is(out.unreachableHost, "KOALA_ERR_HOST_NOT_FOUND", "a host srnic cannot reach");
   assert.equal(out.jsChecks, [BAD, BAD, BAD, BAD, BAD, BAD, "KOALA_ERR_ADDRESS_IN_USE"], "QP or connect before resolve, accept without a request, private data over 56 bytes, a window without MW_BIND or past the region, a port in use");
   assert.equal(out.nativeChecks, ["KOALA_ERR_VERBS", BAD, BAD, BAD, "KOALA_ERR_ADDRESS_IN_USE", BAD, BAD, BAD, BAD, BAD, BAD, BAD, BAD], "the addon's own checks: unresolved, no QP, private data size and type, port in use, host text, port range, listener vs identifier both ways, a second QP, window access, timeout 0");
+  assert.equal(out.otherContext, [BAD, "createCmQp: the identifier is on device srnic0; the protection domain and completion queues must be of that device's librdmacm context (openDevice(name, true)), not srnic0's"], "a PD of ibv_open_device's context is not the identifier's");
   assert.equal(out.afterDestroy, [DEAD, DEAD, DEAD]);
   assert.is(out.deallocTwice, DEAD);
   assert.equal(out.closed, [true, true, true], "identifiers and the listener close (they would keep the process alive)");

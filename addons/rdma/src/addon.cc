@@ -1326,7 +1326,11 @@ Napi::Value CreateCmQp(const Napi::CallbackInfo& info) {
   if (c->id->verbs == nullptr) Throw(env, kVerbs, "createCmQp: the identifier is not resolved to a device yet (resolve it first)");
   ibv_pd* p = static_cast<ibv_pd*>(d->objects[pd].ptr);
   if (p->context != c->id->verbs || attr.send_cq->context != c->id->verbs || attr.recv_cq->context != c->id->verbs) {
-    Throw(env, kInvalidArgument, "createCmQp: the protection domain and completion queues must be of the identifier's device (open it with forCm)");
+    // On a host with several devices the address may route through another one than was opened.
+    const char* want = c->id->verbs->device != nullptr ? V().get_device_name(c->id->verbs->device) : nullptr;
+    const char* have = p->context->device != nullptr ? V().get_device_name(p->context->device) : nullptr;
+    Throw(env, kInvalidArgument, std::string("createCmQp: the identifier is on device ") + (want != nullptr ? want : "?") + "; the protection domain and completion queues must be of that device's librdmacm context (openDevice(name, true)), not " +
+                                     (have != nullptr ? have : "?") + "'s" + (p->context == c->id->verbs ? " (a completion queue is of another context)" : ""));
   }
   errno = 0;
   if (Cm().create_qp(c->id, p, &attr) != 0 || c->id->qp == nullptr) Throw(env, kVerbs, Errno("createCmQp: rdma_create_qp", errno != 0 ? errno : EINVAL));
