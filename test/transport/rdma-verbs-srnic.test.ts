@@ -48,7 +48,7 @@ interface Run {
 function run(args: string[], alias: boolean): Promise<Run> {
   const dir = mkdtempSync(join(tmpdir(), "koala-verbs-srnic-"));
   const log = join(dir, "opened.log");
-  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KOALA_") && !k.startsWith("SRNIC_") && k !== "NODE_OPTIONS"));
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KOALA_") && !k.startsWith("SRNIC_")));
   const env: NodeJS.ProcessEnv = {
     ...clean,
     KOALA_VERBS_LIB: srnic,
@@ -59,7 +59,7 @@ function run(args: string[], alias: boolean): Promise<Run> {
     FORCE_COLOR: "0",
   };
   if (alias) {
-    env.NODE_OPTIONS = `--import=${new URL("../fixtures/transport/native-as-soft.mjs", import.meta.url).href}`;
+    env.NODE_OPTIONS = `${process.env.NODE_OPTIONS ?? ""} --import=${new URL("../fixtures/transport/native-as-soft.mjs", import.meta.url).href}`.trim();
     env.NATIVE_AS_SOFT_LOG = log;
   }
   return new Promise((resolve, reject) => {
