@@ -17,13 +17,15 @@
       "ldflags": ["-Wl,--exclude-libs,ALL", "-Wl,--version-script=<(module_root_dir)/exports.map", "-Wl,-z,nodelete"]
     },
     {
-      # The software RNIC for tests (srnic/srnic.c): stands in for libibverbs and librdmacm
-      # through KOALA_VERBS_LIB / KOALA_RDMACM_LIB. Not part of the addon.
+      # The software RNIC for tests (srnic/*.c, header comment of srnic/srnic.c): stands in for
+      # libibverbs and librdmacm through KOALA_VERBS_LIB / KOALA_RDMACM_LIB. Not part of the addon.
       "target_name": "srnic",
       "type": "shared_library",
       "product_name": "koala_srnic",
       "sources": ["srnic/srnic.c", "srnic/nic.c", "srnic/cm.c"],
       "libraries": ["-lpthread"],
+      # Never unloaded (dlclose is a no-op): its service thread runs for the life of the process.
+      "ldflags": ["-Wl,-z,nodelete"],
       "cflags": ["-fvisibility=hidden", "-std=gnu11", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]
     }
   ]

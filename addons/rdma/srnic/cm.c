@@ -30,6 +30,7 @@
 
 #define REJECT_CONSUMER 28   /* IB CM reject reason: consumer defined (rdma_reject) */
 #define REJECT_NO_LISTENER 8 /* IB CM reject reason: invalid service ID (nothing listens) */
+#define REJECT_TIMEOUT 1      /* IB CM reject reason: timeout (a request destroyed unanswered) */
 #define DEFAULT_TIMEOUT_MS 2000
 
 struct srnic_event {
@@ -101,6 +102,7 @@ static void queue_event(struct srnic_id *sid, enum rdma_cm_event_type type, int 
   if (write(sid->chan->ch.fd, &one, sizeof(one)) != (ssize_t)sizeof(one)) fprintf(stderr, "srnic: event channel write: %s\n", strerror(errno));
 }
 
+/* Takes the next queued event: blocks, or fails with EAGAIN, as the channel fd says. */
 SRNIC_EXPORT int rdma_get_cm_event(struct rdma_event_channel *channel, struct rdma_cm_event **event) {
   struct srnic_chan *c = (struct srnic_chan *)channel;
   if (c == NULL || event == NULL) {
@@ -151,11 +153,12 @@ SRNIC_EXPORT const char *rdma_event_str(enum rdma_cm_event_type event) {
   return (unsigned)event < sizeof(names) / sizeof(names[0]) ? names[event] : "UNKNOWN EVENT";
 }
 
+static void destroy_id_locked(struct srnic_id *sid);
+
 /* Removes the queued events of `sid` (its id is being destroyed): taken off the queue when the
  * channel's fd is non-blocking (its count read back), else left as void entries that
  * rdma_get_cm_event skips. A CONNECT_REQUEST of a listener being destroyed takes its new id
  * with it. Under srnic_lock. */
-static void destroy_id_locked(struct srnic_id *sid);
 static void drop_events(struct srnic_id *sid) {
   struct srnic_chan *c = sid->chan;
   int nonblocking;
@@ -170,13 +173,15 @@ static void drop_events(struct srnic_id *sid) {
       pp = &e->next;
       continue;
     }
+    /* Void first: destroying the request's new id walks this queue too and must skip it (it
+     * removes only events queued after this one, so `pp` and `prev` stay valid). */
+    e->void_ = 1;
     if (e->ev.event == RDMA_CM_EVENT_CONNECT_REQUEST && e->ev.listen_id == &sid->id && e->ev.id != &sid->id) destroy_id_locked((struct srnic_id *)e->ev.id);
     if (nonblocking && read(c->ch.fd, &v, sizeof(v)) == (ssize_t)sizeof(v)) {
       *pp = e->next;
       if (c->tail == e) c->tail = prev;
       free(e);
     } else {
-      e->void_ = 1;
       prev = e;
       pp = &e->next;
     }
@@ -238,6 +243,12 @@ SRNIC_EXPORT int rdma_create_id(struct rdma_event_channel *channel, struct rdma_
 /* Closes and forgets everything of `sid` and frees it (under srnic_lock). */
 static void destroy_id_locked(struct srnic_id *sid) {
   drop_events(sid);
+  if (sid->state == ID_REQUESTED && sid->link != NULL) { /* never answered: refused, as the IB CM does */
+    struct wire_cm m;
+    memset(&m, 0, sizeof(m));
+    m.port = REJECT_TIMEOUT;
+    nic_link_send(sid->link, PKT_CM_REJECT, &m, sizeof(m), NULL, 0);
+  }
   nic_link_close(sid->link);
   if (sid->listen != NULL) {
     /* Connections accepted for this listener and still waiting for their REQ go too. */
@@ -386,6 +397,8 @@ static int bind_port(unsigned port, int take_stale, char *path) {
   return -1;
 }
 
+/* Binds the id to srnic port P (its socket file cm-P; port 0: a free one): EADDRINUSE when a
+ * live listener has it, a stale file taken over; EADDRNOTAVAIL for an address not of this host. */
 SRNIC_EXPORT int rdma_bind_addr(struct rdma_cm_id *id, struct sockaddr *addr) {
   struct srnic_id *sid = (struct srnic_id *)id;
   struct ibv_context *ctx = srnic_cm_context();
@@ -461,6 +474,7 @@ SRNIC_EXPORT int rdma_listen(struct rdma_cm_id *id, int backlog) {
 SRNIC_EXPORT __be16 rdma_get_src_port(struct rdma_cm_id *id) { return id->route.addr.src_sin.sin_port; }
 SRNIC_EXPORT __be16 rdma_get_dst_port(struct rdma_cm_id *id) { return id->route.addr.dst_sin.sin_port; }
 
+/* Queues ADDR_RESOLVED for a local address (the id gets librdmacm's context), else ADDR_ERROR. */
 SRNIC_EXPORT int rdma_resolve_addr(struct rdma_cm_id *id, struct sockaddr *src_addr, struct sockaddr *dst_addr, int timeout_ms) {
   struct srnic_id *sid = (struct srnic_id *)id;
   struct ibv_context *ctx = srnic_cm_context();
@@ -469,17 +483,24 @@ SRNIC_EXPORT int rdma_resolve_addr(struct rdma_cm_id *id, struct sockaddr *src_a
     return -1;
   }
   pthread_mutex_lock(&srnic_lock);
-  if (sid->state != ID_IDLE && sid->state != ID_ADDR_RESOLVED) {
+  if (sid->state != ID_IDLE && sid->state != ID_ADDR_RESOLVED && sid->state != ID_BOUND) {
     pthread_mutex_unlock(&srnic_lock);
     errno = EINVAL;
     return -1;
+  }
+  if (sid->state == ID_BOUND) { /* an active id bound first: its address stays, its port file goes */
+    close(sid->bound_fd);
+    sid->bound_fd = -1;
+    unlink(sid->path);
+    sid->path[0] = '\0';
+    if (src_addr == NULL) src_addr = &sid->id.route.addr.src_addr;
   }
   sid->timeout_ms = timeout_ms;
   if (!reachable(dst_addr) || ctx == NULL) {
     queue_event(sid, RDMA_CM_EVENT_ADDR_ERROR, ctx == NULL ? -ENODEV : -EHOSTUNREACH, NULL, NULL, 0);
   } else {
     memcpy(&sid->id.route.addr.dst_storage, dst_addr, addr_len(dst_addr));
-    if (src_addr != NULL && reachable(src_addr)) memcpy(&sid->id.route.addr.src_storage, src_addr, addr_len(src_addr));
+    if (src_addr != NULL && reachable(src_addr)) memmove(&sid->id.route.addr.src_storage, src_addr, addr_len(src_addr));
     else loopback_addr(&sid->id.route.addr.src_storage, dst_addr->sa_family, 0);
     sid->id.verbs = ctx;
     sid->state = ID_ADDR_RESOLVED;
@@ -529,10 +550,10 @@ SRNIC_EXPORT int rdma_create_qp(struct rdma_cm_id *id, struct ibv_pd *pd, struct
   return 0;
 }
 
+/* Destroys the id's QP (srnic_qp_free detaches it from the id under srnic_lock). */
 SRNIC_EXPORT void rdma_destroy_qp(struct rdma_cm_id *id) {
   if (id == NULL || id->qp == NULL) return;
   srnic_qp_free((struct srnic_qp *)id->qp);
-  id->qp = NULL;
 }
 
 /* The QP of `sid` goes to RTS with the RNR retry count of this side's connection parameters. */
@@ -554,6 +575,8 @@ static void cm_msg(struct wire_cm *m, const struct srnic_id *sid, unsigned port,
   if (len > 0) memcpy(m->pd, data, len);
 }
 
+/* Connects to the listener of the destination port: sends REQ; ESTABLISHED, REJECTED or
+ * UNREACHABLE follows (REJECTED with status 8 at once when nothing listens there). */
 SRNIC_EXPORT int rdma_connect(struct rdma_cm_id *id, struct rdma_conn_param *param) {
   struct srnic_id *sid = (struct srnic_id *)id;
   struct sockaddr_un a;
@@ -598,6 +621,7 @@ SRNIC_EXPORT int rdma_connect(struct rdma_cm_id *id, struct rdma_conn_param *par
   return 0;
 }
 
+/* Accepts a connect request: the QP is ready, ACCEPT goes out; ESTABLISHED follows its RTU. */
 SRNIC_EXPORT int rdma_accept(struct rdma_cm_id *id, struct rdma_conn_param *param) {
   struct srnic_id *sid = (struct srnic_id *)id;
   struct wire_cm m;
@@ -618,6 +642,7 @@ SRNIC_EXPORT int rdma_accept(struct rdma_cm_id *id, struct rdma_conn_param *para
   return 0;
 }
 
+/* Refuses a connect request: the active side gets REJECTED, status 28, with this data. */
 SRNIC_EXPORT int rdma_reject(struct rdma_cm_id *id, const void *private_data, uint8_t private_data_len) {
   struct srnic_id *sid = (struct srnic_id *)id;
   struct wire_cm m;
@@ -628,7 +653,7 @@ SRNIC_EXPORT int rdma_reject(struct rdma_cm_id *id, const void *private_data, ui
     return -1;
   }
   sid->state = ID_DONE;
-  cm_msg(&m, sid, 0, private_data, private_data_len);
+  cm_msg(&m, sid, REJECT_CONSUMER, private_data, private_data_len); /* a REJECT's port field is the reason */
   nic_link_send(sid->link, PKT_CM_REJECT, &m, sizeof(m), NULL, 0);
   nic_link_shut(sid->link);
   pthread_mutex_unlock(&srnic_lock);
@@ -644,6 +669,8 @@ static void peer_gone(struct srnic_id *sid) {
   queue_event(sid, RDMA_CM_EVENT_DISCONNECTED, 0, NULL, NULL, 0);
 }
 
+/* Disconnects: the QP goes to the error state, the peer hears DISCONNECT, this side gets
+ * DISCONNECTED (once). Nothing happens on an id already disconnected. */
 SRNIC_EXPORT int rdma_disconnect(struct rdma_cm_id *id) {
   struct srnic_id *sid = (struct srnic_id *)id;
   int rc = 0;
@@ -693,6 +720,7 @@ void cm_accept_ready(struct srnic_id *listener) {
   }
 }
 
+/* Takes an accepted link off the list of those waiting for a REQ. */
 static void unpend(struct srnic_link *l) {
   for (struct srnic_link **pp = &pending_links; *pp != NULL; pp = &(*pp)->pending_next) {
     if (*pp == l) {
@@ -736,6 +764,7 @@ static void on_request(struct srnic_link *l, const struct wire_cm *m) {
   queue_event(sid, RDMA_CM_EVENT_CONNECT_REQUEST, 0, listener, m->pd, m->pdlen);
 }
 
+/* A packet on a link (service thread): the CM messages here, the data path to nic.c. */
 void cm_packet(struct srnic_link *l, uint32_t type, const uint8_t *body, size_t len) {
   struct srnic_id *sid = l->id;
   struct wire_cm m;
@@ -767,7 +796,7 @@ void cm_packet(struct srnic_link *l, uint32_t type, const uint8_t *body, size_t 
       sid->deadline = 0;
       sid->state = ID_DONE;
       nic_link_close(l);
-      queue_event(sid, RDMA_CM_EVENT_REJECTED, REJECT_CONSUMER, NULL, m.pd, m.pdlen);
+      queue_event(sid, RDMA_CM_EVENT_REJECTED, m.port, NULL, m.pd, m.pdlen);
       return;
     case PKT_CM_RTU:
       if (sid->state != ID_ACCEPTING) return;
@@ -784,6 +813,7 @@ void cm_packet(struct srnic_link *l, uint32_t type, const uint8_t *body, size_t 
   }
 }
 
+/* The link ended (EOF, reset, or a bad packet): what that means in the id's state. */
 void cm_link_lost(struct srnic_link *l) {
   struct srnic_id *sid = l->id;
   if (sid == NULL) {
@@ -798,6 +828,7 @@ void cm_link_lost(struct srnic_link *l) {
   nic_link_close(l);
 }
 
+/* Runs the due timers (connect deadlines, RNR retransmissions); the next deadline, 0 if none. */
 int64_t cm_timers(int64_t now) {
   int64_t next = 0;
   for (struct srnic_id *sid = ids; sid != NULL; sid = sid->next) {

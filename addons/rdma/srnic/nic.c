@@ -10,7 +10,10 @@
  * Data path of a connected RC QP: each SEND / WRITE / READ gets the next sequence number. The
  * responder executes only the sequence number it expects (go-back-N): a SEND or WRITE_WITH_IMM
  * that finds no posted receive is answered RNR NAK and not executed, and what follows it is
- * dropped until the requester retransmits from it after RNR_DELAY_MS. Every executed request is
+ * dropped until the requester retransmits from it: first the refused request alone, after
+ * RNR_DELAY_MS (doubling while it is refused again, up to 64 ms), then, once it is ACKed,
+ * everything after it (so a receiver that stays not ready costs one packet per retry, not the
+ * whole send queue). Every executed request is
  * answered in order: ACK, READ response, or NAK (an access violation, after which the responder
  * QP goes to the error state; the requester's does when the NAK'ed request completes).
  */
@@ -29,7 +32,7 @@
 #include "srnic.h"
 
 #define RNR_DELAY_MS 2
-#define MAX_PACKET (1u << 31)
+#define MAX_PACKET ((1u << 31) + 4096) /* the largest message (max_msg_sz 2^31) and its header */
 #define READ_CHUNK (256 * 1024)
 
 static int ep = -1, wake_fd = -1;
@@ -37,6 +40,8 @@ static int wake_kind = KIND_WAKE;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static int start_errno;
 static struct srnic_link *graveyard; /* closed links, freed by the service thread */
+static struct srnic_link *dirty;     /* links the service thread queued output on this turn */
+static __thread int on_service_thread;
 
 int64_t srnic_now_ms(void) {
   struct timespec ts;
@@ -68,6 +73,7 @@ static void start_once(void) {
   pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
+/* Starts the service thread once per process; -1 (errno) if it could not be. */
 int nic_start(void) {
   pthread_once(&once, start_once);
   if (start_errno != 0) errno = start_errno;
@@ -80,11 +86,13 @@ void nic_wake(void) {
   if (wake_fd >= 0 && write(wake_fd, &one, sizeof(one)) < 0) { /* already signalled */ }
 }
 
+/* Watches `fd` for input (and output when `out`); `ptr` starts with its KIND_*. */
 int nic_add_fd(int fd, void *ptr, int out) {
   struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0), .data.ptr = ptr};
   return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
 }
 
+/* A link (or listener) for `fd`, watched by the service thread (under srnic_lock). */
 struct srnic_link *nic_link_new(int fd, int kind) {
   struct srnic_link *l = calloc(1, sizeof(*l));
   if (l == NULL) return NULL;
@@ -141,6 +149,11 @@ static void link_flush(struct srnic_link *l) {
   }
   if (l->dead) return;
   l->out_off = l->out_len = 0;
+  if (l->out_cap > 4 * READ_CHUNK) { /* give back a large message's room */
+    free(l->out);
+    l->out = NULL;
+    l->out_cap = 0;
+  }
   want_out(l, 0);
   if (l->shut_after_flush && !l->shut_done) {
     shutdown(l->fd, SHUT_WR);
@@ -148,6 +161,31 @@ static void link_flush(struct srnic_link *l) {
   }
 }
 
+/* Writes the output of `l` now from an application thread; from the service thread, once at the
+ * end of its turn (all the answers to one read leave in one write). */
+static void later_or_now(struct srnic_link *l) {
+  if (l->want_out) return; /* EPOLLOUT will */
+  if (!on_service_thread) {
+    link_flush(l);
+  } else if (!l->dirty) {
+    l->dirty = 1;
+    l->dirty_next = dirty;
+    dirty = l;
+  }
+}
+
+/* The service thread's deferred writes (under srnic_lock). */
+static void flush_dirty(void) {
+  while (dirty != NULL) {
+    struct srnic_link *l = dirty;
+    dirty = l->dirty_next;
+    l->dirty = 0;
+    if (!l->dead && !l->want_out) link_flush(l);
+  }
+}
+
+/* Queues a packet of `type` whose body is a then b, and writes what the socket takes now; the
+ * rest goes when it is writable. Never blocks. Under srnic_lock. */
 void nic_link_send(struct srnic_link *l, uint32_t type, const void *a, size_t alen, const void *b, size_t blen) {
   struct wire_hdr h;
   size_t need;
@@ -179,13 +217,14 @@ void nic_link_send(struct srnic_link *l, uint32_t type, const void *a, size_t al
   if (alen) memcpy(l->out + l->out_len + sizeof(h), a, alen);
   if (blen) memcpy(l->out + l->out_len + sizeof(h) + alen, b, blen);
   l->out_len += need;
-  if (!l->want_out) link_flush(l);
+  later_or_now(l);
 }
 
+/* Ends the output of `l` once what is queued is written (shutdown SHUT_WR); input goes on. */
 void nic_link_shut(struct srnic_link *l) {
   if (l == NULL || l->dead) return;
   l->shut_after_flush = 1;
-  if (!l->want_out) link_flush(l);
+  later_or_now(l);
 }
 
 /* Reads what the socket has and dispatches every whole packet (service thread). */
@@ -197,6 +236,11 @@ static void link_read(struct srnic_link *l) {
   if (l->in_len >= sizeof(struct wire_hdr)) {
     struct wire_hdr h;
     memcpy(&h, l->in, sizeof(h));
+    if (h.len > MAX_PACKET) {
+      fprintf(stderr, "srnic: a packet of %u bytes from a peer: closing the link\n", h.len);
+      cm_link_lost(l);
+      return;
+    }
     if (sizeof(h) + (size_t)h.len > l->in_len + want) want = sizeof(h) + (size_t)h.len - l->in_len;
   }
   if (l->in_cap - l->in_len < want) {
@@ -244,12 +288,14 @@ static void link_read(struct srnic_link *l) {
 static void *service(void *arg) {
   struct epoll_event evs[64];
   (void)arg;
+  on_service_thread = 1;
   for (;;) {
     int64_t now, next;
     int timeout, n;
     pthread_mutex_lock(&srnic_lock);
     now = srnic_now_ms();
     next = cm_timers(now);
+    flush_dirty();
     pthread_mutex_unlock(&srnic_lock);
     timeout = next == 0 ? -1 : next <= now ? 0 : (int)(next - now);
     n = epoll_wait(ep, evs, 64, timeout);
@@ -268,6 +314,7 @@ static void *service(void *arg) {
         if (!l->dead && (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) link_read(l);
       }
     }
+    flush_dirty(); /* before the graveyard: a closed link may still be on the list */
     while (graveyard != NULL) {
       struct srnic_link *l = graveyard;
       graveyard = l->next;
@@ -313,6 +360,8 @@ static void advance(struct srnic_qp *q) {
   }
 }
 
+/* Moves a connected QP to the error state: outstanding sends, then posted receives, complete
+ * with WR_FLUSH_ERR in order; anything posted later flushes at once. Under srnic_lock. */
 void nic_qp_error(struct srnic_qp *q) {
   if (q->loopback || q->state == QP_ERROR) return;
   q->state = QP_ERROR;
@@ -391,6 +440,9 @@ static enum ibv_wc_status send_request(struct srnic_qp *q, struct srnic_swr *s, 
   return IBV_WC_SUCCESS;
 }
 
+/* ibv_post_send of a connected QP: checks each work request (EINVAL / ENOMEM stop the list at
+ * it, as a provider does), executes binds and invalidates in place, takes a copy of the payload
+ * and sends the request. Completions come in posting order. */
 int nic_post_send(struct srnic_qp *q, struct ibv_send_wr *wr, struct ibv_send_wr **bad) {
   int rc = 0;
   pthread_mutex_lock(&srnic_lock);
@@ -443,6 +495,7 @@ int nic_post_send(struct srnic_qp *q, struct ibv_send_wr *wr, struct ibv_send_wr
   return rc;
 }
 
+/* ibv_post_recv of a connected QP: the receive queue, consumed in order by incoming SENDs. */
 int nic_post_recv(struct srnic_qp *q, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad) {
   int rc = 0;
   pthread_mutex_lock(&srnic_lock);
@@ -481,6 +534,7 @@ static void acked(struct srnic_qp *q, uint32_t seq) {
   }
 }
 
+/* The sent, unanswered work request with sequence number `seq`, or NULL. */
 static struct srnic_swr *find_seq(struct srnic_qp *q, uint32_t seq) {
   for (int i = 0; i < q->sq_count; i++) {
     struct srnic_swr *s = sq_at(q, i);
@@ -489,8 +543,8 @@ static struct srnic_swr *find_seq(struct srnic_qp *q, uint32_t seq) {
   return NULL;
 }
 
-/* "Receiver not ready" for `seq`: retry after RNR_DELAY_MS (forever with rnr_retry 7), or fail
- * with RNR_RETRY_EXC_ERR once the retries are spent. */
+/* "Receiver not ready" for `seq`: retry after a delay (forever with rnr_retry 7), or fail with
+ * RNR_RETRY_EXC_ERR once the retries are spent. */
 static void on_rnr(struct srnic_qp *q, uint32_t seq) {
   struct srnic_swr *s;
   acked(q, seq - 1);
@@ -504,20 +558,35 @@ static void on_rnr(struct srnic_qp *q, uint32_t seq) {
     return;
   }
   if (s->rnr_left > 0) s->rnr_left--;
+  q->rnr_count = q->rnr_seq == seq && q->rnr_resume ? q->rnr_count + 1 : 0;
   q->rnr_seq = seq;
-  q->rnr_deadline = srnic_now_ms() + RNR_DELAY_MS;
+  q->rnr_resume = 0;
+  q->rnr_deadline = srnic_now_ms() + (RNR_DELAY_MS << (q->rnr_count < 5 ? q->rnr_count : 5));
 }
 
 int64_t nic_qp_timer(struct srnic_qp *q, int64_t now) {
+  struct srnic_swr *s;
   if (q->rnr_deadline == 0 || q->state != QP_RTS) return 0;
   if (now < q->rnr_deadline) return q->rnr_deadline;
   q->rnr_deadline = 0;
-  /* Go-back-N: everything unanswered from the refused request on, again, in order. */
+  s = find_seq(q, q->rnr_seq);
+  if (s == NULL) return 0;
+  /* The refused request alone; what follows it goes when it is ACKed (resume_after_rnr). */
+  q->rnr_resume = 1;
+  nic_link_send(q->sid->link, s->pkt_type, s->pkt, s->pkt_len, NULL, 0);
+  return 0;
+}
+
+/* Go-back-N after the refused request was ACKed: everything sent after it (the responder
+ * dropped it), again, in order. */
+static void resume_after_rnr(struct srnic_qp *q, uint32_t acked_seq) {
+  if (!q->rnr_resume || (int32_t)(acked_seq - q->rnr_seq) < 0 || q->state != QP_RTS) return;
+  q->rnr_resume = 0;
+  q->rnr_count = 0;
   for (int i = 0; i < q->sq_count; i++) {
     struct srnic_swr *s = sq_at(q, i);
-    if (s->wire && s->sent && !s->done && (int32_t)(s->seq - q->rnr_seq) >= 0) nic_link_send(q->sid->link, s->pkt_type, s->pkt, s->pkt_len, NULL, 0);
+    if (s->wire && s->sent && !s->done && (int32_t)(s->seq - q->rnr_seq) > 0) nic_link_send(q->sid->link, s->pkt_type, s->pkt, s->pkt_len, NULL, 0);
   }
-  return 0;
 }
 
 /* A READ response: the data goes to the READ's local entries (checked again). */
@@ -544,6 +613,7 @@ static void on_read_resp(struct srnic_qp *q, uint32_t seq, const uint8_t *data, 
 
 /* ---- the responder ------------------------------------------------------------------------ */
 
+/* Sends an answer of `type` for request `seq` (a NAK carries `status`), with `data` if any. */
 static void answer(struct srnic_qp *q, uint32_t type, uint32_t seq, uint32_t status, const void *data, size_t len) {
   struct wire_data d;
   memset(&d, 0, sizeof(d));
@@ -559,13 +629,16 @@ static void refuse(struct srnic_qp *q, uint32_t seq, enum ibv_wc_status status) 
   nic_qp_error(q);
 }
 
+/* The responder: executes request `d` (SEND, WRITE, READ) if it is the one expected, checking
+ * the target memory, and answers (ACK, READ response, RNR NAK or NAK). */
 static void respond(struct srnic_qp *q, uint32_t type, const struct wire_data *d, const uint8_t *data, size_t len) {
   int consumes, with_imm;
   struct srnic_recv r;
   if (d->seq != q->expected) return; /* behind a refused request: dropped until retransmitted */
+  /* A zero-length READ or WRITE touches no memory: its rkey and address are not checked (IB C9-88). */
   if (type == PKT_READ) {
-    void *src = srnic_remote_mem(q, d->rkey, d->raddr, d->len, IBV_ACCESS_REMOTE_READ);
-    if (src == NULL) return refuse(q, d->seq, IBV_WC_REM_ACCESS_ERR);
+    void *src = d->len == 0 ? NULL : srnic_remote_mem(q, d->rkey, d->raddr, d->len, IBV_ACCESS_REMOTE_READ);
+    if (src == NULL && d->len > 0) return refuse(q, d->seq, IBV_WC_REM_ACCESS_ERR);
     answer(q, PKT_READ_RESP, d->seq, 0, src, d->len);
     q->expected++;
     return;
@@ -576,10 +649,10 @@ static void respond(struct srnic_qp *q, uint32_t type, const struct wire_data *d
     answer(q, PKT_RNR_NAK, d->seq, 0, NULL, 0);
     return;
   }
-  if (type == PKT_WRITE) {
+  if (type == PKT_WRITE && len > 0) {
     void *dst = srnic_remote_mem(q, d->rkey, d->raddr, len, IBV_ACCESS_REMOTE_WRITE);
     if (dst == NULL) return refuse(q, d->seq, IBV_WC_REM_ACCESS_ERR);
-    if (len > 0) memcpy(dst, data, len);
+    memcpy(dst, data, len);
   }
   if (consumes) {
     enum ibv_wc_status st = IBV_WC_SUCCESS;
@@ -610,6 +683,7 @@ static void respond(struct srnic_qp *q, uint32_t type, const struct wire_data *d
   answer(q, PKT_ACK, d->seq, 0, NULL, 0);
 }
 
+/* A data-path packet for `q`: a request for the responder, or an answer for the requester. */
 void nic_data_packet(struct srnic_qp *q, uint32_t type, const uint8_t *body, size_t len) {
   struct wire_data d;
   if (q->state != QP_RTS || len < sizeof(d) || q->sid == NULL) return;
@@ -624,6 +698,7 @@ void nic_data_packet(struct srnic_qp *q, uint32_t type, const uint8_t *body, siz
       break;
     case PKT_ACK:
       acked(q, d.seq);
+      resume_after_rnr(q, d.seq);
       advance(q);
       break;
     case PKT_READ_RESP:

@@ -1,8 +1,9 @@
 /*
  * srnic: the software RNIC for tests, a shared library that stands in for BOTH libibverbs.so.1
  * and librdmacm.so.1 (select it with KOALA_VERBS_LIB and KOALA_RDMACM_LIB), so the addon's code
- * under test is the code that runs on a NIC. It implements the subset of both ABIs the addon uses
- * (/work/contract-rdma.md), with rdma-core's semantics.
+ * under test is the code that runs on a NIC. It implements the subset of both ABIs the addon
+ * calls, with rdma-core's semantics (and the soft provider's, src/transport/rdma/soft.ts, where
+ * the Verbs interface shows them). It is a test device: strict, not fast.
  *
  * Parts: this file (devices, contexts, PD, CQ and completion channels, MR, type-2 memory
  * windows, QP objects and the loopback QPs), nic.c (the NIC: one service thread per process,
@@ -22,6 +23,10 @@
  * service thread executes requests against its registered memory with rkey, bounds, access and
  * window checks, as a NIC does. A QP made with ibv_create_qp (no CM id) is connected to itself
  * and executed synchronously in the post call (the first version's loopback, kept for tests).
+ *
+ * Environment: SRNIC_DEVICES, SRNIC_COMPAT=1 (no extended verbs context), SRNIC_NET_DIR,
+ * SRNIC_LEAK_CHECK=1 (objects left open printed at exit), SRNIC_CQ_SELFTEST=N (see the CQ).
+ * Its own test: test/selftest.c, run by test/transport/srnic.test.ts.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -82,7 +87,11 @@ __attribute__((destructor)) static void report_leaks(void) {
   }
 }
 
-static int parse_devices(void) {
+/* The devices of SRNIC_DEVICES, read once per process (the same ibv_device pointers for its life,
+ * and no thread rewrites them while another reads them). */
+static int ndevices;
+static pthread_once_t devices_once = PTHREAD_ONCE_INIT;
+static void parse_devices_once(void) {
   const char *spec = getenv("SRNIC_DEVICES");
   char buf[512];
   int n = 0;
@@ -105,7 +114,12 @@ static int parse_devices(void) {
     else if (strcmp(state, "noopen") == 0) d->no_open = 1;
     n++;
   }
-  return n;
+  ndevices = n;
+}
+
+static int parse_devices(void) {
+  pthread_once(&devices_once, parse_devices_once);
+  return ndevices;
 }
 
 SRNIC_EXPORT struct ibv_device **ibv_get_device_list(int *num_devices) {
@@ -188,24 +202,21 @@ SRNIC_EXPORT int ibv_close_device(struct ibv_context *context) {
 }
 
 /* librdmacm's contexts: one per active device, opened once, the same pointers for the life of
- * the process (rdma_get_devices). The devices are those of SRNIC_DEVICES at the first call. */
+ * the process (rdma_get_devices). */
 static struct ibv_context *cm_ctx[SRNIC_MAX_DEVICES];
 static int cm_ctx_n = -1;
-static struct srnic_device cm_devices[SRNIC_MAX_DEVICES];
 
 struct ibv_context **srnic_cm_contexts(int *n) {
   pthread_mutex_lock(&srnic_lock);
   if (cm_ctx_n < 0) {
     int nd = parse_devices();
     cm_ctx_n = 0;
-    /* A copy of the device table: ibv_get_device_list re-parses `devices` in place. */
-    memcpy(cm_devices, devices, sizeof(devices));
     for (int i = 0; i < nd; i++) {
-      if (cm_devices[i].state != IBV_PORT_ACTIVE || cm_devices[i].no_open) continue;
-      struct ibv_context *c = open_device(&cm_devices[i].dev, 1);
+      if (devices[i].state != IBV_PORT_ACTIVE || devices[i].no_open) continue;
+      struct ibv_context *c = open_device(&devices[i].dev, 1);
       if (c == NULL) continue;
       /* srnic0 first when present: ids get the first context. */
-      if (strcmp(cm_devices[i].dev.name, "srnic0") == 0 && cm_ctx_n > 0) {
+      if (strcmp(devices[i].dev.name, "srnic0") == 0 && cm_ctx_n > 0) {
         memmove(&cm_ctx[1], &cm_ctx[0], sizeof(cm_ctx[0]) * (size_t)cm_ctx_n);
         cm_ctx[0] = c;
       } else {
@@ -256,11 +267,7 @@ SRNIC_EXPORT int ibv_query_gid(struct ibv_context *context, uint8_t port_num, in
   memset(gid, 0, sizeof(*gid));
   gid->raw[0] = 0xfe;
   gid->raw[1] = 0x80;
-  {
-    const struct srnic_device *d = (const struct srnic_device *)context->device;
-    ptrdiff_t i = d >= cm_devices && d < cm_devices + SRNIC_MAX_DEVICES ? d - cm_devices : d - devices;
-    gid->raw[15] = (uint8_t)(1 + i);
-  }
+  gid->raw[15] = (uint8_t)(1 + ((struct srnic_device *)context->device - devices));
   return 0;
 }
 
@@ -684,7 +691,8 @@ static int mr_check(uint32_t key, int remote, uint64_t addr, uint64_t len, int a
 
 SRNIC_EXPORT struct ibv_mr *ibv_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int access) {
   struct ibv_mr *mr;
-  if (addr == NULL || length == 0 || (access & ~0x1f) != 0) {
+  /* As libibverbs: remote write (or atomic) access needs local write. */
+  if (addr == NULL || length == 0 || (access & ~0x1f) != 0 || ((access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC)) && !(access & IBV_ACCESS_LOCAL_WRITE))) {
     errno = EINVAL;
     return NULL;
   }
@@ -762,8 +770,9 @@ void *srnic_local_mem(struct ibv_pd *pd, uint32_t lkey, uint64_t addr, uint64_t 
 }
 
 /* Type-2 memory windows. A window has an index (the upper 24 bits of its rkey) and, while
- * bound, a key (its rkey's low 8 bits, chosen by the binder with ibv_inc_rkey), a QP, a region
- * and a range with REMOTE_READ / REMOTE_WRITE. All under srnic_lock. */
+ * bound, a key (the low 8 bits of the bind's rkey, chosen by the binder, e.g. ibv_inc_rkey), a
+ * QP, a region and a range with REMOTE_READ / REMOTE_WRITE. It is bound from the free state only
+ * (LOCAL_INV with the bound rkey, or dealloc, frees it). All under srnic_lock. */
 static struct srnic_mw *mws;
 static uint32_t next_mw_index = 0x100;
 
@@ -847,8 +856,7 @@ enum ibv_wc_status srnic_bind_mw(struct srnic_qp *qp, const struct ibv_send_wr *
   if ((b->mw_access_flags & IBV_ACCESS_REMOTE_WRITE) && !(m->access & IBV_ACCESS_LOCAL_WRITE)) return IBV_WC_MW_BIND_ERR;
   if (!within(b->addr, b->length, (uint64_t)(uintptr_t)m->mr.addr, m->mr.length)) return IBV_WC_MW_BIND_ERR;
   w->bound = 1;
-  w->bound_rkey = wr->bind_mw.rkey;
-  w->mw.rkey = wr->bind_mw.rkey; /* the window's current key, for the next ibv_inc_rkey */
+  w->bound_rkey = wr->bind_mw.rkey; /* mw->rkey stays as allocated, as with rxe and mlx5: the binder keeps the key */
   w->qp = qp;
   w->mr = m;
   w->addr = b->addr;

@@ -106,7 +106,9 @@ struct srnic_qp {
   int failing;
   int sig_all;
   int64_t rnr_deadline; /* 0 = no retransmission scheduled */
-  uint32_t rnr_seq;
+  uint32_t rnr_seq;     /* the request refused "receiver not ready" */
+  int rnr_count;        /* refusals of rnr_seq in a row (the delay doubles, up to 64 ms) */
+  int rnr_resume;       /* rnr_seq was sent again alone: what follows it goes once it is ACKed */
 };
 SRNIC_INTERNAL struct srnic_qp *srnic_qp_new(struct ibv_pd *pd, struct ibv_qp_init_attr *attr, int loopback);
 SRNIC_INTERNAL void srnic_qp_free(struct srnic_qp *q);
@@ -164,6 +166,8 @@ struct srnic_link {
   size_t out_off, out_len, out_cap;
   int want_out;
   int shut_after_flush, shut_done, broken;
+  int dirty;                       /* output queued by the service thread, written at the end of its turn */
+  struct srnic_link *dirty_next;
   struct srnic_link *next;         /* graveyard */
   struct srnic_link *pending_next; /* accepted links waiting for their REQ */
 };

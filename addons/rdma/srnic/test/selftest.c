@@ -147,6 +147,9 @@ struct offer {
   uint64_t win_len;
 };
 
+/* Queue depths of the next QP this thread makes (the bulk scenarios raise them). */
+static __thread int qp_send_wr = 64, qp_recv_wr = 16, qp_one_cq = 0;
+
 /* PD, CQs (the receive CQ on a completion channel when `chan`), QP of the connection's id. */
 static void setup(struct conn *c, int chan) {
   struct ibv_qp_init_attr a;
@@ -158,18 +161,18 @@ static void setup(struct conn *c, int chan) {
   c->pd = ibv_alloc_pd(c->id->verbs);
   CHECK(c->pd != NULL, "ibv_alloc_pd");
   c->cc = chan ? ibv_create_comp_channel(c->id->verbs) : NULL;
-  c->scq = ibv_create_cq(c->id->verbs, 256, NULL, NULL, 0);
-  c->rcq = ibv_create_cq(c->id->verbs, 256, c, c->cc, 0);
+  c->scq = ibv_create_cq(c->id->verbs, 1024, NULL, NULL, 0);
+  c->rcq = ibv_create_cq(c->id->verbs, 1024, c, c->cc, 0);
   CHECK(c->scq != NULL && c->rcq != NULL, "ibv_create_cq");
   c->buf = calloc(1, BUF);
   c->mr = ibv_reg_mr(c->pd, c->buf, BUF, ACCESS_ALL);
   CHECK(c->mr != NULL, "ibv_reg_mr");
   memset(&a, 0, sizeof(a));
-  a.send_cq = c->scq;
+  a.send_cq = qp_one_cq ? c->rcq : c->scq;
   a.recv_cq = c->rcq;
   a.qp_type = IBV_QPT_RC;
-  a.cap.max_send_wr = 64;
-  a.cap.max_recv_wr = 16;
+  a.cap.max_send_wr = (uint32_t)qp_send_wr;
+  a.cap.max_recv_wr = (uint32_t)qp_recv_wr;
   a.cap.max_send_sge = 4;
   a.cap.max_recv_sge = 2;
   a.cap.max_inline_data = 64;
@@ -294,28 +297,37 @@ static void s_established(struct conn *c) { rdma_ack_cm_event(expect(sch, &sst, 
 static void s_disconnected(struct conn *c) { rdma_ack_cm_event(expect(sch, &sst, c->id, RDMA_CM_EVENT_DISCONNECTED)); }
 
 /* Binds a type-2 window over the target area [off, off+len) of `c` (unsignaled) and sends the offer (signaled). */
-static struct ibv_mw *s_offer(struct conn *c, uint64_t off, uint64_t len, int with_window) {
+/* The rkey of this thread's last bind (the binder keeps it: mw->rkey stays as allocated). */
+static __thread uint32_t bound_rkey;
+
+/* Posts an unsignaled type-2 bind of `mw` over [buf+off, +len) with `access` and key `rkey`. */
+static void bind_window(struct conn *c, struct ibv_mw *mw, uint32_t rkey, uint64_t off, uint64_t len, unsigned access) {
+  struct ibv_send_wr w, *bad;
+  memset(&w, 0, sizeof(w));
+  w.wr_id = 900;
+  w.opcode = IBV_WR_BIND_MW;
+  w.send_flags = 0;
+  w.bind_mw.mw = mw;
+  w.bind_mw.rkey = rkey;
+  w.bind_mw.bind_info.mr = c->mr;
+  w.bind_mw.bind_info.addr = (uintptr_t)(c->buf + off);
+  w.bind_mw.bind_info.length = len;
+  w.bind_mw.bind_info.mw_access_flags = access;
+  CHECK(ibv_post_send(c->id->qp, &w, &bad) == 0, "post BIND_MW");
+  bound_rkey = rkey;
+}
+
+static struct ibv_mw *s_offer_access(struct conn *c, uint64_t off, uint64_t len, int with_window, unsigned access) {
   struct ibv_mw *mw = NULL;
   struct offer o;
-  struct ibv_send_wr w, *bad;
   memset(&o, 0, sizeof(o));
   o.mr_addr = (uintptr_t)c->buf;
   o.mr_rkey = c->mr->rkey;
   if (with_window) {
     mw = ibv_alloc_mw(c->pd, IBV_MW_TYPE_2);
     CHECK(mw != NULL, "ibv_alloc_mw");
-    memset(&w, 0, sizeof(w));
-    w.wr_id = 900;
-    w.opcode = IBV_WR_BIND_MW;
-    w.send_flags = 0;
-    w.bind_mw.mw = mw;
-    w.bind_mw.rkey = ibv_inc_rkey(mw->rkey);
-    w.bind_mw.bind_info.mr = c->mr;
-    w.bind_mw.bind_info.addr = (uintptr_t)(c->buf + off);
-    w.bind_mw.bind_info.length = len;
-    w.bind_mw.bind_info.mw_access_flags = IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE;
-    CHECK(ibv_post_send(c->id->qp, &w, &bad) == 0, "post BIND_MW");
-    o.win_rkey = w.bind_mw.rkey;
+    bind_window(c, mw, ibv_inc_rkey(mw->rkey), off, len, access);
+    o.win_rkey = bound_rkey;
     o.win_addr = (uintptr_t)(c->buf + off);
     o.win_len = len;
   }
@@ -327,10 +339,12 @@ static struct ibv_mw *s_offer(struct conn *c, uint64_t off, uint64_t len, int wi
   return mw;
 }
 
+static struct ibv_mw *s_offer(struct conn *c, uint64_t off, uint64_t len, int with_window) { return s_offer_access(c, off, len, with_window, IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE); }
+
 static void s_connect(void) {
   struct conn c;
   char tag[32], rest[64];
-  s_accept(&c, tag, rest, 1, "hello-from-server", 0);
+  s_accept(&c, tag, rest, 1, "hello-from-server:0123456789abcdefghijklmnopqrstuvwxyzAB", 0); /* 56 bytes, the most */
   say("connect: request tag=%s data=%s", tag, rest);
   s_established(&c);
   say("connect: established src_port=%u listener_port=%u", ntohs(rdma_get_src_port(c.id)), ntohs(rdma_get_src_port(listener)));
@@ -354,7 +368,7 @@ static void s_data(void) {
   struct ibv_mw *mw;
   struct ibv_wc wc;
   uint8_t *target;
-  s_accept(&c, tag, rest, 8, "data-ok", 0);
+  s_accept(&c, tag, rest, 9, "data-ok", 0);
   target = c.buf + TARGET_AT;
   memset(target, 'S', 64);
   s_established(&c);
@@ -370,18 +384,29 @@ static void s_data(void) {
   }
   wc = recv_ok(&c, "write with imm");
   say("data: write-imm op=%s len=%u imm=0x%x", wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM ? "RECV_RDMA_WITH_IMM" : "?", wc.byte_len, ntohl(wc.imm_data));
+  wc = recv_ok(&c, "zero-length write with imm");
+  say("data: zero-length write-imm op=%s len=%u imm=0x%x", wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM ? "RECV_RDMA_WITH_IMM" : "?", wc.byte_len, ntohl(wc.imm_data));
   wc = recv_ok(&c, "check");
   say("data: target mr=%.13s window=%.17s wimm=%.4s", (char *)target + 100, (char *)target + 4096, (char *)target + 4096 + 512);
-  /* Invalidate the window (unsignaled) and say so: the client's next READ through it fails. */
+  /* Invalidate the window (unsignaled), bind it again elsewhere with the next key (unsignaled),
+   * offer that: the client reads through the new key, then through the old one, which fails. */
   {
     struct ibv_send_wr w, *bad;
+    struct offer o;
+    uint32_t old = bound_rkey;
     memset(&w, 0, sizeof(w));
     w.wr_id = 902;
     w.opcode = IBV_WR_LOCAL_INV;
-    w.invalidate_rkey = mw->rkey;
+    w.invalidate_rkey = old;
     CHECK(ibv_post_send(c.id->qp, &w, &bad) == 0, "post LOCAL_INV");
-    CHECK(post(&c, 903, IBV_WR_SEND, IBV_SEND_SIGNALED, "invalidated", 11, 0, 0, 0) == 0, "post");
-    wc = wait_wc(c.scq, "invalidated sent");
+    memcpy(target + 8192, "rebound!", 8);
+    bind_window(&c, mw, ibv_inc_rkey(old), TARGET_AT + 8192, 64, IBV_ACCESS_REMOTE_READ);
+    memset(&o, 0, sizeof(o));
+    o.win_rkey = bound_rkey;
+    o.win_addr = (uintptr_t)(target + 8192);
+    o.win_len = 64;
+    CHECK(post(&c, 903, IBV_WR_SEND, IBV_SEND_SIGNALED, &o, sizeof(o), 0, 0, 0) == 0, "post");
+    wc = wait_wc(c.scq, "second offer sent");
     CHECK(wc.wr_id == 903 && wc.status == IBV_WC_SUCCESS, "only the signaled send completes");
   }
   /* The client's READ through the dead window: this QP goes to the error state too, and the
@@ -418,16 +443,20 @@ static void s_window_other_qp(void) {
   teardown(&b);
 }
 
-static void s_oob(void) {
+/* Offers its region and a read-only window over 256 bytes of it; the client breaks a rule
+ * (the QPs go to the error state: this side's receives flush). */
+static void s_fault(void) {
   struct conn c;
   char tag[32], rest[64];
   struct ibv_wc wc;
+  struct ibv_mw *mw;
   s_accept(&c, tag, rest, 2, NULL, 0);
   s_established(&c);
-  s_offer(&c, 0, 0, 0);
+  mw = s_offer_access(&c, TARGET_AT, 256, 1, IBV_ACCESS_REMOTE_READ);
   wc = wait_wc(c.rcq, "flush");
-  say("oob: recv status=%s", ibv_wc_status_str(wc.status));
+  say("fault %s: recv status=%s", rest, ibv_wc_status_str(wc.status));
   s_disconnected(&c);
+  CHECK(ibv_dealloc_mw(mw) == 0, "dealloc_mw");
   teardown(&c);
 }
 
@@ -465,6 +494,20 @@ static void s_disconnect(void) {
   teardown(&c);
 }
 
+/* The passive side disconnects (sdisc), or both sides at once (bothdisc): each side hears
+ * DISCONNECTED exactly once, whoever was first. */
+static void s_disconnect_from_here(int both) {
+  struct conn c;
+  char tag[32], rest[64];
+  s_accept(&c, tag, rest, both, NULL, 0);
+  s_established(&c);
+  if (both) recv_ok(&c, "go"); /* the client disconnects right after sending it */
+  CHECK(rdma_disconnect(c.id) == 0, "rdma_disconnect");
+  s_disconnected(&c);
+  say("%s: once=%d", both ? "bothdisc" : "sdisc", no_event_for(sch, &sst, c.id, 200));
+  teardown(&c);
+}
+
 static void s_chan(void) {
   struct conn c;
   char tag[32], rest[64];
@@ -483,8 +526,9 @@ static void s_chan(void) {
 static void s_death(const char *pid) {
   struct conn c;
   char tag[32], rest[64];
-  s_accept(&c, tag, rest, 2, NULL, 0);
+  s_accept(&c, tag, rest, 3, NULL, 0);
   s_established(&c);
+  recv_ok(&c, "kill me"); /* the client has said its last line */
   CHECK(kill((pid_t)atoi(rest[0] ? rest : pid), SIGKILL) == 0, "kill the client");
   say("death: killed the client");
   s_disconnected(&c);
@@ -497,6 +541,142 @@ static void s_death(const char *pid) {
     struct ibv_wc wc = wait_wc(c.scq, "flush");
     say("death: send after it status=%s", ibv_wc_status_str(wc.status));
   }
+  teardown(&c);
+}
+
+#define FLOOD 2000
+
+/* Both directions at once, driven by the completion channel the way an event loop does (arm,
+ * drain, wait for the fd, take the event, re-arm, drain): FLOOD numbered SENDs each way with at
+ * most 32 outstanding, receives reposted as they complete. Returns "sent/received/in order/events". */
+/* Set when the peer's 4-byte "done" (sent after its own flood) arrived during this side's flood. */
+static __thread int flood_peer_done;
+
+static void flood(struct conn *c, const char *who) {
+  int sent = 0, send_done = 0, received = 0, in_order = 1, events = 0;
+  struct pollfd p = {.fd = c->cc->fd, .events = POLLIN};
+  int64_t end = now_ms() + 30000;
+  CHECK(ibv_req_notify_cq(c->rcq, 0) == 0, "arm");
+  for (;;) {
+    struct ibv_wc wc[16];
+    struct ibv_cq *cq;
+    void *ctx;
+    int n;
+    while (sent < FLOOD && sent - send_done < 32) {
+      uint64_t v = (uint64_t)sent;
+      CHECK(post(c, (uint64_t)sent, IBV_WR_SEND_WITH_IMM, IBV_SEND_SIGNALED | IBV_SEND_INLINE, &v, 8, 0, 0, (uint32_t)sent) == 0, "post %d", sent);
+      sent++;
+    }
+    /* Drain (armed before: whatever comes after this drain wakes the channel). */
+    while ((n = ibv_poll_cq(c->rcq, 16, wc)) > 0) {
+      for (int i = 0; i < n; i++) {
+        CHECK(wc[i].status == IBV_WC_SUCCESS, "%s: %s", who, ibv_wc_status_str(wc[i].status));
+        if (wc[i].opcode == IBV_WC_SEND) {
+          in_order &= wc[i].wr_id == (uint64_t)send_done;
+          send_done++;
+        } else if (wc[i].byte_len == 4) { /* the peer's "done": it finished first */
+          flood_peer_done = 1;
+        } else {
+          in_order &= ntohl(wc[i].imm_data) == (uint32_t)received;
+          received++;
+          post_recv(c, wc[i].wr_id, (int)(wc[i].wr_id % 16));
+        }
+      }
+    }
+    CHECK(n == 0, "ibv_poll_cq");
+    if (send_done == FLOOD && received == FLOOD) break;
+    if (sent < FLOOD && sent - send_done < 32) continue;
+    CHECK(poll(&p, 1, (int)(end - now_ms())) == 1, "%s: no completion event (sent %d, done %d, received %d)", who, sent, send_done, received);
+    CHECK(ibv_get_cq_event(c->cc, &cq, &ctx) == 0 && cq == c->rcq, "ibv_get_cq_event");
+    ibv_ack_cq_events(cq, 1);
+    events++;
+    CHECK(ibv_req_notify_cq(c->rcq, 0) == 0, "re-arm");
+  }
+  say("flood: sent=%d received=%d in_order=%d woken_by_events=%d", send_done, received, in_order, events > 0);
+}
+
+static void s_flood(void) {
+  struct conn c;
+  char tag[32], rest[64];
+  qp_one_cq = 1;
+  s_accept(&c, tag, rest, 16, NULL, 1);
+  qp_one_cq = 0;
+  s_established(&c);
+  flood(&c, "server");
+  CHECK(post(&c, 1, IBV_WR_SEND, IBV_SEND_SIGNALED, "done", 4, 0, 0, 0) == 0, "post");
+  CHECK(wait_wc(c.rcq, "done sent").status == IBV_WC_SUCCESS, "done sent");
+  s_disconnected(&c);
+  teardown(&c);
+}
+
+#define BIG_WRITE (8u << 20)
+#define BIG_SEND (1u << 20)
+
+/* A byte of the bulk pattern at `i` for `seed`. */
+static uint8_t pattern(uint64_t i, unsigned seed) { return (uint8_t)((i * 2654435761u + seed) >> 13); }
+
+static int pattern_ok(const uint8_t *p, uint64_t n, unsigned seed) {
+  for (uint64_t i = 0; i < n; i++)
+    if (p[i] != pattern(i, seed)) return 0;
+  return 1;
+}
+
+/* An 8 MiB WRITE and a 1 MiB SEND, far more than a socket holds: both land whole. */
+static void s_big(void) {
+  struct conn c;
+  char tag[32], rest[64];
+  uint8_t *region = calloc(1, BIG_WRITE), *inbox = calloc(1, BIG_SEND);
+  struct ibv_mr *rmr, *imr;
+  struct ibv_sge sge;
+  struct ibv_recv_wr w, *bad;
+  struct offer o;
+  struct ibv_wc wc;
+  s_accept(&c, tag, rest, 0, NULL, 0);
+  rmr = ibv_reg_mr(c.pd, region, BIG_WRITE, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+  imr = ibv_reg_mr(c.pd, inbox, BIG_SEND, IBV_ACCESS_LOCAL_WRITE);
+  CHECK(rmr != NULL && imr != NULL, "ibv_reg_mr");
+  sge = (struct ibv_sge){.addr = (uintptr_t)inbox, .length = BIG_SEND, .lkey = imr->lkey};
+  w = (struct ibv_recv_wr){.wr_id = 77, .sg_list = &sge, .num_sge = 1};
+  CHECK(ibv_post_recv(c.id->qp, &w, &bad) == 0, "post the big receive");
+  s_established(&c);
+  memset(&o, 0, sizeof(o));
+  o.mr_addr = (uintptr_t)region;
+  o.mr_rkey = rmr->rkey;
+  CHECK(post(&c, 1, IBV_WR_SEND, IBV_SEND_SIGNALED, &o, sizeof(o), 0, 0, 0) == 0, "post");
+  wait_wc(c.scq, "offer");
+  wc = wait_wc(c.rcq, "the big send");
+  say("big: recv wr=%llu status=%s len=%u send_ok=%d write_ok=%d", (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status), wc.byte_len, pattern_ok(inbox, BIG_SEND, 2), pattern_ok(region, BIG_WRITE, 1));
+  s_disconnected(&c);
+  CHECK(ibv_dereg_mr(rmr) == 0 && ibv_dereg_mr(imr) == 0, "dereg");
+  free(region);
+  free(inbox);
+  teardown(&c);
+}
+
+#define TRICKLE 300
+
+/* Receives posted 30 at a time while the peer has 300 SENDs in flight: receiver-not-ready and
+ * go-back-N retransmission all along, yet every message arrives once, in order. */
+static void s_trickle(void) {
+  struct conn c;
+  char tag[32], rest[64];
+  int in_order = 1, got = 0;
+  qp_recv_wr = 512;
+  s_accept(&c, tag, rest, 0, NULL, 0);
+  qp_recv_wr = 16;
+  s_established(&c);
+  while (got < TRICKLE) {
+    struct ibv_wc wc;
+    for (int i = 0; i < 30; i++) post_recv(&c, (uint64_t)(got + i), (got + i) % 16);
+    sleep_ms(10);
+    for (int i = 0; i < 30; i++) {
+      wc = recv_ok(&c, "trickle");
+      in_order &= ntohl(wc.imm_data) == (uint32_t)got && wc.wr_id == (uint64_t)got && wc.byte_len == 8;
+      got++;
+    }
+  }
+  say("trickle: received=%d in_order=%d nothing_more=%d", got, in_order, stays_empty(c.rcq, 20));
+  s_disconnected(&c);
   teardown(&c);
 }
 
@@ -543,11 +723,16 @@ static void server(void) {
     else if (strcmp(tag, "reject") == 0) s_reject();
     else if (strcmp(tag, "data") == 0) s_data();
     else if (strcmp(tag, "winA") == 0) s_window_other_qp();
-    else if (strcmp(tag, "oob") == 0) s_oob();
+    else if (strcmp(tag, "fault") == 0) s_fault();
     else if (strcmp(tag, "rnr7") == 0) s_rnr(1);
     else if (strcmp(tag, "rnr2") == 0) s_rnr(0);
     else if (strcmp(tag, "disc") == 0) s_disconnect();
     else if (strcmp(tag, "chan") == 0) s_chan();
+    else if (strcmp(tag, "sdisc") == 0) s_disconnect_from_here(0);
+    else if (strcmp(tag, "bothdisc") == 0) s_disconnect_from_here(1);
+    else if (strcmp(tag, "big") == 0) s_big();
+    else if (strcmp(tag, "flood") == 0) s_flood();
+    else if (strcmp(tag, "trickle") == 0) s_trickle();
     else if (strcmp(tag, "death") == 0) {
       s_death("");
       say("end");
@@ -629,7 +814,7 @@ static struct offer c_offer(struct conn *c) {
 
 static void c_connect_scenario(void) {
   struct conn c;
-  struct rdma_cm_event *ev = c_connect(&c, port, "connect|hello-from-client", 0, 7, 0, 2000);
+  struct rdma_cm_event *ev = c_connect(&c, port, "connect|hello-from-client:0123456789abcdefghijklmnopqrst", 0, 7, 0, 2000); /* 56 bytes */
   CHECK(ev->event == RDMA_CM_EVENT_ESTABLISHED, "established");
   say("connect: established data=%s len=%u dst_port_ok=%d", pd_text(ev), ev->param.conn.private_data_len, ntohs(rdma_get_dst_port(c.id)) == port);
   rdma_ack_cm_event(ev);
@@ -691,7 +876,13 @@ static void c_data(void) {
   struct ibv_send_wr w, *bad;
   struct ibv_sge sg[2];
   char inl[32];
-  c_established(&c, port, "data|", 2, 7, 0);
+  c_established(&c, port, "data|", 1, 7, 0);
+  {
+    /* The second receive scatters over two entries: 8 bytes in slot 1, the rest in slot 2. */
+    struct ibv_sge rs[2] = {{.addr = (uintptr_t)(c.buf + RECV_AT(1)), .length = 8, .lkey = c.mr->lkey}, {.addr = (uintptr_t)(c.buf + RECV_AT(2)), .length = 256, .lkey = c.mr->lkey}};
+    struct ibv_recv_wr rw = {.wr_id = 1, .sg_list = rs, .num_sge = 2}, *rbad;
+    CHECK(ibv_post_recv(c.id->qp, &rw, &rbad) == 0, "post a two-entry receive");
+  }
   o = c_offer(&c);
   /* SEND_WITH_IMM gathered from two entries */
   memcpy(c.buf + SEND_AT, "pi", 2);
@@ -742,9 +933,25 @@ static void c_data(void) {
   CHECK(post(&c, 32, IBV_WR_RDMA_WRITE_WITH_IMM, IBV_SEND_SIGNALED, "wimm", 4, o.win_addr + 512, o.win_rkey, 0xabcdef01) == 0, "post");
   wc = wait_wc(c.scq, "write imm");
   say("data: window write-imm status=%s", ibv_wc_status_str(wc.status));
+  /* Zero-length READ and WRITE_WITH_IMM name no memory: any rkey and address will do (IB C9-88). */
+  CHECK(post(&c, 38, IBV_WR_RDMA_READ, IBV_SEND_SIGNALED, NULL, 0, 0, 0xdeadbeef, 0) == 0, "post");
+  CHECK(post(&c, 39, IBV_WR_RDMA_WRITE_WITH_IMM, IBV_SEND_SIGNALED, NULL, 0, 0, 0, 5) == 0, "post");
+  wc = wait_wc(c.scq, "zero-length read");
+  say("data: zero-length read wr=%llu status=%s", (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status));
+  wc = wait_wc(c.scq, "zero-length write");
+  say("data: zero-length write-imm wr=%llu status=%s", (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status));
   CHECK(post(&c, 33, IBV_WR_SEND, 0, "check", 5, 0, 0, 0) == 0, "post");
-  wc = recv_ok(&c, "invalidated");
-  say("data: server says %s", recv_text(&c, &wc));
+  {
+    struct offer o2;
+    wc = recv_ok(&c, "second offer");
+    CHECK(wc.wr_id == 1 && wc.byte_len == sizeof(o2), "the two-entry receive");
+    memcpy(&o2, c.buf + RECV_AT(1), 8);
+    memcpy((uint8_t *)&o2 + 8, c.buf + RECV_AT(2), sizeof(o2) - 8);
+    say("data: rebound new_key=%d same_index=%d (scattered over two entries)", o2.win_rkey != o.win_rkey, (o2.win_rkey >> 8) == (o.win_rkey >> 8));
+    CHECK(post(&c, 37, IBV_WR_RDMA_READ, IBV_SEND_SIGNALED, NULL, 8, o2.win_addr, o2.win_rkey, 0) == 0, "post");
+    wc = wait_wc(c.scq, "read through the rebound window");
+    say("data: rebound read status=%s text=%.8s", ibv_wc_status_str(wc.status), (char *)c.buf + SEND_AT + (37 % 8) * 512);
+  }
   CHECK(post(&c, 34, IBV_WR_RDMA_READ, 0, NULL, 8, o.win_addr, o.win_rkey, 0) == 0, "post");
   CHECK(post(&c, 35, IBV_WR_SEND, IBV_SEND_SIGNALED, "after", 5, 0, 0, 0) == 0, "post");
   wc = wait_wc(c.scq, "read through the invalidated window");
@@ -781,21 +988,42 @@ static void c_window_other_qp(void) {
   teardown(&b);
 }
 
-static void c_oob(void) {
+/* After a READ of the whole read-only window (which works), breaks a rule of the server's
+ * region or window: `how` is mr-oob (a READ of 16 bytes across the region's end), win-oob (a
+ * READ inside the region but past the window's end), win-ro (a WRITE through the read-only
+ * window). It fails with REM_ACCESS_ERR, the WR after it flushes, and so does this side's
+ * receive left. */
+static void c_fault(const char *how) {
   struct conn c;
   struct offer o;
   struct ibv_wc wc;
-  c_established(&c, port, "oob|", 2, 7, 0);
+  char tag[32];
+  uint64_t addr;
+  uint32_t rkey;
+  snprintf(tag, sizeof(tag), "fault|%s", how);
+  c_established(&c, port, tag, 2, 7, 0);
   o = c_offer(&c);
-  /* 16 bytes at 8 before the region's end */
-  CHECK(post(&c, 1, IBV_WR_RDMA_WRITE, IBV_SEND_SIGNALED, "0123456789abcdef", 16, o.mr_addr + BUF - 8, o.mr_rkey, 0) == 0, "post");
-  CHECK(post(&c, 2, IBV_WR_RDMA_WRITE, 0, "ok", 2, o.mr_addr, o.mr_rkey, 0) == 0, "post");
-  wc = wait_wc(c.scq, "oob");
-  say("oob: write wr=%llu status=%s", (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status));
+  CHECK(post(&c, 1, IBV_WR_RDMA_READ, IBV_SEND_SIGNALED, NULL, 256, o.win_addr, o.win_rkey, 0) == 0, "post");
+  wc = wait_wc(c.scq, "read through the window");
+  CHECK(wc.status == IBV_WC_SUCCESS, "a READ of the whole read-only window works: %s", ibv_wc_status_str(wc.status));
+  if (strcmp(how, "mr-oob") == 0) {
+    addr = o.mr_addr + BUF - 8;
+    rkey = o.mr_rkey;
+  } else if (strcmp(how, "win-oob") == 0) {
+    addr = o.win_addr + 256 - 8;
+    rkey = o.win_rkey;
+  } else {
+    addr = o.win_addr;
+    rkey = o.win_rkey;
+  }
+  CHECK(post(&c, 2, strcmp(how, "win-ro") == 0 ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ, IBV_SEND_SIGNALED, "0123456789abcdef", 16, addr, rkey, 0) == 0, "post");
+  CHECK(post(&c, 3, IBV_WR_RDMA_WRITE, 0, "ok", 2, o.mr_addr, o.mr_rkey, 0) == 0, "post");
+  wc = wait_wc(c.scq, how);
+  say("fault %s: wr=%llu status=%s", how, (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status));
   wc = wait_wc(c.scq, "flush");
-  say("oob: then wr=%llu status=%s", (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status));
+  say("fault %s: then wr=%llu status=%s", how, (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status));
   wc = wait_wc(c.rcq, "recv flush");
-  say("oob: own recv status=%s", ibv_wc_status_str(wc.status));
+  say("fault %s: own recv status=%s", how, ibv_wc_status_str(wc.status));
   c_disconnect(&c);
   teardown(&c);
 }
@@ -836,6 +1064,25 @@ static void c_disconnect_scenario(void) {
   teardown(&c);
 }
 
+static void c_disconnect_from_there(int both) {
+  struct conn c;
+  c_established(&c, port, both ? "bothdisc|" : "sdisc|", 2, 7, 0);
+  if (both) {
+    CHECK(post(&c, 1, IBV_WR_SEND, 0, "go", 2, 0, 0, 0) == 0, "post");
+    CHECK(rdma_disconnect(c.id) == 0, "rdma_disconnect at the same time as the server");
+    rdma_ack_cm_event(expect(cch, &cst, c.id, RDMA_CM_EVENT_DISCONNECTED));
+  } else {
+    rdma_ack_cm_event(expect(cch, &cst, c.id, RDMA_CM_EVENT_DISCONNECTED));
+    for (int i = 0; i < 2; i++) {
+      struct ibv_wc wc = wait_wc(c.rcq, "flush");
+      say("sdisc: flushed wr=%llu status=%s", (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status));
+    }
+    CHECK(rdma_disconnect(c.id) == 0, "rdma_disconnect after the peer's: nothing to do");
+  }
+  say("%s: once=%d", both ? "bothdisc" : "sdisc", no_event_for(cch, &cst, c.id, 200));
+  teardown(&c);
+}
+
 static void c_chan(void) {
   struct conn c;
   struct pollfd p;
@@ -860,6 +1107,80 @@ static void c_chan(void) {
   wc = recv_ok(&c, "unarmed");
   unarmed = poll(&p, 1, 50);
   say("chan: unarmed readable=%d text=%s", unarmed, recv_text(&c, &wc));
+  c_disconnect(&c);
+  teardown(&c);
+}
+
+static void c_big(void) {
+  struct conn c;
+  uint8_t *src = malloc(BIG_WRITE), *msg = malloc(BIG_SEND);
+  struct ibv_mr *smr, *mmr;
+  struct offer o;
+  struct ibv_wc wc;
+  struct ibv_sge sge;
+  struct ibv_send_wr w, *bad;
+  for (uint64_t i = 0; i < BIG_WRITE; i++) src[i] = pattern(i, 1);
+  for (uint64_t i = 0; i < BIG_SEND; i++) msg[i] = pattern(i, 2);
+  c_established(&c, port, "big|", 1, 7, 0);
+  smr = ibv_reg_mr(c.pd, src, BIG_WRITE, 0);
+  mmr = ibv_reg_mr(c.pd, msg, BIG_SEND, 0);
+  CHECK(smr != NULL && mmr != NULL, "ibv_reg_mr");
+  o = c_offer(&c);
+  sge = (struct ibv_sge){.addr = (uintptr_t)src, .length = BIG_WRITE, .lkey = smr->lkey};
+  memset(&w, 0, sizeof(w));
+  w.wr_id = 1;
+  w.sg_list = &sge;
+  w.num_sge = 1;
+  w.opcode = IBV_WR_RDMA_WRITE;
+  w.wr.rdma.remote_addr = o.mr_addr;
+  w.wr.rdma.rkey = o.mr_rkey;
+  CHECK(ibv_post_send(c.id->qp, &w, &bad) == 0, "post the big write");
+  {
+    struct ibv_sge s2 = {.addr = (uintptr_t)msg, .length = BIG_SEND, .lkey = mmr->lkey};
+    struct ibv_send_wr w2 = {.wr_id = 2, .sg_list = &s2, .num_sge = 1, .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED};
+    CHECK(ibv_post_send(c.id->qp, &w2, &bad) == 0, "post the big send");
+  }
+  wc = wait_wc(c.scq, "big");
+  say("big: send wr=%llu status=%s len=%u", (unsigned long long)wc.wr_id, ibv_wc_status_str(wc.status), wc.byte_len);
+  c_disconnect(&c);
+  CHECK(ibv_dereg_mr(smr) == 0 && ibv_dereg_mr(mmr) == 0, "dereg");
+  free(src);
+  free(msg);
+  teardown(&c);
+}
+
+static void c_trickle(void) {
+  struct conn c;
+  int ok = 1;
+  qp_send_wr = 512;
+  c_established(&c, port, "trickle|", 0, 7, 0);
+  qp_send_wr = 64;
+  for (int i = 0; i < TRICKLE; i++) {
+    uint64_t v = (uint64_t)i;
+    /* inline: the send area's slots are reused before completion, which only inline allows */
+    CHECK(post(&c, (uint64_t)i, IBV_WR_SEND_WITH_IMM, IBV_SEND_SIGNALED | IBV_SEND_INLINE, &v, 8, 0, 0, (uint32_t)i) == 0, "post %d", i);
+  }
+  for (int i = 0; i < TRICKLE; i++) {
+    struct ibv_wc wc = wait_wc(c.scq, "trickle");
+    ok &= wc.status == IBV_WC_SUCCESS && wc.wr_id == (uint64_t)i;
+  }
+  say("trickle: sent=%d all_ok_in_order=%d", TRICKLE, ok);
+  c_disconnect(&c);
+  teardown(&c);
+}
+
+static void c_flood(void) {
+  struct conn c;
+  struct ibv_wc wc;
+  qp_one_cq = 1;
+  c_established(&c, port, "flood|", 16, 7, 1);
+  qp_one_cq = 0;
+  flood_peer_done = 0;
+  flood(&c, "client");
+  if (!flood_peer_done) { /* its sends complete when this side has ACKed them: then it says done */
+    wc = recv_ok(&c, "the server is done");
+    CHECK(wc.byte_len == 4, "done");
+  }
   c_disconnect(&c);
   teardown(&c);
 }
@@ -924,12 +1245,44 @@ static void c_cmfd(void) {
   rdma_destroy_event_channel(ch);
 }
 
+/* A listener destroyed with a request it never took: the request goes with it (its channel's fd
+ * is no longer readable) and the connecting side is refused (IB CM reason 1, timeout). */
+static void c_listener_gone(void) {
+  struct rdma_event_channel *ch = rdma_create_event_channel();
+  struct rdma_cm_id *l;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  struct conn c;
+  struct rdma_conn_param p;
+  struct pollfd pf;
+  struct rdma_cm_event *ev;
+  int requested, after;
+  CHECK(ch != NULL && fcntl(ch->fd, F_SETFL, O_NONBLOCK) == 0, "channel");
+  CHECK(rdma_create_id(ch, &l, NULL, RDMA_PS_TCP) == 0 && rdma_bind_addr(l, (struct sockaddr *)&a) == 0 && rdma_listen(l, 4) == 0, "listener");
+  memset(&c, 0, sizeof(c));
+  c.id = c_resolve(ntohs(rdma_get_src_port(l)), 2000);
+  setup(&c, 0);
+  memset(&p, 0, sizeof(p));
+  p.rnr_retry_count = 7;
+  CHECK(rdma_connect(c.id, &p) == 0, "connect");
+  pf = (struct pollfd){.fd = ch->fd, .events = POLLIN};
+  requested = poll(&pf, 1, TIMEOUT_MS);
+  CHECK(rdma_destroy_id(l) == 0, "destroy the listener");
+  after = poll(&pf, 1, 0);
+  ev = expect(cch, &cst, c.id, RDMA_CM_EVENT_REJECTED);
+  say("listener-gone: request_readable=%d after_destroy=%d client=%s status=%d", requested, after, rdma_event_str(ev->event), ev->status);
+  rdma_ack_cm_event(ev);
+  teardown(&c);
+  CHECK(rdma_get_cm_event(ch, &ev) == -1 && errno == EAGAIN, "nothing left on the listener's channel");
+  rdma_destroy_event_channel(ch);
+}
+
 static void c_death(void) {
   struct conn c;
   char data[48];
   snprintf(data, sizeof(data), "death|%d", (int)getpid());
   c_established(&c, port, data, 0, 7, 0);
   say("death: waiting to be killed");
+  CHECK(post(&c, 1, IBV_WR_SEND, 0, "kill-me", 7, 0, 0, 0) == 0, "post");
   for (;;) pause();
 }
 
@@ -940,15 +1293,23 @@ static void client(int with_death) {
   c_unreachable();
   c_no_listener();
   c_timeout();
+  c_listener_gone();
   c_connect_scenario();
   c_reject();
   c_data();
   c_window_other_qp();
-  c_oob();
+  c_fault("mr-oob");
+  c_fault("win-oob");
+  c_fault("win-ro");
   c_rnr(1);
   c_rnr(0);
   c_disconnect_scenario();
   c_chan();
+  c_disconnect_from_there(0);
+  c_disconnect_from_there(1);
+  c_big();
+  c_flood();
+  c_trickle();
   if (with_death) c_death();
   {
     struct conn c;
@@ -958,6 +1319,105 @@ static void client(int with_death) {
     teardown(&c);
   }
   say("done");
+}
+
+/* Run with SRNIC_DEVICES=mlx5_0:down,srnic1:active,srnic0:active,srnic2:noopen: librdmacm's
+ * contexts (active devices, srnic0 first, the same pointers every time), the checks of
+ * rdma_create_qp, and calls refused. */
+static void devices(void) {
+  int n, n2;
+  struct ibv_context **list = rdma_get_devices(&n), **again = rdma_get_devices(&n2);
+  struct ibv_port_attr pa;
+  union ibv_gid gid;
+  struct rdma_cm_id *id;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(1), .sin_addr.s_addr = htonl(0x0a000001)};
+  struct ibv_qp_init_attr qa;
+  struct ibv_pd *pd, *pd1, *pdx;
+  struct ibv_cq *cq;
+  struct ibv_context *opened;
+  struct ibv_device **dl;
+  char names[64] = "";
+  int refused[7];
+  struct rdma_conn_param p;
+  uint8_t big[57] = {0};
+  CHECK(list != NULL && again != NULL, "rdma_get_devices");
+  for (int i = 0; i < n; i++) snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s", i ? "," : "", ibv_get_device_name(list[i]->device));
+  say("devices: n=%d names=%s same=%d port_active=%d gid=%d", n, names, n == n2 && list[0] == again[0] && list[1] == again[1], ibv_query_port(list[0], 1, &pa) == 0 && pa.state == IBV_PORT_ACTIVE, ibv_query_gid(list[0], 1, 0, &gid) == 0 && gid.raw[0] == 0xfe);
+  rdma_free_devices(again);
+  cch = rdma_create_event_channel();
+  CHECK(rdma_create_id(cch, &id, NULL, RDMA_PS_TCP) == 0, "id");
+  refused[0] = rdma_bind_addr(id, (struct sockaddr *)&a) == -1 && errno == EADDRNOTAVAIL;
+  CHECK(rdma_destroy_id(id) == 0, "destroy");
+  id = c_resolve(9, 500);
+  say("devices: bind 10.0.0.1 refused=%d id_verbs_is_first=%d", refused[0], id->verbs == list[0]);
+  pd = ibv_alloc_pd(id->verbs);
+  pd1 = ibv_alloc_pd(list[1]);
+  dl = ibv_get_device_list(NULL);
+  opened = ibv_open_device(dl[2]); /* srnic0, opened by the application: another context */
+  CHECK(opened != NULL, "ibv_open_device");
+  pdx = ibv_alloc_pd(opened);
+  cq = ibv_create_cq(id->verbs, 16, NULL, NULL, 0);
+  CHECK(pd != NULL && pd1 != NULL && pdx != NULL && cq != NULL, "pd, cq");
+#define QA(field, value) (memset(&qa, 0, sizeof(qa)), qa.send_cq = qa.recv_cq = cq, qa.qp_type = IBV_QPT_RC, qa.cap.max_send_wr = qa.cap.max_recv_wr = 4, qa.cap.max_send_sge = qa.cap.max_recv_sge = 1, qa.field = value, &qa)
+  refused[0] = rdma_create_qp(id, pd, QA(cap.max_send_sge, 9)) == -1 && errno == EINVAL;
+  refused[1] = rdma_create_qp(id, pd, QA(cap.max_inline_data, 257)) == -1 && errno == EINVAL;
+  refused[2] = rdma_create_qp(id, pd, QA(cap.max_send_wr, 4097)) == -1 && errno == EINVAL;
+  refused[3] = rdma_create_qp(id, pd, QA(qp_type, IBV_QPT_UD)) == -1 && errno == EINVAL;
+  refused[4] = rdma_create_qp(id, pd1, QA(cap.max_recv_wr, 4)) == -1 && errno == EINVAL;
+  refused[5] = rdma_create_qp(id, pdx, QA(cap.max_recv_wr, 4)) == -1 && errno == EINVAL;
+  say("devices: create_qp refused sge=%d inline=%d wr=%d ud=%d other_device_pd=%d opened_context_pd=%d", refused[0], refused[1], refused[2], refused[3], refused[4], refused[5]);
+  CHECK(rdma_create_qp(id, pd, QA(cap.max_inline_data, 100)) == 0, "rdma_create_qp");
+  say("devices: granted inline=%u qp_ok=%d", qa.cap.max_inline_data, id->qp != NULL && id->qp->pd == pd && id->qp->send_cq == cq);
+  memset(&p, 0, sizeof(p));
+  p.private_data = big;
+  p.private_data_len = 57;
+  refused[0] = rdma_connect(id, &p) == -1 && errno == EINVAL;
+  refused[1] = rdma_destroy_id(id) == -1 && errno == EBUSY;
+  rdma_destroy_qp(id);
+  refused[2] = rdma_destroy_id(id) == 0;
+  say("devices: connect with 57 bytes refused=%d destroy with a qp refused=%d then=%d", refused[0], refused[1], refused[2]);
+  ibv_destroy_cq(cq);
+  ibv_dealloc_pd(pd);
+  ibv_dealloc_pd(pd1);
+  ibv_dealloc_pd(pdx);
+  ibv_close_device(opened);
+  ibv_free_device_list(dl);
+  rdma_free_devices(list);
+  rdma_destroy_event_channel(cch);
+}
+
+/* Run with SRNIC_DEVICES=srnic0:down: no context for librdmacm; an address resolves to ADDR_ERROR. */
+static void no_devices(void) {
+  int n = -1;
+  struct ibv_context **list = rdma_get_devices(&n);
+  struct rdma_cm_id *id;
+  struct rdma_cm_event *ev;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(9), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  int e = errno;
+  cch = rdma_create_event_channel();
+  CHECK(rdma_create_id(cch, &id, NULL, RDMA_PS_TCP) == 0, "id");
+  CHECK(rdma_resolve_addr(id, NULL, (struct sockaddr *)&a, 500) == 0, "resolve");
+  ev = expect(cch, &cst, id, RDMA_CM_EVENT_ADDR_ERROR);
+  say("nodevices: list=%s n=%d enodev=%d resolve=%s status=%d", list == NULL ? "NULL" : "?", n, e == ENODEV, rdma_event_str(ev->event), ev->status);
+  rdma_ack_cm_event(ev);
+  rdma_destroy_id(id);
+  rdma_destroy_event_channel(cch);
+}
+
+/* Run without SRNIC_NET_DIR: a listener's socket file is cm-PORT in /tmp/koala-srnic-UID, and goes with it. */
+static void net_dir_default(void) {
+  struct rdma_cm_id *id;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)};
+  char path[128];
+  int there, gone;
+  cch = rdma_create_event_channel();
+  CHECK(rdma_create_id(cch, &id, NULL, RDMA_PS_TCP) == 0 && rdma_bind_addr(id, (struct sockaddr *)&a) == 0 && rdma_listen(id, 1) == 0, "listen on 0.0.0.0");
+  snprintf(path, sizeof(path), "/tmp/koala-srnic-%u/cm-%u", (unsigned)getuid(), ntohs(rdma_get_src_port(id)));
+  there = access(path, F_OK) == 0;
+  CHECK(rdma_destroy_id(id) == 0, "destroy");
+  gone = access(path, F_OK) != 0;
+  say("netdir: socket_file=%d removed=%d", there, gone);
+  rdma_destroy_event_channel(cch);
 }
 
 static void *server_thread(void *arg) {
@@ -994,6 +1454,18 @@ int main(int argc, char **argv) {
     rdma_destroy_event_channel(sch);
     return 0;
   }
-  fprintf(stderr, "usage: selftest server | client PORT [death] | both\n");
+  if (argc >= 2 && strcmp(argv[1], "devices") == 0) {
+    devices();
+    return 0;
+  }
+  if (argc >= 2 && strcmp(argv[1], "netdir") == 0) {
+    net_dir_default();
+    return 0;
+  }
+  if (argc >= 2 && strcmp(argv[1], "nodevices") == 0) {
+    no_devices();
+    return 0;
+  }
+  fprintf(stderr, "usage: selftest server | client PORT [death] | both | devices | nodevices | netdir\n");
   return 1;
 }
