@@ -335,6 +335,13 @@ uint32_t NewSlot(Napi::Env env, AddonData* d) {
   return static_cast<uint32_t>(d->objects.size() - 1);
 }
 
+// Throws unless a slot is free: called before creating a native object, so that storing it
+// cannot fail afterwards (and leak it).
+void RequireSlot(Napi::Env env, const char* fn) {
+  AddonData* d = Data(env);
+  if (d->free_slots.empty() && d->objects.size() >= kMaxSlots) Throw(env, kVerbs, std::string(fn) + ": too many verbs objects in this thread");
+}
+
 // The live object of `kind` named by argument i, or a thrown KoalaError.
 uint32_t Arg(const Napi::CallbackInfo& info, size_t i, Kind kind, const char* fn) {
   Napi::Env env = info.Env();
@@ -517,6 +524,7 @@ Napi::Value OpenDevice(const Napi::CallbackInfo& info) {
   }
   if (info.Length() == 2 && !info[1].IsBoolean() && !info[1].IsUndefined()) Throw(env, kInvalidArgument, "openDevice: forCm must be a boolean");
   RequireLoaded(env, "openDevice");
+  RequireSlot(env, "openDevice");
   if (info.Length() == 2 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value()) return OpenCmDevice(env, name);
   DeviceList list;
   int n = 0;
@@ -543,6 +551,7 @@ Napi::Value AllocPd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   ExpectArgs(info, "allocPd", 1, 1);
   uint32_t ctx = Arg(info, 0, Kind::kContext, "allocPd");
+  RequireSlot(env, "allocPd");
   errno = 0;
   ibv_pd* pd = V().alloc_pd(static_cast<ibv_context*>(Data(env)->objects[ctx].ptr));
   if (pd == nullptr) Throw(env, kVerbs, Errno("allocPd: ibv_alloc_pd", errno != 0 ? errno : ENOMEM));
@@ -584,6 +593,7 @@ Napi::Value RegMr(const Napi::CallbackInfo& info) {
   }
   uint8_t* base = static_cast<uint8_t*>(buffer.Data());
   if (base == nullptr) Throw(env, kInvalidArgument, "regMr: the buffer is detached");
+  RequireSlot(env, "regMr");
   errno = 0;
   ibv_mr* mr = V().reg_mr(static_cast<ibv_pd*>(Data(env)->objects[pd].ptr), base + offset, length, static_cast<int>(access));
   if (mr == nullptr) Throw(env, kVerbs, Errno("regMr: ibv_reg_mr", errno != 0 ? errno : ENOMEM));
@@ -634,6 +644,7 @@ Napi::Value CreateCq(const Napi::CallbackInfo& info) {
   uint64_t depth = Index(info, 1, "createCq", "depth", 4194304);
   if (depth == 0) Throw(env, kInvalidArgument, "createCq: depth must be at least 1");
   if (!info[2].IsFunction()) Throw(env, kInvalidArgument, "createCq: onNotify must be a function");
+  RequireSlot(env, "createCq");
   ibv_context* ctx = static_cast<ibv_context*>(Data(env)->objects[ctx_slot].ptr);
   NativeCq* c = new NativeCq();
   c->env = env;
@@ -783,9 +794,17 @@ Napi::Value CreateQp(const Napi::CallbackInfo& info) {
   q->send_cq = scq;
   q->recv_cq = rcq;
   q->cap = attr.cap;  // what the provider granted
+  uint32_t slot;
+  try {
+    slot = Store(env, Kind::kQp, q, pd + 1);
+  } catch (...) {
+    V().destroy_qp(qp);
+    delete q;
+    throw;
+  }
   d->objects[scq].users++;
   d->objects[rcq].users++;
-  return QpResult(env, d, Store(env, Kind::kQp, q, pd + 1));
+  return QpResult(env, d, slot);
 }
 
 Napi::Value DestroyQp(const Napi::CallbackInfo& info) {
@@ -989,9 +1008,16 @@ Napi::Value BindMw(const Napi::CallbackInfo& info) {
   w->qp = qp_slot;
   w->mr = mr_slot;
   w->rkey = wr.bind_mw.rkey;
+  uint32_t slot;
+  try {
+    slot = Store(env, Kind::kMw, w, d->objects[qp_slot].parent);
+  } catch (...) {
+    ibv_dealloc_mw(mw);
+    delete w;
+    throw;
+  }
   d->objects[qp_slot].users++;
   d->objects[mr_slot].users++;
-  uint32_t slot = Store(env, Kind::kMw, w, d->objects[qp_slot].parent);
   Napi::Object out = Napi::Object::New(env);
   out.Set("handle", HandleOf(d, slot));
   out.Set("rkey", static_cast<double>(w->rkey));
@@ -1341,10 +1367,17 @@ Napi::Value CreateCmQp(const Napi::CallbackInfo& info) {
   q->recv_cq = rcq;
   q->cm_id = id_slot + 1;
   q->cap = attr.cap;  // what the provider granted
+  uint32_t slot;
+  try {
+    slot = Store(env, Kind::kQp, q, pd + 1);
+  } catch (...) {
+    Cm().destroy_qp(c->id);
+    delete q;
+    throw;
+  }
   d->objects[scq].users++;
   d->objects[rcq].users++;
   d->objects[id_slot].users++;
-  uint32_t slot = Store(env, Kind::kQp, q, pd + 1);
   c->qp = slot + 1;
   return QpResult(env, d, slot);
 }
