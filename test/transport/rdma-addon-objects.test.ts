@@ -176,6 +176,7 @@ t("fuzz: every export with live, dead, foreign and hostile handles and values ne
   const codes = out.codes as string[];
   for (const code of codes) assert.ok([DEAD, IN_USE, BAD, "KOALA_ERR_VERBS", "ok"].includes(code), `every outcome is a success or a KoalaError with a stable code: ${code}`);
   for (const code of [DEAD, IN_USE, BAD, "ok"]) assert.ok(codes.includes(code), `the fuzz reached ${code}`);
+  for (const fn of ["createId", "cmRef", "cmEventName"]) assert.ok((out.succeeded as string[]).includes(fn), `the fuzz also called ${fn} with valid arguments (and released what it made)`);
   assert.is(out.stillWorks, true);
   assert.equal(live, [0, 0, 0, 0, 0]);
 });
