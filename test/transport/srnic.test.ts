@@ -236,6 +236,15 @@ t("without SRNIC_NET_DIR the network folder is /tmp/koala-srnic-<uid>, private; 
   assert.ok(dir.isDirectory() && (dir.mode & 0o777) === 0o700 && dir.uid === process.getuid!(), "a folder of this user only");
 });
 
+t("a CQ given more completions than it holds: srnic says so on stderr and every poll of it fails (EOVERFLOW), as the soft provider's pollCq does", () => {
+  compile();
+  const r = spawnSync(exe, ["overrun"], { env: env(join(work, "net-overrun")), encoding: "utf8", timeout: 30_000 });
+  assert.is(r.status, 0, `exit ${r.status} ${r.signal ?? ""}\n${r.stdout}\n${r.stderr}`);
+  assert.equal(lines(r.stdout, "C"), ["C overrun: poll=-1 eoverflow=1 other_cq_ok=1"]);
+  assert.match(r.stderr, /^srnic: CQ 0x[0-9a-f]+ overrun: a completion was lost \(the CQ holds 2\)$/m);
+  assert.match(r.stderr, new RegExp(`^${NOTHING_LEFT}$`, "m"));
+});
+
 test.after(() => rmSync(work, { recursive: true, force: true }));
 
 test.run();

@@ -518,7 +518,9 @@ SRNIC_EXPORT int rdma_resolve_route(struct rdma_cm_id *id, int timeout_ms) {
     errno = EINVAL;
     return -1;
   }
-  if (timeout_ms > 0) sid->timeout_ms = timeout_ms;
+  /* rdma_connect's answer is awaited for the longer of the two timeouts (an application that
+   * gives the route what is left of the address's budget still gets its whole budget). */
+  if (timeout_ms > sid->timeout_ms) sid->timeout_ms = timeout_ms;
   sid->state = ID_ROUTE_RESOLVED;
   queue_event(sid, RDMA_CM_EVENT_ROUTE_RESOLVED, 0, NULL, NULL, 0);
   pthread_mutex_unlock(&srnic_lock);

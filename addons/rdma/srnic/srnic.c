@@ -309,8 +309,9 @@ static int cq_push(struct srnic_cq *c, const struct ibv_wc *wc) {
     c->count++;
     ok = 1;
     cq_notify_locked(c);
-  } else if (!c->overrun && !c->has_selftest) {
-    /* A NIC would raise IBV_EVENT_CQ_ERR; there are no async events here, so say it. */
+  } else if (!c->overrun) {
+    /* A NIC would raise IBV_EVENT_CQ_ERR; there are no async events here: say it, and fail
+     * every poll from now on (as the soft provider does), since a completion is lost. */
     c->overrun = 1;
     fprintf(stderr, "srnic: CQ %p overrun: a completion was lost (the CQ holds %d)\n", (void *)c, c->cap);
   }
@@ -322,11 +323,17 @@ static int srnic_poll_cq(struct ibv_cq *cq, int num_entries, struct ibv_wc *wc) 
   struct srnic_cq *c = (struct srnic_cq *)cq;
   int n = 0;
   pthread_mutex_lock(&c->lock);
+  if (c->overrun) {
+    pthread_mutex_unlock(&c->lock);
+    errno = EOVERFLOW;
+    return -1;
+  }
   while (n < num_entries && c->count > 0) {
     wc[n++] = c->ring[c->head];
     c->head = (c->head + 1) % c->cap;
     c->count--;
   }
+  if (n > 0 && c->has_selftest) pthread_cond_broadcast(&c->cond); /* room for the self-test thread */
   pthread_mutex_unlock(&c->lock);
   return n;
 }
@@ -336,40 +343,36 @@ static int srnic_req_notify_cq(struct ibv_cq *cq, int solicited_only) {
   (void)solicited_only;
   pthread_mutex_lock(&c->lock);
   c->armed = 1;
+  pthread_cond_broadcast(&c->cond);
   pthread_mutex_unlock(&c->lock);
   return 0;
 }
 
+/* SRNIC_CQ_SELFTEST's thread: waits (on the CQ's condition variable, no polling) until the
+ * consumer arms the CQ, then delivers its completions, waiting for room whenever it is full. */
 static void *cq_selftest(void *arg) {
   struct srnic_cq *c = arg;
   long n = strtol(getenv("SRNIC_CQ_SELFTEST"), NULL, 10);
+  pthread_mutex_lock(&c->lock);
   /* Start once the consumer has armed the CQ, so the first completion is always notified. */
-  for (;;) {
-    int ready;
-    pthread_mutex_lock(&c->lock);
-    ready = c->armed || c->stop;
-    pthread_mutex_unlock(&c->lock);
-    if (ready) break;
-    usleep(500);
+  while (!c->armed && !c->stop) pthread_cond_wait(&c->cond, &c->lock);
+  for (long i = 0; i < n && !c->stop; i++) {
+    struct ibv_wc *wc;
+    while (c->count == c->cap && !c->stop) pthread_cond_wait(&c->cond, &c->lock);
+    if (c->stop) break;
+    wc = &c->ring[(c->head + c->count) % c->cap];
+    memset(wc, 0, sizeof(*wc));
+    wc->wr_id = (uint64_t)i;
+    wc->status = IBV_WC_SUCCESS;
+    wc->opcode = IBV_WC_RECV;
+    wc->byte_len = (uint32_t)i;
+    wc->imm_data = htonl((uint32_t)i);
+    wc->wc_flags = IBV_WC_WITH_IMM;
+    wc->qp_num = 7;
+    c->count++;
+    cq_notify_locked(c);
   }
-  for (long i = 0; i < n;) {
-    struct ibv_wc wc;
-    int stop;
-    memset(&wc, 0, sizeof(wc));
-    wc.wr_id = (uint64_t)i;
-    wc.status = IBV_WC_SUCCESS;
-    wc.opcode = IBV_WC_RECV;
-    wc.byte_len = (uint32_t)i;
-    wc.imm_data = htonl((uint32_t)i);
-    wc.wc_flags = IBV_WC_WITH_IMM;
-    wc.qp_num = 7;
-    pthread_mutex_lock(&c->lock);
-    stop = c->stop;
-    pthread_mutex_unlock(&c->lock);
-    if (stop) break;
-    if (cq_push(c, &wc)) i++;
-    else usleep(200); /* full: wait for the consumer */
-  }
+  pthread_mutex_unlock(&c->lock);
   return NULL;
 }
 
@@ -429,13 +432,18 @@ SRNIC_EXPORT struct ibv_cq *ibv_create_cq(struct ibv_context *context, int cqe, 
     return NULL;
   }
   pthread_mutex_init(&c->lock, NULL);
+  pthread_cond_init(&c->cond, NULL);
   c->cap = cqe;
   c->cq.context = context;
   c->cq.cq_context = cq_context;
   c->cq.channel = channel;
   c->cq.cqe = cqe;
   __atomic_add_fetch(&live_cqs, 1, __ATOMIC_RELAXED);
-  if (channel != NULL && getenv("SRNIC_CQ_SELFTEST") != NULL) c->has_selftest = pthread_create(&c->selftest, NULL, cq_selftest, c) == 0;
+  if (channel != NULL && getenv("SRNIC_CQ_SELFTEST") != NULL) {
+    pthread_mutex_lock(&c->lock); /* has_selftest is read under the lock */
+    c->has_selftest = pthread_create(&c->selftest, NULL, cq_selftest, c) == 0;
+    pthread_mutex_unlock(&c->lock);
+  }
   return &c->cq;
 }
 
@@ -443,9 +451,11 @@ SRNIC_EXPORT int ibv_destroy_cq(struct ibv_cq *cq) {
   struct srnic_cq *c = (struct srnic_cq *)cq;
   pthread_mutex_lock(&c->lock);
   c->stop = 1;
+  pthread_cond_broadcast(&c->cond);
   pthread_mutex_unlock(&c->lock);
   if (c->has_selftest) pthread_join(c->selftest, NULL);
   __atomic_sub_fetch(&live_cqs, 1, __ATOMIC_RELAXED);
+  pthread_cond_destroy(&c->cond);
   pthread_mutex_destroy(&c->lock);
   free(c->ring);
   free(c);

@@ -29,6 +29,7 @@ extern pthread_mutex_t srnic_lock SRNIC_INTERNAL;
 struct srnic_cq {
   struct ibv_cq cq;
   pthread_mutex_t lock;
+  pthread_cond_t cond; /* SRNIC_CQ_SELFTEST's thread waits on it for arming and room */
   struct ibv_wc *ring;
   int cap, head, count, armed, stop, overrun;
   pthread_t selftest;

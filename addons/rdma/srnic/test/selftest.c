@@ -1420,6 +1420,46 @@ static void net_dir_default(void) {
   rdma_destroy_event_channel(cch);
 }
 
+/* More completions than a CQ holds (three signaled RDMA WRITEs of a loopback QP, one made with
+ * ibv_create_qp, into a CQ of 2): a completion is lost, srnic says so on stderr and every poll
+ * of that CQ fails from then on. */
+static void overrun(void) {
+  int n;
+  struct ibv_context **list = rdma_get_devices(&n);
+  struct ibv_pd *pd = ibv_alloc_pd(list[0]);
+  struct ibv_cq *small = ibv_create_cq(list[0], 2, NULL, NULL, 0), *other = ibv_create_cq(list[0], 8, NULL, NULL, 0);
+  uint8_t *buf = calloc(1, 4096);
+  struct ibv_mr *mr = ibv_reg_mr(pd, buf, 4096, ACCESS_ALL);
+  struct ibv_qp_init_attr a;
+  struct ibv_qp *qp;
+  struct ibv_wc wc[4];
+  int polled;
+  memset(&a, 0, sizeof(a));
+  a.send_cq = small;
+  a.recv_cq = other;
+  a.qp_type = IBV_QPT_RC;
+  a.cap.max_send_wr = a.cap.max_recv_wr = 8;
+  a.cap.max_send_sge = a.cap.max_recv_sge = 1;
+  qp = ibv_create_qp(pd, &a);
+  CHECK(pd != NULL && small != NULL && other != NULL && mr != NULL && qp != NULL, "objects");
+  for (int i = 0; i < 3; i++) {
+    struct ibv_sge sg = {.addr = (uintptr_t)buf, .length = 8, .lkey = mr->lkey};
+    struct ibv_send_wr w = {.wr_id = (uint64_t)i, .sg_list = &sg, .num_sge = 1, .opcode = IBV_WR_RDMA_WRITE, .send_flags = IBV_SEND_SIGNALED}, *bad;
+    w.wr.rdma.remote_addr = (uintptr_t)buf + 64;
+    w.wr.rdma.rkey = mr->rkey;
+    CHECK(ibv_post_send(qp, &w, &bad) == 0, "post");
+  }
+  polled = ibv_poll_cq(small, 4, wc);
+  say("overrun: poll=%d eoverflow=%d other_cq_ok=%d", polled, errno == EOVERFLOW, ibv_poll_cq(other, 4, wc) == 0);
+  ibv_destroy_qp(qp);
+  ibv_dereg_mr(mr);
+  ibv_destroy_cq(small);
+  ibv_destroy_cq(other);
+  ibv_dealloc_pd(pd);
+  rdma_free_devices(list);
+  free(buf);
+}
+
 static void *server_thread(void *arg) {
   (void)arg;
   my_side = 'S';
@@ -1458,6 +1498,10 @@ int main(int argc, char **argv) {
     devices();
     return 0;
   }
+  if (argc >= 2 && strcmp(argv[1], "overrun") == 0) {
+    overrun();
+    return 0;
+  }
   if (argc >= 2 && strcmp(argv[1], "netdir") == 0) {
     net_dir_default();
     return 0;
@@ -1466,6 +1510,6 @@ int main(int argc, char **argv) {
     no_devices();
     return 0;
   }
-  fprintf(stderr, "usage: selftest server | client PORT [death] | both | devices | nodevices | netdir\n");
+  fprintf(stderr, "usage: selftest server | client PORT [death] | both | devices | nodevices | netdir | overrun\n");
   return 1;
 }
