@@ -11,7 +11,10 @@
       "cflags": ["-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
       "cflags_cc": ["-fvisibility=hidden", "-fvisibility-inlines-hidden", "-std=c++17"],
       "libraries": ["-ldl"],
-      "ldflags": ["-Wl,--exclude-libs,ALL", "-Wl,--version-script=<(module_root_dir)/exports.map"]
+      # -z nodelete: Node dlcloses an addon when the last environment that loaded it ends (a
+      # worker thread, while the main thread never loaded it); the close callbacks of libuv
+      # handles closed by the cleanup hook run after that and must still find their code.
+      "ldflags": ["-Wl,--exclude-libs,ALL", "-Wl,--version-script=<(module_root_dir)/exports.map", "-Wl,-z,nodelete"]
     },
     {
       # The software RNIC for tests (srnic/*.c, header comment of srnic/srnic.c): stands in for

@@ -81,7 +81,26 @@ t("devices(probeInline?): a non-boolean or extra argument is KOALA_ERR_INVALID_A
     { numRuns: 500 },
   );
   // The object functions are fuzzed with live and dead handles in rdma-addon-objects.test.ts.
-  assert.equal(Object.keys(b), ["init", "load", "devices", "openDevice", "closeDevice", "allocPd", "deallocPd", "regMr", "deregMr", "createCq", "reqNotifyCq", "pollCq", "destroyCq", "createQp", "destroyQp", "postSend", "postRecv", "abiVersion"]);
+  assert.equal(Object.keys(b), [...OBJECT_FNS.slice(0, 3), "openDevice", "closeDevice", ...OBJECT_FNS.slice(3), ...CM_FNS, "abiVersion"]);
+});
+
+const OBJECT_FNS = ["init", "load", "devices", "allocPd", "deallocPd", "regMr", "deregMr", "createCq", "reqNotifyCq", "pollCq", "destroyCq", "createQp", "destroyQp", "postSend", "postRecv"] as const;
+/** The connection manager's and memory windows' exports. */
+const CM_FNS = ["bindMw", "deallocMw", "invalidateMw", "cmInit", "cmRef", "listen", "closeListener", "createId", "resolveAddr", "resolveRoute", "createCmQp", "connect", "accept", "reject", "disconnect", "destroyId", "cmAddresses", "cmEventName"] as const;
+
+t("connection manager and window calls: with no handle of this thread anywhere, hostile arguments never succeed and never crash", () => {
+  const b = binding();
+  fc.assert(
+    fc.property(fc.constantFrom(...CM_FNS), args, (name, a) => {
+      // cmInit with a function sets up the event channel: fuzzed with live objects in rdma-addon-objects.test.ts.
+      if (name === "cmInit" && typeof a[0] === "function") return;
+      // Valid calls that may succeed: an event type's name; cmRef(boolean) once some test set up the channel.
+      const named = (name === "cmEventName" && a.length === 1 && Number.isInteger(a[0]) && (a[0] as number) >= 0 && (a[0] as number) <= 64) || (name === "cmRef" && a.length === 1 && typeof a[0] === "boolean");
+      const ok = survive(b[name] as unknown as (...x: unknown[]) => unknown, a);
+      if (!named) assert.is(ok, false, `${name}(${a.map((x) => typeof x).join(", ")}) must be refused`);
+    }),
+    { numRuns: 2000 },
+  );
 });
 
 t("init(makeError): a non-function is refused and the old factory stays; a throwing or odd factory cannot crash the process", () => {

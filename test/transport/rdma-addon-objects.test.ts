@@ -1,7 +1,7 @@
 /**
  * Verbs objects of the native addon (device contexts, protection domains, memory regions,
  * completion queues with their completion channel watched by libuv, queue pairs and work
- * requests posted from typed-array batches) run
+ * requests posted from typed-array batches, the connection manager and memory windows) run
  * against the software RNIC standing in for libibverbs, each scenario in a child process
  * (libibverbs is chosen once per process): destroy order, dead and wrong-kind handles, ranges,
  * a registered ArrayBuffer held alive until deregistered, everything released when a thread
@@ -11,7 +11,8 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { locateAddon, NOT_BUILT } from "../../src/transport/rdma/native.js";
 
@@ -24,6 +25,9 @@ if (!built) {
 const t = built ? test : test.skip;
 const srnic = join(root, "addons", "rdma", "build", "Release", "koala_srnic.so");
 
+const net = mkdtempSync(join(tmpdir(), "koala-srnic-net-"));
+test.after(() => rmSync(net, { recursive: true, force: true }));
+
 const LEAKS = /^srnic: live at exit: (\d+) contexts, (\d+) pds, (\d+) mrs, (\d+) cqs, (\d+) qps$/m;
 
 /** Runs scenario `name` of the fixture; its JSON result and what the software RNIC saw still open at exit. */
@@ -32,7 +36,8 @@ function run(name: string, env: Record<string, string> = {}): { out: Record<stri
   const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KOALA_")));
   const fixture = new URL("../fixtures/transport/native-objects.ts", import.meta.url).pathname;
   const r = spawnSync(process.execPath, ["--expose-gc", "--import", "tsx", fixture, name], {
-    env: { ...clean, KOALA_VERBS_LIB: srnic, KOALA_RDMACM_LIB: srnic, SRNIC_LEAK_CHECK: "1", ...env },
+    // srnic's network folder is this run's own (its listeners are socket files there).
+    env: { ...clean, KOALA_VERBS_LIB: srnic, KOALA_RDMACM_LIB: srnic, SRNIC_LEAK_CHECK: "1", SRNIC_NET_DIR: net, ...env },
     encoding: "utf8",
     timeout: 60_000,
   });
@@ -117,12 +122,61 @@ t("an exception thrown by a CQ's notify callback is an uncaught exception of the
   assert.equal(live, [0, 0, 0, 0, 0]);
 });
 
+t("connection manager and memory windows (verbs provider, librdmacm's context): connect, accept, reject, timeout, no listener, unreachable host; SEND and READ through a window; what the owner's NIC refuses; destroy order; disconnect; cleanup", () => {
+  const { out, live } = run("cm");
+  assert.is(out.listenerPort, true);
+  assert.equal(out.established, ["established", [7, 7], [1, 2, 3], ["connect_request", "established"]], "both ends established; private data both ways");
+  assert.equal(out.addresses, [true, true, true], "the client names the listener; each end names the other");
+  assert.equal(out.caps, { maxSendWr: 16, maxRecvWr: 16, maxSendSge: 2, maxRecvSge: 1, maxInlineData: 256 }, "what the caller may use (the bind headroom is not counted)");
+  assert.equal(out.send, [[20, 0, 0, 50], [0, 0, 128, 50], true], "the SEND and its receive, with the bytes");
+  assert.equal(out.window, { rkeyDiffers: true, addr: true, length: 512 });
+  assert.equal(out.read, [[21, 0, 2, 512], true], "an RDMA READ through the window reads the window's bytes");
+  assert.equal(out.order, [IN_USE, IN_USE, IN_USE, IN_USE, IN_USE, IN_USE, IN_USE], "an identifier with its QP, a QP or region with a window, a device with objects; in JS and in the addon");
+  assert.equal(out.nicRefuses, [10, 10], "REM_ACCESS_ERR: the window's key on another connection, the region's own key");
+  assert.is(out.pastEnd, 10, "REM_ACCESS_ERR: past the window's end");
+  assert.equal(out.invalidate, [0, BAD, 10], "a READ through the window, then a local invalidate (a second one refused), then REM_ACCESS_ERR");
+  assert.equal(out.disconnectHere, ["disconnected by this side"], "the side that disconnects hears it at once, once");
+  assert.equal(out.disconnectThere, [["the peer disconnected"], [5, 5, 5, 5]], "the peer hears it once; its posted receives flush (WR_FLUSH_ERR)");
+  assert.equal(out.rejected, ["rejected", "the peer rejected the connection", [9]]);
+  assert.equal(out.timedOut, ["unreachable", true], "a listener that never answers: unreachable, timed out");
+  assert.match((out.noListener as string[])[1]!, /^no RDMA listener on port \d+$/);
+  assert.is((out.noListener as string[])[0], "rejected");
+  assert.is(out.unreachableHost, "KOALA_ERR_HOST_NOT_FOUND", "a host srnic cannot reach");
+  assert.equal(out.jsChecks, [BAD, BAD, BAD, BAD, BAD, BAD, "KOALA_ERR_ADDRESS_IN_USE"], "QP or connect before resolve, accept without a request, private data over 56 bytes, a window without MW_BIND or past the region, a port in use");
+  assert.equal(out.nativeChecks, ["KOALA_ERR_VERBS", BAD, BAD, BAD, "KOALA_ERR_ADDRESS_IN_USE", BAD, BAD, BAD, BAD, BAD, BAD, BAD, BAD], "the addon's own checks: unresolved, no QP, private data size and type, port in use, host text, port range, listener vs identifier both ways, a second QP, window access, timeout 0");
+  assert.equal(out.otherContext, [BAD, "createCmQp: the identifier is on device srnic0; the protection domain and completion queues must be of that device's librdmacm context (openDevice(name, true)), not srnic0's"], "a PD of ibv_open_device's context is not the identifier's");
+  assert.equal(out.afterDestroy, [DEAD, DEAD, DEAD]);
+  assert.is(out.deallocTwice, DEAD);
+  assert.equal(out.closed, [true, true, true], "identifiers and the listener close (they would keep the process alive)");
+  assert.equal(live, [0, 0, 0, 0, 0], "the PD, regions and CQ left open are released at exit");
+});
+
+t("a thread terminated with a listener, a connected pair and a window open: its cleanup hook releases them in order", () => {
+  const { out, live } = run("cm-leave-open");
+  assert.equal(out.worker, ["client established", "server established"]);
+  assert.is(out.terminated, true);
+  assert.equal(live, [0, 0, 0, 0, 0]);
+});
+
+t("a listener keeps the process alive, as a listening socket does; an idle identifier does not", () => {
+  const { out, live } = run("cm-alive");
+  assert.ok((out.listenerHeldMs as number) >= 290, `the process lived until the listener closed: ${String(out.listenerHeldMs)} ms`);
+  assert.equal(live, [0, 0, 0, 0, 0]);
+});
+
+t("a worker thread that is the only user of the addon ends cleanly (the addon stays mapped for the close callbacks of its libuv handles)", () => {
+  const { out, live } = run("thread-only");
+  assert.equal(out, { worker: "done", exitCode: 0 });
+  assert.equal(live, [0, 0, 0, 0, 0]);
+});
+
 t("fuzz: every export with live, dead, foreign and hostile handles and values never crashes the process", () => {
   const { out, live } = run("fuzz");
   assert.ok((out.calls as number) > 2000, `calls: ${out.calls}`);
   const codes = out.codes as string[];
   for (const code of codes) assert.ok([DEAD, IN_USE, BAD, "KOALA_ERR_VERBS", "ok"].includes(code), `every outcome is a success or a KoalaError with a stable code: ${code}`);
   for (const code of [DEAD, IN_USE, BAD, "ok"]) assert.ok(codes.includes(code), `the fuzz reached ${code}`);
+  for (const fn of ["createId", "cmRef", "cmEventName"]) assert.ok((out.succeeded as string[]).includes(fn), `the fuzz also called ${fn} with valid arguments (and released what it made)`);
   assert.is(out.stillWorks, true);
   assert.equal(live, [0, 0, 0, 0, 0]);
 });

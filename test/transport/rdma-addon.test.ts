@@ -165,10 +165,16 @@ withAddon("devices through the addon (the software RNIC as libibverbs): ports, l
   assert.equal(verbsOf(active).devices, [
     { name: "srnic0", provider: "verbs", software: false, ports: [{ port: 1, state: "active", linkLayer: "Ethernet", mtu: 1024, gid: "fe80::1" }], maxSge: 8, maxQpWr: 4096, maxInlineData: 256, maxCqe: 65536, maxMrBytes: 2 ** 40 },
   ]);
-  assert.match(verbsOf(active).reason!, /^the native verbs data path is not implemented yet \(no connection manager\)/, "an active port, but nothing to run on it yet");
-  assert.is(active.info.choice.transport, "tcp");
+  assert.is(verbsOf(active).reason, undefined, "an active port: the provider is usable");
+  assert.is(verbsOf(active).available, true);
+  assert.is(active.info.choice.transport, "rdma", "auto uses RDMA on it");
+  assert.match(active.info.choice.reason, /srnic0:1 through provider verbs/);
   const text = koalaInfo(libs);
+  assert.is(text.status, 0);
+  assert.match(text.stdout, /verbs\s+available \[selected\]\s+\(libibverbs \+ librdmacm through the native addon\)/);
   assert.match(text.stdout, /\n {4}srnic0:1 active, Ethernet, MTU 1024, GID fe80::1; max_sge 8, max_qp_wr 4096, max_inline_data 256, max_cqe 65536\n/);
+  assert.match(text.stdout, /rdma uses srnic0:1 \(provider verbs\)/);
+  assert.match(text.stdout, /host:port addresses use rdma/);
 
   // Both ways of querying a port: the context's extended op (rdma-core today) and the exported compat function.
   for (const compat of ["0", "1"]) {

@@ -84,7 +84,25 @@ LoadResult Load(const std::string& verbs_path, const std::string& rdmacm_path) {
   }
   Rdmacm c{};
   ok = Resolve(cm, "rdma_create_event_channel", rdmacm_path, &c.create_event_channel, &why) &&
-       Resolve(cm, "rdma_destroy_event_channel", rdmacm_path, &c.destroy_event_channel, &why);
+       Resolve(cm, "rdma_destroy_event_channel", rdmacm_path, &c.destroy_event_channel, &why) &&
+       Resolve(cm, "rdma_get_devices", rdmacm_path, &c.get_devices, &why) &&
+       Resolve(cm, "rdma_free_devices", rdmacm_path, &c.free_devices, &why) &&
+       Resolve(cm, "rdma_create_id", rdmacm_path, &c.create_id, &why) &&
+       Resolve(cm, "rdma_destroy_id", rdmacm_path, &c.destroy_id, &why) &&
+       Resolve(cm, "rdma_bind_addr", rdmacm_path, &c.bind_addr, &why) &&
+       Resolve(cm, "rdma_listen", rdmacm_path, &c.listen, &why) &&
+       Resolve(cm, "rdma_get_src_port", rdmacm_path, &c.get_src_port, &why) &&
+       Resolve(cm, "rdma_resolve_addr", rdmacm_path, &c.resolve_addr, &why) &&
+       Resolve(cm, "rdma_resolve_route", rdmacm_path, &c.resolve_route, &why) &&
+       Resolve(cm, "rdma_create_qp", rdmacm_path, &c.create_qp, &why) &&
+       Resolve(cm, "rdma_destroy_qp", rdmacm_path, &c.destroy_qp, &why) &&
+       Resolve(cm, "rdma_connect", rdmacm_path, &c.connect, &why) &&
+       Resolve(cm, "rdma_accept", rdmacm_path, &c.accept, &why) &&
+       Resolve(cm, "rdma_reject", rdmacm_path, &c.reject, &why) &&
+       Resolve(cm, "rdma_disconnect", rdmacm_path, &c.disconnect, &why) &&
+       Resolve(cm, "rdma_get_cm_event", rdmacm_path, &c.get_cm_event, &why) &&
+       Resolve(cm, "rdma_ack_cm_event", rdmacm_path, &c.ack_cm_event, &why) &&
+       Resolve(cm, "rdma_event_str", rdmacm_path, &c.event_str, &why);
   if (!ok) {
     dlclose(cm);
     dlclose(verbs);

@@ -37,9 +37,29 @@ struct Verbs {
   decltype(&::ibv_ack_cq_events) ack_cq_events;
 };
 
+// The connection manager (contract-rdma.md, librdmacm). rdma_get_local_addr / rdma_get_peer_addr
+// are inline accessors of rdma_cm_id and need no lookup.
 struct Rdmacm {
   decltype(&::rdma_create_event_channel) create_event_channel;
   decltype(&::rdma_destroy_event_channel) destroy_event_channel;
+  decltype(&::rdma_get_devices) get_devices;
+  decltype(&::rdma_free_devices) free_devices;
+  decltype(&::rdma_create_id) create_id;
+  decltype(&::rdma_destroy_id) destroy_id;
+  decltype(&::rdma_bind_addr) bind_addr;
+  decltype(&::rdma_listen) listen;
+  decltype(&::rdma_get_src_port) get_src_port;
+  decltype(&::rdma_resolve_addr) resolve_addr;
+  decltype(&::rdma_resolve_route) resolve_route;
+  decltype(&::rdma_create_qp) create_qp;
+  decltype(&::rdma_destroy_qp) destroy_qp;
+  decltype(&::rdma_connect) connect;
+  decltype(&::rdma_accept) accept;
+  decltype(&::rdma_reject) reject;
+  decltype(&::rdma_disconnect) disconnect;
+  decltype(&::rdma_get_cm_event) get_cm_event;
+  decltype(&::rdma_ack_cm_event) ack_cm_event;
+  decltype(&::rdma_event_str) event_str;
 };
 
 // Outcome of Load(): ok, or which library failed and why (a sentence for the user).

@@ -1,19 +1,18 @@
 /**
  * The `verbs` provider (KOALA_RDMA_PROVIDER=verbs, the default): RDMA NICs through the native
- * addon over libibverbs and librdmacm. Today it lists devices and ports through the addon and
- * says why it cannot be used; the data path is partly written (PD, MR, CQ, QP and posting in
- * native-context.ts; the connection manager not yet), so even with an active port it reports
- * itself unavailable and `auto` keeps using TCP.
+ * addon over libibverbs and librdmacm (native-context.ts). It lists devices and ports through
+ * the addon, says why it cannot be used when no port is active (or the addon or the libraries
+ * are missing), and otherwise opens the device with librdmacm's context, on which the
+ * connection manager creates and connects the queue pairs. KOALA_VERBS_LIB /
+ * KOALA_RDMACM_LIB may name the software RNIC srnic, which stands in for both libraries.
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
+import { NativeContext } from "./native-context.js";
 import { nativeVerbs, type RawDevice, type RawPort } from "./native.js";
 import type { DeviceInfo, PortInfo, PortState, VerbsProvider } from "./verbs.js";
 
 /** How long a device listing is reused before the devices are queried again, in milliseconds. */
 export const DEVICE_LIST_TTL_MS = 1000;
-
-/** The reason given, after the devices, while the native data path is missing. */
-export const NO_DATA_PATH = "the native verbs data path is not implemented yet (no connection manager); devices are listed only";
 
 const STATES: readonly PortState[] = ["down", "down", "init", "armed", "active", "active"];
 
@@ -89,7 +88,21 @@ function listDevices(): { raw: RawDevice[] } | { reason: string } {
 function unavailableReason(): string | undefined {
   const list = listDevices();
   if ("reason" in list) return list.reason;
-  return devicesReason(list.raw) ?? NO_DATA_PATH;
+  return devicesReason(list.raw);
+}
+
+/** Opens `device` on `port` (an active port of a listed device) as a {@link NativeContext}. */
+function open(device: string, port: number): NativeContext {
+  const state = nativeVerbs();
+  if ("reason" in state) throw new KoalaError(ErrorCode.ADDON_UNAVAILABLE, `provider verbs: ${state.reason}`);
+  const list = listDevices();
+  if ("reason" in list) throw new KoalaError(ErrorCode.ADDON_UNAVAILABLE, `provider verbs: ${list.reason}`);
+  const raw = list.raw.find((d) => d.name === device);
+  const info = raw === undefined ? undefined : deviceInfo(raw);
+  if (info === undefined) throw new KoalaError(ErrorCode.VERBS, `open(): provider verbs has no usable device named ${device}`);
+  const p = info.ports.find((x) => x.port === port);
+  if (p === undefined || p.state !== "active") throw new KoalaError(ErrorCode.VERBS, `open(): port ${port} of ${device} is ${p === undefined ? "not a port of it" : p.state.toUpperCase()}`);
+  return NativeContext.open(state.binding, device, { device: info, port, forCm: true });
 }
 
 /** The `verbs` provider: libibverbs + librdmacm through the native addon. */
@@ -102,7 +115,5 @@ export const nativeProvider: VerbsProvider = {
     const list = listDevices();
     return "reason" in list ? [] : list.raw.map(deviceInfo).filter((d): d is DeviceInfo => d !== undefined);
   },
-  open: () => {
-    throw new KoalaError(ErrorCode.ADDON_UNAVAILABLE, `provider verbs: ${unavailableReason() ?? NO_DATA_PATH}`);
-  },
+  open,
 };

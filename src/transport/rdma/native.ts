@@ -89,8 +89,12 @@ export interface NativeBinding {
   load(verbsPath: string, rdmacmPath: string): string | undefined;
   /** Every device libibverbs lists, opened, queried and closed; `probeInline` also probes max_inline_data. Throws KOALA_ERR_VERBS when libibverbs cannot list devices. */
   devices(probeInline?: boolean): RawDevice[];
-  /** Opens the device named `name`; returns its context handle. */
-  openDevice(name: string): number;
+  /**
+   * Opens the device named `name`; returns its context handle. With `forCm`, the context is
+   * librdmacm's (rdma_get_devices), the one identifiers resolve to, which queue pairs of the
+   * connection manager need; otherwise ibv_open_device's.
+   */
+  openDevice(name: string, forCm?: boolean): number;
   /** Closes a device context; KOALA_ERR_HANDLE_IN_USE while protection domains remain. */
   closeDevice(context: number): void;
   /** Allocates a protection domain on a device context; returns its handle. */
@@ -125,7 +129,70 @@ export interface NativeBinding {
   postSend(qp: number, wr: Float64Array, count: number, sge: Float64Array, sgeCount: number): void;
   /** Posts `count` receive work requests (RWR records). */
   postRecv(qp: number, wr: Float64Array, count: number, sge: Float64Array, sgeCount: number): void;
+  /**
+   * Allocates a type-2 memory window on the QP's PD and binds it over `length` bytes at `addr`
+   * of `mr` (registered with MW_BIND) with remote `access`, by an unsignaled bind work request
+   * on the QP's send queue (ordered before what is posted after it). Only this QP accepts the rkey.
+   */
+  bindMw(qp: number, mr: number, addr: number, length: number, access: number): { readonly handle: number; readonly rkey: number };
+  /** Invalidates and frees a memory window (ibv_dealloc_mw). */
+  deallocMw(mw: number): void;
+  /** Posts an unsignaled local invalidate (IBV_WR_LOCAL_INV) of the window's rkey on its QP; the window must still be deallocated. */
+  invalidateMw(mw: number): void;
+  /**
+   * Creates this thread's CM event channel (once; later calls replace `onEvent`). Every event is
+   * copied and acknowledged, then `onEvent` gets its `rdma_cm_event_type` number, the identifier's
+   * handle (a new one for a connect request), its status, a copy of the private data of a
+   * request, accept or reject, and for a request the listener's handle. The channel's watch
+   * does not keep the process (or thread) alive until {@link NativeBinding.cmRef}.
+   */
+  cmInit(onEvent: (type: number, id: number, status: number, privateData: Uint8Array | undefined, listener: number | undefined) => void): void;
+  /** Whether the CM event channel's watch keeps the event loop alive. */
+  cmRef(on: boolean): void;
+  /** Listens on IPv4 `host`:`port` (0: any free port) through device context `context`'s connection manager; the port bound comes back. */
+  listen(context: number, host: string, port: number, backlog: number): { readonly handle: number; readonly port: number };
+  /** Stops listening (rdma_destroy_id of the listener). */
+  closeListener(listener: number): void;
+  /** A new identifier for an outgoing connection. */
+  createId(context: number): number;
+  /** rdma_resolve_addr to IPv4 `host`:`port`: ADDR_RESOLVED or ADDR_ERROR follows. */
+  resolveAddr(id: number, host: string, port: number, timeoutMs: number): void;
+  /** rdma_resolve_route: ROUTE_RESOLVED or ROUTE_ERROR follows. */
+  resolveRoute(id: number, timeoutMs: number): void;
+  /** An RC queue pair on a resolved (or requested) identifier (rdma_create_qp); PD and CQs of its device. */
+  createCmQp(id: number, pd: number, sendCq: number, recvCq: number, maxSendWr: number, maxRecvWr: number, maxSendSge: number, maxRecvSge: number, maxInlineData: number): NativeQpInfo;
+  /** rdma_connect with up to 56 bytes of private data. */
+  connect(id: number, privateData: Uint8Array): void;
+  /** rdma_accept of a connect request with up to 56 bytes of private data. */
+  accept(id: number, privateData: Uint8Array): void;
+  /** rdma_reject of a connect request with up to 56 bytes of private data. */
+  reject(id: number, privateData: Uint8Array): void;
+  /** rdma_disconnect: the QP goes to the error state; both ends get DISCONNECTED. */
+  disconnect(id: number): void;
+  /** rdma_destroy_id; KOALA_ERR_HANDLE_IN_USE while its queue pair exists. */
+  destroyId(id: number): void;
+  /** `[local, remote]` addresses of an identifier as `a.b.c.d:port` ("" when not known). */
+  cmAddresses(id: number): [string, string];
+  /** rdma_event_str of an event type number. */
+  cmEventName(type: number): string;
 }
+
+/** `rdma_cm_event_type` numbers (rdma/rdma_cma.h) that the native context acts on. */
+export const CmEventCode = {
+  ADDR_RESOLVED: 0,
+  ADDR_ERROR: 1,
+  ROUTE_RESOLVED: 2,
+  ROUTE_ERROR: 3,
+  CONNECT_REQUEST: 4,
+  CONNECT_RESPONSE: 5,
+  CONNECT_ERROR: 6,
+  UNREACHABLE: 7,
+  REJECTED: 8,
+  ESTABLISHED: 9,
+  DISCONNECTED: 10,
+  DEVICE_REMOVAL: 11,
+  TIMEWAIT_EXIT: 15,
+} as const;
 
 /** A queue pair created by the addon, with the capacities the provider granted. */
 export interface NativeQpInfo {

@@ -807,6 +807,13 @@ class SoftContext extends Handle implements VerbsContext {
     return new SoftCmId(this, onEvent);
   }
 
+  /** Nothing to resolve on the soft fabric: a host it cannot reach is `unreachable` at connect, as before. */
+  async resolve(cmId: CmId, _host: string, _port: number, _timeoutMs: number): Promise<void> {
+    const id = asId(cmId);
+    id.check("resolve()");
+    if (id.state !== "idle") fail("resolve()", "the identifier is already in use");
+  }
+
   connect(cmId: CmId, host: string, port: number, privateData: Uint8Array, timeoutMs: number): void {
     const id = asId(cmId);
     id.check("connect()");

@@ -141,11 +141,22 @@ async function connectRdma(address: Address, options: ResolvedTransportOptions):
     if (settle !== undefined) settle(e);
     else if (e.type === "disconnected") conn?.onDisconnected(e.reason ?? e.type);
   });
-  const qp = v.createQp(id, ctx.pd, ctx.cq, ctx.cq, qpCaps(ctx));
+  // The identifier is resolved to the device that reaches the host before its QP can be made there.
+  const started = performance.now();
+  let qp: Qp;
+  try {
+    await v.resolve(id, address.host, address.port, options.connectTimeoutMs);
+    qp = v.createQp(id, ctx.pd, ctx.cq, ctx.cq, qpCaps(ctx));
+  } catch (err) {
+    v.destroyId(id);
+    const code = err instanceof KoalaError ? err.code : ErrorCode.SYSTEM;
+    throw new KoalaError(code, `connect to ${address.uri}: ${(err as Error).message}`, { cause: err });
+  }
   conn = new RdmaConnection(ctx, id, qp, options, `rdma://127.0.0.1:0#${qp.qpNum}`, address.uri, undefined);
+  const left = Math.max(1, Math.round(options.connectTimeoutMs - (performance.now() - started)));
   const event = await new Promise<CmEvent>((resolve) => {
     settle = resolve;
-    v.connect(id, address.host, address.port, encodeHello(RECV_DEPTH, bufferBytes), options.connectTimeoutMs);
+    v.connect(id, address.host, address.port, encodeHello(RECV_DEPTH, bufferBytes), left);
   });
   settle = undefined;
   if (event.type === "established") {

@@ -1,8 +1,8 @@
 /**
  * The Verbs interface: a thin, typed mirror of libibverbs and librdmacm, which the RDMA
  * transport is written against and every provider implements (the software provider in
- * soft.ts; the native addon over libibverbs, a later issue). Nothing above this module may
- * know which provider runs it.
+ * soft.ts; the native addon over libibverbs and librdmacm in native-context.ts). Nothing above
+ * this module may know which provider runs it.
  *
  * Work requests and completions cross this interface in batches through typed arrays, never
  * as one JavaScript object per operation: a {@link WorkBatch} holds work-request records and
@@ -377,7 +377,14 @@ export interface VerbsContext extends Handle {
   closeListener(listener: CmListener): void;
   /** A new, unconnected identifier whose events go to `onEvent`. */
   createId(onEvent: (event: CmEvent) => void): CmId;
-  /** Connects `id` (with its QP created) to `host:port`, sending `privateData`; ends in `established`, `rejected` or `unreachable` within `timeoutMs`. */
+  /**
+   * Resolves a new identifier to the device and route that reach `host:port` (rdma_resolve_addr
+   * and rdma_resolve_route): the queue pair of an outgoing connection can only be created after
+   * this, on that device. Rejects with KOALA_ERR_HOST_NOT_FOUND when no device reaches the
+   * host, KOALA_ERR_CONNECT_TIMEOUT after `timeoutMs`.
+   */
+  resolve(id: CmId, host: string, port: number, timeoutMs: number): Promise<void>;
+  /** Connects `id` (resolved, with its QP created) to `host:port`, sending `privateData`; ends in `established`, `rejected` or `unreachable` within `timeoutMs`. */
   connect(id: CmId, host: string, port: number, privateData: Uint8Array, timeoutMs: number): void;
   /** Accepts a `connect_request` (its QP created first), sending `privateData`. */
   accept(id: CmId, privateData: Uint8Array): void;
