@@ -6,9 +6,14 @@
  * V8 CPU profiler samples the thread and each sample is attributed by its stack:
  * - `transport`: koala's own code (src/transport, src/mem) and what it calls, outside the provider;
  * - `provider`: the software verbs provider (soft.ts, soft-link.ts) and what it calls: the
- *   stand-in for the NIC, which a native provider replaces (its post / poll calls stay);
+ *   stand-in for the NIC, which a native provider replaces (its post / poll calls stay); for
+ *   the native provider (native*.ts) its JavaScript and the addon calls it makes — the crossing
+ *   into C++ and the verbs calls, what stays on the JavaScript thread on a real NIC;
  * - `other`: event loop, garbage collection, node internals reached from neither, the driver.
  * For tcp, `transport` is the socket transport with the node:net calls it makes.
+ * With the native provider over srnic (the software RNIC, when `npm run build:rdma` built it),
+ * `NIC threads` is the CPU of the process's other threads (srnic's service thread, which plays
+ * the NIC, and V8's helpers), from /proc: what a real NIC takes off the CPU.
  * µs per message counts each one-way message (an echo is two).
  *
  * `--thresh-sweep` measures instead what decides KOALA_RNDV_THRESH: the transport's JavaScript
@@ -16,8 +21,13 @@
  *
  *   node --import tsx bench/rdma-cpu.ts [--ms N] [--window N] [--thresh-sweep]
  */
+import { existsSync, readFileSync } from "node:fs";
 import { Session } from "node:inspector/promises";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { connect, listen, type Connection } from "../src/transport/index.js";
+import { nativeVerbs } from "../src/transport/rdma/native.js";
+import { NativeContext } from "../src/transport/rdma/native-context.js";
 
 const args = process.argv.slice(2);
 const arg = (flag: string, def: number): number => {
@@ -33,6 +43,24 @@ interface Case {
   bytes: number;
   /** KOALA_RNDV_THRESH for the case, when not the default. */
   thresh?: string;
+  /** KOALA_RDMA_PROVIDER for an rdma case (default soft). */
+  provider?: "soft" | "verbs";
+}
+
+/** The software RNIC built by `npm run build:rdma`, when it is there with the addon. */
+const SRNIC = ((): string | undefined => {
+  const dir = join(dirname(fileURLToPath(import.meta.url)), "..", "addons", "rdma", "build", "Release");
+  return existsSync(join(dir, "koala_rdma.node")) && existsSync(join(dir, "koala_srnic.so")) ? join(dir, "koala_srnic.so") : undefined;
+})();
+// The addon loads its libraries once per process: name srnic before anything asks for them.
+if (SRNIC !== undefined) Object.assign(process.env, { KOALA_VERBS_LIB: SRNIC, KOALA_RDMACM_LIB: SRNIC });
+
+/** CPU time of this process's main (JavaScript) thread so far, in µs (Linux: /proc). */
+function mainThreadCpuUs(): number {
+  const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name, in clock ticks (100 per second here).
+  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / 100;
 }
 
 const CASES: Case[] = [
@@ -41,6 +69,13 @@ const CASES: Case[] = [
   { label: "rdma (soft), 4 KiB eager", address: "rdma://127.0.0.1:0", bytes: 4096 },
   { label: "tcp, 64 KiB", address: "tcp://127.0.0.1:0", bytes: 65536 },
   { label: "rdma (soft), 64 KiB rendezvous", address: "rdma://127.0.0.1:0", bytes: 65536 },
+  ...(SRNIC === undefined
+    ? []
+    : ([
+        { label: "rdma (native, srnic), 64 B eager", address: "rdma://127.0.0.1:0", bytes: 64, provider: "verbs" },
+        { label: "rdma (native, srnic), 4 KiB eager", address: "rdma://127.0.0.1:0", bytes: 4096, provider: "verbs" },
+        { label: "rdma (native, srnic), 64 KiB rendezvous", address: "rdma://127.0.0.1:0", bytes: 65536, provider: "verbs" },
+      ] as Case[])),
 ];
 
 interface ProfileNode {
@@ -56,7 +91,7 @@ function attribute(nodes: ProfileNode[]): { transport: number; provider: number;
   const out = { transport: 0, provider: 0, other: 0 };
   const walk = (n: ProfileNode, inKoala: boolean, inProvider: boolean): void => {
     const url = n.callFrame.url;
-    const provider = inProvider || /\/rdma\/soft(-link)?\.ts/.test(url);
+    const provider = inProvider || /\/rdma\/(soft(-link)?|native(-context|-provider)?)\.ts/.test(url);
     const koala = inKoala || /\/src\/(transport|mem)\//.test(url);
     const hits = n.hitCount ?? 0;
     if (provider) out.provider += hits;
@@ -71,6 +106,7 @@ function attribute(nodes: ProfileNode[]): { transport: number; provider: number;
 async function echoRun(c: Case, session: Session): Promise<string[]> {
   if (c.thresh === undefined) delete process.env.KOALA_RNDV_THRESH;
   else process.env.KOALA_RNDV_THRESH = c.thresh;
+  process.env.KOALA_RDMA_PROVIDER = c.provider ?? "soft";
   const listener = await listen(c.address);
   listener.onConnection((s) =>
     s.onMessage((m) => {
@@ -100,10 +136,12 @@ async function echoRun(c: Case, session: Session): Promise<string[]> {
   messages = 0;
   await session.post("Profiler.start");
   const cpu0 = process.cpuUsage();
+  const main0 = mainThreadCpuUs();
   const t0 = performance.now();
   await new Promise((r) => setTimeout(r, RUN_MS));
   const counted = messages;
   const cpu = process.cpuUsage(cpu0);
+  const mainUs = mainThreadCpuUs() - main0;
   const seconds = (performance.now() - t0) / 1000;
   const { profile } = await session.post("Profiler.stop");
   stop = true;
@@ -113,27 +151,50 @@ async function echoRun(c: Case, session: Session): Promise<string[]> {
   const a = attribute(profile.nodes as ProfileNode[]);
   const samples = a.transport + a.provider + a.other;
   const cpuUs = cpu.user + cpu.system;
-  const per = (part: number) => ((cpuUs * (part / samples)) / counted).toFixed(1);
-  return [c.label, String(Math.round(counted / seconds)), (cpuUs / counted).toFixed(1), per(a.transport), per(a.provider), per(a.other)];
+  // The samples divide the JavaScript thread's CPU; the rest of the process's is other threads'.
+  const jsUs = Math.min(mainUs, cpuUs);
+  const per = (part: number) => ((jsUs * (part / samples)) / counted).toFixed(1);
+  return [c.label, String(Math.round(counted / seconds)), (cpuUs / counted).toFixed(1), per(a.transport), per(a.provider), per(a.other), ((cpuUs - jsUs) / counted).toFixed(1)];
+}
+
+/**
+ * What one call into the addon costs the JavaScript thread: pollCq on an empty completion queue
+ * (the addon's checks, one ibv_poll_cq that finds nothing, and the way back), timed over many calls.
+ */
+function crossing(): string {
+  const state = nativeVerbs();
+  if ("reason" in state) return `addon crossing: not measured (${state.reason})`;
+  const ctx = NativeContext.open(state.binding, "srnic0");
+  const cq = ctx.createCq(64, () => undefined);
+  const out = new Float64Array(64 * 7);
+  const n = 2_000_000;
+  for (let i = 0; i < n / 10; i++) ctx.pollCq(cq, out, 64);
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) ctx.pollCq(cq, out, 64);
+  const ns = ((performance.now() - t0) * 1e6) / n;
+  ctx.destroyCq(cq);
+  ctx.close();
+  return `addon crossing: pollCq on an empty CQ through the native provider costs ${ns.toFixed(0)} ns per call (checks in JS and C++, one ibv_poll_cq, the return).`;
 }
 
 const session = new Session();
 session.connect();
 await session.post("Profiler.enable");
 await session.post("Profiler.setSamplingInterval", { interval: 100 });
-process.env.KOALA_RDMA_PROVIDER = "soft";
 const SWEEP: Case[] = [2048, 8192, 16384, 32768].flatMap((bytes) => [
   { label: `rdma (soft), ${bytes / 1024} KiB eager`, address: "rdma://127.0.0.1:0", bytes, thresh: "64K" },
   { label: `rdma (soft), ${bytes / 1024} KiB rendezvous`, address: "rdma://127.0.0.1:0", bytes, thresh: "1K" },
 ]);
 const rows: string[][] = [];
 for (const c of args.includes("--thresh-sweep") ? SWEEP : CASES) rows.push(await echoRun(c, session));
-const head = ["path, message", "messages/s", "CPU µs/msg", "transport JS", "provider", "other"];
+const head = ["path, message", "messages/s", "CPU µs/msg", "transport JS", "provider", "other JS", "other threads"];
 const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
 const line = (r: string[]) => `| ${r.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join(" | ")} |`;
 console.log(`bench/rdma-cpu: both ends in one thread, ${WINDOW} messages in flight, ${RUN_MS} ms per case; µs per one-way message`);
 console.log(line(head));
 console.log(`|${widths.map((w, i) => (i === 0 ? `:${"-".repeat(w + 1)}` : `${"-".repeat(w + 1)}:`)).join("|")}|`);
 for (const r of rows) console.log(line(r));
-console.log("provider = the SOFTWARE verbs provider (a stand-in for the NIC); transport JS = what a native provider would leave on the JavaScript thread, besides its own post / poll calls.");
+if (SRNIC !== undefined && !args.includes("--thresh-sweep")) console.log(crossing());
+console.log("provider = for rdma (soft), the SOFTWARE verbs provider (a stand-in for the NIC); for rdma (native, srnic), the native provider's JavaScript and its addon calls (what stays on the JavaScript thread on a NIC).");
+console.log("transport JS = koala's transport code on the JavaScript thread; other threads = the rest of the process's CPU (srnic's service thread playing the NIC, V8's helper threads).");
 session.disconnect();
