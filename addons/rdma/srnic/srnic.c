@@ -485,18 +485,7 @@ void srnic_complete(struct ibv_cq *cq, uint64_t wr_id, enum ibv_wc_status status
 }
 
 static void complete(struct ibv_cq *cq, uint64_t wr_id, enum ibv_wc_status status, enum ibv_wc_opcode op, uint32_t len, uint32_t qpn, int with_imm, __be32 imm) {
-  struct ibv_wc wc;
-  memset(&wc, 0, sizeof(wc));
-  wc.wr_id = wr_id;
-  wc.status = status;
-  wc.opcode = op;
-  wc.byte_len = len;
-  wc.qp_num = qpn;
-  if (with_imm) {
-    wc.wc_flags = IBV_WC_WITH_IMM;
-    wc.imm_data = imm;
-  }
-  cq_push((struct srnic_cq *)cq, &wc);
+  srnic_complete(cq, wr_id, status, op, len, qpn, with_imm, (uint32_t)imm);
 }
 
 /* Copies `len` bytes of `data` into the scatter list; 0 on success, else a completion status. */
