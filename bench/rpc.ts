@@ -1,13 +1,14 @@
 /**
- * RPC benchmark: koala-rpc (over tcp, unix and rdma on the SOFTWARE verbs provider) beside
- * @grpc/grpc-js and a raw `net.Socket`
- * length-prefixed echo, in one run on one machine. Servers run in child processes
- * (bench/rpc/server.ts) so client and server each have a core; systems are measured in
- * interleaved rounds and the table shows medians and koala's ratios to the baselines, which
- * are what to read on a noisy shared machine.
+ * RPC benchmark: koala-rpc (over tcp, unix, and rdma on the SOFTWARE verbs provider and on the
+ * native addon over the software RNIC) beside @grpc/grpc-js and a raw `net.Socket`
+ * length-prefixed echo, in one run on one machine. Each system's server and client run in child
+ * processes of their own (bench/rpc/server.ts, bench/rpc/client.ts), so that client and server
+ * each have a core and no system's heap slows another's; systems are measured in interleaved
+ * rounds and the table shows medians and koala's ratios to the baselines, which are what to
+ * read on a noisy shared machine.
  *
  *   node --import tsx bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N]
- *        [--only raw,koala-tcp,koala-unix,koala-rdma,grpc] [--scenarios latency,calls,mbps,stream]
+ *        [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc] [--scenarios latency,calls,mbps,stream]
  *        [--cpu-prof-servers DIR]
  */
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -15,11 +16,10 @@ import os from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
-import { startServer, stopChildren, type ServerChild } from "./rpc/children.js";
-import { median, pingPong, pipelined, quantile } from "./rpc/measure.js";
+import { startClient, startServer, stopChildren, type ClientChild, type ServerChild } from "./rpc/children.js";
+import { median } from "./rpc/measure.js";
 import { fmt, machineInfo, ratio, table } from "./rpc/report.js";
-import { PROTO_PATH } from "./rpc/proto-path.js";
-import { grpcSystem, koalaSystem, rawSystem, type System } from "./rpc/systems.js";
+import { BIG_IN_FLIGHT, MANY_IN_FLIGHT, SCENARIOS, type ScenarioName } from "./rpc/scenarios.js";
 
 /**
  * `koala-rdma` is koala over the RDMA transport on the software provider (a socket stands in for
@@ -28,8 +28,6 @@ import { grpcSystem, koalaSystem, rawSystem, type System } from "./rpc/systems.j
  */
 const SYSTEMS = ["raw", "koala-tcp", "koala-unix", "koala-rdma", "koala-rdma-native", "grpc"] as const;
 type SystemName = (typeof SYSTEMS)[number];
-const SCENARIOS = ["latency", "calls", "mbps", "stream"] as const;
-type ScenarioName = (typeof SCENARIOS)[number];
 /** A value in the main table. */
 type RowMetric = "p50" | "p99" | "calls" | "mbps" | "stream";
 /** A measured value: a table metric, or CPU per operation (µs) of the client or server in a scenario. */
@@ -40,15 +38,9 @@ const SRNIC = ((): string | undefined => {
   const dir = join(dirname(fileURLToPath(import.meta.url)), "..", "addons", "rdma", "build", "Release");
   return existsSync(join(dir, "koala_rdma.node")) && existsSync(join(dir, "koala_srnic.so")) ? join(dir, "koala_srnic.so") : undefined;
 })();
-/** What the native column's server child needs (the client sets the same in this process). */
+/** What the native column's server and client children need. */
 const NATIVE_ENV = { KOALA_RDMA_PROVIDER: "verbs", KOALA_VERBS_LIB: SRNIC ?? "", KOALA_RDMACM_LIB: SRNIC ?? "" };
 
-/** Calls in flight for the call-rate scenario, and unanswered messages allowed on the stream. */
-const MANY_IN_FLIGHT = 256;
-/** Calls in flight for the 1 MiB scenario. */
-const BIG_IN_FLIGHT = 4;
-const SMALL = new Uint8Array(64).fill(0x61);
-const BIG = new Uint8Array(1 << 20).fill(0x62);
 
 interface Settings {
   quick: boolean;
@@ -125,43 +117,15 @@ function parseSettings(argv: string[]): Settings {
 
 /**
  * One scenario's run against one system, giving one value per metric it measures, plus the
- * CPU time the client (this process) and the server child spent per operation.
+ * CPU time the client child and the server child spent per operation.
  */
-async function runScenario(name: ScenarioName, sys: System, server: ServerChild, ms: number): Promise<Partial<Record<Metric, number>>> {
+async function runScenario(name: ScenarioName, client: ClientChild, server: ServerChild, ms: number): Promise<Partial<Record<Metric, number>>> {
   const serverBefore = await server.cpuMicros();
-  const clientBefore = process.cpuUsage();
-  let ops: number;
-  let values: Partial<Record<Metric, number>>;
-  switch (name) {
-    case "latency": {
-      const lat = await pingPong(ms, () => sys.unary(SMALL));
-      ops = lat.length;
-      values = { p50: quantile(lat, 0.5), p99: quantile(lat, 0.99) };
-      break;
-    }
-    case "calls": {
-      const c = await pipelined(ms, MANY_IN_FLIGHT, () => sys.unary(SMALL));
-      ops = c.ops;
-      values = { calls: c.ops / c.seconds };
-      break;
-    }
-    case "mbps": {
-      const c = await pipelined(ms, BIG_IN_FLIGHT, () => sys.unary(BIG));
-      ops = c.ops;
-      values = { mbps: (c.ops * BIG.byteLength) / c.seconds / 1e6 };
-      break;
-    }
-    case "stream": {
-      const c = await sys.stream(ms, MANY_IN_FLIGHT, SMALL);
-      ops = c.ops;
-      values = { stream: c.ops / c.seconds };
-      break;
-    }
-  }
-  const client = process.cpuUsage(clientBefore);
+  const r = await client.run(name, ms);
   const serverMicros = (await server.cpuMicros()) - serverBefore;
-  values[`cpu.${name}.client`] = (client.user + client.system) / ops;
-  values[`cpu.${name}.server`] = serverMicros / ops;
+  const values = r.values as Partial<Record<Metric, number>>;
+  values[`cpu.${name}.client`] = r.cpuMicros / r.ops;
+  values[`cpu.${name}.server`] = serverMicros / r.ops;
   return values;
 }
 
@@ -197,7 +161,7 @@ async function main(): Promise<void> {
   const settings = parseSettings(process.argv.slice(2));
   const machine = machineInfo();
   const samples = new Map<SystemName, Map<Metric, number[]>>(settings.only.map((n) => [n, new Map()]));
-  const clients = new Map<SystemName, System>();
+  const clients = new Map<SystemName, ClientChild>();
   const servers = new Map<SystemName, ServerChild>();
   const dir = mkdtempSync(join(os.tmpdir(), "koala-bench-rpc-"));
   // Also on SIGINT / SIGTERM, which end the process from bench/rpc/children.ts without unwinding.
@@ -210,35 +174,21 @@ async function main(): Promise<void> {
       raw: () => startServer("raw", undefined, prof),
       "koala-tcp": () => startServer("koala", "tcp://127.0.0.1:0", prof),
       "koala-unix": () => startServer("koala", `unix:${join(dir, "koala.sock")}`, prof),
-      "koala-rdma": () => startServer("koala", "rdma://127.0.0.1:0", prof),
+      "koala-rdma": () => startServer("koala", "rdma://127.0.0.1:0", { ...prof, env: { KOALA_RDMA_PROVIDER: "soft" } }),
       "koala-rdma-native": () => startServer("koala", "rdma://127.0.0.1:0", { ...prof, env: NATIVE_ENV }),
       grpc: () => startServer("grpc", undefined, prof),
     };
-    const clientOf: Record<SystemName, (address: string) => Promise<System>> = {
-      raw: (a) => rawSystem(a),
-      "koala-tcp": async (a) => koalaSystem(a),
-      "koala-unix": async (a) => koalaSystem(a),
-      "koala-rdma": async (a) => koalaSystem(a),
-      // The provider is chosen when the channel connects: connect now, under the native provider.
-      "koala-rdma-native": async (a) => {
-        process.env.KOALA_RDMA_PROVIDER = "verbs";
-        try {
-          const sys = koalaSystem(a);
-          await sys.unary(SMALL);
-          return sys;
-        } finally {
-          process.env.KOALA_RDMA_PROVIDER = "soft";
-        }
-      },
-      grpc: async (a) => grpcSystem(a, PROTO_PATH),
+    // Each system's client runs in a child of its own (bench/rpc/client.ts), with the provider
+    // the rdma columns need.
+    const clientOf: Record<SystemName, (address: string) => Promise<ClientChild>> = {
+      raw: (a) => startClient("raw", a),
+      "koala-tcp": (a) => startClient("koala", a),
+      "koala-unix": (a) => startClient("koala", a),
+      "koala-rdma": (a) => startClient("koala", a, { KOALA_RDMA_PROVIDER: "soft" }),
+      "koala-rdma-native": (a) => startClient("koala", a, NATIVE_ENV),
+      grpc: (a) => startClient("grpc", a),
     };
-    // The rdma server child inherits the provider choice; so does this process's client.
-    if (settings.only.includes("koala-rdma") || settings.only.includes("koala-rdma-native")) process.env.KOALA_RDMA_PROVIDER = "soft";
-    if (settings.only.includes("koala-rdma-native")) {
-      if (SRNIC === undefined) usage("koala-rdma-native needs the addon and srnic: npm run build:rdma");
-      // The addon loads these libraries once per process, when the native provider is first asked.
-      Object.assign(process.env, { KOALA_VERBS_LIB: SRNIC, KOALA_RDMACM_LIB: SRNIC });
-    }
+    if (settings.only.includes("koala-rdma-native") && SRNIC === undefined) usage("koala-rdma-native needs the addon and srnic: npm run build:rdma");
     progress(`starting ${settings.only.length} server processes`);
     const children = await Promise.all(settings.only.map((n) => serverOf[n]()));
     for (const [i, n] of settings.only.entries()) {
@@ -267,7 +217,6 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    for (const c of clients.values()) c.close();
     await stopChildren();
     rmSync(dir, { recursive: true, force: true });
   }
@@ -317,7 +266,7 @@ async function main(): Promise<void> {
     "raw = length-prefixed echo on a plain net.Socket over tcp (a call = one echoed message; the stream = the same echo pipelined).",
     "koala rdma (soft) = koala over the RDMA transport on the SOFTWARE verbs provider (sockets stand in for the NIC): the protocol's cost, not RDMA speed; see bench/rdma-cpu.ts for JavaScript CPU per message.",
     "koala rdma (native, srnic) = the same transport on the native addon (the code that runs on a NIC) over srnic, the userspace software RNIC (its service thread and Unix sockets stand in for the NIC): the addon's cost plus a software NIC, not RDMA speed.",
-    "MB/s counts the request payload once per call (10^6 bytes). CPU = user + system time of the client process and the server child, per call (or stream reply).",
+    "MB/s counts the request payload once per call (10^6 bytes). CPU = user + system time of the client child and the server child, per call (or stream reply); each system's client runs in a process of its own.",
   ];
   // At the end the load average counts this benchmark's own two busy processes (about 2).
   if (machine.loadAtStart > 1 || loadAtEnd > 3) {

@@ -1,5 +1,5 @@
 /**
- * Server child processes of the RPC benchmark. Every child started here is ended by
+ * Server and client child processes of the RPC benchmark. Every child started here is ended by
  * {@link stopChildren}, and also when this process exits for any reason it can observe
  * (normal end, thrown error, SIGINT, SIGTERM); a child whose parent dies anyway exits on
  * its own when the IPC channel closes.
@@ -8,6 +8,7 @@ import { fork, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
 
 const SERVER_SCRIPT = new URL("./server.ts", import.meta.url).pathname;
+const CLIENT_SCRIPT = new URL("./client.ts", import.meta.url).pathname;
 const live = new Set<ChildProcess>();
 let serial = 0;
 
@@ -78,6 +79,41 @@ export async function startServer(system: "raw" | "koala" | "grpc", address?: st
         cpuWaiters.push({ resolve, reject });
         child.send("cpu");
       }),
+  };
+}
+
+/** A running client child: one system's client, alone in its process (bench/rpc/client.ts). */
+export interface ClientChild {
+  /** Runs scenario `name` for `ms` milliseconds: its values, the operations counted and the child's own CPU time (µs). */
+  run(name: string, ms: number): Promise<{ values: Record<string, number>; ops: number; cpuMicros: number }>;
+}
+
+/**
+ * Forks `bench/rpc/client.ts <system> <address>` under tsx with `env` added; resolves once the
+ * child made its first call (it is connected).
+ */
+export async function startClient(system: "raw" | "koala" | "grpc", address: string, env: Record<string, string> = {}, startTimeoutMs = 30_000): Promise<ClientChild> {
+  const child = fork(CLIENT_SCRIPT, [system, address], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"], env: { ...process.env, ...env } });
+  live.add(child);
+  child.once("exit", () => live.delete(child));
+  type Reply = { ready?: true; error?: string; values?: Record<string, number>; ops?: number; cpuMicros?: number };
+  const waiters: { resolve(r: Reply): void; reject(err: Error): void }[] = [];
+  child.on("message", (m: Reply) => waiters.shift()?.resolve(m));
+  child.once("exit", (code, signal) => {
+    for (const w of waiters.splice(0)) w.reject(new Error(`bench client ${system} exited (code ${code}, signal ${signal})`));
+  });
+  const next = (): Promise<Reply> => new Promise<Reply>((resolve, reject) => waiters.push({ resolve, reject }));
+  const timer = setTimeout(() => child.kill("SIGKILL"), startTimeoutMs);
+  const first = await next().finally(() => clearTimeout(timer));
+  if (first.error !== undefined) throw new Error(`bench client ${system}: ${first.error}`);
+  return {
+    async run(name, ms) {
+      const reply = next();
+      child.send({ run: name, ms });
+      const r = await reply;
+      if (r.error !== undefined) throw new Error(`bench client ${system}, ${name}: ${r.error}`);
+      return { values: r.values!, ops: r.ops!, cpuMicros: r.cpuMicros! };
+    },
   };
 }
 
