@@ -9,7 +9,7 @@
  *
  *   node --import tsx bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N]
  *        [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc] [--scenarios latency,calls,mbps,stream]
- *        [--cpu-prof-servers DIR]
+ *        [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]
  */
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -51,11 +51,12 @@ interface Settings {
   only: SystemName[];
   scenarios: ScenarioName[];
   cpuProfServers: string | undefined;
+  cpuProfClients: string | undefined;
 }
 
 function usage(problem: string): never {
   console.error(`bench/rpc: ${problem}`);
-  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR]");
+  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]");
   process.exit(2);
 }
 
@@ -84,6 +85,7 @@ function parseSettings(argv: string[]): Settings {
     only: SYSTEMS.filter((n) => n !== "koala-rdma-native" || SRNIC !== undefined),
     scenarios: [...SCENARIOS],
     cpuProfServers: undefined,
+    cpuProfClients: undefined,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
@@ -104,6 +106,9 @@ function parseSettings(argv: string[]): Settings {
         break;
       case "--scenarios":
         s.scenarios = parseList(flag, argv[++i], SCENARIOS);
+        break;
+      case "--cpu-prof-clients":
+        s.cpuProfClients = argv[++i] ?? usage("--cpu-prof-clients needs a folder");
         break;
       case "--cpu-prof-servers":
         s.cpuProfServers = argv[++i] ?? usage("--cpu-prof-servers needs a folder");
@@ -170,6 +175,7 @@ async function main(): Promise<void> {
   const progress = (text: string) => process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(0).padStart(3)} s] ${text}\n`);
   try {
     const prof = settings.cpuProfServers === undefined ? {} : { cpuProfDir: settings.cpuProfServers };
+    const cprof = settings.cpuProfClients;
     const serverOf: Record<SystemName, () => Promise<ServerChild>> = {
       raw: () => startServer("raw", undefined, prof),
       "koala-tcp": () => startServer("koala", "tcp://127.0.0.1:0", prof),
@@ -181,12 +187,12 @@ async function main(): Promise<void> {
     // Each system's client runs in a child of its own (bench/rpc/client.ts), with the provider
     // the rdma columns need.
     const clientOf: Record<SystemName, (address: string) => Promise<ClientChild>> = {
-      raw: (a) => startClient("raw", a),
-      "koala-tcp": (a) => startClient("koala", a),
-      "koala-unix": (a) => startClient("koala", a),
-      "koala-rdma": (a) => startClient("koala", a, { KOALA_RDMA_PROVIDER: "soft" }),
-      "koala-rdma-native": (a) => startClient("koala", a, NATIVE_ENV),
-      grpc: (a) => startClient("grpc", a),
+      raw: (a) => startClient("raw", a, {}, cprof),
+      "koala-tcp": (a) => startClient("koala", a, {}, cprof),
+      "koala-unix": (a) => startClient("koala", a, {}, cprof),
+      "koala-rdma": (a) => startClient("koala", a, { KOALA_RDMA_PROVIDER: "soft" }, cprof),
+      "koala-rdma-native": (a) => startClient("koala", a, NATIVE_ENV, cprof),
+      grpc: (a) => startClient("grpc", a, {}, cprof),
     };
     if (settings.only.includes("koala-rdma-native") && SRNIC === undefined) usage("koala-rdma-native needs the addon and srnic: npm run build:rdma");
     progress(`starting ${settings.only.length} server processes`);

@@ -89,11 +89,13 @@ export interface ClientChild {
 }
 
 /**
- * Forks `bench/rpc/client.ts <system> <address>` under tsx with `env` added; resolves once the
- * child made its first call (it is connected).
+ * Forks `bench/rpc/client.ts <system> <address>` under tsx with `env` added (and `--cpu-prof`
+ * into a subfolder of `cpuProfDir` when given); resolves once the child made its first call.
  */
-export async function startClient(system: "raw" | "koala" | "grpc", address: string, env: Record<string, string> = {}, startTimeoutMs = 30_000): Promise<ClientChild> {
-  const child = fork(CLIENT_SCRIPT, [system, address], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"], env: { ...process.env, ...env } });
+export async function startClient(system: "raw" | "koala" | "grpc", address: string, env: Record<string, string> = {}, cpuProfDir?: string, startTimeoutMs = 30_000): Promise<ClientChild> {
+  const execArgv = ["--import", "tsx"];
+  if (cpuProfDir !== undefined) execArgv.push("--cpu-prof", `--cpu-prof-dir=${join(cpuProfDir, `client-${system}-${++serial}`)}`);
+  const child = fork(CLIENT_SCRIPT, [system, address], { execArgv, stdio: ["ignore", "inherit", "inherit", "ipc"], env: { ...process.env, ...env } });
   live.add(child);
   child.once("exit", () => live.delete(child));
   type Reply = { ready?: true; error?: string; values?: Record<string, number>; ops?: number; cpuMicros?: number };
