@@ -11,6 +11,7 @@ import type { Connection } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
+import { CallTable } from "./call-table.js";
 import { CallInfoBase, EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, type CallInfo, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
@@ -71,7 +72,7 @@ const DEFAULT_MAX_STREAMS = 100;
 
 /** One transport connection and the calls multiplexed on it. */
 class ClientConnection extends RpcEndpoint {
-  private readonly calls = new Map<number, PendingCall>();
+  private readonly calls = new CallTable<PendingCall>();
   private nextCallId = 1;
   /** Method ids by path; `announced` once a CALL defining it was handed to the transport. */
   private readonly methodIds = new Map<string, { id: number; announced: boolean }>();
@@ -178,7 +179,7 @@ class ClientConnection extends RpcEndpoint {
       case FrameType.GOAWAY:
         this.draining = true;
         log("debug", "client", `server ${this.conn.remoteAddress} is going away: ${frame.text}`);
-        for (const [id, call] of [...this.calls]) {
+        for (const [id, call] of this.calls.entries()) {
           if (id > frame.arg) call.refused(new RpcError(Code.UNAVAILABLE, `server is going away (${frame.text || "GOAWAY"}) and did not process the call`));
         }
         if (this.calls.size === 0) this.conn.close();
@@ -196,7 +197,7 @@ class ClientConnection extends RpcEndpoint {
     this.admitWaiting();
     if (this.calls.size === 0) return;
     const err = new RpcError(Code.UNAVAILABLE, `connection to ${this.conn.remoteAddress} lost: ${reason.message}`, { cause: reason });
-    const calls = [...this.calls.values()];
+    const calls = this.calls.values();
     this.calls.clear();
     for (const c of calls) c.fail(err);
   }

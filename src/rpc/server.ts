@@ -10,6 +10,7 @@ import type { Connection, Listener } from "../transport/types.js";
 import type { MethodDefinition, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
+import { CallTable } from "./call-table.js";
 import { CallInfoBase, EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, type CallInfo, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
@@ -250,7 +251,7 @@ export function createServer(options?: ServerOptions): Server {
 /** The server side of one connection. */
 class ServerConnection extends RpcEndpoint {
   protected readonly releasesMessages = true;
-  private readonly calls = new Map<number, ServerCall>();
+  private readonly calls = new CallTable<ServerCall>();
   private readonly methods = new Map<number, Route>();
   private lastCallId = 0;
   private goaway: number | undefined;
@@ -427,7 +428,7 @@ class ServerConnection extends RpcEndpoint {
 
   /** Cancels every call and drops the connection. */
   kill(error: RpcError): void {
-    for (const c of [...this.calls.values()]) c.abort(error, true);
+    for (const c of this.calls.values()) c.abort(error, true);
     this.conn.close(error);
   }
 
@@ -463,7 +464,7 @@ class ServerConnection extends RpcEndpoint {
   protected onClosed(reason: KoalaError): void {
     for (const t of [this.idleTimer, this.ageTimer, this.sendTimer]) if (t !== undefined) clearTimeout(t);
     const err = new RpcError(Code.CANCELLED, `client connection lost: ${reason.message}`, { cause: reason });
-    for (const c of [...this.calls.values()]) c.abort(err, false);
+    for (const c of this.calls.values()) c.abort(err, false);
     this.calls.clear();
     this.heldBytes = 0;
     this.drained?.();
