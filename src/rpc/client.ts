@@ -11,7 +11,7 @@ import type { Connection } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
-import { CallTable } from "./call-table.js";
+import { IdTable } from "../id-table.js";
 import { CallInfoBase, EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, type CallInfo, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
@@ -72,7 +72,7 @@ const DEFAULT_MAX_STREAMS = 100;
 
 /** One transport connection and the calls multiplexed on it. */
 class ClientConnection extends RpcEndpoint {
-  private readonly calls = new CallTable<PendingCall>();
+  private readonly calls = new IdTable<PendingCall>();
   private nextCallId = 1;
   /** Method ids by path; `announced` once a CALL defining it was handed to the transport. */
   private readonly methodIds = new Map<string, { id: number; announced: boolean }>();

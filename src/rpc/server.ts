@@ -10,7 +10,7 @@ import type { Connection, Listener } from "../transport/types.js";
 import type { MethodDefinition, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { RpcEndpoint } from "./endpoint.js";
-import { CallTable } from "./call-table.js";
+import { IdTable } from "../id-table.js";
 import { CallInfoBase, EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, type CallInfo, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
@@ -251,7 +251,7 @@ export function createServer(options?: ServerOptions): Server {
 /** The server side of one connection. */
 class ServerConnection extends RpcEndpoint {
   protected readonly releasesMessages = true;
-  private readonly calls = new CallTable<ServerCall>();
+  private readonly calls = new IdTable<ServerCall>();
   private readonly methods = new Map<number, Route>();
   private lastCallId = 0;
   private goaway: number | undefined;

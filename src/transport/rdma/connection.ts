@@ -18,6 +18,7 @@
  */
 import { ErrorCode, KoalaError, check } from "../../errors.js";
 import { log } from "../../log.js";
+import { IdTable } from "../../id-table.js";
 import type { Lease } from "../../mem/lease.js";
 import { randomBytes } from "node:crypto";
 import { Inbox } from "../inbox.js";
@@ -199,7 +200,7 @@ export class RdmaConnection implements Connection, CompletionSink {
   private readonly outq: Outgoing[] = [];
   private outHead = 0;
   private readonly sendBatch = new WorkBatch(64);
-  private readonly sendOps = new Map<number, SendOp>();
+  private readonly sendOps = new IdTable<SendOp>();
   private nextWrId = RECV_DEPTH;
   private sqUsed = 0;
   private readonly maxSendWr: number;
@@ -207,7 +208,7 @@ export class RdmaConnection implements Connection, CompletionSink {
   private flushScheduled = false;
   private readonly flushBound = (): void => this.flush();
   private drainWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
-  private readonly advertised = new Map<number, Advertised>();
+  private readonly advertised = new IdTable<Advertised>();
   private nextId = 1;
   private closeSent = false;
   private readonly windows = new Set<Window>();

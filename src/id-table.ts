@@ -1,18 +1,20 @@
 /**
- * The calls of one connection by call id. Ids only grow (the client numbers its calls in
- * order; the server refuses an id that does not), so a ring of slots indexed by the id's low
- * bits holds nearly every live call: setting, finding and removing one costs a few array
- * operations and allocates nothing. (A `Map` did the same job with a new hash table every so
- * many deletions.) An id whose slot is still taken by an older live call (a long stream among
- * many short calls) goes to a small overflow map instead. The ring doubles when it is half
- * full, so it stays at about twice the most calls a connection had at once.
+ * Entries by integer id (0 to 2^53), for ids that mostly grow — a connection's calls by call id
+ * (the client numbers its calls in order; the server refuses an id that does not), the RDMA
+ * transport's work requests by wr_id. A ring of slots indexed by the id's low bits holds nearly
+ * every live entry: setting, finding and removing one costs a few array operations and
+ * allocates nothing. (A `Map` did the same job with a new hash table every so many deletions:
+ * with 256 calls in flight that cost the client more than a third of its CPU per call.) An id
+ * whose slot is still taken by an older live entry (a long stream among many short calls) goes
+ * to a small overflow map instead. The ring doubles when it is half full, so it stays at about
+ * twice the most entries there were at once.
  */
-export class CallTable<T> {
+export class IdTable<T> {
   private mask: number;
   /** The id in each slot (-1: free). */
   private ids: Float64Array;
   private calls: (T | undefined)[];
-  /** Calls whose slot was taken by an older live call. */
+  /** Entries whose slot was taken by an older live one. */
   private readonly overflow = new Map<number, T>();
   private count = 0;
 
@@ -25,24 +27,24 @@ export class CallTable<T> {
     this.calls = new Array<T | undefined>(n).fill(undefined);
   }
 
-  /** How many calls are in the table. */
+  /** How many entries are in the table. */
   get size(): number {
     return this.count;
   }
 
-  /** The call with `id`, if present. */
+  /** The entry with `id`, if present. */
   get(id: number): T | undefined {
     const i = id & this.mask;
     if (this.ids[i] === id) return this.calls[i];
     return this.overflow.size === 0 ? undefined : this.overflow.get(id);
   }
 
-  /** True when a call with `id` is present. */
+  /** True when an entry with `id` is present. */
   has(id: number): boolean {
     return this.get(id) !== undefined;
   }
 
-  /** Puts `call` under `id` (replacing the call there, if any). */
+  /** Puts `call` under `id` (replacing the entry there, if any). */
   set(id: number, call: T): void {
     const i = id & this.mask;
     if (this.ids[i] === id) {
@@ -65,7 +67,7 @@ export class CallTable<T> {
     this.count++;
   }
 
-  /** Removes the call with `id`; false when there was none. */
+  /** Removes the entry with `id`; false when there was none. */
   delete(id: number): boolean {
     const i = id & this.mask;
     if (this.ids[i] === id) {
@@ -81,7 +83,7 @@ export class CallTable<T> {
     return false;
   }
 
-  /** Every call, as `[id, call]` pairs, in no particular order (a copy: the table may change while they are used). */
+  /** Every entry, as `[id, value]` pairs, in no particular order (a copy: the table may change while they are used). */
   entries(): [number, T][] {
     const out: [number, T][] = [];
     for (let i = 0; i <= this.mask; i++) if (this.ids[i] !== -1) out.push([this.ids[i]!, this.calls[i]!]);
@@ -89,12 +91,12 @@ export class CallTable<T> {
     return out;
   }
 
-  /** Every call, in no particular order (a copy). */
+  /** Every value, in no particular order (a copy). */
   values(): T[] {
     return this.entries().map((e) => e[1]);
   }
 
-  /** Removes every call. */
+  /** Removes every entry. */
   clear(): void {
     this.ids.fill(-1);
     this.calls.fill(undefined);
@@ -102,7 +104,7 @@ export class CallTable<T> {
     this.count = 0;
   }
 
-  /** Doubles the ring and puts every call back (overflowed ones too, where their slot is free now). */
+  /** Doubles the ring and puts every entry back (overflowed ones too, where their slot is free now). */
   private grow(): void {
     const all = this.entries();
     const n = (this.mask + 1) * 2;

@@ -1,15 +1,16 @@
 /**
- * CallTable, the calls of a connection by id: it must behave as a Map of id → call for the ids
- * a connection uses (growing ids, any of them ending at any time, long-lived ones among many
- * short ones), checked against a Map on random sequences of operations.
+ * IdTable (a connection's calls by id, the RDMA transport's work requests by wr_id): it must
+ * behave as a Map of id → value for the ids those use (growing ids, any of them ending at any
+ * time, long-lived ones among many short ones), checked against a Map on random sequences of
+ * operations.
  */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import fc from "fast-check";
-import { CallTable } from "../../src/rpc/call-table.js";
+import { IdTable } from "../src/id-table.js";
 
 test("set, get, has, delete and size on a few calls", () => {
-  const t = new CallTable<string>();
+  const t = new IdTable<string>();
   assert.is(t.size, 0);
   assert.is(t.get(1), undefined);
   t.set(1, "a");
@@ -27,7 +28,7 @@ test("set, get, has, delete and size on a few calls", () => {
 });
 
 test("a long-lived call keeps its place while thousands of later ids share its slot; ids past 2^31 work", () => {
-  const t = new CallTable<number>();
+  const t = new IdTable<number>();
   t.set(1, 1);
   for (let id = 2; id < 20_000; id++) {
     t.set(id, id);
@@ -53,7 +54,7 @@ test("a long-lived call keeps its place while thousands of later ids share its s
 test("random growing ids, random ends: the same as a Map", () => {
   fc.assert(
     fc.property(fc.array(fc.tuple(fc.boolean(), fc.nat(200), fc.nat(3)), { maxLength: 600 }), (ops) => {
-      const t = new CallTable<number>();
+      const t = new IdTable<number>();
       const m = new Map<number, number>();
       let next = 1;
       for (const [add, pick, step] of ops) {
