@@ -6,6 +6,35 @@
 import { ErrorCode, KoalaError } from "../errors.js";
 import { Fifo } from "../fifo.js";
 
+/**
+ * The receive-side calls of a connection that reads through an {@link Inbox}, for connections
+ * to extend (socket, memory and RDMA connections all do the same with theirs).
+ */
+export abstract class InboxReader {
+  /** Where received messages wait for the reader. */
+  protected abstract readonly inbox: Inbox;
+
+  /** Sets the message callback (see `Connection.onMessage`). */
+  onMessage(receiver: ((message: Uint8Array) => void) | null): void {
+    this.inbox.setReceiver(receiver);
+  }
+
+  /** Stops delivering messages until {@link resume} (see `Connection.pause`). */
+  pause(): void {
+    this.inbox.pause();
+  }
+
+  /** Delivers messages again (see `Connection.resume`). */
+  resume(): void {
+    this.inbox.resume();
+  }
+
+  /** Iterates received messages (see `Connection`). */
+  [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+    return this.inbox[Symbol.asyncIterator]();
+  }
+}
+
 /** Receive-side queue of one connection. */
 export class Inbox implements AsyncIterable<Uint8Array> {
   private readonly queue = new Fifo<Uint8Array>();

@@ -7,18 +7,18 @@ import { ErrorCode, KoalaError } from "../errors.js";
 import { Waiters } from "../fifo.js";
 import { log } from "../log.js";
 import { formatAddress } from "./address.js";
-import { Inbox } from "./inbox.js";
+import { Inbox, InboxReader } from "./inbox.js";
 import { RegionTable, checkRemoteAccess, type ByteSource, type RegionDescriptor, type RegisterRegionOptions, type RegisteredRegion } from "./regions.js";
 import type { Address, Connection, Listener, ResolvedTransportOptions, Transport } from "./types.js";
-import { AcceptQueue } from "./accept-queue.js";
+import { QueuedListener } from "./accept-queue.js";
 
 const listeners = new Map<string, MemoryListener>();
 let nextPeerId = 1;
 
-class MemoryConnection implements Connection {
+class MemoryConnection extends InboxReader implements Connection {
   readonly transport = "memory" as const;
   peer!: MemoryConnection;
-  private readonly inbox: Inbox;
+  protected readonly inbox: Inbox;
   /** Bytes this side sent that the peer's reader has not taken yet. */
   private unread = 0;
   private readonly drainWaiters = new Waiters<void>();
@@ -37,6 +37,7 @@ class MemoryConnection implements Connection {
     readonly remoteAddress: string,
     readonly options: ResolvedTransportOptions,
   ) {
+    super();
     this.closed = new Promise((r) => (this.resolveClosed = r));
     this.regions = new RegionTable(options.oneSided, `the connection with ${remoteAddress}`);
     this.inbox = new Inbox(
@@ -131,25 +132,11 @@ class MemoryConnection implements Connection {
     return this.drainWaiters.wait();
   }
 
-  onMessage(receiver: ((message: Uint8Array) => void) | null): void {
-    this.inbox.setReceiver(receiver);
-  }
 
   release(_message: Uint8Array): void {
     // Received messages are views of memory nobody reuses: nothing to hand back.
   }
 
-  pause(): void {
-    this.inbox.pause();
-  }
-
-  resume(): void {
-    this.inbox.resume();
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
-    return this.inbox[Symbol.asyncIterator]();
-  }
 
   close(reason?: Error): void {
     if (this.closeReason !== undefined) return;
@@ -237,26 +224,15 @@ class MemoryConnection implements Connection {
   }
 }
 
-class MemoryListener implements Listener {
+class MemoryListener extends QueuedListener implements Listener {
   readonly transport = "memory" as const;
-  private readonly queue = new AcceptQueue();
 
   constructor(
     readonly address: string,
     readonly name: string,
     readonly options: ResolvedTransportOptions,
-  ) {}
-
-  accept(): Promise<Connection> {
-    return this.queue.accept();
-  }
-
-  onConnection(handler: ((connection: Connection) => void) | null): void {
-    this.queue.setHandler(handler);
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<Connection> {
-    return this.queue[Symbol.asyncIterator]();
+  ) {
+    super();
   }
 
   incoming(connection: Connection): void {

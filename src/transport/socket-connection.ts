@@ -30,7 +30,7 @@ import {
   responseId,
   writeFrameHeader,
 } from "./framing.js";
-import { Inbox } from "./inbox.js";
+import { Inbox, InboxReader } from "./inbox.js";
 import { RegionTable, checkRemoteAccess, type ByteSource, type RegionDescriptor, type RegisterRegionOptions, type RegisteredRegion } from "./regions.js";
 import type { Connection, ResolvedTransportOptions, TransportName } from "./types.js";
 
@@ -61,12 +61,12 @@ function callWritten(cb: WrittenCallback): void {
 }
 
 /** A message-oriented connection over one connected socket (see the module comment). */
-export class SocketConnection implements Connection {
+export class SocketConnection extends InboxReader implements Connection {
   readonly closed: Promise<KoalaError>;
   private resolveClosed!: (reason: KoalaError) => void;
   private reason: KoalaError | undefined;
   private settled = false;
-  private readonly inbox: Inbox;
+  protected readonly inbox: Inbox;
   private readonly decoder: FrameDecoder;
   private greetingWaiter: { resolve(): void; reject(err: KoalaError): void } | undefined;
   private lingerTimer: NodeJS.Timeout | undefined;
@@ -109,6 +109,7 @@ export class SocketConnection implements Connection {
     readonly localAddress: string,
     readonly remoteAddress: string,
   ) {
+    super();
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     this.regions = new RegionTable(options.oneSided, `the connection with ${remoteAddress}`);
     this.inbox = new Inbox(
@@ -370,25 +371,11 @@ export class SocketConnection implements Connection {
     }
   }
 
-  onMessage(receiver: ((message: Uint8Array) => void) | null): void {
-    this.inbox.setReceiver(receiver);
-  }
 
   release(_message: Uint8Array): void {
     // Received messages are views of memory nobody reuses: nothing to hand back.
   }
 
-  pause(): void {
-    this.inbox.pause();
-  }
-
-  resume(): void {
-    this.inbox.resume();
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
-    return this.inbox[Symbol.asyncIterator]();
-  }
 
   // ---- one-sided ----------------------------------------------------------------------
 

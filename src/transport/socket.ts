@@ -10,7 +10,7 @@ import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { ErrorCode, KoalaError } from "../errors.js";
 import { log, logLimited } from "../log.js";
-import { AcceptQueue } from "./accept-queue.js";
+import { QueuedListener } from "./accept-queue.js";
 import { formatAddress } from "./address.js";
 import { errnoOf, fromSystemError } from "./errno.js";
 import { checkFileDescriptors } from "./fd-watch.js";
@@ -25,8 +25,7 @@ const BACKLOG = 4096;
 /** Numbers the unnamed ends of unix connections in their addresses (`unix:/path#peer-3`). */
 let unixPeers = 0;
 
-class SocketListener implements Listener {
-  private readonly queue = new AcceptQueue();
+class SocketListener extends QueuedListener implements Listener {
   /** Incoming connections whose HELLO has not arrived yet. */
   private readonly handshaking = new Set<SocketConnection>();
 
@@ -36,6 +35,7 @@ class SocketListener implements Listener {
     readonly address: string,
     private readonly options: ResolvedTransportOptions,
   ) {
+    super();
     server.on("connection", (socket) => this.incoming(socket));
     server.on("error", (err) => {
       const errno = errnoOf(err);
@@ -67,18 +67,6 @@ class SocketListener implements Listener {
         log("debug", "transport", `dropped an incoming connection on ${this.address} from ${remote}: ${(err as Error).message}`);
       },
     );
-  }
-
-  accept(): Promise<Connection> {
-    return this.queue.accept();
-  }
-
-  onConnection(handler: ((connection: Connection) => void) | null): void {
-    this.queue.setHandler(handler);
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<Connection> {
-    return this.queue[Symbol.asyncIterator]();
   }
 
   async close(): Promise<void> {

@@ -21,7 +21,7 @@ import { log } from "../../log.js";
 import { IdTable } from "../../id-table.js";
 import type { Lease } from "../../mem/lease.js";
 import { randomBytes } from "node:crypto";
-import { Inbox } from "../inbox.js";
+import { Inbox, InboxReader } from "../inbox.js";
 import { checkRemoteAccess, type ByteSource, type RegionDescriptor, type RegisterRegionOptions, type RegisteredRegion } from "../regions.js";
 import type { Connection, ResolvedTransportOptions } from "../types.js";
 import type { CompletionSink, RdmaContext } from "./context.js";
@@ -157,13 +157,13 @@ function callWritten(cb: (() => void) | undefined): void {
 const noop = (): void => undefined;
 
 /** An RDMA connection (see the module comment). */
-export class RdmaConnection implements Connection, CompletionSink {
+export class RdmaConnection extends InboxReader implements Connection, CompletionSink {
   readonly transport = "rdma" as const;
   readonly closed: Promise<KoalaError>;
   private resolveClosed!: (r: KoalaError) => void;
   private reason: KoalaError | undefined;
   private tornDown = false;
-  private readonly inbox: Inbox;
+  protected readonly inbox: Inbox;
   private inboxFull = false;
   private closeArrived = false;
 
@@ -233,6 +233,7 @@ export class RdmaConnection implements Connection, CompletionSink {
     private readonly remoteFallback: string,
     peer: { recvDepth: number; bufferBytes: number } | undefined,
   ) {
+    super();
     this.closed = new Promise((r) => (this.resolveClosed = r));
     this.rndvThreshBytes = ctx.selection.config.rndvThreshBytes;
     this.slotBytes = HEADER_BYTES + this.rndvThreshBytes;
@@ -794,9 +795,6 @@ export class RdmaConnection implements Connection, CompletionSink {
     this.inbox.push(message);
   }
 
-  onMessage(receiver: ((message: Uint8Array) => void) | null): void {
-    this.inbox.setReceiver(receiver);
-  }
 
   release(message: Uint8Array): void {
     // A reader that releases gets views of the receive buffers from now on (zero copy).
@@ -820,17 +818,6 @@ export class RdmaConnection implements Connection, CompletionSink {
     }
   }
 
-  pause(): void {
-    this.inbox.pause();
-  }
-
-  resume(): void {
-    this.inbox.resume();
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
-    return this.inbox[Symbol.asyncIterator]();
-  }
 
   // ---- one-sided: RDMA READ / WRITE, checked by the peer's NIC --------------------------
 
