@@ -162,7 +162,7 @@ test("qos: with one call at a time, waiting calls run earliest deadline first (l
   const client = createClient(EchoService, address);
   try {
     const first = client.unary({ text: "first" });
-    await sleep(20);
+    await until(() => seen.length === 1, "the first call runs");
     const later = [
       client.unary({ text: "d3000" }, { timeoutMs: 3000 }),
       client.unary({ text: "none" }),
@@ -170,7 +170,7 @@ test("qos: with one call at a time, waiting calls run earliest deadline first (l
       client.unary({ text: "budget500" }, { metadata: { "x-latency-budget-ms": "500" } }),
       client.unary({ text: "d2000" }, { timeoutMs: 2000 }),
     ];
-    await sleep(20);
+    await until(() => server.stats().calls === 6, "the five calls wait on the server");
     open();
     await Promise.all([first, ...later]);
     assert.equal(seen, ["first", "budget500", "d1000", "d2000", "d3000", "none"]);
@@ -243,14 +243,14 @@ test("admission: 2 run, 2 wait, the rest are shed with UNAVAILABLE; a cancelled 
   try {
     const ac = new AbortController();
     const running = [client.unary({ text: "r1" }), client.unary({ text: "r2" })];
-    await sleep(20);
+    await until(() => seen.length === 2, "two calls run");
     const waiting = [client.unary({ text: "w1" }, { signal: ac.signal }), client.unary({ text: "w2" })];
-    await sleep(20);
+    await until(() => server.stats().calls === 4, "two calls wait on the server");
     const shed = await Promise.all(Array.from({ length: 6 }, (_, i) => outcome(client.unary({ text: `s${i}` }))));
     assert.equal(tally(shed), { UNAVAILABLE: 6 });
     ac.abort();
     assert.is(await outcome(waiting[0]!), "CANCELLED");
-    await sleep(20); // the cancellation reaches the server
+    await until(() => server.stats().calls === 3, "the cancellation to reach the server");
     open();
     assert.equal(await Promise.all([...running, waiting[1]!].map(outcome)), ["OK", "OK", "OK"]);
     assert.equal(seen.sort(), ["r1", "r2", "w2"], "the cancelled call never ran");
@@ -268,8 +268,11 @@ test("a held call whose deadline passes fails with DEADLINE_EXCEEDED and never r
   const client = createClient(EchoService, address);
   try {
     const blocker = client.unary({ text: "blocker" });
-    await sleep(10);
+    await until(() => seen.length === 1, "the blocker runs");
     assert.is(await outcome(client.unary({ text: "late" }, { timeoutMs: 50 })), "DEADLINE_EXCEEDED");
+    // The server counts the deadline from when the call reached it, a little after the client did:
+    // wait until the held call has ended there too (its deadline or the client's cancellation).
+    await until(() => server.stats().calls === 1, "the held call to end on the server");
     open(); // the held call is released at once: its deadline has passed, so it fails instead of running
     await blocker;
     assert.is((await client.unary({ text: "next" })).text, "next");
