@@ -6,6 +6,7 @@
  * of another message.) Checked through a memory transport whose connections record releases.
  */
 import { test } from "uvu";
+import { until } from "../helpers.js";
 import * as assert from "uvu/assert";
 import { setTimeout as sleep } from "node:timers/promises";
 import { closeClient, createClient, createServer, registerTransport, setupTransports, type Connection, type Listener, type Transport } from "../../src/index.js";
@@ -48,8 +49,10 @@ test("unary: the request's message is released once, after the handler finished 
   releases.length = 0;
   const server = createServer();
   const readAt: number[] = [];
+  let started = 0;
   server.add(EchoService, {
     async unary(req) {
+      started++;
       await sleep(30);
       readAt.push(tick());
       return { text: req.text, payload: req.payload }; // reads the views into the received message
@@ -62,10 +65,11 @@ test("unary: the request's message is released once, after the handler finished 
     assert.is(ok.payload[99], 7);
     const ac = new AbortController();
     const cancelled = client.unary({ text: "b", payload: new Uint8Array(100) }, { signal: ac.signal });
-    await sleep(5);
+    await until(() => started === 2, "the handler of \"b\" starts");
     ac.abort();
     await cancelled.catch(() => undefined);
-    await sleep(60); // the handler of "b" finishes after its call was cancelled
+    // The handler of "b" finishes after its call was cancelled, and its request is released then.
+    await until(() => readAt.length === 2 && releases.filter((r) => r.message.byteLength > 100).length === 2, "the handler of \"b\" finishes");
     const unique = new Set(releases.map((r) => r.message));
     assert.is(unique.size, releases.length, "no message released twice");
     const withBody = releases.filter((r) => r.message.byteLength > 100);
@@ -99,7 +103,8 @@ test("client streaming: each request's message is released when the handler asks
   try {
     const r = await client.clientStream([1, 2, 3].map((i) => ({ text: String(i), payload: new Uint8Array(1000) })));
     assert.is(r.index, 3000);
-    await sleep(10);
+    await until(() => order.length === 4, "the handler ends");
+    await sleep(10); // a release after the end would show below
     assert.equal(order, ["got 1 (0 released)", "got 2 (1 released)", "got 3 (2 released)", "end (3 released)"]);
     assert.is(releases.filter((x) => x.message.byteLength >= 1000).length, 3, "every DATA message released once");
   } finally {
