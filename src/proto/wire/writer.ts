@@ -186,7 +186,8 @@ export class ProtoWriter {
   pos = 0;
   private partStart = 0;
   private sizeAt = 0;
-  private parts: Uint8Array[] = [];
+  /** Parts finished so far; made only when a `bytes` field goes out as its own part (an empty `[]` grows to 17 slots on its first push). */
+  private parts: Uint8Array[] | undefined;
   private sizes: number[] = [];
   private threshold = Infinity;
   /** `buf` as a Buffer, made on the first long string when the memory is not a Buffer already. */
@@ -200,7 +201,7 @@ export class ProtoWriter {
     this.pos = pos;
     this.partStart = 0;
     this.sizeAt = 0;
-    this.parts = [];
+    this.parts = undefined;
     this.sizes = counter.sizes;
     this.threshold = counter.threshold;
     this.nodeBuf = undefined;
@@ -209,11 +210,11 @@ export class ProtoWriter {
 
   /** Ends writing: the parts whose concatenation is everything written. */
   finish(): Uint8Array[] {
-    const parts = this.parts;
+    let parts = this.parts;
     // The buffer was sized exactly, so the common case is the whole buffer: no view to make.
-    if (this.partStart === 0 && this.pos === this.buf.byteLength) parts.push(this.buf);
-    else if (this.pos > this.partStart || parts.length === 0) parts.push(this.buf.subarray(this.partStart, this.pos));
-    this.parts = [];
+    if (parts === undefined) parts = [this.partStart === 0 && this.pos === this.buf.byteLength ? this.buf : this.buf.subarray(this.partStart, this.pos)];
+    else if (this.pos > this.partStart) parts.push(this.buf.subarray(this.partStart, this.pos));
+    this.parts = undefined;
     this.buf = EMPTY;
     this.nodeBuf = undefined;
     return parts;
@@ -417,8 +418,9 @@ export class ProtoWriter {
     const n = v.byteLength;
     this.uint32(n);
     if (n >= this.threshold) {
-      if (this.pos > this.partStart) this.parts.push(this.buf.subarray(this.partStart, this.pos));
-      this.parts.push(v);
+      const parts = (this.parts ??= []);
+      if (this.pos > this.partStart) parts.push(this.buf.subarray(this.partStart, this.pos));
+      parts.push(v);
       this.partStart = this.pos;
     } else if (n <= 32) {
       // A loop beats set() on small arrays (ids, hashes).
