@@ -10,6 +10,7 @@ import { connect } from "../transport/index.js";
 import type { Connection } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
+import { decodeRange } from "../proto/wire/reader.js";
 import { RpcEndpoint } from "./endpoint.js";
 import { IdTable } from "../id-table.js";
 import { CallInfoBase, EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, type CallInfo, type Interceptor } from "./interceptor.js";
@@ -621,15 +622,15 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
         const headers = decodeMetadata(frame.metadata);
         this.callback("onHeader", headers);
       }
-      if (frame.body !== undefined) {
+      if (frame.bodyAt >= 0) {
         const limit = this.channel.options.maxMessageBytes;
-        if (frame.body.byteLength > limit) {
-          throw new RpcError(Code.RESOURCE_EXHAUSTED, `response of ${frame.body.byteLength} bytes exceeds the client's limit of ${limit} bytes (maxMessageBytes)`);
+        if (frame.bodyBytes > limit) {
+          throw new RpcError(Code.RESOURCE_EXHAUSTED, `response of ${frame.bodyBytes} bytes exceeds the client's limit of ${limit} bytes (maxMessageBytes)`);
         }
-        const msg = this.method.output.decode(frame.body);
+        const msg = decodeRange(this.method.output, frame.message, frame.bodyAt, frame.message.byteLength);
         if (this.stream !== undefined) {
           counted = true;
-          this.stream.push(msg, frame.body.byteLength);
+          this.stream.push(msg, frame.bodyBytes);
           if (this.chain.length !== 0) {
             const v = runMessageChain(this.chain, this, "client-receive", msg);
             if (v instanceof RpcError) throw v;

@@ -7,6 +7,9 @@ import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
 import { logLimited } from "../log.js";
 import type { Connection } from "../transport/types.js";
 import { FrameType, controlFrame, decodeFrame, type Frame } from "./frame.js";
+
+/** The scratch frame's message between frames (it holds no received memory then). */
+const NO_BYTES = new Uint8Array(0);
 import { Keepalive } from "./keepalive.js";
 import type { OutgoingFrame } from "./outgoing.js";
 import { CONNECTION_GRANT_BYTES, CONNECTION_WINDOW_BYTES, ReceiveWindow, SendWindow } from "./stream.js";
@@ -21,7 +24,7 @@ export interface EndpointSettings {
 export abstract class RpcEndpoint {
   private readonly keepalive: Keepalive;
   /** Reused for every received frame: handlers finish with a frame before the next arrives and keep no reference to it. */
-  private readonly scratch: Frame = { type: FrameType.DATA, flags: 0, callId: 0, arg: 0, arg2: 0, metadata: undefined, trailers: undefined, text: "", body: undefined };
+  private readonly scratch: Frame = { type: FrameType.DATA, flags: 0, callId: 0, arg: 0, arg2: 0, metadata: undefined, trailers: undefined, text: "", message: NO_BYTES, bodyAt: -1, bodyBytes: 0 };
   /** Credit for stream messages on this connection, granted by the peer. */
   readonly sendWindow = new SendWindow(CONNECTION_WINDOW_BYTES);
   /** Stream bytes the peer sent on this connection and the application has not consumed yet. */
@@ -143,8 +146,8 @@ export abstract class RpcEndpoint {
    * since the peer spent credit on them (a peer that had none is cut off by the window).
    */
   discard(frame: Frame): void {
-    if (frame.type !== FrameType.DATA || frame.body === undefined) return;
-    const n = frame.body.byteLength;
+    if (frame.type !== FrameType.DATA || frame.bodyAt < 0) return;
+    const n = frame.bodyBytes;
     if (this.receiveWindow.receive(n)) this.receiveWindow.release(n);
   }
 
@@ -176,12 +179,14 @@ export abstract class RpcEndpoint {
   private receive(message: Uint8Array): void {
     if (!this.releasesMessages) {
       this.handle(message);
+      this.scratch.message = NO_BYTES;
       return;
     }
     this.current = message;
     try {
       this.handle(message);
     } finally {
+      this.scratch.message = NO_BYTES;
       if (this.current !== undefined) {
         this.current = undefined;
         this.conn.release(message);

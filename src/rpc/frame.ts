@@ -69,7 +69,17 @@ export interface Frame {
   metadata: Uint8Array | undefined;
   trailers: Uint8Array | undefined;
   text: string;
-  body: Uint8Array | undefined;
+  /** The received message: the sections are views of it, the body is its tail. */
+  message: Uint8Array;
+  /** Where the body starts in `message` (it runs to the end); -1 without a body. No view is made: most bodies are decoded in place. */
+  bodyAt: number;
+  /** The body's length in bytes; 0 without a body. */
+  bodyBytes: number;
+}
+
+/** The frame's body as a view of its message (made on request), or undefined. */
+export function frameBody(f: Frame): Uint8Array | undefined {
+  return f.bodyAt < 0 ? undefined : f.message.subarray(f.bodyAt);
 }
 
 function protocolError(why: string): KoalaError {
@@ -110,8 +120,9 @@ export function decodeFrame(message: Uint8Array, into?: Frame): Frame {
   const hasBody = (flags & FrameFlag.MESSAGE) !== 0;
   if (!hasBody && at !== n) throw protocolError(`${n - at} bytes of body without the MESSAGE flag`);
   if (type === FrameType.CALL && (flags & FrameFlag.DEFINE_METHOD) !== 0 && textLen === 0) throw protocolError("DEFINE_METHOD without a method path");
-  const body = hasBody ? b.subarray(at) : undefined;
-  if (into === undefined) return { type: type as FrameType, flags, callId, arg, arg2, metadata, trailers, text, body };
+  const bodyAt = hasBody ? at : -1;
+  const bodyBytes = hasBody ? n - at : 0;
+  if (into === undefined) return { type: type as FrameType, flags, callId, arg, arg2, metadata, trailers, text, message, bodyAt, bodyBytes };
   into.type = type as FrameType;
   into.flags = flags;
   into.callId = callId;
@@ -120,7 +131,9 @@ export function decodeFrame(message: Uint8Array, into?: Frame): Frame {
   into.metadata = metadata;
   into.trailers = trailers;
   into.text = text;
-  into.body = body;
+  into.message = message;
+  into.bodyAt = bodyAt;
+  into.bodyBytes = bodyBytes;
   return into;
 }
 

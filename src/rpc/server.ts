@@ -9,6 +9,7 @@ import { listen } from "../transport/index.js";
 import type { Connection, Listener } from "../transport/types.js";
 import type { MethodDefinition, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
+import { decodeRange } from "../proto/wire/reader.js";
 import { RpcEndpoint } from "./endpoint.js";
 import { IdTable } from "../id-table.js";
 import { CallInfoBase, EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, type CallInfo, type Interceptor } from "./interceptor.js";
@@ -337,7 +338,7 @@ class ServerConnection extends RpcEndpoint {
       this.status(id, Code.RESOURCE_EXHAUSTED, `request metadata of ${mdBytes} bytes exceeds the server's limit of ${o.maxMetadataBytes} bytes (maxMetadataBytes)`);
       return;
     }
-    const held = frame.body?.byteLength ?? 0;
+    const held = frame.bodyBytes;
     if (this.heldBytes + this.conn.bufferedBytes + held > o.connectionBudgetBytes) {
       this.status(id, Code.RESOURCE_EXHAUSTED, `the connection's memory budget of ${o.connectionBudgetBytes} bytes is used up (connectionBudgetBytes)`);
       return;
@@ -529,7 +530,7 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
     this.chain = sc.server.chains.of(route.method.path);
     if (this.chain.length !== 0) this.markStart();
     this.mdBytes = frame.metadata;
-    if (frame.metadata !== undefined || frame.body !== undefined) this.callMessage = sc.takeMessage();
+    if (frame.metadata !== undefined || frame.bodyAt >= 0) this.callMessage = sc.takeMessage();
     this.deadline = frame.arg2 === 0 ? undefined : Date.now() + frame.arg2;
     const kind = this.method.kind;
     if (kind === "client_streaming" || kind === "bidi_streaming") this.requests = this.requestStream();
@@ -634,14 +635,14 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
       if (this.mdBytes !== undefined) this.checkMetadata(); // malformed metadata fails the call here, not in the handler
       const kind = this.method.kind;
       if (kind === "unary" || kind === "server_streaming") {
-        if (frame.body === undefined || (frame.flags & FrameFlag.END_STREAM) === 0) {
+        if (frame.bodyAt < 0 || (frame.flags & FrameFlag.END_STREAM) === 0) {
           throw new RpcError(Code.INTERNAL, `${this.method.path} takes exactly one request`);
         }
-        const request = this.decode(frame.body);
+        const request = this.decode(frame);
         if (this.chain.length === 0) this.invoke(request);
         else this.intercept(request);
       } else {
-        if (frame.body !== undefined) this.push(frame.body, false);
+        if (frame.bodyAt >= 0) this.push(frame, false);
         if ((frame.flags & FrameFlag.END_STREAM) !== 0) this.requests!.end();
         if (this.chain.length === 0) this.invoke(undefined);
         else this.intercept(undefined);
@@ -678,16 +679,16 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
   }
 
   /** Decodes a request of a stream and queues it (a flow-control violation closes the connection through the windows). */
-  private push(body: Uint8Array, fromData: boolean): void {
+  private push(frame: Frame, fromData: boolean): void {
     let request: unknown;
     try {
-      request = this.decode(body);
+      request = this.decode(frame);
     } catch (err) {
       // The bytes still count against the windows: the sender spent credit on them.
-      this.requests!.skip(body.byteLength);
+      this.requests!.skip(frame.bodyBytes);
       throw err;
     }
-    this.requests!.push(request, body.byteLength, fromData ? this.sc.takeMessage() : undefined);
+    this.requests!.push(request, frame.bodyBytes, fromData ? this.sc.takeMessage() : undefined);
     if (this.chain.length !== 0) {
       const v = runMessageChain(this.chain, this, "server-receive", request);
       if (v instanceof RpcError) throw v;
@@ -704,12 +705,13 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
     }
   }
 
-  private decode(body: Uint8Array): unknown {
-    if (body.byteLength > this.sc.options.maxMessageBytes) {
-      throw new RpcError(Code.RESOURCE_EXHAUSTED, `request of ${body.byteLength} bytes exceeds the server's limit of ${this.sc.options.maxMessageBytes} bytes`);
+  /** Decodes the frame's body (which it must have) as a request. */
+  private decode(frame: Frame): unknown {
+    if (frame.bodyBytes > this.sc.options.maxMessageBytes) {
+      throw new RpcError(Code.RESOURCE_EXHAUSTED, `request of ${frame.bodyBytes} bytes exceeds the server's limit of ${this.sc.options.maxMessageBytes} bytes`);
     }
     try {
-      return this.method.input.decode(body);
+      return decodeRange(this.method.input, frame.message, frame.bodyAt, frame.message.byteLength);
     } catch (err) {
       throw new RpcError(Code.INVALID_ARGUMENT, `cannot decode ${this.method.input.typeName}: ${(err as Error).message}`, { cause: err });
     }
@@ -851,9 +853,9 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
           this.fail(new RpcError(Code.INTERNAL, `${this.method.path} takes exactly one request`));
           return;
         }
-        if (frame.body !== undefined) {
+        if (frame.bodyAt >= 0) {
           try {
-            this.push(frame.body, true);
+            this.push(frame, true);
           } catch (err) {
             this.fail(err);
             return;

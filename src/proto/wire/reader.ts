@@ -31,19 +31,26 @@ export class ProtoReader {
   /** Read position. */
   pos: number;
   /** End of the readable bytes. */
-  readonly end: number;
+  end: number;
+  /** The bytes being read. */
+  buf: Uint8Array;
   private depth = 0;
   /** A DataView of `buf`, made on the first fixed64. */
   private view: DataView | undefined;
 
-  constructor(
-    /** The bytes being read. */
-    readonly buf: Uint8Array,
-    pos = 0,
-    end = buf.byteLength,
-  ) {
+  constructor(buf: Uint8Array, pos = 0, end = buf.byteLength) {
+    this.buf = buf;
     this.pos = pos;
     this.end = end;
+  }
+
+  /** Starts over on other bytes (a reader is reused rather than made per message). */
+  reset(buf: Uint8Array, pos: number, end: number): void {
+    this.buf = buf;
+    this.pos = pos;
+    this.end = end;
+    this.depth = 0;
+    this.view = undefined;
   }
 
   /** Unsigned 32-bit varint (longer varints are truncated to their low 32 bits, as protobuf does). */
@@ -382,10 +389,26 @@ export class ProtoReader {
 }
 
 
+const NOTHING = new Uint8Array(0);
+/** A reader between decodes (undefined while one is running: a decode inside a decode makes its own). */
+let spare: ProtoReader | undefined = new ProtoReader(NOTHING);
+
 /** Decodes a whole message of `type` from `bytes`. */
 export function decodeWith<T>(type: { read(r: ProtoReader, end: number, into?: T): T }, bytes: Uint8Array): T {
-  const r = new ProtoReader(bytes);
-  const m = type.read(r, bytes.byteLength);
-  if (r.pos !== bytes.byteLength) throw malformed("trailing bytes after the message");
-  return m;
+  return decodeRange(type, bytes, 0, bytes.byteLength);
+}
+
+/** Decodes a whole message of `type` from `buf[start, end)` (no view of the range is made; `bytes` fields are views of `buf`). */
+export function decodeRange<T>(type: { read(r: ProtoReader, end: number, into?: T): T }, buf: Uint8Array, start: number, end: number): T {
+  const r = spare ?? new ProtoReader(NOTHING);
+  spare = undefined;
+  r.reset(buf, start, end);
+  try {
+    const m = type.read(r, end);
+    if (r.pos !== end) throw malformed("trailing bytes after the message");
+    return m;
+  } finally {
+    r.reset(NOTHING, 0, 0); // holds no message's memory between decodes
+    spare = r;
+  }
 }
