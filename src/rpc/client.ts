@@ -16,7 +16,7 @@ import { IdTable } from "../id-table.js";
 import { CallInfoBase, EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, type CallInfo, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
-import { buildFrame, encodeSettings, type EncodeSettings } from "./outgoing.js";
+import { buildFrame, encodeFrame, encodeSettings, type EncodeSettings } from "./outgoing.js";
 import { IncomingStream, SendWindow } from "./stream.js";
 
 /** Per-call options. */
@@ -554,17 +554,19 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     if (single) flags |= FrameFlag.END_STREAM;
     if (single) this.resendable = request ?? ({} as RequestInit<I>);
     try {
-      const frame = buildFrame(this.channel.encode, {
-        type: FrameType.CALL,
+      const frame = encodeFrame(
+        this.channel.encode,
+        FrameType.CALL,
         flags,
         callId,
-        arg: methodId,
-        arg2: timeout,
+        methodId,
+        timeout,
         metadata,
-        text: define ? this.method.path : "",
-        bodyType: single ? this.method.input : undefined,
-        body: single ? asMessage(request) : undefined,
-      });
+        undefined,
+        define ? this.method.path : "",
+        single ? this.method.input : undefined,
+        single ? asMessage(request) : undefined,
+      );
       cc.send(frame);
       if (define) cc.announced(this.method.path);
     } catch (err) {

@@ -15,7 +15,7 @@ import { IdTable } from "../id-table.js";
 import { CallInfoBase, EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, type CallInfo, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
-import { buildFrame, encodeSettings, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
+import { buildFrame, encodeFrame, encodeSettings, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
 import { IncomingStream, SendWindow } from "./stream.js";
 
 /** What a handler knows about its call. */
@@ -786,15 +786,7 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
   private sendReply(response: unknown): void {
     let frame: OutgoingFrame;
     try {
-      frame = buildFrame(this.sc.server.encode, {
-        type: FrameType.STATUS,
-        callId: this.id,
-        arg: Code.OK,
-        metadata: this.headersSent ? undefined : this.headers,
-        trailers: this.trailers,
-        bodyType: this.method.output,
-        body: response,
-      });
+      frame = encodeFrame(this.sc.server.encode, FrameType.STATUS, 0, this.id, Code.OK, 0, this.headersSent ? undefined : this.headers, this.trailers, "", this.method.output, response);
       this.checkBudget(frame);
     } catch (err) {
       this.fail(err);
