@@ -12,7 +12,7 @@
  * Devices come from SRNIC_DEVICES, a comma-separated list of name:state, state being active,
  * down, init, armed or noopen (ibv_open_device fails with EACCES); default "srnic0:active".
  * Each device has one Ethernet port with a 1024-byte active MTU; an RC QP accepts up to 256
- * bytes of inline data, 8 SGEs, 4096 work requests.
+ * bytes of inline data, 8 SGEs, 4096 work requests; a CQ up to 4194303 entries (max_cqe), resizable.
  *
  * The network: srnic reaches only this machine (127.0.0.0/8, 0.0.0.0). An RDMA CM port P is the
  * Unix stream socket `cm-P` in SRNIC_NET_DIR (default /tmp/koala-srnic-<uid>, mode 0700), so
