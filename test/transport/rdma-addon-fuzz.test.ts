@@ -84,7 +84,7 @@ t("devices(probeInline?): a non-boolean or extra argument is KOALA_ERR_INVALID_A
   assert.equal(Object.keys(b), [...OBJECT_FNS.slice(0, 3), "openDevice", "closeDevice", ...OBJECT_FNS.slice(3), ...CM_FNS, "abiVersion"]);
 });
 
-const OBJECT_FNS = ["init", "load", "devices", "allocPd", "deallocPd", "regMr", "deregMr", "createCq", "reqNotifyCq", "pollCq", "destroyCq", "createQp", "destroyQp", "postSend", "postRecv"] as const;
+const OBJECT_FNS = ["init", "load", "devices", "allocPd", "deallocPd", "regMr", "deregMr", "createCq", "resizeCq", "reqNotifyCq", "pollCq", "destroyCq", "createQp", "destroyQp", "postSend", "postRecv"] as const;
 /** The connection manager's and memory windows' exports. */
 const CM_FNS = ["bindMw", "deallocMw", "invalidateMw", "cmInit", "cmRef", "listen", "closeListener", "createId", "resolveAddr", "resolveRoute", "createCmQp", "connect", "accept", "reject", "disconnect", "destroyId", "cmAddresses", "cmEventName"] as const;
 

@@ -89,6 +89,12 @@ t("completions reach JavaScript through the completion channel's fd (no polling 
   assert.is(out.notifiedLessThanOncePerCompletion, true, "one notification drains many completions");
   assert.equal(out.jsChecks, [BAD, BAD, BAD, BAD, IN_USE], "out too small, max past out, not a Float64Array, depth 0; a device with a CQ");
   assert.equal(out.nativeChecks, [BAD, BAD, BAD, BAD, DEAD], "the addon refuses the same (and a wrong-kind or unknown handle)");
+  assert.equal(out.resizeChecks, [BAD, BAD, BAD, BAD, DEAD, BAD], "resizeCq: depth 0, not an integer, past 2^22, missing; an unknown handle; depth 0 through the context");
+  assert.equal(out.resizeRefused, ["KOALA_ERR_VERBS", "resizeCq: ibv_resize_cq to 4194304 entries: Invalid argument"], "above the device's max_cqe: the device's errno");
+  assert.is(out.shrinkBelowQueued, "KOALA_ERR_VERBS", "a CQ holding 16 completions cannot shrink to 8");
+  assert.is(out.grownTo, 48, "the capacity srnic granted");
+  assert.ok((out.heldAfterGrow as number) > 16, `the grown CQ held more than it was created with (${String(out.heldAfterGrow)})`);
+  assert.is(out.grownInOrder, true, "every completion, in order, across the resize");
   assert.equal(out.afterDestroy, [DEAD, DEAD, "ok"]);
   assert.equal(live, [0, 0, 0, 0, 0], "a CQ left armed at exit, its NIC still running, is released too");
 });

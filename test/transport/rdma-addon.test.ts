@@ -163,7 +163,7 @@ withAddon("devices through the addon (the software RNIC as libibverbs): ports, l
   const libs = { KOALA_VERBS_LIB: srnic, KOALA_RDMACM_LIB: srnic };
   const active = probe(libs);
   assert.equal(verbsOf(active).devices, [
-    { name: "srnic0", provider: "verbs", software: false, ports: [{ port: 1, state: "active", linkLayer: "Ethernet", mtu: 1024, gid: "fe80::1" }], maxSge: 8, maxQpWr: 4096, maxInlineData: 256, maxCqe: 65536, maxMrBytes: 2 ** 40 },
+    { name: "srnic0", provider: "verbs", software: false, ports: [{ port: 1, state: "active", linkLayer: "Ethernet", mtu: 1024, gid: "fe80::1" }], maxSge: 8, maxQpWr: 4096, maxInlineData: 256, maxCqe: 4194303, maxMrBytes: 2 ** 40 },
   ]);
   assert.is(verbsOf(active).reason, undefined, "an active port: the provider is usable");
   assert.is(verbsOf(active).available, true);
@@ -172,7 +172,7 @@ withAddon("devices through the addon (the software RNIC as libibverbs): ports, l
   const text = koalaInfo(libs);
   assert.is(text.status, 0);
   assert.match(text.stdout, /verbs\s+available \[selected\]\s+\(libibverbs \+ librdmacm through the native addon\)/);
-  assert.match(text.stdout, /\n {4}srnic0:1 active, Ethernet, MTU 1024, GID fe80::1; max_sge 8, max_qp_wr 4096, max_inline_data 256, max_cqe 65536\n/);
+  assert.match(text.stdout, /\n {4}srnic0:1 active, Ethernet, MTU 1024, GID fe80::1; max_sge 8, max_qp_wr 4096, max_inline_data 256, max_cqe 4194303\n/);
   assert.match(text.stdout, /rdma uses srnic0:1 \(provider verbs\)/);
   assert.match(text.stdout, /host:port addresses use rdma/);
 

@@ -129,4 +129,18 @@ t("child processes (test/transport/processes.test.ts): four processes against on
   assert.ok(pids.size >= 5, `the server and four clients, each its own process, opened native contexts: ${r.opened.join("; ")}`);
 });
 
+t("a thread's completion queue grows past its first 1024 entries through the addon (ibv_resize_cq on srnic): 64 connections, a burst on each while the thread is busy, every message echoed", async () => {
+  const r = await run(["--import", "tsx", "test/fixtures/transport/native-many.ts", "64"], false);
+  assert.is(r.code, 0, `exit ${r.code ?? r.signal}\n${r.stdout}\n${r.stderr}`);
+  assert.not.match(r.stderr, /overrun|completion queue failed/, "no completion lost");
+  const out = JSON.parse(r.stdout.trim().split("\n").pop()!) as Record<string, number | string>;
+  const needed = 2 * 64 * (out.entriesPerConnection as number); // both ends of each connection are in this thread
+  assert.ok(needed > 1024, `more than the first 1024 entries are needed (${needed})`);
+  assert.equal(
+    { contexts: out.contexts, provider: out.provider, connections: out.connections, echoed: out.echoed, open: out.open },
+    { contexts: 1, provider: "verbs", connections: 128, echoed: 64, open: 128 },
+  );
+  assert.ok((out.cqCapacity as number) >= needed, `the CQ holds ${String(out.cqCapacity)} entries, at least the ${needed} needed`);
+});
+
 test.run();

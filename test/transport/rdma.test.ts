@@ -3,19 +3,22 @@
  * receiver-not-ready), eager / rendezvous around KOALA_RNDV_THRESH, 64 MiB, scatter-gather
  * past max_sge, release() and the copy-out rule, a peer killed mid-rendezvous, 200
  * connections, an injected QP error, every resource back to the heap afterwards; selection
- * (strict, auto on one port, fallback) and the RDMA variables.
+ * (strict, auto on one port, fallback) and the RDMA variables; a thread's CQ growing to the
+ * device's max_cqe and the connection past it refused.
  */
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { fork, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
+import diagnostics from "node:diagnostics_channel";
 import { KoalaError } from "../../src/errors.js";
-import { resetLogLevel } from "../../src/log.js";
+import { resetLogLevel, type LogEvent } from "../../src/log.js";
 import { connect, listen, type Connection, type Listener, type TransportOptions } from "../../src/transport/index.js";
 import { chooseTransport, resolveAddress } from "../../src/transport/registry.js";
 import { DEFAULT_RNDV_THRESH, parseDeviceFilter, deviceSelected, readRdmaConfig } from "../../src/transport/rdma/config.js";
 import { openRdmaContexts, type RdmaContext } from "../../src/transport/rdma/context.js";
-import { RECV_DEPTH, encodeHello } from "../../src/transport/rdma/connection.js";
+import { RECV_DEPTH, encodeHello, type RdmaConnection } from "../../src/transport/rdma/connection.js";
+import { registerVerbsProvider } from "../../src/transport/rdma/providers.js";
 import { nativeProvider } from "../../src/transport/rdma/native-provider.js";
 import { softCounters, softFaults, softProvider } from "../../src/transport/rdma/soft.js";
 
@@ -599,6 +602,99 @@ s("KOALA_RDMA_BUSY_POLL_US: completions polled for a bounded while before sleepi
     echo.forEach((m, i) => assert.ok(Buffer.from(m).equals(Buffer.from(pattern(i, i % 2 === 0 ? 100 : 3 * THRESH))), `echo ${i}`));
   } finally {
     delete process.env.KOALA_RDMA_BUSY_POLL_US;
+  }
+});
+
+// Last as well: it opens four more contexts (busy-poll settings 11 to 14) on a soft device whose
+// max_cqe is lowered to 1500 (a provider registered in place of "soft" for this test only).
+s("a thread's CQ grows with its connections up to the device's max_cqe; past it the new connection is refused, by the accepting or the connecting side, and the others go on", async (ctx) => {
+  const LIMIT = 1500;
+  const quiet = process.env.KOALA_LOG;
+  process.env.KOALA_LOG = "off";
+  resetLogLevel();
+  const events: LogEvent[] = [];
+  const onLog = (e: unknown): void => void events.push(e as LogEvent);
+  diagnostics.subscribe("koala:transport", onLog);
+  registerVerbsProvider({ ...softProvider, devices: () => softProvider.devices().map((d) => ({ ...d, maxCqe: LIMIT })) });
+  const use = (us: number): void => void (process.env.KOALA_RDMA_BUSY_POLL_US = String(us));
+  const byPoll = (us: number): RdmaContext => openRdmaContexts().find((c) => c.selection.config.busyPollUs === us)!;
+  const state = (c: RdmaContext) => ({ connections: c.connections, cqUsers: c.cq.users, pdUsers: c.pd.users, leases: c.receiveHeap.stats().leases });
+  try {
+    const serve = async (us: number): Promise<Listener> => {
+      use(us);
+      const l = await listen("rdma://127.0.0.1:0");
+      ctx.opened.push(l);
+      l.onConnection((c) => {
+        ctx.opened.push(c);
+        c.onMessage((m) => (c.send([m]), c.release(m)));
+      });
+      return l;
+    };
+    const dial = async (us: number, l: Listener): Promise<Connection> => {
+      use(us);
+      const c = await connect(l.address);
+      ctx.opened.push(c);
+      return c;
+    };
+    const l1 = await serve(11);
+    const l2 = await serve(14);
+    const c1 = [await dial(12, l1)];
+    const caps = (c1[0] as RdmaConnection).qp.caps;
+    const per = caps.maxSendWr + caps.maxRecvWr;
+    const fit = Math.floor(LIMIT / per);
+    assert.ok(fit * per > 1024 && fit > 8, `more than the CQ's first 1024 entries fit (${fit} of ${per})`);
+    while (c1.length < fit - 8) c1.push(await dial(12, l1));
+    const c2: Connection[] = [];
+    while (c2.length < 8) c2.push(await dial(13, l1));
+    const server = byPoll(11);
+    assert.is(server.connections, fit);
+    assert.is((server.cq as unknown as { depth: number }).depth, LIMIT, "grown from 1024 and clamped at max_cqe, not doubled to 2048");
+
+    // The accepting side is full: it refuses the request (the client hears a rejection), logs why, keeps nothing.
+    const before = state(server);
+    use(12);
+    assert.is(await codeOf(connect(l1.address)), "KOALA_ERR_CONNECTION_REFUSED");
+    assert.equal(state(server), before, "no connection, QP, identifier or receive area left behind");
+    const refusal = events.find((e) => e.level === "warn" && e.message.startsWith("refused an RDMA connection"));
+    assert.ok(refusal !== undefined, "the refusal is logged");
+    assert.ok(
+      refusal!.message.endsWith(`this thread's RDMA completion queue would need ${(fit + 1) * per} entries for ${fit + 1} connections; the device soft0 allows ${LIMIT} (max_cqe)`),
+      refusal!.message,
+    );
+
+    // The connecting side is full: connect() fails with the reason before anything reaches the peer.
+    while (c2.length < fit) c2.push(await dial(13, l2));
+    const client = byPoll(13);
+    const peer = byPoll(14);
+    const clientBefore = state(client);
+    const peerBefore = peer.connections;
+    use(13);
+    try {
+      await connect(l2.address);
+      assert.unreachable("a connection past max_cqe");
+    } catch (err) {
+      assert.instance(err, KoalaError);
+      assert.is((err as KoalaError).code, "KOALA_ERR_VERBS");
+      assert.is(
+        (err as Error).message,
+        `connect to ${l2.address}: this thread's RDMA completion queue would need ${(fit + 1) * per} entries for ${fit + 1} connections; the device soft0 allows ${LIMIT} (max_cqe)`,
+      );
+    }
+    assert.equal(state(client), clientBefore, "no connection, QP, identifier or receive area left behind");
+    assert.is(peer.connections, peerBefore, "the listener never heard of it");
+
+    // Every connection made before the refusals still carries messages both ways.
+    const all = [...c1, ...c2];
+    const got = all.map((c) => collect(c));
+    all.forEach((c, i) => c.send([pattern(i, 100)]));
+    await until(() => got.every((g) => g.length === 1), `an echo on each of ${all.length} connections`);
+    got.forEach((g, i) => assert.ok(Buffer.from(g[0]!).equals(Buffer.from(pattern(i, 100))), `echo ${i}`));
+  } finally {
+    diagnostics.unsubscribe("koala:transport", onLog);
+    registerVerbsProvider(softProvider);
+    delete process.env.KOALA_RDMA_BUSY_POLL_US;
+    restore("KOALA_LOG", quiet);
+    resetLogLevel();
   }
 });
 

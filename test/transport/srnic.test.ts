@@ -245,6 +245,15 @@ t("a CQ given more completions than it holds: srnic says so on stderr and every 
   assert.match(r.stderr, new RegExp(`^${NOTHING_LEFT}$`, "m"));
 });
 
+t("ibv_resize_cq: a CQ holding completions (its ring wrapped) grows and keeps them in order; below what it holds or above max_cqe it fails with EINVAL and stays as it was; emptied, it shrinks", () => {
+  compile();
+  const r = spawnSync(exe, ["resize"], { env: env(join(work, "net-resize")), encoding: "utf8", timeout: 30_000 });
+  assert.is(r.status, 0, `exit ${r.status} ${r.signal ?? ""}\n${r.stdout}\n${r.stderr}`);
+  assert.equal(lines(r.stdout, "C"), ["C resize: too_small=22 too_big=22 unchanged=4 grow=0 cqe=1 order=2,3,4,5,6,7,8,9,10,11 shrink=0 cqe=2"]);
+  assert.not.match(r.stderr, /overrun/);
+  assert.match(r.stderr, new RegExp(`^${NOTHING_LEFT}$`, "m"));
+});
+
 test.after(() => rmSync(work, { recursive: true, force: true }));
 
 test.run();

@@ -693,6 +693,25 @@ NativeCq* CqArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
   return static_cast<NativeCq*>(Data(info.Env())->objects[Arg(info, i, Kind::kCq, fn)].ptr);
 }
 
+// resizeCq(cq, depth) -> entries: grows or shrinks the CQ to hold at least `depth` completions
+// (ibv_resize_cq); returns what the device granted (cq->cqe, which may exceed `depth`). Queued
+// completions are kept. Fails (KOALA_ERR_VERBS with errno) when `depth` is below what is queued
+// or above the device's max_cqe.
+Napi::Value ResizeCq(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ExpectArgs(info, "resizeCq", 2, 2);
+  NativeCq* c = CqArg(info, 0, "resizeCq");
+  uint64_t depth = Index(info, 1, "resizeCq", "depth", 4194304);
+  if (depth == 0) Throw(env, kInvalidArgument, "resizeCq: depth must be at least 1");
+  errno = 0;
+  int rc = V().resize_cq(c->cq, static_cast<int>(depth));
+  if (rc != 0) {
+    int err = rc > 0 ? rc : (errno != 0 ? errno : EINVAL);
+    Throw(env, kVerbs, Errno(("resizeCq: ibv_resize_cq to " + std::to_string(depth) + " entries").c_str(), err));
+  }
+  return Napi::Number::New(env, static_cast<double>(c->cq->cqe));
+}
+
 // reqNotifyCq(cq): arms the CQ for the next completion (the inline verb, through the ops table).
 Napi::Value ReqNotifyCq(const Napi::CallbackInfo& info) {
   ExpectArgs(info, "reqNotifyCq", 1, 1);
@@ -1507,7 +1526,7 @@ Napi::Object Register(Napi::Env env, Napi::Object exports) {
   static constexpr Export kExports[] = {
       {"init", Init},           {"load", LoadLibs},         {"devices", Devices},         {"openDevice", OpenDevice},
       {"closeDevice", CloseDevice}, {"allocPd", AllocPd},   {"deallocPd", DeallocPd},     {"regMr", RegMr},
-      {"deregMr", DeregMr},     {"createCq", CreateCq},     {"reqNotifyCq", ReqNotifyCq}, {"pollCq", PollCq},
+      {"deregMr", DeregMr},     {"createCq", CreateCq},     {"resizeCq", ResizeCq},       {"reqNotifyCq", ReqNotifyCq}, {"pollCq", PollCq},
       {"destroyCq", DestroyCq}, {"createQp", CreateQp},     {"destroyQp", DestroyQp},     {"postSend", PostSend},
       {"postRecv", PostRecv},   {"bindMw", BindMw},         {"deallocMw", DeallocMw},     {"invalidateMw", InvalidateMw}, {"cmInit", CmInit}, {"cmRef", CmRef},
       {"listen", Listen},       {"closeListener", CloseListener}, {"createId", CreateId}, {"resolveAddr", ResolveAddr},
@@ -1516,7 +1535,7 @@ Napi::Object Register(Napi::Env env, Napi::Object exports) {
       {"cmEventName", CmEventName},
   };
   for (const Export& e : kExports) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
-  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  exports.Set("abiVersion", Napi::Number::New(env, 2));
   return exports;
 }
 

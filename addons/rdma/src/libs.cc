@@ -63,6 +63,7 @@ LoadResult Load(const std::string& verbs_path, const std::string& rdmacm_path) {
             Resolve(verbs, "ibv_alloc_pd", verbs_path, &v.alloc_pd, &why) &&
             Resolve(verbs, "ibv_dealloc_pd", verbs_path, &v.dealloc_pd, &why) &&
             Resolve(verbs, "ibv_create_cq", verbs_path, &v.create_cq, &why) &&
+            Resolve(verbs, "ibv_resize_cq", verbs_path, &v.resize_cq, &why) &&
             Resolve(verbs, "ibv_destroy_cq", verbs_path, &v.destroy_cq, &why) &&
             Resolve(verbs, "ibv_create_qp", verbs_path, &v.create_qp, &why) &&
             Resolve(verbs, "ibv_destroy_qp", verbs_path, &v.destroy_qp, &why) &&

@@ -26,6 +26,9 @@ struct Verbs {
   decltype(&::ibv_alloc_pd) alloc_pd;
   decltype(&::ibv_dealloc_pd) dealloc_pd;
   decltype(&::ibv_create_cq) create_cq;
+  // An exported function (not inline): rdma-core calls the provider's resize_cq through its
+  // private ops table; ibv_context_ops' slot of that name is a compat placeholder.
+  decltype(&::ibv_resize_cq) resize_cq;
   decltype(&::ibv_destroy_cq) destroy_cq;
   decltype(&::ibv_create_qp) create_qp;
   decltype(&::ibv_destroy_qp) destroy_qp;

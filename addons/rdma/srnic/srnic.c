@@ -12,7 +12,7 @@
  * Devices come from SRNIC_DEVICES, a comma-separated list of name:state, state being active,
  * down, init, armed or noopen (ibv_open_device fails with EACCES); default "srnic0:active".
  * Each device has one Ethernet port with a 1024-byte active MTU; an RC QP accepts up to 256
- * bytes of inline data, 8 SGEs, 4096 work requests.
+ * bytes of inline data, 8 SGEs, 4096 work requests; a CQ up to 4194303 entries (max_cqe), resizable.
  *
  * The network: srnic reaches only this machine (127.0.0.0/8, 0.0.0.0). An RDMA CM port P is the
  * Unix stream socket `cm-P` in SRNIC_NET_DIR (default /tmp/koala-srnic-<uid>, mode 0700), so
@@ -245,7 +245,7 @@ SRNIC_EXPORT int ibv_query_device(struct ibv_context *context, struct ibv_device
   attr->max_qp_wr = 4096;
   attr->max_sge = 8;
   attr->max_cq = 1024;
-  attr->max_cqe = 65536;
+  attr->max_cqe = SRNIC_MAX_CQE;
   attr->max_mr = 4096;
   attr->max_pd = 64;
   attr->phys_port_cnt = 1;
@@ -420,7 +420,7 @@ SRNIC_EXPORT void ibv_ack_cq_events(struct ibv_cq *cq, unsigned int nevents) {
 SRNIC_EXPORT struct ibv_cq *ibv_create_cq(struct ibv_context *context, int cqe, void *cq_context, struct ibv_comp_channel *channel, int comp_vector) {
   struct srnic_cq *c;
   (void)comp_vector;
-  if (cqe < 1 || cqe > 65536) {
+  if (cqe < 1 || cqe > SRNIC_MAX_CQE) {
     errno = EINVAL;
     return NULL;
   }
@@ -445,6 +445,34 @@ SRNIC_EXPORT struct ibv_cq *ibv_create_cq(struct ibv_context *context, int cqe, 
     pthread_mutex_unlock(&c->lock);
   }
   return &c->cq;
+}
+
+/* ibv_resize_cq: a new ring of at least `cqe` entries (exactly `cqe` here) receives the queued
+ * completions in order, under the CQ's lock, which is the lock every producer (the service
+ * thread, a loopback post, the SRNIC_CQ_SELFTEST thread) holds to add a completion, so none is
+ * added or lost meanwhile. EINVAL below the completions queued or above max_cqe (the CQ is then
+ * unchanged); ENOMEM when the ring cannot be allocated. Returns 0 or an errno value, as rdma-core. */
+SRNIC_EXPORT int ibv_resize_cq(struct ibv_cq *cq, int cqe) {
+  struct srnic_cq *c = (struct srnic_cq *)cq;
+  struct ibv_wc *ring;
+  if (cqe < 1 || cqe > SRNIC_MAX_CQE) return EINVAL;
+  ring = calloc((size_t)cqe, sizeof(*ring));
+  if (ring == NULL) return ENOMEM;
+  pthread_mutex_lock(&c->lock);
+  if (cqe < c->count) {
+    pthread_mutex_unlock(&c->lock);
+    free(ring);
+    return EINVAL;
+  }
+  for (int i = 0; i < c->count; i++) ring[i] = c->ring[(c->head + i) % c->cap];
+  free(c->ring);
+  c->ring = ring;
+  c->head = 0;
+  c->cap = cqe;
+  c->cq.cqe = cqe;
+  if (c->has_selftest) pthread_cond_broadcast(&c->cond); /* maybe room for the self-test thread */
+  pthread_mutex_unlock(&c->lock);
+  return 0;
 }
 
 SRNIC_EXPORT int ibv_destroy_cq(struct ibv_cq *cq) {

@@ -18,6 +18,7 @@
 #define SRNIC_MAX_INLINE 256
 #define SRNIC_MAX_SGE 8
 #define SRNIC_MAX_QP_WR 4096
+#define SRNIC_MAX_CQE 4194303 /* max_cqe (as ConnectX reports it): create and resize accept 1..this */
 #define SRNIC_MAX_PRIVATE 56
 
 /* The NIC lock: every CM id, event queue, link, connected QP (its queues and state) and memory

@@ -260,10 +260,20 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
         this.abort(new KoalaError(ErrorCode.RECEIVER_FAILED, `the message receiver threw: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
       },
     );
-    ctx.attach(qp.qpNum, this, qp.caps.maxSendWr + qp.caps.maxRecvWr);
-    for (let slot = 0; slot < RECV_DEPTH; slot++) this.addRecv(slot);
-    ctx.verbs.postRecv(qp, this.recvBatch);
-    this.recvBatch.reset();
+    // Refused here (the thread's CQ cannot grow, receives cannot be posted): nothing of this
+    // connection stays behind in the context; the caller destroys the QP and identifier.
+    let attached = false;
+    try {
+      ctx.attach(qp.qpNum, this, qp.caps.maxSendWr + qp.caps.maxRecvWr);
+      attached = true;
+      for (let slot = 0; slot < RECV_DEPTH; slot++) this.addRecv(slot);
+      ctx.verbs.postRecv(qp, this.recvBatch);
+      this.recvBatch.reset();
+    } catch (err) {
+      if (attached) ctx.detach(qp.qpNum, qp.caps.maxSendWr + qp.caps.maxRecvWr);
+      this.area.release();
+      throw err;
+    }
   }
 
   /** Completes the connecting side's setup with the peer's hello (credits and buffer size). */

@@ -103,14 +103,34 @@ export class RdmaContext {
     return { addr: r.mr.addr + off, lkey: r.mr.lkey, mr: r.mr };
   }
 
-  /** Routes the completions of queue pair `qpNum` to `sink`, growing the CQ by `entries`. */
+  /**
+   * Routes the completions of queue pair `qpNum` to `sink`, growing the CQ by `entries` (its
+   * depth doubles as needed, up to the device's max_cqe). When the CQ would need more than
+   * max_cqe entries, or the device refuses to grow it, throws KOALA_ERR_RESOURCE_EXHAUSTED and
+   * changes nothing: that queue pair is refused, the others go on.
+   */
   attach(qpNum: number, sink: CompletionSink, entries: number): void {
-    this.sinks.set(qpNum, sink);
-    this.cqNeeded += entries;
-    if (this.cqNeeded > this.cqDepth) {
-      while (this.cqDepth < this.cqNeeded) this.cqDepth *= 2;
-      this.verbs.resizeCq(this.cq, Math.min(this.cqDepth, this.selection.device!.maxCqe));
+    const needed = this.cqNeeded + entries;
+    const maxCqe = this.selection.device!.maxCqe;
+    if (needed > this.cqDepth) {
+      if (needed > maxCqe) {
+        throw new KoalaError(
+          ErrorCode.VERBS,
+          `this thread's RDMA completion queue would need ${needed} entries for ${this.sinks.size + 1} connections; the device ${this.selection.device!.name} allows ${maxCqe} (max_cqe)`,
+        );
+      }
+      let depth = this.cqDepth;
+      while (depth < needed) depth *= 2;
+      depth = Math.min(depth, maxCqe);
+      try {
+        this.verbs.resizeCq(this.cq, depth);
+      } catch (err) {
+        throw new KoalaError(ErrorCode.VERBS, `this thread's RDMA completion queue cannot grow to ${depth} entries: ${(err as Error).message}`, { cause: err });
+      }
+      this.cqDepth = depth;
     }
+    this.sinks.set(qpNum, sink);
+    this.cqNeeded = needed;
   }
 
   /** Stops routing `qpNum`'s completions (any still queued are dropped). */

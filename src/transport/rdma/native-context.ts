@@ -35,14 +35,8 @@ import {
 } from "./verbs.js";
 
 const ACCESS_MASK = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ | Access.MW_BIND;
-
-/**
- * Entries every completion queue is created with at least (within the device's limit): the
- * contract has no ibv_resize_cq, so {@link NativeContext.resizeCq} can only grow a CQ within
- * what it was created with. 65,536 entries hold the completions of 800 connections of the
- * RDMA transport.
- */
-export const CQ_RESERVE = 65536;
+/** Largest CQ depth asked of the addon (which checks the same); the device's max_cqe may be lower. */
+const MAX_CQ_DEPTH = 4194304;
 
 /**
  * Send work requests a queue pair gets beyond those asked for: room for the unsignaled window
@@ -81,9 +75,10 @@ class NativeCq extends Handle {
   constructor(
     readonly context: NativeContext,
     readonly id: number,
+    /** Entries last asked for. */
     public depth: number,
-    /** Entries it was created with: it cannot grow past them. */
-    readonly capacity: number,
+    /** Entries the device granted at the last resize (cq->cqe, at least `depth`); as asked before any. */
+    public capacity: number,
   ) {
     super("cq");
   }
@@ -270,7 +265,7 @@ function stubDevice(name: string): DeviceInfo {
 
 /** Options of {@link NativeContext.open}. */
 export interface NativeOpenOptions {
-  /** The device's description (its limits size the CQ reserve and the bind headroom). */
+  /** The device's description (its limits size the bind headroom). */
   device?: DeviceInfo;
   /** The port used. Default 1. */
   port?: number;
@@ -392,26 +387,34 @@ export class NativeContext extends Handle implements VerbsContext {
   }
 
   /**
-   * Creates a completion queue of `depth` entries (with room for at least {@link CQ_RESERVE},
-   * within the device's limit, so that it can grow); `onNotify` is called (asynchronously, once)
-   * after {@link reqNotifyCq} when a completion arrives, by the addon's watch of the completion
-   * channel's fd (no polling loop).
+   * Creates a completion queue of `depth` entries (grown or shrunk later by {@link resizeCq});
+   * `onNotify` is called (asynchronously, once) after {@link reqNotifyCq} when a completion
+   * arrives, by the addon's watch of the completion channel's fd (no polling loop).
    */
   createCq(depth: number, onNotify: () => void): Cq {
     this.check("createCq()");
-    if (!Number.isInteger(depth) || depth < 1 || depth > 4194304) fail("createCq()", `depth must be 1..4194304, got ${depth}`);
+    if (!Number.isInteger(depth) || depth < 1 || depth > MAX_CQ_DEPTH) fail("createCq()", `depth must be 1..${MAX_CQ_DEPTH}, got ${depth}`);
     if (typeof onNotify !== "function") fail("createCq()", "onNotify must be a function");
-    const capacity = Math.max(depth, Math.min(CQ_RESERVE, this.device.maxCqe));
-    const cq = new NativeCq(this, this.#binding.createCq(this.#id, capacity, onNotify), depth, capacity);
+    const cq = new NativeCq(this, this.#binding.createCq(this.#id, depth, onNotify), depth, depth);
     this.use();
     return cq;
   }
 
-  /** Grows or shrinks a CQ to `depth` entries, within what it was created with (KOALA_ERR_VERBS past that). */
+  /**
+   * Makes a CQ hold `depth` completions (ibv_resize_cq), keeping those queued. Growing within
+   * what the device already granted (cq->cqe may exceed what was asked) needs no call; any other
+   * change resizes. KOALA_ERR_VERBS (with the errno) when the device refuses: `depth` below the
+   * completions queued, or above its max_cqe.
+   */
   resizeCq(cq: Cq, depth: number): void {
     const c = this.#cq(cq, "resizeCq()");
-    if (!Number.isInteger(depth) || depth < 1) fail("resizeCq()", `depth must be a positive integer, got ${String(depth)}`);
-    if (depth > c.capacity) throw new KoalaError(ErrorCode.VERBS, `resizeCq(): the completion queue was created for ${c.capacity} entries and cannot grow to ${depth} (no ibv_resize_cq)`);
+    if (!Number.isInteger(depth) || depth < 1 || depth > MAX_CQ_DEPTH) fail("resizeCq()", `depth must be 1..${MAX_CQ_DEPTH}, got ${String(depth)}`);
+    if (depth === c.depth) return;
+    if (depth > c.depth && depth <= c.capacity) {
+      c.depth = depth;
+      return;
+    }
+    c.capacity = this.#binding.resizeCq(c.id, depth);
     c.depth = depth;
   }
 

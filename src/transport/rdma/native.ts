@@ -23,7 +23,7 @@ import { fileURLToPath } from "node:url";
 import { ErrorCode, KoalaError, type ErrorCodeValue } from "../../errors.js";
 
 /** The binding's ABI version this module speaks; the addon exports the same number. */
-export const NATIVE_ABI_VERSION = 1;
+export const NATIVE_ABI_VERSION = 2;
 
 /** One port as the addon reports it (numbers are libibverbs enum values). */
 export interface RawPort {
@@ -115,6 +115,12 @@ export interface NativeBinding {
    * (from the event loop, never while JavaScript runs). The watch does not keep the process alive.
    */
   createCq(context: number, depth: number, onNotify: () => void): number;
+  /**
+   * Resizes a completion queue to hold at least `depth` completions (ibv_resize_cq), keeping
+   * those queued; returns the entries granted (may exceed `depth`). KOALA_ERR_VERBS (with the
+   * errno) when `depth` is below what is queued or above the device's max_cqe.
+   */
+  resizeCq(cq: number, depth: number): number;
   /** Arms the CQ's notification for the next completion. */
   reqNotifyCq(cq: number): void;
   /** Moves up to `max` completions into `out` (WC layout of verbs.ts); returns how many. */

@@ -357,7 +357,8 @@ class SoftContext extends Handle implements VerbsContext {
   resizeCq(cq: Cq, depth: number): void {
     const c = asCq(cq);
     c.check("resizeCq()");
-    if (!Number.isInteger(depth) || depth < c.count || depth > SOFT_DEVICE.maxCqe) fail("resizeCq()", `depth must be ${c.count}..${SOFT_DEVICE.maxCqe}, got ${depth}`);
+    const least = Math.max(1, c.count);
+    if (!Number.isInteger(depth) || depth < least || depth > SOFT_DEVICE.maxCqe) fail("resizeCq()", `depth must be ${least}..${SOFT_DEVICE.maxCqe} (the completions queued..max_cqe), got ${depth}`);
     const ring = new Float64Array(depth * WC.STRIDE);
     for (let i = 0; i < c.count; i++) {
       const from = ((c.head + i) % c.depth) * WC.STRIDE;

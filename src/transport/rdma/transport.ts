@@ -152,7 +152,15 @@ async function connectRdma(address: Address, options: ResolvedTransportOptions):
     const code = err instanceof KoalaError ? err.code : ErrorCode.SYSTEM;
     throw new KoalaError(code, `connect to ${address.uri}: ${(err as Error).message}`, { cause: err });
   }
-  conn = new RdmaConnection(ctx, id, qp, options, `rdma://127.0.0.1:0#${qp.qpNum}`, address.uri, undefined);
+  try {
+    conn = new RdmaConnection(ctx, id, qp, options, `rdma://127.0.0.1:0#${qp.qpNum}`, address.uri, undefined);
+  } catch (err) {
+    // Refused before connecting (this thread's CQ is at the device's max_cqe, no registered memory).
+    v.destroyQp(qp);
+    v.destroyId(id);
+    const code = err instanceof KoalaError ? err.code : ErrorCode.SYSTEM;
+    throw new KoalaError(code, `connect to ${address.uri}: ${(err as Error).message}`, { cause: err });
+  }
   const left = Math.max(1, Math.round(options.connectTimeoutMs - (performance.now() - started)));
   const event = await new Promise<CmEvent>((resolve) => {
     settle = resolve;

@@ -353,7 +353,7 @@ export interface VerbsContext extends Handle {
 
   /** Creates a completion queue of `depth` entries; `onNotify` is called (asynchronously, once) after {@link reqNotifyCq} when a completion arrives. */
   createCq(depth: number, onNotify: () => void): Cq;
-  /** Grows or shrinks a CQ to `depth` entries. */
+  /** Grows or shrinks a CQ to `depth` entries, keeping the completions queued in order; KOALA_ERR_VERBS below those queued or above the device's max_cqe. */
   resizeCq(cq: Cq, depth: number): void;
   /** Arms the CQ's notification for the next completion. */
   reqNotifyCq(cq: Cq): void;

@@ -1460,6 +1460,68 @@ static void overrun(void) {
   free(buf);
 }
 
+/* ibv_resize_cq on a CQ that holds completions, their ring wrapped around (a loopback QP's
+ * signaled RDMA WRITEs into a send CQ of 4): below the completions queued and above max_cqe it
+ * fails with EINVAL and the CQ is unchanged; grown, it keeps them in order and holds more;
+ * emptied, it shrinks. */
+static void resize(void) {
+  int n, rc_small, rc_big, rc_grow, rc_shrink, cqe_after_fail, cqe_grown, got = 0;
+  struct ibv_context **list = rdma_get_devices(&n);
+  struct ibv_device_attr attr;
+  struct ibv_pd *pd = ibv_alloc_pd(list[0]);
+  struct ibv_cq *cq = ibv_create_cq(list[0], 4, NULL, NULL, 0), *rcq = ibv_create_cq(list[0], 4, NULL, NULL, 0);
+  uint8_t *buf = calloc(1, 4096);
+  struct ibv_mr *mr = ibv_reg_mr(pd, buf, 4096, ACCESS_ALL);
+  struct ibv_qp_init_attr a;
+  struct ibv_qp *qp;
+  struct ibv_wc wc[16];
+  char order[128] = "";
+  uint64_t next = 0;
+  CHECK(ibv_query_device(list[0], &attr) == 0, "ibv_query_device");
+  memset(&a, 0, sizeof(a));
+  a.send_cq = cq;
+  a.recv_cq = rcq;
+  a.qp_type = IBV_QPT_RC;
+  a.cap.max_send_wr = a.cap.max_recv_wr = 16;
+  a.cap.max_send_sge = a.cap.max_recv_sge = 1;
+  qp = ibv_create_qp(pd, &a);
+  CHECK(pd != NULL && cq != NULL && rcq != NULL && mr != NULL && qp != NULL, "objects");
+#define WRITES(k)                                                                                 \
+  for (int i = 0; i < (k); i++) {                                                                  \
+    struct ibv_sge sg = {.addr = (uintptr_t)buf, .length = 8, .lkey = mr->lkey};                  \
+    struct ibv_send_wr w = {.wr_id = next++, .sg_list = &sg, .num_sge = 1, .opcode = IBV_WR_RDMA_WRITE, .send_flags = IBV_SEND_SIGNALED}, *bad; \
+    w.wr.rdma.remote_addr = (uintptr_t)buf + 64;                                                  \
+    w.wr.rdma.rkey = mr->rkey;                                                                    \
+    CHECK(ibv_post_send(qp, &w, &bad) == 0, "post");                                              \
+  }
+  WRITES(4);
+  CHECK(ibv_poll_cq(cq, 2, wc) == 2 && wc[0].wr_id == 0 && wc[1].wr_id == 1, "the first two");
+  WRITES(2); /* the CQ is full again: 2, 3, 4, 5, wrapped around its ring */
+  rc_small = ibv_resize_cq(cq, 3);
+  rc_big = ibv_resize_cq(cq, attr.max_cqe + 1);
+  cqe_after_fail = cq->cqe;
+  rc_grow = ibv_resize_cq(cq, 10);
+  cqe_grown = cq->cqe;
+  WRITES(6); /* 6..11: 10 queued, more than the CQ held before */
+  for (int k; (k = ibv_poll_cq(cq, 16, wc)) > 0;) {
+    for (int i = 0; i < k; i++, got++) {
+      size_t at = strlen(order);
+      CHECK(wc[i].status == IBV_WC_SUCCESS, "status %s", ibv_wc_status_str(wc[i].status));
+      snprintf(order + at, sizeof(order) - at, "%s%llu", at > 0 ? "," : "", (unsigned long long)wc[i].wr_id);
+    }
+  }
+  rc_shrink = ibv_resize_cq(cq, 2);
+  say("resize: too_small=%d too_big=%d unchanged=%d grow=%d cqe=%d order=%s shrink=%d cqe=%d", rc_small, rc_big, cqe_after_fail, rc_grow, cqe_grown >= 10, order, rc_shrink, cq->cqe);
+#undef WRITES
+  ibv_destroy_qp(qp);
+  ibv_dereg_mr(mr);
+  ibv_destroy_cq(cq);
+  ibv_destroy_cq(rcq);
+  ibv_dealloc_pd(pd);
+  rdma_free_devices(list);
+  free(buf);
+}
+
 static void *server_thread(void *arg) {
   (void)arg;
   my_side = 'S';
@@ -1502,6 +1564,10 @@ int main(int argc, char **argv) {
     overrun();
     return 0;
   }
+  if (argc >= 2 && strcmp(argv[1], "resize") == 0) {
+    resize();
+    return 0;
+  }
   if (argc >= 2 && strcmp(argv[1], "netdir") == 0) {
     net_dir_default();
     return 0;
@@ -1510,6 +1576,6 @@ int main(int argc, char **argv) {
     no_devices();
     return 0;
   }
-  fprintf(stderr, "usage: selftest server | client PORT [death] | both | devices | nodevices | netdir | overrun\n");
+  fprintf(stderr, "usage: selftest server | client PORT [death] | both | devices | nodevices | netdir | overrun | resize\n");
   return 1;
 }
