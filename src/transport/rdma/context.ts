@@ -106,7 +106,7 @@ export class RdmaContext {
   /**
    * Routes the completions of queue pair `qpNum` to `sink`, growing the CQ by `entries` (its
    * depth doubles as needed, up to the device's max_cqe). When the CQ would need more than
-   * max_cqe entries, or the device refuses to grow it, throws KOALA_ERR_RESOURCE_EXHAUSTED and
+   * max_cqe entries, or the device refuses to grow it, throws KOALA_ERR_VERBS (naming the limit) and
    * changes nothing: that queue pair is refused, the others go on.
    */
   attach(qpNum: number, sink: CompletionSink, entries: number): void {
