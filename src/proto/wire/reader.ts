@@ -403,12 +403,10 @@ export function decodeRange<T>(type: { read(r: ProtoReader, end: number, into?: 
   const r = spare ?? new ProtoReader(NOTHING);
   spare = undefined;
   r.reset(buf, start, end);
-  try {
-    const m = type.read(r, end);
-    if (r.pos !== end) throw malformed("trailing bytes after the message");
-    return m;
-  } finally {
-    r.reset(NOTHING, 0, 0); // holds no message's memory between decodes
-    spare = r;
-  }
+  const m = type.read(r, end);
+  if (r.pos !== end) throw malformed("trailing bytes after the message");
+  // Kept for the next decode, holding no message's memory. After a throw it is dropped instead.
+  r.reset(NOTHING, 0, 0);
+  spare = r;
+  return m;
 }
