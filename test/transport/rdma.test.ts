@@ -689,6 +689,14 @@ s("a thread's CQ grows with its connections up to the device's max_cqe; past it 
     all.forEach((c, i) => c.send([pattern(i, 100)]));
     await until(() => got.every((g) => g.length === 1), `an echo on each of ${all.length} connections`);
     got.forEach((g, i) => assert.ok(Buffer.from(g[0]!).equals(Buffer.from(pattern(i, 100))), `echo ${i}`));
+
+    // As the connections close, each thread's CQ gives its memory back, down to its first 1024 entries.
+    const threads = [server, byPoll(12), client, peer];
+    const depths = (): number[] => threads.map((t) => (t.cq as unknown as { depth: number }).depth);
+    assert.equal(depths(), [LIMIT, 1024, LIMIT, 1024], "grown where a thread holds more than 1024 entries' worth of connections (fit), not where it holds fit - 8");
+    for (const c of all) c.close();
+    await until(() => threads.every((t) => t.connections === 0), "every connection closed on both sides");
+    assert.equal(depths(), [1024, 1024, 1024, 1024]);
   } finally {
     diagnostics.unsubscribe("koala:transport", onLog);
     registerVerbsProvider(softProvider);

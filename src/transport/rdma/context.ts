@@ -35,6 +35,9 @@ export interface Located {
 const POLL_BATCH = 64;
 const GiB = 1024 * 1024 * 1024;
 
+/** Entries of a thread's CQ before any connection, and the least it shrinks back to. */
+const FIRST_CQ_DEPTH = 1024;
+
 /** The per-thread RDMA state (see the module comment). Made by {@link rdmaContext}. */
 export class RdmaContext {
   readonly verbs: VerbsContext;
@@ -51,7 +54,7 @@ export class RdmaContext {
   /** Registrations of the heaps' slabs, by their ArrayBuffer. */
   private readonly regions = new Map<ArrayBufferLike, { mr: Mr; offset: number; length: number }>();
   private readonly sinks = new Map<number, CompletionSink>();
-  private cqDepth = 1024;
+  private cqDepth = FIRST_CQ_DEPTH;
   private cqNeeded = 0;
   private readonly wc = new Float64Array(POLL_BATCH * WC.STRIDE);
   private draining = false;
@@ -135,7 +138,21 @@ export class RdmaContext {
 
   /** Stops routing `qpNum`'s completions (any still queued are dropped). */
   detach(qpNum: number, entries: number): void {
-    if (this.sinks.delete(qpNum)) this.cqNeeded -= entries;
+    if (!this.sinks.delete(qpNum)) return;
+    this.cqNeeded -= entries;
+    // Memory back once the connections left need a quarter of the CQ or less (not on every
+    // close, so connections that come and go do not resize it each time). A device that refuses
+    // (more completions queued than the smaller size holds) keeps the CQ as it is.
+    if (this.cqDepth > FIRST_CQ_DEPTH && this.cqNeeded * 4 <= this.cqDepth) {
+      let depth = FIRST_CQ_DEPTH;
+      while (depth < this.cqNeeded * 2) depth *= 2;
+      try {
+        this.verbs.resizeCq(this.cq, depth);
+        this.cqDepth = depth;
+      } catch {
+        // kept at its size; tried again at the next close
+      }
+    }
   }
 
   /** Queue pairs routed here. */
