@@ -695,8 +695,8 @@ s("a thread's CQ grows with its connections up to the device's max_cqe; past it 
     const depths = (): number[] => threads.map((t) => (t.cq as unknown as { depth: number }).depth);
     assert.equal(depths(), [LIMIT, 1024, LIMIT, 1024], "grown where a thread holds more than 1024 entries' worth of connections (fit), not where it holds fit - 8");
     for (const c of all) c.close();
-    await until(() => threads.every((t) => t.connections === 0), "every connection closed on both sides");
-    assert.equal(depths(), [1024, 1024, 1024, 1024]);
+    // A CQ shrinks at the drain after the closes, once it has polled their flushed completions.
+    await until(() => threads.every((t) => t.connections === 0) && depths().every((d) => d === 1024), "every connection closed and every CQ back at 1024 entries");
   } finally {
     diagnostics.unsubscribe("koala:transport", onLog);
     registerVerbsProvider(softProvider);

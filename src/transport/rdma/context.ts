@@ -56,6 +56,8 @@ export class RdmaContext {
   private readonly sinks = new Map<number, CompletionSink>();
   private cqDepth = FIRST_CQ_DEPTH;
   private cqNeeded = 0;
+  /** Set when connections closed and the CQ is four times what the rest need: the next drain shrinks it. */
+  private shrinkWanted = false;
   private readonly wc = new Float64Array(POLL_BATCH * WC.STRIDE);
   private draining = false;
   private again = false;
@@ -141,18 +143,10 @@ export class RdmaContext {
     if (!this.sinks.delete(qpNum)) return;
     this.cqNeeded -= entries;
     // Memory back once the connections left need a quarter of the CQ or less (not on every
-    // close, so connections that come and go do not resize it each time). A device that refuses
-    // (more completions queued than the smaller size holds) keeps the CQ as it is.
-    if (this.cqDepth > FIRST_CQ_DEPTH && this.cqNeeded * 4 <= this.cqDepth) {
-      let depth = FIRST_CQ_DEPTH;
-      while (depth < this.cqNeeded * 2) depth *= 2;
-      try {
-        this.verbs.resizeCq(this.cq, depth);
-        this.cqDepth = depth;
-      } catch {
-        // kept at its size; tried again at the next close
-      }
-    }
+    // close, so connections that come and go do not resize it each time). Not here: the queue
+    // pair is still flushing into the CQ. The next drain shrinks it, once it has polled the CQ
+    // empty: by then every detached queue pair is destroyed and none of its completions is left.
+    if (this.cqDepth > FIRST_CQ_DEPTH && this.cqNeeded * 4 <= this.cqDepth) this.shrinkWanted = true;
   }
 
   /** Queue pairs routed here. */
@@ -182,6 +176,23 @@ export class RdmaContext {
     }
   }
 
+  /**
+   * Shrinks the CQ (polled empty just now) to the smallest power of two from 1024 up that holds
+   * twice what the attached queue pairs need. A device that refuses keeps it as it is.
+   */
+  private shrink(): void {
+    this.shrinkWanted = false;
+    let depth = FIRST_CQ_DEPTH;
+    while (depth < this.cqNeeded * 2) depth *= 2;
+    if (depth >= this.cqDepth) return;
+    try {
+      this.verbs.resizeCq(this.cq, depth);
+      this.cqDepth = depth;
+    } catch (err) {
+      log("debug", "transport", `the RDMA completion queue stays at ${this.cqDepth} entries: ${(err as Error).message}`);
+    }
+  }
+
   private pollAll(): void {
     const v = this.verbs;
     const wc = this.wc;
@@ -194,6 +205,7 @@ export class RdmaContext {
         while (n === 0 && process.hrtime.bigint() < end) n = v.pollCq(this.cq, wc, POLL_BATCH);
       }
       if (n === 0) {
+        if (this.shrinkWanted) this.shrink();
         v.reqNotifyCq(this.cq);
         // A completion that came between the last poll and the arming is caught here.
         n = v.pollCq(this.cq, wc, POLL_BATCH);
