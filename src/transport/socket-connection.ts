@@ -1,5 +1,6 @@
 /**
- * One `net.Socket` speaking koala framing: the live half of the tcp and unix transports.
+ * One `net.Socket` speaking koala framing: the live half of the tcp, tls and unix transports
+ * (on tls the socket is the `TLSSocket`, and the TCP socket under it is kept for resets).
  *
  * Send: a message of at most `coalesceMaxBytes` is copied, header and all, into a batch
  * buffer, so that everything sent in one tick leaves in one write; a larger one goes out as
@@ -32,7 +33,7 @@ import {
 } from "./framing.js";
 import { Inbox, InboxReader } from "./inbox.js";
 import { RegionTable, checkRemoteAccess, type ByteSource, type RegionDescriptor, type RegisterRegionOptions, type RegisteredRegion } from "./regions.js";
-import type { Connection, ResolvedTransportOptions, TransportName } from "./types.js";
+import type { Connection, PeerCertificate, ResolvedTransportOptions, TransportName } from "./types.js";
 
 /** Smallest batch buffer: under half of Buffer.poolSize, so it is carved from Node's pool. */
 const BATCH_MIN_BYTES = 2048;
@@ -100,7 +101,9 @@ export class SocketConnection extends InboxReader implements Connection {
 
   /**
    * Takes over a connected socket and sends this side's HELLO at once. The connection is
-   * usable by the caller after {@link greeting} resolved.
+   * usable by the caller after {@link greeting} resolved. `tcpSocket` is the TCP socket under
+   * `socket` (`socket` itself on tcp, the one under the TLS socket on tls, none on unix): Nagle
+   * is set on it and an abort resets it. `peerCertificate` is what a TLS peer presented.
    */
   constructor(
     private readonly socket: net.Socket,
@@ -108,6 +111,8 @@ export class SocketConnection extends InboxReader implements Connection {
     readonly options: ResolvedTransportOptions,
     readonly localAddress: string,
     readonly remoteAddress: string,
+    private readonly tcpSocket?: net.Socket,
+    readonly peerCertificate?: PeerCertificate,
   ) {
     super();
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
@@ -125,7 +130,7 @@ export class SocketConnection extends InboxReader implements Connection {
       },
     );
     this.decoder = new FrameDecoder(options.maxMessageBytes, (kind, payload) => this.onFrame(kind, payload));
-    if (transport === "tcp") socket.setNoDelay(options.noDelay);
+    tcpSocket?.setNoDelay(options.noDelay);
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("end", () => this.onEnd());
     socket.on("error", (err) => this.setClosed(fromSystemError(err, `connection with ${remoteAddress}`), false));
@@ -478,7 +483,7 @@ export class SocketConnection extends InboxReader implements Connection {
     });
   }
 
-  /** Drops the connection at once: a TCP reset, so that the peer cannot mistake it for an orderly end. */
+  /** Drops the connection at once: a TCP reset (also under TLS), so that the peer cannot mistake it for an orderly end. */
   private abort(reason: KoalaError): void {
     if (this.reason !== undefined) {
       // Already closing in order: a failure now (a bad frame while lingering) ends it at once.
@@ -491,9 +496,9 @@ export class SocketConnection extends InboxReader implements Connection {
     this.queued = 0;
     this.batch = undefined;
     this.batchStart = this.batchLen = 0;
-    const socket = this.socket;
-    if (this.transport === "tcp" && !socket.destroyed && !socket.connecting) socket.resetAndDestroy();
-    else socket.destroy();
+    const tcp = this.tcpSocket;
+    if (tcp !== undefined && !tcp.destroyed && !tcp.connecting) tcp.resetAndDestroy();
+    this.socket.destroy();
     for (let i = 0; i < dropped.length; i++) callWritten(dropped[i]);
   }
 
