@@ -70,6 +70,10 @@ export class SocketConnection extends InboxReader implements Connection {
   protected readonly inbox: Inbox;
   private readonly decoder: FrameDecoder;
   private greetingWaiter: { resolve(): void; reject(err: KoalaError): void } | undefined;
+  /** True once this side's HELLO has been handed to the operating system (or dropped). */
+  private helloSent = false;
+  /** An abort waiting for the HELLO to leave (see {@link abort}). */
+  private afterHello: (() => void) | undefined;
   private lingerTimer: NodeJS.Timeout | undefined;
 
   // Send side. `batch[batchStart, batchLen)` holds copied frames not yet flushed; the bytes
@@ -135,7 +139,10 @@ export class SocketConnection extends InboxReader implements Connection {
     socket.on("end", () => this.onEnd());
     socket.on("error", (err) => this.setClosed(fromSystemError(err, `connection with ${remoteAddress}`), false));
     socket.on("close", () => this.onSocketClose());
-    socket.write(helloFrame());
+    socket.write(helloFrame(), () => {
+      this.helloSent = true;
+      this.afterHello?.();
+    });
   }
 
   /**
@@ -496,9 +503,16 @@ export class SocketConnection extends InboxReader implements Connection {
     this.queued = 0;
     this.batch = undefined;
     this.batchStart = this.batchLen = 0;
-    const tcp = this.tcpSocket;
-    if (tcp !== undefined && !tcp.destroyed && !tcp.connecting) tcp.resetAndDestroy();
-    this.socket.destroy();
+    const drop = (): void => {
+      const tcp = this.tcpSocket;
+      if (tcp !== undefined && !tcp.destroyed && !tcp.connecting) tcp.resetAndDestroy();
+      this.socket.destroy();
+    };
+    // A peer must get this side's HELLO before the reset, or it could not tell a connection
+    // accepted and then dropped from one refused. Over TCP the HELLO leaves at once; over TLS it
+    // can still wait behind the handshake's last records (session tickets) for a moment.
+    if (this.helloSent || this.socket.destroyed) drop();
+    else this.afterHello = drop;
     for (let i = 0; i < dropped.length; i++) callWritten(dropped[i]);
   }
 
