@@ -29,7 +29,7 @@ import net from "node:net";
 import tls from "node:tls";
 import { setTimeout as sleep } from "node:timers/promises";
 import { KoalaError } from "../../src/errors.js";
-import { resetLogLevel } from "../../src/log.js";
+import { quietly } from "../helpers.js";
 import { FRAME_HEADER_BYTES, FrameKind, helloFrame, writeFrameHeader } from "../../src/transport/framing.js";
 import {
   connect as connectAny,
@@ -179,20 +179,6 @@ function pattern(seed: number, size: number): Uint8Array {
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
-}
-
-/** Runs `fn` with KOALA_LOG=off: the tests that provoke errors on purpose keep the output clean. */
-async function quietly<T>(fn: () => Promise<T>): Promise<T> {
-  const saved = process.env.KOALA_LOG;
-  process.env.KOALA_LOG = "off";
-  resetLogLevel();
-  try {
-    return await fn();
-  } finally {
-    if (saved === undefined) delete process.env.KOALA_LOG;
-    else process.env.KOALA_LOG = saved;
-    resetLogLevel();
-  }
 }
 
 /** Soft limit on open files of this process (Linux), or undefined where it cannot be read. */

@@ -7,12 +7,11 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import tls from "node:tls";
 import { Code, KoalaError, RpcError, closeClient, createClient, createServer } from "../../src/index.js";
-import { resetLogLevel } from "../../src/log.js";
 import { connect, listen, parseAddress, transportInfo, type Connection, type Listener, type TransportOptions } from "../../src/transport/index.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { clientTls, mutualClientTls, pem, serverTls } from "../fixtures/tls/certs.js";
 import { echoImpl, observe } from "../rpc/echo-service.js";
-import { rejection } from "../helpers.js";
+import { quietly, rejection } from "../helpers.js";
 
 /** Short enough that a hang shows, long enough for a loaded machine. */
 const CONNECT_MS = 5_000;
@@ -56,20 +55,6 @@ async function failure(p: Promise<unknown>): Promise<{ err: KoalaError; ms: numb
     return { err: err as KoalaError, ms: Date.now() - start };
   }
   throw new Error("expected a failure; it succeeded");
-}
-
-/** Runs `fn` with logging off (refused handshakes are logged at debug level, protocol errors at warn). */
-async function quietly<T>(fn: () => Promise<T>): Promise<T> {
-  const saved = process.env.KOALA_LOG;
-  process.env.KOALA_LOG = "off";
-  resetLogLevel();
-  try {
-    return await fn();
-  } finally {
-    if (saved === undefined) delete process.env.KOALA_LOG;
-    else process.env.KOALA_LOG = saved;
-    resetLogLevel();
-  }
 }
 
 const t = suite("tls transport");
