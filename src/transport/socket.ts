@@ -94,6 +94,11 @@ class SocketListener extends QueuedListener implements Listener {
 
   /** `tcp` is the TCP socket under `socket` (itself on tcp, none on unix); `peer` what a TLS client presented. */
   private incoming(socket: net.Socket, tcp: net.Socket | undefined, peer: PeerCertificate | undefined): void {
+    // A TLS handshake begun before close() can complete after it.
+    if (this.queue.isClosed) {
+      socket.destroy();
+      return;
+    }
     checkFileDescriptors(this.address);
     // The listener's own address may be a wildcard (0.0.0.0): each connection reports the real one.
     const local = endAddress(this.transport, socket, "local", () => this.address);
@@ -282,13 +287,17 @@ async function secureClient(socket: net.Socket, address: Address, options: Resol
     socket.destroy();
     throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `connect to ${address.uri}: the transport options "tls.key", "tls.cert" or "tls.ca" cannot be loaded: ${(err as Error).message}`, { cause: err });
   }
-  await settle(secure, "secureConnect", address, options, deadline, (err) => {
+  try {
+    await settle(secure, "secureConnect", address, options, deadline, (err) => {
+      const e = fromSystemError(err, `connect to ${address.uri}: TLS handshake`);
+      // A koala server without TLS greets with its HELLO frame, which is no TLS record.
+      const plaintext = errnoOf(err) === "ERR_SSL_WRONG_VERSION_NUMBER" || errnoOf(err) === "ERR_SSL_PACKET_LENGTH_TOO_LONG";
+      return plaintext ? new KoalaError(e.code, `${e.message}; the server does not speak TLS (a plaintext tcp:// listener?)`, { cause: err }) : e;
+    });
+  } catch (err) {
     socket.destroy();
-    const e = fromSystemError(err, `connect to ${address.uri}: TLS handshake`);
-    // A koala server without TLS greets with its HELLO frame, which is no TLS record.
-    const plaintext = errnoOf(err) === "ERR_SSL_WRONG_VERSION_NUMBER" || errnoOf(err) === "ERR_SSL_PACKET_LENGTH_TOO_LONG";
-    return plaintext ? new KoalaError(e.code, `${e.message}; the server does not speak TLS (a plaintext tcp:// listener?)`, { cause: err }) : e;
-  });
+    throw err;
+  }
   return secure;
 }
 
