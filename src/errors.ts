@@ -57,6 +57,12 @@ export const ErrorCode = {
   ADDRESS_IN_USE: "KOALA_ERR_ADDRESS_IN_USE",
   /** The operating system denied access (socket file permissions, privileged port). */
   ACCESS_DENIED: "KOALA_ERR_ACCESS_DENIED",
+  /**
+   * A TLS handshake or TLS record failed: an untrusted or mismatched certificate, a client
+   * certificate missing or refused, a peer that does not speak TLS, or one that does where
+   * plaintext was expected. Node's own code (e.g. `UNABLE_TO_VERIFY_LEAF_SIGNATURE`) is in the message.
+   */
+  TLS: "KOALA_ERR_TLS",
   /** The peer sent bytes that are not a valid frame. */
   PROTOCOL: "KOALA_ERR_PROTOCOL",
   /** A message is larger than the configured maximum. */

@@ -1,6 +1,7 @@
 /** Small assertions shared by test files. */
 import * as assert from "uvu/assert";
 import { KoalaError, RpcError } from "../src/errors.js";
+import { resetLogLevel } from "../src/log.js";
 
 /** The stable code of the KoalaError `fn` throws; "none" when it throws nothing. */
 export function thrownCode(fn: () => unknown): string {
@@ -30,5 +31,19 @@ export async function until(cond: () => boolean, what: string, ms = 10_000): Pro
   while (!cond()) {
     if (Date.now() > end) throw new Error(`still waiting for ${what} after ${ms} ms`);
     await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Runs `fn` with KOALA_LOG=off: the tests that provoke errors on purpose keep the output clean. */
+export async function quietly<T>(fn: () => Promise<T>): Promise<T> {
+  const saved = process.env.KOALA_LOG;
+  process.env.KOALA_LOG = "off";
+  resetLogLevel();
+  try {
+    return await fn();
+  } finally {
+    if (saved === undefined) delete process.env.KOALA_LOG;
+    else process.env.KOALA_LOG = saved;
+    resetLogLevel();
   }
 }

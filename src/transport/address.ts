@@ -1,5 +1,5 @@
 /**
- * Address parsing. Addresses are URIs: `tcp://host:port`, `unix:/path/to.sock`,
+ * Address parsing. Addresses are URIs: `tcp://host:port`, `tls://host:port`, `unix:/path/to.sock`,
  * `rdma://host:port`, `memory:name`. An address with no scheme (`host:port`) or with the
  * scheme `koala://` goes to the transport that {@link chooseTransport} picks.
  */
@@ -42,7 +42,7 @@ function parseHostPort(address: string, rest: string): { host: string; port: num
   return { host, port: Number(portText) };
 }
 
-const KNOWN_SCHEMES = new Set(["tcp", "unix", "rdma", "memory", "koala"]);
+const KNOWN_SCHEMES = new Set(["tcp", "tls", "unix", "rdma", "memory", "koala"]);
 
 /** Splits an address into its parts. Throws KOALA_ERR_INVALID_ADDRESS. */
 export function parseAddress(address: string): ParsedAddress {
@@ -51,13 +51,14 @@ export function parseAddress(address: string): ParsedAddress {
   const m = /^([a-z][a-z0-9+.-]*):(.*)$/i.exec(address);
   const scheme = m?.[1]?.toLowerCase() ?? "";
   if (m === null || !KNOWN_SCHEMES.has(scheme)) {
-    if (m !== null && m[2]!.startsWith("//")) throw bad(address, `unknown scheme "${scheme}:" (known: tcp, unix, rdma, memory, koala)`);
+    if (m !== null && m[2]!.startsWith("//")) throw bad(address, `unknown scheme "${scheme}:" (known: ${[...KNOWN_SCHEMES].join(", ")})`);
     // No scheme: host:port (a host name followed by ":port" looks like a scheme to the pattern).
     return { scheme: undefined, ...parseHostPort(address, address), path: "" };
   }
   const rest = m[2]!;
   switch (scheme) {
     case "tcp":
+    case "tls":
     case "rdma":
     case "koala": {
       if (!rest.startsWith("//")) throw bad(address, `expected ${scheme}://host:port`);
@@ -105,7 +106,7 @@ export function bindAddress(parsed: ParsedAddress, name: TransportName, written:
     const path = join(tmpdir(), `koala-${parsed.host.replace(/[^A-Za-z0-9.-]/g, "_")}-${port}.sock`);
     return { transport: "unix", host: "", port: 0, path, uri: formatAddress("unix", "", 0, path) };
   }
-  if ((name === "tcp" || name === "rdma") && parsed.host === "") throw bad(written, `the ${name} transport needs host:port`);
+  if ((name === "tcp" || name === "tls" || name === "rdma") && parsed.host === "") throw bad(written, `the ${name} transport needs host:port`);
   if (name === "memory" && parsed.path === "") {
     const path = `${parsed.host}:${parsed.port}`;
     return { transport: "memory", host: "", port: 0, path, uri: formatAddress("memory", "", 0, path) };

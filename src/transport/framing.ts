@@ -297,7 +297,9 @@ export class FrameDecoder {
   private checkFirstHeader(hb: Uint8Array, ho: number, kind: FrameKind, length: number): void {
     if (kind === FrameKind.HELLO && length === HELLO_BYTES && hb[ho + 5] === 0 && hb[ho + 6] === 0 && hb[ho + 7] === 0) return;
     const bytes = Array.from(hb.subarray(ho, ho + FRAME_HEADER_BYTES), (b) => b.toString(16).padStart(2, "0")).join(" ");
-    throw this.fail(ErrorCode.PROTOCOL, `the peer does not speak the koala protocol: its first frame is not a HELLO (header bytes ${bytes})`);
+    // A TLS handshake record (0x16, version 3.x) is a client that dialled tls:// on a plaintext listener.
+    const tls = hb[ho] === 0x16 && hb[ho + 1] === 0x03 ? "; it starts a TLS handshake: a tls:// client on a plaintext listener" : "";
+    throw this.fail(ErrorCode.PROTOCOL, `the peer does not speak the koala protocol: its first frame is not a HELLO (header bytes ${bytes})${tls}`);
   }
 
   /** Checks the header of any frame but MESSAGE: known kind, a single HELLO, plausible size. */

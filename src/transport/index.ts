@@ -9,22 +9,23 @@ import { memoryTransport } from "./memory.js";
 import { rdmaTransport } from "./rdma/transport.js";
 import { rdmaInfo, type RdmaInfo } from "./rdma/providers.js";
 import { resolveTransportOptions } from "./options.js";
-import { tcpTransport, unixTransport } from "./socket.js";
+import { tcpTransport, tlsTransport, unixTransport } from "./socket.js";
 import type { Connection, Listener, TransportName, TransportOptions } from "./types.js";
 
 let ready = false;
 
-/** Registers the built-in transports (tcp, unix, memory, rdma). Idempotent; `listen` and `connect` call it. */
+/** Registers the built-in transports (tcp, tls, unix, memory, rdma). Idempotent; `listen` and `connect` call it. */
 export function setupTransports(): void {
   if (ready) return;
   ready = true;
   registerTransport(tcpTransport);
+  registerTransport(tlsTransport);
   registerTransport(unixTransport);
   registerTransport(memoryTransport);
   registerTransport(rdmaTransport);
 }
 
-/** Listens at `address` (`tcp://host:port`, `unix:/path`, `memory:name`, or `host:port` for KOALA_TRANSPORT's choice). */
+/** Listens at `address` (`tcp://host:port`, `tls://host:port`, `unix:/path`, `memory:name`, or `host:port` for KOALA_TRANSPORT's choice). */
 export async function listen(address: string, options?: TransportOptions): Promise<Listener> {
   setupTransports();
   const resolved = resolveTransportOptions("listen()", options);
@@ -63,7 +64,7 @@ export function transportInfo(env: NodeJS.ProcessEnv = process.env): {
   choice: { transport?: TransportName; reason: string; mode: string };
 } {
   setupTransports();
-  const names: TransportName[] = ["tcp", "unix", "rdma", "memory"];
+  const names: TransportName[] = ["tcp", "tls", "unix", "rdma", "memory"];
   const transports = names.map((name) => {
     let why: string | undefined;
     try {
@@ -87,4 +88,16 @@ export { registerTransport, chooseTransport, resolveAddress } from "./registry.j
 export { parseAddress, formatAddress } from "./address.js";
 export { encodeDescriptor, decodeDescriptor, DESCRIPTOR_BYTES, RegionTable } from "./regions.js";
 export type { RegionDescriptor, RegisteredRegion, RemoteAccess, ByteSource, RegisterRegionOptions, ReadAnswer } from "./regions.js";
-export type { Address, Connection, Listener, Transport, TransportName, TransportOptions, ResolvedTransportOptions } from "./types.js";
+export type {
+  Address,
+  Connection,
+  Listener,
+  PeerCertificate,
+  ResolvedTlsOptions,
+  ResolvedTransportOptions,
+  TlsOptions,
+  TlsPem,
+  Transport,
+  TransportName,
+  TransportOptions,
+} from "./types.js";

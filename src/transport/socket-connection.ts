@@ -1,5 +1,6 @@
 /**
- * One `net.Socket` speaking koala framing: the live half of the tcp and unix transports.
+ * One `net.Socket` speaking koala framing: the live half of the tcp, tls and unix transports
+ * (on tls the socket is the `TLSSocket`, and the TCP socket under it is kept for resets).
  *
  * Send: a message of at most `coalesceMaxBytes` is copied, header and all, into a batch
  * buffer, so that everything sent in one tick leaves in one write; a larger one goes out as
@@ -32,7 +33,7 @@ import {
 } from "./framing.js";
 import { Inbox, InboxReader } from "./inbox.js";
 import { RegionTable, checkRemoteAccess, type ByteSource, type RegionDescriptor, type RegisterRegionOptions, type RegisteredRegion } from "./regions.js";
-import type { Connection, ResolvedTransportOptions, TransportName } from "./types.js";
+import type { Connection, PeerCertificate, ResolvedTransportOptions, TransportName } from "./types.js";
 
 /** Smallest batch buffer: under half of Buffer.poolSize, so it is carved from Node's pool. */
 const BATCH_MIN_BYTES = 2048;
@@ -69,6 +70,10 @@ export class SocketConnection extends InboxReader implements Connection {
   protected readonly inbox: Inbox;
   private readonly decoder: FrameDecoder;
   private greetingWaiter: { resolve(): void; reject(err: KoalaError): void } | undefined;
+  /** True once this side's HELLO has been handed to the operating system (or dropped). */
+  private helloSent = false;
+  /** An abort waiting for the HELLO to leave (see {@link abort}). */
+  private afterHello: (() => void) | undefined;
   private lingerTimer: NodeJS.Timeout | undefined;
 
   // Send side. `batch[batchStart, batchLen)` holds copied frames not yet flushed; the bytes
@@ -100,7 +105,9 @@ export class SocketConnection extends InboxReader implements Connection {
 
   /**
    * Takes over a connected socket and sends this side's HELLO at once. The connection is
-   * usable by the caller after {@link greeting} resolved.
+   * usable by the caller after {@link greeting} resolved. `tcpSocket` is the TCP socket under
+   * `socket` (`socket` itself on tcp, the one under the TLS socket on tls, none on unix): Nagle
+   * is set on it and an abort resets it. `peerCertificate` is what a TLS peer presented.
    */
   constructor(
     private readonly socket: net.Socket,
@@ -108,6 +115,8 @@ export class SocketConnection extends InboxReader implements Connection {
     readonly options: ResolvedTransportOptions,
     readonly localAddress: string,
     readonly remoteAddress: string,
+    private readonly tcpSocket?: net.Socket,
+    readonly peerCertificate?: PeerCertificate,
   ) {
     super();
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
@@ -125,12 +134,15 @@ export class SocketConnection extends InboxReader implements Connection {
       },
     );
     this.decoder = new FrameDecoder(options.maxMessageBytes, (kind, payload) => this.onFrame(kind, payload));
-    if (transport === "tcp") socket.setNoDelay(options.noDelay);
+    tcpSocket?.setNoDelay(options.noDelay);
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("end", () => this.onEnd());
     socket.on("error", (err) => this.setClosed(fromSystemError(err, `connection with ${remoteAddress}`), false));
     socket.on("close", () => this.onSocketClose());
-    socket.write(helloFrame());
+    socket.write(helloFrame(), () => {
+      this.helloSent = true;
+      this.afterHello?.();
+    });
   }
 
   /**
@@ -478,7 +490,7 @@ export class SocketConnection extends InboxReader implements Connection {
     });
   }
 
-  /** Drops the connection at once: a TCP reset, so that the peer cannot mistake it for an orderly end. */
+  /** Drops the connection at once: a TCP reset (also under TLS), so that the peer cannot mistake it for an orderly end. */
   private abort(reason: KoalaError): void {
     if (this.reason !== undefined) {
       // Already closing in order: a failure now (a bad frame while lingering) ends it at once.
@@ -491,9 +503,16 @@ export class SocketConnection extends InboxReader implements Connection {
     this.queued = 0;
     this.batch = undefined;
     this.batchStart = this.batchLen = 0;
-    const socket = this.socket;
-    if (this.transport === "tcp" && !socket.destroyed && !socket.connecting) socket.resetAndDestroy();
-    else socket.destroy();
+    const drop = (): void => {
+      const tcp = this.tcpSocket;
+      if (tcp !== undefined && !tcp.destroyed && !tcp.connecting) tcp.resetAndDestroy();
+      this.socket.destroy();
+    };
+    // A peer must get this side's HELLO before the reset, or it could not tell a connection
+    // accepted and then dropped from one refused. Over TCP the HELLO leaves at once; over TLS it
+    // can still wait behind the handshake's last records (session tickets) for a moment.
+    if (this.helloSent || this.socket.destroyed) drop();
+    else this.afterHello = drop;
     for (let i = 0; i < dropped.length; i++) callWritten(dropped[i]);
   }
 

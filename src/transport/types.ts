@@ -6,20 +6,58 @@ import type { KoalaError } from "../errors.js";
 import type { ByteSource, RegionDescriptor, RegisterRegionOptions, RegisteredRegion } from "./regions.js";
 
 /** Names of the transports koala-rpc knows. */
-export type TransportName = "tcp" | "unix" | "rdma" | "memory";
+export type TransportName = "tcp" | "tls" | "unix" | "rdma" | "memory";
 
 /** An address split into its parts; produced by `parseAddress`. */
 export interface Address {
   /** Transport that serves this address. */
   readonly transport: TransportName;
-  /** Host name or IP (tcp, rdma), empty otherwise. */
+  /** Host name or IP (tcp, tls, rdma), empty otherwise. */
   readonly host: string;
-  /** Port (tcp, rdma); 0 asks the system for a free one when listening. */
+  /** Port (tcp, tls, rdma); 0 asks the system for a free one when listening. */
   readonly port: number;
   /** Socket path (unix) or name (memory), empty otherwise. */
   readonly path: string;
   /** The address written as a URI, e.g. `tcp://127.0.0.1:5000`. */
   readonly uri: string;
+}
+
+/** PEM data as `node:tls` takes it: one string or Buffer, or several. */
+export type TlsPem = string | Buffer | readonly (string | Buffer)[];
+
+/**
+ * TLS settings of the `tls` transport (ignored by the others); they are passed to `node:tls`.
+ * A listener needs `key` and `cert`; a client needs `ca` unless the server's certificate is
+ * signed by a CA that Node trusts by default.
+ */
+export interface TlsOptions {
+  /** Private key(s) in PEM: required to listen; a client sends `cert` with it for mutual TLS. */
+  key?: TlsPem;
+  /** Certificate chain(s) in PEM matching `key`. */
+  cert?: TlsPem;
+  /** Certificate authorities to trust instead of Node's default list (the peer's certificate must chain to one). */
+  ca?: TlsPem;
+  /** Client: the name sent in SNI. Default: the host of the address when it is a name (not an IP). The certificate is checked against the address's host. */
+  servername?: string;
+  /** Refuse a peer whose certificate is not valid or not trusted (and, on a client, not issued for the host). Default true. */
+  rejectUnauthorized?: boolean;
+  /** Server: ask every client for a certificate (mutual TLS); with `rejectUnauthorized`, a client without a trusted one is refused. Default false. */
+  requestCert?: boolean;
+  /** Oldest TLS version accepted. Default "TLSv1.2". */
+  minVersion?: "TLSv1.2" | "TLSv1.3";
+}
+
+/** {@link TlsOptions} with the defaults of `rejectUnauthorized`, `requestCert` and `minVersion` filled in. */
+export type ResolvedTlsOptions = Readonly<TlsOptions & Required<Pick<TlsOptions, "rejectUnauthorized" | "requestCert" | "minVersion">>>;
+
+/** The certificate the peer of a TLS connection presented. */
+export interface PeerCertificate {
+  /** True when the certificate chains to a trusted CA (and, seen from a client, names the host dialled). */
+  readonly authorized: boolean;
+  /** The subject's common name (CN), empty when it has none. */
+  readonly subject: string;
+  /** The subjectAltName entries as Node writes them, e.g. `DNS:localhost`, `IP Address:127.0.0.1`. */
+  readonly altNames: readonly string[];
 }
 
 /** Options shared by listeners and connections of every transport. */
@@ -55,10 +93,12 @@ export interface TransportOptions {
    * refuses every one-sided request. Default false.
    */
   oneSided?: boolean;
+  /** TLS settings of the `tls` transport (see {@link TlsOptions}); the other transports ignore them. */
+  tls?: TlsOptions;
 }
 
 /** {@link TransportOptions} with every default filled in. */
-export type ResolvedTransportOptions = Readonly<Required<TransportOptions>>;
+export type ResolvedTransportOptions = Readonly<Required<Omit<TransportOptions, "tls">> & { tls: ResolvedTlsOptions }>;
 
 /**
  * A live, message-oriented connection.
@@ -76,6 +116,11 @@ export interface Connection extends AsyncIterable<Uint8Array> {
   readonly remoteAddress: string;
   /** The resolved options of this connection. */
   readonly options: ResolvedTransportOptions;
+  /**
+   * On `tls`, the certificate the peer presented and whether it was verified; undefined on the
+   * other transports and when the peer presented none (a client the server did not ask for one).
+   */
+  readonly peerCertificate?: PeerCertificate;
 
   /**
    * Queues one message made of `parts`, sent back to back without being joined into one

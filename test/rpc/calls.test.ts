@@ -16,13 +16,16 @@ import {
   createClient,
   createServer,
   listen,
+  type ChannelOptions,
   type Client,
   type Metadata,
   type Server,
+  type ServerOptions,
   type ServiceDefinition,
 } from "../../src/index.js";
 import { settingsFrame } from "./raw.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
+import { clientTls, serverTls } from "../fixtures/tls/certs.js";
 import { abortSeen, echoImpl, observe, type Observed } from "./echo-service.js";
 
 type Echo = Client<typeof EchoService>;
@@ -51,6 +54,7 @@ let memoryN = 0;
 
 function addressFor(kind: string): string {
   if (kind === "tcp") return "tcp://127.0.0.1:0";
+  if (kind === "tls") return "tls://127.0.0.1:0";
   if (kind === "unix") {
     const dir = mkdtempSync(join(tmpdir(), "koala-rpc-"));
     dirs.push(dir);
@@ -60,8 +64,11 @@ function addressFor(kind: string): string {
   return `memory:rpc-${process.pid}-${++memoryN}`;
 }
 
-for (const kind of ["memory", "tcp", "unix", "rdma"] as const) {
+for (const kind of ["memory", "tcp", "tls", "unix", "rdma"] as const) {
   const s = suite<{ server: Server; address: string; client: Echo; o: Observed }>(`calls over ${kind}`);
+  // tls: every server has the test certificate, every client trusts the test CA.
+  const serverOpts = (o: ServerOptions = {}): ServerOptions => (kind === "tls" ? { ...o, transport: { ...o.transport, tls: serverTls } } : o);
+  const clientOpts = (o: ChannelOptions = {}): ChannelOptions => (kind === "tls" ? { ...o, transport: { ...o.transport, tls: clientTls } } : o);
   // rdma runs on the software verbs provider, selected only while its suite runs.
   const savedProvider = process.env.KOALA_RDMA_PROVIDER;
   s.before(() => {
@@ -74,10 +81,10 @@ for (const kind of ["memory", "tcp", "unix", "rdma"] as const) {
 
   s.before.each(async (ctx) => {
     ctx.o = observe();
-    ctx.server = createServer({ logHandlerErrors: false });
+    ctx.server = createServer(serverOpts({ logHandlerErrors: false }));
     ctx.server.add(EchoService, echoImpl(ctx.o));
     ctx.address = await ctx.server.listen(addressFor(kind));
-    ctx.client = createClient(EchoService, ctx.address);
+    ctx.client = createClient(EchoService, ctx.address, clientOpts());
   });
 
   s.after.each(async (ctx) => {
@@ -196,19 +203,19 @@ for (const kind of ["memory", "tcp", "unix", "rdma"] as const) {
       typeName: "koala.test.Other",
       methods: { missing: { ...unary, name: "Missing", localName: "missing", path: "/koala.test.Other/Missing" } },
     };
-    const other = createClient(Other, address) as unknown as { missing: (r: object) => Promise<unknown> };
+    const other = createClient(Other, address, clientOpts()) as unknown as { missing: (r: object) => Promise<unknown> };
     await rejects(other.missing({ text: "?" }), Code.UNIMPLEMENTED, /Missing/);
     closeClient(other);
   });
 
   s("messages over the size limit → RESOURCE_EXHAUSTED, on either side", async ({ address, client }) => {
-    const small = createClient(EchoService, address, { maxMessageBytes: 1000 });
+    const small = createClient(EchoService, address, clientOpts({ maxMessageBytes: 1000 }));
     await rejects(small.unary({ text: "x", payload: new Uint8Array(2000) }), Code.RESOURCE_EXHAUSTED, /exceeds/);
     closeClient(small);
-    const server2 = createServer({ maxMessageBytes: 1000 });
+    const server2 = createServer(serverOpts({ maxMessageBytes: 1000 }));
     server2.add(EchoService, echoImpl(observe()));
     const a2 = await server2.listen(addressFor(kind));
-    const c2 = createClient(EchoService, a2);
+    const c2 = createClient(EchoService, a2, clientOpts());
     await rejects(c2.unary({ text: "x", payload: new Uint8Array(5000) }), Code.RESOURCE_EXHAUSTED, /limit/);
     assert.is((await c2.unary({ text: "fine" })).text, "fine", "the connection survives");
     closeClient(c2);
@@ -257,7 +264,7 @@ for (const kind of ["memory", "tcp", "unix", "rdma"] as const) {
     await rejects(ctx.client.unary({ text: "nobody" }), Code.UNAVAILABLE);
     // The failed connect backs off: meanwhile calls fail fast, without dialing.
     await rejects(ctx.client.unary({ text: "too soon" }), Code.UNAVAILABLE, /next attempt in \d+ ms/);
-    ctx.server = createServer();
+    ctx.server = createServer(serverOpts());
     ctx.server.add(EchoService, echoImpl(ctx.o));
     await ctx.server.listen(address);
     assert.is((await ctx.client.unary({ text: "back" }, { waitForReady: true, timeoutMs: 5000 })).text, "back");
@@ -266,12 +273,12 @@ for (const kind of ["memory", "tcp", "unix", "rdma"] as const) {
   s("waitForReady waits for a server that is not there yet, until its deadline", async (ctx) => {
     const address = ctx.address;
     ctx.server.forceShutdown();
-    const late = createClient(EchoService, address, { reconnectBackoffInitialMs: 20, reconnectBackoffMaxMs: 50 });
+    const late = createClient(EchoService, address, clientOpts({ reconnectBackoffInitialMs: 20, reconnectBackoffMaxMs: 50 }));
     try {
       await rejects(late.unary({ text: "x" }, { waitForReady: true, timeoutMs: 150 }), Code.DEADLINE_EXCEEDED);
       const pending = late.unary({ text: "patient" }, { waitForReady: true, timeoutMs: 5000 });
       await sleep(100);
-      ctx.server = createServer();
+      ctx.server = createServer(serverOpts());
       ctx.server.add(EchoService, echoImpl(ctx.o));
       await ctx.server.listen(address);
       assert.is((await pending).text, "patient");
@@ -300,7 +307,7 @@ for (const kind of ["memory", "tcp", "unix", "rdma"] as const) {
   });
 
   s("a shared channel serves several clients; bad call options are rejected", async ({ address }) => {
-    const channel = createChannel(address);
+    const channel = createChannel(address, clientOpts());
     const a = createClient(EchoService, channel);
     const b = createClient(EchoService, channel);
     const [x, y] = await Promise.all([a.unary({ text: "a" }), b.unary({ text: "b" })]);

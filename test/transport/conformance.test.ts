@@ -1,10 +1,14 @@
-/** The transport conformance suite (conformance.ts) for tcp, unix, memory and rdma (soft provider). */
+/** The transport conformance suite (conformance.ts) for tcp, tls, unix, memory and rdma (soft provider). */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { conformanceSuite } from "./conformance.js";
+import { clientTls, serverTls } from "../fixtures/tls/certs.js";
 
 conformanceSuite("tcp", () => "tcp://127.0.0.1:0");
+
+// TLS with the test certificates: the server's, and a client that trusts the test CA only.
+conformanceSuite("tls", () => "tls://127.0.0.1:0", { listenOptions: { tls: serverTls }, connectOptions: { tls: clientTls } });
 
 const dir = mkdtempSync(join(tmpdir(), "koala-conf-"));
 let socketN = 0;

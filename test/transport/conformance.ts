@@ -1,7 +1,7 @@
 /**
  * The transport conformance suite: what every transport must do, checked through the public
  * `listen()` / `connect()` of src/transport/index.ts only. `conformance.test.ts` runs it for
- * tcp, unix, memory and rdma (soft provider); a new transport passes it before it is registered.
+ * tcp, tls, unix, memory and rdma (soft provider); a new transport passes it before it is registered.
  *
  * What the suite decides where the contract leaves room (see each test):
  * - `close(reason)` drops the connection; its peer sees KOALA_ERR_CONNECTION_RESET on tcp
@@ -26,23 +26,24 @@ import { fork, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, linkSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
 import net from "node:net";
+import tls from "node:tls";
 import { setTimeout as sleep } from "node:timers/promises";
 import { KoalaError } from "../../src/errors.js";
-import { resetLogLevel } from "../../src/log.js";
+import { quietly } from "../helpers.js";
 import { FRAME_HEADER_BYTES, FrameKind, helloFrame, writeFrameHeader } from "../../src/transport/framing.js";
 import {
-  connect,
+  connect as connectAny,
   DESCRIPTOR_BYTES,
   decodeDescriptor,
   encodeDescriptor,
-  listen,
+  listen as listenAny,
   type Connection,
   type Listener,
   type TransportOptions,
 } from "../../src/transport/index.js";
 
 /** The transports the suite runs against. */
-export type ConformanceTransport = "tcp" | "unix" | "memory" | "rdma";
+export type ConformanceTransport = "tcp" | "tls" | "unix" | "memory" | "rdma";
 
 /** Extra steps around the suite. */
 export interface ConformanceHooks {
@@ -50,6 +51,22 @@ export interface ConformanceHooks {
   before?: () => void | Promise<void>;
   /** Runs once after the last test, even when tests failed (e.g. to remove a temporary folder). */
   after?: () => void | Promise<void>;
+  /** Options every listen() of the suite starts from, under the test's own (e.g. a TLS certificate). */
+  listenOptions?: TransportOptions;
+  /** Options every connect() of the suite starts from, under the test's own (e.g. the CA to trust). */
+  connectOptions?: TransportOptions;
+}
+
+/** The suite's listen() and connect(): the transport's, with the base options of the hooks. */
+interface Endpoints {
+  listen(address: string, options?: TransportOptions): Promise<Listener>;
+  connect(address: string, options?: TransportOptions): Promise<Connection>;
+}
+
+/** `options` over `base`; anything but an options object is passed as it is, for the validation tests. */
+function withBase(base: TransportOptions | undefined, options: TransportOptions | undefined): TransportOptions | undefined {
+  if (base === undefined || options === undefined) return options ?? base;
+  return typeof options === "object" && options !== null && !Array.isArray(options) ? { ...base, ...options } : options;
 }
 
 const KiB = 1024;
@@ -164,20 +181,6 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 }
 
-/** Runs `fn` with KOALA_LOG=off: the tests that provoke errors on purpose keep the output clean. */
-async function quietly<T>(fn: () => Promise<T>): Promise<T> {
-  const saved = process.env.KOALA_LOG;
-  process.env.KOALA_LOG = "off";
-  resetLogLevel();
-  try {
-    return await fn();
-  } finally {
-    if (saved === undefined) delete process.env.KOALA_LOG;
-    else process.env.KOALA_LOG = saved;
-    resetLogLevel();
-  }
-}
-
 /** Soft limit on open files of this process (Linux), or undefined where it cannot be read. */
 function openFilesLimit(): number | undefined {
   try {
@@ -193,7 +196,10 @@ class TestContext {
   private readonly cleanups: (() => unknown)[] = [];
   private readonly connections: Connection[] = [];
 
-  constructor(readonly makeAddress: () => string) {}
+  constructor(
+    readonly makeAddress: () => string,
+    private readonly endpoints: Endpoints,
+  ) {}
 
   /** Runs `fn` after the test. */
   defer(fn: () => unknown): void {
@@ -202,7 +208,7 @@ class TestContext {
 
   /** Listens at a fresh address of the transport under test. */
   async listen(options?: TransportOptions, address = this.makeAddress()): Promise<Listener> {
-    const l = await listen(address, options);
+    const l = await this.endpoints.listen(address, options);
     this.defer(() => l.close());
     return l;
   }
@@ -214,7 +220,7 @@ class TestContext {
   }
 
   async connect(address: string, options?: TransportOptions): Promise<Connection> {
-    return this.track(await connect(address, options));
+    return this.track(await this.endpoints.connect(address, options));
   }
 
   /** A listener with one accepted connection: `client` dialled it, `server` is the accepted end. */
@@ -281,8 +287,10 @@ async function echoTrip(c: Connection, what: string): Promise<void> {
  */
 export function conformanceSuite(name: ConformanceTransport, makeAddress: () => string, hooks: ConformanceHooks = {}): void {
   const s = suite(`transport conformance: ${name}`);
-  /** The socket transports, whose raw sockets some tests poke at. */
-  const sockets = name === "tcp" || name === "unix";
+  const listen = (address: string, options?: TransportOptions): Promise<Listener> => listenAny(address, withBase(hooks.listenOptions, options));
+  const connect = (address: string, options?: TransportOptions): Promise<Connection> => connectAny(address, withBase(hooks.connectOptions, options));
+  /** The socket transports, whose raw sockets some tests poke at (on tls, through a TLS socket). */
+  const sockets = name === "tcp" || name === "unix" || name === "tls";
   /** Whether the owner's side of one-sided access is a NIC that errors the queue pair (see the module comment). */
   const nicChecked = name === "rdma";
   /** What the peer of a `close(reason)` sees (see the module comment). */
@@ -290,7 +298,7 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
 
   const t = (title: string, fn: (ctx: TestContext) => Promise<void>): void => {
     s(title, async () => {
-      const ctx = new TestContext(makeAddress);
+      const ctx = new TestContext(makeAddress, { listen, connect });
       let failure: unknown;
       try {
         await within(fn(ctx), TEST_DEADLINE_MS, title);
@@ -970,7 +978,7 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
     const asked = makeAddress();
     const l = await ctx.listen(undefined, asked);
     assert.is(l.transport, name);
-    if (name === "tcp" || name === "rdma") {
+    if (name === "tcp" || name === "tls" || name === "rdma") {
       const m = new RegExp(`^${name}://127\\.0\\.0\\.1:(\\d+)$`).exec(l.address);
       assert.ok(m !== null && Number(m[1]) > 0 && Number(m[1]) < 65536, `a real port: ${l.address}`);
     } else {
@@ -1042,15 +1050,16 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
 
   if (sockets) {
     const rawTarget = (address: string): net.NetConnectOpts =>
-      name === "tcp" ? { host: "127.0.0.1", port: Number(address.slice(address.lastIndexOf(":") + 1)) } : { path: address.slice("unix:".length) };
+      name === "unix" ? { path: address.slice("unix:".length) } : { host: "127.0.0.1", port: Number(address.slice(address.lastIndexOf(":") + 1)) };
 
-    /** Opens a raw socket, writes `bytes` (and ends when `end`), and resolves once the server has closed it. */
+    /** Opens a raw socket (on tls, a TLS socket with the suite's CA), writes `bytes` (and ends when `end`), and resolves once the server has closed it. */
     const rawExchange = async (address: string, bytes: Uint8Array, end = false): Promise<void> => {
-      const raw = net.connect(rawTarget(address));
+      const target = rawTarget(address) as net.TcpNetConnectOpts;
+      const raw = name === "tls" ? tls.connect({ host: target.host, port: target.port, ca: hooks.connectOptions?.tls?.ca as tls.ConnectionOptions["ca"] }) : net.connect(target);
       raw.on("error", () => undefined);
       raw.resume();
       const closed = new Promise((r) => raw.once("close", r));
-      await new Promise((r) => raw.once("connect", r));
+      await new Promise((r) => raw.once(name === "tls" ? "secureConnect" : "connect", r));
       if (end) raw.end(bytes);
       else raw.write(bytes);
       await within(closed, 5000, "the server closing a raw socket");
@@ -1114,6 +1123,7 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
       // on its way (partly read, partly in the kernel, mostly in the child) when the child dies.
       const l = await ctx.listen({ maxMessageBytes: size, receiveQueueMessages: 1 });
       const accepted = l.accept();
+      // The child trusts the test CA on tls (see the fixture).
       const child: ChildProcess = fork(new URL("../fixtures/transport/big-sender.ts", import.meta.url).pathname, [l.address, String(size)], {
         execArgv: ["--import", "tsx"],
         stdio: ["ignore", "inherit", "inherit", "ipc"],
