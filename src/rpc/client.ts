@@ -7,7 +7,7 @@ import { Code, ErrorCode, KoalaError, RpcError, clampCode, type MetadataInit } f
 import { Fifo } from "../fifo.js";
 import { log } from "../log.js";
 import { connect } from "../transport/index.js";
-import type { Connection } from "../transport/types.js";
+import type { Connection, PeerCertificate } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { decodeRange } from "../proto/wire/reader.js";
@@ -497,6 +497,10 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
 
   get peer(): string {
     return this.channel.address;
+  }
+
+  get peerCertificate(): PeerCertificate | undefined {
+    return this.cc?.conn.peerCertificate;
   }
 
   /** The request metadata (from the call options; the interceptors may add to it before it is sent). */

@@ -16,6 +16,7 @@
  */
 import { Code, RpcError } from "../errors.js";
 import type { MethodDefinition, MethodKind } from "../proto/definition.js";
+import type { PeerCertificate } from "../transport/types.js";
 import type { Metadata } from "./metadata.js";
 
 /**
@@ -43,6 +44,12 @@ export interface CallInfo {
   readonly kind: MethodKind;
   /** The other end's address. */
   readonly peer: string;
+  /**
+   * On tls, the other end's certificate (subject, alternative names, whether it was verified):
+   * a client's only under mutual TLS (`requestCert`). Undefined on other transports, and before
+   * a client call has a connection.
+   */
+  readonly peerCertificate: PeerCertificate | undefined;
   /** Absolute deadline in epoch ms, or undefined. */
   readonly deadline: number | undefined;
   /** Request metadata (client-send may add to it: it is sent as it is after the chain). */

@@ -6,7 +6,7 @@
 import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
 import { log, logLimited } from "../log.js";
 import { listen } from "../transport/index.js";
-import type { Connection, Listener } from "../transport/types.js";
+import type { Connection, Listener, PeerCertificate } from "../transport/types.js";
 import type { MethodDefinition, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { decodeRange } from "../proto/wire/reader.js";
@@ -24,6 +24,8 @@ export interface CallContext {
   readonly method: MethodDefinition;
   /** The client's address. */
   readonly peer: string;
+  /** On tls under mutual TLS (`requestCert`), the client's certificate and whether it was verified; undefined otherwise. */
+  readonly peerCertificate: PeerCertificate | undefined;
   /** Request headers. */
   readonly requestMetadata: Metadata;
   /** Absolute deadline in epoch milliseconds, or undefined when the client set none. */
@@ -589,6 +591,10 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
 
   get peer(): string {
     return this.sc.conn.remoteAddress;
+  }
+
+  get peerCertificate(): PeerCertificate | undefined {
+    return this.sc.conn.peerCertificate;
   }
 
   get side(): "server" {

@@ -12,6 +12,7 @@ import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { clientTls, mutualClientTls, pem, serverTls } from "../fixtures/tls/certs.js";
 import { echoImpl, observe } from "../rpc/echo-service.js";
 import { quietly, rejection } from "../helpers.js";
+import { policies } from "../../src/policy/index.js";
 
 /** Short enough that a hang shows, long enough for a loaded machine. */
 const CONNECT_MS = 5_000;
@@ -205,6 +206,62 @@ t("an RPC over tls: calls work; a client that does not trust the server fails UN
       server.forceShutdown();
     }
   });
+});
+
+t("mutual TLS under RPC: the handler and a server interceptor see the client's certificate, a client interceptor the server's", async () => {
+  const server = createServer({
+    transport: { tls: { ...serverTls, ca: pem("ca.pem"), requestCert: true } },
+    interceptors: [
+      {
+        name: "only-koala-test-client",
+        onCall: (call) => (call.peerCertificate?.authorized === true && call.peerCertificate.subject === "koala-test-client" ? undefined : new RpcError(Code.PERMISSION_DENIED, "who are you?")),
+      },
+    ],
+  });
+  server.add(EchoService, { unary: (req, ctx) => ({ text: `${req.text} from ${ctx.peerCertificate?.subject ?? "nobody"}` }) });
+  const address = await server.listen("tls://127.0.0.1:0");
+  const serverSeen: (string | undefined)[] = [];
+  const client = createClient(EchoService, address, {
+    transport: { tls: mutualClientTls },
+    interceptors: [{ name: "record", onEnd: (call) => void serverSeen.push(call.peerCertificate?.subject) }],
+  });
+  const plain = createServer();
+  plain.add(EchoService, { unary: (req, ctx) => ({ text: `${req.text}: ${String(ctx.peerCertificate)}` }) });
+  const plainAddress = await plain.listen("tcp://127.0.0.1:0");
+  const overTcp = createClient(EchoService, plainAddress);
+  try {
+    assert.is((await client.unary({ text: "hello" })).text, "hello from koala-test-client");
+    assert.equal(serverSeen, ["localhost"], "the client's call knows the server's certificate");
+    assert.is((await overTcp.unary({ text: "tcp" })).text, "tcp: undefined", "no certificate over tcp");
+  } finally {
+    closeClient(client);
+    closeClient(overTcp);
+    server.forceShutdown();
+    plain.forceShutdown();
+  }
+});
+
+t("acl by certificate: a rule on peerSubject lets the client whose verified certificate names it through, and no other", async () => {
+  const server = createServer({ transport: { tls: { ...serverTls, ca: pem("ca.pem"), requestCert: true, rejectUnauthorized: false } } });
+  server.add(EchoService, echoImpl(observe()));
+  const address = await server.listen("tls://127.0.0.1:0");
+  policies.attach("acl", { default: "deny", rules: [{ action: "allow", peerSubject: "koala-test-client" }] }, { name: "by-cert", scope: { global: true, side: "server" } });
+  const known = createClient(EchoService, address, { transport: { tls: mutualClientTls } });
+  // Accepted by TLS (the server does not reject unverified certificates) but not verified: the rule needs a verified one.
+  const stranger = createClient(EchoService, address, { transport: { tls: { ca: pem("ca.pem"), key: pem("other-client.key"), cert: pem("other-client.pem") } } });
+  const anonymous = createClient(EchoService, address, { transport: { tls: clientTls } });
+  try {
+    assert.is((await known.unary({ text: "in" })).text, "in");
+    assert.is(Code[(await rejection(stranger.unary({ text: "out" }))).code], "PERMISSION_DENIED");
+    assert.is(Code[(await rejection(anonymous.unary({ text: "out" }))).code], "PERMISSION_DENIED");
+    assert.throws(() => policies.configure("by-cert", { rules: [{ action: "allow", peerSubject: 7 }] }), /peerSubject/);
+  } finally {
+    policies.detach("by-cert");
+    closeClient(known);
+    closeClient(stranger);
+    closeClient(anonymous);
+    server.forceShutdown();
+  }
 });
 
 // ---- options ----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 /**
- * The `acl` engine: allow or deny calls by service, method, peer, request metadata and request
- * message fields. Rules are tried in order; the first that matches decides; with none matching,
+ * The `acl` engine: allow or deny calls by service, method, peer (its address, or on tls the
+ * subject of its verified certificate), request metadata and request message fields. Rules are tried in order; the first that matches decides; with none matching,
  * `default` decides. A denied call fails with PERMISSION_DENIED.
  *
  * Fields are read from the decoded request when the engine is asked (`server-receive` on a
@@ -22,6 +22,8 @@ export interface AclRule {
   method?: string;
   /** Prefix of the peer address, e.g. `tcp://10.1.`. */
   peerPrefix?: string;
+  /** Subject (CN) of the peer's TLS certificate, which must have been verified (a client's: mutual TLS, `requestCert`). */
+  peerSubject?: string;
   /** Request metadata that must be present with these values. */
   metadata?: Record<string, string>;
   /** Request fields (dotted paths, e.g. `user.name`) that must equal these values (compared as strings). */
@@ -36,7 +38,7 @@ export interface AclOptions {
   default: "allow" | "deny";
 }
 
-const RULE_KEYS = new Set(["action", "service", "method", "peerPrefix", "metadata", "fields"]);
+const RULE_KEYS = new Set(["action", "service", "method", "peerPrefix", "peerSubject", "metadata", "fields"]);
 
 function isRule(r: unknown): boolean {
   if (typeof r !== "object" || r === null) return false;
@@ -44,13 +46,13 @@ function isRule(r: unknown): boolean {
   return (
     Object.keys(o).every((k) => RULE_KEYS.has(k)) &&
     (o.action === "allow" || o.action === "deny") &&
-    ["service", "method", "peerPrefix"].every((k) => o[k] === undefined || typeof o[k] === "string") &&
+    ["service", "method", "peerPrefix", "peerSubject"].every((k) => o[k] === undefined || typeof o[k] === "string") &&
     ["metadata", "fields"].every((k) => o[k] === undefined || (typeof o[k] === "object" && o[k] !== null))
   );
 }
 
 const spec: OptionsSpec<AclOptions> = {
-  rules: custom<readonly AclRule[]>([], "an array of rules ({ action: allow|deny, service?, method?, peerPrefix?, metadata?, fields? }, no other keys)", (v) => Array.isArray(v) && v.every(isRule)),
+  rules: custom<readonly AclRule[]>([], "an array of rules ({ action: allow|deny, service?, method?, peerPrefix?, peerSubject?, metadata?, fields? }, no other keys)", (v) => Array.isArray(v) && v.every(isRule)),
   default: oneOf("allow", ["allow", "deny"]),
 };
 
@@ -68,6 +70,10 @@ function matches(rule: AclRule, call: CallInfo, seen: Map<string, string>): bool
   if (rule.service !== undefined && rule.service !== call.service) return false;
   if (rule.method !== undefined && rule.method !== call.method.name && rule.method !== call.path) return false;
   if (rule.peerPrefix !== undefined && !call.peer.startsWith(rule.peerPrefix)) return false;
+  if (rule.peerSubject !== undefined) {
+    const cert = call.peerCertificate;
+    if (cert === undefined || !cert.authorized || cert.subject !== rule.peerSubject) return false;
+  }
   if (rule.metadata !== undefined) for (const [k, want] of Object.entries(rule.metadata)) if (call.metadata.get(k) !== want) return false;
   if (rule.fields !== undefined) {
     for (const [path, want] of Object.entries(rule.fields)) {
