@@ -8,7 +8,7 @@
  * read on a noisy shared machine.
  *
  *   node --import tsx bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N]
- *        [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc] [--scenarios latency,calls,mbps,stream]
+ *        [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,koala-tls,grpc-tls] [--scenarios latency,calls,mbps,stream]
  *        [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]
  */
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -25,8 +25,11 @@ import { BIG_IN_FLIGHT, MANY_IN_FLIGHT, SCENARIOS, type ScenarioName } from "./r
  * `koala-rdma` is koala over the RDMA transport on the software provider (a socket stands in for
  * the NIC); `koala-rdma-native` the same transport on the native addon over srnic, the software
  * RNIC (the addon's real code path; srnic's sockets stand in for the NIC). Neither is RDMA speed.
+ * `koala-tls` and `grpc-tls` are koala and grpc-js over TLS (bench/rpc/tls.ts), in a table of their own.
  */
-const SYSTEMS = ["raw", "koala-tcp", "koala-unix", "koala-rdma", "koala-rdma-native", "grpc"] as const;
+const SYSTEMS = ["raw", "koala-tcp", "koala-unix", "koala-rdma", "koala-rdma-native", "grpc", "koala-tls", "grpc-tls"] as const;
+/** The systems of the main tables, in their column order. */
+const MAIN = SYSTEMS.slice(0, 6);
 type SystemName = (typeof SYSTEMS)[number];
 /** A value in the main table. */
 type RowMetric = "p50" | "p99" | "calls" | "mbps" | "stream";
@@ -56,7 +59,7 @@ interface Settings {
 
 function usage(problem: string): never {
   console.error(`bench/rpc: ${problem}`);
-  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]");
+  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,koala-tls,grpc-tls] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]");
   process.exit(2);
 }
 
@@ -183,6 +186,8 @@ async function main(): Promise<void> {
       "koala-rdma": () => startServer("koala", "rdma://127.0.0.1:0", { ...prof, env: { KOALA_RDMA_PROVIDER: "soft" } }),
       "koala-rdma-native": () => startServer("koala", "rdma://127.0.0.1:0", { ...prof, env: NATIVE_ENV }),
       grpc: () => startServer("grpc", undefined, prof),
+      "koala-tls": () => startServer("koala", "tls://127.0.0.1:0", prof),
+      "grpc-tls": () => startServer("grpc-tls", undefined, prof),
     };
     // Each system's client runs in a child of its own (bench/rpc/client.ts), with the provider
     // the rdma columns need.
@@ -193,6 +198,8 @@ async function main(): Promise<void> {
       "koala-rdma": (a) => startClient("koala", a, { KOALA_RDMA_PROVIDER: "soft" }, cprof),
       "koala-rdma-native": (a) => startClient("koala", a, NATIVE_ENV, cprof),
       grpc: (a) => startClient("grpc", a, {}, cprof),
+      "koala-tls": (a) => startClient("koala", a, {}, cprof),
+      "grpc-tls": (a) => startClient("grpc-tls", a, {}, cprof),
     };
     if (settings.only.includes("koala-rdma-native") && SRNIC === undefined) usage("koala-rdma-native needs the addon and srnic: npm run build:rdma");
     progress(`starting ${settings.only.length} server processes`);
@@ -230,10 +237,11 @@ async function main(): Promise<void> {
   const med = (n: SystemName, metric: Metric) => median(samples.get(n)?.get(metric) ?? []);
   const header = ["scenario", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "koala/raw", "koala/grpc", "goal met?"];
   const rows: string[][] = [];
+  const tlsRows: string[][] = [];
   const jsonRows: object[] = [];
   for (const row of ROWS) {
     if (!settings.scenarios.includes(ROW_SCENARIO[row.metric])) continue;
-    const [raw, kt, ku, kr, kn, g] = SYSTEMS.map((n) => med(n, row.metric)) as [number, number, number, number, number, number];
+    const [raw, kt, ku, kr, kn, g, ks, gs] = SYSTEMS.map((n) => med(n, row.metric)) as [number, number, number, number, number, number, number, number];
     let verdict = "—";
     let met: boolean | null = null;
     if (row.goal !== undefined) {
@@ -244,18 +252,23 @@ async function main(): Promise<void> {
       }
     }
     rows.push([row.label, fmt(raw, row.digits), fmt(kt, row.digits), fmt(ku, row.digits), fmt(kr, row.digits), fmt(kn, row.digits), fmt(g, row.digits), ratio(kt / raw), ratio(kt / g), verdict]);
+    tlsRows.push([row.label, fmt(ks, row.digits), fmt(gs, row.digits), ratio(ks / gs), ratio(ks / kt)]);
     // Each round measured the systems back to back, so a per-round ratio shows how steady the ratio was.
     const rounds = (n: SystemName) => samples.get(n)?.get(row.metric) ?? [];
     const perRound = rounds("koala-tcp").map((k, i) => k / (rounds("raw")[i] ?? NaN));
-    jsonRows.push({ scenario: row.label, metric: row.metric, raw, koalaTcp: kt, koalaUnix: ku, koalaRdmaSoft: kr, koalaRdmaNative: kn, grpcJs: g, koalaOverRaw: kt / raw, koalaOverGrpc: kt / g, koalaOverRawPerRound: perRound, goal: row.goal?.text ?? null, met });
+    jsonRows.push({ scenario: row.label, metric: row.metric, raw, koalaTcp: kt, koalaUnix: ku, koalaRdmaSoft: kr, koalaRdmaNative: kn, grpcJs: g, koalaOverRaw: kt / raw, koalaOverGrpc: kt / g, koalaOverRawPerRound: perRound, koalaTls: ks, grpcJsTls: gs, koalaTlsOverGrpcTls: ks / gs, goal: row.goal?.text ?? null, met });
   }
 
   const cpuRows: string[][] = [];
+  const tlsCpuRows: string[][] = [];
   for (const sc of settings.scenarios) {
     const per = SYSTEMS.map((n) => [med(n, `cpu.${sc}.client`), med(n, `cpu.${sc}.server`)] as const);
     const sum = per.map(([c, sv]) => c + sv);
-    cpuRows.push([SCENARIO_LABEL[sc], ...per.map(([c, sv]) => (Number.isFinite(c) ? `${fmt(c, 1)} + ${fmt(sv, 1)}` : "—")), ratio(sum[1]! / sum[0]!), ratio(sum[1]! / sum[5]!)]);
+    const cell = ([c, sv]: readonly [number, number]): string => (Number.isFinite(c) ? `${fmt(c, 1)} + ${fmt(sv, 1)}` : "—");
+    cpuRows.push([SCENARIO_LABEL[sc], ...per.slice(0, MAIN.length).map(cell), ratio(sum[1]! / sum[0]!), ratio(sum[1]! / sum[5]!)]);
+    tlsCpuRows.push([SCENARIO_LABEL[sc], cell(per[6]!), cell(per[7]!), ratio(sum[6]! / sum[7]!), ratio(sum[6]! / sum[1]!)]);
   }
+  const withTls = settings.only.includes("koala-tls") || settings.only.includes("grpc-tls");
 
   const loadAtEnd = os.loadavg()[0]!;
   const out: string[] = [
@@ -268,10 +281,19 @@ async function main(): Promise<void> {
     "",
     table(["CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "koala/raw", "koala/grpc"], cpuRows),
     "",
+    ...(withTls
+      ? [
+          table(["over TLS", "koala tls", "grpc-js tls", "koala tls/grpc tls", "koala tls/koala tcp"], tlsRows),
+          "",
+          table(["over TLS, CPU µs per call or message: client + server", "koala tls", "grpc-js tls", "koala tls/grpc tls", "koala tls/koala tcp"], tlsCpuRows),
+          "",
+        ]
+      : []),
     "koala/raw and koala/grpc divide koala over tcp by the baseline (for latency below 1 is better, for rates above 1).",
     "raw = length-prefixed echo on a plain net.Socket over tcp (a call = one echoed message; the stream = the same echo pipelined).",
     "koala rdma (soft) = koala over the RDMA transport on the SOFTWARE verbs provider (sockets stand in for the NIC): the protocol's cost, not RDMA speed; see bench/rdma-cpu.ts for JavaScript CPU per message.",
     "koala rdma (native, srnic) = the same transport on the native addon (the code that runs on a NIC) over srnic, the userspace software RNIC (its service thread and Unix sockets stand in for the NIC): the addon's cost plus a software NIC, not RDMA speed.",
+    "over TLS = koala (tls://) and grpc-js (createSsl) over TLS 1.3 on the same machine, with the test-only certificates of test/fixtures/tls (ECDSA P-256).",
     "MB/s counts the request payload once per call (10^6 bytes). CPU = user + system time of the client child and the server child, per call (or stream reply); each system's client runs in a process of its own.",
   ];
   // At the end the load average counts this benchmark's own two busy processes (about 2).

@@ -2,7 +2,7 @@
  * Child process of the RPC benchmark: the client side of one system, alone in its process, as
  * an application using one RPC library would be (clients of several systems in one process
  * slowed each other: one's heap and garbage made the others' collections longer). Run as
- * `client.ts <raw|koala|grpc> <address>`; reports `{ ready: true }` after a first call, then
+ * `client.ts <raw|koala|grpc|grpc-tls> <address>` (koala dials TLS on a `tls://` address); reports `{ ready: true }` after a first call, then
  * answers each `{ run: scenario, ms }` with `{ values, ops, cpuMicros }` (its own CPU time spent
  * in the run). Exits when the parent goes away.
  */
@@ -17,10 +17,14 @@ if (process.send === undefined) {
 }
 
 const [kind, address] = process.argv.slice(2);
-if (address === undefined) throw new Error("usage: client.ts <raw|koala|grpc> <address>");
-const sys: System = kind === "raw" ? await rawSystem(address) : kind === "koala" ? koalaSystem(address) : kind === "grpc" ? grpcSystem(address, PROTO_PATH) : (() => {
-  throw new Error(`unknown system ${JSON.stringify(kind)} (raw, koala, grpc)`);
-})();
+if (address === undefined) throw new Error("usage: client.ts <raw|koala|grpc|grpc-tls> <address>");
+const sys: System =
+  kind === "raw" ? await rawSystem(address)
+  : kind === "koala" ? koalaSystem(address)
+  : kind === "grpc" || kind === "grpc-tls" ? grpcSystem(address, PROTO_PATH, kind === "grpc-tls")
+  : (() => {
+      throw new Error(`unknown system ${JSON.stringify(kind)} (raw, koala, grpc, grpc-tls)`);
+    })();
 // Connects now (koala and grpc-js connect on the first call), under the environment the parent gave.
 await sys.unary(SMALL);
 

@@ -1,7 +1,7 @@
 /**
  * Child process of the RPC benchmark: serves one system and reports its address to the
  * parent over IPC as `{ address }`; answers the message `"cpu"` with `{ cpu: process.cpuUsage() }`.
- * Run as `server.ts <raw|koala|grpc> [address]`.
+ * Run as `server.ts <raw|koala|grpc|grpc-tls> [address]` (koala serves TLS on a `tls://` address).
  *
  * Every system does the same work per call: the greeter's SayHello answers
  * `{ message: "Hello, <name>!", payload: <request payload> }`, Chat answers each message
@@ -16,6 +16,7 @@ import { createServer, type ServiceImplementation } from "../../src/index.js";
 import { GreeterService } from "../../examples/hello/gen/hello.js";
 import { PROTO_PATH } from "./proto-path.js";
 import { startRawServer } from "./raw.js";
+import { caCert, serverCert, serverKey } from "./tls.js";
 
 const koalaGreeter: ServiceImplementation<typeof GreeterService> = {
   sayHello(req) {
@@ -47,7 +48,8 @@ async function startKoala(address: string): Promise<string> {
   }
   // 256 calls in flight on one connection are really in flight, as they are for grpc-js (whose
   // server sets no stream limit): koala's default of 100 would queue the rest in the client.
-  const server = createServer({ maxConcurrentStreams: 1024 });
+  const tls = address.startsWith("tls:") ? { tls: { key: serverKey, cert: serverCert } } : undefined;
+  const server = createServer({ maxConcurrentStreams: 1024, transport: tls });
   server.add(GreeterService, koalaGreeter);
   return server.listen(address);
 }
@@ -57,7 +59,7 @@ interface GrpcRequest {
   payload: Buffer;
 }
 
-async function startGrpc(): Promise<string> {
+async function startGrpc(secure: boolean): Promise<string> {
   const def = protoLoader.loadSync(PROTO_PATH);
   const Greeter = (grpc.loadPackageDefinition(def) as any).hello.Greeter as grpc.ServiceClientConstructor;
   const server = new grpc.Server();
@@ -80,7 +82,11 @@ async function startGrpc(): Promise<string> {
     },
   });
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync(
+      "127.0.0.1:0",
+      secure ? grpc.ServerCredentials.createSsl(caCert, [{ private_key: serverKey, cert_chain: serverCert }], false) : grpc.ServerCredentials.createInsecure(),
+      (err, p) => (err ? reject(err) : resolve(p)),
+    ),
   );
   return `127.0.0.1:${port}`;
 }
@@ -105,9 +111,10 @@ switch (system) {
     bound = await startKoala(address ?? "tcp://127.0.0.1:0");
     break;
   case "grpc":
-    bound = await startGrpc();
+  case "grpc-tls":
+    bound = await startGrpc(system === "grpc-tls");
     break;
   default:
-    throw new Error(`unknown system ${JSON.stringify(system)} (raw, koala, grpc)`);
+    throw new Error(`unknown system ${JSON.stringify(system)} (raw, koala, grpc, grpc-tls)`);
 }
 process.send({ address: bound });

@@ -8,6 +8,7 @@ import { closeClient, createClient } from "../../src/index.js";
 import { GreeterService } from "../../examples/hello/gen/hello.js";
 import { pipelined, StreamWindow, type Count } from "./measure.js";
 import { RawClient } from "./raw.js";
+import { caCert } from "./tls.js";
 
 /** What the scenarios need from a system. */
 export interface System {
@@ -32,9 +33,9 @@ export async function rawSystem(address: string): Promise<System> {
   };
 }
 
-/** koala-rpc through the generated Greeter client (one channel, one connection). */
+/** koala-rpc through the generated Greeter client (one channel, one connection; TLS on a `tls://` address). */
 export function koalaSystem(address: string): System {
-  const client = createClient(GreeterService, address);
+  const client = createClient(GreeterService, address, address.startsWith("tls:") ? { transport: { tls: { ca: caCert } } } : {});
   return {
     unary: (payload) => client.sayHello({ name: "bench", payload }),
     async stream(ms, window, payload) {
@@ -52,11 +53,11 @@ interface GrpcGreeter extends grpc.Client {
   Chat(): grpc.ClientDuplexStream<object, unknown>;
 }
 
-/** @grpc/grpc-js with insecure credentials, the same .proto loaded by @grpc/proto-loader. */
-export function grpcSystem(address: string, protoPath: string): System {
+/** @grpc/grpc-js with insecure credentials (or TLS trusting the test CA), the same .proto loaded by @grpc/proto-loader. */
+export function grpcSystem(address: string, protoPath: string, secure = false): System {
   const def = protoLoader.loadSync(protoPath);
   const Greeter = (grpc.loadPackageDefinition(def) as any).hello.Greeter as new (address: string, creds: grpc.ChannelCredentials) => GrpcGreeter;
-  const client = new Greeter(address, grpc.credentials.createInsecure());
+  const client = new Greeter(address, secure ? grpc.credentials.createSsl(caCert) : grpc.credentials.createInsecure());
   return {
     unary: (payload) =>
       new Promise((resolve, reject) => {
