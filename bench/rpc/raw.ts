@@ -1,11 +1,15 @@
 /**
  * The raw baseline of the RPC benchmark: what a competent hand-written protocol over a plain
  * `net.Socket` costs. A message is a 4-byte little-endian length and the payload; the server
- * echoes every message. Both sides set TCP_NODELAY, cork the writes of one tick into one, and
+ * echoes every message. Both sides set TCP_NODELAY, cork the writes of one tick into one (up to
+ * {@link EAGER_BYTES}, past which they go out at once, as koala's socket transport does), and
  * parse without quadratic copying (a message inside one chunk is a view of it; one that spans
  * chunks is copied once into a buffer of its final size).
  */
 import net from "node:net";
+
+/** Bytes corked in one tick past which they are written at once (koala's socket transport does the same: writeEagerBytes). */
+const EAGER_BYTES = 16 * 1024;
 
 /** Splits a byte stream into length-prefixed messages. */
 export class FrameParser {
@@ -66,18 +70,23 @@ export function startRawServer(): Promise<{ address: string; close(): void }> {
   const server = net.createServer((s) => {
     s.setNoDelay(true);
     let corked = false;
+    let corkedBytes = 0;
     const uncork = () => {
+      if (!corked) return;
       corked = false;
       s.uncork();
     };
     const parser = new FrameParser((body) => {
       if (!corked) {
         corked = true;
+        corkedBytes = 0;
         s.cork();
         process.nextTick(uncork);
       }
       s.write(lengthPrefix(body.length));
       s.write(body);
+      corkedBytes += 4 + body.length;
+      if (corkedBytes >= EAGER_BYTES) uncork();
     });
     s.on("data", (chunk: Buffer) => parser.push(chunk));
     s.on("error", () => undefined);
@@ -100,8 +109,10 @@ export class RawClient {
   private failure: Error | undefined;
   private head = 0;
   private corked = false;
+  private corkedBytes = 0;
   private readonly parser = new FrameParser((b) => this.deliver(b));
   private readonly uncork = () => {
+    if (!this.corked) return;
     this.corked = false;
     this.socket.uncork();
   };
@@ -131,11 +142,14 @@ export class RawClient {
     if (this.failure !== undefined) return Promise.reject(this.failure);
     if (!this.corked) {
       this.corked = true;
+      this.corkedBytes = 0;
       this.socket.cork();
       process.nextTick(this.uncork);
     }
     this.socket.write(lengthPrefix(payload.byteLength));
     this.socket.write(payload);
+    this.corkedBytes += 4 + payload.byteLength;
+    if (this.corkedBytes >= EAGER_BYTES) this.uncork();
     return new Promise((resolve, reject) => {
       this.waiting.push(resolve);
       this.failing.push(reject);

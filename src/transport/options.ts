@@ -32,6 +32,7 @@ const spec: OptionsSpec<Required<TransportOptions>> = {
   receiveQueueMessages: integer(1024, 1, 2 ** 24),
   receiveQueueBytes: integer(8 * MiB, 1, Number.MAX_SAFE_INTEGER),
   coalesceMaxBytes: integer(16 * 1024, 0, 1 * MiB),
+  writeEagerBytes: integer(16 * 1024, 1, 2 ** 31),
   closeLingerMs: integer(10_000, 0, 2 ** 31 - 1),
   noDelay: boolean(true),
   oneSided: boolean(false),

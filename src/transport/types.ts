@@ -75,6 +75,12 @@ export interface TransportOptions {
   /** Largest message copied into the per-tick coalescing buffer instead of written on its own, in bytes. Default 16 KiB. */
   coalesceMaxBytes?: number;
   /**
+   * Bytes queued within one tick past which they are written at once instead of at the tick's
+   * end (tcp, tls, unix): the peer starts on the first messages of a burst while this side still
+   * produces the rest. Default 16 KiB.
+   */
+  writeEagerBytes?: number;
+  /**
    * After an orderly `close()` has flushed, how long to wait for the peer's end before the
    * connection is dropped anyway, in milliseconds (a peer that never closes cannot keep it
    * open, nor a graceful server shutdown waiting). Default 10 000.

@@ -346,9 +346,9 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
     assert.is(writtenByServer, N, "the server's onWritten ran once per send");
   });
 
-  for (const coalesceMaxBytes of [16 * KiB, 0]) {
-    t(`message boundaries are kept: sizes 0, 1, 7 and 64 KiB + 3 mixed (coalesceMaxBytes ${coalesceMaxBytes})`, async (ctx) => {
-      const opts = { coalesceMaxBytes };
+  // The last: a write at nearly every message, in the middle of the tick that queues them (sockets).
+  for (const opts of [{ coalesceMaxBytes: 16 * KiB }, { coalesceMaxBytes: 0 }, { writeEagerBytes: 100 }]) {
+    t(`message boundaries are kept: sizes 0, 1, 7 and 64 KiB + 3 mixed (${JSON.stringify(opts)})`, async (ctx) => {
       const l = await ctx.listen(opts);
       ctx.echo(l);
       const c = await ctx.connect(l.address, opts);

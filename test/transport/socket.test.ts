@@ -440,6 +440,18 @@ misc("a unix socket file gets mode 0660 by default (not the umask), or the socke
   assert.is(await codeOf(listen(`unix:${socketPath()}`, { socketFileMode: 0o1777 })), ErrorCode.INVALID_ARGUMENT);
 });
 
+misc("writeEagerBytes is checked: the error names it", async () => {
+  for (const bad of [0, -1, 1.5, "16k"]) {
+    try {
+      await listen("tcp://127.0.0.1:0", { writeEagerBytes: bad as number });
+      assert.unreachable(`writeEagerBytes ${String(bad)} was taken`);
+    } catch (err) {
+      assert.is((err as KoalaError).code, ErrorCode.INVALID_ARGUMENT);
+      assert.match((err as Error).message, /writeEagerBytes/);
+    }
+  }
+});
+
 misc("fromSystemError maps errnos, keeps the cause and names the context", () => {
   const cases: [string, string][] = [
     ["ECONNREFUSED", ErrorCode.CONNECTION_REFUSED],
