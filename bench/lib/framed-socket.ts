@@ -6,9 +6,9 @@
  * - Frame: 4-byte little-endian length, then the payload.
  * - Send: one `write()` per message — header and a small payload copied into one buffer, a
  *   large payload written after its header without being joined to it. Writes are corked
- *   until the end of the tick, so the messages of one tick leave in one system call: the same
- *   syscall pattern as koala's per-tick coalescing, which keeps the comparison about the code
- *   path, not about batching.
+ *   until the end of the tick, or until 16 KiB are corked, so the messages of one tick leave in
+ *   one system call per 16 KiB: the same syscall pattern as koala's per-tick coalescing (with its
+ *   `writeEagerBytes` default), which keeps the comparison about the code path, not about batching.
  * - Receive: a streaming parser. A frame inside one chunk is handed out as a view; a frame
  *   spanning chunks is gathered into one buffer allocated once at its header, so every byte
  *   is copied at most once (no re-concatenation of a growing buffer).
@@ -17,6 +17,8 @@ import net from "node:net";
 
 /** Payloads up to this size are copied next to their header into one buffer (koala's `coalesceMaxBytes` default). */
 const COPY_MAX_BYTES = 16 * 1024;
+/** Corked bytes past which they are written at once (koala's `writeEagerBytes` default). */
+const EAGER_BYTES = 16 * 1024;
 /** Frames over this size are refused (the socket is destroyed), like koala's `maxMessageBytes` default. */
 const MAX_FRAME_BYTES = 64 * 1024 * 1024;
 /** Write buffer size past which `send()` reports backpressure (koala's `highWaterMarkBytes` default). */
@@ -26,7 +28,9 @@ export const RAW_HIGH_WATER_MARK_BYTES = 1024 * 1024;
 export class FramedSocket {
   private receiver: (message: Buffer) => void = () => undefined;
   private corked = false;
+  private corkedBytes = 0;
   private readonly uncorkBound = (): void => {
+    if (!this.corked) return;
     this.corked = false;
     this.socket.uncork();
   };
@@ -55,20 +59,26 @@ export class FramedSocket {
     const socket = this.socket;
     if (!this.corked) {
       this.corked = true;
+      this.corkedBytes = 0;
       socket.cork();
       process.nextTick(this.uncorkBound);
     }
     const n = payload.byteLength;
+    let ok: boolean;
     if (n <= COPY_MAX_BYTES) {
       const frame = Buffer.allocUnsafe(4 + n); // small: carved from Node's buffer pool
       frame.writeUInt32LE(n, 0);
       frame.set(payload, 4);
-      return socket.write(frame);
+      ok = socket.write(frame);
+    } else {
+      const header = Buffer.allocUnsafe(4);
+      header.writeUInt32LE(n, 0);
+      socket.write(header);
+      ok = socket.write(payload);
     }
-    const header = Buffer.allocUnsafe(4);
-    header.writeUInt32LE(n, 0);
-    socket.write(header);
-    return socket.write(payload);
+    this.corkedBytes += 4 + n;
+    if (this.corkedBytes >= EAGER_BYTES) this.uncorkBound();
+    return ok;
   }
 
   /** Resolves once the socket's write buffer has drained (at once when it is not over the mark). */
