@@ -1423,6 +1423,19 @@ static void net_dir_default(void) {
 /* More completions than a CQ holds (three signaled RDMA WRITEs of a loopback QP, one made with
  * ibv_create_qp, into a CQ of 2): a completion is lost, srnic says so on stderr and every poll
  * of that CQ fails from then on. */
+/* An unconnected RC QP of `depth` send and receive entries, one SGE each (a loopback for the
+ * CQ tests: srnic completes RDMA WRITEs to its own memory without a peer). */
+static struct ibv_qp *loopback_qp(struct ibv_pd *pd, struct ibv_cq *send_cq, struct ibv_cq *recv_cq, uint32_t depth) {
+  struct ibv_qp_init_attr a;
+  memset(&a, 0, sizeof(a));
+  a.send_cq = send_cq;
+  a.recv_cq = recv_cq;
+  a.qp_type = IBV_QPT_RC;
+  a.cap.max_send_wr = a.cap.max_recv_wr = depth;
+  a.cap.max_send_sge = a.cap.max_recv_sge = 1;
+  return ibv_create_qp(pd, &a);
+}
+
 static void overrun(void) {
   int n;
   struct ibv_context **list = rdma_get_devices(&n);
@@ -1430,17 +1443,9 @@ static void overrun(void) {
   struct ibv_cq *small = ibv_create_cq(list[0], 2, NULL, NULL, 0), *other = ibv_create_cq(list[0], 8, NULL, NULL, 0);
   uint8_t *buf = calloc(1, 4096);
   struct ibv_mr *mr = ibv_reg_mr(pd, buf, 4096, ACCESS_ALL);
-  struct ibv_qp_init_attr a;
-  struct ibv_qp *qp;
+  struct ibv_qp *qp = loopback_qp(pd, small, other, 8);
   struct ibv_wc wc[4];
   int polled;
-  memset(&a, 0, sizeof(a));
-  a.send_cq = small;
-  a.recv_cq = other;
-  a.qp_type = IBV_QPT_RC;
-  a.cap.max_send_wr = a.cap.max_recv_wr = 8;
-  a.cap.max_send_sge = a.cap.max_recv_sge = 1;
-  qp = ibv_create_qp(pd, &a);
   CHECK(pd != NULL && small != NULL && other != NULL && mr != NULL && qp != NULL, "objects");
   for (int i = 0; i < 3; i++) {
     struct ibv_sge sg = {.addr = (uintptr_t)buf, .length = 8, .lkey = mr->lkey};
@@ -1472,19 +1477,11 @@ static void resize(void) {
   struct ibv_cq *cq = ibv_create_cq(list[0], 4, NULL, NULL, 0), *rcq = ibv_create_cq(list[0], 4, NULL, NULL, 0);
   uint8_t *buf = calloc(1, 4096);
   struct ibv_mr *mr = ibv_reg_mr(pd, buf, 4096, ACCESS_ALL);
-  struct ibv_qp_init_attr a;
-  struct ibv_qp *qp;
+  struct ibv_qp *qp = loopback_qp(pd, cq, rcq, 16);
   struct ibv_wc wc[16];
   char order[128] = "";
   uint64_t next = 0;
   CHECK(ibv_query_device(list[0], &attr) == 0, "ibv_query_device");
-  memset(&a, 0, sizeof(a));
-  a.send_cq = cq;
-  a.recv_cq = rcq;
-  a.qp_type = IBV_QPT_RC;
-  a.cap.max_send_wr = a.cap.max_recv_wr = 16;
-  a.cap.max_send_sge = a.cap.max_recv_sge = 1;
-  qp = ibv_create_qp(pd, &a);
   CHECK(pd != NULL && cq != NULL && rcq != NULL && mr != NULL && qp != NULL, "objects");
 #define WRITES(k)                                                                                 \
   for (int i = 0; i < (k); i++) {                                                                  \
