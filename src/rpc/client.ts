@@ -13,7 +13,7 @@ import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { decodeRange } from "../proto/wire/reader.js";
 import { RpcEndpoint } from "./endpoint.js";
 import { IdTable } from "../id-table.js";
-import { CallInfoBase, EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, type CallInfo, type Interceptor } from "./interceptor.js";
+import { CallInfoBase, EndpointChains, runChain, runEndChain, runMessageChain, whenReleased, type CallInfo, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
 import { buildFrame, encodeFrame, encodeSettings, type EncodeSettings } from "./outgoing.js";
@@ -429,7 +429,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
 
   /** Goes on with `next` once a held verdict settles (or ends the call with the rejection). */
   private afterHold(v: Promise<undefined | RpcError>, next: () => void): void {
-    afterVerdict(v, this, (e) => this.end(RpcError.from(e, Code.INTERNAL)), next);
+    whenReleased(v, this, (e) => this.end(RpcError.from(e, Code.INTERNAL)), next);
   }
 
   /** Dispatches the call once a held client-send verdict settles. */
@@ -550,8 +550,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     this.cc = cc;
     this.callId = callId;
     this.stream?.bind(cc.receiveWindow);
-    const md = this.options?.metadata;
-    const metadata = this.md !== undefined ? this.md : md === undefined ? undefined : md instanceof Metadata ? md : new Metadata(md);
+    const metadata = this.md !== undefined || this.options?.metadata !== undefined ? this.metadata : undefined;
     const timeout = this.deadline === undefined ? 0 : Math.max(1, Math.min(0xffff_fff0, this.deadline - Date.now()));
     let flags = define ? FrameFlag.DEFINE_METHOD : 0;
     const single = requests === undefined;
@@ -591,7 +590,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
           if (verdict instanceof RpcError) throw verdict;
           if (this.done) return;
         }
-        const frame = buildFrame(this.channel.encode, { type: FrameType.DATA, callId: this.callId, bodyType: this.method.input, body: asMessage(r) });
+        const frame = encodeFrame(this.channel.encode, FrameType.DATA, 0, this.callId, 0, 0, undefined, undefined, "", this.method.input, asMessage(r));
         const waiting = this.cc!.sendStreamMessage(frame, this.window!, this);
         if (waiting !== undefined) await waiting;
       }

@@ -341,23 +341,20 @@ export function serviceOfPath(path: string): string {
 }
 
 /**
- * Acts on a chain's verdict for a call: `next()` when it passed (at once, or when a hold ends),
- * `reject(error)` when it rejected — or when `next` throws after a hold; nothing when the call
- * ended while it was held.
+ * Acts on a held verdict (the call sites handle a pass and a rejection inline, without a
+ * closure): `next()` when the hold ends in a pass, `reject(error)` when it ends in a rejection —
+ * or when `next` throws; nothing when the call ended while it was held.
  */
-export function afterVerdict(verdict: undefined | RpcError | Promise<undefined | RpcError>, call: { readonly ended: boolean }, reject: (error: unknown) => void, next: () => void): void {
-  if (verdict === undefined) next();
-  else if (verdict instanceof RpcError) reject(verdict);
-  else
-    void verdict.then((v) => {
-      if (call.ended) return;
-      if (v instanceof RpcError) reject(v);
-      else {
-        try {
-          next();
-        } catch (err) {
-          reject(err);
-        }
+export function whenReleased(verdict: Promise<undefined | RpcError>, call: { readonly ended: boolean }, reject: (error: unknown) => void, next: () => void): void {
+  void verdict.then((v) => {
+    if (call.ended) return;
+    if (v instanceof RpcError) reject(v);
+    else {
+      try {
+        next();
+      } catch (err) {
+        reject(err);
       }
-    });
+    }
+  });
 }

@@ -100,8 +100,8 @@ export function buildFrame<T>(settings: EncodeSettings, spec: FrameSpec<T>): Out
 }
 
 /**
- * {@link buildFrame} with the spec's fields as arguments, for the paths taken on every call
- * (a spec object literal there costs about 100 bytes of garbage per frame).
+ * {@link buildFrame} with the spec's fields as arguments, for the paths taken on every call or
+ * stream message (a spec object literal there costs about 100 bytes of garbage per frame).
  */
 export function encodeFrame<T>(
   settings: EncodeSettings,

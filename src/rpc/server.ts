@@ -12,7 +12,7 @@ import { FrameFlag, FrameType, type Frame } from "./frame.js";
 import { decodeRange } from "../proto/wire/reader.js";
 import { RpcEndpoint } from "./endpoint.js";
 import { IdTable } from "../id-table.js";
-import { CallInfoBase, EndpointChains, afterVerdict, runChain, runEndChain, runMessageChain, type CallInfo, type Interceptor } from "./interceptor.js";
+import { CallInfoBase, EndpointChains, runChain, runEndChain, runMessageChain, whenReleased, type CallInfo, type Interceptor } from "./interceptor.js";
 import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveServerOptions, transportOptionsFor, type ResolvedServerOptions, type ServerOptions } from "./options.js";
 import { buildFrame, encodeFrame, encodeSettings, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
@@ -562,7 +562,7 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
 
   /** Goes on with `next` once a held verdict settles (or fails the call with the rejection). */
   private afterHold(v: Promise<undefined | RpcError>, next: () => void): void {
-    afterVerdict(v, this, (e) => this.fail(e), next);
+    whenReleased(v, this, (e) => this.fail(e), next);
   }
 
   /** Runs the handler once a held server-receive verdict settles. */
@@ -824,7 +824,7 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
           if (this.done) return;
         }
         // The first response carries the headers (buildFrame flags the section when there is one).
-        const frame = buildFrame(this.sc.server.encode, { type: FrameType.DATA, callId: this.id, metadata: this.headersSent ? undefined : this.headers, bodyType: this.method.output, body: r.value });
+        const frame = encodeFrame(this.sc.server.encode, FrameType.DATA, 0, this.id, 0, 0, this.headersSent ? undefined : this.headers, undefined, "", this.method.output, r.value);
         this.checkBudget(frame);
         this.headersSent = true;
         const waiting = this.sc.sendStreamMessage(frame, this.window!, this);

@@ -1430,26 +1430,26 @@ NativeCmId* ConnectedIdArg(const Napi::CallbackInfo& info, const char* fn) {
   return c;
 }
 
+// fn(id, privateData) for connect and accept, which differ only in the librdmacm call `cm`
+// (named `what` in errors): the identifier must have its queue pair.
+Napi::Value Establish(const Napi::CallbackInfo& info, const char* fn, const char* what, int (*cm)(rdma_cm_id*, rdma_conn_param*)) {
+  Napi::Env env = info.Env();
+  ExpectArgs(info, fn, 2, 2);
+  NativeCmId* c = ConnectedIdArg(info, fn);
+  rdma_conn_param p = ConnParam(PrivateData(info, 1, fn));
+  errno = 0;
+  if (cm(c->id, &p) != 0) Throw(env, kVerbs, Errno(what, errno != 0 ? errno : EINVAL));
+  return env.Undefined();
+}
+
 // connect(id, privateData): rdma_connect; ends in ESTABLISHED, REJECTED, UNREACHABLE or CONNECT_ERROR.
 Napi::Value Connect(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  ExpectArgs(info, "connect", 2, 2);
-  NativeCmId* c = ConnectedIdArg(info, "connect");
-  rdma_conn_param p = ConnParam(PrivateData(info, 1, "connect"));
-  errno = 0;
-  if (Cm().connect(c->id, &p) != 0) Throw(env, kVerbs, Errno("connect: rdma_connect", errno != 0 ? errno : EINVAL));
-  return env.Undefined();
+  return Establish(info, "connect", "connect: rdma_connect", Cm().connect);
 }
 
 // accept(id, privateData): rdma_accept of a connect request; ends in ESTABLISHED.
 Napi::Value Accept(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  ExpectArgs(info, "accept", 2, 2);
-  NativeCmId* c = ConnectedIdArg(info, "accept");
-  rdma_conn_param p = ConnParam(PrivateData(info, 1, "accept"));
-  errno = 0;
-  if (Cm().accept(c->id, &p) != 0) Throw(env, kVerbs, Errno("accept: rdma_accept", errno != 0 ? errno : EINVAL));
-  return env.Undefined();
+  return Establish(info, "accept", "accept: rdma_accept", Cm().accept);
 }
 
 // reject(id, privateData): rdma_reject of a connect request.
