@@ -3,9 +3,10 @@
  * the links to peers and a wake-up eventfd. It reads packets, executes requests against
  * registered memory (the responder), completes work requests from the answers (the requester),
  * retransmits after "receiver not ready", and runs the CM's timers. Application threads post
- * work requests directly (building and queueing packets under srnic_lock); nothing ever blocks
- * on a socket while holding srnic_lock: output that does not fit a socket is buffered and
- * written by the service thread when the socket is writable.
+ * work requests directly (building and queueing packets under srnic_lock) and ring a doorbell;
+ * only the service thread writes sockets, as on a NIC the posting CPU never does the transfer.
+ * Nothing ever blocks on a socket while holding srnic_lock: output that does not fit a socket
+ * is buffered and written when the socket is writable.
  *
  * Data path of a connected RC QP: each SEND / WRITE / READ gets the next sequence number. The
  * responder executes only the sequence number it expects (go-back-N): a SEND or WRITE_WITH_IMM
@@ -40,7 +41,8 @@ static int wake_kind = KIND_WAKE;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static int start_errno;
 static struct srnic_link *graveyard; /* closed links, freed by the service thread */
-static struct srnic_link *dirty;     /* links the service thread queued output on this turn */
+static struct srnic_link *dirty;     /* links with output queued, written by the service thread */
+static int doorbell;                 /* set: the service thread was woken for `dirty` and has not taken it yet */
 static __thread int on_service_thread;
 
 int64_t srnic_now_ms(void) {
@@ -50,6 +52,7 @@ int64_t srnic_now_ms(void) {
 }
 
 static void *service(void *arg);
+static void link_flush(struct srnic_link *l);
 
 /* Creates the epoll set and the wake-up eventfd and starts the service thread, with every
  * signal blocked in it (signals stay the application's). */
@@ -109,6 +112,9 @@ struct srnic_link *nic_link_new(int fd, int kind) {
  * thread after the events it may still hold for it (they see `dead`). */
 void nic_link_close(struct srnic_link *l) {
   if (l == NULL || l->dead) return;
+  /* What was queued and not yet written by the service thread (a REJECT, a last ACK) leaves
+   * first, as far as the socket takes it: the peer sees why the link ends. */
+  if (!l->want_out && l->out_off < l->out_len) link_flush(l);
   l->dead = 1;
   epoll_ctl(ep, EPOLL_CTL_DEL, l->fd, NULL);
   close(l->fd);
@@ -161,16 +167,22 @@ static void link_flush(struct srnic_link *l) {
   }
 }
 
-/* Writes the output of `l` now from an application thread; from the service thread, once at the
- * end of its turn (all the answers to one read leave in one write). */
+/* Queues the output of `l` for the service thread, which writes it at the end of its turn (all
+ * the answers to one read leave in one write). An application thread only rings the doorbell,
+ * as a post on a NIC writes a doorbell register and returns: the socket write, which a NIC does
+ * not ask of the CPU that posts, happens on the service thread (the NIC). The doorbell is one
+ * eventfd write, and none while the service thread has not yet answered the last one, so the
+ * posts of a busy thread mostly cost no system call at all. */
 static void later_or_now(struct srnic_link *l) {
   if (l->want_out) return; /* EPOLLOUT will */
-  if (!on_service_thread) {
-    link_flush(l);
-  } else if (!l->dirty) {
+  if (!l->dirty) {
     l->dirty = 1;
     l->dirty_next = dirty;
     dirty = l;
+  }
+  if (!on_service_thread && !doorbell) {
+    doorbell = 1;
+    nic_wake();
   }
 }
 
@@ -314,6 +326,7 @@ static void *service(void *arg) {
         if (!l->dead && (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) link_read(l);
       }
     }
+    doorbell = 0; /* under srnic_lock: a post after this rings again */
     flush_dirty(); /* before the graveyard: a closed link may still be on the list */
     while (graveyard != NULL) {
       struct srnic_link *l = graveyard;
