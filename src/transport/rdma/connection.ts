@@ -25,7 +25,7 @@ import { Inbox, InboxReader } from "../inbox.js";
 import { checkRemoteAccess, type ByteSource, type RegionDescriptor, type RegisterRegionOptions, type RegisteredRegion } from "../regions.js";
 import type { Connection, ResolvedTransportOptions } from "../types.js";
 import type { CompletionSink, RdmaContext } from "./context.js";
-import { Access, Opcode, SendFlags, WcOpcode, WcStatus, WorkBatch, wcStatusName, type CmId, type Mr, type Mw, type Qp } from "./verbs.js";
+import { Access, Opcode, SWR, SendFlags, WcOpcode, WcStatus, WorkBatch, wcStatusName, type CmId, type Mr, type Mw, type Qp } from "./verbs.js";
 
 /** Bytes of the header in front of every message. */
 export const HEADER_BYTES = 16;
@@ -35,6 +35,8 @@ export const RECV_DEPTH = 16;
 export const MAX_RNDV_SEGMENTS = 16;
 /** Bytes of rendezvous messages a connection reads ahead of its reader (one message may be larger). */
 export const RNDV_READ_AHEAD_BYTES = 16 * 1024 * 1024;
+/** Inline sends one flush builds in the connection's inline area; more go through staging leases. */
+const INLINE_SLOTS = 32;
 /** Most RDMA READs a connection keeps outstanding. */
 const MAX_READS = 32;
 const RNDV_SEGMENT_BYTES = 16;
@@ -86,10 +88,13 @@ interface Outgoing {
 interface SendOp {
   lease: Lease | undefined;
   onWritten: (() => void) | undefined;
+  /** Bytes counted in bufferedBytes that this completion ends: its own and those of the unsignaled sends it covers. */
   counted: number;
   read: Incoming | undefined;
   close: boolean;
   oneSided?: OneSidedOp;
+  /** Unsignaled work requests posted before this one, since the last signaled one: its completion ends them too (the send queue completes in order). */
+  covers: number;
 }
 
 /** A `read` / `write` on a peer's region: one RDMA READ or WRITE. */
@@ -156,6 +161,16 @@ function callWritten(cb: (() => void) | undefined): void {
 
 const noop = (): void => undefined;
 
+/** Writes `v` as 4 little-endian bytes at `at`. */
+function put32(into: Uint8Array, at: number, v: number): void {
+  into[at] = v & 0xff;
+  into[at + 1] = (v >>> 8) & 0xff;
+  into[at + 2] = (v >>> 16) & 0xff;
+  into[at + 3] = v >>> 24;
+}
+
+const CREDIT_MESSAGE: Outgoing = { type: MsgType.CREDIT, parts: [], total: 0, onWritten: undefined, id: 0, counted: 0 };
+
 /** An RDMA connection (see the module comment). */
 export class RdmaConnection extends InboxReader implements Connection, CompletionSink {
   readonly transport = "rdma" as const;
@@ -169,6 +184,9 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
 
   // Receive side.
   private readonly area: Lease;
+  private readonly areaBytes: Uint8Array;
+  /** Over the whole receive area: headers are read through it, with no view per message. */
+  private readonly areaView: DataView;
   private readonly areaAddr: number;
   private readonly areaLkey: number;
   private readonly slotBytes: number;
@@ -178,7 +196,8 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
    * release(). Before that they are copies, so a reader that never releases pins nothing.
    */
   private lending = false;
-  private readonly ownedViews = new Map<Uint8Array, number>();
+  /** The view lent to the reader for each receive buffer, until released. */
+  private readonly lent: (Uint8Array | undefined)[] = new Array<Uint8Array | undefined>(RECV_DEPTH).fill(undefined);
   private readonly ownedLeases = new Map<Uint8Array, Lease>();
   private readonly arrivals: Arrival[] = [];
   private arrivalHead = 0;
@@ -201,6 +220,24 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
   private outHead = 0;
   private readonly sendBatch = new WorkBatch(64);
   private readonly sendOps = new IdTable<SendOp>();
+  /**
+   * Registered memory for the inline sends of one flush: a header and a small message copied
+   * into a slot, which the provider copies again at post time, so every slot is free once the
+   * batch is posted. No lease per message, and no completion: inline sends go unsignaled and
+   * the next signaled work request's completion ends them.
+   */
+  private readonly inlineArea: Lease | undefined;
+  private readonly inlineBytes: Uint8Array | undefined;
+  private readonly inlineAddr: number = 0;
+  private readonly inlineLkey: number = 0;
+  /** Bytes of an inline slot (0: the queue pair has no inline room for a header and a byte). */
+  private readonly inlineSlotBytes: number = 0;
+  private inlineUsed = 0;
+  /** Unsignaled work requests of the batch being built that no signaled one after them covers yet, and their counted bytes. */
+  private unsignaled = 0;
+  private unsignaledBytes = 0;
+  /** onWritten of inline sends: called once their batch is posted (the provider has copied the bytes). */
+  private readonly postedCallbacks: (() => void)[] = [];
   private nextWrId = RECV_DEPTH;
   private sqUsed = 0;
   private readonly maxSendWr: number;
@@ -241,9 +278,20 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     this.credits = peer?.recvDepth ?? 0;
     this.peerBufferBytes = peer?.bufferBytes ?? this.slotBytes;
     this.area = ctx.receiveHeap.alloc(RECV_DEPTH * this.slotBytes);
-    const where = ctx.locate(this.area.bytes)!;
+    this.areaBytes = this.area.bytes;
+    this.areaView = new DataView(this.areaBytes.buffer, this.areaBytes.byteOffset, this.areaBytes.byteLength);
+    const where = ctx.locate(this.areaBytes)!;
     this.areaAddr = where.addr;
     this.areaLkey = where.lkey;
+    const inlineSlot = Math.min(qp.caps.maxInlineData, HEADER_BYTES + this.rndvThreshBytes) & ~7;
+    if (inlineSlot > HEADER_BYTES) {
+      this.inlineArea = ctx.heap.alloc(INLINE_SLOTS * inlineSlot);
+      this.inlineBytes = this.inlineArea.bytes;
+      const at = ctx.locate(this.inlineBytes)!;
+      this.inlineAddr = at.addr;
+      this.inlineLkey = at.lkey;
+      this.inlineSlotBytes = inlineSlot;
+    }
     this.inbox = new Inbox(
       options.receiveQueueMessages,
       options.receiveQueueBytes,
@@ -272,6 +320,7 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     } catch (err) {
       if (attached) ctx.detach(qp.qpNum, qp.caps.maxSendWr + qp.caps.maxRecvWr);
       this.area.release();
+      this.inlineArea?.release();
       throw err;
     }
   }
@@ -390,13 +439,19 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
       }
       this.startReads();
       this.startOneSided();
-      if (sent === 0 && this.shouldReturnCredits()) this.build({ type: MsgType.CREDIT, parts: [], total: 0, onWritten: undefined, id: 0, counted: 0 });
+      if (sent === 0 && this.shouldReturnCredits()) this.build(CREDIT_MESSAGE);
       if (batch.count > 0) {
+        if (this.unsignaled > 0) this.signalLast();
         v.postSend(this.qp, batch);
         batch.reset();
+        this.inlineUsed = 0;
+        if (this.postedCallbacks.length > 0) for (const cb of this.postedCallbacks.splice(0)) callWritten(cb);
       }
     } catch (err) {
       this.sendBatch.reset();
+      this.inlineUsed = 0;
+      this.unsignaled = 0;
+      this.unsignaledBytes = 0;
       this.abort(err instanceof KoalaError ? err : new KoalaError(ErrorCode.SYSTEM, `RDMA send path failed: ${(err as Error).message}`, { cause: err }));
     }
   }
@@ -412,19 +467,44 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     return this.outHead < this.outq.length && this.peerView === 0;
   }
 
-  /** Writes the header of a message of `type` into `into` at 0. */
-  private header(into: Uint8Array, type: number, length: number, id: number, aux: number): void {
-    const v = new DataView(into.buffer, into.byteOffset, HEADER_BYTES);
+  /** Writes the header of a message of `type` into `into` at `at` (little-endian, byte by byte: no view per message). */
+  private header(into: Uint8Array, type: number, length: number, id: number, aux: number, at = 0): void {
     const give = Math.min(this.owed, 0xffff);
     this.owed -= give;
     this.peerView += give;
     if (this.owed === 0) this.owedData = 0;
-    v.setUint8(0, type);
-    v.setUint8(1, 0);
-    v.setUint16(2, give, true);
-    v.setUint32(4, length, true);
-    v.setUint32(8, id, true);
-    v.setUint32(12, aux, true);
+    into[at] = type;
+    into[at + 1] = 0;
+    into[at + 2] = give & 0xff;
+    into[at + 3] = give >>> 8;
+    put32(into, at + 4, length);
+    put32(into, at + 8, id);
+    put32(into, at + 12, aux);
+  }
+
+  /**
+   * Records a signaled work request: it covers the unsignaled ones built before it since the
+   * last signaled one (their slots and counted bytes end with its completion).
+   */
+  private track(wrId: number, op: SendOp): void {
+    op.covers = this.unsignaled;
+    op.counted += this.unsignaledBytes;
+    this.unsignaled = 0;
+    this.unsignaledBytes = 0;
+    this.sendOps.set(wrId, op);
+  }
+
+  /**
+   * The batch ends in unsignaled sends: its last work request is signaled after all, so that
+   * every posted send is ended by some completion.
+   */
+  private signalLast(): void {
+    const b = this.sendBatch;
+    const at = (b.count - 1) * SWR.STRIDE;
+    b.wr[at + SWR.FLAGS] = b.wr[at + SWR.FLAGS]! | SendFlags.SIGNALED;
+    // The last one is itself one of the unsignaled: it covers the others.
+    this.unsignaled--;
+    this.track(b.wr[at + SWR.WR_ID]!, { lease: undefined, onWritten: undefined, counted: 0, read: undefined, close: false, covers: 0 });
   }
 
   /** Turns one outgoing message into a work request of the send batch. */
@@ -439,7 +519,26 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
       return;
     }
     const size = HEADER_BYTES + m.total;
-    const op: SendOp = { lease: undefined, onWritten: m.onWritten, counted: m.counted, read: undefined, close: m.type === MsgType.CLOSE };
+    if (size <= this.inlineSlotBytes && this.inlineUsed < INLINE_SLOTS && m.type !== MsgType.CLOSE) {
+      // Small: copied into the inline area, sent inline and unsignaled (see inlineArea).
+      const into = this.inlineBytes!;
+      const at = this.inlineUsed++ * this.inlineSlotBytes;
+      this.header(into, m.type, m.total, m.id, 0, at);
+      let p = at + HEADER_BYTES;
+      for (let i = 0; i < m.parts.length; i++) {
+        const part = m.parts[i]!;
+        if (part.byteLength <= 16) for (let j = 0; j < part.byteLength; j++) into[p + j] = part[j]!;
+        else into.set(part, p);
+        p += part.byteLength;
+      }
+      batch.addSge(this.inlineAddr + at, size, this.inlineLkey);
+      batch.addSend(wrId, Opcode.SEND, SendFlags.INLINE, 1);
+      this.unsignaled++;
+      this.unsignaledBytes += m.counted;
+      if (m.onWritten !== undefined) this.postedCallbacks.push(m.onWritten);
+      return;
+    }
+    const op: SendOp = { lease: undefined, onWritten: m.onWritten, counted: m.counted, read: undefined, close: m.type === MsgType.CLOSE, covers: 0 };
     // Scatter-gather: the header from a staging lease, then each part in place when every
     // part lies in registered memory and they fit in max_sge; otherwise one copy.
     const direct = m.parts.length > 0 && m.parts.length + 1 <= this.qp.caps.maxSendSge && size > this.qp.caps.maxInlineData && m.parts.every((p) => this.inPlace(p));
@@ -463,39 +562,16 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
         at += p.byteLength;
       }
     }
-    let flags = SendFlags.SIGNALED;
-    if (!direct && size <= this.qp.caps.maxInlineData) {
-      // Inline: the provider copies the bytes at post time, so the staging lease and the
-      // caller's parts are free as soon as the batch is posted.
-      flags |= SendFlags.INLINE;
-      op.lease = undefined;
-      this.afterPost(staging, m.onWritten);
+    // Inline when it fits (a CLOSE, or the inline area full this flush): the staging lease goes at the completion.
+    const flags = !direct && size <= this.qp.caps.maxInlineData ? SendFlags.SIGNALED | SendFlags.INLINE : SendFlags.SIGNALED;
+    op.lease = staging;
+    if (!direct) {
+      // Copied: the caller's parts are free now.
+      callWritten(m.onWritten);
       op.onWritten = undefined;
-    } else {
-      op.lease = staging;
-      if (!direct) {
-        // Copied: the caller's parts are free now.
-        callWritten(m.onWritten);
-        op.onWritten = undefined;
-      }
     }
     batch.addSend(wrId, Opcode.SEND, flags, sges);
-    this.sendOps.set(wrId, op);
-  }
-
-  private readonly postedLeases: Lease[] = [];
-  private readonly postedCallbacks: ((() => void) | undefined)[] = [];
-
-  /** Releases a lease and calls onWritten once the current batch is posted (inline sends). */
-  private afterPost(lease: Lease, onWritten: (() => void) | undefined): void {
-    this.postedLeases.push(lease);
-    this.postedCallbacks.push(onWritten);
-    if (this.postedLeases.length === 1) {
-      queueMicrotask(() => {
-        for (const l of this.postedLeases.splice(0)) l.release();
-        for (const cb of this.postedCallbacks.splice(0)) callWritten(cb);
-      });
-    }
+    this.track(wrId, op);
   }
 
   /**
@@ -555,7 +631,7 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     this.sendBatch.addSge(w.addr, size, w.lkey);
     this.sendBatch.addSend(wrId, Opcode.SEND, SendFlags.SIGNALED, 1);
     // The RTS itself stays counted until DONE through `advertised`; its staging lease goes at its completion.
-    this.sendOps.set(wrId, { lease: staging, onWritten: undefined, counted: 0, read: undefined, close: false });
+    this.track(wrId, { lease: staging, onWritten: undefined, counted: 0, read: undefined, close: false, covers: 0 });
   }
 
   /** Posts RDMA READs for rendezvous messages, as the send queue allows. */
@@ -587,7 +663,7 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
       const wrId = this.nextWrId++;
       batch.addSge(w.addr, len, w.lkey);
       batch.addSend(wrId, Opcode.RDMA_READ, SendFlags.SIGNALED, 1, 0, addr, rkey);
-      this.sendOps.set(wrId, { lease: undefined, onWritten: undefined, counted: 0, read: inc, close: false });
+      this.track(wrId, { lease: undefined, onWritten: undefined, counted: 0, read: inc, close: false, covers: 0 });
       this.sqUsed++;
       this.readsOut++;
       if (inc.nextSegment * 3 >= seg.length) this.reading.shift();
@@ -604,12 +680,13 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
       return;
     }
     const op = this.sendOps.get(wrId);
-    if (op === undefined) return;
     // A failed work request stays listed: the teardown that follows releases it with the rest,
     // after the close reason is set (so drain() waiters see the reason, not a drained queue).
-    if (status !== WcStatus.SUCCESS) return this.completionError(status, op.read !== undefined ? "RDMA READ" : op.oneSided !== undefined ? "one-sided" : "send", wrId);
+    // An unsignaled one (not listed) reports its failure too: errors always complete.
+    if (status !== WcStatus.SUCCESS) return this.completionError(status, op?.read !== undefined ? "RDMA READ" : op?.oneSided !== undefined ? "one-sided" : "send", wrId);
+    if (op === undefined) return;
     this.sendOps.delete(wrId);
-    this.sqUsed--;
+    this.sqUsed -= 1 + op.covers;
     op.lease?.release();
     callWritten(op.onWritten);
     this.unbuffer(op.counted);
@@ -662,15 +739,23 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
 
   private onReceive(slot: number, byteLen: number): void {
     const base = slot * this.slotBytes;
-    const buf = this.area.bytes;
-    const v = new DataView(buf.buffer, buf.byteOffset + base, HEADER_BYTES);
+    const buf = this.areaBytes;
+    const v = this.areaView;
     if (byteLen < HEADER_BYTES) return this.protocolError(`a message of ${byteLen} bytes, shorter than the header`);
-    const type = v.getUint8(0);
-    this.credits += v.getUint16(2, true);
+    const type = buf[base]!;
+    this.credits += v.getUint16(base + 2, true);
     this.peerView--;
-    const length = v.getUint32(4, true);
-    const id = v.getUint32(8, true);
-    const aux = v.getUint32(12, true);
+    const length = v.getUint32(base + 4, true);
+    if (type === MsgType.DATA && this.arrivalHead === this.arrivals.length && !this.inboxFull && this.reason === undefined) {
+      // The common case, nothing queued before it: handed up at once, with no arrival record.
+      if (length !== byteLen - HEADER_BYTES) return this.protocolError(`a message whose header says ${length} bytes arrived with ${byteLen - HEADER_BYTES}`);
+      if (length > this.options.maxMessageBytes) return this.tooLarge(length);
+      this.deliver(slot, buf.subarray(base + HEADER_BYTES, base + byteLen));
+      this.scheduleFlush();
+      return;
+    }
+    const id = v.getUint32(base + 8, true);
+    const aux = v.getUint32(base + 12, true);
     const payload = buf.subarray(base + HEADER_BYTES, base + byteLen);
     switch (type) {
       case MsgType.CREDIT:
@@ -787,31 +872,38 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
         this.ctx.lentLeases.set(message, lease);
       }
     } else {
-      const view = a.view!;
       if (this.reason !== undefined) {
         this.repost(a.slot, true);
         return;
       }
-      if (!this.lending || this.heldSlots >= RECV_DEPTH / 2) {
-        // A reader that has never released, or one holding many buffers: copy this one out.
-        message = view.slice();
-        this.repost(a.slot, true);
-      } else {
-        message = view;
-        this.ownedViews.set(view, a.slot);
-        this.heldSlots++;
-      }
+      this.deliver(a.slot, a.view!);
+      return;
     }
     this.inbox.push(message);
+  }
+
+  /** Hands up the eager message in receive buffer `slot`: lent as a view, or copied out. */
+  private deliver(slot: number, view: Uint8Array): void {
+    if (!this.lending || this.heldSlots >= RECV_DEPTH / 2) {
+      // A reader that has never released, or one holding many buffers: copy this one out.
+      this.repost(slot, true);
+      this.inbox.push(view.slice());
+    } else {
+      this.lent[slot] = view;
+      this.heldSlots++;
+      this.inbox.push(view);
+    }
   }
 
 
   release(message: Uint8Array): void {
     // A reader that releases gets views of the receive buffers from now on (zero copy).
     this.lending = true;
-    const slot = this.ownedViews.get(message);
-    if (slot !== undefined) {
-      this.ownedViews.delete(message);
+    // A lent view is found by where it lies in the receive area, and must be the very view lent.
+    const off = message.byteOffset - this.areaBytes.byteOffset;
+    const slot = message.buffer === this.areaBytes.buffer && off >= 0 ? Math.floor(off / this.slotBytes) : -1;
+    if (slot >= 0 && slot < RECV_DEPTH && this.lent[slot] === message) {
+      this.lent[slot] = undefined;
       this.heldSlots--;
       if (this.tornDown) {
         if (this.heldSlots === 0) this.area.release();
@@ -939,7 +1031,7 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
       const wrId = this.nextWrId++;
       batch.addSge(op.addr, op.length, op.lkey);
       batch.addSend(wrId, op.opcode, SendFlags.SIGNALED, 1, 0, op.raddr, op.rkey);
-      this.sendOps.set(wrId, { lease: undefined, onWritten: undefined, counted: 0, read: undefined, close: false, oneSided: op });
+      this.track(wrId, { lease: undefined, onWritten: undefined, counted: 0, read: undefined, close: false, oneSided: op, covers: 0 });
       this.sqUsed++;
     }
   }
@@ -1066,8 +1158,8 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     for (const a of this.arrivals.slice(this.arrivalHead)) a?.rndv?.lease?.release();
     this.arrivals.length = 0;
     this.reading.length = 0;
-    for (const l of this.postedLeases.splice(0)) l.release();
     for (const cb of this.postedCallbacks.splice(0)) callWritten(cb);
+    this.inlineArea?.release();
     this.recvBatch.reset();
     // The receive area goes back to the heap once no delivered message points into it.
     if (this.heldSlots === 0) this.area.release();
