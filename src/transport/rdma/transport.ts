@@ -15,6 +15,8 @@ import type { CmEvent, CmId, CmListener, Qp, QpCaps } from "./verbs.js";
 
 /** Send-queue depth of every queue pair: the peer's credits, the RDMA READs of rendezvous and room for protocol messages. */
 const SEND_DEPTH = 64;
+/** Inline bytes asked of each queue pair (the device may grant less). */
+const INLINE_BYTES = 256;
 
 function qpCaps(ctx: RdmaContext): QpCaps {
   const d = ctx.selection.device!;
@@ -23,7 +25,9 @@ function qpCaps(ctx: RdmaContext): QpCaps {
     maxRecvWr: RECV_DEPTH,
     maxSendSge: d.maxSge,
     maxRecvSge: 1,
-    maxInlineData: Math.min(64, d.maxInlineData),
+    // Room for a small RPC (header, call frame, a few dozen bytes of message): those go inline
+    // and unsignaled (connection.ts), the cheapest send a NIC offers.
+    maxInlineData: Math.min(INLINE_BYTES, d.maxInlineData),
   };
 }
 
