@@ -17,10 +17,11 @@ import { connect, listen, type Connection, type Listener, type TransportOptions 
 import { chooseTransport, resolveAddress } from "../../src/transport/registry.js";
 import { DEFAULT_RNDV_THRESH, parseDeviceFilter, deviceSelected, readRdmaConfig } from "../../src/transport/rdma/config.js";
 import { openRdmaContexts, type RdmaContext } from "../../src/transport/rdma/context.js";
-import { RECV_DEPTH, encodeHello, type RdmaConnection } from "../../src/transport/rdma/connection.js";
+import { HEADER_BYTES, MsgType, PACK_MESSAGE_MAX, RECV_DEPTH, encodeHello, type RdmaConnection } from "../../src/transport/rdma/connection.js";
 import { registerVerbsProvider } from "../../src/transport/rdma/providers.js";
 import { nativeProvider } from "../../src/transport/rdma/native-provider.js";
 import { softCounters, softFaults, softProvider } from "../../src/transport/rdma/soft.js";
+import { Access, Opcode, SendFlags, WorkBatch } from "../../src/transport/rdma/verbs.js";
 
 const MiB = 1024 * 1024;
 const THRESH = DEFAULT_RNDV_THRESH;
@@ -128,14 +129,15 @@ s("credit exhaustion: a sender facing a reader that stopped waits; nothing is re
   const { client, server } = await pair(ctx, { receiveQueueMessages: 4 });
   server.pause();
   const got = collect(server);
+  // Over PACK_MESSAGE_MAX: one SEND (one credit) each.
   const n = 500;
-  for (let i = 0; i < n; i++) client.send([pattern(i, 100 + (i % 50))]);
+  for (let i = 0; i < n; i++) client.send([pattern(i, PACK_MESSAGE_MAX + 100 + (i % 50))]);
   await new Promise((r) => setTimeout(r, 50));
   assert.is(got.length, 0);
   assert.ok(client.bufferedBytes > 0, "the sender holds what it may not send yet");
   server.resume();
   await until(() => got.length === n, `${n} messages`);
-  got.forEach((m, i) => assert.ok(Buffer.from(m).equals(Buffer.from(pattern(i, 100 + (i % 50)))), `message ${i}`));
+  got.forEach((m, i) => assert.ok(Buffer.from(m).equals(Buffer.from(pattern(i, PACK_MESSAGE_MAX + 100 + (i % 50)))), `message ${i}`));
   // Both ways at once, many rounds, readers that release late.
   const back = collect(client);
   for (let i = 0; i < 2000; i++) {
@@ -260,11 +262,13 @@ s("a reader that never released gets copies; after release() views of the buffer
   server.onMessage(null);
   const kept: Uint8Array[] = [];
   server.onMessage((m) => kept.push(m));
-  for (let i = 0; i < RECV_DEPTH * 3; i++) client.send([pattern(i, 32)]);
+  // Over PACK_MESSAGE_MAX, so each arrives alone in its buffer (small ones sent together are packed and copied).
+  const size = PACK_MESSAGE_MAX + 1;
+  for (let i = 0; i < RECV_DEPTH * 3; i++) client.send([pattern(i, size)]);
   await until(() => kept.length === RECV_DEPTH * 3, "every message");
   const inBuffers = kept.filter((m) => rctx.locate(m) !== undefined).length;
   assert.is(inBuffers, RECV_DEPTH / 2, "at most half the receive buffers are lent out");
-  kept.forEach((m, i) => assert.ok(Buffer.from(m).equals(Buffer.from(pattern(i, 32))), `message ${i} stays valid while kept`));
+  kept.forEach((m, i) => assert.ok(Buffer.from(m).equals(Buffer.from(pattern(i, size))), `message ${i} stays valid while kept`));
   for (const m of kept) server.release(m);
   server.onMessage(null);
   const again: Uint8Array[] = [];
@@ -388,6 +392,101 @@ s("a peer that advertises receive buffers it never posts: SENDs meet receiver-no
     raw.disconnect(held.id!);
     raw.destroyQp(held.qp!);
     raw.destroyId(held.id!);
+    raw.closeListener(cm);
+    restore("KOALA_LOG", quiet);
+    resetLogLevel();
+  }
+});
+
+s("small messages sent in one tick share SENDs (PACK): every one arrives, in order and intact, in far fewer SENDs than messages", async (ctx) => {
+  const { client, server } = await pair(ctx);
+  const got = collect(server);
+  const n = 2000;
+  const size = (i: number) => 1 + (i % PACK_MESSAGE_MAX);
+  const sends = softCounters.sends;
+  for (let i = 0; i < n; i++) client.send([pattern(i, size(i))]);
+  await until(() => got.length === n, `${n} messages`);
+  got.forEach((m, i) => assert.ok(Buffer.from(m).equals(Buffer.from(pattern(i, size(i)))), `message ${i} (${size(i)} bytes)`));
+  const used = softCounters.sends - sends;
+  assert.ok(used < n / 4, `${n} messages went in ${used} SENDs`);
+});
+
+s("packed messages to a reader that stopped: the sender waits (credits), the reader's memory stays bounded, all arrive in order once it reads", async (ctx) => {
+  const rnr = softCounters.rnrNaks;
+  const { client, server } = await pair(ctx, { receiveQueueMessages: 4 });
+  server.pause();
+  const got = collect(server);
+  const n = 20_000;
+  for (let i = 0; i < n; i++) client.send([pattern(i, 40 + (i % 60))]);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.is(got.length, 0);
+  // 16 receive buffers of 16 + 8192 bytes hold about 140 KB of them: the rest waits at the sender.
+  assert.ok(client.bufferedBytes > n * 40 - 16 * (HEADER_BYTES + DEFAULT_RNDV_THRESH), `the sender holds what the reader has no room for (${client.bufferedBytes} bytes)`);
+  server.resume();
+  await until(() => got.length === n, `${n} messages`);
+  got.forEach((m, i) => assert.ok(Buffer.from(m).equals(Buffer.from(pattern(i, 40 + (i % 60)))), `message ${i}`));
+  assert.is(softCounters.rnrNaks - rnr, 0, "no SEND ever found the receive queue empty");
+});
+
+s("a malformed PACK (an entry past its end, a count that disagrees, a message over maxMessageBytes) closes that connection with the reason; the listener serves on", async () => {
+  const quiet = process.env.KOALA_LOG;
+  process.env.KOALA_LOG = "off";
+  resetLogLevel();
+  // A raw verbs endpoint that accepts a koala client and sends it one crafted SEND.
+  const raw = softProvider.open("soft0", 1);
+  const pd = raw.allocPd();
+  const cq = raw.createCq(64, () => undefined);
+  const buf = new Uint8Array(4096);
+  const mr = raw.regMr(pd, buf, Access.LOCAL_WRITE);
+  const conns: { qp: ReturnType<typeof raw.createQp>; id: Parameters<typeof raw.accept>[0] }[] = [];
+  let established: (() => void) | undefined;
+  const cm = await raw.listen("127.0.0.1", 0, (e) => {
+    if (e.type === "connect_request") {
+      const qp = raw.createQp(e.id, pd, cq, cq, { maxSendWr: 16, maxRecvWr: 16, maxSendSge: 1, maxRecvSge: 1, maxInlineData: 0 });
+      conns.push({ qp, id: e.id });
+      raw.accept(e.id, encodeHello(RECV_DEPTH, 16 + THRESH));
+    } else if (e.type === "established") established?.();
+  });
+  /** A PACK header for `count` messages and `body`, with the header's length `length`. */
+  const pack = (count: number, body: number[], length = body.length): Uint8Array => {
+    const b = new Uint8Array(HEADER_BYTES + body.length);
+    const v = new DataView(b.buffer);
+    v.setUint8(0, MsgType.PACK);
+    v.setUint32(4, length, true);
+    v.setUint32(8, count, true);
+    b.set(body, HEADER_BYTES);
+    return b;
+  };
+  const le = (n: number) => [n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, n >>> 24];
+  const cases: [Uint8Array, string, RegExp][] = [
+    [pack(1, [...le(10), 1, 2, 3]), "KOALA_ERR_PROTOCOL", /message 1 of 1 \(10 bytes\) runs past its end/],
+    [pack(3, [...le(1), 7, ...le(1), 8]), "KOALA_ERR_PROTOCOL", /ends inside the length of its message 3 of 3/],
+    [pack(1, [...le(1), 7, 9, 9]), "KOALA_ERR_PROTOCOL", /2 bytes after its 1 messages/],
+    [pack(1, [...le(2), 7, 7], 9), "KOALA_ERR_PROTOCOL", /header says 9 bytes arrived with 6/],
+    [pack(1, [...le(5000), ...new Array<number>(8).fill(0)]), "KOALA_ERR_MESSAGE_TOO_LARGE", /5000 bytes; the limit is 1000/],
+  ];
+  try {
+    for (const [bytes, code, why] of cases) {
+      const up = new Promise<void>((r) => (established = r));
+      const c = await connect(`rdma://127.0.0.1:${cm.port}`, { maxMessageBytes: 1000 });
+      const got = collect(c);
+      await within(up, "the raw side established");
+      buf.set(bytes);
+      const batch = new WorkBatch(1);
+      batch.addSge(mr.addr, bytes.byteLength, mr.lkey);
+      batch.addSend(1, Opcode.SEND, SendFlags.SIGNALED, 1);
+      raw.postSend(conns[conns.length - 1]!.qp, batch);
+      const reason = await within(c.closed, "the client closing");
+      assert.is(reason.code, code, reason.message);
+      assert.match(reason.message, why);
+      assert.equal(got.length, 0, "nothing of a malformed PACK is delivered");
+    }
+  } finally {
+    for (const { qp, id } of conns) {
+      raw.disconnect(id);
+      raw.destroyQp(qp);
+      raw.destroyId(id);
+    }
     raw.closeListener(cm);
     restore("KOALA_LOG", quiet);
     resetLogLevel();

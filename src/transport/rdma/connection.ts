@@ -48,10 +48,16 @@ export const MsgType = {
   DONE: 3,
   CREDIT: 4,
   CLOSE: 5,
+  PACK: 6,
 } as const;
 
+/** Largest message packed with others into one SEND (a PACK); larger ones go alone. */
+export const PACK_MESSAGE_MAX = 1024;
+/** Bytes in front of each message inside a PACK: its u32 length. */
+const PACK_ENTRY_BYTES = 4;
+
 const MAGIC = 0x3144524b; // "KRD1"
-const VERSION = 1;
+const VERSION = 2;
 
 /** What each side sends in the CM private data: protocol version, receive depth and buffer size. */
 export function encodeHello(recvDepth: number, bufferBytes: number): Uint8Array {
@@ -134,8 +140,10 @@ interface Incoming {
 
 interface Arrival {
   type: number;
-  /** The receive buffer holding it, or -1. */
+  /** The receive buffer holding it (for a copied message of a PACK, posted again when it is handed up), or -1. */
   slot: number;
+  /** A message of a PACK, already copied out of its buffer. */
+  copied?: boolean;
   view: Uint8Array | undefined;
   rndv: Incoming | undefined;
   ready: boolean;
@@ -428,9 +436,13 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
       const batch = this.sendBatch;
       let sent = 0;
       while (this.outHead < this.outq.length && this.credits >= 2 && this.sqUsed < this.maxSendWr) {
-        const m = this.outq[this.outHead]!;
-        this.outq[this.outHead++] = undefined as never;
-        this.build(m);
+        if (this.outHead + 1 < this.outq.length && this.packable(this.outq[this.outHead]!) && this.packable(this.outq[this.outHead + 1]!)) {
+          this.buildPack();
+        } else {
+          const m = this.outq[this.outHead]!;
+          this.outq[this.outHead++] = undefined as never;
+          this.build(m);
+        }
         sent++;
       }
       if (this.outHead === this.outq.length) {
@@ -581,6 +593,65 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
    */
   private inPlace(p: Uint8Array): boolean {
     return p.byteLength === 0 || (this.ctx.locate(p) !== undefined && !this.ctx.isReceiveMemory(p));
+  }
+
+  /** Whether `m` may share a SEND with other small messages (a PACK). */
+  private packable(m: Outgoing): boolean {
+    return m.type === MsgType.DATA && m.total <= PACK_MESSAGE_MAX && HEADER_BYTES + PACK_ENTRY_BYTES + m.total <= this.peerBufferBytes;
+  }
+
+  /**
+   * Sends the queued small DATA messages from `outHead` on, as many as fit the peer's buffer,
+   * in one SEND: a PACK whose payload is each message behind its u32 length. One credit, one
+   * work request and at most one completion for all of them; the bytes are copied, so each
+   * message's onWritten runs at once (inline: once the batch is posted).
+   */
+  private buildPack(): void {
+    const q = this.outq;
+    let end = this.outHead;
+    let size = HEADER_BYTES;
+    while (end < q.length && this.packable(q[end]!) && size + PACK_ENTRY_BYTES + q[end]!.total <= this.peerBufferBytes) {
+      size += PACK_ENTRY_BYTES + q[end]!.total;
+      end++;
+    }
+    const count = end - this.outHead;
+    const wrId = this.nextWrId++;
+    this.credits--;
+    this.sqUsed++;
+    const inline = size <= this.inlineSlotBytes && this.inlineUsed < INLINE_SLOTS;
+    const staging = inline ? undefined : this.ctx.heap.alloc(size);
+    const into = inline ? this.inlineBytes! : staging!.bytes;
+    const base = inline ? this.inlineUsed++ * this.inlineSlotBytes : 0;
+    this.header(into, MsgType.PACK, size - HEADER_BYTES, count, 0, base);
+    let at = base + HEADER_BYTES;
+    let counted = 0;
+    const written: (() => void)[] = inline ? this.postedCallbacks : [];
+    for (let k = this.outHead; k < end; k++) {
+      const m = q[k]!;
+      q[k] = undefined as never;
+      put32(into, at, m.total);
+      at += PACK_ENTRY_BYTES;
+      for (let i = 0; i < m.parts.length; i++) {
+        const part = m.parts[i]!;
+        into.set(part, at);
+        at += part.byteLength;
+      }
+      counted += m.counted;
+      if (m.onWritten !== undefined) written.push(m.onWritten);
+    }
+    this.outHead = end;
+    if (inline) {
+      this.sendBatch.addSge(this.inlineAddr + base, size, this.inlineLkey);
+      this.sendBatch.addSend(wrId, Opcode.SEND, SendFlags.INLINE, 1);
+      this.unsignaled++;
+      this.unsignaledBytes += counted;
+      return;
+    }
+    const w = this.ctx.locate(into)!;
+    this.sendBatch.addSge(w.addr, size, w.lkey);
+    this.sendBatch.addSend(wrId, Opcode.SEND, size <= this.qp.caps.maxInlineData ? SendFlags.SIGNALED | SendFlags.INLINE : SendFlags.SIGNALED, 1);
+    this.track(wrId, { lease: staging, onWritten: undefined, counted, read: undefined, close: false, covers: 0 });
+    for (const cb of written) callWritten(cb);
   }
 
   /** Sends `m` by rendezvous: an RTS naming registered segments the peer reads. */
@@ -768,6 +839,9 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
       case MsgType.RTS:
         this.onRts(slot, payload, length, id, aux);
         break;
+      case MsgType.PACK:
+        if (!this.onPack(slot, payload, length, id)) return;
+        break;
       case MsgType.CLOSE:
         this.repost(slot, true);
         this.closeArrived = true;
@@ -783,6 +857,56 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     }
     this.processArrivals();
     this.scheduleFlush();
+  }
+
+  /**
+   * The messages of a PACK, each copied out of the buffer (they are small). With nothing queued
+   * before them and a reader with room, they are handed up now and the buffer posted again at
+   * once; otherwise they queue in order and the buffer (so its credit) stays held until the
+   * last of them is handed up, as an eager message's would. False after a protocol error.
+   */
+  private onPack(slot: number, payload: Uint8Array, length: number, count: number): boolean {
+    if (length !== payload.byteLength || count < 1) {
+      this.protocolError(`a PACK of ${count} messages whose header says ${length} bytes arrived with ${payload.byteLength}`);
+      return false;
+    }
+    // The whole PACK is checked before any of it is handed up: a malformed one delivers nothing.
+    const v = this.areaView;
+    const first = payload.byteOffset - this.areaBytes.byteOffset;
+    let at = 0;
+    for (let k = 0; k < count; k++) {
+      if (at + PACK_ENTRY_BYTES > payload.byteLength) {
+        this.protocolError(`a PACK that ends inside the length of its message ${k + 1} of ${count}`);
+        return false;
+      }
+      const len = v.getUint32(first + at, true);
+      at += PACK_ENTRY_BYTES;
+      if (len > this.options.maxMessageBytes) {
+        this.tooLarge(len);
+        return false;
+      }
+      if (at + len > payload.byteLength) {
+        this.protocolError(`a PACK whose message ${k + 1} of ${count} (${len} bytes) runs past its end`);
+        return false;
+      }
+      at += len;
+    }
+    if (at !== payload.byteLength) {
+      this.protocolError(`a PACK with ${payload.byteLength - at} bytes after its ${count} messages`);
+      return false;
+    }
+    const direct = this.arrivalHead === this.arrivals.length && !this.inboxFull && this.reason === undefined;
+    at = 0;
+    for (let k = 0; k < count; k++) {
+      const len = v.getUint32(first + at, true);
+      const copy = payload.slice(at + PACK_ENTRY_BYTES, at + PACK_ENTRY_BYTES + len);
+      at += PACK_ENTRY_BYTES + len;
+      // A reader with room gets them all now: at most one buffer's worth past its limit.
+      if (direct) this.inbox.push(copy);
+      else this.arrivals.push({ type: MsgType.DATA, slot: k === count - 1 ? slot : -1, copied: true, view: copy, rndv: undefined, ready: true });
+    }
+    if (direct) this.repost(slot, true);
+    return true;
   }
 
   private onRts(slot: number, payload: Uint8Array, total: number, id: number, type: number): void {
@@ -871,6 +995,11 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
         this.ownedLeases.set(message, lease);
         this.ctx.lentLeases.set(message, lease);
       }
+    } else if (a.copied === true) {
+      // A message of a PACK: its buffer goes back with the last of them.
+      if (a.slot >= 0) this.repost(a.slot, true);
+      if (this.reason !== undefined) return;
+      message = a.view!;
     } else {
       if (this.reason !== undefined) {
         this.repost(a.slot, true);

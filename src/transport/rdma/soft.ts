@@ -77,6 +77,8 @@ const SOFT_DEVICE: DeviceInfo = Object.freeze({
 export const softCounters = {
   /** SENDs answered "receiver not ready". */
   rnrNaks: 0,
+  /** SEND work requests posted (every provider-level message, for tests that count them). */
+  sends: 0,
   /** RDMA READ / WRITE refused by a target's checks. */
   remoteAccessErrors: 0,
 };
@@ -470,6 +472,7 @@ class SoftContext extends Handle implements VerbsContext {
       for (let j = 0; j < n; j++) total += sges[j * SGE.STRIDE + SGE.LENGTH]!;
       if (flags & SendFlags.INLINE && total > qp.caps.maxInlineData) fail("postSend()", `${total} bytes inline; the queue pair allows ${qp.caps.maxInlineData}`);
       const seq = qp.nextSeq++;
+      if (opcode === Opcode.SEND || opcode === Opcode.SEND_WITH_IMM) softCounters.sends++;
       const out: Outstanding = { seq, wrId, opcode: wcOp, signaled, type: Pkt.SEND, packet: [], byteLen: total, readSges: undefined, rnrLeft: qp.rnrRetry };
       qp.sends.push(out);
       if (qp.failing) continue;
