@@ -47,7 +47,7 @@ async function main(): Promise<void> {
       const count = await pipelined(ms, 256, () => sys.unary(payload));
       const after = await servers.get(c)!.cpuMicros();
       rate[c].push(count.ops / count.seconds);
-      cpu[c].push((after - before) / count.ops);
+      cpu[c].push((after.micros - before.micros) / count.ops);
     }
     process.stderr.write(`[round ${r + 1}/${rounds}]\n`);
   }

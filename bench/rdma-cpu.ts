@@ -21,13 +21,14 @@
  *
  *   node --import tsx bench/rdma-cpu.ts [--ms N] [--window N] [--thresh-sweep]
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { Session } from "node:inspector/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { connect, listen, type Connection } from "../src/transport/index.js";
 import { nativeVerbs } from "../src/transport/rdma/native.js";
 import { NativeContext } from "../src/transport/rdma/native-context.js";
+import { mainThreadCpuMicros } from "./lib/cpu.js";
 
 const args = process.argv.slice(2);
 const arg = (flag: string, def: number): number => {
@@ -55,13 +56,6 @@ const SRNIC = ((): string | undefined => {
 // The addon loads its libraries once per process: name srnic before anything asks for them.
 if (SRNIC !== undefined) Object.assign(process.env, { KOALA_VERBS_LIB: SRNIC, KOALA_RDMACM_LIB: SRNIC });
 
-/** CPU time of this process's main (JavaScript) thread so far, in µs (Linux: /proc). */
-function mainThreadCpuUs(): number {
-  const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name, in clock ticks (100 per second here).
-  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / 100;
-}
 
 const CASES: Case[] = [
   { label: "tcp, 64 B", address: "tcp://127.0.0.1:0", bytes: 64 },
@@ -136,12 +130,12 @@ async function echoRun(c: Case, session: Session): Promise<string[]> {
   messages = 0;
   await session.post("Profiler.start");
   const cpu0 = process.cpuUsage();
-  const main0 = mainThreadCpuUs();
+  const main0 = (mainThreadCpuMicros() ?? 0);
   const t0 = performance.now();
   await new Promise((r) => setTimeout(r, RUN_MS));
   const counted = messages;
   const cpu = process.cpuUsage(cpu0);
-  const mainUs = mainThreadCpuUs() - main0;
+  const mainUs = (mainThreadCpuMicros() ?? 0) - main0;
   const seconds = (performance.now() - t0) / 1000;
   const { profile } = await session.post("Profiler.stop");
   stop = true;

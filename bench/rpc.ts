@@ -34,7 +34,7 @@ type SystemName = (typeof SYSTEMS)[number];
 /** A value in the main table. */
 type RowMetric = "p50" | "p99" | "calls" | "mbps" | "stream";
 /** A measured value: a table metric, or CPU per operation (µs) of the client or server in a scenario. */
-type Metric = RowMetric | `cpu.${ScenarioName}.${"client" | "server"}`;
+type Metric = RowMetric | `${"cpu" | "jscpu"}.${ScenarioName}.${"client" | "server"}`;
 
 /** The software RNIC built by `npm run build:rdma`, when it is there with the addon. */
 const SRNIC = ((): string | undefined => {
@@ -130,10 +130,12 @@ function parseSettings(argv: string[]): Settings {
 async function runScenario(name: ScenarioName, client: ClientChild, server: ServerChild, ms: number): Promise<Partial<Record<Metric, number>>> {
   const serverBefore = await server.cpuMicros();
   const r = await client.run(name, ms);
-  const serverMicros = (await server.cpuMicros()) - serverBefore;
+  const serverAfter = await server.cpuMicros();
   const values = r.values as Partial<Record<Metric, number>>;
   values[`cpu.${name}.client`] = r.cpuMicros / r.ops;
-  values[`cpu.${name}.server`] = serverMicros / r.ops;
+  values[`cpu.${name}.server`] = (serverAfter.micros - serverBefore.micros) / r.ops;
+  values[`jscpu.${name}.client`] = r.jsCpuMicros / r.ops;
+  values[`jscpu.${name}.server`] = (serverAfter.jsMicros - serverBefore.jsMicros) / r.ops;
   return values;
 }
 
@@ -263,13 +265,18 @@ async function main(): Promise<void> {
   }
 
   const cpuRows: string[][] = [];
+  const jsCpuRows: string[][] = [];
   const tlsCpuRows: string[][] = [];
+  const cell = ([c, sv]: readonly [number, number]): string => (Number.isFinite(c) ? `${fmt(c, 1)} + ${fmt(sv, 1)}` : "—");
   for (const sc of settings.scenarios) {
     const per = SYSTEMS.map((n) => [med(n, `cpu.${sc}.client`), med(n, `cpu.${sc}.server`)] as const);
     const sum = per.map(([c, sv]) => c + sv);
-    const cell = ([c, sv]: readonly [number, number]): string => (Number.isFinite(c) ? `${fmt(c, 1)} + ${fmt(sv, 1)}` : "—");
     cpuRows.push([SCENARIO_LABEL[sc], ...per.slice(0, MAIN.length).map(cell), ratio(sum[1]! / sum[0]!), ratio(sum[1]! / sum[5]!)]);
     tlsCpuRows.push([SCENARIO_LABEL[sc], cell(per[6]!), cell(per[7]!), ratio(sum[6]! / sum[7]!), ratio(sum[6]! / sum[1]!)]);
+    const js = SYSTEMS.map((n) => [med(n, `jscpu.${sc}.client`), med(n, `jscpu.${sc}.server`)] as const);
+    const jsSum = js.map(([c, sv]) => c + sv);
+    // rdma (native) against koala tcp: the issue's measure of what the RDMA path costs the JavaScript thread.
+    jsCpuRows.push([SCENARIO_LABEL[sc], ...js.slice(0, MAIN.length).map(cell), ratio(jsSum[1]! / jsSum[0]!), ratio(jsSum[4]! / jsSum[1]!)]);
   }
   const withTls = settings.only.includes("koala-tls") || settings.only.includes("grpc-tls");
 
@@ -283,6 +290,8 @@ async function main(): Promise<void> {
     table(header, rows),
     "",
     table(["CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "koala/raw", "koala/grpc"], cpuRows),
+    "",
+    table(["JavaScript-thread CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "koala tcp/raw", "rdma native/koala tcp"], jsCpuRows),
     "",
     ...(withTls
       ? [
@@ -298,6 +307,7 @@ async function main(): Promise<void> {
     "koala rdma (native, srnic) = the same transport on the native addon (the code that runs on a NIC) over srnic, the userspace software RNIC (its service thread and Unix sockets stand in for the NIC): the addon's cost plus a software NIC, not RDMA speed.",
     "over TLS = koala (tls://) and grpc-js (createSsl) over TLS 1.3 on the same machine, with the test-only certificates of test/fixtures/tls (ECDSA P-256).",
     "MB/s counts the request payload once per call (10^6 bytes). CPU = user + system time of the client child and the server child, per call (or stream reply); each system's client runs in a process of its own.",
+    "JavaScript-thread CPU = the same for the main thread alone (/proc): without srnic's service thread (the software NIC), V8's helper threads (garbage collection) and libuv's pool. On a NIC, this is what the RDMA path leaves on the CPU; for the socket systems it includes their system calls.",
   ];
   // At the end the load average counts this benchmark's own two busy processes (about 2).
   if (machine.loadAtStart > 1 || loadAtEnd > 3) {

@@ -6,6 +6,7 @@
  */
 import { fork, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
+import type { CpuTimes } from "../lib/cpu.js";
 
 const SERVER_SCRIPT = new URL("./server.ts", import.meta.url).pathname;
 const CLIENT_SCRIPT = new URL("./client.ts", import.meta.url).pathname;
@@ -28,8 +29,8 @@ export interface ServerChild {
   address: string;
   /** Its process id. */
   pid: number;
-  /** Its CPU time so far (user + system), in microseconds. */
-  cpuMicros(): Promise<number>;
+  /** Its CPU time so far (user + system), in microseconds: the process's and its JavaScript thread's. */
+  cpuMicros(): Promise<CpuTimes>;
 }
 
 /**
@@ -48,18 +49,18 @@ export async function startServer(system: "raw" | "koala" | "grpc" | "grpc-tls",
   live.add(child);
   child.once("exit", () => live.delete(child));
   // Replies to "cpu" come back in order; a child that dies fails the questions still open.
-  const cpuWaiters: { resolve(micros: number): void; reject(err: Error): void }[] = [];
+  const cpuWaiters: { resolve(times: CpuTimes): void; reject(err: Error): void }[] = [];
   child.once("exit", (code, signal) => {
     for (const w of cpuWaiters.splice(0)) w.reject(new Error(`bench server ${system} exited (code ${code}, signal ${signal})`));
   });
   const timeoutMs = options.startTimeoutMs ?? 30_000;
   const bound = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`bench server ${system} did not report an address within ${timeoutMs} ms`)), timeoutMs);
-    child.on("message", (m: { address?: string; cpu?: NodeJS.CpuUsage }) => {
+    child.on("message", (m: { address?: string; cpu?: CpuTimes }) => {
       if (m.address !== undefined) {
         clearTimeout(timer);
         resolve(m.address);
-      } else if (m.cpu !== undefined) cpuWaiters.shift()?.resolve(m.cpu.user + m.cpu.system);
+      } else if (m.cpu !== undefined) cpuWaiters.shift()?.resolve(m.cpu);
     });
     child.once("exit", (code, signal) => {
       clearTimeout(timer);
@@ -74,7 +75,7 @@ export async function startServer(system: "raw" | "koala" | "grpc" | "grpc-tls",
     address: bound,
     pid: child.pid!,
     cpuMicros: () =>
-      new Promise<number>((resolve, reject) => {
+      new Promise<CpuTimes>((resolve, reject) => {
         if (!child.connected) return reject(new Error(`bench server ${system} is gone`));
         cpuWaiters.push({ resolve, reject });
         child.send("cpu");
@@ -84,8 +85,8 @@ export async function startServer(system: "raw" | "koala" | "grpc" | "grpc-tls",
 
 /** A running client child: one system's client, alone in its process (bench/rpc/client.ts). */
 export interface ClientChild {
-  /** Runs scenario `name` for `ms` milliseconds: its values, the operations counted and the child's own CPU time (µs). */
-  run(name: string, ms: number): Promise<{ values: Record<string, number>; ops: number; cpuMicros: number }>;
+  /** Runs scenario `name` for `ms` milliseconds: its values, the operations counted and the child's own CPU time (µs: the process's, its JavaScript thread's). */
+  run(name: string, ms: number): Promise<{ values: Record<string, number>; ops: number; cpuMicros: number; jsCpuMicros: number }>;
 }
 
 /**
@@ -98,7 +99,7 @@ export async function startClient(system: "raw" | "koala" | "grpc" | "grpc-tls",
   const child = fork(CLIENT_SCRIPT, [system, address], { execArgv, stdio: ["ignore", "inherit", "inherit", "ipc"], env: { ...process.env, ...env } });
   live.add(child);
   child.once("exit", () => live.delete(child));
-  type Reply = { ready?: true; error?: string; values?: Record<string, number>; ops?: number; cpuMicros?: number };
+  type Reply = { ready?: true; error?: string; values?: Record<string, number>; ops?: number; cpuMicros?: number; jsCpuMicros?: number };
   const waiters: { resolve(r: Reply): void; reject(err: Error): void }[] = [];
   child.on("message", (m: Reply) => waiters.shift()?.resolve(m));
   child.once("exit", (code, signal) => {
@@ -114,7 +115,7 @@ export async function startClient(system: "raw" | "koala" | "grpc" | "grpc-tls",
       child.send({ run: name, ms });
       const r = await reply;
       if (r.error !== undefined) throw new Error(`bench client ${system}, ${name}: ${r.error}`);
-      return { values: r.values!, ops: r.ops!, cpuMicros: r.cpuMicros! };
+      return { values: r.values!, ops: r.ops!, cpuMicros: r.cpuMicros!, jsCpuMicros: r.jsCpuMicros! };
     },
   };
 }

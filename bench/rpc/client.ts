@@ -3,9 +3,10 @@
  * an application using one RPC library would be (clients of several systems in one process
  * slowed each other: one's heap and garbage made the others' collections longer). Run as
  * `client.ts <raw|koala|grpc|grpc-tls> <address>` (koala dials TLS on a `tls://` address); reports `{ ready: true }` after a first call, then
- * answers each `{ run: scenario, ms }` with `{ values, ops, cpuMicros }` (its own CPU time spent
- * in the run). Exits when the parent goes away.
+ * answers each `{ run: scenario, ms }` with `{ values, ops, cpuMicros, jsCpuMicros }` (its own CPU
+ * time spent in the run: the process's, and its JavaScript thread's). Exits when the parent goes away.
  */
+import { cpuTimes } from "../lib/cpu.js";
 import { PROTO_PATH } from "./proto-path.js";
 import { pingPong, pipelined, quantile } from "./measure.js";
 import { BIG, BIG_IN_FLIGHT, MANY_IN_FLIGHT, SMALL, type ScenarioName } from "./scenarios.js";
@@ -55,11 +56,11 @@ process.on("disconnect", () => {
   process.exit(0);
 });
 process.on("message", (m: { run: ScenarioName; ms: number }) => {
-  const before = process.cpuUsage();
+  const before = cpuTimes();
   run(m.run, m.ms).then(
     (r) => {
-      const cpu = process.cpuUsage(before);
-      process.send!({ ...r, cpuMicros: cpu.user + cpu.system });
+      const after = cpuTimes();
+      process.send!({ ...r, cpuMicros: after.micros - before.micros, jsCpuMicros: after.jsMicros - before.jsMicros });
     },
     (err: unknown) => process.send!({ error: String((err as Error)?.stack ?? err) }),
   );

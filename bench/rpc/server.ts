@@ -1,6 +1,6 @@
 /**
  * Child process of the RPC benchmark: serves one system and reports its address to the
- * parent over IPC as `{ address }`; answers the message `"cpu"` with `{ cpu: process.cpuUsage() }`.
+ * parent over IPC as `{ address }`; answers the message `"cpu"` with `{ cpu: CpuTimes }` (bench/lib/cpu.ts).
  * Run as `server.ts <raw|koala|grpc|grpc-tls> [address]` (koala serves TLS on a `tls://` address).
  *
  * Every system does the same work per call: the greeter's SayHello answers
@@ -15,6 +15,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import { createServer, type ServiceImplementation } from "../../src/index.js";
 import { GreeterService } from "../../examples/hello/gen/hello.js";
 import { PROTO_PATH } from "./proto-path.js";
+import { cpuTimes } from "../lib/cpu.js";
 import { startRawServer } from "./raw.js";
 import { caCert, serverCert, serverKey } from "./tls.js";
 
@@ -98,7 +99,7 @@ if (process.send === undefined) {
 process.on("disconnect", () => process.exit(0));
 // The parent asks for this process's CPU time around each run, to report CPU per call.
 process.on("message", (m) => {
-  if (m === "cpu") process.send!({ cpu: process.cpuUsage() });
+  if (m === "cpu") process.send!({ cpu: cpuTimes() });
 });
 
 const [system, address] = process.argv.slice(2);
