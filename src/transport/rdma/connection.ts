@@ -37,6 +37,8 @@ export const MAX_RNDV_SEGMENTS = 16;
 export const RNDV_READ_AHEAD_BYTES = 16 * 1024 * 1024;
 /** Inline sends one flush builds in the connection's inline area; more go through staging leases. */
 const INLINE_SLOTS = 32;
+/** One unsignaled inline send in this many is signaled (a quarter of the send queue). */
+const SIGNAL_EVERY = 16;
 /** Most RDMA READs a connection keeps outstanding. */
 const MAX_READS = 32;
 const RNDV_SEGMENT_BYTES = 16;
@@ -241,9 +243,16 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
   /** Bytes of an inline slot (0: the queue pair has no inline room for a header and a byte). */
   private readonly inlineSlotBytes: number = 0;
   private inlineUsed = 0;
-  /** Unsignaled work requests of the batch being built that no signaled one after them covers yet, and their counted bytes. */
+  /**
+   * Unsignaled work requests posted or being built that no signaled one after them covers yet.
+   * They may span batches: one in SIGNAL_EVERY is signaled, so a lone small call does not wake
+   * the event loop a second time for its send's completion.
+   */
   private unsignaled = 0;
-  private unsignaledBytes = 0;
+  /** Counted bytes of the inline sends of the batch being built: out of bufferedBytes once it is posted (the provider copied them). */
+  private postedBytes = 0;
+  /** SIGNAL_EVERY, or a quarter of a smaller send queue. */
+  private readonly signalEvery: number;
   /** onWritten of inline sends: called once their batch is posted (the provider has copied the bytes). */
   private readonly postedCallbacks: (() => void)[] = [];
   private nextWrId = RECV_DEPTH;
@@ -283,6 +292,7 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     this.rndvThreshBytes = ctx.selection.config.rndvThreshBytes;
     this.slotBytes = HEADER_BYTES + this.rndvThreshBytes;
     this.maxSendWr = qp.caps.maxSendWr;
+    this.signalEvery = Math.max(1, Math.min(SIGNAL_EVERY, Math.floor(this.maxSendWr / 4)));
     this.credits = peer?.recvDepth ?? 0;
     this.peerBufferBytes = peer?.bufferBytes ?? this.slotBytes;
     this.area = ctx.receiveHeap.alloc(RECV_DEPTH * this.slotBytes);
@@ -453,17 +463,19 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
       this.startOneSided();
       if (sent === 0 && this.shouldReturnCredits()) this.build(CREDIT_MESSAGE);
       if (batch.count > 0) {
-        if (this.unsignaled > 0) this.signalLast();
+        if (this.unsignaled >= this.signalEvery) this.signalLast();
         v.postSend(this.qp, batch);
         batch.reset();
         this.inlineUsed = 0;
         if (this.postedCallbacks.length > 0) for (const cb of this.postedCallbacks.splice(0)) callWritten(cb);
+        const posted = this.postedBytes;
+        this.postedBytes = 0;
+        this.unbuffer(posted);
       }
     } catch (err) {
       this.sendBatch.reset();
       this.inlineUsed = 0;
-      this.unsignaled = 0;
-      this.unsignaledBytes = 0;
+      this.postedBytes = 0;
       this.abort(err instanceof KoalaError ? err : new KoalaError(ErrorCode.SYSTEM, `RDMA send path failed: ${(err as Error).message}`, { cause: err }));
     }
   }
@@ -496,19 +508,17 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
 
   /**
    * Records a signaled work request: it covers the unsignaled ones built before it since the
-   * last signaled one (their slots and counted bytes end with its completion).
+   * last signaled one (their send-queue slots end with its completion).
    */
   private track(wrId: number, op: SendOp): void {
     op.covers = this.unsignaled;
-    op.counted += this.unsignaledBytes;
     this.unsignaled = 0;
-    this.unsignaledBytes = 0;
     this.sendOps.set(wrId, op);
   }
 
   /**
-   * The batch ends in unsignaled sends: its last work request is signaled after all, so that
-   * every posted send is ended by some completion.
+   * SIGNAL_EVERY unsignaled sends are waiting, the last of them in this batch: that one is
+   * signaled after all, and its completion frees their send-queue slots.
    */
   private signalLast(): void {
     const b = this.sendBatch;
@@ -546,7 +556,7 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
       batch.addSge(this.inlineAddr + at, size, this.inlineLkey);
       batch.addSend(wrId, Opcode.SEND, SendFlags.INLINE, 1);
       this.unsignaled++;
-      this.unsignaledBytes += m.counted;
+      this.postedBytes += m.counted;
       if (m.onWritten !== undefined) this.postedCallbacks.push(m.onWritten);
       return;
     }
@@ -644,7 +654,7 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
       this.sendBatch.addSge(this.inlineAddr + base, size, this.inlineLkey);
       this.sendBatch.addSend(wrId, Opcode.SEND, SendFlags.INLINE, 1);
       this.unsignaled++;
-      this.unsignaledBytes += counted;
+      this.postedBytes += counted;
       return;
     }
     const w = this.ctx.locate(into)!;
