@@ -8,7 +8,7 @@
  * read on a noisy shared machine.
  *
  *   node --import tsx bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N]
- *        [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,koala-tls,grpc-tls] [--scenarios latency,calls,mbps,stream]
+ *        [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,connect,koala-tls,grpc-tls] [--scenarios latency,calls,mbps,stream]
  *        [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]
  */
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -27,9 +27,9 @@ import { BIG_IN_FLIGHT, MANY_IN_FLIGHT, SCENARIOS, type ScenarioName } from "./r
  * RNIC (the addon's real code path; srnic's sockets stand in for the NIC). Neither is RDMA speed.
  * `koala-tls` and `grpc-tls` are koala and grpc-js over TLS (bench/rpc/tls.ts), in a table of their own.
  */
-const SYSTEMS = ["raw", "koala-tcp", "koala-unix", "koala-rdma", "koala-rdma-native", "grpc", "koala-tls", "grpc-tls"] as const;
+const SYSTEMS = ["raw", "koala-tcp", "koala-unix", "koala-rdma", "koala-rdma-native", "grpc", "connect", "koala-tls", "grpc-tls"] as const;
 /** The systems of the main tables, in their column order. */
-const MAIN = SYSTEMS.slice(0, 6);
+const MAIN = SYSTEMS.slice(0, 7);
 type SystemName = (typeof SYSTEMS)[number];
 /** A value in the main table. */
 type RowMetric = "p50" | "p99" | "calls" | "mbps" | "stream";
@@ -59,7 +59,7 @@ interface Settings {
 
 function usage(problem: string): never {
   console.error(`bench/rpc: ${problem}`);
-  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,koala-tls,grpc-tls] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]");
+  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,connect,koala-tls,grpc-tls] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]");
   process.exit(2);
 }
 
@@ -188,6 +188,7 @@ async function main(): Promise<void> {
       "koala-rdma": () => startServer("koala", "rdma://127.0.0.1:0", { ...prof, env: { KOALA_RDMA_PROVIDER: "soft" } }),
       "koala-rdma-native": () => startServer("koala", "rdma://127.0.0.1:0", { ...prof, env: NATIVE_ENV }),
       grpc: () => startServer("grpc", undefined, prof),
+      connect: () => startServer("connect", undefined, prof),
       "koala-tls": () => startServer("koala", "tls://127.0.0.1:0", prof),
       "grpc-tls": () => startServer("grpc-tls", undefined, prof),
     };
@@ -200,6 +201,7 @@ async function main(): Promise<void> {
       "koala-rdma": (a) => startClient("koala", a, { KOALA_RDMA_PROVIDER: "soft" }, cprof),
       "koala-rdma-native": (a) => startClient("koala", a, NATIVE_ENV, cprof),
       grpc: (a) => startClient("grpc", a, {}, cprof),
+      connect: (a) => startClient("connect", a, {}, cprof),
       "koala-tls": (a) => startClient("koala", a, {}, cprof),
       "grpc-tls": (a) => startClient("grpc-tls", a, {}, cprof),
     };
@@ -240,13 +242,13 @@ async function main(): Promise<void> {
   }
 
   const med = (n: SystemName, metric: Metric) => median(samples.get(n)?.get(metric) ?? []);
-  const header = ["scenario", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "koala/raw", "koala/grpc", "goal met?"];
+  const header = ["scenario", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "Connect-ES", "koala/raw", "koala/grpc", "koala/Connect", "goal met?"];
   const rows: string[][] = [];
   const tlsRows: string[][] = [];
   const jsonRows: object[] = [];
   for (const row of ROWS) {
     if (!settings.scenarios.includes(ROW_SCENARIO[row.metric])) continue;
-    const [raw, kt, ku, kr, kn, g, ks, gs] = SYSTEMS.map((n) => med(n, row.metric)) as [number, number, number, number, number, number, number, number];
+    const [raw, kt, ku, kr, kn, g, ce, ks, gs] = SYSTEMS.map((n) => med(n, row.metric)) as [number, number, number, number, number, number, number, number, number];
     let verdict = "—";
     let met: boolean | null = null;
     if (row.goal !== undefined) {
@@ -256,12 +258,12 @@ async function main(): Promise<void> {
         verdict = `${met ? "yes" : "NO"} (${row.goal.text})`;
       }
     }
-    rows.push([row.label, fmt(raw, row.digits), fmt(kt, row.digits), fmt(ku, row.digits), fmt(kr, row.digits), fmt(kn, row.digits), fmt(g, row.digits), ratio(kt / raw), ratio(kt / g), verdict]);
+    rows.push([row.label, fmt(raw, row.digits), fmt(kt, row.digits), fmt(ku, row.digits), fmt(kr, row.digits), fmt(kn, row.digits), fmt(g, row.digits), fmt(ce, row.digits), ratio(kt / raw), ratio(kt / g), ratio(kt / ce), verdict]);
     tlsRows.push([row.label, fmt(ks, row.digits), fmt(gs, row.digits), ratio(ks / gs), ratio(ks / kt)]);
     // Each round measured the systems back to back, so a per-round ratio shows how steady the ratio was.
     const rounds = (n: SystemName) => samples.get(n)?.get(row.metric) ?? [];
     const perRound = rounds("koala-tcp").map((k, i) => k / (rounds("raw")[i] ?? NaN));
-    jsonRows.push({ scenario: row.label, metric: row.metric, raw, koalaTcp: kt, koalaUnix: ku, koalaRdmaSoft: kr, koalaRdmaNative: kn, grpcJs: g, koalaOverRaw: kt / raw, koalaOverGrpc: kt / g, koalaOverRawPerRound: perRound, koalaTls: ks, grpcJsTls: gs, koalaTlsOverGrpcTls: ks / gs, goal: row.goal?.text ?? null, met });
+    jsonRows.push({ scenario: row.label, metric: row.metric, raw, koalaTcp: kt, koalaUnix: ku, koalaRdmaSoft: kr, koalaRdmaNative: kn, grpcJs: g, connectEs: ce, koalaOverConnect: kt / ce, koalaOverRaw: kt / raw, koalaOverGrpc: kt / g, koalaOverRawPerRound: perRound, koalaTls: ks, grpcJsTls: gs, koalaTlsOverGrpcTls: ks / gs, goal: row.goal?.text ?? null, met });
   }
 
   const cpuRows: string[][] = [];
@@ -271,8 +273,8 @@ async function main(): Promise<void> {
   for (const sc of settings.scenarios) {
     const per = SYSTEMS.map((n) => [med(n, `cpu.${sc}.client`), med(n, `cpu.${sc}.server`)] as const);
     const sum = per.map(([c, sv]) => c + sv);
-    cpuRows.push([SCENARIO_LABEL[sc], ...per.slice(0, MAIN.length).map(cell), ratio(sum[1]! / sum[0]!), ratio(sum[1]! / sum[5]!)]);
-    tlsCpuRows.push([SCENARIO_LABEL[sc], cell(per[6]!), cell(per[7]!), ratio(sum[6]! / sum[7]!), ratio(sum[6]! / sum[1]!)]);
+    cpuRows.push([SCENARIO_LABEL[sc], ...per.slice(0, MAIN.length).map(cell), ratio(sum[1]! / sum[0]!), ratio(sum[1]! / sum[5]!), ratio(sum[1]! / sum[6]!)]);
+    tlsCpuRows.push([SCENARIO_LABEL[sc], cell(per[7]!), cell(per[8]!), ratio(sum[7]! / sum[8]!), ratio(sum[7]! / sum[1]!)]);
     const js = SYSTEMS.map((n) => [med(n, `jscpu.${sc}.client`), med(n, `jscpu.${sc}.server`)] as const);
     const jsSum = js.map(([c, sv]) => c + sv);
     // rdma (native) against koala tcp: the issue's measure of what the RDMA path costs the JavaScript thread.
@@ -289,9 +291,9 @@ async function main(): Promise<void> {
     "",
     table(header, rows),
     "",
-    table(["CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "koala/raw", "koala/grpc"], cpuRows),
+    table(["CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "Connect-ES", "koala/raw", "koala/grpc", "koala/Connect"], cpuRows),
     "",
-    table(["JavaScript-thread CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "koala tcp/raw", "rdma native/koala tcp"], jsCpuRows),
+    table(["JavaScript-thread CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "Connect-ES", "koala tcp/raw", "rdma native/koala tcp"], jsCpuRows),
     "",
     ...(withTls
       ? [
@@ -301,7 +303,8 @@ async function main(): Promise<void> {
           "",
         ]
       : []),
-    "koala/raw and koala/grpc divide koala over tcp by the baseline (for latency below 1 is better, for rates above 1).",
+    "koala/raw, koala/grpc and koala/Connect divide koala over tcp by the baseline (for latency below 1 is better, for rates above 1).",
+    "Connect-ES = @connectrpc/connect-node 2 (the Connect protocol over cleartext HTTP/2, one session) with @bufbuild/protobuf 2, the same .proto (bench/rpc/connect.ts).",
     "raw = length-prefixed echo on a plain net.Socket over tcp (a call = one echoed message; the stream = the same echo pipelined).",
     "koala rdma (soft) = koala over the RDMA transport on the SOFTWARE verbs provider (sockets stand in for the NIC): the protocol's cost, not RDMA speed; see bench/rdma-cpu.ts for JavaScript CPU per message.",
     "koala rdma (native, srnic) = the same transport on the native addon (the code that runs on a NIC) over srnic, the userspace software RNIC (its service thread and Unix sockets stand in for the NIC): the addon's cost plus a software NIC, not RDMA speed.",

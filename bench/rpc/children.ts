@@ -37,7 +37,7 @@ export interface ServerChild {
  * Forks `bench/rpc/server.ts <system> [address]` under tsx; resolves once the child reports
  * the address it listens on.
  */
-export async function startServer(system: "raw" | "koala" | "grpc" | "grpc-tls", address?: string, options: StartOptions = {}): Promise<ServerChild> {
+export async function startServer(system: "raw" | "koala" | "grpc" | "grpc-tls" | "connect", address?: string, options: StartOptions = {}): Promise<ServerChild> {
   const execArgv = ["--import", "tsx"];
   // One folder per server: Node names each thread's profile itself (tsx's loader thread writes one too).
   if (options.cpuProfDir !== undefined) execArgv.push("--cpu-prof", `--cpu-prof-dir=${join(options.cpuProfDir, `server-${system}-${++serial}`)}`);
@@ -93,7 +93,7 @@ export interface ClientChild {
  * Forks `bench/rpc/client.ts <system> <address>` under tsx with `env` added (and `--cpu-prof`
  * into a subfolder of `cpuProfDir` when given); resolves once the child made its first call.
  */
-export async function startClient(system: "raw" | "koala" | "grpc" | "grpc-tls", address: string, env: Record<string, string> = {}, cpuProfDir?: string, startTimeoutMs = 30_000): Promise<ClientChild> {
+export async function startClient(system: "raw" | "koala" | "grpc" | "grpc-tls" | "connect", address: string, env: Record<string, string> = {}, cpuProfDir?: string, startTimeoutMs = 30_000): Promise<ClientChild> {
   const execArgv = ["--import", "tsx"];
   if (cpuProfDir !== undefined) execArgv.push("--cpu-prof", `--cpu-prof-dir=${join(cpuProfDir, `client-${system}-${++serial}`)}`);
   const child = fork(CLIENT_SCRIPT, [system, address], { execArgv, stdio: ["ignore", "inherit", "inherit", "ipc"], env: { ...process.env, ...env } });

@@ -2,7 +2,7 @@
  * Child process of the RPC benchmark: the client side of one system, alone in its process, as
  * an application using one RPC library would be (clients of several systems in one process
  * slowed each other: one's heap and garbage made the others' collections longer). Run as
- * `client.ts <raw|koala|grpc|grpc-tls> <address>` (koala dials TLS on a `tls://` address); reports `{ ready: true }` after a first call, then
+ * `client.ts <raw|koala|grpc|grpc-tls|connect> <address>` (koala dials TLS on a `tls://` address); reports `{ ready: true }` after a first call, then
  * answers each `{ run: scenario, ms }` with `{ values, ops, cpuMicros, jsCpuMicros }` (its own CPU
  * time spent in the run: the process's, and its JavaScript thread's). Exits when the parent goes away.
  */
@@ -10,7 +10,7 @@ import { cpuTimes } from "../lib/cpu.js";
 import { PROTO_PATH } from "./proto-path.js";
 import { pingPong, pipelined, quantile } from "./measure.js";
 import { BIG, BIG_IN_FLIGHT, MANY_IN_FLIGHT, SMALL, type ScenarioName } from "./scenarios.js";
-import { grpcSystem, koalaSystem, rawSystem, type System } from "./systems.js";
+import { connectSystem, grpcSystem, koalaSystem, rawSystem, type System } from "./systems.js";
 
 if (process.send === undefined) {
   console.error("bench/rpc/client.ts runs as a child of bench/rpc.ts (it reports over IPC)");
@@ -18,13 +18,14 @@ if (process.send === undefined) {
 }
 
 const [kind, address] = process.argv.slice(2);
-if (address === undefined) throw new Error("usage: client.ts <raw|koala|grpc|grpc-tls> <address>");
+if (address === undefined) throw new Error("usage: client.ts <raw|koala|grpc|grpc-tls|connect> <address>");
 const sys: System =
   kind === "raw" ? await rawSystem(address)
   : kind === "koala" ? koalaSystem(address)
   : kind === "grpc" || kind === "grpc-tls" ? grpcSystem(address, PROTO_PATH, kind === "grpc-tls")
+  : kind === "connect" ? connectSystem(address)
   : (() => {
-      throw new Error(`unknown system ${JSON.stringify(kind)} (raw, koala, grpc, grpc-tls)`);
+      throw new Error(`unknown system ${JSON.stringify(kind)} (raw, koala, grpc, grpc-tls, connect)`);
     })();
 // Connects now (koala and grpc-js connect on the first call), under the environment the parent gave.
 await sys.unary(SMALL);

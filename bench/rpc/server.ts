@@ -16,6 +16,7 @@ import { createServer, type ServiceImplementation } from "../../src/index.js";
 import { GreeterService } from "../../examples/hello/gen/hello.js";
 import { PROTO_PATH } from "./proto-path.js";
 import { cpuTimes } from "../lib/cpu.js";
+import { startConnectServer } from "./connect.js";
 import { startRawServer } from "./raw.js";
 import { caCert, serverCert, serverKey } from "./tls.js";
 
@@ -115,7 +116,10 @@ switch (system) {
   case "grpc-tls":
     bound = await startGrpc(system === "grpc-tls");
     break;
+  case "connect":
+    bound = (await startConnectServer()).address;
+    break;
   default:
-    throw new Error(`unknown system ${JSON.stringify(system)} (raw, koala, grpc, grpc-tls)`);
+    throw new Error(`unknown system ${JSON.stringify(system)} (raw, koala, grpc, grpc-tls, connect)`);
 }
 process.send({ address: bound });

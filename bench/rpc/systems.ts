@@ -9,6 +9,7 @@ import { GreeterService } from "../../examples/hello/gen/hello.js";
 import { pipelined, StreamWindow, type Count } from "./measure.js";
 import { RawClient } from "./raw.js";
 import { caCert } from "./tls.js";
+import { connectGreeter } from "./connect.js";
 
 /** What the scenarios need from a system. */
 export interface System {
@@ -45,6 +46,22 @@ export function koalaSystem(address: string): System {
       return { ops: pace.received, seconds: (performance.now() - t0) / 1000 };
     },
     close: () => closeClient(client),
+  };
+}
+
+/** Connect-ES (@connectrpc/connect-node, the Connect protocol over HTTP/2), the same .proto (bench/rpc/connect.ts). */
+export function connectSystem(address: string): System {
+  const client = connectGreeter(address);
+  return {
+    unary: (payload) => client.sayHello({ name: "bench", payload }),
+    async stream(ms, window, payload) {
+      const t0 = performance.now();
+      const pace = new StreamWindow(window, { name: "bench", payload });
+      for await (const _ of client.chat(pace.messages(t0 + ms))) pace.reply();
+      return { ops: pace.received, seconds: (performance.now() - t0) / 1000 };
+    },
+    // The HTTP/2 session closes by itself when idle; the child exits with the parent.
+    close: () => undefined,
   };
 }
 
