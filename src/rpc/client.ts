@@ -5,7 +5,7 @@
  */
 import { Code, ErrorCode, KoalaError, RpcError, clampCode, type MetadataInit } from "../errors.js";
 import { Fifo } from "../fifo.js";
-import { log } from "../log.js";
+import { log, logLimited } from "../log.js";
 import { connect } from "../transport/index.js";
 import type { Connection, PeerCertificate } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
@@ -753,7 +753,7 @@ function captureResolvers(resolve: (value: never) => void, reject: (reason: unkn
 
 /** An interceptor's onEnd threw: logged, never fatal. */
 function interceptorFailed(message: string): void {
-  log("warn", "client", message);
+  logLimited("client.interceptor-error", "warn", "client", message);
 }
 
 function describeAbort(reason: unknown): string {

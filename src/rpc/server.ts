@@ -187,8 +187,10 @@ export class Server {
       conn.close();
       return;
     }
+    // Closed between the transport's hand-over and now: the transport logged why; nothing to serve.
+    if (conn.isClosed) return;
     if (this.connections.size >= this.options.maxConnections) {
-      logLimited("max-connections", "warn", "server", `refusing a connection from ${conn.remoteAddress}: ${this.connections.size} connections are open (maxConnections)`);
+      logLimited("server.max-connections", "warn", "server", `refusing a connection from ${conn.remoteAddress}: ${this.connections.size} connections are open (maxConnections)`, 1);
       conn.close(new KoalaError(ErrorCode.CLOSED, "the server has reached maxConnections"));
       return;
     }
@@ -279,8 +281,9 @@ class ServerConnection extends RpcEndpoint {
   ) {
     super(conn, server.options, "server");
     const o = (this.options = server.options);
-    // The client waits for these limits before its first call.
-    this.send(buildFrame(server.encode, { type: FrameType.SETTINGS, callId: 0, arg: o.maxConcurrentStreams, arg2: o.maxMessageBytes }));
+    // The client waits for these limits before its first call. A connection that closed during
+    // the hand-over gets none (sending would throw); start() below sees it closed and cleans up.
+    if (!conn.isClosed) this.send(buildFrame(server.encode, { type: FrameType.SETTINGS, callId: 0, arg: o.maxConcurrentStreams, arg2: o.maxMessageBytes }));
     if (o.maxConnectionAgeMs > 0) {
       const age = Math.round(o.maxConnectionAgeMs * (0.9 + Math.random() * 0.2));
       this.ageTimer = unrefTimer(() => this.retire(), age);
@@ -449,7 +452,7 @@ class ServerConnection extends RpcEndpoint {
     const ms = this.options.sendTimeoutMs;
     if (ms > 0) {
       this.sendTimer = unrefTimer(() => {
-        logLimited(`send-timeout:${this.conn.remoteAddress}`, "warn", "server", `closing the connection with ${this.conn.remoteAddress}: ${this.conn.bufferedBytes} bytes of replies not written for ${ms} ms (sendTimeoutMs)`);
+        logLimited("server.send-timeout", "warn", "server", `closing the connection with ${this.conn.remoteAddress}: ${this.conn.bufferedBytes} bytes of replies not written for ${ms} ms (sendTimeoutMs)`);
         this.kill(new RpcError(Code.UNAVAILABLE, `the client did not read its replies for ${ms} ms (sendTimeoutMs)`));
       }, ms);
     }
@@ -706,7 +709,7 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
     try {
       void this.requestMetadata;
     } catch (err) {
-      logLimited(`bad-metadata:${this.peer}`, "warn", "server", `${this.peer} sent malformed request metadata for ${this.method.path}: ${(err as Error).message}`);
+      logLimited("server.bad-metadata", "warn", "server", `${this.peer} sent malformed request metadata for ${this.method.path}: ${(err as Error).message}`);
       throw new RpcError(Code.INTERNAL, `malformed request metadata: ${(err as Error).message}`, { cause: err });
     }
   }
@@ -900,7 +903,7 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
   private fail(err: unknown): void {
     if (this.done) return;
     if (this.sc.options.logHandlerErrors && !(err instanceof RpcError)) {
-      log("warn", "server", `${this.method.path} failed: ${(err as Error)?.stack ?? String(err)}`);
+      logLimited("server.handler-error", "warn", "server", `${this.method.path} failed: ${(err as Error)?.stack ?? String(err)}`);
     }
     this.abort(RpcError.from(err), true);
   }
@@ -937,7 +940,7 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
         try {
           this.sc.send(frame);
         } catch (err) {
-          log("warn", "server", `cannot send the status of ${this.method.path}: ${(err as Error).message}`);
+          logLimited("server.status-unsent", "warn", "server", `cannot send the status of ${this.method.path}: ${(err as Error).message}`);
         }
       }
     }
@@ -947,5 +950,5 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
 
 /** Logs an interceptor that threw in `onEnd`. */
 function logInterceptorError(message: string): void {
-  log("warn", "server", message);
+  logLimited("server.interceptor-error", "warn", "server", message);
 }

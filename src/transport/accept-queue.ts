@@ -4,7 +4,7 @@
  */
 import { ErrorCode, KoalaError } from "../errors.js";
 import { Fifo, Waiters } from "../fifo.js";
-import { log } from "../log.js";
+import { logLimited } from "../log.js";
 import type { Connection } from "./types.js";
 
 /** Queue of accepted connections of one listener. */
@@ -19,10 +19,18 @@ export class AcceptQueue implements AsyncIterable<Connection> {
     return this.closed;
   }
 
-  /** Hands over a new connection (closed at once when the listener is closed). */
+  /**
+   * Hands over a new connection (closed at once when the listener is closed). One that closed
+   * already (the peer's first frames after its HELLO were malformed, or it reset) is skipped:
+   * the transport logged why, and nobody above has anything to do with it.
+   */
   push(connection: Connection): void {
     if (this.closed) {
       connection.close(new Error("the listener is closed"));
+      return;
+    }
+    if (connection.isClosed) {
+      logLimited("transport.closed-before-handover", "debug", "transport", `skipped a connection from ${connection.remoteAddress} that closed before it was handed over`);
       return;
     }
     if (this.handler !== null) this.handOver(this.handler, connection);
@@ -37,7 +45,13 @@ export class AcceptQueue implements AsyncIterable<Connection> {
     try {
       handler(connection);
     } catch (err) {
-      log("error", "transport", `the onConnection handler threw; closing that connection: ${(err as Error)?.stack ?? String(err)}`);
+      if (connection.isClosed) {
+        // It closed while the handler set it up (the transport logged why): the handler's
+        // failure to use it is a consequence, not an error of its own.
+        logLimited("transport.closed-during-handover", "debug", "transport", `a connection from ${connection.remoteAddress} closed during its hand-over: ${(err as Error)?.message ?? String(err)}`);
+        return;
+      }
+      logLimited("transport.handler-error", "error", "transport", `the onConnection handler threw; closing that connection: ${(err as Error)?.stack ?? String(err)}`);
       connection.close(
         new KoalaError(ErrorCode.RECEIVER_FAILED, `the onConnection handler threw: ${(err as Error)?.message ?? String(err)}`, { cause: err }),
       );
@@ -46,7 +60,8 @@ export class AcceptQueue implements AsyncIterable<Connection> {
 
   /** Next connection; rejects with KOALA_ERR_CLOSED once closed. */
   accept(): Promise<Connection> {
-    const c = this.ready.shift();
+    let c = this.ready.shift();
+    while (c !== undefined && c.isClosed) c = this.ready.shift();
     if (c !== undefined) return Promise.resolve(c);
     if (this.closed) return Promise.reject(new KoalaError(ErrorCode.CLOSED, "the listener is closed"));
     return this.waiters.wait();
@@ -55,7 +70,7 @@ export class AcceptQueue implements AsyncIterable<Connection> {
   /** Sets the callback that takes every new connection (and those already waiting). */
   setHandler(handler: ((c: Connection) => void) | null): void {
     this.handler = handler;
-    if (handler !== null) for (let c = this.ready.shift(); c !== undefined; c = this.ready.shift()) this.handOver(handler, c);
+    if (handler !== null) for (let c = this.ready.shift(); c !== undefined; c = this.ready.shift()) if (!c.isClosed) this.handOver(handler, c);
   }
 
   /** Stops accepting: waiting `accept()` calls reject, iteration ends. Connections not yet taken are closed. */
