@@ -187,8 +187,12 @@ export class Server {
       conn.close();
       return;
     }
-    // Closed between the transport's hand-over and now: the transport logged why; nothing to serve.
-    if (conn.isClosed) return;
+    // The transport closed it right after the handshake (a malformed frame in the same write as
+    // the HELLO, a reset) and logged why; there is nothing to serve, and nothing more to say.
+    if (conn.isClosed) {
+      logLimited("server.closed-before-handover", "debug", "server", `skipped a connection from ${conn.remoteAddress} that closed before it was served`);
+      return;
+    }
     if (this.connections.size >= this.options.maxConnections) {
       logLimited("server.max-connections", "warn", "server", `refusing a connection from ${conn.remoteAddress}: ${this.connections.size} connections are open (maxConnections)`, 1);
       conn.close(new KoalaError(ErrorCode.CLOSED, "the server has reached maxConnections"));

@@ -21,16 +21,12 @@ export class AcceptQueue implements AsyncIterable<Connection> {
 
   /**
    * Hands over a new connection (closed at once when the listener is closed). One that closed
-   * already (the peer's first frames after its HELLO were malformed, or it reset) is skipped:
-   * the transport logged why, and nobody above has anything to do with it.
+   * already after its HELLO (its next frame was malformed, or it reset) is handed over too, so
+   * that the application can read why from `closed`; users of a connection check `isClosed`.
    */
   push(connection: Connection): void {
     if (this.closed) {
       connection.close(new Error("the listener is closed"));
-      return;
-    }
-    if (connection.isClosed) {
-      logLimited("transport.closed-before-handover", "debug", "transport", `skipped a connection from ${connection.remoteAddress} that closed before it was handed over`);
       return;
     }
     if (this.handler !== null) this.handOver(this.handler, connection);
@@ -60,8 +56,7 @@ export class AcceptQueue implements AsyncIterable<Connection> {
 
   /** Next connection; rejects with KOALA_ERR_CLOSED once closed. */
   accept(): Promise<Connection> {
-    let c = this.ready.shift();
-    while (c !== undefined && c.isClosed) c = this.ready.shift();
+    const c = this.ready.shift();
     if (c !== undefined) return Promise.resolve(c);
     if (this.closed) return Promise.reject(new KoalaError(ErrorCode.CLOSED, "the listener is closed"));
     return this.waiters.wait();
@@ -70,7 +65,7 @@ export class AcceptQueue implements AsyncIterable<Connection> {
   /** Sets the callback that takes every new connection (and those already waiting). */
   setHandler(handler: ((c: Connection) => void) | null): void {
     this.handler = handler;
-    if (handler !== null) for (let c = this.ready.shift(); c !== undefined; c = this.ready.shift()) if (!c.isClosed) this.handOver(handler, c);
+    if (handler !== null) for (let c = this.ready.shift(); c !== undefined; c = this.ready.shift()) this.handOver(handler, c);
   }
 
   /** Stops accepting: waiting `accept()` calls reject, iteration ends. Connections not yet taken are closed. */

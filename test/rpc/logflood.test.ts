@@ -120,7 +120,7 @@ test("an onConnection handler that fails because the connection closed under it 
   });
   const { seen } = await events(async () => {
     q.push(closedConn(false));
-    q.push(closedConn(true)); // closed before the hand-over: the handler never sees it
+    q.push(closedConn(true)); // closed before the hand-over: handed over all the same (the transport's contract)
     open = true;
     q.push(closedConn(false));
   });

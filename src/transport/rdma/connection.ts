@@ -150,7 +150,7 @@ function callWritten(cb: (() => void) | undefined): void {
   try {
     cb();
   } catch (err) {
-    log("error", "transport", `an onWritten callback threw: ${(err as Error)?.stack ?? String(err)}`);
+    logLimited("transport.on-written-error", "error", "transport", `an onWritten callback threw: ${(err as Error)?.stack ?? String(err)}`);
   }
 }
 
@@ -256,7 +256,7 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
         });
       },
       (err) => {
-        log("error", "transport", `the message receiver of ${this.localAddress} threw; closing that connection: ${(err as Error)?.stack ?? String(err)}`);
+        logLimited("transport.receiver-error", "error", "transport", `the message receiver of ${this.localAddress} threw; closing that connection: ${(err as Error)?.stack ?? String(err)}`);
         this.abort(new KoalaError(ErrorCode.RECEIVER_FAILED, `the message receiver threw: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
       },
     );

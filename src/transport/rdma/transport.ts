@@ -3,7 +3,7 @@
  * of the Verbs interface; the live connection is {@link RdmaConnection}.
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
-import { log, logLimited } from "../../log.js";
+import { logLimited } from "../../log.js";
 import { QueuedListener } from "../accept-queue.js";
 import { formatAddress } from "../address.js";
 import type { Address, Connection, Listener, ResolvedTransportOptions, Transport } from "../types.js";
@@ -55,7 +55,7 @@ class RdmaListener extends QueuedListener implements Listener {
     try {
       this.handle(e);
     } catch (err) {
-      log("error", "transport", `RDMA listener ${this.address}: ${e.type}: ${(err as Error)?.stack ?? String(err)}`);
+      logLimited("rdma.listener-error", "error", "transport", `RDMA listener ${this.address}: ${e.type}: ${(err as Error)?.stack ?? String(err)}`);
       this.byId.get(e.id)?.close(err as Error);
     }
   }
