@@ -23,9 +23,12 @@
  * target string alone.
  */
 import { parseTarget } from "./target.js";
-import { resolverFor } from "./registry.js";
+import { balancerFor, registerBalancer, registerResolver, resolverFor } from "./registry.js";
 import { SingleAddressSource } from "./single.js";
-import { ErrorCode, KoalaError } from "../errors.js";
+import { ClusterSource } from "./source.js";
+import { leastOutstanding, pickFirst, roundRobin } from "./balancers.js";
+import { staticResolver } from "./static.js";
+import { dnsResolver } from "./dns.js";
 import type { BackoffOptions } from "./backoff.js";
 import type { ConnectionSource, Dialer, PooledConnection } from "./types.js";
 
@@ -34,21 +37,57 @@ export { Backoff } from "./backoff.js";
 export { parseTarget, type Target } from "./target.js";
 export { registerResolver, resolverFor, registeredResolvers, registerBalancer, balancerFor, registeredBalancers } from "./registry.js";
 export { SingleAddressSource } from "./single.js";
+export { ClusterSource, resolveFailed } from "./source.js";
 export type * from "./types.js";
+
+let ready = false;
+
+/**
+ * Registers the built-in resolvers (`static`, `dns`) and balancers (`pick_first`,
+ * `round_robin`, `least_outstanding`), unless something is registered under those names
+ * already. Idempotent; {@link createConnectionSource} calls it.
+ */
+export function setupCluster(): void {
+  if (ready) return;
+  ready = true;
+  if (resolverFor("static") === undefined) registerResolver("static", staticResolver);
+  if (resolverFor("dns") === undefined) registerResolver("dns", dnsResolver);
+  for (const [name, factory] of [["pick_first", pickFirst], ["round_robin", roundRobin], ["least_outstanding", leastOutstanding]] as const) {
+    try {
+      balancerFor(name);
+    } catch {
+      registerBalancer(name, factory);
+    }
+  }
+}
 
 /** How a channel's connection source behaves. */
 export interface SourceOptions {
-  /** Reconnect backoff of each endpoint. */
+  /** Reconnect backoff of a single-address target. */
   readonly backoff: BackoffOptions;
+  /** Reconnect backoff of each endpoint of a resolved target. */
+  readonly endpointBackoff: BackoffOptions;
+  /** The balancer of a resolved target (a registered name). */
+  readonly balancer: string;
+  /** The balancer's own options. */
+  readonly balancerOptions: Readonly<Record<string, unknown>>;
+  /** Fewest ms between two resolutions of the target. */
+  readonly minResolveIntervalMs: number;
 }
 
 /**
  * The connection source for `target`: a single address, or (when its scheme has a registered
- * resolver) the endpoints it resolves to. Throws KOALA_ERR_INVALID_ADDRESS for a target that is
- * neither.
+ * resolver) the endpoints it resolves to, balanced by `options.balancer`. Throws
+ * KOALA_ERR_INVALID_ADDRESS for a target its resolver cannot read and KOALA_ERR_UNKNOWN_NAME for
+ * a balancer that is not registered (also for a single address: a misspelling shows at once).
  */
 export function createConnectionSource<C extends PooledConnection>(target: string, dialer: Dialer<C>, options: SourceOptions): ConnectionSource<C> {
+  setupCluster();
+  const makeBalancer = balancerFor(options.balancer);
   const t = parseTarget(target, (scheme) => resolverFor(scheme) !== undefined);
   if (t.scheme === undefined) return new SingleAddressSource({ address: target }, dialer, options.backoff);
-  throw new KoalaError(ErrorCode.UNKNOWN_NAME, `target ${JSON.stringify(target)}: resolver targets are not served yet`);
+  return new ClusterSource<C>(t, resolverFor(t.scheme)!, makeBalancer<C>(options.balancerOptions), dialer, {
+    backoff: options.endpointBackoff,
+    minResolveIntervalMs: options.minResolveIntervalMs,
+  });
 }

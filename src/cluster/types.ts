@@ -58,6 +58,8 @@ export interface PooledConnection {
   readonly closed: Promise<unknown>;
   /** Closes it; calls still open on it fail with UNAVAILABLE. */
   close(): void;
+  /** Takes no new calls (`usable` turns false) and closes once the calls open on it ended. */
+  drain(): void;
 }
 
 /** Dials one endpoint: resolves with a connection ready for calls, rejects with the reason. */

@@ -116,6 +116,13 @@ class ClientConnection extends RpcEndpoint implements PooledConnection {
     this.conn.close();
   }
 
+  /** No new calls; closes once the calls open on it ended (an endpoint removed from its target). */
+  drain(): void {
+    this.draining = true;
+    if (this.calls.size === 0) this.conn.close();
+    this.admitWaiting();
+  }
+
   get usable(): boolean {
     return !this.dead && !this.draining && !this.conn.isClosed && this.nextCallId < 0xffff_fff0;
   }
@@ -249,9 +256,20 @@ export class Channel {
     this.encode = encodeSettings(this.options.maxMessageBytes, this.options.externalBytesThreshold, heapFor(options));
     this.chains = new EndpointChains(this.options.interceptors, "client", undefined);
     const o = this.options;
-    this.source = createConnectionSource<ClientConnection>(address, (endpoint) => this.dial(endpoint), {
-      backoff: { initialMs: o.reconnectBackoffInitialMs, maxMs: o.reconnectBackoffMaxMs, multiplier: 1.6, jitter: 0.2 },
-    });
+    try {
+      this.source = createConnectionSource<ClientConnection>(address, (endpoint) => this.dial(endpoint), {
+        backoff: { initialMs: o.reconnectBackoffInitialMs, maxMs: o.reconnectBackoffMaxMs, multiplier: 1.6, jitter: 0.2 },
+        endpointBackoff: { initialMs: o.endpointBackoffInitialMs, maxMs: o.endpointBackoffMaxMs, multiplier: 1.6, jitter: 0.2 },
+        balancer: o.loadBalancing,
+        balancerOptions: o.loadBalancingOptions,
+        minResolveIntervalMs: o.minResolveIntervalMs,
+      });
+    } catch (err) {
+      if (err instanceof KoalaError && err.code === ErrorCode.UNKNOWN_NAME) {
+        throw new KoalaError(err.code, `createChannel(): option "loadBalancing" = ${JSON.stringify(o.loadBalancing)}: ${err.message}`, { cause: err });
+      }
+      throw err;
+    }
   }
 
   /**
