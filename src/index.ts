@@ -30,7 +30,7 @@ export type {
 
 export { Heap, Lease, createHeap, sharedHeap } from "./mem/index.js";
 export { registerResolver, registerBalancer, registeredResolvers, registeredBalancers, parseTarget } from "./cluster/index.js";
-export type { Balancer, BalancerFactory, ConnectivityState, Endpoint, PooledConnection, Resolver, ResolverFactory, ResolverListener, ResolverOptions, Subchannel, Target } from "./cluster/index.js";
+export type { Balancer, BalancerFactory, ConnectivityState, Endpoint, EndpointState, PooledConnection, Resolver, ResolverFactory, ResolverListener, ResolverOptions, Subchannel, Target } from "./cluster/index.js";
 export type { HeapOptions, HeapStats, ClassStats, LeakReport, MemoryRegistrar } from "./mem/index.js";
 
 export { Metadata } from "./rpc/metadata.js";

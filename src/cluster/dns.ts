@@ -30,6 +30,8 @@ class DnsResolver implements Resolver {
   private readonly host: string;
   private readonly port: number | undefined;
   private timer: NodeJS.Timeout | undefined;
+  /** When the timer fires (epoch ms). */
+  private dueAt = 0;
   private lastAt = 0;
   private running = false;
   private again = false;
@@ -78,9 +80,10 @@ class DnsResolver implements Resolver {
   /** Resolves again in `ms` (`sooner`: only if that is earlier than what is scheduled). */
   private schedule(ms: number, sooner = false): void {
     if (this.timer !== undefined) {
-      if (sooner) return; // a resolution is already due no later than the TTL says; refresh waits for the interval anyway
+      if (sooner && this.dueAt <= Date.now() + ms) return; // already due by then
       clearTimeout(this.timer);
     }
+    this.dueAt = Date.now() + ms;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       void this.resolve();

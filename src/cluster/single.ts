@@ -6,7 +6,7 @@
  */
 import { Code, RpcError } from "../errors.js";
 import { Backoff, type BackoffOptions } from "./backoff.js";
-import type { ConnectionSource, Dialer, Endpoint, PooledConnection } from "./types.js";
+import type { ConnectionSource, Dialer, Endpoint, EndpointState, PooledConnection } from "./types.js";
 
 /** The connection source of a single-address target. */
 export class SingleAddressSource<C extends PooledConnection> implements ConnectionSource<C> {
@@ -73,6 +73,12 @@ export class SingleAddressSource<C extends PooledConnection> implements Connecti
     });
     this.current = c;
     return c;
+  }
+
+  endpoints(): EndpointState[] {
+    const c = this.current;
+    const state = this.closed ? "shutdown" : c !== undefined && !c.isClosed ? "ready" : this.connecting !== undefined ? "connecting" : this.retryAt > Date.now() ? "transient_failure" : "idle";
+    return [{ address: this.endpoint.address, state, outstanding: c?.outstanding ?? 0 }];
   }
 
   close(): void {

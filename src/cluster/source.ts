@@ -9,7 +9,7 @@ import { logLimited } from "../log.js";
 import type { BackoffOptions } from "./backoff.js";
 import { EndpointSubchannel } from "./subchannel.js";
 import type { Target } from "./target.js";
-import type { Balancer, ConnectionSource, Dialer, Endpoint, PooledConnection, Resolver, ResolverFactory } from "./types.js";
+import type { Balancer, ConnectionSource, Dialer, Endpoint, EndpointState, PooledConnection, Resolver, ResolverFactory } from "./types.js";
 
 interface Waiter<C> {
   resolve(c: C): void;
@@ -69,8 +69,7 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
     return new Promise<C>((resolve, reject) => this.waiters.push({ resolve, reject, waitForReady }));
   }
 
-  /** The endpoints the source has now, with their states (for tests and `koala info`). */
-  endpoints(): { address: string; state: string; outstanding: number }[] {
+  endpoints(): EndpointState[] {
     return [...this.subchannels.values()].map((s) => ({ address: s.endpoint.address, state: s.state, outstanding: s.connection?.outstanding ?? 0 }));
   }
 

@@ -104,6 +104,18 @@ export interface ConnectionSource<C extends PooledConnection> {
    * unless `waitForReady()` says to keep waiting (until the call's deadline or cancellation).
    */
   wait(waitForReady?: () => boolean): Promise<C>;
+  /** The endpoints now, with their connectivity states and calls open (for `koala info`, dashboards and tests). */
+  endpoints(): EndpointState[];
   /** Closes every connection and stops resolving; later calls fail with UNAVAILABLE. */
   close(): void;
+}
+
+/** One endpoint of a channel as {@link ConnectionSource.endpoints} reports it. */
+export interface EndpointState {
+  /** Its transport address. */
+  readonly address: string;
+  /** Its connectivity state. */
+  readonly state: ConnectivityState;
+  /** Calls open on its connection. */
+  readonly outstanding: number;
 }

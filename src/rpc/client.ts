@@ -7,7 +7,7 @@ import { Code, ErrorCode, KoalaError, RpcError, clampCode, type MetadataInit } f
 import { Fifo } from "../fifo.js";
 import { log, logLimited } from "../log.js";
 import { connect } from "../transport/index.js";
-import { createConnectionSource, type ConnectionSource, type Endpoint, type PooledConnection } from "../cluster/index.js";
+import { createConnectionSource, type ConnectionSource, type Endpoint, type EndpointState, type PooledConnection } from "../cluster/index.js";
 import type { Connection, PeerCertificate } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
@@ -298,6 +298,11 @@ export class Channel {
       throw new KoalaError(ErrorCode.PROTOCOL, why);
     }
     return cc;
+  }
+
+  /** The target's endpoints now, each with its connectivity state and calls open (one entry for a single address). */
+  endpoints(): EndpointState[] {
+    return this.source.endpoints();
   }
 
   /** Connects now instead of at the first call. Rejects with UNAVAILABLE when the address cannot be reached. */

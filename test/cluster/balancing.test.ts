@@ -5,7 +5,7 @@
  */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { Code, ErrorCode, KoalaError, closeClient, createClient, parseTarget, registerResolver, type ResolverListener } from "../../src/index.js";
+import { Code, ErrorCode, KoalaError, clientChannel, closeClient, createClient, parseTarget, registerResolver, type ResolverListener } from "../../src/index.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { rejection, thrownCode, until } from "../helpers.js";
 import { startReplicas, stopReplicas, type Replica } from "./replicas.js";
@@ -68,6 +68,8 @@ test("static + round_robin spreads calls over all three replicas; pick_first sen
   try {
     await rr.unary({}); // connects the first endpoint; round_robin dials them all
     await until(() => replicas.every((r) => r.server.stats().connections === 1), "round_robin to connect every endpoint");
+    assert.equal(clientChannel(rr).endpoints().map((e) => [e.address, e.state]), replicas.map((r) => [r.address, "ready"]));
+    assert.equal(clientChannel(pf).endpoints(), [], "a channel not used yet has resolved nothing and dialled nothing");
     const by = await spread(rr, 30);
     assert.equal([...by.keys()].sort(), HOSTS, JSON.stringify([...by]));
     for (const h of HOSTS) assert.is(by.get(h), 10, `round robin is even: ${JSON.stringify([...by])}`);
