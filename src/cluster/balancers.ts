@@ -63,11 +63,15 @@ class RoundRobin<C extends PooledConnection> implements Balancer<C> {
   private readonly set = new ReadySet<C>();
   private next = 0;
 
+  private started = false;
+
   update(subchannels: readonly Subchannel<C>[]): void {
     this.set.list = subchannels;
     this.set.refresh();
-    // Start at a random place, so that many clients do not all begin with the same endpoint.
-    this.next = Math.floor(Math.random() * Math.max(1, this.set.ready.length));
+    // Start at a random place, so that many clients do not all begin with the same endpoint;
+    // later updates (a re-resolution every TTL) keep the rotation where it is.
+    if (!this.started) this.next = Math.floor(Math.random() * subchannels.length);
+    this.started = true;
   }
 
   onStateChange(): void {
