@@ -5,7 +5,7 @@
  */
 import { Code, ErrorCode, KoalaError, RpcError, clampCode, type MetadataInit } from "../errors.js";
 import { Fifo } from "../fifo.js";
-import { log, logLimited } from "../log.js";
+import { logLimited } from "../log.js";
 import { connect } from "../transport/index.js";
 import { createConnectionSource, type ConnectionSource, type Endpoint, type EndpointState, type PooledConnection } from "../cluster/index.js";
 import type { Connection, PeerCertificate } from "../transport/types.js";
@@ -207,7 +207,7 @@ class ClientConnection extends RpcEndpoint implements PooledConnection {
       }
       case FrameType.GOAWAY:
         this.draining = true;
-        log("debug", "client", `server ${this.conn.remoteAddress} is going away: ${frame.text}`);
+        logLimited("client.goaway", "debug", "client", `server ${this.conn.remoteAddress} is going away: ${frame.text}`);
         for (const [id, call] of this.calls.entries()) {
           if (id > frame.arg) call.refused(new RpcError(Code.UNAVAILABLE, `server is going away (${frame.text || "GOAWAY"}) and did not process the call`));
         }

@@ -403,7 +403,7 @@ class ServerConnection extends RpcEndpoint {
       const idleFor = Date.now() - this.idleSince;
       if (this.calls.size > 0) this.armIdle(ms);
       else if (idleFor >= ms) {
-        log("debug", "server", `closing the idle connection with ${this.conn.remoteAddress} (idleTimeoutMs)`);
+        logLimited("server.idle-close", "debug", "server", `closing the idle connection with ${this.conn.remoteAddress} (idleTimeoutMs)`);
         void this.drain("idle");
       } else this.armIdle(ms - idleFor);
     }, delayMs);
@@ -411,7 +411,7 @@ class ServerConnection extends RpcEndpoint {
 
   /** Max connection age reached: GOAWAY, and with a grace period, cancel what still runs after it. */
   private retire(): void {
-    log("debug", "server", `connection with ${this.conn.remoteAddress} reached maxConnectionAgeMs`);
+    logLimited("server.max-age", "debug", "server", `connection with ${this.conn.remoteAddress} reached maxConnectionAgeMs`);
     void this.drain("max connection age");
     const grace = this.options.maxConnectionAgeGraceMs;
     if (grace > 0 && this.calls.size > 0) {
