@@ -130,8 +130,8 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
   }
 
   private onState(s: EndpointSubchannel<C>): void {
-    if (this.closed && s.state !== "shutdown") return;
-    if (s.state === "shutdown" && this.subchannels.get(s.endpoint.address) === s) return;
+    // A shut-down subchannel was removed (the balancer gets the new list) or the source closed.
+    if (this.closed || s.state === "shutdown") return;
     this.balancer.onStateChange(s);
     // A failed or lost connection may mean the name moved: ask the resolver (it rate-limits).
     if (s.state === "transient_failure" || s.state === "idle") this.resolver.refresh();
