@@ -86,6 +86,28 @@ dnsTest("dns SRV records: the endpoints are the records' targets at the records'
   }
 });
 
+dnsTest("a failing endpoint makes the client ask DNS again before the TTL runs out, at most once per minResolveIntervalMs", async () => {
+  const [good] = (await startReplicas(["127.0.0.2"])) as [Replica];
+  // Long TTL: only connection failures can make the client ask again. 127.0.0.5 serves nothing.
+  const dns = await startDnsmasq(["127.0.0.5 svc.test"], [], 3600);
+  const client = createClient(EchoService, `dns://${dns.server}/svc.test:${portOf(good)}`, { minResolveIntervalMs: 300, endpointBackoffInitialMs: 20, endpointBackoffMaxMs: 40 });
+  try {
+    const started = Date.now();
+    const call = client.unary({}, { timeoutMs: 10_000, waitForReady: true });
+    await new Promise((r) => setTimeout(r, 1500));
+    const asked = dns.queries("svc.test");
+    const allowed = 1 + Math.ceil((Date.now() - started) / 300);
+    assert.ok(asked >= 3, `the failures made the client ask again (${asked} queries in 1.5 s, TTL 3600 s)`);
+    assert.ok(asked <= allowed, `${asked} queries in ${Date.now() - started} ms: more than one per 300 ms`);
+    await dns.setHosts([`${good.host} svc.test`]);
+    assert.is((await call).text, good.host, "the waiting call went to the address DNS gives now");
+  } finally {
+    closeClient(client);
+    dns.stop();
+    stopReplicas([good]);
+  }
+});
+
 dnsTest("a name DNS does not know fails its calls with UNAVAILABLE and the resolver's reason", async () => {
   const dns = await startDnsmasq(["127.0.0.2 svc.test"]);
   const client = createClient(EchoService, `dns://${dns.server}/nothing.svc.test:50051`);

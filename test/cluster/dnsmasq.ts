@@ -22,6 +22,8 @@ export function dnsmasqMissing(): string | undefined {
 export interface Dnsmasq {
   /** `127.0.0.1:port`, the authority of a `dns://…/name` target. */
   readonly server: string;
+  /** How many A queries for `name` it answered so far. */
+  queries(name: string): number;
   /** Replaces the hosts file (lines "ip name") and makes dnsmasq re-read it. */
   setHosts(lines: readonly string[]): Promise<void>;
   /** Stops it and removes its files. */
@@ -33,8 +35,11 @@ process.on("exit", () => {
   for (const p of running) p.kill("SIGKILL");
 });
 
-/** Starts dnsmasq with `hosts` in its hosts file and extra arguments (`--srv-host=…`, `--host-record=…`). */
-export async function startDnsmasq(hosts: readonly string[], extra: readonly string[] = []): Promise<Dnsmasq> {
+/**
+ * Starts dnsmasq with `hosts` in its hosts file and extra arguments (`--srv-host=…`,
+ * `--host-record=…`); its answers carry a TTL of `ttlSeconds` (default 1).
+ */
+export async function startDnsmasq(hosts: readonly string[], extra: readonly string[] = [], ttlSeconds = 1): Promise<Dnsmasq> {
   const dir = mkdtempSync(join(tmpdir(), "koala-dns-"));
   const hostsFile = join(dir, "hosts");
   writeFileSync(hostsFile, hosts.join("\n") + "\n");
@@ -51,7 +56,8 @@ export async function startDnsmasq(hosts: readonly string[], extra: readonly str
         `--port=${port}`,
         "--listen-address=127.0.0.1",
         "--bind-interfaces",
-        "--local-ttl=1", // answers say "ask again in 1 s": the resolver re-resolves on the TTL
+        `--local-ttl=${ttlSeconds}`, // answers say when to ask again: the resolver re-resolves on the TTL
+        "--log-queries",
         "--pid-file=",
         `--user=${userInfo().username}`,
         "--log-facility=-",
@@ -89,6 +95,9 @@ export async function startDnsmasq(hosts: readonly string[], extra: readonly str
     }
     return {
       server,
+      queries(name) {
+        return stderr.split("\n").filter((l) => l.includes(`query[A] ${name} from`)).length;
+      },
       async setHosts(lines) {
         writeFileSync(hostsFile, lines.join("\n") + "\n");
         const reread = stderr.length;
