@@ -39,6 +39,8 @@ export type { MessageType, MethodDefinition, MethodKind, PartialMessage, Service
 export { Channel, createChannel, createClient, closeClient, clientChannel } from "./rpc/client.js";
 export type { CallOptions, Client, ClientMethod, RequestInit } from "./rpc/client.js";
 export { Server, createServer } from "./rpc/server.js";
+export { addHealthService, HealthStatus, HealthService, HealthCheckRequest, HealthCheckResponse, HealthCheckResponse_ServingStatus } from "./health/index.js";
+export type { HealthClient, ServingStatus } from "./health/index.js";
 export type {
   CallContext,
   ServerStats,

@@ -212,6 +212,7 @@ export class Server {
   shutdown(options?: { timeoutMs?: number }): Promise<void> {
     if (this.shuttingDown !== undefined) return this.shuttingDown;
     if (this.state === "stopped") return Promise.resolve();
+    this.runShutdownHooks();
     this.state = "draining";
     this.shuttingDown = (async () => {
       await Promise.all(this.listeners.splice(0).map((l) => l.close()));
@@ -231,9 +232,29 @@ export class Server {
   }
 
   private forced: (() => void) | undefined;
+  private readonly shutdownHooks: (() => void)[] = [];
+
+  /**
+   * Calls `hook` once when the server begins to shut down (`shutdown()` or `forceShutdown()`),
+   * before it stops listening: e.g. the health service reports NOT_SERVING to its watchers.
+   */
+  onShutdown(hook: () => void): void {
+    this.shutdownHooks.push(hook);
+  }
+
+  private runShutdownHooks(): void {
+    for (const hook of this.shutdownHooks.splice(0)) {
+      try {
+        hook();
+      } catch (err) {
+        logLimited("server.shutdown-hook-error", "warn", "server", `a shutdown hook threw: ${(err as Error)?.stack ?? String(err)}`);
+      }
+    }
+  }
 
   /** Immediate shutdown: stops listening, cancels every call in flight and closes every connection (also during a graceful shutdown). */
   forceShutdown(): void {
+    this.runShutdownHooks();
     this.state = "stopped";
     for (const l of this.listeners.splice(0)) void l.close();
     const all = [...this.connections];
