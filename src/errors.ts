@@ -95,6 +95,10 @@ export const ErrorCode = {
   CONFIG: "KOALA_ERR_CONFIG",
   /** A control request (koala ctl) failed: no such process, or the process refused or could not apply it. */
   CONTROL: "KOALA_ERR_CONTROL",
+  /** A target's name could not be resolved to endpoints (no such name, no records, a resolver that failed); the message says why. */
+  RESOLVE_FAILED: "KOALA_ERR_RESOLVE_FAILED",
+  /** A target names a resolver scheme or a balancer that is not registered; the message names it and lists the registered ones. */
+  UNKNOWN_NAME: "KOALA_ERR_UNKNOWN_NAME",
 } as const;
 
 /** One of the values of {@link ErrorCode}. */

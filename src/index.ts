@@ -29,6 +29,8 @@ export type {
 } from "./transport/index.js";
 
 export { Heap, Lease, createHeap, sharedHeap } from "./mem/index.js";
+export { registerResolver, registerBalancer, registeredResolvers, registeredBalancers, parseTarget } from "./cluster/index.js";
+export type { Balancer, BalancerFactory, ConnectivityState, Endpoint, EndpointState, PooledConnection, Resolver, ResolverFactory, ResolverListener, ResolverOptions, Subchannel, Target } from "./cluster/index.js";
 export type { HeapOptions, HeapStats, ClassStats, LeakReport, MemoryRegistrar } from "./mem/index.js";
 
 export { Metadata } from "./rpc/metadata.js";
@@ -37,6 +39,8 @@ export type { MessageType, MethodDefinition, MethodKind, PartialMessage, Service
 export { Channel, createChannel, createClient, closeClient, clientChannel } from "./rpc/client.js";
 export type { CallOptions, Client, ClientMethod, RequestInit } from "./rpc/client.js";
 export { Server, createServer } from "./rpc/server.js";
+export { addHealthService, HealthStatus, HealthService, HealthCheckRequest, HealthCheckResponse, HealthCheckResponse_ServingStatus } from "./health/index.js";
+export type { HealthClient, ServingStatus } from "./health/index.js";
 export type {
   CallContext,
   ServerStats,

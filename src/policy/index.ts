@@ -32,6 +32,8 @@ export type { MetricsEngine, MetricsOptions } from "./engines/metrics.js";
 export type { QosOptions } from "./engines/qos.js";
 export type { RateLimitOptions } from "./engines/ratelimit.js";
 export { aclEngine, admissionEngine, faultEngine, loggingEngine, metricsEngine, nullEngine, qosEngine, rateLimitEngine };
+export { renderLogEventCounters } from "./engines/metrics.js";
+export { limitedEventCounts, type LimitedEventCount } from "../log.js";
 
 const factories = new Map<string, EngineFactory>([
   ["null", nullEngine],
@@ -141,7 +143,8 @@ export class Policies {
   metricsText(): string {
     return this.list()
       .filter((e) => e.kind === "metrics")
-      .map((e) => (this.get(e.name) as MetricsEngine).render())
+      // The process-wide log event counters once, after the first engine's series.
+      .map((e, i) => (this.get(e.name) as MetricsEngine).render({ logEvents: i === 0 }))
       .join("");
   }
 

@@ -5,8 +5,9 @@
  */
 import { Code, ErrorCode, KoalaError, RpcError, clampCode, type MetadataInit } from "../errors.js";
 import { Fifo } from "../fifo.js";
-import { log } from "../log.js";
+import { logLimited } from "../log.js";
 import { connect } from "../transport/index.js";
+import { createConnectionSource, type ConnectionSource, type Endpoint, type EndpointState, type PooledConnection } from "../cluster/index.js";
 import type { Connection, PeerCertificate } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
@@ -72,7 +73,7 @@ interface PendingCall {
 const DEFAULT_MAX_STREAMS = 100;
 
 /** One transport connection and the calls multiplexed on it. */
-class ClientConnection extends RpcEndpoint {
+class ClientConnection extends RpcEndpoint implements PooledConnection {
   private readonly calls = new IdTable<PendingCall>();
   private nextCallId = 1;
   /** Method ids by path; `announced` once a CALL defining it was handed to the transport. */
@@ -93,6 +94,33 @@ class ClientConnection extends RpcEndpoint {
     super(conn, channel.options, "client");
     this.ready = new Promise<void>((resolve) => (this.settled = resolve));
     this.start();
+  }
+
+  /** Calls open on this connection (least-outstanding balancing reads it). */
+  get outstanding(): number {
+    return this.calls.size;
+  }
+
+  /** True once the transport connection closed. */
+  get isClosed(): boolean {
+    return this.conn.isClosed;
+  }
+
+  /** Settles once the transport connection closed. */
+  get closed(): Promise<unknown> {
+    return this.conn.closed;
+  }
+
+  /** Closes the transport connection. */
+  close(): void {
+    this.conn.close();
+  }
+
+  /** No new calls; closes once the calls open on it ended (an endpoint removed from its target). */
+  drain(): void {
+    this.draining = true;
+    if (this.calls.size === 0) this.conn.close();
+    this.admitWaiting();
   }
 
   get usable(): boolean {
@@ -179,7 +207,7 @@ class ClientConnection extends RpcEndpoint {
       }
       case FrameType.GOAWAY:
         this.draining = true;
-        log("debug", "client", `server ${this.conn.remoteAddress} is going away: ${frame.text}`);
+        logLimited("client.goaway", "debug", "client", `server ${this.conn.remoteAddress} is going away: ${frame.text}`);
         for (const [id, call] of this.calls.entries()) {
           if (id > frame.arg) call.refused(new RpcError(Code.UNAVAILABLE, `server is going away (${frame.text || "GOAWAY"}) and did not process the call`));
         }
@@ -205,8 +233,10 @@ class ClientConnection extends RpcEndpoint {
 }
 
 /**
- * A client's link to one address: connects on first use, shares the connection among all
- * calls and clients made from it, and reconnects for the next call after the connection is lost.
+ * A client's link to a target: connects on first use, shares its connections among all calls
+ * and clients made from it, and reconnects for the next call after a connection is lost. Which
+ * connection a call takes is the cluster layer's choice (see src/cluster/index.ts): for a
+ * single address it is the one connection there is.
  */
 export class Channel {
   /** The resolved options. */
@@ -215,24 +245,31 @@ export class Channel {
   readonly chains: EndpointChains;
   /** @internal encoding settings of this channel's calls */
   readonly encode: EncodeSettings;
-  private current: ClientConnection | undefined;
-  private connecting: Promise<ClientConnection> | undefined;
-  private closed = false;
-  private readonly retired = new Set<ClientConnection>();
-  /** After a failed connect: no new attempt before this time (epoch ms); calls fail fast with `lastFailure`. */
-  private retryAt = 0;
-  private backoffMs: number;
-  private lastFailure: RpcError | undefined;
+  private readonly source: ConnectionSource<ClientConnection>;
 
   constructor(
-    /** The address calls go to. */
+    /** The target calls go to (an address, or a name for a resolver). */
     readonly address: string,
     options?: ChannelOptions,
   ) {
     this.options = resolveChannelOptions(options);
     this.encode = encodeSettings(this.options.maxMessageBytes, this.options.externalBytesThreshold, heapFor(options));
     this.chains = new EndpointChains(this.options.interceptors, "client", undefined);
-    this.backoffMs = this.options.reconnectBackoffInitialMs;
+    const o = this.options;
+    try {
+      this.source = createConnectionSource<ClientConnection>(address, (endpoint) => this.dial(endpoint), {
+        backoff: { initialMs: o.reconnectBackoffInitialMs, maxMs: o.reconnectBackoffMaxMs, multiplier: 1.6, jitter: 0.2 },
+        endpointBackoff: { initialMs: o.endpointBackoffInitialMs, maxMs: o.endpointBackoffMaxMs, multiplier: 1.6, jitter: 0.2 },
+        balancer: o.loadBalancing,
+        balancerOptions: o.loadBalancingOptions,
+        minResolveIntervalMs: o.minResolveIntervalMs,
+      });
+    } catch (err) {
+      if (err instanceof KoalaError && err.code === ErrorCode.UNKNOWN_NAME) {
+        throw new KoalaError(err.code, `createChannel(): option "loadBalancing" = ${JSON.stringify(o.loadBalancing)}: ${err.message}`, { cause: err });
+      }
+      throw err;
+    }
   }
 
   /**
@@ -241,67 +278,31 @@ export class Channel {
    * given: then it waits for the next attempts for as long as `waitForReady()` says.
    */
   connection(waitForReady?: () => boolean): ClientConnection | Promise<ClientConnection> {
-    const c = this.current;
-    if (c !== undefined && c.usable) return c;
-    return this.reconnect(waitForReady);
+    const c = this.source.pick();
+    return c !== undefined ? c : this.source.wait(waitForReady);
   }
 
-  /** {@link connection} when there is no usable connection (closures kept off the path above, which runs for every call). */
-  private reconnect(waitForReady: (() => boolean) | undefined): Promise<ClientConnection> {
-    const c = this.current;
-    if (this.closed) return Promise.reject(new RpcError(Code.UNAVAILABLE, "the channel is closed"));
-    if (c !== undefined) {
-      this.current = undefined;
-      if (!c.dead) this.retired.add(c);
-    }
-    const wait = this.retryAt - Date.now();
-    if (wait > 0 && this.connecting === undefined) {
-      if (waitForReady === undefined || !waitForReady()) return Promise.reject(this.lastFailure);
-      return new Promise<void>((r) => setTimeout(r, wait)).then(() => this.connection(waitForReady));
-    }
-    this.connecting ??= this.dial().finally(() => (this.connecting = undefined));
-    if (waitForReady === undefined) return this.connecting;
-    return this.connecting.catch((err: unknown) => (waitForReady() && !this.closed ? this.connection(waitForReady) : Promise.reject(err)));
-  }
-
-  private async dial(): Promise<ClientConnection> {
-    let conn: Connection;
-    try {
-      conn = await connect(this.address, {
-        connectTimeoutMs: this.options.connectTimeoutMs,
-        ...transportOptionsFor(this.options.maxMessageBytes, this.options.transport),
-      });
-    } catch (err) {
-      // Back off, with jitter so that many clients do not retry in step.
-      const delay = Math.round(this.backoffMs * (0.8 + Math.random() * 0.4));
-      this.retryAt = Date.now() + delay;
-      this.backoffMs = Math.min(this.options.reconnectBackoffMaxMs, this.backoffMs * 1.6);
-      this.lastFailure = new RpcError(Code.UNAVAILABLE, `cannot connect to ${this.address}: ${(err as Error).message} (next attempt in ${delay} ms)`, { cause: err });
-      throw this.lastFailure;
-    }
-    this.retryAt = 0;
-    this.backoffMs = this.options.reconnectBackoffInitialMs;
-    if (this.closed) {
-      conn.close();
-      throw new RpcError(Code.UNAVAILABLE, "the channel is closed");
-    }
-    const cc = new ClientConnection(conn, this);
-    void conn.closed.then(() => {
-      if (this.current === cc) this.current = undefined;
-      this.retired.delete(cc);
+  /** Dials one endpoint: the transport connection, then the server's SETTINGS (a peer that sends none within the connect timeout is not a koala server). */
+  private async dial(endpoint: Endpoint): Promise<ClientConnection> {
+    const conn = await connect(endpoint.address, {
+      connectTimeoutMs: this.options.connectTimeoutMs,
+      ...transportOptionsFor(this.options.maxMessageBytes, this.options.transport),
     });
-    // The server's limits come first; a peer that sends none within the connect timeout is not a koala server.
+    const cc = new ClientConnection(conn, this);
     let timer: NodeJS.Timeout | undefined;
     const settled = await Promise.race([cc.ready.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), this.options.connectTimeoutMs)))]);
     clearTimeout(timer);
     if (!settled || cc.dead) {
       const why = settled ? "the connection closed before the server's SETTINGS" : `no SETTINGS from the server within ${this.options.connectTimeoutMs} ms`;
       conn.close(new Error(why));
-      this.lastFailure = new RpcError(Code.UNAVAILABLE, `cannot connect to ${this.address}: ${why}`);
-      throw this.lastFailure;
+      throw new KoalaError(ErrorCode.PROTOCOL, why);
     }
-    this.current = cc;
     return cc;
+  }
+
+  /** The target's endpoints now, each with its connectivity state and calls open (one entry for a single address). */
+  endpoints(): EndpointState[] {
+    return this.source.endpoints();
   }
 
   /** Connects now instead of at the first call. Rejects with UNAVAILABLE when the address cannot be reached. */
@@ -309,12 +310,9 @@ export class Channel {
     await this.connection();
   }
 
-  /** Closes the connection; calls still open on it fail with UNAVAILABLE. Later calls fail too. */
+  /** Closes the connections; calls still open on them fail with UNAVAILABLE. Later calls fail too. */
   close(): void {
-    this.closed = true;
-    this.current?.conn.close();
-    for (const c of this.retired) c.conn.close();
-    this.current = undefined;
+    this.source.close();
   }
 }
 
@@ -753,7 +751,7 @@ function captureResolvers(resolve: (value: never) => void, reject: (reason: unkn
 
 /** An interceptor's onEnd threw: logged, never fatal. */
 function interceptorFailed(message: string): void {
-  log("warn", "client", message);
+  logLimited("client.interceptor-error", "warn", "client", message);
 }
 
 function describeAbort(reason: unknown): string {

@@ -219,11 +219,10 @@ export abstract class RpcEndpoint {
     }
   }
 
-  /** Closes the connection for a protocol error, with one log line per peer and kind of error every 10 s (no stack, no flood). */
+  /** Closes the connection for a protocol error, with a rate-limited log line (no stack, no flood; see logLimited). */
   protected protocolError(err: KoalaError): void {
     const peer = this.conn.remoteAddress;
-    const kind = err.message.replace(/\d+/g, "#").slice(0, 80);
-    logLimited(`protocol:${peerHost(peer)}:${kind}`, "warn", this.side, `closing the connection with ${peer}: ${err.message}`);
+    logLimited(`${this.side}.protocol`, "warn", this.side, `closing the connection with ${peer}: ${err.message}`);
     this.conn.close(err);
   }
 
@@ -232,10 +231,4 @@ export abstract class RpcEndpoint {
 
   /** The transport connection closed (keepalive already stopped). */
   protected abstract onClosed(reason: KoalaError): void;
-}
-
-/** The host part of an address URI (the port differs per connection; the peer is the host). */
-function peerHost(uri: string): string {
-  const m = /^[a-z]+:\/\/(\[[^\]]+\]|[^:/]+)/.exec(uri);
-  return m?.[1] ?? uri;
 }

@@ -3,7 +3,7 @@
  * connection is closed (its calls fail) when a PING goes unanswered for the timeout.
  */
 import { ErrorCode, KoalaError } from "../errors.js";
-import { log } from "../log.js";
+import { logLimited } from "../log.js";
 import type { Connection } from "../transport/types.js";
 import { FrameType, controlFrame } from "./frame.js";
 
@@ -34,7 +34,7 @@ export class Keepalive {
       return;
     }
     this.deadline = setTimeout(() => {
-      log("warn", "keepalive", `no keepalive answer from ${this.peer} ${this.conn.remoteAddress} within ${this.timeoutMs} ms; closing`);
+      logLimited(`${this.peer === "server" ? "client" : "server"}.keepalive-timeout`, "warn", "keepalive", `no keepalive answer from ${this.peer} ${this.conn.remoteAddress} within ${this.timeoutMs} ms; closing`);
       this.conn.close(new KoalaError(ErrorCode.CONNECTION_RESET, `keepalive: no answer within ${this.timeoutMs} ms`));
     }, this.timeoutMs);
     this.deadline.unref();

@@ -31,6 +31,21 @@ export interface ChannelOptions {
   heap?: Heap | null;
   /** Interceptors every call of this channel passes, in order, before the process-wide ones (see interceptor.ts). Default none. */
   interceptors?: readonly Interceptor[];
+  /**
+   * How the calls of a resolved target (`dns:`, `static:`, …) spread over its endpoints: a
+   * registered balancer — `pick_first` (one endpoint at a time), `round_robin`,
+   * `least_outstanding` (power of two choices on calls open), or one added with
+   * `registerBalancer`. A name not registered is an error naming it. Default `pick_first`.
+   */
+  loadBalancing?: string;
+  /** Options of the balancer (none for the built-in ones). Default {}. */
+  loadBalancingOptions?: Record<string, unknown>;
+  /** First wait before an endpoint of a resolved target is dialled again after a failure, in ms (×1.6 per failure, ±20% jitter, as gRPC). Default 1 000. */
+  endpointBackoffInitialMs?: number;
+  /** Longest wait between connect attempts to an endpoint of a resolved target, in ms. Default 120 000. */
+  endpointBackoffMaxMs?: number;
+  /** Fewest milliseconds between two resolutions of the target (on TTL expiry or after a connection failure). Default 30 000. */
+  minResolveIntervalMs?: number;
 }
 
 /** Options of a server. */
@@ -103,6 +118,11 @@ const channelSpec: OptionsSpec<Required<ChannelOptions>> = {
   transport: custom<TransportOptions>({}, "an object of transport options", isObject),
   heap: custom<Heap | null>(null, "a Heap or null", isHeap),
   interceptors: custom<readonly Interceptor[]>([], "an array of interceptors (objects with a name)", isInterceptorList),
+  loadBalancing: custom<string>("pick_first", "the name of a registered balancer", (v) => typeof v === "string" && v !== ""),
+  loadBalancingOptions: custom<Record<string, unknown>>({}, "an object of balancer options", isObject),
+  endpointBackoffInitialMs: integer(1_000, 0, 2 ** 31 - 1),
+  endpointBackoffMaxMs: integer(120_000, 0, 2 ** 31 - 1),
+  minResolveIntervalMs: integer(30_000, 0, 2 ** 31 - 1),
 };
 
 const serverSpec: OptionsSpec<Required<ServerOptions>> = {

@@ -31,7 +31,7 @@ class FrameAllocator {
       return (this.lease = this.heap.alloc(n)).bytes;
     } catch (err) {
       if (!(err instanceof KoalaError) || err.code !== ErrorCode.OUT_OF_MEMORY) throw err;
-      logLimited("heap-full", "warn", "rpc", `the heap is full; frames are encoded into plain memory meanwhile: ${err.message}`);
+      logLimited("rpc.heap-full", "warn", "rpc", `the heap is full; frames are encoded into plain memory meanwhile: ${err.message}`, 1);
       return Buffer.allocUnsafe(n);
     }
   };

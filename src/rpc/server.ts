@@ -187,8 +187,14 @@ export class Server {
       conn.close();
       return;
     }
+    // The transport closed it right after the handshake (a malformed frame in the same write as
+    // the HELLO, a reset) and logged why; there is nothing to serve, and nothing more to say.
+    if (conn.isClosed) {
+      logLimited("server.closed-before-handover", "debug", "server", `skipped a connection from ${conn.remoteAddress} that closed before it was served`);
+      return;
+    }
     if (this.connections.size >= this.options.maxConnections) {
-      logLimited("max-connections", "warn", "server", `refusing a connection from ${conn.remoteAddress}: ${this.connections.size} connections are open (maxConnections)`);
+      logLimited("server.max-connections", "warn", "server", `refusing a connection from ${conn.remoteAddress}: ${this.connections.size} connections are open (maxConnections)`, 1);
       conn.close(new KoalaError(ErrorCode.CLOSED, "the server has reached maxConnections"));
       return;
     }
@@ -206,6 +212,7 @@ export class Server {
   shutdown(options?: { timeoutMs?: number }): Promise<void> {
     if (this.shuttingDown !== undefined) return this.shuttingDown;
     if (this.state === "stopped") return Promise.resolve();
+    this.runShutdownHooks();
     this.state = "draining";
     this.shuttingDown = (async () => {
       await Promise.all(this.listeners.splice(0).map((l) => l.close()));
@@ -225,9 +232,29 @@ export class Server {
   }
 
   private forced: (() => void) | undefined;
+  private readonly shutdownHooks: (() => void)[] = [];
+
+  /**
+   * Calls `hook` once when the server begins to shut down (`shutdown()` or `forceShutdown()`),
+   * before it stops listening: e.g. the health service reports NOT_SERVING to its watchers.
+   */
+  onShutdown(hook: () => void): void {
+    this.shutdownHooks.push(hook);
+  }
+
+  private runShutdownHooks(): void {
+    for (const hook of this.shutdownHooks.splice(0)) {
+      try {
+        hook();
+      } catch (err) {
+        logLimited("server.shutdown-hook-error", "warn", "server", `a shutdown hook threw: ${(err as Error)?.stack ?? String(err)}`);
+      }
+    }
+  }
 
   /** Immediate shutdown: stops listening, cancels every call in flight and closes every connection (also during a graceful shutdown). */
   forceShutdown(): void {
+    this.runShutdownHooks();
     this.state = "stopped";
     for (const l of this.listeners.splice(0)) void l.close();
     const all = [...this.connections];
@@ -279,8 +306,9 @@ class ServerConnection extends RpcEndpoint {
   ) {
     super(conn, server.options, "server");
     const o = (this.options = server.options);
-    // The client waits for these limits before its first call.
-    this.send(buildFrame(server.encode, { type: FrameType.SETTINGS, callId: 0, arg: o.maxConcurrentStreams, arg2: o.maxMessageBytes }));
+    // The client waits for these limits before its first call. A connection that closed during
+    // the hand-over gets none (sending would throw); start() below sees it closed and cleans up.
+    if (!conn.isClosed) this.send(buildFrame(server.encode, { type: FrameType.SETTINGS, callId: 0, arg: o.maxConcurrentStreams, arg2: o.maxMessageBytes }));
     if (o.maxConnectionAgeMs > 0) {
       const age = Math.round(o.maxConnectionAgeMs * (0.9 + Math.random() * 0.2));
       this.ageTimer = unrefTimer(() => this.retire(), age);
@@ -396,7 +424,7 @@ class ServerConnection extends RpcEndpoint {
       const idleFor = Date.now() - this.idleSince;
       if (this.calls.size > 0) this.armIdle(ms);
       else if (idleFor >= ms) {
-        log("debug", "server", `closing the idle connection with ${this.conn.remoteAddress} (idleTimeoutMs)`);
+        logLimited("server.idle-close", "debug", "server", `closing the idle connection with ${this.conn.remoteAddress} (idleTimeoutMs)`);
         void this.drain("idle");
       } else this.armIdle(ms - idleFor);
     }, delayMs);
@@ -404,7 +432,7 @@ class ServerConnection extends RpcEndpoint {
 
   /** Max connection age reached: GOAWAY, and with a grace period, cancel what still runs after it. */
   private retire(): void {
-    log("debug", "server", `connection with ${this.conn.remoteAddress} reached maxConnectionAgeMs`);
+    logLimited("server.max-age", "debug", "server", `connection with ${this.conn.remoteAddress} reached maxConnectionAgeMs`);
     void this.drain("max connection age");
     const grace = this.options.maxConnectionAgeGraceMs;
     if (grace > 0 && this.calls.size > 0) {
@@ -449,7 +477,7 @@ class ServerConnection extends RpcEndpoint {
     const ms = this.options.sendTimeoutMs;
     if (ms > 0) {
       this.sendTimer = unrefTimer(() => {
-        logLimited(`send-timeout:${this.conn.remoteAddress}`, "warn", "server", `closing the connection with ${this.conn.remoteAddress}: ${this.conn.bufferedBytes} bytes of replies not written for ${ms} ms (sendTimeoutMs)`);
+        logLimited("server.send-timeout", "warn", "server", `closing the connection with ${this.conn.remoteAddress}: ${this.conn.bufferedBytes} bytes of replies not written for ${ms} ms (sendTimeoutMs)`);
         this.kill(new RpcError(Code.UNAVAILABLE, `the client did not read its replies for ${ms} ms (sendTimeoutMs)`));
       }, ms);
     }
@@ -706,7 +734,7 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
     try {
       void this.requestMetadata;
     } catch (err) {
-      logLimited(`bad-metadata:${this.peer}`, "warn", "server", `${this.peer} sent malformed request metadata for ${this.method.path}: ${(err as Error).message}`);
+      logLimited("server.bad-metadata", "warn", "server", `${this.peer} sent malformed request metadata for ${this.method.path}: ${(err as Error).message}`);
       throw new RpcError(Code.INTERNAL, `malformed request metadata: ${(err as Error).message}`, { cause: err });
     }
   }
@@ -900,7 +928,7 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
   private fail(err: unknown): void {
     if (this.done) return;
     if (this.sc.options.logHandlerErrors && !(err instanceof RpcError)) {
-      log("warn", "server", `${this.method.path} failed: ${(err as Error)?.stack ?? String(err)}`);
+      logLimited("server.handler-error", "warn", "server", `${this.method.path} failed: ${(err as Error)?.stack ?? String(err)}`);
     }
     this.abort(RpcError.from(err), true);
   }
@@ -937,7 +965,7 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
         try {
           this.sc.send(frame);
         } catch (err) {
-          log("warn", "server", `cannot send the status of ${this.method.path}: ${(err as Error).message}`);
+          logLimited("server.status-unsent", "warn", "server", `cannot send the status of ${this.method.path}: ${(err as Error).message}`);
         }
       }
     }
@@ -947,5 +975,5 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
 
 /** Logs an interceptor that threw in `onEnd`. */
 function logInterceptorError(message: string): void {
-  log("warn", "server", message);
+  logLimited("server.interceptor-error", "warn", "server", message);
 }

@@ -4,7 +4,7 @@
  */
 import { ErrorCode, KoalaError } from "../errors.js";
 import { Fifo, Waiters } from "../fifo.js";
-import { log } from "../log.js";
+import { logLimited } from "../log.js";
 import type { Connection } from "./types.js";
 
 /** Queue of accepted connections of one listener. */
@@ -19,7 +19,11 @@ export class AcceptQueue implements AsyncIterable<Connection> {
     return this.closed;
   }
 
-  /** Hands over a new connection (closed at once when the listener is closed). */
+  /**
+   * Hands over a new connection (closed at once when the listener is closed). One that closed
+   * already after its HELLO (its next frame was malformed, or it reset) is handed over too, so
+   * that the application can read why from `closed`; users of a connection check `isClosed`.
+   */
   push(connection: Connection): void {
     if (this.closed) {
       connection.close(new Error("the listener is closed"));
@@ -37,7 +41,13 @@ export class AcceptQueue implements AsyncIterable<Connection> {
     try {
       handler(connection);
     } catch (err) {
-      log("error", "transport", `the onConnection handler threw; closing that connection: ${(err as Error)?.stack ?? String(err)}`);
+      if (connection.isClosed) {
+        // It closed while the handler set it up (the transport logged why): the handler's
+        // failure to use it is a consequence, not an error of its own.
+        logLimited("transport.closed-during-handover", "debug", "transport", `a connection from ${connection.remoteAddress} closed during its hand-over: ${(err as Error)?.message ?? String(err)}`);
+        return;
+      }
+      logLimited("transport.handler-error", "error", "transport", `the onConnection handler threw; closing that connection: ${(err as Error)?.stack ?? String(err)}`);
       connection.close(
         new KoalaError(ErrorCode.RECEIVER_FAILED, `the onConnection handler threw: ${(err as Error)?.message ?? String(err)}`, { cause: err }),
       );

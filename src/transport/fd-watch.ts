@@ -48,10 +48,11 @@ export function checkFileDescriptors(where: string): void {
   estimate = open;
   if (open >= max - MARGIN) {
     logLimited(
-      `fds:${where}`,
+      "transport.out-of-fds",
       "error",
       "transport",
       `out of file descriptors (EMFILE): ${open} open of a limit of ${max}; new connections on ${where} are refused by the system until some close — raise the limit (ulimit -n) or lower the server's maxConnections`,
+      1,
     );
   }
 }

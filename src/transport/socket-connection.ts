@@ -13,7 +13,7 @@
  */
 import type net from "node:net";
 import { ErrorCode, KoalaError } from "../errors.js";
-import { log } from "../log.js";
+import { logLimited } from "../log.js";
 import { fromSystemError } from "./errno.js";
 import {
   FRAME_HEADER_BYTES,
@@ -58,7 +58,7 @@ function callWritten(cb: WrittenCallback): void {
   try {
     cb();
   } catch (err) {
-    log("error", "transport", `an onWritten callback threw: ${(err as Error)?.stack ?? String(err)}`);
+    logLimited("transport.on-written-error", "error", "transport", `an onWritten callback threw: ${(err as Error)?.stack ?? String(err)}`);
   }
 }
 
@@ -133,7 +133,7 @@ export class SocketConnection extends InboxReader implements Connection {
         if (this.reason === undefined) socket.resume();
       },
       (err) => {
-        log("error", "transport", `the message receiver of ${remoteAddress} threw; closing that connection: ${(err as Error)?.stack ?? String(err)}`);
+        logLimited("transport.receiver-error", "error", "transport", `the message receiver of ${remoteAddress} threw; closing that connection: ${(err as Error)?.stack ?? String(err)}`);
         this.abort(new KoalaError(ErrorCode.RECEIVER_FAILED, `the message receiver threw: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
       },
     );
@@ -360,10 +360,11 @@ export class SocketConnection extends InboxReader implements Connection {
     } catch (err) {
       if (err instanceof KoalaError && (err.code === ErrorCode.PROTOCOL || err.code === ErrorCode.MESSAGE_TOO_LARGE)) {
         // Before a HELLO this is some other program knocking (a scanner, a stray client): not worth a warning.
-        log(this.decoder.greeted ? "warn" : "debug", "transport", `closing the connection with ${this.remoteAddress}: ${err.message}`);
+        if (this.decoder.greeted) logLimited("transport.protocol", "warn", "transport", `closing the connection with ${this.remoteAddress}: ${err.message}`);
+        else logLimited("transport.not-koala", "debug", "transport", `closing the connection with ${this.remoteAddress}: ${err.message}`);
         this.abort(err);
       } else {
-        log("error", "transport", `closing the connection with ${this.remoteAddress} after an internal error: ${(err as Error)?.stack ?? String(err)}`);
+        logLimited("transport.internal-error", "error", "transport", `closing the connection with ${this.remoteAddress} after an internal error: ${(err as Error)?.stack ?? String(err)}`);
         this.abort(new KoalaError(ErrorCode.SYSTEM, `internal error while reading from ${this.remoteAddress}: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
       }
     }

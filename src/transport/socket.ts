@@ -78,7 +78,7 @@ class SocketListener extends QueuedListener implements Listener {
       // untrusted or missing client certificate, a plaintext client) only drops that socket.
       server.on("secureConnection", (socket: tls.TLSSocket) => this.incoming(socket, tcpUnder(socket), peerCertificateOf(socket)));
       server.on("tlsClientError", (err: Error, socket: tls.TLSSocket) => {
-        log("debug", "transport", `dropped an incoming connection on ${address} from ${endAddress("tls", socket, "remote", () => "")}: ${fromSystemError(err, "TLS handshake").message}`);
+        logLimited("transport.tls-handshake", "debug", "transport", `dropped an incoming connection on ${address} from ${endAddress("tls", socket, "remote", () => "")}: ${fromSystemError(err, "TLS handshake").message}`);
       });
     } else server.on("connection", (socket: net.Socket) => this.incoming(socket, transport === "tcp" ? socket : undefined, undefined));
     server.on("error", (err) => {
@@ -87,8 +87,8 @@ class SocketListener extends QueuedListener implements Listener {
         // The process (EMFILE) or the system (ENFILE) has no file descriptor left for the new
         // connection; the kernel's queue is drained and those clients see a reset. Serving goes
         // on, and new connections are taken again once others close.
-        logLimited(`fds:${address}`, "error", "transport", `out of file descriptors (${errno}) accepting on ${address}: new connections are refused until some close; raise the limit (ulimit -n) or lower the server's maxConnections`);
-      } else logLimited(`listener:${address}:${errno ?? err.message}`, "error", "transport", `listener ${address}: ${err.message}`);
+        logLimited("transport.out-of-fds", "error", "transport", `out of file descriptors (${errno}) accepting on ${address}: new connections are refused until some close; raise the limit (ulimit -n) or lower the server's maxConnections`, 1);
+      } else logLimited("transport.listener-error", "error", "transport", `listener ${address}: ${err.message}`, 1);
     });
   }
 
@@ -113,7 +113,7 @@ class SocketListener extends QueuedListener implements Listener {
       (err: unknown) => {
         // The connection closed itself (protocol error, reset, no HELLO in time); the listener goes on.
         this.handshaking.delete(conn);
-        log("debug", "transport", `dropped an incoming connection on ${this.address} from ${remote}: ${(err as Error).message}`);
+        logLimited("transport.handshake", "debug", "transport", `dropped an incoming connection on ${this.address} from ${remote}: ${(err as Error).message}`);
       },
     );
   }

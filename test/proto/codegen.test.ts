@@ -93,6 +93,7 @@ test("the examples' generated code is up to date", () => {
     ["examples/kv/kv.proto", "examples/kv/gen", "../../../src/index.js"],
     ["examples/backends/gateway.proto", "examples/backends/gen", "../../../src/index.js"],
     ["test/fixtures/rpc/echo.proto", "test/fixtures/rpc/gen", "../../../../src/index.js"],
+    ["src/health/health.proto", "src/health/gen", "../runtime.js"],
   ] as const) {
     for (const [rel, text] of generate([join(root, proto)], { runtimeImport: runtime })) {
       assert.fixture(readFileSync(join(root, dir, rel), "utf8"), text, `${dir}/${rel}: run npm run gen:examples`);

@@ -1,5 +1,5 @@
 /**
- * The layer rule (mem → transport → proto → rpc → policy, each importing only the layers below;
+ * The layer rule (mem → transport → cluster → proto → rpc → health → policy, each importing only the layers below;
  * mem is lowest because transports register its slabs with the NIC)
  * read from the sources' import statements, and the promise that an app using only generated
  * code never loads protobufjs: `import "koala-rpc"` checked in a child process.
@@ -12,7 +12,7 @@ import { dirname, join, relative, resolve } from "node:path";
 
 const root = new URL("../..", import.meta.url).pathname;
 const src = join(root, "src");
-const LAYERS = ["mem", "transport", "proto", "rpc", "policy"];
+const LAYERS = ["mem", "transport", "cluster", "proto", "rpc", "health", "policy"];
 
 function sources(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? sources(join(dir, e.name)) : e.name.endsWith(".ts") ? [join(dir, e.name)] : []));

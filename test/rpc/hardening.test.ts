@@ -9,7 +9,7 @@ import * as assert from "uvu/assert";
 import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code, RpcError, closeClient, createChannel, createClient, createHeap, createServer, type Server, type ServerOptions } from "../../src/index.js";
-import { resetLogLimits } from "../../src/log.js";
+import { LIMITED_LINES_PER_PERIOD, limitedEventCounts, resetLogLimits } from "../../src/log.js";
 import { FrameFlag, FrameType } from "../../src/rpc/frame.js";
 import { CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES } from "../../src/rpc/stream.js";
 import { rejection, until } from "../helpers.js";
@@ -278,7 +278,7 @@ test("a client that stops reading is dropped after sendTimeoutMs; its calls are 
   }
 });
 
-test("malformed request metadata fails its call with one short log line per peer, not a stack trace per attempt", async () => {
+test("malformed request metadata fails its call with a few short log lines, not a stack trace per attempt", async () => {
   resetLogLimits();
   const { server, address } = await echoServer({ logHandlerErrors: true });
   const lines: string[] = [];
@@ -292,7 +292,8 @@ test("malformed request metadata fails its call with one short log line per peer
     assert.is(last.arg, Code.INTERNAL);
     assert.match(last.text, /malformed request metadata/);
     const about = lines.filter((l) => /malformed/.test(l));
-    assert.is(about.length, 1, `one line for 20 malformed calls: ${JSON.stringify(about)}`);
+    assert.is(about.length, LIMITED_LINES_PER_PERIOD, `the first few lines for 20 malformed calls: ${JSON.stringify(about)}`);
+    assert.is(limitedEventCounts().find((c) => c.kind === "server.bad-metadata")?.events, 20, "every one counted");
     assert.not.match(about[0]!, /\n\s+at /, "no stack trace");
   } finally {
     unsubscribe("koala:server", onLog);
@@ -364,7 +365,7 @@ test("a full heap fails nobody: frames are encoded into plain memory instead (no
   }
 });
 
-test("protocol errors are logged once per peer and kind, not once per connection", async () => {
+test("protocol errors are logged a few times per kind and 10 s, not once per connection", async () => {
   resetLogLimits(); // earlier tests in this process logged the same kind of error
   const { server, address } = await echoServer();
   const lines: string[] = [];
@@ -377,7 +378,8 @@ test("protocol errors are logged once per peer and kind, not once per connection
       await raw.conn.closed;
     }
     const about = lines.filter((l) => /malformed RPC frame/.test(l));
-    assert.is(about.length, 1, `one line for 20 connections: ${JSON.stringify(about)}`);
+    assert.is(about.length, LIMITED_LINES_PER_PERIOD, `the first few lines for 20 connections: ${JSON.stringify(about)}`);
+    assert.is(limitedEventCounts().find((c) => c.kind === "server.protocol")?.events, 20, "every one counted");
     const client = createClient(EchoService, address);
     assert.is((await client.unary({ text: "ok" })).text, "ok");
     closeClient(client);

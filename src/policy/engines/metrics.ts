@@ -7,6 +7,7 @@ import { Code, codeName, type RpcError } from "../../errors.js";
 import { custom, resolveOptions, type OptionsSpec } from "../../options.js";
 import type { CallInfo } from "../../rpc/interceptor.js";
 import type { Engine } from "../engine.js";
+import { limitedEventCounts } from "../../log.js";
 
 /** Options of the `metrics` engine. */
 export interface MetricsOptions {
@@ -33,8 +34,11 @@ interface Series {
 export interface MetricsEngine extends Engine {
   /** Calls counted so far, by `side path code` (for tests and dashboards). */
   count(side: "client" | "server", path: string, code?: Code): number;
-  /** The Prometheus text exposition of everything counted. */
-  render(): string;
+  /**
+   * The Prometheus text exposition of everything counted, followed by the process's counters of
+   * rate-limited log events (see {@link renderLogEventCounters}) unless `logEvents` is false.
+   */
+  render(options?: { logEvents?: boolean }): string;
 }
 
 type SeriesBySide = { client: Map<string, Series>; server: Map<string, Series> };
@@ -77,7 +81,7 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
       if (code !== undefined) return s.codes.get(code) ?? 0;
       return s.count;
     },
-    render() {
+    render(options) {
       const lines = [
         "# HELP koala_calls_total Calls ended, by side, method and status code.",
         "# TYPE koala_calls_total counter",
@@ -92,7 +96,7 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
         o.bucketsSeconds.forEach((b, i) => lines.push(`koala_call_duration_seconds_bucket{${l},le="${b}"} ${s.buckets[i]}`));
         lines.push(`koala_call_duration_seconds_bucket{${l},le="+Inf"} ${s.count}`, `koala_call_duration_seconds_sum{${l}} ${s.sum}`, `koala_call_duration_seconds_count{${l}} ${s.count}`);
       }
-      return `${lines.join("\n")}\n`;
+      return `${lines.join("\n")}\n${options?.logEvents === false ? "" : renderLogEventCounters()}`;
     },
     configure(input2) {
       const next = resolveOptions(`engine ${name} (metrics)`, spec, { ...o, ...input2 });
@@ -107,4 +111,27 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
       if (s.buckets.join() === o.bucketsSeconds.join()) series = s.series;
     },
   };
+}
+
+/** A Prometheus label value: backslash, double quote and newline escaped. */
+function labelValue(v: string): string {
+  return v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}
+
+/**
+ * The process's counters of events that a remote peer (or load) can repeat at will — protocol
+ * errors, limits hit, keepalive timeouts, bad metadata… (see `logLimited` in src/log.ts) — as
+ * Prometheus text: `koala_log_events_total{kind,level}` counts every event, logged or not;
+ * `koala_log_suppressed_total{kind}` those whose line was left out under the rate limit.
+ */
+export function renderLogEventCounters(): string {
+  const counts = limitedEventCounts();
+  const lines = [
+    "# HELP koala_log_events_total Events of rate-limited log kinds (peer errors, limits hit, timeouts), each counted whether its line was printed or not.",
+    "# TYPE koala_log_events_total counter",
+  ];
+  for (const c of counts) lines.push(`koala_log_events_total{kind="${labelValue(c.kind)}",level="${c.level}"} ${c.events}`);
+  lines.push("# HELP koala_log_suppressed_total Events of rate-limited log kinds whose line was not printed (one summary line per 10 s said how many).", "# TYPE koala_log_suppressed_total counter");
+  for (const c of counts) lines.push(`koala_log_suppressed_total{kind="${labelValue(c.kind)}"} ${c.suppressed}`);
+  return `${lines.join("\n")}\n`;
 }

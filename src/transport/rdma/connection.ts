@@ -17,7 +17,7 @@
  *   lease of its own heap and answers DONE, and the sender then lets go of them.
  */
 import { ErrorCode, KoalaError, check } from "../../errors.js";
-import { log } from "../../log.js";
+import { log, logLimited } from "../../log.js";
 import { IdTable } from "../../id-table.js";
 import type { Lease } from "../../mem/lease.js";
 import { randomBytes } from "node:crypto";
@@ -165,7 +165,7 @@ function callWritten(cb: (() => void) | undefined): void {
   try {
     cb();
   } catch (err) {
-    log("error", "transport", `an onWritten callback threw: ${(err as Error)?.stack ?? String(err)}`);
+    logLimited("transport.on-written-error", "error", "transport", `an onWritten callback threw: ${(err as Error)?.stack ?? String(err)}`);
   }
 }
 
@@ -322,7 +322,7 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
         });
       },
       (err) => {
-        log("error", "transport", `the message receiver of ${this.localAddress} threw; closing that connection: ${(err as Error)?.stack ?? String(err)}`);
+        logLimited("transport.receiver-error", "error", "transport", `the message receiver of ${this.localAddress} threw; closing that connection: ${(err as Error)?.stack ?? String(err)}`);
         this.abort(new KoalaError(ErrorCode.RECEIVER_FAILED, `the message receiver threw: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
       },
     );
@@ -800,7 +800,7 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
         : status === WcStatus.RNR_RETRY_EXC_ERR
         ? new KoalaError(ErrorCode.RECEIVER_NOT_READY, `a SEND to ${this.remoteAddress} found no posted receive after every retry (receiver not ready); the queue pair went to the error state`)
         : new KoalaError(ErrorCode.QP_ERROR, `a ${what} work request with ${this.remoteAddress} completed with ${wcStatusName(status)}; the queue pair went to the error state`);
-    log("warn", "transport", `closing the RDMA connection with ${this.remoteAddress}: ${err.message}`);
+    logLimited("rdma.qp-error", "warn", "transport", `closing the RDMA connection with ${this.remoteAddress}: ${err.message}`);
     this.abort(err);
   }
 
@@ -1231,13 +1231,13 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
 
   private protocolError(what: string): void {
     const err = new KoalaError(ErrorCode.PROTOCOL, `${this.remoteAddress} broke the koala RDMA protocol: ${what}`);
-    log("warn", "transport", `closing the connection with ${this.remoteAddress}: ${err.message}`);
+    logLimited("rdma.protocol", "warn", "transport", `closing the connection with ${this.remoteAddress}: ${err.message}`);
     this.abort(err);
   }
 
   private tooLarge(length: number): void {
     const err = new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `the peer sent a message of ${length} bytes; the limit is ${this.options.maxMessageBytes} (maxMessageBytes)`);
-    log("warn", "transport", `closing ${this.remoteAddress}: ${err.message}`);
+    logLimited("rdma.message-too-large", "warn", "transport", `closing ${this.remoteAddress}: ${err.message}`);
     this.abort(err);
   }
 

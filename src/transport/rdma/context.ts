@@ -7,7 +7,7 @@
  * (default 0, off), then re-arms the completion notification and returns to the event loop.
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
-import { log } from "../../log.js";
+import { log, logLimited } from "../../log.js";
 import { createHeap, sharedHeap, type Heap } from "../../mem/heap.js";
 import type { Lease } from "../../mem/lease.js";
 import type { MemoryRegistrar } from "../../mem/slab.js";
@@ -218,7 +218,7 @@ export class RdmaContext {
         try {
           sink.onCompletion(wc[at + WC.WR_ID]!, wc[at + WC.STATUS]!, wc[at + WC.OPCODE]!, wc[at + WC.BYTE_LEN]!, wc[at + WC.IMM]!);
         } catch (err) {
-          log("error", "transport", `an RDMA connection failed on a completion: ${(err as Error)?.stack ?? String(err)}`);
+          logLimited("rdma.completion-error", "error", "transport", `an RDMA connection failed on a completion: ${(err as Error)?.stack ?? String(err)}`);
           sink.onFatal(new KoalaError(ErrorCode.SYSTEM, `internal error on an RDMA completion: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
         }
       }

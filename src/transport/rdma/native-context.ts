@@ -13,7 +13,7 @@
 import { lookup } from "node:dns/promises";
 import { isIPv4 } from "node:net";
 import { ErrorCode, KoalaError } from "../../errors.js";
-import { log } from "../../log.js";
+import { log, logLimited } from "../../log.js";
 import { formatAddress } from "../address.js";
 import { CmEventCode, type NativeBinding } from "./native.js";
 import {
@@ -221,7 +221,7 @@ function onCmEvent(type: number, handle: number, status: number, data: Uint8Arra
     const id = cmObjects.get(handle);
     if (id instanceof NativeCmId && !id.destroyed) id.context.onCmEvent(id, type, status, data);
   } catch (err) {
-    log("error", "transport", `RDMA connection manager event ${type}: ${(err as Error)?.stack ?? String(err)}`);
+    logLimited("rdma.cm-event-error", "error", "transport", `RDMA connection manager event ${type}: ${(err as Error)?.stack ?? String(err)}`);
   }
 }
 

@@ -3,7 +3,7 @@
  * of the Verbs interface; the live connection is {@link RdmaConnection}.
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
-import { log } from "../../log.js";
+import { logLimited } from "../../log.js";
 import { QueuedListener } from "../accept-queue.js";
 import { formatAddress } from "../address.js";
 import type { Address, Connection, Listener, ResolvedTransportOptions, Transport } from "../types.js";
@@ -59,7 +59,7 @@ class RdmaListener extends QueuedListener implements Listener {
     try {
       this.handle(e);
     } catch (err) {
-      log("error", "transport", `RDMA listener ${this.address}: ${e.type}: ${(err as Error)?.stack ?? String(err)}`);
+      logLimited("rdma.listener-error", "error", "transport", `RDMA listener ${this.address}: ${e.type}: ${(err as Error)?.stack ?? String(err)}`);
       this.byId.get(e.id)?.close(err as Error);
     }
   }
@@ -77,7 +77,7 @@ class RdmaListener extends QueuedListener implements Listener {
         try {
           peer = decodeHello(e.privateData);
         } catch (err) {
-          log("debug", "transport", `refused an RDMA connection request on ${this.address}: ${(err as Error).message}`);
+          logLimited("rdma.bad-request", "debug", "transport", `refused an RDMA connection request on ${this.address}: ${(err as Error).message}`);
           v.reject(e.id, new Uint8Array(0));
           v.destroyId(e.id);
           return;
@@ -89,7 +89,7 @@ class RdmaListener extends QueuedListener implements Listener {
           conn = new RdmaConnection(this.ctx, e.id, qp, this.options, this.address, e.id.remoteAddress || `${this.address}#peer`, peer);
         } catch (err) {
           // Out of queue pairs or registered memory: this request is refused, the listener goes on.
-          log("warn", "transport", `refused an RDMA connection on ${this.address}: ${(err as Error).message}`);
+          logLimited("rdma.refused", "warn", "transport", `refused an RDMA connection on ${this.address}: ${(err as Error).message}`);
           if (qp !== undefined) v.destroyQp(qp);
           v.reject(e.id, new Uint8Array(0));
           v.destroyId(e.id);

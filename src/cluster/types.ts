@@ -1,0 +1,121 @@
+/**
+ * The seam between rpc's channel and the cluster layer. A channel asks a {@link ConnectionSource}
+ * for the connection of each call; behind it, a resolver turns the target into endpoints, one
+ * {@link Subchannel} per endpoint keeps its connection (with its connectivity state and
+ * reconnect backoff), and a balancer picks among the ready ones. The cluster layer never sees
+ * an RPC frame: connections are whatever the rpc layer's {@link Dialer} makes, typed `C`.
+ */
+import type { KoalaError } from "../errors.js";
+import type { Target } from "./target.js";
+
+/** One place a target's calls can go: a transport address (`tcp://10.0.0.1:50051`, `host:port`, `unix:/path`). */
+export interface Endpoint {
+  /** The transport address; a scheme-less one gets the transport KOALA_TRANSPORT picks, per endpoint. */
+  readonly address: string;
+}
+
+/** What a resolver reports to. */
+export interface ResolverListener {
+  /** The complete list of endpoints now (it replaces the previous one; the order is the resolver's). */
+  onEndpoints(endpoints: readonly Endpoint[]): void;
+  /** Resolution failed (KOALA_ERR_RESOLVE_FAILED naming the target and why); endpoints already known stay in use. */
+  onError(error: KoalaError): void;
+}
+
+/** A running resolution of one target. */
+export interface Resolver {
+  /** Asks for a fresh resolution soon (a connection failed); the resolver rate-limits these. */
+  refresh(): void;
+  /** Stops resolving; no more reports. */
+  close(): void;
+}
+
+/** Settings every resolver gets. */
+export interface ResolverOptions {
+  /** Fewest milliseconds between two resolutions of one target, however often refresh() is asked. */
+  readonly minResolveIntervalMs: number;
+}
+
+/**
+ * Starts resolving `target` (its `scheme` is the one the factory was registered for). Throws
+ * KOALA_ERR_INVALID_ADDRESS at once for a target it cannot read; reports endpoints (or an
+ * error) to `listener` from then on, never synchronously from the factory call.
+ */
+export type ResolverFactory = (target: Target, listener: ResolverListener, options: ResolverOptions) => Resolver;
+
+/** Connectivity states of a subchannel, as gRPC names them. */
+export type ConnectivityState = "idle" | "connecting" | "ready" | "transient_failure" | "shutdown";
+
+/** A connection as the cluster layer holds it for the rpc layer. */
+export interface PooledConnection {
+  /** True while new calls may be opened on it. */
+  readonly usable: boolean;
+  /** True once it closed for good. */
+  readonly isClosed: boolean;
+  /** Calls open on it now (least-outstanding balancing reads it). */
+  readonly outstanding: number;
+  /** Settles once it closed. */
+  readonly closed: Promise<unknown>;
+  /** Closes it; calls still open on it fail with UNAVAILABLE. */
+  close(): void;
+  /** Takes no new calls (`usable` turns false) and closes once the calls open on it ended. */
+  drain(): void;
+}
+
+/** Dials one endpoint: resolves with a connection ready for calls, rejects with the reason. */
+export type Dialer<C extends PooledConnection> = (endpoint: Endpoint) => Promise<C>;
+
+/** The connection to one endpoint, as a balancer sees it. */
+export interface Subchannel<C extends PooledConnection> {
+  /** The endpoint. */
+  readonly endpoint: Endpoint;
+  /** Its state now. */
+  readonly state: ConnectivityState;
+  /** The connection while `state` is "ready", else undefined. */
+  readonly connection: C | undefined;
+  /** Starts connecting if idle (a subchannel backing off connects when its backoff ends). */
+  requestConnection(): void;
+}
+
+/**
+ * Picks the connection of each call among subchannels. The source calls `update` with every
+ * resolver change and `onStateChange` with every state change; `pick` runs once per call and
+ * must be synchronous and allocate nothing.
+ */
+export interface Balancer<C extends PooledConnection> {
+  /** The subchannels to balance over now, in the resolver's order (a removed one is already shut down). */
+  update(subchannels: readonly Subchannel<C>[]): void;
+  /** `subchannel` changed state. */
+  onStateChange(subchannel: Subchannel<C>): void;
+  /** A ready connection for the next call, or undefined when there is none. */
+  pick(): C | undefined;
+}
+
+/** Makes a balancer; `options` are the balancer's own (checked by it, an unknown key an error naming it). */
+export type BalancerFactory = <C extends PooledConnection>(options: Readonly<Record<string, unknown>>) => Balancer<C>;
+
+/** What the rpc layer's channel asks for the connection of each call. */
+export interface ConnectionSource<C extends PooledConnection> {
+  /** The connection for the next call, or undefined when none is ready now (then {@link wait}). Runs per call: synchronous, allocation-free. */
+  pick(): C | undefined;
+  /**
+   * The slow path: connects if nothing is connecting, and resolves with a connection once one is
+   * ready. Rejects with UNAVAILABLE at once while every endpoint is backing off after a failure,
+   * unless `waitForReady()` says to keep waiting (until the call's deadline or cancellation).
+   */
+  wait(waitForReady?: () => boolean): Promise<C>;
+  /** The endpoints now, with their connectivity states and calls open (for `koala info`, dashboards and tests). */
+  endpoints(): EndpointState[];
+  /** Closes every connection and stops resolving; later calls fail with UNAVAILABLE. */
+  close(): void;
+}
+
+/** One endpoint of a channel as {@link ConnectionSource.endpoints} reports it. */
+export interface EndpointState {
+  /** Its transport address. */
+  readonly address: string;
+  /** Its connectivity state. */
+  readonly state: ConnectivityState;
+  /** Calls open on its connection. */
+  readonly outstanding: number;
+}

@@ -1,0 +1,54 @@
+/** Real koala servers on loopback addresses for the cluster tests, each answering with its own name. */
+import { setTimeout as sleep } from "node:timers/promises";
+import { createServer, type Server } from "../../src/index.js";
+import { EchoService } from "../fixtures/rpc/gen/echo.js";
+
+/** One replica: its server, its host, the address it listens on, and the calls it served. */
+export interface Replica {
+  readonly name: string;
+  readonly host: string;
+  readonly address: string;
+  readonly server: Server;
+  served: number;
+}
+
+/**
+ * Starts a replica on each of `hosts` (127.0.0.x), all on the same port when `samePort` (as DNS
+ * A records share one port). Unary calls answer `text` = the replica's host, after `delayMs`.
+ */
+export async function startReplicas(hosts: readonly string[], samePort = false): Promise<Replica[]> {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const replicas: Replica[] = [];
+    let port = 0;
+    try {
+      for (const host of hosts) {
+        const r: Replica = { name: host, host, address: "", server: createServer({ logHandlerErrors: false }), served: 0 };
+        r.server.add(EchoService, {
+          async unary(req) {
+            r.served++;
+            if (req.delayMs > 0) await sleep(req.delayMs);
+            return { text: host };
+          },
+        });
+        replicas.push(r);
+        (r as { address: string }).address = await r.server.listen(`tcp://${host}:${samePort ? port : 0}`);
+        if (samePort && port === 0) port = Number(/:(\d+)$/.exec(r.address)![1]);
+      }
+      return replicas;
+    } catch (err) {
+      for (const r of replicas) r.server.forceShutdown();
+      if (!samePort) throw err; // the port taken on another host by someone else: try another
+    }
+  }
+  throw new Error(`no common free port on ${hosts.join(", ")} after 10 attempts`);
+}
+
+/** The port of a replica's address. */
+export function portOf(r: Replica): number {
+  return Number(/:(\d+)$/.exec(r.address)![1]);
+}
+
+/** Stops every replica. */
+export function stopReplicas(replicas: readonly Replica[]): void {
+  for (const r of replicas) r.server.forceShutdown();
+}
