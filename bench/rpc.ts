@@ -8,10 +8,10 @@
  * read on a noisy shared machine.
  *
  *   node --import tsx bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N]
- *        [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,connect,koala-tls,grpc-tls] [--scenarios latency,calls,mbps,stream]
+ *        [--plot [DIR]] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,connect,koala-tls,grpc-tls] [--scenarios latency,calls,mbps,stream]
  *        [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]
  */
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -20,6 +20,7 @@ import { startClient, startServer, stopChildren, type ClientChild, type ServerCh
 import { median } from "./rpc/measure.js";
 import { fmt, machineInfo, ratio, table } from "./rpc/report.js";
 import { BIG_IN_FLIGHT, MANY_IN_FLIGHT, SCENARIOS, type ScenarioName } from "./rpc/scenarios.js";
+import { writeCharts } from "./lib/plot.js";
 
 /**
  * `koala-rdma` is koala over the RDMA transport on the software provider (a socket stands in for
@@ -36,6 +37,9 @@ type RowMetric = "p50" | "p99" | "calls" | "mbps" | "stream";
 /** A measured value: a table metric, or CPU per operation (µs) of the client or server in a scenario. */
 type Metric = RowMetric | `${"cpu" | "jscpu"}.${ScenarioName}.${"client" | "server"}`;
 
+/** Where `--plot` writes the charts by default. */
+const RESULTS_DIR = join(dirname(fileURLToPath(import.meta.url)), "results");
+
 /** The software RNIC built by `npm run build:rdma`, when it is there with the addon. */
 const SRNIC = ((): string | undefined => {
   const dir = join(dirname(fileURLToPath(import.meta.url)), "..", "addons", "rdma", "build", "Release");
@@ -51,6 +55,8 @@ interface Settings {
   ms: number;
   warmupMs: number;
   json: string | undefined;
+  /** Folder for the SVG charts (`--plot [DIR]`, default bench/results), or undefined. */
+  plot: string | undefined;
   only: SystemName[];
   scenarios: ScenarioName[];
   cpuProfServers: string | undefined;
@@ -59,7 +65,7 @@ interface Settings {
 
 function usage(problem: string): never {
   console.error(`bench/rpc: ${problem}`);
-  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,connect,koala-tls,grpc-tls] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]");
+  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--plot [DIR]] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,connect,koala-tls,grpc-tls] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]");
   process.exit(2);
 }
 
@@ -84,6 +90,7 @@ function parseSettings(argv: string[]): Settings {
     ms: quick ? 250 : 1200,
     warmupMs: quick ? 150 : 400,
     json: undefined,
+    plot: undefined,
     // The native column needs the addon and srnic built (npm run build:rdma).
     only: SYSTEMS.filter((n) => n !== "koala-rdma-native" || SRNIC !== undefined),
     scenarios: [...SCENARIOS],
@@ -97,6 +104,10 @@ function parseSettings(argv: string[]): Settings {
         break;
       case "--json":
         s.json = argv[++i] ?? usage("--json needs a file name");
+        break;
+      case "--plot":
+        // An optional folder: the next argument unless it is another flag.
+        s.plot = argv[i + 1] !== undefined && !argv[i + 1]!.startsWith("--") ? argv[++i]! : RESULTS_DIR;
         break;
       case "--rounds":
         s.rounds = parseCount(flag, argv[++i]);
@@ -321,11 +332,15 @@ async function main(): Promise<void> {
   }
   console.log(out.join("\n"));
 
+  const perSystem = Object.fromEntries([...samples].map(([n, m]) => [n, Object.fromEntries([...m].map(([metric, xs]) => [metric, { median: median(xs), rounds: xs }]))]));
   if (settings.json !== undefined) {
-    const perSystem = Object.fromEntries([...samples].map(([n, m]) => [n, Object.fromEntries([...m].map(([metric, xs]) => [metric, { median: median(xs), rounds: xs }]))]));
     const settingsOut = { rounds: settings.rounds, ms: settings.ms, warmupMs: settings.warmupMs, manyInFlight: MANY_IN_FLIGHT, bigInFlight: BIG_IN_FLIGHT, systems: settings.only, scenarios: settings.scenarios };
     writeFileSync(settings.json, JSON.stringify({ machine: { ...machine, loadAtEnd }, settings: settingsOut, rows: jsonRows, systems: perSystem }, null, 2) + "\n");
     console.log(`results written to ${settings.json}`);
+  }
+  if (settings.plot !== undefined) {
+    mkdirSync(settings.plot, { recursive: true });
+    for (const f of writeCharts({ machine: { ...machine, loadAtEnd }, systems: perSystem }, settings.plot)) console.log(`chart written to ${f}`);
   }
 }
 
