@@ -159,7 +159,7 @@ interface Row {
 }
 
 const ROWS: Row[] = [
-  { metric: "p50", label: "64 B unary, 1 in flight: p50 µs", digits: 1, goal: { text: "≤ 1.3× raw", met: (k, r) => k <= 1.3 * r } },
+  { metric: "p50", label: "64 B unary, 1 in flight: p50 µs", digits: 1, goal: { text: "≤ 1.10× raw", met: (k, r) => k <= 1.1 * r } },
   { metric: "p99", label: "64 B unary, 1 in flight: p99 µs", digits: 1 },
   {
     metric: "calls",
@@ -168,7 +168,7 @@ const ROWS: Row[] = [
     goal: { text: "≥ 30× grpc, ≥ 0.35× raw", met: (k, r, g) => k >= 30 * g && k >= 0.35 * r },
   },
   { metric: "mbps", label: `1 MiB unary, ${BIG_IN_FLIGHT} in flight: MB/s`, digits: 0, goal: { text: "≥ 0.8× raw", met: (k, r) => k >= 0.8 * r } },
-  { metric: "stream", label: `64 B bidi stream (≤ ${MANY_IN_FLIGHT} unanswered): msg/s`, digits: 0 },
+  { metric: "stream", label: `64 B bidi stream (≤ ${MANY_IN_FLIGHT} unanswered): msg/s`, digits: 0, goal: { text: "≥ 0.85× raw", met: (k, r) => k >= 0.85 * r } },
 ];
 const ROW_SCENARIO: Record<RowMetric, ScenarioName> = { p50: "latency", p99: "latency", calls: "calls", mbps: "mbps", stream: "stream" };
 const SCENARIO_LABEL: Record<ScenarioName, string> = {
@@ -293,6 +293,17 @@ async function main(): Promise<void> {
   }
   const withTls = settings.only.includes("koala-tls") || settings.only.includes("grpc-tls");
 
+  // The goals that compare CPU, and the RDMA path with the socket path (issue 15).
+  const both = (n: SystemName, prefix: "cpu" | "jscpu", sc: ScenarioName) => med(n, `${prefix}.${sc}.client`) + med(n, `${prefix}.${sc}.server`);
+  const goals: { text: string; value: number; met: boolean }[] = [
+    { text: "64 B unary, 256 in flight: CPU per call, koala tcp ≤ 1.5× raw", value: both("koala-tcp", "cpu", "calls") / both("raw", "cpu", "calls"), met: false },
+    { text: "64 B unary, 256 in flight: JavaScript-thread CPU per call, rdma (native, srnic) ≤ 2× koala tcp", value: both("koala-rdma-native", "jscpu", "calls") / both("koala-tcp", "jscpu", "calls"), met: false },
+    { text: "64 B unary, 1 in flight: p50, rdma (native, srnic) ≤ koala tcp", value: med("koala-rdma-native", "p50") / med("koala-tcp", "p50"), met: false },
+  ];
+  const limits = [1.5, 2, 1];
+  goals.forEach((g, i) => (g.met = g.value <= limits[i]!));
+  const goalLines = goals.filter((g) => Number.isFinite(g.value)).map((g) => `goal: ${g.text}: ${ratio(g.value)} — ${g.met ? "yes" : "NO"}`);
+
   const loadAtEnd = os.loadavg()[0]!;
   const out: string[] = [
     "",
@@ -306,6 +317,7 @@ async function main(): Promise<void> {
     "",
     table(["JavaScript-thread CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "Connect-ES", "koala tcp/raw", "rdma native/koala tcp"], jsCpuRows),
     "",
+    ...(goalLines.length > 0 ? [...goalLines, ""] : []),
     ...(withTls
       ? [
           table(["over TLS", "koala tls", "grpc-js tls", "koala tls/grpc tls", "koala tls/koala tcp"], tlsRows),
@@ -335,7 +347,7 @@ async function main(): Promise<void> {
   const perSystem = Object.fromEntries([...samples].map(([n, m]) => [n, Object.fromEntries([...m].map(([metric, xs]) => [metric, { median: median(xs), rounds: xs }]))]));
   if (settings.json !== undefined) {
     const settingsOut = { rounds: settings.rounds, ms: settings.ms, warmupMs: settings.warmupMs, manyInFlight: MANY_IN_FLIGHT, bigInFlight: BIG_IN_FLIGHT, systems: settings.only, scenarios: settings.scenarios };
-    writeFileSync(settings.json, JSON.stringify({ machine: { ...machine, loadAtEnd }, settings: settingsOut, rows: jsonRows, systems: perSystem }, null, 2) + "\n");
+    writeFileSync(settings.json, JSON.stringify({ machine: { ...machine, loadAtEnd }, settings: settingsOut, rows: jsonRows, goals, systems: perSystem }, null, 2) + "\n");
     console.log(`results written to ${settings.json}`);
   }
   if (settings.plot !== undefined) {
