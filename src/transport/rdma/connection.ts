@@ -260,6 +260,10 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
   private readonly maxSendWr: number;
   private buffered = 0;
   private flushScheduled = false;
+  /** Set while flush() runs: a send from a callback it calls only queues (the running flush takes it). */
+  private flushing = false;
+  /** Bytes queued since the last flush (the eager flush rule in enqueue). */
+  private queuedBytes = 0;
   private readonly flushBound = (): void => this.flush();
   private drainWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
   private readonly advertised = new IdTable<Advertised>();
@@ -403,7 +407,11 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
 
   private enqueue(type: number, parts: readonly Uint8Array[], total: number, onWritten: (() => void) | undefined, id: number, counted: number): void {
     this.outq.push({ type, parts, total, onWritten, id, counted });
-    this.scheduleFlush();
+    this.queuedBytes += total;
+    // A burst that already fills a peer buffer goes out now, not at the tick's end: the peer
+    // starts on it while this side produces the rest (as writeEagerBytes does on sockets).
+    if (this.queuedBytes >= this.peerBufferBytes && !this.flushing && !this.tornDown) this.flush();
+    else this.scheduleFlush();
   }
 
   private scheduleFlush(): void {
@@ -437,6 +445,8 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     this.flushScheduled = false;
     if (this.tornDown) return;
     const v = this.ctx.verbs;
+    this.flushing = true;
+    this.queuedBytes = 0;
     try {
       if (this.recvBatch.count > 0) {
         // Receives first: the credits that go out below count them.
@@ -477,6 +487,8 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
       this.inlineUsed = 0;
       this.postedBytes = 0;
       this.abort(err instanceof KoalaError ? err : new KoalaError(ErrorCode.SYSTEM, `RDMA send path failed: ${(err as Error).message}`, { cause: err }));
+    } finally {
+      this.flushing = false;
     }
   }
 
