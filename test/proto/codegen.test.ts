@@ -66,6 +66,12 @@ test("proto3, proto2 (groups, defaults, closed enums), editions 2023 and every w
   checkGolden(out, join(goldenDir, "spec"));
 });
 
+test("hostile text from a .proto (comment closers, quotes, backslashes, `${`, line separators): matches the golden copy", () => {
+  const out = generate([join(protos, "hostile/hostile.proto")], { runtimeImport: "../../../src/index.js" });
+  assert.equal([...out.keys()], ["hostile.ts"]);
+  checkGolden(out, join(goldenDir, "hostile"));
+});
+
 test("a well-known-type file alone generates; two runs sharing an output folder agree on google/protobuf/*", () => {
   const ts = generate([join(root, "node_modules/protobufjs/google/protobuf/api.proto")]);
   assert.ok([...ts.keys()].includes("google/protobuf/api.ts") || [...ts.keys()].includes("api.ts"), [...ts.keys()].join());

@@ -8,7 +8,11 @@ export enum Legacy_Color {
   BLUE = 2,
 }
 
-/** Message edge.legacy.Legacy. */
+/**
+ * proto2 presence, defaults, required, packed and unpacked repeated fields, extensions.
+ *
+ * Message edge.legacy.Legacy.
+ */
 export interface Legacy {
   /** `[default = 5]`: an unset field reads as that (from the prototype); set means an own property. */
   count: number;

@@ -10,7 +10,11 @@ export enum Kind {
   KIND_BIG = 1000,
 }
 
-/** Enum spec3.Aliased. */
+/**
+ * Aliases: the first name of a number is the one JSON uses.
+ *
+ * Enum spec3.Aliased.
+ */
 export enum Aliased {
   AL_ZERO = 0,
   AL_UNO = 1,
@@ -551,7 +555,11 @@ export const All: MessageType<All> = {
   },
 };
 
-/** Message spec3.Some. */
+/**
+ * Knows two of All's fields: the others are unknown to it.
+ *
+ * Message spec3.Some.
+ */
 export interface Some {
   fString: string;
   fLeaf?: Leaf | undefined;
