@@ -19,7 +19,7 @@ import { Wkt } from "../golden/spec/wkt.js";
 import { agree, desc, hex, messageArb, registry } from "./oracle-helpers.js";
 import { KoalaError } from "../../src/errors.js";
 import type { MessageType } from "../../src/proto/definition.js";
-import { All, Some } from "../golden/spec/spec3.js";
+import { All, Interleaved, Some } from "../golden/spec/spec3.js";
 import { P2, ext_i, ext_s } from "../golden/spec/spec2.js";
 import { Node } from "../golden/spec/editions.js";
 
@@ -27,6 +27,7 @@ const root = new URL("../..", import.meta.url).pathname;
 
 const TYPES: [string, MessageType<any>][] = [
   ["spec3.All", All],
+  ["spec3.Interleaved", Interleaved],
   ["spec2.P2", P2],
   ["specedition.Node", Node],
 ];

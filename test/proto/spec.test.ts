@@ -9,12 +9,14 @@ import * as assert from "uvu/assert";
 import { KoalaError } from "../../src/errors.js";
 import type { PartialMessage } from "../../src/proto/definition.js";
 import { MAX_DEPTH } from "../../src/proto/wire/reader.js";
-import { All, Kind, Leaf } from "../golden/spec/spec3.js";
+import { All, Interleaved, Kind, Leaf } from "../golden/spec/spec3.js";
+import { loadMessageTypes } from "koala-rpc/proto-loader";
 import { Closed, P2, P2_G } from "../golden/spec/spec2.js";
 import { Node, Shut } from "../golden/spec/editions.js";
 import { thrownCode } from "../helpers.js";
 
 const bytes = (...b: number[]) => Uint8Array.from(b);
+const specDir = new URL("../fixtures/protos/spec/", import.meta.url).pathname;
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 
 function protocolError(fn: () => unknown, why: RegExp): void {
@@ -167,6 +169,16 @@ test("field names follow protoc's JSON names", () => {
   assert.is(All.decode(All.encode(m)).fieldName4, "x");
   assert.equal(Object.keys(All.create()).filter((k) => k.startsWith("field")), ["fieldName4"]);
   void Kind;
+});
+
+test("fields go out in field-number order, a oneof interleaved with other fields too (generated and loaded)", () => {
+  const loaded = loadMessageTypes(`${specDir}spec3.proto`)["spec3.Interleaved"]!;
+  const m = { attrs: ["a"], timeUnixNano: 1n, value: { case: "asInt", value: -2n }, spanId: bytes(4), traceId: bytes(5), tail: { case: "last", value: 8 } } as const;
+  // Tags 2, 4, 5, 6 (the oneof member), 7, 8 (the other oneof's): never 6 before 4 and 5.
+  const want = "110100000000000000" + "220104" + "2a0105" + "31feffffffffffffff" + "3a0161" + "4008";
+  assert.is(hex(Interleaved.encode(m)), want);
+  assert.is(hex(loaded.encode(m as never)), want);
+  assert.is(hex(Interleaved.encode({ value: { case: "asDouble", value: 0 }, tail: { case: "first", value: "" }, spanId: bytes(1) })), "0a00" + "190000000000000000" + "220101");
 });
 
 test.run();

@@ -461,18 +461,25 @@ function genMessage(g: FileGen, t: protobuf.Type): void {
   const S: string[] = []; // sizeOf body
   const W: string[] = []; // write body
   const R: string[] = []; // read cases
-  for (const fi of fields) {
-    if (fi.oneof === undefined) genField(fi, S, W, R);
-    else if (fi === oneofs.get(fi.oneof)![0]) {
-      // One switch per oneof on its case, instead of a test per member.
-      const s: string[] = [];
-      const w: string[] = [];
-      for (const member of oneofs.get(fi.oneof)!) genField(member, s, w, R);
-      const prefix = (member: FieldInfo) => `if (m.${fi.oneof}?.case === ${str(member.name)}) `;
-      const cases = (lines: string[]) => lines.map((l, i) => `  case ${str(oneofs.get(fi.oneof!)![i]!.name)}: ${l.slice(prefix(oneofs.get(fi.oneof!)![i]!).length)} break;`);
-      S.push(`switch (m.${fi.oneof}?.case) {`, ...cases(s), `}`);
-      W.push(`switch (m.${fi.oneof}?.case) {`, ...cases(w), `}`);
+  for (let i = 0; i < fields.length; i++) {
+    const fi = fields[i]!;
+    if (fi.oneof === undefined) {
+      genField(fi, S, W, R);
+      continue;
     }
+    // Members of a oneof next to each other by number share one switch on its case (instead of
+    // a test per member). A oneof interleaved with other fields gets a switch per run, so that
+    // fields are written in field-number order (the spec's "should", what byte comparisons of
+    // encodings need), as protoc's and bufbuild's encoders do.
+    const run = [fi];
+    while (i + 1 < fields.length && fields[i + 1]!.oneof === fi.oneof) run.push(fields[++i]!);
+    const s: string[] = [];
+    const w: string[] = [];
+    for (const member of run) genField(member, s, w, R);
+    const prefix = (member: FieldInfo) => `if (m.${fi.oneof}?.case === ${str(member.name)}) `;
+    const cases = (lines: string[]) => lines.map((l, j) => `  case ${str(run[j]!.name)}: ${l.slice(prefix(run[j]!).length)} break;`);
+    S.push(`switch (m.${fi.oneof}?.case) {`, ...cases(s), `}`);
+    W.push(`switch (m.${fi.oneof}?.case) {`, ...cases(w), `}`);
   }
   // Tags are constants: one byte written as such, longer ones as their varint value.
   for (let i = 0; i < W.length; i++) W[i] = W[i]!.replace(/\.tag\((\d+), (\d)\)/g, (_, f: string, t: string) => (Number(f) * 8 + Number(t) < 0x80 ? `.byte(${Number(f) * 8 + Number(t)})` : `.uint32(${Number(f) * 8 + Number(t)})`));
