@@ -181,4 +181,17 @@ test("fields go out in field-number order, a oneof interleaved with other fields
   assert.is(hex(Interleaved.encode({ value: { case: "asDouble", value: 0 }, tail: { case: "first", value: "" }, spanId: bytes(1) })), "0a00" + "190000000000000000" + "220101");
 });
 
+test("proto2 [default]s: create() of a decoded message copies only the fields that were on the wire (generated and loaded)", () => {
+  const loaded = loadMessageTypes(`${specDir}spec2.proto`)["spec2.P2"]!;
+  for (const T of [P2, loaded] as unknown as (typeof P2)[]) {
+    const wire = T.encode({ req: 3n, o: { case: "oa", value: 0 }, i32: 5 });
+    const decoded = T.decode(wire);
+    const copy = T.create(decoded);
+    assert.is(hex(T.encode(copy)), hex(wire), "the copy encodes to the same bytes");
+    assert.equal(Object.keys(copy).filter((k) => ["s", "by", "c", "d", "flag", "u64", "f", "sf64"].includes(k)), [], "no default became an own property");
+    assert.is(copy.s, "hé", "unset fields still read their defaults");
+    assert.is(copy.i32, 5);
+  }
+});
+
 test.run();

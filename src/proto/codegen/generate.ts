@@ -518,6 +518,9 @@ function genMessage(g: FileGen, t: protobuf.Type): void {
       else g.lines.push(`      if (init.${fi.name} !== undefined) m.${fi.name} = ${fi.typeRef}.create(init.${fi.name});`);
     } else if (fi.message && fi.map) {
       g.lines.push(`      if (init.${fi.name} !== undefined) for (const [k, v] of ${gl("Object")}.entries(init.${fi.name})) ${WIRE}.setEntry(m.${fi.name}, k, ${fi.typeRef}.create(v));`);
+    } else if (fi.explicitDefault !== undefined) {
+      // Only a field set on `init` (an own property): a decoded or created message reads unset ones from its defaults, and a copy must not set them.
+      g.lines.push(`      if (${gl("Object")}.hasOwn(init, ${str(fi.name)}) && init.${fi.name} !== undefined) m.${fi.name} = init.${fi.name};`);
     } else g.lines.push(`      if (init.${fi.name} !== undefined) m.${fi.name} = init.${fi.name};`);
   }
   g.lines.push(`      if (init.$unknown !== undefined) m.$unknown = init.$unknown;`);

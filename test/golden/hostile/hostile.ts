@@ -64,12 +64,12 @@ export const Hostile: MessageType<Hostile> & { readonly defaults: { readonly clo
   create(init?: PartialMessage<Hostile>): Hostile {
     const m: Hostile = Object.assign(Object.create(Hostile.defaults) as Hostile, { renamed: undefined, choice: { case: undefined } });
     if (init !== undefined) {
-      if (init.closer !== undefined) m.closer = init.closer;
-      if (init.raw !== undefined) m.raw = init.raw;
+      if (Object.hasOwn(init, "closer") && init.closer !== undefined) m.closer = init.closer;
+      if (Object.hasOwn(init, "raw") && init.raw !== undefined) m.raw = init.raw;
       if (init.renamed !== undefined) m.renamed = init.renamed;
-      if (init.mood !== undefined) m.mood = init.mood;
+      if (Object.hasOwn(init, "mood") && init.mood !== undefined) m.mood = init.mood;
       if (init.choice !== undefined) m.choice = init.choice;
-      if (init.plain !== undefined) m.plain = init.plain;
+      if (Object.hasOwn(init, "plain") && init.plain !== undefined) m.plain = init.plain;
       if (init.$unknown !== undefined) m.$unknown = init.$unknown;
     }
     return m;

@@ -144,11 +144,11 @@ export const P2: MessageType<P2> & { readonly defaults: { readonly i32: number; 
   create(init?: PartialMessage<P2>): P2 {
     const m: P2 = Object.assign(Object.create(P2.defaults) as P2, { req: undefined, rc: [], rcp: [], unp: [], pk: [], g: undefined, rg: [], child: undefined, o: { case: undefined }, leaf: undefined, byName: {}, noDefault: undefined });
     if (init !== undefined) {
-      if (init.i32 !== undefined) m.i32 = init.i32;
-      if (init.s !== undefined) m.s = init.s;
-      if (init.by !== undefined) m.by = init.by;
-      if (init.c !== undefined) m.c = init.c;
-      if (init.d !== undefined) m.d = init.d;
+      if (Object.hasOwn(init, "i32") && init.i32 !== undefined) m.i32 = init.i32;
+      if (Object.hasOwn(init, "s") && init.s !== undefined) m.s = init.s;
+      if (Object.hasOwn(init, "by") && init.by !== undefined) m.by = init.by;
+      if (Object.hasOwn(init, "c") && init.c !== undefined) m.c = init.c;
+      if (Object.hasOwn(init, "d") && init.d !== undefined) m.d = init.d;
       if (init.req !== undefined) m.req = init.req;
       if (init.rc !== undefined) m.rc = init.rc;
       if (init.rcp !== undefined) m.rcp = init.rcp;
@@ -164,11 +164,11 @@ export const P2: MessageType<P2> & { readonly defaults: { readonly i32: number; 
           default: m.o = o$ as P2["o"];
         }
       }
-      if (init.flag !== undefined) m.flag = init.flag;
-      if (init.u64 !== undefined) m.u64 = init.u64;
-      if (init.f !== undefined) m.f = init.f;
+      if (Object.hasOwn(init, "flag") && init.flag !== undefined) m.flag = init.flag;
+      if (Object.hasOwn(init, "u64") && init.u64 !== undefined) m.u64 = init.u64;
+      if (Object.hasOwn(init, "f") && init.f !== undefined) m.f = init.f;
       if (init.leaf !== undefined) m.leaf = Leaf.create(init.leaf);
-      if (init.sf64 !== undefined) m.sf64 = init.sf64;
+      if (Object.hasOwn(init, "sf64") && init.sf64 !== undefined) m.sf64 = init.sf64;
       if (init.byName !== undefined) for (const [k, v] of Object.entries(init.byName)) wire.setEntry(m.byName, k, Leaf.create(v));
       if (init.noDefault !== undefined) m.noDefault = init.noDefault;
       if (init.$unknown !== undefined) m.$unknown = init.$unknown;
