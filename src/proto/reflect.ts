@@ -344,7 +344,9 @@ function readField(r: ProtoReader, m: LoadedMessage, f: CodecField, wt: number, 
     }
     r.expectEnd(e);
     if (value === undefined) value = (f.T!() as MessageType<LoadedMessage>).create();
-    setEntry(m[f.name], String(key), value);
+    // An entry whose value a closed enum does not know goes to the unknown fields whole (the spec).
+    if (f.closed !== undefined && !f.closed.includes(value as number)) r.keep(m, p);
+    else setEntry(m[f.name], String(key), value);
     return true;
   }
   const t = scalarOf(f);

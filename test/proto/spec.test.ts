@@ -194,4 +194,22 @@ test("proto2 [default]s: create() of a decoded message copies only the fields th
   }
 });
 
+test("closed enums: an unknown value in a map entry or a oneof goes to the unknown fields; the decoded object gains nothing (generated and loaded)", () => {
+  const loaded = loadMessageTypes(`${specDir}spec2.proto`)["spec2.P2"]!;
+  // req = 0; closed_by_name { "a": 7 } (unknown), { "b": 1 }; od = 9 (unknown); closed_by_name { "c": 5 }.
+  const entryA = [0xc2, 0x01, 0x05, 0x0a, 0x01, 0x61, 0x10, 0x07];
+  const wire = bytes(0x30, 0x00, ...entryA, 0xc2, 0x01, 0x05, 0x0a, 0x01, 0x62, 0x10, 0x01, 0xc8, 0x01, 0x09, 0xc2, 0x01, 0x05, 0x0a, 0x01, 0x63, 0x10, 0x05);
+  for (const T of [P2, loaded] as unknown as (typeof P2)[]) {
+    const m = T.decode(wire);
+    assert.equal({ ...m.closedByName }, { b: Closed.C_ONE, c: Closed.C_FIVE });
+    assert.equal(m.o, { case: undefined }, "the unknown oneof value sets no member");
+    assert.equal(m.$unknown!.map(hex), [hex(Uint8Array.from(entryA)), "c80109"], "kept as they came");
+    assert.equal(Object.keys(m).filter((k) => Object.hasOwn(P2.defaults, k)), [], "no field with a default became set");
+    // Re-emitted on encode (after the known fields), and read back the same.
+    const again = T.encode(m);
+    assert.is(hex(again), "3000" + "c201050a01621001" + "c201050a01631005" + hex(Uint8Array.from(entryA)) + "c80109");
+    assert.equal(T.decode(Uint8Array.from(again)), m);
+  }
+});
+
 test.run();

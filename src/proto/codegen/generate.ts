@@ -678,9 +678,11 @@ function genMap(fi: FieldInfo, S: string[], W: string[], R: string[]): void {
     `for (const [k, v] of ${entries}) { const e = ${ktb} + ${k.size(key)} + ${vtb} + ${sizeV("v")}; w.tag(${n}, 2).uint32(e).tag(1, ${k.wt}).${k.write}(${key}).tag(2, ${v.wt}).${v.write}(v); }`,
   );
   const vts = fi.enumRef ?? v.ts;
+  // An entry whose value a closed enum does not know goes to the unknown fields whole (the spec; protoc's runtimes do so).
+  const closedEntry = fi.closed ? `if (!(${knownEnum(fi.closed, "value")})) { r.keep(m, p); continue; } ` : "";
   const read = fi.enumRef ? `r.${v.read}() as ${fi.enumRef}` : `r.${v.read}()`;
   R.push(
-    `case ${n}: if ((t & 7) === 2) { const e = r.lengthEnd(); let key: ${k.ts} = ${keyDefault}; let value: ${vts} = ${v.def}; while (r.pos < e) { const u = r.tag(); if (u === ${(1 << 3) | k.wt}) key = r.${k.read}(); else if (u === ${(2 << 3) | v.wt}) value = ${read}; else r.skip(u & 7, u >>> 3); } r.expectEnd(e); ${store("value")} continue; } break;`,
+    `case ${n}: if ((t & 7) === 2) { const e = r.lengthEnd(); let key: ${k.ts} = ${keyDefault}; let value: ${vts} = ${v.def}; while (r.pos < e) { const u = r.tag(); if (u === ${(1 << 3) | k.wt}) key = r.${k.read}(); else if (u === ${(2 << 3) | v.wt}) value = ${read}; else r.skip(u & 7, u >>> 3); } r.expectEnd(e); ${closedEntry}${store("value")} continue; } break;`,
   );
 }
 
