@@ -64,6 +64,9 @@ test("unittest.proto, map_unittest.proto and the hostile fixture generate code t
     assert.is(unittest.TestCommentInjectionMessage.create().a, "*/ <- Neither should this.");
     const extreme = unittest.TestExtremeDefaultValues.create();
     assert.is(extreme.replacementString, "${unknown}");
+    // Escapes are bytes, as protoc reads them: "\\341\\210\\264" is the UTF-8 of U+1234, "\\xfe" the byte 0xFE.
+    assert.is(extreme.utf8String, "\u1234");
+    assert.equal([...extreme.escapedBytes], [0, 1, 7, 8, 12, 10, 13, 9, 11, 92, 39, 34, 0xfe]);
     assert.is(extreme.stringWithZero, "hel\0lo");
     assert.is(extreme.cppTrigraph, "? ? ?? ?? ??? ??/ ??-");
     assert.equal([...extreme.bytesWithZero], [...Buffer.from("wor\0ld")]);
