@@ -177,8 +177,14 @@ export async function runCtl(argv: string[]): Promise<number> {
   } else if (cmd === "metrics") {
     for (const a of answers) {
       if (!a.ok) continue;
+      const text = (a.result as { text: string }).text;
       if (to === "all") process.stdout.write(`# koala process ${a.pid}\n`);
-      process.stdout.write((a.result as { text: string }).text);
+      // No metrics engine: say so, with the command that attaches one (a comment line keeps
+      // the output valid Prometheus text when several processes answer).
+      const none = `no metrics engine is attached to process ${a.pid}; attach one with: koala ctl attach ${a.pid} metrics`;
+      if (text !== "") process.stdout.write(text);
+      else if (to === "all") process.stdout.write(`# ${none}\n`);
+      else process.stderr.write(`koala ctl: ${none}\n`);
     }
   } else {
     for (const a of answers) if (a.ok) process.stdout.write(`${a.pid}: ${describeResult(cmd, a.result)}\n`);

@@ -178,8 +178,10 @@ function serviceOf(s: protobuf.Service, types: LoadedTypes): ServiceDefinition<R
 /**
  * Loads `.proto` files; returns their services (and those of the files they import) by fully
  * qualified name (`"hello.Greeter"`). Messages have the shape generated code gives them. Every
- * method is typed as any call kind; {@link loadService} types them by kind. A missing or
- * malformed file throws KOALA_ERR_INVALID_ARGUMENT.
+ * method is typed as any call kind (the kinds are known only once the file is read);
+ * {@link loadService} types them by kind and checks them, or cast one service yourself,
+ * unchecked: `loadProto(f)["hello.Greeter"] as LoadedService<{ sayHello: "unary" }>`. A missing
+ * or malformed file throws KOALA_ERR_INVALID_ARGUMENT.
  */
 export function loadProto(files: string | string[], options?: LoadProtoOptions): Record<string, ServiceDefinition> {
   const root = loadFiles("loadProto", files, options);

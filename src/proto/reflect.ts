@@ -187,6 +187,8 @@ export function reflectMessageType(typeName: string, fields: readonly CodecField
           if (o?.case === f.name) m[f.oneof] = { case: f.name, value: f.kind === "message" ? messageOf(f).create(o.value as never) : o.value };
           continue;
         }
+        // A field with a [default] counts only when set on `init`: a message read through its defaults copies as it is.
+        if (f.defaultValue !== undefined && !Object.hasOwn(init, f.name)) continue;
         const v = init[f.name];
         if (v === undefined) continue;
         if (f.kind !== "message") m[f.name] = v;
@@ -342,7 +344,9 @@ function readField(r: ProtoReader, m: LoadedMessage, f: CodecField, wt: number, 
     }
     r.expectEnd(e);
     if (value === undefined) value = (f.T!() as MessageType<LoadedMessage>).create();
-    setEntry(m[f.name], String(key), value);
+    // An entry whose value a closed enum does not know goes to the unknown fields whole (the spec).
+    if (f.closed !== undefined && !f.closed.includes(value as number)) r.keep(m, p);
+    else setEntry(m[f.name], String(key), value);
     return true;
   }
   const t = scalarOf(f);

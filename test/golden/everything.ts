@@ -13,7 +13,11 @@ export enum Everything_Nested_Level {
   DEEP = 1,
 }
 
-/** Message app.v1.Everything. */
+/**
+ * A message with every kind of field.
+ *
+ * Message app.v1.Everything.
+ */
 export interface Everything {
   fDouble: number;
   fFloat: number;
@@ -381,7 +385,11 @@ export const Everything_Nested: MessageType<Everything_Nested> = {
   },
 };
 
-/** Service app.v1.Kinds. */
+/**
+ * A service with each call kind.
+ *
+ * Service app.v1.Kinds.
+ */
 export const KindsService = {
   typeName: "app.v1.Kinds",
   methods: {

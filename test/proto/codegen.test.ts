@@ -60,10 +60,17 @@ test("proto2, clashing names, Struct/Any and custom options: match the golden co
   checkGolden(out, join(goldenDir, "edge"));
 });
 
-test("proto3, proto2 (groups, defaults, closed enums), editions 2023 and every well-known type: match the golden copy", () => {
-  const out = generate(["spec3", "spec2", "editions", "wkt"].map((f) => join(protos, `spec/${f}.proto`)), { runtimeImport: "../../../src/index.js" });
-  assert.equal([...out.keys()].filter((k) => !k.startsWith("google/")).sort(), ["editions.ts", "spec2.ts", "spec3.ts", "wkt.ts"]);
+test("proto3, proto2 (groups, defaults, closed enums), editions 2023, every well-known type and the conformance messages: match the golden copy", () => {
+  const files = ["spec3", "spec2", "editions", "wkt", "test_messages_proto2", "test_messages_proto3"];
+  const out = generate(files.map((f) => join(protos, `spec/${f}.proto`)), { runtimeImport: "../../../src/index.js" });
+  assert.equal([...out.keys()].filter((k) => !k.startsWith("google/")).sort(), files.map((f) => `${f}.ts`).sort());
   checkGolden(out, join(goldenDir, "spec"));
+});
+
+test("hostile text from a .proto (comment closers, quotes, backslashes, `${`, line separators): matches the golden copy", () => {
+  const out = generate([join(protos, "hostile/hostile.proto")], { runtimeImport: "../../../src/index.js" });
+  assert.equal([...out.keys()], ["hostile.ts"]);
+  checkGolden(out, join(goldenDir, "hostile"));
 });
 
 test("a well-known-type file alone generates; two runs sharing an output folder agree on google/protobuf/*", () => {

@@ -7,7 +7,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { join } from "node:path";
 import * as loader from "@grpc/proto-loader";
-import { fromPackageDefinition, loadProto, loadService } from "koala-rpc/proto-loader";
+import { fromPackageDefinition, loadProto, loadService, type LoadedService } from "koala-rpc/proto-loader";
 import { Code, KoalaError, RpcError, closeClient, createClient, createServer, type Client } from "../../src/index.js";
 import { encodeMessage } from "../../src/proto/wire/writer.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
@@ -215,6 +215,24 @@ test("bad paths, imports and options are clear KOALA_ERR_INVALID_ARGUMENT errors
   assert.throws(() => loadProto(everythingProto, { includeDir: [include] } as never), /unknown option "includeDir" \(did you mean "includeDirs"\?\)/);
   assert.is(thrownCode(() => loadProto([])), "KOALA_ERR_INVALID_ARGUMENT");
   assert.is(thrownCode(() => fromPackageDefinition(null as never)), "KOALA_ERR_INVALID_ARGUMENT");
+});
+
+test("loadProto: the cast README documents types a loaded service's client and handlers by kind, and serves", async () => {
+  const Echo = loadProto(echoProto)["koala.test.Echo"] as LoadedService<typeof echoKinds>;
+  assert.equal(Object.fromEntries(Object.entries(Echo.methods).map(([k, m]) => [k, m.kind])), echoKinds, "the cast names the kinds the .proto has");
+  // Checked by tsc: a unary call is a promise, a server-streaming one an async iterable.
+  const typedClient = (c: Client<typeof Echo>) => [c.unary({ text: "t" }) satisfies Promise<unknown>, c.serverStream({}) satisfies AsyncIterable<unknown>];
+  assert.type(typedClient, "function");
+  const server = createServer();
+  server.add(Echo, { unary: (req) => ({ text: `${req.text}?` }), serverStream: async function* () {}, clientStream: async () => ({}), bidi: async function* () {} });
+  const address = await server.listen("memory:protoload-cast");
+  const client = createClient(Echo, address);
+  try {
+    assert.is((await client.unary({ text: "cast" })).text, "cast?");
+  } finally {
+    closeClient(client);
+    server.forceShutdown();
+  }
 });
 
 test.run();

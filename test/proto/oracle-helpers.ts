@@ -6,7 +6,7 @@
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import fc from "fast-check";
-import { ScalarType, createFileRegistry, equals, fromBinary, toBinary, type DescField, type DescMessage, type Message } from "@bufbuild/protobuf";
+import { ScalarType, create, createFileRegistry, equals, fromBinary, toBinary, type DescField, type DescMessage, type Message } from "@bufbuild/protobuf";
 import { FeatureSet_FieldPresence, FileDescriptorSetSchema } from "@bufbuild/protobuf/wkt";
 
 const root = new URL("../..", import.meta.url).pathname;
@@ -139,6 +139,127 @@ export function messageArb(d: DescMessage, depth = 0): fc.Arbitrary<Record<strin
   const arb = fc.record(model, { requiredKeys: required });
   cache.set(id, arb);
   return arb;
+}
+
+function valueToPlain(v: Record<string, unknown>): unknown {
+  const kind = v.kind as { case?: string; value?: unknown } | undefined;
+  switch (kind?.case) {
+    case "nullValue":
+      return null;
+    case "listValue":
+      return ((kind.value as { values?: Record<string, unknown>[] }).values ?? []).map(valueToPlain);
+    case "structValue":
+      return structToPlain(kind.value as Record<string, unknown>);
+    case undefined:
+      return null;
+    default:
+      return kind!.value;
+  }
+}
+
+function structToPlain(s: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries((s.fields ?? {}) as Record<string, Record<string, unknown>>).map(([k, v]) => [k, valueToPlain(v)]));
+}
+
+/**
+ * A random message (koala's shape) as bufbuild's `create` wants it: bufbuild unwraps a
+ * singular wrapper field outside a oneof (`{ value: 3 }` → `3`) and holds a Struct field as
+ * a plain JSON object; everything else is the same shape.
+ */
+export function bufInit(d: DescMessage, init: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...init };
+  const one = (f: DescField, m: DescMessage, v: unknown, singular: boolean): unknown => {
+    if (v === undefined || v === null) return v;
+    const r = v as Record<string, unknown>;
+    if (singular && m.typeName.startsWith("google.protobuf.") && m.typeName.endsWith("Value") && m.fields.length === 1 && m.fields[0]!.name === "value") {
+      return r.value ?? (create(m) as unknown as Record<string, unknown>).value;
+    }
+    if (m.typeName === "google.protobuf.Struct" && f.parent.typeName !== "google.protobuf.Value") return structToPlain(r);
+    return bufInit(m, r);
+  };
+  for (const f of d.fields) {
+    if (f.oneof) continue;
+    const v = init[f.localName];
+    if (v === undefined) continue;
+    if (f.fieldKind === "message") out[f.localName] = one(f, f.message, v, true);
+    else if (f.fieldKind === "list" && f.listKind === "message") out[f.localName] = (v as unknown[]).map((x) => one(f, f.message, x, false));
+    else if (f.fieldKind === "map" && f.mapKind === "message") out[f.localName] = Object.fromEntries(Object.entries(v as Record<string, unknown>).map(([k, x]) => [k, one(f, f.message, x, false)]));
+  }
+  for (const o of d.oneofs) {
+    const v = init[o.localName] as { case?: string; value?: unknown } | undefined;
+    const f = o.fields.find((x) => x.localName === v?.case);
+    if (f?.fieldKind === "message") out[o.localName] = { case: v!.case, value: one(f, f.message, v!.value, false) };
+  }
+  return out;
+}
+
+/** `init` (koala's shape) without its fields of well-known types, at every depth. */
+export function dropWkt(d: DescMessage, init: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...init };
+  for (const f of d.fields) {
+    const v = f.oneof ? (init[f.oneof.localName] as { case?: string; value?: unknown } | undefined) : init[f.localName];
+    if (v === undefined) continue;
+    const m = f.fieldKind === "message" || (f.fieldKind === "list" && f.listKind === "message") || (f.fieldKind === "map" && f.mapKind === "message") ? f.message : undefined;
+    if (m === undefined) continue;
+    const wkt = m.typeName.startsWith("google.protobuf.");
+    if (f.oneof) {
+      const o = v as { case?: string; value?: unknown };
+      if (o.case === f.localName) out[f.oneof.localName] = wkt ? { case: undefined } : { case: o.case, value: dropWkt(m, o.value as Record<string, unknown>) };
+    } else if (wkt) delete out[f.localName];
+    else if (f.fieldKind === "list") out[f.localName] = (v as Record<string, unknown>[]).map((x) => dropWkt(m, x));
+    else if (f.fieldKind === "map") out[f.localName] = Object.fromEntries(Object.entries(v as Record<string, Record<string, unknown>>).map(([k, x]) => [k, dropWkt(m, x)]));
+    else out[f.localName] = dropWkt(m, v as Record<string, unknown>);
+  }
+  return out;
+}
+
+/** Whether `v` is the implicit default of a field without presence (which encoders leave out; -0.0 is not). */
+function implicitDefault(v: unknown): boolean {
+  return v === false || v === "" || v === 0n || (typeof v === "number" && Object.is(v, 0)) || (v instanceof Uint8Array && v.byteLength === 0);
+}
+
+/**
+ * A random message (koala's shape) as protobufjs' `fromObject` takes it, for the protobufjs
+ * type `pb` loaded with `keepCase`: fields by protobufjs' name for the same number (protobufjs
+ * names groups and underscored fields its own way), a oneof's member as a field of its own,
+ * 64-bit integers as decimal strings, implicit-presence fields at their default left out (as
+ * koala and protoc leave them out). Fields of well-known types are left out (protobufjs maps
+ * some of them to JSON-like objects).
+ */
+export function pbInit(d: DescMessage, pb: { fieldsById: Record<number, { name: string; resolvedType: unknown }> }, init: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const value = (f: DescField, v: unknown, sub: (typeof pb) | undefined, m: DescMessage | undefined): unknown => {
+    if (typeof v === "bigint") return String(v);
+    if (m !== undefined) return pbInit(m, sub!, v as Record<string, unknown>);
+    void f;
+    return v;
+  };
+  const put = (f: DescField, v: unknown) => {
+    const target = pb.fieldsById[f.number]!;
+    const sub = target.resolvedType as typeof pb | undefined;
+    if (f.fieldKind === "message" || (f.fieldKind === "list" && f.listKind === "message") || (f.fieldKind === "map" && f.mapKind === "message")) {
+      if (f.message!.typeName.startsWith("google.protobuf.")) return;
+    }
+    const m = f.fieldKind === "message" ? f.message : f.fieldKind === "list" && f.listKind === "message" ? f.message : f.fieldKind === "map" && f.mapKind === "message" ? f.message : undefined;
+    if (f.fieldKind === "list") out[target.name] = (v as unknown[]).map((x) => value(f, x, sub, m));
+    else if (f.fieldKind === "map") out[target.name] = Object.fromEntries(Object.entries(v as object).map(([k, x]) => [k, value(f, x, sub, m)]));
+    else out[target.name] = value(f, v, sub, m);
+  };
+  for (const f of d.fields) {
+    if (f.oneof) continue;
+    const v = init[f.localName];
+    if (v === undefined) continue;
+    if (f.fieldKind === "scalar" || f.fieldKind === "enum") {
+      if (f.presence === FeatureSet_FieldPresence.IMPLICIT && implicitDefault(v)) continue;
+    }
+    put(f, v);
+  }
+  for (const o of d.oneofs) {
+    const v = init[o.localName] as { case?: string; value?: unknown } | undefined;
+    const f = o.fields.find((x) => x.localName === v?.case);
+    if (f !== undefined) put(f, v!.value);
+  }
+  return out;
 }
 
 /** bufbuild's `equals`, except that NaN equals NaN (the same message encodes to the same bytes). */

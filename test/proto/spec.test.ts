@@ -9,12 +9,14 @@ import * as assert from "uvu/assert";
 import { KoalaError } from "../../src/errors.js";
 import type { PartialMessage } from "../../src/proto/definition.js";
 import { MAX_DEPTH } from "../../src/proto/wire/reader.js";
-import { All, Kind, Leaf } from "../golden/spec/spec3.js";
+import { All, Interleaved, Kind, Leaf } from "../golden/spec/spec3.js";
+import { loadMessageTypes } from "koala-rpc/proto-loader";
 import { Closed, P2, P2_G } from "../golden/spec/spec2.js";
 import { Node, Shut } from "../golden/spec/editions.js";
 import { thrownCode } from "../helpers.js";
 
 const bytes = (...b: number[]) => Uint8Array.from(b);
+const specDir = new URL("../fixtures/protos/spec/", import.meta.url).pathname;
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 
 function protocolError(fn: () => unknown, why: RegExp): void {
@@ -167,6 +169,47 @@ test("field names follow protoc's JSON names", () => {
   assert.is(All.decode(All.encode(m)).fieldName4, "x");
   assert.equal(Object.keys(All.create()).filter((k) => k.startsWith("field")), ["fieldName4"]);
   void Kind;
+});
+
+test("fields go out in field-number order, a oneof interleaved with other fields too (generated and loaded)", () => {
+  const loaded = loadMessageTypes(`${specDir}spec3.proto`)["spec3.Interleaved"]!;
+  const m: PartialMessage<Interleaved> = { attrs: ["a"], timeUnixNano: 1n, value: { case: "asInt", value: -2n }, spanId: bytes(4), traceId: bytes(5), tail: { case: "last", value: 8 } };
+  // Tags 2, 4, 5, 6 (the oneof member), 7, 8 (the other oneof's): never 6 before 4 and 5.
+  const want = "110100000000000000" + "220104" + "2a0105" + "31feffffffffffffff" + "3a0161" + "4008";
+  assert.is(hex(Interleaved.encode(m)), want);
+  assert.is(hex(loaded.encode(m)), want);
+  assert.is(hex(Interleaved.encode({ value: { case: "asDouble", value: 0 }, tail: { case: "first", value: "" }, spanId: bytes(1) })), "0a00" + "190000000000000000" + "220101");
+});
+
+test("proto2 [default]s: create() of a decoded message copies only the fields that were on the wire (generated and loaded)", () => {
+  const loaded = loadMessageTypes(`${specDir}spec2.proto`)["spec2.P2"]!;
+  for (const T of [P2, loaded] as unknown as (typeof P2)[]) {
+    const wire = T.encode({ req: 3n, o: { case: "oa", value: 0 }, i32: 5 });
+    const decoded = T.decode(wire);
+    const copy = T.create(decoded);
+    assert.is(hex(T.encode(copy)), hex(wire), "the copy encodes to the same bytes");
+    assert.equal(Object.keys(copy).filter((k) => ["s", "by", "c", "d", "flag", "u64", "f", "sf64"].includes(k)), [], "no default became an own property");
+    assert.is(copy.s, "hé", "unset fields still read their defaults");
+    assert.is(copy.i32, 5);
+  }
+});
+
+test("closed enums: an unknown value in a map entry or a oneof goes to the unknown fields; the decoded object gains nothing (generated and loaded)", () => {
+  const loaded = loadMessageTypes(`${specDir}spec2.proto`)["spec2.P2"]!;
+  // req = 0; closed_by_name { "a": 7 } (unknown), { "b": 1 }; od = 9 (unknown); closed_by_name { "c": 5 }.
+  const entryA = [0xc2, 0x01, 0x05, 0x0a, 0x01, 0x61, 0x10, 0x07];
+  const wire = bytes(0x30, 0x00, ...entryA, 0xc2, 0x01, 0x05, 0x0a, 0x01, 0x62, 0x10, 0x01, 0xc8, 0x01, 0x09, 0xc2, 0x01, 0x05, 0x0a, 0x01, 0x63, 0x10, 0x05);
+  for (const T of [P2, loaded] as unknown as (typeof P2)[]) {
+    const m = T.decode(wire);
+    assert.equal({ ...m.closedByName }, { b: Closed.C_ONE, c: Closed.C_FIVE });
+    assert.equal(m.o, { case: undefined }, "the unknown oneof value sets no member");
+    assert.equal(m.$unknown!.map(hex), [hex(Uint8Array.from(entryA)), "c80109"], "kept as they came");
+    assert.equal(Object.keys(m).filter((k) => Object.hasOwn(P2.defaults, k)), [], "no field with a default became set");
+    // Re-emitted on encode (after the known fields), and read back the same.
+    const again = T.encode(m);
+    assert.is(hex(again), "3000" + "c201050a01621001" + "c201050a01631005" + hex(Uint8Array.from(entryA)) + "c80109");
+    assert.equal(T.decode(Uint8Array.from(again)), m);
+  }
 });
 
 test.run();

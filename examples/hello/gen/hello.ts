@@ -5,6 +5,7 @@ import type { Client, MessageType, MethodDefinition, PartialMessage, ServiceDefi
 /** Message hello.HelloRequest. */
 export interface HelloRequest {
   name: string;
+  /** Opaque bytes echoed back (the demo uses it to measure throughput). */
   payload: Uint8Array;
   /** Fields this type does not declare (newer fields, extensions), kept from decoding and written back when encoding. */
   $unknown?: Uint8Array[];
@@ -136,13 +137,21 @@ export const HelloReply: MessageType<HelloReply> = {
   },
 };
 
-/** Service hello.Greeter. */
+/**
+ * The greeter: one call of each kind.
+ *
+ * Service hello.Greeter.
+ */
 export const GreeterService = {
   typeName: "hello.Greeter",
   methods: {
+    /** One request, one reply. */
     sayHello: { name: "SayHello", localName: "sayHello", path: "/hello.Greeter/SayHello", kind: "unary", input: HelloRequest, output: HelloReply } as MethodDefinition<HelloRequest, HelloReply, "unary">,
+    /** One request, a reply per language. */
     sayHelloInLanguages: { name: "SayHelloInLanguages", localName: "sayHelloInLanguages", path: "/hello.Greeter/SayHelloInLanguages", kind: "server_streaming", input: HelloRequest, output: HelloReply } as MethodDefinition<HelloRequest, HelloReply, "server_streaming">,
+    /** Many names, one reply greeting them all. */
     greetMany: { name: "GreetMany", localName: "greetMany", path: "/hello.Greeter/GreetMany", kind: "client_streaming", input: HelloRequest, output: HelloReply } as MethodDefinition<HelloRequest, HelloReply, "client_streaming">,
+    /** A chat: a reply for every request. */
     chat: { name: "Chat", localName: "chat", path: "/hello.Greeter/Chat", kind: "bidi_streaming", input: HelloRequest, output: HelloReply } as MethodDefinition<HelloRequest, HelloReply, "bidi_streaming">,
   },
 } as const satisfies ServiceDefinition;

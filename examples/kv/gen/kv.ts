@@ -468,14 +468,20 @@ export const Event: MessageType<Event> = {
   },
 };
 
-/** Service kv.KeyValue. */
+/**
+ * A small key-value store with a streaming watch.
+ *
+ * Service kv.KeyValue.
+ */
 export const KeyValueService = {
   typeName: "kv.KeyValue",
   methods: {
     get: { name: "Get", localName: "get", path: "/kv.KeyValue/Get", kind: "unary", input: GetRequest, output: Entry } as MethodDefinition<GetRequest, Entry, "unary">,
     put: { name: "Put", localName: "put", path: "/kv.KeyValue/Put", kind: "unary", input: PutRequest, output: Entry } as MethodDefinition<PutRequest, Entry, "unary">,
     delete: { name: "Delete", localName: "delete", path: "/kv.KeyValue/Delete", kind: "unary", input: DeleteRequest, output: Empty } as MethodDefinition<DeleteRequest, Empty, "unary">,
+    /** Every key under a prefix, as a stream. */
     list: { name: "List", localName: "list", path: "/kv.KeyValue/List", kind: "server_streaming", input: ListRequest, output: Entry } as MethodDefinition<ListRequest, Entry, "server_streaming">,
+    /** Changes to keys under a prefix, as they happen, until the client cancels. */
     watch: { name: "Watch", localName: "watch", path: "/kv.KeyValue/Watch", kind: "server_streaming", input: WatchRequest, output: Event } as MethodDefinition<WatchRequest, Event, "server_streaming">,
   },
 } as const satisfies ServiceDefinition;

@@ -3,6 +3,7 @@
  * reflection: shared by the generator (which writes it out as TypeScript) and run-time
  * loading (which interprets it), so both give the same messages.
  */
+import { Buffer, isUtf8 } from "node:buffer";
 import protobuf from "protobufjs";
 import type { ScalarName } from "../definition.js";
 
@@ -29,6 +30,26 @@ export function protoCamelCase(name: string): string {
 }
 
 const SCALAR_NAMES = new Set(["double", "float", "int32", "int64", "uint32", "uint64", "sint32", "sint64", "fixed32", "fixed64", "sfixed32", "sfixed64", "bool", "string", "bytes"]);
+
+/*
+ * protobufjs turns each escape of a string literal into one character (`\376` → U+00FE), while
+ * protoc reads escapes as bytes: a bytes default of "\376" is the byte 0xFE (protobufjs gives
+ * its UTF-8, C3 BE), a string default of "\341\210\264" is the UTF-8 of U+1234. The literal
+ * itself is gone by then, so these undo it where the text allows only that reading.
+ */
+
+/** A bytes `[default]`: characters up to U+00FF are the bytes escapes wrote; text beyond them was UTF-8 in the file. */
+function defaultBytes(text: unknown, parsed: Uint8Array): Uint8Array {
+  if (typeof text === "string" && [...text].every((c) => c.charCodeAt(0) <= 0xff)) return Uint8Array.from(text, (c) => c.charCodeAt(0));
+  return Uint8Array.from(parsed);
+}
+
+/** A string `[default]`: characters up to U+00FF that spell valid UTF-8 with a byte above 0x7F are escaped UTF-8 bytes. */
+function defaultString(text: string): string {
+  if (!/[\u0080-\u00ff]/.test(text) || /[^\u0000-\u00ff]/.test(text)) return text;
+  const bytes = Buffer.from(text, "latin1");
+  return isUtf8(bytes) ? bytes.toString("utf8") : text;
+}
 
 /** One field's meaning. */
 export interface FieldFacts {
@@ -90,7 +111,8 @@ export function fieldFacts(f: protobuf.Field): FieldFacts {
   let defaultValue: FieldFacts["defaultValue"];
   if (d !== undefined && singular && oneofObj === null && !message) {
     const v: unknown = f.typeDefault;
-    defaultValue = scalar?.endsWith("64") ? BigInt(String(v)) : scalar === "bytes" ? Uint8Array.from(v as Uint8Array) : (v as number | boolean | string);
+    defaultValue =
+      scalar?.endsWith("64") ? BigInt(String(v)) : scalar === "bytes" ? defaultBytes(d, v as Uint8Array) : scalar === "string" && typeof d === "string" ? defaultString(d) : (v as number | boolean | string);
   }
   return {
     f,

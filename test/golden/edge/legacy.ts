@@ -8,7 +8,11 @@ export enum Legacy_Color {
   BLUE = 2,
 }
 
-/** Message edge.legacy.Legacy. */
+/**
+ * proto2 presence, defaults, required, packed and unpacked repeated fields, extensions.
+ *
+ * Message edge.legacy.Legacy.
+ */
 export interface Legacy {
   /** `[default = 5]`: an unset field reads as that (from the prototype); set means an own property. */
   count: number;
@@ -40,7 +44,7 @@ export const Legacy: MessageType<Legacy> & { readonly defaults: { readonly count
   create(init?: PartialMessage<Legacy>): Legacy {
     const m: Legacy = Object.assign(Object.create(Legacy.defaults) as Legacy, { name: undefined, unpacked: [], packed: [], blob: undefined, next: undefined, color: undefined, big: undefined });
     if (init !== undefined) {
-      if (init.count !== undefined) m.count = init.count;
+      if (Object.hasOwn(init, "count") && init.count !== undefined) m.count = init.count;
       if (init.name !== undefined) m.name = init.name;
       if (init.unpacked !== undefined) m.unpacked = init.unpacked;
       if (init.packed !== undefined) m.packed = init.packed;

@@ -5,7 +5,12 @@ import { Any } from "./google/protobuf/any.js";
 import { Struct, Value } from "./google/protobuf/struct.js";
 import { Legacy } from "./legacy.js";
 
-/** Message edge.names.Client. */
+/**
+ * Names that clash with the runtime's exports, with JavaScript globals and with the
+ * generated code's own identifiers: each must still compile and work.
+ *
+ * Message edge.names.Client.
+ */
 export interface Client {
   id: string;
   /** Fields this type does not declare (newer fields, extensions), kept from decoding and written back when encoding. */

@@ -9,7 +9,11 @@ export enum Color {
   GREEN = 2,
 }
 
-/** Message shared.Money. */
+/**
+ * Imported through an include path (-I test/fixtures/protos/include).
+ *
+ * Message shared.Money.
+ */
 export interface Money {
   currency: string;
   units: bigint;

@@ -96,7 +96,7 @@ export interface P2 {
   g?: P2_G | undefined;
   rg: P2_RG[];
   child?: P2 | undefined;
-  o: { case: "oa"; value: number } | { case: "ob"; value: string } | { case: "oc"; value: Leaf } | { case: undefined; value?: undefined };
+  o: { case: "oa"; value: number } | { case: "ob"; value: string } | { case: "oc"; value: Leaf } | { case: "od"; value: Closed } | { case: undefined; value?: undefined };
   /** `[default = true]`: an unset field reads as that (from the prototype); set means an own property. */
   flag: boolean;
   /** `[default = 18446744073709551615n]`: an unset field reads as that (from the prototype); set means an own property. */
@@ -108,6 +108,7 @@ export interface P2 {
   sf64: bigint;
   byName: { [key: string]: Leaf };
   noDefault?: string | undefined;
+  closedByName: { [key: string]: Closed };
   /** Fields this type does not declare (newer fields, extensions), kept from decoding and written back when encoding. */
   $unknown?: Uint8Array[];
 }
@@ -139,16 +140,18 @@ export const P2: MessageType<P2> & { readonly defaults: { readonly i32: number; 
     { no: 21, name: "sf64", json: "sf64", proto: "sf64", kind: "scalar", type: "sfixed64", opt: true },
     { no: 22, name: "byName", json: "byName", proto: "by_name", kind: "message", T: () => Leaf, map: "string" },
     { no: 23, name: "noDefault", json: "noDefault", proto: "no_default", kind: "scalar", type: "string", opt: true },
+    { no: 24, name: "closedByName", json: "closedByName", proto: "closed_by_name", kind: "enum", T: () => Closed, enumType: "spec2.Closed", map: "string" },
+    { no: 25, name: "od", json: "od", proto: "od", kind: "enum", T: () => Closed, enumType: "spec2.Closed", oneof: "o" },
   ],
   defaults: { i32: -7, s: "hé", by: new Uint8Array([1, 120]), c: 5, d: Infinity, flag: true, u64: 18446744073709551615n, f: -1.5, sf64: -9n },
   create(init?: PartialMessage<P2>): P2 {
-    const m: P2 = Object.assign(Object.create(P2.defaults) as P2, { req: undefined, rc: [], rcp: [], unp: [], pk: [], g: undefined, rg: [], child: undefined, o: { case: undefined }, leaf: undefined, byName: {}, noDefault: undefined });
+    const m: P2 = Object.assign(Object.create(P2.defaults) as P2, { req: undefined, rc: [], rcp: [], unp: [], pk: [], g: undefined, rg: [], child: undefined, o: { case: undefined }, leaf: undefined, byName: {}, noDefault: undefined, closedByName: {} });
     if (init !== undefined) {
-      if (init.i32 !== undefined) m.i32 = init.i32;
-      if (init.s !== undefined) m.s = init.s;
-      if (init.by !== undefined) m.by = init.by;
-      if (init.c !== undefined) m.c = init.c;
-      if (init.d !== undefined) m.d = init.d;
+      if (Object.hasOwn(init, "i32") && init.i32 !== undefined) m.i32 = init.i32;
+      if (Object.hasOwn(init, "s") && init.s !== undefined) m.s = init.s;
+      if (Object.hasOwn(init, "by") && init.by !== undefined) m.by = init.by;
+      if (Object.hasOwn(init, "c") && init.c !== undefined) m.c = init.c;
+      if (Object.hasOwn(init, "d") && init.d !== undefined) m.d = init.d;
       if (init.req !== undefined) m.req = init.req;
       if (init.rc !== undefined) m.rc = init.rc;
       if (init.rcp !== undefined) m.rcp = init.rcp;
@@ -164,13 +167,14 @@ export const P2: MessageType<P2> & { readonly defaults: { readonly i32: number; 
           default: m.o = o$ as P2["o"];
         }
       }
-      if (init.flag !== undefined) m.flag = init.flag;
-      if (init.u64 !== undefined) m.u64 = init.u64;
-      if (init.f !== undefined) m.f = init.f;
+      if (Object.hasOwn(init, "flag") && init.flag !== undefined) m.flag = init.flag;
+      if (Object.hasOwn(init, "u64") && init.u64 !== undefined) m.u64 = init.u64;
+      if (Object.hasOwn(init, "f") && init.f !== undefined) m.f = init.f;
       if (init.leaf !== undefined) m.leaf = Leaf.create(init.leaf);
-      if (init.sf64 !== undefined) m.sf64 = init.sf64;
+      if (Object.hasOwn(init, "sf64") && init.sf64 !== undefined) m.sf64 = init.sf64;
       if (init.byName !== undefined) for (const [k, v] of Object.entries(init.byName)) wire.setEntry(m.byName, k, Leaf.create(v));
       if (init.noDefault !== undefined) m.noDefault = init.noDefault;
+      if (init.closedByName !== undefined) m.closedByName = init.closedByName;
       if (init.$unknown !== undefined) m.$unknown = init.$unknown;
     }
     return m;
@@ -203,6 +207,10 @@ export const P2: MessageType<P2> & { readonly defaults: { readonly i32: number; 
     if (Object.hasOwn(m, "sf64") && m.sf64 !== undefined) n += 2 + 8;
     for (const [k, v] of Object.entries(m.byName ?? {})) { const i = c.nested(); const s = Leaf.sizeOf(v, c); c.done(i, s); const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(s) + s; n += 2 + wire.varint32Size(e) + e; }
     if (m.noDefault !== undefined) n += 2 + wire.stringSize(m.noDefault!);
+    for (const [k, v] of Object.entries(m.closedByName ?? {})) { const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(v); n += 2 + wire.varint32Size(e) + e; }
+    switch (m.o?.case) {
+      case "od": n += 2 + wire.varint32Size((m.o.value as Closed)); break;
+    }
     if (m.$unknown !== undefined) n += wire.unknownSize(m.$unknown);
     return n;
   },
@@ -232,10 +240,14 @@ export const P2: MessageType<P2> & { readonly defaults: { readonly i32: number; 
     if (Object.hasOwn(m, "sf64") && m.sf64 !== undefined) w.uint32(169).sfixed64(m.sf64);
     for (const [k, v] of Object.entries(m.byName ?? {})) { const s = w.nextSize(); const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(s) + s; w.uint32(178).uint32(e).byte(10).string(k).byte(18).uint32(s); Leaf.write(v, w); }
     if (m.noDefault !== undefined) w.uint32(186).string(m.noDefault!);
+    for (const [k, v] of Object.entries(m.closedByName ?? {})) { const e = 1 + wire.stringSize(k) + 1 + wire.varint32Size(v); w.uint32(194).uint32(e).byte(10).string(k).byte(16).int32(v); }
+    switch (m.o?.case) {
+      case "od": w.uint32(200).int32((m.o.value as Closed)); break;
+    }
     if (m.$unknown !== undefined) w.unknown(m.$unknown);
   },
   read(r: wire.ProtoReader, end: number, into?: P2, group?: number): P2 {
-    const m: P2 = into ?? Object.assign(Object.create(P2.defaults) as P2, { req: undefined, rc: [], rcp: [], unp: [], pk: [], g: undefined, rg: [], child: undefined, o: { case: undefined }, leaf: undefined, byName: {}, noDefault: undefined });
+    const m: P2 = into ?? Object.assign(Object.create(P2.defaults) as P2, { req: undefined, rc: [], rcp: [], unp: [], pk: [], g: undefined, rg: [], child: undefined, o: { case: undefined }, leaf: undefined, byName: {}, noDefault: undefined, closedByName: {} });
     while (r.pos < end) {
       const p = r.pos;
       const t = r.tag();
@@ -263,6 +275,8 @@ export const P2: MessageType<P2> & { readonly defaults: { readonly i32: number; 
         case 21: if ((t & 7) === 1) { m.sf64 = r.sfixed64(); continue; } break;
         case 22: if ((t & 7) === 2) { const e = r.lengthEnd(); let key: string = ""; let value: Leaf | undefined; while (r.pos < e) { const u = r.tag(); if (u === 10) key = r.string(); else if (u === 18) { const f = r.enter(); value = Leaf.read(r, f, value); r.leave(f); } else r.skip(u & 7, u >>> 3); } r.expectEnd(e); wire.setEntry(m.byName, key, value ?? Leaf.create()); continue; } break;
         case 23: if ((t & 7) === 2) { m.noDefault = r.stringLax(); continue; } break;
+        case 24: if ((t & 7) === 2) { const e = r.lengthEnd(); let key: string = ""; let value: Closed = 0; while (r.pos < e) { const u = r.tag(); if (u === 10) key = r.string(); else if (u === 16) value = r.int32() as Closed; else r.skip(u & 7, u >>> 3); } r.expectEnd(e); if (!(value === 0 || value === 1 || value === 5)) { r.keep(m, p); continue; } wire.setEntry(m.closedByName, key, value); continue; } break;
+        case 25: if ((t & 7) === 0) { const v = r.int32(); if (v === 0 || v === 1 || v === 5) m.o = { case: "od", value: v as Closed }; else r.keep(m, p); continue; } break;
       }
       if (r.other(m, t, p, group)) {
         group = undefined;

@@ -10,7 +10,11 @@ export enum Kind {
   KIND_BIG = 1000,
 }
 
-/** Enum spec3.Aliased. */
+/**
+ * Aliases: the first name of a number is the one JSON uses.
+ *
+ * Enum spec3.Aliased.
+ */
 export enum Aliased {
   AL_ZERO = 0,
   AL_UNO = 1,
@@ -551,7 +555,11 @@ export const All: MessageType<All> = {
   },
 };
 
-/** Message spec3.Some. */
+/**
+ * Knows two of All's fields: the others are unknown to it.
+ *
+ * Message spec3.Some.
+ */
 export interface Some {
   fString: string;
   fLeaf?: Leaf | undefined;
@@ -615,6 +623,126 @@ export const Some: MessageType<Some> = {
   },
   fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Some {
     return wire.fromJson(Some, json, options);
+  },
+};
+
+/**
+ * A oneof interleaved with other fields by number (as OpenTelemetry's Exemplar has it):
+ * encoders write fields in number order, so the oneof is not written in one piece.
+ *
+ * Message spec3.Interleaved.
+ */
+export interface Interleaved {
+  tail: { case: "first"; value: string } | { case: "last"; value: number } | { case: undefined; value?: undefined };
+  timeUnixNano: bigint;
+  value: { case: "asDouble"; value: number } | { case: "asInt"; value: bigint } | { case: undefined; value?: undefined };
+  spanId: Uint8Array;
+  traceId: Uint8Array;
+  attrs: string[];
+  /** Fields this type does not declare (newer fields, extensions), kept from decoding and written back when encoding. */
+  $unknown?: Uint8Array[];
+}
+
+/** Encoding, decoding and defaults of {@link Interleaved}. */
+export const Interleaved: MessageType<Interleaved> = {
+  typeName: "spec3.Interleaved",
+  fields: [
+    { no: 1, name: "first", json: "first", proto: "first", kind: "scalar", type: "string", oneof: "tail" },
+    { no: 2, name: "timeUnixNano", json: "timeUnixNano", proto: "time_unix_nano", kind: "scalar", type: "fixed64" },
+    { no: 3, name: "asDouble", json: "asDouble", proto: "as_double", kind: "scalar", type: "double", oneof: "value" },
+    { no: 4, name: "spanId", json: "spanId", proto: "span_id", kind: "scalar", type: "bytes" },
+    { no: 5, name: "traceId", json: "traceId", proto: "trace_id", kind: "scalar", type: "bytes" },
+    { no: 6, name: "asInt", json: "asInt", proto: "as_int", kind: "scalar", type: "sfixed64", oneof: "value" },
+    { no: 7, name: "attrs", json: "attrs", proto: "attrs", kind: "scalar", type: "string", repeated: true },
+    { no: 8, name: "last", json: "last", proto: "last", kind: "scalar", type: "int32", oneof: "tail" },
+  ],
+  create(init?: PartialMessage<Interleaved>): Interleaved {
+    const m: Interleaved = { tail: { case: undefined }, timeUnixNano: 0n, value: { case: undefined }, spanId: wire.EMPTY_BYTES, traceId: wire.EMPTY_BYTES, attrs: [] };
+    if (init !== undefined) {
+      if (init.tail !== undefined) m.tail = init.tail;
+      if (init.timeUnixNano !== undefined) m.timeUnixNano = init.timeUnixNano;
+      if (init.value !== undefined) m.value = init.value;
+      if (init.spanId !== undefined) m.spanId = init.spanId;
+      if (init.traceId !== undefined) m.traceId = init.traceId;
+      if (init.attrs !== undefined) m.attrs = init.attrs;
+      if (init.$unknown !== undefined) m.$unknown = init.$unknown;
+    }
+    return m;
+  },
+  sizeOf(m: Interleaved, c: wire.SizeCounter): number {
+    let n = 0;
+    switch (m.tail?.case) {
+      case "first": n += 1 + wire.stringSize((m.tail.value as string)); break;
+    }
+    if (m.timeUnixNano !== undefined && !(m.timeUnixNano === 0n)) n += 1 + 8;
+    switch (m.value?.case) {
+      case "asDouble": n += 1 + 8; break;
+    }
+    if (m.spanId !== undefined && !(m.spanId.byteLength === 0)) n += 1 + c.bytes(m.spanId);
+    if (m.traceId !== undefined && !(m.traceId.byteLength === 0)) n += 1 + c.bytes(m.traceId);
+    switch (m.value?.case) {
+      case "asInt": n += 1 + 8; break;
+    }
+    if (m.attrs !== undefined) for (const v of m.attrs) n += 1 + wire.stringSize(v);
+    switch (m.tail?.case) {
+      case "last": n += 1 + wire.varint32Size((m.tail.value as number)); break;
+    }
+    if (m.$unknown !== undefined) n += wire.unknownSize(m.$unknown);
+    return n;
+  },
+  write(m: Interleaved, w: wire.ProtoWriter): void {
+    switch (m.tail?.case) {
+      case "first": w.byte(10).string((m.tail.value as string)); break;
+    }
+    if (m.timeUnixNano !== undefined && !(m.timeUnixNano === 0n)) w.byte(17).fixed64(m.timeUnixNano);
+    switch (m.value?.case) {
+      case "asDouble": w.byte(25).double((m.value.value as number)); break;
+    }
+    if (m.spanId !== undefined && !(m.spanId.byteLength === 0)) w.byte(34).bytes(m.spanId);
+    if (m.traceId !== undefined && !(m.traceId.byteLength === 0)) w.byte(42).bytes(m.traceId);
+    switch (m.value?.case) {
+      case "asInt": w.byte(49).sfixed64((m.value.value as bigint)); break;
+    }
+    if (m.attrs !== undefined) for (const v of m.attrs) w.byte(58).string(v);
+    switch (m.tail?.case) {
+      case "last": w.byte(64).int32((m.tail.value as number)); break;
+    }
+    if (m.$unknown !== undefined) w.unknown(m.$unknown);
+  },
+  read(r: wire.ProtoReader, end: number, into?: Interleaved, group?: number): Interleaved {
+    const m: Interleaved = into ?? { tail: { case: undefined }, timeUnixNano: 0n, value: { case: undefined }, spanId: wire.EMPTY_BYTES, traceId: wire.EMPTY_BYTES, attrs: [] };
+    while (r.pos < end) {
+      const p = r.pos;
+      const t = r.tag();
+      switch (t >>> 3) {
+        case 1: if ((t & 7) === 2) { m.tail = { case: "first", value: r.string() }; continue; } break;
+        case 2: if ((t & 7) === 1) { m.timeUnixNano = r.fixed64(); continue; } break;
+        case 3: if ((t & 7) === 1) { m.value = { case: "asDouble", value: r.double() }; continue; } break;
+        case 4: if ((t & 7) === 2) { m.spanId = r.bytes(); continue; } break;
+        case 5: if ((t & 7) === 2) { m.traceId = r.bytes(); continue; } break;
+        case 6: if ((t & 7) === 1) { m.value = { case: "asInt", value: r.sfixed64() }; continue; } break;
+        case 7: if ((t & 7) === 2) { m.attrs.push(r.string()); continue; } break;
+        case 8: if ((t & 7) === 0) { m.tail = { case: "last", value: r.int32() }; continue; } break;
+      }
+      if (r.other(m, t, p, group)) {
+        group = undefined;
+        break;
+      }
+    }
+    if (group !== undefined) r.unterminated(group);
+    return m;
+  },
+  encode(m: PartialMessage<Interleaved>): Uint8Array {
+    return wire.encodeToBytes(Interleaved, m as Interleaved);
+  },
+  decode(bytes: Uint8Array): Interleaved {
+    return wire.decodeWith(Interleaved, bytes);
+  },
+  toJson(m: Interleaved, options?: wire.ToJsonOptions): wire.JsonValue {
+    return wire.toJson(Interleaved, m, options);
+  },
+  fromJson(json: wire.JsonValue, options?: wire.FromJsonOptions): Interleaved {
+    return wire.fromJson(Interleaved, json, options);
   },
 };
 
