@@ -7,11 +7,13 @@ export enum HealthCheckResponse_ServingStatus {
   UNKNOWN = 0,
   SERVING = 1,
   NOT_SERVING = 2,
+  /** Only in Watch answers: the service is not known to the server. */
   SERVICE_UNKNOWN = 3,
 }
 
 /** Message grpc.health.v1.HealthCheckRequest. */
 export interface HealthCheckRequest {
+  /** The service to ask about; empty: the server as a whole. */
   service: string;
   /** Fields this type does not declare (newer fields, extensions), kept from decoding and written back when encoding. */
   $unknown?: Uint8Array[];
@@ -136,7 +138,9 @@ export const HealthCheckResponse: MessageType<HealthCheckResponse> = {
 export const HealthService = {
   typeName: "grpc.health.v1.Health",
   methods: {
+    /** The status now; NOT_FOUND for a service the server does not know. */
     check: { name: "Check", localName: "check", path: "/grpc.health.v1.Health/Check", kind: "unary", input: HealthCheckRequest, output: HealthCheckResponse } as MethodDefinition<HealthCheckRequest, HealthCheckResponse, "unary">,
+    /** The status now, then every change, until the client cancels. */
     watch: { name: "Watch", localName: "watch", path: "/grpc.health.v1.Health/Watch", kind: "server_streaming", input: HealthCheckRequest, output: HealthCheckResponse } as MethodDefinition<HealthCheckRequest, HealthCheckResponse, "server_streaming">,
   },
 } as const satisfies ServiceDefinition;
