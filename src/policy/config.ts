@@ -38,8 +38,8 @@ import { enableControl, trackServer, type ControlHandle } from "./control.js";
 import { serveMetrics, type MetricsEndpoint } from "./metrics-http.js";
 import { createEngine, policies, type AttachScope, type Engine } from "./index.js";
 
-/** Transports a configuration may name for `host:port` addresses. */
-export const CONFIG_TRANSPORTS = ["auto", "tcp", "unix", "rdma"] as const;
+/** Transports a configuration may name for `host:port` addresses (`tls`: certificates from the server options or `KOALA_TLS_*`). */
+export const CONFIG_TRANSPORTS = ["auto", "tcp", "unix", "rdma", "tls"] as const;
 
 /** One engine to attach, as the file describes it (checked). */
 export interface EngineConfig {

@@ -10,6 +10,7 @@ import { rdmaTransport } from "./rdma/transport.js";
 import { rdmaInfo, type RdmaInfo } from "./rdma/providers.js";
 import { resolveTransportOptions } from "./options.js";
 import { tcpTransport, tlsTransport, unixTransport } from "./socket.js";
+import { withTlsEnv } from "./tls-env.js";
 import type { Connection, Listener, TransportName, TransportOptions } from "./types.js";
 
 let ready = false;
@@ -25,23 +26,29 @@ export function setupTransports(): void {
   registerTransport(rdmaTransport);
 }
 
-/** Listens at `address` (`tcp://host:port`, `tls://host:port`, `unix:/path`, `memory:name`, or `host:port` for KOALA_TRANSPORT's choice). */
+/**
+ * Listens at `address` (`tcp://host:port`, `tls://host:port`, `unix:/path`, `memory:name`, or
+ * `host:port` for KOALA_TRANSPORT's choice). Over tls, settings missing from `options.tls` come
+ * from the `KOALA_TLS_*` variables (see {@link withTlsEnv}).
+ */
 export async function listen(address: string, options?: TransportOptions): Promise<Listener> {
   setupTransports();
-  const resolved = resolveTransportOptions("listen()", options);
+  let resolved = resolveTransportOptions("listen()", options);
   const { transport, address: bound, choice } = resolveAddress(address);
   if (choice !== undefined) logChoice(`listen ${address}`, choice);
   if (choice?.mode === "auto" && choice.transport === "rdma") return listenAuto(bound, resolved);
+  if (transport.name === "tls") resolved = withTlsEnv(`listen on ${bound.uri}`, "listen", resolved);
   return transport.listen(bound, resolved);
 }
 
-/** Connects to `address` (same forms as {@link listen}). */
+/** Connects to `address` (same forms as {@link listen}, `KOALA_TLS_*` included). */
 export async function connect(address: string, options?: TransportOptions): Promise<Connection> {
   setupTransports();
-  const resolved = resolveTransportOptions("connect()", options);
+  let resolved = resolveTransportOptions("connect()", options);
   const { transport, address: bound, choice } = resolveAddress(address);
   if (choice !== undefined) logChoice(`connect ${address}`, choice);
   if (choice?.mode === "auto" && choice.transport === "rdma") return connectAuto(bound, resolved);
+  if (transport.name === "tls") resolved = withTlsEnv(`connect to ${bound.uri}`, "connect", resolved);
   return transport.connect(bound, resolved);
 }
 
@@ -85,6 +92,7 @@ export function transportInfo(env: NodeJS.ProcessEnv = process.env): {
 }
 
 export { registerTransport, chooseTransport, resolveAddress } from "./registry.js";
+export { withTlsEnv, TLS_ENV } from "./tls-env.js";
 export { parseAddress, formatAddress } from "./address.js";
 export { encodeDescriptor, decodeDescriptor, DESCRIPTOR_BYTES, RegionTable } from "./regions.js";
 export type { RegionDescriptor, RegisteredRegion, RemoteAccess, ByteSource, RegisterRegionOptions, ReadAnswer } from "./regions.js";

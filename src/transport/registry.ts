@@ -24,8 +24,11 @@ export function registeredTransports(): TransportName[] {
   return [...transports.keys()];
 }
 
-/** Values `KOALA_TRANSPORT` accepts. */
-export const TRANSPORT_CHOICES = ["auto", "tcp", "unix", "rdma"] as const;
+/**
+ * Values `KOALA_TRANSPORT` accepts. `tls` takes its certificates from the transport option
+ * `tls` or the `KOALA_TLS_*` variables (tls-env.ts).
+ */
+export const TRANSPORT_CHOICES = ["auto", "tcp", "unix", "rdma", "tls"] as const;
 
 /** What a scheme-less address would use, and why. */
 export interface TransportChoice {

@@ -162,7 +162,7 @@ async function listenSocket(transport: SocketTransportName, address: Address, op
 function createTlsServer(address: Address, options: ResolvedTransportOptions): tls.Server {
   const { key, cert, ca, requestCert, rejectUnauthorized, minVersion } = options.tls;
   if (key === undefined || cert === undefined) {
-    throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `listen on ${address.uri}: a TLS listener needs the transport options "tls.key" and "tls.cert" (its certificate and private key)`);
+    throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `listen on ${address.uri}: a TLS listener needs the transport options "tls.key" and "tls.cert" (its certificate and private key), or the variables KOALA_TLS_KEY and KOALA_TLS_CERT naming their PEM files`);
   }
   try {
     return tls.createServer({ key: pem(key), cert: pem(cert), ca: pem(ca), requestCert, rejectUnauthorized, minVersion, handshakeTimeout: options.connectTimeoutMs });

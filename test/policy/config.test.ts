@@ -60,7 +60,10 @@ test("environment variables win over the file, and a bad one names the variable"
   const over = parseConfig(text, "koala.toml", { KOALA_LOG: "error", KOALA_TRANSPORT: "tcp", KOALA_CONTROL: "0" });
   assert.equal([over.log, over.transport, over.control, over.backends.get("a")!.transport], ["error", "tcp", false, undefined]);
   assert.match(configError(text, { KOALA_CONTROL: "yes" }), /^KOALA_CONTROL="yes": must be 1/);
-  assert.match(configError(text, { KOALA_TRANSPORT: "pigeon" }), /^KOALA_TRANSPORT="pigeon": must be one of/);
+  assert.match(configError(text, { KOALA_TRANSPORT: "pigeon" }), /^KOALA_TRANSPORT="pigeon": must be one of .*tls/);
+  // tls (certificates from the server options or KOALA_TLS_*), in the file and from the variable.
+  assert.is(parseConfig(text, "koala.toml", { KOALA_TRANSPORT: "TLS" }).transport, "tls");
+  assert.is(parseConfig(`transport = "tls"`, "koala.toml", {}).transport, "tls");
 });
 
 test("loadConfig reads KOALA_CONFIG's file; a missing file is an error naming it", () => {

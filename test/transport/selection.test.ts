@@ -140,6 +140,19 @@ test("KOALA_TRANSPORT=unix maps host:port to a socket file in the temporary fold
   assert.ok(a.startsWith(tmpdir()));
 });
 
+test("KOALA_TRANSPORT=tls: host:port and koala:// go to tls (certificates come later, from options or KOALA_TLS_*)", () => {
+  const c = chooseTransport({ KOALA_TRANSPORT: "tls" });
+  assert.equal({ transport: c.transport, mode: c.mode }, { transport: "tls", mode: "tls" });
+  assert.match(c.reason, /KOALA_TRANSPORT=tls/);
+  for (const address of ["localhost:5000", "koala://localhost:5000", "KOALA://localhost:5000"]) {
+    const r = resolveAddress(address, { KOALA_TRANSPORT: " TLS " });
+    assert.is(r.transport.name, "tls", address);
+    assert.is(r.address.uri, "tls://localhost:5000", address);
+  }
+  assert.is(resolveAddress("[::1]:1", { KOALA_TRANSPORT: "tls" }).address.uri, "tls://[::1]:1");
+  assert.is(resolveAddress("tcp://h:1", { KOALA_TRANSPORT: "tls" }).transport.name, "tcp", "an explicit scheme still wins");
+});
+
 test("KOALA_TRANSPORT=rdma fails loudly with the reason (KOALA_ERR_TRANSPORT_UNAVAILABLE)", () => {
   const why = whyUnavailable("rdma");
   assert.ok(why !== undefined && why.length > 0, "this build has no RDMA datapath");
@@ -156,12 +169,12 @@ test("KOALA_TRANSPORT=rdma fails loudly with the reason (KOALA_ERR_TRANSPORT_UNA
 });
 
 test("a bad KOALA_TRANSPORT value is an error naming the variable and the values it takes", () => {
-  for (const value of ["infiniband", "memory", "tcp,unix"]) {
+  for (const value of ["infiniband", "memory", "tcp,unix", "ssl", "tls1.3"]) {
     const err = thrown(() => chooseTransport({ KOALA_TRANSPORT: value }));
     assert.is(err.code, "KOALA_ERR_INVALID_ARGUMENT");
     assert.match(err.message, /KOALA_TRANSPORT/);
     assert.ok(err.message.includes(JSON.stringify(value)), err.message);
-    assert.match(err.message, /auto, tcp, unix, rdma/);
+    assert.match(err.message, /auto, tcp, unix, rdma, tls$/);
   }
   assert.is(thrownCode(() => resolveAddress("localhost:1", { KOALA_TRANSPORT: "infiniband" })), "KOALA_ERR_INVALID_ARGUMENT");
 });

@@ -9,7 +9,7 @@ import tls from "node:tls";
 import { Code, KoalaError, RpcError, closeClient, createClient, createServer } from "../../src/index.js";
 import { connect, listen, parseAddress, transportInfo, type Connection, type Listener, type TransportOptions } from "../../src/transport/index.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
-import { clientTls, mutualClientTls, pem, serverTls } from "../fixtures/tls/certs.js";
+import { clientTls, mutualClientTls, pem, pemPath, serverTls } from "../fixtures/tls/certs.js";
 import { echoImpl, observe } from "../rpc/echo-service.js";
 import { quietly, rejection } from "../helpers.js";
 import { policies } from "../../src/policy/index.js";
@@ -325,6 +325,109 @@ t("peerCertificate: the client sees the server's verified certificate; undefined
   assert.is(s.peerCertificate, undefined, "the server did not ask the client for a certificate");
   const tl = await echoListener("tcp://127.0.0.1:0", {});
   assert.is((await dial(tl.address)).peerCertificate, undefined);
+});
+
+// ---- KOALA_TRANSPORT=tls and the KOALA_TLS_* variables ----------------------------------------
+
+const ENV_NAMES = ["KOALA_TRANSPORT", "KOALA_TLS_CERT", "KOALA_TLS_KEY", "KOALA_TLS_CA", "KOALA_TLS_SERVERNAME"] as const;
+
+/** Runs `fn` with exactly `vars` of ENV_NAMES set in process.env (the rest unset), then puts them back. */
+async function withEnv<T>(vars: Partial<Record<(typeof ENV_NAMES)[number], string>>, fn: () => Promise<T>): Promise<T> {
+  const saved = ENV_NAMES.map((n) => [n, process.env[n]] as const);
+  for (const n of ENV_NAMES) delete process.env[n];
+  Object.assign(process.env, vars);
+  try {
+    return await fn();
+  } finally {
+    for (const [n, v] of saved) {
+      if (v === undefined) delete process.env[n];
+      else process.env[n] = v;
+    }
+  }
+}
+
+const serverEnv = { KOALA_TRANSPORT: "tls", KOALA_TLS_CERT: pemPath("server.pem"), KOALA_TLS_KEY: pemPath("server.key") };
+const clientEnv = { KOALA_TRANSPORT: "tls", KOALA_TLS_CA: pemPath("ca.pem") };
+
+t("KOALA_TRANSPORT=tls with the certificates from KOALA_TLS_* only: an RPC over TLS, the client seeing the server's verified certificate", async () => {
+  const all = { ...serverEnv, ...clientEnv };
+  await withEnv(all, async () => {
+    const server = createServer();
+    server.add(EchoService, echoImpl(observe()));
+    const address = await server.listen("127.0.0.1:0");
+    assert.match(address, /^tls:\/\/127\.0\.0\.1:\d+$/);
+    const port = address.slice(address.lastIndexOf(":") + 1);
+    const seen: unknown[] = [];
+    const client = createClient(EchoService, `koala://127.0.0.1:${port}`, { interceptors: [{ name: "record", onEnd: (call) => void seen.push(call.peerCertificate) }] });
+    try {
+      assert.is((await client.unary({ text: "env only" })).text, "env only");
+      assert.equal(seen, [{ authorized: true, subject: "localhost", altNames: ["DNS:localhost", "IP Address:127.0.0.1", "IP Address:0:0:0:0:0:0:0:1"] }]);
+    } finally {
+      closeClient(client);
+      server.forceShutdown();
+    }
+  });
+});
+
+t("KOALA_TLS_*: a listener needs only CERT and KEY, a client only CA; a scheme-less address and tls:// both use them", async () => {
+  const l = await withEnv(serverEnv, () => echoListener("127.0.0.1:0", {}));
+  assert.match(l.address, /^tls:\/\//);
+  const port = l.address.slice(l.address.lastIndexOf(":") + 1);
+  await withEnv(clientEnv, async () => {
+    for (const address of [`127.0.0.1:${port}`, `localhost:${port}`, l.address]) {
+      const c = await dial(address);
+      assert.is(c.transport, "tls", address);
+      assert.is(c.peerCertificate?.authorized, true, address);
+      await echoes(c, address);
+    }
+  });
+});
+
+t("KOALA_TLS_*: the transport option tls wins; a CA that did not sign the server's certificate fails as it does in options", async () => {
+  await quietly(async () => {
+    const l = await echoListener("tls://127.0.0.1:0", { tls: serverTls });
+    await withEnv({ KOALA_TLS_CA: pemPath("other-ca.pem") }, async () => {
+      const { err } = await failure(dial(l.address));
+      assert.is(err.code, "KOALA_ERR_TLS");
+      assert.match(err.message, /UNABLE_TO_VERIFY_LEAF_SIGNATURE/);
+      await echoes(await dial(l.address, { tls: clientTls }), "the option's CA wins");
+    });
+    // The key and certificate go as a pair: an option's pair wins over the variables' pair.
+    await withEnv({ KOALA_TLS_CERT: pemPath("other-client.pem"), KOALA_TLS_KEY: pemPath("other-client.key"), KOALA_TLS_CA: pemPath("ca.pem") }, async () => {
+      const own = await echoListener("tls://127.0.0.1:0", { tls: serverTls });
+      await echoes(await dial(own.address), "the server's certificate is the option's");
+    });
+    await withEnv({ KOALA_TLS_CA: pemPath("ca.pem"), KOALA_TLS_SERVERNAME: "koala.example" }, async () => {
+      const { err } = await failure(dial(l.address));
+      assert.match(err.message, /ERR_TLS_CERT_ALTNAME_INVALID/, "KOALA_TLS_SERVERNAME is the name checked");
+      await echoes(await dial(l.address, { tls: { servername: "localhost" } }), "the option's servername wins");
+    });
+  });
+});
+
+t("KOALA_TLS_*: a missing, unreadable or non-PEM file, or CERT without KEY, is KOALA_ERR_INVALID_ARGUMENT naming the variable and path", async () => {
+  const invalid = async (p: Promise<unknown>, pattern: RegExp): Promise<void> => {
+    const { err } = await failure(p);
+    assert.is(err.code, "KOALA_ERR_INVALID_ARGUMENT", err.message);
+    assert.match(err.message, pattern);
+  };
+  const missing = "/nonexistent/koala/server.pem";
+  await withEnv({ ...serverEnv, KOALA_TLS_CERT: missing }, () => invalid(listen("127.0.0.1:0"), /listen on tls:\/\/127\.0\.0\.1:0: KOALA_TLS_CERT="\/nonexistent\/koala\/server\.pem" cannot be read: no such file/));
+  await withEnv({ ...serverEnv, KOALA_TLS_KEY: pemPath("") }, () => invalid(listen("127.0.0.1:0"), /KOALA_TLS_KEY=".*" cannot be read: is a directory/));
+  await withEnv({ ...serverEnv, KOALA_TLS_KEY: pemPath("README.md") }, () => invalid(listen("127.0.0.1:0"), /KOALA_TLS_KEY=".*README\.md" is not a PEM file/));
+  await withEnv({ KOALA_TRANSPORT: "tls", KOALA_TLS_CERT: pemPath("server.pem") }, () => invalid(listen("127.0.0.1:0"), /KOALA_TLS_CERT is set without KOALA_TLS_KEY/));
+  await withEnv({ KOALA_TRANSPORT: "tls" }, () => invalid(listen("127.0.0.1:0"), /"tls\.key" and "tls\.cert".*KOALA_TLS_KEY and KOALA_TLS_CERT/));
+  await withEnv({ KOALA_TRANSPORT: "tls", KOALA_TLS_CA: "/nonexistent/ca.pem" }, () => invalid(connect("127.0.0.1:1"), /connect to tls:\/\/127\.0\.0\.1:1: KOALA_TLS_CA="\/nonexistent\/ca\.pem" cannot be read/));
+  // A call through a client: it fails, and the message still names the variable.
+  await withEnv({ KOALA_TRANSPORT: "tls", KOALA_TLS_CA: "/nonexistent/ca.pem" }, async () => {
+    const client = createClient(EchoService, "127.0.0.1:1");
+    try {
+      const err = await rejection(client.unary({ text: "x" }, { timeoutMs: CONNECT_MS }));
+      assert.match(err.message, /KOALA_TLS_CA="\/nonexistent\/ca\.pem"/);
+    } finally {
+      closeClient(client);
+    }
+  });
 });
 
 t.run();
