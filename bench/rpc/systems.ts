@@ -34,17 +34,20 @@ export async function rawSystem(address: string): Promise<System> {
   };
 }
 
+/** A bidirectional stream whose requests are paced by a {@link StreamWindow}, for `ms` milliseconds: counts the replies. */
+async function paced(ms: number, window: number, payload: Uint8Array, chat: (requests: AsyncIterable<{ name: string; payload: Uint8Array }>) => AsyncIterable<unknown>): Promise<Count> {
+  const t0 = performance.now();
+  const pace = new StreamWindow(window, { name: "bench", payload });
+  for await (const _ of chat(pace.messages(t0 + ms))) pace.reply();
+  return { ops: pace.received, seconds: (performance.now() - t0) / 1000 };
+}
+
 /** koala-rpc through the generated Greeter client (one channel, one connection; TLS on a `tls://` address). */
 export function koalaSystem(address: string): System {
   const client = createClient(GreeterService, address, address.startsWith("tls:") ? { transport: { tls: { ca: caCert } } } : {});
   return {
     unary: (payload) => client.sayHello({ name: "bench", payload }),
-    async stream(ms, window, payload) {
-      const t0 = performance.now();
-      const pace = new StreamWindow(window, { name: "bench", payload });
-      for await (const _ of client.chat(pace.messages(t0 + ms))) pace.reply();
-      return { ops: pace.received, seconds: (performance.now() - t0) / 1000 };
-    },
+    stream: (ms, window, payload) => paced(ms, window, payload, (requests) => client.chat(requests)),
     close: () => closeClient(client),
   };
 }
@@ -54,12 +57,7 @@ export function connectSystem(address: string): System {
   const client = connectGreeter(address);
   return {
     unary: (payload) => client.sayHello({ name: "bench", payload }),
-    async stream(ms, window, payload) {
-      const t0 = performance.now();
-      const pace = new StreamWindow(window, { name: "bench", payload });
-      for await (const _ of client.chat(pace.messages(t0 + ms))) pace.reply();
-      return { ops: pace.received, seconds: (performance.now() - t0) / 1000 };
-    },
+    stream: (ms, window, payload) => paced(ms, window, payload, (requests) => client.chat(requests)),
     // The HTTP/2 session closes by itself when idle; the child exits with the parent.
     close: () => undefined,
   };
