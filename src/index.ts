@@ -29,8 +29,8 @@ export type {
 } from "./transport/index.js";
 
 export { Heap, Lease, createHeap, sharedHeap } from "./mem/index.js";
-export { registerResolver, registerBalancer, registeredResolvers, registeredBalancers, parseTarget } from "./cluster/index.js";
-export type { Balancer, BalancerFactory, ConnectivityState, Endpoint, EndpointState, PooledConnection, Resolver, ResolverFactory, ResolverListener, ResolverOptions, Subchannel, Target } from "./cluster/index.js";
+export { registerResolver, registerBalancer, registeredResolvers, registeredBalancers, parseTarget, registerHealthChecker } from "./cluster/index.js";
+export type { Balancer, BalancerFactory, ConnectivityState, Endpoint, EndpointState, HealthChecker, HealthWatch, PooledConnection, Resolver, ResolverFactory, ResolverListener, ResolverOptions, Subchannel, Target } from "./cluster/index.js";
 export type { HeapOptions, HeapStats, ClassStats, LeakReport, MemoryRegistrar } from "./mem/index.js";
 
 export { Metadata } from "./rpc/metadata.js";
@@ -39,7 +39,7 @@ export type { MessageType, MethodDefinition, MethodKind, PartialMessage, Service
 export { Channel, createChannel, createClient, closeClient, clientChannel } from "./rpc/client.js";
 export type { CallOptions, Client, ClientMethod, RequestInit } from "./rpc/client.js";
 export { Server, createServer } from "./rpc/server.js";
-export { addHealthService, HealthStatus, HealthService, HealthCheckRequest, HealthCheckResponse, HealthCheckResponse_ServingStatus } from "./health/index.js";
+export { addHealthService, setupHealthChecking, HealthStatus, HealthService, HealthCheckRequest, HealthCheckResponse, HealthCheckResponse_ServingStatus } from "./health/index.js";
 export type { HealthClient, ServingStatus } from "./health/index.js";
 export type {
   CallContext,
@@ -52,7 +52,7 @@ export type {
   BidiStreamingHandler,
   ResponseInit,
 } from "./rpc/server.js";
-export type { ChannelOptions, ServerOptions } from "./rpc/options.js";
+export type { ChannelOptions, HealthCheckOptions, OutlierDetectionOptions, ServerOptions } from "./rpc/options.js";
 export * as wire from "./proto/wire/index.js";
 export { toJson, fromJson } from "./proto/json.js";
 export type { FieldDesc, FromJsonOptions, JsonValue, ScalarName, ToJsonOptions } from "./proto/definition.js";
@@ -81,6 +81,11 @@ export type { CallInfo, Interceptor, InterceptorScope, InterceptPoint, Verdict }
 
 import { log } from "./log.js";
 import { onServerCreated } from "./rpc/server.js";
+import { setupHealthChecking } from "./health/index.js";
+
+// Channels with the `healthCheck` option need a checker; the cluster layer below rpc cannot
+// import it, so the entry registers the standard one (an explicit call, as setupCluster()).
+setupHealthChecking();
 
 // KOALA_CONTROL=1 asks every koala process for live control: each server is listed by
 // `koala ctl ps` and the control socket opens with the first one. The policy layer is loaded

@@ -35,15 +35,16 @@ class PickFirst<C extends PooledConnection> implements Balancer<C> {
 
   /** Keeps a ready selection; else the first ready endpoint; else connects the first idle one when none is connecting. */
   private choose(): void {
-    if (this.selected?.state === "ready") return;
-    this.selected = this.list.find((s) => s.state === "ready");
+    if (this.selected?.pickable === true) return;
+    this.selected = this.list.find((s) => s.pickable);
     if (this.selected !== undefined) return;
-    if (this.list.some((s) => s.state === "connecting")) return;
+    // A connected endpoint waiting for its health check (or back from ejection soon) is kept.
+    if (this.list.some((s) => s.state === "connecting" || s.state === "ready")) return;
     this.list.find((s) => s.state === "idle")?.requestConnection();
   }
 }
 
-/** The ready subchannels of a list, kept up to date, with every idle one asked to connect. */
+/** The pickable subchannels of a list (ready, healthy, not ejected), kept up to date, with every idle one asked to connect. */
 class ReadySet<C extends PooledConnection> {
   list: readonly Subchannel<C>[] = [];
   ready: Subchannel<C>[] = [];
@@ -51,7 +52,7 @@ class ReadySet<C extends PooledConnection> {
   refresh(): void {
     const ready: Subchannel<C>[] = [];
     for (const s of this.list) {
-      if (s.state === "ready") ready.push(s);
+      if (s.pickable) ready.push(s);
       else if (s.state === "idle") s.requestConnection();
     }
     this.ready = ready;

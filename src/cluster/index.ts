@@ -23,7 +23,9 @@
  * target string alone.
  */
 import { parseTarget } from "./target.js";
-import { balancerFor, registerBalancer, registerResolver, resolverFor } from "./registry.js";
+import { balancerFor, registerBalancer, registerResolver, registeredHealthChecker, resolverFor } from "./registry.js";
+import { ErrorCode, KoalaError } from "../errors.js";
+import type { OutlierDetectionSettings } from "./outlier.js";
 import { SingleAddressSource } from "./single.js";
 import { ClusterSource } from "./source.js";
 import { leastOutstanding, pickFirst, roundRobin } from "./balancers.js";
@@ -35,7 +37,8 @@ import type { ConnectionSource, Dialer, PooledConnection } from "./types.js";
 export type { BackoffOptions } from "./backoff.js";
 export { Backoff } from "./backoff.js";
 export { parseTarget, type Target } from "./target.js";
-export { registerResolver, resolverFor, registeredResolvers, registerBalancer, balancerFor, registeredBalancers } from "./registry.js";
+export { registerResolver, resolverFor, registeredResolvers, registerBalancer, balancerFor, registeredBalancers, registerHealthChecker, registeredHealthChecker } from "./registry.js";
+export type { OutlierDetectionSettings } from "./outlier.js";
 export { SingleAddressSource } from "./single.js";
 export { ClusterSource, resolveFailed } from "./source.js";
 export type * from "./types.js";
@@ -73,21 +76,35 @@ export interface SourceOptions {
   readonly balancerOptions: Readonly<Record<string, unknown>>;
   /** Fewest ms between two resolutions of the target. */
   readonly minResolveIntervalMs: number;
+  /** The service each ready endpoint of a resolved target watches (`grpc.health.v1.Health/Watch`); undefined: no health checking. */
+  readonly healthCheckServiceName?: string;
+  /** Outlier ejection of the endpoints of a resolved target; undefined: off. */
+  readonly outlierDetection?: OutlierDetectionSettings;
 }
 
 /**
  * The connection source for `target`: a single address, or (when its scheme has a registered
  * resolver) the endpoints it resolves to, balanced by `options.balancer`. Throws
  * KOALA_ERR_INVALID_ADDRESS for a target its resolver cannot read and KOALA_ERR_UNKNOWN_NAME for
- * a balancer that is not registered (also for a single address: a misspelling shows at once).
+ * a balancer that is not registered (also for a single address: a misspelling shows at once),
+ * and KOALA_ERR_UNKNOWN_NAME when health checking is asked for and no checker is registered.
+ * Health checking and outlier ejection apply to resolved targets only (a single address has no
+ * other endpoint to send calls to).
  */
 export function createConnectionSource<C extends PooledConnection>(target: string, dialer: Dialer<C>, options: SourceOptions): ConnectionSource<C> {
   setupCluster();
   const makeBalancer = balancerFor(options.balancer);
   const t = parseTarget(target, (scheme) => resolverFor(scheme) !== undefined);
+  const serviceName = options.healthCheckServiceName;
+  const checker = registeredHealthChecker();
+  if (serviceName !== undefined && checker === undefined) {
+    throw new KoalaError(ErrorCode.UNKNOWN_NAME, "health checking needs a registered health checker: call setupHealthChecking() (the package entry does) or registerHealthChecker()");
+  }
   if (t.scheme === undefined) return new SingleAddressSource({ address: target }, dialer, options.backoff);
   return new ClusterSource<C>(t, resolverFor(t.scheme)!, makeBalancer<C>(options.balancerOptions), dialer, {
     backoff: options.endpointBackoff,
     minResolveIntervalMs: options.minResolveIntervalMs,
+    ...(serviceName === undefined ? {} : { healthCheck: { serviceName, checker: checker! } }),
+    ...(options.outlierDetection === undefined ? {} : { outlierDetection: options.outlierDetection }),
   });
 }

@@ -5,10 +5,11 @@
  * replace a built-in one.
  */
 import { ErrorCode, KoalaError } from "../errors.js";
-import type { BalancerFactory, ResolverFactory } from "./types.js";
+import type { BalancerFactory, HealthChecker, ResolverFactory } from "./types.js";
 
 const resolvers = new Map<string, ResolverFactory>();
 const balancers = new Map<string, BalancerFactory>();
+let healthChecker: HealthChecker | undefined;
 
 const SCHEME = /^[a-z][a-z0-9+.-]*$/;
 /** Schemes of transport addresses: a target with one of them is an address, never a resolver's name. */
@@ -49,4 +50,19 @@ export function balancerFor(name: string): BalancerFactory {
 /** Names of the registered balancers. */
 export function registeredBalancers(): string[] {
   return [...balancers.keys()];
+}
+
+/**
+ * Sets what runs the health checks of channels with the `healthCheck` option. The cluster layer
+ * cannot make calls itself; src/health registers the standard one (`setupHealthChecking()`,
+ * called by the package entry), and this lets an application replace it.
+ */
+export function registerHealthChecker(checker: HealthChecker): void {
+  if (typeof checker !== "function") throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "registerHealthChecker(): the checker must be a function");
+  healthChecker = checker;
+}
+
+/** The registered health checker, if any. */
+export function registeredHealthChecker(): HealthChecker | undefined {
+  return healthChecker;
 }

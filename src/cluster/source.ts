@@ -5,11 +5,12 @@
  * then its connection closes), and the others are not touched.
  */
 import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
-import { logLimited } from "../log.js";
+import { log, logLimited } from "../log.js";
+import { OutlierDetector, type OutlierDetectionSettings } from "./outlier.js";
 import type { BackoffOptions } from "./backoff.js";
 import { EndpointSubchannel } from "./subchannel.js";
 import type { Target } from "./target.js";
-import type { Balancer, ConnectionSource, Dialer, Endpoint, EndpointState, PooledConnection, Resolver, ResolverFactory } from "./types.js";
+import type { Balancer, ConnectionSource, Dialer, Endpoint, EndpointState, HealthChecker, PooledConnection, Resolver, ResolverFactory } from "./types.js";
 
 interface Waiter<C> {
   resolve(c: C): void;
@@ -23,6 +24,10 @@ export interface ClusterSourceOptions {
   readonly backoff: BackoffOptions;
   /** Fewest ms between two resolutions. */
   readonly minResolveIntervalMs: number;
+  /** Client-side health checking: each ready endpoint watches this service and is picked only while SERVING. Off when undefined. */
+  readonly healthCheck?: { readonly serviceName: string; readonly checker: HealthChecker };
+  /** Outlier ejection on consecutive failures. Off when undefined. */
+  readonly outlierDetection?: OutlierDetectionSettings;
 }
 
 /** Connections to the endpoints a resolver reports, picked by a balancer. */
@@ -37,6 +42,7 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
   /** False until the first call: endpoints are only dialled once the channel is used (as gRPC channels start idle). */
   private active = false;
   private pending: readonly Endpoint[] | undefined;
+  private readonly outlier: OutlierDetector<C> | undefined;
 
   constructor(
     private readonly target: Target,
@@ -45,6 +51,9 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
     private readonly dialer: Dialer<C>,
     private readonly options: ClusterSourceOptions,
   ) {
+    if (options.outlierDetection !== undefined) {
+      this.outlier = new OutlierDetector<C>(options.outlierDetection, () => this.subchannels.values(), (s) => this.onPickableChange(s));
+    }
     this.resolver = resolverFactory(target, { onEndpoints: (e) => this.onEndpoints(e), onError: (e) => this.onResolveError(e) }, { minResolveIntervalMs: options.minResolveIntervalMs });
   }
 
@@ -70,7 +79,13 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
   }
 
   endpoints(): EndpointState[] {
-    return [...this.subchannels.values()].map((s) => ({ address: s.endpoint.address, state: s.state, outstanding: s.connection?.outstanding ?? 0 }));
+    return [...this.subchannels.values()].map((s) => ({
+      address: s.endpoint.address,
+      state: s.state,
+      outstanding: s.connection?.outstanding ?? 0,
+      ...(s.serving === undefined ? {} : { health: s.serving === null ? ("unknown" as const) : s.serving ? ("serving" as const) : ("not_serving" as const) }),
+      ...(this.outlier === undefined ? {} : { ejected: s.ejected }),
+    }));
   }
 
   /**
@@ -85,11 +100,16 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
       return new RpcError(Code.UNAVAILABLE, why, { cause: this.resolveError });
     }
     let last: unknown;
+    let unhealthy = 0;
     for (const s of this.subchannels.values()) {
-      if (s.state !== "transient_failure") return undefined;
-      last = s.lastError;
+      // As gRPC, an endpoint failing its health check counts as failing to connect.
+      if (s.state === "ready" && s.serving === false) unhealthy++;
+      else if (s.state !== "transient_failure") return undefined;
+      else last = s.lastError;
     }
-    return new RpcError(Code.UNAVAILABLE, `cannot connect to any endpoint of ${this.target.raw} (${this.subchannels.size}): ${(last as Error)?.message ?? String(last)}`, { cause: last });
+    const n = this.subchannels.size;
+    if (unhealthy === n) return new RpcError(Code.UNAVAILABLE, `no endpoint of ${this.target.raw} (${n}) is serving ${JSON.stringify(this.options.healthCheck?.serviceName)} (health check)`);
+    return new RpcError(Code.UNAVAILABLE, `cannot connect to any endpoint of ${this.target.raw} (${n}${unhealthy > 0 ? `, ${unhealthy} not serving` : ""}): ${(last as Error)?.message ?? String(last)}`, { cause: last });
   }
 
   private onEndpoints(endpoints: readonly Endpoint[]): void {
@@ -132,9 +152,38 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
   private onState(s: EndpointSubchannel<C>): void {
     // A shut-down subchannel was removed (the balancer gets the new list) or the source closed.
     if (this.closed || s.state === "shutdown") return;
+    if (s.state === "ready") this.onReady(s);
+    else if (s.serving !== undefined) {
+      s.healthWatch?.close();
+      s.healthWatch = undefined;
+      s.serving = undefined;
+    }
     this.balancer.onStateChange(s);
     // A failed or lost connection may mean the name moved: ask the resolver (it rate-limits).
     if (s.state === "transient_failure" || s.state === "idle") this.resolver.refresh();
+    this.settleWaiters();
+  }
+
+  /** A subchannel connected: its calls report to outlier detection, and its health is watched before it is picked. */
+  private onReady(s: EndpointSubchannel<C>): void {
+    const c = s.connection!;
+    this.outlier?.attach(s, c);
+    const hc = this.options.healthCheck;
+    if (hc === undefined) return;
+    s.healthWatch?.close();
+    s.serving = null;
+    s.healthWatch = hc.checker(c, hc.serviceName, (serving) => {
+      if (s.connection !== c || s.state !== "ready" || s.serving === serving) return;
+      if (s.serving !== null || !serving) log(serving ? "info" : "warn", "client", `endpoint ${s.endpoint.address} ${serving ? "is serving again" : "is not serving"} ${JSON.stringify(hc.serviceName)}: ${serving ? "picked again" : "no calls are picked there"}`);
+      s.serving = serving;
+      this.onPickableChange(s);
+    });
+  }
+
+  /** A subchannel became pickable or stopped being so, without a change of connectivity state. */
+  private onPickableChange(s: EndpointSubchannel<C>): void {
+    if (this.closed || s.state === "shutdown") return;
+    this.balancer.onStateChange(s);
     this.settleWaiters();
   }
 

@@ -5,7 +5,7 @@
  * the channel closed).
  */
 import { Backoff, type BackoffOptions } from "./backoff.js";
-import type { ConnectivityState, Dialer, Endpoint, PooledConnection, Subchannel } from "./types.js";
+import type { ConnectivityState, Dialer, Endpoint, HealthWatch, PooledConnection, Subchannel } from "./types.js";
 
 /** A subchannel, driven by its {@link ClusterSource}. */
 export class EndpointSubchannel<C extends PooledConnection> implements Subchannel<C> {
@@ -13,6 +13,23 @@ export class EndpointSubchannel<C extends PooledConnection> implements Subchanne
   connection: C | undefined;
   /** Why the last connect failed (while in transient_failure). */
   lastError: unknown;
+  /**
+   * The health check's verdict while ready: undefined when the channel does not check health
+   * (or the subchannel is not ready), null until the first answer, then true for SERVING.
+   */
+  serving: boolean | null | undefined;
+  /** The running health check of the ready connection, if any. */
+  healthWatch: HealthWatch | undefined;
+  /** True while ejected as an outlier. */
+  ejected = false;
+  /** UNAVAILABLE calls in a row (outlier detection). */
+  consecutiveFailures = 0;
+  /** Times ejected so far (each ejection lasts base × this), decaying while it behaves. */
+  timesEjected = 0;
+  /** When the last ejection ended (ms since epoch), for the decay of `timesEjected`. */
+  returnedAt = 0;
+  /** Ends the ejection. */
+  ejectionTimer: NodeJS.Timeout | undefined;
   private readonly backoff: Backoff;
   private timer: NodeJS.Timeout | undefined;
 
@@ -24,6 +41,10 @@ export class EndpointSubchannel<C extends PooledConnection> implements Subchanne
     private readonly changed: (s: EndpointSubchannel<C>) => void,
   ) {
     this.backoff = new Backoff(backoff);
+  }
+
+  get pickable(): boolean {
+    return this.state === "ready" && this.serving !== false && this.serving !== null && !this.ejected;
   }
 
   requestConnection(): void {
@@ -75,6 +96,10 @@ export class EndpointSubchannel<C extends PooledConnection> implements Subchanne
     if (this.state === "shutdown") return;
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
+    if (this.ejectionTimer !== undefined) clearTimeout(this.ejectionTimer);
+    this.ejectionTimer = undefined;
+    this.healthWatch?.close();
+    this.healthWatch = undefined;
     const c = this.connection;
     this.connection = undefined;
     if (c !== undefined) {

@@ -60,7 +60,28 @@ export interface PooledConnection {
   close(): void;
   /** Takes no new calls (`usable` turns false) and closes once the calls open on it ended. */
   drain(): void;
+  /**
+   * Set by the cluster layer when outlier detection is on; the rpc layer calls it as each call
+   * on this connection ends: `failed` for UNAVAILABLE (the endpoint or its transport failed),
+   * false for any other status the server answered. Calls cancelled or past their deadline are
+   * not reported (they say nothing about the endpoint).
+   */
+  callEnded?: ((failed: boolean) => void) | undefined;
 }
+
+/** A running health check of one connection (see {@link HealthChecker}). */
+export interface HealthWatch {
+  /** Stops checking; no more reports. */
+  close(): void;
+}
+
+/**
+ * Watches the health of `serviceName` over `connection` (a ready connection the rpc layer's
+ * dialer made) and reports every change: `serving` true for SERVING, false otherwise. It is
+ * registered by a layer above rpc (src/health: `setupHealthChecking()`) because checking makes
+ * a call; the cluster layer only starts and stops it.
+ */
+export type HealthChecker = (connection: PooledConnection, serviceName: string, report: (serving: boolean) => void) => HealthWatch;
 
 /** Dials one endpoint: resolves with a connection ready for calls, rejects with the reason. */
 export type Dialer<C extends PooledConnection> = (endpoint: Endpoint) => Promise<C>;
@@ -73,6 +94,11 @@ export interface Subchannel<C extends PooledConnection> {
   readonly state: ConnectivityState;
   /** The connection while `state` is "ready", else undefined. */
   readonly connection: C | undefined;
+  /**
+   * True when calls may be picked here: ready, not failing its health check (when the channel
+   * checks health) and not ejected as an outlier. Balancers pick only among these.
+   */
+  readonly pickable: boolean;
   /** Starts connecting if idle (a subchannel backing off connects when its backoff ends). */
   requestConnection(): void;
 }
@@ -118,4 +144,8 @@ export interface EndpointState {
   readonly state: ConnectivityState;
   /** Calls open on its connection. */
   readonly outstanding: number;
+  /** Its health check's verdict: undefined when not checked (or not ready), "unknown" until the first answer. */
+  readonly health?: "serving" | "not_serving" | "unknown";
+  /** With outlier detection on: true while ejected (calls are not picked here; its connection stays). */
+  readonly ejected?: boolean;
 }

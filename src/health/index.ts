@@ -6,7 +6,8 @@
  * (balancers, Kubernetes probes) move away before connections close.
  *
  * This module sits above rpc in the layer order (it serves RPCs); the cluster layer below rpc
- * will consume health through the connection it is given, never by importing this module.
+ * consumes health through the checker registered with it (check.ts, `setupHealthChecking()`),
+ * never by importing this module.
  */
 import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
 import type { Server } from "../rpc/server.js";
@@ -14,6 +15,7 @@ import { HealthCheckResponse_ServingStatus as Wire, HealthService } from "./gen/
 
 export { HealthCheckRequest, HealthCheckResponse, HealthCheckResponse_ServingStatus, HealthService } from "./gen/health.js";
 export type { HealthClient } from "./gen/health.js";
+export { setupHealthChecking, watchHealth } from "./check.js";
 
 /** A status a service can be set to. */
 export type ServingStatus = "SERVING" | "NOT_SERVING";

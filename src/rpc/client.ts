@@ -89,8 +89,14 @@ class ClientConnection extends RpcEndpoint implements PooledConnection {
   private settled: (() => void) | undefined;
   /** Resolves when the server's SETTINGS arrived (the connection is ready for calls). */
   readonly ready: Promise<void>;
+  /** Set by the cluster layer when it detects outliers: hears the end of every call made here (see PooledConnection). */
+  callEnded: ((failed: boolean) => void) | undefined = undefined;
 
-  constructor(conn: Connection, channel: Channel) {
+  constructor(
+    conn: Connection,
+    /** The channel this connection belongs to. */
+    readonly channel: Channel,
+  ) {
     super(conn, channel.options, "client");
     this.ready = new Promise<void>((resolve) => (this.settled = resolve));
     this.start();
@@ -263,6 +269,8 @@ export class Channel {
         balancer: o.loadBalancing,
         balancerOptions: o.loadBalancingOptions,
         minResolveIntervalMs: o.minResolveIntervalMs,
+        ...(o.healthCheck === null ? {} : { healthCheckServiceName: o.healthCheck.serviceName }),
+        ...(o.outlierDetection === null ? {} : { outlierDetection: o.outlierDetection }),
       });
     } catch (err) {
       if (err instanceof KoalaError && err.code === ErrorCode.UNKNOWN_NAME) {
@@ -392,6 +400,8 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     private readonly channel: Channel,
     readonly method: MethodDefinition<I, O>,
     private readonly options: CallOptions | undefined,
+    /** A connection the call must go on (a health check of that endpoint), instead of the channel's pick. */
+    private readonly pinned?: ClientConnection,
   ) {
     super();
     checkCallOptions(options);
@@ -512,7 +522,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
 
   /** Finds the channel's connection and opens the call there once the server allows another stream. */
   private dispatch(request: RequestInit<I> | undefined, requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>> | undefined): void {
-    const c = this.channel.connection(this.options?.waitForReady === true ? this.stillWaiting() : undefined);
+    const c = this.pinned ?? this.channel.connection(this.options?.waitForReady === true ? this.stillWaiting() : undefined);
     if (c instanceof ClientConnection) {
       if (c.hasRoom) this.open(c, request, requests);
       else this.openWhenAdmitted(c, request, requests);
@@ -536,7 +546,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     if (this.done) return;
     if (!cc.usable) {
       // Lost between the lookup and now (a GOAWAY or a close in the meantime): try the next connection once.
-      const next = this.channel.connection();
+      const next = this.pinned === undefined ? this.channel.connection() : undefined;
       if (next instanceof ClientConnection && next !== cc) return this.openWhenAdmitted(next, request, requests);
       this.end(new RpcError(Code.UNAVAILABLE, `connection to ${this.channel.address} is not usable`));
       return;
@@ -710,7 +720,11 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     if (this.chain.length !== 0) runEndChain(this.chain, this, error, interceptorFailed);
     if (this.timer !== undefined) clearTimeout(this.timer);
     if (this.abortListener !== undefined) this.options!.signal!.removeEventListener("abort", this.abortListener);
-    this.cc?.finish(this.callId);
+    const cc = this.cc;
+    if (cc !== undefined) {
+      cc.finish(this.callId);
+      if (cc.callEnded !== undefined && this.pinned === undefined) reportOutcome(cc.callEnded, error);
+    }
     this.window?.fail(error ?? new RpcError(Code.CANCELLED, "call ended"));
     if (this.stream !== undefined) {
       if (error === undefined) this.stream.end();
@@ -762,6 +776,24 @@ function describeAbort(reason: unknown): string {
 /** A request as given: encoders take partial messages (absent fields are defaults), so no copy is made. */
 function asMessage<I>(init: RequestInit<I> | undefined): I {
   return (init ?? {}) as I;
+}
+
+/** Tells outlier detection how a call ended: UNAVAILABLE fails, a status the server chose succeeds, cancellation and deadlines say nothing. */
+function reportOutcome(callEnded: (failed: boolean) => void, error: RpcError | undefined): void {
+  const code = error?.code;
+  if (code === Code.CANCELLED || code === Code.DEADLINE_EXCEEDED) return;
+  callEnded(code === Code.UNAVAILABLE);
+}
+
+/**
+ * @internal Starts one call of `method` on the connection `connection` and nowhere else (the
+ * health check of that endpoint); it fails with UNAVAILABLE when that connection cannot take it.
+ */
+export function invokeOn(connection: PooledConnection, method: MethodDefinition, input: unknown, options?: CallOptions): unknown {
+  if (!(connection instanceof ClientConnection)) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "invokeOn(): not a connection made by a koala channel");
+  const call = new ClientCall(connection.channel, method, options, connection);
+  call.start(input, undefined);
+  return method.kind === "unary" || method.kind === "client_streaming" ? call.result() : call.stream;
 }
 
 /** Starts one call of `method` on `channel`; what it returns depends on the call kind (see ClientMethod). */

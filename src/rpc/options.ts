@@ -46,6 +46,38 @@ export interface ChannelOptions {
   endpointBackoffMaxMs?: number;
   /** Fewest milliseconds between two resolutions of the target (on TTL expiry or after a connection failure). Default 30 000. */
   minResolveIntervalMs?: number;
+  /**
+   * Client-side health checking of a resolved target's endpoints, as gRPC's `healthCheckConfig`:
+   * each ready endpoint watches `grpc.health.v1.Health/Watch` for the service, and while it is
+   * not SERVING no call is picked there (its connection stays open). A server without the health
+   * service (UNIMPLEMENTED) counts as serving. Default null (no health checking).
+   */
+  healthCheck?: HealthCheckOptions | null;
+  /** Outlier ejection on consecutive failures of a resolved target's endpoints (see {@link OutlierDetectionOptions}). Default null (off). */
+  outlierDetection?: OutlierDetectionOptions | null;
+}
+
+/** The channel option `healthCheck`. */
+export interface HealthCheckOptions {
+  /** The service name each endpoint's health is watched for; "" is the server as a whole. Default "". */
+  serviceName?: string;
+}
+
+/**
+ * The channel option `outlierDetection`, named as gRPC's `outlier_detection`: an endpoint whose
+ * calls fail with UNAVAILABLE `consecutiveFailures` times in a row is ejected (no calls are
+ * picked there) for `baseEjectionTimeMs` × the times it was ejected, at most
+ * `maxEjectionTimeMs`; no endpoint is ejected while `maxEjectionPercent` of them are.
+ */
+export interface OutlierDetectionOptions {
+  /** UNAVAILABLE calls in a row that eject an endpoint. Default 5. */
+  consecutiveFailures?: number;
+  /** Length of a first ejection, in ms; the n-th lasts n times as long. Default 30 000. */
+  baseEjectionTimeMs?: number;
+  /** Longest ejection, in ms. Default 300 000. */
+  maxEjectionTimeMs?: number;
+  /** Largest share of the endpoints ejected at once, in percent (as gRPC, one may go whatever the count). Default 10. */
+  maxEjectionPercent?: number;
 }
 
 /** Options of a server. */
@@ -106,6 +138,19 @@ const isInterceptorList = (v: unknown) =>
   Array.isArray(v) && v.every((i) => typeof i === "object" && i !== null && typeof (i as Interceptor).name === "string");
 
 
+const healthCheckSpec: OptionsSpec<Required<HealthCheckOptions>> = {
+  serviceName: custom<string>("", "a string", (v) => typeof v === "string"),
+};
+
+const outlierSpec: OptionsSpec<Required<OutlierDetectionOptions>> = {
+  consecutiveFailures: integer(5, 1, 2 ** 31 - 1),
+  baseEjectionTimeMs: integer(30_000, 1, 2 ** 31 - 1),
+  maxEjectionTimeMs: integer(300_000, 1, 2 ** 31 - 1),
+  maxEjectionPercent: integer(10, 0, 100),
+};
+
+const isObjectOrNull = (v: unknown) => v === null || isObject(v);
+
 const channelSpec: OptionsSpec<Required<ChannelOptions>> = {
   maxMessageBytes: integer(4 * MiB, 1, 2 ** 31),
   externalBytesThreshold: integer(64 * 1024, 0, Number.MAX_SAFE_INTEGER),
@@ -123,6 +168,8 @@ const channelSpec: OptionsSpec<Required<ChannelOptions>> = {
   endpointBackoffInitialMs: integer(1_000, 0, 2 ** 31 - 1),
   endpointBackoffMaxMs: integer(120_000, 0, 2 ** 31 - 1),
   minResolveIntervalMs: integer(30_000, 0, 2 ** 31 - 1),
+  healthCheck: custom<HealthCheckOptions | null>(null, "an object ({ serviceName }) or null", isObjectOrNull),
+  outlierDetection: custom<OutlierDetectionOptions | null>(null, "an object of outlier detection options or null", isObjectOrNull),
 };
 
 const serverSpec: OptionsSpec<Required<ServerOptions>> = {
@@ -145,8 +192,13 @@ const serverSpec: OptionsSpec<Required<ServerOptions>> = {
   name: custom<string>("", "a string", (v) => typeof v === "string"),
 };
 
-/** Resolved channel options. */
-export type ResolvedChannelOptions = Readonly<Required<ChannelOptions>>;
+/** Resolved channel options: every field set, the nested `healthCheck` and `outlierDetection` complete too. */
+export type ResolvedChannelOptions = Readonly<
+  Omit<Required<ChannelOptions>, "healthCheck" | "outlierDetection"> & {
+    healthCheck: Readonly<Required<HealthCheckOptions>> | null;
+    outlierDetection: Readonly<Required<OutlierDetectionOptions>> | null;
+  }
+>;
 /** Resolved server options. */
 export type ResolvedServerOptions = Readonly<Required<ServerOptions>>;
 
@@ -154,7 +206,9 @@ export type ResolvedServerOptions = Readonly<Required<ServerOptions>>;
 export function resolveChannelOptions(input: unknown): ResolvedChannelOptions {
   const o = resolveOptions("createChannel()", channelSpec, input);
   resolveTransportOptions("createChannel(): option \"transport\"", transportOptionsFor(o.maxMessageBytes, o.transport));
-  return o;
+  const healthCheck = o.healthCheck === null ? null : resolveOptions('createChannel(): option "healthCheck"', healthCheckSpec, o.healthCheck);
+  const outlierDetection = o.outlierDetection === null ? null : resolveOptions('createChannel(): option "outlierDetection"', outlierSpec, o.outlierDetection);
+  return Object.freeze({ ...o, healthCheck, outlierDetection });
 }
 
 /** Validates server options. */

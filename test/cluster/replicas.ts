@@ -1,6 +1,6 @@
 /** Real koala servers on loopback addresses for the cluster tests, each answering with its own name. */
 import { setTimeout as sleep } from "node:timers/promises";
-import { createServer, type Server } from "../../src/index.js";
+import { Code, RpcError, createServer, type Server } from "../../src/index.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 
 /** One replica: its server, its host, the address it listens on, and the calls it served. */
@@ -10,6 +10,8 @@ export interface Replica {
   readonly address: string;
   readonly server: Server;
   served: number;
+  /** While true, unary calls fail with UNAVAILABLE (counted in `served` too). */
+  failing?: boolean;
 }
 
 /**
@@ -26,6 +28,7 @@ export async function startReplicas(hosts: readonly string[], samePort = false):
         r.server.add(EchoService, {
           async unary(req) {
             r.served++;
+            if (r.failing === true) throw new RpcError(Code.UNAVAILABLE, `${host} is failing`);
             if (req.delayMs > 0) await sleep(req.delayMs);
             return { text: host };
           },
