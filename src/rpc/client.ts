@@ -791,17 +791,15 @@ function reportOutcome(callEnded: (failed: boolean) => void, error: RpcError | u
  */
 export function invokeOn(connection: PooledConnection, method: MethodDefinition, input: unknown, options?: CallOptions): unknown {
   if (!(connection instanceof ClientConnection)) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "invokeOn(): not a connection made by a koala channel");
-  const call = new ClientCall(connection.channel, method, options, connection);
-  call.start(input, undefined);
-  return method.kind === "unary" || method.kind === "client_streaming" ? call.result() : call.stream;
+  return invoke(connection.channel, method, input, options, connection);
 }
 
-/** Starts one call of `method` on `channel`; what it returns depends on the call kind (see ClientMethod). */
-export function invoke(channel: Channel, method: MethodDefinition, input: unknown, options?: CallOptions): unknown {
+/** Starts one call of `method` on `channel` (on `pinned` alone when given: see invokeOn); what it returns depends on the call kind (see ClientMethod). */
+export function invoke(channel: Channel, method: MethodDefinition, input: unknown, options?: CallOptions, pinned?: ClientConnection): unknown {
   const kind: MethodKind = method.kind;
   let call: ClientCall<unknown, unknown>;
   try {
-    call = new ClientCall(channel, method, options);
+    call = new ClientCall(channel, method, options, pinned);
   } catch (err) {
     const e = RpcError.from(err, Code.INVALID_ARGUMENT);
     if (kind === "unary" || kind === "client_streaming") return Promise.reject(e);

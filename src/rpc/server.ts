@@ -306,9 +306,8 @@ class ServerConnection extends RpcEndpoint {
   ) {
     super(conn, server.options, "server");
     const o = (this.options = server.options);
-    // The client waits for these limits before its first call. A connection that closed during
-    // the hand-over gets none (sending would throw); start() below sees it closed and cleans up.
-    if (!conn.isClosed) this.send(buildFrame(server.encode, { type: FrameType.SETTINGS, callId: 0, arg: o.maxConcurrentStreams, arg2: o.maxMessageBytes }));
+    // The client waits for these limits before its first call (Server.accept skipped a connection already closed).
+    this.send(buildFrame(server.encode, { type: FrameType.SETTINGS, callId: 0, arg: o.maxConcurrentStreams, arg2: o.maxMessageBytes }));
     if (o.maxConnectionAgeMs > 0) {
       const age = Math.round(o.maxConnectionAgeMs * (0.9 + Math.random() * 0.2));
       this.ageTimer = unrefTimer(() => this.retire(), age);

@@ -96,7 +96,7 @@ interface Outgoing {
 interface SendOp {
   lease: Lease | undefined;
   onWritten: (() => void) | undefined;
-  /** Bytes counted in bufferedBytes that this completion ends: its own and those of the unsignaled sends it covers. */
+  /** Bytes counted in bufferedBytes that this completion ends (unsignaled inline sends leave it when posted). */
   counted: number;
   read: Incoming | undefined;
   close: boolean;
@@ -177,6 +177,15 @@ function put32(into: Uint8Array, at: number, v: number): void {
   into[at + 1] = (v >>> 8) & 0xff;
   into[at + 2] = (v >>> 16) & 0xff;
   into[at + 3] = v >>> 24;
+}
+
+/** Copies `parts` one after another into `into` from `at`; returns where they end. */
+function copyParts(into: Uint8Array, at: number, parts: readonly Uint8Array[]): number {
+  for (let i = 0; i < parts.length; i++) {
+    into.set(parts[i]!, at);
+    at += parts[i]!.byteLength;
+  }
+  return at;
 }
 
 const CREDIT_MESSAGE: Outgoing = { type: MsgType.CREDIT, parts: [], total: 0, onWritten: undefined, id: 0, counted: 0 };
@@ -557,20 +566,10 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     const size = HEADER_BYTES + m.total;
     if (size <= this.inlineSlotBytes && this.inlineUsed < INLINE_SLOTS && m.type !== MsgType.CLOSE) {
       // Small: copied into the inline area, sent inline and unsignaled (see inlineArea).
-      const into = this.inlineBytes!;
       const at = this.inlineUsed++ * this.inlineSlotBytes;
-      this.header(into, m.type, m.total, m.id, 0, at);
-      let p = at + HEADER_BYTES;
-      for (let i = 0; i < m.parts.length; i++) {
-        const part = m.parts[i]!;
-        if (part.byteLength <= 16) for (let j = 0; j < part.byteLength; j++) into[p + j] = part[j]!;
-        else into.set(part, p);
-        p += part.byteLength;
-      }
-      batch.addSge(this.inlineAddr + at, size, this.inlineLkey);
-      batch.addSend(wrId, Opcode.SEND, SendFlags.INLINE, 1);
-      this.unsignaled++;
-      this.postedBytes += m.counted;
+      this.header(this.inlineBytes!, m.type, m.total, m.id, 0, at);
+      copyParts(this.inlineBytes!, at + HEADER_BYTES, m.parts);
+      this.addInline(wrId, at, size, m.counted);
       if (m.onWritten !== undefined) this.postedCallbacks.push(m.onWritten);
       return;
     }
@@ -592,11 +591,7 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
         sges++;
       }
     } else {
-      let at = HEADER_BYTES;
-      for (const p of m.parts) {
-        bytes.set(p, at);
-        at += p.byteLength;
-      }
+      copyParts(bytes, HEADER_BYTES, m.parts);
     }
     // Inline when it fits (a CLOSE, or the inline area full this flush): the staging lease goes at the completion.
     const flags = !direct && size <= this.qp.caps.maxInlineData ? SendFlags.SIGNALED | SendFlags.INLINE : SendFlags.SIGNALED;
@@ -649,33 +644,32 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     this.header(into, MsgType.PACK, size - HEADER_BYTES, count, 0, base);
     let at = base + HEADER_BYTES;
     let counted = 0;
-    const written: (() => void)[] = inline ? this.postedCallbacks : [];
     for (let k = this.outHead; k < end; k++) {
       const m = q[k]!;
       q[k] = undefined as never;
       put32(into, at, m.total);
-      at += PACK_ENTRY_BYTES;
-      for (let i = 0; i < m.parts.length; i++) {
-        const part = m.parts[i]!;
-        into.set(part, at);
-        at += part.byteLength;
-      }
+      at = copyParts(into, at + PACK_ENTRY_BYTES, m.parts);
       counted += m.counted;
-      if (m.onWritten !== undefined) written.push(m.onWritten);
+      // Copied: free once posted (inline), or now.
+      if (m.onWritten !== undefined) {
+        if (inline) this.postedCallbacks.push(m.onWritten);
+        else callWritten(m.onWritten);
+      }
     }
     this.outHead = end;
-    if (inline) {
-      this.sendBatch.addSge(this.inlineAddr + base, size, this.inlineLkey);
-      this.sendBatch.addSend(wrId, Opcode.SEND, SendFlags.INLINE, 1);
-      this.unsignaled++;
-      this.postedBytes += counted;
-      return;
-    }
+    if (inline) return this.addInline(wrId, base, size, counted);
     const w = this.ctx.locate(into)!;
     this.sendBatch.addSge(w.addr, size, w.lkey);
     this.sendBatch.addSend(wrId, Opcode.SEND, size <= this.qp.caps.maxInlineData ? SendFlags.SIGNALED | SendFlags.INLINE : SendFlags.SIGNALED, 1);
     this.track(wrId, { lease: staging, onWritten: undefined, counted, read: undefined, close: false, covers: 0 });
-    for (const cb of written) callWritten(cb);
+  }
+
+  /** Adds the inline send of `size` bytes at `at` of the inline area, unsignaled; its `counted` bytes leave bufferedBytes once posted. */
+  private addInline(wrId: number, at: number, size: number, counted: number): void {
+    this.sendBatch.addSge(this.inlineAddr + at, size, this.inlineLkey);
+    this.sendBatch.addSend(wrId, Opcode.SEND, SendFlags.INLINE, 1);
+    this.unsignaled++;
+    this.postedBytes += counted;
   }
 
   /** Sends `m` by rendezvous: an RTS naming registered segments the peer reads. */
@@ -695,11 +689,7 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     } else {
       lease = ctx.heap.alloc(m.total);
       const bytes = lease.bytes;
-      let at = 0;
-      for (const p of m.parts) {
-        bytes.set(p, at);
-        at += p.byteLength;
-      }
+      copyParts(bytes, 0, m.parts);
       const w = ctx.locate(bytes)!;
       segs.push({ addr: w.addr, len: m.total, mr: w.mr });
       callWritten(onWritten);
