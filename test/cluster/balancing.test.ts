@@ -8,19 +8,9 @@ import * as assert from "uvu/assert";
 import { Code, ErrorCode, KoalaError, clientChannel, closeClient, createClient, parseTarget, registerResolver, type ResolverListener } from "../../src/index.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { rejection, thrownCode, until } from "../helpers.js";
-import { startReplicas, stopReplicas, type Replica } from "./replicas.js";
+import { HOSTS, spread, startReplicas, stopReplicas, type Replica } from "./replicas.js";
 
-const HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
 
-/** Counts which replica answered each of `n` sequential calls. */
-async function spread(client: ReturnType<typeof createClient<typeof EchoService>>, n: number): Promise<Map<string, number>> {
-  const by = new Map<string, number>();
-  for (let i = 0; i < n; i++) {
-    const r = await client.unary({ text: "" }, { timeoutMs: 5000 });
-    by.set(r.text, (by.get(r.text) ?? 0) + 1);
-  }
-  return by;
-}
 
 /** A resolver the test drives: `push(addresses)` reports a new endpoint list. */
 const pushers = new Map<string, ResolverListener>();

@@ -10,9 +10,8 @@ import { Code, closeClient, createClient, type Client } from "../../src/index.js
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { rejection, until } from "../helpers.js";
 import { dnsmasqMissing, startDnsmasq } from "./dnsmasq.js";
-import { portOf, startReplicas, stopReplicas, type Replica } from "./replicas.js";
+import { HOSTS, portOf, startReplicas, stopReplicas, type Replica } from "./replicas.js";
 
-const HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
 const missing = dnsmasqMissing();
 const dnsTest = missing === undefined ? test : test.skip;
 if (missing !== undefined) console.log(`cluster/dns: skipped: ${missing}`);

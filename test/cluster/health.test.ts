@@ -8,20 +8,10 @@ import * as assert from "uvu/assert";
 import { ErrorCode, addHealthService, clientChannel, closeClient, createClient, type HealthStatus } from "../../src/index.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { thrownCode, until } from "../helpers.js";
-import { startReplicas, stopReplicas } from "./replicas.js";
+import { HOSTS, spread, startReplicas, stopReplicas } from "./replicas.js";
 
-const HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
 const SERVICE = "koala.test.Echo";
 
-/** Counts which replica answered each of `n` sequential calls (any failure fails the test). */
-async function spread(client: ReturnType<typeof createClient<typeof EchoService>>, n: number): Promise<Map<string, number>> {
-  const by = new Map<string, number>();
-  for (let i = 0; i < n; i++) {
-    const r = await client.unary({ text: "" }, { timeoutMs: 5000 });
-    by.set(r.text, (by.get(r.text) ?? 0) + 1);
-  }
-  return by;
-}
 
 test("options: healthCheck is validated, a misspelled key names itself", () => {
   const misspelled = thrownCode(() => createClient(EchoService, "static:///127.0.0.2:1", { healthCheck: { servceName: "x" } as never }));

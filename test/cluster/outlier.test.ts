@@ -8,9 +8,8 @@ import * as assert from "uvu/assert";
 import { Code, ErrorCode, RpcError, clientChannel, closeClient, createClient } from "../../src/index.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { thrownCode, until } from "../helpers.js";
-import { startReplicas, stopReplicas } from "./replicas.js";
+import { HOSTS, startReplicas, stopReplicas } from "./replicas.js";
 
-const HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
 
 type EchoClient = ReturnType<typeof createClient<typeof EchoService>>;
 

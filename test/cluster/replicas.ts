@@ -1,7 +1,20 @@
 /** Real koala servers on loopback addresses for the cluster tests, each answering with its own name. */
 import { setTimeout as sleep } from "node:timers/promises";
-import { Code, RpcError, createServer, type Server } from "../../src/index.js";
+import { Code, RpcError, createServer, type Server, type createClient } from "../../src/index.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
+
+/** The loopback addresses the replicas listen on (all of 127.0.0.0/8 is loopback). */
+export const HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+
+/** Counts which replica answered each of `n` sequential calls (any failure fails the test). */
+export async function spread(client: ReturnType<typeof createClient<typeof EchoService>>, n: number): Promise<Map<string, number>> {
+  const by = new Map<string, number>();
+  for (let i = 0; i < n; i++) {
+    const r = await client.unary({ text: "" }, { timeoutMs: 5000 });
+    by.set(r.text, (by.get(r.text) ?? 0) + 1);
+  }
+  return by;
+}
 
 /** One replica: its server, its host, the address it listens on, and the calls it served. */
 export interface Replica {
