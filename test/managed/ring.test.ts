@@ -151,6 +151,7 @@ test("two processes: 20 000 records each way through a mapped file, in order, wi
             r.release(v);
             got++;
           }
+          if (got === total) return resolve();
           if (r.takeProducerWaiting()) child.stdin.write("w");
           while (sent < total) {
             const n = sent % 300;
