@@ -16,7 +16,7 @@ import { fileURLToPath } from "node:url";
 import { ErrorCode, KoalaError, type ErrorCodeValue } from "../errors.js";
 
 /** The binding's ABI version this module speaks; the addon exports the same number. */
-export const SHM_ABI_VERSION = 1;
+export const SHM_ABI_VERSION = 2;
 
 /** Credentials of a Unix socket's peer, from the kernel (SO_PEERCRED): they cannot be forged. */
 export interface PeerCredentials {
@@ -35,6 +35,8 @@ export interface ShmBinding {
   open(path: string, uid: number, bytes: number): ArrayBuffer;
   /** The peer of the connected Unix socket `fd`. */
   peerCredentials(fd: number): PeerCredentials;
+  /** Writes one byte on socket `fd` without blocking; false when the peer is gone (a full buffer counts as written: a byte is pending). */
+  wake(fd: number): boolean;
 }
 
 /** The build command named by every "addon unavailable" error. */
@@ -104,6 +106,12 @@ export function createSharedMemory(path: string, bytes: number): ArrayBuffer {
 export function openSharedMemory(path: string, uid: number, bytes: number): ArrayBuffer {
   if (!Number.isInteger(uid) || uid < 0 || uid > 0xffffffff) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `openSharedMemory(): uid must be an integer, got ${String(uid)}`);
   return shmNative().open(checkPath("openSharedMemory()", path), uid, checkBytes("openSharedMemory()", bytes));
+}
+
+/** The file descriptor behind a connected `net.Socket` (Node keeps it on its handle), or -1. */
+export function socketFd(socket: object): number {
+  const fd = (socket as { _handle?: { fd?: unknown } })._handle?.fd;
+  return typeof fd === "number" && fd >= 0 ? fd : -1;
 }
 
 /** The kernel's credentials of the peer of connected Unix socket `fd`. */

@@ -6,6 +6,8 @@
 //   open(path, uid, bytes)       -> ArrayBuffer  maps an existing file after checking it: regular,
 //                                                owned by `uid`, no group / other bits, `bytes` long
 //   peerCredentials(fd)          -> {pid, uid, gid} of a connected Unix socket's peer (SO_PEERCRED)
+//   wake(fd)                     -> bool  one byte written on a non-blocking socket (false: full,
+//                                         so a byte is pending there anyway, or the peer is gone)
 //
 // The ArrayBuffer is external: its memory is the mapping, unmapped by the buffer's finalizer, so
 // the mapping lives exactly as long as some JavaScript view of it can be reached.
@@ -23,7 +25,7 @@
 
 namespace {
 
-constexpr int kAbiVersion = 1;
+constexpr int kAbiVersion = 2;
 
 struct AddonData {
   Napi::FunctionReference make_error;  // (code, message) => KoalaError
@@ -123,6 +125,18 @@ Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// A wake-up byte without Node's stream machinery: one send(2), MSG_DONTWAIT | MSG_NOSIGNAL. A
+// full socket buffer means bytes the peer has not read yet, which wake it all the same.
+Napi::Value Wake(const Napi::CallbackInfo& info) {
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  static const char byte = 1;
+  ssize_t n;
+  do {
+    n = send(fd, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  return Napi::Boolean::New(info.Env(), n == 1 || errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
 Napi::Object Module(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(new AddonData());
   exports.Set("abiVersion", Napi::Number::New(env, kAbiVersion));
@@ -130,6 +144,7 @@ Napi::Object Module(Napi::Env env, Napi::Object exports) {
   exports.Set("create", Napi::Function::New(env, Create, "create"));
   exports.Set("open", Napi::Function::New(env, Open, "open"));
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"));
+  exports.Set("wake", Napi::Function::New(env, Wake, "wake"));
   return exports;
 }
 
