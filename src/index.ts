@@ -39,6 +39,7 @@ export type { MessageType, MethodDefinition, MethodKind, PartialMessage, Service
 export { Channel, createChannel, createClient, closeClient, clientChannel } from "./rpc/client.js";
 export type { CallOptions, Client, ClientMethod, RequestInit } from "./rpc/client.js";
 export { Server, createServer } from "./rpc/server.js";
+export { setupManaged, defaultDaemonSocket } from "./managed/index.js";
 export { addHealthService, setupHealthChecking, HealthStatus, HealthService, HealthCheckRequest, HealthCheckResponse, HealthCheckResponse_ServingStatus } from "./health/index.js";
 export type { HealthClient, ServingStatus } from "./health/index.js";
 export type {
@@ -82,10 +83,14 @@ export type { CallInfo, Interceptor, InterceptorScope, InterceptPoint, Verdict }
 import { log } from "./log.js";
 import { onServerCreated } from "./rpc/server.js";
 import { setupHealthChecking } from "./health/index.js";
+import { setupManaged } from "./managed/index.js";
 
 // Channels with the `healthCheck` option need a checker; the cluster layer below rpc cannot
 // import it, so the entry registers the standard one (an explicit call, as setupCluster()).
 setupHealthChecking();
+// Managed mode's `shm` transport and `managed:` resolver (src/managed): registered, not loaded
+// (the shared-memory addon loads at the first managed connection).
+setupManaged();
 
 // KOALA_CONTROL=1 asks every koala process for live control: each server is listed by
 // `koala ctl ps` and the control socket opens with the first one. The policy layer is loaded

@@ -1,5 +1,5 @@
 /**
- * The `koala` command line: `koala info`, `koala gen`, `koala serve`, `koala ctl`, `koala help`.
+ * The `koala` command line: `koala info`, `koala gen`, `koala serve`, `koala daemon`, `koala ctl`, `koala help`.
  */
 import { transportInfo } from "../transport/index.js";
 
@@ -10,6 +10,8 @@ commands:
   gen <protos…> --out DIR   generate TypeScript from .proto files (-I DIR adds an include path)
   serve <module> [backend…] start backends of KOALA_CONFIG (or --config FILE) with the
                             handlers <module> exports as \`backends\`; serve until SIGTERM
+  daemon [--config FILE]    run the managed-mode daemon ([daemon] table of KOALA_CONFIG):
+                            applications attach with KOALA_MODE=managed or managed:///<target>
   ctl <command> …           live control of koala processes: ps, attach, detach, replace,
                             configure, metrics (koala ctl help)
   help                      this text
@@ -28,6 +30,10 @@ export async function main(argv: string[]): Promise<number> {
     case "serve": {
       const { runServe } = await import("./serve.js");
       return runServe(rest);
+    }
+    case "daemon": {
+      const { runDaemon } = await import("./daemon.js");
+      return runDaemon(rest);
     }
     case "ctl": {
       const { runCtl } = await import("./ctl.js");

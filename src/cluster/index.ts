@@ -95,6 +95,10 @@ export function createConnectionSource<C extends PooledConnection>(target: strin
   setupCluster();
   const makeBalancer = balancerFor(options.balancer);
   const t = parseTarget(target, (scheme) => resolverFor(scheme) !== undefined);
+  // KOALA_MODE=managed (src/managed registers the resolver): the same target, through the daemon.
+  const mode = process.env.KOALA_MODE;
+  if (mode !== undefined && mode !== "" && mode !== "library" && mode !== "managed") throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `KOALA_MODE=${JSON.stringify(mode)} is not one of library, managed`);
+  if (mode === "managed" && t.scheme !== "managed" && !target.startsWith("shm:") && resolverFor("managed") !== undefined) return createConnectionSource(`managed:///${target}`, dialer, options);
   const serviceName = options.healthCheckServiceName;
   const checker = registeredHealthChecker();
   if (serviceName !== undefined && checker === undefined) {

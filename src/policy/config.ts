@@ -138,6 +138,7 @@ interface TopLevel {
   metricsPort: number | undefined;
   engines: readonly unknown[];
   backends: Record<string, unknown>;
+  daemon: Record<string, unknown>;
 }
 const topSpec: OptionsSpec<TopLevel> = {
   log: oneOf<"off" | LogLevel>("warn", ["off", "error", "warn", "info", "debug"]) as never,
@@ -146,6 +147,8 @@ const topSpec: OptionsSpec<TopLevel> = {
   metricsPort: integer(0, 0, 65535) as never,
   engines: custom<readonly unknown[]>([], "an array of tables ([[engines]])", (v) => Array.isArray(v) && v.every(isTable)),
   backends: custom<Record<string, unknown>>({}, "a table of backends ([backends.NAME])", (v) => isTable(v) && Object.values(v).every(isTable)),
+  // Read by `koala daemon` (src/managed/config.ts), which checks its keys.
+  daemon: custom<Record<string, unknown>>({}, "a table ([daemon], read by koala daemon)", isTable),
 };
 
 interface RawEngine {

@@ -42,7 +42,7 @@ function parseHostPort(address: string, rest: string): { host: string; port: num
   return { host, port: Number(portText) };
 }
 
-const KNOWN_SCHEMES = new Set(["tcp", "tls", "unix", "rdma", "memory", "koala"]);
+const KNOWN_SCHEMES = new Set(["tcp", "tls", "unix", "rdma", "memory", "shm", "koala"]);
 
 /** Splits an address into its parts. Throws KOALA_ERR_INVALID_ADDRESS. */
 export function parseAddress(address: string): ParsedAddress {
@@ -77,6 +77,11 @@ export function parseAddress(address: string): ParsedAddress {
       if (name === "") throw bad(address, "missing name");
       return { scheme: "memory", host: "", port: 0, path: name };
     }
+    case "shm": {
+      // shm:<daemon's set-up socket>#<target the daemon dials> (src/managed/shm-transport.ts checks both halves).
+      if (rest === "") throw bad(address, "missing set-up socket path");
+      return { scheme: "shm", host: "", port: 0, path: rest };
+    }
     default:
       throw bad(address, `unknown scheme "${scheme}:"`);
   }
@@ -89,6 +94,8 @@ export function formatAddress(transport: TransportName, host: string, port: numb
       return `unix:${path}`;
     case "memory":
       return `memory:${path}`;
+    case "shm":
+      return `shm:${path}`;
     default:
       return `${transport}://${host.includes(":") ? `[${host}]` : host}:${port}`;
   }

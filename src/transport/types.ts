@@ -5,8 +5,8 @@
 import type { KoalaError } from "../errors.js";
 import type { ByteSource, RegionDescriptor, RegisterRegionOptions, RegisteredRegion } from "./regions.js";
 
-/** Names of the transports koala-rpc knows. */
-export type TransportName = "tcp" | "tls" | "unix" | "rdma" | "memory";
+/** Names of the transports koala-rpc knows (`shm`: managed mode's shared rings to the daemon, registered by src/managed). */
+export type TransportName = "tcp" | "tls" | "unix" | "rdma" | "memory" | "shm";
 
 /** An address split into its parts; produced by `parseAddress`. */
 export interface Address {
@@ -16,7 +16,7 @@ export interface Address {
   readonly host: string;
   /** Port (tcp, tls, rdma); 0 asks the system for a free one when listening. */
   readonly port: number;
-  /** Socket path (unix) or name (memory), empty otherwise. */
+  /** Socket path (unix), name (memory) or set-up socket and target (shm), empty otherwise. */
   readonly path: string;
   /** The address written as a URI, e.g. `tcp://127.0.0.1:5000`. */
   readonly uri: string;

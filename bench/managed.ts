@@ -1,0 +1,161 @@
+/**
+ * Managed mode beside library mode, same run (`npm run bench:managed`): a koala Echo server in a
+ * child process on tcp; the library client calls it directly, the managed client through a
+ * `koala daemon` in another child process (shared rings to the daemon, the daemon's tcp
+ * connection to the server). Interleaved rounds, medians, and managed / library ratios:
+ *
+ * - p50 (µs) of 64 B unary calls, one in flight;
+ * - calls/s of 64 B unary calls with 256 in flight;
+ * - p50 (µs) and MB/s of 1 MiB unary calls (request and reply 1 MiB each), one in flight.
+ *
+ * The issue's goal: managed adds at most 5 µs to p50 and costs at most 25% of the calls/s at
+ * 256 in flight. On this machine three processes (client, daemon, server) share two cores in
+ * managed mode, two in library mode: read the ratios with that in mind.
+ *
+ *   node --import tsx bench/managed.ts [--rounds N] [--ms N] [--poll-us N] [--out FILE] [--cpu-prof-daemon DIR]
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { closeClient, createClient, createServer } from "../src/index.js";
+import { startDaemon } from "../src/managed/daemon.js";
+import { EchoService } from "../test/fixtures/rpc/gen/echo.js";
+
+const role = process.argv[2];
+
+if (role === "--server") {
+  const server = createServer();
+  server.add(EchoService, {
+    unary: async (req) => EchoService.methods.unary.output.create({ text: req.text, payload: req.payload }),
+    serverStream: async function* () {},
+    clientStream: async () => EchoService.methods.unary.output.create({}),
+    bidi: async function* () {},
+  });
+  process.stdout.write(`${await server.listen("tcp://127.0.0.1:0")}\n`);
+} else if (role === "--daemon") {
+  const d = await startDaemon({ socketPath: process.argv[3]!, pollUs: Number(process.argv[4] ?? 0), policy: null });
+  process.stdout.write(`${d.socketPath}\n`);
+  process.once("SIGINT", () => void d.close().then(() => process.exit(0)));
+} else {
+  await main();
+}
+
+function child(args: string[], env: NodeJS.ProcessEnv = {}, profileDir?: string): Promise<{ proc: ChildProcess; line: string }> {
+  const prof = profileDir === undefined ? [] : ["--cpu-prof", "--cpu-prof-dir", profileDir];
+  const proc = spawn(process.execPath, [...prof, "--import", "tsx", import.meta.filename, ...args], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...env } });
+  return new Promise((resolve, reject) => {
+    let buf = "";
+    proc.stdout!.on("data", (d: Buffer) => {
+      buf += d.toString();
+      const nl = buf.indexOf("\n");
+      if (nl >= 0) resolve({ proc, line: buf.slice(0, nl) });
+    });
+    proc.once("exit", (code) => reject(new Error(`${args[0]} exited ${code}`)));
+  });
+}
+
+type Client = ReturnType<typeof createClient<typeof EchoService>>;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+async function latency(client: Client, payload: Uint8Array, ms: number): Promise<{ p50: number; calls: number }> {
+  const times: number[] = [];
+  const end = performance.now() + ms;
+  while (performance.now() < end) {
+    const t = performance.now();
+    await client.unary({ text: "x", payload });
+    times.push((performance.now() - t) * 1000);
+  }
+  return { p50: median(times), calls: times.length / (ms / 1000) };
+}
+
+async function throughput(client: Client, payload: Uint8Array, inFlight: number, ms: number): Promise<number> {
+  let done = 0;
+  const end = performance.now() + ms;
+  const loop = async (): Promise<void> => {
+    while (performance.now() < end) {
+      await client.unary({ text: "x", payload });
+      done++;
+    }
+  };
+  const t = performance.now();
+  await Promise.all(Array.from({ length: inFlight }, loop));
+  return done / ((performance.now() - t) / 1000);
+}
+
+interface Row {
+  p50small: number;
+  calls256: number;
+  p50big: number;
+  mbpsBig: number;
+}
+
+async function measure(client: Client, ms: number): Promise<Row> {
+  const small = new Uint8Array(64).fill(7);
+  const big = new Uint8Array(1024 * 1024).fill(9);
+  await latency(client, small, 200); // warm-up
+  const s = await latency(client, small, ms);
+  const c = await throughput(client, small, 256, ms);
+  const b = await latency(client, big, ms);
+  return { p50small: s.p50, calls256: c, p50big: b.p50, mbpsBig: (b.calls * 2 * big.byteLength) / 1e6 };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, ms: { type: "string", default: "1500" }, "poll-us": { type: "string", default: "0" }, out: { type: "string" }, "cpu-prof-daemon": { type: "string" } } });
+  const rounds = Number(values.rounds);
+  const ms = Number(values.ms);
+  const pollUs = Number(values["poll-us"]);
+  const dir = mkdtempSync(join(os.tmpdir(), "koala-bench-managed-"));
+  const socket = join(dir, "daemon.sock");
+  const children: ChildProcess[] = [];
+  try {
+    const server = await child(["--server"]);
+    children.push(server.proc);
+    const daemon = await child(["--daemon", socket, String(pollUs)], {}, values["cpu-prof-daemon"]);
+    children.push(daemon.proc);
+    process.env.KOALA_DAEMON_SOCKET = socket;
+    process.env.KOALA_MANAGED_POLL_US = String(pollUs);
+    const library = createClient(EchoService, server.line);
+    const managed = createClient(EchoService, `managed:///${server.line}`);
+    const rows: Record<"library" | "managed", Row[]> = { library: [], managed: [] };
+    for (let r = 0; r < rounds; r++) {
+      rows.library.push(await measure(library, ms));
+      rows.managed.push(await measure(managed, ms));
+    }
+    closeClient(library);
+    closeClient(managed);
+    const med = (mode: "library" | "managed", k: keyof Row) => median(rows[mode].map((x) => x[k]));
+    const fmt = (v: number, d = 0) => v.toFixed(d);
+    const lines = [
+      `bench:managed — ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"}), node ${process.version}, tcp to the server, ${rounds} interleaved rounds of ${ms} ms per scenario, medians; KOALA_MANAGED_POLL_US=${pollUs}`,
+      "",
+      "scenario                         library     managed   managed/library   managed - library",
+    ];
+    const row = (name: string, k: keyof Row, unit: string, diff: boolean) => {
+      const l = med("library", k);
+      const m = med("managed", k);
+      lines.push(`${name.padEnd(32)} ${fmt(l, 1).padStart(8)} ${fmt(m, 1).padStart(11)} ${fmt(m / l, 2).padStart(17)} ${(diff ? `${fmt(m - l, 1)} ${unit}` : "").padStart(19)}`);
+    };
+    row("64 B unary p50 (µs), 1 in flight", "p50small", "µs", true);
+    row("64 B unary calls/s, 256 in flight", "calls256", "", false);
+    row("1 MiB unary p50 (µs), 1 in flight", "p50big", "µs", true);
+    row("1 MiB unary MB/s (both ways)", "mbpsBig", "", false);
+    const addP50 = med("managed", "p50small") - med("library", "p50small");
+    const cost = 1 - med("managed", "calls256") / med("library", "calls256");
+    lines.push("");
+    lines.push(`goal: managed adds <= 5 µs to p50: ${addP50 <= 5 ? "met" : "NOT met"} (${fmt(addP50, 1)} µs); costs <= 25% of calls/s at 256 in flight: ${cost <= 0.25 ? "met" : "NOT met"} (${fmt(cost * 100, 0)}%)`);
+    lines.push(`per round: ${JSON.stringify(rows)}`);
+    const text = `${lines.join("\n")}\n`;
+    process.stdout.write(text);
+    if (values.out !== undefined) writeFileSync(values.out, text);
+  } finally {
+    // SIGTERM first: a profiled daemon writes its profile as it exits.
+    for (const c of children) c.kill(values["cpu-prof-daemon"] === undefined ? "SIGKILL" : "SIGINT");
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
