@@ -430,6 +430,23 @@ class Attempts<I, O> {
   constructor(readonly policy: RetryPolicy | HedgingPolicy) {}
 }
 
+/** See ClientCall.x. */
+class CallExtras<I, O> {
+  /** A call with a retry or hedging policy: its attempts. */
+  retry: Attempts<I, O> | undefined;
+  /** On an attempt: the call it is an attempt of. */
+  parent: ClientCall<I, O> | undefined;
+  /** On an attempt: its number, 0 for the first. */
+  attemptNo = 0;
+  /** On an attempt: it never reached the server's application (refused by a GOAWAY, or its connection was lost before it was sent). */
+  transparent = false;
+
+  constructor(
+    /** Wait for the channel to connect instead of failing fast. */
+    readonly waitReady: boolean,
+  ) {}
+}
+
 /**
  * The client half of one call. Sends the request side, receives the response side, and ends
  * exactly once: with the response (unary / client streaming), at the end of the response
@@ -461,14 +478,11 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
   private answered = false;
   /** Interceptors of this call (the channel's, then the process's); empty on the fast path. */
   private readonly chain: readonly Interceptor[];
-  /** Wait for the channel to connect instead of failing fast (the call option, or the service config's default). */
-  private readonly waitReady: boolean;
-  /** A call with a retry or hedging policy: its attempts (each an attempt call of its own, `parent` set). Undefined on the fast path. */
-  private retry: Attempts<I, O> | undefined;
-  /** On an attempt: its number, 0 for the first. */
-  private attemptNo = 0;
-  /** On an attempt: it never reached the server's application (refused by a GOAWAY, or its connection was lost before it was sent). */
-  private transparent = false;
+  /**
+   * What a call of a method in the service config, or an attempt of a retried call, has besides:
+   * one field, undefined on the fast path (a call of a method with no config grows by 8 bytes).
+   */
+  private readonly x: CallExtras<I, O> | undefined;
   /** True once the call is over (for senders waiting on credit). */
   get ended(): boolean {
     return this.done;
@@ -481,35 +495,52 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     /** A connection the call must go on (a health check of that endpoint), instead of the channel's pick. */
     private readonly pinned?: ClientConnection,
     /** Set on an attempt of a call with a retry or hedging policy: that call (it owns the deadline, the signal, the interceptors and the response side). */
-    private readonly parent?: ClientCall<I, O>,
+    parent?: ClientCall<I, O>,
   ) {
     super();
     const kind = method.kind;
     if (parent !== undefined) {
       this.deadline = parent.deadline;
-      this.waitReady = parent.waitReady;
+      this.x = new CallExtras<I, O>(parent.waitReady);
+      this.x.parent = parent;
       this.chain = NO_INTERCEPTORS;
       if (kind === "client_streaming" || kind === "bidi_streaming") this.window = new SendWindow();
       return;
     }
     checkCallOptions(options);
     let deadline = deadlineOf(options);
-    let waitReady = options?.waitForReady === true;
     const sc = channel.options.serviceConfig;
-    if (sc !== null && pinned === undefined) {
-      const mc = sc.lookup(method.path);
-      if (mc !== undefined) {
-        if (mc.timeoutMs !== undefined) deadline = Math.min(deadline ?? Infinity, Date.now() + mc.timeoutMs);
-        if (options?.waitForReady === undefined && mc.waitForReady !== undefined) waitReady = mc.waitForReady;
-        if (mc.policy !== undefined) this.retry = new Attempts<I, O>(mc.policy);
-      }
+    const mc = sc !== null && pinned === undefined ? sc.lookup(method.path) : undefined;
+    if (mc !== undefined) {
+      if (mc.timeoutMs !== undefined) deadline = Math.min(deadline ?? Infinity, Date.now() + mc.timeoutMs);
+      this.x = new CallExtras<I, O>(options?.waitForReady ?? mc.waitForReady ?? false);
+      if (mc.policy !== undefined) this.x.retry = new Attempts<I, O>(mc.policy);
     }
     this.deadline = deadline;
-    this.waitReady = waitReady;
     this.chain = channel.chains.of(method.path);
     if (this.chain.length !== 0) this.markStart();
     if (kind === "server_streaming" || kind === "bidi_streaming") this.stream = this.responseStream();
     if (kind === "client_streaming" || kind === "bidi_streaming") this.window = new SendWindow();
+  }
+
+  /** Wait for the channel to connect instead of failing fast (the call option, or the service config's default). */
+  private get waitReady(): boolean {
+    return this.x === undefined ? this.options?.waitForReady === true : this.x.waitReady;
+  }
+
+  /** A call with a retry or hedging policy: its attempts (each an attempt call of its own, `parent` set). */
+  private get retry(): Attempts<I, O> | undefined {
+    return this.x?.retry;
+  }
+
+  /** On an attempt: the call it is an attempt of. */
+  private get parent(): ClientCall<I, O> | undefined {
+    return this.x?.parent;
+  }
+
+  /** On an attempt: its number, 0 for the first. */
+  private get attemptNo(): number {
+    return this.x?.attemptNo ?? 0;
   }
 
   // Closures live in small methods of their own, off the unary path: a closure in a method makes
@@ -640,7 +671,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     if (this.done) return;
     if (this.parent !== undefined) {
       // The server never processed it: the call sends another attempt (the request is kept).
-      this.transparent = this.parent.retry?.committed !== this;
+      this.x!.transparent = this.parent.retry?.committed !== this;
       this.end(error);
       return;
     }
@@ -661,7 +692,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
       // Lost between the lookup and now (a GOAWAY or a close in the meantime): try the next connection once.
       const next = this.pinned === undefined ? this.channel.connection() : undefined;
       if (next instanceof ClientConnection && next !== cc) return this.openWhenAdmitted(next, request, requests);
-      this.transparent = true;
+      if (this.x !== undefined) this.x.transparent = true;
       this.end(new RpcError(Code.UNAVAILABLE, `connection to ${this.channel.address} is not usable`));
       return;
     }
@@ -915,7 +946,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     const n = r.numbered++;
     if (counted) r.started++;
     const a = new ClientCall<I, O>(this.channel, this.method, undefined, undefined, this);
-    a.attemptNo = n;
+    a.x!.attemptNo = n;
     if (n > 0 || this.md !== undefined || this.options?.metadata !== undefined) {
       const md = new Metadata(this.metadata);
       if (n > 0) md.set(PREVIOUS_ATTEMPTS_KEY, String(n));
@@ -1034,7 +1065,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     const p = r.policy;
     const path = this.method.path;
     if (this.deadline !== undefined && Date.now() >= this.deadline) return false;
-    if (a.transparent && r.transparentLeft > 0) {
+    if (a.x!.transparent && r.transparentLeft > 0) {
       r.transparentLeft--;
       publishAttempt(path, a.attemptNo, "transparent", error.code);
       log("debug", "client", `${path}: attempt ${a.attemptNo + 1} never reached the server's application (${error.message}): sending it again`);
