@@ -11,7 +11,9 @@ import { FrameType, controlFrame, decodeFrame, type Frame } from "./frame.js";
 /** The scratch frame's message between frames (it holds no received memory then). */
 const NO_BYTES = new Uint8Array(0);
 import { Keepalive } from "./keepalive.js";
-import type { OutgoingFrame } from "./outgoing.js";
+import { sendInPlace, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
+import type { Metadata } from "./metadata.js";
+import type { MessageType } from "../proto/definition.js";
 import { CONNECTION_GRANT_BYTES, CONNECTION_WINDOW_BYTES, ReceiveWindow, SendWindow } from "./stream.js";
 
 /** Settings of an endpoint. */
@@ -73,6 +75,27 @@ export abstract class RpcEndpoint {
     }
     if (!ok) this.onBackpressure();
     return ok;
+  }
+
+  /**
+   * A frame sent as {@link sendInPlace} sends it (see there), with {@link send}'s backpressure
+   * handling. False: not sent (use the general path); true: sent.
+   */
+  sendFrameInPlace<T>(
+    settings: EncodeSettings,
+    type: FrameType,
+    callId: number,
+    arg: number,
+    metadata: Metadata | undefined,
+    trailers: Metadata | undefined,
+    bodyType: MessageType<T>,
+    body: T,
+    room: number,
+  ): boolean {
+    const ok = sendInPlace(this.conn, settings, type, 0, callId, arg, 0, metadata, trailers, "", bodyType, body, room);
+    if (ok === undefined) return false;
+    if (!ok) this.onBackpressure();
+    return true;
   }
 
   /** Sends a frame without a body or sections (CANCEL, CREDIT, PING...); nothing when the connection is closing. */

@@ -141,7 +141,7 @@ function u32(b: Uint8Array, at: number): number {
   return (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16)) + b[at + 3]! * 0x1000000;
 }
 
-/** Writes a header at the start of `out` (which must have room for it). */
+/** Writes a header into `out` at `at` (default its start; `out` must have room for it). */
 export function writeHeader(
   out: Uint8Array,
   type: FrameType,
@@ -151,16 +151,17 @@ export function writeHeader(
   arg2: number,
   metadataLength: number,
   textLength: number,
+  at = 0,
 ): void {
-  out[0] = type;
-  out[1] = flags;
-  out[2] = 0;
-  out[3] = 0;
-  put32(out, 4, callId);
-  put32(out, 8, arg);
-  put32(out, 12, arg2);
-  put32(out, 16, metadataLength);
-  put32(out, 20, textLength);
+  out[at] = type;
+  out[at + 1] = flags;
+  out[at + 2] = 0;
+  out[at + 3] = 0;
+  put32(out, at + 4, callId);
+  put32(out, at + 8, arg);
+  put32(out, at + 12, arg2);
+  put32(out, at + 16, metadataLength);
+  put32(out, at + 20, textLength);
 }
 
 function put32(b: Uint8Array, at: number, v: number): void {

@@ -9,7 +9,8 @@ import type { Heap, Lease } from "../mem/index.js";
 import type { MessageType } from "../proto/definition.js";
 import { FrameFlag, FrameType, HEADER_BYTES, writeHeader } from "./frame.js";
 import { encodeMetadata, metadataLength, type Metadata } from "./metadata.js";
-import { encodeParts } from "../proto/wire/writer.js";
+import { encodeParts, sizeForWrite, writeSized } from "../proto/wire/writer.js";
+import type { Connection } from "../transport/types.js";
 
 /** Frames from this size up are encoded into heap leases (the transports' coalescing limit). */
 export const HEAP_MIN_BYTES = 16 * 1024;
@@ -134,10 +135,7 @@ export function encodeFrame<T>(
     } catch (err) {
       const taken = allocator?.takeLease();
       if (taken !== undefined && !taken.released) taken.release();
-      if (err instanceof KoalaError && err.code === ErrorCode.MESSAGE_TOO_LARGE) {
-        throw new RpcError(Code.RESOURCE_EXHAUSTED, `${bodyType.typeName} of ${err.message} (maxMessageBytes)`, { cause: err });
-      }
-      throw new RpcError(Code.INTERNAL, `cannot encode ${bodyType.typeName}: ${(err as Error).message}`, { cause: err });
+      throw encodeError(bodyType, err);
     }
     for (const p of parts) bodyBytes += p.byteLength;
     bodyBytes -= headroom;
@@ -155,6 +153,77 @@ export function encodeFrame<T>(
     if (textLen > 0) buf.write(text, at, "utf8");
   }
   return { parts, bodyBytes, release: lease === undefined ? undefined : releaserOf(lease) };
+}
+
+/** The RpcError for a body that failed to encode: RESOURCE_EXHAUSTED over the limit, INTERNAL otherwise. */
+function encodeError(bodyType: { readonly typeName: string }, err: unknown): RpcError {
+  if (err instanceof KoalaError && err.code === ErrorCode.MESSAGE_TOO_LARGE) {
+    return new RpcError(Code.RESOURCE_EXHAUSTED, `${bodyType.typeName} of ${err.message} (maxMessageBytes)`, { cause: err });
+  }
+  return new RpcError(Code.INTERNAL, `cannot encode ${bodyType.typeName}: ${(err as Error).message}`, { cause: err });
+}
+
+/**
+ * {@link encodeFrame} and `conn.send` in one, the frame encoded straight into the connection's
+ * send buffer ({@link Connection.reserve}): no memory of its own, no parts array, no copy.
+ * Returns undefined, having sent nothing, when that cannot be done: the transport has no such
+ * buffer, the frame is too large for it, a `bytes` field would go out as a part of its own, or
+ * the body is over `room` bytes (the caller's memory budget: its general path then fails the
+ * call as it should). Otherwise returns what `send()` would. Throws as encodeFrame does, and
+ * KOALA_ERR_CLOSED from a closed connection; nothing is sent then.
+ */
+export function sendInPlace<T>(
+  conn: Connection,
+  settings: EncodeSettings,
+  type: FrameType,
+  flagsIn: number,
+  callId: number,
+  arg: number,
+  arg2In: number,
+  metadata: Metadata | undefined,
+  trailers: Metadata | undefined,
+  text: string,
+  bodyType: MessageType<T> | undefined,
+  body: T | undefined,
+  room: number,
+): boolean | undefined {
+  if (conn.reserve === undefined) return undefined;
+  let flags = flagsIn;
+  const mdLen = metadata !== undefined && metadata.size > 0 ? metadataLength(metadata) : 0;
+  const trLen = trailers !== undefined && trailers.size > 0 ? metadataLength(trailers) : 0;
+  const textLen = text === "" ? 0 : Buffer.byteLength(text);
+  const headroom = HEADER_BYTES + mdLen + trLen + textLen;
+  if (mdLen > 0) flags |= FrameFlag.METADATA;
+  let bodyBytes = 0;
+  if (bodyType !== undefined) {
+    flags |= FrameFlag.MESSAGE;
+    try {
+      bodyBytes = sizeForWrite(bodyType, body as T, settings.externalBytesThreshold, settings.maxMessageBytes);
+    } catch (err) {
+      throw encodeError(bodyType, err);
+    }
+    if (bodyBytes < 0 || bodyBytes > room) return undefined;
+  }
+  const buf = conn.reserve(headroom + bodyBytes);
+  if (buf === undefined) return undefined;
+  const at = conn.reservedOffset!;
+  if (bodyType !== undefined) {
+    try {
+      writeSized(bodyType, body as T, buf, at + headroom, bodyBytes);
+    } catch (err) {
+      // Never committed: the reservation is dropped with the bytes written into it.
+      throw encodeError(bodyType, err);
+    }
+  }
+  writeHeader(buf, type, flags, callId, arg, type === FrameType.STATUS ? trLen : arg2In, mdLen, textLen, at);
+  if (mdLen > 0 || trLen > 0 || textLen > 0) {
+    const out = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+    let p = at + HEADER_BYTES;
+    if (mdLen > 0) p = encodeMetadata(metadata!, out, p);
+    if (trLen > 0) p = encodeMetadata(trailers!, out, p);
+    if (textLen > 0) out.write(text, p, "utf8");
+  }
+  return conn.commit!();
 }
 
 /**

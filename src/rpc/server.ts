@@ -383,6 +383,11 @@ class ServerConnection extends RpcEndpoint {
     return this.keepMessage();
   }
 
+  /** Bytes a reply may take now within the connection's memory budget. */
+  room(): number {
+    return this.options.connectionBudgetBytes - this.heldBytes - this.conn.bufferedBytes;
+  }
+
   /** Whether a reply of `bytes` fits the connection's memory budget now. */
   fits(bytes: number): boolean {
     return this.heldBytes + this.conn.bufferedBytes + bytes <= this.options.connectionBudgetBytes;
@@ -817,6 +822,21 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
   }
 
   private sendReply(response: unknown): void {
+    // The common case, no interceptors (whose onEnd runs before the status goes out, in
+    // finish()): the status frame is encoded straight into the connection's send buffer.
+    if (this.chain.length === 0 && !this.done && !this.sc.conn.isClosed) {
+      let sent: boolean;
+      try {
+        sent = this.sc.sendFrameInPlace(this.sc.server.encode, FrameType.STATUS, this.id, Code.OK, this.headersSent ? undefined : this.headers, this.trailers, this.method.output, response, this.sc.room());
+      } catch (err) {
+        this.fail(err);
+        return;
+      }
+      if (sent) {
+        this.finish(undefined);
+        return;
+      }
+    }
     let frame: OutgoingFrame;
     try {
       frame = encodeFrame(this.sc.server.encode, FrameType.STATUS, 0, this.id, Code.OK, 0, this.headersSent ? undefined : this.headers, this.trailers, "", this.method.output, response);

@@ -194,8 +194,45 @@ export class SocketConnection extends InboxReader implements Connection {
     return this.queued + this.socket.writableLength <= this.options.highWaterMarkBytes;
   }
 
+  /** The batch buffer of the open reservation (see {@link reserve}), and its message's length. */
+  private reservedBatch: Buffer | undefined;
+  private reservedBytes = 0;
+  /** Where the reserved message starts in {@link reservedBatch}. */
+  reservedOffset = 0;
+
+  reserve(bytes: number): Uint8Array | undefined {
+    if (this.reason !== undefined) throw this.closedError("reserve()");
+    this.reservedBatch = undefined;
+    if (bytes > this.options.coalesceMaxBytes || bytes > this.options.maxMessageBytes) return undefined;
+    const size = FRAME_HEADER_BYTES + bytes;
+    let batch = this.batch;
+    if (batch === undefined || this.batchLen + size > batch.length) batch = this.newBatch(size);
+    this.reservedBatch = batch;
+    this.reservedBytes = bytes;
+    this.reservedOffset = this.batchLen + FRAME_HEADER_BYTES;
+    return batch;
+  }
+
+  commit(): boolean {
+    const batch = this.reservedBatch;
+    if (batch === undefined || batch !== this.batch || this.reservedOffset !== this.batchLen + FRAME_HEADER_BYTES) {
+      throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "commit() without a reservation (none made, or a send() came in between)");
+    }
+    this.reservedBatch = undefined;
+    if (this.reason !== undefined) throw this.closedError("commit()");
+    const bytes = this.reservedBytes;
+    const size = FRAME_HEADER_BYTES + bytes;
+    writeFrameHeader(batch, this.batchLen, bytes, FrameKind.MESSAGE);
+    this.batchLen += size;
+    this.tickCopied += size;
+    this.queued += size;
+    this.scheduleFlush();
+    return this.queued + this.socket.writableLength <= this.options.highWaterMarkBytes;
+  }
+
   /** Queues one frame of `kind` whose payload is `parts` (`total` bytes). */
   private enqueue(kind: FrameKind, parts: readonly Uint8Array[], total: number, onWritten: WrittenCallback): void {
+    this.reservedBatch = undefined;
     const size = FRAME_HEADER_BYTES + total;
     const small = total <= this.options.coalesceMaxBytes;
     // A large frame's header still goes into the batch, so it leaves with the small frames before it.
@@ -228,6 +265,11 @@ export class SocketConnection extends InboxReader implements Connection {
       }
     }
     this.queued += size;
+    this.scheduleFlush();
+  }
+
+  /** After queueing: flush now if the tick's bytes reached writeEagerBytes, else at the tick's end. */
+  private scheduleFlush(): void {
     // A burst is written as it grows, not all at the tick's end: the peer works on its first
     // messages meanwhile (with 256 calls in flight this took calls/s from 0.43x to 0.55x raw).
     if (this.queued >= this.options.writeEagerBytes) this.flush();

@@ -139,6 +139,23 @@ export interface Connection extends AsyncIterable<Uint8Array> {
    * KOALA_ERR_MESSAGE_TOO_LARGE for a message over `maxMessageBytes` (the connection stays up).
    */
   send(parts: readonly Uint8Array[], onWritten?: () => void): boolean;
+  /**
+   * Optional fast path for a small message: room for one message of `bytes` in the
+   * connection's own send buffer, so the caller encodes it there instead of into memory of its
+   * own that `send()` would copy. Returns the buffer to write into at {@link reservedOffset}, or
+   * undefined when this connection cannot take the message that way (too large for its
+   * coalescing buffer): then use `send()`. The message goes out with {@link commit}; one that
+   * is never committed is never sent, and any `send()` or `reserve()` in between cancels it
+   * (commit then throws). Throws KOALA_ERR_CLOSED after close.
+   */
+  reserve?(bytes: number): Uint8Array | undefined;
+  /** Where the message of the last {@link reserve} starts in the buffer it returned. */
+  readonly reservedOffset?: number;
+  /**
+   * Sends the message written into the last {@link reserve}'s room; returns as `send()` does.
+   * Throws KOALA_ERR_INVALID_ARGUMENT when there is no reservation (none made, or cancelled by a send).
+   */
+  commit?(): boolean;
   /** Bytes queued by `send()` and not yet handed to the operating system or peer. */
   readonly bufferedBytes: number;
   /** Resolves once `bufferedBytes` has fallen to at most half the high-water mark; rejects with the close reason if the connection closes first. */

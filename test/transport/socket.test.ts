@@ -92,6 +92,42 @@ for (const kind of ["tcp", "unix"] as const) {
     return { l, c, server };
   }
 
+  s("reserve / commit: a message encoded in the send buffer arrives in order among sent ones; a send in between cancels the reservation; too large or closed is refused", async () => {
+    const { c, server } = await pair();
+    const got: string[] = [];
+    const all = new Promise<void>((resolve) => server.onMessage((m) => got.push(Buffer.from(m).toString()) === 5 && resolve()));
+    const put = (text: string): boolean => {
+      const buf = c.reserve!(Buffer.byteLength(text));
+      assert.ok(buf !== undefined, "a small message has room");
+      Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength).write(text, c.reservedOffset!);
+      return c.commit!();
+    };
+    c.send([Buffer.from("one")]);
+    assert.ok(put("two"));
+    assert.ok(put(""), "an empty message");
+    // Reserved, then a send: the reservation is gone and never sent.
+    c.reserve!(5);
+    c.send([Buffer.from("three")]);
+    try {
+      c.commit!();
+      assert.unreachable("commit after a send");
+    } catch (err) {
+      assert.is((err as KoalaError).code, ErrorCode.INVALID_ARGUMENT);
+      assert.match((err as Error).message, /without a reservation/);
+    }
+    assert.ok(put("four"));
+    await all;
+    assert.equal(got, ["one", "two", "", "three", "four"]);
+    assert.is(c.reserve!(c.options.coalesceMaxBytes + 1), undefined, "over the coalescing limit: use send()");
+    c.close();
+    try {
+      c.reserve!(1);
+      assert.unreachable("reserve after close");
+    } catch (err) {
+      assert.is((err as KoalaError).code, ErrorCode.CLOSED);
+    }
+  });
+
   s("echo: small, coalesced and large messages; onWritten exactly once each; buffers empty after", async () => {
     const { c, server } = await pair();
     server.onMessage((m) => server.send([m]));

@@ -235,6 +235,13 @@ export class ProtoWriter {
     return parts;
   }
 
+  /** Ends writing into a caller's memory without making the parts list (nothing was left external). */
+  end(): void {
+    this.buf = EMPTY;
+    this.nodeBuf = undefined;
+    this.view = undefined;
+  }
+
   /** The length of the next nested message, from the size pass. */
   nextSize(): number {
     return this.sizes[this.sizeAt++]!;
@@ -560,6 +567,38 @@ export function encodeParts<T>(
     );
   }
   return parts;
+}
+
+/**
+ * The size pass alone, for a caller that finds the memory itself and then calls
+ * {@link writeSized} at once (the two share module state: nothing may be encoded between them).
+ * Returns the encoded length, or -1 when some `bytes` field is at least `externalBytesThreshold`
+ * long (such a message needs {@link encodeParts}). A message over `maxBytes` throws
+ * KOALA_ERR_MESSAGE_TOO_LARGE.
+ */
+export function sizeForWrite<T>(type: Encodable<T>, message: T, externalBytesThreshold: number, maxBytes: number): number {
+  counter.reset(externalBytesThreshold);
+  const size = type.sizeOf(message, counter);
+  if (size > maxBytes) throw new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `${size} bytes exceeds the limit of ${maxBytes} bytes`);
+  return counter.external === 0 ? size : -1;
+}
+
+/**
+ * The write pass after {@link sizeForWrite} returned `size`: writes the encoding into
+ * `buf[pos, pos + size)`. Throws (KOALA_ERR_INVALID_ARGUMENT) when the write pass disagrees
+ * with the size pass; the bytes written are then garbage the caller must not send.
+ */
+export function writeSized<T>(type: Encodable<T>, message: T, buf: Uint8Array, pos: number, size: number): void {
+  writer.begin(buf, pos, counter);
+  type.write(message, writer);
+  const end = writer.pos;
+  writer.end();
+  if (end !== pos + size) {
+    throw new KoalaError(
+      ErrorCode.INVALID_ARGUMENT,
+      `the write pass produced ${end - pos} bytes where the size pass counted ${size}: a field changed during encoding or holds a value of the wrong type`,
+    );
+  }
 }
 
 /** Encodes `message` into one new buffer (no headroom, nothing external). */
