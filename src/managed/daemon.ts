@@ -174,8 +174,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     socketPath,
     attached: () => [...relays].map((r) => ({ id: r.id, peer: r.peer, target: r.target, upstream: r.upstream.remoteAddress, calls: r.calls })),
     close: async () => {
-      await setup.close();
+      // Relays first: the set-up server's close waits for its sockets, the relays' sockets.
+      const closing = setup.close();
       for (const r of [...relays]) r.close("the daemon is shutting down");
+      await closing;
     },
   };
 }
