@@ -18,6 +18,12 @@
  * [[backends.greeter.engines]] # on this backend's server only (its service, server side)
  * kind = "ratelimit"
  * options = { ratePerSecond = 100, burst = 10 }
+ *
+ * [serviceConfig]              # gRPC's service config, for channels: createChannel(t, { serviceConfig: config.serviceConfig })
+ * retryThrottling = { maxTokens = 10, tokenRatio = 0.1 }
+ * [[serviceConfig.methodConfig]]
+ * name = [{ service = "hello.Greeter" }]
+ * retryPolicy = { maxAttempts = 3, initialBackoff = "0.1s", maxBackoff = "1s", backoffMultiplier = 2, retryableStatusCodes = ["UNAVAILABLE"] }
  * ```
  *
  * Everything is checked when the file is loaded: an unknown key, a value of the wrong kind or
@@ -31,6 +37,7 @@ import { setLogLevel, type LogLevel } from "../log.js";
 import { boolean, custom, integer, oneOf, resolveOptions, type OptionsSpec } from "../options.js";
 import type { ServiceDefinition } from "../proto/definition.js";
 import { resolveServerOptions, type ServerOptions } from "../rpc/options.js";
+import { resolveServiceConfig, type ServiceConfig } from "../rpc/retry.js";
 import { createServer, type Server, type ServiceImplementation } from "../rpc/server.js";
 import { bindAddress, parseAddress } from "../transport/address.js";
 import type { TransportName } from "../transport/types.js";
@@ -83,6 +90,12 @@ export interface KoalaConfig {
   engines: EngineConfig[];
   /** Backends by name, in file order. */
   backends: Map<string, BackendConfig>;
+  /**
+   * The `[serviceConfig]` table: gRPC's service config (retries, hedging, timeouts per method),
+   * checked as the channel option of that name checks it; give it to `createChannel(target,
+   * { serviceConfig })`. Undefined when the file has none.
+   */
+  serviceConfig: ServiceConfig | undefined;
 }
 
 function show(v: unknown): string {
@@ -139,6 +152,7 @@ interface TopLevel {
   engines: readonly unknown[];
   backends: Record<string, unknown>;
   daemon: Record<string, unknown>;
+  serviceConfig: Record<string, unknown> | undefined;
 }
 const topSpec: OptionsSpec<TopLevel> = {
   log: oneOf<"off" | LogLevel>("warn", ["off", "error", "warn", "info", "debug"]) as never,
@@ -149,6 +163,7 @@ const topSpec: OptionsSpec<TopLevel> = {
   backends: custom<Record<string, unknown>>({}, "a table of backends ([backends.NAME])", (v) => isTable(v) && Object.values(v).every(isTable)),
   // Read by `koala daemon` (src/managed/config.ts), which checks its keys.
   daemon: custom<Record<string, unknown>>({}, "a table ([daemon], read by koala daemon)", isTable),
+  serviceConfig: custom<Record<string, unknown> | undefined>(undefined, "a table ([serviceConfig], gRPC's service config)", isTable),
 };
 
 interface RawEngine {
@@ -269,8 +284,12 @@ export function parseConfig(text: string, file = "<config>", env: NodeJS.Process
     const bk = e.scope?.backend;
     if (bk !== undefined && !backends.has(bk)) throw configError(file, `engines[${i}].scope.backend`, bk, `no such backend (backends: ${[...backends.keys()].join(", ") || "none"})`);
   });
+  if (top.serviceConfig !== undefined) {
+    resolveServiceConfig(top.serviceConfig, (path, value, why) => configError(file, path === "" ? "serviceConfig" : `serviceConfig.${path}`, value, why));
+  }
   const config: KoalaConfig = {
     file,
+    serviceConfig: top.serviceConfig as ServiceConfig | undefined,
     log: doc.log === undefined ? undefined : top.log,
     transport: doc.transport === undefined ? undefined : top.transport,
     control: top.control,

@@ -3,9 +3,10 @@
  * call after a loss), multiplexes calls over it and runs keepalive; `createClient` builds a
  * typed client object from a service definition.
  */
-import { Code, ErrorCode, KoalaError, RpcError, clampCode, type MetadataInit } from "../errors.js";
+import diagnostics from "node:diagnostics_channel";
+import { Code, ErrorCode, KoalaError, RpcError, clampCode, codeName, type MetadataInit } from "../errors.js";
 import { Fifo } from "../fifo.js";
-import { logLimited } from "../log.js";
+import { log, logLimited } from "../log.js";
 import { connect } from "../transport/index.js";
 import { createConnectionSource, type ConnectionSource, type Endpoint, type EndpointState, type PooledConnection } from "../cluster/index.js";
 import type { Connection, PeerCertificate } from "../transport/types.js";
@@ -19,6 +20,8 @@ import { Metadata, decodeMetadata } from "./metadata.js";
 import { heapFor, resolveChannelOptions, transportOptionsFor, type ChannelOptions, type ResolvedChannelOptions } from "./options.js";
 import { buildFrame, encodeFrame, encodeSettings, type EncodeSettings } from "./outgoing.js";
 import { IncomingStream, SendWindow } from "./stream.js";
+import { encodedLength } from "../proto/wire/writer.js";
+import { PREVIOUS_ATTEMPTS_KEY, ReplayBuffer, RetryThrottle, pushbackOf, retryBackoffMs, type HedgingPolicy, type RetryPolicy } from "./retry.js";
 
 /** Per-call options. */
 export interface CallOptions {
@@ -252,6 +255,8 @@ export class Channel {
   /** @internal encoding settings of this channel's calls */
   readonly encode: EncodeSettings;
   private readonly source: ConnectionSource<ClientConnection>;
+  /** @internal The retry throttle of the service config's `retryThrottling`, shared by every call of the channel. */
+  readonly throttle: RetryThrottle | undefined;
 
   constructor(
     /** The target calls go to (an address, or a name for a resolver). */
@@ -262,6 +267,8 @@ export class Channel {
     this.encode = encodeSettings(this.options.maxMessageBytes, this.options.externalBytesThreshold, heapFor(options));
     this.chains = new EndpointChains(this.options.interceptors, "client", undefined);
     const o = this.options;
+    const t = o.serviceConfig?.throttling;
+    this.throttle = t === undefined ? undefined : new RetryThrottle(t.maxTokens, t.tokenRatio);
     try {
       this.source = createConnectionSource<ClientConnection>(address, (endpoint) => this.dial(endpoint), {
         backoff: { initialMs: o.reconnectBackoffInitialMs, maxMs: o.reconnectBackoffMaxMs, multiplier: 1.6, jitter: 0.2 },
@@ -287,6 +294,16 @@ export class Channel {
    */
   connection(waitForReady?: () => boolean): ClientConnection | Promise<ClientConnection> {
     const c = this.source.pick();
+    return c !== undefined ? c : this.source.wait(waitForReady);
+  }
+
+  /**
+   * The connection for an attempt of a retried or hedged call: one not in `avoid` (where earlier
+   * attempts went) when the balancer offers one within a few picks, else whatever it picks.
+   */
+  connectionAvoiding(avoid: readonly ClientConnection[], waitForReady?: () => boolean): ClientConnection | Promise<ClientConnection> {
+    let c = this.source.pick();
+    for (let i = 0; i < 4 && c !== undefined && avoid.includes(c); i++) c = this.source.pick();
     return c !== undefined ? c : this.source.wait(waitForReady);
   }
 
@@ -360,6 +377,76 @@ function checkCallOptions(options: CallOptions | undefined): void {
   }
 }
 
+/** How one attempt of a call with a retry or hedging policy ended, as the `koala:rpc.attempt` diagnostics channel reports it. */
+export type AttemptOutcome = "ok" | "failed" | "retried" | "transparent" | "cancelled";
+
+/** An event of the `koala:rpc.attempt` diagnostics channel: one attempt of a call with a retry or hedging policy ended. */
+export interface AttemptEvent {
+  /** The method path. */
+  readonly path: string;
+  /** The attempt's number, 0 for the first (transparent retries count too). */
+  readonly attempt: number;
+  /**
+   * `ok` / `failed`: it was the call's outcome; `retried`: it failed and the call went on (a retry,
+   * or the other hedges); `transparent`: it never reached the application on the server and was
+   * sent again; `cancelled`: another attempt won, or the call ended while it ran.
+   */
+  readonly outcome: AttemptOutcome;
+  /** Its status (OK for `ok`). */
+  readonly code: Code;
+}
+
+/** The diagnostics channel of attempts: the metrics engine subscribes to it. Published only while someone listens. */
+export const ATTEMPT_CHANNEL = "koala:rpc.attempt";
+const attemptChannel = diagnostics.channel(ATTEMPT_CHANNEL);
+
+/** Transparent retries of one call at most (an attempt that never reached the server's application, sent again at once). */
+const MAX_TRANSPARENT_RETRIES = 5;
+
+const NO_INTERCEPTORS: readonly Interceptor[] = [];
+
+/** The attempts of a call with a retry or hedging policy (only such calls have one). */
+class Attempts<I, O> {
+  /** Attempts running now. */
+  live: ClientCall<I, O>[] = [];
+  /** Attempts started that count against maxAttempts. */
+  started = 0;
+  /** Attempts started in all (transparent ones too): the next attempt's number. */
+  numbered = 0;
+  transparentLeft = MAX_TRANSPARENT_RETRIES;
+  /** The attempt whose answer is the call's, once there is one. */
+  committed: ClientCall<I, O> | undefined;
+  /** The backoff before the next retry, or the delay before the next hedge. */
+  timer: NodeJS.Timeout | undefined;
+  /** Hedging: no more attempts (a pushback said stop). */
+  stopped = false;
+  /** The single request (unary, server streaming). */
+  request: RequestInit<I> | undefined;
+  /** The streamed request, kept for the attempts. */
+  buffer: ReplayBuffer<RequestInit<I>> | undefined;
+  /** Connections earlier attempts went to (a retry prefers another). */
+  readonly tried: ClientConnection[] = [];
+
+  constructor(readonly policy: RetryPolicy | HedgingPolicy) {}
+}
+
+/** See ClientCall.x. */
+class CallExtras<I, O> {
+  /** A call with a retry or hedging policy: its attempts. */
+  retry: Attempts<I, O> | undefined;
+  /** On an attempt: the call it is an attempt of. */
+  parent: ClientCall<I, O> | undefined;
+  /** On an attempt: its number, 0 for the first. */
+  attemptNo = 0;
+  /** On an attempt: it never reached the server's application (refused by a GOAWAY, or its connection was lost before it was sent). */
+  transparent = false;
+
+  constructor(
+    /** Wait for the channel to connect instead of failing fast. */
+    readonly waitReady: boolean,
+  ) {}
+}
+
 /**
  * The client half of one call. Sends the request side, receives the response side, and ends
  * exactly once: with the response (unary / client streaming), at the end of the response
@@ -391,6 +478,11 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
   private answered = false;
   /** Interceptors of this call (the channel's, then the process's); empty on the fast path. */
   private readonly chain: readonly Interceptor[];
+  /**
+   * What a call of a method in the service config, or an attempt of a retried call, has besides:
+   * one field, undefined on the fast path (a call of a method with no config grows by 8 bytes).
+   */
+  private readonly x: CallExtras<I, O> | undefined;
   /** True once the call is over (for senders waiting on credit). */
   get ended(): boolean {
     return this.done;
@@ -402,15 +494,53 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     private readonly options: CallOptions | undefined,
     /** A connection the call must go on (a health check of that endpoint), instead of the channel's pick. */
     private readonly pinned?: ClientConnection,
+    /** Set on an attempt of a call with a retry or hedging policy: that call (it owns the deadline, the signal, the interceptors and the response side). */
+    parent?: ClientCall<I, O>,
   ) {
     super();
+    const kind = method.kind;
+    if (parent !== undefined) {
+      this.deadline = parent.deadline;
+      this.x = new CallExtras<I, O>(parent.waitReady);
+      this.x.parent = parent;
+      this.chain = NO_INTERCEPTORS;
+      if (kind === "client_streaming" || kind === "bidi_streaming") this.window = new SendWindow();
+      return;
+    }
     checkCallOptions(options);
-    this.deadline = deadlineOf(options);
+    let deadline = deadlineOf(options);
+    const sc = channel.options.serviceConfig;
+    const mc = sc !== null && pinned === undefined ? sc.lookup(method.path) : undefined;
+    if (mc !== undefined) {
+      if (mc.timeoutMs !== undefined) deadline = Math.min(deadline ?? Infinity, Date.now() + mc.timeoutMs);
+      this.x = new CallExtras<I, O>(options?.waitForReady ?? mc.waitForReady ?? false);
+      if (mc.policy !== undefined) this.x.retry = new Attempts<I, O>(mc.policy);
+    }
+    this.deadline = deadline;
     this.chain = channel.chains.of(method.path);
     if (this.chain.length !== 0) this.markStart();
-    const kind = method.kind;
     if (kind === "server_streaming" || kind === "bidi_streaming") this.stream = this.responseStream();
     if (kind === "client_streaming" || kind === "bidi_streaming") this.window = new SendWindow();
+  }
+
+  /** Wait for the channel to connect instead of failing fast (the call option, or the service config's default). */
+  private get waitReady(): boolean {
+    return this.x === undefined ? this.options?.waitForReady === true : this.x.waitReady;
+  }
+
+  /** A call with a retry or hedging policy: its attempts (each an attempt call of its own, `parent` set). */
+  private get retry(): Attempts<I, O> | undefined {
+    return this.x?.retry;
+  }
+
+  /** On an attempt: the call it is an attempt of. */
+  private get parent(): ClientCall<I, O> | undefined {
+    return this.x?.parent;
+  }
+
+  /** On an attempt: its number, 0 for the first. */
+  private get attemptNo(): number {
+    return this.x?.attemptNo ?? 0;
   }
 
   // Closures live in small methods of their own, off the unary path: a closure in a method makes
@@ -522,7 +652,15 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
 
   /** Finds the channel's connection and opens the call there once the server allows another stream. */
   private dispatch(request: RequestInit<I> | undefined, requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>> | undefined): void {
-    const c = this.pinned ?? this.channel.connection(this.options?.waitForReady === true ? this.stillWaiting() : undefined);
+    if (this.retry !== undefined) {
+      this.startAttempts(request, requests);
+      return;
+    }
+    const p = this.parent;
+    const c =
+      p !== undefined && p.retry!.tried.length > 0
+        ? this.channel.connectionAvoiding(p.retry!.tried, this.waitReady ? this.stillWaiting() : undefined)
+        : (this.pinned ?? this.channel.connection(this.waitReady ? this.stillWaiting() : undefined));
     if (c instanceof ClientConnection) {
       if (c.hasRoom) this.open(c, request, requests);
       else this.openWhenAdmitted(c, request, requests);
@@ -531,6 +669,12 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
 
   refused(error: RpcError): void {
     if (this.done) return;
+    if (this.parent !== undefined) {
+      // The server never processed it: the call sends another attempt (the request is kept).
+      this.x!.transparent = this.parent.retry?.committed !== this;
+      this.end(error);
+      return;
+    }
     const cc = this.cc;
     // Only a call whose whole request was in its CALL frame can be sent again as it was.
     if (this.answered || this.resendable === undefined || this.method.kind === "client_streaming" || this.method.kind === "bidi_streaming") {
@@ -548,6 +692,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
       // Lost between the lookup and now (a GOAWAY or a close in the meantime): try the next connection once.
       const next = this.pinned === undefined ? this.channel.connection() : undefined;
       if (next instanceof ClientConnection && next !== cc) return this.openWhenAdmitted(next, request, requests);
+      if (this.x !== undefined) this.x.transparent = true;
       this.end(new RpcError(Code.UNAVAILABLE, `connection to ${this.channel.address} is not usable`));
       return;
     }
@@ -558,6 +703,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     this.cc = cc;
     this.callId = callId;
     this.stream?.bind(cc.receiveWindow);
+    if (this.parent !== undefined) this.parent.retry!.tried.push(cc);
     const metadata = this.md !== undefined || this.options?.metadata !== undefined ? this.metadata : undefined;
     const timeout = this.deadline === undefined ? 0 : Math.max(1, Math.min(0xffff_fff0, this.deadline - Date.now()));
     let flags = define ? FrameFlag.DEFINE_METHOD : 0;
@@ -620,6 +766,10 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     if (this.done) return;
     if (frame.type === FrameType.CREDIT) {
       this.window?.add(frame.arg);
+      return;
+    }
+    if (this.parent !== undefined) {
+      this.attemptFrame(this.parent, frame);
       return;
     }
     this.answered = true;
@@ -716,7 +866,12 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
 
   private end(error: RpcError | undefined): void {
     if (this.done) return;
+    if (this.parent !== undefined) {
+      this.endAttempt(this.parent, error);
+      return;
+    }
     this.done = true;
+    if (this.retry !== undefined) this.settleAttempts(error);
     if (this.chain.length !== 0) runEndChain(this.chain, this, error, interceptorFailed);
     if (this.timer !== undefined) clearTimeout(this.timer);
     if (this.abortListener !== undefined) this.options!.signal!.removeEventListener("abort", this.abortListener);
@@ -738,6 +893,238 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
       // A unary-style call that ended before anyone awaited it: keep the outcome for result().
       this.early = error ?? null;
     }
+  }
+
+  // ── Retries and hedging (calls whose method has a policy in the service config) ──────────
+  // The call itself (the parent) never goes on a connection: each attempt is a call of its own
+  // with `parent` set, registered on a connection. An attempt that is not committed keeps its
+  // frames to itself; the first header or message commits it, and from then on it hands every
+  // frame to the parent, which answers the application as a call without a policy does.
+
+  /** Starts the first attempt (and, for a streamed request, the buffer that replays it to later ones). */
+  private startAttempts(request: RequestInit<I> | undefined, requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>> | undefined): void {
+    const r = this.retry!;
+    r.request = request;
+    if (requests !== undefined) r.buffer = new ReplayBuffer(this.requestPuller(requests));
+    this.startAttempt(true);
+  }
+
+  /** Reads the application's request stream for the buffer, through the client-send interceptors. */
+  private requestPuller(requests: AsyncIterable<RequestInit<I>> | Iterable<RequestInit<I>>): () => Promise<{ done: true } | { done: false; value: RequestInit<I>; bytes: number }> {
+    const it: Iterator<RequestInit<I>> | AsyncIterator<RequestInit<I>> =
+      Symbol.asyncIterator in requests ? (requests as AsyncIterable<RequestInit<I>>)[Symbol.asyncIterator]() : (requests as Iterable<RequestInit<I>>)[Symbol.iterator]();
+    return async () => {
+      try {
+        const next = await it.next();
+        if (next.done === true || this.done) return { done: true };
+        const value = await next.value;
+        if (this.chain.length !== 0) {
+          const v = runMessageChain(this.chain, this, "client-send", value);
+          const verdict = v instanceof Promise ? await v : v;
+          if (verdict instanceof RpcError) throw verdict;
+        }
+        const bytes = encodedLength(this.method.input, asMessage(value));
+        const r = this.retry!;
+        // Past the buffer limit the call commits to the attempt furthest along: it cannot be replayed.
+        if (r.committed === undefined && r.buffer!.bytes + bytes > this.channel.options.retryBufferBytes) {
+          const a = r.live.find((x) => x.cc !== undefined);
+          if (a !== undefined) this.commitTo(a);
+        }
+        return { done: false, value, bytes };
+      } catch (err) {
+        if (!this.done) this.cancel(err instanceof RpcError ? err : new RpcError(Code.CANCELLED, `request stream failed: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
+        return { done: true };
+      }
+    };
+  }
+
+  /** Starts one attempt; `counted` false for a transparent retry (it does not count against maxAttempts). */
+  private startAttempt(counted: boolean): void {
+    const r = this.retry!;
+    r.timer = undefined;
+    if (this.done || r.committed !== undefined) return;
+    const n = r.numbered++;
+    if (counted) r.started++;
+    const a = new ClientCall<I, O>(this.channel, this.method, undefined, undefined, this);
+    a.x!.attemptNo = n;
+    if (n > 0 || this.md !== undefined || this.options?.metadata !== undefined) {
+      const md = new Metadata(this.metadata);
+      if (n > 0) md.set(PREVIOUS_ATTEMPTS_KEY, String(n));
+      a.md = md;
+    }
+    r.live.push(a);
+    const p = r.policy;
+    if (p.kind === "hedging" && !r.stopped && r.started < p.maxAttempts) this.scheduleHedge(p.hedgingDelayMs);
+    a.dispatch(r.request, r.buffer?.reader());
+  }
+
+  /** Sends the next hedge after `ms` (replacing a hedge already scheduled). */
+  private scheduleHedge(ms: number): void {
+    const r = this.retry!;
+    if (r.timer !== undefined) clearTimeout(r.timer);
+    r.timer = setTimeout(() => this.nextHedge(), ms);
+  }
+
+  private nextHedge(): void {
+    const r = this.retry!;
+    r.timer = undefined;
+    if (this.done || r.committed !== undefined || r.stopped || r.started >= r.policy.maxAttempts) return;
+    const t = this.channel.throttle;
+    if (t !== undefined && !t.allows) return;
+    this.startAttempt(true);
+  }
+
+  /** A frame for an attempt (`this`) of `p`. */
+  private attemptFrame(p: ClientCall<I, O>, frame: Frame): void {
+    const r = p.retry!;
+    if (r.committed !== this) {
+      if (frame.type === FrameType.STATUS && frame.bodyAt < 0 && clampCode(frame.arg) !== Code.OK) {
+        // A failure with nothing before it: the call may go on with another attempt.
+        let trailers: MetadataInit = {};
+        try {
+          if (frame.trailers !== undefined) trailers = decodeMetadata(frame.trailers).toRecord();
+        } catch {
+          // Undecodable trailers: the parent decodes them again below and fails the call with why.
+        }
+        const code = clampCode(frame.arg);
+        const error = new RpcError(code, frame.text, { metadata: trailers });
+        if (p.goesOn(this, error)) {
+          const cc = this.cc;
+          this.finishAttempt(code);
+          if (cc !== undefined && cc.callEnded !== undefined) reportOutcome(cc.callEnded, error);
+          return;
+        }
+      }
+      p.commitTo(this);
+    }
+    p.onFrame(frame);
+  }
+
+  /** Commits the call to attempt `a`: its answer is the call's; the others are cancelled. */
+  private commitTo(a: ClientCall<I, O>): void {
+    const r = this.retry!;
+    if (r.committed !== undefined) return;
+    r.committed = a;
+    if (r.timer !== undefined) clearTimeout(r.timer);
+    r.timer = undefined;
+    r.buffer?.commit();
+    const others = r.live.filter((x) => x !== a);
+    r.live = [a];
+    for (const o of others) o.abandon();
+    if (a.cc !== undefined) {
+      this.cc = a.cc;
+      this.callId = a.callId;
+      this.stream?.bind(a.cc.receiveWindow);
+    }
+  }
+
+  /** Cancels an attempt that lost (or whose call ended), and says so on the attempt channel. */
+  private abandon(): void {
+    if (this.done) return;
+    this.sendControl(FrameType.CANCEL, Code.CANCELLED);
+    this.finishAttempt(Code.CANCELLED, "cancelled");
+  }
+
+  /** Takes the attempt off its connection without telling the parent. */
+  private finishAttempt(code: Code, outcome?: AttemptOutcome): void {
+    this.done = true;
+    const cc = this.cc;
+    if (cc !== undefined) cc.finish(this.callId);
+    this.window?.fail(new RpcError(Code.CANCELLED, "attempt ended"));
+    if (outcome !== undefined) publishAttempt(this.method.path, this.attemptNo, outcome, code);
+  }
+
+  /** An attempt ended on its own (its connection failed, it was refused, it was cancelled locally). */
+  private endAttempt(p: ClientCall<I, O>, error: RpcError | undefined): void {
+    const cc = this.cc;
+    this.finishAttempt(error?.code ?? Code.OK);
+    const r = p.retry!;
+    // The committed attempt's end is the call's: the call reports it to outlier detection.
+    if (r.committed === this && !p.done) {
+      p.end(error);
+      return;
+    }
+    if (cc !== undefined && cc.callEnded !== undefined) reportOutcome(cc.callEnded, error);
+    if (p.done) return;
+    if (r.committed !== undefined) return;
+    const e = error ?? new RpcError(Code.INTERNAL, "attempt ended without a status");
+    if (!p.goesOn(this, e)) {
+      r.committed = this;
+      p.end(e);
+    }
+  }
+
+  /**
+   * Attempt `a` failed with `error` before the call committed: returns true when the call goes
+   * on (a retry is scheduled, another hedge is sent or still runs), false when `error` is the
+   * call's outcome.
+   */
+  private goesOn(a: ClientCall<I, O>, error: RpcError): boolean {
+    const r = this.retry!;
+    r.live = r.live.filter((x) => x !== a);
+    const p = r.policy;
+    const path = this.method.path;
+    if (this.deadline !== undefined && Date.now() >= this.deadline) return false;
+    if (a.x!.transparent && r.transparentLeft > 0) {
+      r.transparentLeft--;
+      publishAttempt(path, a.attemptNo, "transparent", error.code);
+      log("debug", "client", `${path}: attempt ${a.attemptNo + 1} never reached the server's application (${error.message}): sending it again`);
+      this.startAttempt(false);
+      return true;
+    }
+    if (!p.codes.has(error.code)) return this.othersGoOn(a, error);
+    const throttle = this.channel.throttle;
+    throttle?.failed();
+    const pushback = pushbackOf(error.metadata);
+    const why = `${codeName(error.code)}: ${error.message}`;
+    if (pushback === "stop") {
+      r.stopped = true;
+      log("debug", "client", `${path}: attempt ${a.attemptNo + 1} failed (${why}); the server's pushback says not to retry`);
+      return this.othersGoOn(a, error);
+    }
+    if (r.started >= p.maxAttempts) return this.othersGoOn(a, error);
+    if (throttle !== undefined && !throttle.allows) {
+      log("debug", "client", `${path}: attempt ${a.attemptNo + 1} failed (${why}); retries are throttled (${throttle.level.toFixed(3)} of ${throttle.maxTokens} tokens)`);
+      return this.othersGoOn(a, error);
+    }
+    if (p.kind === "retry") {
+      const delay = pushback ?? retryBackoffMs(p, r.started);
+      publishAttempt(path, a.attemptNo, "retried", error.code);
+      log("debug", "client", `${path}: attempt ${a.attemptNo + 1} of ${p.maxAttempts} failed (${why}); retrying in ${delay.toFixed(1)} ms${pushback === undefined ? "" : " (server pushback)"}`);
+      r.timer = setTimeout(() => this.startAttempt(true), delay);
+      return true;
+    }
+    // Hedging: a non-fatal failure sends the next hedge now (or after the server's pushback).
+    publishAttempt(path, a.attemptNo, "retried", error.code);
+    log("debug", "client", `${path}: hedge ${a.attemptNo + 1} of ${p.maxAttempts} failed (${why}); ${pushback === undefined ? "sending the next one now" : `next one in ${pushback} ms (server pushback)`}`);
+    if (pushback !== undefined) this.scheduleHedge(pushback);
+    else this.nextHedge();
+    return r.live.length > 0 || r.timer !== undefined;
+  }
+
+  /** No more attempts after `a`'s failure: hedges still running may yet answer. */
+  private othersGoOn(a: ClientCall<I, O>, error: RpcError): boolean {
+    const r = this.retry!;
+    if (r.policy.kind !== "hedging" || r.live.length === 0) return false;
+    if (!r.policy.codes.has(error.code)) return false;
+    publishAttempt(this.method.path, a.attemptNo, "retried", error.code);
+    return true;
+  }
+
+  /** The call ended: its attempts end with it (the committed one says how it went). */
+  private settleAttempts(error: RpcError | undefined): void {
+    const r = this.retry!;
+    if (r.timer !== undefined) clearTimeout(r.timer);
+    r.timer = undefined;
+    const code = error?.code ?? Code.OK;
+    if (error === undefined) this.channel.throttle?.succeeded();
+    for (const a of r.live) {
+      if (a === r.committed) a.finishAttempt(code);
+      else a.abandon();
+    }
+    r.live = [];
+    const c = r.committed;
+    if (c !== undefined) publishAttempt(this.method.path, c.attemptNo, error === undefined ? "ok" : "failed", code);
   }
 
   /** The single response of a unary or client-streaming call. */
@@ -776,6 +1163,11 @@ function describeAbort(reason: unknown): string {
 /** A request as given: encoders take partial messages (absent fields are defaults), so no copy is made. */
 function asMessage<I>(init: RequestInit<I> | undefined): I {
   return (init ?? {}) as I;
+}
+
+/** Publishes an attempt's end on {@link ATTEMPT_CHANNEL} (nothing is built while no one listens). */
+function publishAttempt(path: string, attempt: number, outcome: AttemptOutcome, code: Code): void {
+  if (attemptChannel.hasSubscribers) attemptChannel.publish({ path, attempt, outcome, code } satisfies AttemptEvent);
 }
 
 /** Tells outlier detection how a call ended: UNAVAILABLE fails, a status the server chose succeeds, cancellation and deadlines say nothing. */

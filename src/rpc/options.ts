@@ -4,6 +4,8 @@ import { resolveTransportOptions } from "../transport/options.js";
 import type { TransportOptions } from "../transport/types.js";
 import type { Interceptor } from "./interceptor.js";
 import { Heap, sharedHeap } from "../mem/index.js";
+import { ErrorCode, KoalaError } from "../errors.js";
+import { resolveServiceConfig, type ResolvedServiceConfig, type ServiceConfig } from "./retry.js";
 
 const MiB = 1024 * 1024;
 
@@ -55,6 +57,20 @@ export interface ChannelOptions {
   healthCheck?: HealthCheckOptions | null;
   /** Outlier ejection on consecutive failures of a resolved target's endpoints (see {@link OutlierDetectionOptions}). Default null (off). */
   outlierDetection?: OutlierDetectionOptions | null;
+  /**
+   * gRPC's service config in its JSON shape (see {@link ServiceConfig}): per method (or service)
+   * a `retryPolicy` or `hedgingPolicy`, a default `timeout` and `waitForReady`, and
+   * `retryThrottling` for the channel. Checked when the channel is created; a bad value is an
+   * error naming its key path. Default null (no retries: a call is sent again only when it
+   * never left the client).
+   */
+  serviceConfig?: ServiceConfig | null;
+  /**
+   * Bytes of a streamed request kept per call so that a retry or hedge can send it again; past
+   * this the call commits to the attempt in flight (no more retries). Default 256 KiB (gRPC's
+   * per-call default).
+   */
+  retryBufferBytes?: number;
 }
 
 /** The channel option `healthCheck`. */
@@ -170,6 +186,8 @@ const channelSpec: OptionsSpec<Required<ChannelOptions>> = {
   minResolveIntervalMs: integer(30_000, 0, 2 ** 31 - 1),
   healthCheck: custom<HealthCheckOptions | null>(null, "an object ({ serviceName }) or null", isObjectOrNull),
   outlierDetection: custom<OutlierDetectionOptions | null>(null, "an object of outlier detection options or null", isObjectOrNull),
+  serviceConfig: custom<ServiceConfig | null>(null, "a service config object ({ methodConfig, retryThrottling }) or null", isObjectOrNull),
+  retryBufferBytes: integer(256 * 1024, 0, Number.MAX_SAFE_INTEGER),
 };
 
 const serverSpec: OptionsSpec<Required<ServerOptions>> = {
@@ -192,11 +210,12 @@ const serverSpec: OptionsSpec<Required<ServerOptions>> = {
   name: custom<string>("", "a string", (v) => typeof v === "string"),
 };
 
-/** Resolved channel options: every field set, the nested `healthCheck` and `outlierDetection` complete too. */
+/** Resolved channel options: every field set, the nested `healthCheck`, `outlierDetection` and `serviceConfig` checked too. */
 export type ResolvedChannelOptions = Readonly<
-  Omit<Required<ChannelOptions>, "healthCheck" | "outlierDetection"> & {
+  Omit<Required<ChannelOptions>, "healthCheck" | "outlierDetection" | "serviceConfig"> & {
     healthCheck: Readonly<Required<HealthCheckOptions>> | null;
     outlierDetection: Readonly<Required<OutlierDetectionOptions>> | null;
+    serviceConfig: ResolvedServiceConfig | null;
   }
 >;
 /** Resolved server options. */
@@ -208,7 +227,23 @@ export function resolveChannelOptions(input: unknown): ResolvedChannelOptions {
   resolveTransportOptions("createChannel(): option \"transport\"", transportOptionsFor(o.maxMessageBytes, o.transport));
   const healthCheck = o.healthCheck === null ? null : resolveOptions('createChannel(): option "healthCheck"', healthCheckSpec, o.healthCheck);
   const outlierDetection = o.outlierDetection === null ? null : resolveOptions('createChannel(): option "outlierDetection"', outlierSpec, o.outlierDetection);
-  return Object.freeze({ ...o, healthCheck, outlierDetection });
+  const serviceConfig = o.serviceConfig === null ? null : resolveServiceConfig(o.serviceConfig, serviceConfigProblem);
+  return Object.freeze({ ...o, healthCheck, outlierDetection, serviceConfig });
+}
+
+function serviceConfigProblem(path: string, value: unknown, why: string): KoalaError {
+  const shown = value === undefined ? "" : ` = ${showValue(value)}`;
+  return new KoalaError(ErrorCode.INVALID_ARGUMENT, `createChannel(): option "serviceConfig${path === "" ? "" : `.${path}`}"${shown}: ${why}`);
+}
+
+function showValue(v: unknown): string {
+  try {
+    const s = JSON.stringify(v);
+    if (s === undefined) return String(v);
+    return s.length > 80 ? `${s.slice(0, 80)}…` : s;
+  } catch {
+    return String(v);
+  }
 }
 
 /** Validates server options. */

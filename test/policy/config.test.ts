@@ -8,7 +8,7 @@ import * as assert from "uvu/assert";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Code, ErrorCode, KoalaError, RpcError, closeClient, createClient, type Server } from "../../src/index.js";
+import { Code, ErrorCode, KoalaError, RpcError, closeClient, createClient, createServer, type Server } from "../../src/index.js";
 import { applyPolicies, loadConfig, parseConfig, service, startBackend } from "../../src/policy/config.js";
 import { policies, type MetricsEngine } from "../../src/policy/index.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
@@ -223,6 +223,54 @@ test("two backends serving the same service in one process keep their engines ap
   }
   assert.match(configError(`[[engines]]\nkind = "null"\nscope = { backend = "zz" }\n[backends.a]\nlisten = "127.0.0.1:0"`), /^koala\.toml: engines\[0\]\.scope\.backend = "zz": no such backend \(backends: a\)/);
   assert.match(configError(`[backends.a]\nlisten = "127.0.0.1:0"\nserver = { name = "x" }`), /^koala\.toml: backends\.a\.server\.name = "x": is the backend's name/);
+});
+
+test("[serviceConfig]: checked like the channel option, errors naming the key path; a channel given it retries, and the metrics engine counts the attempts", async () => {
+  assert.match(
+    configError(`[[serviceConfig.methodConfig]]\nname = [{ service = "koala.test.Echo" }]\nretryPolicy = { maxAttempts = 1, initialBackoff = "0.1s", maxBackoff = "1s", backoffMultiplier = 2, retryableStatusCodes = ["UNAVAILABLE"] }`),
+    /^koala\.toml: serviceConfig\.methodConfig\[0\]\.retryPolicy\.maxAttempts = 1: must be an integer of 2 or more/,
+  );
+  assert.match(
+    configError(`[[serviceConfig.methodConfig]]\nname = [{ service = "koala.test.Echo" }]\nretryPolicy = { maxAttempts = 2, initialBackoff = 0.1, maxBackoff = "1s", backoffMultiplier = 2, retryableStatusCodes = ["UNAVAILABLE"] }`),
+    /^koala\.toml: serviceConfig\.methodConfig\[0\]\.retryPolicy\.initialBackoff = 0\.1: must be a duration in seconds/,
+  );
+  assert.match(configError(`[serviceConfig]\nretryThrotling = { maxTokens = 10, tokenRatio = 0.1 }`), /^koala\.toml: serviceConfig\.retryThrotling = .*: unknown key/);
+  assert.match(configError(`serviceConfig = 3`), /^koala\.toml: serviceConfig = 3: must be a table/);
+  const config = parseConfig(
+    [
+      `[[engines]]`,
+      `kind = "metrics"`,
+      `[serviceConfig]`,
+      `retryThrottling = { maxTokens = 10, tokenRatio = 0.1 }`,
+      `[[serviceConfig.methodConfig]]`,
+      `name = [{ service = "koala.test.Echo", method = "Unary" }]`,
+      `retryPolicy = { maxAttempts = 3, initialBackoff = "0.001s", maxBackoff = "0.01s", backoffMultiplier = 2, retryableStatusCodes = ["UNAVAILABLE"] }`,
+    ].join("\n"),
+    "koala.toml",
+    noEnv,
+  );
+  await applyPolicies(config);
+  const server = createServer({ logHandlerErrors: false });
+  let calls = 0;
+  server.add(EchoService, {
+    async unary(req) {
+      if (++calls === 1) throw new RpcError(Code.UNAVAILABLE, "first attempt fails");
+      return { text: req.text } as never;
+    },
+  });
+  const address = await server.listen("tcp://127.0.0.1:0");
+  const client = createClient(EchoService, address, { serviceConfig: config.serviceConfig! });
+  try {
+    assert.is((await client.unary({ text: "again" })).text, "again");
+    assert.is(calls, 2);
+    const m = policies.get("metrics") as MetricsEngine;
+    assert.is(m.attempts("/koala.test.Echo/Unary", "retried"), 1);
+    assert.is(m.attempts("/koala.test.Echo/Unary", "ok"), 1);
+    assert.match(m.render(), 'koala_client_attempts_total{method="/koala.test.Echo/Unary",outcome="retried"} 1');
+  } finally {
+    closeClient(client);
+    server.forceShutdown();
+  }
 });
 
 test.run();

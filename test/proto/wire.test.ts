@@ -104,6 +104,46 @@ test("every scalar writer agrees with protobufjs' Writer and with its size funct
   check("tag 2^29-1/5", 5, (w) => w.tag(2 ** 29 - 1, 5), (w) => w.uint32((2 ** 29 - 1) * 8 + 5));
 });
 
+test("strings of every kind (ASCII, 2-, 3- and 4-byte UTF-8, lone surrogates, concatenations, short and long) encode as Node's UTF-8 encoder does", () => {
+  const unit = fc.oneof(
+    fc.integer({ min: 0, max: 0x7f }),
+    fc.integer({ min: 0x80, max: 0x7ff }),
+    fc.integer({ min: 0x800, max: 0xffff }), // lone surrogates included
+    fc.constantFrom(0xd83d, 0xde80, 0xdbff, 0xdc00),
+  );
+  const text = fc.array(unit, { maxLength: 300 }).map((units) => String.fromCharCode(...units));
+  fc.assert(
+    fc.property(text, text, (a, b) => {
+      for (const s of [a, a + b, `${a}.${b}`]) {
+        const expected = Buffer.from(s, "utf8");
+        const size = stringSize(s);
+        assert.is(size, varint32Size(expected.byteLength) + expected.byteLength, "stringSize");
+        const w = new ProtoWriter();
+        const c = new SizeCounter();
+        c.reset(0);
+        const buf = new Uint8Array(size);
+        w.begin(buf, 0, c);
+        w.string(s);
+        assert.is(w.pos, size, "bytes written");
+        const r = new ProtoReader(buf);
+        assert.is(Buffer.compare(r.bytes(), expected), 0, JSON.stringify(s));
+      }
+    }),
+    { numRuns: 400 },
+  );
+  // The edge of the one-pass path: 42 units of 3 bytes still take a one-byte length; 43 do not.
+  for (const n of [42, 43]) {
+    const s = "€".repeat(n);
+    const w = new ProtoWriter();
+    const c = new SizeCounter();
+    c.reset(0);
+    const buf = new Uint8Array(stringSize(s));
+    w.begin(buf, 0, c);
+    w.string(s);
+    assert.is(new ProtoReader(buf).string(), s);
+  }
+});
+
 test("every scalar reader reads what protobufjs writes", () => {
   const read = <T>(b: Uint8Array, fn: (r: ProtoReader) => T): T => {
     const r = new ProtoReader(b);

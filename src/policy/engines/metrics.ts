@@ -1,6 +1,8 @@
 /**
  * The `metrics` engine: counts calls by method, side and status code, and a latency histogram
- * per method, exposed as Prometheus text (`render()`; `koala ctl metrics` and the optional HTTP
+ * per method; and the attempts of calls with a retry or hedging policy (every channel of the
+ * process, whatever the engine's scope: they come from the `koala:rpc.attempt` diagnostics
+ * channel, not from the calls it sees), by method and outcome; exposed as Prometheus text (`render()`; `koala ctl metrics` and the optional HTTP
  * endpoint serve it). It never holds or rejects a call.
  */
 import { Code, codeName, type RpcError } from "../../errors.js";
@@ -8,6 +10,8 @@ import { custom, resolveOptions, type OptionsSpec } from "../../options.js";
 import type { CallInfo } from "../../rpc/interceptor.js";
 import type { Engine } from "../engine.js";
 import { limitedEventCounts } from "../../log.js";
+import diagnostics from "node:diagnostics_channel";
+import { ATTEMPT_CHANNEL, type AttemptEvent, type AttemptOutcome } from "../../rpc/client.js";
 
 /** Options of the `metrics` engine. */
 export interface MetricsOptions {
@@ -32,6 +36,8 @@ interface Series {
 
 /** A `metrics` engine with its Prometheus text. */
 export interface MetricsEngine extends Engine {
+  /** Attempts of calls with a retry or hedging policy counted so far, by method path and outcome (all outcomes when omitted). */
+  attempts(path: string, outcome?: AttemptOutcome): number;
   /** Calls counted so far, by `side path code` (for tests and dashboards). */
   count(side: "client" | "server", path: string, code?: Code): number;
   /**
@@ -52,6 +58,15 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
   let o = resolveOptions(`engine ${name} (metrics)`, spec, input);
   // By side, then method path: finding a call's series builds no key string.
   let series = newSeries();
+  // Attempts by method path, then outcome.
+  let attempts = new Map<string, Map<AttemptOutcome, number>>();
+  const onAttempt = (message: unknown) => {
+    const e = message as AttemptEvent;
+    let m = attempts.get(e.path);
+    if (m === undefined) attempts.set(e.path, (m = new Map()));
+    m.set(e.outcome, (m.get(e.outcome) ?? 0) + 1);
+  };
+  diagnostics.subscribe(ATTEMPT_CHANNEL, onAttempt);
   const seriesOf = (side: "client" | "server", path: string): Series => {
     let s = series[side].get(path);
     if (s === undefined) {
@@ -75,6 +90,17 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
       s.count++;
       for (let i = 0; i < o.bucketsSeconds.length; i++) if (seconds <= o.bucketsSeconds[i]!) s.buckets[i]!++;
     },
+    attempts(path, outcome) {
+      const m = attempts.get(path);
+      if (m === undefined) return 0;
+      if (outcome !== undefined) return m.get(outcome) ?? 0;
+      let n = 0;
+      for (const v of m.values()) n += v;
+      return n;
+    },
+    close() {
+      diagnostics.unsubscribe(ATTEMPT_CHANNEL, onAttempt);
+    },
     count(side, path, code) {
       const s = series[side].get(path);
       if (s === undefined) return 0;
@@ -96,6 +122,11 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
         o.bucketsSeconds.forEach((b, i) => lines.push(`koala_call_duration_seconds_bucket{${l},le="${b}"} ${s.buckets[i]}`));
         lines.push(`koala_call_duration_seconds_bucket{${l},le="+Inf"} ${s.count}`, `koala_call_duration_seconds_sum{${l}} ${s.sum}`, `koala_call_duration_seconds_count{${l}} ${s.count}`);
       }
+      lines.push(
+        "# HELP koala_client_attempts_total Attempts of client calls with a retry or hedging policy, by method and outcome (ok / failed: the call's answer; retried: failed, the call went on; transparent: refused unprocessed, sent again; cancelled: lost to another hedge or ended with its call).",
+        "# TYPE koala_client_attempts_total counter",
+      );
+      for (const [path, m] of attempts) for (const [outcome, n] of m) lines.push(`koala_client_attempts_total{method="${labelValue(path)}",outcome="${outcome}"} ${n}`);
       return `${lines.join("\n")}\n${options?.logEvents === false ? "" : renderLogEventCounters()}`;
     },
     configure(input2) {
@@ -104,11 +135,12 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
       o = next;
     },
     exportState() {
-      return { series, buckets: o.bucketsSeconds };
+      return { series, buckets: o.bucketsSeconds, attempts };
     },
     importState(state: unknown) {
-      const s = state as { series: SeriesBySide; buckets: readonly number[] };
+      const s = state as { series: SeriesBySide; buckets: readonly number[]; attempts?: Map<string, Map<AttemptOutcome, number>> };
       if (s.buckets.join() === o.bucketsSeconds.join()) series = s.series;
+      if (s.attempts !== undefined) attempts = s.attempts;
     },
   };
 }
