@@ -83,7 +83,9 @@ function check<T>(file: string, path: string, f: () => T): T {
     return f();
   } catch (err) {
     if (err instanceof KoalaError && err.code === ErrorCode.CONFIG) throw err;
-    throw fail(file, path, (err as Error).message);
+    const message = (err as Error).message;
+    // resolveOptions names the table itself ("daemon: unknown option …"): do not say it twice.
+    throw message.startsWith(`${path.split(".").pop()!.replace(/\[\d+\]$/, "")}:`) ? new KoalaError(ErrorCode.CONFIG, `${file}: ${path}${message.slice(message.indexOf(":"))}`) : fail(file, path, message);
   }
 }
 

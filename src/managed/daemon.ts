@@ -11,7 +11,13 @@
  * Everything an application holds here (its mapping, its upstream connection, its calls) is
  * released when its set-up socket closes, however it went (exit, kill -9): the kernel closes the
  * socket, the daemon sees the end.
+ *
+ * A target with a resolver (`dns:`, `static:`) is resolved here with the cluster layer, as a
+ * channel resolves it; each application connection gets one upstream connection (pick_first).
+ * The daemon process must not run with KOALA_MODE=managed (its own targets would go back to
+ * itself): `koala daemon` removes the variable.
  */
+import { createConnectionSource, parseTarget, resolverFor, type ConnectionSource, type PooledConnection } from "../cluster/index.js";
 import { ErrorCode, KoalaError } from "../errors.js";
 import { log } from "../log.js";
 import { connect, parseAddress, type Connection, type ResolvedTransportOptions, type TransportOptions } from "../transport/index.js";
@@ -58,9 +64,62 @@ export interface Daemon {
   close(): Promise<void>;
 }
 
-function checkTarget(target: string): void {
+function checkAddress(target: string): void {
   const parsed = parseAddress(target);
   if (parsed.scheme === "shm" || parsed.scheme === "memory") throw new KoalaError(ErrorCode.INVALID_ADDRESS, `the daemon does not dial ${parsed.scheme}: targets`);
+}
+
+/** A transport connection as the cluster layer holds it (the daemon's relay counts the calls, not the source). */
+class Upstream implements PooledConnection {
+  constructor(readonly connection: Connection) {}
+  get usable(): boolean {
+    return !this.connection.isClosed;
+  }
+  get isClosed(): boolean {
+    return this.connection.isClosed;
+  }
+  readonly outstanding = 0;
+  get closed(): Promise<unknown> {
+    return this.connection.closed;
+  }
+  close(): void {
+    this.connection.close();
+  }
+  drain(): void {
+    this.connection.close();
+  }
+}
+
+/**
+ * Dials `target` for one application connection: a transport address directly; a target with a
+ * registered resolver (`dns:///orders:50051`, `static:///a:1,b:2`) through the cluster layer, as
+ * a channel does, taking the connection its `pick_first` balancer makes ready. Resolves with the
+ * connection and what closes everything behind it.
+ */
+async function dialUpstream(target: string, transport: ResolvedTransportOptions): Promise<{ connection: Connection; close: () => void }> {
+  const t = parseTarget(target, (scheme) => resolverFor(scheme) !== undefined);
+  if (t.scheme === undefined) {
+    checkAddress(target);
+    const connection = await connect(target, transport);
+    return { connection, close: () => connection.close() };
+  }
+  if (t.scheme === "managed") throw new KoalaError(ErrorCode.INVALID_ADDRESS, `the daemon does not dial managed: targets (${target})`);
+  const backoff = { initialMs: 100, maxMs: 5000, multiplier: 1.6, jitter: 0.2 };
+  const source: ConnectionSource<Upstream> = createConnectionSource<Upstream>(
+    target,
+    async (endpoint) => {
+      checkAddress(endpoint.address);
+      return new Upstream(await connect(endpoint.address, transport));
+    },
+    { backoff, endpointBackoff: backoff, balancer: "pick_first", balancerOptions: {}, minResolveIntervalMs: 1000 },
+  );
+  try {
+    const up = source.pick() ?? (await source.wait());
+    return { connection: up.connection, close: () => source.close() };
+  } catch (err) {
+    source.close();
+    throw err;
+  }
 }
 
 /** One application connection and its upstream connection. */
@@ -74,6 +133,7 @@ class Relay implements RelayPort {
     readonly target: string,
     readonly app: ShmConnection,
     readonly upstream: Connection,
+    private readonly closeUpstream: () => void,
     policy: FramePolicy | undefined,
     private readonly onClose: (relay: Relay) => void,
   ) {
@@ -144,7 +204,7 @@ class Relay implements RelayPort {
     log("info", "managed", `pid ${this.peer.pid} (uid ${this.peer.uid}) detached from ${this.target}: ${why}`);
     this.session?.close();
     this.app.close(new Error(why));
-    this.upstream.close();
+    this.closeUpstream();
     this.onClose(this);
   }
 }
@@ -162,11 +222,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     transport,
     pollUs: options.pollUs ?? 0,
     onAttach: async ({ target, peer }) => {
-      checkTarget(target);
-      const upstream = await connect(target, transport);
+      const upstream = await dialUpstream(target, transport);
       log("info", "managed", `pid ${peer.pid} (uid ${peer.uid}) attached to ${target}`);
       return (app) => {
-        relays.add(new Relay(nextId++, peer, target, app, upstream, policy, (r) => relays.delete(r)));
+        relays.add(new Relay(nextId++, peer, target, app, upstream.connection, upstream.close, policy, (r) => relays.delete(r)));
       };
     },
   });
@@ -174,8 +233,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     socketPath,
     attached: () => [...relays].map((r) => ({ id: r.id, peer: r.peer, target: r.target, upstream: r.upstream.remoteAddress, calls: r.calls })),
     close: async () => {
-      await setup.close();
+      // Relays first: the set-up server's close waits for its sockets, the relays' sockets.
+      const closing = setup.close();
       for (const r of [...relays]) r.close("the daemon is shutting down");
+      await closing;
     },
   };
 }

@@ -16,7 +16,7 @@ import { fileURLToPath } from "node:url";
 import { ErrorCode, KoalaError, type ErrorCodeValue } from "../errors.js";
 
 /** The binding's ABI version this module speaks; the addon exports the same number. */
-export const SHM_ABI_VERSION = 2;
+export const SHM_ABI_VERSION = 3;
 
 /** Credentials of a Unix socket's peer, from the kernel (SO_PEERCRED): they cannot be forged. */
 export interface PeerCredentials {
@@ -33,6 +33,12 @@ export interface ShmBinding {
   create(path: string, bytes: number): ArrayBuffer;
   /** Maps an existing file after checking it is regular, owned by `uid`, mode 0600 (no group / other bits) and `bytes` long. */
   open(path: string, uid: number, bytes: number): ArrayBuffer;
+  /** A memfd of `bytes` bytes sealed against shrinking, growing and resealing, mapped; its fd stays open until {@link closeFd}. */
+  createSealed(name: string, bytes: number): { buffer: ArrayBuffer; fd: number };
+  /** Maps `/proc/<pid>/fd/<fd>` after checking it is a regular file of `uid`, `bytes` long, sealed as createSealed seals. */
+  openSealed(pid: number, fd: number, uid: number, bytes: number): ArrayBuffer;
+  /** Closes a descriptor createSealed left open. */
+  closeFd(fd: number): void;
   /** The peer of the connected Unix socket `fd`. */
   peerCredentials(fd: number): PeerCredentials;
   /** Writes one byte on socket `fd` without blocking; false when the peer is gone (a full buffer counts as written: a byte is pending). */
@@ -106,6 +112,29 @@ export function createSharedMemory(path: string, bytes: number): ArrayBuffer {
 export function openSharedMemory(path: string, uid: number, bytes: number): ArrayBuffer {
   if (!Number.isInteger(uid) || uid < 0 || uid > 0xffffffff) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `openSharedMemory(): uid must be an integer, got ${String(uid)}`);
   return shmNative().open(checkPath("openSharedMemory()", path), uid, checkBytes("openSharedMemory()", bytes));
+}
+
+/**
+ * Creates the memory of a ring pair: a memfd (no name in any file system) of `bytes` bytes,
+ * sealed so that nobody, its creator included, can shrink or grow it (a mapping whose file
+ * shrinks raises SIGBUS in whoever touches it: a hostile application could crash the daemon).
+ * The descriptor stays open for the peer to open through /proc until `closeFd`.
+ */
+export function createSealedMemory(bytes: number): { buffer: ArrayBuffer; fd: number } {
+  return shmNative().createSealed("koala-rings", checkBytes("createSealedMemory()", bytes));
+}
+
+/** Maps the sealed memory at descriptor `fd` of process `pid` (uid `uid`); KOALA_ERR_ACCESS_DENIED unless it is a memfd of that owner and size with the seals of {@link createSealedMemory}. */
+export function openSealedMemory(pid: number, fd: number, uid: number, bytes: number): ArrayBuffer {
+  for (const [k, v] of [["pid", pid], ["fd", fd], ["uid", uid]] as const) {
+    if (!Number.isInteger(v) || v < 0 || v > 0x7fffffff) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `openSealedMemory(): ${k} must be a non-negative 31-bit integer, got ${String(v)}`);
+  }
+  return shmNative().openSealed(pid, fd, uid, checkBytes("openSealedMemory()", bytes));
+}
+
+/** Closes a descriptor {@link createSealedMemory} left open. */
+export function closeFd(fd: number): void {
+  shmNative().closeFd(fd);
 }
 
 /** The file descriptor behind a connected `net.Socket` (Node keeps it on its handle), or -1. */

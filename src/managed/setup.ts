@@ -7,11 +7,10 @@ import { chmodSync, mkdirSync, statSync, unlinkSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { randomBytes } from "node:crypto";
 import { ErrorCode, KoalaError, type ErrorCodeValue } from "../errors.js";
 import { log } from "../log.js";
 import type { ResolvedTransportOptions } from "../transport/index.js";
-import { createSharedMemory, openSharedMemory, peerCredentials, type PeerCredentials } from "./native.js";
+import { closeFd, createSealedMemory, openSealedMemory, peerCredentials, type PeerCredentials } from "./native.js";
 import { checkRingBytes, checkRingPair, formatRingPair, ringPairBytes } from "./ring.js";
 import { ShmConnection } from "./shm-connection.js";
 
@@ -40,8 +39,8 @@ export function defaultDaemonSocket(env: NodeJS.ProcessEnv = process.env): strin
 /** The first line an application sends. */
 export interface SetupHello {
   readonly v: number;
-  /** The ring pair's file under /dev/shm. */
-  readonly shm: string;
+  /** The application's descriptor of the ring pair's memfd (the daemon opens `/proc/<pid>/fd/<fd>`). */
+  readonly fd: number;
   /** Bytes of each ring. */
   readonly ringBytes: number;
   /** The target the daemon dials for this connection (`tcp://…`, `unix:/…`, `rdma://…`). */
@@ -76,9 +75,7 @@ function readLine(socket: Socket, timeoutMs: number, what: string): Promise<{ li
 /** Application side: creates a ring pair, hands it to the daemon at `socketPath` for `target`, and returns the connection. */
 export async function dialDaemon(socketPath: string, target: string, ringBytes: number, pollUs: number, options: ResolvedTransportOptions): Promise<ShmConnection> {
   checkRingBytes("ringBytes", ringBytes);
-  const uid = process.getuid?.() ?? 0;
-  const path = `/dev/shm/koala-${uid}-${process.pid}-${randomBytes(8).toString("hex")}`;
-  const memory = createSharedMemory(path, ringPairBytes(ringBytes));
+  const { buffer: memory, fd } = createSealedMemory(ringPairBytes(ringBytes));
   let socket: Socket | undefined;
   try {
     formatRingPair(memory, ringBytes);
@@ -100,7 +97,7 @@ export async function dialDaemon(socketPath: string, target: string, ringBytes: 
       };
       s.once("error", onError);
     });
-    const hello: SetupHello = { v: SETUP_VERSION, shm: path, ringBytes, target };
+    const hello: SetupHello = { v: SETUP_VERSION, fd, ringBytes, target };
     socket.write(`${JSON.stringify(hello)}\n`);
     const { line, rest } = await readLine(socket, options.connectTimeoutMs, `the koala daemon at ${socketPath}`);
     let answer: { ok?: boolean; error?: string; code?: string };
@@ -121,7 +118,7 @@ export async function dialDaemon(socketPath: string, target: string, ringBytes: 
       socket,
       copyReceived: true,
       pollUs,
-      localAddress: `shm:${path}`,
+      localAddress: `shm:pid/${process.pid}`,
       remoteAddress: `shm:${socketPath}#${target}`,
       options,
     });
@@ -132,11 +129,8 @@ export async function dialDaemon(socketPath: string, target: string, ringBytes: 
     socket?.destroy();
     throw err;
   } finally {
-    try {
-      unlinkSync(path);
-    } catch {
-      // the daemon unlinked it already
-    }
+    // The daemon has its own descriptor now (or refused): the mapping keeps the memory alive.
+    closeFd(fd);
   }
 }
 
@@ -239,14 +233,10 @@ async function attach(socket: Socket, options: SetupListenOptions): Promise<void
   }
   if (typeof hello !== "object" || hello === null || hello.v !== SETUP_VERSION) throw new KoalaError(ErrorCode.PROTOCOL, `pid ${peer.pid} speaks set-up version ${JSON.stringify((hello as { v?: unknown } | null)?.v)}, this daemon ${SETUP_VERSION}`);
   if (typeof hello.target !== "string" || hello.target === "") throw new KoalaError(ErrorCode.INVALID_ADDRESS, `pid ${peer.pid} named no target`);
-  if (typeof hello.shm !== "string" || !/^\/dev\/shm\/koala-[A-Za-z0-9-]+$/.test(hello.shm)) throw new KoalaError(ErrorCode.ACCESS_DENIED, `pid ${peer.pid}: the ring pair must be a /dev/shm/koala-* file, got ${JSON.stringify(hello.shm)}`);
+  if (typeof hello.fd !== "number" || !Number.isInteger(hello.fd) || hello.fd < 0) throw new KoalaError(ErrorCode.PROTOCOL, `pid ${peer.pid} named no ring descriptor`);
   const ringBytes = checkRingBytes("ringBytes", hello.ringBytes);
-  const memory = openSharedMemory(hello.shm, peer.uid, ringPairBytes(ringBytes));
-  try {
-    unlinkSync(hello.shm);
-  } catch {
-    // the application's to remove (another uid's file in the sticky /dev/shm)
-  }
+  // The pid is the kernel's (SO_PEERCRED) and its socket is open: /proc/<pid> is that process.
+  const memory = openSealedMemory(peer.pid, hello.fd, peer.uid, ringPairBytes(ringBytes));
   checkRingPair(memory, ringBytes);
   const take = await options.onAttach({ target: hello.target, peer });
   const connection = new ShmConnection({

@@ -4,7 +4,7 @@
  * real koala server behind it on tcp, the daemon in this process (its set-up socket is a real
  * Unix socket and the rings a real /dev/shm mapping).
  */
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Code, closeClient, createClient, createServer, type Server } from "../../src/index.js";
@@ -44,13 +44,22 @@ const skip = (): boolean => {
   return missing !== undefined;
 };
 
-test("the set-up socket is 0600 in a 0700 folder; no ring file is left in /dev/shm", async () => {
+test("the set-up socket is 0600 in a 0700 folder; the rings are a memfd, closed once passed", async () => {
   if (skip()) return;
   assert.is(statSync(dir.path).mode & 0o777, 0o600);
   const client = createClient(EchoService, `managed:///${backend}`);
   try {
     await client.unary({ text: "x" });
-    assert.equal(readdirSync("/dev/shm").filter((f) => f.startsWith(`koala-${process.getuid!()}-${process.pid}-`)), [], "the ring file is unlinked once both sides mapped it");
+    assert.equal(readdirSync("/dev/shm").filter((f) => f.startsWith("koala-")), [], "no ring file in /dev/shm");
+    assert.match(readFileSync("/proc/self/maps", "utf8"), /memfd:koala-rings/, "the rings are a mapped memfd, in no file system");
+    const openFds = readdirSync("/proc/self/fd").filter((f) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${f}`).includes("memfd:koala-rings");
+      } catch {
+        return false;
+      }
+    });
+    assert.equal(openFds, [], "the memfd's descriptor is closed once the daemon has its own");
     assert.is(daemon.attached().length, 1);
     assert.is(daemon.attached()[0]!.peer.pid, process.pid, "the daemon knows the application's pid from the kernel");
     assert.is(daemon.attached()[0]!.target, backend);
@@ -137,6 +146,19 @@ test("KOALA_MODE=managed sends a plain target through the daemon; no daemon is U
     process.env.KOALA_DAEMON_SOCKET = dir.path;
   }
   assert.not.ok(existsSync(`${dir.path}.none`));
+});
+
+test("a target with a resolver (static:) is resolved in the daemon by the cluster layer", async () => {
+  if (skip()) return;
+  const port = backend.slice(backend.lastIndexOf(":") + 1);
+  const client = createClient(EchoService, `managed:///static:///127.0.0.1:1,127.0.0.1:${port}`);
+  try {
+    assert.is((await client.unary({ text: "resolved" })).text, "resolved");
+    const mine = daemon.attached().find((a) => a.target.startsWith("static:"));
+    assert.is(mine?.upstream, `tcp://127.0.0.1:${port}`, "pick_first took the endpoint that answers");
+  } finally {
+    closeClient(client);
+  }
 });
 
 test("a target the daemon cannot reach fails the call with UNAVAILABLE, the daemon keeps serving", async () => {

@@ -5,18 +5,21 @@
  *   more to the daemon while it serves;
  * - an application killed with SIGKILL mid-call: its connection, rings and calls are released
  *   and the daemon serves the others;
- * - hostile applications (huge lengths, overrun records, impossible positions, a ring file that
- *   is not theirs or not 0600): cut off or refused, with a logged reason, the others served.
+ * - hostile applications (huge lengths, overrun records, impossible positions, ring memory that
+ *   is not a sealed memfd): cut off or refused, with a logged reason, the others served.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import diagnostics from "node:diagnostics_channel";
-import { chmodSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, ftruncateSync, openSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import v8 from "node:v8";
+import vm from "node:vm";
 import { join } from "node:path";
 import { createConnection } from "node:net";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Code, closeClient, createClient, createServer, type Server } from "../../src/index.js";
 import { startDaemon } from "../../src/managed/daemon.js";
+import { closeFd, createSealedMemory } from "../../src/managed/native.js";
 import type { LogEvent } from "../../src/log.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { echoImpl, observe, abortSeen } from "../rpc/echo-service.js";
@@ -64,6 +67,11 @@ function child(args: string[], env: NodeJS.ProcessEnv = {}): { proc: ChildProces
   };
   return { proc, lines, line };
 }
+
+v8.setFlagsFromString("--expose-gc");
+const gc = vm.runInNewContext("gc") as () => void;
+/** Ring pairs mapped in this process now. */
+const ringMappings = (): number => new Set(readFileSync("/proc/self/maps", "utf8").split("\n").filter((l) => l.includes("memfd:koala-rings")).map((l) => l.split(/\s+/)[4])).size;
 
 function stop(p: ChildProcess): Promise<void> {
   if (p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
@@ -136,12 +144,18 @@ test("an application killed with SIGKILL mid-call: its connection, rings and cal
   try {
     await app.line(/started/);
     const pid = app.proc.pid!;
+    gc();
+    assert.is(ringMappings(), 1, "the daemon (this process) maps the child's ring pair");
     await until(() => seen.started.has("hang") && daemon.attached().some((a) => a.peer.pid === pid && a.calls === 2), "the child's two calls open in the daemon");
     app.proc.kill("SIGKILL");
     await until(() => !daemon.attached().some((a) => a.peer.pid === pid), "the daemon released the killed application");
     // Its upstream connection closed, so the server cancelled its calls.
     await abortSeen(seen, "hang");
-    assert.equal(readdirSync("/dev/shm").filter((f) => f.startsWith(`koala-${process.getuid!()}-${pid}-`)), [], "no ring file left");
+    // The daemon's mapping of the killed application's rings goes with the last reference to it.
+    await until(() => {
+      gc();
+      return ringMappings() === 0;
+    }, "the daemon unmapped the killed application's rings");
     process.env.KOALA_DAEMON_SOCKET = dir.path;
     const client = createClient(EchoService, `managed:///${backend}`);
     try {
@@ -186,7 +200,7 @@ for (const what of ["huge", "overrun", "tail"]) {
   });
 }
 
-test("set-up refusals: a ring file that is not 0600, not under /dev/shm/koala-*, or a bad line", async () => {
+test("set-up refusals: ring memory that is not a sealed memfd, a descriptor that is not there, a bad line; the app cannot shrink its rings", async () => {
   if (skip()) return;
   const dir = socketDir();
   const daemon = await startDaemon({ socketPath: dir.path });
@@ -199,22 +213,30 @@ test("set-up refusals: a ring file that is not 0600, not under /dev/shm/koala-*,
       s.on("error", () => resolve(got));
       s.write(line);
     });
-  const open = `/dev/shm/koala-${process.getuid!()}-${process.pid}-open`;
+  const plain = join(dir.path, "..", "plain");
+  writeFileSync(plain, Buffer.alloc(4096 + 2 * 4096));
+  const fd = openSync(plain, "r+");
   try {
-    writeFileSync(open, Buffer.alloc(4096 + 2 * 4096));
-    chmodSync(open, 0o644);
-    const world = JSON.parse(await ask(`${JSON.stringify({ v: 1, shm: open, ringBytes: 4096, target: backend })}\n`));
-    assert.is(world.code, "KOALA_ERR_ACCESS_DENIED");
-    assert.match(world.error, /mode must be 0600/);
-    const elsewhere = JSON.parse(await ask(`${JSON.stringify({ v: 1, shm: "/etc/passwd", ringBytes: 4096, target: backend })}\n`));
-    assert.is(elsewhere.code, "KOALA_ERR_ACCESS_DENIED");
+    const file = JSON.parse(await ask(`${JSON.stringify({ v: 1, fd, ringBytes: 4096, target: backend })}\n`));
+    assert.is(file.code, "KOALA_ERR_ACCESS_DENIED");
+    assert.match(file.error, /not a memfd sealed/);
+    const none = JSON.parse(await ask(`${JSON.stringify({ v: 1, fd: 100_000, ringBytes: 4096, target: backend })}\n`));
+    assert.match(none.error, /\/proc\/\d+\/fd\/100000/);
     const garbage = JSON.parse(await ask("this is not json\n"));
     assert.is(garbage.code, "KOALA_ERR_PROTOCOL");
     const version = JSON.parse(await ask(`${JSON.stringify({ v: 99 })}\n`));
     assert.is(version.code, "KOALA_ERR_PROTOCOL");
     assert.is(daemon.attached().length, 0);
+    // The seals hold against the creator: shrinking would SIGBUS the daemon, and is refused.
+    const sealed = createSealedMemory(4096 + 2 * 4096);
+    try {
+      assert.throws(() => ftruncateSync(sealed.fd, 0), /EPERM/);
+      assert.throws(() => ftruncateSync(sealed.fd, 1 << 20), /EPERM/);
+    } finally {
+      closeFd(sealed.fd);
+    }
   } finally {
-    spawnSync("rm", ["-f", open]);
+    closeSync(fd);
     await daemon.close();
     dir.remove();
   }

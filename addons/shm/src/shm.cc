@@ -5,6 +5,13 @@
 //   create(path, bytes)          -> ArrayBuffer  new 0600 file (O_EXCL, O_NOFOLLOW), sized, mapped
 //   open(path, uid, bytes)       -> ArrayBuffer  maps an existing file after checking it: regular,
 //                                                owned by `uid`, no group / other bits, `bytes` long
+//   createSealed(name, bytes)    -> {buffer, fd}  a memfd, sized, sealed against shrinking and
+//                                                growing (and further sealing), mapped; `fd` stays
+//                                                open for the peer to open through /proc
+//   openSealed(pid, fd, uid, bytes) -> ArrayBuffer  maps /proc/<pid>/fd/<fd> after checking it is
+//                                                a regular file of `uid`, `bytes` long, sealed so
+//                                                that its owner can never shrink it under us
+//   closeFd(fd)
 //   peerCredentials(fd)          -> {pid, uid, gid} of a connected Unix socket's peer (SO_PEERCRED)
 //   wake(fd)                     -> bool  one byte written on a non-blocking socket (false: full,
 //                                         so a byte is pending there anyway, or the peer is gone)
@@ -25,7 +32,7 @@
 
 namespace {
 
-constexpr int kAbiVersion = 2;
+constexpr int kAbiVersion = 3;
 
 struct AddonData {
   Napi::FunctionReference make_error;  // (code, message) => KoalaError
@@ -112,6 +119,70 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
   return MapFd(env, fd, bytes, path);
 }
 
+// A mapping whose file shrinks under it raises SIGBUS at the next touch past the end: a peer that
+// could truncate its ring would crash the daemon. A memfd sealed with F_SEAL_SHRINK cannot be
+// shrunk by anyone, its creator included, and F_SEAL_SEAL keeps the seals as they are.
+constexpr int kRingSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+
+Napi::Value CreateSealed(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = info[0].As<Napi::String>().Utf8Value();
+  size_t bytes = static_cast<size_t>(info[1].As<Napi::Number>().Int64Value());
+  int fd = memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) ThrowErrno(env, "memfd_create", errno);
+  if (ftruncate(fd, static_cast<off_t>(bytes)) != 0 || fcntl(fd, F_ADD_SEALS, kRingSeals) != 0) {
+    int err = errno;
+    close(fd);
+    ThrowErrno(env, "size and seal the ring memfd", err);
+  }
+  void* addr = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (addr == MAP_FAILED) {
+    int err = errno;
+    close(fd);
+    ThrowErrno(env, "mmap the ring memfd", err);
+  }
+  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("buffer", Napi::ArrayBuffer::New(env, addr, bytes, Unmap, new size_t(bytes)));
+  out.Set("fd", Napi::Number::New(env, fd));
+  return out;
+}
+
+Napi::Value OpenSealed(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int pid = info[0].As<Napi::Number>().Int32Value();
+  int peer_fd = info[1].As<Napi::Number>().Int32Value();
+  uid_t uid = static_cast<uid_t>(info[2].As<Napi::Number>().Int64Value());
+  size_t bytes = static_cast<size_t>(info[3].As<Napi::Number>().Int64Value());
+  std::string path = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(peer_fd);
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) ThrowErrno(env, "open " + path, errno);
+  struct stat st;
+  std::string why;
+  int seals = fcntl(fd, F_GET_SEALS);
+  if (fstat(fd, &st) != 0) {
+    why = std::string("fstat: ") + std::strerror(errno);
+  } else if (!S_ISREG(st.st_mode)) {
+    why = "not a regular file";
+  } else if (st.st_uid != uid) {
+    why = "owned by uid " + std::to_string(st.st_uid) + ", not by the peer's uid " + std::to_string(uid);
+  } else if (static_cast<size_t>(st.st_size) != bytes) {
+    why = "is " + std::to_string(st.st_size) + " bytes, the peer said " + std::to_string(bytes);
+  } else if (seals < 0 || (seals & kRingSeals) != kRingSeals) {
+    why = "not a memfd sealed against shrinking, growing and resealing";
+  }
+  if (!why.empty()) {
+    close(fd);
+    Throw(env, "KOALA_ERR_ACCESS_DENIED", "ring memory " + path + " refused: " + why);
+  }
+  return MapFd(env, fd, bytes, path);
+}
+
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  close(info[0].As<Napi::Number>().Int32Value());
+  return info.Env().Undefined();
+}
+
 Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = info[0].As<Napi::Number>().Int32Value();
@@ -144,6 +215,9 @@ Napi::Object Module(Napi::Env env, Napi::Object exports) {
   exports.Set("create", Napi::Function::New(env, Create, "create"));
   exports.Set("open", Napi::Function::New(env, Open, "open"));
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"));
+  exports.Set("createSealed", Napi::Function::New(env, CreateSealed, "createSealed"));
+  exports.Set("openSealed", Napi::Function::New(env, OpenSealed, "openSealed"));
+  exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));
   exports.Set("wake", Napi::Function::New(env, Wake, "wake"));
   return exports;
 }
