@@ -142,17 +142,34 @@ export function encodeFrame<T>(
   } else {
     parts = [Buffer.allocUnsafe(headroom)];
   }
-  const first = parts[0]!;
-  const arg2 = type === FrameType.STATUS ? trLen : arg2In;
-  writeHeader(first, type, flags, callId, arg, arg2, mdLen, textLen);
-  if (mdLen > 0 || trLen > 0 || textLen > 0) {
-    const buf = Buffer.from(first.buffer, first.byteOffset, headroom);
-    let at = HEADER_BYTES;
-    if (mdLen > 0) at = encodeMetadata(metadata!, buf, at);
-    if (trLen > 0) at = encodeMetadata(trailers!, buf, at);
-    if (textLen > 0) buf.write(text, at, "utf8");
-  }
+  writeHead(parts[0]!, 0, type, flags, callId, arg, arg2In, metadata, trailers, text, mdLen, trLen, textLen);
   return { parts, bodyBytes, release: lease === undefined ? undefined : releaserOf(lease) };
+}
+
+/** Writes a frame's header and sections (the lengths measured by the caller) at `out[at]`. */
+function writeHead(
+  out: Uint8Array,
+  at: number,
+  type: FrameType,
+  flags: number,
+  callId: number,
+  arg: number,
+  arg2In: number,
+  metadata: Metadata | undefined,
+  trailers: Metadata | undefined,
+  text: string,
+  mdLen: number,
+  trLen: number,
+  textLen: number,
+): void {
+  writeHeader(out, type, flags, callId, arg, type === FrameType.STATUS ? trLen : arg2In, mdLen, textLen, at);
+  if (mdLen > 0 || trLen > 0 || textLen > 0) {
+    const buf = Buffer.isBuffer(out) ? out : Buffer.from(out.buffer, out.byteOffset, out.byteLength);
+    let p = at + HEADER_BYTES;
+    if (mdLen > 0) p = encodeMetadata(metadata!, buf, p);
+    if (trLen > 0) p = encodeMetadata(trailers!, buf, p);
+    if (textLen > 0) buf.write(text, p, "utf8");
+  }
 }
 
 /** The RpcError for a body that failed to encode: RESOURCE_EXHAUSTED over the limit, INTERNAL otherwise. */
@@ -215,14 +232,7 @@ export function sendInPlace<T>(
       throw encodeError(bodyType, err);
     }
   }
-  writeHeader(buf, type, flags, callId, arg, type === FrameType.STATUS ? trLen : arg2In, mdLen, textLen, at);
-  if (mdLen > 0 || trLen > 0 || textLen > 0) {
-    const out = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
-    let p = at + HEADER_BYTES;
-    if (mdLen > 0) p = encodeMetadata(metadata!, out, p);
-    if (trLen > 0) p = encodeMetadata(trailers!, out, p);
-    if (textLen > 0) out.write(text, p, "utf8");
-  }
+  writeHead(buf, at, type, flags, callId, arg, arg2In, metadata, trailers, text, mdLen, trLen, textLen);
   return conn.commit!();
 }
 
