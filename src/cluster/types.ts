@@ -59,6 +59,8 @@ export interface PooledConnection {
   readonly isClosed: boolean;
   /** Calls open on it now (least-outstanding balancing reads it). */
   readonly outstanding: number;
+  /** The transport it runs on (`tcp`, `rdma`, …): with a scheme-less address, KOALA_TRANSPORT's choice for this endpoint. */
+  readonly transport?: string;
   /** Settles once it closed. */
   readonly closed: Promise<unknown>;
   /** Closes it; calls still open on it fail with UNAVAILABLE. */
@@ -155,4 +157,6 @@ export interface EndpointState {
   readonly ejected?: boolean;
   /** Its weight, when the resolver gave one (see {@link Endpoint.weight}). */
   readonly weight?: number;
+  /** The transport its connection runs on, while it has one (`rdma`, `tcp`, …: chosen per endpoint). */
+  readonly transport?: string;
 }
