@@ -340,6 +340,10 @@ test("a streamed request is replayed to a retry; past retryBufferBytes the call 
     b.plan = [{ code: Code.UNAVAILABLE }];
     assert.is((await rejection(client.clientStream(requests(8)))).code, Code.UNAVAILABLE);
     assert.is(b.seen.length, 1, "committed once the buffer was full");
+    b.seen = [];
+    b.plan = ["ok"];
+    const all = await client.clientStream(requests(20));
+    assert.is(all.text, Array.from({ length: 20 }, (_, i) => `m${i}`).join(","), "a committed stream sends every message, in order");
   } finally {
     closeClient(client);
     b.server.forceShutdown();
