@@ -2,11 +2,12 @@
  * The built-in balancers: `pick_first` (one endpoint at a time, in the resolver's order; the
  * default, as in gRPC), `round_robin` (every ready endpoint in turn) and `least_outstanding`
  * (power of two choices: of two ready endpoints drawn at random, the one with fewer calls
- * open — what keeps tail latency low when some replicas are slower). Each `pick()` is a few
+ * open — what keeps tail latency low when some replicas are slower) and `weighted_round_robin`
+ * (round robin in proportion to each endpoint's weight). Each `pick()` is a few
  * field loads and no allocation; the ready list is rebuilt only when a state changes.
  */
 import { ErrorCode, KoalaError } from "../errors.js";
-import type { Balancer, BalancerFactory, PooledConnection, Subchannel } from "./types.js";
+import type { Balancer, BalancerFactory, Endpoint, PooledConnection, Subchannel } from "./types.js";
 
 function noOptions(name: string, options: Readonly<Record<string, unknown>>): void {
   const keys = Object.keys(options);
@@ -129,6 +130,86 @@ class LeastOutstanding<C extends PooledConnection> implements Balancer<C> {
   }
 }
 
+/** Slots of a {@link WeightedRoundRobin} schedule at most, plus one per endpoint: larger weights are scaled down (each stays ≥ 1). */
+const MAX_SCHEDULE = 4096;
+
+/**
+ * Every ready endpoint in turn, each as often as its weight says (the endpoint's `weight`, from
+ * the resolver; 1 when absent). The order is precomputed when the ready set changes — a smooth
+ * weighted round robin (as nginx interleaves it: weights 5, 1, 1 give a a b a c a a, not a a a a a b c)
+ * — so that `pick()` is an index into an array, as round_robin's.
+ */
+class WeightedRoundRobin<C extends PooledConnection> implements Balancer<C> {
+  private readonly set = new ReadySet<C>();
+  private schedule: Subchannel<C>[] = [];
+  private next = 0;
+  private started = false;
+
+  update(subchannels: readonly Subchannel<C>[]): void {
+    this.set.list = subchannels;
+    this.refresh();
+    if (!this.started && this.schedule.length > 0) {
+      this.next = Math.floor(Math.random() * this.schedule.length);
+      this.started = true;
+    }
+  }
+
+  onStateChange(): void {
+    this.refresh();
+  }
+
+  private refresh(): void {
+    this.set.refresh();
+    this.schedule = weightedSchedule(this.set.ready);
+    if (this.next >= this.schedule.length) this.next = 0;
+  }
+
+  pick(): C | undefined {
+    const s = this.schedule;
+    const n = s.length;
+    for (let tries = 0; tries < n; tries++) {
+      const i = this.next;
+      this.next = i + 1 >= n ? 0 : i + 1;
+      const c = s[i]!.connection;
+      if (c !== undefined && c.usable) return c;
+    }
+    return undefined;
+  }
+}
+
+/** The smooth weighted round-robin order of one cycle over `ready` (weights scaled to at most {@link MAX_SCHEDULE} slots plus one per endpoint). */
+export function weightedSchedule<T extends { readonly endpoint: Endpoint }>(ready: readonly T[]): T[] {
+  if (ready.length === 0) return [];
+  let weights = ready.map((s) => weightOf(s.endpoint));
+  const total = weights.reduce((a, b) => a + b, 0);
+  if (total > MAX_SCHEDULE) weights = weights.map((w) => Math.max(1, Math.floor((w * MAX_SCHEDULE) / total)));
+  const g = weights.reduce(gcd);
+  weights = weights.map((w) => w / g);
+  const sum = weights.reduce((a, b) => a + b, 0);
+  const current = weights.map(() => 0);
+  const out: T[] = [];
+  for (let k = 0; k < sum; k++) {
+    let best = 0;
+    for (let i = 0; i < weights.length; i++) {
+      current[i]! += weights[i]!;
+      if (current[i]! > current[best]!) best = i;
+    }
+    current[best]! -= sum;
+    out.push(ready[best]!);
+  }
+  return out;
+}
+
+function weightOf(e: Endpoint): number {
+  const w = e.weight;
+  return w === undefined || !(w >= 1) ? 1 : Math.min(Math.round(w), 1_000_000);
+}
+
+function gcd(a: number, b: number): number {
+  while (b !== 0) [a, b] = [b, a % b];
+  return a;
+}
+
 /** `pick_first`. */
 export const pickFirst: BalancerFactory = <C extends PooledConnection>(options: Readonly<Record<string, unknown>>) => {
   noOptions("pick_first", options);
@@ -145,4 +226,10 @@ export const roundRobin: BalancerFactory = <C extends PooledConnection>(options:
 export const leastOutstanding: BalancerFactory = <C extends PooledConnection>(options: Readonly<Record<string, unknown>>) => {
   noOptions("least_outstanding", options);
   return new LeastOutstanding<C>();
+};
+
+/** `weighted_round_robin` (weights from the endpoints: see Endpoint.weight). */
+export const weightedRoundRobin: BalancerFactory = <C extends PooledConnection>(options: Readonly<Record<string, unknown>>) => {
+  noOptions("weighted_round_robin", options);
+  return new WeightedRoundRobin<C>();
 };

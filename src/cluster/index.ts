@@ -28,7 +28,7 @@ import { ErrorCode, KoalaError } from "../errors.js";
 import type { OutlierDetectionSettings } from "./outlier.js";
 import { SingleAddressSource } from "./single.js";
 import { ClusterSource } from "./source.js";
-import { leastOutstanding, pickFirst, roundRobin } from "./balancers.js";
+import { leastOutstanding, pickFirst, roundRobin, weightedRoundRobin } from "./balancers.js";
 import { staticResolver } from "./static.js";
 import { dnsResolver } from "./dns.js";
 import type { BackoffOptions } from "./backoff.js";
@@ -47,7 +47,7 @@ let ready = false;
 
 /**
  * Registers the built-in resolvers (`static`, `dns`) and balancers (`pick_first`,
- * `round_robin`, `least_outstanding`), unless something is registered under those names
+ * `round_robin`, `least_outstanding`, `weighted_round_robin`), unless something is registered under those names
  * already. Idempotent; {@link createConnectionSource} calls it.
  */
 export function setupCluster(): void {
@@ -55,7 +55,7 @@ export function setupCluster(): void {
   ready = true;
   if (resolverFor("static") === undefined) registerResolver("static", staticResolver);
   if (resolverFor("dns") === undefined) registerResolver("dns", dnsResolver);
-  for (const [name, factory] of [["pick_first", pickFirst], ["round_robin", roundRobin], ["least_outstanding", leastOutstanding]] as const) {
+  for (const [name, factory] of [["pick_first", pickFirst], ["round_robin", roundRobin], ["least_outstanding", leastOutstanding], ["weighted_round_robin", weightedRoundRobin]] as const) {
     try {
       balancerFor(name);
     } catch {

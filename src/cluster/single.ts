@@ -78,7 +78,8 @@ export class SingleAddressSource<C extends PooledConnection> implements Connecti
   endpoints(): EndpointState[] {
     const c = this.current;
     const state = this.closed ? "shutdown" : c !== undefined && !c.isClosed ? "ready" : this.connecting !== undefined ? "connecting" : this.retryAt > Date.now() ? "transient_failure" : "idle";
-    return [{ address: this.endpoint.address, state, outstanding: c?.outstanding ?? 0 }];
+    const live = c !== undefined && !c.isClosed && c.transport !== undefined;
+    return [{ address: this.endpoint.address, state, outstanding: c?.outstanding ?? 0, ...(live ? { transport: c.transport } : {}) }];
   }
 
   close(): void {

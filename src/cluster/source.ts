@@ -85,6 +85,8 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
       outstanding: s.connection?.outstanding ?? 0,
       ...(s.serving === undefined ? {} : { health: s.serving === null ? ("unknown" as const) : s.serving ? ("serving" as const) : ("not_serving" as const) }),
       ...(this.outlier === undefined ? {} : { ejected: s.ejected }),
+      ...(s.endpoint.weight === undefined ? {} : { weight: s.endpoint.weight }),
+      ...(s.connection?.transport === undefined ? {} : { transport: s.connection.transport }),
     }));
   }
 
@@ -134,7 +136,7 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
       if (s === undefined) {
         s = new EndpointSubchannel(e, this.dialer, this.options.backoff, (sub) => this.onState(sub));
         this.subchannels.set(address, s);
-      }
+      } else if (s.endpoint.weight !== e.weight) s.endpoint = e;
       ordered.push(s);
     }
     this.balancer.update(ordered);

@@ -34,7 +34,8 @@ export class EndpointSubchannel<C extends PooledConnection> implements Subchanne
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
-    readonly endpoint: Endpoint,
+    /** The endpoint; replaced when the resolver reports the same address with other attributes (a new weight). */
+    public endpoint: Endpoint,
     private readonly dialer: Dialer<C>,
     backoff: BackoffOptions,
     /** Called after every state change. */

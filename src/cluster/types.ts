@@ -12,6 +12,11 @@ import type { Target } from "./target.js";
 export interface Endpoint {
   /** The transport address; a scheme-less one gets the transport KOALA_TRANSPORT picks, per endpoint. */
   readonly address: string;
+  /**
+   * Relative weight for weighted balancers (`weighted_round_robin`): an integer ≥ 1, default 1.
+   * A resolver sets it (`static:///a:1;weight=3,b:2`; xDS from its locality / endpoint weights).
+   */
+  readonly weight?: number;
 }
 
 /** What a resolver reports to. */
@@ -54,6 +59,8 @@ export interface PooledConnection {
   readonly isClosed: boolean;
   /** Calls open on it now (least-outstanding balancing reads it). */
   readonly outstanding: number;
+  /** The transport it runs on (`tcp`, `rdma`, …): with a scheme-less address, KOALA_TRANSPORT's choice for this endpoint. */
+  readonly transport?: string;
   /** Settles once it closed. */
   readonly closed: Promise<unknown>;
   /** Closes it; calls still open on it fail with UNAVAILABLE. */
@@ -148,4 +155,8 @@ export interface EndpointState {
   readonly health?: "serving" | "not_serving" | "unknown";
   /** With outlier detection on: true while ejected (calls are not picked here; its connection stays). */
   readonly ejected?: boolean;
+  /** Its weight, when the resolver gave one (see {@link Endpoint.weight}). */
+  readonly weight?: number;
+  /** The transport its connection runs on, while it has one (`rdma`, `tcp`, …: chosen per endpoint). */
+  readonly transport?: string;
 }

@@ -110,6 +110,11 @@ class ClientConnection extends RpcEndpoint implements PooledConnection {
     return this.calls.size;
   }
 
+  /** The transport the connection runs on. */
+  get transport(): string {
+    return this.conn.transport;
+  }
+
   /** True once the transport connection closed. */
   get isClosed(): boolean {
     return this.conn.isClosed;
@@ -377,6 +382,12 @@ function checkCallOptions(options: CallOptions | undefined): void {
   }
 }
 
+/** What interceptors see of a client call besides {@link CallInfo}: the metrics engine labels client calls with the transport. */
+export interface ClientCallInfo extends CallInfo {
+  /** The transport of the connection the call went on; undefined when it never had one. */
+  readonly transport: string | undefined;
+}
+
 /** How one attempt of a call with a retry or hedging policy ended, as the `koala:rpc.attempt` diagnostics channel reports it. */
 export type AttemptOutcome = "ok" | "failed" | "retried" | "transparent" | "cancelled";
 
@@ -639,6 +650,11 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
 
   get peerCertificate(): PeerCertificate | undefined {
     return this.cc?.conn.peerCertificate;
+  }
+
+  /** The transport of the connection the call went on (for a retried call, the committed attempt's); undefined before it had one. */
+  get transport(): string | undefined {
+    return this.cc?.conn.transport;
   }
 
   /** The request metadata (from the call options; the interceptors may add to it before it is sent). */

@@ -36,7 +36,8 @@ export interface ChannelOptions {
   /**
    * How the calls of a resolved target (`dns:`, `static:`, …) spread over its endpoints: a
    * registered balancer — `pick_first` (one endpoint at a time), `round_robin`,
-   * `least_outstanding` (power of two choices on calls open), or one added with
+   * `least_outstanding` (power of two choices on calls open), `weighted_round_robin` (in
+   * proportion to the endpoints' weights, e.g. `static:///a:1;weight=3,b:2`), or one added with
    * `registerBalancer`. A name not registered is an error naming it. Default `pick_first`.
    */
   loadBalancing?: string;

@@ -325,8 +325,10 @@ export class ReplayBuffer<T> {
         if (i < this.base) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "a committed request stream was read again");
         const item = this.items[i - this.base]!;
         i++;
-        if (!this.keep) {
-          this.items = this.items.slice(i - this.base);
+        // After the commit the one reader is never more than a message behind the pulls: once it
+        // has read everything pulled, drop it all.
+        if (!this.keep && i === this.base + this.items.length) {
+          this.items.length = 0;
           this.base = i;
           this.bytes = 0;
         }

@@ -7,7 +7,7 @@ import diagnostics from "node:diagnostics_channel";
 import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { Code, ErrorCode, KoalaError, RpcError, clientChannel, closeClient, createClient, createServer, type CallContext, type Server } from "../../src/index.js";
+import { Code, ErrorCode, KoalaError, RpcError, clientChannel, closeClient, createClient, createServer, registerBalancer, type CallContext, type PooledConnection, type Server, type Subchannel } from "../../src/index.js";
 import { ATTEMPT_CHANNEL, type AttemptEvent } from "../../src/rpc/client.js";
 import { retryBackoffMs, type ServiceConfig } from "../../src/rpc/retry.js";
 import { FrameType } from "../../src/rpc/frame.js";
@@ -340,6 +340,10 @@ test("a streamed request is replayed to a retry; past retryBufferBytes the call 
     b.plan = [{ code: Code.UNAVAILABLE }];
     assert.is((await rejection(client.clientStream(requests(8)))).code, Code.UNAVAILABLE);
     assert.is(b.seen.length, 1, "committed once the buffer was full");
+    b.seen = [];
+    b.plan = ["ok"];
+    const all = await client.clientStream(requests(20));
+    assert.is(all.text, Array.from({ length: 20 }, (_, i) => `m${i}`).join(","), "a committed stream sends every message, in order");
   } finally {
     closeClient(client);
     b.server.forceShutdown();
@@ -451,6 +455,45 @@ test("attempts are published by outcome; a policy-free call publishes nothing", 
     closeClient(client);
     closeClient(plain);
     b.server.forceShutdown();
+  }
+});
+
+/** A balancer for the test: picks the first endpoint twice, then the second, and so on (A A B A A B …). */
+registerBalancer("test_aab", <C extends PooledConnection>() => {
+  let list: readonly Subchannel<C>[] = [];
+  let n = 0;
+  return {
+    update(s: readonly Subchannel<C>[]) {
+      list = s;
+      for (const x of s) x.requestConnection();
+    },
+    onStateChange() {
+      for (const x of list) if (x.state === "idle") x.requestConnection();
+    },
+    pick() {
+      if (list.length < 2 || !list.every((x) => x.pickable)) return undefined;
+      return list[n++ % 3 === 2 ? 1 : 0]!.connection;
+    },
+  };
+});
+
+test("a retry goes to another endpoint when the balancer offers one", async () => {
+  const failing = await bench();
+  const good = await bench();
+  failing.plan = Array.from({ length: 100 }, () => ({ code: Code.UNAVAILABLE }));
+  const target = `static:///${failing.address.replace("tcp://", "")},${good.address.replace("tcp://", "")}`;
+  const client = createClient(EchoService, target, { loadBalancing: "test_aab", serviceConfig: UNAVAILABLE_RETRY({ maxAttempts: 2 }) });
+  try {
+    for (let i = 0; i < 6; i++) {
+      failing.seen = [];
+      good.seen = [];
+      await client.unary({ text: String(i) }, { waitForReady: true, timeoutMs: 5000 });
+      assert.ok(failing.seen.length <= 1 && good.seen.length === 1, `call ${i}: ${failing.seen.length} attempts on the failing endpoint`);
+    }
+  } finally {
+    closeClient(client);
+    failing.server.forceShutdown();
+    good.server.forceShutdown();
   }
 });
 

@@ -11,7 +11,7 @@ import type { CallInfo } from "../../rpc/interceptor.js";
 import type { Engine } from "../engine.js";
 import { limitedEventCounts } from "../../log.js";
 import diagnostics from "node:diagnostics_channel";
-import { ATTEMPT_CHANNEL, type AttemptEvent, type AttemptOutcome } from "../../rpc/client.js";
+import { ATTEMPT_CHANNEL, type AttemptEvent, type AttemptOutcome, type ClientCallInfo } from "../../rpc/client.js";
 
 /** Options of the `metrics` engine. */
 export interface MetricsOptions {
@@ -38,6 +38,8 @@ interface Series {
 export interface MetricsEngine extends Engine {
   /** Attempts of calls with a retry or hedging policy counted so far, by method path and outcome (all outcomes when omitted). */
   attempts(path: string, outcome?: AttemptOutcome): number;
+  /** Client calls counted so far by method path and the transport they went on ("none": they never had a connection). */
+  byTransport(path: string, transport: string): number;
   /** Calls counted so far, by `side path code` (for tests and dashboards). */
   count(side: "client" | "server", path: string, code?: Code): number;
   /**
@@ -60,6 +62,8 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
   let series = newSeries();
   // Attempts by method path, then outcome.
   let attempts = new Map<string, Map<AttemptOutcome, number>>();
+  // Client calls by method path, then transport.
+  let transports = new Map<string, Map<string, number>>();
   const onAttempt = (message: unknown) => {
     const e = message as AttemptEvent;
     let m = attempts.get(e.path);
@@ -83,12 +87,21 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
     },
     onEnd(call: CallInfo, error: RpcError | undefined) {
       const s = seriesOf(call.side, call.path);
+      if (call.side === "client") {
+        const t = (call as ClientCallInfo).transport ?? "none";
+        let m = transports.get(call.path);
+        if (m === undefined) transports.set(call.path, (m = new Map()));
+        m.set(t, (m.get(t) ?? 0) + 1);
+      }
       const code = error?.code ?? Code.OK;
       s.codes.set(code, (s.codes.get(code) ?? 0) + 1);
       const seconds = (Date.now() - call.startedAt) / 1000;
       s.sum += seconds;
       s.count++;
       for (let i = 0; i < o.bucketsSeconds.length; i++) if (seconds <= o.bucketsSeconds[i]!) s.buckets[i]!++;
+    },
+    byTransport(path, transport) {
+      return transports.get(path)?.get(transport) ?? 0;
     },
     attempts(path, outcome) {
       const m = attempts.get(path);
@@ -122,6 +135,8 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
         o.bucketsSeconds.forEach((b, i) => lines.push(`koala_call_duration_seconds_bucket{${l},le="${b}"} ${s.buckets[i]}`));
         lines.push(`koala_call_duration_seconds_bucket{${l},le="+Inf"} ${s.count}`, `koala_call_duration_seconds_sum{${l}} ${s.sum}`, `koala_call_duration_seconds_count{${l}} ${s.count}`);
       }
+      lines.push("# HELP koala_client_calls_by_transport_total Client calls ended, by method and the transport of the connection they went on (none: they never had one).", "# TYPE koala_client_calls_by_transport_total counter");
+      for (const [path, m] of transports) for (const [t, n] of m) lines.push(`koala_client_calls_by_transport_total{method="${labelValue(path)}",transport="${t}"} ${n}`);
       lines.push(
         "# HELP koala_client_attempts_total Attempts of client calls with a retry or hedging policy, by method and outcome (ok / failed: the call's answer; retried: failed, the call went on; transparent: refused unprocessed, sent again; cancelled: lost to another hedge or ended with its call).",
         "# TYPE koala_client_attempts_total counter",
@@ -135,10 +150,11 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
       o = next;
     },
     exportState() {
-      return { series, buckets: o.bucketsSeconds, attempts };
+      return { series, buckets: o.bucketsSeconds, attempts, transports };
     },
     importState(state: unknown) {
-      const s = state as { series: SeriesBySide; buckets: readonly number[]; attempts?: Map<string, Map<AttemptOutcome, number>> };
+      const s = state as { series: SeriesBySide; buckets: readonly number[]; attempts?: Map<string, Map<AttemptOutcome, number>>; transports?: Map<string, Map<string, number>> };
+      if (s.transports !== undefined) transports = s.transports;
       if (s.buckets.join() === o.bucketsSeconds.join()) series = s.series;
       if (s.attempts !== undefined) attempts = s.attempts;
     },
