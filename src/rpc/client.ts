@@ -727,20 +727,14 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     if (single) flags |= FrameFlag.END_STREAM;
     if (single) this.resendable = request ?? ({} as RequestInit<I>);
     try {
-      const frame = encodeFrame(
-        this.channel.encode,
-        FrameType.CALL,
-        flags,
-        callId,
-        methodId,
-        timeout,
-        metadata,
-        undefined,
-        define ? this.method.path : "",
-        single ? this.method.input : undefined,
-        single ? asMessage(request) : undefined,
-      );
-      cc.send(frame);
+      const text = define ? this.method.path : "";
+      const bodyType = single ? this.method.input : undefined;
+      const body = single ? asMessage(request) : undefined;
+      // Encoded straight into the transport's send buffer where it offers one (small frames on
+      // sockets), else into a frame of its own.
+      if (!cc.sendFrameInPlace(this.channel.encode, FrameType.CALL, flags, callId, methodId, timeout, metadata, undefined, text, bodyType, body, Infinity)) {
+        cc.send(encodeFrame(this.channel.encode, FrameType.CALL, flags, callId, methodId, timeout, metadata, undefined, text, bodyType, body));
+      }
       if (define) cc.announced(this.method.path);
     } catch (err) {
       this.end(RpcError.from(err, Code.INTERNAL));

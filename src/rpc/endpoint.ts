@@ -84,15 +84,18 @@ export abstract class RpcEndpoint {
   sendFrameInPlace<T>(
     settings: EncodeSettings,
     type: FrameType,
+    flags: number,
     callId: number,
     arg: number,
+    arg2: number,
     metadata: Metadata | undefined,
     trailers: Metadata | undefined,
-    bodyType: MessageType<T>,
-    body: T,
+    text: string,
+    bodyType: MessageType<T> | undefined,
+    body: T | undefined,
     room: number,
   ): boolean {
-    const ok = sendInPlace(this.conn, settings, type, 0, callId, arg, 0, metadata, trailers, "", bodyType, body, room);
+    const ok = sendInPlace(this.conn, settings, type, flags, callId, arg, arg2, metadata, trailers, text, bodyType, body, room);
     if (ok === undefined) return false;
     if (!ok) this.onBackpressure();
     return true;

@@ -827,7 +827,7 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
     if (this.chain.length === 0 && !this.done && !this.sc.conn.isClosed) {
       let sent: boolean;
       try {
-        sent = this.sc.sendFrameInPlace(this.sc.server.encode, FrameType.STATUS, this.id, Code.OK, this.headersSent ? undefined : this.headers, this.trailers, this.method.output, response, this.sc.room());
+        sent = this.sc.sendFrameInPlace(this.sc.server.encode, FrameType.STATUS, 0, this.id, Code.OK, 0, this.headersSent ? undefined : this.headers, this.trailers, "", this.method.output, response, this.sc.room());
       } catch (err) {
         this.fail(err);
         return;
