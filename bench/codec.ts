@@ -24,6 +24,7 @@ import { create, createFileRegistry, fromBinary, toBinary } from "@bufbuild/prot
 import { FileDescriptorSetSchema } from "@bufbuild/protobuf/wkt";
 import { ExportTraceServiceRequest, Span_SpanKind, Status_StatusCode, type AnyValue, type KeyValue, type Span } from "./codec/gen/trace.js";
 import { fmt, machineInfo, median, table } from "./lib/stats.js";
+import { seededRandom } from "../src/random.js";
 
 const here = new URL(".", import.meta.url).pathname;
 const rounds = Number(process.env.CODEC_ROUNDS ?? 7);
@@ -89,20 +90,8 @@ function simple(): ExportTraceServiceRequest {
 // ---------------------------------------------------------------------------------------------
 // The realistic payload, drawn from a seeded generator (the same bytes on every run).
 
-/** mulberry32: a small seeded generator, enough to vary a payload reproducibly. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function realistic(): ExportTraceServiceRequest {
-  const rand = rng(20261207);
+  const rand = seededRandom(20261207);
   const below = (n: number) => Math.floor(rand() * n);
   const pick = <T>(xs: readonly T[]): T => xs[below(xs.length)]!;
   const bytes = (n: number) => Uint8Array.from({ length: n }, () => below(256));

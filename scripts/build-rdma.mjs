@@ -4,41 +4,17 @@
 // headers (Debian: apt-get install libibverbs-dev librdmacm-dev); links nothing of rdma-core.
 import { spawnSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
+import { failer, gypRebuild, root } from "./node-gyp.mjs";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const addonDir = join(root, "addons", "rdma");
-// /usr/bin/node → /usr, whose include/node holds node_api.h and common.gypi.
-const nodedir = dirname(dirname(process.execPath));
-
-function fail(message) {
-  process.stderr.write(`build:rdma: ${message}\n`);
-  process.exit(1);
-}
+const fail = failer("build:rdma");
 
 if (process.platform !== "linux") fail(`RDMA is Linux only (this is ${process.platform})`);
-if (!existsSync(join(nodedir, "include", "node", "node_api.h"))) {
-  fail(`no Node headers under ${nodedir}/include/node (the Node at ${process.execPath} was installed without them)`);
-}
 for (const header of ["/usr/include/infiniband/verbs.h", "/usr/include/rdma/rdma_cma.h"]) {
   if (!existsSync(header)) fail(`${header} is missing: install the rdma-core headers (Debian / Ubuntu: apt-get install libibverbs-dev librdmacm-dev)`);
 }
-
-// node-gyp from this package's dev dependencies, else the copy npm itself ships.
-let gyp;
-try {
-  gyp = createRequire(join(root, "package.json")).resolve("node-gyp/bin/node-gyp.js");
-} catch {
-  gyp = process.env.npm_config_node_gyp;
-}
-if (gyp === undefined || !existsSync(gyp)) fail("node-gyp not found (npm install, or run through npm, which ships it)");
-
-const args = [gyp, "rebuild", `--nodedir=${nodedir}`, "--directory", addonDir, "--loglevel=warn"];
-if (process.argv.includes("--debug")) args.push("--debug");
-const r = spawnSync(process.execPath, args, { stdio: "inherit", env: { ...process.env, npm_config_nodedir: nodedir } });
-if (r.status !== 0) fail(`node-gyp failed (exit ${r.status ?? r.signal})`);
+gypRebuild(addonDir, fail);
 const built = join(addonDir, "build", "Release", "koala_rdma.node");
 process.stdout.write(`build:rdma: built ${built}\n`);
 

@@ -6,6 +6,7 @@ import { Code, RpcError } from "../../errors.js";
 import { integer, number, resolveOptions, type OptionsSpec } from "../../options.js";
 import type { CallInfo, InterceptPoint } from "../../rpc/interceptor.js";
 import type { Engine } from "../engine.js";
+import { seededRandom } from "../../random.js";
 
 /** Options of the `fault` engine. */
 export interface FaultOptions {
@@ -29,22 +30,10 @@ const spec: OptionsSpec<FaultOptions> = {
   seed: integer(0, 0, 2 ** 32 - 1),
 };
 
-/** mulberry32: small, fast, good enough to pick fractions of calls. */
-function generator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Creates a `fault` engine. */
 export function faultEngine(name: string, input: Record<string, unknown> = {}): Engine {
   let o = resolveOptions(`engine ${name} (fault)`, spec, input);
-  let random = generator(o.seed === 0 ? (Math.random() * 2 ** 32) >>> 0 : o.seed);
+  let random = seededRandom(o.seed === 0 ? (Math.random() * 2 ** 32) >>> 0 : o.seed);
   return {
     kind: "fault",
     name,
@@ -60,7 +49,7 @@ export function faultEngine(name: string, input: Record<string, unknown> = {}): 
     configure(input2) {
       const before = o.seed;
       o = resolveOptions(`engine ${name} (fault)`, spec, { ...o, ...input2 });
-      if (o.seed !== before && o.seed !== 0) random = generator(o.seed);
+      if (o.seed !== before && o.seed !== 0) random = seededRandom(o.seed);
     },
   };
 }
