@@ -754,7 +754,14 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
           if (verdict instanceof RpcError) throw verdict;
           if (this.done) return;
         }
-        const frame = encodeFrame(this.channel.encode, FrameType.DATA, 0, this.callId, 0, 0, undefined, undefined, "", this.method.input, asMessage(r));
+        const body = asMessage(r);
+        // Encoded straight into the transport's send buffer where it can be, else into a frame of its own.
+        const sent = this.cc!.sendStreamMessageInPlace(this.channel.encode, this.callId, this.method.input, body, this.window!, Infinity);
+        if (sent !== false) {
+          if (sent !== undefined) await sent;
+          continue;
+        }
+        const frame = encodeFrame(this.channel.encode, FrameType.DATA, 0, this.callId, 0, 0, undefined, undefined, "", this.method.input, body);
         const waiting = this.cc!.sendStreamMessage(frame, this.window!, this);
         if (waiting !== undefined) await waiting;
       }

@@ -11,7 +11,7 @@ import { FrameType, controlFrame, decodeFrame, type Frame } from "./frame.js";
 /** The scratch frame's message between frames (it holds no received memory then). */
 const NO_BYTES = new Uint8Array(0);
 import { Keepalive } from "./keepalive.js";
-import { sendInPlace, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
+import { dataSizeInPlace, sendDataInPlace, sendInPlace, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
 import type { Metadata } from "./metadata.js";
 import type { MessageType } from "../proto/definition.js";
 import { CONNECTION_GRANT_BYTES, CONNECTION_WINDOW_BYTES, ReceiveWindow, SendWindow } from "./stream.js";
@@ -125,6 +125,40 @@ export abstract class RpcEndpoint {
       return this.waitConnection(frame, call);
     }
     return this.waitStream(frame, window, call);
+  }
+
+  /**
+   * A stream message without sections (every one after the first) encoded straight into the
+   * transport's send buffer, when the transport has one, both windows have credit now and the
+   * body fits in `room` (the caller's memory budget). Returns false, having taken nothing, when
+   * that cannot be done (use {@link sendStreamMessage}); otherwise what sendStreamMessage would.
+   * Throws RpcError as encodeFrame does; nothing is sent or taken then.
+   */
+  sendStreamMessageInPlace<T>(settings: EncodeSettings, callId: number, bodyType: MessageType<T>, body: T, window: SendWindow, room: number): Promise<void> | undefined | false {
+    if (this.conn.reserve === undefined) return false;
+    const bytes = dataSizeInPlace(settings, bodyType, body);
+    if (bytes < 0 || bytes > room) return false;
+    if (!window.tryTake(bytes)) return false;
+    if (!this.sendWindow.tryTake(bytes)) {
+      window.add(bytes);
+      return false;
+    }
+    let ok: boolean | undefined;
+    try {
+      ok = sendDataInPlace(this.conn, callId, bodyType, body, bytes);
+    } catch (err) {
+      window.add(bytes);
+      this.sendWindow.add(bytes);
+      throw err;
+    }
+    if (ok === undefined) {
+      window.add(bytes);
+      this.sendWindow.add(bytes);
+      return false;
+    }
+    if (ok) return undefined;
+    this.onBackpressure();
+    return this.conn.drain();
   }
 
   /** Waits for the stream's credit, then the connection's (closures kept out of the fast path: see sendStreamMessage). */

@@ -237,6 +237,38 @@ export function sendInPlace<T>(
 }
 
 /**
+ * The size a stream message's body would take when written in place by {@link sendDataInPlace}:
+ * -1 when it cannot be (a `bytes` field would go out as a part of its own). Throws as
+ * encodeFrame does for a body over the limit or one that cannot be encoded.
+ */
+export function dataSizeInPlace<T>(settings: EncodeSettings, bodyType: MessageType<T>, body: T): number {
+  try {
+    return sizeForWrite(bodyType, body, settings.externalBytesThreshold, settings.maxMessageBytes);
+  } catch (err) {
+    throw encodeError(bodyType, err);
+  }
+}
+
+/**
+ * A DATA frame with a body and no sections (every stream message after the first), written
+ * straight into the connection's send buffer: `bodyBytes` is what {@link dataSizeInPlace}
+ * measured. Returns undefined, having sent nothing, when the transport has no such buffer or no
+ * room in it for this frame; otherwise what `send()` would.
+ */
+export function sendDataInPlace<T>(conn: Connection, callId: number, bodyType: MessageType<T>, body: T, bodyBytes: number): boolean | undefined {
+  const buf = conn.reserve!(HEADER_BYTES + bodyBytes);
+  if (buf === undefined) return undefined;
+  const at = conn.reservedOffset!;
+  try {
+    writeSized(bodyType, body, buf, at + HEADER_BYTES, bodyBytes);
+  } catch (err) {
+    throw encodeError(bodyType, err);
+  }
+  writeHeader(buf, FrameType.DATA, FrameFlag.MESSAGE, callId, 0, 0, 0, 0, at);
+  return conn.commit!();
+}
+
+/**
  * `lease.release` as a function of no argument. Made here, not inline in {@link buildFrame}:
  * a closure there would make V8 allocate a context on every frame built, leased or not.
  */

@@ -870,6 +870,16 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
           if (verdict instanceof RpcError) throw verdict;
           if (this.done) return;
         }
+        if (this.headersSent || this.headers === undefined || this.headers.size === 0) {
+          // No headers to carry: encoded straight into the transport's send buffer where it can be.
+          const sent = this.sc.sendStreamMessageInPlace(this.sc.server.encode, this.id, this.method.output, r.value, this.window!, this.sc.room());
+          if (sent !== false) {
+            this.headersSent = true;
+            if (sent !== undefined) await sent;
+            if (this.done) return;
+            continue;
+          }
+        }
         // The first response carries the headers (buildFrame flags the section when there is one).
         const frame = encodeFrame(this.sc.server.encode, FrameType.DATA, 0, this.id, 0, 0, this.headersSent ? undefined : this.headers, undefined, "", this.method.output, r.value);
         this.checkBudget(frame);
