@@ -54,7 +54,9 @@ const SRNIC = ((): string | undefined => {
   return existsSync(join(dir, "koala_rdma.node")) && existsSync(join(dir, "koala_srnic.so")) ? join(dir, "koala_srnic.so") : undefined;
 })();
 // The addon loads its libraries once per process: name srnic before anything asks for them.
-if (SRNIC !== undefined) Object.assign(process.env, { KOALA_VERBS_LIB: SRNIC, KOALA_RDMACM_LIB: SRNIC });
+// srnic's service thread (the NIC) polls 50 µs before sleeping, as bench:rpc's native column has
+// it (SRNIC_POLL_US; set it to 0 for the sleeping NIC): a NIC takes a post without a system call.
+if (SRNIC !== undefined) Object.assign(process.env, { KOALA_VERBS_LIB: SRNIC, KOALA_RDMACM_LIB: SRNIC, SRNIC_POLL_US: process.env.SRNIC_POLL_US ?? "50" });
 
 
 const CASES: Case[] = [
@@ -87,7 +89,8 @@ function attribute(nodes: ProfileNode[]): { transport: number; provider: number;
     const url = n.callFrame.url;
     const provider = inProvider || /\/rdma\/(soft(-link)?|native(-context|-provider)?)\.ts/.test(url);
     const koala = inKoala || /\/src\/(transport|mem)\//.test(url);
-    const hits = n.hitCount ?? 0;
+    // Idle samples are the thread waiting, not CPU: the thread's CPU time is split among the others.
+    const hits = n.callFrame.functionName === "(idle)" ? 0 : (n.hitCount ?? 0);
     if (provider) out.provider += hits;
     else if (koala) out.transport += hits;
     else out.other += hits;

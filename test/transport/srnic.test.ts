@@ -159,6 +159,20 @@ t("one process holding both ends (server thread, client thread): every scenario,
   assert.equal(readdirSync(net), [], "destroyed listeners and taken-over stale files leave no socket file");
 });
 
+t("SRNIC_POLL_US: with the service thread polling between packets (posts ring no doorbell while it polls), one process holding both ends sees every scenario the same, and an idle gap longer than the polling puts it back to sleep without losing a post", () => {
+  compile();
+  const net = join(work, "net-poll");
+  // 200 µs of polling: the scenarios' pauses (timeouts, RNR retries, the idle waits) are far
+  // longer, so the thread goes from polling to sleeping and back many times in this run.
+  const r = spawnSync(exe, ["both"], { env: { ...env(net), SRNIC_POLL_US: "200" }, encoding: "utf8", timeout: 60_000 });
+  assert.not.match(r.stdout, /^FAIL/m, r.stdout);
+  assert.is(r.status, 0, `exit ${r.status} ${r.signal ?? ""}\n${r.stdout}\n${r.stderr}`);
+  const port = /^S listening port=(\d+)$/m.exec(r.stdout)?.[1];
+  assert.equal(lines(r.stdout, "S"), [...serverLines(port!), "S end"]);
+  assert.equal(lines(r.stdout, "C"), [...CLIENT, "C done"]);
+  assert.is(r.stderr.trim(), NOTHING_LEFT);
+});
+
 t("two processes: the client's half and the server's half; the server kills the client (SIGKILL) at the end and sees DISCONNECTED and its flushes", async () => {
   compile();
   const net = join(work, "net-two");

@@ -20,6 +20,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +45,17 @@ static struct srnic_link *graveyard; /* closed links, freed by the service threa
 static struct srnic_link *dirty;     /* links with output queued, written by the service thread */
 static int doorbell;                 /* set: the service thread was woken for `dirty` and has not taken it yet */
 static __thread int on_service_thread;
+/* SRNIC_POLL_US: how long the service thread keeps polling after its last activity before it
+ * sleeps in epoll_wait (0, the default: it sleeps at once). A NIC never sleeps: with this set,
+ * a post costs no doorbell system call and a packet no thread wake-up while traffic flows,
+ * which is what a NIC gives; the polling burns a core, as a NIC's own processor would. */
+static int64_t poll_ns;
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 int64_t srnic_now_ms(void) {
   struct timespec ts;
@@ -61,6 +73,11 @@ static void start_once(void) {
   sigset_t all, old;
   pthread_t t;
   pthread_attr_t attr;
+  const char *poll = getenv("SRNIC_POLL_US");
+  if (poll != NULL) {
+    long us = strtol(poll, NULL, 10);
+    poll_ns = us > 0 && us <= 1000000 ? (int64_t)us * 1000 : 0;
+  }
   ep = epoll_create1(EPOLL_CLOEXEC);
   wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (ep < 0 || wake_fd < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, wake_fd, &ev) != 0) {
@@ -186,14 +203,16 @@ static void later_or_now(struct srnic_link *l) {
   }
 }
 
-/* The service thread's deferred writes (under srnic_lock). */
-static void flush_dirty(void) {
+/* The service thread's deferred writes (under srnic_lock); returns whether there were any. */
+static int flush_dirty(void) {
+  int any = dirty != NULL;
   while (dirty != NULL) {
     struct srnic_link *l = dirty;
     dirty = l->dirty_next;
     l->dirty = 0;
     if (!l->dead && !l->want_out) link_flush(l);
   }
+  return any;
 }
 
 /* Queues a packet of `type` whose body is a then b, and writes what the socket takes now; the
@@ -301,15 +320,17 @@ static void *service(void *arg) {
   struct epoll_event evs[64];
   (void)arg;
   on_service_thread = 1;
+  int64_t spin_until = 0;
+  int spinning = 0;
   for (;;) {
     int64_t now, next;
-    int timeout, n;
+    int timeout, n, busy;
     pthread_mutex_lock(&srnic_lock);
     now = srnic_now_ms();
     next = cm_timers(now);
-    flush_dirty();
+    busy = flush_dirty();
     pthread_mutex_unlock(&srnic_lock);
-    timeout = next == 0 ? -1 : next <= now ? 0 : (int)(next - now);
+    timeout = spinning ? 0 : next == 0 ? -1 : next <= now ? 0 : (int)(next - now);
     n = epoll_wait(ep, evs, 64, timeout);
     pthread_mutex_lock(&srnic_lock);
     for (int i = 0; i < n; i++) {
@@ -326,7 +347,14 @@ static void *service(void *arg) {
         if (!l->dead && (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) link_read(l);
       }
     }
-    doorbell = 0; /* under srnic_lock: a post after this rings again */
+    if (poll_ns > 0) {
+      int64_t t = now_ns();
+      if (n > 0 || busy) spin_until = t + poll_ns;
+      spinning = t < spin_until;
+    }
+    /* Under srnic_lock: a post after this rings again, unless this thread polls on (its next
+     * turn flushes what was posted meanwhile). */
+    doorbell = spinning;
     flush_dirty(); /* before the graveyard: a closed link may still be on the list */
     while (graveyard != NULL) {
       struct srnic_link *l = graveyard;
@@ -336,6 +364,7 @@ static void *service(void *arg) {
       free(l);
     }
     pthread_mutex_unlock(&srnic_lock);
+    if (spinning) sched_yield(); /* the application threads first, when they have work */
   }
   return NULL;
 }
