@@ -46,7 +46,10 @@ export interface ResolverOptions {
  * KOALA_ERR_INVALID_ADDRESS at once for a target it cannot read; reports endpoints (or an
  * error) to `listener` from then on, never synchronously from the factory call.
  */
-export type ResolverFactory = (target: Target, listener: ResolverListener, options: ResolverOptions) => Resolver;
+export type ResolverFactory = ((target: Target, listener: ResolverListener, options: ResolverOptions) => Resolver) & {
+  /** The balancer of this resolver's targets when the channel names none (`xds`: weighted_round_robin, as the control plane's weights mean); else pick_first. */
+  readonly defaultBalancer?: string;
+};
 
 /** Connectivity states of a subchannel, as gRPC names them. */
 export type ConnectivityState = "idle" | "connecting" | "ready" | "transient_failure" | "shutdown";

@@ -1,0 +1,189 @@
+/**
+ * The xds resolver against a real control plane (xds-control-plane.ts: a grpc-js ADS server on
+ * the real envoy protos), with grpc-js-xds 1.14 as the oracle. One snapshot holds two mirrored
+ * listener / cluster / assignment sets: `orders` for koala (koala replicas) and `orders-grpc`
+ * for grpc-js-xds (grpc-js servers), with the same IPs (127.0.0.2–5), localities, weights and
+ * health, differing only in port. Both clients make calls; their per-IP shares must agree, and
+ * must keep agreeing after the control plane pushes changes.
+ */
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import * as grpc from "@grpc/grpc-js";
+import * as grpcXds from "@grpc/grpc-js-xds";
+import { Code, clientChannel, closeClient, createClient, type Client } from "../../src/index.js";
+import { ENDPOINT } from "../../src/cluster/xds/protos.js";
+import { EchoService } from "../fixtures/rpc/gen/echo.js";
+import { rejection, until } from "../helpers.js";
+import { portOf, startReplicas, stopReplicas, type Replica } from "./replicas.js";
+import { assignment, cluster, listener, snapshot, startControlPlane, type ControlPlane, type LocalitySpec } from "./xds-control-plane.js";
+
+const HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
+/** Calls per share measurement, per client. */
+const CALLS = 2000;
+/** Largest difference allowed between two shares of one IP (the oracle picks localities at random: σ ≈ 0.011 at 2000 calls). */
+const TOLERANCE = 0.05;
+
+let cp: ControlPlane;
+let koalaReplicas: Replica[];
+const grpcServers: grpc.Server[] = [];
+const grpcPorts = new Map<string, number>();
+let koala: Client<typeof EchoService>;
+let oracle: grpc.Client;
+
+const WHO = "/test.Who/Who";
+
+async function startGrpcBackends(): Promise<void> {
+  for (const host of HOSTS) {
+    const server = new grpc.Server();
+    server.addService(
+      { Who: { path: WHO, requestStream: false, responseStream: false, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b } },
+      { Who: (_call: unknown, cb: (err: null, res: Buffer) => void) => cb(null, Buffer.from(host)) },
+    );
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync(`${host}:0`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    grpcServers.push(server);
+    grpcPorts.set(host, port);
+  }
+}
+
+/** The mirrored snapshot: `localities` for both clients, each at its own backends' ports. */
+function mirrored(localities: readonly LocalitySpec[], koalaAssignment?: Record<string, unknown>) {
+  const koalaPort = (h: string) => portOf(koalaReplicas.find((r) => r.host === h)!);
+  return snapshot(
+    [listener("orders", "orders-cluster"), listener("orders-grpc", "orders-grpc-cluster")],
+    [cluster("orders-cluster"), cluster("orders-grpc-cluster")],
+    [koalaAssignment ?? assignment("orders-cluster", localities, koalaPort), assignment("orders-grpc-cluster", localities, (h) => grpcPorts.get(h)!)],
+  );
+}
+
+/** Share of `n` calls per answering host, `parallel` at a time. */
+async function shares(call: () => Promise<string>, n = CALLS, parallel = 20): Promise<Map<string, number>> {
+  const by = new Map<string, number>();
+  for (let done = 0; done < n; done += parallel) {
+    const got = await Promise.all(Array.from({ length: Math.min(parallel, n - done) }, call));
+    for (const h of got) by.set(h, (by.get(h) ?? 0) + 1);
+  }
+  for (const [h, c] of by) by.set(h, c / n);
+  return by;
+}
+
+const koalaCall = async () => (await koala.unary({}, { timeoutMs: 5000 })).text;
+const oracleCall = () =>
+  new Promise<string>((resolve, reject) =>
+    oracle.makeUnaryRequest(WHO, (b: Buffer) => b, (b: Buffer) => b, Buffer.alloc(0), { deadline: Date.now() + 5000 }, (err, res) => (err ? reject(err) : resolve(res!.toString()))),
+  );
+
+/** Calls until the set of answering hosts is exactly `hosts` for both clients (an update applied everywhere). */
+async function settle(hosts: readonly string[], ms = 10_000): Promise<void> {
+  const want = [...hosts].sort().join(",");
+  const end = Date.now() + ms;
+  let last = "";
+  for (;;) {
+    const [k, o] = await Promise.all([shares(koalaCall, 200), shares(oracleCall, 200)]);
+    const ks = [...k.keys()].sort().join(",");
+    const os = [...o.keys()].sort().join(",");
+    if (ks === want && os === want) return;
+    last = `koala ${ks}, grpc-js-xds ${os}`;
+    if (Date.now() > end) throw new Error(`still waiting for calls to reach exactly ${want} after ${ms} ms: ${last}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const show = (m: Map<string, number>) => JSON.stringify(Object.fromEntries([...m].sort().map(([h, s]) => [h, Number(s.toFixed(3))])));
+
+/** Both clients' shares, compared per IP with each other and with `expected`. */
+async function sameShares(expected: Record<string, number>): Promise<void> {
+  const [k, o] = await Promise.all([shares(koalaCall), shares(oracleCall)]);
+  for (const h of new Set([...k.keys(), ...o.keys(), ...Object.keys(expected)])) {
+    const ks = k.get(h) ?? 0;
+    const os = o.get(h) ?? 0;
+    assert.ok(Math.abs(ks - os) <= TOLERANCE, `${h}: koala ${ks.toFixed(3)} vs grpc-js-xds ${os.toFixed(3)} (koala ${show(k)}, grpc-js-xds ${show(o)})`);
+    assert.ok(Math.abs(ks - (expected[h] ?? 0)) <= TOLERANCE, `${h}: koala ${ks.toFixed(3)}, expected ${expected[h] ?? 0} (koala ${show(k)})`);
+  }
+}
+
+// Zone a (weight 3): .2, .3; zone b (weight 1): .4, and .5 DRAINING (no calls).
+const FIRST: LocalitySpec[] = [
+  { zone: "a", weight: 3, endpoints: [{ host: "127.0.0.2" }, { host: "127.0.0.3" }] },
+  { zone: "b", weight: 1, endpoints: [{ host: "127.0.0.4" }, { host: "127.0.0.5", health: "DRAINING" }] },
+];
+
+test.before(async () => {
+  cp = await startControlPlane();
+  process.env.GRPC_XDS_BOOTSTRAP_CONFIG = cp.bootstrap;
+  koalaReplicas = await startReplicas(HOSTS);
+  await startGrpcBackends();
+  cp.set(mirrored(FIRST));
+  grpcXds.register();
+  koala = createClient(EchoService, "xds:///orders");
+  oracle = new grpc.Client("xds:///orders-grpc", grpc.credentials.createInsecure());
+});
+
+test.after(async () => {
+  closeClient(koala);
+  oracle.close();
+  stopReplicas(koalaReplicas);
+  for (const s of grpcServers) s.forceShutdown();
+  await cp.stop();
+});
+
+test("locality weights split over each locality's endpoints, DRAINING ones left out: koala's shares match grpc-js-xds's", async () => {
+  await settle(["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+  await sameShares({ "127.0.0.2": 0.375, "127.0.0.3": 0.375, "127.0.0.4": 0.25 });
+  // Both clients ACKed what they got, on one stream each.
+  assert.ok(cp.replies.some((r) => r.agent === "koala-rpc" && r.typeUrl === ENDPOINT && r.nack === undefined), "koala ACKed the assignment");
+  assert.is(cp.replies.filter((r) => r.nack !== undefined).length, 0, "no NACK");
+});
+
+test("updates apply live: an endpoint removed, a locality weight changed, one back from DRAINING; calls in flight on the others finish", async () => {
+  const slow = Array.from({ length: 12 }, () => koala.unary({ delayMs: 800 }, { timeoutMs: 10_000 }));
+  await until(() => koalaReplicas.filter((r) => r.server.stats().calls > 0).length === 3, "slow calls in flight on the three replicas");
+  // Zone a (weight 1): .2 only; zone b (weight 3): .4 and .5, now HEALTHY.
+  cp.set(mirrored([
+    { zone: "a", weight: 1, endpoints: [{ host: "127.0.0.2" }] },
+    { zone: "b", weight: 3, endpoints: [{ host: "127.0.0.4" }, { host: "127.0.0.5" }] },
+  ]));
+  await settle(["127.0.0.2", "127.0.0.4", "127.0.0.5"]);
+  const results = await Promise.allSettled(slow);
+  assert.equal(results.filter((r) => r.status === "rejected").map((r) => String((r as PromiseRejectedResult).reason)), [], "no call in flight failed");
+  await sameShares({ "127.0.0.2": 0.25, "127.0.0.4": 0.375, "127.0.0.5": 0.375 });
+
+  // .4 marked UNHEALTHY: zone b's share goes to .5 alone.
+  cp.set(mirrored([
+    { zone: "a", weight: 1, endpoints: [{ host: "127.0.0.2" }] },
+    { zone: "b", weight: 3, endpoints: [{ host: "127.0.0.4", health: "UNHEALTHY" }, { host: "127.0.0.5" }] },
+  ]));
+  await settle(["127.0.0.2", "127.0.0.5"]);
+  await sameShares({ "127.0.0.2": 0.25, "127.0.0.5": 0.75 });
+  const koalaEndpoints = clientChannel(koala).endpoints().map((e) => e.address).sort();
+  assert.equal(koalaEndpoints.map((a) => a.replace(/:\d+$/, "")), ["127.0.0.2", "127.0.0.5"], "removed endpoints leave the channel");
+});
+
+test("a malformed assignment is NACKed with the reason, and koala keeps routing by the previous one", async () => {
+  const before = cp.replies.length;
+  const koalaPort = (h: string) => (h === "not-an-ip" ? 50051 : portOf(koalaReplicas.find((r) => r.host === h)!));
+  const bad = assignment("orders-cluster", [{ zone: "a", weight: 1, endpoints: [{ host: "127.0.0.3" }, { host: "not-an-ip" }] }], koalaPort);
+  cp.set(mirrored([
+    { zone: "a", weight: 1, endpoints: [{ host: "127.0.0.2" }] },
+    { zone: "b", weight: 3, endpoints: [{ host: "127.0.0.4", health: "UNHEALTHY" }, { host: "127.0.0.5" }] },
+  ], bad));
+  await until(() => cp.replies.slice(before).some((r) => r.agent === "koala-rpc" && r.typeUrl === ENDPOINT), "koala's reply to the new assignment");
+  const reply = cp.replies.slice(before).find((r) => r.agent === "koala-rpc" && r.typeUrl === ENDPOINT)!;
+  assert.ok(reply.nack !== undefined, "koala NACKed it");
+  assert.match(reply.nack!, /ClusterLoadAssignment orders-cluster: .*"not-an-ip" is not an IP address/);
+  const k = await shares(koalaCall, 400);
+  assert.equal([...k.keys()].sort(), ["127.0.0.2", "127.0.0.5"], `the previous assignment stays in use: ${show(k)}`);
+  assert.ok(Math.abs(k.get("127.0.0.5")! - 0.75) <= TOLERANCE, show(k));
+});
+
+test("a listener the control plane does not have fails calls with UNAVAILABLE naming it", async () => {
+  const missing = createClient(EchoService, "xds:///nothing-here");
+  try {
+    const err = await rejection(missing.unary({}, { timeoutMs: 5000 }));
+    assert.is(err.code, Code.UNAVAILABLE);
+    assert.match(err.message, /cannot resolve xds:\/\/\/nothing-here: xDS listener "nothing-here" does not exist \(control plane 127\.0\.0\.1:\d+\)/);
+  } finally {
+    closeClient(missing);
+  }
+});
+
+test.run();
