@@ -10,7 +10,7 @@
  * and an assignment of localities with weights and health.
  */
 import * as grpc from "@grpc/grpc-js";
-import { CLUSTER, ENDPOINT, HTTP_CONNECTION_MANAGER, LISTENER, ROUTER, loadXdsProtos } from "../../src/cluster/xds/protos.js";
+import { CLUSTER, ENDPOINT, HTTP_CONNECTION_MANAGER, LISTENER, ROUTE, ROUTER, loadXdsProtos } from "../../src/cluster/xds/protos.js";
 
 const protos = loadXdsProtos();
 
@@ -181,11 +181,29 @@ export function assignment(name: string, localities: readonly LocalitySpec[], po
   };
 }
 
-/** Resources from lists of listeners, clusters and assignments. */
-export function snapshot(listeners: Obj[], clusters: Obj[], assignments: Obj[]): Resources {
+/** A client listener `name` whose routes are the RouteConfiguration `routeName`, over ADS. */
+export function rdsListener(name: string, routeName: string): Obj {
+  const hcm = { rds: { route_config_name: routeName, config_source: { ads: {} } }, http_filters: [{ name: "router", typed_config: protos.pack(ROUTER, {}) }] };
+  return { name, api_listener: { api_listener: protos.pack(HTTP_CONNECTION_MANAGER, hcm) } };
+}
+
+/** A RouteConfiguration `name`: one virtual host for `domain` whose one route splits calls over `clusters` by weight. */
+export function weightedRoute(name: string, domain: string, clusters: readonly { readonly name: string; readonly weight: number }[]): Obj {
+  return {
+    name,
+    virtual_hosts: [
+      { name: "other", domains: ["other.example"], routes: [{ match: { prefix: "" }, route: { cluster: "nowhere" } }] },
+      { name: "split", domains: [domain], routes: [{ match: { prefix: "" }, route: { weighted_clusters: { clusters: clusters.map((c) => ({ name: c.name, weight: { value: c.weight } })) } } }] },
+    ],
+  };
+}
+
+/** Resources from lists of listeners, clusters, assignments and route configurations. */
+export function snapshot(listeners: Obj[], clusters: Obj[], assignments: Obj[], routes: Obj[] = []): Resources {
   const by = (list: Obj[], key: string) => new Map(list.map((r) => [String(r[key]), r]));
   return new Map([
     [LISTENER, by(listeners, "name")],
+    [ROUTE, by(routes, "name")],
     [CLUSTER, by(clusters, "name")],
     [ENDPOINT, by(assignments, "cluster_name")],
   ]);

@@ -15,7 +15,7 @@ import { ENDPOINT } from "../../src/cluster/xds/protos.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { rejection, until } from "../helpers.js";
 import { portOf, startReplicas, stopReplicas, type Replica } from "./replicas.js";
-import { assignment, cluster, listener, snapshot, startControlPlane, type ControlPlane, type LocalitySpec } from "./xds-control-plane.js";
+import { assignment, cluster, listener, rdsListener, snapshot, weightedRoute, startControlPlane, type ControlPlane, type LocalitySpec } from "./xds-control-plane.js";
 
 const HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
 /** Calls per share measurement, per client. */
@@ -45,14 +45,27 @@ async function startGrpcBackends(): Promise<void> {
   }
 }
 
-/** The mirrored snapshot: `localities` for both clients, each at its own backends' ports. */
+const koalaPort = (h: string) => (h === "not-an-ip" ? 50051 : portOf(koalaReplicas.find((r) => r.host === h)!));
+const grpcPort = (h: string) => grpcPorts.get(h)!;
+
+/** The split service: listener `split` (koala) / `split-grpc` (grpc-js-xds) over RDS, its route sending calls to two clusters by weight. */
+let split: { weights: [number, number]; a: LocalitySpec[]; b: LocalitySpec[] } | undefined;
+
+/** The mirrored snapshot: `localities` for both clients, each at its own backends' ports (and the split service, when set). */
 function mirrored(localities: readonly LocalitySpec[], koalaAssignment?: Record<string, unknown>) {
-  const koalaPort = (h: string) => portOf(koalaReplicas.find((r) => r.host === h)!);
-  return snapshot(
-    [listener("orders", "orders-cluster"), listener("orders-grpc", "orders-grpc-cluster")],
-    [cluster("orders-cluster"), cluster("orders-grpc-cluster")],
-    [koalaAssignment ?? assignment("orders-cluster", localities, koalaPort), assignment("orders-grpc-cluster", localities, (h) => grpcPorts.get(h)!)],
-  );
+  const listeners = [listener("orders", "orders-cluster"), listener("orders-grpc", "orders-grpc-cluster")];
+  const clusters = [cluster("orders-cluster"), cluster("orders-grpc-cluster")];
+  const assignments = [koalaAssignment ?? assignment("orders-cluster", localities, koalaPort), assignment("orders-grpc-cluster", localities, grpcPort)];
+  const routes = [];
+  if (split !== undefined) {
+    for (const [suffix, port] of [["", koalaPort], ["-grpc", grpcPort]] as const) {
+      listeners.push(rdsListener(`split${suffix}`, `split-route${suffix}`));
+      routes.push(weightedRoute(`split-route${suffix}`, `split${suffix}`, [{ name: `split-a${suffix}`, weight: split.weights[0] }, { name: `split-b${suffix}`, weight: split.weights[1] }]));
+      clusters.push(cluster(`split-a${suffix}`), cluster(`split-b${suffix}`));
+      assignments.push(assignment(`split-a${suffix}`, split.a, port), assignment(`split-b${suffix}`, split.b, port));
+    }
+  }
+  return snapshot(listeners, clusters, assignments, routes);
 }
 
 /** Share of `n` calls per answering host, `parallel` at a time. */
@@ -67,20 +80,21 @@ async function shares(call: () => Promise<string>, n = CALLS, parallel = 20): Pr
 }
 
 const koalaCall = async () => (await koala.unary({}, { timeoutMs: 5000 })).text;
-const oracleCall = () =>
+const oracleCall = () => whoCall(oracle);
+const whoCall = (client: grpc.Client) =>
   new Promise<string>((resolve, reject) =>
-    oracle.makeUnaryRequest(WHO, (b: Buffer) => b, (b: Buffer) => b, Buffer.alloc(0), { deadline: Date.now() + 5000 }, (err, res) => (err ? reject(err) : resolve(res!.toString()))),
+    client.makeUnaryRequest(WHO, (b: Buffer) => b, (b: Buffer) => b, Buffer.alloc(0), { deadline: Date.now() + 5000 }, (err, res) => (err ? reject(err) : resolve(res!.toString()))),
   );
 
 /** Calls until the set of answering hosts is exactly `hosts` for both clients (an update applied everywhere). */
-async function settle(hosts: readonly string[], ms = 10_000): Promise<void> {
+async function settle(hosts: readonly string[], ms = 10_000, k = koalaCall, o = oracleCall): Promise<void> {
   const want = [...hosts].sort().join(",");
   const end = Date.now() + ms;
   let last = "";
   for (;;) {
-    const [k, o] = await Promise.all([shares(koalaCall, 200), shares(oracleCall, 200)]);
-    const ks = [...k.keys()].sort().join(",");
-    const os = [...o.keys()].sort().join(",");
+    const [kn, on] = await Promise.all([shares(k, 200), shares(o, 200)]);
+    const ks = [...kn.keys()].sort().join(",");
+    const os = [...on.keys()].sort().join(",");
     if (ks === want && os === want) return;
     last = `koala ${ks}, grpc-js-xds ${os}`;
     if (Date.now() > end) throw new Error(`still waiting for calls to reach exactly ${want} after ${ms} ms: ${last}`);
@@ -91,8 +105,8 @@ async function settle(hosts: readonly string[], ms = 10_000): Promise<void> {
 const show = (m: Map<string, number>) => JSON.stringify(Object.fromEntries([...m].sort().map(([h, s]) => [h, Number(s.toFixed(3))])));
 
 /** Both clients' shares, compared per IP with each other and with `expected`. */
-async function sameShares(expected: Record<string, number>): Promise<void> {
-  const [k, o] = await Promise.all([shares(koalaCall), shares(oracleCall)]);
+async function sameShares(expected: Record<string, number>, kc = koalaCall, oc = oracleCall): Promise<void> {
+  const [k, o] = await Promise.all([shares(kc), shares(oc)]);
   for (const h of new Set([...k.keys(), ...o.keys(), ...Object.keys(expected)])) {
     const ks = k.get(h) ?? 0;
     const os = o.get(h) ?? 0;
@@ -110,6 +124,8 @@ const FIRST: LocalitySpec[] = [
 test.before(async () => {
   cp = await startControlPlane();
   process.env.GRPC_XDS_BOOTSTRAP_CONFIG = cp.bootstrap;
+  // A resource the control plane never names counts as absent after 1 s (15 s by default).
+  process.env.KOALA_XDS_RESOURCE_TIMEOUT_MS = "1000";
   koalaReplicas = await startReplicas(HOSTS);
   await startGrpcBackends();
   cp.set(mirrored(FIRST));
@@ -160,7 +176,6 @@ test("updates apply live: an endpoint removed, a locality weight changed, one ba
 
 test("a malformed assignment is NACKed with the reason, and koala keeps routing by the previous one", async () => {
   const before = cp.replies.length;
-  const koalaPort = (h: string) => (h === "not-an-ip" ? 50051 : portOf(koalaReplicas.find((r) => r.host === h)!));
   const bad = assignment("orders-cluster", [{ zone: "a", weight: 1, endpoints: [{ host: "127.0.0.3" }, { host: "not-an-ip" }] }], koalaPort);
   cp.set(mirrored([
     { zone: "a", weight: 1, endpoints: [{ host: "127.0.0.2" }] },
@@ -173,6 +188,27 @@ test("a malformed assignment is NACKed with the reason, and koala keeps routing 
   const k = await shares(koalaCall, 400);
   assert.equal([...k.keys()].sort(), ["127.0.0.2", "127.0.0.5"], `the previous assignment stays in use: ${show(k)}`);
   assert.ok(Math.abs(k.get("127.0.0.5")! - 0.75) <= TOLERANCE, show(k));
+});
+
+test("RDS and weighted_clusters: the route's cluster weights scale each cluster's locality shares, as in grpc-js-xds; a weight change applies live", async () => {
+  // Cluster a (weight 1): .2; cluster b (weight 3): zone x (weight 1) .3, zone y (weight 1) .4 and .5.
+  split = { weights: [1, 3], a: [{ zone: "x", weight: 1, endpoints: [{ host: "127.0.0.2" }] }], b: [{ zone: "x", weight: 1, endpoints: [{ host: "127.0.0.3" }] }, { zone: "y", weight: 1, endpoints: [{ host: "127.0.0.4" }, { host: "127.0.0.5" }] }] };
+  cp.set(mirrored(FIRST));
+  const k = createClient(EchoService, "xds:///split");
+  const o = new grpc.Client("xds:///split-grpc", grpc.credentials.createInsecure());
+  const kc = async () => (await k.unary({}, { timeoutMs: 5000 })).text;
+  const oc = () => whoCall(o);
+  try {
+    await settle(HOSTS, 10_000, kc, oc);
+    await sameShares({ "127.0.0.2": 0.25, "127.0.0.3": 0.375, "127.0.0.4": 0.1875, "127.0.0.5": 0.1875 }, kc, oc);
+    split = { ...split, weights: [1, 1] };
+    cp.set(mirrored(FIRST));
+    await until(() => clientChannel(k).endpoints().find((e) => e.address.startsWith("127.0.0.2:"))?.weight === 5000, "the new cluster weights at koala");
+    await sameShares({ "127.0.0.2": 0.5, "127.0.0.3": 0.25, "127.0.0.4": 0.125, "127.0.0.5": 0.125 }, kc, oc);
+  } finally {
+    closeClient(k);
+    o.close();
+  }
 });
 
 test("a listener the control plane does not have fails calls with UNAVAILABLE naming it", async () => {

@@ -8,20 +8,30 @@
  * per type, checks every resource of a response (resources.ts), ACKs a response whose resources
  * are all valid and NACKs one that has an invalid resource (`error_detail` says which and why),
  * applying the valid ones and keeping the previous version of the invalid ones. A listener or
- * cluster missing from a response does not exist (state of the world lists them all); a
- * resource no response has named within {@link DOES_NOT_EXIST_MS} does not exist either. The
+ * cluster the client had that is missing from a response was deleted (state of the world lists
+ * them all); a resource no response has named within the does-not-exist timeout (15 s as in
+ * gRPC, `KOALA_XDS_RESOURCE_TIMEOUT_MS`) from the request that asked for it does not exist. The
  * stream reconnects with backoff and asks again for everything; what it had stays in use.
  * When the last watcher leaves, the stream and its channel close (nothing keeps the process up).
  */
 import type * as GrpcJs from "@grpc/grpc-js";
+import { ErrorCode, KoalaError } from "../../errors.js";
 import { log } from "../../log.js";
 import { Backoff } from "../backoff.js";
 import type { Bootstrap } from "./bootstrap.js";
 import { ADS_METHOD, loadXdsProtos, requirePeer, type XdsProtos } from "./protos.js";
 import type { ResourceType } from "./resources.js";
 
-/** How long a subscribed resource may stay unnamed by the control plane before it counts as absent (gRPC: 15 s). */
+/** How long a subscribed resource may stay unnamed by the control plane before it counts as absent, by default (gRPC: 15 s). */
 export const DOES_NOT_EXIST_MS = 15_000;
+
+/** The does-not-exist timeout: `KOALA_XDS_RESOURCE_TIMEOUT_MS` (an integer ≥ 1), else {@link DOES_NOT_EXIST_MS}; KOALA_ERR_CONFIG when it is not valid. */
+export function resourceTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
+  const v = env.KOALA_XDS_RESOURCE_TIMEOUT_MS;
+  if (v === undefined || v === "") return DOES_NOT_EXIST_MS;
+  if (!/^\d{1,9}$/.test(v) || Number(v) < 1) throw new KoalaError(ErrorCode.CONFIG, `KOALA_XDS_RESOURCE_TIMEOUT_MS=${JSON.stringify(v)} is not a whole number of milliseconds ≥ 1`);
+  return Number(v);
+}
 
 /** What a watcher of one resource hears. */
 export interface ResourceWatcher<T> {
@@ -63,6 +73,7 @@ export class XdsClient {
   private retryTimer: NodeJS.Timeout | undefined;
   private loading = false;
   private readonly protos: XdsProtos;
+  private readonly timeoutMs = resourceTimeoutMs();
   private closed = false;
 
   constructor(
@@ -90,7 +101,6 @@ export class XdsClient {
     if (entry === undefined) {
       entry = { value: undefined, known: undefined, watchers: new Set([w]), timer: undefined };
       ts.entries.set(name, entry);
-      this.startTimer(ts, name, entry);
       this.request(ts);
     } else {
       entry.watchers.add(w);
@@ -117,13 +127,26 @@ export class XdsClient {
     } else this.request(ts);
   }
 
-  private startTimer(ts: TypeState, name: string, entry: Entry): void {
-    if (entry.timer !== undefined) clearTimeout(entry.timer);
-    entry.timer = setTimeout(() => {
-      entry.timer = undefined;
-      if (entry.known === undefined && ts.entries.get(name) === entry) this.missing(entry);
-    }, DOES_NOT_EXIST_MS);
-    entry.timer.unref();
+  /** Starts the does-not-exist timers of the resources of `ts` not known yet (their request just went out). */
+  private startTimers(ts: TypeState): void {
+    for (const [name, entry] of ts.entries) {
+      if (entry.known !== undefined || entry.timer !== undefined) continue;
+      entry.timer = setTimeout(() => {
+        entry.timer = undefined;
+        if (entry.known === undefined && ts.entries.get(name) === entry) this.missing(entry);
+      }, this.timeoutMs);
+      entry.timer.unref();
+    }
+  }
+
+  /** Stops every does-not-exist timer (the stream failed: they start again with the next request). */
+  private stopTimers(): void {
+    for (const ts of this.types.values()) {
+      for (const e of ts.entries.values()) {
+        if (e.timer !== undefined) clearTimeout(e.timer);
+        e.timer = undefined;
+      }
+    }
   }
 
   private missing(entry: Entry): void {
@@ -149,6 +172,7 @@ export class XdsClient {
     this.firstRequest = false;
     if (errorDetail !== undefined) req.error_detail = { code: 3, message: errorDetail }; // INVALID_ARGUMENT
     this.stream.write(req);
+    this.startTimers(ts);
   }
 
   private connect(): void {
@@ -187,6 +211,7 @@ export class XdsClient {
     const ended = (why: string) => {
       if (this.stream !== stream) return;
       this.stream = undefined;
+      this.stopTimers();
       if (this.closed) return;
       log("warn", "client", `xDS: the ADS stream to ${this.bootstrap.serverUri} ended (${why}); reconnecting`);
       this.failAll(`the ADS stream to ${this.bootstrap.serverUri} failed: ${why}`);
@@ -260,9 +285,11 @@ export class XdsClient {
       for (const w of [...entry.watchers]) w.onResource(value);
     }
     // A resource that could not be read may be any of them: absence says nothing then.
+    // Only a resource the client had: one never seen waits for its timer (the response may
+    // answer a request that did not name it yet).
     if (ts.type.allInEveryResponse && !unnamed) {
       for (const [name, entry] of ts.entries) {
-        if (!named.has(name) && entry.known !== false) {
+        if (!named.has(name) && entry.known === true) {
           if (entry.timer !== undefined) clearTimeout(entry.timer);
           entry.timer = undefined;
           this.missing(entry);
@@ -280,7 +307,7 @@ export class XdsClient {
     this.stream = undefined;
     s?.cancel();
     this.channel?.close();
-    for (const ts of this.types.values()) for (const e of ts.entries.values()) if (e.timer !== undefined) clearTimeout(e.timer);
+    this.stopTimers();
   }
 }
 
