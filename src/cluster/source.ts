@@ -121,7 +121,8 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
       return;
     }
     this.resolved = true;
-    this.resolveError = undefined;
+    // An empty list after an error (a resolver that lost its name) keeps the error as the reason.
+    if (endpoints.length > 0) this.resolveError = undefined;
     const next = new Map<string, Endpoint>();
     for (const e of endpoints) if (!next.has(e.address)) next.set(e.address, e);
     for (const [address, s] of this.subchannels) {

@@ -47,13 +47,15 @@ export interface ControlPlane {
   readonly replies: Reply[];
   /** Replaces the snapshot (a new version) and pushes it. */
   set(resources: Resources): void;
+  /** The version of the snapshot now. */
+  readonly version: string;
   /** Open ADS streams now. */
   streams(): number;
   stop(): Promise<void>;
 }
 
-/** Starts a control plane on 127.0.0.1 (port 0). */
-export async function startControlPlane(): Promise<ControlPlane> {
+/** Starts a control plane on 127.0.0.1 (`port`, default 0: any free one). */
+export async function startControlPlane(port = 0): Promise<ControlPlane> {
   const server = new grpc.Server();
   const streams = new Set<StreamState>();
   const replies: Reply[] = [];
@@ -121,8 +123,8 @@ export async function startControlPlane(): Promise<ControlPlane> {
       },
     },
   );
-  const port = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
-  const address = `127.0.0.1:${port}`;
+  const bound = await new Promise<number>((resolve, reject) => server.bindAsync(`127.0.0.1:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+  const address = `127.0.0.1:${bound}`;
   return {
     address,
     bootstrap: JSON.stringify({ xds_servers: [{ server_uri: address, channel_creds: [{ type: "insecure" }], server_features: ["xds_v3"] }], node: { id: "koala-test", cluster: "test", locality: {} } }),
@@ -131,6 +133,9 @@ export async function startControlPlane(): Promise<ControlPlane> {
       resources = next;
       version++;
       for (const s of streams) for (const typeUrl of s.names.keys()) send(s, typeUrl);
+    },
+    get version() {
+      return String(version);
     },
     streams: () => streams.size,
     stop: () =>

@@ -129,11 +129,11 @@ class XdsResolver implements Resolver {
 
   /** Reports a failure; `lost`: the chain is broken, so the endpoints are gone too. */
   private fail(why: string, lost: boolean): void {
+    this.listener.onError(resolveFailed(this.target, why));
     if (lost && this.reported) {
       this.reported = false;
-      this.listener.onEndpoints([]);
+      this.listener.onEndpoints([]); // after the error: the calls that fail now carry its reason
     }
-    this.listener.onError(resolveFailed(this.target, why));
   }
 
   private onListener(l: ListenerConfig): void {
