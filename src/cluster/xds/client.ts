@@ -242,12 +242,7 @@ export class XdsClient {
     const ts = this.types.get(typeUrl);
     const version = String(res.version_info ?? "");
     const nonce = String(res.nonce ?? "");
-    if (ts === undefined) {
-      // Not asked for (or no longer): ACK it so that the control plane stops resending.
-      const empty: TypeState = { type: { typeUrl, allInEveryResponse: false, check: () => ({ name: "", error: "" }) }, entries: new Map(), version, nonce };
-      this.request(empty);
-      return;
-    }
+    if (ts === undefined) return; // a type never asked for: nothing to ACK (an empty list would ask for every listener)
     const errors: string[] = [];
     const named = new Set<string>();
     const changed: [Entry, unknown][] = [];
