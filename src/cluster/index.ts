@@ -28,7 +28,7 @@ import { ErrorCode, KoalaError } from "../errors.js";
 import type { OutlierDetectionSettings } from "./outlier.js";
 import { SingleAddressSource } from "./single.js";
 import { ClusterSource } from "./source.js";
-import { leastOutstanding, pickFirst, roundRobin, weightedRoundRobin } from "./balancers.js";
+import { leastOutstanding, pickFirst, roundRobin, weightedLocality, weightedRoundRobin } from "./balancers.js";
 import { staticResolver } from "./static.js";
 import { dnsResolver } from "./dns.js";
 import { xdsResolver } from "./xds/resolver.js";
@@ -48,7 +48,7 @@ let ready = false;
 
 /**
  * Registers the built-in resolvers (`static`, `dns`, `xds`) and balancers (`pick_first`,
- * `round_robin`, `least_outstanding`, `weighted_round_robin`), unless something is registered under those names
+ * `round_robin`, `least_outstanding`, `weighted_round_robin`, `weighted_locality`), unless something is registered under those names
  * already. Idempotent; {@link createConnectionSource} calls it.
  */
 export function setupCluster(): void {
@@ -57,7 +57,7 @@ export function setupCluster(): void {
   if (resolverFor("static") === undefined) registerResolver("static", staticResolver);
   if (resolverFor("dns") === undefined) registerResolver("dns", dnsResolver);
   if (resolverFor("xds") === undefined) registerResolver("xds", xdsResolver);
-  for (const [name, factory] of [["pick_first", pickFirst], ["round_robin", roundRobin], ["least_outstanding", leastOutstanding], ["weighted_round_robin", weightedRoundRobin]] as const) {
+  for (const [name, factory] of [["pick_first", pickFirst], ["round_robin", roundRobin], ["least_outstanding", leastOutstanding], ["weighted_round_robin", weightedRoundRobin], ["weighted_locality", weightedLocality]] as const) {
     try {
       balancerFor(name);
     } catch {

@@ -17,6 +17,15 @@ export interface Endpoint {
    * A resolver sets it (`static:///a:1;weight=3,b:2`; xDS from its locality / endpoint weights).
    */
   readonly weight?: number;
+  /**
+   * The group the endpoint belongs to (xDS: its cluster and locality), for the
+   * `weighted_locality` balancer: calls are split over groups by {@link localityWeight} and
+   * evenly over the ready endpoints of each group, so a group keeps its share while some of
+   * its endpoints are down (as gRPC's weighted_target over round_robin).
+   */
+  readonly locality?: string;
+  /** The weight of {@link locality} (every endpoint of a group gives the same): an integer ≥ 1, default 1. */
+  readonly localityWeight?: number;
 }
 
 /** What a resolver reports to. */
@@ -47,7 +56,7 @@ export interface ResolverOptions {
  * error) to `listener` from then on, never synchronously from the factory call.
  */
 export type ResolverFactory = ((target: Target, listener: ResolverListener, options: ResolverOptions) => Resolver) & {
-  /** The balancer of this resolver's targets when the channel names none (`xds`: weighted_round_robin, as the control plane's weights mean); else pick_first. */
+  /** The balancer of this resolver's targets when the channel names none (`xds`: weighted_locality, as the control plane's weights mean); else pick_first. */
   readonly defaultBalancer?: string;
 };
 

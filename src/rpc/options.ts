@@ -37,9 +37,11 @@ export interface ChannelOptions {
    * How the calls of a resolved target (`dns:`, `static:`, …) spread over its endpoints: a
    * registered balancer — `pick_first` (one endpoint at a time), `round_robin`,
    * `least_outstanding` (power of two choices on calls open), `weighted_round_robin` (in
-   * proportion to the endpoints' weights, e.g. `static:///a:1;weight=3,b:2`), or one added with
-   * `registerBalancer`. A name not registered is an error naming it. Default `pick_first`
-   * (`weighted_round_robin` for `xds:` targets, whose control plane gives the weights).
+   * proportion to the endpoints' weights, e.g. `static:///a:1;weight=3,b:2`),
+   * `weighted_locality` (groups of endpoints by weight, round robin within each), or one added
+   * with `registerBalancer`. A name not registered is an error naming it. Default `pick_first`
+   * (`weighted_locality` for `xds:` targets: localities by the control plane's weights, round
+   * robin within each).
    */
   loadBalancing?: string;
   /** Options of the balancer (none for the built-in ones). Default {}. */

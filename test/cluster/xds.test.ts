@@ -92,7 +92,9 @@ async function settle(hosts: readonly string[], ms = 10_000, k = koalaCall, o = 
   const end = Date.now() + ms;
   let last = "";
   for (;;) {
-    const [kn, on] = await Promise.all([shares(k, 200), shares(o, 200)]);
+    // A call may fail while an endpoint goes away: it counts as "failed" and the loop goes on.
+    const failed = async (c: () => Promise<string>) => c().catch(() => "failed");
+    const [kn, on] = await Promise.all([shares(() => failed(k), 200), shares(() => failed(o), 200)]);
     const ks = [...kn.keys()].sort().join(",");
     const os = [...on.keys()].sort().join(",");
     if (ks === want && os === want) return;
@@ -209,6 +211,22 @@ test("RDS and weighted_clusters: the route's cluster weights scale each cluster'
     closeClient(k);
     o.close();
   }
+});
+
+test("an endpoint that goes down: its locality keeps its share, spread over the endpoints left (as grpc-js-xds)", async () => {
+  split = undefined;
+  // Zone a (weight 1): .2, .3; zone b (weight 1): .4.
+  cp.set(mirrored([
+    { zone: "a", weight: 1, endpoints: [{ host: "127.0.0.2" }, { host: "127.0.0.3" }] },
+    { zone: "b", weight: 1, endpoints: [{ host: "127.0.0.4" }] },
+  ]));
+  await settle(["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+  await sameShares({ "127.0.0.2": 0.25, "127.0.0.3": 0.25, "127.0.0.4": 0.5 });
+  // .3 stops on both sides; the control plane still lists it (no health checking says otherwise).
+  koalaReplicas.find((r) => r.host === "127.0.0.3")!.server.forceShutdown();
+  grpcServers[HOSTS.indexOf("127.0.0.3")]!.forceShutdown();
+  await settle(["127.0.0.2", "127.0.0.4"]);
+  await sameShares({ "127.0.0.2": 0.5, "127.0.0.4": 0.5 });
 });
 
 test("a listener the control plane does not have fails calls with UNAVAILABLE naming it", async () => {

@@ -13,8 +13,10 @@
  * endpoints'. Only UNKNOWN and HEALTHY endpoints are used, a locality without a weight or
  * without usable endpoints is left out, and the lowest priority left is the one used (koala
  * does not fail over to the next priority while that one's endpoints fail to connect). Shares
- * become integer weights (per 10 000) for the `weighted_round_robin` balancer, which is the
- * default of xds targets.
+ * become integer weights (per 10 000): each endpoint's locality and locality weight for the
+ * `weighted_locality` balancer, the default of xds targets (a locality keeps its share while
+ * some of its endpoints are down, as in gRPC), and each endpoint's own share as its `weight`
+ * (for `weighted_round_robin`, which spreads a down endpoint's share over all the others).
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
 import { resolveFailed } from "../source.js";
@@ -51,19 +53,32 @@ export function matchVirtualHost(hosts: readonly VirtualHost[], host: string): V
   return best;
 }
 
-/** Each endpoint's share of the calls (see the module comment), summing to 1 over the endpoints of `clusters`. */
-export function endpointShares(clusters: readonly { readonly weight: number; readonly endpoints: EndpointsConfig }[]): Map<string, number> {
-  const shares = new Map<string, number>();
-  const total = clusters.reduce((a, c) => a + c.weight, 0);
-  for (const c of clusters) {
+/** One endpoint's part of the calls: its share, and its locality (cluster/region/zone/sub_zone) with that locality's share. */
+export interface EndpointShare {
+  share: number;
+  readonly locality: string;
+  readonly localityShare: number;
+}
+
+/** Each endpoint's share of the calls (see the module comment), summing to 1 over the endpoints of `clusters` (keyed by cluster name). */
+export function endpointShares(clusters: ReadonlyMap<string, { readonly weight: number; readonly endpoints: EndpointsConfig }>): Map<string, EndpointShare> {
+  const shares = new Map<string, EndpointShare>();
+  let total = 0;
+  for (const c of clusters.values()) total += c.weight;
+  for (const [name, c] of clusters) {
     const usable = c.endpoints.localities.filter((l) => l.addresses.length > 0);
     if (usable.length === 0) continue;
     const priority = Math.min(...usable.map((l) => l.priority));
     const localities = usable.filter((l) => l.priority === priority);
     const lwTotal = localities.reduce((a, l) => a + l.weight, 0);
     for (const l of localities) {
-      const each = (c.weight / total) * (l.weight / lwTotal) / l.addresses.length;
-      for (const a of l.addresses) shares.set(a, (shares.get(a) ?? 0) + each);
+      const localityShare = (c.weight / total) * (l.weight / lwTotal);
+      for (const a of l.addresses) {
+        const had = shares.get(a);
+        // An address in two clusters adds up its shares (and stays in the first one's locality).
+        if (had !== undefined) had.share += localityShare / l.addresses.length;
+        else shares.set(a, { share: localityShare / l.addresses.length, locality: `${name}/${l.name}`, localityShare });
+      }
     }
   }
   return shares;
@@ -226,14 +241,17 @@ class XdsResolver implements Resolver {
   private report(): void {
     const all = [...this.clusters.values()];
     if (all.length === 0 || all.some((c) => c.endpoints === undefined && c.problem === undefined)) return;
-    const shares = endpointShares(all.filter((c) => c.endpoints !== undefined).map((c) => ({ weight: c.weight, endpoints: c.endpoints! })));
+    const known = new Map<string, { weight: number; endpoints: EndpointsConfig }>();
+    for (const [name, c] of this.clusters) if (c.endpoints !== undefined) known.set(name, { weight: c.weight, endpoints: c.endpoints });
+    const shares = endpointShares(known);
     if (shares.size === 0) {
       const problems = all.map((c) => c.problem).filter((p) => p !== undefined);
       this.fail(problems.length > 0 ? problems.join("; ") : `xDS: no healthy endpoint for ${JSON.stringify(this.target.path)}`, true);
       return;
     }
     const endpoints: Endpoint[] = [];
-    for (const [address, share] of shares) endpoints.push({ address, weight: Math.max(1, Math.round(share * WEIGHT_SCALE)) });
+    const scaled = (share: number) => Math.max(1, Math.round(share * WEIGHT_SCALE));
+    for (const [address, s] of shares) endpoints.push({ address, weight: scaled(s.share), locality: s.locality, localityWeight: scaled(s.localityShare) });
     this.reported = true;
     this.listener.onEndpoints(endpoints);
   }
@@ -244,4 +262,4 @@ class XdsResolver implements Resolver {
  * when @grpc/grpc-js or @grpc/grpc-js-xds (whose protos it loads) is not installed, and
  * KOALA_ERR_CONFIG when the bootstrap is missing or not valid.
  */
-export const xdsResolver: ResolverFactory = Object.assign((target: Target, listener: ResolverListener): Resolver => new XdsResolver(target, listener), { defaultBalancer: "weighted_round_robin" });
+export const xdsResolver: ResolverFactory = Object.assign((target: Target, listener: ResolverListener): Resolver => new XdsResolver(target, listener), { defaultBalancer: "weighted_locality" });
