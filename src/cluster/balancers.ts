@@ -225,7 +225,8 @@ interface Group<C extends PooledConnection> {
  * endpoints' `locality`) in smooth weighted round robin by their `localityWeight`, and within
  * each group its ready endpoints in turn. Only groups with a ready endpoint take calls, and a
  * group keeps its share however many of its endpoints are ready. An endpoint without a
- * `locality` is a group of its own, weighted by its `weight`.
+ * `locality` is a group of its own, weighted by its `weight`. Only the lowest `priority` with a
+ * ready endpoint takes calls (the others stay connected, ready to take over).
  */
 class WeightedLocality<C extends PooledConnection> implements Balancer<C> {
   private readonly set = new ReadySet<C>();
@@ -249,8 +250,11 @@ class WeightedLocality<C extends PooledConnection> implements Balancer<C> {
   private refresh(): void {
     this.set.refresh();
     const groups = new Map<string, { group: Group<C>; weight: number }>();
+    let priority = Infinity;
+    for (const s of this.set.ready) priority = Math.min(priority, s.endpoint.priority ?? 0);
     for (const s of this.set.ready) {
       const e = s.endpoint;
+      if ((e.priority ?? 0) !== priority) continue;
       const key = e.locality === undefined ? `\0${e.address}` : e.locality;
       let g = groups.get(key);
       if (g === undefined) {

@@ -137,7 +137,7 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
       if (s === undefined) {
         s = new EndpointSubchannel(e, this.dialer, this.options.backoff, (sub) => this.onState(sub));
         this.subchannels.set(address, s);
-      } else if (s.endpoint.weight !== e.weight || s.endpoint.locality !== e.locality || s.endpoint.localityWeight !== e.localityWeight) s.endpoint = e;
+      } else if (s.endpoint.weight !== e.weight || s.endpoint.locality !== e.locality || s.endpoint.localityWeight !== e.localityWeight || s.endpoint.priority !== e.priority) s.endpoint = e;
       ordered.push(s);
     }
     this.balancer.update(ordered);

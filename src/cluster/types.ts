@@ -26,6 +26,11 @@ export interface Endpoint {
   readonly locality?: string;
   /** The weight of {@link locality} (every endpoint of a group gives the same): an integer ≥ 1, default 1. */
   readonly localityWeight?: number;
+  /**
+   * For `weighted_locality`: calls go to the lowest priority (0 first, the default) that has a
+   * ready endpoint, as gRPC's xDS priorities fail over. Other balancers ignore it.
+   */
+  readonly priority?: number;
 }
 
 /** What a resolver reports to. */

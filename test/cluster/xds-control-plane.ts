@@ -169,6 +169,8 @@ export interface LocalitySpec {
   readonly zone: string;
   readonly weight: number;
   readonly endpoints: readonly { readonly host: string; readonly health?: string }[];
+  /** Default 0. */
+  readonly priority?: number;
 }
 
 /** A ClusterLoadAssignment for `name`. */
@@ -178,6 +180,7 @@ export function assignment(name: string, localities: readonly LocalitySpec[], po
     endpoints: localities.map((l) => ({
       locality: { region: "test", zone: l.zone },
       load_balancing_weight: { value: l.weight },
+      priority: l.priority ?? 0,
       lb_endpoints: l.endpoints.map((e) => ({
         endpoint: { address: { socket_address: { address: e.host, port_value: portOf(e.host) } } },
         health_status: e.health ?? "HEALTHY",

@@ -229,6 +229,22 @@ test("an endpoint that goes down: its locality keeps its share, spread over the 
   await sameShares({ "127.0.0.2": 0.5, "127.0.0.4": 0.5 });
 });
 
+test("priorities: the lowest one with a ready endpoint takes every call; its endpoints down, the next one takes over (as grpc-js-xds)", async () => {
+  // 127.0.0.3 is down since the test before.
+  cp.set(mirrored([
+    { zone: "a", weight: 1, endpoints: [{ host: "127.0.0.2" }] },
+    { zone: "b", weight: 1, endpoints: [{ host: "127.0.0.4" }, { host: "127.0.0.5" }], priority: 1 },
+  ]));
+  await settle(["127.0.0.2"]);
+  await sameShares({ "127.0.0.2": 1 });
+  cp.set(mirrored([
+    { zone: "a", weight: 1, endpoints: [{ host: "127.0.0.3" }] },
+    { zone: "b", weight: 1, endpoints: [{ host: "127.0.0.4" }, { host: "127.0.0.5" }], priority: 1 },
+  ]));
+  await settle(["127.0.0.4", "127.0.0.5"]);
+  await sameShares({ "127.0.0.4": 0.5, "127.0.0.5": 0.5 });
+});
+
 test("a listener the control plane does not have fails calls with UNAVAILABLE naming it", async () => {
   const missing = createClient(EchoService, "xds:///nothing-here");
   try {

@@ -11,12 +11,13 @@
  * weights, split evenly over its endpoints (an endpoint's own `load_balancing_weight` does not
  * count under round robin); with `weighted_clusters`, each cluster's share scales its
  * endpoints'. Only UNKNOWN and HEALTHY endpoints are used, a locality without a weight or
- * without usable endpoints is left out, and the lowest priority left is the one used (koala
- * does not fail over to the next priority while that one's endpoints fail to connect). Shares
- * become integer weights (per 10 000): each endpoint's locality and locality weight for the
+ * without usable endpoints is left out (and a priority left with none). Shares become integer
+ * weights (per 10 000): each endpoint's locality, locality weight and priority for the
  * `weighted_locality` balancer, the default of xds targets (a locality keeps its share while
- * some of its endpoints are down, as in gRPC), and each endpoint's own share as its `weight`
- * (for `weighted_round_robin`, which spreads a down endpoint's share over all the others).
+ * some of its endpoints are down, and the lowest priority with a ready endpoint takes the
+ * calls, as in gRPC), and each endpoint's own share within its priority as its `weight` (for
+ * `weighted_round_robin`, which ignores priorities and spreads a down endpoint's share over all
+ * the others).
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
 import { resolveFailed } from "../source.js";
@@ -53,11 +54,13 @@ export function matchVirtualHost(hosts: readonly VirtualHost[], host: string): V
   return best;
 }
 
-/** One endpoint's part of the calls: its share, and its locality (cluster/region/zone/sub_zone) with that locality's share. */
+/** One endpoint's part of the calls within its priority: its share, and its locality (cluster/region/zone/sub_zone) with that locality's share. */
 export interface EndpointShare {
   share: number;
   readonly locality: string;
   readonly localityShare: number;
+  /** The rank of its priority among the cluster's priorities with usable endpoints (0 first, as grpc-js-xds collapses empty ones). */
+  readonly priority: number;
 }
 
 /** Each endpoint's share of the calls (see the module comment), summing to 1 over the endpoints of `clusters` (keyed by cluster name). */
@@ -67,17 +70,18 @@ export function endpointShares(clusters: ReadonlyMap<string, { readonly weight: 
   for (const c of clusters.values()) total += c.weight;
   for (const [name, c] of clusters) {
     const usable = c.endpoints.localities.filter((l) => l.addresses.length > 0);
-    if (usable.length === 0) continue;
-    const priority = Math.min(...usable.map((l) => l.priority));
-    const localities = usable.filter((l) => l.priority === priority);
-    const lwTotal = localities.reduce((a, l) => a + l.weight, 0);
-    for (const l of localities) {
-      const localityShare = (c.weight / total) * (l.weight / lwTotal);
-      for (const a of l.addresses) {
-        const had = shares.get(a);
-        // An address in two clusters adds up its shares (and stays in the first one's locality).
-        if (had !== undefined) had.share += localityShare / l.addresses.length;
-        else shares.set(a, { share: localityShare / l.addresses.length, locality: `${name}/${l.name}`, localityShare });
+    const priorities = [...new Set(usable.map((l) => l.priority))].sort((a, b) => a - b);
+    for (const [rank, p] of priorities.entries()) {
+      const localities = usable.filter((l) => l.priority === p);
+      const lwTotal = localities.reduce((a, l) => a + l.weight, 0);
+      for (const l of localities) {
+        const localityShare = (c.weight / total) * (l.weight / lwTotal);
+        for (const a of l.addresses) {
+          const had = shares.get(a);
+          // An address in two places adds up its shares (and stays in the first one's locality).
+          if (had !== undefined) had.share += localityShare / l.addresses.length;
+          else shares.set(a, { share: localityShare / l.addresses.length, locality: `${name}/${l.name}/${rank}`, localityShare, priority: rank });
+        }
       }
     }
   }
@@ -251,7 +255,7 @@ class XdsResolver implements Resolver {
     }
     const endpoints: Endpoint[] = [];
     const scaled = (share: number) => Math.max(1, Math.round(share * WEIGHT_SCALE));
-    for (const [address, s] of shares) endpoints.push({ address, weight: scaled(s.share), locality: s.locality, localityWeight: scaled(s.localityShare) });
+    for (const [address, s] of shares) endpoints.push({ address, weight: scaled(s.share), locality: s.locality, localityWeight: scaled(s.localityShare), priority: s.priority });
     this.reported = true;
     this.listener.onEndpoints(endpoints);
   }
