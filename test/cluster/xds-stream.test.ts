@@ -11,7 +11,7 @@ import { parseBootstrap } from "../../src/cluster/xds/bootstrap.js";
 import { resourceTimeoutMs } from "../../src/cluster/xds/client.js";
 import { HTTP_CONNECTION_MANAGER, LISTENER, ROUTER, loadXdsProtos, requirePeer } from "../../src/cluster/xds/protos.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
-import { thrownCode, until } from "../helpers.js";
+import { rejection, thrownCode, until } from "../helpers.js";
 import { portOf, spread, startReplicas, stopReplicas, type Replica } from "./replicas.js";
 import { assignment, cluster, listener, snapshot, startControlPlane, type ControlPlane } from "./xds-control-plane.js";
 
@@ -151,6 +151,23 @@ test("a listener whose bytes are no Listener, or whose routes end without the ro
   } finally {
     closeClient(orders);
     for (const c of others) closeClient(c);
+  }
+});
+
+test("a control plane that cannot be reached fails calls with UNAVAILABLE naming it", async () => {
+  const saved = process.env.GRPC_XDS_BOOTSTRAP_CONFIG;
+  // A port nothing listens on: the one of a control plane just stopped.
+  const gone = await startControlPlane();
+  await gone.stop();
+  process.env.GRPC_XDS_BOOTSTRAP_CONFIG = gone.bootstrap;
+  const client = createClient(EchoService, "xds:///orders");
+  process.env.GRPC_XDS_BOOTSTRAP_CONFIG = saved;
+  try {
+    const err = await rejection(client.unary({}, { timeoutMs: 5000 }));
+    assert.is(err.code, Code.UNAVAILABLE);
+    assert.match(err.message, new RegExp(`the ADS stream to ${gone.address.replace(/\./g, "\\.")} failed`));
+  } finally {
+    closeClient(client);
   }
 });
 

@@ -168,7 +168,7 @@ export class XdsClient {
       type_url: ts.type.typeUrl,
       response_nonce: ts.nonce,
     };
-    if (this.firstRequest) req.node = { ...this.bootstrap.node, user_agent_name: "koala-rpc", user_agent_version: "0.1.0" };
+    if (this.firstRequest) req.node = { ...this.bootstrap.node, user_agent_name: "koala-rpc" };
     this.firstRequest = false;
     if (errorDetail !== undefined) req.error_detail = { code: 3, message: errorDetail }; // INVALID_ARGUMENT
     this.stream.write(req);
