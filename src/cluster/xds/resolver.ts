@@ -18,6 +18,17 @@
  * calls, as in gRPC), and each endpoint's own share within its priority as its `weight` (for
  * `weighted_round_robin`, which ignores priorities and spreads a down endpoint's share over all
  * the others).
+ *
+ * Where that was read in grpc-js-xds 1.14.1 (its src/): xds-resource-type/cluster-resource-type.ts
+ * turns lb_policy ROUND_ROBIN into `xds_wrr_locality` with a `round_robin` child;
+ * xds-dependency-manager.ts keeps UNKNOWN / HEALTHY endpoints, skips a locality without
+ * load_balancing_weight or left without endpoints, and collapses empty priorities;
+ * load-balancer-xds-wrr-locality.ts gives `weighted_target` each locality's weight;
+ * load-balancer-weighted-target.ts picks at random by weight among the READY localities
+ * (koala's smooth weighted order gives the same shares without the noise); the endpoint weight
+ * (locality × endpoint weight, load-balancer-cds.ts) is read only by ring_hash / custom
+ * policies; load-balancer-priority.ts uses the lowest READY priority, failing over on
+ * TRANSIENT_FAILURE or after 10 s of connecting.
  */
 import { ErrorCode, KoalaError } from "../../errors.js";
 import { resolveFailed } from "../source.js";
