@@ -9,6 +9,7 @@ import * as assert from "uvu/assert";
 import { Code, ErrorCode, KoalaError, closeClient, createClient, type Client } from "../../src/index.js";
 import { parseBootstrap } from "../../src/cluster/xds/bootstrap.js";
 import { resourceTimeoutMs } from "../../src/cluster/xds/client.js";
+import { matchVirtualHost } from "../../src/cluster/xds/resolver.js";
 import { HTTP_CONNECTION_MANAGER, LISTENER, ROUTER, loadXdsProtos, requirePeer } from "../../src/cluster/xds/protos.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { rejection, thrownCode, until } from "../helpers.js";
@@ -215,6 +216,19 @@ test("a missing peer package is KOALA_ERR_DEPENDENCY_MISSING naming it", () => {
   }
   assert.ok(err instanceof KoalaError && err.code === ErrorCode.DEPENDENCY_MISSING);
   assert.match((err as Error).message, /optional peer dependency @grpc\/not-installed-here, which is not installed/);
+});
+
+test("the virtual host is chosen as gRPC does: exact domain, then the longest *.suffix, then the longest prefix.*, then *", () => {
+  const vh = (...domains: string[]) => ({ domains, clusters: [{ name: domains[0]!, weight: 1 }] });
+  const hosts = [vh("*"), vh("orders.*"), vh("ord*"), vh("*.example"), vh("*.shop.example"), vh("orders.shop.example")];
+  const pick = (h: string) => matchVirtualHost(hosts, h)?.domains[0];
+  assert.is(pick("orders.shop.example"), "orders.shop.example");
+  assert.is(pick("billing.shop.example"), "*.shop.example");
+  assert.is(pick("billing.example"), "*.example");
+  assert.is(pick("orders.local"), "orders.*");
+  assert.is(pick("ordinal"), "ord*");
+  assert.is(pick("other"), "*");
+  assert.is(matchVirtualHost([vh("a.example")], "b.example"), undefined);
 });
 
 test("a target with an authority is refused at once", () => {
