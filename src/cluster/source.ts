@@ -86,6 +86,7 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
       ...(s.serving === undefined ? {} : { health: s.serving === null ? ("unknown" as const) : s.serving ? ("serving" as const) : ("not_serving" as const) }),
       ...(this.outlier === undefined ? {} : { ejected: s.ejected }),
       ...(s.endpoint.weight === undefined ? {} : { weight: s.endpoint.weight }),
+      ...(s.endpoint.locality === undefined ? {} : { locality: { name: s.endpoint.locality, weight: s.endpoint.localityWeight ?? 1, priority: s.endpoint.priority ?? 0 } }),
       ...(s.connection?.transport === undefined ? {} : { transport: s.connection.transport }),
     }));
   }

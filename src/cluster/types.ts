@@ -174,6 +174,8 @@ export interface EndpointState {
   readonly ejected?: boolean;
   /** Its weight, when the resolver gave one (see {@link Endpoint.weight}). */
   readonly weight?: number;
+  /** Its locality, its weight and its priority, when the resolver gave them (xDS: see {@link Endpoint.locality}). */
+  readonly locality?: { readonly name: string; readonly weight: number; readonly priority: number };
   /** The transport its connection runs on, while it has one (`rdma`, `tcp`, …: chosen per endpoint). */
   readonly transport?: string;
 }
