@@ -99,6 +99,8 @@ export const ErrorCode = {
   RESOLVE_FAILED: "KOALA_ERR_RESOLVE_FAILED",
   /** A target names a resolver scheme or a balancer that is not registered; the message names it and lists the registered ones. */
   UNKNOWN_NAME: "KOALA_ERR_UNKNOWN_NAME",
+  /** An optional peer package a feature needs is not installed (xDS needs @grpc/grpc-js and @grpc/grpc-js-xds); the message names it. */
+  DEPENDENCY_MISSING: "KOALA_ERR_DEPENDENCY_MISSING",
 } as const;
 
 /** One of the values of {@link ErrorCode}. */

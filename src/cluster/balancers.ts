@@ -3,7 +3,8 @@
  * default, as in gRPC), `round_robin` (every ready endpoint in turn) and `least_outstanding`
  * (power of two choices: of two ready endpoints drawn at random, the one with fewer calls
  * open — what keeps tail latency low when some replicas are slower) and `weighted_round_robin`
- * (round robin in proportion to each endpoint's weight). Each `pick()` is a few
+ * (round robin in proportion to each endpoint's weight) and `weighted_locality` (groups of
+ * endpoints by weight, round robin within each: xDS localities). Each `pick()` is a few
  * field loads and no allocation; the ready list is rebuilt only when a state changes.
  */
 import { ErrorCode, KoalaError } from "../errors.js";
@@ -179,15 +180,20 @@ class WeightedRoundRobin<C extends PooledConnection> implements Balancer<C> {
 
 /** The smooth weighted round-robin order of one cycle over `ready` (weights scaled to at most {@link MAX_SCHEDULE} slots plus one per endpoint). */
 export function weightedSchedule<T extends { readonly endpoint: Endpoint }>(ready: readonly T[]): T[] {
-  if (ready.length === 0) return [];
-  let weights = ready.map((s) => weightOf(s.endpoint));
+  return smoothOrder(ready.map((s) => weightOf(s.endpoint))).map((i) => ready[i]!);
+}
+
+/** Indexes into `weights` (integers ≥ 1) in smooth weighted round-robin order, one cycle (scaled to at most {@link MAX_SCHEDULE} slots plus one per weight). */
+function smoothOrder(input: readonly number[]): number[] {
+  if (input.length === 0) return [];
+  let weights = [...input];
   const total = weights.reduce((a, b) => a + b, 0);
   if (total > MAX_SCHEDULE) weights = weights.map((w) => Math.max(1, Math.floor((w * MAX_SCHEDULE) / total)));
   const g = weights.reduce(gcd);
   weights = weights.map((w) => w / g);
   const sum = weights.reduce((a, b) => a + b, 0);
   const current = weights.map(() => 0);
-  const out: T[] = [];
+  const out: number[] = [];
   for (let k = 0; k < sum; k++) {
     let best = 0;
     for (let i = 0; i < weights.length; i++) {
@@ -195,14 +201,90 @@ export function weightedSchedule<T extends { readonly endpoint: Endpoint }>(read
       if (current[i]! > current[best]!) best = i;
     }
     current[best]! -= sum;
-    out.push(ready[best]!);
+    out.push(best);
   }
   return out;
 }
 
 function weightOf(e: Endpoint): number {
-  const w = e.weight;
+  return clampWeight(e.weight);
+}
+
+function clampWeight(w: number | undefined): number {
   return w === undefined || !(w >= 1) ? 1 : Math.min(Math.round(w), 1_000_000);
+}
+
+/** The ready endpoints of one group of a {@link WeightedLocality}, taken in turn. */
+interface Group<C extends PooledConnection> {
+  ready: Subchannel<C>[];
+  next: number;
+}
+
+/**
+ * Two levels, as gRPC's xDS balancing (weighted_target over round_robin): groups (the
+ * endpoints' `locality`) in smooth weighted round robin by their `localityWeight`, and within
+ * each group its ready endpoints in turn. Only groups with a ready endpoint take calls, and a
+ * group keeps its share however many of its endpoints are ready. An endpoint without a
+ * `locality` is a group of its own, weighted by its `weight`. Only the lowest `priority` with a
+ * ready endpoint takes calls (the others stay connected, ready to take over).
+ */
+class WeightedLocality<C extends PooledConnection> implements Balancer<C> {
+  private readonly set = new ReadySet<C>();
+  private schedule: Group<C>[] = [];
+  private next = 0;
+  private started = false;
+
+  update(subchannels: readonly Subchannel<C>[]): void {
+    this.set.list = subchannels;
+    this.refresh();
+    if (!this.started && this.schedule.length > 0) {
+      this.next = Math.floor(Math.random() * this.schedule.length);
+      this.started = true;
+    }
+  }
+
+  onStateChange(): void {
+    this.refresh();
+  }
+
+  private refresh(): void {
+    this.set.refresh();
+    const groups = new Map<string, { group: Group<C>; weight: number }>();
+    let priority = Infinity;
+    for (const s of this.set.ready) priority = Math.min(priority, s.endpoint.priority ?? 0);
+    for (const s of this.set.ready) {
+      const e = s.endpoint;
+      if ((e.priority ?? 0) !== priority) continue;
+      const key = e.locality === undefined ? `\0${e.address}` : e.locality;
+      let g = groups.get(key);
+      if (g === undefined) {
+        g = { group: { ready: [], next: 0 }, weight: clampWeight(e.locality === undefined ? e.weight : e.localityWeight) };
+        groups.set(key, g);
+      }
+      g.group.ready.push(s);
+    }
+    const list = [...groups.values()];
+    for (const g of list) g.group.next = Math.floor(Math.random() * g.group.ready.length);
+    this.schedule = smoothOrder(list.map((g) => g.weight)).map((i) => list[i]!.group);
+    if (this.next >= this.schedule.length) this.next = 0;
+  }
+
+  pick(): C | undefined {
+    const s = this.schedule;
+    const n = s.length;
+    for (let tries = 0; tries < n; tries++) {
+      const g = s[this.next]!;
+      this.next = this.next + 1 >= n ? 0 : this.next + 1;
+      const m = g.ready.length;
+      for (let k = 0; k < m; k++) {
+        const sc = g.ready[g.next]!;
+        g.next = g.next + 1 >= m ? 0 : g.next + 1;
+        const c = sc.connection;
+        if (c !== undefined && c.usable) return c;
+      }
+    }
+    return undefined;
+  }
 }
 
 function gcd(a: number, b: number): number {
@@ -226,6 +308,12 @@ export const roundRobin: BalancerFactory = <C extends PooledConnection>(options:
 export const leastOutstanding: BalancerFactory = <C extends PooledConnection>(options: Readonly<Record<string, unknown>>) => {
   noOptions("least_outstanding", options);
   return new LeastOutstanding<C>();
+};
+
+/** `weighted_locality` (groups by Endpoint.locality weighted by Endpoint.localityWeight, round robin within each: xDS targets' default). */
+export const weightedLocality: BalancerFactory = <C extends PooledConnection>(options: Readonly<Record<string, unknown>>) => {
+  noOptions("weighted_locality", options);
+  return new WeightedLocality<C>();
 };
 
 /** `weighted_round_robin` (weights from the endpoints: see Endpoint.weight). */

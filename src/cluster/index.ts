@@ -28,9 +28,10 @@ import { ErrorCode, KoalaError } from "../errors.js";
 import type { OutlierDetectionSettings } from "./outlier.js";
 import { SingleAddressSource } from "./single.js";
 import { ClusterSource } from "./source.js";
-import { leastOutstanding, pickFirst, roundRobin, weightedRoundRobin } from "./balancers.js";
+import { leastOutstanding, pickFirst, roundRobin, weightedLocality, weightedRoundRobin } from "./balancers.js";
 import { staticResolver } from "./static.js";
 import { dnsResolver } from "./dns.js";
+import { xdsResolver } from "./xds/resolver.js";
 import type { BackoffOptions } from "./backoff.js";
 import type { ConnectionSource, Dialer, PooledConnection } from "./types.js";
 
@@ -46,8 +47,8 @@ export type * from "./types.js";
 let ready = false;
 
 /**
- * Registers the built-in resolvers (`static`, `dns`) and balancers (`pick_first`,
- * `round_robin`, `least_outstanding`, `weighted_round_robin`), unless something is registered under those names
+ * Registers the built-in resolvers (`static`, `dns`, `xds`) and balancers (`pick_first`,
+ * `round_robin`, `least_outstanding`, `weighted_round_robin`, `weighted_locality`), unless something is registered under those names
  * already. Idempotent; {@link createConnectionSource} calls it.
  */
 export function setupCluster(): void {
@@ -55,7 +56,8 @@ export function setupCluster(): void {
   ready = true;
   if (resolverFor("static") === undefined) registerResolver("static", staticResolver);
   if (resolverFor("dns") === undefined) registerResolver("dns", dnsResolver);
-  for (const [name, factory] of [["pick_first", pickFirst], ["round_robin", roundRobin], ["least_outstanding", leastOutstanding], ["weighted_round_robin", weightedRoundRobin]] as const) {
+  if (resolverFor("xds") === undefined) registerResolver("xds", xdsResolver);
+  for (const [name, factory] of [["pick_first", pickFirst], ["round_robin", roundRobin], ["least_outstanding", leastOutstanding], ["weighted_round_robin", weightedRoundRobin], ["weighted_locality", weightedLocality]] as const) {
     try {
       balancerFor(name);
     } catch {
@@ -70,7 +72,7 @@ export interface SourceOptions {
   readonly backoff: BackoffOptions;
   /** Reconnect backoff of each endpoint of a resolved target. */
   readonly endpointBackoff: BackoffOptions;
-  /** The balancer of a resolved target (a registered name). */
+  /** The balancer of a resolved target (a registered name); "" for the resolver's default (pick_first unless the resolver names one). */
   readonly balancer: string;
   /** The balancer's own options. */
   readonly balancerOptions: Readonly<Record<string, unknown>>;
@@ -93,7 +95,7 @@ export interface SourceOptions {
  */
 export function createConnectionSource<C extends PooledConnection>(target: string, dialer: Dialer<C>, options: SourceOptions): ConnectionSource<C> {
   setupCluster();
-  const makeBalancer = balancerFor(options.balancer);
+  if (options.balancer !== "") balancerFor(options.balancer); // a misspelling shows at once, also for a single address
   const t = parseTarget(target, (scheme) => resolverFor(scheme) !== undefined);
   // KOALA_MODE=managed (src/managed registers the resolver): the same target, through the daemon.
   const mode = process.env.KOALA_MODE;
@@ -105,7 +107,9 @@ export function createConnectionSource<C extends PooledConnection>(target: strin
     throw new KoalaError(ErrorCode.UNKNOWN_NAME, "health checking needs a registered health checker: call setupHealthChecking() (the package entry does) or registerHealthChecker()");
   }
   if (t.scheme === undefined) return new SingleAddressSource({ address: target }, dialer, options.backoff);
-  return new ClusterSource<C>(t, resolverFor(t.scheme)!, makeBalancer<C>(options.balancerOptions), dialer, {
+  const resolver = resolverFor(t.scheme)!;
+  const makeBalancer = balancerFor(options.balancer !== "" ? options.balancer : (resolver.defaultBalancer ?? "pick_first"));
+  return new ClusterSource<C>(t, resolver, makeBalancer<C>(options.balancerOptions), dialer, {
     backoff: options.endpointBackoff,
     minResolveIntervalMs: options.minResolveIntervalMs,
     ...(serviceName === undefined ? {} : { healthCheck: { serviceName, checker: checker! } }),

@@ -86,6 +86,7 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
       ...(s.serving === undefined ? {} : { health: s.serving === null ? ("unknown" as const) : s.serving ? ("serving" as const) : ("not_serving" as const) }),
       ...(this.outlier === undefined ? {} : { ejected: s.ejected }),
       ...(s.endpoint.weight === undefined ? {} : { weight: s.endpoint.weight }),
+      ...(s.endpoint.locality === undefined ? {} : { locality: { name: s.endpoint.locality, weight: s.endpoint.localityWeight ?? 1, priority: s.endpoint.priority ?? 0 } }),
       ...(s.connection?.transport === undefined ? {} : { transport: s.connection.transport }),
     }));
   }
@@ -121,7 +122,8 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
       return;
     }
     this.resolved = true;
-    this.resolveError = undefined;
+    // An empty list after an error (a resolver that lost its name) keeps the error as the reason.
+    if (endpoints.length > 0) this.resolveError = undefined;
     const next = new Map<string, Endpoint>();
     for (const e of endpoints) if (!next.has(e.address)) next.set(e.address, e);
     for (const [address, s] of this.subchannels) {
@@ -136,7 +138,7 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
       if (s === undefined) {
         s = new EndpointSubchannel(e, this.dialer, this.options.backoff, (sub) => this.onState(sub));
         this.subchannels.set(address, s);
-      } else if (s.endpoint.weight !== e.weight) s.endpoint = e;
+      } else if (s.endpoint.weight !== e.weight || s.endpoint.locality !== e.locality || s.endpoint.localityWeight !== e.localityWeight || s.endpoint.priority !== e.priority) s.endpoint = e;
       ordered.push(s);
     }
     this.balancer.update(ordered);

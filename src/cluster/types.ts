@@ -17,6 +17,20 @@ export interface Endpoint {
    * A resolver sets it (`static:///a:1;weight=3,b:2`; xDS from its locality / endpoint weights).
    */
   readonly weight?: number;
+  /**
+   * The group the endpoint belongs to (xDS: its cluster and locality), for the
+   * `weighted_locality` balancer: calls are split over groups by {@link localityWeight} and
+   * evenly over the ready endpoints of each group, so a group keeps its share while some of
+   * its endpoints are down (as gRPC's weighted_target over round_robin).
+   */
+  readonly locality?: string;
+  /** The weight of {@link locality} (every endpoint of a group gives the same): an integer ≥ 1, default 1. */
+  readonly localityWeight?: number;
+  /**
+   * For `weighted_locality`: calls go to the lowest priority (0 first, the default) that has a
+   * ready endpoint, as gRPC's xDS priorities fail over. Other balancers ignore it.
+   */
+  readonly priority?: number;
 }
 
 /** What a resolver reports to. */
@@ -46,7 +60,10 @@ export interface ResolverOptions {
  * KOALA_ERR_INVALID_ADDRESS at once for a target it cannot read; reports endpoints (or an
  * error) to `listener` from then on, never synchronously from the factory call.
  */
-export type ResolverFactory = (target: Target, listener: ResolverListener, options: ResolverOptions) => Resolver;
+export type ResolverFactory = ((target: Target, listener: ResolverListener, options: ResolverOptions) => Resolver) & {
+  /** The balancer of this resolver's targets when the channel names none (`xds`: weighted_locality, as the control plane's weights mean); else pick_first. */
+  readonly defaultBalancer?: string;
+};
 
 /** Connectivity states of a subchannel, as gRPC names them. */
 export type ConnectivityState = "idle" | "connecting" | "ready" | "transient_failure" | "shutdown";
@@ -157,6 +174,8 @@ export interface EndpointState {
   readonly ejected?: boolean;
   /** Its weight, when the resolver gave one (see {@link Endpoint.weight}). */
   readonly weight?: number;
+  /** Its locality, its weight and its priority, when the resolver gave them (xDS: see {@link Endpoint.locality}). */
+  readonly locality?: { readonly name: string; readonly weight: number; readonly priority: number };
   /** The transport its connection runs on, while it has one (`rdma`, `tcp`, …: chosen per endpoint). */
   readonly transport?: string;
 }

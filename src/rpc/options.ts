@@ -37,8 +37,11 @@ export interface ChannelOptions {
    * How the calls of a resolved target (`dns:`, `static:`, …) spread over its endpoints: a
    * registered balancer — `pick_first` (one endpoint at a time), `round_robin`,
    * `least_outstanding` (power of two choices on calls open), `weighted_round_robin` (in
-   * proportion to the endpoints' weights, e.g. `static:///a:1;weight=3,b:2`), or one added with
-   * `registerBalancer`. A name not registered is an error naming it. Default `pick_first`.
+   * proportion to the endpoints' weights, e.g. `static:///a:1;weight=3,b:2`),
+   * `weighted_locality` (groups of endpoints by weight, round robin within each), or one added
+   * with `registerBalancer`. A name not registered is an error naming it. Default `pick_first`
+   * (`weighted_locality` for `xds:` targets: localities by the control plane's weights, round
+   * robin within each).
    */
   loadBalancing?: string;
   /** Options of the balancer (none for the built-in ones). Default {}. */
@@ -180,7 +183,7 @@ const channelSpec: OptionsSpec<Required<ChannelOptions>> = {
   transport: custom<TransportOptions>({}, "an object of transport options", isObject),
   heap: custom<Heap | null>(null, "a Heap or null", isHeap),
   interceptors: custom<readonly Interceptor[]>([], "an array of interceptors (objects with a name)", isInterceptorList),
-  loadBalancing: custom<string>("pick_first", "the name of a registered balancer", (v) => typeof v === "string" && v !== ""),
+  loadBalancing: custom<string>("", "the name of a registered balancer", (v) => typeof v === "string" && v !== ""),
   loadBalancingOptions: custom<Record<string, unknown>>({}, "an object of balancer options", isObject),
   endpointBackoffInitialMs: integer(1_000, 0, 2 ** 31 - 1),
   endpointBackoffMaxMs: integer(120_000, 0, 2 ** 31 - 1),

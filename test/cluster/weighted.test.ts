@@ -6,7 +6,8 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Code, ErrorCode, clientChannel, closeClient, createClient } from "../../src/index.js";
-import { weightedSchedule } from "../../src/cluster/balancers.js";
+import { weightedLocality, weightedSchedule } from "../../src/cluster/balancers.js";
+import type { PooledConnection, Subchannel } from "../../src/cluster/types.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { thrownCode, until } from "../helpers.js";
 import { HOSTS, spread, startReplicas, stopReplicas } from "./replicas.js";
@@ -19,6 +20,33 @@ test("the schedule interleaves by weight (smooth weighted round robin) and keeps
   const big = at([1_000_000, 1_000_000, 3]);
   assert.ok(big.length <= 4096 + 3, `scaled down to ${big.length} slots`);
   assert.ok(big.includes("c"), "a small weight keeps at least one slot");
+});
+
+test("weighted_locality: groups by their weight, round robin within each; a group keeps its share while some of its endpoints are down", () => {
+  type Conn = PooledConnection & { name: string };
+  const sub = (name: string, locality: string, localityWeight: number) => {
+    const connection = { name, usable: true, isClosed: false, outstanding: 0, closed: new Promise(() => {}), close() {}, drain() {} } as Conn;
+    return { endpoint: { address: name, locality, localityWeight }, state: "ready", connection, pickable: true, requestConnection() {} } as Subchannel<Conn> & { pickable: boolean };
+  };
+  const [a1, a2, b1] = [sub("a1", "a", 3), sub("a2", "a", 3), sub("b1", "b", 1)];
+  const balancer = weightedLocality<Conn>({});
+  balancer.update([a1, a2, b1]);
+  const count = (n: number) => {
+    const by: Record<string, number> = {};
+    for (let i = 0; i < n; i++) {
+      const c = balancer.pick()!;
+      by[c.name] = (by[c.name] ?? 0) + 1;
+    }
+    return by;
+  };
+  assert.equal(count(400), { a1: 150, a2: 150, b1: 100 });
+  a2.pickable = false;
+  balancer.onStateChange(a2);
+  assert.equal(count(400), { a1: 300, b1: 100 }, "a's share goes to a1 alone");
+  b1.pickable = false;
+  balancer.onStateChange(b1);
+  assert.equal(count(10), { a1: 10 }, "a group with no ready endpoint gets nothing");
+  assert.is(thrownCode(() => weightedLocality({ x: 1 })), ErrorCode.INVALID_ARGUMENT);
 });
 
 test("static weights: bad ones fail at creation; channel.endpoints() shows them", async () => {

@@ -1,0 +1,220 @@
+/**
+ * The four xDS resource types as koala reads them: each decoded resource is checked and reduced
+ * to what the resolver uses, or rejected with the reason (the client NACKs the response with
+ * it and keeps the previous version). What is checked follows what grpc-js-xds 1.14 checks, for
+ * the parts koala supports:
+ *
+ * - Listener: an `api_listener` holding an HttpConnectionManager whose filters, if any, end
+ *   with the router; routes inline (`route_config`) or by name (`rds` over ADS).
+ * - RouteConfiguration: virtual hosts with domains; per host, the first route is used (koala
+ *   balances per channel, not per call): its `cluster` or `weighted_clusters`.
+ * - Cluster: type EDS, `lb_policy` ROUND_ROBIN (the default), `eds_config` over ADS.
+ * - ClusterLoadAssignment: localities with their `load_balancing_weight` and `priority`;
+ *   endpoints as IP addresses with a port, no duplicates; `health_status`.
+ */
+import { isIP } from "node:net";
+import { CLUSTER, ENDPOINT, HTTP_CONNECTION_MANAGER, LISTENER, ROUTE, ROUTER, type XdsProtos } from "./protos.js";
+
+/** A route target: a cluster and its weight among the route's clusters. */
+export interface WeightedCluster {
+  readonly name: string;
+  readonly weight: number;
+}
+
+/** A virtual host: the domains it answers for and its first route's clusters. */
+export interface VirtualHost {
+  readonly domains: readonly string[];
+  /** The clusters of the first route (one, weight 1, for a plain `cluster` action); empty when that route is not a forwarding route. */
+  readonly clusters: readonly WeightedCluster[];
+}
+
+/** A checked RouteConfiguration. */
+export interface RouteConfig {
+  readonly virtualHosts: readonly VirtualHost[];
+}
+
+/** A checked Listener: its routes inline, or the name of its RouteConfiguration. */
+export type ListenerConfig = { readonly routeConfigName: string } | { readonly routeConfig: RouteConfig };
+
+/** A checked Cluster. */
+export interface ClusterConfig {
+  /** The ClusterLoadAssignment to watch: `eds_cluster_config.service_name`, else the cluster's name. */
+  readonly edsServiceName: string;
+}
+
+/** One locality of an assignment, with the endpoints that may take calls. */
+export interface Locality {
+  /** region/zone/sub_zone. */
+  readonly name: string;
+  readonly weight: number;
+  readonly priority: number;
+  /** `ip:port` of its endpoints whose health_status is UNKNOWN or HEALTHY. */
+  readonly addresses: readonly string[];
+}
+
+/** A checked ClusterLoadAssignment. */
+export interface EndpointsConfig {
+  readonly localities: readonly Locality[];
+}
+
+/** What checking one resource gives: its name, and its value or why it is rejected. */
+export type Checked<T> = { readonly name: string; readonly value: T } | { readonly name: string; readonly error: string };
+
+/** A resource type: its type URL, whether a state-of-the-world response lists all of them, and its check. */
+export interface ResourceType<T> {
+  readonly typeUrl: string;
+  /** True for listeners and clusters: one missing from a response no longer exists. */
+  readonly allInEveryResponse: boolean;
+  check(protos: XdsProtos, resource: Record<string, unknown>): Checked<T>;
+}
+
+type Obj = Record<string, unknown>;
+const obj = (v: unknown): Obj | undefined => (typeof v === "object" && v !== null ? (v as Obj) : undefined);
+const arr = (v: unknown): Obj[] => (Array.isArray(v) ? (v as Obj[]) : []);
+const str = (v: unknown): string => (typeof v === "string" ? v : "");
+const num = (v: unknown): number => (typeof v === "number" ? v : 0);
+/** The value of a google.protobuf.UInt32Value, or undefined when unset. */
+const uint32Value = (v: unknown): number | undefined => (obj(v) === undefined ? undefined : num(obj(v)!.value));
+
+function routeConfig(rc: Obj, errors: string[]): RouteConfig {
+  const virtualHosts: VirtualHost[] = [];
+  for (const [i, vh] of arr(rc.virtual_hosts).entries()) {
+    const domains = arr(vh.domains) as unknown as string[];
+    if (domains.length === 0) errors.push(`virtual_hosts[${i}] has no domains`);
+    for (const d of domains) if (typeof d !== "string" || d === "" || (d.indexOf("*") > 0 && d.indexOf("*") < d.length - 1) || d.split("*").length > 2) errors.push(`virtual_hosts[${i}]: invalid domain ${JSON.stringify(d)}`);
+    const routes = arr(vh.routes);
+    let clusters: WeightedCluster[] = [];
+    for (const [j, r] of routes.entries()) {
+      const where = `virtual_hosts[${i}].routes[${j}]`;
+      if (obj(r.match) === undefined) errors.push(`${where}.match unset`);
+      if (r.action !== "route") continue; // redirect / direct_response / non_forwarding: not a route to a cluster
+      const action = obj(r.route)!;
+      let got: WeightedCluster[] = [];
+      if (action.cluster_specifier === "cluster") {
+        if (str(action.cluster) === "") errors.push(`${where}.route.cluster is empty`);
+        got = [{ name: str(action.cluster), weight: 1 }];
+      } else if (action.cluster_specifier === "weighted_clusters") {
+        const list = arr(obj(action.weighted_clusters)?.clusters);
+        got = list.map((c) => ({ name: str(c.name), weight: uint32Value(c.weight) ?? 0 }));
+        if (got.some((c) => c.name === "")) errors.push(`${where}.route.weighted_clusters has a cluster without a name`);
+        if (got.reduce((a, c) => a + c.weight, 0) <= 0) errors.push(`${where}.route.weighted_clusters: total weight is 0`);
+        got = got.filter((c) => c.weight > 0);
+      } else errors.push(`${where}.route: unsupported cluster_specifier ${JSON.stringify(action.cluster_specifier ?? "unset")}`);
+      if (j === 0) clusters = got;
+    }
+    virtualHosts.push({ domains, clusters });
+  }
+  return { virtualHosts };
+}
+
+const listenerType: ResourceType<ListenerConfig> = {
+  typeUrl: LISTENER,
+  allInEveryResponse: true,
+  check(protos, l) {
+    const name = str(l.name);
+    const errors: string[] = [];
+    let value: ListenerConfig | undefined;
+    try {
+      const hcm = protos.unpack(obj(l.api_listener)?.api_listener, HTTP_CONNECTION_MANAGER);
+      const filters = arr(hcm.http_filters);
+      for (const [i, f] of filters.entries()) {
+        const url = str(obj(f.typed_config)?.type_url);
+        if (i < filters.length - 1 && url === ROUTER) errors.push("router filter is before the end of http_filters");
+        if (i === filters.length - 1 && url !== ROUTER) errors.push(`the last http_filter is ${JSON.stringify(url)}, not the router`);
+      }
+      if (hcm.route_specifier === "rds") {
+        const rds = obj(hcm.rds)!;
+        const source = obj(rds.config_source);
+        if (source?.ads === undefined && source?.self === undefined) errors.push("rds.config_source must be ads or self");
+        if (str(rds.route_config_name) === "") errors.push("rds.route_config_name is empty");
+        value = { routeConfigName: str(rds.route_config_name) };
+      } else if (hcm.route_specifier === "route_config") {
+        const e: string[] = [];
+        value = { routeConfig: routeConfig(obj(hcm.route_config)!, e) };
+        errors.push(...e.map((m) => `route_config: ${m}`));
+      } else errors.push(`unsupported route_specifier ${JSON.stringify(hcm.route_specifier ?? "unset")}`);
+    } catch (err) {
+      errors.push(`api_listener: ${(err as Error).message}`);
+    }
+    return errors.length > 0 || value === undefined ? { name, error: `Listener ${name}: ${errors.join("; ")}` } : { name, value };
+  },
+};
+
+const routeType: ResourceType<RouteConfig> = {
+  typeUrl: ROUTE,
+  allInEveryResponse: false,
+  check(_protos, rc) {
+    const name = str(rc.name);
+    const errors: string[] = [];
+    const value = routeConfig(rc, errors);
+    return errors.length > 0 ? { name, error: `RouteConfiguration ${name}: ${errors.join("; ")}` } : { name, value };
+  },
+};
+
+const clusterType: ResourceType<ClusterConfig> = {
+  typeUrl: CLUSTER,
+  allInEveryResponse: true,
+  check(_protos, c) {
+    const name = str(c.name);
+    const errors: string[] = [];
+    const discovery = c.cluster_discovery_type === "type" ? str(c.type) : c.cluster_discovery_type === undefined ? "STATIC" : "cluster_type";
+    if (discovery !== "EDS") errors.push(`unsupported cluster type ${discovery} (koala supports EDS)`);
+    const lb = c.lb_policy === undefined ? "ROUND_ROBIN" : str(c.lb_policy);
+    if (lb !== "ROUND_ROBIN") errors.push(`unsupported lb_policy ${lb} (koala supports ROUND_ROBIN)`);
+    if (c.load_balancing_policy !== undefined) errors.push("load_balancing_policy is not supported");
+    const eds = obj(c.eds_cluster_config);
+    const source = obj(eds?.eds_config);
+    if (discovery === "EDS" && source?.ads === undefined && source?.self === undefined) errors.push("eds_cluster_config.eds_config must be ads or self");
+    const service = str(eds?.service_name);
+    return errors.length > 0 ? { name, error: `Cluster ${name}: ${errors.join("; ")}` } : { name, value: { edsServiceName: service === "" ? name : service } };
+  },
+};
+
+const endpointType: ResourceType<EndpointsConfig> = {
+  typeUrl: ENDPOINT,
+  allInEveryResponse: false,
+  check(_protos, cla) {
+    const name = str(cla.cluster_name);
+    const errors: string[] = [];
+    const seen = new Set<string>();
+    const localities: Locality[] = [];
+    const priorities = new Set<number>();
+    for (const [i, l] of arr(cla.endpoints).entries()) {
+      const loc = obj(l.locality);
+      if (loc === undefined) {
+        errors.push(`endpoints[${i}].locality unset`);
+        continue;
+      }
+      const locName = `${str(loc.region)}/${str(loc.zone)}/${str(loc.sub_zone)}`;
+      const priority = num(l.priority);
+      if (localities.some((x) => x.name === locName && x.priority === priority)) errors.push(`endpoints[${i}]: locality ${locName} appears twice at priority ${priority}`);
+      priorities.add(priority);
+      const addresses: string[] = [];
+      for (const [j, e] of arr(l.lb_endpoints).entries()) {
+        const where = `endpoints[${i}].lb_endpoints[${j}]`;
+        const sa = obj(obj(obj(e.endpoint)?.address)?.socket_address);
+        if (sa === undefined) {
+          errors.push(`${where}: endpoint.address.socket_address unset`);
+          continue;
+        }
+        const ip = str(sa.address);
+        if (sa.port_specifier !== "port_value") errors.push(`${where}: port_value unset`);
+        if (isIP(ip) === 0) errors.push(`${where}: ${JSON.stringify(ip)} is not an IP address`);
+        const address = isIP(ip) === 6 ? `[${ip}]:${num(sa.port_value)}` : `${ip}:${num(sa.port_value)}`;
+        if (seen.has(address)) errors.push(`${where}: ${address} appears twice`);
+        seen.add(address);
+        const health = e.health_status === undefined ? "UNKNOWN" : str(e.health_status);
+        // As grpc-js-xds: only UNKNOWN and HEALTHY endpoints take calls.
+        if (health === "UNKNOWN" || health === "HEALTHY") addresses.push(address);
+      }
+      const weight = uint32Value(l.load_balancing_weight);
+      // A locality without a weight is not used (gRPC's rule); one with weight 0 gets no calls.
+      if (weight !== undefined && weight > 0) localities.push({ name: locName, weight, priority, addresses });
+    }
+    for (const p of priorities) if (p > 0 && !priorities.has(p - 1)) errors.push(`endpoints have priority ${p} but not ${p - 1}`);
+    return errors.length > 0 ? { name, error: `ClusterLoadAssignment ${name}: ${errors.join("; ")}` } : { name, value: { localities } };
+  },
+};
+
+/** The four types, by name. */
+export const RESOURCE_TYPES = { listener: listenerType, route: routeType, cluster: clusterType, endpoint: endpointType } as const;
