@@ -138,9 +138,24 @@ export class ShmConnection extends InboxReader implements Connection {
     this.pump();
   };
 
+  private wakeScheduled = false;
+
+  /**
+   * The peer hears of what this end wrote at the end of the tick (process.nextTick), not at each
+   * record: everything a tick writes (the calls a batch of responses starts, the replies one
+   * socket read carries) costs the peer one wake-up and is there in one piece when it looks.
+   * Waking later than the tail store is still never a lost wake-up (the flag is taken after it).
+   */
   private wakePeer(): void {
-    if (this.writer.takeConsumerAsleep()) this.sendWake();
+    if (this.wakeScheduled) return;
+    this.wakeScheduled = true;
+    process.nextTick(this.wakeNow);
   }
+
+  private readonly wakeNow = (): void => {
+    this.wakeScheduled = false;
+    if (this.closeReason === undefined && this.writer.takeConsumerAsleep()) this.sendWake();
+  };
 
   /** One wake-up byte, unless the socket is gone (the peer then reads what is left as it closes). */
   private sendWake(): void {
