@@ -12,16 +12,20 @@
  * 256 in flight. On this machine three processes (client, daemon, server) share two cores in
  * managed mode, two in library mode: read the ratios with that in mind.
  *
- *   node --import tsx bench/managed.ts [--rounds N] [--ms N] [--poll-us N] [--out FILE] [--cpu-prof-daemon DIR]
+ *   node --import tsx bench/managed.ts [--rounds N] [--ms N] [--poll-us N] [--out FILE]
+ *     [--cpu-prof-daemon DIR] [--cpu-prof-server DIR] [--managed-only] [--only p50|calls|big]
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { closeClient, createClient, createServer } from "../src/index.js";
 import { startDaemon } from "../src/managed/daemon.js";
 import { EchoService } from "../test/fixtures/rpc/gen/echo.js";
+
+/** Processes whose CPU time per call the 256-in-flight scenario reports: this one (the client), the daemon, the server. */
+const watched: { client: number; daemon: number; server: number } = { client: process.pid, daemon: 0, server: 0 };
 
 const role = process.argv[2];
 
@@ -34,6 +38,7 @@ if (role === "--server") {
     bidi: async function* () {},
   });
   process.stdout.write(`${await server.listen("tcp://127.0.0.1:0")}\n`);
+  process.once("SIGINT", () => process.exit(0)); // a profiled server writes its profile as it exits
 } else if (role === "--daemon") {
   const d = await startDaemon({ socketPath: process.argv[3]!, pollUs: Number(process.argv[4] ?? 0), policy: null });
   process.stdout.write(`${d.socketPath}\n`);
@@ -60,7 +65,7 @@ type Client = ReturnType<typeof createClient<typeof EchoService>>;
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
+  return s.length === 0 ? NaN : s[Math.floor(s.length / 2)]!;
 }
 
 async function latency(client: Client, payload: Uint8Array, ms: number): Promise<{ p50: number; calls: number }> {
@@ -93,20 +98,43 @@ interface Row {
   calls256: number;
   p50big: number;
   mbpsBig: number;
+  /** CPU µs per call of each process at 256 in flight (the daemon's is 0 in library mode). */
+  cpuPerCall: { client: number; daemon: number; server: number };
 }
 
-async function measure(client: Client, ms: number): Promise<Row> {
+/** CPU time (user + system) of process `pid` so far, in microseconds, from /proc (clock ticks of 1/100 s on Linux). */
+function cpuUs(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) * 10_000;
+  } catch {
+    return NaN;
+  }
+}
+
+async function measure(client: Client, ms: number, only: string | undefined): Promise<Row> {
   const small = new Uint8Array(64).fill(7);
   const big = new Uint8Array(1024 * 1024).fill(9);
   await latency(client, small, 200); // warm-up
-  const s = await latency(client, small, ms);
-  const c = await throughput(client, small, 256, ms);
-  const b = await latency(client, big, ms);
-  return { p50small: s.p50, calls256: c, p50big: b.p50, mbpsBig: (b.calls * 2 * big.byteLength) / 1e6 };
+  const s = only === undefined || only === "p50" ? (await latency(client, small, ms)).p50 : NaN;
+  let c = NaN;
+  const cpu = { client: NaN, daemon: NaN, server: NaN };
+  if (only === undefined || only === "calls") {
+    const before = { client: cpuUs(watched.client), daemon: cpuUs(watched.daemon), server: cpuUs(watched.server) };
+    const t = performance.now();
+    c = await throughput(client, small, 256, ms);
+    const calls = c * ((performance.now() - t) / 1000);
+    for (const k of ["client", "daemon", "server"] as const) cpu[k] = (cpuUs(watched[k]) - before[k]) / calls;
+  }
+  const b = only === undefined || only === "big" ? await latency(client, big, ms) : { p50: NaN, calls: NaN };
+  return { p50small: s, calls256: c, p50big: b.p50, mbpsBig: (b.calls * 2 * big.byteLength) / 1e6, cpuPerCall: cpu };
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, ms: { type: "string", default: "1500" }, "poll-us": { type: "string", default: "0" }, out: { type: "string" }, "cpu-prof-daemon": { type: "string" } } });
+  const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, ms: { type: "string", default: "1500" }, "poll-us": { type: "string", default: "0" }, out: { type: "string" }, "cpu-prof-daemon": { type: "string" }, "cpu-prof-server": { type: "string" }, "managed-only": { type: "boolean", default: false }, only: { type: "string" } } });
+  const only = values.only;
+  if (only !== undefined && !["p50", "calls", "big"].includes(only)) throw new Error("--only takes p50, calls or big");
   const rounds = Number(values.rounds);
   const ms = Number(values.ms);
   const pollUs = Number(values["poll-us"]);
@@ -114,29 +142,32 @@ async function main(): Promise<void> {
   const socket = join(dir, "daemon.sock");
   const children: ChildProcess[] = [];
   try {
-    const server = await child(["--server"]);
+    const server = await child(["--server"], {}, values["cpu-prof-server"]);
     children.push(server.proc);
     const daemon = await child(["--daemon", socket, String(pollUs)], {}, values["cpu-prof-daemon"]);
     children.push(daemon.proc);
+    watched.server = server.proc.pid!;
+    watched.daemon = daemon.proc.pid!;
     process.env.KOALA_DAEMON_SOCKET = socket;
     process.env.KOALA_MANAGED_POLL_US = String(pollUs);
     const library = createClient(EchoService, server.line);
     const managed = createClient(EchoService, `managed:///${server.line}`);
     const rows: Record<"library" | "managed", Row[]> = { library: [], managed: [] };
     for (let r = 0; r < rounds; r++) {
-      rows.library.push(await measure(library, ms));
-      rows.managed.push(await measure(managed, ms));
+      if (!values["managed-only"]) rows.library.push(await measure(library, ms, only));
+      rows.managed.push(await measure(managed, ms, only));
     }
     closeClient(library);
     closeClient(managed);
-    const med = (mode: "library" | "managed", k: keyof Row) => median(rows[mode].map((x) => x[k]));
+    const med = (mode: "library" | "managed", k: Exclude<keyof Row, "cpuPerCall">) => median(rows[mode].map((x) => x[k]));
+    const medCpu = (mode: "library" | "managed", k: keyof Row["cpuPerCall"]) => median(rows[mode].map((x) => x.cpuPerCall[k]));
     const fmt = (v: number, d = 0) => v.toFixed(d);
     const lines = [
       `bench:managed — ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"}), node ${process.version}, tcp to the server, ${rounds} interleaved rounds of ${ms} ms per scenario, medians; KOALA_MANAGED_POLL_US=${pollUs}`,
       "",
       "scenario                         library     managed   managed/library   managed - library",
     ];
-    const row = (name: string, k: keyof Row, unit: string, diff: boolean) => {
+    const row = (name: string, k: Exclude<keyof Row, "cpuPerCall">, unit: string, diff: boolean) => {
       const l = med("library", k);
       const m = med("managed", k);
       lines.push(`${name.padEnd(32)} ${fmt(l, 1).padStart(8)} ${fmt(m, 1).padStart(11)} ${fmt(m / l, 2).padStart(17)} ${(diff ? `${fmt(m - l, 1)} ${unit}` : "").padStart(19)}`);
@@ -145,6 +176,9 @@ async function main(): Promise<void> {
     row("64 B unary calls/s, 256 in flight", "calls256", "", false);
     row("1 MiB unary p50 (µs), 1 in flight", "p50big", "µs", true);
     row("1 MiB unary MB/s (both ways)", "mbpsBig", "", false);
+    const cpuLine = (mode: "library" | "managed") =>
+      `client ${fmt(medCpu(mode, "client"), 2)}, daemon ${fmt(mode === "library" ? 0 : medCpu(mode, "daemon"), 2)}, server ${fmt(medCpu(mode, "server"), 2)}`;
+    lines.push(`CPU µs per call at 256 in flight (user + system, /proc): library ${cpuLine("library")}; managed ${cpuLine("managed")}`);
     const addP50 = med("managed", "p50small") - med("library", "p50small");
     const cost = 1 - med("managed", "calls256") / med("library", "calls256");
     lines.push("");
@@ -155,7 +189,9 @@ async function main(): Promise<void> {
     if (values.out !== undefined) writeFileSync(values.out, text);
   } finally {
     // SIGTERM first: a profiled daemon writes its profile as it exits.
-    for (const c of children) c.kill(values["cpu-prof-daemon"] === undefined ? "SIGKILL" : "SIGINT");
+    const profiling = values["cpu-prof-daemon"] !== undefined || values["cpu-prof-server"] !== undefined;
+    for (const c of children) c.kill(profiling ? "SIGINT" : "SIGKILL");
+    if (profiling) await new Promise((r) => setTimeout(r, 1000));
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -87,7 +87,12 @@ function corrupt(what: string): KoalaError {
 /** Shared parts of both ends of one ring. */
 abstract class RingEnd {
   protected readonly words: Int32Array;
-  protected readonly data: Uint8Array;
+  /** The ring's bytes (a Buffer, so that encoders writing strings into it need no view of their own). */
+  protected readonly data: Buffer;
+  /** The same bytes as a plain Uint8Array: what {@link RingReader.read} hands out views of. */
+  protected readonly plain: Uint8Array;
+  /** The same bytes, for the records' length words. */
+  protected readonly lengths: DataView;
   protected readonly control: number;
   /** Capacity in bytes. */
   readonly capacity: number;
@@ -98,7 +103,9 @@ abstract class RingEnd {
   constructor(memory: ArrayBuffer, ring: 0 | 1, ringBytes: number) {
     checkRingPair(memory, ringBytes);
     this.words = new Int32Array(memory, 0, RING_HEADER_BYTES / 4);
-    this.data = new Uint8Array(memory, RING_HEADER_BYTES + ring * ringBytes, ringBytes);
+    this.data = Buffer.from(memory, RING_HEADER_BYTES + ring * ringBytes, ringBytes);
+    this.lengths = new DataView(memory, RING_HEADER_BYTES + ring * ringBytes, ringBytes);
+    this.plain = new Uint8Array(memory, RING_HEADER_BYTES + ring * ringBytes, ringBytes);
     this.control = CONTROL[ring];
     this.capacity = ringBytes;
     this.mask = ringBytes - 1;
@@ -154,12 +161,13 @@ export class RingWriter extends RingEnd {
    */
   write(parts: readonly Uint8Array[]): boolean {
     let payload = 0;
-    for (const p of parts) payload += p.byteLength;
-    const view = this.reserve(payload);
-    if (view === undefined) return false;
-    let at = 0;
-    for (const p of parts) {
-      view.set(p, at);
+    for (let i = 0; i < parts.length; i++) payload += parts[i]!.byteLength;
+    let at = this.reserveAt(payload);
+    if (at < 0) return false;
+    const data = this.data;
+    for (let i = 0; i < parts.length; i++) {
+      const p = parts[i]!;
+      data.set(p, at);
       at += p.byteLength;
     }
     this.commit();
@@ -174,19 +182,30 @@ export class RingWriter extends RingEnd {
    * room now. Nothing is visible to the consumer until {@link commit}; one reservation at a time.
    */
   reserve(payload: number): Uint8Array | undefined {
+    const at = this.reserveAt(payload);
+    return at < 0 ? undefined : this.plain.subarray(at, at + payload);
+  }
+
+  /** The ring's bytes: what {@link reserveAt}'s offsets index. */
+  get buffer(): Buffer {
+    return this.data;
+  }
+
+  /** {@link reserve} as an offset into {@link buffer} (no view made), or -1 when there is not room now. */
+  reserveAt(payload: number): number {
     if (payload > this.maxRecordBytes) throw new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `a ${payload}-byte message does not fit a ${this.capacity}-byte shared ring (at most ${this.maxRecordBytes}; raise ringBytes)`);
     const cost = this.cost(payload);
-    if (cost > this.available) return undefined;
+    if (cost > this.available) return -1;
     let index = this.tail & this.mask;
     const size = recordBytes(payload);
     if (size > this.capacity - index) {
-      new DataView(this.data.buffer, this.data.byteOffset + index, LENGTH_BYTES).setUint32(0, WRAP, true);
+      this.lengths.setUint32(index, WRAP, true);
       index = 0;
     }
     this.pending = index;
     this.pendingPayload = payload;
     this.pendingCost = cost;
-    return this.data.subarray(index + LENGTH_BYTES, index + LENGTH_BYTES + payload);
+    return index + LENGTH_BYTES;
   }
 
   private pendingCost = 0;
@@ -194,7 +213,7 @@ export class RingWriter extends RingEnd {
   /** Publishes the record {@link reserve} handed out. */
   commit(): void {
     if (this.pending < 0) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "RingWriter.commit(): nothing reserved");
-    new DataView(this.data.buffer, this.data.byteOffset + this.pending, LENGTH_BYTES).setUint32(0, this.pendingPayload, true);
+    this.lengths.setUint32(this.pending, this.pendingPayload, true);
     this.tail = (this.tail + this.pendingCost) >>> 0;
     this.pending = -1;
     this.store(TAIL, this.tail);
@@ -224,11 +243,12 @@ export class RingReader extends RingEnd {
   /** Where the next record is read (local: the shared head moves only on release). */
   private readAt: number;
   private head: number;
-  // Records read and not yet released, in ring order: their end positions and whether released.
+  // Records read and not yet released, in ring order from `first`: their views (undefined once
+  // released) and end positions. Release is looked up by identity: the oldest record first (the
+  // usual case), else a scan (records released out of order are few: large frames in flight).
+  private views: (Uint8Array | undefined)[] = [];
   private ends: number[] = [];
-  private released: boolean[] = [];
   private first = 0;
-  private byView = new Map<Uint8Array, number>();
 
   constructor(memory: ArrayBuffer, ring: 0 | 1, ringBytes: number) {
     super(memory, ring, ringBytes);
@@ -246,7 +266,34 @@ export class RingReader extends RingEnd {
 
   /** Records read and not released. */
   get held(): number {
-    return this.ends.length - this.first;
+    return this.views.length - this.first;
+  }
+
+  // The record at readAt (with `ready` bytes published from there): sets `nextIndex` (ring index
+  // of its payload), `nextLength` and `nextEnd` (position after it). Throws on a corrupt record.
+  private nextIndex = 0;
+  private nextLength = 0;
+  private nextEnd = 0;
+
+  private locate(readyIn: number): void {
+    let ready = readyIn;
+    let index = this.readAt & this.mask;
+    let length = this.lengths.getUint32(index, true);
+    let start = this.readAt;
+    if (length === WRAP) {
+      const skip = this.capacity - index;
+      if (skip >= ready) throw corrupt(`a wrap marker with nothing written after it`);
+      ready -= skip;
+      start = (this.readAt + skip) >>> 0;
+      index = 0;
+      length = this.lengths.getUint32(0, true);
+    }
+    if (length > this.maxRecordBytes) throw corrupt(`a record of ${length} bytes (the limit is ${this.maxRecordBytes})`);
+    const size = recordBytes(length);
+    if (size > ready) throw corrupt(`a record of ${length} bytes where ${ready - LENGTH_BYTES} are written`);
+    this.nextIndex = index + LENGTH_BYTES;
+    this.nextLength = length;
+    this.nextEnd = (start + size) >>> 0;
   }
 
   /**
@@ -255,29 +302,57 @@ export class RingReader extends RingEnd {
    * written, or over the record limit): the producer is broken or hostile.
    */
   read(): Uint8Array | undefined {
-    let ready = this.available;
+    const ready = this.available;
     if (ready === 0) return undefined;
-    let index = this.readAt & this.mask;
-    let length = new DataView(this.data.buffer, this.data.byteOffset + index, LENGTH_BYTES).getUint32(0, true);
-    let start = this.readAt;
-    if (length === WRAP) {
-      const skip = this.capacity - index;
-      if (skip >= ready) throw corrupt(`a wrap marker with nothing written after it`);
-      ready -= skip;
-      start = (this.readAt + skip) >>> 0;
-      index = 0;
-      length = new DataView(this.data.buffer, this.data.byteOffset, LENGTH_BYTES).getUint32(0, true);
-    }
-    if (length > this.maxRecordBytes) throw corrupt(`a record of ${length} bytes (the limit is ${this.maxRecordBytes})`);
-    const size = recordBytes(length);
-    if (size > ready) throw corrupt(`a record of ${length} bytes where ${ready - LENGTH_BYTES} are written`);
-    const end = (start + size) >>> 0;
-    this.readAt = end;
-    const view = this.data.subarray(index + LENGTH_BYTES, index + LENGTH_BYTES + length);
-    this.byView.set(view, this.ends.length);
-    this.ends.push(end);
-    this.released.push(false);
+    this.locate(ready);
+    this.readAt = this.nextEnd;
+    const view = this.plain.subarray(this.nextIndex, this.nextIndex + this.nextLength);
+    this.views.push(view);
+    this.ends.push(this.nextEnd);
     return view;
+  }
+
+  /**
+   * Copies the records published now out of the ring, in order, into one new buffer, and releases
+   * them: one allocation and one or two copies for the lot (a reader that keeps every message,
+   * the application's RPC client, takes them this way). Stops after the record that takes the
+   * copied bytes past `maxBytes`. Returns the copies (empty when the ring is empty). Only while
+   * no record is held ({@link read} without {@link release}): KOALA_ERR_INVALID_ARGUMENT otherwise.
+   * Throws KOALA_ERR_PROTOCOL as {@link read} does, having taken nothing.
+   */
+  copyOut(maxBytes: number): Uint8Array[] {
+    if (this.views.length !== this.first) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "RingReader.copyOut(): records are held");
+    let ready = this.available;
+    const out: Uint8Array[] = [];
+    if (ready === 0) return out;
+    const from = this.readAt;
+    // Pass 1: walk the records (checking each), noting payload offsets relative to `from`.
+    const starts: number[] = [];
+    const lengths: number[] = [];
+    let span = 0;
+    while (ready > 0 && span <= maxBytes) {
+      this.locate(ready);
+      const consumed = (this.nextEnd - this.readAt) >>> 0;
+      starts.push(((this.nextEnd - recordBytes(this.nextLength) - from) >>> 0) + LENGTH_BYTES);
+      lengths.push(this.nextLength);
+      this.readAt = this.nextEnd;
+      ready -= consumed;
+      span += consumed;
+    }
+    // Pass 2: the span [from, readAt) in at most two pieces (it may run over the ring's end).
+    const copy = Buffer.allocUnsafe(span);
+    const index = from & this.mask;
+    const toEnd = this.capacity - index;
+    if (span <= toEnd) {
+      this.data.copy(copy, 0, index, index + span);
+    } else {
+      this.data.copy(copy, 0, index, this.capacity);
+      this.data.copy(copy, toEnd, 0, span - toEnd);
+    }
+    for (let i = 0; i < starts.length; i++) out.push(copy.subarray(starts[i]!, starts[i]! + lengths[i]!));
+    this.head = this.readAt;
+    this.store(HEAD, this.head);
+    return out;
   }
 
   /**
@@ -285,23 +360,25 @@ export class RingReader extends RingEnd {
    * too. Throws KOALA_ERR_INVALID_ARGUMENT for a view that is not an unreleased record of this ring.
    */
   release(view: Uint8Array): void {
-    const at = this.byView.get(view);
-    if (at === undefined) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "RingReader.release(): not a record of this ring, or released already");
-    this.byView.delete(view);
-    this.released[at] = true;
+    const views = this.views;
+    let at = this.first;
+    if (views[at] !== view) {
+      at = view === undefined ? -1 : views.indexOf(view, at + 1);
+      if (at < 0) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "RingReader.release(): not a record of this ring, or released already");
+    }
+    views[at] = undefined;
     if (at !== this.first) return;
     let first = this.first;
-    while (first < this.ends.length && this.released[first]!) first++;
+    while (first < views.length && views[first] === undefined) first++;
     this.head = this.ends[first - 1]!;
-    if (first === this.ends.length) {
+    if (first === views.length) {
+      views.length = 0;
       this.ends.length = 0;
-      this.released.length = 0;
       this.first = 0;
-    } else if (first >= 1024 && first * 2 >= this.ends.length) {
+    } else if (first >= 1024 && first * 2 >= views.length) {
       // Long-held records keep the lists from emptying: drop the released prefix now and then.
+      views.splice(0, first);
       this.ends.splice(0, first);
-      this.released.splice(0, first);
-      for (const [v, i] of this.byView) this.byView.set(v, i - first);
       this.first = 0;
     } else {
       this.first = first;

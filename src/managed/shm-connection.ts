@@ -4,10 +4,12 @@
  * and reads ring 1, the daemon the other way round.
  *
  * Sending copies a message's parts into the ring once (as a socket transport copies them into
- * the kernel) and calls `onWritten` at once; when the ring is full the message waits in a queue
- * here, and `send` reports backpressure past `highWaterMarkBytes`. Receiving hands out views of
- * the ring (`copyReceived: false`, the daemon, which releases every message) or copies (`true`,
- * the application: its RPC client never releases a response, PROTOCOL.md §4).
+ * the kernel) and calls `onWritten` at once, or lends the ring itself to encode into
+ * (`reserve` / `commit`: no copy at all); when the ring is full the message waits in a queue
+ * here, and `send` reports backpressure past `highWaterMarkBytes`. The peer is woken once per
+ * tick that wrote. Receiving hands out views of the ring (`copyReceived: false`, the daemon,
+ * which releases every message) or copies, a batch of records into one buffer (`true`, the
+ * application: its RPC client never releases a response, PROTOCOL.md §4).
  */
 import type { Socket } from "node:net";
 import { ErrorCode, KoalaError } from "../errors.js";
@@ -19,6 +21,12 @@ import { shmNative, socketFd, type ShmBinding } from "./native.js";
 import { RingReader, RingWriter } from "./ring.js";
 
 const WAKE = Buffer.from([1]);
+/** Ring bytes a copying reader copies out at once before it looks at its inbox again (the inbox may overshoot its limit by this much). */
+const COPY_BATCH_BYTES = 64 * 1024;
+
+function tooLarge(bytes: number, limit: number): KoalaError {
+  return new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `the peer sent a message of ${bytes} bytes; the limit is ${limit} (maxMessageBytes)`);
+}
 
 interface Queued {
   parts: readonly Uint8Array[];
@@ -138,9 +146,24 @@ export class ShmConnection extends InboxReader implements Connection {
     this.pump();
   };
 
+  private wakeScheduled = false;
+
+  /**
+   * The peer hears of what this end wrote at the end of the tick (process.nextTick), not at each
+   * record: everything a tick writes (the calls a batch of responses starts, the replies one
+   * socket read carries) costs the peer one wake-up and is there in one piece when it looks.
+   * Waking later than the tail store is still never a lost wake-up (the flag is taken after it).
+   */
   private wakePeer(): void {
-    if (this.writer.takeConsumerAsleep()) this.sendWake();
+    if (this.wakeScheduled) return;
+    this.wakeScheduled = true;
+    process.nextTick(this.wakeNow);
   }
+
+  private readonly wakeNow = (): void => {
+    this.wakeScheduled = false;
+    if (this.closeReason === undefined && this.writer.takeConsumerAsleep()) this.sendWake();
+  };
 
   /** One wake-up byte, unless the socket is gone (the peer then reads what is left as it closes). */
   private sendWake(): void {
@@ -154,6 +177,7 @@ export class ShmConnection extends InboxReader implements Connection {
 
   send(parts: readonly Uint8Array[], onWritten?: () => void): boolean {
     if (this.closeReason !== undefined) throw new KoalaError(ErrorCode.CLOSED, `send() on a closed connection: ${this.closeReason.message}`, { cause: this.closeReason });
+    this.reserved = false;
     let bytes = 0;
     for (const p of parts) bytes += p.byteLength;
     if (bytes > this.maxMessageBytes) {
@@ -177,6 +201,43 @@ export class ShmConnection extends InboxReader implements Connection {
     this.queuedBytes += bytes;
     if (this.queue.length === 1 && !this.writer.waitForSpace(this.writer.cost(bytes))) this.flushQueue();
     return this.queuedBytes <= this.options.highWaterMarkBytes;
+  }
+
+  /** Where the message of the last {@link reserve} starts in the buffer it returned (the ring). */
+  reservedOffset = 0;
+  private reserved = false;
+
+  /**
+   * Room for one message of `bytes` in the ring itself (Connection.reserve): the caller encodes
+   * there, {@link commit} publishes it, and the message is never copied on this side. Undefined
+   * (use `send()`) when messages wait for room, the ring has no room now, or the message is over
+   * the limit (`send()` then says so).
+   */
+  reserve(bytes: number): Uint8Array | undefined {
+    if (this.closeReason !== undefined) throw new KoalaError(ErrorCode.CLOSED, `reserve() on a closed connection: ${this.closeReason.message}`, { cause: this.closeReason });
+    this.reserved = false;
+    if (this.queue.length > 0 || bytes > this.maxMessageBytes) return undefined;
+    let at: number;
+    try {
+      at = this.writer.reserveAt(bytes);
+    } catch (err) {
+      this.finish(err instanceof KoalaError ? err : new KoalaError(ErrorCode.PROTOCOL, String(err)), false);
+      throw err;
+    }
+    if (at < 0) return undefined;
+    this.reserved = true;
+    this.reservedOffset = at;
+    return this.writer.buffer;
+  }
+
+  /** Publishes the message written into the last {@link reserve}'s room. */
+  commit(): boolean {
+    if (!this.reserved) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "commit() without a reservation (none made, or a send() came in between)");
+    this.reserved = false;
+    if (this.closeReason !== undefined) throw new KoalaError(ErrorCode.CLOSED, `commit() on a closed connection: ${this.closeReason.message}`, { cause: this.closeReason });
+    this.writer.commit();
+    this.wakePeer();
+    return true;
   }
 
   private flushQueue(): void {
@@ -215,15 +276,22 @@ export class ShmConnection extends InboxReader implements Connection {
     this.pumping = true;
     try {
       for (;;) {
-        while (!this.stopped) {
-          const view = this.reader.read();
-          if (view === undefined) break;
-          if (view.byteLength > this.options.maxMessageBytes) throw new KoalaError(ErrorCode.MESSAGE_TOO_LARGE, `the peer sent a message of ${view.byteLength} bytes; the limit is ${this.options.maxMessageBytes} (maxMessageBytes)`);
-          if (this.copyReceived) {
-            const copy = view.slice();
-            this.reader.release(view);
-            this.inbox.push(copy);
-          } else {
+        if (this.copyReceived) {
+          // Copied out in batches (one buffer per batch), a batch between two looks at the inbox.
+          while (!this.stopped) {
+            const copies = this.reader.copyOut(COPY_BATCH_BYTES);
+            if (copies.length === 0) break;
+            for (let i = 0; i < copies.length; i++) {
+              const m = copies[i]!;
+              if (m.byteLength > this.options.maxMessageBytes) throw tooLarge(m.byteLength, this.options.maxMessageBytes);
+              this.inbox.push(m);
+            }
+          }
+        } else {
+          while (!this.stopped) {
+            const view = this.reader.read();
+            if (view === undefined) break;
+            if (view.byteLength > this.options.maxMessageBytes) throw tooLarge(view.byteLength, this.options.maxMessageBytes);
             this.inbox.push(view);
           }
         }

@@ -61,6 +61,54 @@ test("wrap-around: thousands of records of odd sizes through a small ring, nothi
   assert.is(w.available, 4096);
 });
 
+test("copyOut: the records published, in order, across the wrap, in one buffer, released at once", () => {
+  const { w, r } = pair(4096);
+  let sent = 0;
+  let got = 0;
+  for (let round = 0; round < 3000; round++) {
+    const n = (round * 53) % 700;
+    if (!w.write([bytes(n, round)])) {
+      const copies = r.copyOut(1 << 20);
+      assert.ok(copies.length > 0, "a full ring has records to copy");
+      for (const c of copies) {
+        assert.equal(new Uint8Array(c), bytes(c.byteLength, got), `record ${got}`);
+        got++;
+      }
+      assert.ok(copies.every((c) => c.buffer === copies[0]!.buffer), "one buffer for the lot");
+      assert.is(w.available, 4096, "every record copied is released");
+      assert.ok(w.write([bytes(n, round)]));
+    }
+    sent++;
+  }
+  for (const c of r.copyOut(1 << 20)) {
+    assert.equal(new Uint8Array(c), bytes(c.byteLength, got));
+    got++;
+  }
+  assert.is(got, sent);
+  assert.equal(r.copyOut(1 << 20), [], "empty ring: nothing");
+});
+
+test("copyOut stops past maxBytes and refuses while records are held; reserveAt encodes in place", () => {
+  const { w, r } = pair(4096);
+  for (let i = 0; i < 10; i++) w.write([bytes(100, i)]);
+  const first = r.copyOut(150);
+  assert.is(first.length, 2, "the record that crosses maxBytes is the last one taken");
+  assert.equal(new Uint8Array(first[1]!), bytes(100, 1));
+  assert.is(r.copyOut(1 << 20).length, 8);
+  w.write([bytes(8, 0)]);
+  const held = r.read()!;
+  w.write([bytes(8, 1)]);
+  assert.is(thrownCode(() => r.copyOut(1 << 20)), "KOALA_ERR_INVALID_ARGUMENT");
+  r.release(held);
+  assert.is(r.copyOut(1 << 20).length, 1);
+  const at = w.reserveAt(5);
+  w.buffer.set(bytes(5, 9), at);
+  assert.is(r.read(), undefined, "nothing is visible before commit");
+  w.commit();
+  assert.equal(r.read(), bytes(5, 9));
+  assert.is(thrownCode(() => w.commit()), "KOALA_ERR_INVALID_ARGUMENT", "one commit per reservation");
+});
+
 test("release out of order: the head moves only over a released prefix", () => {
   const { w, r } = pair();
   for (let i = 0; i < 3; i++) w.write([bytes(100, i)]);
