@@ -8,7 +8,7 @@
  * read on a noisy shared machine.
  *
  *   node --import tsx bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N]
- *        [--plot [DIR]] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,connect,koala-tls,grpc-tls] [--scenarios latency,calls,mbps,stream]
+ *        [--plot [DIR]] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,connect,koala-tls,grpc-tls,koala-rr3,koala-p2c3] [--scenarios latency,calls,mbps,stream]
  *        [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -16,7 +16,7 @@ import os from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
-import { startClient, startServer, stopChildren, type ClientChild, type ServerChild } from "./rpc/children.js";
+import { startClient, startServer, stopChildren, type ClientChild, type ServerChild, type StartOptions } from "./rpc/children.js";
 import { median } from "./rpc/measure.js";
 import { fmt, machineInfo, ratio, table } from "./rpc/report.js";
 import { BIG_IN_FLIGHT, MANY_IN_FLIGHT, SCENARIOS, type ScenarioName } from "./rpc/scenarios.js";
@@ -27,8 +27,20 @@ import { writeCharts } from "./lib/plot.js";
  * the NIC); `koala-rdma-native` the same transport on the native addon over srnic, the software
  * RNIC (the addon's real code path; srnic's sockets stand in for the NIC). Neither is RDMA speed.
  * `koala-tls` and `grpc-tls` are koala and grpc-js over TLS (bench/rpc/tls.ts), in a table of their own.
+ * `koala-rr3` and `koala-p2c3` are one koala client over a `static:` target of three koala tcp
+ * servers (127.0.0.2, .3, .4) with the `round_robin` and `least_outstanding` (P2C) balancers,
+ * also in a table of their own: what the balancer costs the client per call over koala-tcp.
  */
-const SYSTEMS = ["raw", "koala-tcp", "koala-unix", "koala-rdma", "koala-rdma-native", "grpc", "connect", "koala-tls", "grpc-tls"] as const;
+const SYSTEMS = ["raw", "koala-tcp", "koala-unix", "koala-rdma", "koala-rdma-native", "grpc", "connect", "koala-tls", "grpc-tls", "koala-rr3", "koala-p2c3"] as const;
+/** The balanced systems and their balancers (`loadBalancing`). */
+const BALANCED = [
+  ["koala-rr3", "round_robin"],
+  ["koala-p2c3", "least_outstanding"],
+] as const;
+/** Loopback addresses of the three servers of a balanced system (Linux routes all of 127/8 to lo). */
+const REPLICA_HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+/** The goal for the balancer's client CPU per call over a single address, in µs (issue 16). */
+const BALANCER_GOAL_US = 0.3;
 /** The systems of the main tables, in their column order. */
 const MAIN = SYSTEMS.slice(0, 7);
 type SystemName = (typeof SYSTEMS)[number];
@@ -72,7 +84,7 @@ interface Settings {
 
 function usage(problem: string): never {
   console.error(`bench/rpc: ${problem}`);
-  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--plot [DIR]] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,connect,koala-tls,grpc-tls] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]");
+  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--plot [DIR]] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,connect,koala-tls,grpc-tls,koala-rr3,koala-p2c3] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]");
   process.exit(2);
 }
 
@@ -139,6 +151,23 @@ function parseSettings(argv: string[]): Settings {
     }
   }
   return s;
+}
+
+/**
+ * The three koala tcp servers of a balanced system (the same server code as koala-tcp), one on
+ * each of {@link REPLICA_HOSTS}, seen as one server: its address is the `static:` target of the
+ * three, its CPU time the sum of theirs.
+ */
+async function startReplicas(options: StartOptions): Promise<ServerChild> {
+  const replicas = await Promise.all(REPLICA_HOSTS.map((h) => startServer("koala", `tcp://${h}:0`, options)));
+  return {
+    address: `static:///${replicas.map((r) => r.address).join(",")}`,
+    pid: replicas[0]!.pid,
+    async cpuMicros() {
+      const times = await Promise.all(replicas.map((r) => r.cpuMicros()));
+      return { micros: times.reduce((a, t) => a + t.micros, 0), jsMicros: times.reduce((a, t) => a + t.jsMicros, 0) };
+    },
+  };
 }
 
 /**
@@ -209,6 +238,8 @@ async function main(): Promise<void> {
       connect: () => startServer("connect", undefined, prof),
       "koala-tls": () => startServer("koala", "tls://127.0.0.1:0", prof),
       "grpc-tls": () => startServer("grpc-tls", undefined, prof),
+      "koala-rr3": () => startReplicas(prof),
+      "koala-p2c3": () => startReplicas(prof),
     };
     // Each system's client runs in a child of its own (bench/rpc/client.ts), with the provider
     // the rdma columns need.
@@ -222,9 +253,12 @@ async function main(): Promise<void> {
       connect: (a) => startClient("connect", a, {}, cprof),
       "koala-tls": (a) => startClient("koala", a, {}, cprof),
       "grpc-tls": (a) => startClient("grpc-tls", a, {}, cprof),
+      "koala-rr3": (a) => startClient("koala", a, { KOALA_BENCH_BALANCER: "round_robin" }, cprof),
+      "koala-p2c3": (a) => startClient("koala", a, { KOALA_BENCH_BALANCER: "least_outstanding" }, cprof),
     };
     if (settings.only.includes("koala-rdma-native") && SRNIC === undefined) usage("koala-rdma-native needs the addon and srnic: npm run build:rdma");
-    progress(`starting ${settings.only.length} server processes`);
+    const processes = settings.only.reduce((n, s) => n + (BALANCED.some(([b]) => b === s) ? REPLICA_HOSTS.length : 1), 0);
+    progress(`starting ${processes} server processes`);
     const children = await Promise.all(settings.only.map((n) => serverOf[n]()));
     for (const [i, n] of settings.only.entries()) {
       servers.set(n, children[i]!);
@@ -300,6 +334,33 @@ async function main(): Promise<void> {
   }
   const withTls = settings.only.includes("koala-tls") || settings.only.includes("grpc-tls");
 
+  // The balanced systems: client CPU per call over koala-tcp's, in the same run (issue 16).
+  const balancedRows: string[][] = [];
+  const balancerCost: { system: string; balancer: string; calls: number; p50: number; clientCpuCalls: number; clientCpuLatency: number; costCalls: number; costLatency: number; goalUs: number; met: boolean | null }[] = [];
+  for (const [n, balancer] of BALANCED) {
+    if (!settings.only.includes(n)) continue;
+    const cpuCalls = med(n, "cpu.calls.client");
+    const cpuLatency = med(n, "cpu.latency.client");
+    const costCalls = cpuCalls - med("koala-tcp", "cpu.calls.client");
+    const costLatency = cpuLatency - med("koala-tcp", "cpu.latency.client");
+    const met = Number.isFinite(costCalls) ? costCalls < BALANCER_GOAL_US : null;
+    balancerCost.push({ system: n, balancer, calls: med(n, "calls"), p50: med(n, "p50"), clientCpuCalls: cpuCalls, clientCpuLatency: cpuLatency, costCalls, costLatency, goalUs: BALANCER_GOAL_US, met });
+    balancedRows.push([
+      `${n} (${balancer}, 3 servers)`,
+      fmt(med(n, "calls")),
+      ratio(med(n, "calls") / med("koala-tcp", "calls")),
+      fmt(med(n, "p50"), 1),
+      fmt(cpuCalls, 2),
+      fmt(costCalls, 2),
+      fmt(cpuLatency, 1),
+      fmt(costLatency, 1),
+      met === null ? "—" : `${met ? "yes" : "NO"} (< ${BALANCER_GOAL_US} µs at ${MANY_IN_FLIGHT} in flight)`,
+    ]);
+  }
+  if (balancedRows.length > 0) {
+    balancedRows.unshift(["koala-tcp (one address)", fmt(med("koala-tcp", "calls")), ratio(1), fmt(med("koala-tcp", "p50"), 1), fmt(med("koala-tcp", "cpu.calls.client"), 2), "—", fmt(med("koala-tcp", "cpu.latency.client"), 1), "—", "—"]);
+  }
+
   // The goals that compare CPU, and the RDMA path with the socket path (issue 15).
   const both = (n: SystemName, prefix: "cpu" | "jscpu", sc: ScenarioName) => med(n, `${prefix}.${sc}.client`) + med(n, `${prefix}.${sc}.server`);
   const goals: { text: string; value: number; met: boolean }[] = [
@@ -325,6 +386,29 @@ async function main(): Promise<void> {
     table(["JavaScript-thread CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "Connect-ES", "koala tcp/raw", "rdma native/koala tcp"], jsCpuRows),
     "",
     ...(goalLines.length > 0 ? [...goalLines, ""] : []),
+    ...(balancedRows.length > 0
+      ? [
+          table(
+            [
+              "balanced over 3 tcp servers",
+              `calls/s (${MANY_IN_FLIGHT} in flight)`,
+              "/ koala tcp",
+              "p50 µs (1 in flight)",
+              `client CPU µs/call (${MANY_IN_FLIGHT})`,
+              "balancer cost µs/call",
+              "client CPU µs/call (1)",
+              "cost µs/call (1)",
+              "goal met?",
+            ],
+            balancedRows,
+          ),
+          "",
+          "balancer cost per call = the client child's CPU per call (user + system) with the balancer over three servers minus koala-tcp's over one address, medians of the same run.",
+          "It holds the balancer's pick and everything else that differs on the client: three connections (three sockets to read and write, batches a third as large per connection) and the resolver's channel set-up; the servers' CPU is not in it.",
+          `The goal (< ${BALANCER_GOAL_US} µs) is read at ${MANY_IN_FLIGHT} in flight; at 1 in flight the CPU per call is mostly event-loop wake-ups and its difference is noise-sized.`,
+          "",
+        ]
+      : []),
     ...(withTls
       ? [
           table(["over TLS", "koala tls", "grpc-js tls", "koala tls/grpc tls", "koala tls/koala tcp"], tlsRows),
@@ -354,7 +438,7 @@ async function main(): Promise<void> {
   const perSystem = Object.fromEntries([...samples].map(([n, m]) => [n, Object.fromEntries([...m].map(([metric, xs]) => [metric, { median: median(xs), rounds: xs }]))]));
   if (settings.json !== undefined) {
     const settingsOut = { rounds: settings.rounds, ms: settings.ms, warmupMs: settings.warmupMs, manyInFlight: MANY_IN_FLIGHT, bigInFlight: BIG_IN_FLIGHT, systems: settings.only, scenarios: settings.scenarios };
-    writeFileSync(settings.json, JSON.stringify({ machine: { ...machine, loadAtEnd }, settings: settingsOut, rows: jsonRows, goals, systems: perSystem }, null, 2) + "\n");
+    writeFileSync(settings.json, JSON.stringify({ machine: { ...machine, loadAtEnd }, settings: settingsOut, rows: jsonRows, goals, balancerCost, systems: perSystem }, null, 2) + "\n");
     console.log(`results written to ${settings.json}`);
   }
   if (settings.plot !== undefined) {
