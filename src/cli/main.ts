@@ -16,7 +16,7 @@ commands:
   daemon [--config FILE]    run the managed-mode daemon ([daemon] table of KOALA_CONFIG):
                             applications attach with KOALA_MODE=managed or managed:///<target>
   ctl <command> …           live control of koala processes: ps, attach, detach, replace,
-                            configure, metrics (koala ctl help)
+                            configure, metrics, channels (koala ctl help)
   help                      this text
 `;
 
