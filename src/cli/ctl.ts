@@ -98,6 +98,7 @@ export function channelLines(info: ChannelsInfo): string[] {
   if (info.channels.length === 0) lines.push("  (no channels)");
   for (const c of info.channels) {
     lines.push(`  channel ${c.target}  balancer ${c.balancer === "" ? "none (single address)" : c.balancer}`);
+    if (c.endpoints.length === 0) lines.push("    (no endpoints yet: not used, or its target resolved to none)");
     for (const e of c.endpoints) {
       const parts = [e.address, e.state, e.transport ?? "-", `${e.outstanding} open`];
       if (e.weight !== undefined) parts.push(`weight ${e.weight}`);
