@@ -8,7 +8,7 @@
  * read on a noisy shared machine.
  *
  *   node --import tsx bench/rpc.ts [--quick] [--json FILE] [--rounds N] [--ms N]
- *        [--plot [DIR]] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,connect,koala-tls,grpc-tls] [--scenarios latency,calls,mbps,stream]
+ *        [--plot [DIR]] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,connect,koala-tls,grpc-tls,koala-rr3,koala-p2c3,koala-rr1] [--scenarios latency,calls,mbps,stream]
  *        [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -16,7 +16,7 @@ import os from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
-import { startClient, startServer, stopChildren, type ClientChild, type ServerChild } from "./rpc/children.js";
+import { startClient, startServer, stopChildren, type ClientChild, type ServerChild, type StartOptions } from "./rpc/children.js";
 import { median } from "./rpc/measure.js";
 import { fmt, machineInfo, ratio, table } from "./rpc/report.js";
 import { BIG_IN_FLIGHT, MANY_IN_FLIGHT, SCENARIOS, type ScenarioName } from "./rpc/scenarios.js";
@@ -27,8 +27,27 @@ import { writeCharts } from "./lib/plot.js";
  * the NIC); `koala-rdma-native` the same transport on the native addon over srnic, the software
  * RNIC (the addon's real code path; srnic's sockets stand in for the NIC). Neither is RDMA speed.
  * `koala-tls` and `grpc-tls` are koala and grpc-js over TLS (bench/rpc/tls.ts), in a table of their own.
+ * `koala-rr3` and `koala-p2c3` are one koala client over a `static:` target of three koala tcp
+ * servers (127.0.0.2, .3, .4) with the `round_robin` and `least_outstanding` (P2C) balancers;
+ * `koala-rr1` the same client with `round_robin` over a `static:` target of one server (the
+ * cluster path and the pick, without a second connection). In a table of their own: what the
+ * balancer costs the client per call over koala-tcp. They run the latency and calls scenarios.
  */
-const SYSTEMS = ["raw", "koala-tcp", "koala-unix", "koala-rdma", "koala-rdma-native", "grpc", "connect", "koala-tls", "grpc-tls"] as const;
+const SYSTEMS = ["raw", "koala-tcp", "koala-unix", "koala-rdma", "koala-rdma-native", "grpc", "connect", "koala-tls", "grpc-tls", "koala-rr3", "koala-p2c3", "koala-rr1"] as const;
+/** The balanced systems, their balancers (`loadBalancing`) and how many servers they spread over. */
+const BALANCED = [
+  ["koala-rr3", "round_robin", 3],
+  ["koala-p2c3", "least_outstanding", 3],
+  ["koala-rr1", "round_robin", 1],
+] as const;
+/** The scenarios the balanced systems run (the others would not change their table). */
+const BALANCED_SCENARIOS: readonly ScenarioName[] = ["latency", "calls"];
+/** Whether system `n` runs scenario `sc`. */
+const runs = (n: SystemName, sc: ScenarioName): boolean => !BALANCED.some(([b]) => b === n) || BALANCED_SCENARIOS.includes(sc);
+/** Loopback addresses of the servers of a balanced system (Linux routes all of 127/8 to lo). */
+const REPLICA_HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+/** The goal for the balancer's client CPU per call over a single address, in µs (issue 16). */
+const BALANCER_GOAL_US = 0.3;
 /** The systems of the main tables, in their column order. */
 const MAIN = SYSTEMS.slice(0, 7);
 type SystemName = (typeof SYSTEMS)[number];
@@ -72,7 +91,7 @@ interface Settings {
 
 function usage(problem: string): never {
   console.error(`bench/rpc: ${problem}`);
-  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--plot [DIR]] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,connect,koala-tls,grpc-tls] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]");
+  console.error("usage: bench/rpc.ts [--quick] [--json FILE] [--plot [DIR]] [--rounds N] [--ms N] [--only raw,koala-tcp,koala-unix,koala-rdma,koala-rdma-native,grpc,connect,koala-tls,grpc-tls,koala-rr3,koala-p2c3,koala-rr1] [--scenarios latency,calls,mbps,stream] [--cpu-prof-servers DIR] [--cpu-prof-clients DIR]");
   process.exit(2);
 }
 
@@ -139,6 +158,23 @@ function parseSettings(argv: string[]): Settings {
     }
   }
   return s;
+}
+
+/**
+ * The `count` koala tcp servers of a balanced system (the same server code as koala-tcp), one on
+ * each of the first {@link REPLICA_HOSTS}, seen as one server: its address is the `static:`
+ * target of them, its CPU time the sum of theirs.
+ */
+async function startReplicas(count: number, options: StartOptions): Promise<ServerChild> {
+  const replicas = await Promise.all(REPLICA_HOSTS.slice(0, count).map((h) => startServer("koala", `tcp://${h}:0`, options)));
+  return {
+    address: `static:///${replicas.map((r) => r.address).join(",")}`,
+    pid: replicas[0]!.pid,
+    async cpuMicros() {
+      const times = await Promise.all(replicas.map((r) => r.cpuMicros()));
+      return { micros: times.reduce((a, t) => a + t.micros, 0), jsMicros: times.reduce((a, t) => a + t.jsMicros, 0) };
+    },
+  };
 }
 
 /**
@@ -209,6 +245,9 @@ async function main(): Promise<void> {
       connect: () => startServer("connect", undefined, prof),
       "koala-tls": () => startServer("koala", "tls://127.0.0.1:0", prof),
       "grpc-tls": () => startServer("grpc-tls", undefined, prof),
+      "koala-rr3": () => startReplicas(3, prof),
+      "koala-p2c3": () => startReplicas(3, prof),
+      "koala-rr1": () => startReplicas(1, prof),
     };
     // Each system's client runs in a child of its own (bench/rpc/client.ts), with the provider
     // the rdma columns need.
@@ -222,9 +261,13 @@ async function main(): Promise<void> {
       connect: (a) => startClient("connect", a, {}, cprof),
       "koala-tls": (a) => startClient("koala", a, {}, cprof),
       "grpc-tls": (a) => startClient("grpc-tls", a, {}, cprof),
+      "koala-rr3": (a) => startClient("koala", a, { KOALA_BENCH_BALANCER: "round_robin" }, cprof),
+      "koala-p2c3": (a) => startClient("koala", a, { KOALA_BENCH_BALANCER: "least_outstanding" }, cprof),
+      "koala-rr1": (a) => startClient("koala", a, { KOALA_BENCH_BALANCER: "round_robin" }, cprof),
     };
     if (settings.only.includes("koala-rdma-native") && SRNIC === undefined) usage("koala-rdma-native needs the addon and srnic: npm run build:rdma");
-    progress(`starting ${settings.only.length} server processes`);
+    const processes = settings.only.reduce((n, s) => n + (BALANCED.find(([b]) => b === s)?.[2] ?? 1), 0);
+    progress(`starting ${processes} server processes`);
     const children = await Promise.all(settings.only.map((n) => serverOf[n]()));
     for (const [i, n] of settings.only.entries()) {
       servers.set(n, children[i]!);
@@ -233,7 +276,7 @@ async function main(): Promise<void> {
 
     // Untimed pass so every code path is compiled before any round counts.
     progress("warming up");
-    for (const n of settings.only) for (const sc of settings.scenarios) await runScenario(sc, clients.get(n)!, servers.get(n)!, settings.warmupMs);
+    for (const n of settings.only) for (const sc of settings.scenarios) if (runs(n, sc)) await runScenario(sc, clients.get(n)!, servers.get(n)!, settings.warmupMs);
 
     for (let round = 0; round < settings.rounds; round++) {
       progress(`round ${round + 1}/${settings.rounds}`);
@@ -242,6 +285,7 @@ async function main(): Promise<void> {
       const order = settings.only.map((_, i) => settings.only[(i + round) % settings.only.length]!);
       for (const sc of settings.scenarios) {
         for (const n of order) {
+          if (!runs(n, sc)) continue;
           const values = await runScenario(sc, clients.get(n)!, servers.get(n)!, settings.ms);
           for (const [metric, v] of Object.entries(values) as [Metric, number][]) {
             const m = samples.get(n)!;
@@ -300,6 +344,33 @@ async function main(): Promise<void> {
   }
   const withTls = settings.only.includes("koala-tls") || settings.only.includes("grpc-tls");
 
+  // The balanced systems: client CPU per call over koala-tcp's, in the same run (issue 16).
+  const balancedRows: string[][] = [];
+  const balancerCost: { system: string; balancer: string; servers: number; calls: number; p50: number; clientCpuCalls: number; clientCpuLatency: number; costCalls: number; costLatency: number; goalUs: number; met: boolean | null }[] = [];
+  for (const [n, balancer, servers] of BALANCED) {
+    if (!settings.only.includes(n)) continue;
+    const cpuCalls = med(n, "cpu.calls.client");
+    const cpuLatency = med(n, "cpu.latency.client");
+    const costCalls = cpuCalls - med("koala-tcp", "cpu.calls.client");
+    const costLatency = cpuLatency - med("koala-tcp", "cpu.latency.client");
+    const met = Number.isFinite(costCalls) ? costCalls < BALANCER_GOAL_US : null;
+    balancerCost.push({ system: n, balancer, servers, calls: med(n, "calls"), p50: med(n, "p50"), clientCpuCalls: cpuCalls, clientCpuLatency: cpuLatency, costCalls, costLatency, goalUs: BALANCER_GOAL_US, met });
+    balancedRows.push([
+      `${n} (${balancer}, ${servers} server${servers === 1 ? "" : "s"})`,
+      fmt(med(n, "calls")),
+      ratio(med(n, "calls") / med("koala-tcp", "calls")),
+      fmt(med(n, "p50"), 1),
+      fmt(cpuCalls, 2),
+      fmt(costCalls, 2),
+      fmt(cpuLatency, 1),
+      fmt(costLatency, 1),
+      met === null ? "—" : `${met ? "yes" : "NO"} (< ${BALANCER_GOAL_US} µs at ${MANY_IN_FLIGHT} in flight)`,
+    ]);
+  }
+  if (balancedRows.length > 0) {
+    balancedRows.unshift(["koala-tcp (one address)", fmt(med("koala-tcp", "calls")), ratio(1), fmt(med("koala-tcp", "p50"), 1), fmt(med("koala-tcp", "cpu.calls.client"), 2), "—", fmt(med("koala-tcp", "cpu.latency.client"), 1), "—", "—"]);
+  }
+
   // The goals that compare CPU, and the RDMA path with the socket path (issue 15).
   const both = (n: SystemName, prefix: "cpu" | "jscpu", sc: ScenarioName) => med(n, `${prefix}.${sc}.client`) + med(n, `${prefix}.${sc}.server`);
   const goals: { text: string; value: number; met: boolean }[] = [
@@ -325,6 +396,30 @@ async function main(): Promise<void> {
     table(["JavaScript-thread CPU µs per call or message: client + server", "raw", "koala tcp", "koala unix", "koala rdma (soft)", "koala rdma (native, srnic)", "grpc-js", "Connect-ES", "koala tcp/raw", "rdma native/koala tcp"], jsCpuRows),
     "",
     ...(goalLines.length > 0 ? [...goalLines, ""] : []),
+    ...(balancedRows.length > 0
+      ? [
+          table(
+            [
+              "balanced over tcp servers",
+              `calls/s (${MANY_IN_FLIGHT} in flight)`,
+              "/ koala tcp",
+              "p50 µs (1 in flight)",
+              `client CPU µs/call (${MANY_IN_FLIGHT})`,
+              "balancer cost µs/call",
+              "client CPU µs/call (1)",
+              "cost µs/call (1)",
+              "goal met?",
+            ],
+            balancedRows,
+          ),
+          "",
+          "balancer cost per call = the client child's CPU per call (user + system) with the balancer over the static: target minus koala-tcp's over one address, medians of the same run; bench/balancer.ts times the pick alone.",
+          "For rr3 and p2c3 it holds the balancer's pick and everything else that differs on the client: three connections instead of one (three sockets to read and write, each with a third of the batch); the servers' CPU is not in it.",
+          "koala-rr1 is the same client and balancer over a static: target of one server: its cost is the cluster path and the pick alone (ClusterSource and round_robin instead of the single-address source).",
+          `The goal (< ${BALANCER_GOAL_US} µs) is read at ${MANY_IN_FLIGHT} in flight; at 1 in flight the CPU per call is mostly event-loop wake-ups and its difference is noise-sized.`,
+          "",
+        ]
+      : []),
     ...(withTls
       ? [
           table(["over TLS", "koala tls", "grpc-js tls", "koala tls/grpc tls", "koala tls/koala tcp"], tlsRows),
@@ -354,7 +449,7 @@ async function main(): Promise<void> {
   const perSystem = Object.fromEntries([...samples].map(([n, m]) => [n, Object.fromEntries([...m].map(([metric, xs]) => [metric, { median: median(xs), rounds: xs }]))]));
   if (settings.json !== undefined) {
     const settingsOut = { rounds: settings.rounds, ms: settings.ms, warmupMs: settings.warmupMs, manyInFlight: MANY_IN_FLIGHT, bigInFlight: BIG_IN_FLIGHT, systems: settings.only, scenarios: settings.scenarios };
-    writeFileSync(settings.json, JSON.stringify({ machine: { ...machine, loadAtEnd }, settings: settingsOut, rows: jsonRows, goals, systems: perSystem }, null, 2) + "\n");
+    writeFileSync(settings.json, JSON.stringify({ machine: { ...machine, loadAtEnd }, settings: settingsOut, rows: jsonRows, goals, balancerCost, systems: perSystem }, null, 2) + "\n");
     console.log(`results written to ${settings.json}`);
   }
   if (settings.plot !== undefined) {

@@ -29,8 +29,8 @@ export type {
 } from "./transport/index.js";
 
 export { Heap, Lease, createHeap, sharedHeap } from "./mem/index.js";
-export { registerResolver, registerBalancer, registeredResolvers, registeredBalancers, parseTarget, registerHealthChecker } from "./cluster/index.js";
-export type { Balancer, BalancerFactory, ConnectivityState, Endpoint, EndpointState, HealthChecker, HealthWatch, PooledConnection, Resolver, ResolverFactory, ResolverListener, ResolverOptions, Subchannel, Target } from "./cluster/index.js";
+export { registerResolver, registerBalancer, registeredResolvers, registeredBalancers, parseTarget, registerHealthChecker, liveChannels } from "./cluster/index.js";
+export type { Balancer, BalancerFactory, ChannelView, ConnectivityState, Endpoint, EndpointState, HealthChecker, HealthWatch, PooledConnection, Resolver, ResolverFactory, ResolverListener, ResolverOptions, Subchannel, Target } from "./cluster/index.js";
 export type { HeapOptions, HeapStats, ClassStats, LeakReport, MemoryRegistrar } from "./mem/index.js";
 
 export { Metadata } from "./rpc/metadata.js";
@@ -82,6 +82,7 @@ export type { CallInfo, Interceptor, InterceptorScope, InterceptPoint, Verdict }
 
 import { log } from "./log.js";
 import { onServerCreated } from "./rpc/server.js";
+import { onChannelCreated } from "./cluster/index.js";
 import { setupHealthChecking } from "./health/index.js";
 import { setupManaged } from "./managed/index.js";
 
@@ -93,9 +94,16 @@ setupHealthChecking();
 setupManaged();
 
 // KOALA_CONTROL=1 asks every koala process for live control: each server is listed by
-// `koala ctl ps` and the control socket opens with the first one. The policy layer is loaded
-// only then, so an app that does not ask for it never loads it.
+// `koala ctl ps` and the control socket opens with the first server or channel (a client-only
+// process shows its channels to `koala ctl channels`). The policy layer is loaded only then, so
+// an app that does not ask for it never loads it.
 if (process.env.KOALA_CONTROL === "1") {
+  const removeHook = onChannelCreated(() => {
+    removeHook();
+    import("./policy/control.js")
+      .then((control) => control.enableControl())
+      .catch((err: unknown) => log("warn", "control", `KOALA_CONTROL=1, but the control socket could not be opened: ${(err as Error)?.message ?? String(err)}`));
+  });
   let n = 0;
   onServerCreated((server) => {
     const name = server.options.name === "" ? `server-${++n}` : server.options.name;

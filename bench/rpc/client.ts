@@ -2,7 +2,7 @@
  * Child process of the RPC benchmark: the client side of one system, alone in its process, as
  * an application using one RPC library would be (clients of several systems in one process
  * slowed each other: one's heap and garbage made the others' collections longer). Run as
- * `client.ts <raw|koala|grpc|grpc-tls|connect> <address>` (koala dials TLS on a `tls://` address); reports `{ ready: true }` after a first call, then
+ * `client.ts <raw|koala|grpc|grpc-tls|connect> <address>` (koala dials TLS on a `tls://` address, and uses the balancer `KOALA_BENCH_BALANCER` names, if any); reports `{ ready: true }` after a first call, then
  * answers each `{ run: scenario, ms }` with `{ values, ops, cpuMicros, jsCpuMicros }` (its own CPU
  * time spent in the run: the process's, and its JavaScript thread's). Exits when the parent goes away.
  */
@@ -21,7 +21,7 @@ const [kind, address] = process.argv.slice(2);
 if (address === undefined) throw new Error("usage: client.ts <raw|koala|grpc|grpc-tls|connect> <address>");
 const sys: System =
   kind === "raw" ? await rawSystem(address)
-  : kind === "koala" ? koalaSystem(address)
+  : kind === "koala" ? koalaSystem(address, process.env.KOALA_BENCH_BALANCER || undefined)
   : kind === "grpc" || kind === "grpc-tls" ? grpcSystem(address, PROTO_PATH, kind === "grpc-tls")
   : kind === "connect" ? connectSystem(address)
   : (() => {

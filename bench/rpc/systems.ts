@@ -42,9 +42,15 @@ async function paced(ms: number, window: number, payload: Uint8Array, chat: (req
   return { ops: pace.received, seconds: (performance.now() - t0) / 1000 };
 }
 
-/** koala-rpc through the generated Greeter client (one channel, one connection; TLS on a `tls://` address). */
-export function koalaSystem(address: string): System {
-  const client = createClient(GreeterService, address, address.startsWith("tls:") ? { transport: { tls: { ca: caCert } } } : {});
+/**
+ * koala-rpc through the generated Greeter client (one channel, one connection; TLS on a `tls://`
+ * address). With `balancer`, the channel's `loadBalancing` (for a `static:` target of several servers).
+ */
+export function koalaSystem(address: string, balancer?: string): System {
+  const client = createClient(GreeterService, address, {
+    ...(address.startsWith("tls:") ? { transport: { tls: { ca: caCert } } } : {}),
+    ...(balancer === undefined ? {} : { loadBalancing: balancer }),
+  });
   return {
     unary: (payload) => client.sayHello({ name: "bench", payload }),
     stream: (ms, window, payload) => paced(ms, window, payload, (requests) => client.chat(requests)),

@@ -4,7 +4,7 @@
  * them: one policy for every koala service of the host, without touching them.
  */
 import { parseArgs } from "node:util";
-import { controlAll, controlRequest, type ControlAnswer, type ControlRequest, type ProcessInfo } from "../policy/control.js";
+import { controlAll, controlRequest, type ChannelsInfo, type ControlAnswer, type ControlRequest, type ProcessInfo } from "../policy/control.js";
 
 const USAGE = `usage: koala ctl <command> [options]
 
@@ -21,6 +21,8 @@ commands:
                                             (options not given stay as they are)
   configure <pid|all> <name> --options JSON change options of an engine in place
   metrics <pid|all>                         Prometheus text of the metrics engines
+  channels <pid|all>                        the process's channels: target, balancer, and each
+                                            endpoint's address, state, transport, weight, locality
 
 options:
   --dir DIR     the runtime directory of control sockets (default: KOALA_RUNTIME_DIR,
@@ -86,6 +88,29 @@ function printPs(answers: ControlAnswer[]): void {
   process.stdout.write(`${lines.join("\n")}\n`);
 }
 
+/**
+ * The lines that show one process's channels: a line per channel (target and balancer), under it
+ * a line per endpoint (address, state, transport while connected, calls open, weight, locality,
+ * health and ejection where they apply).
+ */
+export function channelLines(info: ChannelsInfo): string[] {
+  const lines = [`${info.pid}  ${info.command}`];
+  if (info.channels.length === 0) lines.push("  (no channels)");
+  for (const c of info.channels) {
+    lines.push(`  channel ${c.target}  balancer ${c.balancer === "" ? "none (single address)" : c.balancer}`);
+    if (c.endpoints.length === 0) lines.push("    (no endpoints yet: not used, or its target resolved to none)");
+    for (const e of c.endpoints) {
+      const parts = [e.address, e.state, e.transport ?? "-", `${e.outstanding} open`];
+      if (e.weight !== undefined) parts.push(`weight ${e.weight}`);
+      if (e.locality !== undefined) parts.push(`locality ${e.locality.name} (weight ${e.locality.weight}, priority ${e.locality.priority})`);
+      if (e.health !== undefined) parts.push(`health ${e.health}`);
+      if (e.ejected === true) parts.push("ejected");
+      lines.push(`    ${parts.join("  ")}`);
+    }
+  }
+  return lines;
+}
+
 /** Runs `koala ctl …`; returns the exit code (0: every process answered ok, 1: some failed, 2: usage). */
 export async function runCtl(argv: string[]): Promise<number> {
   let parsed;
@@ -132,6 +157,11 @@ export async function runCtl(argv: string[]): Promise<number> {
         to = target(rest[0]);
         request = { cmd: "metrics" };
         break;
+      case "channels":
+        arity(1);
+        to = target(rest[0]);
+        request = { cmd: "channels" };
+        break;
       case "attach": {
         arity(2);
         to = target(rest[0]);
@@ -174,6 +204,10 @@ export async function runCtl(argv: string[]): Promise<number> {
     process.stdout.write(`${JSON.stringify(answers, null, 2)}\n`);
   } else if (cmd === "ps") {
     printPs(answers);
+  } else if (cmd === "channels") {
+    const lines = answers.flatMap((a) => (a.ok ? channelLines(a.result as ChannelsInfo) : []));
+    if (lines.length > 0) process.stdout.write(`${lines.join("\n")}\n`);
+    if (answers.length === 0) process.stderr.write("koala ctl: no koala process with a control socket here\n");
   } else if (cmd === "metrics") {
     for (const a of answers) {
       if (!a.ok) continue;

@@ -2,18 +2,21 @@
  * The `koala` command line: `koala info`, `koala gen`, `koala serve`, `koala daemon`, `koala ctl`, `koala help`.
  */
 import { transportInfo } from "../transport/index.js";
+import type { ChannelsInfo, ProcessInfo } from "../policy/control.js";
 
 const USAGE = `usage: koala <command> [options]
 
 commands:
   info                      transports available here, what KOALA_TRANSPORT=auto picks and why
+  info <pid> [--dir DIR]    a running koala process (control socket, KOALA_CONTROL=1): its
+                            servers, engines and channels, each endpoint with its transport
   gen <protos…> --out DIR   generate TypeScript from .proto files (-I DIR adds an include path)
   serve <module> [backend…] start backends of KOALA_CONFIG (or --config FILE) with the
                             handlers <module> exports as \`backends\`; serve until SIGTERM
   daemon [--config FILE]    run the managed-mode daemon ([daemon] table of KOALA_CONFIG):
                             applications attach with KOALA_MODE=managed or managed:///<target>
   ctl <command> …           live control of koala processes: ps, attach, detach, replace,
-                            configure, metrics (koala ctl help)
+                            configure, metrics, channels (koala ctl help)
   help                      this text
 `;
 
@@ -22,7 +25,7 @@ export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
     case "info":
-      return info(rest);
+      return rest.some((a) => /^\d+$/.test(a)) ? infoOfProcess(rest) : info(rest);
     case "gen": {
       const { runGen } = await import("../proto/codegen/cli.js");
       return runGen(rest);
@@ -49,6 +52,46 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`koala: unknown command "${command}"\n\n${USAGE}`);
       return 2;
   }
+}
+
+/** `koala info <pid>`: what `koala ctl ps` and `koala ctl channels` say of one process. */
+async function infoOfProcess(args: string[]): Promise<number> {
+  const { parseArgs } = await import("node:util");
+  let parsed;
+  try {
+    parsed = parseArgs({ args, allowPositionals: true, options: { dir: { type: "string" }, json: { type: "boolean" } } });
+  } catch (err) {
+    process.stderr.write(`koala info: ${(err as Error).message}\n`);
+    return 2;
+  }
+  if (parsed.positionals.length !== 1) {
+    process.stderr.write("koala info: give one pid\n");
+    return 2;
+  }
+  const pid = Number(parsed.positionals[0]);
+  const { controlRequest } = await import("../policy/control.js");
+  const { channelLines } = await import("./ctl.js");
+  const reach = { dir: parsed.values.dir };
+  const [ps, channels] = [await controlRequest(pid, { cmd: "ps" }, reach), await controlRequest(pid, { cmd: "channels" }, reach)];
+  for (const a of [ps, channels]) {
+    if (!a.ok) {
+      process.stderr.write(`koala info: process ${pid}: ${a.error.code}: ${a.error.message}\n`);
+      return 1;
+    }
+  }
+  const p = (ps as { result: ProcessInfo }).result;
+  const c = (channels as { result: ChannelsInfo }).result;
+  if (parsed.values.json) {
+    process.stdout.write(`${JSON.stringify({ ...p, channels: c.channels }, null, 2)}\n`);
+    return 0;
+  }
+  const lines = channelLines(c);
+  const more: string[] = [];
+  for (const s of p.servers) more.push(`  server ${s.name}: ${s.services.join(", ") || "(no services)"} at ${s.addresses.join(", ") || "(not listening)"}`);
+  for (const e of p.engines) more.push(`  engine ${e.name} (${e.kind}) on ${JSON.stringify(e.scope)}`);
+  lines.splice(1, 0, ...more);
+  process.stdout.write(`${lines.join("\n")}\n`);
+  return 0;
 }
 
 function info(args: string[]): number {

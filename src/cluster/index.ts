@@ -34,6 +34,7 @@ import { dnsResolver } from "./dns.js";
 import { xdsResolver } from "./xds/resolver.js";
 import type { BackoffOptions } from "./backoff.js";
 import type { ConnectionSource, Dialer, PooledConnection } from "./types.js";
+import { trackSource } from "./live.js";
 
 export type { BackoffOptions } from "./backoff.js";
 export { Backoff } from "./backoff.js";
@@ -42,6 +43,7 @@ export { registerResolver, resolverFor, registeredResolvers, registerBalancer, b
 export type { OutlierDetectionSettings } from "./outlier.js";
 export { SingleAddressSource } from "./single.js";
 export { ClusterSource, resolveFailed } from "./source.js";
+export { liveChannels, onChannelCreated, type ChannelView } from "./live.js";
 export type * from "./types.js";
 
 let ready = false;
@@ -94,25 +96,34 @@ export interface SourceOptions {
  * other endpoint to send calls to).
  */
 export function createConnectionSource<C extends PooledConnection>(target: string, dialer: Dialer<C>, options: SourceOptions): ConnectionSource<C> {
+  const made = makeSource(target, dialer, options);
+  trackSource(made.source, target, made.balancer);
+  return made.source;
+}
+
+/** The source for `target` and the name of its balancer ("" for a single address). */
+function makeSource<C extends PooledConnection>(target: string, dialer: Dialer<C>, options: SourceOptions): { source: ConnectionSource<C>; balancer: string } {
   setupCluster();
   if (options.balancer !== "") balancerFor(options.balancer); // a misspelling shows at once, also for a single address
   const t = parseTarget(target, (scheme) => resolverFor(scheme) !== undefined);
   // KOALA_MODE=managed (src/managed registers the resolver): the same target, through the daemon.
   const mode = process.env.KOALA_MODE;
   if (mode !== undefined && mode !== "" && mode !== "library" && mode !== "managed") throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `KOALA_MODE=${JSON.stringify(mode)} is not one of library, managed`);
-  if (mode === "managed" && t.scheme !== "managed" && !target.startsWith("shm:") && resolverFor("managed") !== undefined) return createConnectionSource(`managed:///${target}`, dialer, options);
+  if (mode === "managed" && t.scheme !== "managed" && !target.startsWith("shm:") && resolverFor("managed") !== undefined) return makeSource(`managed:///${target}`, dialer, options);
   const serviceName = options.healthCheckServiceName;
   const checker = registeredHealthChecker();
   if (serviceName !== undefined && checker === undefined) {
     throw new KoalaError(ErrorCode.UNKNOWN_NAME, "health checking needs a registered health checker: call setupHealthChecking() (the package entry does) or registerHealthChecker()");
   }
-  if (t.scheme === undefined) return new SingleAddressSource({ address: target }, dialer, options.backoff);
+  if (t.scheme === undefined) return { source: new SingleAddressSource({ address: target }, dialer, options.backoff), balancer: "" };
   const resolver = resolverFor(t.scheme)!;
-  const makeBalancer = balancerFor(options.balancer !== "" ? options.balancer : (resolver.defaultBalancer ?? "pick_first"));
-  return new ClusterSource<C>(t, resolver, makeBalancer<C>(options.balancerOptions), dialer, {
+  const balancer = options.balancer !== "" ? options.balancer : (resolver.defaultBalancer ?? "pick_first");
+  const makeBalancer = balancerFor(balancer);
+  const source = new ClusterSource<C>(t, resolver, makeBalancer<C>(options.balancerOptions), dialer, {
     backoff: options.endpointBackoff,
     minResolveIntervalMs: options.minResolveIntervalMs,
     ...(serviceName === undefined ? {} : { healthCheck: { serviceName, checker: checker! } }),
     ...(options.outlierDetection === undefined ? {} : { outlierDetection: options.outlierDetection }),
   });
+  return { source, balancer };
 }

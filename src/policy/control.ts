@@ -14,7 +14,8 @@
  * Protocol: JSON lines. A request `{"id":1,"cmd":"ps"}`, an answer `{"id":1,"ok":true,"result":…}`
  * or `{"id":1,"ok":false,"error":{"code":"KOALA_ERR_…","message":"…"}}`. Commands: `ps`,
  * `attach {kind, name?, scope?, options?}`, `detach {name}`, `replace {name, kind?, options?}`,
- * `configure {name, options}`, `metrics` (Prometheus text).
+ * `configure {name, options}`, `metrics` (Prometheus text), `channels` (the process's channels: target,
+ * balancer, and each endpoint's address, state, transport, weight and locality).
  *
  * A process removes its socket when it exits (and on SIGINT / SIGTERM when nothing else
  * handles them); a socket left by a killed process is removed by the next `ps` that finds no
@@ -28,6 +29,7 @@ import { ErrorCode, KoalaError, RpcError, codeName } from "../errors.js";
 import { log } from "../log.js";
 import { serviceOfPath } from "../rpc/interceptor.js";
 import type { Server } from "../rpc/server.js";
+import { liveChannels, type ChannelView } from "../cluster/index.js";
 import { engineKinds, policies, type AttachedEngine, type AttachScope } from "./index.js";
 
 /** The directory of control sockets for this user (created 0700 by {@link enableControl}). */
@@ -103,10 +105,20 @@ export function processInfo(): ProcessInfo {
   return { pid: process.pid, command: process.argv.slice(1).join(" "), servers, engines: policies.list() };
 }
 
+/** What `channels` reports for one process. */
+export interface ChannelsInfo {
+  pid: number;
+  /** The command line. */
+  command: string;
+  /** Its channels, in the order they were made (closed ones left out). */
+  channels: ChannelView[];
+}
+
 /** A control request (one JSON line). */
 export type ControlRequest =
   | { cmd: "ps" }
   | { cmd: "metrics" }
+  | { cmd: "channels" }
   | { cmd: "attach"; kind: string; name?: string; scope?: AttachScope; options?: Record<string, unknown> }
   | { cmd: "detach"; name: string }
   | { cmd: "replace"; name: string; kind?: string; options?: Record<string, unknown> }
@@ -133,6 +145,8 @@ export function handleControlRequest(req: unknown): unknown {
       return processInfo();
     case "metrics":
       return { text: policies.metricsText() };
+    case "channels":
+      return { pid: process.pid, command: process.argv.slice(1).join(" "), channels: liveChannels() } satisfies ChannelsInfo;
     case "attach": {
       need(req, "kind", (v) => typeof v === "string" && engineKinds().includes(v), `one of ${engineKinds().join(", ")}`);
       need(req, "name", isString, "a string", true);
@@ -165,7 +179,7 @@ export function handleControlRequest(req: unknown): unknown {
       policies.configure(req.name as string, req.options as Record<string, unknown>);
       return engineView(req.name as string);
     default:
-      throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `unknown control command ${JSON.stringify(req.cmd)} (known: ps, attach, detach, replace, configure, metrics)`);
+      throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `unknown control command ${JSON.stringify(req.cmd)} (known: ps, attach, detach, replace, configure, metrics, channels)`);
   }
 }
 
