@@ -135,16 +135,18 @@ class LeastOutstanding<C extends PooledConnection> implements Balancer<C> {
 const MAX_SCHEDULE = 4096;
 
 /**
- * Every ready endpoint in turn, each as often as its weight says (the endpoint's `weight`, from
- * the resolver; 1 when absent). The order is precomputed when the ready set changes — a smooth
- * weighted round robin (as nginx interleaves it: weights 5, 1, 1 give a a b a c a a, not a a a a a b c)
- * — so that `pick()` is an index into an array, as round_robin's.
+ * A balancer whose picks walk a schedule computed when the ready set changes (weighted round
+ * robin's endpoints, weighted locality's groups), starting at a random place the first time so
+ * that clients do not all begin with the same endpoint.
  */
-class WeightedRoundRobin<C extends PooledConnection> implements Balancer<C> {
-  private readonly set = new ReadySet<C>();
-  private schedule: Subchannel<C>[] = [];
-  private next = 0;
+abstract class Scheduled<C extends PooledConnection, T> implements Balancer<C> {
+  protected readonly set = new ReadySet<C>();
+  protected schedule: T[] = [];
+  protected next = 0;
   private started = false;
+
+  /** The schedule of one cycle over the ready subchannels. */
+  protected abstract build(ready: readonly Subchannel<C>[]): T[];
 
   update(subchannels: readonly Subchannel<C>[]): void {
     this.set.list = subchannels;
@@ -161,8 +163,22 @@ class WeightedRoundRobin<C extends PooledConnection> implements Balancer<C> {
 
   private refresh(): void {
     this.set.refresh();
-    this.schedule = weightedSchedule(this.set.ready);
+    this.schedule = this.build(this.set.ready);
     if (this.next >= this.schedule.length) this.next = 0;
+  }
+
+  abstract pick(): C | undefined;
+}
+
+/**
+ * Every ready endpoint in turn, each as often as its weight says (the endpoint's `weight`, from
+ * the resolver; 1 when absent). The order is precomputed when the ready set changes — a smooth
+ * weighted round robin (as nginx interleaves it: weights 5, 1, 1 give a a b a c a a, not a a a a a b c)
+ * — so that `pick()` is an index into an array, as round_robin's.
+ */
+class WeightedRoundRobin<C extends PooledConnection> extends Scheduled<C, Subchannel<C>> {
+  protected build(ready: readonly Subchannel<C>[]): Subchannel<C>[] {
+    return weightedSchedule(ready);
   }
 
   pick(): C | undefined {
@@ -228,31 +244,12 @@ interface Group<C extends PooledConnection> {
  * `locality` is a group of its own, weighted by its `weight`. Only the lowest `priority` with a
  * ready endpoint takes calls (the others stay connected, ready to take over).
  */
-class WeightedLocality<C extends PooledConnection> implements Balancer<C> {
-  private readonly set = new ReadySet<C>();
-  private schedule: Group<C>[] = [];
-  private next = 0;
-  private started = false;
-
-  update(subchannels: readonly Subchannel<C>[]): void {
-    this.set.list = subchannels;
-    this.refresh();
-    if (!this.started && this.schedule.length > 0) {
-      this.next = Math.floor(Math.random() * this.schedule.length);
-      this.started = true;
-    }
-  }
-
-  onStateChange(): void {
-    this.refresh();
-  }
-
-  private refresh(): void {
-    this.set.refresh();
+class WeightedLocality<C extends PooledConnection> extends Scheduled<C, Group<C>> {
+  protected build(ready: readonly Subchannel<C>[]): Group<C>[] {
     const groups = new Map<string, { group: Group<C>; weight: number }>();
     let priority = Infinity;
-    for (const s of this.set.ready) priority = Math.min(priority, s.endpoint.priority ?? 0);
-    for (const s of this.set.ready) {
+    for (const s of ready) priority = Math.min(priority, s.endpoint.priority ?? 0);
+    for (const s of ready) {
       const e = s.endpoint;
       if ((e.priority ?? 0) !== priority) continue;
       const key = e.locality === undefined ? `\0${e.address}` : e.locality;
@@ -265,8 +262,7 @@ class WeightedLocality<C extends PooledConnection> implements Balancer<C> {
     }
     const list = [...groups.values()];
     for (const g of list) g.group.next = Math.floor(Math.random() * g.group.ready.length);
-    this.schedule = smoothOrder(list.map((g) => g.weight)).map((i) => list[i]!.group);
-    if (this.next >= this.schedule.length) this.next = 0;
+    return smoothOrder(list.map((g) => g.weight)).map((i) => list[i]!.group);
   }
 
   pick(): C | undefined {
