@@ -78,6 +78,43 @@ function siteOf(path: SamplingNode[]): string {
   return `${f.functionName || "(anonymous)"} (${f.url.replace(/^.*node_modules\//, "") || "native"})`;
 }
 
+/** The allocations of the sampled part of a run: bytes per call and by site. */
+async function sample(call: () => Promise<unknown>, calls: number, session: Session): Promise<{ perCall: number; sites: Map<string, number> }> {
+  await drive(call, 20_000, 64); // warm-up: compiled, pools and caches filled
+  await session.post("HeapProfiler.startSampling", { samplingInterval: 128, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true } as never);
+  await drive(call, calls, 64);
+  const { profile } = (await session.post("HeapProfiler.stopSampling")) as unknown as { profile: { head: SamplingNode; samples: Sample[] } };
+  const byId = new Map<number, SamplingNode[]>();
+  const walk = (n: SamplingNode, path: SamplingNode[]): void => {
+    const p = [...path, n];
+    byId.set(n.id, p);
+    for (const c of n.children) walk(c, p);
+  };
+  walk(profile.head, []);
+  const sites = new Map<string, number>();
+  let total = 0;
+  for (const s of profile.samples) {
+    total += s.size;
+    const site = siteOf(byId.get(s.nodeId) ?? [profile.head]);
+    sites.set(site, (sites.get(site) ?? 0) + s.size);
+  }
+  return { perCall: total / calls, sites };
+}
+
+/**
+ * The driver alone: the same lanes awaiting a call that is a resolved promise of the request
+ * object the real run builds (what the application's own loop allocates around each call).
+ */
+async function measureDriver(calls: number, session: Session): Promise<{ perCall: number; sites: Map<string, number> }> {
+  const payload = new Uint8Array(64);
+  let sink: unknown;
+  const call = (): Promise<unknown> => {
+    sink = { name: "bench", payload };
+    return Promise.resolve(sink);
+  };
+  return sample(call, calls, session);
+}
+
 async function measure(config: Config, calls: number, session: Session): Promise<{ perCall: number; sites: Map<string, number> }> {
   policies.clear();
   if (config === "null") policies.attach("null");
@@ -90,25 +127,7 @@ async function measure(config: Config, calls: number, session: Session): Promise
   const payload = new Uint8Array(64);
   const call = () => client.sayHello({ name: "bench", payload });
   try {
-    await drive(call, 20_000, 64); // warm-up: compiled, pools and caches filled
-    await session.post("HeapProfiler.startSampling", { samplingInterval: 128, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true } as never);
-    await drive(call, calls, 64);
-    const { profile } = (await session.post("HeapProfiler.stopSampling")) as unknown as { profile: { head: SamplingNode; samples: Sample[] } };
-    const byId = new Map<number, SamplingNode[]>();
-    const walk = (n: SamplingNode, path: SamplingNode[]): void => {
-      const p = [...path, n];
-      byId.set(n.id, p);
-      for (const c of n.children) walk(c, p);
-    };
-    walk(profile.head, []);
-    const sites = new Map<string, number>();
-    let total = 0;
-    for (const s of profile.samples) {
-      total += s.size;
-      const site = siteOf(byId.get(s.nodeId) ?? [profile.head]);
-      sites.set(site, (sites.get(site) ?? 0) + s.size);
-    }
-    return { perCall: total / calls, sites };
+    return await sample(call, calls, session);
   } finally {
     closeClient(client);
     server.forceShutdown();
@@ -121,7 +140,7 @@ async function child(config: Config, calls: number): Promise<void> {
   const session = new Session();
   session.connect();
   await session.post("HeapProfiler.enable");
-  const r = await measure(config, calls, session);
+  const r = config === ("driver" as Config) ? await measureDriver(calls, session) : await measure(config, calls, session);
   session.disconnect();
   process.stdout.write(JSON.stringify({ perCall: r.perCall, sites: [...r.sites] }));
 }
@@ -144,6 +163,8 @@ async function main(): Promise<void> {
     results.set(c, inChild(c, calls));
     process.stderr.write(`[${c}]\n`);
   }
+  const driver = inChild("driver" as Config, calls).perCall;
+  process.stderr.write("[driver]\n");
   const m = machineInfo();
   const base = CONFIGS[0]!;
   const none = results.get(base)!.perCall;
@@ -152,12 +173,14 @@ async function main(): Promise<void> {
     `V8 sampling heap profiler (every 128 bytes on average, collected objects included), ${calls} calls per configuration after 20,000 to warm up, each configuration in its own process.`,
     "",
     table(
-      ["configuration", "bytes per call", `vs ${base === "none" ? "no engine" : base}`],
+      ["configuration", "bytes per call", "koala's own (without the driver)", `vs ${base === "none" ? "no engine" : base}`],
       CONFIGS.map((c) => {
         const b = results.get(c)!.perCall;
-        return [c === "none" ? "no engine" : c, b.toFixed(0), c === base ? "—" : `${b - none >= 0 ? "+" : ""}${(b - none).toFixed(0)}`];
+        return [c === "none" ? "no engine" : c, b.toFixed(0), (b - driver).toFixed(0), c === base ? "—" : `${b - none >= 0 ? "+" : ""}${(b - none).toFixed(0)}`];
       }),
     ),
+    "",
+    `the driver alone (the same 64 lanes awaiting a resolved promise of the request object, no RPC): ${driver.toFixed(0)} bytes per call; koala's own = bytes per call minus that (issue 15's goal: <= 600 B per unary call)`,
   ];
   for (const c of CONFIGS) {
     const r = results.get(c)!;

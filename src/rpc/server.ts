@@ -822,9 +822,10 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
   }
 
   private sendReply(response: unknown): void {
-    // The common case, no interceptors (whose onEnd runs before the status goes out, in
-    // finish()): the status frame is encoded straight into the connection's send buffer.
-    if (this.chain.length === 0 && !this.done && !this.sc.conn.isClosed) {
+    // The status frame is encoded straight into the connection's send buffer where it can be.
+    // Interceptors' onEnd then runs (in finish()) just after the frame is queued instead of just
+    // before: the same tick, and in the common case before the tick's batch is written.
+    if (!this.done && !this.sc.conn.isClosed) {
       let sent: boolean;
       try {
         sent = this.sc.sendFrameInPlace(this.sc.server.encode, FrameType.STATUS, 0, this.id, Code.OK, 0, this.headersSent ? undefined : this.headers, this.trailers, "", this.method.output, response, this.sc.room());
