@@ -424,6 +424,8 @@ class Attempts<I, O> {
   started = 0;
   /** Attempts started in all (transparent ones too): the next attempt's number. */
   numbered = 0;
+  /** Retries since the first attempt or the last server pushback: the exponent of the next backoff (a pushback starts it again from initialBackoff). */
+  backoffRetries = 0;
   transparentLeft = MAX_TRANSPARENT_RETRIES;
   /** The attempt whose answer is the call's, once there is one. */
   committed: ClientCall<I, O> | undefined;
@@ -1105,7 +1107,13 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
       return this.othersGoOn(a, error);
     }
     if (p.kind === "retry") {
-      const delay = pushback ?? retryBackoffMs(p, r.started);
+      // As grpc-js does it: a retry the server's pushback delayed resets the backoff, so the
+      // next retry without one waits initialBackoff again, growing from there.
+      let delay: number;
+      if (pushback !== undefined) {
+        delay = pushback;
+        r.backoffRetries = 0;
+      } else delay = retryBackoffMs(p, ++r.backoffRetries);
       publishAttempt(path, a.attemptNo, "retried", error.code);
       log("debug", "client", `${path}: attempt ${a.attemptNo + 1} of ${p.maxAttempts} failed (${why}); retrying in ${delay.toFixed(1)} ms${pushback === undefined ? "" : " (server pushback)"}`);
       r.timer = setTimeout(() => this.startAttempt(true), delay);

@@ -246,6 +246,28 @@ test("server pushback: a value delays the retry by that much; a negative or malf
   }
 });
 
+test("after a retry the server's pushback delayed, the backoff starts again from initialBackoff (as grpc-js does)", async () => {
+  const b = await bench();
+  // 50 ms, then x6: without the reset the third retry would wait 50 x 6^2 = 1,800 ms (capped at 2 s).
+  const client = clientOf(b, UNAVAILABLE_RETRY({ maxAttempts: 5, initialBackoff: "0.05s", maxBackoff: "2s", backoffMultiplier: 6 }));
+  const random = Math.random;
+  Math.random = () => 0.999; // the jitter at its top: each backoff is its full length
+  try {
+    b.plan = [{ code: Code.UNAVAILABLE }, { code: Code.UNAVAILABLE, pushback: "20" }, { code: Code.UNAVAILABLE }, { code: Code.UNAVAILABLE }, "ok"];
+    await client.unary({});
+    assert.is(b.seen.length, 5);
+    const gaps = b.seen.slice(1).map((s, i) => s.at - b.seen[i]!.at);
+    assert.ok(gaps[0]! >= 45 && gaps[0]! < 250, `first retry after ${gaps[0]} ms (backoff 50)`);
+    assert.ok(gaps[1]! >= 18 && gaps[1]! < 250, `second retry after ${gaps[1]} ms (pushback 20)`);
+    assert.ok(gaps[2]! >= 45 && gaps[2]! < 250, `third retry after ${gaps[2]} ms: the backoff starts again at 50, not 1,800`);
+    assert.ok(gaps[3]! >= 290 && gaps[3]! < 1000, `fourth retry after ${gaps[3]} ms (50 x 6)`);
+  } finally {
+    Math.random = random;
+    closeClient(client);
+    b.server.forceShutdown();
+  }
+});
+
 test("the deadline spans every attempt: retries never extend it, and each attempt carries what is left", async () => {
   const b = await bench();
   const client = clientOf(b, UNAVAILABLE_RETRY({ maxAttempts: 5, initialBackoff: "0.01s", maxBackoff: "0.01s" }));
