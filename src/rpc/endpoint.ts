@@ -11,7 +11,7 @@ import { FrameType, controlFrame, decodeFrame, type Frame } from "./frame.js";
 /** The scratch frame's message between frames (it holds no received memory then). */
 const NO_BYTES = new Uint8Array(0);
 import { Keepalive } from "./keepalive.js";
-import { dataSizeInPlace, sendDataInPlace, sendInPlace, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
+import { bodySizeInPlace, sendDataInPlace, sendInPlace, type EncodeSettings, type OutgoingFrame } from "./outgoing.js";
 import type { Metadata } from "./metadata.js";
 import type { MessageType } from "../proto/definition.js";
 import { CONNECTION_GRANT_BYTES, CONNECTION_WINDOW_BYTES, ReceiveWindow, SendWindow } from "./stream.js";
@@ -136,7 +136,7 @@ export abstract class RpcEndpoint {
    */
   sendStreamMessageInPlace<T>(settings: EncodeSettings, callId: number, bodyType: MessageType<T>, body: T, window: SendWindow, room: number): Promise<void> | undefined | false {
     if (this.conn.reserve === undefined) return false;
-    const bytes = dataSizeInPlace(settings, bodyType, body);
+    const bytes = bodySizeInPlace(settings, bodyType, body);
     if (bytes < 0 || bytes > room) return false;
     if (!window.tryTake(bytes)) return false;
     if (!this.sendWindow.tryTake(bytes)) {
@@ -146,16 +146,14 @@ export abstract class RpcEndpoint {
     let ok: boolean | undefined;
     try {
       ok = sendDataInPlace(this.conn, callId, bodyType, body, bytes);
-    } catch (err) {
-      window.add(bytes);
-      this.sendWindow.add(bytes);
-      throw err;
+    } finally {
+      // Not sent (no room in the transport's buffer, or the body failed to encode): the credit goes back.
+      if (ok === undefined) {
+        window.add(bytes);
+        this.sendWindow.add(bytes);
+      }
     }
-    if (ok === undefined) {
-      window.add(bytes);
-      this.sendWindow.add(bytes);
-      return false;
-    }
+    if (ok === undefined) return false;
     if (ok) return undefined;
     this.onBackpressure();
     return this.conn.drain();

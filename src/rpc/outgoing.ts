@@ -214,11 +214,7 @@ export function sendInPlace<T>(
   let bodyBytes = 0;
   if (bodyType !== undefined) {
     flags |= FrameFlag.MESSAGE;
-    try {
-      bodyBytes = sizeForWrite(bodyType, body as T, settings.externalBytesThreshold, settings.maxMessageBytes);
-    } catch (err) {
-      throw encodeError(bodyType, err);
-    }
+    bodyBytes = bodySizeInPlace(settings, bodyType, body as T);
     if (bodyBytes < 0 || bodyBytes > room) return undefined;
   }
   const buf = conn.reserve(headroom + bodyBytes);
@@ -237,11 +233,11 @@ export function sendInPlace<T>(
 }
 
 /**
- * The size a stream message's body would take when written in place by {@link sendDataInPlace}:
+ * The size a body would take when written in place ({@link sendInPlace}, {@link sendDataInPlace}):
  * -1 when it cannot be (a `bytes` field would go out as a part of its own). Throws as
  * encodeFrame does for a body over the limit or one that cannot be encoded.
  */
-export function dataSizeInPlace<T>(settings: EncodeSettings, bodyType: MessageType<T>, body: T): number {
+export function bodySizeInPlace<T>(settings: EncodeSettings, bodyType: MessageType<T>, body: T): number {
   try {
     return sizeForWrite(bodyType, body, settings.externalBytesThreshold, settings.maxMessageBytes);
   } catch (err) {
@@ -251,7 +247,7 @@ export function dataSizeInPlace<T>(settings: EncodeSettings, bodyType: MessageTy
 
 /**
  * A DATA frame with a body and no sections (every stream message after the first), written
- * straight into the connection's send buffer: `bodyBytes` is what {@link dataSizeInPlace}
+ * straight into the connection's send buffer: `bodyBytes` is what {@link bodySizeInPlace}
  * measured. Returns undefined, having sent nothing, when the transport has no such buffer or no
  * room in it for this frame; otherwise what `send()` would.
  */
