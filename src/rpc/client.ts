@@ -809,7 +809,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
         if (frame.bodyBytes > limit) {
           throw new RpcError(Code.RESOURCE_EXHAUSTED, `response of ${frame.bodyBytes} bytes exceeds the client's limit of ${limit} bytes (maxMessageBytes)`);
         }
-        const msg = decodeRange(this.method.output, frame.message, frame.bodyAt, frame.message.byteLength);
+        const msg = decodeRange(this.method.output, frame.message, frame.bodyAt, frame.bodyAt + frame.bodyBytes);
         if (this.stream !== undefined) {
           counted = true;
           this.stream.push(msg, frame.bodyBytes);

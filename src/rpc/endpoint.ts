@@ -56,7 +56,10 @@ export abstract class RpcEndpoint {
    * messages, delivered at once, and the subclass's fields must exist by then.
    */
   protected start(): void {
-    this.conn.onMessage((m) => this.receive(m));
+    this.conn.onMessage((m) => this.receive(m, 0, m.byteLength));
+    // Where the transport offers it, a message that can be handled at once comes as a range of
+    // the bytes read: no view is made for it (two fewer allocations per unary call).
+    this.conn.onMessageRange?.((buf, start, end) => this.receive(buf, start, end));
     void this.conn.closed.then((reason) => {
       this.keepalive.stop();
       this.sendWindow.fail(new RpcError(Code.UNAVAILABLE, `connection lost: ${reason.message}`, { cause: reason }));
@@ -234,15 +237,16 @@ export abstract class RpcEndpoint {
    */
   protected abstract readonly releasesMessages: boolean;
 
-  private receive(message: Uint8Array): void {
+  /** One received message: `message[start, end)` (all of it, or a range of the buffer read, which then stands for the message). */
+  private receive(message: Uint8Array, start: number, end: number): void {
     if (!this.releasesMessages) {
-      this.handle(message);
+      this.handle(message, start, end);
       this.scratch.message = NO_BYTES;
       return;
     }
     this.current = message;
     try {
-      this.handle(message);
+      this.handle(message, start, end);
     } finally {
       this.scratch.message = NO_BYTES;
       if (this.current !== undefined) {
@@ -252,10 +256,10 @@ export abstract class RpcEndpoint {
     }
   }
 
-  private handle(message: Uint8Array): void {
+  private handle(message: Uint8Array, start: number, end: number): void {
     let frame: Frame;
     try {
-      frame = decodeFrame(message, this.scratch);
+      frame = decodeFrame(message, this.scratch, start, end);
     } catch (err) {
       this.protocolError(err as KoalaError);
       return;

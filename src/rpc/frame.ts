@@ -69,9 +69,12 @@ export interface Frame {
   metadata: Uint8Array | undefined;
   trailers: Uint8Array | undefined;
   text: string;
-  /** The received message: the sections are views of it, the body is its tail. */
+  /**
+   * The received message, or the buffer the message is a range of (see decodeFrame's `start`):
+   * the sections are views of it, the body is `[bodyAt, bodyAt + bodyBytes)`.
+   */
   message: Uint8Array;
-  /** Where the body starts in `message` (it runs to the end); -1 without a body. No view is made: most bodies are decoded in place. */
+  /** Where the body starts in `message` (it runs to the frame's end); -1 without a body. No view is made: most bodies are decoded in place. */
   bodyAt: number;
   /** The body's length in bytes; 0 without a body. */
   bodyBytes: number;
@@ -79,7 +82,7 @@ export interface Frame {
 
 /** The frame's body as a view of its message (made on request), or undefined. */
 export function frameBody(f: Frame): Uint8Array | undefined {
-  return f.bodyAt < 0 ? undefined : f.message.subarray(f.bodyAt);
+  return f.bodyAt < 0 ? undefined : f.message.subarray(f.bodyAt, f.bodyAt + f.bodyBytes);
 }
 
 function protocolError(why: string): KoalaError {
@@ -89,27 +92,29 @@ function protocolError(why: string): KoalaError {
 /**
  * Decodes one frame; throws KOALA_ERR_PROTOCOL naming what is wrong, never anything else.
  * With `into`, fills and returns that object instead of a new one (for callers that finish with
- * a frame before decoding the next, which saves an allocation per message).
+ * a frame before decoding the next, which saves an allocation per message). With `start` and
+ * `end`, the frame is `message[start, end)` (a message delivered as a range of a larger buffer);
+ * the frame's offsets are then offsets into `message`.
  */
-export function decodeFrame(message: Uint8Array, into?: Frame): Frame {
-  const n = message.byteLength;
+export function decodeFrame(message: Uint8Array, into?: Frame, start = 0, end = message.byteLength): Frame {
+  const n = end - start;
   if (n < HEADER_BYTES) throw protocolError(`${n} bytes is shorter than the ${HEADER_BYTES}-byte header`);
   const b = message;
-  const type = b[0]!;
-  const flags = b[1]!;
+  const type = b[start]!;
+  const flags = b[start + 1]!;
   if (type === 0 || type > MAX_TYPE) throw protocolError(`unknown frame type ${type}`);
   if ((flags & ~ALL_FLAGS) !== 0) throw protocolError(`unknown flags 0x${flags.toString(16)}`);
-  if (b[2] !== 0 || b[3] !== 0) throw protocolError("reserved bytes are not zero");
-  const callId = u32(b, 4);
-  const arg = u32(b, 8);
-  const arg2 = u32(b, 12);
-  const mdLen = u32(b, 16);
-  const textLen = u32(b, 20);
+  if (b[start + 2] !== 0 || b[start + 3] !== 0) throw protocolError("reserved bytes are not zero");
+  const callId = u32(b, start + 4);
+  const arg = u32(b, start + 8);
+  const arg2 = u32(b, start + 12);
+  const mdLen = u32(b, start + 16);
+  const textLen = u32(b, start + 20);
   const trLen = type === FrameType.STATUS ? arg2 : 0;
   const sections = mdLen + trLen + textLen;
   if (HEADER_BYTES + sections > n) throw protocolError(`sections of ${sections} bytes overrun a ${n}-byte frame`);
   if (mdLen !== 0 && (flags & FrameFlag.METADATA) === 0) throw protocolError("metadata section without the METADATA flag");
-  let at = HEADER_BYTES;
+  let at = start + HEADER_BYTES;
   const metadata = mdLen === 0 ? undefined : b.subarray(at, (at += mdLen));
   const trailers = trLen === 0 ? undefined : b.subarray(at, (at += trLen));
   let text = "";
@@ -118,10 +123,10 @@ export function decodeFrame(message: Uint8Array, into?: Frame): Frame {
     at += textLen;
   }
   const hasBody = (flags & FrameFlag.MESSAGE) !== 0;
-  if (!hasBody && at !== n) throw protocolError(`${n - at} bytes of body without the MESSAGE flag`);
+  if (!hasBody && at !== end) throw protocolError(`${end - at} bytes of body without the MESSAGE flag`);
   if (type === FrameType.CALL && (flags & FrameFlag.DEFINE_METHOD) !== 0 && textLen === 0) throw protocolError("DEFINE_METHOD without a method path");
   const bodyAt = hasBody ? at : -1;
-  const bodyBytes = hasBody ? n - at : 0;
+  const bodyBytes = hasBody ? end - at : 0;
   if (into === undefined) return { type: type as FrameType, flags, callId, arg, arg2, metadata, trailers, text, message, bodyAt, bodyBytes };
   into.type = type as FrameType;
   into.flags = flags;

@@ -749,7 +749,7 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
       throw new RpcError(Code.RESOURCE_EXHAUSTED, `request of ${frame.bodyBytes} bytes exceeds the server's limit of ${this.sc.options.maxMessageBytes} bytes`);
     }
     try {
-      return decodeRange(this.method.input, frame.message, frame.bodyAt, frame.message.byteLength);
+      return decodeRange(this.method.input, frame.message, frame.bodyAt, frame.bodyAt + frame.bodyBytes);
     } catch (err) {
       throw new RpcError(Code.INVALID_ARGUMENT, `cannot decode ${this.method.input.typeName}: ${(err as Error).message}`, { cause: err });
     }

@@ -179,6 +179,9 @@ export function decodeAccessError(payload: Uint8Array): KoalaError {
 /** Receives whole frames from a {@link FrameDecoder}, in order. */
 export type FrameSink = (kind: FrameKind, payload: Uint8Array) => void;
 
+/** Receives a MESSAGE frame that lies inside one chunk as the range `chunk[start, end)` (no view made for it). */
+export type MessageRangeSink = (chunk: Uint8Array, start: number, end: number) => void;
+
 const EMPTY = Buffer.alloc(0);
 
 /**
@@ -203,10 +206,13 @@ export class FrameDecoder {
    * @param maxMessageBytes largest MESSAGE payload accepted (one-sided frames get room for
    *   their own heads on top); a longer frame fails as soon as its header is read
    * @param sink receives each frame, HELLO included (already checked)
+   * @param rangeSink when given, receives the MESSAGE frames that lie inside one pushed chunk,
+   *   as ranges of it, in place of the sink (the others still go to the sink)
    */
   constructor(
     private readonly maxMessageBytes: number,
     private readonly sink: FrameSink,
+    private readonly rangeSink?: MessageRangeSink,
   ) {}
 
   /** True once a valid HELLO was decoded. */
@@ -258,7 +264,14 @@ export class FrameDecoder {
           throw this.fail(ErrorCode.MESSAGE_TOO_LARGE, `the peer sent a message of ${length} bytes; the limit is ${this.maxMessageBytes} (maxMessageBytes)`);
         }
         if (n - at >= length) {
-          const payload = length === 0 ? EMPTY : chunk.subarray(at, at + length);
+          if (kind === FrameKind.MESSAGE && length !== 0 && this.rangeSink !== undefined) {
+            const start = at;
+            at += length;
+            this.rangeSink(chunk, start, at);
+            continue;
+          }
+          // A plain Uint8Array view: half the cost of Buffer#subarray (no FastBuffer constructor).
+          const payload = length === 0 ? EMPTY : new Uint8Array(chunk.buffer, chunk.byteOffset + at, length);
           at += length;
           this.deliver(kind, payload);
           continue;

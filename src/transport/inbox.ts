@@ -19,6 +19,11 @@ export abstract class InboxReader {
     this.inbox.setReceiver(receiver);
   }
 
+  /** Sets the range receiver (see `Connection.onMessageRange`). */
+  onMessageRange(receiver: ((buf: Uint8Array, start: number, end: number) => void) | null): void {
+    this.inbox.setRangeReceiver(receiver);
+  }
+
   /** Stops delivering messages until {@link resume} (see `Connection.pause`). */
   pause(): void {
     this.inbox.pause();
@@ -39,6 +44,7 @@ export abstract class InboxReader {
 export class Inbox implements AsyncIterable<Uint8Array> {
   private readonly queue = new Fifo<Uint8Array>();
   private receiver: ((message: Uint8Array) => void) | null = null;
+  private rangeReceiver: ((buf: Uint8Array, start: number, end: number) => void) | null = null;
   private paused = false;
   private delivering = false;
   /** Set once the receiver threw: the connection is going down and nothing more is delivered. */
@@ -106,6 +112,31 @@ export class Inbox implements AsyncIterable<Uint8Array> {
       this.full = true;
       this.onFull();
     }
+  }
+
+  /**
+   * Hands the message `buf[start, end)` to the range receiver when it can go at once (see
+   * `Connection.onMessageRange`), else makes it a view and goes on as {@link push}.
+   */
+  pushRange(buf: Uint8Array, start: number, end: number): void {
+    const r = this.rangeReceiver;
+    if (r !== null && this.receiver !== null && !this.paused && this.queue.length === 0 && !this.delivering && this.closedWith === undefined && !this.failed) {
+      try {
+        r(buf, start, end);
+      } catch (err) {
+        this.failed = true;
+        this.queue.drain();
+        this.queuedBytes = 0;
+        this.onReceiverError(err);
+      }
+      return;
+    }
+    this.push(new Uint8Array(buf.buffer, buf.byteOffset + start, end - start));
+  }
+
+  /** Sets the range receiver (null removes it); it takes messages only while a receiver is set too. */
+  setRangeReceiver(receiver: ((buf: Uint8Array, start: number, end: number) => void) | null): void {
+    this.rangeReceiver = receiver;
   }
 
   /** Bytes of the messages waiting to be delivered. */

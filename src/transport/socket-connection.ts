@@ -137,7 +137,11 @@ export class SocketConnection extends InboxReader implements Connection {
         this.abort(new KoalaError(ErrorCode.RECEIVER_FAILED, `the message receiver threw: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
       },
     );
-    this.decoder = new FrameDecoder(options.maxMessageBytes, (kind, payload) => this.onFrame(kind, payload));
+    this.decoder = new FrameDecoder(
+      options.maxMessageBytes,
+      (kind, payload) => this.onFrame(kind, payload),
+      (chunk, start, end) => this.inbox.pushRange(chunk, start, end),
+    );
     tcpSocket?.setNoDelay(options.noDelay);
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("end", () => this.onEnd());

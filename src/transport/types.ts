@@ -171,6 +171,14 @@ export interface Connection extends AsyncIterable<Uint8Array> {
    */
   onMessage(receiver: ((message: Uint8Array) => void) | null): void;
   /**
+   * Optional (socket transports have it): also sets a receiver that gets a message as the range
+   * `[start, end)` of `buf` instead of a view made for it, when the message can be delivered at
+   * once (a receiver is set, the connection is not paused, nothing is queued before it); other
+   * messages still go to the `onMessage` receiver. `buf` then stands for the message: hand it to
+   * {@link Connection.release}. It saves a view per message on the receive path.
+   */
+  onMessageRange?(receiver: ((buf: Uint8Array, start: number, end: number) => void) | null): void;
+  /**
    * Hands a received message back to the transport, which may then reuse its memory (on RDMA
    * the receive buffer is posted again; on sockets this costs nothing). The view must be the
    * one delivered, released at most once, and not read afterwards. A message that is never
