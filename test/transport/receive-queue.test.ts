@@ -29,4 +29,46 @@ test("a paused reader stops the sender after receiveQueueBytes, not after receiv
   }
 });
 
+test("tcp: messages handed over as ranges of the chunk read and as views stay in order, also across a pause", async () => {
+  const l = await listen("tcp://127.0.0.1:0");
+  const accepted = l.accept();
+  const client = await connect(l.address);
+  const server = await accepted;
+  try {
+    const got: string[] = [];
+    let ranges = 0;
+    server.onMessage((m) => got.push(Buffer.from(m).toString()));
+    assert.type(server.onMessageRange, "function", "socket connections offer range delivery");
+    server.onMessageRange!((buf, start, end) => {
+      ranges++;
+      got.push(Buffer.from(buf.buffer, buf.byteOffset + start, end - start).toString());
+    });
+    const sent: string[] = [];
+    const burst = (from: number) => {
+      for (let i = from; i < from + 50; i++) {
+        sent.push(`message ${i}`);
+        client.send([Buffer.from(`message ${i}`)]);
+      }
+    };
+    burst(0);
+    await sleep(30);
+    assert.equal(got, sent, "a burst read in one chunk");
+    assert.ok(ranges > 0, "messages that could be handled at once came as ranges");
+    server.pause();
+    burst(50);
+    await sleep(30);
+    assert.is(got.length, 50, "nothing is delivered while paused");
+    const before = ranges;
+    server.resume();
+    burst(100);
+    await sleep(30);
+    assert.equal(got, sent, "queued messages first (as views), then the new ones, in order");
+    assert.ok(ranges >= before, "range delivery goes on after the queue is empty");
+  } finally {
+    client.close();
+    server.close();
+    await l.close();
+  }
+});
+
 test.run();
