@@ -365,6 +365,68 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
     });
   }
 
+  t("reserve / commit: messages encoded in place arrive in order among sent ones, over many batches; a send cancels a reservation; too large or closed is refused", async (ctx) => {
+    const { client, server } = await ctx.pair();
+    if (client.reserve === undefined) {
+      assert.is(name, "memory", "every transport but memory encodes in place");
+      return;
+    }
+    const expected: Uint8Array[] = [];
+    const put = (m: Uint8Array): void => {
+      const buf = client.reserve!(m.byteLength);
+      assert.ok(buf !== undefined, `a message of ${m.byteLength} bytes has room`);
+      buf.set(m, client.reservedOffset!);
+      client.commit!();
+      expected.push(m);
+    };
+    const N = 3000;
+    for (let i = 0; i < N; i++) {
+      if (i % 10 === 0) {
+        const m = pattern(i, i % 3);
+        client.send([m]);
+        expected.push(m);
+        continue;
+      }
+      if (i % 97 === 0) {
+        // Reserved and written, then a send: the reservation is gone and never sent.
+        const buf = client.reserve!(8)!;
+        buf.fill(0xdd, client.reservedOffset!, client.reservedOffset! + 8);
+        const m = pattern(i, 5);
+        client.send([m]);
+        expected.push(m);
+        try {
+          client.commit!();
+          assert.unreachable("commit after a send");
+        } catch (err) {
+          assert.is((err as KoalaError).code, "KOALA_ERR_INVALID_ARGUMENT");
+          assert.match((err as Error).message, /without a reservation/);
+        }
+      }
+      if (i % 500 === 1) {
+        const big = pattern(i, 20 * KiB + 1);
+        client.send([big]);
+        expected.push(big);
+      }
+      put(pattern(i, i % 301));
+      // Several ticks, so that several send batches are filled in place and flushed.
+      if (i % 700 === 0) await sleep(0);
+    }
+    // Messages that arrived before this are queued for the receiver, in order.
+    const messages = await receive(server, expected.length);
+    assert.is(messages.length, expected.length);
+    messages.forEach((m, i) => {
+      if (!sameBytes(m, expected[i]!)) assert.unreachable(`message ${i}: ${m.byteLength} bytes, expected ${expected[i]!.byteLength}`);
+    });
+    assert.is(client.reserve!(client.options.maxMessageBytes + 1), undefined, "a message over the limit: send() reports it");
+    client.close();
+    try {
+      client.reserve!(1);
+      assert.unreachable("reserve after close");
+    } catch (err) {
+      assert.is((err as KoalaError).code, "KOALA_ERR_CLOSED");
+    }
+  });
+
   t("a message sent as several parts arrives as their concatenation, and the parts may change after onWritten", async (ctx) => {
     const { client, server } = await ctx.pair();
     const backing = pattern(9, 300 * KiB);

@@ -91,7 +91,13 @@ interface Outgoing {
   id: number;
   /** Bytes counted in bufferedBytes (DATA only). */
   counted: number;
+  /** A PACK filled in place by commit() (type RUN): the lease holding its wire image, header room first. */
+  lease?: Lease;
 }
+
+/** Send-queue entry of a PACK filled in place by reserve() / commit() (never on the wire: it goes out as a PACK). */
+const RUN = 0x80;
+const NO_PARTS: readonly Uint8Array[] = [];
 
 interface SendOp {
   lease: Lease | undefined;
@@ -414,7 +420,79 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     return this.buffered <= this.options.highWaterMarkBytes;
   }
 
+  // In-place sends: a small message is encoded straight into the PACK being filled, a lease of
+  // the registered heap whose bytes are that PACK's wire image (each message behind its u32
+  // length, room for the header in front). No frame buffer, send-queue entry or copy per message:
+  // the PACK joins the send queue as one entry when it is full or something else is queued, and
+  // goes out from where it is (or, when it fits, copied once into the inline area).
+  private run: Lease | undefined;
+  private runBytes: Uint8Array | undefined;
+  /** Bytes of the run used so far, header room included. */
+  private runLen = 0;
+  private runCount = 0;
+  private runCounted = 0;
+  private reserving = false;
+  private reservedBytes = 0;
+  /** Where the reserved message starts in the buffer reserve() returned. */
+  reservedOffset = 0;
+
+  reserve(bytes: number): Uint8Array | undefined {
+    if (this.reason !== undefined) throw this.closedError("reserve()");
+    this.reserving = false;
+    if (bytes > PACK_MESSAGE_MAX || bytes > this.options.maxMessageBytes || HEADER_BYTES + PACK_ENTRY_BYTES + bytes > this.peerBufferBytes) return undefined;
+    if (this.run !== undefined && this.runLen + PACK_ENTRY_BYTES + bytes > this.peerBufferBytes) {
+      this.cutRun();
+      // A full PACK goes out now, as a burst of sent messages does (see enqueue).
+      if (!this.flushing && !this.tornDown) this.flush();
+      if (this.reason !== undefined) throw this.closedError("reserve()");
+    }
+    if (this.run === undefined) {
+      try {
+        this.run = this.ctx.heap.alloc(this.peerBufferBytes);
+      } catch {
+        return undefined; // no heap memory now (or it is closing): send() takes the message and reports what is wrong
+      }
+      this.runBytes = this.run.bytes;
+      this.runLen = HEADER_BYTES;
+      this.runCount = 0;
+      this.runCounted = 0;
+    }
+    this.reserving = true;
+    this.reservedBytes = bytes;
+    this.reservedOffset = this.runLen + PACK_ENTRY_BYTES;
+    return this.runBytes;
+  }
+
+  commit(): boolean {
+    if (!this.reserving) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "commit() without a reservation (none made, or a send() came in between)");
+    this.reserving = false;
+    if (this.reason !== undefined) throw this.closedError("commit()");
+    const bytes = this.reservedBytes;
+    put32(this.runBytes!, this.runLen, bytes);
+    this.runLen += PACK_ENTRY_BYTES + bytes;
+    this.runCount++;
+    this.runCounted += bytes;
+    this.buffered += bytes;
+    this.scheduleFlush();
+    return this.buffered <= this.options.highWaterMarkBytes;
+  }
+
+  /** Moves the PACK being filled into the send queue, so that what is queued after it goes after it. */
+  private cutRun(): void {
+    const lease = this.run;
+    if (lease === undefined) return;
+    this.reserving = false; // a reservation in it is cancelled
+    this.run = this.runBytes = undefined;
+    if (this.runCount === 0) {
+      lease.release();
+      return;
+    }
+    this.outq.push({ type: RUN, parts: NO_PARTS, total: this.runLen, onWritten: undefined, id: this.runCount, counted: this.runCounted, lease });
+  }
+
   private enqueue(type: number, parts: readonly Uint8Array[], total: number, onWritten: (() => void) | undefined, id: number, counted: number): void {
+    this.reserving = false;
+    this.cutRun();
     this.outq.push({ type, parts, total, onWritten, id, counted });
     // A burst of small messages that already fills a PACK goes out now, not at the tick's end:
     // the peer starts on it while this side produces the rest (as writeEagerBytes does on
@@ -458,6 +536,7 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     const v = this.ctx.verbs;
     this.flushing = true;
     this.queuedBytes = 0;
+    this.cutRun();
     try {
       if (this.recvBatch.count > 0) {
         // Receives first: the credits that go out below count them.
@@ -559,6 +638,10 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     const wrId = this.nextWrId++;
     this.credits--;
     this.sqUsed++;
+    if (m.type === RUN) {
+      this.buildRun(m, wrId);
+      return;
+    }
     if (HEADER_BYTES + m.total > this.peerBufferBytes || m.total > this.rndvThreshBytes) {
       this.buildRts(m, wrId);
       return;
@@ -662,6 +745,25 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     this.sendBatch.addSge(w.addr, size, w.lkey);
     this.sendBatch.addSend(wrId, Opcode.SEND, size <= this.qp.caps.maxInlineData ? SendFlags.SIGNALED | SendFlags.INLINE : SendFlags.SIGNALED, 1);
     this.track(wrId, { lease: staging, onWritten: undefined, counted, read: undefined, close: false, covers: 0 });
+  }
+
+  /** Sends a PACK filled in place (see reserve): its header now (it carries the credits returned), then from its lease, or inline. */
+  private buildRun(m: Outgoing, wrId: number): void {
+    const lease = m.lease!;
+    const bytes = lease.bytes;
+    const size = m.total;
+    this.header(bytes, MsgType.PACK, size - HEADER_BYTES, m.id, 0, 0);
+    if (size <= this.inlineSlotBytes && this.inlineUsed < INLINE_SLOTS) {
+      const at = this.inlineUsed++ * this.inlineSlotBytes;
+      this.inlineBytes!.set(new Uint8Array(bytes.buffer, bytes.byteOffset, size), at);
+      lease.release();
+      this.addInline(wrId, at, size, m.counted);
+      return;
+    }
+    const w = this.ctx.locate(bytes)!;
+    this.sendBatch.addSge(w.addr, size, w.lkey);
+    this.sendBatch.addSend(wrId, Opcode.SEND, size <= this.qp.caps.maxInlineData ? SendFlags.SIGNALED | SendFlags.INLINE : SendFlags.SIGNALED, 1);
+    this.track(wrId, { lease, onWritten: undefined, counted: m.counted, read: undefined, close: false, covers: 0 });
   }
 
   /** Adds the inline send of `size` bytes at `at` of the inline area, unsignaled; its `counted` bytes leave bufferedBytes once posted. */
@@ -960,6 +1062,8 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     if (this.tornDown) return;
     let total = 0;
     for (const p of parts) total += p.byteLength;
+    // After the messages committed before it (a one-sided request may follow the data it announces).
+    this.cutRun();
     this.outq.push({ type, parts, total, onWritten: undefined, id, counted: 0 });
     this.scheduleFlush();
   }
@@ -1190,6 +1294,8 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
     this.setClosed(new KoalaError(ErrorCode.CLOSED, "the connection was closed by this side"), true);
     // CLOSE goes after every message queued before it; the QP is torn down once it is delivered
     // and the peer has read every rendezvous message.
+    this.reserving = false;
+    this.cutRun();
     this.outq.push({ type: MsgType.CLOSE, parts: [], total: 0, onWritten: undefined, id: 0, counted: 0 });
     this.scheduleFlush();
     // A peer that never returns credits or never reads its rendezvous messages cannot hold the
@@ -1258,10 +1364,13 @@ export class RdmaConnection extends InboxReader implements Connection, Completio
   }
 
   private dropQueued(): void {
+    this.reserving = false;
+    this.cutRun();
     const q = this.outq.splice(this.outHead);
     this.outq.length = 0;
     this.outHead = 0;
     for (const m of q) {
+      m.lease?.release();
       callWritten(m.onWritten);
       this.unbuffer(m.counted);
     }
