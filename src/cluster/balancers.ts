@@ -200,7 +200,7 @@ export function weightedSchedule<T extends { readonly endpoint: Endpoint }>(read
 }
 
 /** Indexes into `weights` (integers ≥ 1) in smooth weighted round-robin order, one cycle (scaled to at most {@link MAX_SCHEDULE} slots plus one per weight). */
-function smoothOrder(input: readonly number[]): number[] {
+export function smoothOrder(input: readonly number[]): number[] {
   if (input.length === 0) return [];
   let weights = [...input];
   const total = weights.reduce((a, b) => a + b, 0);
