@@ -15,7 +15,7 @@ import { ENDPOINT, ROUTE } from "../../src/cluster/xds/protos.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { rejection, until } from "../helpers.js";
 import { portOf, startReplicas, stopReplicas, type Replica } from "./replicas.js";
-import { assignment, cluster, listener, rdsListener, snapshot, weightedRoute, startControlPlane, type ControlPlane, type LocalitySpec } from "./xds-control-plane.js";
+import { assignment, cluster, listener, rdsListener, snapshot, weightedRoute, startOracleControlPlane, type ControlPlane, type LocalitySpec } from "./xds-control-plane.js";
 
 const HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
 /** Calls per share measurement, per client. */
@@ -124,7 +124,7 @@ const FIRST: LocalitySpec[] = [
 ];
 
 test.before(async () => {
-  cp = await startControlPlane();
+  cp = await startOracleControlPlane();
   process.env.GRPC_XDS_BOOTSTRAP_CONFIG = cp.bootstrap;
   // A resource the control plane never names counts as absent after 1 s (15 s by default).
   process.env.KOALA_XDS_RESOURCE_TIMEOUT_MS = "1000";

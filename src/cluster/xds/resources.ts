@@ -174,7 +174,8 @@ function headerMatch(h: Obj, where: string, errors: string[]): HeaderMatch {
 }
 
 function routeMatch(m: Obj, where: string, errors: string[]): RouteMatch {
-  const ignoreCase = obj(m.case_sensitive) !== undefined && obj(m.case_sensitive)!.value === false;
+  // A BoolValue holding false decodes without its field: present and not true means false.
+  const ignoreCase = obj(m.case_sensitive) !== undefined && obj(m.case_sensitive)!.value !== true;
   let path: ValueMatch;
   switch (m.path_specifier) {
     case "prefix":
