@@ -96,13 +96,22 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
     private readonly dialer: Dialer<C>,
     private readonly options: ClusterSourceOptions,
   ) {
-    const only: Child<C> = { name: "", balancer: makeBalancer(), members: new Map() };
+    const only: Child<C> = { name: "", balancer: this.balancer(), members: new Map() };
     this.children = [only];
     this.direct = only.balancer;
     if (options.outlierDetection !== undefined) {
       this.outlier = new OutlierDetector<C>(options.outlierDetection, () => this.subchannels.values(), (s) => this.onPickableChange(s));
     }
     this.resolver = resolverFactory(target, { onEndpoints: (e, r) => this.onEndpoints(e, r), onError: (e) => this.onResolveError(e) }, { minResolveIntervalMs: options.minResolveIntervalMs });
+  }
+
+  /** A new balancer (of one cluster), whose picker changes settle the waiting calls. */
+  private balancer(): Balancer<C> {
+    const b = this.makeBalancer();
+    b.onPicker = () => {
+      if (!this.closed) this.settleWaiters();
+    };
+    return b;
   }
 
   pick(call?: RoutedCall): C | undefined {
@@ -217,7 +226,7 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
     this.router = router;
     const names = router === undefined ? [""] : router.clusters;
     const old = new Map(this.children.map((c) => [c.name, c]));
-    const children: Child<C>[] = names.map((name) => old.get(name) ?? { name, balancer: this.makeBalancer(), members: new Map() });
+    const children: Child<C>[] = names.map((name) => old.get(name) ?? { name, balancer: this.balancer(), members: new Map() });
     const index = new Map(children.map((c, i) => [c.name, i]));
     const lists: Subchannel<C>[][] = children.map(() => []);
     const seen: Set<string>[] = children.map(() => new Set());

@@ -181,6 +181,12 @@ export interface Balancer<C extends PooledConnection> {
   onStateChange(subchannel: Subchannel<C>): void;
   /** A ready connection for the next call, or undefined when there is none. */
   pick(): C | undefined;
+  /**
+   * Set by the source: the balancer calls it when picks may succeed now without any
+   * subchannel having changed state (weighted_locality: a failover timer fired), so that calls
+   * waiting for a connection get one.
+   */
+  onPicker?: (() => void) | undefined;
 }
 
 /** Makes a balancer; `options` are the balancer's own (checked by it, an unknown key an error naming it). */
