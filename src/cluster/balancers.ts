@@ -51,11 +51,12 @@ class ReadySet<C extends PooledConnection> {
   list: readonly Subchannel<C>[] = [];
   ready: Subchannel<C>[] = [];
 
-  refresh(): void {
+  /** Rebuilds the ready list; idle subchannels are asked to connect (those `connect` accepts, when given). */
+  refresh(connect?: (s: Subchannel<C>) => boolean): void {
     const ready: Subchannel<C>[] = [];
     for (const s of this.list) {
       if (s.pickable) ready.push(s);
-      else if (s.state === "idle") s.requestConnection();
+      else if (s.state === "idle" && (connect === undefined || connect(s))) s.requestConnection();
     }
     this.ready = ready;
   }
@@ -144,6 +145,7 @@ abstract class Scheduled<C extends PooledConnection, T> implements Balancer<C> {
   protected schedule: T[] = [];
   protected next = 0;
   private started = false;
+  onPicker: (() => void) | undefined;
 
   /** The schedule of one cycle over the ready subchannels. */
   protected abstract build(ready: readonly Subchannel<C>[]): T[];
@@ -161,11 +163,18 @@ abstract class Scheduled<C extends PooledConnection, T> implements Balancer<C> {
     this.refresh();
   }
 
-  private refresh(): void {
-    this.set.refresh();
+  protected refresh(): void {
+    this.prepare();
+    this.set.refresh(this.connectable);
     this.schedule = this.build(this.set.ready);
     if (this.next >= this.schedule.length) this.next = 0;
   }
+
+  /** Runs before each rebuild (weighted_locality chooses its priority here). */
+  protected prepare(): void {}
+
+  /** Which idle subchannels are asked to connect; undefined: all of them. */
+  protected connectable: ((s: Subchannel<C>) => boolean) | undefined;
 
   abstract pick(): C | undefined;
 }
@@ -200,7 +209,7 @@ export function weightedSchedule<T extends { readonly endpoint: Endpoint }>(read
 }
 
 /** Indexes into `weights` (integers ≥ 1) in smooth weighted round-robin order, one cycle (scaled to at most {@link MAX_SCHEDULE} slots plus one per weight). */
-function smoothOrder(input: readonly number[]): number[] {
+export function smoothOrder(input: readonly number[]): number[] {
   if (input.length === 0) return [];
   let weights = [...input];
   const total = weights.reduce((a, b) => a + b, 0);
@@ -236,19 +245,146 @@ interface Group<C extends PooledConnection> {
   next: number;
 }
 
+/** gRPC's failover time: how long a priority may stay connecting before the next one takes calls. */
+export const DEFAULT_FAILOVER_MS = 10_000;
+
+/**
+ * The failover time: `KOALA_XDS_FAILOVER_TIMEOUT_MS` (an integer ≥ 1), else
+ * {@link DEFAULT_FAILOVER_MS}; KOALA_ERR_CONFIG when it is not valid.
+ */
+export function failoverTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
+  const v = env.KOALA_XDS_FAILOVER_TIMEOUT_MS;
+  if (v === undefined || v === "") return DEFAULT_FAILOVER_MS;
+  if (!/^\d{1,9}$/.test(v) || Number(v) < 1) throw new KoalaError(ErrorCode.CONFIG, `KOALA_XDS_FAILOVER_TIMEOUT_MS=${JSON.stringify(v)} is not a whole number of milliseconds ≥ 1`);
+  return Number(v);
+}
+
+/** What weighted_locality knows of one priority. */
+interface PriorityState {
+  /** True once the walk over priorities reached it (its endpoints connect), until a higher priority is ready again. */
+  active: boolean;
+  /** The failover timer, while it runs. */
+  timer: NodeJS.Timeout | undefined;
+  /** True once its timer fired, until it is ready: the walk passes it by. */
+  expired: boolean;
+  /** Ready since its last transient failure (a connecting priority that was ready gets a new timer). */
+  seenReady: boolean;
+  last: "ready" | "connecting" | "transient_failure" | undefined;
+}
+
 /**
  * Two levels, as gRPC's xDS balancing (weighted_target over round_robin): groups (the
  * endpoints' `locality`) in smooth weighted round robin by their `localityWeight`, and within
  * each group its ready endpoints in turn. Only groups with a ready endpoint take calls, and a
  * group keeps its share however many of its endpoints are ready. An endpoint without a
- * `locality` is a group of its own, weighted by its `weight`. Only the lowest `priority` with a
- * ready endpoint takes calls (the others stay connected, ready to take over).
+ * `locality` is a group of its own, weighted by its `weight`.
+ *
+ * Priorities fail over as gRPC's priority policy (grpc-js-xds's load-balancer-priority.ts):
+ * priorities are tried in order, 0 first. A priority's endpoints connect only once the walk
+ * reaches it, and it gets the failover time (10 s, `failoverTimeoutMs` /
+ * `KOALA_XDS_FAILOVER_TIMEOUT_MS`) to get a ready endpoint: meanwhile calls wait for it. It is
+ * passed by (the next one is tried) once every endpoint of it failed to connect, or its time
+ * ran out. The first ready priority takes every call, and the ones after it stop connecting
+ * (connections they have stay). With none ready, calls wait on the first one still connecting.
  */
 class WeightedLocality<C extends PooledConnection> extends Scheduled<C, Group<C>> {
+  private readonly priorities = new Map<number, PriorityState>();
+  /** The priority that takes calls now. */
+  private selected = 0;
+
+  constructor(private readonly failoverMs: number) {
+    super();
+    this.connectable = (s) => this.priorities.get(s.endpoint.priority ?? 0)?.active === true;
+  }
+
+  private stateOf(p: number): "ready" | "connecting" | "transient_failure" {
+    let failed = 0;
+    let n = 0;
+    for (const s of this.set.list) {
+      if ((s.endpoint.priority ?? 0) !== p) continue;
+      n++;
+      if (s.pickable) return "ready";
+      // As gRPC, an endpoint connected but not pickable (unhealthy, ejected) counts as failed.
+      if (s.state === "transient_failure" || s.state === "ready") failed++;
+    }
+    return n > 0 && failed === n ? "transient_failure" : "connecting";
+  }
+
+  private startTimer(ps: PriorityState): void {
+    if (ps.timer !== undefined) return;
+    ps.timer = setTimeout(() => {
+      ps.timer = undefined;
+      ps.expired = true;
+      this.refresh();
+      this.onPicker?.();
+    }, this.failoverMs);
+    ps.timer.unref();
+  }
+
+  private stopTimer(ps: PriorityState): void {
+    if (ps.timer !== undefined) clearTimeout(ps.timer);
+    ps.timer = undefined;
+  }
+
+  /** Follows each active priority's state (its timer), then walks the priorities and selects one. */
+  protected override prepare(): void {
+    const list = [...new Set(this.set.list.map((s) => s.endpoint.priority ?? 0))].sort((a, b) => a - b);
+    for (const [p, ps] of this.priorities) {
+      if (!list.includes(p)) {
+        this.stopTimer(ps);
+        this.priorities.delete(p);
+      }
+    }
+    const states = new Map(list.map((p) => [p, this.stateOf(p)]));
+    for (const [p, ps] of this.priorities) {
+      const st = states.get(p)!;
+      if (!ps.active || st === ps.last) continue;
+      ps.last = st;
+      if (st === "ready") {
+        this.stopTimer(ps);
+        ps.expired = false;
+        ps.seenReady = true;
+      } else if (st === "transient_failure") {
+        this.stopTimer(ps);
+        ps.seenReady = false;
+      } else if (ps.seenReady) {
+        ps.expired = false;
+        this.startTimer(ps);
+      }
+    }
+    this.selected = this.choose(list, states);
+  }
+
+  private choose(list: readonly number[], states: ReadonlyMap<number, string>): number {
+    for (const [i, p] of list.entries()) {
+      let ps = this.priorities.get(p);
+      if (ps === undefined) this.priorities.set(p, (ps = { active: false, timer: undefined, expired: false, seenReady: false, last: undefined }));
+      const st = states.get(p);
+      if (!ps.active) {
+        ps.active = true;
+        ps.expired = false;
+        ps.last = st as PriorityState["last"];
+        if (st === "ready") ps.seenReady = true;
+        else if (st === "connecting") this.startTimer(ps);
+      }
+      if (st === "ready") {
+        for (const q of list.slice(i + 1)) {
+          const lower = this.priorities.get(q);
+          if (lower === undefined) continue;
+          lower.active = false;
+          this.stopTimer(lower);
+        }
+        return p;
+      }
+      if (ps.timer !== undefined) return p;
+    }
+    for (const p of list) if (states.get(p) === "connecting" && this.priorities.get(p)?.expired !== true) return p;
+    return list[list.length - 1] ?? 0;
+  }
+
   protected build(ready: readonly Subchannel<C>[]): Group<C>[] {
     const groups = new Map<string, { group: Group<C>; weight: number }>();
-    let priority = Infinity;
-    for (const s of ready) priority = Math.min(priority, s.endpoint.priority ?? 0);
+    const priority = this.selected;
     for (const s of ready) {
       const e = s.endpoint;
       if ((e.priority ?? 0) !== priority) continue;
@@ -306,10 +442,14 @@ export const leastOutstanding: BalancerFactory = <C extends PooledConnection>(op
   return new LeastOutstanding<C>();
 };
 
-/** `weighted_locality` (groups by Endpoint.locality weighted by Endpoint.localityWeight, round robin within each: xDS targets' default). */
+/** `weighted_locality` (groups by Endpoint.locality weighted by Endpoint.localityWeight, round robin within each, priorities with gRPC's failover timer: xDS targets' default). Option `failoverTimeoutMs` (default `KOALA_XDS_FAILOVER_TIMEOUT_MS`, else 10 000). */
 export const weightedLocality: BalancerFactory = <C extends PooledConnection>(options: Readonly<Record<string, unknown>>) => {
-  noOptions("weighted_locality", options);
-  return new WeightedLocality<C>();
+  const { failoverTimeoutMs: ms, ...rest } = options;
+  noOptions("weighted_locality", rest);
+  if (ms !== undefined && (typeof ms !== "number" || !Number.isInteger(ms) || ms < 1)) {
+    throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `balancer weighted_locality: option "failoverTimeoutMs" must be a whole number of milliseconds ≥ 1, got ${JSON.stringify(ms)}`);
+  }
+  return new WeightedLocality<C>(ms ?? failoverTimeoutMs());
 };
 
 /** `weighted_round_robin` (weights from the endpoints: see Endpoint.weight). */

@@ -119,7 +119,7 @@ function makeSource<C extends PooledConnection>(target: string, dialer: Dialer<C
   const resolver = resolverFor(t.scheme)!;
   const balancer = options.balancer !== "" ? options.balancer : (resolver.defaultBalancer ?? "pick_first");
   const makeBalancer = balancerFor(balancer);
-  const source = new ClusterSource<C>(t, resolver, makeBalancer<C>(options.balancerOptions), dialer, {
+  const source = new ClusterSource<C>(t, resolver, () => makeBalancer<C>(options.balancerOptions), dialer, {
     backoff: options.endpointBackoff,
     minResolveIntervalMs: options.minResolveIntervalMs,
     ...(serviceName === undefined ? {} : { healthCheck: { serviceName, checker: checker! } }),

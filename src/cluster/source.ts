@@ -1,8 +1,15 @@
 /**
- * The connection source of a resolved target: a resolver's endpoints, one subchannel each, and a
- * balancer that picks among the ready ones. Endpoints come and go live: a new one gets a
+ * The connection source of a resolved target: a resolver's endpoints, one subchannel each, and
+ * balancers that pick among the ready ones. Endpoints come and go live: a new one gets a
  * subchannel, a removed one is shut down gracefully (no new calls; its calls in flight finish,
  * then its connection closes), and the others are not touched.
+ *
+ * A resolver that routes per call (xDS) reports a {@link CallRouter} with its endpoints: then
+ * each cluster the routes name gets a balancer of its own (made when a route first names it,
+ * dropped when none does), over the endpoints of that cluster, and each call's pick goes to the
+ * balancer of the cluster its route gives. With one route to one cluster (the common case) the
+ * pick goes straight to that balancer, as with any other resolver: one field load more than the
+ * balancer's own pick.
  */
 import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
 import { log, logLimited } from "../log.js";
@@ -10,12 +17,44 @@ import { OutlierDetector, type OutlierDetectionSettings } from "./outlier.js";
 import type { BackoffOptions } from "./backoff.js";
 import { EndpointSubchannel } from "./subchannel.js";
 import type { Target } from "./target.js";
-import type { Balancer, ConnectionSource, Dialer, Endpoint, EndpointState, HealthChecker, PooledConnection, Resolver, ResolverFactory } from "./types.js";
+import type { Balancer, CallRouter, ConnectionSource, ConnectivityState, Dialer, Endpoint, EndpointState, HealthChecker, PooledConnection, Resolver, ResolverFactory, RoutedCall, Subchannel } from "./types.js";
 
 interface Waiter<C> {
   resolve(c: C): void;
   reject(err: unknown): void;
   waitForReady: (() => boolean) | undefined;
+  call: RoutedCall | undefined;
+}
+
+/**
+ * A subchannel as one cluster's balancer sees it, when its address is in more than one cluster
+ * (each with its own locality, weight and priority): the shared connection under this cluster's endpoint.
+ */
+class ClusterView<C extends PooledConnection> implements Subchannel<C> {
+  constructor(
+    readonly endpoint: Endpoint,
+    readonly sub: EndpointSubchannel<C>,
+  ) {}
+  get state(): ConnectivityState {
+    return this.sub.state;
+  }
+  get connection(): C | undefined {
+    return this.sub.connection;
+  }
+  get pickable(): boolean {
+    return this.sub.pickable;
+  }
+  requestConnection(): void {
+    this.sub.requestConnection();
+  }
+}
+
+/** One cluster's balancer and its members (every endpoint for a resolver that does not route). */
+interface Child<C extends PooledConnection> {
+  readonly name: string;
+  readonly balancer: Balancer<C>;
+  /** Its members by address: the subchannel itself, or a view of it with this cluster's endpoint. */
+  members: Map<string, Subchannel<C>>;
 }
 
 /** Settings of a {@link ClusterSource}. */
@@ -30,7 +69,7 @@ export interface ClusterSourceOptions {
   readonly outlierDetection?: OutlierDetectionSettings;
 }
 
-/** Connections to the endpoints a resolver reports, picked by a balancer. */
+/** Connections to the endpoints a resolver reports, picked by a balancer (one per cluster when the resolver routes calls). */
 export class ClusterSource<C extends PooledConnection> implements ConnectionSource<C> {
   private readonly subchannels = new Map<string, EndpointSubchannel<C>>();
   private readonly resolver: Resolver;
@@ -41,41 +80,68 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
   private resolveError: KoalaError | undefined;
   /** False until the first call: endpoints are only dialled once the channel is used (as gRPC channels start idle). */
   private active = false;
-  private pending: readonly Endpoint[] | undefined;
+  private pending: { endpoints: readonly Endpoint[]; router: CallRouter | undefined } | undefined;
   private readonly outlier: OutlierDetector<C> | undefined;
+  /** The routing of the last report, when the resolver routes per call. */
+  private router: CallRouter | undefined;
+  /** The balancers, in the router's cluster order (one, named "", without a router). */
+  private children: Child<C>[];
+  /** The balancer every call goes to when routing does not depend on the call (always without a router); else undefined. */
+  private direct: Balancer<C> | undefined;
 
   constructor(
     private readonly target: Target,
     resolverFactory: ResolverFactory,
-    private readonly balancer: Balancer<C>,
+    private readonly makeBalancer: () => Balancer<C>,
     private readonly dialer: Dialer<C>,
     private readonly options: ClusterSourceOptions,
   ) {
+    const only: Child<C> = { name: "", balancer: this.balancer(), members: new Map() };
+    this.children = [only];
+    this.direct = only.balancer;
     if (options.outlierDetection !== undefined) {
       this.outlier = new OutlierDetector<C>(options.outlierDetection, () => this.subchannels.values(), (s) => this.onPickableChange(s));
     }
-    this.resolver = resolverFactory(target, { onEndpoints: (e) => this.onEndpoints(e), onError: (e) => this.onResolveError(e) }, { minResolveIntervalMs: options.minResolveIntervalMs });
+    this.resolver = resolverFactory(target, { onEndpoints: (e, r) => this.onEndpoints(e, r), onError: (e) => this.onResolveError(e) }, { minResolveIntervalMs: options.minResolveIntervalMs });
   }
 
-  pick(): C | undefined {
-    return this.balancer.pick();
+  /** A new balancer (of one cluster), whose picker changes settle the waiting calls. */
+  private balancer(): Balancer<C> {
+    const b = this.makeBalancer();
+    b.onPicker = () => {
+      if (!this.closed) this.settleWaiters();
+    };
+    return b;
   }
 
-  wait(waitForReady?: () => boolean): Promise<C> {
+  pick(call?: RoutedCall): C | undefined {
+    const d = this.direct;
+    return d !== undefined ? d.pick() : this.routedPick(call);
+  }
+
+  /** The pick of a call the router sends to one of several clusters. */
+  private routedPick(call: RoutedCall | undefined): C | undefined {
+    const r = this.router;
+    if (r === undefined) return undefined;
+    const i = call === undefined ? 0 : r.route(call);
+    return i < 0 ? undefined : this.children[i]?.balancer.pick();
+  }
+
+  wait(waitForReady?: () => boolean, call?: RoutedCall): Promise<C> {
     if (this.closed) return Promise.reject(new RpcError(Code.UNAVAILABLE, "the channel is closed"));
     if (!this.active) {
       this.active = true;
       const p = this.pending;
       this.pending = undefined;
-      if (p !== undefined) this.onEndpoints(p);
+      if (p !== undefined) this.onEndpoints(p.endpoints, p.router);
     }
     // Connections that got a GOAWAY stay open for their calls; their endpoints connect again.
     for (const s of this.subchannels.values()) s.retireUnusable();
-    const c = this.balancer.pick();
+    const c = this.pick(call);
     if (c !== undefined) return Promise.resolve(c);
-    const failure = this.failFastReason();
-    if (failure !== undefined && (waitForReady === undefined || !waitForReady())) return Promise.reject(failure);
-    return new Promise<C>((resolve, reject) => this.waiters.push({ resolve, reject, waitForReady }));
+    const failure = this.failFastReason(call);
+    if (failure !== undefined && (failure.unrouted || waitForReady === undefined || !waitForReady())) return Promise.reject(failure.error);
+    return new Promise<C>((resolve, reject) => this.waiters.push({ resolve, reject, waitForReady, call }));
   }
 
   endpoints(): EndpointState[] {
@@ -92,38 +158,50 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
   }
 
   /**
-   * Why a call should fail now instead of waiting: the resolver failed and left no endpoints, or
-   * it reported none, or every endpoint is in transient failure. Undefined while something may
-   * still become ready (resolving, connecting, idle).
+   * Why a call should fail now instead of waiting: no route matches it (`unrouted`: it fails
+   * even with waitForReady, as in gRPC), its cluster has no endpoints (the resolver failed, found
+   * none, or the cluster is broken), or every endpoint of its cluster is in transient failure.
+   * Undefined while something may still become ready (resolving, connecting, idle).
    */
-  private failFastReason(): RpcError | undefined {
+  private failFastReason(call: RoutedCall | undefined): { error: RpcError; unrouted: boolean } | undefined {
     if (!this.resolved) return undefined;
-    if (this.subchannels.size === 0) {
-      const why = this.resolveError?.message ?? `the resolver found no endpoints for ${this.target.raw}`;
-      return new RpcError(Code.UNAVAILABLE, why, { cause: this.resolveError });
+    const r = this.router;
+    let child = this.children[0];
+    if (r !== undefined) {
+      const i = call === undefined ? 0 : r.route(call);
+      if (i < 0) return { error: new RpcError(Code.UNAVAILABLE, r.unrouted(call)), unrouted: true };
+      child = this.children[i];
+    }
+    const members = child?.members;
+    if (members === undefined || members.size === 0) {
+      const problem = child === undefined ? undefined : r?.problems.get(child.name);
+      const why = problem !== undefined && this.resolveError === undefined ? `cannot resolve ${this.target.raw}: ${problem}` : (this.resolveError?.message ?? `the resolver found no endpoints for ${this.target.raw}`);
+      return { error: new RpcError(Code.UNAVAILABLE, why, { cause: this.resolveError }), unrouted: false };
     }
     let last: unknown;
     let unhealthy = 0;
-    for (const s of this.subchannels.values()) {
+    for (const m of members.values()) {
+      const s = m instanceof ClusterView ? (m.sub as EndpointSubchannel<C>) : (m as EndpointSubchannel<C>);
       // As gRPC, an endpoint failing its health check counts as failing to connect.
       if (s.state === "ready" && s.serving === false) unhealthy++;
       else if (s.state !== "transient_failure") return undefined;
       else last = s.lastError;
     }
-    const n = this.subchannels.size;
-    if (unhealthy === n) return new RpcError(Code.UNAVAILABLE, `no endpoint of ${this.target.raw} (${n}) is serving ${JSON.stringify(this.options.healthCheck?.serviceName)} (health check)`);
-    return new RpcError(Code.UNAVAILABLE, `cannot connect to any endpoint of ${this.target.raw} (${n}${unhealthy > 0 ? `, ${unhealthy} not serving` : ""}): ${(last as Error)?.message ?? String(last)}`, { cause: last });
+    const n = members.size;
+    const of = r === undefined ? this.target.raw : `${this.target.raw} (cluster ${JSON.stringify(child!.name)})`;
+    if (unhealthy === n) return { error: new RpcError(Code.UNAVAILABLE, `no endpoint of ${of} (${n}) is serving ${JSON.stringify(this.options.healthCheck?.serviceName)} (health check)`), unrouted: false };
+    return { error: new RpcError(Code.UNAVAILABLE, `cannot connect to any endpoint of ${of} (${n}${unhealthy > 0 ? `, ${unhealthy} not serving` : ""}): ${(last as Error)?.message ?? String(last)}`, { cause: last }), unrouted: false };
   }
 
-  private onEndpoints(endpoints: readonly Endpoint[]): void {
+  private onEndpoints(endpoints: readonly Endpoint[], router?: CallRouter): void {
     if (this.closed) return;
     if (!this.active) {
-      this.pending = endpoints;
+      this.pending = { endpoints, router };
       return;
     }
     this.resolved = true;
     // An empty list after an error (a resolver that lost its name) keeps the error as the reason.
-    if (endpoints.length > 0) this.resolveError = undefined;
+    if (endpoints.length > 0 || router !== undefined) this.resolveError = undefined;
     const next = new Map<string, Endpoint>();
     for (const e of endpoints) if (!next.has(e.address)) next.set(e.address, e);
     for (const [address, s] of this.subchannels) {
@@ -132,17 +210,41 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
         s.shutdown(false);
       }
     }
-    const ordered: EndpointSubchannel<C>[] = [];
     for (const [address, e] of next) {
       let s = this.subchannels.get(address);
       if (s === undefined) {
         s = new EndpointSubchannel(e, this.dialer, this.options.backoff, (sub) => this.onState(sub));
         this.subchannels.set(address, s);
-      } else if (s.endpoint.weight !== e.weight || s.endpoint.locality !== e.locality || s.endpoint.localityWeight !== e.localityWeight || s.endpoint.priority !== e.priority) s.endpoint = e;
-      ordered.push(s);
+      } else if (!sameAttributes(s.endpoint, e)) s.endpoint = e;
     }
-    this.balancer.update(ordered);
+    this.updateChildren(endpoints, router);
     this.settleWaiters();
+  }
+
+  /** Gives each cluster's balancer its endpoints (making the balancers of clusters new to the routes, dropping the others). */
+  private updateChildren(endpoints: readonly Endpoint[], router: CallRouter | undefined): void {
+    this.router = router;
+    const names = router === undefined ? [""] : router.clusters;
+    const old = new Map(this.children.map((c) => [c.name, c]));
+    const children: Child<C>[] = names.map((name) => old.get(name) ?? { name, balancer: this.balancer(), members: new Map() });
+    const index = new Map(children.map((c, i) => [c.name, i]));
+    const lists: Subchannel<C>[][] = children.map(() => []);
+    const seen: Set<string>[] = children.map(() => new Set());
+    for (const e of endpoints) {
+      const i = router === undefined ? 0 : index.get(e.cluster ?? "");
+      if (i === undefined || seen[i]!.has(e.address)) continue;
+      seen[i]!.add(e.address);
+      const s = this.subchannels.get(e.address)!;
+      // The subchannel itself where its endpoint is this one (the first place of its address), else a view.
+      const prev = children[i]!.members.get(e.address);
+      const member = sameAttributes(s.endpoint, e) ? s : prev instanceof ClusterView && prev.sub === s && sameAttributes(prev.endpoint, e) ? prev : new ClusterView(e, s);
+      lists[i]!.push(member);
+    }
+    for (const [i, c] of children.entries()) c.members = new Map(lists[i]!.map((m) => [m.endpoint.address, m]));
+    // In place before the balancers hear of it: an update may connect, and a state change settle waiting calls.
+    this.children = children;
+    this.direct = router === undefined ? children[0]!.balancer : router.fixed >= 0 ? children[router.fixed]?.balancer : undefined;
+    for (const [i, c] of children.entries()) c.balancer.update(lists[i]!);
   }
 
   private onResolveError(err: KoalaError): void {
@@ -151,6 +253,14 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
     this.resolveError = err;
     logLimited("client.resolve-failed", "warn", "client", err.message);
     this.settleWaiters();
+  }
+
+  /** Tells the balancers that have `s` among their members that it changed. */
+  private notify(s: EndpointSubchannel<C>): void {
+    for (const c of this.children) {
+      const m = c.members.get(s.endpoint.address);
+      if (m !== undefined && (m === s || (m as ClusterView<C>).sub === s)) c.balancer.onStateChange(m);
+    }
   }
 
   private onState(s: EndpointSubchannel<C>): void {
@@ -162,7 +272,7 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
       s.healthWatch = undefined;
       s.serving = undefined;
     }
-    this.balancer.onStateChange(s);
+    this.notify(s);
     // A failed or lost connection may mean the name moved: ask the resolver (it rate-limits).
     if (s.state === "transient_failure" || s.state === "idle") this.resolver.refresh();
     this.settleWaiters();
@@ -187,20 +297,23 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
   /** A subchannel became pickable or stopped being so, without a change of connectivity state. */
   private onPickableChange(s: EndpointSubchannel<C>): void {
     if (this.closed || s.state === "shutdown") return;
-    this.balancer.onStateChange(s);
+    this.notify(s);
     this.settleWaiters();
   }
 
   /** Hands the waiting calls a connection, or fails those that should not wait any more. */
   private settleWaiters(): void {
     if (this.waiters.length === 0) return;
-    const failure = this.failFastReason();
     const waiting = this.waiters;
     this.waiters = [];
     for (const w of waiting) {
-      const c = this.balancer.pick();
-      if (c !== undefined) w.resolve(c);
-      else if (failure !== undefined && (w.waitForReady === undefined || !w.waitForReady())) w.reject(failure);
+      const c = this.pick(w.call);
+      if (c !== undefined) {
+        w.resolve(c);
+        continue;
+      }
+      const failure = this.failFastReason(w.call);
+      if (failure !== undefined && (failure.unrouted || w.waitForReady === undefined || !w.waitForReady())) w.reject(failure.error);
       else this.waiters.push(w);
     }
   }
@@ -214,6 +327,11 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
     const err = new RpcError(Code.UNAVAILABLE, "the channel is closed");
     for (const w of this.waiters.splice(0)) w.reject(err);
   }
+}
+
+/** True when two endpoints of one address carry the same balancing attributes. */
+function sameAttributes(a: Endpoint, b: Endpoint): boolean {
+  return a.weight === b.weight && a.locality === b.locality && a.localityWeight === b.localityWeight && a.priority === b.priority && a.cluster === b.cluster;
 }
 
 /** A resolver failure, as resolvers report it. */

@@ -31,12 +31,54 @@ export interface Endpoint {
    * ready endpoint, as gRPC's xDS priorities fail over. Other balancers ignore it.
    */
   readonly priority?: number;
+  /**
+   * The cluster it belongs to, when the resolver routes calls per method (xDS: a route names
+   * clusters, see {@link CallRouter}); each cluster gets a balancer of its own over its endpoints.
+   * An address in two clusters has one connection, shared.
+   */
+  readonly cluster?: string;
+}
+
+/**
+ * What the cluster layer sees of a call it routes: its method path and its request metadata.
+ * The rpc layer's client call is one (the cluster layer never imports rpc).
+ */
+export interface RoutedCall {
+  /** `/package.Service/Method`. */
+  readonly path: string;
+  /** The request metadata (read only when a route matches on headers). */
+  readonly metadata: { getAll(key: string): readonly (string | Uint8Array)[] };
+}
+
+/**
+ * Per-call routing a resolver gives with its endpoints (xDS: a virtual host's route list). The
+ * source keeps one balancer per entry of {@link clusters}, over the endpoints whose
+ * {@link Endpoint.cluster} names it, and picks each call's connection in the cluster `route()` gives.
+ */
+export interface CallRouter {
+  /** The clusters the routes name, in a fixed order (route() answers an index into it). */
+  readonly clusters: readonly string[];
+  /**
+   * The index in {@link clusters} every call goes to when routing does not depend on the call
+   * (one route matching everything, to one cluster), else -1: then `route()` runs per call.
+   */
+  readonly fixed: number;
+  /** The cluster of `call` (an index into {@link clusters}), or -1 when no route matches it. Per call: synchronous. */
+  route(call: RoutedCall | undefined): number;
+  /** Why `call` fails when no route matches it (a call with no route fails with UNAVAILABLE and this message). */
+  unrouted(call: RoutedCall | undefined): string;
+  /** Why a cluster has no endpoints, by name, for the calls routed there (it does not exist, its endpoints are missing, …). */
+  readonly problems: ReadonlyMap<string, string>;
 }
 
 /** What a resolver reports to. */
 export interface ResolverListener {
-  /** The complete list of endpoints now (it replaces the previous one; the order is the resolver's). */
-  onEndpoints(endpoints: readonly Endpoint[]): void;
+  /**
+   * The complete list of endpoints now (it replaces the previous one; the order is the
+   * resolver's), and the routing of calls among their clusters when the resolver routes per
+   * call (else every call may go to every endpoint).
+   */
+  onEndpoints(endpoints: readonly Endpoint[], router?: CallRouter): void;
   /** Resolution failed (KOALA_ERR_RESOLVE_FAILED naming the target and why); endpoints already known stay in use. */
   onError(error: KoalaError): void;
 }
@@ -139,6 +181,12 @@ export interface Balancer<C extends PooledConnection> {
   onStateChange(subchannel: Subchannel<C>): void;
   /** A ready connection for the next call, or undefined when there is none. */
   pick(): C | undefined;
+  /**
+   * Set by the source: the balancer calls it when picks may succeed now without any
+   * subchannel having changed state (weighted_locality: a failover timer fired), so that calls
+   * waiting for a connection get one.
+   */
+  onPicker?: (() => void) | undefined;
 }
 
 /** Makes a balancer; `options` are the balancer's own (checked by it, an unknown key an error naming it). */
@@ -146,14 +194,19 @@ export type BalancerFactory = <C extends PooledConnection>(options: Readonly<Rec
 
 /** What the rpc layer's channel asks for the connection of each call. */
 export interface ConnectionSource<C extends PooledConnection> {
-  /** The connection for the next call, or undefined when none is ready now (then {@link wait}). Runs per call: synchronous, allocation-free. */
-  pick(): C | undefined;
+  /**
+   * The connection for the next call, or undefined when none is ready now (then {@link wait}).
+   * Runs per call: synchronous, allocation-free. `call` is the call's method and metadata, for
+   * targets that route per call (xDS); without it, a routed target uses its first cluster.
+   */
+  pick(call?: RoutedCall): C | undefined;
   /**
    * The slow path: connects if nothing is connecting, and resolves with a connection once one is
    * ready. Rejects with UNAVAILABLE at once while every endpoint is backing off after a failure,
-   * unless `waitForReady()` says to keep waiting (until the call's deadline or cancellation).
+   * unless `waitForReady()` says to keep waiting (until the call's deadline or cancellation), and
+   * at once when no route matches `call` (a routed target).
    */
-  wait(waitForReady?: () => boolean): Promise<C>;
+  wait(waitForReady?: () => boolean, call?: RoutedCall): Promise<C>;
   /** The endpoints now, with their connectivity states and calls open (for `koala info`, dashboards and tests). */
   endpoints(): EndpointState[];
   /** Closes every connection and stops resolving; later calls fail with UNAVAILABLE. */

@@ -8,7 +8,7 @@ import { Code, ErrorCode, KoalaError, RpcError, clampCode, codeName, type Metada
 import { Fifo } from "../fifo.js";
 import { log, logLimited } from "../log.js";
 import { connect } from "../transport/index.js";
-import { createConnectionSource, type ConnectionSource, type Endpoint, type EndpointState, type PooledConnection } from "../cluster/index.js";
+import { createConnectionSource, type ConnectionSource, type Endpoint, type EndpointState, type PooledConnection, type RoutedCall } from "../cluster/index.js";
 import type { Connection, PeerCertificate } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
@@ -295,21 +295,22 @@ export class Channel {
   /**
    * The connection for the next call, connecting if there is none (or it was lost). While a
    * failed connect is backing off, fails at once with that failure — unless `waitForReady` is
-   * given: then it waits for the next attempts for as long as `waitForReady()` says.
+   * given: then it waits for the next attempts for as long as `waitForReady()` says. `call` is
+   * what a target that routes per call (xDS) routes by: its method path and metadata.
    */
-  connection(waitForReady?: () => boolean): ClientConnection | Promise<ClientConnection> {
-    const c = this.source.pick();
-    return c !== undefined ? c : this.source.wait(waitForReady);
+  connection(waitForReady?: () => boolean, call?: RoutedCall): ClientConnection | Promise<ClientConnection> {
+    const c = this.source.pick(call);
+    return c !== undefined ? c : this.source.wait(waitForReady, call);
   }
 
   /**
    * The connection for an attempt of a retried or hedged call: one not in `avoid` (where earlier
    * attempts went) when the balancer offers one within a few picks, else whatever it picks.
    */
-  connectionAvoiding(avoid: readonly ClientConnection[], waitForReady?: () => boolean): ClientConnection | Promise<ClientConnection> {
-    let c = this.source.pick();
-    for (let i = 0; i < 4 && c !== undefined && avoid.includes(c); i++) c = this.source.pick();
-    return c !== undefined ? c : this.source.wait(waitForReady);
+  connectionAvoiding(avoid: readonly ClientConnection[], waitForReady?: () => boolean, call?: RoutedCall): ClientConnection | Promise<ClientConnection> {
+    let c = this.source.pick(call);
+    for (let i = 0; i < 4 && c !== undefined && avoid.includes(c); i++) c = this.source.pick(call);
+    return c !== undefined ? c : this.source.wait(waitForReady, call);
   }
 
   /** Dials one endpoint: the transport connection, then the server's SETTINGS (a peer that sends none within the connect timeout is not a koala server). */
@@ -677,8 +678,8 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     const p = this.parent;
     const c =
       p !== undefined && p.retry!.tried.length > 0
-        ? this.channel.connectionAvoiding(p.retry!.tried, this.waitReady ? this.stillWaiting() : undefined)
-        : (this.pinned ?? this.channel.connection(this.waitReady ? this.stillWaiting() : undefined));
+        ? this.channel.connectionAvoiding(p.retry!.tried, this.waitReady ? this.stillWaiting() : undefined, this)
+        : (this.pinned ?? this.channel.connection(this.waitReady ? this.stillWaiting() : undefined, this));
     if (c instanceof ClientConnection) {
       if (c.hasRoom) this.open(c, request, requests);
       else this.openWhenAdmitted(c, request, requests);
@@ -708,7 +709,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     if (this.done) return;
     if (!cc.usable) {
       // Lost between the lookup and now (a GOAWAY or a close in the meantime): try the next connection once.
-      const next = this.pinned === undefined ? this.channel.connection() : undefined;
+      const next = this.pinned === undefined ? this.channel.connection(undefined, this) : undefined;
       if (next instanceof ClientConnection && next !== cc) return this.openWhenAdmitted(next, request, requests);
       if (this.x !== undefined) this.x.transparent = true;
       this.end(new RpcError(Code.UNAVAILABLE, `connection to ${this.channel.address} is not usable`));

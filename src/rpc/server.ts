@@ -629,6 +629,11 @@ class ServerCall extends CallInfoBase implements CallContext, CallInfo {
     return this.sc.conn.peerCertificate;
   }
 
+  /** The transport of the connection the call came on (`tcp`, `rdma`, …): the metrics engine counts served calls by it. */
+  get transport(): string {
+    return this.sc.conn.transport;
+  }
+
   get side(): "server" {
     return "server";
   }

@@ -150,6 +150,20 @@ export async function startControlPlane(port = 0): Promise<ControlPlane> {
   };
 }
 
+/** The port of the first {@link startOracleControlPlane} of this process (0 before it). */
+let oraclePort = 0;
+
+/**
+ * A control plane for a test file that drives grpc-js-xds: grpc-js-xds reads its bootstrap once
+ * per process (and the test runner runs every file in one process), so each such file starts its
+ * control plane on the port the first one got, and the bootstrap stays the same.
+ */
+export async function startOracleControlPlane(): Promise<ControlPlane> {
+  const cp = await startControlPlane(oraclePort);
+  oraclePort = Number(cp.address.split(":")[1]);
+  return cp;
+}
+
 /** A client listener `name` with an inline route (any domain, any path) to `cluster`. */
 export function listener(name: string, cluster: string): Obj {
   const hcm = {

@@ -219,7 +219,7 @@ test("a missing peer package is KOALA_ERR_DEPENDENCY_MISSING naming it", () => {
 });
 
 test("the virtual host is chosen as gRPC does: exact domain, then the longest *.suffix, then the longest prefix.*, then *", () => {
-  const vh = (...domains: string[]) => ({ domains, clusters: [{ name: domains[0]!, weight: 1 }] });
+  const vh = (...domains: string[]) => ({ name: domains[0]!, domains, routes: [] });
   const hosts = [vh("*"), vh("orders.*"), vh("ord*"), vh("*.example"), vh("*.shop.example"), vh("orders.shop.example")];
   const pick = (h: string) => matchVirtualHost(hosts, h)?.domains[0];
   assert.is(pick("orders.shop.example"), "orders.shop.example");

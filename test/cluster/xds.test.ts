@@ -11,11 +11,11 @@ import * as assert from "uvu/assert";
 import * as grpc from "@grpc/grpc-js";
 import * as grpcXds from "@grpc/grpc-js-xds";
 import { Code, clientChannel, closeClient, createClient, type Client } from "../../src/index.js";
-import { ENDPOINT } from "../../src/cluster/xds/protos.js";
+import { ENDPOINT, ROUTE } from "../../src/cluster/xds/protos.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { rejection, until } from "../helpers.js";
 import { portOf, startReplicas, stopReplicas, type Replica } from "./replicas.js";
-import { assignment, cluster, listener, rdsListener, snapshot, weightedRoute, startControlPlane, type ControlPlane, type LocalitySpec } from "./xds-control-plane.js";
+import { assignment, cluster, listener, rdsListener, snapshot, weightedRoute, startOracleControlPlane, type ControlPlane, type LocalitySpec } from "./xds-control-plane.js";
 
 const HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
 /** Calls per share measurement, per client. */
@@ -124,7 +124,7 @@ const FIRST: LocalitySpec[] = [
 ];
 
 test.before(async () => {
-  cp = await startControlPlane();
+  cp = await startOracleControlPlane();
   process.env.GRPC_XDS_BOOTSTRAP_CONFIG = cp.bootstrap;
   // A resource the control plane never names counts as absent after 1 s (15 s by default).
   process.env.KOALA_XDS_RESOURCE_TIMEOUT_MS = "1000";
@@ -211,7 +211,9 @@ test("RDS and weighted_clusters: the route's cluster weights scale each cluster'
     await sameShares({ "127.0.0.2": 0.25, "127.0.0.3": 0.375, "127.0.0.4": 0.1875, "127.0.0.5": 0.1875 }, kc, oc);
     split = { ...split, weights: [1, 1] };
     cp.set(mirrored(FIRST));
-    await until(() => clientChannel(k).endpoints().find((e) => e.address.startsWith("127.0.0.2:"))?.weight === 5000, "the new cluster weights at koala");
+    // Both clients ACK a version once they applied it.
+    const acked = (koalaSide: boolean) => cp.replies.some((r) => (r.agent === "koala-rpc") === koalaSide && r.typeUrl === ROUTE && r.version === cp.version && r.nack === undefined);
+    await until(() => acked(true) && acked(false), "both clients' ACK of the new route weights");
     await sameShares({ "127.0.0.2": 0.5, "127.0.0.3": 0.25, "127.0.0.4": 0.125, "127.0.0.5": 0.125 }, kc, oc);
   } finally {
     closeClient(k);

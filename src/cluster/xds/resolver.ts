@@ -36,7 +36,8 @@ import type { Target } from "../target.js";
 import type { Endpoint, Resolver, ResolverFactory, ResolverListener } from "../types.js";
 import { readBootstrap } from "./bootstrap.js";
 import { xdsClientFor, type ResourceWatcher, type XdsClient } from "./client.js";
-import { RESOURCE_TYPES, type ClusterConfig, type EndpointsConfig, type ListenerConfig, type RouteConfig, type VirtualHost, type WeightedCluster } from "./resources.js";
+import { RESOURCE_TYPES, type ClusterConfig, type EndpointsConfig, type ListenerConfig, type RouteConfig, type VirtualHost } from "./resources.js";
+import { XdsRouter } from "./routing.js";
 
 /** Integer weight units per whole share. */
 const WEIGHT_SCALE = 10_000;
@@ -100,7 +101,6 @@ export function endpointShares(clusters: ReadonlyMap<string, { readonly weight: 
 }
 
 interface ClusterWatch {
-  weight: number;
   stopCluster: () => void;
   stopEndpoints: (() => void) | undefined;
   edsName: string | undefined;
@@ -116,6 +116,8 @@ class XdsResolver implements Resolver {
   private routeName: string | undefined;
   private stopRoute: (() => void) | undefined;
   private clusters = new Map<string, ClusterWatch>();
+  /** The virtual host of the target in the route configuration now. */
+  private host: VirtualHost | undefined;
   private reported = false;
   private closed = false;
 
@@ -184,46 +186,37 @@ class XdsResolver implements Resolver {
   private onRoute(rc: RouteConfig, where: string): void {
     const vh = matchVirtualHost(rc.virtualHosts, this.target.path);
     if (vh === undefined) {
+      this.host = undefined;
       this.setClusters([]);
       this.fail(`xDS ${where} has no virtual host for ${JSON.stringify(this.target.path)}`, true);
       return;
     }
-    if (vh.clusters.length === 0) {
-      this.setClusters([]);
-      this.fail(`xDS ${where}: the first route of the virtual host for ${JSON.stringify(this.target.path)} routes to no cluster`, true);
-      return;
-    }
-    this.setClusters(vh.clusters);
+    this.host = vh;
+    const names: string[] = [];
+    for (const r of vh.routes) for (const c of r.clusters) if (!names.includes(c.name)) names.push(c.name);
+    this.setClusters(names);
+    this.report();
   }
 
-  /** Watches exactly `wanted` (with their weights), stopping the others. */
-  private setClusters(wanted: readonly WeightedCluster[]): void {
-    const names = new Set(wanted.map((c) => c.name));
-    let changed = false;
+  /** Watches exactly the clusters `wanted`, stopping the others. */
+  private setClusters(wanted: readonly string[]): void {
     for (const [name, cw] of this.clusters) {
-      if (names.has(name)) continue;
-      changed = true;
+      if (wanted.includes(name)) continue;
       this.clusters.delete(name);
       cw.stopEndpoints?.();
       cw.stopCluster();
     }
-    for (const c of wanted) {
-      const have = this.clusters.get(c.name);
-      if (have !== undefined) {
-        if (have.weight !== c.weight) changed = true;
-        have.weight = c.weight;
-        continue;
-      }
-      const cw: ClusterWatch = { weight: c.weight, stopCluster: () => {}, stopEndpoints: undefined, edsName: undefined, endpoints: undefined, problem: undefined };
-      this.clusters.set(c.name, cw);
-      const what = `cluster ${JSON.stringify(c.name)}`;
+    for (const name of wanted) {
+      if (this.clusters.has(name)) continue;
+      const cw: ClusterWatch = { stopCluster: () => {}, stopEndpoints: undefined, edsName: undefined, endpoints: undefined, problem: undefined };
+      this.clusters.set(name, cw);
+      const what = `cluster ${JSON.stringify(name)}`;
       cw.stopCluster = this.client.watch(
         RESOURCE_TYPES.cluster,
-        c.name,
+        name,
         this.watcher<ClusterConfig>(what, (cc) => this.onCluster(cw, cc), () => this.clusterProblem(cw, `xDS ${what} does not exist (control plane ${this.client.server})`)),
       );
     }
-    if (changed) this.report();
   }
 
   private onCluster(cw: ClusterWatch, cc: ClusterConfig): void {
@@ -252,23 +245,30 @@ class XdsResolver implements Resolver {
     this.report();
   }
 
-  /** Reports the endpoints of every cluster known so far, once each cluster is known or known to be broken. */
+  /**
+   * Reports the endpoints of every cluster the routes name, each with its cluster, and the
+   * router of the virtual host's routes, once each cluster is known or known to be broken.
+   */
   private report(): void {
+    const host = this.host;
+    if (host === undefined) return;
     const all = [...this.clusters.values()];
-    if (all.length === 0 || all.some((c) => c.endpoints === undefined && c.problem === undefined)) return;
-    const known = new Map<string, { weight: number; endpoints: EndpointsConfig }>();
-    for (const [name, c] of this.clusters) if (c.endpoints !== undefined) known.set(name, { weight: c.weight, endpoints: c.endpoints });
-    const shares = endpointShares(known);
-    if (shares.size === 0) {
-      const problems = all.map((c) => c.problem).filter((p) => p !== undefined);
-      this.fail(problems.length > 0 ? problems.join("; ") : `xDS: no healthy endpoint for ${JSON.stringify(this.target.path)}`, true);
+    if (all.some((c) => c.endpoints === undefined && c.problem === undefined)) return;
+    const endpoints: Endpoint[] = [];
+    const problems = new Map<string, string>();
+    const scaled = (share: number) => Math.max(1, Math.round(share * WEIGHT_SCALE));
+    for (const [name, c] of this.clusters) {
+      const shares = c.endpoints === undefined ? new Map<string, EndpointShare>() : endpointShares(new Map([[name, { weight: 1, endpoints: c.endpoints }]]));
+      if (shares.size === 0) problems.set(name, c.problem ?? `xDS: no healthy endpoint in cluster ${JSON.stringify(name)}`);
+      for (const [address, s] of shares) endpoints.push({ address, cluster: name, weight: scaled(s.share), locality: s.locality, localityWeight: scaled(s.localityShare), priority: s.priority });
+    }
+    if (endpoints.length === 0 && all.length > 0) {
+      const list = [...problems.values()];
+      this.fail(list.every((p) => p.startsWith("xDS: no healthy endpoint")) ? `xDS: no healthy endpoint for ${JSON.stringify(this.target.path)}` : list.join("; "), true);
       return;
     }
-    const endpoints: Endpoint[] = [];
-    const scaled = (share: number) => Math.max(1, Math.round(share * WEIGHT_SCALE));
-    for (const [address, s] of shares) endpoints.push({ address, weight: scaled(s.share), locality: s.locality, localityWeight: scaled(s.localityShare), priority: s.priority });
     this.reported = true;
-    this.listener.onEndpoints(endpoints);
+    this.listener.onEndpoints(endpoints, new XdsRouter(host, this.target.raw, problems));
   }
 }
 

@@ -6,8 +6,12 @@
  *
  * - Listener: an `api_listener` holding an HttpConnectionManager whose filters, if any, end
  *   with the router; routes inline (`route_config`) or by name (`rds` over ADS).
- * - RouteConfiguration: virtual hosts with domains; per host, the first route is used (koala
- *   balances per channel, not per call): its `cluster` or `weighted_clusters`.
+ * - RouteConfiguration: virtual hosts with domains and their routes, in order: each route's
+ *   match (`prefix`, `path` or `safe_regex` on the method path, `case_sensitive`, header
+ *   matchers, `runtime_fraction`'s default) and its `cluster` or `weighted_clusters`. As
+ *   grpc-js-xds: a `non_forwarding_action` route or a `cluster_header` one is kept out of the
+ *   list (it never takes a call), other actions (redirect, direct_response) and other path
+ *   specifiers are rejected.
  * - Cluster: type EDS, `lb_policy` ROUND_ROBIN (the default), `eds_config` over ADS.
  * - ClusterLoadAssignment: localities with their `load_balancing_weight` and `priority`;
  *   endpoints as IP addresses with a port, no duplicates; `health_status`.
@@ -21,11 +25,43 @@ export interface WeightedCluster {
   readonly weight: number;
 }
 
-/** A virtual host: the domains it answers for and its first route's clusters. */
-export interface VirtualHost {
-  readonly domains: readonly string[];
-  /** The clusters of the first route (one, weight 1, for a plain `cluster` action); empty when that route is not a forwarding route. */
+/**
+ * How a string (a method path, a header's value) is matched, as envoy's matchers say: `exact`,
+ * `prefix`, `suffix`, `contains` (each with `ignoreCase`), `regex` (the whole value), `present`
+ * (any value), `range` (an integer in [start, end)), `reject` (nothing: a matcher koala does not know, as grpc-js-xds).
+ */
+export type ValueMatch =
+  | { readonly kind: "exact" | "prefix" | "suffix" | "contains"; readonly value: string; readonly ignoreCase: boolean }
+  | { readonly kind: "regex"; readonly regex: RegExp; /** Its source, so that two versions compare by JSON. */ readonly source: string }
+  | { readonly kind: "present" | "reject" }
+  | { readonly kind: "range"; readonly start: number; readonly end: number };
+
+/** A header matcher of a route: the metadata key, how its value (all values joined with ",") matches, and `invert`. */
+export interface HeaderMatch {
+  readonly name: string;
+  readonly match: ValueMatch;
+  readonly invert: boolean;
+}
+
+/** A route's match: the method path, every header matcher, and the fraction of calls it takes (`runtime_fraction`'s default value). */
+export interface RouteMatch {
+  readonly path: ValueMatch;
+  readonly headers: readonly HeaderMatch[];
+  /** Undefined: every call that matches the rest. */
+  readonly fraction: { readonly numerator: number; readonly denominator: number } | undefined;
+}
+
+/** A forwarding route: its match and its clusters (one, weight 1, for a plain `cluster` action). */
+export interface Route {
+  readonly match: RouteMatch;
   readonly clusters: readonly WeightedCluster[];
+}
+
+/** A virtual host: its name, the domains it answers for, and its forwarding routes in order. */
+export interface VirtualHost {
+  readonly name: string;
+  readonly domains: readonly string[];
+  readonly routes: readonly Route[];
 }
 
 /** A checked RouteConfiguration. */
@@ -76,33 +112,134 @@ const num = (v: unknown): number => (typeof v === "number" ? v : 0);
 /** The value of a google.protobuf.UInt32Value, or undefined when unset. */
 const uint32Value = (v: unknown): number | undefined => (obj(v) === undefined ? undefined : num(obj(v)!.value));
 
+/** A regular expression matching a whole value (RE2 syntax, read by JavaScript's engine: the common subset is the same); an invalid one is an error. */
+function regexMatch(source: string, where: string, errors: string[]): ValueMatch {
+  try {
+    return { kind: "regex", regex: new RegExp(`^(?:${source})$`, "u"), source };
+  } catch (err) {
+    errors.push(`${where}: invalid regex ${JSON.stringify(source)}: ${(err as Error).message}`);
+    return { kind: "reject" };
+  }
+}
+
+const FRACTION_DENOMINATORS: Readonly<Record<string, number>> = { HUNDRED: 100, TEN_THOUSAND: 10_000, MILLION: 1_000_000 };
+
+/** An envoy StringMatcher. */
+function stringMatch(m: Obj, where: string, errors: string[]): ValueMatch {
+  const ignoreCase = m.ignore_case === true;
+  switch (m.match_pattern) {
+    case "exact":
+    case "prefix":
+    case "suffix":
+    case "contains":
+      return { kind: m.match_pattern, value: str(m[m.match_pattern]), ignoreCase };
+    case "safe_regex":
+      return regexMatch(str(obj(m.safe_regex)?.regex), `${where}.safe_regex`, errors);
+    default:
+      return { kind: "reject" };
+  }
+}
+
+function headerMatch(h: Obj, where: string, errors: string[]): HeaderMatch {
+  const name = str(h.name);
+  let match: ValueMatch;
+  switch (h.header_match_specifier) {
+    case "exact_match":
+    case "prefix_match":
+    case "suffix_match":
+      match = { kind: h.header_match_specifier.slice(0, -"_match".length) as "exact" | "prefix" | "suffix", value: str(h[h.header_match_specifier]), ignoreCase: false };
+      break;
+    case "safe_regex_match":
+      match = regexMatch(str(obj(h.safe_regex_match)?.regex), `${where}.safe_regex_match`, errors);
+      break;
+    case "range_match": {
+      const r = obj(h.range_match) ?? {};
+      match = { kind: "range", start: Math.trunc(num(r.start)), end: Math.trunc(num(r.end)) };
+      break;
+    }
+    case "present_match":
+      match = { kind: "present" };
+      break;
+    case "string_match":
+      match = stringMatch(obj(h.string_match) ?? {}, `${where}.string_match`, errors);
+      break;
+    case undefined:
+      match = { kind: "reject" };
+      break;
+    default:
+      errors.push(`${where}: unsupported header_match_specifier ${JSON.stringify(h.header_match_specifier)}`);
+      match = { kind: "reject" };
+  }
+  return { name, match, invert: h.invert_match === true };
+}
+
+function routeMatch(m: Obj, where: string, errors: string[]): RouteMatch {
+  // A BoolValue holding false decodes without its field: present and not true means false.
+  const ignoreCase = obj(m.case_sensitive) !== undefined && obj(m.case_sensitive)!.value !== true;
+  let path: ValueMatch;
+  switch (m.path_specifier) {
+    case "prefix":
+      path = { kind: "prefix", value: str(m.prefix), ignoreCase };
+      break;
+    case "path":
+      path = { kind: "exact", value: str(m.path), ignoreCase };
+      break;
+    case "safe_regex":
+      // As grpc-js-xds, case_sensitive does not apply to a regex.
+      path = regexMatch(str(obj(m.safe_regex)?.regex), `${where}.safe_regex`, errors);
+      break;
+    case undefined:
+      errors.push(`${where}: no path_specifier set`);
+      path = { kind: "reject" };
+      break;
+    default:
+      errors.push(`${where}: unsupported path_specifier ${JSON.stringify(m.path_specifier)}`);
+      path = { kind: "reject" };
+  }
+  const headers = arr(m.headers).map((h, k) => headerMatch(h, `${where}.headers[${k}]`, errors));
+  const dv = obj(obj(m.runtime_fraction)?.default_value);
+  const fraction = dv === undefined ? undefined : { numerator: num(dv.numerator), denominator: FRACTION_DENOMINATORS[str(dv.denominator) || "HUNDRED"] ?? 100 };
+  return { path, headers, fraction };
+}
+
 function routeConfig(rc: Obj, errors: string[]): RouteConfig {
   const virtualHosts: VirtualHost[] = [];
   for (const [i, vh] of arr(rc.virtual_hosts).entries()) {
     const domains = arr(vh.domains) as unknown as string[];
     if (domains.length === 0) errors.push(`virtual_hosts[${i}] has no domains`);
     for (const d of domains) if (typeof d !== "string" || d === "" || (d.indexOf("*") > 0 && d.indexOf("*") < d.length - 1) || d.split("*").length > 2) errors.push(`virtual_hosts[${i}]: invalid domain ${JSON.stringify(d)}`);
-    const routes = arr(vh.routes);
-    let clusters: WeightedCluster[] = [];
-    for (const [j, r] of routes.entries()) {
+    const routes: Route[] = [];
+    for (const [j, r] of arr(vh.routes).entries()) {
       const where = `virtual_hosts[${i}].routes[${j}]`;
-      if (obj(r.match) === undefined) errors.push(`${where}.match unset`);
-      if (r.action !== "route") continue; // redirect / direct_response / non_forwarding: not a route to a cluster
+      const m = obj(r.match);
+      if (m === undefined) errors.push(`${where}.match unset`);
+      const match = routeMatch(m ?? {}, `${where}.match`, errors);
+      if (r.action === "non_forwarding_action") continue; // as grpc-js-xds: never takes a call
+      if (r.action !== "route") {
+        errors.push(`${where}: unsupported action ${JSON.stringify(r.action ?? "unset")}`);
+        continue;
+      }
       const action = obj(r.route)!;
-      let got: WeightedCluster[] = [];
+      let clusters: WeightedCluster[];
       if (action.cluster_specifier === "cluster") {
         if (str(action.cluster) === "") errors.push(`${where}.route.cluster is empty`);
-        got = [{ name: str(action.cluster), weight: 1 }];
+        clusters = [{ name: str(action.cluster), weight: 1 }];
       } else if (action.cluster_specifier === "weighted_clusters") {
         const list = arr(obj(action.weighted_clusters)?.clusters);
-        got = list.map((c) => ({ name: str(c.name), weight: uint32Value(c.weight) ?? 0 }));
-        if (got.some((c) => c.name === "")) errors.push(`${where}.route.weighted_clusters has a cluster without a name`);
-        if (got.reduce((a, c) => a + c.weight, 0) <= 0) errors.push(`${where}.route.weighted_clusters: total weight is 0`);
-        got = got.filter((c) => c.weight > 0);
-      } else errors.push(`${where}.route: unsupported cluster_specifier ${JSON.stringify(action.cluster_specifier ?? "unset")}`);
-      if (j === 0) clusters = got;
+        clusters = list.map((c) => ({ name: str(c.name), weight: uint32Value(c.weight) ?? 0 }));
+        if (clusters.some((c) => c.name === "")) errors.push(`${where}.route.weighted_clusters has a cluster without a name`);
+        const total = clusters.reduce((a, c) => a + c.weight, 0);
+        if (total <= 0) errors.push(`${where}.route.weighted_clusters: total weight is 0`);
+        if (total > 0xffff_ffff) errors.push(`${where}.route.weighted_clusters: total weight is more than 2^32 - 1`);
+        clusters = clusters.filter((c) => c.weight > 0);
+      } else if (action.cluster_specifier === "cluster_header") continue; // as grpc-js-xds: accepted, never takes a call
+      else {
+        errors.push(`${where}.route: unsupported cluster_specifier ${JSON.stringify(action.cluster_specifier ?? "unset")}`);
+        continue;
+      }
+      routes.push({ match, clusters });
     }
-    virtualHosts.push({ domains, clusters });
+    virtualHosts.push({ name: str(vh.name), domains, routes });
   }
   return { virtualHosts };
 }

@@ -1,6 +1,8 @@
 /**
  * The `metrics` engine: counts calls by method, side and status code, and a latency histogram
- * per method; and the attempts of calls with a retry or hedging policy (every channel of the
+ * per method; calls by method and transport, on each side (the client's: the connection the
+ * call went on; the server's: the connection it came on, so one server listening on tcp and
+ * rdma shows how its calls arrive); and the attempts of calls with a retry or hedging policy (every channel of the
  * process, whatever the engine's scope: they come from the `koala:rpc.attempt` diagnostics
  * channel, not from the calls it sees), by method and outcome; exposed as Prometheus text (`render()`; `koala ctl metrics` and the optional HTTP
  * endpoint serve it). It never holds or rejects a call.
@@ -38,8 +40,12 @@ interface Series {
 export interface MetricsEngine extends Engine {
   /** Attempts of calls with a retry or hedging policy counted so far, by method path and outcome (all outcomes when omitted). */
   attempts(path: string, outcome?: AttemptOutcome): number;
-  /** Client calls counted so far by method path and the transport they went on ("none": they never had a connection). */
-  byTransport(path: string, transport: string): number;
+  /**
+   * Calls counted so far by method path and transport: client calls by the transport they went
+   * on ("none": they never had a connection), or with `side` "server", served calls by the
+   * transport of the connection they came on.
+   */
+  byTransport(path: string, transport: string, side?: "client" | "server"): number;
   /** Calls counted so far, by `side path code` (for tests and dashboards). */
   count(side: "client" | "server", path: string, code?: Code): number;
   /**
@@ -62,8 +68,9 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
   let series = newSeries();
   // Attempts by method path, then outcome.
   let attempts = new Map<string, Map<AttemptOutcome, number>>();
-  // Client calls by method path, then transport.
+  // Client calls by method path, then transport; and served calls.
   let transports = new Map<string, Map<string, number>>();
+  let served = new Map<string, Map<string, number>>();
   const onAttempt = (message: unknown) => {
     const e = message as AttemptEvent;
     let m = attempts.get(e.path);
@@ -87,12 +94,12 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
     },
     onEnd(call: CallInfo, error: RpcError | undefined) {
       const s = seriesOf(call.side, call.path);
-      if (call.side === "client") {
-        const t = (call as ClientCallInfo).transport ?? "none";
-        let m = transports.get(call.path);
-        if (m === undefined) transports.set(call.path, (m = new Map()));
-        m.set(t, (m.get(t) ?? 0) + 1);
-      }
+      // The server's call reads its connection's transport (a field of the connection, set once).
+      const t = (call as ClientCallInfo).transport ?? "none";
+      const by = call.side === "client" ? transports : served;
+      let m = by.get(call.path);
+      if (m === undefined) by.set(call.path, (m = new Map()));
+      m.set(t, (m.get(t) ?? 0) + 1);
       const code = error?.code ?? Code.OK;
       s.codes.set(code, (s.codes.get(code) ?? 0) + 1);
       const seconds = (Date.now() - call.startedAt) / 1000;
@@ -100,8 +107,8 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
       s.count++;
       for (let i = 0; i < o.bucketsSeconds.length; i++) if (seconds <= o.bucketsSeconds[i]!) s.buckets[i]!++;
     },
-    byTransport(path, transport) {
-      return transports.get(path)?.get(transport) ?? 0;
+    byTransport(path, transport, side = "client") {
+      return (side === "client" ? transports : served).get(path)?.get(transport) ?? 0;
     },
     attempts(path, outcome) {
       const m = attempts.get(path);
@@ -137,6 +144,8 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
       }
       lines.push("# HELP koala_client_calls_by_transport_total Client calls ended, by method and the transport of the connection they went on (none: they never had one).", "# TYPE koala_client_calls_by_transport_total counter");
       for (const [path, m] of transports) for (const [t, n] of m) lines.push(`koala_client_calls_by_transport_total{method="${labelValue(path)}",transport="${t}"} ${n}`);
+      lines.push("# HELP koala_server_calls_by_transport_total Server calls ended, by method and the transport of the connection they came on.", "# TYPE koala_server_calls_by_transport_total counter");
+      for (const [path, m] of served) for (const [t, n] of m) lines.push(`koala_server_calls_by_transport_total{method="${labelValue(path)}",transport="${t}"} ${n}`);
       lines.push(
         "# HELP koala_client_attempts_total Attempts of client calls with a retry or hedging policy, by method and outcome (ok / failed: the call's answer; retried: failed, the call went on; transparent: refused unprocessed, sent again; cancelled: lost to another hedge or ended with its call).",
         "# TYPE koala_client_attempts_total counter",
@@ -150,11 +159,12 @@ export function metricsEngine(name: string, input: Record<string, unknown> = {})
       o = next;
     },
     exportState() {
-      return { series, buckets: o.bucketsSeconds, attempts, transports };
+      return { series, buckets: o.bucketsSeconds, attempts, transports, served };
     },
     importState(state: unknown) {
-      const s = state as { series: SeriesBySide; buckets: readonly number[]; attempts?: Map<string, Map<AttemptOutcome, number>>; transports?: Map<string, Map<string, number>> };
+      const s = state as { series: SeriesBySide; buckets: readonly number[]; attempts?: Map<string, Map<AttemptOutcome, number>>; transports?: Map<string, Map<string, number>>; served?: Map<string, Map<string, number>> };
       if (s.transports !== undefined) transports = s.transports;
+      if (s.served !== undefined) served = s.served;
       if (s.buckets.join() === o.bucketsSeconds.join()) series = s.series;
       if (s.attempts !== undefined) attempts = s.attempts;
     },
