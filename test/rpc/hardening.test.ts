@@ -115,7 +115,9 @@ test("many streams within their own windows cannot pass the connection window: r
       for (let i = 0; i < 12; i++) raw.send(rawFrame({ type: FrameType.DATA, callId: id, body: chunk }));
     }
     await raw.conn.closed;
-    assert.ok(server.stats().unconsumedStreamBytes <= CONNECTION_WINDOW_BYTES);
+    // PROTOCOL.md's bound: the window, plus the one message accepted while under it that takes it past.
+    const heldByRaw = server.stats().unconsumedStreamBytes;
+    assert.ok(heldByRaw <= CONNECTION_WINDOW_BYTES + 64 * KiB + 64, `${heldByRaw} bytes held`);
     release.length = 0; // the raw client's handlers wait forever; only the compliant client's count below
 
     // Compliant: the same load from a real client waits for credit instead; the server holds one window.
