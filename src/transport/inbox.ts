@@ -80,12 +80,16 @@ export class Inbox implements AsyncIterable<Uint8Array> {
     try {
       receiver(message);
     } catch (err) {
-      // A receiver that threw has lost track of the stream: later messages must not reach it.
-      this.failed = true;
-      this.queue.drain();
-      this.queuedBytes = 0;
-      this.onReceiverError(err);
+      this.receiverFailed(err);
     }
+  }
+
+  /** A receiver that threw has lost track of the stream: later messages must not reach it, and the transport is told. */
+  private receiverFailed(err: unknown): void {
+    this.failed = true;
+    this.queue.drain();
+    this.queuedBytes = 0;
+    this.onReceiverError(err);
   }
 
   /** Messages waiting to be delivered. */
@@ -124,10 +128,7 @@ export class Inbox implements AsyncIterable<Uint8Array> {
       try {
         r(buf, start, end);
       } catch (err) {
-        this.failed = true;
-        this.queue.drain();
-        this.queuedBytes = 0;
-        this.onReceiverError(err);
+        this.receiverFailed(err);
       }
       return;
     }
