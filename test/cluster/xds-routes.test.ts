@@ -56,8 +56,8 @@ async function startBackends(): Promise<void> {
   }
 }
 
-/** The snapshot: for both clients, the route list `routes` (each route's cluster a letter), clusters a, b, c with one endpoint each. */
-function table(routes: readonly { readonly match: Obj; readonly to: ClusterName }[]) {
+/** The snapshot: for both clients, the route list `routes` (each route's cluster a letter, or "missing": a cluster the control plane does not serve), clusters a, b, c with one endpoint each. */
+function table(routes: readonly { readonly match: Obj; readonly to: ClusterName | "missing" }[]) {
   const listeners: Obj[] = [];
   const clusters: Obj[] = [];
   const assignments: Obj[] = [];
@@ -109,12 +109,12 @@ function oracleCall(path: string, metadata: Record<string, string> = {}): Promis
  * clusters it names are known: after its ACK), then a few times more: every answer must still
  * satisfy it, and be the same each time. Returns both answers.
  */
-async function both(path: string, metadata: Record<string, string>, ok: (answer: string) => boolean): Promise<{ koala: string; oracle: string }> {
-  const end = Date.now() + 10_000;
+async function both(path: string, metadata: Record<string, string>, ok: (answer: string) => boolean, waitMs = 10_000): Promise<{ koala: string; oracle: string }> {
+  const end = Date.now() + waitMs;
   let k = await koalaCall(path, metadata);
   let o = await oracleCall(path, metadata);
   while (!(ok(k) && ok(o))) {
-    if (Date.now() > end) throw new Error(`${path} ${JSON.stringify(metadata)}: koala answered ${JSON.stringify(k)}, grpc-js-xds ${JSON.stringify(o)} after 10 s`);
+    if (Date.now() > end) throw new Error(`${path} ${JSON.stringify(metadata)}: koala answered ${JSON.stringify(k)}, grpc-js-xds ${JSON.stringify(o)} after ${waitMs / 1000} s`);
     await sleep(50);
     k = await koalaCall(path, metadata);
     o = await oracleCall(path, metadata);
@@ -217,6 +217,21 @@ test("a call no route matches fails with UNAVAILABLE naming its method and the v
   assert.is(got.koala, `code ${Code.UNAVAILABLE}: failed to route call to method ${UNARY}: no route of xDS virtual host "vh" (xds:///routes) matches it`);
   const err = await rejection(koala.unary({}, { timeoutMs: 5000, waitForReady: true }));
   assert.is(err.code, Code.UNAVAILABLE, "waitForReady does not wait for a route");
+});
+
+test("a route to a cluster the control plane does not serve: its calls fail with UNAVAILABLE naming the cluster (grpc-js-xds: UNAVAILABLE too), the other routes keep working", async () => {
+  await apply([{ match: { path: UNARY }, to: "missing" }, { match: { prefix: "" }, to: "b" }]);
+  await routed(HOST_OF.b, STREAM);
+  // Until a client applies the table, the last one (no route for UNARY) answers. grpc-js-xds
+  // applies it once it gives up on the cluster, after its fixed 15 s resource timer (koala's is
+  // 1 s here, KOALA_XDS_RESOURCE_TIMEOUT_MS).
+  const got = await both(UNARY, {}, (a) => a.startsWith("code ") && !/failed to route/i.test(a), 25_000);
+  assert.match(got.oracle, new RegExp(`^code ${Code.UNAVAILABLE}: .*missing`));
+  assert.match(got.koala, new RegExp(`^code ${Code.UNAVAILABLE}: cannot resolve xds:///routes: xDS cluster "missing" does not exist`));
+  // The table that serves it after all: its calls go there.
+  await apply([{ match: { path: UNARY }, to: "c" }, { match: { prefix: "" }, to: "b" }]);
+  await routed(HOST_OF.c, UNARY);
+  await routed(HOST_OF.b, STREAM);
 });
 
 test("matchers one by one (the parts the oracle cases above do not reach)", () => {

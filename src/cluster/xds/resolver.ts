@@ -1,9 +1,10 @@
 /**
  * The `xds` resolver: `xds:///orders` follows the chain the control plane serves over the
  * process's shared ADS stream — Listener `orders` (name from the bootstrap's template) → its
- * RouteConfiguration (inline or RDS) → the virtual host whose domains match `orders` → its first
- * route's cluster(s) → Cluster (EDS) → ClusterLoadAssignment — and reports the endpoints with
- * weights, again at every change anywhere in the chain.
+ * RouteConfiguration (inline or RDS) → the virtual host whose domains match `orders` → the
+ * clusters its routes name → Cluster (EDS) → ClusterLoadAssignment — and reports the endpoints
+ * with weights, each with its cluster, and the router that picks a call's route (routing.ts),
+ * again at every change anywhere in the chain.
  *
  * Weights reproduce the per-endpoint shares grpc-js-xds 1.14 gives under the ROUND_ROBIN
  * lb_policy (its `xds_wrr_locality` → `weighted_target` over localities → `round_robin` in each):
