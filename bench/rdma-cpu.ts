@@ -19,8 +19,12 @@
  * `--thresh-sweep` measures instead what decides KOALA_RNDV_THRESH: the transport's JavaScript
  * CPU for messages of 2 to 32 KiB sent eagerly and by rendezvous.
  *
- *   node --import tsx bench/rdma-cpu.ts [--ms N] [--window N] [--thresh-sweep]
+ * `--only TEXT` runs the cases whose label contains TEXT; `--save-profiles DIR` writes each
+ * case's CPU profile there (open it in Chrome's DevTools, or read its self times).
+ *
+ *   node --import tsx bench/rdma-cpu.ts [--ms N] [--window N] [--thresh-sweep] [--only TEXT] [--save-profiles DIR]
  */
+import { mkdirSync, writeFileSync } from "node:fs";
 import { existsSync } from "node:fs";
 import { Session } from "node:inspector/promises";
 import { dirname, join } from "node:path";
@@ -36,6 +40,12 @@ const arg = (flag: string, def: number): number => {
   return i < 0 ? def : Number(args[i + 1]);
 };
 const RUN_MS = arg("--ms", 1500);
+const text = (flag: string): string | undefined => {
+  const i = args.indexOf(flag);
+  return i < 0 ? undefined : args[i + 1];
+};
+const ONLY = text("--only");
+const PROFILES = text("--save-profiles");
 const WINDOW = arg("--window", 16);
 
 interface Case {
@@ -145,6 +155,10 @@ async function echoRun(c: Case, session: Session): Promise<string[]> {
   await done;
   client.close();
   await listener.close();
+  if (PROFILES !== undefined) {
+    mkdirSync(PROFILES, { recursive: true });
+    writeFileSync(join(PROFILES, `${c.label.replace(/[^a-z0-9]+/gi, "-")}.cpuprofile`), JSON.stringify(profile));
+  }
   const a = attribute(profile.nodes as ProfileNode[]);
   const samples = a.transport + a.provider + a.other;
   const cpuUs = cpu.user + cpu.system;
@@ -183,7 +197,7 @@ const SWEEP: Case[] = [2048, 8192, 16384, 32768].flatMap((bytes) => [
   { label: `rdma (soft), ${bytes / 1024} KiB rendezvous`, address: "rdma://127.0.0.1:0", bytes, thresh: "1K" },
 ]);
 const rows: string[][] = [];
-for (const c of args.includes("--thresh-sweep") ? SWEEP : CASES) rows.push(await echoRun(c, session));
+for (const c of args.includes("--thresh-sweep") ? SWEEP : CASES) if (ONLY === undefined || c.label.includes(ONLY)) rows.push(await echoRun(c, session));
 const head = ["path, message", "messages/s", "CPU µs/msg", "transport JS", "provider", "other JS", "other threads"];
 const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
 const line = (r: string[]) => `| ${r.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join(" | ")} |`;
