@@ -63,7 +63,39 @@ class MemoryConnection extends InboxReader implements Connection {
     return this.unread;
   }
 
+  /** Where a reserved message starts in the buffer reserve() returned: always 0 (the buffer is the message). */
+  readonly reservedOffset = 0;
+  /** The buffer of the last reserve(), until commit() or a send() takes it away. */
+  private reserved: Uint8Array | undefined;
+
+  /**
+   * Room for one message of `bytes`: the buffer that will be the message the peer receives
+   * (what send() would copy into), so a message encoded there is not copied. Undefined over
+   * `coalesceMaxBytes`, as on sockets (a larger message goes by send(), from the caller's
+   * memory), and over `maxMessageBytes` (send() reports it).
+   */
+  reserve(bytes: number): Uint8Array | undefined {
+    if (this.closeReason !== undefined) throw new KoalaError(ErrorCode.CLOSED, `reserve() on a closed connection: ${this.closeReason.message}`, { cause: this.closeReason });
+    this.reserved = undefined;
+    if (bytes > this.options.coalesceMaxBytes || bytes > this.options.maxMessageBytes) return undefined;
+    this.reserved = new Uint8Array(bytes);
+    return this.reserved;
+  }
+
+  /** Sends the message written into the last reserve()'s buffer; returns as send() does. */
+  commit(): boolean {
+    const m = this.reserved;
+    if (m === undefined) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "commit() without a reservation (none made, or a send() came in between)");
+    this.reserved = undefined;
+    if (this.closeReason !== undefined) throw new KoalaError(ErrorCode.CLOSED, `commit() on a closed connection: ${this.closeReason.message}`, { cause: this.closeReason });
+    this.unread += m.byteLength;
+    this.outbox.push(m);
+    this.scheduleFlush();
+    return this.unread <= this.options.highWaterMarkBytes;
+  }
+
   send(parts: readonly Uint8Array[], onWritten?: () => void): boolean {
+    this.reserved = undefined;
     if (this.closeReason !== undefined) throw new KoalaError(ErrorCode.CLOSED, `send() on a closed connection: ${this.closeReason.message}`, { cause: this.closeReason });
     let total = 0;
     for (const p of parts) total += p.byteLength;
