@@ -12,7 +12,7 @@
  * 256 in flight. On this machine three processes (client, daemon, server) share two cores in
  * managed mode, two in library mode: read the ratios with that in mind.
  *
- *   node --import tsx bench/managed.ts [--rounds N] [--ms N] [--poll-us N] [--out FILE]
+ *   node --import tsx bench/managed.ts [--rounds N] [--ms N] [--poll-us N] [--poll-mode adaptive|fixed] [--out FILE]
  *     [--cpu-prof-daemon DIR] [--cpu-prof-server DIR] [--managed-only] [--only p50|calls|big]
  */
 import { spawn, type ChildProcess } from "node:child_process";
@@ -40,7 +40,9 @@ if (role === "--server") {
   process.stdout.write(`${await server.listen("tcp://127.0.0.1:0")}\n`);
   process.once("SIGINT", () => process.exit(0)); // a profiled server writes its profile as it exits
 } else if (role === "--daemon") {
-  const d = await startDaemon({ socketPath: process.argv[3]!, pollUs: Number(process.argv[4] ?? 0), policy: null });
+  const us = process.argv[4];
+  const mode = process.argv[5];
+  const d = await startDaemon({ socketPath: process.argv[3]!, pollUs: us === undefined || us === "" ? undefined : Number(us), pollMode: mode === undefined || mode === "" ? undefined : (mode as "adaptive" | "fixed"), policy: null });
   process.stdout.write(`${d.socketPath}\n`);
   process.once("SIGINT", () => void d.close().then(() => process.exit(0)));
 } else {
@@ -132,24 +134,27 @@ async function measure(client: Client, ms: number, only: string | undefined): Pr
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, ms: { type: "string", default: "1500" }, "poll-us": { type: "string", default: "0" }, out: { type: "string" }, "cpu-prof-daemon": { type: "string" }, "cpu-prof-server": { type: "string" }, "managed-only": { type: "boolean", default: false }, only: { type: "string" } } });
+  const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, ms: { type: "string", default: "1500" }, "poll-us": { type: "string", default: "" }, "poll-mode": { type: "string", default: "" }, out: { type: "string" }, "cpu-prof-daemon": { type: "string" }, "cpu-prof-server": { type: "string" }, "managed-only": { type: "boolean", default: false }, only: { type: "string" } } });
   const only = values.only;
   if (only !== undefined && !["p50", "calls", "big"].includes(only)) throw new Error("--only takes p50, calls or big");
   const rounds = Number(values.rounds);
   const ms = Number(values.ms);
-  const pollUs = Number(values["poll-us"]);
+  // Empty: the defaults (adaptive, at most 200 µs); main before adaptive polling slept at once.
+  const pollUs = values["poll-us"];
+  const pollMode = values["poll-mode"];
   const dir = mkdtempSync(join(os.tmpdir(), "koala-bench-managed-"));
   const socket = join(dir, "daemon.sock");
   const children: ChildProcess[] = [];
   try {
     const server = await child(["--server"], {}, values["cpu-prof-server"]);
     children.push(server.proc);
-    const daemon = await child(["--daemon", socket, String(pollUs)], {}, values["cpu-prof-daemon"]);
+    const daemon = await child(["--daemon", socket, pollUs, pollMode], {}, values["cpu-prof-daemon"]);
     children.push(daemon.proc);
     watched.server = server.proc.pid!;
     watched.daemon = daemon.proc.pid!;
     process.env.KOALA_DAEMON_SOCKET = socket;
-    process.env.KOALA_MANAGED_POLL_US = String(pollUs);
+    if (pollUs !== "") process.env.KOALA_MANAGED_POLL_US = pollUs;
+    if (pollMode !== "") process.env.KOALA_MANAGED_POLL = pollMode;
     const library = createClient(EchoService, server.line);
     const managed = createClient(EchoService, `managed:///${server.line}`);
     const rows: Record<"library" | "managed", Row[]> = { library: [], managed: [] };
@@ -163,7 +168,7 @@ async function main(): Promise<void> {
     const medCpu = (mode: "library" | "managed", k: keyof Row["cpuPerCall"]) => median(rows[mode].map((x) => x.cpuPerCall[k]));
     const fmt = (v: number, d = 0) => v.toFixed(d);
     const lines = [
-      `bench:managed — ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"}), node ${process.version}, tcp to the server, ${rounds} interleaved rounds of ${ms} ms per scenario, medians; KOALA_MANAGED_POLL_US=${pollUs}`,
+      `bench:managed — ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"}), node ${process.version}, tcp to the server, ${rounds} interleaved rounds of ${ms} ms per scenario, medians; KOALA_MANAGED_POLL_US=${pollUs === "" ? "(default)" : pollUs} KOALA_MANAGED_POLL=${pollMode === "" ? "(default)" : pollMode}`,
       "",
       "scenario                         library     managed   managed/library   managed - library",
     ];
