@@ -7,7 +7,8 @@
  * the kernel) and calls `onWritten` at once, or lends the ring itself to encode into
  * (`reserve` / `commit`: no copy at all); when the ring is full the message waits in a queue
  * here, and `send` reports backpressure past `highWaterMarkBytes`. The peer is woken once per
- * tick that wrote. Receiving hands out views of the ring (`copyReceived: false`, the daemon,
+ * tick that wrote, and only if it sleeps: after a tick that wrote, an end keeps looking at its
+ * receive ring for the answer a while (poll.ts), so a call and its reply cost no wake-up at all. Receiving hands out views of the ring (`copyReceived: false`, the daemon,
  * which releases every message) or copies, a batch of records into one buffer (`true`, the
  * application: its RPC client never releases a response, PROTOCOL.md §4).
  */
@@ -81,6 +82,8 @@ export class ShmConnection extends InboxReader implements Connection {
   readonly maxMessageBytes: number;
   /** Wake-up bytes written (for tests and the benchmark: a busy ring writes few). */
   wakeupsSent = 0;
+  /** Looks at the receive ring from a setImmediate turn (for tests: an idle end makes none). */
+  pollTurns = 0;
   private readonly native: ShmBinding;
   private readonly fd: number;
 
@@ -341,6 +344,7 @@ export class ShmConnection extends InboxReader implements Connection {
 
   private readonly pollAgain = (): void => {
     this.pollScheduled = false;
+    this.pollTurns++;
     this.pump();
   };
 
