@@ -75,6 +75,8 @@ export class PollWindow {
   private outstanding = 0;
   /** When the oldest unanswered write was noted. */
   private awaitSince = 0;
+  /** The end slept since the last write: the count of that write's answers is stale. */
+  private sleptSinceWrite = false;
   constructor(settings: PollSettings) {
     this.maxMs = settings.maxUs / 1000;
     this.adaptive = settings.mode === "adaptive";
@@ -87,6 +89,11 @@ export class PollWindow {
     return this.maxMs === 0;
   }
 
+  /** The end went to sleep (its window had closed). */
+  slept(): void {
+    this.sleptSinceWrite = true;
+  }
+
   /** An event of `kind` (READ: records found; WRITE: records published), of `records` records, at `now` (performance.now()). */
   note(kind: typeof READ | typeof WRITE, records: number, now: number): void {
     if (this.maxMs === 0) return;
@@ -95,7 +102,13 @@ export class PollWindow {
       return;
     }
     if (kind === WRITE) {
-      if (this.outstanding === 0) this.awaitSince = now;
+      // After a sleep the count starts again: writes that get fewer records back than they sent
+      // (a client stream, a message in several frames) must not keep an end looking for good.
+      if (this.outstanding === 0 || this.sleptSinceWrite) {
+        this.awaitSince = now;
+        this.outstanding = 0;
+      }
+      this.sleptSinceWrite = false;
       this.outstanding += records;
     } else if (this.outstanding > 0) {
       // A wait longer than twice the cap says as much as one of twice the cap: one slow answer

@@ -327,7 +327,10 @@ export class ShmConnection extends InboxReader implements Connection {
             break;
           }
         }
-        if (this.reader.sleep()) break;
+        if (this.reader.sleep()) {
+          this.poll.slept();
+          break;
+        }
       }
     } catch (err) {
       const reason = err instanceof KoalaError ? err : new KoalaError(ErrorCode.PROTOCOL, String(err));

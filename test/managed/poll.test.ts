@@ -77,6 +77,14 @@ test("adaptive window: slow answers never widen it past the cap; batches count b
   assert.ok(d.deadline > now, "one of them still awaited: still looking");
   d.note(READ, 1, now + 0.02);
   assert.is(d.deadline, 0, "all 32 answered: asleep");
+  // A client stream: 10 records out, 1 back. Once the end has slept the count starts again.
+  d.note(WRITE, 10, now);
+  d.note(READ, 1, now + 0.05);
+  assert.ok(d.deadline > 0, "9 look unanswered");
+  d.slept();
+  d.note(WRITE, 1, now + 10);
+  d.note(READ, 1, now + 10.03);
+  assert.is(d.deadline, 0, "after a sleep the next call is counted afresh: answered, asleep");
 });
 
 test("fixed looks maxUs after every event; maxUs 0 never looks", () => {
