@@ -24,7 +24,13 @@ import { connect, parseAddress, type Connection, type ResolvedTransportOptions, 
 import { resolveTransportOptions } from "../transport/options.js";
 import type { PeerCredentials } from "./native.js";
 import { shmNative } from "./native.js";
-import { resolvePollSettings, type PollMode } from "./poll.js";
+import { integer, oneOf, resolveOptions, type OptionsSpec } from "../options.js";
+import { DEFAULT_POLL_US, MAX_POLL_US, type PollMode } from "./poll.js";
+
+const pollSpec: OptionsSpec<{ pollUs: number; pollMode: PollMode }> = {
+  pollUs: integer(DEFAULT_POLL_US, 0, MAX_POLL_US),
+  pollMode: oneOf<PollMode>("adaptive", ["adaptive", "fixed"]),
+};
 import { defaultDaemonSocket, listenSetup, type SetupListener } from "./setup.js";
 import type { ShmConnection } from "./shm-connection.js";
 import { enginePolicy, type FramePolicy, type FrameSession, type RelayPort } from "./policy.js";
@@ -35,7 +41,7 @@ export interface DaemonOptions {
   socketPath?: string;
   /**
    * Longest look at an application's empty ring after a ring event before sleeping, in
-   * microseconds (poll.ts); 0 sleeps at once. Default 200 (DEFAULT_POLL_US).
+   * microseconds (poll.ts); 0 sleeps at once. Default {@link DEFAULT_POLL_US} (200).
    */
   pollUs?: number;
   /** `adaptive` (look for twice the recent wait, at most `pollUs`) or `fixed` (look for `pollUs` after every event). Default `adaptive`. */
@@ -219,7 +225,8 @@ class Relay implements RelayPort {
 export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> {
   shmNative(); // fails now, naming the build command, when the addon is missing
   const socketPath = options.socketPath ?? defaultDaemonSocket();
-  const poll = resolvePollSettings("startDaemon(): polling", { maxUs: options.pollUs, mode: options.pollMode });
+  const checked = resolveOptions("startDaemon()", pollSpec, { pollUs: options.pollUs, pollMode: options.pollMode });
+  const poll = { maxUs: checked.pollUs, mode: checked.pollMode };
   const transport: ResolvedTransportOptions = resolveTransportOptions("startDaemon(): option \"transport\"", options.transport);
   const relays = new Set<Relay>();
   const policy = options.policy === null ? undefined : (options.policy ?? enginePolicy);
