@@ -6,13 +6,14 @@
  *
  * - p50 (µs) of 64 B unary calls, one in flight;
  * - calls/s of 64 B unary calls with 256 in flight;
- * - p50 (µs) and MB/s of 1 MiB unary calls (request and reply 1 MiB each), one in flight.
+ * - p50 (µs) and MB/s of 1 MiB unary calls (request and reply 1 MiB each), one in flight;
+ * - CPU µs per call of each process (client, daemon, server) at 256 and at 1 in flight.
  *
  * The issue's goal: managed adds at most 5 µs to p50 and costs at most 25% of the calls/s at
  * 256 in flight. On this machine three processes (client, daemon, server) share two cores in
  * managed mode, two in library mode: read the ratios with that in mind.
  *
- *   node --import tsx bench/managed.ts [--rounds N] [--ms N] [--poll-us N] [--out FILE]
+ *   node --import tsx bench/managed.ts [--rounds N] [--ms N] [--poll-us N] [--poll-mode adaptive|fixed] [--out FILE]
  *     [--cpu-prof-daemon DIR] [--cpu-prof-server DIR] [--managed-only] [--only p50|calls|big]
  */
 import { spawn, type ChildProcess } from "node:child_process";
@@ -40,7 +41,9 @@ if (role === "--server") {
   process.stdout.write(`${await server.listen("tcp://127.0.0.1:0")}\n`);
   process.once("SIGINT", () => process.exit(0)); // a profiled server writes its profile as it exits
 } else if (role === "--daemon") {
-  const d = await startDaemon({ socketPath: process.argv[3]!, pollUs: Number(process.argv[4] ?? 0), policy: null });
+  const us = process.argv[4];
+  const mode = process.argv[5];
+  const d = await startDaemon({ socketPath: process.argv[3]!, pollUs: us === undefined || us === "" ? undefined : Number(us), pollMode: mode === undefined || mode === "" ? undefined : (mode as "adaptive" | "fixed"), policy: null });
   process.stdout.write(`${d.socketPath}\n`);
   process.once("SIGINT", () => void d.close().then(() => process.exit(0)));
 } else {
@@ -100,6 +103,8 @@ interface Row {
   mbpsBig: number;
   /** CPU µs per call of each process at 256 in flight (the daemon's is 0 in library mode). */
   cpuPerCall: { client: number; daemon: number; server: number };
+  /** The same at 1 in flight (64 B): what polling for the answer costs. */
+  cpuPerCall1: { client: number; daemon: number; server: number };
 }
 
 /** CPU time (user + system) of process `pid` so far, in microseconds, from /proc (clock ticks of 1/100 s on Linux). */
@@ -117,7 +122,14 @@ async function measure(client: Client, ms: number, only: string | undefined): Pr
   const small = new Uint8Array(64).fill(7);
   const big = new Uint8Array(1024 * 1024).fill(9);
   await latency(client, small, 200); // warm-up
-  const s = only === undefined || only === "p50" ? (await latency(client, small, ms)).p50 : NaN;
+  const cpu1 = { client: NaN, daemon: NaN, server: NaN };
+  let s = NaN;
+  if (only === undefined || only === "p50") {
+    const before = { client: cpuUs(watched.client), daemon: cpuUs(watched.daemon), server: cpuUs(watched.server) };
+    const r = await latency(client, small, ms);
+    s = r.p50;
+    for (const k of ["client", "daemon", "server"] as const) cpu1[k] = (cpuUs(watched[k]) - before[k]) / (r.calls * (ms / 1000));
+  }
   let c = NaN;
   const cpu = { client: NaN, daemon: NaN, server: NaN };
   if (only === undefined || only === "calls") {
@@ -128,28 +140,31 @@ async function measure(client: Client, ms: number, only: string | undefined): Pr
     for (const k of ["client", "daemon", "server"] as const) cpu[k] = (cpuUs(watched[k]) - before[k]) / calls;
   }
   const b = only === undefined || only === "big" ? await latency(client, big, ms) : { p50: NaN, calls: NaN };
-  return { p50small: s, calls256: c, p50big: b.p50, mbpsBig: (b.calls * 2 * big.byteLength) / 1e6, cpuPerCall: cpu };
+  return { p50small: s, calls256: c, p50big: b.p50, mbpsBig: (b.calls * 2 * big.byteLength) / 1e6, cpuPerCall: cpu, cpuPerCall1: cpu1 };
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, ms: { type: "string", default: "1500" }, "poll-us": { type: "string", default: "0" }, out: { type: "string" }, "cpu-prof-daemon": { type: "string" }, "cpu-prof-server": { type: "string" }, "managed-only": { type: "boolean", default: false }, only: { type: "string" } } });
+  const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, ms: { type: "string", default: "1500" }, "poll-us": { type: "string", default: "" }, "poll-mode": { type: "string", default: "" }, out: { type: "string" }, "cpu-prof-daemon": { type: "string" }, "cpu-prof-server": { type: "string" }, "managed-only": { type: "boolean", default: false }, only: { type: "string" } } });
   const only = values.only;
   if (only !== undefined && !["p50", "calls", "big"].includes(only)) throw new Error("--only takes p50, calls or big");
   const rounds = Number(values.rounds);
   const ms = Number(values.ms);
-  const pollUs = Number(values["poll-us"]);
+  // Empty: the defaults (adaptive, at most 200 µs); main before adaptive polling slept at once.
+  const pollUs = values["poll-us"];
+  const pollMode = values["poll-mode"];
   const dir = mkdtempSync(join(os.tmpdir(), "koala-bench-managed-"));
   const socket = join(dir, "daemon.sock");
   const children: ChildProcess[] = [];
   try {
     const server = await child(["--server"], {}, values["cpu-prof-server"]);
     children.push(server.proc);
-    const daemon = await child(["--daemon", socket, String(pollUs)], {}, values["cpu-prof-daemon"]);
+    const daemon = await child(["--daemon", socket, pollUs, pollMode], {}, values["cpu-prof-daemon"]);
     children.push(daemon.proc);
     watched.server = server.proc.pid!;
     watched.daemon = daemon.proc.pid!;
     process.env.KOALA_DAEMON_SOCKET = socket;
-    process.env.KOALA_MANAGED_POLL_US = String(pollUs);
+    if (pollUs !== "") process.env.KOALA_MANAGED_POLL_US = pollUs;
+    if (pollMode !== "") process.env.KOALA_MANAGED_POLL = pollMode;
     const library = createClient(EchoService, server.line);
     const managed = createClient(EchoService, `managed:///${server.line}`);
     const rows: Record<"library" | "managed", Row[]> = { library: [], managed: [] };
@@ -159,15 +174,15 @@ async function main(): Promise<void> {
     }
     closeClient(library);
     closeClient(managed);
-    const med = (mode: "library" | "managed", k: Exclude<keyof Row, "cpuPerCall">) => median(rows[mode].map((x) => x[k]));
-    const medCpu = (mode: "library" | "managed", k: keyof Row["cpuPerCall"]) => median(rows[mode].map((x) => x.cpuPerCall[k]));
+    const med = (mode: "library" | "managed", k: Exclude<keyof Row, "cpuPerCall" | "cpuPerCall1">) => median(rows[mode].map((x) => x[k]));
+    const medCpu = (mode: "library" | "managed", k: keyof Row["cpuPerCall"], which: "cpuPerCall" | "cpuPerCall1" = "cpuPerCall") => median(rows[mode].map((x) => x[which][k]));
     const fmt = (v: number, d = 0) => v.toFixed(d);
     const lines = [
-      `bench:managed — ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"}), node ${process.version}, tcp to the server, ${rounds} interleaved rounds of ${ms} ms per scenario, medians; KOALA_MANAGED_POLL_US=${pollUs}`,
+      `bench:managed — ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"}), node ${process.version}, tcp to the server, ${rounds} interleaved rounds of ${ms} ms per scenario, medians; KOALA_MANAGED_POLL_US=${pollUs === "" ? "(default)" : pollUs} KOALA_MANAGED_POLL=${pollMode === "" ? "(default)" : pollMode}`,
       "",
       "scenario                         library     managed   managed/library   managed - library",
     ];
-    const row = (name: string, k: Exclude<keyof Row, "cpuPerCall">, unit: string, diff: boolean) => {
+    const row = (name: string, k: Exclude<keyof Row, "cpuPerCall" | "cpuPerCall1">, unit: string, diff: boolean) => {
       const l = med("library", k);
       const m = med("managed", k);
       lines.push(`${name.padEnd(32)} ${fmt(l, 1).padStart(8)} ${fmt(m, 1).padStart(11)} ${fmt(m / l, 2).padStart(17)} ${(diff ? `${fmt(m - l, 1)} ${unit}` : "").padStart(19)}`);
@@ -176,9 +191,10 @@ async function main(): Promise<void> {
     row("64 B unary calls/s, 256 in flight", "calls256", "", false);
     row("1 MiB unary p50 (µs), 1 in flight", "p50big", "µs", true);
     row("1 MiB unary MB/s (both ways)", "mbpsBig", "", false);
-    const cpuLine = (mode: "library" | "managed") =>
-      `client ${fmt(medCpu(mode, "client"), 2)}, daemon ${fmt(mode === "library" ? 0 : medCpu(mode, "daemon"), 2)}, server ${fmt(medCpu(mode, "server"), 2)}`;
+    const cpuLine = (mode: "library" | "managed", which: "cpuPerCall" | "cpuPerCall1" = "cpuPerCall") =>
+      `client ${fmt(medCpu(mode, "client", which), 2)}, daemon ${fmt(mode === "library" ? 0 : medCpu(mode, "daemon", which), 2)}, server ${fmt(medCpu(mode, "server", which), 2)}`;
     lines.push(`CPU µs per call at 256 in flight (user + system, /proc): library ${cpuLine("library")}; managed ${cpuLine("managed")}`);
+    lines.push(`CPU µs per call at 1 in flight, 64 B (the same): library ${cpuLine("library", "cpuPerCall1")}; managed ${cpuLine("managed", "cpuPerCall1")}`);
     const addP50 = med("managed", "p50small") - med("library", "p50small");
     const cost = 1 - med("managed", "calls256") / med("library", "calls256");
     lines.push("");

@@ -4,7 +4,8 @@
  * ```toml
  * [daemon]
  * socket = "/run/koala/1000/daemon.sock"   # default: $XDG_RUNTIME_DIR/koala/daemon.sock, …
- * pollUs = 0                               # busy-poll of each ring after it runs empty, µs
+ * pollUs = 200                             # longest look at an empty ring before sleeping, µs (0: never)
+ * pollMode = "adaptive"                    # or "fixed" (look pollUs after every ring event)
  * control = true                           # control socket for `koala ctl` (default true)
  *
  * [[daemon.engines]]                       # on every attached application's calls
@@ -24,8 +25,9 @@
 import { readFileSync } from "node:fs";
 import { parse } from "smol-toml";
 import { ErrorCode, KoalaError } from "../errors.js";
-import { boolean, custom, integer, resolveOptions, type OptionsSpec } from "../options.js";
+import { boolean, custom, integer, oneOf, resolveOptions, type OptionsSpec } from "../options.js";
 import { createEngine, type AttachScope } from "../policy/index.js";
+import { DEFAULT_POLL_US, MAX_POLL_US, type PollMode } from "./poll.js";
 import { defaultDaemonSocket } from "./setup.js";
 
 /** One engine of the daemon, checked. */
@@ -42,6 +44,7 @@ export interface DaemonConfig {
   readonly file: string;
   readonly socket: string;
   readonly pollUs: number;
+  readonly pollMode: PollMode;
   readonly control: boolean;
   readonly engines: readonly DaemonEngineConfig[];
 }
@@ -51,12 +54,14 @@ const isTable = (v: unknown): v is Record<string, unknown> => typeof v === "obje
 interface Raw {
   socket: string | undefined;
   pollUs: number;
+  pollMode: PollMode;
   control: boolean;
   engines: readonly unknown[];
 }
 const spec: OptionsSpec<Raw> = {
   socket: custom<string | undefined>(undefined, "a socket path", (v) => typeof v === "string" && v !== "" && Buffer.byteLength(v) <= 107),
-  pollUs: integer(0, 0, 1_000_000),
+  pollUs: integer(DEFAULT_POLL_US, 0, MAX_POLL_US),
+  pollMode: oneOf<PollMode>("adaptive", ["adaptive", "fixed"]),
   control: boolean(true),
   engines: custom<readonly unknown[]>([], "an array of tables ([[daemon.engines]])", (v) => Array.isArray(v) && v.every(isTable)),
 };
@@ -131,7 +136,7 @@ export function parseDaemonConfig(text: string, file = "<config>"): DaemonConfig
     check(file, `${path}.options`, () => createEngine(r.kind, r.options, name).close?.());
     return { kind: r.kind, name, scope, options: r.options };
   });
-  return { file, socket: d.socket ?? defaultDaemonSocket(), pollUs: d.pollUs, control: d.control, engines };
+  return { file, socket: d.socket ?? defaultDaemonSocket(), pollUs: d.pollUs, pollMode: d.pollMode, control: d.control, engines };
 }
 
 /** Reads and checks the `[daemon]` table of `path` (default KOALA_CONFIG); no file: the defaults. */

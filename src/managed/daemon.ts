@@ -24,6 +24,13 @@ import { connect, parseAddress, type Connection, type ResolvedTransportOptions, 
 import { resolveTransportOptions } from "../transport/options.js";
 import type { PeerCredentials } from "./native.js";
 import { shmNative } from "./native.js";
+import { integer, oneOf, resolveOptions, type OptionsSpec } from "../options.js";
+import { DEFAULT_POLL_US, MAX_POLL_US, type PollMode } from "./poll.js";
+
+const pollSpec: OptionsSpec<{ pollUs: number; pollMode: PollMode }> = {
+  pollUs: integer(DEFAULT_POLL_US, 0, MAX_POLL_US),
+  pollMode: oneOf<PollMode>("adaptive", ["adaptive", "fixed"]),
+};
 import { defaultDaemonSocket, listenSetup, type SetupListener } from "./setup.js";
 import type { ShmConnection } from "./shm-connection.js";
 import { enginePolicy, type FramePolicy, type FrameSession, type RelayPort } from "./policy.js";
@@ -32,8 +39,13 @@ import { enginePolicy, type FramePolicy, type FrameSession, type RelayPort } fro
 export interface DaemonOptions {
   /** The set-up socket's path. Default: {@link defaultDaemonSocket}. */
   socketPath?: string;
-  /** Busy-poll time of the daemon's side of each ring pair, in microseconds; 0 sleeps at once when a ring runs empty. Default 0. */
+  /**
+   * Longest look at an application's empty ring after a ring event before sleeping, in
+   * microseconds (poll.ts); 0 sleeps at once. Default {@link DEFAULT_POLL_US} (200).
+   */
   pollUs?: number;
+  /** `adaptive` (look for twice the recent wait, at most `pollUs`) or `fixed` (look for `pollUs` after every event). Default `adaptive`. */
+  pollMode?: PollMode;
   /** Options of the upstream connections the daemon dials (and of the ring connections). */
   transport?: TransportOptions;
   /** What checks every call of every attached application. Default: the engines attached to this process ({@link enginePolicy}); null: none. */
@@ -213,6 +225,8 @@ class Relay implements RelayPort {
 export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> {
   shmNative(); // fails now, naming the build command, when the addon is missing
   const socketPath = options.socketPath ?? defaultDaemonSocket();
+  const checked = resolveOptions("startDaemon()", pollSpec, { pollUs: options.pollUs, pollMode: options.pollMode });
+  const poll = { maxUs: checked.pollUs, mode: checked.pollMode };
   const transport: ResolvedTransportOptions = resolveTransportOptions("startDaemon(): option \"transport\"", options.transport);
   const relays = new Set<Relay>();
   const policy = options.policy === null ? undefined : (options.policy ?? enginePolicy);
@@ -220,7 +234,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const setup: SetupListener = await listenSetup({
     path: socketPath,
     transport,
-    pollUs: options.pollUs ?? 0,
+    poll,
     onAttach: async ({ target, peer }) => {
       const upstream = await dialUpstream(target, transport);
       log("info", "managed", `pid ${peer.pid} (uid ${peer.uid}) attached to ${target}`);

@@ -15,6 +15,7 @@ import { registerResolver, resolverFor, type Resolver, type ResolverFactory } fr
 import { getTransport, registerTransport } from "../transport/registry.js";
 import type { Address, Connection, Listener, ResolvedTransportOptions, Transport } from "../transport/index.js";
 import { shmUnavailableReason } from "./native.js";
+import { pollSettingsFromEnv } from "./poll.js";
 import { checkRingBytes } from "./ring.js";
 import { defaultDaemonSocket, dialDaemon } from "./setup.js";
 
@@ -28,14 +29,6 @@ function ringBytesFromEnv(env: NodeJS.ProcessEnv): number {
   const raw = env.KOALA_RING_BYTES;
   if (raw === undefined || raw === "") return DEFAULT_RING_BYTES;
   return checkRingBytes("KOALA_RING_BYTES", Number(raw));
-}
-
-function pollUsFromEnv(env: NodeJS.ProcessEnv): number {
-  const raw = env.KOALA_MANAGED_POLL_US;
-  if (raw === undefined || raw === "") return 0;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 0 || n > 1_000_000) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, `KOALA_MANAGED_POLL_US must be an integer 0..1000000 (microseconds), got ${JSON.stringify(raw)}`);
-  return n;
 }
 
 /** Splits the path of an `shm:` address into the set-up socket (empty: the default one) and the target. */
@@ -55,7 +48,7 @@ export const shmTransport: Transport = {
   },
   connect(address: Address, options: ResolvedTransportOptions): Promise<Connection> {
     const { socket, target } = splitShmPath(address.path);
-    return dialDaemon(socket === "" ? defaultDaemonSocket() : socket, target, ringBytesFromEnv(process.env), pollUsFromEnv(process.env), options);
+    return dialDaemon(socket === "" ? defaultDaemonSocket() : socket, target, ringBytesFromEnv(process.env), pollSettingsFromEnv(process.env), options);
   },
 };
 

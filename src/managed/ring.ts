@@ -392,6 +392,14 @@ export class RingReader extends RingEnd {
   }
 
   /**
+   * Takes back a {@link sleep}: the consumer looks at the ring again by itself, so a producer
+   * need send no wake-up byte (one it sends anyway, having raced this store, is harmless).
+   */
+  awake(): void {
+    this.store(CONSUMER_ASLEEP, 0);
+  }
+
+  /**
    * Says "I am going to sleep: wake me at the next record". Returns false when a record is there
    * already (then the flag is cleared again and the caller reads on); true: wait for a wake-up.
    */

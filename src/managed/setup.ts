@@ -11,6 +11,7 @@ import { ErrorCode, KoalaError, type ErrorCodeValue } from "../errors.js";
 import { log } from "../log.js";
 import type { ResolvedTransportOptions } from "../transport/index.js";
 import { closeFd, createSealedMemory, openSealedMemory, peerCredentials, type PeerCredentials } from "./native.js";
+import type { PollSettings } from "./poll.js";
 import { checkRingBytes, checkRingPair, formatRingPair, ringPairBytes } from "./ring.js";
 import { ShmConnection } from "./shm-connection.js";
 
@@ -73,7 +74,7 @@ function readLine(socket: Socket, timeoutMs: number, what: string): Promise<{ li
 }
 
 /** Application side: creates a ring pair, hands it to the daemon at `socketPath` for `target`, and returns the connection. */
-export async function dialDaemon(socketPath: string, target: string, ringBytes: number, pollUs: number, options: ResolvedTransportOptions): Promise<ShmConnection> {
+export async function dialDaemon(socketPath: string, target: string, ringBytes: number, poll: PollSettings, options: ResolvedTransportOptions): Promise<ShmConnection> {
   checkRingBytes("ringBytes", ringBytes);
   const { buffer: memory, fd } = createSealedMemory(ringPairBytes(ringBytes));
   let socket: Socket | undefined;
@@ -117,7 +118,7 @@ export async function dialDaemon(socketPath: string, target: string, ringBytes: 
       side: "app",
       socket,
       copyReceived: true,
-      pollUs,
+      poll,
       localAddress: `shm:pid/${process.pid}`,
       remoteAddress: `shm:${socketPath}#${target}`,
       options,
@@ -156,8 +157,8 @@ export interface SetupListenOptions {
   readonly path: string;
   /** Transport options of every attached connection. */
   readonly transport: ResolvedTransportOptions;
-  /** Busy-poll time of the daemon's side of each ring pair, in microseconds. */
-  readonly pollUs: number;
+  /** How the daemon's side of each ring pair polls it (poll.ts). */
+  readonly poll: PollSettings;
   /**
    * Called for each application whose ring pair passed the checks, before it is answered;
    * throwing (or rejecting) refuses it with that error. Resolves with what takes the connection
@@ -245,7 +246,7 @@ async function attach(socket: Socket, options: SetupListenOptions): Promise<void
     side: "daemon",
     socket,
     copyReceived: false,
-    pollUs: options.pollUs,
+    poll: options.poll,
     localAddress: `shm:${options.path}`,
     remoteAddress: `shm:pid/${peer.pid}`,
     options: options.transport,

@@ -7,7 +7,8 @@
  * the kernel) and calls `onWritten` at once, or lends the ring itself to encode into
  * (`reserve` / `commit`: no copy at all); when the ring is full the message waits in a queue
  * here, and `send` reports backpressure past `highWaterMarkBytes`. The peer is woken once per
- * tick that wrote. Receiving hands out views of the ring (`copyReceived: false`, the daemon,
+ * tick that wrote, and only if it sleeps: after a tick that wrote, an end keeps looking at its
+ * receive ring for the answer a while (poll.ts), so a call and its reply cost no wake-up at all. Receiving hands out views of the ring (`copyReceived: false`, the daemon,
  * which releases every message) or copies, a batch of records into one buffer (`true`, the
  * application: its RPC client never releases a response, PROTOCOL.md §4).
  */
@@ -18,6 +19,7 @@ import { log } from "../log.js";
 import { Inbox, InboxReader } from "../transport/inbox.js";
 import type { Connection, ResolvedTransportOptions } from "../transport/index.js";
 import { shmNative, socketFd, type ShmBinding } from "./native.js";
+import { PollWindow, READ, WRITE, type PollSettings } from "./poll.js";
 import { RingReader, RingWriter } from "./ring.js";
 
 const WAKE = Buffer.from([1]);
@@ -46,11 +48,8 @@ export interface ShmConnectionInit {
   readonly socket: Socket;
   /** Copy each received record out of the ring and release it at once (for a reader that never releases). */
   readonly copyReceived: boolean;
-  /**
-   * After the receive ring runs empty, keep looking at it (setImmediate turns) for this many
-   * microseconds before sleeping; 0 sleeps at once. Busy polling trades CPU for latency.
-   */
-  readonly pollUs: number;
+  /** How long to keep looking at the empty receive ring before sleeping (poll.ts). */
+  readonly poll: PollSettings;
   readonly localAddress: string;
   readonly remoteAddress: string;
   readonly options: ResolvedTransportOptions;
@@ -67,7 +66,7 @@ export class ShmConnection extends InboxReader implements Connection {
   private readonly reader: RingReader;
   private readonly socket: Socket;
   private readonly copyReceived: boolean;
-  private readonly pollUs: number;
+  private readonly poll: PollWindow;
   private readonly queue: Queued[] = [];
   private queuedBytes = 0;
   private readonly drainWaiters = new Waiters<void>();
@@ -77,12 +76,14 @@ export class ShmConnection extends InboxReader implements Connection {
   /** Reading from the ring stopped: the inbox is full. */
   private stopped = false;
   private pumping = false;
-  private polling = false;
-  private pollUntil = 0;
+  /** A setImmediate turn that looks at the receive ring is scheduled. */
+  private pollScheduled = false;
   /** Largest message either way: the ring's record limit, or maxMessageBytes if lower. */
   readonly maxMessageBytes: number;
   /** Wake-up bytes written (for tests and the benchmark: a busy ring writes few). */
   wakeupsSent = 0;
+  /** Looks at the receive ring from a setImmediate turn (for tests: an idle end makes none). */
+  pollTurns = 0;
   private readonly native: ShmBinding;
   private readonly fd: number;
 
@@ -99,7 +100,7 @@ export class ShmConnection extends InboxReader implements Connection {
     this.native = shmNative();
     this.fd = socketFd(init.socket);
     this.copyReceived = init.copyReceived;
-    this.pollUs = init.pollUs;
+    this.poll = new PollWindow(init.poll);
     this.closed = new Promise((r) => (this.resolveClosed = r));
     this.inbox = new Inbox(
       init.options.receiveQueueMessages,
@@ -147,6 +148,8 @@ export class ShmConnection extends InboxReader implements Connection {
   };
 
   private wakeScheduled = false;
+  /** Records written since the last end-of-tick wake-up (the poll window hears of each tick's count). */
+  private writtenThisTick = 0;
 
   /**
    * The peer hears of what this end wrote at the end of the tick (process.nextTick), not at each
@@ -154,7 +157,8 @@ export class ShmConnection extends InboxReader implements Connection {
    * socket read carries) costs the peer one wake-up and is there in one piece when it looks.
    * Waking later than the tail store is still never a lost wake-up (the flag is taken after it).
    */
-  private wakePeer(): void {
+  private wakePeer(records = 1): void {
+    this.writtenThisTick += records;
     if (this.wakeScheduled) return;
     this.wakeScheduled = true;
     process.nextTick(this.wakeNow);
@@ -162,7 +166,19 @@ export class ShmConnection extends InboxReader implements Connection {
 
   private readonly wakeNow = (): void => {
     this.wakeScheduled = false;
-    if (this.closeReason === undefined && this.writer.takeConsumerAsleep()) this.sendWake();
+    const written = this.writtenThisTick;
+    this.writtenThisTick = 0;
+    if (this.closeReason !== undefined) return;
+    if (this.writer.takeConsumerAsleep()) this.sendWake();
+    if (this.poll.off) return;
+    // A tick that wrote expects an answer: look for it instead of sleeping on the wake-up byte.
+    const now = performance.now();
+    this.poll.note(WRITE, written, now);
+    if (!this.pollScheduled && !this.pumping && !this.stopped && now < this.poll.deadline) {
+      this.reader.awake();
+      this.pollScheduled = true;
+      setImmediate(this.pollAgain);
+    }
   };
 
   /** One wake-up byte, unless the socket is gone (the peer then reads what is left as it closes). */
@@ -241,7 +257,7 @@ export class ShmConnection extends InboxReader implements Connection {
   }
 
   private flushQueue(): void {
-    let wrote = false;
+    let wrote = 0;
     try {
       while (this.queue.length > 0) {
         const q = this.queue[0]!;
@@ -249,7 +265,7 @@ export class ShmConnection extends InboxReader implements Connection {
           if (this.writer.waitForSpace(this.writer.cost(q.bytes))) break;
           continue;
         }
-        wrote = true;
+        wrote++;
         this.queue.shift();
         this.queuedBytes -= q.bytes;
         q.onWritten?.();
@@ -258,8 +274,8 @@ export class ShmConnection extends InboxReader implements Connection {
       this.finish(err instanceof KoalaError ? err : new KoalaError(ErrorCode.PROTOCOL, String(err)), false);
       return;
     }
-    if (wrote) {
-      this.wakePeer();
+    if (wrote > 0) {
+      this.wakePeer(wrote);
       if (this.drainWaiters.length > 0 && this.queuedBytes <= this.options.highWaterMarkBytes / 2) this.drainWaiters.resolveAll(undefined);
     }
   }
@@ -270,12 +286,13 @@ export class ShmConnection extends InboxReader implements Connection {
     return this.drainWaiters.wait();
   }
 
-  /** Reads every published record into the inbox, then goes to sleep (or polls, see `pollUs`). */
+  /** Reads every published record into the inbox, then goes to sleep (or keeps looking, see `poll`). */
   private pump(): void {
     if (this.pumping || this.closeReason !== undefined && !this.draining) return;
     this.pumping = true;
     try {
       for (;;) {
+        const before = this.readCount;
         if (this.copyReceived) {
           // Copied out in batches (one buffer per batch), a batch between two looks at the inbox.
           while (!this.stopped) {
@@ -286,30 +303,34 @@ export class ShmConnection extends InboxReader implements Connection {
               if (m.byteLength > this.options.maxMessageBytes) throw tooLarge(m.byteLength, this.options.maxMessageBytes);
               this.inbox.push(m);
             }
+            this.readCount += copies.length;
           }
         } else {
           while (!this.stopped) {
             const view = this.reader.read();
             if (view === undefined) break;
             if (view.byteLength > this.options.maxMessageBytes) throw tooLarge(view.byteLength, this.options.maxMessageBytes);
+            this.readCount++;
             this.inbox.push(view);
           }
         }
         if (this.copyReceived && this.reader.takeProducerWaiting()) this.sendWake();
         if (this.stopped || this.closeReason !== undefined) break;
-        if (this.pollUs > 0) {
+        if (!this.poll.off) {
           const now = performance.now();
-          if (!this.polling) {
-            this.polling = true;
-            this.pollUntil = now + this.pollUs / 1000;
-          }
-          if (now < this.pollUntil) {
-            setImmediate(this.pollAgain);
+          if (this.readCount !== before) this.poll.note(READ, this.readCount - before, now);
+          if (now < this.poll.deadline) {
+            if (!this.pollScheduled) {
+              this.pollScheduled = true;
+              setImmediate(this.pollAgain);
+            }
             break;
           }
-          this.polling = false;
         }
-        if (this.reader.sleep()) break;
+        if (this.reader.sleep()) {
+          this.poll.slept();
+          break;
+        }
       }
     } catch (err) {
       const reason = err instanceof KoalaError ? err : new KoalaError(ErrorCode.PROTOCOL, String(err));
@@ -321,8 +342,12 @@ export class ShmConnection extends InboxReader implements Connection {
     this.pumping = false;
   }
 
+  /** Records read so far (the poll window hears of each batch). */
+  private readCount = 0;
+
   private readonly pollAgain = (): void => {
-    if (this.reader.available > 0) this.polling = false;
+    this.pollScheduled = false;
+    this.pollTurns++;
     this.pump();
   };
 

@@ -33,7 +33,7 @@ async function connectionPair(ringBytes = 64 * 1024): Promise<{ app: ShmConnecti
   formatRingPair(buffer, ringBytes);
   const { a, b, done } = await socketPair();
   const options = resolveTransportOptions("test", {});
-  const common = { memory: buffer, ringBytes, pollUs: 0, options, localAddress: "shm:test", remoteAddress: "shm:test" };
+  const common = { memory: buffer, ringBytes, poll: { mode: "adaptive" as const, maxUs: 0 }, options, localAddress: "shm:test", remoteAddress: "shm:test" };
   const app = new ShmConnection({ ...common, side: "app", socket: a, copyReceived: true });
   const daemon = new ShmConnection({ ...common, side: "daemon", socket: b, copyReceived: false });
   return {
@@ -61,7 +61,7 @@ test("the messages one tick writes cost the consumer one wake-up, however often 
   closeFd(fd);
   formatRingPair(buffer, ringBytes);
   const { a, b, done } = await socketPair();
-  const app = new ShmConnection({ memory: buffer, ringBytes, pollUs: 0, options: resolveTransportOptions("test", {}), localAddress: "shm:test", remoteAddress: "shm:test", side: "app", socket: a, copyReceived: true });
+  const app = new ShmConnection({ memory: buffer, ringBytes, poll: { mode: "adaptive" as const, maxUs: 0 }, options: resolveTransportOptions("test", {}), localAddress: "shm:test", remoteAddress: "shm:test", side: "app", socket: a, copyReceived: true });
   const consumer = new RingReader(buffer, 0, ringBytes);
   let wakeBytes = 0;
   b.on("data", (d: Buffer) => (wakeBytes += d.byteLength));
