@@ -41,7 +41,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
   try {
     const config = loadDaemonConfig(parsed.values.config);
     for (const e of config.engines) policies.attach(e.kind, e.options, { name: e.name, scope: e.scope });
-    daemon = await startDaemon({ socketPath: parsed.values.socket ?? config.socket, pollUs: config.pollUs });
+    daemon = await startDaemon({ socketPath: parsed.values.socket ?? config.socket, pollUs: config.pollUs, pollMode: config.pollMode });
     if (config.control) control = await enableControl();
   } catch (err) {
     if (!(err instanceof KoalaError)) throw err;
