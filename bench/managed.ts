@@ -13,13 +13,20 @@
  * 256 in flight. On this machine three processes (client, daemon, server) share two cores in
  * managed mode, two in library mode: read the ratios with that in mind.
  *
+ * `--transport` picks the server's transport, which the library client and the daemon dial:
+ * `tcp` (default), `rdma-soft` (the software verbs provider) or `rdma-native` (the native addon
+ * over srnic, the software RNIC built by `npm run build:rdma`, its service thread polling 50 µs as
+ * in bench:rpc). The application always reaches the daemon through its rings.
+ *
  *   node --import tsx bench/managed.ts [--rounds N] [--ms N] [--poll-us N] [--poll-mode adaptive|fixed] [--out FILE]
  *     [--cpu-prof-daemon DIR] [--cpu-prof-server DIR] [--managed-only] [--only p50|calls|big]
+ *     [--transport tcp|rdma-soft|rdma-native]
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { closeClient, createClient, createServer } from "../src/index.js";
 import { startDaemon } from "../src/managed/daemon.js";
@@ -38,7 +45,7 @@ if (role === "--server") {
     clientStream: async () => EchoService.methods.unary.output.create({}),
     bidi: async function* () {},
   });
-  process.stdout.write(`${await server.listen("tcp://127.0.0.1:0")}\n`);
+  process.stdout.write(`${await server.listen(process.argv[3] ?? "tcp://127.0.0.1:0")}\n`);
   process.once("SIGINT", () => process.exit(0)); // a profiled server writes its profile as it exits
 } else if (role === "--daemon") {
   const us = process.argv[4];
@@ -65,6 +72,18 @@ function child(args: string[], env: NodeJS.ProcessEnv = {}, profileDir?: string)
 }
 
 type Client = ReturnType<typeof createClient<typeof EchoService>>;
+
+/** The environment and listen address of each `--transport` (set in this process, inherited by the children). */
+function transportSetup(name: string): { address: string; env: Record<string, string> } {
+  if (name === "tcp") return { address: "tcp://127.0.0.1:0", env: {} };
+  if (name === "rdma-soft") return { address: "rdma://127.0.0.1:0", env: { KOALA_RDMA_PROVIDER: "soft" } };
+  if (name === "rdma-native") {
+    const srnic = join(dirname(fileURLToPath(import.meta.url)), "..", "addons", "rdma", "build", "Release", "koala_srnic.so");
+    if (!existsSync(srnic)) throw new Error(`--transport rdma-native needs srnic (${srnic}): run npm run build:rdma`);
+    return { address: "rdma://127.0.0.1:0", env: { KOALA_RDMA_PROVIDER: "verbs", KOALA_VERBS_LIB: srnic, KOALA_RDMACM_LIB: srnic, SRNIC_POLL_US: process.env.SRNIC_POLL_US ?? "50" } };
+  }
+  throw new Error(`--transport takes tcp, rdma-soft or rdma-native, not ${JSON.stringify(name)}`);
+}
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -144,7 +163,9 @@ async function measure(client: Client, ms: number, only: string | undefined): Pr
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, ms: { type: "string", default: "1500" }, "poll-us": { type: "string", default: "" }, "poll-mode": { type: "string", default: "" }, out: { type: "string" }, "cpu-prof-daemon": { type: "string" }, "cpu-prof-server": { type: "string" }, "managed-only": { type: "boolean", default: false }, only: { type: "string" } } });
+  const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, ms: { type: "string", default: "1500" }, "poll-us": { type: "string", default: "" }, "poll-mode": { type: "string", default: "" }, out: { type: "string" }, "cpu-prof-daemon": { type: "string" }, "cpu-prof-server": { type: "string" }, "managed-only": { type: "boolean", default: false }, only: { type: "string" }, transport: { type: "string", default: "tcp" } } });
+  const transport = transportSetup(values.transport);
+  Object.assign(process.env, transport.env);
   const only = values.only;
   if (only !== undefined && !["p50", "calls", "big"].includes(only)) throw new Error("--only takes p50, calls or big");
   const rounds = Number(values.rounds);
@@ -156,7 +177,7 @@ async function main(): Promise<void> {
   const socket = join(dir, "daemon.sock");
   const children: ChildProcess[] = [];
   try {
-    const server = await child(["--server"], {}, values["cpu-prof-server"]);
+    const server = await child(["--server", transport.address], {}, values["cpu-prof-server"]);
     children.push(server.proc);
     const daemon = await child(["--daemon", socket, pollUs, pollMode], {}, values["cpu-prof-daemon"]);
     children.push(daemon.proc);
@@ -178,7 +199,7 @@ async function main(): Promise<void> {
     const medCpu = (mode: "library" | "managed", k: keyof Row["cpuPerCall"], which: "cpuPerCall" | "cpuPerCall1" = "cpuPerCall") => median(rows[mode].map((x) => x[which][k]));
     const fmt = (v: number, d = 0) => v.toFixed(d);
     const lines = [
-      `bench:managed — ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"}), node ${process.version}, tcp to the server, ${rounds} interleaved rounds of ${ms} ms per scenario, medians; KOALA_MANAGED_POLL_US=${pollUs === "" ? "(default)" : pollUs} KOALA_MANAGED_POLL=${pollMode === "" ? "(default)" : pollMode}`,
+      `bench:managed — ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"}), node ${process.version}, ${values.transport} to the server, ${rounds} interleaved rounds of ${ms} ms per scenario, medians; KOALA_MANAGED_POLL_US=${pollUs === "" ? "(default)" : pollUs} KOALA_MANAGED_POLL=${pollMode === "" ? "(default)" : pollMode}`,
       "",
       "scenario                         library     managed   managed/library   managed - library",
     ];
