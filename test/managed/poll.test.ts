@@ -13,21 +13,16 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { createConnection, createServer as createNetServer, type Socket } from "node:net";
 import { join } from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { closeClient, createClient, createServer, type Server } from "../../src/index.js";
 import { startDaemon } from "../../src/managed/daemon.js";
-import { closeFd, createSealedMemory } from "../../src/managed/native.js";
 import { DEFAULT_POLL_US, PollWindow, READ, WRITE, pollSettingsFromEnv, resolvePollSettings } from "../../src/managed/poll.js";
-import { formatRingPair, ringPairBytes } from "../../src/managed/ring.js";
-import { ShmConnection } from "../../src/managed/shm-connection.js";
-import { resolveTransportOptions } from "../../src/transport/options.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { echoImpl, observe } from "../rpc/echo-service.js";
 import { thrownCode, until } from "../helpers.js";
-import { addonMissing, socketDir } from "./helpers.js";
+import { addonMissing, connectionPair, socketDir } from "./helpers.js";
 
 const missing = addonMissing();
 const bin = join(import.meta.dirname, "..", "..", "bin", "koala.js");
@@ -123,27 +118,9 @@ test("startDaemon() checks its polling options", async () => {
   }
 });
 
-async function socketPair(): Promise<{ a: Socket; b: Socket; done: () => void }> {
-  const dir = socketDir();
-  const server = createNetServer();
-  await new Promise<void>((r) => server.listen(dir.path, r));
-  const accepted = new Promise<Socket>((r) => server.once("connection", r));
-  const a = createConnection(dir.path);
-  await new Promise((r) => a.once("connect", r));
-  const b = await accepted;
-  return { a, b, done: () => void server.close(() => dir.remove()) };
-}
-
 test("two real ends: after calls an idle end stops looking, and a message after the idle spell takes the sleep path", async () => {
   if (skip()) return;
-  const ringBytes = 64 * 1024;
-  const { buffer, fd } = createSealedMemory(ringPairBytes(ringBytes));
-  closeFd(fd);
-  formatRingPair(buffer, ringBytes);
-  const { a, b, done } = await socketPair();
-  const common = { memory: buffer, ringBytes, poll: { mode: "adaptive" as const, maxUs: 200 }, options: resolveTransportOptions("test", {}), localAddress: "shm:test", remoteAddress: "shm:test" };
-  const app = new ShmConnection({ ...common, side: "app", socket: a, copyReceived: true });
-  const daemon = new ShmConnection({ ...common, side: "daemon", socket: b, copyReceived: false });
+  const { app, daemon, done } = await connectionPair(64 * 1024, 200);
   try {
     const appGot: number[] = [];
     let answered: (() => void) | undefined;
@@ -174,8 +151,6 @@ test("two real ends: after calls an idle end stops looking, and a message after 
     assert.is(appGot.at(-1), 200, "the call after the idle spell is answered");
     assert.is(app.wakeupsSent, wakes + 1, "the daemon's end was asleep: the application woke it with one byte");
   } finally {
-    app.close();
-    daemon.close();
     done();
   }
 });

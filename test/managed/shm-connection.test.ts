@@ -4,7 +4,6 @@
  * one wake-up; a message encoded in place with reserve / commit arrives as written, a send in
  * between cancels the reservation, a full ring or an oversized message says "use send()".
  */
-import { createConnection, createServer, type Socket } from "node:net";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { closeFd, createSealedMemory } from "../../src/managed/native.js";
@@ -12,40 +11,9 @@ import { RingReader, formatRingPair, ringPairBytes } from "../../src/managed/rin
 import { ShmConnection } from "../../src/managed/shm-connection.js";
 import { resolveTransportOptions } from "../../src/transport/options.js";
 import { thrownCode, until } from "../helpers.js";
-import { addonMissing, socketDir } from "./helpers.js";
+import { addonMissing, connectionPair, socketPair } from "./helpers.js";
 
 const missing = addonMissing();
-
-async function socketPair(): Promise<{ a: Socket; b: Socket; done: () => void }> {
-  const dir = socketDir();
-  const server = createServer();
-  await new Promise<void>((r) => server.listen(dir.path, r));
-  const accepted = new Promise<Socket>((r) => server.once("connection", r));
-  const a = createConnection(dir.path);
-  await new Promise((r) => a.once("connect", r));
-  const b = await accepted;
-  return { a, b, done: () => void server.close(() => dir.remove()) };
-}
-
-async function connectionPair(ringBytes = 64 * 1024): Promise<{ app: ShmConnection; daemon: ShmConnection; done: () => void }> {
-  const { buffer, fd } = createSealedMemory(ringPairBytes(ringBytes));
-  closeFd(fd);
-  formatRingPair(buffer, ringBytes);
-  const { a, b, done } = await socketPair();
-  const options = resolveTransportOptions("test", {});
-  const common = { memory: buffer, ringBytes, poll: { mode: "adaptive" as const, maxUs: 0 }, options, localAddress: "shm:test", remoteAddress: "shm:test" };
-  const app = new ShmConnection({ ...common, side: "app", socket: a, copyReceived: true });
-  const daemon = new ShmConnection({ ...common, side: "daemon", socket: b, copyReceived: false });
-  return {
-    app,
-    daemon,
-    done: () => {
-      app.close();
-      daemon.close();
-      done();
-    },
-  };
-}
 
 const skip = (): boolean => {
   if (missing !== undefined) console.log(`  (skipped: ${missing})`);
