@@ -127,6 +127,16 @@ test("strings of every kind (ASCII, 2-, 3- and 4-byte UTF-8, lone surrogates, co
         assert.is(w.pos, size, "bytes written");
         const r = new ProtoReader(buf);
         assert.is(Buffer.compare(r.bytes(), expected), 0, JSON.stringify(s));
+        // Between other fields, in a plain Uint8Array that starts inside its ArrayBuffer: the
+        // bytes around the string stay as written.
+        const inner = new Uint8Array(size + 8).subarray(3, 3 + size + 2);
+        w.begin(inner, 0, c);
+        w.byte(0xaa).string(s).byte(0xbb);
+        assert.is(w.pos, size + 2, "bytes written between fields");
+        assert.is(inner[0], 0xaa);
+        assert.is(inner[size + 1], 0xbb);
+        const r2 = new ProtoReader(inner, 1, size + 1);
+        assert.is(Buffer.compare(r2.bytes(), expected), 0, `between fields: ${JSON.stringify(s)}`);
       }
     }),
     { numRuns: 400 },
