@@ -505,6 +505,33 @@ test("decoded bytes fields are views of the input, wherever they sit", () => {
   assert.is(back.fBytes[2], 9);
 });
 
+test("runs of short strings (ASCII and not, sparse and dense) decode as written, from any range of a larger buffer, by a reused reader", () => {
+  const unit = fc.oneof(fc.integer({ min: 0x20, max: 0x7e }), fc.integer({ min: 0x80, max: 0x7ff }), fc.constantFrom(0xe9, 0x4e2d));
+  const str = fc.oneof(fc.array(fc.integer({ min: 0, max: 0x7f }), { maxLength: 70 }), fc.array(unit, { maxLength: 20 })).map((units) => String.fromCharCode(...units));
+  // A string field between padding fields (a bytes field of `pad` bytes) that spreads the strings out.
+  const field = fc.record({ s: str, pad: fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 2000 })) });
+  const reader = new ProtoReader(new Uint8Array(0));
+  fc.assert(
+    fc.property(fc.array(field, { maxLength: 60 }), fc.integer({ min: 0, max: 9 }), (fields, lead) => {
+      const w = protobuf.Writer.create();
+      for (const f of fields) {
+        w.string(f.s);
+        if (f.pad > 0) w.bytes(new Uint8Array(f.pad).fill(0x41)); // ASCII padding: must not leak into a string
+      }
+      const enc = w.finish();
+      const pool = new Uint8Array(lead + enc.byteLength + 5).fill(0x42);
+      pool.set(enc, lead);
+      reader.reset(pool, lead, lead + enc.byteLength);
+      for (const f of fields) {
+        assert.is(reader.string(), f.s);
+        if (f.pad > 0) assert.is(reader.bytes().byteLength, f.pad);
+      }
+      assert.is(reader.pos, lead + enc.byteLength);
+    }),
+    { numRuns: 300 },
+  );
+});
+
 test("malformed input throws KOALA_ERR_PROTOCOL with the reason", () => {
   const cases: [string, number[], RegExp][] = [
     ["truncated varint", [0x18, 0x80], /truncated varint/],
