@@ -530,6 +530,13 @@ test("runs of short strings (ASCII and not, sparse and dense) decode as written,
     }),
     { numRuns: 300 },
   );
+  // A range over 256 KiB: dense short strings still decode as written.
+  const w = protobuf.Writer.create();
+  const many = Array.from({ length: 30_000 }, (_, i) => (i % 7 === 0 ? `é${i}` : `key.${i}`));
+  for (const s of many) w.string(s);
+  const big = w.finish();
+  reader.reset(big, 0, big.byteLength);
+  for (const s of many) assert.is(reader.string(), s);
 });
 
 test("malformed input throws KOALA_ERR_PROTOCOL with the reason", () => {

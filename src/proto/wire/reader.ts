@@ -23,9 +23,12 @@ const latin1Slice = (Buffer.prototype as unknown as { latin1Slice(this: Uint8Arr
  * its range so far), its whole range is sliced once as Latin-1 and each later ASCII string is a
  * substring of that text: a byte check and a V8 substring, no call. V8 copies substrings under
  * 13 characters and keeps longer ones as slices of the text, so such a string keeps the
- * message's text (one byte per input byte) alive, as `bytes` views keep the input alive.
+ * message's text (one byte per input byte, ranges up to TEXT_MAX_RANGE) alive, as `bytes` views
+ * keep the input alive.
  */
 const TEXT_DENSITY = 512;
+/** Ranges longer than this never get a text: one kept string would keep that much alive. */
+const TEXT_MAX_RANGE = 256 * 1024;
 /** Strings at most this long are checked for ASCII (longer ones go to Node's slicer at once). */
 const TEXT_MAX = 64;
 // Scratch memory for floats (no DataView per value); `flip` reverses the byte order on a big-endian host.
@@ -279,7 +282,7 @@ export class ProtoReader {
   private ascii(s: number, e: number): string {
     let text = this.text;
     if (text === undefined) {
-      if (++this.asciiCount * TEXT_DENSITY < e - this.textBase) return latin1Slice.call(this.buf, s, e);
+      if (++this.asciiCount * TEXT_DENSITY < e - this.textBase || this.end - this.textBase > TEXT_MAX_RANGE) return latin1Slice.call(this.buf, s, e);
       text = this.text = latin1Slice.call(this.buf, this.textBase, this.end);
     }
     return text.substring(s - this.textBase, e - this.textBase);
