@@ -14,7 +14,9 @@
  * three) and every decoder's output is checked against the message before anything is timed.
  *
  * `npm run bench:codec [-- --json FILE]`; CODEC_ROUNDS (default 7) and CODEC_MS (per system
- * per round, default 250) set the length.
+ * per round, default 250) set the length; CODEC_ONLY, a regular expression, keeps the
+ * payload-and-operation groups whose name ("realistic, encode + decode") it matches (all three
+ * systems of a group always run together; goals of groups left out are not reported).
  */
 import { execFileSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
@@ -233,6 +235,14 @@ for (const [payload, message] of [["simple", simple()], ["realistic", realistic(
   );
 }
 
+// CODEC_ONLY: whole groups of three (koala, protobufjs, bufbuild) are kept or dropped together.
+const only = process.env.CODEC_ONLY === undefined ? undefined : new RegExp(process.env.CODEC_ONLY);
+if (only !== undefined) {
+  const kept = ops.filter((o) => only.test(`${o.payload}, ${o.op}`));
+  if (kept.length === 0) throw new Error(`CODEC_ONLY=${process.env.CODEC_ONLY} matches no payload and operation`);
+  ops.splice(0, ops.length, ...kept);
+}
+
 let sink = 0;
 /** Operations per second of `o` over `durationMs` (the warm-up). */
 function timed(o: Op, durationMs: number): number {
@@ -304,6 +314,8 @@ console.log(
 // The issue's goals (issue 17), on both payloads.
 const goals: { goal: string; value: number; target: number }[] = [];
 for (const payload of ["simple", "realistic"]) {
+  const has = (op: Op["op"]) => ops.some((o) => o.payload === payload && o.op === op);
+  if (!has("decode") || !has("encode + decode")) continue;
   goals.push(
     { goal: `${payload}: decode, koala ÷ protobufjs`, value: ratio(payload, "decode", "protobufjs"), target: 1.5 },
     { goal: `${payload}: encode + decode, koala ÷ protobufjs`, value: ratio(payload, "encode + decode", "protobufjs"), target: 1.5 },

@@ -127,6 +127,16 @@ test("strings of every kind (ASCII, 2-, 3- and 4-byte UTF-8, lone surrogates, co
         assert.is(w.pos, size, "bytes written");
         const r = new ProtoReader(buf);
         assert.is(Buffer.compare(r.bytes(), expected), 0, JSON.stringify(s));
+        // Between other fields, in a plain Uint8Array that starts inside its ArrayBuffer: the
+        // bytes around the string stay as written.
+        const inner = new Uint8Array(size + 8).subarray(3, 3 + size + 2);
+        w.begin(inner, 0, c);
+        w.byte(0xaa).string(s).byte(0xbb);
+        assert.is(w.pos, size + 2, "bytes written between fields");
+        assert.is(inner[0], 0xaa);
+        assert.is(inner[size + 1], 0xbb);
+        const r2 = new ProtoReader(inner, 1, size + 1);
+        assert.is(Buffer.compare(r2.bytes(), expected), 0, `between fields: ${JSON.stringify(s)}`);
       }
     }),
     { numRuns: 400 },
@@ -493,6 +503,40 @@ test("decoded bytes fields are views of the input, wherever they sit", () => {
   assert.equal([...back.fBytes], [1, 2, 3]);
   pool[back.fBytes.byteOffset + 2] = 9; // the view sees later writes to the input's memory
   assert.is(back.fBytes[2], 9);
+});
+
+test("runs of short strings (ASCII and not, sparse and dense) decode as written, from any range of a larger buffer, by a reused reader", () => {
+  const unit = fc.oneof(fc.integer({ min: 0x20, max: 0x7e }), fc.integer({ min: 0x80, max: 0x7ff }), fc.constantFrom(0xe9, 0x4e2d));
+  const str = fc.oneof(fc.array(fc.integer({ min: 0, max: 0x7f }), { maxLength: 70 }), fc.array(unit, { maxLength: 20 })).map((units) => String.fromCharCode(...units));
+  // A string field between padding fields (a bytes field of `pad` bytes) that spreads the strings out.
+  const field = fc.record({ s: str, pad: fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 2000 })) });
+  const reader = new ProtoReader(new Uint8Array(0));
+  fc.assert(
+    fc.property(fc.array(field, { maxLength: 60 }), fc.integer({ min: 0, max: 9 }), (fields, lead) => {
+      const w = protobuf.Writer.create();
+      for (const f of fields) {
+        w.string(f.s);
+        if (f.pad > 0) w.bytes(new Uint8Array(f.pad).fill(0x41)); // ASCII padding: must not leak into a string
+      }
+      const enc = w.finish();
+      const pool = new Uint8Array(lead + enc.byteLength + 5).fill(0x42);
+      pool.set(enc, lead);
+      reader.reset(pool, lead, lead + enc.byteLength);
+      for (const f of fields) {
+        assert.is(reader.string(), f.s);
+        if (f.pad > 0) assert.is(reader.bytes().byteLength, f.pad);
+      }
+      assert.is(reader.pos, lead + enc.byteLength);
+    }),
+    { numRuns: 300 },
+  );
+  // A range over 256 KiB: dense short strings still decode as written.
+  const w = protobuf.Writer.create();
+  const many = Array.from({ length: 30_000 }, (_, i) => (i % 7 === 0 ? `é${i}` : `key.${i}`));
+  for (const s of many) w.string(s);
+  const big = w.finish();
+  reader.reset(big, 0, big.byteLength);
+  for (const s of many) assert.is(reader.string(), s);
 });
 
 test("malformed input throws KOALA_ERR_PROTOCOL with the reason", () => {

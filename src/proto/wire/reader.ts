@@ -15,6 +15,22 @@ export const MAX_DEPTH = 100;
  * TextDecoder on short strings.
  */
 const utf8Slice = (Buffer.prototype as unknown as { utf8Slice(this: Uint8Array, start: number, end: number): string }).utf8Slice;
+const latin1Slice = (Buffer.prototype as unknown as { latin1Slice(this: Uint8Array, start: number, end: number): string }).latin1Slice;
+
+/*
+ * A call into Node's slicer costs ~60 ns, several times the JavaScript work of a short field.
+ * Once a message has shown it holds many short ASCII strings (one every TEXT_DENSITY bytes of
+ * its range so far), its whole range is sliced once as Latin-1 and each later ASCII string is a
+ * substring of that text: a byte check and a V8 substring, no call. V8 copies substrings under
+ * 13 characters and keeps longer ones as slices of the text, so such a string keeps the
+ * message's text (one byte per input byte, ranges up to TEXT_MAX_RANGE) alive, as `bytes` views
+ * keep the input alive.
+ */
+const TEXT_DENSITY = 512;
+/** Ranges longer than this never get a text: one kept string would keep that much alive. */
+const TEXT_MAX_RANGE = 256 * 1024;
+/** Strings at most this long are checked for ASCII (longer ones go to Node's slicer at once). */
+const TEXT_MAX = 64;
 // Scratch memory for floats (no DataView per value); `flip` reverses the byte order on a big-endian host.
 const f32 = new Float32Array(1);
 const f32b = new Uint8Array(f32.buffer);
@@ -37,11 +53,18 @@ export class ProtoReader {
   private depth = 0;
   /** A DataView of `buf`, made on the first fixed64. */
   private view: DataView | undefined;
+  /** Start of the range being decoded (where `text` starts). */
+  private textBase = 0;
+  /** Short ASCII strings read so far (decides when `text` is made). */
+  private asciiCount = 0;
+  /** The range decoded as Latin-1, once it has shown many short ASCII strings (see TEXT_DENSITY). */
+  private text: string | undefined;
 
   constructor(buf: Uint8Array, pos = 0, end = buf.byteLength) {
     this.buf = buf;
     this.pos = pos;
     this.end = end;
+    this.textBase = pos;
   }
 
   /** Starts over on other bytes (a reader is reused rather than made per message). */
@@ -51,6 +74,9 @@ export class ProtoReader {
     this.end = end;
     this.depth = 0;
     this.view = undefined;
+    this.textBase = pos;
+    this.asciiCount = 0;
+    this.text = undefined;
   }
 
   /** Unsigned 32-bit varint (longer varints are truncated to their low 32 bits, as protobuf does). */
@@ -241,10 +267,25 @@ export class ProtoReader {
     const e = this.pos;
     if (s === e) return "";
     const b = this.buf;
+    if (e - s <= TEXT_MAX) {
+      let i = s;
+      while (i < e && b[i]! < 0x80) i++;
+      if (i === e) return this.ascii(s, e);
+    }
     const str = utf8Slice.call(b, s, e);
     // Invalid UTF-8 always decodes with a U+FFFD in it: only then is the input checked.
     if (str.indexOf("\ufffd") !== -1 && !isUtf8(b.subarray(s, e))) throw malformed("invalid UTF-8 in a string field");
     return str;
+  }
+
+  /** The ASCII string of `buf[s, e)`: a substring of `text`, made once the message has enough of them. */
+  private ascii(s: number, e: number): string {
+    let text = this.text;
+    if (text === undefined) {
+      if (++this.asciiCount * TEXT_DENSITY < e - this.textBase || this.end - this.textBase > TEXT_MAX_RANGE) return latin1Slice.call(this.buf, s, e);
+      text = this.text = latin1Slice.call(this.buf, this.textBase, this.end);
+    }
+    return text.substring(s - this.textBase, e - this.textBase);
   }
 
   /** Length-prefixed string whose invalid UTF-8 sequences become U+FFFD (proto2, `utf8_validation = NONE`). */

@@ -191,6 +191,28 @@ const flip = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 0 : 7;
 const EMPTY = new Uint8Array(0);
 
 /**
+ * Writes the `n` units of `s` at `start + 1` and `n` at `start` when `s` is all ASCII and
+ * returns the end; returns -1 at its first other unit (what was written is then garbage).
+ * A function of its own, not a method: measured in this class's `string()`, the same loop ran
+ * 3x slower (9 ns a character against 3 on the realistic payload's short strings).
+ */
+function asciiString(b: Uint8Array, start: number, s: string, n: number): number {
+  let p = start + 1;
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0x80) return -1;
+    b[p++] = c;
+  }
+  b[start] = n;
+  return p;
+}
+
+/** Node's Buffer with its (untyped) UTF-8 writer: returns the bytes written. */
+interface NodeBuffer {
+  utf8Write(s: string, offset: number, length?: number): number;
+}
+
+/**
  * Writes protobuf wire data into a buffer of known size; see the module comment. The 64-bit
  * methods take a bigint, or an integral number.
  */
@@ -405,65 +427,41 @@ export class ProtoWriter {
   string(s: string): this {
     const n = s.length;
     if (n >= SHORT_STRING) return this.longString(s);
-    // Encoded here in one pass, the one-byte length written after (see SHORT_STRING).
-    const b = this.buf;
+    // Encoded in one pass, the one-byte length written after (see SHORT_STRING).
     const start = this.pos;
-    let p = start + 1;
-    for (let i = 0; i < n; i++) {
-      const c = s.charCodeAt(i);
-      if (c >= 0x80) return this.shortString(s, i, start, p);
-      b[p++] = c;
-    }
-    b[start] = n;
-    this.pos = p;
+    const end = asciiString(this.buf, start, s, n);
+    if (end < 0) return this.shortString(s, start);
+    this.pos = end;
     return this;
   }
 
-  /** {@link string} of a short string whose first `i` units (ASCII) are written up to `p`. */
-  private shortString(s: string, i: number, start: number, p: number): this {
-    const b = this.buf;
-    const n = s.length;
-    for (; i < n; i++) {
-      let c = s.charCodeAt(i);
-      if (c < 0x80) {
-        b[p++] = c;
-      } else if (c < 0x800) {
-        b[p++] = 0xc0 | (c >> 6);
-        b[p++] = 0x80 | (c & 0x3f);
-      } else {
-        if (c >= 0xd800 && c < 0xe000) {
-          const d = i + 1 < n ? s.charCodeAt(i + 1) : 0;
-          if (c < 0xdc00 && (d & 0xfc00) === 0xdc00) {
-            const cp = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00);
-            b[p++] = 0xf0 | (cp >> 18);
-            b[p++] = 0x80 | ((cp >> 12) & 0x3f);
-            b[p++] = 0x80 | ((cp >> 6) & 0x3f);
-            b[p++] = 0x80 | (cp & 0x3f);
-            i++;
-            continue;
-          }
-          c = 0xfffd;
-        }
-        b[p++] = 0xe0 | (c >> 12);
-        b[p++] = 0x80 | ((c >> 6) & 0x3f);
-        b[p++] = 0x80 | (c & 0x3f);
-      }
-    }
-    b[start] = p - start - 1;
-    this.pos = p;
+  /**
+   * {@link string} of a short string that is not all ASCII, through Node's native encoder: on the
+   * realistic payload's short non-ASCII strings it took 20 µs where a JavaScript loop took 50.
+   * It writes exactly the bytes the size pass counted (Buffer.byteLength), the length byte first.
+   */
+  private shortString(s: string, start: number): this {
+    const len = this.node().utf8Write(s, start + 1);
+    this.buf[start] = len;
+    this.pos = start + 1 + len;
     return this;
+  }
+
+  /** `buf` as a Buffer (Node's string writers), made once per message when it is not one already. */
+  private node(): NodeBuffer {
+    let view = this.nodeBuf;
+    if (view === undefined) {
+      const b = this.buf;
+      view = this.nodeBuf = Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+    }
+    return view as unknown as NodeBuffer;
   }
 
   /** {@link string} of a long string, through Node's native encoder. */
   private longString(s: string): this {
     const len = Buffer.byteLength(s, "utf8");
     this.uint32(len);
-    let view = this.nodeBuf;
-    if (view === undefined) {
-      const b = this.buf;
-      view = this.nodeBuf = Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-    }
-    (view as unknown as { utf8Write(s: string, offset: number, length: number): number }).utf8Write(s, this.pos, len);
+    this.node().utf8Write(s, this.pos, len);
     this.pos += len;
     return this;
   }
