@@ -97,7 +97,10 @@ for (const c of CASES) {
   for (let i = 0; i < 100 && !source.endpoints().every((e) => e.state === "ready"); i++) await new Promise((r) => setTimeout(r, 5));
   // A loop of its own per case (its own type feedback): the channel's call site sees one source class, as here.
   // The routed cases pass the call (the channel always does; the other sources ignore it).
-  const loop = new Function("s", "n", "call", "let k = 0; for (let i = 0; i < n; i++) { const c = s.pick(call); if (c !== undefined) k += c.outstanding + 1; } return k;") as (s: ConnectionSource<StandInConnection>, n: number, call: RoutedCall | undefined) => number;
+  // A routed call keeps the route its first pick chose: the routed loops forget it before each
+  // pick, so that every pick routes as a new call's first pick does.
+  const body = c.target.startsWith("routed:") ? "call.route = undefined; " : "";
+  const loop = new Function("s", "n", "call", `let k = 0; for (let i = 0; i < n; i++) { ${body}const c = s.pick(call); if (c !== undefined) k += c.outstanding + 1; } return k;`) as (s: ConnectionSource<StandInConnection>, n: number, call: RoutedCall | undefined) => number;
   const call = c.target.startsWith("routed:") ? CALL : undefined;
   if (loop(source, 100_000, call) === 0) throw new Error(`${c.label}: nothing picked`);
   const ns: number[] = [];

@@ -9,7 +9,9 @@
  * dropped when none does), over the endpoints of that cluster, and each call's pick goes to the
  * balancer of the cluster its route gives. With one route to one cluster (the common case) the
  * pick goes straight to that balancer, as with any other resolver: one field load more than the
- * balancer's own pick.
+ * balancer's own pick. A routed call's route is chosen once, on its first routed pick, and kept
+ * on the call ({@link RoutedCall.route}): its later picks go to the same cluster, and the
+ * route's timeout, if any, caps the call's deadline then (the call's `limitDeadline`).
  */
 import { Code, ErrorCode, KoalaError, RpcError } from "../errors.js";
 import { log, logLimited } from "../log.js";
@@ -69,6 +71,28 @@ export interface ClusterSourceOptions {
   readonly outlierDetection?: OutlierDetectionSettings;
 }
 
+/**
+ * The index in `r`'s clusters of `call`'s route, -1 when no route matches it. The first time,
+ * the router chooses the route and the call keeps it (and hears of its timeout); later, the
+ * kept route's cluster, found by name when the router changed since. A call whose cluster no
+ * route of the new router names any more is routed again (its timeout stays as it was).
+ */
+function clusterOf(r: CallRouter, call: RoutedCall): number {
+  let c = call.route;
+  if (c === undefined) {
+    c = r.route(call);
+    call.route = c;
+    if (c.timeoutMs !== undefined) call.limitDeadline?.(c.timeoutMs);
+  }
+  const i = c.cluster;
+  if (i < 0 || r.clusters[i] === c.name) return i;
+  const j = r.clusters.indexOf(c.name);
+  if (j >= 0) return j;
+  c = r.route(call);
+  call.route = c;
+  return c.cluster;
+}
+
 /** Connections to the endpoints a resolver reports, picked by a balancer (one per cluster when the resolver routes calls). */
 export class ClusterSource<C extends PooledConnection> implements ConnectionSource<C> {
   private readonly subchannels = new Map<string, EndpointSubchannel<C>>();
@@ -123,7 +147,7 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
   private routedPick(call: RoutedCall | undefined): C | undefined {
     const r = this.router;
     if (r === undefined) return undefined;
-    const i = call === undefined ? 0 : r.route(call);
+    const i = call === undefined ? 0 : clusterOf(r, call);
     return i < 0 ? undefined : this.children[i]?.balancer.pick();
   }
 
@@ -168,7 +192,7 @@ export class ClusterSource<C extends PooledConnection> implements ConnectionSour
     const r = this.router;
     let child = this.children[0];
     if (r !== undefined) {
-      const i = call === undefined ? 0 : r.route(call);
+      const i = call === undefined ? 0 : clusterOf(r, call);
       if (i < 0) return { error: new RpcError(Code.UNAVAILABLE, r.unrouted(call)), unrouted: true };
       child = this.children[i];
     }

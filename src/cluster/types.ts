@@ -48,6 +48,30 @@ export interface RoutedCall {
   readonly path: string;
   /** The request metadata (read only when a route matches on headers). */
   readonly metadata: { getAll(key: string): readonly (string | Uint8Array)[] };
+  /**
+   * The call's route, once the source chose it (it sets it on the call's first routed pick):
+   * every later pick of the call (a retry, a resend after a GOAWAY) goes the same way, as a
+   * route with a `runtime_fraction` or `weighted_clusters` is a random choice.
+   */
+  route?: CallRoute | undefined;
+  /**
+   * Called by the source when it chose the call's route and the route has a timeout: the call's
+   * deadline becomes the earlier of its own and `timeoutMs` from now.
+   */
+  limitDeadline?(timeoutMs: number): void;
+}
+
+/**
+ * A {@link CallRouter}'s choice for one call: its cluster and its route's timeout. A router
+ * makes these once per route and cluster, so routing a call allocates nothing.
+ */
+export interface CallRoute {
+  /** The index of the cluster in the {@link CallRouter.clusters} of the router that chose it; -1: no route matches the call. */
+  readonly cluster: number;
+  /** That cluster's name (a later router finds it by name). */
+  readonly name: string;
+  /** The call's timeout from the route, in milliseconds; undefined: none. */
+  readonly timeoutMs: number | undefined;
 }
 
 /**
@@ -60,11 +84,11 @@ export interface CallRouter {
   readonly clusters: readonly string[];
   /**
    * The index in {@link clusters} every call goes to when routing does not depend on the call
-   * (one route matching everything, to one cluster), else -1: then `route()` runs per call.
+   * (one route matching everything, to one cluster, without a timeout), else -1: then `route()` runs per call.
    */
   readonly fixed: number;
-  /** The cluster of `call` (an index into {@link clusters}), or -1 when no route matches it. Per call: synchronous. */
-  route(call: RoutedCall | undefined): number;
+  /** The route of `call` (its `cluster` -1 when no route matches it). Once per call: synchronous, allocation-free. */
+  route(call: RoutedCall): CallRoute;
   /** Why `call` fails when no route matches it (a call with no route fails with UNAVAILABLE and this message). */
   unrouted(call: RoutedCall | undefined): string;
   /** Why a cluster has no endpoints, by name, for the calls routed there (it does not exist, its endpoints are missing, …). */

@@ -8,7 +8,7 @@ import { Code, ErrorCode, KoalaError, RpcError, clampCode, codeName, type Metada
 import { Fifo } from "../fifo.js";
 import { log, logLimited } from "../log.js";
 import { connect } from "../transport/index.js";
-import { createConnectionSource, type ConnectionSource, type Endpoint, type EndpointState, type PooledConnection, type RoutedCall } from "../cluster/index.js";
+import { createConnectionSource, type CallRoute, type ConnectionSource, type Endpoint, type EndpointState, type PooledConnection, type RoutedCall } from "../cluster/index.js";
 import type { Connection, PeerCertificate } from "../transport/types.js";
 import type { MethodDefinition, MethodKind, PartialMessage, ServiceDefinition } from "../proto/definition.js";
 import { FrameFlag, FrameType, type Frame } from "./frame.js";
@@ -481,7 +481,10 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
   readonly stream: IncomingStream<O> | undefined;
   /** Credits for the request side of a streaming request side. */
   private readonly window: SendWindow | undefined;
-  readonly deadline: number | undefined;
+  /** Epoch ms, or undefined; an xDS route's timeout may make it earlier once (see {@link limitDeadline}). */
+  deadline: number | undefined;
+  /** The call's xDS route once the channel's source chose it (see RoutedCall.route); on an attempt, its parent holds it. */
+  route: CallRoute | undefined = undefined;
   /** Outcome of a call that ended before `result()` was asked for: null for OK. */
   private early: RpcError | null | undefined;
   /** The single request, kept until the server answers so that a call its GOAWAY refused can go elsewhere. */
@@ -577,6 +580,21 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
   /** Fails the call with DEADLINE_EXCEEDED in `left` ms. */
   private armDeadline(left: number): void {
     this.timer = setTimeout(() => this.cancel(new RpcError(Code.DEADLINE_EXCEEDED, `deadline exceeded after ${this.options?.timeoutMs ?? left} ms`)), left);
+  }
+
+  /**
+   * The call's route has a timeout (xDS, gRPC's A31): the deadline becomes the earlier of the
+   * call's and `timeoutMs` from now, as a service-config timeout, and the timer follows. On a
+   * call with attempts, the attempts running take the new deadline too.
+   */
+  limitDeadline(timeoutMs: number): void {
+    const d = Date.now() + timeoutMs;
+    if (this.done || (this.deadline !== undefined && this.deadline <= d)) return;
+    this.deadline = d;
+    const r = this.retry;
+    if (r !== undefined) for (const a of r.live) a.deadline = d;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = timeoutMs <= MAX_TIMER_MS ? setTimeout(() => this.cancel(new RpcError(Code.DEADLINE_EXCEEDED, `deadline exceeded after ${timeoutMs} ms (the timeout of the call's xDS route)`)), timeoutMs) : undefined;
   }
 
   /** Goes on with `next` once a held verdict settles (or ends the call with the rejection). */
@@ -676,10 +694,11 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
       return;
     }
     const p = this.parent;
+    // An attempt routes as its call: the call's route is chosen once, for all its attempts.
     const c =
       p !== undefined && p.retry!.tried.length > 0
-        ? this.channel.connectionAvoiding(p.retry!.tried, this.waitReady ? this.stillWaiting() : undefined, this)
-        : (this.pinned ?? this.channel.connection(this.waitReady ? this.stillWaiting() : undefined, this));
+        ? this.channel.connectionAvoiding(p.retry!.tried, this.waitReady ? this.stillWaiting() : undefined, p)
+        : (this.pinned ?? this.channel.connection(this.waitReady ? this.stillWaiting() : undefined, p ?? this));
     if (c instanceof ClientConnection) {
       if (c.hasRoom) this.open(c, request, requests);
       else this.openWhenAdmitted(c, request, requests);
@@ -709,7 +728,7 @@ class ClientCall<I, O> extends CallInfoBase implements PendingCall, CallInfo {
     if (this.done) return;
     if (!cc.usable) {
       // Lost between the lookup and now (a GOAWAY or a close in the meantime): try the next connection once.
-      const next = this.pinned === undefined ? this.channel.connection(undefined, this) : undefined;
+      const next = this.pinned === undefined ? this.channel.connection(undefined, this.parent ?? this) : undefined;
       if (next instanceof ClientConnection && next !== cc) return this.openWhenAdmitted(next, request, requests);
       if (this.x !== undefined) this.x.transparent = true;
       this.end(new RpcError(Code.UNAVAILABLE, `connection to ${this.channel.address} is not usable`));

@@ -4,6 +4,8 @@
  * same route list for both, to clusters on 127.0.0.2 (a), 127.0.0.3 (b) and 127.0.0.4 (c) —
  * koala replicas for koala, grpc-js servers for grpc-js-xds, on the same method paths. Each
  * case checks that both clients send each call to the same host, or fail it the same way.
+ * Backends of both kinds take `delayMs` before they answer (koala: the request's field;
+ * grpc-js: the raw request's text), for the route timeout cases.
  */
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -11,11 +13,12 @@ import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import * as grpcXds from "@grpc/grpc-js-xds";
 import { Code, clientChannel, closeClient, createClient, createServer, type Client, type Server } from "../../src/index.js";
-import { ROUTE } from "../../src/cluster/xds/protos.js";
-import { matchValue, routeMatches } from "../../src/cluster/xds/routing.js";
+import { HTTP_CONNECTION_MANAGER, LISTENER, ROUTE, ROUTER, loadXdsProtos } from "../../src/cluster/xds/protos.js";
+import { XdsRouter, matchValue, routeMatches } from "../../src/cluster/xds/routing.js";
+import { createConnectionSource, registerResolver, type PooledConnection, type RoutedCall } from "../../src/cluster/index.js";
 import { EchoService } from "../fixtures/rpc/gen/echo.js";
 import { rejection, until } from "../helpers.js";
-import { assignment, cluster, rdsListener, snapshot, startOracleControlPlane, type ControlPlane } from "./xds-control-plane.js";
+import { assignment, cluster, snapshot, startOracleControlPlane, type ControlPlane } from "./xds-control-plane.js";
 
 type Obj = Record<string, unknown>;
 const UNARY = "/koala.test.Echo/Unary";
@@ -48,7 +51,11 @@ async function startBackends(): Promise<void> {
     koalaPorts.set(host, Number(/:(\d+)$/.exec(address)![1]));
     const g = new grpc.Server();
     const raw = (path: string) => ({ path, requestStream: false, responseStream: false, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b });
-    const answer = (_call: unknown, cb: (err: null, res: Buffer) => void) => cb(null, Buffer.from(host));
+    const answer = (call: { request: Buffer }, cb: (err: null, res: Buffer) => void) => {
+      const delayMs = Number(call.request.toString() || "0");
+      if (delayMs > 0) setTimeout(() => cb(null, Buffer.from(host)), delayMs);
+      else cb(null, Buffer.from(host));
+    };
     g.addService({ Unary: raw(UNARY), ServerStream: raw(STREAM) }, { Unary: answer, ServerStream: answer });
     const port = await new Promise<number>((resolve, reject) => g.bindAsync(`${host}:0`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
     grpcServers.push(g);
@@ -56,17 +63,35 @@ async function startBackends(): Promise<void> {
   }
 }
 
-/** The snapshot: for both clients, the route list `routes` (each route's cluster a letter, or "missing": a cluster the control plane does not serve), clusters a, b, c with one endpoint each. */
-function table(routes: readonly { readonly match: Obj; readonly to: ClusterName | "missing" }[]) {
+const protos = loadXdsProtos();
+
+/** An RDS listener whose HttpConnectionManager has `options` as its common_http_protocol_options (when given). */
+function listenerWith(name: string, routeName: string, options: Obj | undefined): Obj {
+  const hcm = { rds: { route_config_name: routeName, config_source: { ads: {} } }, http_filters: [{ name: "router", typed_config: protos.pack(ROUTER, {}) }], ...(options === undefined ? {} : { common_http_protocol_options: options }) };
+  return { name, api_listener: { api_listener: protos.pack(HTTP_CONNECTION_MANAGER, hcm) } };
+}
+
+/** One route of a table: its match, its cluster (a letter, or "missing": a cluster the control plane does not serve), and its `max_stream_duration` when given. */
+interface RouteSpec {
+  readonly match: Obj;
+  readonly to: ClusterName | "missing";
+  readonly maxStreamDuration?: Obj;
+}
+
+/**
+ * The snapshot: for both clients, the route list `routes`, clusters a, b, c with one endpoint
+ * each, and the listeners' HttpConnectionManager `hcmOptions` (common_http_protocol_options).
+ */
+function table(routes: readonly RouteSpec[], hcmOptions?: Obj) {
   const listeners: Obj[] = [];
   const clusters: Obj[] = [];
   const assignments: Obj[] = [];
   const routeConfigs: Obj[] = [];
   for (const [suffix, ports] of [["", koalaPorts], ["-grpc", grpcPorts]] as const) {
-    listeners.push(rdsListener(`routes${suffix}`, `routes-table${suffix}`));
+    listeners.push(listenerWith(`routes${suffix}`, `routes-table${suffix}`, hcmOptions));
     routeConfigs.push({
       name: `routes-table${suffix}`,
-      virtual_hosts: [{ name: `vh${suffix}`, domains: [`routes${suffix}`], routes: routes.map((r) => ({ match: r.match, route: { cluster: `${r.to}${suffix}` } })) }],
+      virtual_hosts: [{ name: `vh${suffix}`, domains: [`routes${suffix}`], routes: routes.map((r) => ({ match: r.match, route: { cluster: `${r.to}${suffix}`, ...(r.maxStreamDuration === undefined ? {} : { max_stream_duration: r.maxStreamDuration }) } })) }],
     });
     for (const [name, host] of Object.entries(HOST_OF)) {
       clusters.push(cluster(`${name}${suffix}`));
@@ -76,12 +101,12 @@ function table(routes: readonly { readonly match: Obj; readonly to: ClusterName 
   return snapshot(listeners, clusters, assignments, routeConfigs);
 }
 
-/** Sets the snapshot and waits until both clients ACKed its route table (they apply a version before they ACK it). */
-async function apply(routes: Parameters<typeof table>[0]): Promise<void> {
-  cp.set(table(routes));
-  const acked = (koalaSide: boolean) => cp.replies.some((r) => (r.agent === "koala-rpc") === koalaSide && r.typeUrl === ROUTE && r.version === cp.version);
-  await until(() => acked(true) && acked(false), "both clients' ACK of the route table");
-  assert.ok(cp.replies.filter((r) => r.typeUrl === ROUTE && r.version === cp.version).every((r) => r.nack === undefined), "no NACK of the route table");
+/** Sets the snapshot and waits until both clients ACKed its listener and route table (they apply a version before they ACK it). */
+async function apply(routes: readonly RouteSpec[], hcmOptions?: Obj): Promise<void> {
+  cp.set(table(routes, hcmOptions));
+  const acked = (koalaSide: boolean, type: string) => cp.replies.some((r) => (r.agent === "koala-rpc") === koalaSide && r.typeUrl === type && r.version === cp.version);
+  await until(() => [LISTENER, ROUTE].every((t) => acked(true, t) && acked(false, t)), "both clients' ACK of the listener and the route table");
+  assert.ok(cp.replies.filter((r) => (r.typeUrl === ROUTE || r.typeUrl === LISTENER) && r.version === cp.version).every((r) => r.nack === undefined), "no NACK of the listener or the route table");
 }
 
 /** Where koala's call of `path` with `metadata` went: the host, or the failure's code and message. */
@@ -232,6 +257,125 @@ test("a route to a cluster the control plane does not serve: its calls fail with
   await apply([{ match: { path: UNARY }, to: "c" }, { match: { prefix: "" }, to: "b" }]);
   await routed(HOST_OF.c, UNARY);
   await routed(HOST_OF.b, STREAM);
+});
+
+/** A google.protobuf.Duration of `ms` milliseconds. */
+const duration = (ms: number) => ({ seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1_000_000 });
+
+/** Koala's and grpc-js-xds's unary call that the backend answers after `delayMs`, with the application's deadline `timeoutMs` from now: the host, or "code N"; and koala's error message. */
+async function timedCall(delayMs: number, timeoutMs: number): Promise<{ koala: string; oracle: string; message: string }> {
+  let message = "";
+  const [k, o] = await Promise.all([
+    koala.unary({ delayMs }, { timeoutMs }).then(
+      (r) => r.text,
+      (err: { code: number; message: string }) => {
+        message = err.message;
+        return `code ${err.code}`;
+      },
+    ),
+    new Promise<string>((resolve) =>
+      oracle.makeUnaryRequest(UNARY, (b: Buffer) => b, (b: Buffer) => b, Buffer.from(String(delayMs)), new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => resolve(err ? `code ${err.code}` : res!.toString())),
+    ),
+  ]);
+  return { koala: k, oracle: o, message };
+}
+
+/**
+ * Calls as timedCall until koala answers `koalaWant` and grpc-js-xds `oracleWant` (a new table
+ * applies after its ACK), then twice more: the same answers each time. Returns koala's last error message.
+ */
+async function timed(delayMs: number, timeoutMs: number, koalaWant: string, oracleWant = koalaWant): Promise<string> {
+  const end = Date.now() + 10_000;
+  let got = await timedCall(delayMs, timeoutMs);
+  while (got.koala !== koalaWant || got.oracle !== oracleWant) {
+    if (Date.now() > end) throw new Error(`a ${delayMs} ms call with a ${timeoutMs} ms deadline: koala answered ${JSON.stringify(got.koala)} (${got.message}), grpc-js-xds ${JSON.stringify(got.oracle)}; wanted ${koalaWant} and ${oracleWant}`);
+    await sleep(50);
+    got = await timedCall(delayMs, timeoutMs);
+  }
+  for (let i = 0; i < 2; i++) {
+    const again = await timedCall(delayMs, timeoutMs);
+    assert.equal([again.koala, again.oracle], [koalaWant, oracleWant], `a ${delayMs} ms call with a ${timeoutMs} ms deadline answered in two ways`);
+  }
+  return got.message;
+}
+
+const DEADLINE = `code ${Code.DEADLINE_EXCEEDED}`;
+
+test("a route's max_stream_duration is the call's timeout: 300 ms fails a 1 s call with DEADLINE_EXCEEDED and lets a 50 ms one through, on both clients", async () => {
+  await apply([{ match: { path: STREAM }, to: "b" }, { match: { prefix: "" }, to: "a", maxStreamDuration: { max_stream_duration: duration(300) } }]);
+  const message = await timed(1000, 5000, DEADLINE);
+  assert.match(message, /deadline exceeded after 300 ms \(the timeout of the call's xDS route\)/);
+  await timed(50, 5000, HOST_OF.a);
+  // The other route sets none: the 1 s call goes through.
+  await routed(HOST_OF.b, STREAM);
+});
+
+test("grpc_timeout_header_max wins over max_stream_duration; 0 means no timeout from xDS, on both clients", async () => {
+  await apply([{ match: { prefix: "" }, to: "a", maxStreamDuration: { grpc_timeout_header_max: duration(300), max_stream_duration: duration(5000) } }]);
+  await timed(1000, 5000, DEADLINE);
+  await apply([{ match: { prefix: "" }, to: "a", maxStreamDuration: { grpc_timeout_header_max: duration(0), max_stream_duration: duration(300) } }]);
+  await timed(1000, 5000, HOST_OF.a);
+  // A route's 0 is no timeout, not "use the listener's default".
+  await apply([{ match: { prefix: "" }, to: "a", maxStreamDuration: { max_stream_duration: duration(0) } }], { max_stream_duration: duration(300) });
+  await timed(1000, 5000, HOST_OF.a);
+});
+
+test("the application's shorter deadline still wins over the route's timeout, on both clients", async () => {
+  await apply([{ match: { prefix: "" }, to: "a", maxStreamDuration: { max_stream_duration: duration(5000) } }]);
+  const message = await timed(1000, 300, DEADLINE);
+  assert.match(message, /deadline exceeded after 300 ms$/, "the application's deadline, not the route's");
+  await timed(50, 300, HOST_OF.a);
+});
+
+test("the HttpConnectionManager's common_http_protocol_options.max_stream_duration applies where the route sets none (grpc-js-xds 1.14 reads idle_timeout there instead)", async () => {
+  await apply([{ match: { path: STREAM }, to: "b", maxStreamDuration: { max_stream_duration: duration(0) } }, { match: { prefix: "" }, to: "a" }], { max_stream_duration: duration(300) });
+  // grpc-js-xds 1.14's resolver-xds.ts takes the default from common_http_protocol_options.idle_timeout,
+  // not max_stream_duration as A31 says: its 1 s call goes through.
+  const message = await timed(1000, 5000, DEADLINE, HOST_OF.a);
+  assert.match(message, /after 300 ms \(the timeout of the call's xDS route\)/);
+  await timed(50, 5000, HOST_OF.a);
+  // Back to a listener without a default: no timeout.
+  await apply([{ match: { prefix: "" }, to: "a" }]);
+  await timed(1000, 5000, HOST_OF.a);
+});
+
+test("a call's route is chosen once: every pick of one call (retries, resends) goes to the cluster and timeout its first pick chose", async () => {
+  // Half the calls take the first route (runtime_fraction) to a, 1000 ms; the others the second, to b, 2000 ms.
+  const all = { kind: "prefix", value: "", ignoreCase: false } as const;
+  const routes = [
+    { match: { path: all, headers: [], fraction: { numerator: 50, denominator: 100 } }, clusters: [{ name: "a", weight: 1 }], timeoutMs: 1000 },
+    { match: { path: all, headers: [], fraction: undefined }, clusters: [{ name: "b", weight: 1 }], timeoutMs: 2000 },
+  ];
+  registerResolver("once-routed", (target, listener) => {
+    setImmediate(() => listener.onEndpoints([{ address: "127.0.0.2:1", cluster: "a" }, { address: "127.0.0.3:1", cluster: "b" }], new XdsRouter({ name: "vh", domains: ["*"], routes }, target.raw, new Map())));
+    return { refresh() {}, close() {} };
+  });
+  type Conn = PooledConnection & { readonly address: string };
+  const source = createConnectionSource<Conn>("once-routed:///x", async (e) => ({ address: e.address, usable: true, isClosed: false, outstanding: 0, closed: new Promise(() => undefined), close() {}, drain() {} }), {
+    backoff: { initialMs: 1000, maxMs: 1000, multiplier: 1, jitter: 0 },
+    endpointBackoff: { initialMs: 1000, maxMs: 1000, multiplier: 1, jitter: 0 },
+    balancerOptions: {},
+    minResolveIntervalMs: 1000,
+    balancer: "round_robin",
+  });
+  try {
+    const probe: RoutedCall = { path: UNARY, metadata: { getAll: () => [] } };
+    await source.wait(undefined, probe);
+    await until(() => source.endpoints().every((e) => e.state === "ready"), "both endpoints ready");
+    const seen = new Set<string>();
+    for (let n = 0; n < 100; n++) {
+      const limits: number[] = [];
+      const call: RoutedCall = { path: UNARY, metadata: { getAll: () => [] }, limitDeadline: (ms) => limits.push(ms) };
+      const first = source.pick(call)!.address;
+      for (let i = 0; i < 5; i++) assert.is(source.pick(call)!.address, first, "a later pick of the same call went elsewhere");
+      assert.is((await source.wait(undefined, call)).address, first);
+      assert.equal(limits, [first === "127.0.0.2:1" ? 1000 : 2000], "the route's timeout, told once");
+      seen.add(first);
+    }
+    assert.equal([...seen].sort(), ["127.0.0.2:1", "127.0.0.3:1"], "calls took both routes");
+  } finally {
+    source.close();
+  }
 });
 
 test("matchers one by one (the parts the oracle cases above do not reach)", () => {

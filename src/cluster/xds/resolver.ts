@@ -119,6 +119,8 @@ class XdsResolver implements Resolver {
   private clusters = new Map<string, ClusterWatch>();
   /** The virtual host of the target in the route configuration now. */
   private host: VirtualHost | undefined;
+  /** The listener's call timeout for routes that set none (ms, 0: none). */
+  private defaultTimeoutMs = 0;
   private reported = false;
   private closed = false;
 
@@ -170,6 +172,8 @@ class XdsResolver implements Resolver {
   }
 
   private onListener(l: ListenerConfig): void {
+    const timeoutChanged = l.defaultTimeoutMs !== this.defaultTimeoutMs;
+    this.defaultTimeoutMs = l.defaultTimeoutMs;
     if ("routeConfig" in l) {
       this.stopRoute?.();
       this.stopRoute = undefined;
@@ -177,7 +181,10 @@ class XdsResolver implements Resolver {
       this.onRoute(l.routeConfig, `listener ${JSON.stringify(this.listenerName)}`);
       return;
     }
-    if (l.routeConfigName === this.routeName) return;
+    if (l.routeConfigName === this.routeName) {
+      if (timeoutChanged) this.report();
+      return;
+    }
     this.stopRoute?.();
     this.routeName = l.routeConfigName;
     const what = `route configuration ${JSON.stringify(l.routeConfigName)}`;
@@ -269,7 +276,7 @@ class XdsResolver implements Resolver {
       return;
     }
     this.reported = true;
-    this.listener.onEndpoints(endpoints, new XdsRouter(host, this.target.raw, problems));
+    this.listener.onEndpoints(endpoints, new XdsRouter(host, this.target.raw, problems, this.defaultTimeoutMs));
   }
 }
 

@@ -11,7 +11,9 @@
  *   matchers, `runtime_fraction`'s default) and its `cluster` or `weighted_clusters`. As
  *   grpc-js-xds: a `non_forwarding_action` route or a `cluster_header` one is kept out of the
  *   list (it never takes a call), other actions (redirect, direct_response) and other path
- *   specifiers are rejected.
+ *   specifiers are rejected. Each route's timeout (gRPC's A31): `max_stream_duration`'s
+ *   `grpc_timeout_header_max` if set, else its `max_stream_duration`; the listener's
+ *   HttpConnectionManager gives the default (`common_http_protocol_options.max_stream_duration`).
  * - Cluster: type EDS, `lb_policy` ROUND_ROBIN (the default), `eds_config` over ADS.
  * - ClusterLoadAssignment: localities with their `load_balancing_weight` and `priority`;
  *   endpoints as IP addresses with a port, no duplicates; `health_status`.
@@ -55,6 +57,12 @@ export interface RouteMatch {
 export interface Route {
   readonly match: RouteMatch;
   readonly clusters: readonly WeightedCluster[];
+  /**
+   * The route's call timeout in milliseconds (A31: `max_stream_duration.grpc_timeout_header_max`
+   * if set, else `max_stream_duration.max_stream_duration`); 0: none; undefined: the route sets
+   * neither, the listener's default applies.
+   */
+  readonly timeoutMs?: number | undefined;
 }
 
 /** A virtual host: its name, the domains it answers for, and its forwarding routes in order. */
@@ -69,8 +77,12 @@ export interface RouteConfig {
   readonly virtualHosts: readonly VirtualHost[];
 }
 
-/** A checked Listener: its routes inline, or the name of its RouteConfiguration. */
-export type ListenerConfig = { readonly routeConfigName: string } | { readonly routeConfig: RouteConfig };
+/**
+ * A checked Listener: its routes inline, or the name of its RouteConfiguration; and the call
+ * timeout of routes that set none, in milliseconds (its HttpConnectionManager's
+ * `common_http_protocol_options.max_stream_duration`; 0 or unset: none).
+ */
+export type ListenerConfig = ({ readonly routeConfigName: string } | { readonly routeConfig: RouteConfig }) & { readonly defaultTimeoutMs: number };
 
 /** A checked Cluster. */
 export interface ClusterConfig {
@@ -111,6 +123,13 @@ const str = (v: unknown): string => (typeof v === "string" ? v : "");
 const num = (v: unknown): number => (typeof v === "number" ? v : 0);
 /** The value of a google.protobuf.UInt32Value, or undefined when unset. */
 const uint32Value = (v: unknown): number | undefined => (obj(v) === undefined ? undefined : num(obj(v)!.value));
+
+/** A google.protobuf.Duration in milliseconds (rounded up, so that a positive one is never 0), or undefined when unset. */
+function durationMs(v: unknown): number | undefined {
+  const d = obj(v);
+  if (d === undefined) return undefined;
+  return Math.max(0, num(d.seconds) * 1000 + Math.ceil(num(d.nanos) / 1e6));
+}
 
 /** A regular expression matching a whole value (RE2 syntax, read by JavaScript's engine: the common subset is the same); an invalid one is an error. */
 function regexMatch(source: string, where: string, errors: string[]): ValueMatch {
@@ -237,7 +256,9 @@ function routeConfig(rc: Obj, errors: string[]): RouteConfig {
         errors.push(`${where}.route: unsupported cluster_specifier ${JSON.stringify(action.cluster_specifier ?? "unset")}`);
         continue;
       }
-      routes.push({ match, clusters });
+      const msd = obj(action.max_stream_duration);
+      const timeoutMs = durationMs(msd?.grpc_timeout_header_max) ?? durationMs(msd?.max_stream_duration);
+      routes.push(timeoutMs === undefined ? { match, clusters } : { match, clusters, timeoutMs });
     }
     virtualHosts.push({ name: str(vh.name), domains, routes });
   }
@@ -253,6 +274,7 @@ const listenerType: ResourceType<ListenerConfig> = {
     let value: ListenerConfig | undefined;
     try {
       const hcm = protos.unpack(obj(l.api_listener)?.api_listener, HTTP_CONNECTION_MANAGER);
+      const defaultTimeoutMs = durationMs(obj(hcm.common_http_protocol_options)?.max_stream_duration) ?? 0;
       const filters = arr(hcm.http_filters);
       for (const [i, f] of filters.entries()) {
         const url = str(obj(f.typed_config)?.type_url);
@@ -264,10 +286,10 @@ const listenerType: ResourceType<ListenerConfig> = {
         const source = obj(rds.config_source);
         if (source?.ads === undefined && source?.self === undefined) errors.push("rds.config_source must be ads or self");
         if (str(rds.route_config_name) === "") errors.push("rds.route_config_name is empty");
-        value = { routeConfigName: str(rds.route_config_name) };
+        value = { routeConfigName: str(rds.route_config_name), defaultTimeoutMs };
       } else if (hcm.route_specifier === "route_config") {
         const e: string[] = [];
-        value = { routeConfig: routeConfig(obj(hcm.route_config)!, e) };
+        value = { routeConfig: routeConfig(obj(hcm.route_config)!, e), defaultTimeoutMs };
         errors.push(...e.map((m) => `route_config: ${m}`));
       } else errors.push(`unsupported route_specifier ${JSON.stringify(hcm.route_specifier ?? "unset")}`);
     } catch (err) {

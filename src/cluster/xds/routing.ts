@@ -8,8 +8,10 @@
  * joined with ",", never matches a `-bin` key, reads `content-type` as `application/grpc`,
  * fails on a missing key (then `invert_match` makes it match); `runtime_fraction` takes its
  * default value's share of the calls at random. A call no route matches fails with UNAVAILABLE.
+ * A route's timeout (gRPC's A31: the route's own, else the listener's default; 0 none) comes
+ * with its cluster in the {@link CallRoute} the call keeps.
  */
-import type { CallRouter, RoutedCall } from "../types.js";
+import type { CallRoute, CallRouter, RoutedCall } from "../types.js";
 import { smoothOrder } from "../balancers.js";
 import type { HeaderMatch, Route, ValueMatch, VirtualHost } from "./resources.js";
 
@@ -67,12 +69,15 @@ function matchesAll(route: Route): boolean {
   return path.kind === "prefix" && path.value === "" && headers.length === 0 && fraction === undefined;
 }
 
-/** A route and where its calls go: the index of its cluster, or a smooth weighted order of indexes (weighted_clusters). */
+/** A route and where its calls go: its choice per cluster, in a smooth weighted order (weighted_clusters) or alone. */
 interface RouteEntry {
   readonly route: Route;
-  readonly order: readonly number[];
+  readonly order: readonly CallRoute[];
   next: number;
 }
+
+/** The route of a call no route matches. */
+const UNROUTED: CallRoute = { cluster: -1, name: "", timeoutMs: undefined };
 
 /** The {@link CallRouter} of one virtual host (`target` names the channel's target in errors). */
 export class XdsRouter implements CallRouter {
@@ -84,6 +89,8 @@ export class XdsRouter implements CallRouter {
     readonly host: VirtualHost,
     private readonly target: string,
     readonly problems: ReadonlyMap<string, string>,
+    /** The listener's timeout for routes that set none (ms; 0: none). */
+    defaultTimeoutMs = 0,
   ) {
     const clusters: string[] = [];
     const indexOf = (name: string) => {
@@ -92,18 +99,18 @@ export class XdsRouter implements CallRouter {
       return i;
     };
     this.entries = host.routes.map((route) => {
-      const ids = route.clusters.map((c) => indexOf(c.name));
-      const order = ids.length === 1 ? ids : smoothOrder(route.clusters.map((c) => c.weight)).map((k) => ids[k]!);
+      const t = route.timeoutMs ?? defaultTimeoutMs;
+      const timeoutMs = t > 0 ? t : undefined;
+      const choices = route.clusters.map((c): CallRoute => ({ cluster: indexOf(c.name), name: c.name, timeoutMs }));
+      const order = choices.length === 1 ? choices : smoothOrder(route.clusters.map((c) => c.weight)).map((k) => choices[k]!);
       return { route, order, next: Math.floor(Math.random() * order.length) };
     });
     this.clusters = clusters;
     const first = this.entries[0];
-    this.fixed = first !== undefined && matchesAll(first.route) && first.order.length === 1 ? first.order[0]! : -1;
+    this.fixed = first !== undefined && matchesAll(first.route) && first.order.length === 1 && first.order[0]!.timeoutMs === undefined ? first.order[0]!.cluster : -1;
   }
 
-  route(call: RoutedCall | undefined): number {
-    if (this.fixed >= 0) return this.fixed;
-    if (call === undefined) return this.clusters.length > 0 ? 0 : -1;
+  route(call: RoutedCall): CallRoute {
     for (const e of this.entries) {
       if (!routeMatches(e.route, call)) continue;
       const o = e.order;
@@ -112,7 +119,7 @@ export class XdsRouter implements CallRouter {
       e.next = i + 1 >= o.length ? 0 : i + 1;
       return o[i]!;
     }
-    return -1;
+    return UNROUTED;
   }
 
   unrouted(call: RoutedCall | undefined): string {
