@@ -2,7 +2,10 @@
 // "N passed, N failed", which CI reads. The exit code is uvu's.
 import { spawn } from "node:child_process";
 
-const args = ["--import", "tsx", "node_modules/uvu/bin.js", "test", process.argv[2] ?? "\\.test\\.ts$"];
+// An optional argument narrows the run to the test files (relative to test/) it matches, e.g.
+// '^cluster/': only *.test.ts files ever run (test/ also holds helpers and fixtures).
+const pattern = process.argv[2] === undefined ? "\\.test\\.ts$" : `(?=.*\\.test\\.ts$)(?:${process.argv[2]})`;
+const args = ["--import", "tsx", "node_modules/uvu/bin.js", "test", pattern];
 const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, FORCE_COLOR: "0" } });
 let out = "";
 child.stdout.on("data", (d) => {
