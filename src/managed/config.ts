@@ -25,9 +25,9 @@
 import { readFileSync } from "node:fs";
 import { parse } from "smol-toml";
 import { ErrorCode, KoalaError } from "../errors.js";
-import { boolean, custom, integer, oneOf, resolveOptions, type OptionsSpec } from "../options.js";
+import { boolean, custom, resolveOptions, type OptionsSpec } from "../options.js";
 import { createEngine, type AttachScope } from "../policy/index.js";
-import { DEFAULT_POLL_US, MAX_POLL_US, type PollMode } from "./poll.js";
+import { pollModeOption, pollUsOption, type PollMode } from "./poll.js";
 import { defaultDaemonSocket } from "./setup.js";
 
 /** One engine of the daemon, checked. */
@@ -60,8 +60,8 @@ interface Raw {
 }
 const spec: OptionsSpec<Raw> = {
   socket: custom<string | undefined>(undefined, "a socket path", (v) => typeof v === "string" && v !== "" && Buffer.byteLength(v) <= 107),
-  pollUs: integer(DEFAULT_POLL_US, 0, MAX_POLL_US),
-  pollMode: oneOf<PollMode>("adaptive", ["adaptive", "fixed"]),
+  pollUs: pollUsOption,
+  pollMode: pollModeOption,
   control: boolean(true),
   engines: custom<readonly unknown[]>([], "an array of tables ([[daemon.engines]])", (v) => Array.isArray(v) && v.every(isTable)),
 };

@@ -24,13 +24,10 @@ import { connect, parseAddress, type Connection, type ResolvedTransportOptions, 
 import { resolveTransportOptions } from "../transport/options.js";
 import type { PeerCredentials } from "./native.js";
 import { shmNative } from "./native.js";
-import { integer, oneOf, resolveOptions, type OptionsSpec } from "../options.js";
-import { DEFAULT_POLL_US, MAX_POLL_US, type PollMode } from "./poll.js";
+import { resolveOptions, type OptionsSpec } from "../options.js";
+import { pollModeOption, pollUsOption, type PollMode } from "./poll.js";
 
-const pollSpec: OptionsSpec<{ pollUs: number; pollMode: PollMode }> = {
-  pollUs: integer(DEFAULT_POLL_US, 0, MAX_POLL_US),
-  pollMode: oneOf<PollMode>("adaptive", ["adaptive", "fixed"]),
-};
+const pollSpec: OptionsSpec<{ pollUs: number; pollMode: PollMode }> = { pollUs: pollUsOption, pollMode: pollModeOption };
 import { defaultDaemonSocket, listenSetup, type SetupListener } from "./setup.js";
 import type { ShmConnection } from "./shm-connection.js";
 import { enginePolicy, type FramePolicy, type FrameSession, type RelayPort } from "./policy.js";

@@ -32,10 +32,12 @@ export interface PollSettings {
   readonly maxUs: number;
 }
 
-const spec: OptionsSpec<PollSettings> = {
-  mode: oneOf<PollMode>("adaptive", ["adaptive", "fixed"]),
-  maxUs: integer(DEFAULT_POLL_US, 0, MAX_POLL_US),
-};
+/** The option of the longest look in µs (`maxUs`, the daemon's and its config's `pollUs`). */
+export const pollUsOption = integer(DEFAULT_POLL_US, 0, MAX_POLL_US);
+/** The option of the polling mode (`mode`, the daemon's and its config's `pollMode`). */
+export const pollModeOption = oneOf<PollMode>("adaptive", ["adaptive", "fixed"]);
+
+const spec: OptionsSpec<PollSettings> = { mode: pollModeOption, maxUs: pollUsOption };
 
 /** Checks polling options (`where` names them in errors); absent fields take their defaults. */
 export function resolvePollSettings(where: string, input: unknown): PollSettings {

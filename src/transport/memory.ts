@@ -75,7 +75,7 @@ class MemoryConnection extends InboxReader implements Connection {
    * memory), and over `maxMessageBytes` (send() reports it).
    */
   reserve(bytes: number): Uint8Array | undefined {
-    if (this.closeReason !== undefined) throw new KoalaError(ErrorCode.CLOSED, `reserve() on a closed connection: ${this.closeReason.message}`, { cause: this.closeReason });
+    if (this.closeReason !== undefined) throw this.closedError("reserve()", this.closeReason);
     this.reserved = undefined;
     if (bytes > this.options.coalesceMaxBytes || bytes > this.options.maxMessageBytes) return undefined;
     this.reserved = new Uint8Array(bytes);
@@ -87,7 +87,17 @@ class MemoryConnection extends InboxReader implements Connection {
     const m = this.reserved;
     if (m === undefined) throw new KoalaError(ErrorCode.INVALID_ARGUMENT, "commit() without a reservation (none made, or a send() came in between)");
     this.reserved = undefined;
-    if (this.closeReason !== undefined) throw new KoalaError(ErrorCode.CLOSED, `commit() on a closed connection: ${this.closeReason.message}`, { cause: this.closeReason });
+    if (this.closeReason !== undefined) throw this.closedError("commit()", this.closeReason);
+    return this.enqueue(m);
+  }
+
+  /** KOALA_ERR_CLOSED for `op` on this closed connection. */
+  private closedError(op: string, reason: KoalaError): KoalaError {
+    return new KoalaError(ErrorCode.CLOSED, `${op} on a closed connection: ${reason.message}`, { cause: reason });
+  }
+
+  /** Queues message `m` for the peer; false past the high-water mark. */
+  private enqueue(m: Uint8Array): boolean {
     this.unread += m.byteLength;
     this.outbox.push(m);
     this.scheduleFlush();
@@ -96,7 +106,7 @@ class MemoryConnection extends InboxReader implements Connection {
 
   send(parts: readonly Uint8Array[], onWritten?: () => void): boolean {
     this.reserved = undefined;
-    if (this.closeReason !== undefined) throw new KoalaError(ErrorCode.CLOSED, `send() on a closed connection: ${this.closeReason.message}`, { cause: this.closeReason });
+    if (this.closeReason !== undefined) throw this.closedError("send()", this.closeReason);
     let total = 0;
     for (const p of parts) total += p.byteLength;
     if (total > this.options.maxMessageBytes) {
@@ -109,9 +119,7 @@ class MemoryConnection extends InboxReader implements Connection {
       copy.set(p, at);
       at += p.byteLength;
     }
-    this.unread += total;
-    this.outbox.push(copy);
-    this.scheduleFlush();
+    this.enqueue(copy);
     // After the message is queued: a callback that throws must not lose a message already accepted.
     onWritten?.();
     return this.unread <= this.options.highWaterMarkBytes;

@@ -29,7 +29,7 @@ import net from "node:net";
 import tls from "node:tls";
 import { setTimeout as sleep } from "node:timers/promises";
 import { KoalaError } from "../../src/errors.js";
-import { quietly } from "../helpers.js";
+import { quietly, thrownCode } from "../helpers.js";
 import { FRAME_HEADER_BYTES, FrameKind, helloFrame, writeFrameHeader } from "../../src/transport/framing.js";
 import {
   connect as connectAny,
@@ -120,17 +120,6 @@ async function errorOf(p: Promise<unknown>): Promise<KoalaError> {
     return err as KoalaError;
   }
   throw new Error("expected a rejection, but it resolved");
-}
-
-/** The code of the KoalaError `fn` throws; "none" when it throws nothing. */
-function thrownCode(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof KoalaError, `expected a KoalaError, got ${String(err)}`);
-    return (err as KoalaError).code;
-  }
-  return "none";
 }
 
 /** The next `n` messages of `c` (through onMessage, which is removed after the last one). */
@@ -416,12 +405,7 @@ export function conformanceSuite(name: ConformanceTransport, makeAddress: () => 
     });
     assert.is(client.reserve!(client.options.maxMessageBytes + 1), undefined, "a message over the limit: send() reports it");
     client.close();
-    try {
-      client.reserve!(1);
-      assert.unreachable("reserve after close");
-    } catch (err) {
-      assert.is((err as KoalaError).code, "KOALA_ERR_CLOSED");
-    }
+    assert.is(thrownCode(() => client.reserve!(1)), "KOALA_ERR_CLOSED", "reserve after close");
   });
 
   t("a message sent as several parts arrives as their concatenation, and the parts may change after onWritten", async (ctx) => {

@@ -17,6 +17,7 @@ import { FRAME_HEADER_BYTES, FrameKind, helloFrame, writeFrameHeader } from "../
 import { connect, listen, type Connection, type Listener, type TransportOptions } from "../../src/transport/index.js";
 import { fromSystemError } from "../../src/transport/errno.js";
 import { tcpTransport, unixTransport } from "../../src/transport/socket.js";
+import { thrownCode } from "../helpers.js";
 
 // Hostile peers are expected here; their warnings would only clutter the output.
 process.env.KOALA_LOG = "off";
@@ -120,12 +121,7 @@ for (const kind of ["tcp", "unix"] as const) {
     assert.equal(got, ["one", "two", "", "three", "four"]);
     assert.is(c.reserve!(c.options.coalesceMaxBytes + 1), undefined, "over the coalescing limit: use send()");
     c.close();
-    try {
-      c.reserve!(1);
-      assert.unreachable("reserve after close");
-    } catch (err) {
-      assert.is((err as KoalaError).code, ErrorCode.CLOSED);
-    }
+    assert.is(thrownCode(() => c.reserve!(1)), ErrorCode.CLOSED, "reserve after close");
   });
 
   s("echo: small, coalesced and large messages; onWritten exactly once each; buffers empty after", async () => {
